@@ -1,0 +1,5 @@
+import sys
+
+from dreamctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""The `dreamctl` command line: a thin Typer layer over the core.
+
+Each command lives in its own module and only parses arguments, calls the core and
+renders results. DreamctlError from below becomes a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from dreamctl.cli.common import err_console
+from dreamctl.errors import DreamctlError
+
+app = typer.Typer(
+    name="dreamctl",
+    help="Train and evaluate diffusion models with DREAM-style training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# (command name, module under dreamctl.cli); each module defines `command`.
+COMMANDS = [
+    ("train", "train"),
+    ("resume", "resume"),
+    ("prepare-data", "prepare_data"),
+    ("sample", "sample"),
+    ("evaluate", "evaluate"),
+    ("weights", "weights"),
+    ("compare", "compare"),
+    ("ablate", "ablate"),
+    ("bench", "bench"),
+]
+
+for _name, _module in COMMANDS:
+    try:
+        _mod = importlib.import_module(f"dreamctl.cli.{_module}")
+    except ModuleNotFoundError as _err:  # a command still being written; never hides a broken import
+        if _err.name != f"dreamctl.cli.{_module}":
+            raise
+        continue
+    app.command(_name, help=_mod.command.__doc__)(_mod.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    try:
+        result = app(args=argv, prog_name="dreamctl", standalone_mode=False)
+    except DreamctlError as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

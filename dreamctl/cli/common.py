@@ -1,0 +1,8 @@
+"""What the command modules share: the consoles and small argument helpers."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)

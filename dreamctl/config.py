@@ -1,0 +1,295 @@
+"""Recipes: YAML files validated into typed, frozen models.
+
+A recipe has eight sections (data, model, diffusion, loss, optim, train, sample, eval).
+Every default is written once, here. Unknown keys, wrong types and impossible
+combinations raise ConfigError naming the dotted key and the file.
+
+    recipe = load_recipe("conservative", overrides=["train.batch_size=64"])
+
+`extends: NAME` inherits from another recipe (deep merge, child wins); overrides are
+applied last, after inheritance, and are validated like the file itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dreamctl.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbation"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DataConfig(_Section):
+    path: str | None = None  # prepared folder; `train --data DIR` sets it
+    split: Literal["train", "valid", "test"] = "train"
+    limit: int | None = Field(None, gt=0)  # first N images of the split (the study: 50,000)
+    resolution: int = Field(64, ge=8)
+    hflip: bool = True
+
+
+class ModelConfig(_Section):
+    channels: int = Field(128, gt=0)  # base width; level i has channels * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = Field(2, gt=0)
+    attention_resolutions: tuple[int, ...] = (16, 8)  # 8 = the middle at 64x64
+    num_heads: int = Field(8, gt=0)
+    groups: int = Field(8, gt=0)  # GroupNorm groups
+    time_features: int = Field(128, gt=0)  # sinusoidal width; the MLP widens it to 4*channels
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class DiffusionConfig(_Section):
+    schedule: Literal["linear", "cosine"] = "cosine"
+    num_timesteps: int = Field(1000, gt=1)
+    beta_start: float = Field(1e-4, gt=0.0, lt=1.0)  # linear schedule only
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _betas_ordered(self) -> DiffusionConfig:
+        if self.schedule == "linear" and self.beta_start >= self.beta_end:
+            raise ValueError("beta_start must be below beta_end")
+        return self
+
+
+class LossConfig(_Section):
+    kind: LossKind = "standard"
+    # dream (Zhou et al. 2024): lambda = sqrt(1 - abar)**p
+    p: float = Field(1.0, ge=0.0)
+    norm: Literal["mse", "l1"] = "mse"
+    estimate_eval_mode: bool = True  # estimate pass with dropout off (the official code)
+    # dream_conservative (the CelebA study, not the paper's method)
+    lambda_min: float = Field(0.0, ge=0.0, le=1.0)
+    lambda_max: float = Field(0.5, ge=0.0, le=1.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)  # weight of the standard term
+    start_epoch: int = Field(10, ge=0)
+    ramp_epochs: int = Field(20, ge=0)
+    # input_perturbation (Ning et al. 2023)
+    gamma: float = Field(0.1, ge=0.0)
+
+    @model_validator(mode="after")
+    def _lambda_ordered(self) -> LossConfig:
+        if self.lambda_min > self.lambda_max:
+            raise ValueError("lambda_min must not exceed lambda_max")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The keyword arguments compute_loss takes for this kind."""
+        by_kind = {
+            "standard": {},
+            "dream": {"p": self.p, "norm": self.norm, "estimate_eval_mode": self.estimate_eval_mode},
+            "dream_conservative": {
+                "lambda_min": self.lambda_min, "lambda_max": self.lambda_max, "alpha": self.alpha,
+                "start_epoch": self.start_epoch, "ramp_epochs": self.ramp_epochs,
+            },
+            "input_perturbation": {"gamma": self.gamma},
+        }
+        return by_kind[self.kind]
+
+
+class OptimConfig(_Section):
+    lr: float = Field(2e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.01, ge=0.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
+    ema_warmup: bool = True  # decay = min(d, (1 + step) / (10 + step))
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(128, gt=0)  # global, over all processes
+    epochs: int = Field(100, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    seed: int = 0
+    checkpoint_every: int = Field(1000, gt=0)
+    keep_checkpoints: int = Field(3, gt=0)
+    sample_every: int = Field(2000, gt=0)
+    sample_grid: int = Field(64, gt=0)  # images in the progress grid
+    log_every: int = Field(50, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    channels_last: bool = False
+
+
+class SampleConfig(_Section):
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(50, gt=0)
+    eta: float = Field(0.0, ge=0.0)
+    clip_x0: bool = False
+    t_start: int | None = Field(None, ge=0)  # first (largest) timestep; default T - T//steps
+    batch_size: int = Field(256, gt=0)
+    use_ema: bool = True
+
+
+class EvalConfig(_Section):
+    num: int = Field(5000, gt=0)
+    ref: Literal["train", "valid", "test"] = "train"
+    ref_num: int | None = Field(None, gt=0)  # default: as many as generated
+    metrics: tuple[str, ...] = ("fid", "kid", "is", "lpips", "swd")
+    seed: int = 0
+
+
+class Recipe(_Section):
+    name: str = "unnamed"
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        m, res = self.model, self.data.resolution
+        levels = len(m.channel_mult)
+        if res % 2**levels:
+            raise ValueError(f"data.resolution {res} must be divisible by 2**{levels} (one halving per level)")
+        reachable = {res >> i for i in range(levels + 1)}
+        for r in m.attention_resolutions:
+            if r not in reachable:
+                raise ValueError(f"model.attention_resolutions: {r} is not one of the UNet's resolutions {sorted(reachable)}")
+        for c in {m.channels * k for k in m.channel_mult}:
+            if c % m.groups or c % m.num_heads:
+                raise ValueError(f"model: width {c} is not divisible by groups ({m.groups}) and num_heads ({m.num_heads})")
+        if self.sample.steps > self.diffusion.num_timesteps:
+            raise ValueError(f"sample.steps ({self.sample.steps}) exceeds diffusion.num_timesteps")
+        if self.sample.t_start is not None and self.sample.t_start >= self.diffusion.num_timesteps:
+            raise ValueError("sample.t_start must be below diffusion.num_timesteps")
+        if self.sample.sampler == "ddpm" and self.sample.steps != self.diffusion.num_timesteps:
+            raise ValueError("sample.sampler 'ddpm' runs all T steps: set sample.steps to diffusion.num_timesteps or use ddim")
+        return self
+
+
+def _merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe name (`conservative`) or a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"recipe file {candidate} does not exist")
+        return candidate
+    path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown recipe '{name_or_path}'; known recipes: {known} (or give a path to a .yaml file)")
+    return path
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _raw_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle ({' -> '.join(p.name for p in seen)})")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: key 'extends' must be a recipe name, got {parent!r}")
+    parent_path = (path.parent / parent) if parent.endswith((".yaml", ".yml")) else recipe_path(parent)
+    return _merge(_raw_recipe(parent_path, seen + (path.resolve(),)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (['section', 'key'], value parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"bad override '{text}': expected section.key=value, e.g. train.batch_size=64")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    out = _merge(raw, {})
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"bad override '{text}': '{part}' is not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def validate_recipe(raw: dict, source: str) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(recipe)"
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{key}: {msg}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a recipe by name or path, resolve `extends:`, apply `section.key=value` overrides."""
+    path = recipe_path(name_or_path)
+    raw = _raw_recipe(path)
+    raw.setdefault("name", path.stem)
+    source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return validate_recipe(apply_overrides(raw, overrides), source)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe, every default written out (what a run folder keeps)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_from_yaml(text: str, source: str) -> Recipe:
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: not a recipe")
+    return validate_recipe(data, source)
+
+
+def flat_items(recipe: Recipe) -> dict[str, Any]:
+    """{'train.batch_size': 128, ...}: what compare uses to show the settings that differ."""
+    out: dict[str, Any] = {}
+    for section, values in recipe.model_dump(mode="json").items():
+        if isinstance(values, dict):
+            out.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            out[section] = values
+    return out

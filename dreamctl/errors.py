@@ -1,0 +1,30 @@
+"""The errors the CLI turns into a one-line message and exit code 2.
+
+Code below the CLI raises these with a message for a person: what is wrong, which
+thing (file, key, step) it concerns, and how to fix it. Anything else is a bug and
+is allowed to propagate with its traceback.
+"""
+
+
+class DreamctlError(Exception):
+    """A failure the user can fix; the message says how."""
+
+
+class ConfigError(DreamctlError):
+    """A recipe or override is invalid (names the dotted key and the file)."""
+
+
+class DataError(DreamctlError):
+    """Input images, shards or manifests are missing, corrupt or inconsistent."""
+
+
+class CheckpointError(DreamctlError):
+    """A checkpoint or run folder cannot be used."""
+
+
+class WeightsError(DreamctlError):
+    """A metric's weight file is missing or does not match its checksum."""
+
+
+class RunError(DreamctlError):
+    """A run cannot start or continue (locked folder, NaN loss, refused override)."""
