@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
 
 from dreamctl.cli.common import err_console
@@ -48,19 +47,16 @@ for _name, _module in COMMANDS:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code instead of exiting."""
     try:
-        result = app(args=argv, prog_name="dreamctl", standalone_mode=False)
+        app(args=argv, prog_name="dreamctl")  # standalone mode: usage errors exit 2 through SystemExit
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except DreamctlError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.ClickException as err:
-        err.show()
-        return err.exit_code
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        return 130
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""`dreamctl ablate SPEC.yaml [--dry-run] [--seeds 0,1,2] [--nproc-per-node N] [--data DIR] [--out DIR]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dreamctl.cli.common import console, err_console
+from dreamctl.errors import ConfigError
+from dreamctl.experiments.ablate import Plan, make_plan, parse_spec
+from dreamctl.experiments.execute import execute, plan_rows, plan_totals
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds '{text}': expected integers separated by commas, e.g. 0,1,2") from None
+
+
+def _fmt(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
+
+
+def _print_plan(plan: Plan) -> None:
+    spec = plan.spec
+    count = f"{plan.data_count:,} training images" if plan.data_count else "not prepared yet (costs from data.limit, else unknown)"
+    console.print(f"[bold]ablation {spec.name}[/bold]  spec {spec.path}  out {spec.out}", highlight=False)
+    recipes = ", ".join(sorted({j.recipe for j in plan.train}))
+    console.print(f"recipe: {recipes}; fixed overrides: {' '.join(spec.set) or 'none'}", highlight=False)
+    console.print(f"data: {plan.data or 'none given'} ({count})", highlight=False)
+    head, rows = plan_rows(plan)
+    table = Table(header_style="bold")
+    for h in head:
+        table.add_column(h, overflow="fold", no_wrap=h in ("job", "action"), justify="left" if h in ("job", "action") else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print("evaluate only: re-sample a trained checkpoint, no training", style="dim")
+    t = plan_totals(plan)
+    console.print(f"to train: {t['train_runs']} runs, {_fmt(t['train_images'])} images, "
+                  f"{_fmt(t['train_forwards'])} forward passes (a backward counts as two)", highlight=False)
+    console.print(f"to evaluate: {t['eval_runs']} jobs, {_fmt(t['eval_images'])} images generated, "
+                  f"{_fmt(t['eval_forwards'])} network evaluations", highlight=False)
+
+
+def command(
+    spec: Annotated[Path, typer.Argument(help="Ablation spec (YAML), e.g. recipes/ablations/lambda-max.yaml.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and its cost; run nothing.")] = False,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (overrides the spec).")] = None,
+    nproc_per_node: Annotated[int | None, typer.Option("--nproc-per-node", min=1, help="Processes per training run (torchrun).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared data folder (overrides the spec).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (overrides the spec).")] = None,
+) -> None:
+    """Run a grid of recipe overrides: train what is new, resume what was interrupted, evaluate, report."""
+    parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None)
+    plan = make_plan(parsed)
+    _print_plan(plan)
+    if dry_run:
+        return
+    result = execute(plan, nproc=nproc_per_node, progress=lambda msg: console.print(f"[bold]{msg}[/bold]", highlight=False))
+    for outcome in result.failures:
+        where = f" (log: {outcome.log})" if outcome.log else ""
+        err_console.print(f"failed: {outcome.job} ({outcome.action}): {outcome.note}{where}", markup=False, highlight=False)
+    console.print(f"report: {result.report}", highlight=False)
+    if result.failures:
+        raise typer.Exit(1)

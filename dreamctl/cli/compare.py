@@ -1,0 +1,85 @@
+"""`dreamctl compare RUN_DIR... [--format table|markdown|csv|json] [--plot DIR]`."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dreamctl.cli.common import console
+from dreamctl.experiments.compare import Comparison, compare_runs
+from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
+                                         protocol_ids, to_csv, to_json, to_markdown)
+from dreamctl.experiments.plots import write_figures
+from dreamctl.experiments.runs import read_run
+
+
+class Format(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+
+
+def _table(title: str, head: list[str]) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for h in head:
+        table.add_column(h, overflow="fold")
+    return table
+
+
+def _print_table(comp: Comparison) -> None:
+    """Terminal layout: the runs, then one table per protocol (its id and settings in the title)."""
+    runs = _table("Runs", info_headers(comp))
+    for row in comp.rows:
+        runs.add_row(*info_cells(row))
+    console.print(runs)
+    if comp.aggregate:
+        groups = _table("Groups of runs that differ only by train.seed", info_headers(comp, aggregate=True))
+        for row in comp.aggregate:
+            groups.add_row(*info_cells(row, aggregate=True))
+        console.print(groups)
+    described = describe_protocols(comp)
+    for pid in protocol_ids(comp):
+        table = _table(f"protocol {pid}\n{described[pid]}", ["run"] + protocol_headers(comp, pid))
+        for i, row in enumerate(comp.rows):
+            table.add_row(row.label, *protocol_cells(comp, row, pid), end_section=i == len(comp.rows) - 1)
+        for row in (r for r in comp.aggregate if len(r.seeds) > 1):
+            table.add_row(f"mean ± std: {row.label} (seeds {','.join(map(str, row.seeds))})", *protocol_cells(comp, row, pid))
+        console.print(table)
+    if comp.protocols:
+        console.print("Numbers are comparable only within one protocol.", style="dim")
+    missing = [(row.label, pid, name, m) for row in comp.rows for (pid, name), m in row.metrics.items() if m.missing]
+    for label, pid, name, m in missing:
+        if m.evaluated:
+            console.print(f"missing: {label} {name} @ {pid}: {m.missing}", style="yellow", highlight=False, markup=False)
+    never = {(label, pid) for label, pid, _, m in missing if not m.evaluated}
+    if never:
+        console.print(f"({len(never)} run/protocol pairs were never evaluated: shown as missing)", style="dim")
+    for warning in comp.warnings:
+        console.print(f"warning: {warning}", style="red", highlight=False, markup=False)
+
+
+def command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders to compare.", show_default=False)],
+    format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder.")] = None,
+) -> None:
+    """Compare runs: settings that differ, throughput, and metrics grouped by evaluation protocol."""
+    runs = [read_run(path) for path in run_dirs]
+    comp = compare_runs(runs)
+    if format == Format.table:
+        _print_table(comp)
+    elif format == Format.markdown:
+        typer.echo(to_markdown(comp), nl=False)
+    elif format == Format.csv:
+        typer.echo(to_csv(comp), nl=False)
+    else:
+        typer.echo(json.dumps(to_json(comp), indent=2))
+    if plot is not None:
+        for path in write_figures(runs, plot, comp):
+            typer.echo(f"wrote {path}", err=True)

@@ -1,0 +1,82 @@
+"""What a training run shows in the terminal, and how Ctrl-C / SIGTERM stop it cleanly."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dreamctl.cli.common import console, err_console
+
+
+class StopRequest:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def requested(self) -> bool:
+        return self.count > 0
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second Ctrl-C aborts at once."""
+    stop = StopRequest()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.count += 1
+        if stop.count == 1:
+            err_console.print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+                              "(press Ctrl-C again to abort without one)")
+        else:
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class TrainingDisplay:
+    """A rich progress bar fed by train()'s events; silent on ranks other than 0."""
+
+    def __init__(self, enabled: bool, run_root: Path):
+        self.enabled = enabled
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[info]}"), console=console, disable=not enabled)
+        self.task = None
+        self.run_root = run_root
+
+    def __enter__(self) -> TrainingDisplay:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_event(self, kind: str, p: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if kind == "resume":
+            self.progress.console.print(f"resuming from {p['path']} (step {p['step']})")
+        elif kind == "start":
+            self.task = self.progress.add_task("train", total=p["total_steps"], completed=p["step"], info="")
+        elif kind == "log":
+            terms = "  ".join(f"{k} {p[k]:.4f}" for k in ("loss", "loss_std", "loss_rect", "loss_dream", "lambda_mean")
+                              if k in p)
+            info = f"epoch {p['epoch']}  {terms}  {p['img_per_s']:.0f} img/s"
+            self.progress.update(self.task, completed=p["step"], info=info)
+        elif kind == "grid":
+            self.progress.console.print(f"step {p['step']}: sample grid {p['path']}")
+
+    def finish(self, status: str, run_root: Path) -> None:
+        if status == "interrupted":
+            console.print(f"stopped with a checkpoint; continue with:  dreamctl resume {run_root}")
+        else:
+            console.print(f"finished: {run_root}")

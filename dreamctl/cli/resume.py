@@ -1,0 +1,39 @@
+"""`dreamctl resume`: continue a run from its newest readable checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dreamctl.cli.progress import TrainingDisplay, stop_on_signals
+
+
+def command(
+    run_dir: Path = typer.Argument(..., help="The run folder to continue."),
+    set_: list[str] = typer.Option([], "--set", help="Change a setting that does not alter the past "
+                                   "(train.epochs, train.max_steps, logging, sample.*, eval.*)."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Start this many processes with torchrun."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda if available]."),
+) -> int:
+    """Continue a run from its newest valid checkpoint."""
+    from dreamctl import runtime
+    from dreamctl.cli.train import _launch_torchrun
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import resume_run, resumed_recipe
+
+    run = RunDir(run_dir)
+    recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts
+    if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_torchrun(nproc_per_node)
+    rt = runtime.setup(recipe.train.precision, device)
+    try:
+        with stop_on_signals() as stop, TrainingDisplay(rt.is_main, run.root) as display:
+            status = resume_run(run, rt, set_, on_event=display.on_event, should_stop=stop.requested)
+        if rt.is_main:
+            display.finish(status, run.root)
+    finally:
+        runtime.teardown(rt)
+    return 0

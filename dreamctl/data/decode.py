@@ -1,0 +1,140 @@
+"""Decode, crop and resize: the work a prepare-data worker does on one chunk of items.
+
+Crop presets (boxes are PIL's (left, upper, right, lower)):
+- `center:N` a centred N x N square (CelebA's 178 x 218 -> (0, 20, 178, 198), the study's);
+  `center` the largest centred square;
+- `ddim` the 128 x 128 box centred at (89, 121) of a 178 x 218 CelebA image, (25, 57, 153, 185),
+  as in the DDIM paper's CelebA models;
+- `none` the whole image, resized without keeping its aspect ratio (as DDPM-IP did).
+Resizing is PIL bicubic with antialiasing (a filter as wide as the reduction).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from dreamctl.data.sources import Item, Skip
+from dreamctl.errors import DataError
+
+RESIZE = "PIL bicubic, antialiased (Image.resize, reducing_gap=None), after EXIF orientation"
+CELEBA_SIZE = (178, 218)
+DDIM_BOX = (25, 57, 153, 185)
+# What a single unreadable file raises inside PIL/zipfile; anything else is a bug and propagates.
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError)
+
+
+def parse_crop(text: str) -> str:
+    """Check a crop preset and return it in canonical form."""
+    if text in ("center", "ddim", "none"):
+        return text
+    if text.startswith("center:") and text[7:].isdigit() and int(text[7:]) > 0:
+        return f"center:{int(text[7:])}"
+    raise DataError(f"--crop {text!r} is not a preset; use center:178, center:N, center, ddim or none")
+
+
+def crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box a preset cuts from a width x height image; ValueError when it does not fit."""
+    if crop == "none":
+        return (0, 0, width, height)
+    if crop == "ddim":
+        if (width, height) != CELEBA_SIZE:
+            raise ValueError(f"the ddim crop needs a 178x218 CelebA image, got {width}x{height}")
+        return DDIM_BOX
+    n = min(width, height) if crop == "center" else int(crop.split(":")[1])
+    if n > width or n > height:
+        raise ValueError(f"image {width}x{height} is smaller than the {crop} crop")
+    # Rounding as torchvision's CenterCrop does, so the study's preprocessing is reproduced.
+    left, top = int(round((width - n) / 2.0)), int(round((height - n) / 2.0))
+    return (left, top, left + n, top + n)
+
+
+def preprocess(image: Image.Image, crop: str, resolution: int) -> np.ndarray:
+    """Crop then resize one decoded image to a (resolution, resolution, 3) uint8 array."""
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    image = image.crop(crop_box(crop, *image.size))
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(image, dtype=np.uint8)
+
+
+_zips: dict[tuple[int, str], zipfile.ZipFile] = {}
+
+
+def _zip(path: str) -> zipfile.ZipFile:
+    # One handle per process: opening CelebA's zip reads a 200k-entry directory, so it is
+    # kept; keyed by pid so that a forked child never reads through its parent's handle.
+    key = (os.getpid(), path)
+    if key not in _zips:
+        _zips[key] = zipfile.ZipFile(path)
+    return _zips[key]
+
+
+def close_zips() -> None:
+    """Close this process's zip handles."""
+    for key in [k for k in _zips if k[0] == os.getpid()]:
+        _zips.pop(key).close()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A worker's task: consecutive items of one split and how to turn them into pixels."""
+
+    kind: str
+    root: str | None
+    zip_path: str | None
+    seed: int
+    crop: str
+    resolution: int
+    split: str
+    items: list[Item]
+
+
+@dataclass
+class ChunkResult:
+    images: np.ndarray  # (n, H, W, 3) uint8, n <= len(items)
+    names: list[str]
+    skipped: list[Skip]
+
+
+def _open(chunk: Chunk, ref: str) -> Image.Image:
+    if chunk.zip_path:
+        data = _zip(chunk.zip_path).read(ref)
+        image = Image.open(io.BytesIO(data))
+    else:
+        image = Image.open(Path(chunk.root or "") / ref)
+    image.load()  # decode now: a truncated file fails here, not later
+    return image
+
+
+def _draw_chunk(chunk: Chunk) -> ChunkResult:
+    from dreamctl.data.synthetic import draw_faces
+
+    refs = [int(ref) for _, ref in chunk.items]
+    if refs != list(range(refs[0], refs[0] + len(refs))):
+        raise AssertionError("synthetic chunks are contiguous index ranges")
+    images = draw_faces(len(refs), chunk.resolution, chunk.seed, start=refs[0])
+    return ChunkResult(images, [name for name, _ in chunk.items], [])
+
+
+def load_chunk(chunk: Chunk) -> ChunkResult:
+    """Decode, crop and resize every item; unreadable ones become skips with a reason."""
+    if chunk.kind == "synthetic":
+        return _draw_chunk(chunk)
+    arrays, names, skipped = [], [], []
+    for name, ref in chunk.items:
+        try:
+            with _open(chunk, str(ref)) as image:
+                arrays.append(preprocess(image, chunk.crop, chunk.resolution))
+            names.append(name)
+        except _UNREADABLE as err:
+            skipped.append(Skip(chunk.split, name, f"{type(err).__name__}: {err}"))
+    shape = (len(arrays), chunk.resolution, chunk.resolution, 3)
+    images = np.stack(arrays) if arrays else np.zeros(shape, np.uint8)
+    return ChunkResult(images, names, skipped)

@@ -1,0 +1,260 @@
+"""prepare-data: a listing -> decoded, cropped, resized images -> HDF5 shards + manifest.
+
+Shard k of a split holds the items [k*shard_size, (k+1)*shard_size) of that split's listing
+(fewer images when some are skipped), so a shard is a fixed unit of work: an interrupted run
+is finished by redoing only the shards that are not yet in the progress record. The record
+(`progress.json`) is rewritten after each shard; the manifest is written last, after which
+the record is removed. Workers decode chunks of a shard in a process pool; the parent alone
+writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from dreamctl import __version__
+from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, load_chunk, parse_crop
+from dreamctl.data.shards import FORMAT, MANIFEST, file_sha256, shard_name, write_json_atomic, write_shard
+from dreamctl.data.sources import SPLITS, Listing
+from dreamctl.errors import DataError
+
+PROGRESS = "progress.json"
+CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
+_OURS = re.compile(r"^(train|valid|test)-\d{5}\.h5(\.tmp)?$|^(manifest|progress)\.json(\.tmp)?$")
+SYNTHETIC_RESIZE = "drawn at the resolution (supersampled, LANCZOS)"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after each chunk: items done (written or skipped) out of total."""
+
+    done: int
+    total: int
+    shard: str | None = None  # set when this step finished a shard file
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    out_dir: Path
+    written: int  # images written by this run
+    reused: int  # images in shards kept from an earlier run
+    skipped: int  # items skipped, over the whole folder
+    shards_written: int
+    shards_reused: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_crop(kind: str, crop: str | None) -> str:
+    """The default crop per source: the study's center:178 for CelebA, the largest centred square otherwise."""
+    if kind == "synthetic":
+        if crop not in (None, "none"):
+            raise DataError(f"--crop {crop} does not apply to --source synthetic: faces are drawn at the resolution")
+        return "none"
+    return parse_crop(crop or ("center:178" if kind == "celeba" else "center"))
+
+
+def _settings(listing: Listing, crop: str, resolution: int, shard_size: int) -> dict:
+    resize = SYNTHETIC_RESIZE if listing.kind == "synthetic" else RESIZE
+    return {
+        "format": FORMAT,
+        "source": listing.describe(),
+        "preprocessing": {"crop": crop, "resolution": resolution, "resize": resize},
+        "shard_size": shard_size,
+    }
+
+
+def _comparable(settings: dict) -> dict:
+    # Where the source lives does not matter: its listing hash pins what it holds.
+    return {**settings, "source": {k: v for k, v in settings["source"].items() if k != "root"}}
+
+
+def _first_difference(old: object, new: object, key: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                return _first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
+    return f"{key}: {old!r} there, {new!r} now"
+
+
+def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
+    """Shard records of an earlier run with the same settings; refuse or clean otherwise."""
+    ours = [p for p in out.iterdir() if _OURS.match(p.name)]
+    if overwrite:
+        for p in sorted(ours, key=lambda p: p.name != MANIFEST):  # manifest first: never a stale "finished" folder
+            p.unlink()
+        return {}
+    path = next((out / n for n in (MANIFEST, PROGRESS) if (out / n).is_file()), None)
+    if path is None:
+        if any(p.suffix == ".h5" for p in ours):
+            raise DataError(f"{out} holds shards without a manifest or progress record; pass --overwrite or choose another --out")
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        old = {k: record[k] for k in settings}
+        old_settings = _comparable(old)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{path} is not a dreamctl record ({err}); pass --overwrite or choose another --out") from err
+    if old_settings != _comparable(settings):
+        diff = _first_difference(old_settings, _comparable(settings))
+        raise DataError(f"{out} was prepared with other settings ({diff}); pass --overwrite or choose another --out")
+    if path.name == PROGRESS:
+        return record["shards"]
+    return {
+        sh["file"]: {
+            "split": split, "count": sh["count"], "sha256": sh["sha256"],
+            "skipped": [[s["name"], s["reason"]] for s in record["skipped"] if s["shard"] == sh["file"]],
+        }
+        for split, v in record["splits"].items()
+        for sh in v["shards"]
+    }
+
+
+def _run(chunks: Iterable[Chunk], workers: int) -> Iterator[ChunkResult]:
+    """Results in submission order; at most 2*workers chunks in flight, so memory stays flat."""
+    if workers <= 1:
+        yield from map(load_chunk, chunks)
+        return
+    # forkserver: workers start from a clean process, never a fork of a parent that holds
+    # threads (the progress bar) or open file handles.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        it = iter(chunks)
+        window = deque(pool.submit(load_chunk, c) for c in islice(it, 2 * workers))
+        try:
+            while window:
+                result = window.popleft().result()
+                window.extend(pool.submit(load_chunk, c) for c in islice(it, 1))
+                yield result
+        finally:
+            for future in window:
+                future.cancel()
+
+
+def _plan(listing: Listing, shard_size: int) -> list[tuple[str, int, list]]:
+    """(split, shard index, items) of every shard: shard k takes items [k*size, (k+1)*size)."""
+    plan = []
+    for split in SPLITS:
+        items = listing.splits[split]
+        plan += [(split, k, items[i : i + shard_size]) for k, i in enumerate(range(0, len(items), shard_size))]
+    return plan
+
+
+def prepare_data(
+    listing: Listing,
+    out: Path,
+    *,
+    crop: str | None = None,
+    resolution: int = 64,
+    shard_size: int = 5000,
+    workers: int | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> PrepareResult:
+    """Write `listing` into `out` as shards + manifest; resumes an unfinished run."""
+    if resolution < 1 or shard_size < 1:
+        raise DataError(f"--resolution ({resolution}) and --shard-size ({shard_size}) must be positive")
+    if strict and listing.skipped:
+        raise DataError(f"{listing.skipped[0].name}: {listing.skipped[0].reason} (--strict)")
+    crop = resolve_crop(listing.kind, crop)
+    workers = workers or os.cpu_count() or 1
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; pass a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(listing, crop, resolution, shard_size)
+    previous = _previous(out, settings, overwrite)
+    finished = {f: r for f, r in previous.items() if (out / f).is_file() and file_sha256(out / f) == r["sha256"]}
+
+    plan = _plan(listing, shard_size)
+    todo = [p for p in plan if shard_name(p[0], p[1]) not in finished]
+    total = sum(len(p[2]) for p in plan)
+    done = sum(len(p[2]) for p in plan if shard_name(p[0], p[1]) in finished)
+    reused = sum(r["count"] for r in finished.values())
+    if not todo and (out / MANIFEST).is_file():  # finished before, every shard intact
+        skipped = len(json.loads((out / MANIFEST).read_text())["skipped"])
+        return PrepareResult(out, 0, reused, skipped, 0, len(finished), 0.0)
+    record = {**settings, "shards": {f: finished[f] for f in sorted(finished)}}
+    (out / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
+    write_json_atomic(out / PROGRESS, record)
+
+    def chunks() -> Iterator[Chunk]:
+        for split, _, items in todo:
+            for i in range(0, len(items), CHUNK):
+                yield Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, crop, resolution, split, items[i : i + CHUNK])
+
+    start, written = time.perf_counter(), 0
+    results = _run(chunks(), min(workers, sum(-(-len(items) // CHUNK) for _, _, items in todo)))
+    with closing(results):
+        for split, index, items in todo:
+            parts = []
+            for _ in range(0, len(items), CHUNK):
+                parts.append(next(results))
+                done += len(parts[-1].names) + len(parts[-1].skipped)
+                if on_progress and sum(len(p.names) + len(p.skipped) for p in parts) < len(items):
+                    on_progress(Progress(done, total))
+            skipped = [s for p in parts for s in p.skipped]
+            if strict and skipped:
+                raise DataError(f"{skipped[0].name}: {skipped[0].reason} (--strict)")
+            name = shard_name(split, index)
+            images = np.concatenate([p.images for p in parts])
+            digest = write_shard(out / name, images, [n for p in parts for n in p.names])
+            record["shards"][name] = {"split": split, "count": len(images), "sha256": digest, "skipped": [[s.name, s.reason] for s in skipped]}
+            write_json_atomic(out / PROGRESS, record)
+            written += len(images)
+            if on_progress:
+                on_progress(Progress(done, total, name))
+    close_zips()
+    seconds = time.perf_counter() - start
+
+    manifest = _manifest(listing, settings, record["shards"], resolution)
+    for split in SPLITS:  # a split that lost every image is a wrong source or crop, not bad luck
+        if manifest["splits"][split]["skipped"] and manifest["splits"][split]["count"] == 0:
+            first = next(s for s in manifest["skipped"] if s["split"] == split)
+            raise DataError(f"no image of split {split} could be read; first: {first['name']}: {first['reason']}")
+    if not any(manifest["counts"].values()):
+        raise DataError(f"the {listing.kind} source at {listing.root} holds no readable image")
+    write_json_atomic(out / MANIFEST, manifest)
+    (out / PROGRESS).unlink(missing_ok=True)
+    return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
+
+
+def _manifest(listing: Listing, settings: dict, shards: dict[str, dict], resolution: int) -> dict:
+    splits: dict[str, dict] = {}
+    skipped = [asdict(s) | {"shard": None} for s in listing.skipped]
+    for split in SPLITS:
+        files = sorted(f for f, r in shards.items() if r["split"] == split)
+        splits[split] = {
+            "count": sum(shards[f]["count"] for f in files),
+            "skipped": sum(len(shards[f]["skipped"]) for f in files) + sum(s.split == split for s in listing.skipped),
+            "shards": [{"file": f, "count": shards[f]["count"], "sha256": shards[f]["sha256"]} for f in files],
+        }
+        skipped += [{"split": split, "name": n, "reason": r, "shard": f} for f in files for n, r in shards[f]["skipped"]]
+    return {
+        **settings,
+        "dreamctl_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "image_shape": [resolution, resolution, 3],
+        "dtype": "uint8",
+        "counts": {s: splits[s]["count"] for s in SPLITS},
+        "splits": splits,
+        "skipped": skipped,
+    }

@@ -1,0 +1,5 @@
+"""Diffusion maths: schedules, training losses and samplers."""
+
+from dreamctl.diffusion.schedule import NoiseSchedule, make_schedule
+
+__all__ = ["NoiseSchedule", "make_schedule"]

@@ -1,0 +1,193 @@
+"""Training losses: one signature, one function per loss kind.
+
+Each loss function returns `(final_term, stats)` and hands any earlier term of its
+loss to `emit` as soon as that term is complete. Summing the emitted terms and the
+final one gives the loss (`compute_loss`); back-propagating each term as it comes
+(`backward_loss`) gives the same gradients while only one autograd graph is alive,
+which is what keeps `dream_conservative` at the memory of a standard step.
+
+Notation (DESIGN.md): abar = alphas_cumprod[t], a = sqrt(abar), s = sqrt(1 - abar),
+x_t = a*x0 + s*eps, eps_hat = model(x_t, t) with the gradient stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dreamctl.diffusion.schedule import NoiseSchedule
+
+Emit = Callable[[Tensor], None]
+Stats = dict[str, Any]
+
+
+def per_sample(diff: Tensor, norm: str = "mse") -> Tensor:
+    """Mean squared (or absolute) error over all but the batch dimension."""
+    err = diff.square() if norm == "mse" else diff.abs()
+    return err.flatten(1).mean(dim=1)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Run with dropout off, then restore the model's own train/eval mode, also on error."""
+    was_training = model.training
+    if enabled:
+        model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _no_emit(term: Tensor) -> None:
+    raise RuntimeError("this loss has a single term")
+
+
+def standard(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
+             *, emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
+    """||eps - model(x_t, t)||^2 (Ho et al. 2020, Algorithm 1)."""
+    x_t = schedule.q_sample(x0, t, noise)
+    losses = per_sample(model(x_t, t) - noise)
+    loss = losses.mean()
+    return loss, {"loss_std": loss.detach(), "per_sample": losses.detach(), "forward_calls": 1}
+
+
+def dream_lambda(s: Tensor, p: float) -> Tensor:
+    """The adaptive rectification weight lambda = sqrt(1 - abar)**p (Zhou et al. 2024)."""
+    return s**p
+
+
+def dream(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
+          *, p: float = 1.0, norm: str = "mse", estimate_eval_mode: bool = True,
+          emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
+    """DREAM (Zhou et al., CVPR 2024, Algorithm 3), epsilon prediction.
+
+    delta = eps - eps_hat; the model sees x_t + lam*s*delta and is trained towards
+    eps + lam*delta. The estimate pass runs without gradient and, by default, in eval
+    mode (dropout off) as in the official code; this single term replaces the standard loss.
+    """
+    x_t = schedule.q_sample(x0, t, noise)
+    with torch.no_grad(), eval_mode(model, estimate_eval_mode):
+        eps_hat = model(x_t, t)
+    s = schedule.sqrt_one_minus_abar(t, x0)
+    lam = dream_lambda(s, p)
+    delta = noise - eps_hat
+    x_dream = x_t + lam * s * delta
+    target = noise + lam * delta
+    losses = per_sample(model(x_dream, t) - target, norm)
+    loss = losses.mean()
+    return loss, {"loss_dream": loss.detach(), "lambda_mean": lam.mean().detach(),
+                  "per_sample": losses.detach(), "forward_calls": 2}
+
+
+def conservative_lambda(t: Tensor, num_timesteps: int, epoch: int, lambda_min: float, lambda_max: float,
+                        ramp_epochs: int) -> Tensor:
+    """lam_t = lam_min + (lam_max - lam_min) * (t/T) * min(epoch/ramp_epochs, 1) (the study's schedule)."""
+    ramp = 1.0 if ramp_epochs == 0 else min(epoch / ramp_epochs, 1.0)
+    return lambda_min + (lambda_max - lambda_min) * (t.float() / num_timesteps) * ramp
+
+
+def dream_conservative(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
+                       *, epoch: int, lambda_min: float = 0.0, lambda_max: float = 0.5, alpha: float = 0.7,
+                       start_epoch: int = 10, ramp_epochs: int = 20,
+                       emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
+    """The CelebA study's variant (NOT the paper's DREAM; it keeps the plain noise target).
+
+    x0_hat = clamp(predict_x0(x_t, eps_hat), -1, 1); x0_adapt = lam*x0_hat + (1-lam)*x0;
+    x_rect = a*x0_adapt + s*eps; loss = alpha*L_std + (1-alpha)*||eps - model(x_rect, t)||^2,
+    active from `start_epoch` (0-based). eps_hat is the detached prediction of the first
+    pass, so the step costs two forwards, not the study's three.
+    """
+    x_t = schedule.q_sample(x0, t, noise)
+    eps_pred = model(x_t, t)
+    losses_std = per_sample(eps_pred - noise)
+    loss_std = losses_std.mean()
+    if epoch < start_epoch:
+        return loss_std, {"loss_std": loss_std.detach(), "per_sample": losses_std.detach(), "forward_calls": 1}
+
+    x0_hat = schedule.predict_x0(x_t, t, eps_pred.detach()).clamp(-1, 1)
+    emit(alpha * loss_std)  # in training: backward now, freeing this graph before the second pass
+    lam = conservative_lambda(t, schedule.num_timesteps, epoch, lambda_min, lambda_max, ramp_epochs)
+    lam = lam.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
+    x0_adapt = lam * x0_hat + (1 - lam) * x0
+    x_rect = schedule.q_sample(x0_adapt, t, noise)
+    losses_rect = per_sample(model(x_rect, t) - noise)
+    loss_rect = losses_rect.mean()
+    stats = {"loss_std": loss_std.detach(), "loss_rect": loss_rect.detach(), "lambda_mean": lam.mean(),
+             "per_sample": (alpha * losses_std + (1 - alpha) * losses_rect).detach(), "forward_calls": 2}
+    return (1 - alpha) * loss_rect, stats
+
+
+def input_perturbation(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
+                       *, gamma: float = 0.1, xi: Tensor | None = None,
+                       emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
+    """DDPM-IP (Ning et al., ICML 2023, eq. 8): input from eps + gamma*xi, target eps."""
+    xi = torch.randn_like(noise) if xi is None else xi
+    x_t = schedule.q_sample(x0, t, noise + gamma * xi)
+    losses = per_sample(model(x_t, t) - noise)
+    loss = losses.mean()
+    return loss, {"loss_std": loss.detach(), "per_sample": losses.detach(), "forward_calls": 1}
+
+
+LOSSES: dict[str, Callable[..., tuple[Tensor, Stats]]] = {
+    "standard": standard,
+    "dream": dream,
+    "dream_conservative": dream_conservative,
+    "input_perturbation": input_perturbation,
+}
+
+
+def _loss_fn(kind: str) -> Callable[..., tuple[Tensor, Stats]]:
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss kind {kind!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[kind]
+
+
+def _drop_epoch(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Only dream_conservative depends on the epoch; let callers pass it to every kind."""
+    return params if kind == "dream_conservative" else {k: v for k, v in params.items() if k != "epoch"}
+
+
+def compute_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
+                 **params: Any) -> tuple[Tensor, Stats]:
+    """The loss of `kind` as one differentiable scalar, and its per-step stats."""
+    terms: list[Tensor] = []
+    last, stats = _loss_fn(kind)(model, schedule, x0, t, noise, emit=terms.append, **_drop_epoch(kind, params))
+    loss = sum(terms, last)
+    stats["loss"] = loss.detach()
+    return loss, stats
+
+
+def backward_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
+                  *, defer_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                  **params: Any) -> Stats:
+    """Back-propagate the loss of `kind` term by term, so only one graph is alive at a time.
+
+    The gradients equal those of `compute_loss(...)[0].backward()`. Every backward but the
+    last runs under `defer_sync()` (DDP's `no_sync`), so gradients are all-reduced once.
+    """
+    total = []
+
+    def emit(term: Tensor) -> None:
+        with defer_sync():
+            term.backward()
+        total.append(term.detach())
+
+    last, stats = _loss_fn(kind)(model, schedule, x0, t, noise, emit=emit, **_drop_epoch(kind, params))
+    last.backward()
+    stats["loss"] = sum(total, last.detach())
+    return stats
+
+
+# Cost per training step: (model forward calls, forward-pass units), a backward counting as
+# two forwards. dream's estimate pass has no backward; dream_conservative's second pass has.
+STEP_COST = {
+    "standard": (1, 3),
+    "dream": (2, 4),
+    "dream_conservative": (2, 6),  # (1, 3) before start_epoch; the study's naive step: (3, 7)
+    "input_perturbation": (1, 3),
+}

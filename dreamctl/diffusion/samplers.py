@@ -1,0 +1,108 @@
+"""DDPM ancestral and DDIM sampling: two step functions, one loop.
+
+Signatures follow k-diffusion: `sample(model, schedule, noise, ...)` takes the initial
+noise and returns x0. Randomness inside the loop (eta > 0, DDPM) comes from one
+torch.Generator per image when a list is given, so image i depends only on its seed,
+whatever the batch it is drawn in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dreamctl.diffusion.schedule import NoiseSchedule
+
+Callback = Callable[[int, int, Tensor, Tensor], None]  # (i, t, x_t, x0_hat)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def timesteps(num_timesteps: int, steps: int, t_start: int | None = None) -> list[int]:
+    """The timesteps visited, largest first.
+
+    Default: DDIM's uniform skip t_i = i * (T // steps) (Song et al. 2021, section 4.2).
+    With t_start, `steps` timesteps evenly spaced on [0, t_start]: starting below T - 1
+    avoids the last steps of the schedule, which carry almost no signal.
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
+    if t_start is None:
+        ts = [i * (num_timesteps // steps) for i in range(steps)]
+    else:
+        if not 0 <= t_start < num_timesteps:
+            raise ValueError(f"t_start must be in [0, {num_timesteps - 1}], got {t_start}")
+        ts = sorted({round(i * t_start / max(steps - 1, 1)) for i in range(steps)})
+    return ts[::-1]
+
+
+def randn_like(x: Tensor, generator: Generators) -> Tensor:
+    """Standard normal noise shaped like x; with a list of generators, row i comes from generator i."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    rows = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=torch.float32) for g in generator]
+    return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+
+
+def _abar(schedule: NoiseSchedule, t: int) -> float:
+    """alphas_cumprod at t, with abar = 1 at t = -1 (the clean image)."""
+    return 1.0 if t < 0 else schedule.alphas_cumprod[t].item()
+
+
+def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Tensor, *, eta: float,
+              noise: Tensor | None, clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+    """One DDIM update from t to t_prev (Song et al. 2021, eq. 12 and 16). Returns (x_prev, x0_hat)."""
+    abar, abar_prev = _abar(schedule, t), _abar(schedule, t_prev)
+    x0_hat = (x_t - (1 - abar) ** 0.5 * eps) / abar**0.5
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1, 1)
+        eps = (x_t - abar**0.5 * x0_hat) / (1 - abar) ** 0.5
+    sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
+    x_prev = abar_prev**0.5 * x0_hat + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0_hat
+
+
+def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t: int, eps: Tensor, *, noise: Tensor | None,
+              clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+    """One ancestral step x_t -> x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) (DDPM eq. 6-7, 15)."""
+    tt = torch.full((x_t.shape[0],), t, dtype=torch.long)
+    x0_hat = schedule.predict_x0(x_t, tt, eps)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1, 1)
+    mean, var = schedule.posterior_mean_variance(x0_hat, x_t, tt)
+    x_prev = mean + var.sqrt() * noise if t > 0 else mean
+    return x_prev, x0_hat
+
+
+@torch.no_grad()
+def sample(model: nn.Module | Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule, noise: Tensor, *,
+           steps: int, eta: float = 0.0, method: str = "ddim", generator: Generators = None,
+           clip_x0: bool = False, t_start: int | None = None, callback: Callback | None = None) -> Tensor:
+    """Denoise `noise` (x_T) into images in [-1, 1] (unclipped unless clip_x0).
+
+    method 'ddim' visits `timesteps(T, steps, t_start)` with stochasticity eta; method
+    'ddpm' is ancestral sampling over all T steps with the posterior variance.
+    """
+    if method == "ddpm" and (steps != schedule.num_timesteps or t_start is not None):
+        raise ValueError("DDPM ancestral sampling visits all T timesteps: use steps=T and no t_start, or ddim")
+    if method not in ("ddim", "ddpm"):
+        raise ValueError(f"unknown sampler {method!r}: expected 'ddim' or 'ddpm'")
+    ts = timesteps(schedule.num_timesteps, steps, t_start)
+    x = noise
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
+        stochastic = t_prev >= 0 and (method == "ddpm" or eta > 0)
+        z = randn_like(x, generator) if stochastic else None
+        if method == "ddpm":
+            x, x0_hat = ddpm_step(schedule, x, t, eps, noise=z, clip_x0=clip_x0)
+        else:
+            x, x0_hat = ddim_step(schedule, x, t, t_prev, eps, eta=eta, noise=z, clip_x0=clip_x0)
+        if callback is not None:
+            callback(i, t, x, x0_hat)
+    return x

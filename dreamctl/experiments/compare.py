@@ -1,0 +1,187 @@
+"""Compare run folders: one row per run, metrics grouped by evaluation protocol.
+
+Numbers measured under different protocols (sampler, steps, sample count, reference set,
+resize, feature network) are never put in one column: each column is (protocol id, metric).
+Runs that differ only by `train.seed` are also aggregated into mean ± std (sample std,
+ddof=1). A metric without a value is `missing` with its reason, never a number.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from dreamctl.config import Recipe, flat_items
+from dreamctl.experiments.runs import Run
+
+TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
+TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "wall time",
+                 "img_per_s": "img/s", "peak_memory_bytes": "peak memory"}
+METRIC_ORDER = ("fid", "kid", "is", "lpips", "swd", "pixel_fd")
+NOT_SETTINGS = ("name", "description")  # the recipe name has its own column; free text is no setting
+# Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
+PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
+                   "resize", "feature_network")
+
+
+@dataclass(frozen=True)
+class Metric:
+    value: float | None = None
+    std: float | None = None  # the file's own spread (KID, IS), or the spread over seeds
+    missing: str | None = None  # why there is no value
+    n: int = 1  # seeds behind an aggregate value
+    evaluated: bool = True  # False: the run has no evaluation under this protocol at all
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    recipe: str
+    status: str
+    seeds: tuple[int, ...]
+    paths: tuple[str, ...]
+    settings: dict[str, Any]  # only the settings that differ between the runs compared
+    totals: dict[str, float | None]  # run.json totals (means over seeds for aggregates)
+    metrics: dict[tuple[str, str], Metric]  # (protocol id, metric name) -> value
+    eval_steps: dict[str, tuple[int, ...]]  # protocol id -> checkpoint step(s) evaluated
+
+
+@dataclass(frozen=True)
+class Comparison:
+    rows: tuple[Row, ...]
+    aggregate: tuple[Row, ...]  # mean ± std over seeds; empty unless some runs differ only by seed
+    settings: tuple[str, ...]  # the dotted keys that differ
+    columns: tuple[tuple[str, str], ...]  # (protocol id, metric), grouped by protocol
+    protocols: dict[str, dict[str, Any]]  # protocol id -> its description (checkpoint step removed)
+    warnings: tuple[str, ...] = field(default=())
+
+
+def effective_items(recipe: Recipe) -> dict[str, Any]:
+    """flat_items with the loss parameters that this loss kind ignores set to None (shown as —)."""
+    used = recipe.loss.params()
+    return {k: None if k.startswith("loss.") and k != "loss.kind" and k[5:] not in used else v
+            for k, v in flat_items(recipe).items()}
+
+
+def differing_settings(runs: list[Run]) -> tuple[str, ...]:
+    """Dotted recipe keys whose value is not the same in every run, in recipe order."""
+    flats = [effective_items(run.recipe) for run in runs]
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))
+    return tuple(k for k in keys if k not in NOT_SETTINGS and len({repr(f.get(k)) for f in flats}) > 1)
+
+
+def _metric(entry: dict[str, Any]) -> Metric:
+    if "missing" in entry:
+        return Metric(missing=str(entry["missing"]))
+    value = entry.get("value")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return Metric(missing=f"no numeric value in the evaluation file ({value!r})")
+    std = entry.get("std")
+    return Metric(value=float(value), std=float(std) if isinstance(std, (int, float)) else None)
+
+
+def _metric_key(name: str) -> tuple[int, str]:
+    return (METRIC_ORDER.index(name) if name in METRIC_ORDER else len(METRIC_ORDER), name)
+
+
+def _columns(runs: list[Run]) -> tuple[tuple[str, str], ...]:
+    names: dict[str, set[str]] = {}
+    for run in runs:
+        for pid, record in run.latest_evals().items():
+            names.setdefault(pid, set()).update(record.metrics)
+    return tuple((pid, m) for pid in sorted(names) for m in sorted(names[pid], key=_metric_key))
+
+
+def _protocols(runs: list[Run]) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]]:
+    """One description per protocol id, and a warning when runs disagree under one id."""
+    found: dict[str, dict[str, Any]] = {}
+    warnings = []
+    for run in runs:
+        for pid, record in run.latest_evals().items():
+            desc = {k: v for k, v in record.protocol.items() if k != "checkpoint_step"}
+            first = found.setdefault(pid, desc)
+            clash = [k for k in PROTOCOL_FIELDS if first.get(k) != desc.get(k)]
+            if clash:
+                warnings.append(f"protocol {pid}: {run.name} differs on {', '.join(clash)}; check the evaluator")
+    return found, tuple(warnings)
+
+
+def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str], ...]) -> Row:
+    flat = effective_items(run.recipe)
+    latest = run.latest_evals()
+    metrics = {}
+    for pid, name in columns:
+        record = latest.get(pid)
+        if record is None:
+            metrics[(pid, name)] = Metric(missing=f"{run.name} was not evaluated under protocol {pid}", evaluated=False)
+        elif name not in record.metrics:
+            metrics[(pid, name)] = Metric(missing=f"{name} not computed in {record.path}")
+        else:
+            metrics[(pid, name)] = _metric(record.metrics[name])
+    return Row(
+        label=run.name, recipe=run.recipe.name, status=run.status, seeds=(run.seed,),
+        paths=(str(run.path),), settings={k: flat.get(k) for k in settings},
+        totals={k: run.total(k) for k in TOTALS}, metrics=metrics,
+        eval_steps={pid: (r.checkpoint_step,) for pid, r in latest.items() if r.checkpoint_step is not None},
+    )
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _group_label(rows: list[Row]) -> str:
+    stripped = {re.sub(r"[_-]?seed-?\d+", "", row.label) for row in rows}
+    if len(stripped) == 1 and next(iter(stripped)):
+        return next(iter(stripped))
+    return f"{rows[0].label} (+{len(rows) - 1})"
+
+
+def aggregate_rows(rows: list[Row]) -> Row:
+    """Mean ± std over runs that differ only by seed; missing values are left out and counted."""
+    metrics = {}
+    for key in rows[0].metrics:
+        found = [r.metrics[key] for r in rows]
+        values = [m.value for m in found if m.value is not None]
+        if not values:
+            reasons = sorted({m.missing or "" for m in found})
+            metrics[key] = Metric(missing="; ".join(reasons), evaluated=any(m.evaluated for m in found))
+        else:
+            mean, std = _mean_std(values)
+            metrics[key] = Metric(value=mean, std=std, n=len(values))
+    totals = {k: _mean_std([r.totals[k] for r in rows if r.totals[k] is not None])[0] for k in TOTALS}
+    steps: dict[str, tuple[int, ...]] = {}
+    for row in rows:
+        for pid, s in row.eval_steps.items():
+            steps[pid] = tuple(sorted(set(steps.get(pid, ()) + s)))
+    statuses = sorted({r.status for r in rows})
+    return Row(
+        label=_group_label(rows), recipe=rows[0].recipe, status="/".join(statuses),
+        seeds=tuple(s for r in rows for s in r.seeds), paths=tuple(p for r in rows for p in r.paths),
+        settings={k: v for k, v in rows[0].settings.items() if k != "train.seed"},
+        totals=totals, metrics=metrics, eval_steps=steps,
+    )
+
+
+def seed_groups(runs: list[Run]) -> list[list[int]]:
+    """Indices of runs grouped by every recipe setting except `train.seed`, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, run in enumerate(runs):
+        flat = effective_items(run.recipe)
+        key = repr(sorted((k, repr(v)) for k, v in flat.items() if k not in ("train.seed", *NOT_SETTINGS)))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def compare_runs(runs: list[Run]) -> Comparison:
+    settings = differing_settings(runs)
+    columns = _columns(runs)
+    protocols, warnings = _protocols(runs)
+    rows = [run_row(run, settings, columns) for run in runs]
+    groups = seed_groups(runs)
+    aggregate = [aggregate_rows([rows[i] for i in g]) for g in groups] if any(len(g) > 1 for g in groups) else []
+    return Comparison(tuple(rows), tuple(aggregate), settings, columns, protocols, warnings)

@@ -1,0 +1,229 @@
+"""Show an ablation plan, carry it out through CLI subprocesses, then write its report.
+
+The command runner is a function argument, so tests substitute a fake that writes the
+run-folder files itself. One failing job is logged (exit code, last lines of stderr in
+OUT/logs/<job>.log) and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dreamctl.errors import CheckpointError, ConfigError
+from dreamctl.experiments.ablate import EvalJob, Plan, TrainJob
+from dreamctl.experiments.compare import compare_runs
+from dreamctl.experiments.tables import to_markdown
+from dreamctl.experiments.plots import write_figures
+from dreamctl.experiments.runs import Run, read_run
+
+STDERR_LINES = 60  # kept in a failed job's log
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stderr_tail: str = ""
+
+
+Runner = Callable[[list[str]], CommandResult]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: str
+    action: str  # train | resume | evaluate | skip | not run
+    failed: bool = False
+    note: str = ""
+    log: Path | None = None
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    outcomes: tuple[Outcome, ...]
+    report: Path
+    figures: tuple[Path, ...] = field(default=())
+
+    @property
+    def failures(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if o.failed)
+
+
+def _count(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
+
+
+def plan_rows(plan: Plan) -> tuple[list[str], list[list[str]]]:
+    """The plan as text cells (dry-run table and report): what runs, how, and what it costs.
+
+    A run's settings are in its name; `evaluate only` re-samples a trained checkpoint.
+    """
+    head = ["job", "action", "steps", "images", "forward passes"]
+    rows = []
+    for job in plan.train:
+        action = {"skip": "skip (finished)", "resume": "resume", "train": "train",
+                  "restart": "train again (no checkpoint)"}[job.action]
+        rows.append([job.name, action, _count(job.steps), _count(job.images), _count(job.forwards)])
+        for ev in (e for e in plan.evals if e.run == job.name):
+            action = "skip (evaluated)" if ev.action == "skip" else "evaluate only"
+            rows.append([ev.name, action, "—", _count(ev.images), _count(ev.forwards)])
+    return head, rows
+
+
+def plan_totals(plan: Plan) -> dict[str, int | None]:
+    """Images and forward passes still to spend (skipped jobs cost nothing); None when any is unknown."""
+    def total(values: list[int | None]) -> int | None:
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    trains = [j for j in plan.train if j.action != "skip"]
+    evals = [e for e in plan.evals if e.action != "skip"]
+    return {"train_runs": len(trains), "train_images": total([j.images for j in trains]),
+            "train_forwards": total([j.forwards for j in trains]), "eval_runs": len(evals),
+            "eval_images": total([e.images for e in evals]), "eval_forwards": total([e.forwards for e in evals])}
+
+
+def run_command(cmd: list[str]) -> CommandResult:
+    """The default runner: stdout goes straight through; stderr too, and its last lines are kept."""
+    tail: deque[str] = deque(maxlen=STDERR_LINES)
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)  # the child's own messages, passed through unchanged
+            tail.append(line)
+    return CommandResult(proc.returncode, "".join(tail))
+
+
+def dreamctl_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dreamctl", *args]
+
+
+def train_command(job: TrainJob, data: Path | None, nproc: int | None) -> list[str]:
+    if job.action == "resume":
+        cmd = dreamctl_command("resume", str(job.run_dir))
+    else:
+        if data is None:
+            raise ConfigError(f"run {job.name} needs training data: give --data DIR or 'data:' in the spec")
+        cmd = dreamctl_command("train", "--recipe", job.recipe, "--data", str(data), "--run-dir", str(job.run_dir))
+        cmd += [a for o in job.overrides for a in ("--set", o)]
+    return cmd + (["--nproc-per-node", str(nproc)] if nproc else [])
+
+
+def evaluate_command(job: EvalJob) -> list[str]:
+    return dreamctl_command("evaluate", str(job.run_dir), *job.flags)
+
+
+def _set_aside(run_dir: Path, parking: Path) -> Path:
+    """Move a run that stopped before its first checkpoint out of the way, so train can start it afresh."""
+    parking.mkdir(parents=True, exist_ok=True)
+    n = sum(1 for _ in parking.glob(f"{run_dir.name}.*")) + 1
+    target = parking / f"{run_dir.name}.{n}"
+    run_dir.rename(target)
+    return target
+
+
+def _run_logged(cmd: list[str], job: str, action: str, runner: Runner, logs: Path) -> Outcome:
+    result = runner(cmd)
+    log = logs / f"{job}.log"
+    if result.returncode == 0:
+        log.unlink(missing_ok=True)  # a stale failure from an earlier attempt
+        return Outcome(job, action)
+    logs.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"$ {' '.join(cmd)}\nexit code {result.returncode}\n--- last lines of stderr ---\n{result.stderr_tail}")
+    return Outcome(job, action, failed=True, note=f"exit code {result.returncode}", log=log)
+
+
+def _finished(run_dir: Path) -> str | None:
+    """None when run.json says finished, else what it says instead."""
+    try:
+        status = read_run(run_dir).status
+    except CheckpointError as err:
+        return str(err)
+    return None if status == "finished" else f"run.json status is '{status}' after the command succeeded"
+
+
+def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
+            progress: Callable[[str], None] = lambda message: None) -> AblationResult:
+    """Train/resume what is not finished, evaluate what is not evaluated, then write OUT/report.md.
+
+    runner(cmd) -> CommandResult runs one CLI command; the default starts a subprocess.
+    """
+    runner = runner or run_command
+    if plan.data is None and any(j.action in ("train", "restart") for j in plan.train):
+        train_command(next(j for j in plan.train if j.action in ("train", "restart")), None, nproc)  # the clear error
+    logs = plan.spec.out / "logs"
+    outcomes: list[Outcome] = []
+    total = len(plan.train) + len(plan.evals)
+    done = 0
+    for job in plan.train:
+        done += 1
+        progress(f"[{done}/{total}] {job.action} {job.name}")
+        if job.action == "skip":
+            outcome = Outcome(job.name, "skip", note="already finished")
+        else:
+            if job.action == "restart":
+                _set_aside(job.run_dir, plan.spec.out / "stopped-before-checkpoint")
+            outcome = _run_logged(train_command(job, plan.data, nproc), job.name, job.action, runner, logs)
+            problem = None if outcome.failed else _finished(job.run_dir)
+            if problem:
+                outcome = Outcome(job.name, job.action, failed=True, note=problem)
+        outcomes.append(outcome)
+        for ev in (e for e in plan.evals if e.run == job.name):
+            done += 1
+            if outcome.failed:
+                outcomes.append(Outcome(ev.name, "not run", note=f"training of {job.name} failed"))
+            elif ev.action == "skip":
+                outcomes.append(Outcome(ev.name, "skip", note="already evaluated"))
+            else:
+                progress(f"[{done}/{total}] evaluate {ev.name}")
+                outcomes.append(_run_logged(evaluate_command(ev), ev.name, "evaluate", runner, logs))
+    report, figures = write_report(plan, outcomes)
+    return AblationResult(tuple(outcomes), report, tuple(figures))
+
+
+def _readable_runs(plan: Plan) -> tuple[list[Run], list[str]]:
+    runs, problems = [], []
+    for job in plan.train:
+        if not (job.run_dir / "run.json").is_file():
+            continue
+        try:
+            runs.append(read_run(job.run_dir))
+        except CheckpointError as err:  # one broken folder must not hide the others' results
+            problems.append(f"{job.name}: {err}")
+    return runs, problems
+
+
+def write_report(plan: Plan, outcomes: list[Outcome]) -> tuple[Path, list[Path]]:
+    """OUT/report.md: the plan, what failed, the compare table (mean ± std over seeds) and figures."""
+    out, spec = plan.spec.out, plan.spec
+    runs, problems = _readable_runs(plan)
+    comp = compare_runs(runs) if runs else None
+    figures = write_figures(runs, out / "figures", comp) if comp else []
+    lines = [f"# Ablation: {spec.name}", ""] + ([spec.description, ""] if spec.description else [])
+    recipes = sorted({j.recipe for j in plan.train})
+    lines += [f"- spec: `{spec.path}`", f"- recipe{'s' if len(recipes) > 1 else ''}: {', '.join(recipes)}",
+              f"- fixed overrides: {' '.join(spec.set) or 'none'}", f"- data: `{plan.data}`" + (f" ({plan.data_count:,} training images)" if plan.data_count else ""),
+              f"- seeds: {', '.join(map(str, spec.seeds))}", ""]
+    if any(r.recipe.loss.kind == "dream_conservative" for r in runs):
+        lines += ["Note: `dream_conservative` is the CelebA study's variant (x0 rectification, plain noise target), "
+                  "not the published DREAM method (`dream`).", ""]
+    head, rows = plan_rows(plan)
+    lines += ["## Plan", "", "`evaluate only` re-samples a trained checkpoint (eval-time settings need no training); "
+              "forward passes count a backward as two.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows] + ["", "## Outcome", ""]
+    failed = [o for o in outcomes if o.failed]
+    lines += [f"- **failed** `{o.job}` ({o.action}): {o.note}" + (f" — log: [{o.log.name}](logs/{o.log.name})" if o.log else "")
+              for o in failed] or [f"All {len(outcomes)} jobs succeeded or were already done."]
+    lines += [f"- not run: `{o.job}`: {o.note}" for o in outcomes if o.action == "not run"]
+    lines += [f"- unreadable run: {p}" for p in problems] + ["", "## Results", ""]
+    lines += [to_markdown(comp)] if comp else ["No run has a run.json yet: nothing to compare.", ""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures] + [""]
+    out.mkdir(parents=True, exist_ok=True)
+    path, tmp = out / "report.md", out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path, figures

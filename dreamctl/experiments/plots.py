@@ -1,0 +1,153 @@
+"""PNG figures for `compare --plot` and ablate's report (matplotlib, Agg, no pyplot state).
+
+Each function draws from run folders only and returns the path it wrote, or None when
+there is nothing to draw (a figure is never written empty). Titles of metric figures
+name their protocol: numbers from two protocols never share axes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import textwrap
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dreamctl.experiments.compare import Comparison, compare_runs
+from dreamctl.experiments.tables import describe_protocols
+from dreamctl.experiments.runs import Run
+
+LOSS_TERM = re.compile(r"loss(_(?!q\d$)\w+)?$")  # loss, loss_std, loss_rect, loss_dream...; not the quartiles
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "unnamed"
+
+
+def _figure(panels: int) -> tuple[Figure, list]:
+    cols = min(panels, 3)
+    rows = math.ceil(panels / cols)
+    fig = Figure(figsize=(5.0 * cols if cols > 1 else 7.5, 3.8 * rows + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:panels]
+
+
+def _title(fig: Figure, title: str, description: str) -> None:
+    """A title naming the protocol, its settings wrapped to the figure's width."""
+    width = int(fig.get_figwidth() * 11)
+    fig.suptitle("\n".join([title, *textwrap.wrap(description, width)]), fontsize="medium")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _series(run: Run, key: str) -> tuple[list[float], list[float]]:
+    points = [(r["step"], r[key]) for r in run.history
+              if isinstance(r.get("step"), (int, float)) and isinstance(r.get(key), (int, float))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_losses(runs: list[Run], path: Path) -> Path | None:
+    """Training loss against step, one panel per loss term logged (loss, loss_std, loss_rect, ...)."""
+    logged = {k for run in runs for row in run.history for k in row if LOSS_TERM.match(k)}
+    keys = [k for k in sorted(logged, key=lambda k: (k != "loss", k)) if any(_series(r, k)[0] for r in runs)]
+    if not keys:
+        return None
+    fig, axes = _figure(len(keys))
+    for ax, key in zip(axes, keys):
+        for run in runs:
+            x, y = _series(run, key)
+            if x:
+                ax.plot(x, y, label=run.name, linewidth=1.2)
+        ax.set(xlabel="training step", ylabel=key, title=key)
+        if all(v > 0 for run in runs for v in _series(run, key)[1]):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("Training loss (metrics.jsonl)")
+    return _save(fig, path)
+
+
+def plot_lambda(runs: list[Run], path: Path) -> Path | None:
+    """The rectification weight actually applied (lambda_mean over each logged batch)."""
+    drawn = [(run, *_series(run, "lambda_mean")) for run in runs]
+    drawn = [d for d in drawn if d[1]]
+    if not drawn:
+        return None
+    fig, (ax,) = _figure(1)
+    for run, x, y in drawn:
+        ax.plot(x, y, label=f"{run.name} ({run.recipe.loss.kind})", linewidth=1.2)
+    ax.set(xlabel="training step", ylabel="lambda_mean", title="Lambda schedule applied (lambda_mean, metrics.jsonl)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, path: Path) -> Path | None:
+    """Each metric of one protocol against the checkpoint step it was measured at."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for run in runs:
+        for record in run.evals:
+            if record.protocol_id != protocol_id or record.checkpoint_step is None:
+                continue
+            for name, entry in record.metrics.items():
+                if isinstance(entry.get("value"), (int, float)) and "missing" not in entry:
+                    curves.setdefault(name, {}).setdefault(run.name, []).append((record.checkpoint_step, entry["value"]))
+    if not curves:
+        return None
+    fig, axes = _figure(len(curves))
+    for ax, (name, by_run) in zip(axes, sorted(curves.items())):
+        for run_name, points in by_run.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=run_name)
+        ax.set(xlabel="checkpoint step", ylabel=name, title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    _title(fig, f"Metrics against training step — protocol {protocol_id}", description)
+    return _save(fig, path)
+
+
+def plot_final_metrics(comp: Comparison, protocol_id: str, description: str, path: Path) -> Path | None:
+    """Bars of the final metrics of one protocol; error bars are the std over seeds."""
+    rows = comp.aggregate or comp.rows
+    names = [m for p, m in comp.columns if p == protocol_id]
+    names = [m for m in names if any(r.metrics[(protocol_id, m)].value is not None for r in rows)]
+    if not names:
+        return None
+    fig, axes = _figure(len(names))
+    labels = [r.label for r in rows]
+    for ax, name in zip(axes, names):
+        found = [r.metrics[(protocol_id, name)] for r in rows]
+        heights = [m.value if m.value is not None else 0.0 for m in found]
+        errors = [m.std if (m.std is not None and m.n > 1) else 0.0 for m in found]
+        bars = ax.bar(range(len(rows)), heights, yerr=errors if any(errors) else None, capsize=4, color="tab:blue")
+        for bar, m in zip(bars, found):
+            if m.value is None:  # an honest gap, labelled, never a number
+                bar.set_alpha(0.0)
+                ax.text(bar.get_x() + bar.get_width() / 2, 0, "missing", ha="center", va="bottom", rotation=90)
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize="small")
+        seeds = "mean ± std over seeds" if comp.aggregate else "one run each"
+        ax.set(ylabel=name, title=f"{name} ({seeds})")
+        ax.grid(alpha=0.3, axis="y")
+    _title(fig, f"Final metrics — protocol {protocol_id}", description)
+    return _save(fig, path)
+
+
+def write_figures(runs: list[Run], out_dir: str | Path, comp: Comparison | None = None) -> list[Path]:
+    """Every figure that has something to show, written under out_dir; returns their paths."""
+    out = Path(out_dir)
+    comp = comp or compare_runs(runs)
+    written = [plot_losses(runs, out / "loss.png"), plot_lambda(runs, out / "lambda.png")]
+    described = describe_protocols(comp)
+    for pid in comp.protocols:
+        written.append(plot_metrics_vs_step(runs, pid, described[pid], out / f"metrics-vs-step_{_safe(pid)}.png"))
+        written.append(plot_final_metrics(comp, pid, described[pid], out / f"final-metrics_{_safe(pid)}.png"))
+    return [p for p in written if p is not None]

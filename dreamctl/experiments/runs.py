@@ -1,0 +1,130 @@
+"""Read a run folder (docs/run-folder.md) into a typed, read-only record.
+
+Only the files are read: `run.json`, `recipe.yaml`, `metrics.jsonl` and `eval/*.json`.
+Nothing here imports torch, so `compare` works on a laptop holding copied run folders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dreamctl.config import Recipe, recipe_from_yaml
+from dreamctl.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """One evaluation file: the metrics of one checkpoint under one protocol."""
+
+    protocol_id: str
+    protocol: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+    path: Path
+
+    @property
+    def checkpoint_step(self) -> int | None:
+        step = self.protocol.get("checkpoint_step")
+        return int(step) if isinstance(step, (int, float)) else None
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    info: dict[str, Any]  # run.json
+    recipe: Recipe
+    history: tuple[dict[str, Any], ...]  # metrics.jsonl, one row per logged step
+    evals: tuple[EvalRecord, ...]  # sorted by protocol id, then checkpoint step
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name") or self.path.name)
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status", "unknown"))
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.train.seed
+
+    def total(self, key: str) -> float | int | None:
+        """A number from run.json (step, images_seen, wall_time_s, ...), None when absent."""
+        value = self.info.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def latest_evals(self) -> dict[str, EvalRecord]:
+        """protocol id -> the evaluation of the newest checkpoint under that protocol."""
+        out: dict[str, EvalRecord] = {}
+        for record in self.evals:  # sorted, so the newest step wins
+            out[record.protocol_id] = record
+        return out
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read it as JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_history(path: Path) -> tuple[dict[str, Any], ...]:
+    """metrics.jsonl; a truncated last line (a crash mid-append) is dropped, any other bad line is an error."""
+    if not path.is_file():
+        return ()
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise CheckpointError(f"{path}: line {i + 1} is not JSON; the file is corrupt") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return tuple(rows)
+
+
+def read_evals(eval_dir: Path) -> tuple[EvalRecord, ...]:
+    records: dict[tuple[str, int | None], EvalRecord] = {}
+    for path in sorted(eval_dir.rglob("*.json")) if eval_dir.is_dir() else ():
+        if path.name.startswith("."):  # a writer's temporary file
+            continue
+        data = read_json(path)
+        metrics = data.get("metrics")
+        if not isinstance(metrics, dict):
+            raise CheckpointError(f"{path}: no 'metrics' object; not an evaluation file")
+        protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else {}
+        record = EvalRecord(
+            protocol_id=str(data.get("protocol_id") or path.stem),
+            protocol=protocol,
+            metrics={k: v if isinstance(v, dict) else {"value": v} for k, v in metrics.items()},
+            path=path,
+        )
+        records.setdefault((record.protocol_id, record.checkpoint_step), record)
+    return tuple(sorted(records.values(), key=lambda r: (r.protocol_id, r.checkpoint_step or -1)))
+
+
+def read_run(path: str | Path) -> Run:
+    """Read RUN_DIR; CheckpointError naming the file when it is not a run folder."""
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(f"run folder {root} does not exist")
+    info_path, recipe_path = root / "run.json", root / "recipe.yaml"
+    for needed in (info_path, recipe_path):
+        if not needed.is_file():
+            raise CheckpointError(f"{root}: no {needed.name}; not a run folder (`dreamctl train` writes it)")
+    recipe = recipe_from_yaml(recipe_path.read_text(), str(recipe_path))
+    return Run(
+        path=root,
+        info=read_json(info_path),
+        recipe=recipe,
+        history=read_history(root / "metrics.jsonl"),
+        evals=read_evals(root / "eval"),
+    )

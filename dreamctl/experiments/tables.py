@@ -1,0 +1,151 @@
+"""Text forms of a Comparison: cells for the terminal, markdown for reports, CSV and JSON.
+
+Every metric column names its protocol id; a metric without a value prints as `missing`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from dreamctl.experiments.compare import TOTAL_HEADERS, TOTALS, Comparison, Metric, Row
+
+
+def format_number(value: float | None, kind: str) -> str:
+    if value is None:
+        return "—"
+    if kind in ("step", "images_seen"):
+        return f"{round(value):,}"
+    if kind == "wall_time_s":
+        return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.2f} h"
+    if kind == "peak_memory_bytes":
+        if value == 0:  # what the trainer records where it cannot measure (CPU)
+            return "—"
+        return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
+    return f"{value:.1f}"
+
+
+def format_metric(metric: Metric, of_seeds: int = 1) -> str:
+    if metric.value is None:
+        return "missing"
+    if not math.isfinite(metric.value):
+        return str(metric.value)
+    text = f"{metric.value:.4g}" + (f" ± {metric.std:.2g}" if metric.std is not None else "")
+    return text + (f" (n={metric.n})" if of_seeds > 1 and metric.n < of_seeds else "")
+
+
+def _setting_text(value: Any) -> str:
+    if value is None:
+        return "—"
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def info_headers(comp: Comparison, aggregate: bool = False) -> list[str]:
+    settings = [k for k in comp.settings if not (aggregate and k == "train.seed")]
+    first = ["group", "seeds"] if aggregate else ["run"]
+    return first + ["recipe", *settings, "status"] + [TOTAL_HEADERS[k] for k in TOTALS]
+
+
+def info_cells(row: Row, aggregate: bool = False) -> list[str]:
+    first = [row.label, ",".join(map(str, row.seeds))] if aggregate else [row.label]
+    out = first + [row.recipe] + [_setting_text(v) for v in row.settings.values()] + [row.status]
+    return out + [format_number(row.totals[k], k) for k in TOTALS]
+
+
+def protocol_headers(comp: Comparison, pid: str) -> list[str]:
+    """The columns of one protocol group: the checkpoint step evaluated, then its metrics."""
+    return ["ckpt"] + [m for p, m in comp.columns if p == pid]
+
+
+def protocol_cells(comp: Comparison, row: Row, pid: str) -> list[str]:
+    steps = "/".join(f"{s:,}" for s in row.eval_steps.get(pid, ())) or "—"
+    return [steps] + [format_metric(row.metrics[(p, m)], len(row.seeds)) for p, m in comp.columns if p == pid]
+
+
+def headers(comp: Comparison, aggregate: bool = False) -> list[str]:
+    """One flat header; every metric column names its protocol id."""
+    out = info_headers(comp, aggregate)
+    for pid in protocol_ids(comp):
+        out += [f"{h} @ {pid}" for h in protocol_headers(comp, pid)]
+    return out
+
+
+def cells(comp: Comparison, row: Row, aggregate: bool = False) -> list[str]:
+    out = info_cells(row, aggregate)
+    for pid in protocol_ids(comp):
+        out += protocol_cells(comp, row, pid)
+    return out
+
+
+def protocol_ids(comp: Comparison) -> list[str]:
+    return list(dict.fromkeys(pid for pid, _ in comp.columns))
+
+
+def describe_protocols(comp: Comparison) -> dict[str, str]:
+    """protocol id -> one line saying what its numbers were measured with."""
+    out = {}
+    for pid, desc in comp.protocols.items():
+        parts = [f"{k}={desc[k]}" for k in ("sampler", "steps", "eta", "t_start", "ema", "num_generated",
+                                            "ref_split", "ref_num", "resize", "feature_network") if k in desc]
+        out[pid] = ", ".join(parts) or "no protocol recorded"
+    return out
+
+
+def to_markdown(comp: Comparison) -> str:
+    def table(head: list[str], body: list[list[str]]) -> list[str]:
+        esc = [[c.replace("|", "\\|") for c in r] for r in [head, *body]]
+        return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
+
+    lines = table(headers(comp), [cells(comp, r) for r in comp.rows])
+    if comp.aggregate:
+        lines += ["", "Mean ± std over seeds (sample std; n shown where a seed lacks the metric):", ""]
+        lines += table(headers(comp, True), [cells(comp, r, True) for r in comp.aggregate])
+    if comp.protocols:
+        lines += ["", "Protocols (numbers are comparable only within one protocol):", ""]
+        lines += [f"- `{pid}`: {text}" for pid, text in describe_protocols(comp).items()]
+    lines += ["", *[f"> warning: {w}" for w in comp.warnings]] if comp.warnings else []
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(comp: Comparison) -> str:
+    """Raw numbers, one line per run then one per seed group (column `kind`)."""
+    has_std = {c for c in comp.columns if any(r.metrics[c].std is not None for r in comp.rows + comp.aggregate)}
+    head = ["kind", "name", "seeds", "recipe", *comp.settings, "status", *TOTALS]
+    for pid in protocol_ids(comp):
+        head.append(f"ckpt @ {pid}")
+        for col in (c for c in comp.columns if c[0] == pid):
+            head += [f"{col[1]} @ {pid}"] + ([f"{col[1]} std @ {pid}"] if col in has_std else [])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(head)
+    for kind, rows in (("run", comp.rows), ("seed-mean", comp.aggregate)):
+        for row in rows:
+            line = [kind, row.label, ",".join(map(str, row.seeds)), row.recipe]
+            line += [_setting_text(row.settings[k]) if k in row.settings else "" for k in comp.settings]
+            line += [row.status] + ["" if row.totals[k] is None else row.totals[k] for k in TOTALS]
+            for pid in protocol_ids(comp):
+                line.append("/".join(map(str, row.eval_steps.get(pid, ()))))
+                for col in (c for c in comp.columns if c[0] == pid):
+                    m = row.metrics[col]
+                    line.append("missing" if m.value is None else m.value)
+                    if col in has_std:
+                        line.append("" if m.std is None else m.std)
+            writer.writerow(line)
+    return buf.getvalue()
+
+
+def _row_json(row: Row) -> dict[str, Any]:
+    metrics: dict[str, dict[str, Any]] = {}
+    for (pid, name), m in row.metrics.items():
+        group = metrics.setdefault(pid, {"checkpoint_steps": list(row.eval_steps.get(pid, ()))})
+        group[name] = {"missing": m.missing} if m.value is None else {"value": m.value, "std": m.std, "n": m.n}
+    return {"name": row.label, "recipe": row.recipe, "status": row.status, "seeds": list(row.seeds),
+            "paths": list(row.paths), "settings": row.settings, "totals": row.totals, "metrics": metrics}
+
+
+def to_json(comp: Comparison) -> dict[str, Any]:
+    return {"differing_settings": list(comp.settings), "protocols": comp.protocols,
+            "runs": [_row_json(r) for r in comp.rows], "seed_aggregates": [_row_json(r) for r in comp.aggregate],
+            "warnings": list(comp.warnings)}

@@ -1,0 +1,82 @@
+"""The one place seeds become images: progress grids, `sample`, `evaluate` and `ablate`.
+
+Image i is drawn from its own generator seeded with seeds[i]: first its initial noise,
+then, for stochastic samplers, the noise of every step. So an image depends only on its
+seed, whatever the batch size or the number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from dreamctl.config import SampleConfig
+from dreamctl.diffusion.samplers import sample
+from dreamctl.diffusion.schedule import NoiseSchedule
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Images in [-1, 1], NCHW float -> NHWC uint8 on the CPU."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(generators: Sequence[torch.Generator], image_size: int) -> Tensor:
+    """x_T for each image from its own generator (drawn on the CPU, the same on every device)."""
+    return torch.stack([torch.randn(3, image_size, image_size, generator=g) for g in generators])
+
+
+@torch.no_grad()
+def generate(model: nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], *, image_size: int,
+             cfg: SampleConfig, device: torch.device, batch_size: int | None = None,
+             on_batch: Callable[[int, Tensor], None] | None = None) -> Tensor:
+    """Draw one image per seed with the sampler of `cfg`; returns NHWC uint8 on the CPU.
+
+    `on_batch(start, images)` is called after each batch (for writing files as they come).
+    """
+    batch_size = batch_size or cfg.batch_size
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        gens = seed_generators(seeds[start:start + batch_size])
+        x_T = initial_noise(gens, image_size).to(device)
+        x0 = sample(model, schedule, x_T, steps=cfg.steps, eta=cfg.eta, method=cfg.sampler,
+                    generator=gens, clip_x0=cfg.clip_x0, t_start=cfg.t_start)
+        images = to_uint8(x0)
+        if on_batch is not None:
+            on_batch(start, images)
+        out.append(images)
+    return torch.cat(out) if out else torch.empty(0, image_size, image_size, 3, dtype=torch.uint8)
+
+
+def grid(images: Tensor | np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """NHWC uint8 images tiled into one HWC uint8 picture with a white border."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
+    return canvas
+
+
+def save_grid(images: Tensor | np.ndarray, path: Path, nrow: int | None = None, scale: int = 1) -> Path:
+    """Write a grid PNG atomically; `scale` enlarges small images (nearest) so they can be seen."""
+    picture = Image.fromarray(grid(images, nrow))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    picture.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,188 @@
+"""Compute a set of metrics between generated and reference images, with its protocol.
+
+Each metric comes back as {"value": float, ...} or {"missing": reason}; a metric whose weights
+are absent is reported missing, never as a number. Reference statistics for the feature
+network (mean, covariance, features for KID, logits for the real-image IS) are cached as npz,
+keyed by the reference key, the network's name and weights hash, and the image count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dreamctl.errors import ConfigError, DataError, WeightsError
+from dreamctl.metrics import weights
+from dreamctl.metrics.inception import FeatureNet, InceptionFeatureNet, batched_features, check_images
+from dreamctl.metrics.pixel_fd import pixel_frechet_distance
+from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
+                                    kernel_inception_distance, softmax)
+from dreamctl.metrics.swd import sliced_wasserstein_distance
+from dreamctl.metrics.weights import check_weights
+
+__all__ = ["METRICS", "evaluate_image_sets", "check_weights", "reference_stats"]
+
+METRICS = ("fid", "kid", "is", "lpips", "swd", "pixel_fd")
+_FEATURE_METRICS = {"fid", "kid", "is"}
+KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, LPIPS_PAIRS = 100, 1000, 10, 1000
+
+
+def library_versions() -> dict[str, str]:
+    return {pkg: importlib.metadata.version(pkg) for pkg in ("torch", "clean-fid", "lpips", "scipy", "numpy")}
+
+
+def _cache_path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"refstats-{digest}.npz"
+
+
+def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: str | None,
+                    cache_dir: Path | None, batch_size: int = 64) -> tuple[dict[str, np.ndarray | None], str]:
+    """{"mu", "sigma", "feats", "logits"} of the reference set, from the cache when it holds them.
+
+    Returns the stats and what the cache did: "hit", "written" or "off"."""
+    key = {"reference_key": reference_key, "net": net.name, "weights_sha256": net.weights_sha256,
+           "resize": net.resize, "count": int(len(reference))}
+    path = _cache_path(cache_dir, key) if cache_dir is not None and reference_key is not None else None
+    if path is not None and path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if json.loads(str(z["key"])) == key:
+                    logits = z["logits"] if "logits" in z.files else None
+                    return {"mu": z["mu"], "sigma": z["sigma"], "feats": z["feats"], "logits": logits}, "hit"
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError):
+            pass  # an unreadable cache entry is recomputed and overwritten below
+    feats, logits = batched_features(net, reference, batch_size)
+    mu, sigma = gaussian_stats(feats)
+    stats = {"mu": mu, "sigma": sigma, "feats": feats, "logits": logits}
+    if path is None:
+        return stats, "off"
+    extra = {} if logits is None else {"logits": logits}
+    _save_npz_atomic(path, key=np.array(json.dumps(key, sort_keys=True)), mu=mu, sigma=sigma, feats=feats, **extra)
+    return stats, "written"
+
+
+def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, ref: dict, seed: int,
+                     batch_size: int, stand_in: bool) -> dict[str, dict]:
+    feats, logits = batched_features(net, generated, batch_size)
+    note = {"note": f"computed with {net.name}; not comparable to Inception metrics"} if stand_in else {}
+    out: dict[str, dict] = {}
+    if "fid" in wanted:
+        mu, sigma = gaussian_stats(feats)
+        out["fid"] = {"value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), **note}
+    if "kid" in wanted:
+        mean, std = kernel_inception_distance(feats, ref["feats"], num_subsets=KID_SUBSETS,
+                                              max_subset_size=KID_SUBSET_SIZE, rng=np.random.default_rng(seed))
+        out["kid"] = {"value": mean, "std": std, **note}
+    if "is" in wanted:
+        if logits is None:
+            out["is"] = {"missing": f"feature network {net.name} gives no class logits"}
+        elif len(generated) < IS_SPLITS:
+            out["is"] = {"missing": f"IS needs at least {IS_SPLITS} generated images, got {len(generated)}"}
+        else:
+            mean, std = inception_score(softmax(logits), IS_SPLITS)
+            entry = {"value": mean, "std": std, **note}
+            if ref["logits"] is not None and len(ref["logits"]) >= IS_SPLITS:
+                entry["real_value"], entry["real_std"] = inception_score(softmax(ref["logits"]), IS_SPLITS)
+            out["is"] = entry
+    return out
+
+
+def _lpips_metric(generated: np.ndarray, reference: np.ndarray, weights_dir: Path | None, seed: int,
+                  batch_size: int, device: str) -> tuple[dict, dict]:
+    # Imported here: lpips pulls in torchvision, which costs seconds when LPIPS is not asked for.
+    from dreamctl.metrics.lpips_diversity import MIN_SIZE, build_lpips, lpips_diversity
+
+    if min(generated.shape[1:3]) < MIN_SIZE:
+        return {"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}
+    try:
+        model = build_lpips(weights_dir, device)
+    except WeightsError as err:
+        return {"missing": str(err)}, {}
+    value, std = lpips_diversity(model, generated, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
+    real, real_std = lpips_diversity(model, reference, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
+    used = {name: weights.sha256_file(weights.path_of(name, weights_dir))
+            for name in (weights.ALEXNET, weights.LPIPS_LINEAR)}
+    return {"value": value, "std": std, "real_value": real, "real_std": real_std,
+            "pairs": LPIPS_PAIRS}, used
+
+
+def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics: Sequence[str],
+                        reference_key: str | None, cache_dir: Path | None, feature_net: FeatureNet | None = None,
+                        weights_dir: Path | None = None, seed: int = 0, batch_size: int = 64,
+                        device: str = "cpu") -> dict:
+    """{"metrics": {name: {"value": ...} | {"missing": reason}}, "protocol": {...}}."""
+    check_images(generated, "generated images")
+    check_images(reference, "reference images")
+    if generated.shape[1:] != reference.shape[1:]:
+        raise DataError(f"generated images {generated.shape[1:]} and reference images {reference.shape[1:]} "
+                        "differ in size; evaluate at the data's resolution")
+    if len(generated) < 2 or len(reference) < 2:
+        raise DataError(f"need at least 2 generated and 2 reference images, got {len(generated)} and {len(reference)}")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown)} in metrics; choose from {', '.join(METRICS)}")
+    wanted = list(dict.fromkeys(metrics))
+    results: dict[str, dict] = {}
+    protocol: dict = {"num_generated": int(len(generated)), "num_reference": int(len(reference)),
+                      "image_size": list(generated.shape[1:3]), "seed": seed,
+                      "libraries": library_versions(), "weights": {}}
+
+    feature_wanted = _FEATURE_METRICS.intersection(wanted)
+    if feature_wanted:
+        net, reason = feature_net, None
+        if net is None:
+            try:
+                net = InceptionFeatureNet(weights_dir, device)
+            except WeightsError as err:
+                reason = str(err)
+        if net is None:
+            results.update({m: {"missing": reason} for m in feature_wanted})
+        else:
+            stand_in = not isinstance(net, InceptionFeatureNet)
+            ref, cache = reference_stats(net, reference, reference_key=reference_key, cache_dir=cache_dir,
+                                         batch_size=batch_size)
+            results.update(_feature_metrics(feature_wanted, net, generated, ref, seed, batch_size, stand_in))
+            protocol["feature_network"] = {"name": net.name, "sha256": net.weights_sha256,
+                                           "resize": net.resize, "stand_in": stand_in}
+            protocol["reference_cache"] = cache
+            protocol["kid"] = {"num_subsets": KID_SUBSETS, "max_subset_size": KID_SUBSET_SIZE}
+            protocol["is"] = {"splits": IS_SPLITS, "logits": "pool features x output weight, no bias"}
+            if not stand_in:
+                protocol["weights"][weights.INCEPTION] = net.weights_sha256
+
+    if "lpips" in wanted:
+        results["lpips"], used = _lpips_metric(generated, reference, weights_dir, seed, batch_size, device)
+        protocol["weights"].update(used)
+        if used:
+            protocol["lpips"] = {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS}
+
+    if "swd" in wanted:
+        try:
+            swd = sliced_wasserstein_distance(generated, reference, seed=seed)
+        except DataError as err:
+            results["swd"] = {"missing": str(err)}
+        else:
+            results["swd"] = {"value": swd["average"], "levels": {str(k): v for k, v in swd["levels"].items()},
+                              "note": "sliced Wasserstein distance x1e3 on 7x7 Laplacian-pyramid patches"}
+            protocol["swd"] = {"patch": 7, "patches_per_image": 128, "directions": "4 x 128", "min_resolution": 16}
+
+    if "pixel_fd" in wanted:
+        results["pixel_fd"] = {"value": pixel_frechet_distance(generated, reference),
+                               "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"}
+    return {"metrics": {m: results[m] for m in wanted}, "protocol": protocol}

@@ -1,0 +1,138 @@
+"""Feature networks for FID, KID and IS.
+
+`InceptionFeatureNet` is clean-fid's "clean" protocol built from our weights folder: its PIL
+bicubic resize to 299 (`cleanfid.resize.build_resizer("clean")`) and its wrapper
+`InceptionV3W(folder, download=False)` around the TorchScript `inception-2015-12-05.pt`.
+IS logits come from the same forward pass: pool features times the output layer's weight,
+without its bias, as StyleGAN2-ADA's `metrics/inception_score.py` (`no_output_bias=True`).
+Anything else that satisfies `FeatureNet` is a stand-in and is labelled so in every result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from dreamctl.errors import DataError, WeightsError
+from dreamctl.metrics import weights
+
+RESIZE_CLEAN = "clean: PIL bicubic to 299"
+
+
+@runtime_checkable
+class FeatureNet(Protocol):
+    """What the metrics need from a feature network."""
+
+    name: str
+    weights_sha256: str
+    resize: str  # how images reach the network, recorded in the protocol
+
+    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (N, H, W, 3) -> pool features (N, D) and class logits (N, K) or None."""
+        ...
+
+
+def check_images(images: np.ndarray, what: str = "images") -> None:
+    """uint8 NHWC with 3 channels and at least one image, or DataError."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise DataError(f"{what} must be a uint8 NumPy array (N, H, W, 3), got "
+                        f"{getattr(images, 'dtype', type(images).__name__)}")
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
+        raise DataError(f"{what} must have shape (N, H, W, 3) with N >= 1, got {images.shape}")
+
+
+def clean_resize(images: np.ndarray) -> np.ndarray:
+    """clean-fid's "clean" resize: uint8 (N, H, W, 3) -> float32 (N, 3, 299, 299) in [0, 255]."""
+    from cleanfid.resize import build_resizer
+
+    check_images(images)
+    fn_resize = build_resizer("clean")
+    return np.stack([fn_resize(img).transpose(2, 0, 1) for img in images]).astype(np.float32)
+
+
+class InceptionFeatureNet:
+    """clean-fid's TorchScript Inception-v3 from the weights folder; never downloads."""
+
+    resize = RESIZE_CLEAN
+
+    def __init__(self, weights_dir: Path | None = None, device: str = "cpu"):
+        import torch
+        from cleanfid.inception_torchscript import InceptionV3W
+
+        path = weights.require(weights.INCEPTION, weights_dir)
+        try:
+            with warnings.catch_warnings():  # torch 2.14 deprecates torch.jit.load, which clean-fid uses
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
+                net = InceptionV3W(str(path.parent), download=False)
+        except (RuntimeError, ValueError, AttributeError) as err:  # torch.jit.load on a bad file
+            raise WeightsError(
+                f"{path} does not load as clean-fid's TorchScript Inception ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); delete it and download "
+                f"{weights.REGISTRY[weights.INCEPTION].url} to {path}; check with `dreamctl weights`"
+            ) from err
+        output = getattr(net.base, "output", None)
+        weight = getattr(output, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != 2048:
+            raise WeightsError(
+                f"{path} is not the expected Inception TorchScript: it has no `output.weight` of shape "
+                f"(K, 2048) for IS logits (found {None if weight is None else tuple(weight.shape)}); "
+                f"download {weights.REGISTRY[weights.INCEPTION].url} again"
+            )
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.output_weight = weight.detach().to(self.device, torch.float32)
+        self.weights_sha256 = weights.record_first_use(weights.INCEPTION, weights_dir)
+        self.name = "inception-2015-12-05 (clean-fid TorchScript)"
+
+    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(clean_resize(images)).to(self.device)
+        with torch.inference_mode():
+            pool = self.net(x).float()  # InceptionV3W: (x - 128) / 128, then the pool layers
+            logits = pool @ self.output_weight.T  # no bias: StyleGAN2-ADA's IS
+        return pool.cpu().numpy(), logits.cpu().numpy()
+
+
+class StandInFeatureNet:
+    """A small deterministic stand-in for tests and offline demos: NOT Inception.
+
+    It goes through the same clean resize to 299, pools to 8x8, and applies a seeded random
+    projection. Its numbers are not FID/KID/IS and results say so."""
+
+    resize = RESIZE_CLEAN
+
+    def __init__(self, dim: int = 16, num_classes: int = 10, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.w_pool = rng.standard_normal((192, dim)) / np.sqrt(192)
+        self.w_out = rng.standard_normal((dim, num_classes))
+        self.name = f"stand-in: seeded random projection (dim {dim}, seed {seed}), NOT Inception"
+        self.weights_sha256 = hashlib.sha256(self.w_pool.tobytes() + self.w_out.tobytes()).hexdigest()
+        self.calls = 0  # images seen, so tests can check that caches are used
+        self.last_input_shape: tuple[int, ...] | None = None
+
+    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = clean_resize(images)
+        self.calls += len(images)
+        self.last_input_shape = x.shape
+        # 299 = 8 * 37 + 3: drop the border, average 37x37 blocks.
+        pooled = x[:, :, :296, :296].reshape(len(x), 3, 8, 37, 8, 37).mean(axis=(3, 5)) / 255.0
+        pool = np.tanh((pooled.reshape(len(x), -1) - 0.5) @ self.w_pool * 4.0)
+        return pool.astype(np.float32), (pool @ self.w_out).astype(np.float32)
+
+
+def batched_features(net: FeatureNet, images: np.ndarray, batch_size: int = 64,
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run `net` over `images` in batches; concatenates pool features and logits."""
+    check_images(images)
+    pools, logits = [], []
+    for start in range(0, len(images), batch_size):
+        p, lg = net.features(images[start:start + batch_size])
+        pools.append(np.asarray(p))
+        logits.append(None if lg is None else np.asarray(lg))
+    have_logits = all(lg is not None for lg in logits)
+    return np.concatenate(pools), (np.concatenate(logits) if have_logits else None)

@@ -1,0 +1,277 @@
+"""The metric weight files: where they live, what they hash to, how to fetch them.
+
+One folder, `$DREAMCTL_WEIGHTS` (default `~/.cache/dreamctl/weights`). Nothing else in
+dreamctl downloads anything: `require()` only looks, and `download()` is called by
+`dreamctl weights --download` alone. torch.hub and clean-fid trust any file already in their
+caches and clean-fid downloads into /tmp without a hash check, so neither is used for fetching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamctl.errors import WeightsError
+
+INCEPTION = "inception-2015-12-05.pt"
+ALEXNET = "alexnet-owt-7be5be79.pth"
+LPIPS_LINEAR = "lpips-v0.1-alex.pth"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file a metric needs. `sha256` is the full digest, `sha256_prefix` what is known
+    when only a prefix is published; with neither, the digest is recorded on first use."""
+
+    name: str
+    url: str
+    used_by: tuple[str, ...]
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+    bundled: str | None = None  # "package/relative/path": shipped inside an installed package
+
+
+REGISTRY: dict[str, WeightFile] = {
+    w.name: w
+    for w in (
+        WeightFile(
+            INCEPTION,
+            "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+            ("fid", "kid", "is"),
+        ),
+        # torchvision names its files <name>-<first 8 hex of sha256>.pth and checks that prefix.
+        WeightFile(
+            ALEXNET,
+            "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+            ("lpips",),
+            sha256_prefix="7be5be79",
+        ),
+        # The calibrated linear layers ship inside lpips 0.1.4; digest taken from that wheel.
+        WeightFile(
+            LPIPS_LINEAR,
+            "bundled with the lpips package (pip install lpips==0.1.4)",
+            ("lpips",),
+            sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+            bundled="lpips/weights/v0.1/alex.pth",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class WeightStatus:
+    name: str
+    path: Path
+    url: str
+    used_by: tuple[str, ...]
+    expected: str  # full digest, "prefix <hex>", or the first-use record / "recorded on first use"
+    actual: str | None  # sha256 of the file present, None when absent
+    present: bool
+    intact: bool
+
+
+def weights_dir(root: Path | None = None) -> Path:
+    """The weights folder: `root` if given, else $DREAMCTL_WEIGHTS, else ~/.cache/dreamctl/weights."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("DREAMCTL_WEIGHTS")
+    return Path(env) if env else Path.home() / ".cache" / "dreamctl" / "weights"
+
+
+def _entry(name: str) -> WeightFile:
+    if name not in REGISTRY:
+        raise WeightsError(f"unknown weight file {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def path_of(name: str, root: Path | None = None) -> Path:
+    """Where `name` must be: inside the weights folder, or inside its package when bundled."""
+    entry = _entry(name)
+    if entry.bundled is not None:
+        import importlib.util
+
+        package, _, rel = entry.bundled.partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise WeightsError(f"{name} ships with the {package!r} package, which is not installed: {entry.url}")
+        return Path(spec.origin).parent / rel
+    return weights_dir(root) / name
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, memoised on (path, size, mtime) since the backbone is 233 MB."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _recorded(path: Path) -> str | None:
+    rec = _record_path(path)
+    if not rec.exists():
+        return None
+    try:
+        return str(json.loads(rec.read_text())["sha256"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise WeightsError(f"checksum record {rec} is unreadable ({err}); delete it and load {path.name} again") from err
+
+
+def _expected(entry: WeightFile, path: Path) -> str:
+    if entry.sha256:
+        return entry.sha256
+    if entry.sha256_prefix:
+        return f"prefix {entry.sha256_prefix}"
+    recorded = _recorded(path)
+    return recorded if recorded else "recorded on first use"
+
+
+def _matches(entry: WeightFile, path: Path, actual: str) -> bool:
+    if entry.sha256:
+        return actual == entry.sha256
+    if entry.sha256_prefix:
+        return actual.startswith(entry.sha256_prefix)
+    recorded = _recorded(path)
+    return recorded is None or actual == recorded
+
+
+def status(name: str, root: Path | None = None) -> WeightStatus:
+    """Is `name` present, and does it hash to what it should?"""
+    entry = _entry(name)
+    path = path_of(name, root)
+    present = path.is_file()
+    actual = sha256_file(path) if present else None
+    intact = present and actual is not None and _matches(entry, path, actual)
+    return WeightStatus(name, path, entry.url, entry.used_by, _expected(entry, path), actual, present, intact)
+
+
+def status_all(root: Path | None = None) -> list[WeightStatus]:
+    return [status(name, root) for name in REGISTRY]
+
+
+def _how_to_fix(st: WeightStatus, bundled: bool) -> str:
+    if bundled:
+        return "reinstall it with `pip install --force-reinstall lpips==0.1.4`; check with `dreamctl weights`"
+    return (
+        f"download {st.url} and put it at {st.path} "
+        f"(or run `dreamctl weights --download` where there is internet); check with `dreamctl weights`"
+    )
+
+
+def require(name: str, root: Path | None = None) -> Path:
+    """The path of an intact `name`, or WeightsError saying which file, from where, to where."""
+    st = status(name, root)
+    bundled = _entry(name).bundled is not None
+    if not st.present:
+        raise WeightsError(f"weight file {name} is missing (needed by {', '.join(st.used_by)}): {_how_to_fix(st, bundled)}")
+    if not st.intact:
+        raise WeightsError(
+            f"weight file {name} at {st.path} is corrupt: sha256 {st.actual} does not match expected {st.expected}; "
+            f"delete it, then {_how_to_fix(st, bundled)}"
+        )
+    return st.path
+
+
+def record_first_use(name: str, root: Path | None = None) -> str:
+    """Store the digest of a file that has no published one, once it has loaded correctly.
+
+    Later `require()` calls compare against this record, so a file that changes afterwards
+    is reported corrupt. Returns the digest."""
+    path = require(name, root)
+    digest = sha256_file(path)
+    rec = _record_path(path)
+    if _recorded(path) is None:
+        tmp = rec.with_name(f".{rec.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"file": name, "sha256": digest, "size": path.stat().st_size,
+                                   "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+        os.replace(tmp, rec)
+    return digest
+
+
+METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "fid": (INCEPTION,),
+    "kid": (INCEPTION,),
+    "is": (INCEPTION,),
+    "lpips": (ALEXNET, LPIPS_LINEAR),
+    "swd": (),
+    "pixel_fd": (),
+}
+
+
+def weights_for(metrics: Sequence[str]) -> list[str]:
+    """The weight files the given metrics need, each once, in registry order."""
+    needed = {name for m in metrics for name in METRIC_WEIGHTS.get(m, ())}
+    return [name for name in REGISTRY if name in needed]
+
+
+def check_weights(metrics: Sequence[str], root: Path | None = None) -> list[WeightsError]:
+    """Every weight problem the metrics would hit, so a strict CLI can stop before sampling."""
+    errors = []
+    for name in weights_for(metrics):
+        try:
+            require(name, root)
+        except WeightsError as err:
+            errors.append(err)
+    return errors
+
+
+def download(name: str, root: Path | None = None, *, opener: Callable | None = None,
+             timeout: float = 60.0) -> Path:
+    """Fetch `name` into the weights folder: temp file, hash check, atomic rename.
+
+    A file without a published digest gets its first-use record dropped, so the new copy is
+    recorded when it first loads."""
+    entry = _entry(name)
+    opener = opener or urllib.request.urlopen  # looked up at call time, so tests can forbid it
+    if entry.bundled is not None:
+        return require(name, root)
+    dest = path_of(name, root)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    h = hashlib.sha256()
+    try:
+        with opener(entry.url, timeout=timeout) as response, open(tmp, "wb") as f:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                h.update(chunk)
+                f.write(chunk)
+        actual = h.hexdigest()
+        ok = (actual == entry.sha256) if entry.sha256 else actual.startswith(entry.sha256_prefix or "")
+        if not ok:
+            raise WeightsError(
+                f"download of {name} from {entry.url} has sha256 {actual}, expected "
+                f"{entry.sha256 or 'prefix ' + str(entry.sha256_prefix)}; nothing was written to {dest}"
+            )
+        os.replace(tmp, dest)
+        if not entry.sha256 and not entry.sha256_prefix:
+            _record_path(dest).unlink(missing_ok=True)
+    except OSError as err:
+        raise WeightsError(f"could not download {name} from {entry.url} to {dest}: {err}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def download_missing(root: Path | None = None, *, opener: Callable | None = None) -> list[Path]:
+    """Download every file that is absent or corrupt; returns the paths written."""
+    written = []
+    for st in status_all(root):
+        if not st.intact and REGISTRY[st.name].bundled is None:
+            written.append(download(st.name, root, opener=opener))
+    return written

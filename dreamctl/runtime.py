@@ -1,0 +1,122 @@
+"""Device, precision, seeding and torch.distributed: set up explicitly, never at import.
+
+One process on a CPU, one GPU, or one process per GPU under torchrun (NCCL on CUDA,
+gloo on CPU). Code that needs to know where it runs takes a Runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from dreamctl.errors import RunError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # "fp32" or "bf16"
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast where asked for; fp32 runs without autocast."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 on CUDA and fp32 on the CPU (bf16 on CPU must be asked for)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RunError("train.precision bf16: this GPU has no bf16 support; use --set train.precision=fp32")
+    return precision
+
+
+def setup(precision: str = "auto", device: str | None = None) -> Runtime:
+    """Pick the device and join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError("--device cuda: no CUDA device is visible; drop the option to run on the CPU")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    return Runtime(dev, resolve_precision(precision, dev), rank, world_size, local_rank)
+
+
+def teardown(rt: Runtime) -> None:
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of the parts (seed, step, rank, ...)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def generator(device: torch.device, *parts: int) -> torch.Generator:
+    return torch.Generator(device).manual_seed(mix_seed(*parts))
+
+
+def any_rank(flag: bool, rt: Runtime) -> bool:
+    """True on every rank if it is true on any (so all ranks stop at the same step)."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=rt.device if rt.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class Autocast(nn.Module):
+    """Runs the wrapped network under the runtime's autocast and returns float32.
+
+    The losses and samplers see a plain (x, t) -> eps module; train()/eval() reach the
+    network through this wrapper, and backward runs outside autocast as recommended.
+    """
+
+    def __init__(self, net: nn.Module, rt: Runtime):
+        super().__init__()
+        self.net = net
+        self.rt = rt
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        with self.rt.autocast():
+            return self.net(x, t).float()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak device memory on CUDA; the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,0 +1,222 @@
+"""The training loop: one readable train() over a TrainState.
+
+Per step (DDPM Algorithm 1, with the loss kind from the recipe):
+    x0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I)  -> back-propagate the loss -> clip -> AdamW -> EMA.
+Everything random in a step is a pure function of (seed, step): the batch order and flips
+come from the loader's (seed, epoch, batch index) and t, eps from a generator seeded with
+(seed, step) over the *global* batch, each rank taking its slice. So a resumed run, or a run
+on another number of processes, sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dreamctl.config import OptimConfig, Recipe, recipe_to_yaml
+from dreamctl.data.loader import BatchOrder, ImageSet, steps_per_epoch, to_model_input
+from dreamctl.diffusion import make_schedule
+from dreamctl.diffusion.losses import backward_loss
+from dreamctl.errors import RunError
+from dreamctl.generate import generate, save_grid
+from dreamctl.models import build_model
+from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed, peak_memory_bytes
+from dreamctl.training.rundir import RunDir
+from dreamctl.training.state import TrainState, checkpoint_path, save_checkpoint
+
+OnEvent = Callable[[str, dict[str, Any]], None]  # ("log" | "checkpoint" | "grid" | "start", payload)
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def ema_decay_at(step: int, cfg: OptimConfig) -> float:
+    """EMA decay, warmed up as min(d, (1 + step) / (10 + step)) so early averages forget the init."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, one foreach kernel over all parameters."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+
+
+def total_steps(recipe: Recipe, num_images: int) -> int:
+    steps = recipe.train.epochs * steps_per_epoch(num_images, recipe.train.batch_size)
+    return min(steps, recipe.train.max_steps) if recipe.train.max_steps else steps
+
+
+def init_state(recipe: Recipe, rt: Runtime) -> TrainState:
+    """Model, EMA copy and AdamW, identical on every rank (same seed)."""
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe.model, recipe.data.resolution).to(rt.device)
+    if recipe.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    o = recipe.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
+                                  fused=rt.device.type == "cuda", foreach=None if rt.device.type == "cuda" else True)
+    return TrainState(model, ema, optimizer)
+
+
+def wrap_for_training(model: nn.Module, recipe: Recipe, rt: Runtime) -> tuple[nn.Module, Callable]:
+    """(the module the loss calls, the context that defers DDP's gradient all-reduce)."""
+    net = torch.compile(model) if recipe.train.compile else model
+    if rt.distributed:
+        net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+        return Autocast(net, rt), net.no_sync
+    return Autocast(net, rt), nullcontext
+
+
+def step_noise(recipe: Recipe, step: int, rt: Runtime, local: slice) -> tuple[Tensor, Tensor]:
+    """t and eps for this rank's part of global batch `step` (a pure function of seed and step)."""
+    b, r, T = recipe.train.batch_size, recipe.data.resolution, recipe.diffusion.num_timesteps
+    g = generator(rt.device, recipe.train.seed, step)
+    t = torch.randint(0, T, (b,), generator=g, device=rt.device)[local]
+    noise = torch.randn(b, 3, r, r, generator=g, device=rt.device)[local]
+    return t, noise
+
+
+class _Meter:
+    """Loss terms summed on the device between log steps (no host sync per step)."""
+
+    def __init__(self, T: int, device: torch.device):
+        self.T, self.device = T, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.q_sum = torch.zeros(4, device=self.device)
+        self.q_count = torch.zeros(4, device=self.device)
+        self.n = 0
+
+    def add(self, stats: dict[str, Any], t: Tensor) -> None:
+        for key in ("loss", "loss_std", "loss_rect", "loss_dream", "lambda_mean"):
+            if key in stats:
+                self.sums[key] = self.sums.get(key, 0) + stats[key].float()
+        q = (t * 4 // self.T).clamp(max=3)
+        self.q_sum.index_add_(0, q, stats["per_sample"].float())
+        self.q_count.index_add_(0, q, torch.ones_like(q, dtype=torch.float32))
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        out = {k: (v / self.n).item() for k, v in self.sums.items()}
+        q = (self.q_sum / self.q_count.clamp(min=1)).tolist()
+        out.update({f"loss_q{i}": q[i] for i in range(4) if self.q_count[i] > 0})
+        return out
+
+
+def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: dict[str, Any] | None = None,
+          on_event: OnEvent = lambda kind, payload: None, should_stop: Callable[[], bool] = lambda: False) -> str:
+    """Train until the recipe's last step, a stop request or a failure. Returns 'finished' or 'interrupted'.
+
+    Only rank 0 writes files. A non-finite loss raises RunError before the optimizer step,
+    so neither the weights nor any checkpoint are poisoned.
+    """
+    tc = recipe.train
+    state = init_state(recipe, rt)
+    order = BatchOrder(len(images), tc.batch_size, tc.seed, rt.rank, rt.world_size)
+    if resume is not None:
+        state.load_state_dict(resume)
+        order.load_state_dict(resume["data_position"])
+    schedule = make_schedule(recipe.diffusion.schedule, recipe.diffusion.num_timesteps,
+                             recipe.diffusion.beta_start, recipe.diffusion.beta_end)
+    net, defer_sync = wrap_for_training(state.model, recipe, rt)
+    net.train()
+    params = list(state.model.parameters())
+    kind, loss_params = recipe.loss.kind, recipe.loss.params()
+    local = slice(rt.rank * tc.batch_size // rt.world_size, (rt.rank + 1) * tc.batch_size // rt.world_size)
+    last_step = total_steps(recipe, len(images))
+    recipe_yaml = recipe_to_yaml(recipe)
+    meter = _Meter(recipe.diffusion.num_timesteps, rt.device)
+    on_event("start", {"step": state.step, "total_steps": last_step, "steps_per_epoch": order.steps})
+
+    def checkpoint() -> None:
+        if rt.is_main:
+            ckpt = state.state_dict(recipe_yaml, order.state_dict())
+            path = save_checkpoint(ckpt, run.checkpoints, tc.keep_checkpoints)
+            run.update_info({"step": state.step, "epoch": order.epoch, "images_seen": state.images_seen,
+                             "wall_time_s": round(state.wall_time_s, 2)})
+            on_event("checkpoint", {"step": state.step, "path": str(path)})
+
+    def progress_grid() -> None:
+        if rt.is_main:
+            ema_net = Autocast(state.ema, rt)
+            imgs = generate(ema_net, schedule, list(range(tc.sample_grid)), image_size=recipe.data.resolution,
+                            cfg=recipe.sample, device=rt.device)
+            path = save_grid(imgs, run.samples / f"step-{state.step:08d}.png",
+                             scale=max(1, 128 // recipe.data.resolution))
+            on_event("grid", {"step": state.step, "path": str(path)})
+
+    mark, interval_start, interval_images, side_time = time.perf_counter(), time.perf_counter(), 0, 0.0
+    status = "finished"
+    while state.step < last_step:
+        batch = next(order)
+        x0 = to_model_input(images[batch.indices].to(rt.device, non_blocking=True),
+                            flip=batch.flip if recipe.data.hflip else None)
+        t, noise = step_noise(recipe, state.step, rt, local)
+        torch.manual_seed(mix_seed(tc.seed, state.step, rt.rank))  # dropout, input perturbation's xi
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr_at(state.step, recipe.optim)
+
+        stats = backward_loss(kind, net, schedule, x0, t, noise, epoch=batch.epoch, defer_sync=defer_sync,
+                              **loss_params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc_clip(recipe), foreach=True)
+        if not torch.isfinite(torch.stack([stats["loss"].float(), grad_norm.float()])).all():
+            terms = {k: float(v) for k, v in stats.items() if k.startswith(("loss", "lambda"))}
+            raise RunError(f"non-finite loss at step {state.step} (epoch {batch.epoch}): {terms}, grad norm "
+                           f"{float(grad_norm)}; no step taken and no checkpoint written. "
+                           f"Resume from the last checkpoint with a lower optim.lr or tighter optim.grad_clip")
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        ema_update(state.ema, state.model, ema_decay_at(state.step, recipe.optim))
+        meter.add(stats, t)
+        state.step += 1
+        state.images_seen += tc.batch_size
+        interval_images += tc.batch_size
+        now = time.perf_counter()
+        state.wall_time_s += now - mark
+        mark = now
+
+        if state.step % tc.log_every == 0 or state.step == last_step:
+            elapsed = max(time.perf_counter() - interval_start - side_time, 1e-9)
+            record = {"step": state.step, "epoch": batch.epoch, "images_seen": state.images_seen, **meter.means(),
+                      "lr": lr_at(state.step - 1, recipe.optim), "grad_norm": float(grad_norm),
+                      "img_per_s": interval_images / elapsed, "peak_memory_bytes": peak_memory_bytes(rt.device),
+                      "time": time.time()}
+            if rt.is_main:
+                run.append_metrics(record)
+            on_event("log", {**record, "total_steps": last_step})
+            meter.reset()
+            interval_start, interval_images, side_time = time.perf_counter(), 0, 0.0
+        side_start = time.perf_counter()
+        stop = any_rank(should_stop(), rt)
+        if state.step % tc.checkpoint_every == 0 or state.step == last_step or stop:
+            checkpoint()
+        if state.step % tc.sample_every == 0 or state.step == last_step:
+            progress_grid()
+        side_time += time.perf_counter() - side_start
+        if stop and state.step < last_step:
+            status = "interrupted"
+            break
+    return status
+
+
+def tc_clip(recipe: Recipe) -> float:
+    """The clipping threshold; without clipping the norm is still measured (for the log)."""
+    return recipe.optim.grad_clip if recipe.optim.grad_clip is not None else math.inf
+
+
+def checkpoint_file(run: RunDir, step: int):
+    return checkpoint_path(run.checkpoints, step)

@@ -1,0 +1,102 @@
+"""The run folder (docs/run-folder.md): recipe, run.json, metrics.jsonl, lock."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dreamctl.config import Recipe, recipe_from_yaml, recipe_to_yaml
+from dreamctl.errors import CheckpointError, RunError
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} cannot be read ({err}); is this a dreamctl run folder?") from None
+
+
+class RunDir:
+    """Paths of one run folder. Creating or reading files is explicit; nothing happens on construction."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.recipe_file = self.root / "recipe.yaml"
+        self.run_file = self.root / "run.json"
+        self.metrics_file = self.root / "metrics.jsonl"
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+        self.eval = self.root / "eval"
+
+    def exists(self) -> bool:
+        return self.recipe_file.is_file()
+
+    def create(self, recipe: Recipe, info: dict[str, Any]) -> None:
+        """Start a new run; refuses a folder that already holds one (nothing is overwritten)."""
+        if self.exists():
+            raise RunError(f"{self.root} already holds a run: continue it with `dreamctl resume {self.root}` "
+                           "or choose another --run-dir")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in (self.checkpoints, self.samples):
+            sub.mkdir(exist_ok=True)
+        tmp = self.recipe_file.with_name("recipe.yaml.tmp")
+        tmp.write_text(recipe_to_yaml(recipe))
+        tmp.replace(self.recipe_file)
+        self.update_info({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "status": "created",
+                          **info})
+
+    def recipe(self) -> Recipe:
+        if not self.exists():
+            raise CheckpointError(f"{self.root} is not a run folder (no recipe.yaml); "
+                                  "create one with `dreamctl train --run-dir`")
+        return recipe_from_yaml(self.recipe_file.read_text(), str(self.recipe_file))
+
+    def info(self) -> dict[str, Any]:
+        return read_json(self.run_file) if self.run_file.is_file() else {}
+
+    def update_info(self, changes: dict[str, Any]) -> None:
+        write_json_atomic(self.run_file, {**self.info(), **changes})
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop records past `after_step` (logged after the checkpoint a resume starts from)."""
+        if not self.metrics_file.is_file():
+            return
+        kept = [line for line in self.metrics_file.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= after_step]
+        tmp = self.metrics_file.with_name("metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.metrics_file)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the folder while training (released when the process dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise RunError(f"{self.root} is in use by another trainer (pid {owner}); "
+                               "wait for it to finish or stop it first") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)

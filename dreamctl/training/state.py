@@ -1,0 +1,140 @@
+"""Everything a checkpoint holds, and how it is written and read back safely.
+
+A checkpoint is a dict of tensors and plain values only, so it loads with
+`torch.load(weights_only=True)`: no pickled code runs. It is written to a temporary
+file, flushed and renamed, so a process killed while writing leaves the previous one
+intact; a truncated or corrupt newest file makes `load_latest` fall back to the one before.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import dreamctl
+from dreamctl.errors import CheckpointError
+
+CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
+
+
+@dataclass
+class TrainState:
+    """The mutable state of a run; `step` counts optimizer steps taken."""
+
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    images_seen: int = 0
+    wall_time_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self, recipe_yaml: str, data_position: dict[str, int]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "images_seen": self.images_seen,
+            "wall_time_s": self.wall_time_s,
+            "data_position": data_position,
+            "rng": capture_rng(),
+            "recipe": recipe_yaml,
+            "dreamctl_version": dreamctl.__version__,
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step, self.images_seen = ckpt["step"], ckpt["images_seen"]
+        self.wall_time_s = ckpt["wall_time_s"]
+        restore_rng(ckpt["rng"])
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states, as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return folder / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in `folder`, oldest first (temporary files are never listed)."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
+    """Write atomically, then remove all but the newest `keep` (only after the new one is safe)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(folder, ckpt["step"])
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # any unreadable file is reported as a bad checkpoint, with its cause
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+    missing = {"model", "ema", "optimizer", "step", "rng", "recipe"} - set(ckpt)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: not a dreamctl training checkpoint")
+    return ckpt
+
+
+def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them."""
+    candidates = list_checkpoints(folder)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {folder}: nothing to resume (start with `dreamctl train`)")
+    for path in reversed(candidates):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except CheckpointError as err:
+            warnings.warn(f"skipping unreadable checkpoint {path.name}: {err}; falling back to an older one",
+                          stacklevel=2)
+    raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)})")

@@ -1,0 +1,31 @@
+"""Fixtures shared by the test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SYNTHETIC = {"count": 256, "seed": 0, "valid_fraction": 0.05, "test_fraction": 0.05}
+SYNTHETIC_RESOLUTION = 32
+SYNTHETIC_SHARD_SIZE = 100  # train 230 -> three shards (100, 100, 30), valid 13, test 13
+
+
+def prepare_synthetic(out: Path, **overrides):
+    """Prepare the standard tiny synthetic set into `out` (workers=1: no process pool)."""
+    from dreamctl.data.prepare import prepare_data
+    from dreamctl.data.sources import list_source
+
+    params = {**SYNTHETIC, **{k: v for k, v in overrides.items() if k in SYNTHETIC}}
+    options = {"resolution": SYNTHETIC_RESOLUTION, "shard_size": SYNTHETIC_SHARD_SIZE, "workers": 1}
+    options.update({k: v for k, v in overrides.items() if k not in SYNTHETIC})
+    return prepare_data(list_source("synthetic", **params), out, **options)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """256 drawn 32x32 faces (seed 0) prepared into train/valid/test shards (230/13/13).
+
+    Shared by the whole session: copy it before changing anything in it.
+    """
+    return prepare_synthetic(tmp_path_factory.mktemp("synthetic32") / "data").out_dir

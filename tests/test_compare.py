@@ -1,0 +1,186 @@
+"""compare and plots on run folders written here, following docs/run-folder.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamctl.config import load_recipe, recipe_to_yaml
+from dreamctl.errors import CheckpointError
+from dreamctl.experiments.compare import compare_runs
+from dreamctl.experiments.tables import cells, headers, to_csv, to_json, to_markdown
+from dreamctl.experiments.plots import plot_lambda, write_figures
+from dreamctl.experiments.runs import read_run
+
+P50 = "ddim50-eta0-ema-n500-train500-clean"
+P10 = "ddim10-eta0-ema-n500-train500-clean"
+
+
+def protocol(steps: int, checkpoint: int) -> dict:
+    return {"checkpoint_step": checkpoint, "ema": True, "sampler": "ddim", "steps": steps, "eta": 0.0,
+            "t_start": None, "num_generated": 500, "seed": 0, "ref_split": "train", "ref_num": 500,
+            "resize": "clean: PIL bicubic to 299", "feature_network": "inception-2015-12-05"}
+
+
+def write_eval(run_dir: Path, pid: str, steps: int, checkpoint: int, metrics: dict, file: str | None = None) -> None:
+    path = run_dir / "eval" / (file or f"{pid}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"protocol_id": pid, "protocol": protocol(steps, checkpoint), "metrics": metrics}))
+
+
+def write_run(root: Path, name: str, overrides: tuple[str, ...] = (), recipe: str = "tiny-conservative",
+              step: int = 200, status: str = "finished") -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    r = load_recipe(recipe, list(overrides))
+    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(r))
+    (run_dir / "run.json").write_text(json.dumps({
+        "name": name, "recipe": r.name, "status": status, "world_size": 1, "device": "cpu", "step": step,
+        "epoch": 4, "images_seen": step * 64, "wall_time_s": 81.5, "img_per_s": 157.0, "peak_memory_bytes": 0}))
+    rows = []
+    for s in range(25, step + 1, 25):
+        row = {"step": s, "epoch": s // 50, "images_seen": s * 64, "loss": 1.0 / (1 + s / 50) + 0.01 * r.train.seed}
+        if r.loss.kind == "dream_conservative":
+            row.update(loss_std=row["loss"] * 0.9, loss_rect=row["loss"] * 1.1, lambda_mean=0.25 * min(s / step, 1.0))
+        rows.append(json.dumps(row))
+    (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    return run_dir
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> list[Path]:
+    """lambda_max 0.3 over seeds 0, 1, 2 (FID 10, 12, 14) and lambda_max 0.5 with seed 0 (FID 20)."""
+    dirs = []
+    for seed, fid in zip((0, 1, 2), (10.0, 12.0, 14.0)):
+        d = write_run(tmp_path, f"lambda_max-0.3_seed-{seed}", ("loss.lambda_max=0.3", f"train.seed={seed}"))
+        write_eval(d, P50, 50, 200, {"fid": {"value": fid}, "swd": {"value": fid / 10}})
+        dirs.append(d)
+    d = write_run(tmp_path, "lambda_max-0.5_seed-0", ("loss.lambda_max=0.5", "train.seed=0"))
+    write_eval(d, P50, 50, 200, {"fid": {"value": 20.0}, "swd": {"value": 2.0}})
+    return dirs + [d]
+
+
+def test_settings_that_differ_are_detected(seeded: list[Path]) -> None:
+    comp = compare_runs([read_run(d) for d in seeded])
+    assert comp.settings == ("loss.lambda_max", "train.seed")
+    assert [r.settings for r in comp.rows][-1] == {"loss.lambda_max": 0.5, "train.seed": 0}
+    assert headers(comp)[:5] == ["run", "recipe", "loss.lambda_max", "train.seed", "status"]
+    row = cells(comp, comp.rows[0])
+    assert row[:4] == ["lambda_max-0.3_seed-0", "tiny-conservative", "0.3", "0"]
+    assert "12,800" in row  # images seen from run.json
+
+
+def test_seeds_aggregate_into_mean_and_std(seeded: list[Path]) -> None:
+    comp = compare_runs([read_run(d) for d in seeded])
+    assert len(comp.aggregate) == 2
+    group, single = comp.aggregate
+    assert group.label == "lambda_max-0.3" and group.seeds == (0, 1, 2)
+    fid = group.metrics[(P50, "fid")]
+    assert fid.value == pytest.approx(12.0) and fid.std == pytest.approx(2.0) and fid.n == 3  # sample std
+    assert single.metrics[(P50, "fid")].std is None and "train.seed" not in group.settings
+    md = to_markdown(comp)
+    assert "Mean ± std over seeds" in md and "| 12 ± 2 |" in md
+
+
+def test_a_seed_lacking_a_metric_is_counted_not_zeroed(tmp_path: Path) -> None:
+    dirs = []
+    for seed, entry in ((0, {"value": 10.0}), (1, {"value": 12.0}), (2, {"missing": "weights absent"})):
+        d = write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",))
+        write_eval(d, P50, 50, 200, {"fid": entry})
+        dirs.append(d)
+    (group,) = compare_runs([read_run(d) for d in dirs]).aggregate
+    assert group.metrics[(P50, "fid")].value == pytest.approx(11.0) and group.metrics[(P50, "fid")].n == 2
+    assert "(n=2)" in cells(compare_runs([read_run(d) for d in dirs]), group, aggregate=True)[-1]
+
+
+def test_mixed_protocols_are_kept_apart(tmp_path: Path) -> None:
+    a = write_run(tmp_path, "a")
+    write_eval(a, P50, 50, 200, {"fid": {"value": 20.0}})
+    b = write_run(tmp_path, "b", ("loss.alpha=0.5",))
+    write_eval(b, P10, 10, 200, {"fid": {"value": 30.0}})
+    comp = compare_runs([read_run(a), read_run(b)])
+    assert comp.columns == ((P10, "fid"), (P50, "fid"))
+    for column in comp.columns:  # no column holds numbers from both protocols
+        assert sum(row.metrics[column].value is not None for row in comp.rows) == 1
+    ra, rb = comp.rows
+    assert ra.metrics[(P50, "fid")].value == 20.0 and rb.metrics[(P10, "fid")].value == 30.0
+    assert "not evaluated under protocol" in (ra.metrics[(P10, "fid")].missing or "")
+    head = headers(comp)
+    assert f"fid @ {P50}" in head and f"fid @ {P10}" in head
+    md = to_markdown(comp)
+    assert f"`{P50}`: sampler=ddim, steps=50" in md and f"`{P10}`: sampler=ddim, steps=10" in md
+
+
+def test_missing_metric_shows_missing_never_a_number(tmp_path: Path) -> None:
+    d = write_run(tmp_path, "a")
+    reason = "inception-2015-12-05.pt not found in /nowhere"
+    write_eval(d, P50, 50, 200, {"fid": {"missing": reason}, "swd": {"value": 1.25}, "kid": {"value": None}})
+    comp = compare_runs([read_run(d)])
+    row = dict(zip(headers(comp), cells(comp, comp.rows[0])))
+    assert row[f"fid @ {P50}"] == "missing" and row[f"kid @ {P50}"] == "missing" and row[f"swd @ {P50}"] == "1.25"
+    data = to_json(comp)
+    assert data["runs"][0]["metrics"][P50]["fid"] == {"missing": reason}
+    assert data["runs"][0]["metrics"][P50]["swd"]["value"] == 1.25
+    csv_row = dict(zip(*[line.split(",") for line in to_csv(comp).splitlines()[:2]]))
+    assert csv_row[f"fid @ {P50}"] == "missing"
+
+
+def test_newest_checkpoint_evaluation_is_the_one_tabled(tmp_path: Path) -> None:
+    d = write_run(tmp_path, "a")
+    write_eval(d, P50, 50, 100, {"fid": {"value": 40.0}}, file="history/step-100.json")
+    write_eval(d, P50, 50, 200, {"fid": {"value": 25.0}})
+    run = read_run(d)
+    assert [r.checkpoint_step for r in run.evals] == [100, 200]
+    comp = compare_runs([run])
+    assert comp.rows[0].metrics[(P50, "fid")].value == 25.0 and comp.rows[0].eval_steps[P50] == (200,)
+
+
+def test_truncated_last_metrics_line_is_dropped_and_missing_folder_is_an_error(tmp_path: Path) -> None:
+    d = write_run(tmp_path, "a")
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('{"step": 225, "lo')
+    assert read_run(d).history[-1]["step"] == 200
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="run.json"):
+        read_run(tmp_path / "empty")
+
+
+def _png_ok(path: Path) -> None:
+    assert path.stat().st_size > 10_000
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("L"), dtype=np.float32)
+    assert pixels.shape[0] > 200 and pixels.std() > 5  # not a blank canvas
+
+
+def test_plots_written_non_empty_and_named_by_protocol(seeded: list[Path], tmp_path: Path) -> None:
+    write_eval(seeded[0], P50, 50, 100, {"fid": {"value": 30.0}}, file="history/step-100.json")
+    runs = [read_run(d) for d in seeded]
+    written = write_figures(runs, tmp_path / "figs")
+    names = {p.name for p in written}
+    assert names == {"loss.png", "lambda.png", f"metrics-vs-step_{P50}.png", f"final-metrics_{P50}.png"}
+    for path in written:
+        _png_ok(path)
+
+
+def test_no_figure_when_there_is_nothing_to_draw(tmp_path: Path) -> None:
+    d = write_run(tmp_path, "plain", recipe="tiny")  # standard loss: no lambda_mean logged
+    assert plot_lambda([read_run(d)], tmp_path / "lambda.png") is None
+    assert not (tmp_path / "lambda.png").exists()
+
+
+def test_cli_compare_json_and_plot(seeded: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dreamctl.cli import main
+
+    rc = main(["compare", *map(str, seeded), "--format", "json", "--plot", str(tmp_path / "plots")])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["runs"]) == 4 and len(data["seed_aggregates"]) == 2
+    assert (tmp_path / "plots" / "loss.png").is_file()
+    assert main(["compare", str(seeded[0]), "--format", "markdown"]) == 0
+    assert P50 in capsys.readouterr().out
+    assert main(["compare", str(seeded[0])]) == 0
+    assert main(["compare", str(tmp_path / "nope")]) == 2

@@ -1,0 +1,165 @@
+"""The shard loader: manifest checks, in-memory vs per-shard reads, batch order, resume, flips."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dreamctl.data.loader import BatchOrder, epoch_batches, flip_mask, open_split, steps_per_epoch, to_model_input
+from dreamctl.data.synthetic import draw_faces
+from dreamctl.errors import DataError
+
+
+def test_open_split_holds_the_split_in_memory_in_shard_order(synthetic_data_dir):
+    images = open_split(synthetic_data_dir, "train")
+    assert images.images is not None and images.images.dtype == torch.uint8
+    assert images.images.shape == (230, 32, 32, 3) and len(images) == 230
+    assert np.array_equal(images.images.numpy(), draw_faces(230, 32, 0))
+    assert images.names()[:2] == ["face-0000000", "face-0000001"] and len(images.names()) == 230
+    assert len(images.manifest_sha256) == 64 and images.manifest["counts"]["valid"] == 13
+    assert len(open_split(synthetic_data_dir, "test")) == 13
+
+
+def test_shard_by_shard_reads_the_same_images(synthetic_data_dir):
+    memory = open_split(synthetic_data_dir, "train")
+    disk = open_split(synthetic_data_dir, "train", memory_budget=0)
+    assert disk.images is None
+    idx = torch.tensor([229, 0, 150, 99, 100, 0, 7])  # across all three shards, a repeat, out of order
+    assert torch.equal(disk[idx], memory[idx])
+    with pytest.raises(DataError, match="shard by shard"):
+        disk.to("cpu")
+
+
+def test_limit_keeps_the_first_images(synthetic_data_dir):
+    images = open_split(synthetic_data_dir, "train", limit=150)
+    assert len(images) == 150 and images.counts == [100, 50]
+    assert torch.equal(images.images, open_split(synthetic_data_dir, "train").images[:150])
+    with pytest.raises(DataError, match="limit 231 is outside 1..230"):
+        open_split(synthetic_data_dir, "train", limit=231)
+
+
+def test_damaged_or_mismatched_shards_name_the_shard_and_the_fix(synthetic_data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    shard = data / "train-00001.h5"
+    shard.write_bytes(shard.read_bytes()[:5000])  # truncated
+    with pytest.raises(DataError, match=r"train-00001\.h5 cannot be read.*prepare-data --verify"):
+        open_split(data, "train")
+    assert len(open_split(data, "train", limit=100)) == 100  # the intact first shard alone still opens
+    shard.unlink()
+    with pytest.raises(DataError, match=r"train-00001\.h5 is missing"):
+        open_split(data, "train")
+    shutil.copy(synthetic_data_dir / "train-00001.h5", shard)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][1]["count"] = 99
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"train-00001\.h5 holds \(100, 32, 32, 3\) uint8, the manifest says \(99, 32, 32, 3\)"):
+        open_split(data, "train")
+    with pytest.raises(DataError, match="manifest.json not found"):
+        open_split(tmp_path / "nothing", "train")
+
+
+def _read_in_child(images, idx, queue):
+    pixels = images[idx].numpy()
+    queue.put((pixels, images._pid == os.getpid()))  # it re-opened the shards for itself
+
+
+def test_h5py_handles_belong_to_the_process_that_opened_them(synthetic_data_dir):
+    disk = open_split(synthetic_data_dir, "train", memory_budget=0)
+    idx = torch.tensor([5, 105, 205])
+    expected = disk[idx].numpy()  # the parent now holds open handles
+    assert disk._files
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(disk, idx, queue))
+    child.start()
+    got, reopened = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and reopened and np.array_equal(got, expected)
+    assert disk._pid == os.getpid()
+    clone = pickle.loads(pickle.dumps(disk))  # spawn-style workers get no handles, only paths
+    assert clone._files == {} and torch.equal(clone[idx], disk[idx])
+
+
+# --- batch order -----------------------------------------------------------------------
+
+
+def test_epoch_batches_are_a_pure_function_of_seed_and_epoch():
+    a = epoch_batches(100, 32, seed=3, epoch=2)
+    assert len(a) == steps_per_epoch(100, 32) == 3 and all(len(b) == 32 for b in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, epoch_batches(100, 32, seed=3, epoch=2)))
+    flat = torch.cat(a)
+    assert len(set(flat.tolist())) == 96 and flat.max() < 100  # no repeats; the last 4 dropped
+    assert not torch.equal(flat, torch.cat(epoch_batches(100, 32, seed=3, epoch=3)))
+    assert not torch.equal(flat, torch.cat(epoch_batches(100, 32, seed=4, epoch=2)))
+
+
+def test_two_ranks_cover_an_epoch_without_overlap_and_match_one_rank():
+    one = epoch_batches(100, 32, seed=0, epoch=1)
+    r0 = epoch_batches(100, 32, seed=0, epoch=1, rank=0, world_size=2)
+    r1 = epoch_batches(100, 32, seed=0, epoch=1, rank=1, world_size=2)
+    for g, a, b in zip(one, r0, r1):
+        assert len(a) == len(b) == 16 and not set(a.tolist()) & set(b.tolist())
+        assert torch.equal(torch.cat([a, b]), g)  # each global batch is the same whatever the world size
+    assert len(set(torch.cat(r0 + r1).tolist())) == 96
+    with pytest.raises(DataError, match="split evenly over 3 ranks"):
+        epoch_batches(100, 32, seed=0, epoch=0, rank=0, world_size=3)
+    with pytest.raises(DataError, match="batch size 128"):
+        steps_per_epoch(100, 128)
+
+
+def test_a_restored_order_sees_exactly_the_remaining_batches():
+    order = BatchOrder(50, 16, seed=7, rank=1, world_size=2)  # 3 steps per epoch
+    full = [next(order) for _ in range(8)]  # crosses two epoch boundaries
+    assert [(b.epoch, b.index) for b in full[:4]] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    first = BatchOrder(50, 16, seed=7, rank=1, world_size=2)
+    for _ in range(4):
+        next(first)
+    state = first.state_dict()
+    assert (state["epoch"], state["batch_index"]) == (1, 1)
+    resumed = BatchOrder(50, 16, seed=7, rank=1, world_size=2)
+    resumed.load_state_dict(json.loads(json.dumps(state)))  # survives a checkpoint round trip
+    for want in full[4:]:
+        got = next(resumed)
+        assert (got.epoch, got.index) == (want.epoch, want.index)
+        assert torch.equal(got.indices, want.indices) and torch.equal(got.flip, want.flip)
+    with pytest.raises(DataError, match="seed=7, this run has 8"):
+        BatchOrder(50, 16, seed=8).load_state_dict(state)
+
+
+def test_flips_are_deterministic_balanced_and_split_like_the_batch():
+    full = flip_mask(1, 2, 3, 64)
+    assert torch.equal(full, flip_mask(1, 2, 3, 64)) and 16 < int(full.sum()) < 48
+    assert torch.equal(torch.cat([flip_mask(1, 2, 3, 64, r, 4) for r in range(4)]), full)
+    assert not torch.equal(full, flip_mask(1, 2, 4, 64))
+    state = torch.get_rng_state()
+    next(BatchOrder(64, 64, seed=0))
+    assert torch.equal(state, torch.get_rng_state())  # no global RNG touched
+
+
+def test_to_model_input_scales_and_flips():
+    images = torch.randint(0, 256, (3, 4, 5, 3), dtype=torch.uint8)
+    images[0, 0, 0] = torch.tensor([0, 255, 128], dtype=torch.uint8)
+    x = to_model_input(images)
+    assert x.dtype == torch.float32 and x.shape == (3, 3, 4, 5) and x.is_contiguous()
+    assert x[0, :, 0, 0].tolist() == [-1.0, 1.0, pytest.approx(1 / 255, abs=1e-6)]
+    assert torch.equal(x, images.permute(0, 3, 1, 2).float() / 127.5 - 1)
+    flipped = to_model_input(images, flip=torch.tensor([True, False, True]))
+    assert torch.equal(flipped[0], x[0].flip(-1)) and torch.equal(flipped[1], x[1]) and torch.equal(flipped[2], x[2].flip(-1))
+
+
+def test_data_bench_measures_both_loaders_on_the_same_images(tmp_path):
+    from dreamctl.data.bench import run_data_bench
+
+    result = run_data_bench(count=64, resolution=16, batch_size=16, workers=1, work_dir=tmp_path, min_seconds=0.05, repeats=1)
+    assert result["images"] == 64 and result["prepare_img_per_s_per_worker"] > 0
+    assert result["shard_loader_img_per_s_per_core"] > result["imagefolder_img_per_s_per_core"] > 0
+    assert result["speedup_per_core"] == round(result["shard_loader_img_per_s_per_core"] / result["imagefolder_img_per_s_per_core"], 1)
+    assert list(tmp_path.iterdir()) == []  # the originals and shards were temporary

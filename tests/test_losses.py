@@ -1,0 +1,212 @@
+"""The four loss kinds: reductions to the standard loss, gradients, cost and mode handling."""
+
+import pytest
+import torch
+from torch import nn
+
+from dreamctl.diffusion import make_schedule
+from dreamctl.diffusion.losses import backward_loss, compute_loss
+
+
+class TinyNet(nn.Module):
+    """A small convolutional eps-predictor with dropout, counting its forward calls."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(8, 3, 3, padding=1)
+        self.calls = 0
+        self.modes: list[bool] = []
+
+    def forward(self, x, t):
+        self.calls += 1
+        self.modes.append(self.training)
+        h = torch.tanh(self.conv1(x) + (t.float() / 1000)[:, None, None, None])
+        return self.conv2(self.drop(h))
+
+
+class Oracle(nn.Module):
+    """Predicts exactly the noise that made x_t (a perfect predictor), plus a zero-valued parameter."""
+
+    def __init__(self, schedule, x0):
+        super().__init__()
+        self.schedule, self.x0 = schedule, x0
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, t):
+        return self.schedule.predict_eps(x_t, t, self.x0) + self.w
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 3, 8, 8, generator=g) * 2 - 1
+    t = torch.randint(0, 1000, (6,), generator=g)
+    noise = torch.randn(6, 3, 8, 8, generator=g)
+    return x0, t, noise
+
+
+SCHEDULE = make_schedule("cosine", 1000)
+
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_dream_with_lambda_zero_is_standard(batch):
+    torch.manual_seed(0)
+    net = TinyNet()
+    std, _ = compute_loss("standard", net, SCHEDULE, *batch)
+    dream, stats = compute_loss("dream", net, SCHEDULE, *batch, p=1e6)  # lambda = s**p -> 0
+    assert stats["lambda_mean"] == 0
+    torch.testing.assert_close(dream, std, rtol=0, atol=0)
+
+
+def test_dream_with_perfect_predictor_is_standard(batch):
+    x0, t, noise = batch
+    oracle = Oracle(SCHEDULE, x0.double()).double()
+    args = (x0.double(), t, noise.double())
+    std, _ = compute_loss("standard", oracle, SCHEDULE, *args)
+    dream, stats = compute_loss("dream", oracle, SCHEDULE, *args, p=1.0)
+    assert stats["lambda_mean"] > 0.1  # lambda is not zero: delta = 0 is what makes them equal
+    torch.testing.assert_close(dream, std, rtol=0, atol=1e-12)
+
+
+def test_dream_differs_from_standard_for_an_imperfect_model(batch):
+    net = TinyNet()
+    std, _ = compute_loss("standard", net, SCHEDULE, *batch)
+    dream, _ = compute_loss("dream", net, SCHEDULE, *batch, p=1.0)
+    assert not torch.allclose(dream, std)
+
+
+def test_dream_gradient_flows_only_through_second_pass(batch):
+    net = TinyNet()
+    seen = []
+    net.register_forward_hook(lambda m, inp, out: seen.append(out.requires_grad))
+    loss, stats = compute_loss("dream", net, SCHEDULE, *batch)
+    assert seen == [False, True]  # estimate pass under no_grad, then the graded pass
+    assert stats["forward_calls"] == net.calls == 2
+
+
+def test_dream_estimate_in_eval_mode_and_mode_restored(batch):
+    net = TinyNet(dropout=0.5).train()
+    compute_loss("dream", net, SCHEDULE, *batch)
+    assert net.modes == [False, True] and net.training
+    net.eval()
+    net.modes.clear()
+    compute_loss("dream", net, SCHEDULE, *batch)
+    assert net.modes == [False, False] and not net.training  # an eval-mode caller stays in eval
+    net.train()
+    net.modes.clear()
+    compute_loss("dream", net, SCHEDULE, *batch, estimate_eval_mode=False)
+    assert net.modes == [True, True]
+
+
+def test_mode_restored_when_estimate_pass_fails(batch):
+    class Broken(TinyNet):
+        def forward(self, x, t):
+            raise RuntimeError("boom")
+
+    net = Broken().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        compute_loss("dream", net, SCHEDULE, *batch)
+    assert net.training
+
+
+def test_dream_l1_option(batch):
+    net = TinyNet()
+    mse, _ = compute_loss("dream", net, SCHEDULE, *batch, norm="mse")
+    l1, _ = compute_loss("dream", net, SCHEDULE, *batch, norm="l1")
+    assert not torch.allclose(mse, l1)
+
+
+CONS = dict(lambda_min=0.0, lambda_max=0.5, alpha=0.7, start_epoch=10, ramp_epochs=20)
+
+
+def test_conservative_before_start_epoch_is_standard(batch):
+    net = TinyNet()
+    std, _ = compute_loss("standard", net, SCHEDULE, *batch)
+    cons, stats = compute_loss("dream_conservative", net, SCHEDULE, *batch, epoch=9, **CONS)
+    torch.testing.assert_close(cons, std, rtol=0, atol=0)
+    assert stats["forward_calls"] == 1
+
+
+def test_conservative_with_zero_lambda_is_standard(batch):
+    net = TinyNet()
+    std, _ = compute_loss("standard", net, SCHEDULE, *batch)
+    cons, _ = compute_loss("dream_conservative", net, SCHEDULE, *batch, epoch=30, **{**CONS, "lambda_max": 0.0})
+    torch.testing.assert_close(cons, std, rtol=1e-6, atol=1e-7)  # x_rect = x_t: both terms equal L_std
+
+
+def test_conservative_lambda_schedule(batch):
+    net = TinyNet()
+    x0, t, noise = batch
+    _, stats = compute_loss("dream_conservative", net, SCHEDULE, *batch, epoch=10, **CONS)
+    expected = 0.5 * (t.float() / 1000) * (10 / 20)
+    torch.testing.assert_close(stats["lambda_mean"], expected.mean())
+    assert stats["forward_calls"] == 2 and net.calls == 2
+
+
+def test_conservative_training_path_matches_single_graph_gradients(batch):
+    torch.manual_seed(1)
+    net = TinyNet()
+    loss, _ = compute_loss("dream_conservative", net, SCHEDULE, *batch, epoch=15, **CONS)
+    loss.backward()
+    expected = _grads(net)
+    net.zero_grad()
+    graphs_alive = []
+    stats = backward_loss("dream_conservative", net, SCHEDULE, *batch, epoch=15,
+                          defer_sync=lambda: _Recorder(graphs_alive), **CONS)
+    for got, want in zip(_grads(net), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(stats["loss"], loss.detach())
+    assert graphs_alive == ["first backward"]  # one deferred-sync backward, then the final one
+
+
+class _Recorder:
+    def __init__(self, log):
+        self.log = log
+
+    def __enter__(self):
+        self.log.append("first backward")
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_conservative_frees_first_graph_before_second_forward(batch):
+    """Only one graph alive: the first term's graph is released before the second forward runs."""
+    net = TinyNet()
+    events = []
+    net.register_forward_hook(lambda m, i, o: events.append("forward"))
+    net.conv1.weight.register_hook(lambda g: events.append("backward") or g)
+    backward_loss("dream_conservative", net, SCHEDULE, *batch, epoch=15, **CONS)
+    assert events == ["forward", "backward", "forward", "backward"]
+
+
+def test_input_perturbation(batch):
+    net = TinyNet()
+    x0, t, noise = batch
+    std, _ = compute_loss("standard", net, SCHEDULE, *batch)
+    ip0, _ = compute_loss("input_perturbation", net, SCHEDULE, *batch, gamma=0.0)
+    torch.testing.assert_close(ip0, std, rtol=0, atol=0)
+    xi = torch.randn_like(noise)
+    ip, stats = compute_loss("input_perturbation", net, SCHEDULE, *batch, gamma=0.1, xi=xi)
+    # the target stays eps while the input is built from eps + gamma*xi
+    x_t = SCHEDULE.q_sample(x0, t, noise + 0.1 * xi)
+    torch.testing.assert_close(ip, ((net(x_t, t) - noise) ** 2).mean())
+    assert stats["forward_calls"] == 1
+
+
+@pytest.mark.parametrize("kind,calls", [("standard", 1), ("dream", 2), ("dream_conservative", 2),
+                                        ("input_perturbation", 1)])
+def test_forward_calls_per_step(batch, kind, calls):
+    net = TinyNet()
+    stats = backward_loss(kind, net, SCHEDULE, *batch, epoch=50, **(CONS if kind == "dream_conservative" else {}))
+    assert net.calls == stats["forward_calls"] == calls
+
+
+def test_unknown_kind(batch):
+    with pytest.raises(ValueError, match="unknown loss kind"):
+        compute_loss("nope", TinyNet(), SCHEDULE, *batch)

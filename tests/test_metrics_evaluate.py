@@ -1,0 +1,140 @@
+"""The metric-set orchestration with an injected stand-in feature network, and on the real
+Inception code path with a small TorchScript file in a temporary weights folder."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+import torch.hub
+
+from dreamctl.errors import ConfigError, DataError
+from dreamctl.metrics import weights
+from dreamctl.metrics.evaluate import check_weights, evaluate_image_sets
+from dreamctl.metrics.inception import RESIZE_CLEAN, StandInFeatureNet
+
+
+@pytest.fixture(autouse=True)
+def wdir(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to download something")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "weights"
+
+
+def _faces(seed: int, n: int, size: int = 32) -> np.ndarray:
+    """Crude smooth images: a bright ellipse on a coloured background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, 3), np.uint8)
+    for k in range(n):
+        bg = rng.uniform(0, 0.4, 3)
+        cy, cx, ry, rx = rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), rng.uniform(0.2, 0.35), rng.uniform(0.15, 0.3)
+        mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1)[..., None]
+        out[k] = (np.where(mask, rng.uniform(0.6, 1.0, 3), bg) * 255).astype(np.uint8)
+    return out
+
+
+ALL = ["fid", "kid", "is", "lpips", "swd", "pixel_fd"]
+
+
+def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
+    gen, ref = _faces(0, 24), _faces(1, 24)
+    net = StandInFeatureNet()
+    kw = dict(metrics=ALL, reference_key="synthetic/train@abc123", cache_dir=tmp_path / "cache", feature_net=net)
+    out = evaluate_image_sets(gen, ref, **kw)
+    m, proto = out["metrics"], out["protocol"]
+    assert list(m) == ALL
+    for name in ("fid", "kid", "is", "swd", "pixel_fd"):
+        assert np.isfinite(m[name]["value"]), name
+    for name in ("fid", "kid", "is"):
+        assert "stand-in" in m[name]["note"]
+    assert m["fid"]["value"] > 0 and 1.0 <= m["is"]["value"] <= 10 and "real_value" in m["is"]
+    assert set(m["swd"]["levels"]) == {"32", "16"}
+    # LPIPS has no backbone here: reported missing with the file, never as a number.
+    assert set(m["lpips"]) == {"missing"} and weights.ALEXNET in m["lpips"]["missing"]
+    fn = proto["feature_network"]
+    assert fn["stand_in"] is True and "stand-in" in fn["name"] and fn["resize"] == RESIZE_CLEAN
+    assert fn["sha256"] == net.weights_sha256
+    assert set(proto["libraries"]) == {"torch", "clean-fid", "lpips", "scipy", "numpy"}
+    assert proto["num_generated"] == 24 and proto["num_reference"] == 24 and proto["image_size"] == [32, 32]
+    assert proto["reference_cache"] == "written" and proto["weights"] == {}
+    assert net.last_input_shape[1:] == (3, 299, 299)  # the clean resize ran
+    assert net.calls == 48
+
+    again = evaluate_image_sets(gen, ref, **kw)
+    assert net.calls == 72  # only the generated images went through the network
+    assert again["protocol"]["reference_cache"] == "hit"
+    assert again["metrics"]["fid"] == m["fid"] and again["metrics"]["is"] == m["is"]
+
+    fewer = evaluate_image_sets(gen, ref[:20], **kw)
+    assert fewer["protocol"]["reference_cache"] == "written" and net.calls == 72 + 44
+    other_net = StandInFeatureNet(seed=1)
+    evaluate_image_sets(gen, ref, **{**kw, "feature_net": other_net})
+    assert other_net.calls == 48  # another network's statistics are not reused
+    assert len(list((tmp_path / "cache").glob("refstats-*.npz"))) == 3
+
+
+def test_identical_sets_give_near_zero_distances():
+    imgs = _faces(2, 40)
+    out = evaluate_image_sets(imgs, imgs, metrics=["fid", "kid", "pixel_fd"], reference_key=None,
+                              cache_dir=None, feature_net=StandInFeatureNet())
+    assert abs(out["metrics"]["fid"]["value"]) < 1e-6
+    assert abs(out["metrics"]["pixel_fd"]["value"]) < 1e-6
+    assert out["metrics"]["kid"]["value"] < 1e-3
+    assert out["protocol"]["reference_cache"] == "off"
+
+
+def test_missing_inception_is_reported_not_computed(wdir):
+    out = evaluate_image_sets(_faces(3, 12), _faces(4, 12), metrics=["fid", "is", "pixel_fd"],
+                              reference_key="k", cache_dir=None)
+    for name in ("fid", "is"):
+        reason = out["metrics"][name]["missing"]
+        assert weights.INCEPTION in reason and str(wdir / weights.INCEPTION) in reason
+    assert "value" in out["metrics"]["pixel_fd"] and "feature_network" not in out["protocol"]
+    assert [weights.INCEPTION in str(e) for e in check_weights(["fid", "swd"])] == [True]
+
+
+class _FakeInception(torch.nn.Module):
+    """The TorchScript Inception's attribute names (`layers`, `output`) on a tiny network."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 2048, 1))
+        self.output = torch.nn.Linear(2048, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.layers(x).flatten(1))
+
+
+def test_real_inception_path_from_weights_folder(wdir, tmp_path):
+    wdir.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.jit.script(_FakeInception()).save(str(wdir / weights.INCEPTION))
+    # FID itself is left out: scipy's sqrtm of a 2048x2048 matrix takes about a minute on two cores.
+    out = evaluate_image_sets(_faces(5, 12), _faces(6, 12), metrics=["kid", "is"],
+                              reference_key="k", cache_dir=tmp_path / "c")
+    fn = out["protocol"]["feature_network"]
+    assert fn["stand_in"] is False and fn["resize"] == RESIZE_CLEAN
+    assert out["protocol"]["weights"] == {weights.INCEPTION: weights.sha256_file(wdir / weights.INCEPTION)}
+    assert all("value" in out["metrics"][m] and "note" not in out["metrics"][m] for m in ("kid", "is"))
+    assert out["protocol"]["reference_cache"] == "written"
+
+
+def test_bad_inputs_are_rejected():
+    good = _faces(7, 4)
+    kw = dict(metrics=["pixel_fd"], reference_key=None, cache_dir=None)
+    with pytest.raises(DataError, match="uint8"):
+        evaluate_image_sets(good.astype(np.float32), good, **kw)
+    with pytest.raises(DataError, match="shape"):
+        evaluate_image_sets(good[..., 0], good, **kw)
+    with pytest.raises(DataError, match="size"):
+        evaluate_image_sets(good, _faces(8, 4, size=16), **kw)
+    with pytest.raises(ConfigError, match="fidd"):
+        evaluate_image_sets(good, good, metrics=["fidd"], reference_key=None, cache_dir=None)

@@ -1,0 +1,181 @@
+"""Weight files: missing and corrupt files, first-use records, the Inception and LPIPS loaders, the CLI.
+
+No real weights exist here and nothing may be downloaded: the autouse fixture points the
+weights folder and TORCH_HOME at temporary folders and makes any download attempt fail.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+import torch.hub
+
+from dreamctl.errors import WeightsError
+from dreamctl.metrics import weights
+from dreamctl.metrics.inception import InceptionFeatureNet, clean_resize
+
+
+@pytest.fixture(autouse=True)
+def wdir(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to download something")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "weights"
+
+
+class _FakeInception(torch.nn.Module):
+    """Has the TorchScript Inception's `layers` and `output`; 10 classes keep the file small."""
+
+    def __init__(self, with_output: bool = True):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 2048, 1))
+        self.output = torch.nn.Linear(2048, 10) if with_output else torch.nn.Identity()
+        if with_output:
+            torch.nn.init.constant_(self.output.bias, 3.0)  # must not reach the IS logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.layers(x).flatten(1))
+
+
+def write_fake_inception(folder, with_output: bool = True):
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.jit.script(_FakeInception(with_output)).save(str(folder / weights.INCEPTION))
+    return folder / weights.INCEPTION
+
+
+@pytest.mark.parametrize("name", [weights.INCEPTION, weights.ALEXNET])
+def test_missing_weight_names_file_address_and_path(wdir, name):
+    with pytest.raises(WeightsError) as info:
+        weights.require(name)
+    msg = str(info.value)
+    assert name in msg and weights.REGISTRY[name].url in msg
+    assert str(wdir / name) in msg and "dreamctl weights" in msg
+
+
+def test_corrupt_alexnet_is_reported_with_hashes(wdir):
+    wdir.mkdir(parents=True)
+    (wdir / weights.ALEXNET).write_bytes(b"not a checkpoint")
+    st = weights.status(weights.ALEXNET)
+    assert st.present and not st.intact and st.expected == "prefix 7be5be79"
+    with pytest.raises(WeightsError, match="corrupt") as info:
+        weights.require(weights.ALEXNET)
+    assert st.actual in str(info.value) and str(wdir / weights.ALEXNET) in str(info.value)
+    assert weights.REGISTRY[weights.ALEXNET].url in str(info.value)
+
+
+def test_bundled_lpips_linear_weights_are_intact():
+    st = weights.status(weights.LPIPS_LINEAR)
+    assert st.present and st.intact and st.path.parts[-3:] == ("weights", "v0.1", "alex.pth")
+
+
+def test_check_weights_lists_every_problem_once(wdir):
+    errors = weights.check_weights(["fid", "kid", "is", "lpips", "swd", "pixel_fd"])
+    assert [e.__class__ for e in errors] == [WeightsError, WeightsError]
+    assert weights.INCEPTION in str(errors[0]) and weights.ALEXNET in str(errors[1])
+    assert weights.check_weights(["swd", "pixel_fd"]) == []
+
+
+def test_default_weights_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("DREAMCTL_WEIGHTS")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert weights.weights_dir() == tmp_path / ".cache" / "dreamctl" / "weights"
+    assert weights.weights_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_clean_resize_gives_299_float_images():
+    imgs = np.zeros((2, 16, 16, 3), np.uint8)
+    imgs[0] = 200
+    imgs[1, :, :8] = 255
+    x = clean_resize(imgs)
+    assert x.shape == (2, 3, 299, 299) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], 200.0, atol=1e-3)  # bicubic keeps a constant image constant
+    assert x[1].min() >= 0 and x[1].max() <= 255 and x[1, :, :, :140].mean() > 250
+
+
+def test_inception_loads_from_weights_folder_and_records_hash(wdir):
+    path = write_fake_inception(wdir)
+    net = InceptionFeatureNet(device="cpu")
+    record = json.loads((wdir / f"{weights.INCEPTION}.sha256.json").read_text())
+    assert record["sha256"] == net.weights_sha256 == weights.sha256_file(path)
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    pool, logits = net.features(imgs)
+    assert pool.shape == (3, 2048) and logits.shape == (3, 10)
+    w = net.output_weight.numpy()
+    np.testing.assert_allclose(logits, pool @ w.T, rtol=1e-4, atol=1e-4)  # no output bias
+    # The file changes after its first good load: now it is corrupt.
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(WeightsError, match="corrupt"):
+        weights.require(weights.INCEPTION)
+
+
+def test_garbage_inception_file_is_a_weights_error(wdir):
+    wdir.mkdir(parents=True)
+    (wdir / weights.INCEPTION).write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="does not load") as info:
+        InceptionFeatureNet()
+    assert weights.REGISTRY[weights.INCEPTION].url in str(info.value)
+    assert not (wdir / f"{weights.INCEPTION}.sha256.json").exists()
+
+
+def test_inception_without_output_layer_is_a_weights_error(wdir):
+    write_fake_inception(wdir, with_output=False)
+    with pytest.raises(WeightsError, match="output.weight"):
+        InceptionFeatureNet()
+
+
+def test_download_checks_hash_before_anything_is_written(wdir):
+    class _Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+    fake = lambda url, timeout: _Response(b"wrong bytes")  # noqa: E731
+    with pytest.raises(WeightsError, match="nothing was written"):
+        weights.download(weights.ALEXNET, opener=fake)
+    assert list(wdir.iterdir()) == []  # neither the file nor a temp file
+    # A file without a published hash: written atomically, a stale first-use record dropped.
+    (wdir / f"{weights.INCEPTION}.sha256.json").write_text(json.dumps({"sha256": "0" * 64}))
+    path = weights.download(weights.INCEPTION, opener=fake)
+    assert path.read_bytes() == b"wrong bytes" and sorted(p.name for p in wdir.iterdir()) == [weights.INCEPTION]
+
+
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum):UserWarning")  # lpips calls alexnet(pretrained=False)
+def test_lpips_backbone_mapping_and_missing_backbone(wdir):
+    import lpips
+    import torchvision
+
+    from dreamctl.metrics.lpips_diversity import build_lpips, load_alexnet_features, lpips_diversity
+
+    with pytest.raises(WeightsError, match=weights.ALEXNET):
+        build_lpips()
+    model = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
+    state = torchvision.models.alexnet(weights=None).state_dict()
+    load_alexnet_features(model.net, state)
+    own = model.net.state_dict()
+    assert torch.equal(own["slice1.0.weight"], state["features.0.weight"])
+    assert torch.equal(own["slice5.10.bias"], state["features.10.bias"])
+    imgs = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    same = np.repeat(imgs[:1], 6, axis=0)
+    assert lpips_diversity(model, same, num_pairs=8)[0] == pytest.approx(0.0, abs=1e-6)
+    d1 = lpips_diversity(model, imgs, num_pairs=8, seed=3)
+    assert d1[0] > 0 and d1 == lpips_diversity(model, imgs, num_pairs=8, seed=3)
+
+
+def test_weights_cli_lists_files(wdir, capsys, monkeypatch):
+    from dreamctl.cli import main
+
+    monkeypatch.setattr(weights, "download", lambda *a, **k: pytest.fail("--download was not asked for"))
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    for name in weights.REGISTRY:
+        assert name in out
+    assert "missing" in out and str(wdir) in out and weights.REGISTRY[weights.INCEPTION].url in out

@@ -1,0 +1,118 @@
+"""Schedules and samplers: closed forms, DDIM(eta=1) = DDPM, and exact Gaussian recovery."""
+
+import math
+
+import pytest
+import torch
+
+from dreamctl.diffusion import make_schedule
+from dreamctl.diffusion.samplers import sample, timesteps
+
+
+def test_cosine_schedule_matches_closed_form():
+    s = make_schedule("cosine", 1000)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert s.alphas_cumprod.dtype == torch.float64
+    assert s.alphas_cumprod[499].item() == pytest.approx(f(500) / f(0), rel=1e-9)
+    assert s.betas.max().item() <= 0.999
+
+
+def test_linear_schedule_and_q_sample_inverse():
+    s = make_schedule("linear", 1000, 1e-4, 0.02)
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+    x0, eps = torch.randn(4, 3, 4, 4, dtype=torch.float64), torch.randn(4, 3, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = s.q_sample(x0, t, eps)
+    torch.testing.assert_close(s.predict_x0(x_t, t, eps), x0)
+    torch.testing.assert_close(s.predict_eps(x_t, t, x0), eps)
+
+
+def test_posterior_matches_bayes_for_gaussian():
+    """mu_tilde, beta_tilde agree with the direct Gaussian conditioning of x_{t-1} on (x_t, x0)."""
+    s = make_schedule("cosine", 100)
+    t = 37
+    abar, abar_prev, beta = s.alphas_cumprod[t], s.alphas_cumprod[t - 1], s.betas[t]
+    x0, x_t = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.5]], dtype=torch.float64)
+    mean, var = s.posterior_mean_variance(x0, x_t, torch.tensor([t]))
+    # x_{t-1} ~ N(sqrt(abar_prev) x0, 1 - abar_prev); x_t | x_{t-1} ~ N(sqrt(1-beta) x_{t-1}, beta)
+    prior_m, prior_v = abar_prev.sqrt() * 0.3, 1 - abar_prev
+    lik_prec = (1 - beta) / beta
+    post_v = 1 / (1 / prior_v + lik_prec)
+    post_m = post_v * (prior_m / prior_v + (1 - beta).sqrt() * -0.5 / beta)
+    assert var.item() == pytest.approx(post_v.item(), rel=1e-9)
+    assert mean.item() == pytest.approx(post_m.item(), rel=1e-9)
+
+
+def test_timesteps():
+    assert timesteps(1000, 50)[:2] == [980, 960] and timesteps(1000, 50)[-1] == 0
+    assert len(timesteps(1000, 50)) == 50
+    assert timesteps(1000, 1000) == list(range(999, -1, -1))
+    ts = timesteps(1000, 10, t_start=950)
+    assert ts[0] == 950 and ts[-1] == 0 and len(ts) == 10
+    with pytest.raises(ValueError):
+        timesteps(10, 11)
+
+
+class GaussianOracle:
+    """The exact eps-predictor E[eps | x_t] for data x0 ~ N(mu, sigma^2) per dimension."""
+
+    def __init__(self, schedule, mu, sigma):
+        self.s, self.mu, self.sigma = schedule, mu, sigma
+
+    def __call__(self, x_t, t):
+        a = self.s.sqrt_abar(t, x_t)
+        s = self.s.sqrt_one_minus_abar(t, x_t)
+        return s * (x_t - a * self.mu) / (a**2 * self.sigma**2 + s**2)
+
+
+def _generators(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_ddim_eta1_equals_ddpm_ancestral():
+    schedule = make_schedule("cosine", 100)
+    oracle = GaussianOracle(schedule, 0.5, 0.3)
+    noise = torch.randn(5, 2, 3, 3, dtype=torch.float64)
+    ddpm = sample(oracle, schedule, noise, steps=100, method="ddpm", generator=_generators(5))
+    ddim = sample(oracle, schedule, noise, steps=100, eta=1.0, method="ddim", generator=_generators(5))
+    torch.testing.assert_close(ddim, ddpm, rtol=1e-7, atol=1e-9)
+    ddim0 = sample(oracle, schedule, noise, steps=100, eta=0.0, generator=_generators(5))
+    assert not torch.allclose(ddim0, ddpm)  # the noise draws matter: the equality above is not trivial
+
+
+@pytest.mark.parametrize("method,eta", [("ddim", 0.0), ("ddpm", 1.0), ("ddim", 0.5)])
+def test_sampler_reproduces_gaussian_data(method, eta):
+    """With all T steps of DDPM's schedule the samplers recover N(mu, sigma^2); fewer DDIM
+    steps shrink the variance (a discretisation error), which is why this uses all of them."""
+    schedule, steps = make_schedule("linear", 1000), 1000
+    mu, sigma = 0.4, 0.25
+    oracle = GaussianOracle(schedule, mu, sigma)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(4000, 1, 2, 2, generator=g, dtype=torch.float64)
+    x0 = sample(oracle, schedule, noise, steps=steps, eta=eta, method=method, generator=g)
+    assert x0.mean().item() == pytest.approx(mu, abs=0.01)
+    assert x0.std().item() == pytest.approx(sigma, rel=0.03)
+
+
+def test_per_image_seeds_do_not_depend_on_batch():
+    schedule = make_schedule("cosine", 50)
+    oracle = GaussianOracle(schedule, 0.0, 0.5)
+    noise = torch.randn(6, 3, 4, 4)
+    full = sample(oracle, schedule, noise, steps=10, eta=1.0, generator=_generators(6))
+    tail = sample(oracle, schedule, noise[3:], steps=10, eta=1.0, generator=_generators(3, seed=3))
+    torch.testing.assert_close(full[3:], tail)
+
+
+def test_callback_and_clipping():
+    schedule = make_schedule("cosine", 50)
+    seen = []
+    x = sample(lambda x, t: -3 * x, schedule, torch.randn(2, 3, 4, 4), steps=5, clip_x0=True,
+               callback=lambda i, t, x_t, x0: seen.append((i, t, x0.abs().max().item())))
+    assert [s[1] for s in seen] == timesteps(50, 5)
+    assert all(m <= 1.0 for *_, m in seen) and x.abs().max() <= 1.0 + 1e-6
+
+
+def test_ddpm_requires_all_steps():
+    schedule = make_schedule("cosine", 50)
+    with pytest.raises(ValueError, match="all T"):
+        sample(lambda x, t: x, schedule, torch.randn(1, 3, 4, 4), steps=10, method="ddpm")

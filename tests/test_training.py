@@ -1,0 +1,161 @@
+"""train and resume: exact resume, faults, locks, signals (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamctl.cli import main
+from dreamctl.diffusion import losses
+from dreamctl.training.state import list_checkpoints, load_checkpoint
+
+# 32x32 data, a 2-level UNet of width 8; 64 images at batch 8 = 8 steps per epoch.
+TINY = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[8]", "model.num_heads=2",
+        "model.groups=4", "model.time_features=16", "train.batch_size=8", "data.limit=64", "train.epochs=3",
+        "train.log_every=2", "train.checkpoint_every=4", "train.sample_every=1000", "train.sample_grid=4",
+        "sample.steps=2", "optim.ema_decay=0.9"]
+# DREAM (the study's variant) starts at epoch 1 = step 8: runs below cross it and an epoch boundary.
+CONSERVATIVE = TINY + ["loss.start_epoch=1", "loss.ramp_epochs=2"]
+
+
+def _sets(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def train(run: Path, data: Path, overrides, recipe="tiny-conservative") -> int:
+    return main(["train", "--recipe", recipe, "--data", str(data), "--run-dir", str(run), *_sets(overrides)])
+
+
+def final_weights(run: Path) -> dict:
+    ckpt = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
+    return {"model": ckpt["model"], "ema": ckpt["ema"], "step": ckpt["step"]}
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+
+
+def test_resume_is_bit_exact_across_epoch_and_dream_start(tmp_path, synthetic_data_dir):
+    assert train(tmp_path / "straight", synthetic_data_dir, CONSERVATIVE + ["train.max_steps=12"]) == 0
+    assert train(tmp_path / "split", synthetic_data_dir, CONSERVATIVE + ["train.max_steps=6"]) == 0
+    assert main(["resume", str(tmp_path / "split"), "--set", "train.max_steps=12"]) == 0
+    straight, split = final_weights(tmp_path / "straight"), final_weights(tmp_path / "split")
+    assert straight["step"] == 12
+    assert_identical(straight, split)
+    info = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert info["status"] == "finished" and info["images_seen"] == 12 * 8
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8, 10, 12]
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert "loss_rect" not in records[3] and records[4]["loss_rect"] > 0  # DREAM from step 8 (epoch 1)
+    assert {"loss_q0", "lr", "grad_norm", "img_per_s", "peak_memory_bytes", "images_seen"} <= set(records[0])
+
+
+def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
+    assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000004.pt")
+    assert {"model", "ema", "optimizer", "step", "data_position", "rng", "recipe", "dreamctl_version"} <= set(ckpt)
+    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    assert ckpt["data_position"]["batch_index"] == 4
+    assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data_dir):
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
+    with pytest.warns(UserWarning, match=newest.name):
+        assert main(["resume", str(run), "--set", "train.max_steps=12"]) == 0
+    assert train(tmp_path / "straight", synthetic_data_dir, TINY + ["train.max_steps=12"], recipe="tiny") == 0
+    assert_identical(final_weights(run), final_weights(tmp_path / "straight"))
+
+
+def test_nan_loss_stops_without_poisoned_checkpoint(tmp_path, synthetic_data_dir, monkeypatch, capsys):
+    real = losses.LOSSES["standard"]
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan"), stats) if calls["n"] == 6 else (loss, stats)
+
+    monkeypatch.setitem(losses.LOSSES, "standard", poisoned)
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.checkpoint_every=1"], recipe="tiny") == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 5" in err and "no checkpoint written" in err
+    assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step-00000005.pt"
+    for ckpt_path in list_checkpoints(run / "checkpoints"):
+        ckpt = load_checkpoint(ckpt_path)
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
+def test_run_folder_lock_and_no_overwrite(tmp_path, synthetic_data_dir, capsys):
+    from dreamctl.training.rundir import RunDir
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    recipe_before = (run / "recipe.yaml").read_text()
+    assert train(run, synthetic_data_dir, TINY, recipe="tiny") == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "recipe.yaml").read_text() == recipe_before
+    with RunDir(run).lock():
+        assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 2
+    assert "in use by another trainer" in capsys.readouterr().err
+
+
+def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_dir, capsys):
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    assert main(["resume", str(run), "--set", "optim.lr=0.1"]) == 2
+    assert "resume cannot change 'optim.lr'" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dreamctl", "train", "--recipe", "tiny", "--data", str(synthetic_data_dir),
+           "--run-dir", str(run), *_sets(TINY + ["train.epochs=1000", "train.checkpoint_every=100000"])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"dreamctl resume {run}" in out
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == info["step"] >= 2
+
+
+def test_two_gloo_processes_match_one(tmp_path, synthetic_data_dir):
+    """DDP over two CPU processes with the same global batch matches one process, and resumes exactly."""
+    overrides = CONSERVATIVE + ["train.max_steps=10"]
+    assert train(tmp_path / "one", synthetic_data_dir, overrides) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dreamctl"]
+    first = base + ["train", "--recipe", "tiny-conservative", "--data", str(synthetic_data_dir),
+                    "--run-dir", str(tmp_path / "two"), *_sets(CONSERVATIVE + ["train.max_steps=5"])]
+    subprocess.run(first, check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(base + ["resume", str(tmp_path / "two"), "--set", "train.max_steps=10"], check=True, env=env,
+                   capture_output=True, timeout=300)
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert one["step"] == two["step"] == 10
+    for part in ("model", "ema"):
+        for key in one[part]:
+            torch.testing.assert_close(two[part][key], one[part][key], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
