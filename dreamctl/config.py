@@ -255,11 +255,9 @@ def validate_recipe(raw: dict, source: str) -> Recipe:
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(recipe)"
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key"
-            problems.append(f"{key}: {msg}")
+            key = ".".join(str(p) for p in e["loc"])
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {msg}" if key else msg)  # whole-recipe checks name their keys
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 
 

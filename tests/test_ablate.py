@@ -202,7 +202,8 @@ def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: py
     for bad, message in (({"grid": {"sample.steps": [10]}}, "eval-time axis"),
                          ({"eval_grid": {"loss.alpha": [0.5]}}, "needs training"),
                          ({"eval_grid": {"sample.sampler": ["ddpm"]}}, "ddpm"),
-                         ({"evaluate": {"metrics": ["swd"], "nums": 3}}, "evaluate.nums")):
+                         ({"evaluate": {"metrics": ["swd"], "nums": 3}}, "evaluate.nums"),
+                         ({"grid": {"data.path": ["a/b", "a b"]}}, "same run name")):
         with pytest.raises(ConfigError, match=message):
             make_plan(parse_spec(write_spec(tmp_path, **bad)))
 

@@ -4,6 +4,9 @@ Train-time axes (`grid`) each make a training run; eval-time axes (`eval_grid`: 
 steps, eta, t_start) only re-sample a trained checkpoint. Run names come from their
 overrides, so rerunning a spec skips finished runs, resumes interrupted ones and runs
 only what is new. See recipes/ablations/ for the study's questions.
+
+`data` and `out` are relative to the working directory (run from the repository root);
+a recipe given as a .yaml path is looked up beside the spec first.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import yaml
 
 from dreamctl.config import Recipe, flat_items, load_recipe, parse_override, recipe_from_yaml
-from dreamctl.errors import ConfigError
+from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals, read_json
 
 SPEC_KEYS = ("name", "description", "base", "data", "out", "set", "grid", "eval_grid", "seeds", "evaluate")
@@ -122,6 +125,7 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
         if key not in SPEC_KEYS:
             raise _spec_error(path, f"unknown key '{key}' (known: {', '.join(SPEC_KEYS)})")
     grid, eval_grid = _axes(path, "grid", raw.get("grid")), _axes(path, "eval_grid", raw.get("eval_grid"))
+    grid = tuple((k, tuple(_resolve_base(str(v), path) for v in vs) if k == RECIPE_AXIS else vs) for k, vs in grid)
     base = raw.get("base")
     if base is None and RECIPE_AXIS not in dict(grid):
         raise _spec_error(path, "key 'base' is required (a recipe name or path), unless grid has a 'recipe' axis")
@@ -229,7 +233,7 @@ def data_count(data: Path | None, split: str) -> int | None:
     try:
         count = json.loads(manifest.read_text())["splits"][split]["count"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ConfigError(f"{manifest}: no splits.{split}.count; re-run `dreamctl prepare-data`") from None
+        raise DataError(f"{manifest}: no splits.{split}.count; re-run `dreamctl prepare-data`") from None
     return int(count)
 
 
@@ -297,7 +301,12 @@ def make_plan(spec: Spec) -> Plan:
     data = Path(spec.data) if spec.data else None
     trains, evals = [], []
     count_cache: dict[str, int | None] = {}
-    for name, recipe_name, overrides in expand(spec):
+    runs = expand(spec)
+    names = [name for name, _, _ in runs]
+    if len(set(names)) < len(names):
+        clash = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"{spec.path}: two grid points get the same run name ({', '.join(clash)}); make the values distinct")
+    for name, recipe_name, overrides in runs:
         try:
             recipe = load_recipe(recipe_name, overrides)
             points = [(suffix, load_recipe(recipe_name, overrides + extra), flags)

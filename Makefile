@@ -1,0 +1,63 @@
+# dreamctl: every target a new user needs. `make help` lists them with time and hardware.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch comes first so that the rest resolves against it; override for another CUDA build,
+# e.g. make setup TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu126"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+CELEBA ?= $(error set CELEBA=/path/to/folder with img_align_celeba/ (or .zip) and list_eval_partition.txt)
+DATA ?= data/celeba64
+RUNS ?= runs
+RUN ?= $(error set RUN=runs/NAME)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test demo data-celeba reproduce-conservative reproduce-aggressive reproduce-baseline \
+        reproduce-dream reproduce-ddpm-ip ablate-study evaluate
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 26
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed  ## create .venv and install dreamctl with its test extras (CPU: ~2 min)
+
+test: $(BIN)/.installed  ## run the test suite (2 CPU cores: ~8 min)
+	$(BIN)/python -m pytest tests
+
+demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant), sample, evaluate, report (2 CPU cores: ~12 min)
+	PATH=$(abspath $(BIN)):$$PATH bash scripts/demo.sh
+
+data-celeba: $(BIN)/.installed  ## CELEBA=path: CelebA -> data/celeba64 shards, center:178 crop, 64px (16 cores: ~3 min)
+	$(BIN)/dreamctl prepare-data --source celeba --root $(CELEBA) --out $(DATA) --resolution 64 --crop center:178
+
+reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (1 H100: see docs/benchmarks.md)
+	$(BIN)/dreamctl train --recipe conservative --data $(DATA) --run-dir $(RUNS)/conservative
+	$(BIN)/dreamctl evaluate $(RUNS)/conservative --num 5000 --ref train
+
+reproduce-aggressive: $(BIN)/.installed  ## the study's aggressive variant (1 H100)
+	$(BIN)/dreamctl train --recipe aggressive --data $(DATA) --run-dir $(RUNS)/aggressive
+	$(BIN)/dreamctl evaluate $(RUNS)/aggressive --num 5000 --ref train
+
+reproduce-baseline: $(BIN)/.installed  ## plain DDPM with the study's network and settings (1 H100)
+	$(BIN)/dreamctl train --recipe baseline --data $(DATA) --run-dir $(RUNS)/baseline
+	$(BIN)/dreamctl evaluate $(RUNS)/baseline --num 5000 --ref train
+
+reproduce-dream: $(BIN)/.installed  ## DREAM as published (Zhou et al. 2024), p = 1 (1 H100)
+	$(BIN)/dreamctl train --recipe dream --data $(DATA) --run-dir $(RUNS)/dream
+	$(BIN)/dreamctl evaluate $(RUNS)/dream --num 5000 --ref train
+
+reproduce-ddpm-ip: $(BIN)/.installed  ## DDPM-IP input perturbation, gamma 0.1 (1 H100)
+	$(BIN)/dreamctl train --recipe ddpm-ip --data $(DATA) --run-dir $(RUNS)/ddpm-ip
+	$(BIN)/dreamctl evaluate $(RUNS)/ddpm-ip --num 5000 --ref train
+
+ablate-study: $(BIN)/.installed  ## the study's comparison at equal images seen (5 full runs: days on 1 GPU)
+	$(BIN)/dreamctl ablate recipes/ablations/methods.yaml --data $(DATA)
+
+evaluate: $(BIN)/.installed  ## RUN=runs/NAME: FID/KID/IS/LPIPS/SWD at 5,000 samples vs train (1 GPU: ~10 min)
+	$(BIN)/dreamctl evaluate $(RUN)

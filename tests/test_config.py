@@ -1,0 +1,102 @@
+"""Recipes: the shipped ones, inheritance, overrides and the errors a user sees."""
+
+from pathlib import Path
+
+import pytest
+
+from dreamctl.cli import main
+from dreamctl.config import RECIPES_DIR, load_recipe
+from dreamctl.errors import ConfigError
+from dreamctl.models import build_model, count_parameters
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+def test_every_shipped_recipe_loads(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+
+
+def test_conservative_is_the_study_table():
+    r = load_recipe("conservative")
+    assert (r.diffusion.schedule, r.diffusion.num_timesteps) == ("cosine", 1000)
+    assert (r.optim.lr, r.optim.betas, r.optim.weight_decay, r.optim.grad_clip) == (2e-4, (0.9, 0.999), 0.01, 1.0)
+    assert (r.train.batch_size, r.train.epochs, r.data.limit, r.optim.ema_decay) == (128, 100, 50000, 0.9999)
+    assert r.loss.kind == "dream_conservative"
+    assert (r.loss.start_epoch, r.loss.lambda_min, r.loss.lambda_max, r.loss.alpha, r.loss.ramp_epochs) == (
+        10, 0.0, 0.5, 0.7, 20)
+    assert (r.sample.sampler, r.sample.steps) == ("ddim", 50)
+    params = count_parameters(build_model(r.model, r.data.resolution))
+    assert abs(params - 54.85e6) / 54.85e6 < 0.005
+
+
+def test_aggressive_and_published_recipes():
+    a = load_recipe("aggressive")
+    assert (a.loss.start_epoch, a.loss.lambda_max, a.loss.alpha, a.optim.lr) == (2, 0.7, 0.5, 1e-4)
+    assert (a.diffusion.schedule, a.diffusion.beta_start, a.diffusion.beta_end) == ("linear", 1e-4, 0.02)
+    assert (load_recipe("dream").loss.kind, load_recipe("dream").loss.p) == ("dream", 1.0)
+    ip = load_recipe("ddpm-ip")
+    assert (ip.loss.kind, ip.loss.gamma) == ("input_perturbation", 0.1)
+    assert load_recipe("baseline").loss.kind == "standard"
+
+
+def test_tiny_is_small():
+    r = load_recipe("tiny")
+    assert r.data.resolution <= 32
+    assert count_parameters(build_model(r.model, r.data.resolution)) < 3e6
+
+
+def test_overrides_and_path(tmp_path: Path):
+    r = load_recipe("conservative", ["train.batch_size=64", "loss.lambda_max=0.3", "model.channel_mult=[1,2,4,4]"])
+    assert (r.train.batch_size, r.loss.lambda_max, r.model.channel_mult) == (64, 0.3, (1, 2, 4, 4))
+    child = tmp_path / "mine.yaml"
+    child.write_text("extends: aggressive\ntrain:\n  epochs: 3\n")
+    r = load_recipe(str(child))
+    assert (r.name, r.train.epochs, r.loss.alpha, r.optim.lr) == ("mine", 3, 0.5, 1e-4)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["train.batchsize=3"], "train.batchsize: unknown key"),
+    (["train.batch_size=abc"], "train.batch_size"),
+    (["loss.kind=magic"], "loss.kind"),
+    (["loss.lambda_min=0.6", "loss.lambda_max=0.5"], "lambda_min must not exceed lambda_max"),
+    (["model.attention_resolutions=[12]"], "model.attention_resolutions"),
+    (["sample.sampler=ddpm"], "sample.sampler 'ddpm' runs all T steps"),
+    (["train.batch_size"], "bad override 'train.batch_size'"),
+    (["nosection.key=1"], "nosection: unknown key"),
+])
+def test_bad_overrides_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("(", r"\(")) as err:
+        load_recipe("conservative", overrides)
+    if not needle.startswith("bad override"):  # a malformed --set is the command line's fault, not the file's
+        assert "conservative.yaml" in str(err.value)
+
+
+def test_bad_file_names_the_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  channels: many\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*model.channels"):
+        load_recipe(str(bad))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_recipe(str(loop))
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        load_recipe("nope")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--recipe", "nope", "--dry-run"], "unknown recipe 'nope'"),
+    (["train", "--recipe", "tiny", "--set", "train.epochz=1", "--dry-run"], "train.epochz: unknown key"),
+    (["train", "--recipe", "tiny", "--set", "train.epochs=-1", "--dry-run"], "train.epochs"),
+    (["train", "--recipe", "tiny", "--set", "oops", "--dry-run"], "bad override 'oops'"),
+])
+def test_cli_errors_exit_2_with_one_line(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and err.startswith("error:") and "\n" not in err
+
+
+def test_dry_run_shows_parameters_and_cost(capsys):
+    assert main(["train", "--recipe", "conservative", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "54,846,979 (54.85M)" in out and "6 forward units per step" in out
