@@ -155,23 +155,29 @@ def test_conservative_training_path_matches_single_graph_gradients(batch):
     loss.backward()
     expected = _grads(net)
     net.zero_grad()
-    graphs_alive = []
-    stats = backward_loss("dream_conservative", net, SCHEDULE, *batch, epoch=15,
-                          defer_sync=lambda: _Recorder(graphs_alive), **CONS)
+    recorder = _Recorder()
+    net.register_forward_hook(lambda m, i, o: recorder.log.append(f"forward deferred={recorder.inside}"))
+    stats = backward_loss("dream_conservative", net, SCHEDULE, *batch, epoch=15, defer_sync=lambda: recorder, **CONS)
     for got, want in zip(_grads(net), expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(stats["loss"], loss.detach())
-    assert graphs_alive == ["first backward"]  # one deferred-sync backward, then the final one
+    # DDP's no_sync must cover the first forward *and* its backward; the second pass syncs once
+    assert recorder.log == ["enter", "forward deferred=True", "exit", "forward deferred=False"]
 
 
 class _Recorder:
-    def __init__(self, log):
-        self.log = log
+    """Stands in for DDP's no_sync and records when it is entered and left."""
+
+    def __init__(self):
+        self.log, self.inside = [], False
 
     def __enter__(self):
-        self.log.append("first backward")
+        self.log.append("enter")
+        self.inside = True
 
     def __exit__(self, *exc):
+        self.log.append("exit")
+        self.inside = False
         return False
 
 

@@ -43,10 +43,14 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 
 class TrainingDisplay:
-    """A rich progress bar fed by train()'s events; silent on ranks other than 0."""
+    """A rich progress bar fed by train()'s events (and TensorBoard when installed); silent on ranks but 0."""
 
     def __init__(self, enabled: bool, run_root: Path):
+        from dreamctl.training import tensorboard
+
         self.enabled = enabled
+        self.tensorboard = tensorboard.TensorBoardSink(run_root / "tensorboard") \
+            if enabled and tensorboard.available() else None
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  TextColumn("{task.fields[info]}"), console=console, disable=not enabled)
@@ -59,10 +63,14 @@ class TrainingDisplay:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def on_event(self, kind: str, p: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.tensorboard is not None:
+            self.tensorboard.on_event(kind, p)
         if kind == "resume":
             self.progress.console.print(f"resuming from {p['path']} (step {p['step']})")
         elif kind == "start":

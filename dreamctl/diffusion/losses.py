@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from dreamctl.diffusion.schedule import NoiseSchedule
 
 Emit = Callable[[Tensor], None]
+SyncContext = Callable[[], contextlib.AbstractContextManager]
 Stats = dict[str, Any]
 
 
@@ -93,8 +94,8 @@ def conservative_lambda(t: Tensor, num_timesteps: int, epoch: int, lambda_min: f
 
 def dream_conservative(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
                        *, epoch: int, lambda_min: float = 0.0, lambda_max: float = 0.5, alpha: float = 0.7,
-                       start_epoch: int = 10, ramp_epochs: int = 20,
-                       emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
+                       start_epoch: int = 10, ramp_epochs: int = 20, emit: Emit = _no_emit,
+                       defer_sync: SyncContext = contextlib.nullcontext) -> tuple[Tensor, Stats]:
     """The CelebA study's variant (NOT the paper's DREAM; it keeps the plain noise target).
 
     x0_hat = clamp(predict_x0(x_t, eps_hat), -1, 1); x0_adapt = lam*x0_hat + (1-lam)*x0;
@@ -102,15 +103,16 @@ def dream_conservative(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t:
     active from `start_epoch` (0-based). eps_hat is the detached prediction of the first
     pass, so the step costs two forwards, not the study's three.
     """
-    x_t = schedule.q_sample(x0, t, noise)
-    eps_pred = model(x_t, t)
-    losses_std = per_sample(eps_pred - noise)
-    loss_std = losses_std.mean()
     if epoch < start_epoch:
-        return loss_std, {"loss_std": loss_std.detach(), "per_sample": losses_std.detach(), "forward_calls": 1}
+        return standard(model, schedule, x0, t, noise)
+    x_t = schedule.q_sample(x0, t, noise)
+    with defer_sync():  # DDP: the first term's gradients travel with the second's, in one all-reduce
+        eps_pred = model(x_t, t)
+        losses_std = per_sample(eps_pred - noise)
+        loss_std = losses_std.mean()
+        emit(alpha * loss_std)  # in training: backward now, freeing this graph before the second pass
 
     x0_hat = schedule.predict_x0(x_t, t, eps_pred.detach()).clamp(-1, 1)
-    emit(alpha * loss_std)  # in training: backward now, freeing this graph before the second pass
     lam = conservative_lambda(t, schedule.num_timesteps, epoch, lambda_min, lambda_max, ramp_epochs)
     lam = lam.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
     x0_adapt = lam * x0_hat + (1 - lam) * x0
@@ -147,37 +149,38 @@ def _loss_fn(kind: str) -> Callable[..., tuple[Tensor, Stats]]:
     return LOSSES[kind]
 
 
-def _drop_epoch(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Only dream_conservative depends on the epoch; let callers pass it to every kind."""
-    return params if kind == "dream_conservative" else {k: v for k, v in params.items() if k != "epoch"}
+def _kind_params(kind: str, params: dict[str, Any], defer_sync: SyncContext) -> dict[str, Any]:
+    """Only dream_conservative uses the epoch and has an early term; callers pass the epoch to every kind."""
+    if kind == "dream_conservative":
+        return {**params, "defer_sync": defer_sync}
+    return {k: v for k, v in params.items() if k != "epoch"}
 
 
 def compute_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
                  **params: Any) -> tuple[Tensor, Stats]:
     """The loss of `kind` as one differentiable scalar, and its per-step stats."""
     terms: list[Tensor] = []
-    last, stats = _loss_fn(kind)(model, schedule, x0, t, noise, emit=terms.append, **_drop_epoch(kind, params))
+    last, stats = _loss_fn(kind)(model, schedule, x0, t, noise, emit=terms.append,
+                                 **_kind_params(kind, params, contextlib.nullcontext))
     loss = sum(terms, last)
     stats["loss"] = loss.detach()
     return loss, stats
 
 
 def backward_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
-                  *, defer_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                  **params: Any) -> Stats:
+                  *, defer_sync: SyncContext = contextlib.nullcontext, **params: Any) -> Stats:
     """Back-propagate the loss of `kind` term by term, so only one graph is alive at a time.
 
-    The gradients equal those of `compute_loss(...)[0].backward()`. Every backward but the
-    last runs under `defer_sync()` (DDP's `no_sync`), so gradients are all-reduced once.
+    The gradients equal those of `compute_loss(...)[0].backward()`. The passes of every term
+    but the last run under `defer_sync()` (DDP's `no_sync`), so gradients are all-reduced once.
     """
     total = []
 
     def emit(term: Tensor) -> None:
-        with defer_sync():
-            term.backward()
+        term.backward()
         total.append(term.detach())
 
-    last, stats = _loss_fn(kind)(model, schedule, x0, t, noise, emit=emit, **_drop_epoch(kind, params))
+    last, stats = _loss_fn(kind)(model, schedule, x0, t, noise, emit=emit, **_kind_params(kind, params, defer_sync))
     last.backward()
     stats["loss"] = sum(total, last.detach())
     return stats

@@ -30,7 +30,7 @@ from dreamctl.generate import generate, save_grid
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed, peak_memory_bytes
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import TrainState, checkpoint_path, save_checkpoint
+from dreamctl.training.state import TrainState, save_checkpoint
 
 OnEvent = Callable[[str, dict[str, Any]], None]  # ("log" | "checkpoint" | "grid" | "start", payload)
 
@@ -49,6 +49,11 @@ def ema_decay_at(step: int, cfg: OptimConfig) -> float:
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, one foreach kernel over all parameters."""
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+
+
+def clip_threshold(cfg: OptimConfig) -> float:
+    """The gradient-norm clipping threshold; without clipping the norm is still measured for the log."""
+    return cfg.grad_clip if cfg.grad_clip is not None else math.inf
 
 
 def total_steps(recipe: Recipe, num_images: int) -> int:
@@ -172,7 +177,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
 
         stats = backward_loss(kind, net, schedule, x0, t, noise, epoch=batch.epoch, defer_sync=defer_sync,
                               **loss_params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc_clip(recipe), foreach=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_threshold(recipe.optim), foreach=True)
         if not torch.isfinite(torch.stack([stats["loss"].float(), grad_norm.float()])).all():
             terms = {k: float(v) for k, v in stats.items() if k.startswith(("loss", "lambda"))}
             raise RunError(f"non-finite loss at step {state.step} (epoch {batch.epoch}): {terms}, grad norm "
@@ -212,11 +217,3 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
             break
     return status
 
-
-def tc_clip(recipe: Recipe) -> float:
-    """The clipping threshold; without clipping the norm is still measured (for the log)."""
-    return recipe.optim.grad_clip if recipe.optim.grad_clip is not None else math.inf
-
-
-def checkpoint_file(run: RunDir, step: int):
-    return checkpoint_path(run.checkpoints, step)

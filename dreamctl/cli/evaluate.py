@@ -1,0 +1,94 @@
+"""`dreamctl evaluate`: metrics of a run's samples against a reference split, into RUN_DIR/eval/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from dreamctl.cli.common import console
+from dreamctl.cli.sample import SampleProgress
+
+WHAT = {
+    "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
+    "kid": "KID: unbiased MMD of Inception features, cubic kernel, 100 subsets (mean ± std); lower is better",
+    "is": "IS: Inception Score, 10 splits, logits without the output bias; higher is better",
+    "lpips": "LPIPS diversity (AlexNet): mean distance over random pairs of generated images, beside real ones",
+    "swd": "SWD x1e3 on Laplacian-pyramid 7x7 patches: weight-free, colour-sensitive; lower is better",
+    "pixel_fd": "pixel FD: Fréchet distance on 8x8 downsampled pixels, weight-free proxy, not FID; lower is better",
+}
+
+
+def format_value(entry: dict[str, Any]) -> str:
+    text = f"{entry['value']:.4g}"
+    if entry.get("std") is not None:
+        text += f" ± {entry['std']:.2g}"
+    if entry.get("real_value") is not None:
+        text += f" (real images: {entry['real_value']:.4g})"
+    return text
+
+
+def describe(name: str, entry: dict[str, Any], stand_in: bool) -> str:
+    if "missing" in entry:
+        return f"missing: {entry['missing']}"
+    what = WHAT.get(name, name)
+    if stand_in and name in ("fid", "kid", "is"):
+        what = "STAND-IN feature network, not Inception; only comparable with itself. " + what
+    return what
+
+
+def command(
+    run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
+    num: Optional[int] = typer.Option(None, "--num", "-n", help="Generated images [default: eval.num]."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Reference split: train, valid or test [default: eval.ref]."),
+    ref_num: Optional[int] = typer.Option(None, "--ref-num", help="First N images of the split [default: --num]."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of fid,kid,is,lpips,swd,pixel_fd "
+                                          "[default: eval.metrics]. Named metrics need their weights."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or ddpm [default: the recipe's sample.sampler]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps [default: the recipe's; ddpm: all T]."),
+    eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta."),
+    t_start: Optional[int] = typer.Option(None, "--t-start", help="First (largest) timestep [default: T - T//steps]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the samples [default: eval.seed]."),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="EMA or raw weights [default: sample.use_ema]."),
+    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="Checkpoint step [default: the newest]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sampling batch [default: sample.batch_size]."),
+    strict_weights: bool = typer.Option(False, "--strict-weights", help="Fail (exit 2) when any metric's weights "
+                                        "are missing, even for metrics taken from the recipe."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda if available]."),
+) -> int:
+    """Generate (or reuse) samples and write eval/<protocol>.json with FID, KID, IS, LPIPS, SWD, pixel FD."""
+    from dreamctl import runtime
+    from dreamctl.evaluation import evaluate_run
+    from dreamctl.sampling import SampleOptions
+
+    opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
+                         checkpoint=checkpoint, seed=seed)
+    names = None if metrics is None else metrics.split(",")
+    rt = runtime.setup("auto", device)
+    try:
+        with SampleProgress(rt.is_main) as display:
+            result = evaluate_run(run_dir, opts, rt=rt, num=num, ref=ref, ref_num=ref_num, metrics=names,
+                                  strict_weights=strict_weights, on_event=display.on_event)
+    finally:
+        runtime.teardown(rt)
+    if result is None:
+        return 0
+    record, p = result.record, result.record["protocol"]
+    stand_in = bool(p.get("feature_network_stand_in"))
+    table = Table(title=f"{record['protocol_id']}  (checkpoint step {p['checkpoint_step']})", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("what it measures")
+    for name, entry in record["metrics"].items():
+        table.add_row(name, "missing" if "missing" in entry else format_value(entry), describe(name, entry, stand_in))
+    console.print(table)
+    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
+    say(f"{p['num_generated']} samples ({p['sampler']} {p['steps']} steps, eta {p['eta']:g}, "
+        f"{'EMA' if p['ema'] else 'raw'}) from {result.samples}")
+    say(f"against the first {p['ref_num']} {p['ref_split']} images; features: {p['feature_network']}, {p['resize']}")
+    say("FID, KID and IS are comparable only within one protocol id (same sampler, steps, N, reference, resize).")
+    for path in result.paths:
+        say(f"wrote {path}")
+    return 0

@@ -1,0 +1,92 @@
+"""`dreamctl sample`: draw numbered images from a run's checkpoint (resumable, torchrun-aware)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dreamctl.cli.common import console
+
+
+class SampleProgress:
+    """A progress bar fed by the sampling events; silent on ranks other than 0."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                                 disable=not enabled)
+        self.task = None
+
+    def __enter__(self) -> SampleProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_event(self, kind: str, p: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if kind == "sample_start":
+            kept = p["mine"] - p["missing"]
+            self.progress.console.print(f"samples: {p['folder']} ({kept} of {p['mine']} already there, kept)",
+                                        markup=False, highlight=False)
+            self.task = self.progress.add_task("sample", total=p["missing"])
+        elif kind == "sample_progress" and self.task is not None:
+            self.progress.update(self.task, completed=p["drawn"])
+        elif kind == "stage":
+            self.progress.console.print(p["what"], markup=False, highlight=False)
+
+
+def command(
+    run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
+    num: int = typer.Option(..., "--num", "-n", help="Number of images; image i comes from seed + i."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or ddpm [default: the recipe's sample.sampler]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps [default: the recipe's; ddpm: all T]."),
+    eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta (0 deterministic, 1 DDPM-like)."),
+    t_start: Optional[int] = typer.Option(None, "--t-start", help="First (largest) timestep [default: T - T//steps]."),
+    seed: int = typer.Option(0, "--seed", help="Base seed."),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="EMA or raw weights [default: sample.use_ema]."),
+    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="Checkpoint step [default: the newest]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch [default: sample.batch_size; "
+                                             "halved on GPU out-of-memory]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: RUN_DIR/samples/<settings>]."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Also write the grid of the first 64 images here."),
+    npz: bool = typer.Option(False, "--npz", help="Also write all images as one uint8 .npz (key 'images')."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda if available]."),
+) -> int:
+    """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
+    from dreamctl import runtime
+    from dreamctl.generate import save_grid
+    from dreamctl.sampling import (GRID_MAX, SampleOptions, folder_name, load_for_inference, read_samples,
+                                   sample_to_folder, write_npz)
+    from dreamctl.training.rundir import RunDir
+
+    opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
+                         checkpoint=checkpoint, seed=seed)
+    rt = runtime.setup("auto", device)
+    try:
+        model = load_for_inference(RunDir(run_dir), opts, rt)
+        folder = out or RunDir(run_dir).samples / folder_name(model, seed)
+        with SampleProgress(rt.is_main) as display:
+            record = sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=display.on_event)
+        if not rt.is_main:
+            return 0
+        if grid is not None:
+            save_grid(read_samples(folder, min(num, GRID_MAX), model.image_size), grid,
+                      scale=max(1, 128 // model.image_size))
+        c = model.cfg
+        say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
+        say(f"{num} images in {folder} ({record['drawn_now']} drawn now, {record['wall_time_s']} s): "
+            f"{c.sampler} {c.steps} steps, eta {c.eta:g}, {'EMA' if c.use_ema else 'raw'} weights of step {model.step}, "
+            f"seeds {seed}..{seed + num - 1}")
+        say(f"grid: {grid or folder / 'grid.png'}")
+        if npz:
+            say(f"npz: {write_npz(folder, read_samples(folder, num, model.image_size))}")
+    finally:
+        runtime.teardown(rt)
+    return 0

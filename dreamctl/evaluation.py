@@ -1,0 +1,212 @@
+"""The evaluate protocol: samples of a run against a reference split, written to RUN_DIR/eval/.
+
+    weights checked -> N samples drawn or reused (sampling.py) -> reference split read ->
+    evaluate_image_sets -> eval/<protocol_id>.json (docs/run-folder.md)
+
+Weights are checked before anything is drawn. A metric the user named (or every metric with
+strict_weights) must have its weights or the call fails; metrics taken from the recipe's
+defaults are reported {"missing": reason} instead, and the rest are still computed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import dreamctl
+from dreamctl.config import Recipe
+from dreamctl.data.loader import open_split
+from dreamctl.data.shards import read_manifest, split_shards
+from dreamctl.errors import ConfigError, DataError, WeightsError
+from dreamctl.metrics import weights
+from dreamctl.metrics.evaluate import METRICS, evaluate_image_sets, library_versions
+from dreamctl.metrics.inception import RESIZE_CLEAN, FeatureNet, InceptionFeatureNet
+from dreamctl.runtime import Runtime
+from dreamctl.sampling import OnEvent, SampleOptions, folder_name, load_for_inference, read_samples, sample_to_folder
+from dreamctl.training.rundir import RunDir, read_json, write_json_atomic
+
+FEATURE_METRICS = ("fid", "kid", "is")
+INCEPTION_NAME = "inception-2015-12-05"
+# Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
+SAME_SAMPLES = ("checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "num_generated", "seed",
+                "ref_split", "ref_num", "ref_manifest_sha256")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    record: dict[str, Any]  # what eval/<protocol_id>.json holds
+    paths: tuple[Path, ...]  # the files written
+    samples: Path  # the sample folder used
+
+
+def parse_metrics(metrics: Sequence[str]) -> list[str]:
+    wanted = list(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
+    unknown = [m for m in wanted if m not in METRICS]
+    if unknown or not wanted:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} in --metrics; "
+                          f"choose from {', '.join(METRICS)}")
+    return wanted
+
+
+def weight_problems(metrics: Sequence[str], *, feature_net: FeatureNet | None, weights_dir: Path | None,
+                    device: str) -> tuple[dict[str, str], FeatureNet | None]:
+    """({metric: why it cannot be computed}, the feature network, loaded now so a bad file fails before sampling)."""
+    problems: dict[str, str] = {}
+    for m in metrics:
+        if m in FEATURE_METRICS and feature_net is not None:
+            continue
+        errors = weights.check_weights([m], weights_dir)
+        if errors:
+            problems[m] = "; ".join(str(e) for e in errors)
+    wanted_features = [m for m in metrics if m in FEATURE_METRICS and m not in problems]
+    if feature_net is None and wanted_features:
+        try:
+            feature_net = InceptionFeatureNet(weights_dir, device)
+        except WeightsError as err:  # present but does not load as the TorchScript network: corrupt
+            problems.update({m: str(err) for m in wanted_features})
+    return problems, feature_net
+
+
+def protocol_id(p: dict[str, Any], stand_in: bool) -> str:
+    """`ddim50-eta0-ema-n5000-train5000-clean` (+ `-tstart950`, `-clip`, `-seed1`, `-standin`).
+
+    The checkpoint step is not part of it: steps are what is compared within one protocol."""
+    pid = (f"{p['sampler']}{p['steps']}-eta{p['eta']:g}-{'ema' if p['ema'] else 'raw'}-n{p['num_generated']}"
+           f"-{p['ref_split']}{p['ref_num']}-{p['resize'].split(':')[0]}")
+    pid += f"-tstart{p['t_start']}" if p["t_start"] is not None else ""
+    pid += "-clip" if p["clip_x0"] else ""
+    pid += f"-seed{p['seed']}" if p["seed"] != 0 else ""
+    return pid + ("-standin" if stand_in else "")
+
+
+def read_reference(data_dir: Path, split: str, num: int) -> tuple[np.ndarray, dict[str, Any], str]:
+    """The first `num` images of a prepared split, its manifest and the manifest's sha256."""
+    available = sum(s.count for s in split_shards(data_dir, read_manifest(data_dir), split))
+    if num > available:
+        raise DataError(f"--ref-num {num} exceeds the {available} images of split {split} in {data_dir}; "
+                        "lower --ref-num (or --num), or choose another --ref split")
+    images = open_split(data_dir, split, limit=num)
+    data = images.images if images.images is not None else images[torch.arange(num)]
+    return data.cpu().numpy(), images.manifest, images.manifest_sha256
+
+
+def _data_dir(recipe: Recipe, run: RunDir) -> Path:
+    path = recipe.data.path or run.info().get("data")
+    if not path or not Path(path).is_dir():
+        raise DataError(f"{run.recipe_file}: data.path {path!r} is not a prepared data folder; "
+                        f"evaluate needs the run's data for the reference images (move it back or fix data.path)")
+    return Path(path)
+
+
+def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
+    """Keep metrics of an earlier file for the same samples that this call did not ask for."""
+    if previous is None:
+        return
+    old, new = previous.get("protocol", {}), record["protocol"]
+    if any(old.get(k) != new.get(k) for k in SAME_SAMPLES):
+        return
+    same_net = old.get("feature_network_sha256") == new.get("feature_network_sha256")
+    for name, value in previous.get("metrics", {}).items():
+        if name in record["metrics"] or (name in FEATURE_METRICS and "value" in value and not same_net
+                                         and new.get("feature_network_sha256") is not None):
+            continue
+        record["metrics"][name] = value
+        if name in FEATURE_METRICS and "value" in value and new.get("feature_network_sha256") is None:
+            new["feature_network_sha256"] = old.get("feature_network_sha256")
+            record["weights"].update({k: v for k, v in previous.get("weights", {}).items() if k == weights.INCEPTION})
+        if name == "lpips":
+            record["weights"].update({k: v for k, v in previous.get("weights", {}).items()
+                                      if k in (weights.ALEXNET, weights.LPIPS_LINEAR)})
+
+
+def write_eval(eval_dir: Path, record: dict[str, Any]) -> tuple[Path, ...]:
+    """`<id>.json` holds the newest checkpoint's evaluation; with more than one step, `<id>@step<N>.json` each."""
+    pid, step = record["protocol_id"], record["protocol"]["checkpoint_step"]
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    main, mine = eval_dir / f"{pid}.json", eval_dir / f"{pid}@step{step}.json"
+    previous = read_json(main) if main.is_file() else None
+    prev_step = (previous or {}).get("protocol", {}).get("checkpoint_step")
+    same_step = mine if mine.is_file() else (main if previous is not None and prev_step == step else None)
+    _carry_over(read_json(same_step) if same_step else None, record)
+    written = []
+    if previous is not None and prev_step != step:
+        kept = eval_dir / f"{pid}@step{prev_step}.json"
+        if not kept.is_file():
+            write_json_atomic(kept, previous)  # history for compare's metric-vs-step plots
+            written.append(kept)
+    if any(eval_dir.glob(f"{pid}@step*.json")):
+        write_json_atomic(mine, record)
+        written.append(mine)
+    if previous is None or not isinstance(prev_step, int) or step >= prev_step:
+        write_json_atomic(main, record)
+        written.append(main)
+    return tuple(written)
+
+
+def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | None = None, ref: str | None = None,
+                 ref_num: int | None = None, metrics: Sequence[str] | None = None, strict_weights: bool = False,
+                 feature_net: FeatureNet | None = None, weights_dir: Path | None = None,
+                 on_event: OnEvent = lambda kind, payload: None) -> Evaluation | None:
+    """Evaluate a run's checkpoint; returns the record on rank 0 (None on other ranks, which only sample).
+
+    `metrics` given means the user named them: their weights must be there. `feature_net` replaces
+    Inception (a stand-in, named so in the id and the file). `opts.seed` None: the recipe's eval.seed.
+    """
+    started = time.perf_counter()
+    run = RunDir(run_dir)
+    recipe = run.recipe()
+    e = recipe.eval
+    explicit = metrics is not None
+    wanted = parse_metrics(metrics if explicit else e.metrics)
+    num = num or e.num
+    ref_split = ref or e.ref
+    ref_num = ref_num or e.ref_num or num
+    seed = e.seed if opts.seed is None else opts.seed
+    if ref_split not in ("train", "valid", "test"):
+        raise ConfigError(f"--ref {ref_split!r}: choose train, valid or test")
+    data_dir = _data_dir(recipe, run)
+
+    problems, net = weight_problems(wanted, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
+    if problems and (strict_weights or explicit):
+        raise WeightsError("; ".join(problems.values()))  # before anything is drawn
+
+    model = load_for_inference(run, opts, rt)
+    folder = run.samples / folder_name(model, seed)
+    sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=on_event)
+    if not rt.is_main:
+        return None
+    generated = read_samples(folder, num, model.image_size)
+    on_event("stage", {"what": f"reading {ref_num} reference images ({ref_split}) from {data_dir}"})
+    reference, manifest, manifest_sha = read_reference(data_dir, ref_split, ref_num)
+    computable = [m for m in wanted if m not in problems]
+    on_event("stage", {"what": "computing " + ", ".join(computable)})
+    out = evaluate_image_sets(generated, reference, metrics=computable,
+                              reference_key=f"{manifest_sha}/{ref_split}/{ref_num}", cache_dir=data_dir / "cache",
+                              feature_net=net, weights_dir=weights_dir, seed=seed,
+                              device=str(rt.device)) if computable else {"metrics": {}, "protocol": {"weights": {}}}
+    stand_in = net is not None and not isinstance(net, InceptionFeatureNet)
+    used = out["protocol"]
+    c = model.cfg
+    protocol = {"checkpoint_step": model.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
+                "t_start": c.t_start, "clip_x0": c.clip_x0, "num_generated": num, "seed": seed,
+                "ref_split": ref_split, "ref_num": ref_num, "ref_preprocessing": manifest.get("preprocessing"),
+                "ref_manifest_sha256": manifest_sha, "resize": net.resize if net is not None else RESIZE_CLEAN,
+                "feature_network": net.name if stand_in else INCEPTION_NAME,
+                "feature_network_sha256": net.weights_sha256 if net is not None else None,
+                "feature_network_stand_in": stand_in, "image_size": model.image_size,
+                **{k: used[k] for k in ("reference_cache", "kid", "is", "lpips", "swd") if k in used}}
+    results = {**out["metrics"], **{m: {"missing": why} for m, why in problems.items()}}
+    record = {"protocol_id": protocol_id(protocol, stand_in), "protocol": protocol,
+              "metrics": {m: results[m] for m in wanted},
+              "versions": {"dreamctl": dreamctl.__version__, **library_versions()},
+              "weights": dict(used.get("weights", {})), "samples": str(folder),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "wall_time_s": round(time.perf_counter() - started, 2)}
+    paths = write_eval(run.eval, record)
+    return Evaluation(record, paths, folder)

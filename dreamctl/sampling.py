@@ -1,0 +1,242 @@
+"""Load a run's model for inference and draw numbered samples into a folder, resumably.
+
+Image i of a folder is `DIR/<i:06d>.png`, drawn from seed `seed + i` (generate.py), so a folder
+can be filled in any order, by any number of processes, and stopped and rerun: a PNG that is
+already there and readable is kept, and only the missing indices are drawn. `sample.json`
+records the settings; a folder is never topped up with images drawn under other settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import nn
+
+import dreamctl
+from dreamctl.config import Recipe, SampleConfig, validate_recipe
+from dreamctl.diffusion import NoiseSchedule, make_schedule
+from dreamctl.errors import CheckpointError, DataError, RunError
+from dreamctl.generate import generate, save_grid
+from dreamctl.models import build_model
+from dreamctl.runtime import Autocast, Runtime
+from dreamctl.training.rundir import RunDir, read_json, write_json_atomic
+from dreamctl.training.state import checkpoint_path, list_checkpoints, load_checkpoint, load_latest
+
+OnEvent = Callable[[str, dict[str, Any]], None]  # ("sample_start" | "sample_progress" | "sample_done", payload)
+PNG = re.compile(r"^(\d{6,})\.png$")
+# What must match for a folder's existing images to be reused: they fix every pixel.
+SETTINGS = ("checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "seed", "image_size")
+GRID_MAX = 64
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """What the user asked for; None means the run recipe's `sample` section decides."""
+
+    sampler: str | None = None
+    steps: int | None = None
+    eta: float | None = None
+    t_start: int | None = None
+    use_ema: bool | None = None
+    batch_size: int | None = None
+    checkpoint: int | None = None  # step; None: the newest readable checkpoint
+    seed: int | None = None  # image i comes from seed + i; None: 0 for `sample`, eval.seed for `evaluate`
+
+
+@dataclass(frozen=True)
+class InferenceModel:
+    net: nn.Module  # eval mode, no grad, under the runtime's autocast (bf16 on CUDA)
+    schedule: NoiseSchedule
+    cfg: SampleConfig
+    step: int
+    checkpoint: Path
+    image_size: int
+
+
+def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleConfig:
+    """The recipe's sample section with the options applied, validated as the recipe schema would."""
+    changes = {k: v for k, v in {"sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "t_start": opts.t_start,
+                                 "use_ema": opts.use_ema, "batch_size": opts.batch_size}.items() if v is not None}
+    if changes.get("sampler") == "ddpm" and opts.steps is None:
+        changes["steps"] = recipe.diffusion.num_timesteps  # DDPM runs every step: do not make the user say so
+    if not changes:
+        return recipe.sample
+    raw = recipe.model_dump(mode="json")
+    raw["sample"].update(changes)
+    told = " ".join(f"{k}={v}" for k, v in changes.items())
+    return validate_recipe(raw, f"{source} with sample options {told}").sample
+
+
+def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint of `step`, or the newest readable one."""
+    if step is None:
+        return load_latest(run.checkpoints)
+    path = checkpoint_path(run.checkpoints, step)
+    if not path.is_file():
+        have = ", ".join(str(int(p.stem.split("-")[1])) for p in list_checkpoints(run.checkpoints)) or "none"
+        raise CheckpointError(f"no checkpoint for step {step} in {run.checkpoints} (steps there: {have}); "
+                              "choose one of them with --checkpoint or leave it out for the newest")
+    return path, load_checkpoint(path)
+
+
+def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> InferenceModel:
+    """The run's model (EMA weights unless told otherwise) from the chosen checkpoint, ready to sample."""
+    recipe = run.recipe()
+    cfg = sample_config(recipe, opts, str(run.recipe_file))
+    path, ckpt = choose_checkpoint(run, opts.checkpoint)
+    model = build_model(recipe.model, recipe.data.resolution)
+    model.load_state_dict(ckpt["ema" if cfg.use_ema else "model"])
+    model = model.to(rt.device).eval().requires_grad_(False)
+    schedule = make_schedule(recipe.diffusion.schedule, recipe.diffusion.num_timesteps,
+                             recipe.diffusion.beta_start, recipe.diffusion.beta_end)
+    return InferenceModel(Autocast(model, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution)
+
+
+def folder_name(m: InferenceModel, seed: int) -> str:
+    """`ddim50-eta0-ema-step39000-seed0` (+ `-tstart950`, `-clip`): one folder per image-fixing setting."""
+    c = m.cfg
+    name = f"{c.sampler}{c.steps}-eta{c.eta:g}-{'ema' if c.use_ema else 'raw'}-step{m.step}-seed{seed}"
+    return name + (f"-tstart{c.t_start}" if c.t_start is not None else "") + ("-clip" if c.clip_x0 else "")
+
+
+def settings(m: InferenceModel, seed: int) -> dict[str, Any]:
+    c = m.cfg
+    return {"checkpoint_step": m.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
+            "t_start": c.t_start, "clip_x0": c.clip_x0, "seed": seed, "image_size": m.image_size}
+
+
+def png_path(folder: Path, i: int) -> Path:
+    return folder / f"{i:06d}.png"
+
+
+def read_png(path: Path, image_size: int) -> np.ndarray | None:
+    """The image as uint8 HWC, or None when it is absent, unreadable or not the expected size."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except (OSError, SyntaxError, ValueError):  # what PIL raises for absent, truncated or damaged files
+        return None
+    return arr if arr.shape == (image_size, image_size, 3) and arr.dtype == np.uint8 else None
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a killed writer never leaves a half PNG under the name
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
+    """Refuse to add images to a folder that holds images drawn under other settings."""
+    meta = folder / "sample.json"
+    if meta.is_file():
+        old = read_json(meta)
+        clash = [f"{k}={old.get(k)!r} (asked {wanted[k]!r})" for k in SETTINGS if old.get(k) != wanted[k]]
+        if clash:
+            raise RunError(f"{folder} holds samples drawn with {', '.join(clash)}; choose another --out or delete it")
+    elif folder.is_dir() and any(PNG.match(p.name) for p in folder.iterdir()):
+        raise RunError(f"{folder} holds numbered PNGs but no sample.json, so their settings are unknown; "
+                       "choose another --out or delete them")
+
+
+def _barrier(rt: Runtime) -> None:
+    if rt.distributed and dist.is_initialized():
+        dist.barrier()
+
+
+def _sum_over_ranks(n: int, rt: Runtime) -> int:
+    if not (rt.distributed and dist.is_initialized()):
+        return n
+    t = torch.tensor([n], device=rt.device if rt.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Runtime, batch_size: int,
+          on_event: OnEvent) -> None:
+    """Draw and write `indices`, one batch at a time; halve the batch when the GPU runs out of memory."""
+    done = 0
+    while done < len(indices):
+        chunk = indices[done:done + batch_size]
+        try:
+            images = generate(m.net, m.schedule, [seed + i for i in chunk], image_size=m.image_size, cfg=m.cfg,
+                              device=rt.device, batch_size=batch_size)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            oom = True
+        else:
+            oom = False
+            for i, image in zip(chunk, images.numpy()):
+                _write_png(png_path(folder, i), image)
+            done += len(chunk)
+            on_event("sample_progress", {"drawn": done, "missing": len(indices), "batch_size": batch_size})
+        if oom and rt.device.type == "cuda":
+            torch.cuda.empty_cache()  # outside the except block, once the failed batch's tensors are freed
+
+
+def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt: Runtime,
+                     batch_size: int | None = None, on_event: OnEvent = lambda kind, payload: None) -> dict[str, Any]:
+    """Make `folder` hold images 0..num-1; returns what sample.json records (on every rank).
+
+    Under torchrun rank r draws the missing indices i with i % world_size == r; rank 0 writes
+    sample.json and the grid once all ranks are done.
+    """
+    if num < 1:
+        raise RunError(f"--num must be at least 1, got {num}")
+    started = time.perf_counter()
+    wanted = settings(m, seed)
+    _check_folder(folder, wanted)  # every rank checks, so every rank fails alike
+    if rt.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "sample.json").is_file():
+            write_json_atomic(folder / "sample.json", {**wanted, "complete": False})
+    _barrier(rt)
+    mine = range(rt.rank, num, rt.world_size)
+    missing = [i for i in mine if read_png(png_path(folder, i), m.image_size) is None]
+    on_event("sample_start", {"folder": str(folder), "num": num, "mine": len(mine), "missing": len(missing)})
+    _draw(m, missing, folder, seed, rt, batch_size or m.cfg.batch_size, on_event)
+    _barrier(rt)
+    record = {**wanted, "complete": True, "num": num, "checkpoint": m.checkpoint.name, "device": str(rt.device),
+              "precision": rt.precision, "world_size": rt.world_size, "drawn_now": _sum_over_ranks(len(missing), rt),
+              "dreamctl_version": dreamctl.__version__,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "wall_time_s": round(time.perf_counter() - started, 2)}
+    if rt.is_main:
+        grid_images = read_samples(folder, min(num, GRID_MAX), m.image_size)
+        save_grid(grid_images, folder / "grid.png", scale=max(1, 128 // m.image_size))
+        write_json_atomic(folder / "sample.json", record)
+    on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})
+    return record
+
+
+def read_samples(folder: Path, num: int, image_size: int) -> np.ndarray:
+    """Images 0..num-1 of a sample folder as uint8 (num, H, W, 3); DataError naming a missing one."""
+    out = np.empty((num, image_size, image_size, 3), np.uint8)
+    for i in range(num):
+        image = read_png(png_path(folder, i), image_size)
+        if image is None:
+            raise DataError(f"{png_path(folder, i)} is missing or unreadable; rerun the same command to draw it")
+        out[i] = image
+    return out
+
+
+def write_npz(folder: Path, images: np.ndarray, path: Path | None = None) -> Path:
+    """All images as one uint8 array `images` (N, H, W, 3), written atomically."""
+    path = path or folder / f"samples-{len(images)}.npz"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, images=images)
+    os.replace(tmp, path)
+    return path
