@@ -85,12 +85,20 @@ def protocol_id(p: dict[str, Any], stand_in: bool) -> str:
     return pid + ("-standin" if stand_in else "")
 
 
-def read_reference(data_dir: Path, split: str, num: int) -> tuple[np.ndarray, dict[str, Any], str]:
-    """The first `num` images of a prepared split, its manifest and the manifest's sha256."""
-    available = sum(s.count for s in split_shards(data_dir, read_manifest(data_dir), split))
+def check_reference(data_dir: Path, split: str, num: int, resolution: int) -> None:
+    """Fail before sampling when the split is too small or holds images of another size."""
+    manifest = read_manifest(data_dir)
+    available = sum(s.count for s in split_shards(data_dir, manifest, split))
     if num > available:
         raise DataError(f"--ref-num {num} exceeds the {available} images of split {split} in {data_dir}; "
                         "lower --ref-num (or --num), or choose another --ref split")
+    if tuple(manifest["image_shape"][:2]) != (resolution, resolution):
+        raise DataError(f"{data_dir} holds {manifest['image_shape'][0]}px images but the run samples "
+                        f"{resolution}px ones; evaluate against the data the run was trained on")
+
+
+def read_reference(data_dir: Path, split: str, num: int) -> tuple[np.ndarray, dict[str, Any], str]:
+    """The first `num` images of a prepared split, its manifest and the manifest's sha256."""
     images = open_split(data_dir, split, limit=num)
     data = images.images if images.images is not None else images[torch.arange(num)]
     return data.cpu().numpy(), images.manifest, images.manifest_sha256
@@ -105,24 +113,26 @@ def _data_dir(recipe: Recipe, run: RunDir) -> Path:
 
 
 def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
-    """Keep metrics of an earlier file for the same samples that this call did not ask for."""
+    """Keep the metrics of an earlier file for the same samples that this call did not ask for."""
     if previous is None:
         return
     old, new = previous.get("protocol", {}), record["protocol"]
     if any(old.get(k) != new.get(k) for k in SAME_SAMPLES):
         return
-    same_net = old.get("feature_network_sha256") == new.get("feature_network_sha256")
-    for name, value in previous.get("metrics", {}).items():
-        if name in record["metrics"] or (name in FEATURE_METRICS and "value" in value and not same_net
-                                         and new.get("feature_network_sha256") is not None):
+    old_weights = previous.get("weights", {})
+    for name, entry in previous.get("metrics", {}).items():
+        if name in record["metrics"]:
             continue
-        record["metrics"][name] = value
-        if name in FEATURE_METRICS and "value" in value and new.get("feature_network_sha256") is None:
-            new["feature_network_sha256"] = old.get("feature_network_sha256")
-            record["weights"].update({k: v for k, v in previous.get("weights", {}).items() if k == weights.INCEPTION})
+        if name in FEATURE_METRICS and "value" in entry:
+            if new.get("feature_network_sha256") is None:  # no feature network ran now: adopt the earlier one
+                new["feature_network_sha256"] = old.get("feature_network_sha256")
+                record["weights"].update({k: v for k, v in old_weights.items() if k == weights.INCEPTION})
+            elif new["feature_network_sha256"] != old.get("feature_network_sha256"):
+                continue  # measured with other weights: dropped rather than mixed
         if name == "lpips":
-            record["weights"].update({k: v for k, v in previous.get("weights", {}).items()
+            record["weights"].update({k: v for k, v in old_weights.items()
                                       if k in (weights.ALEXNET, weights.LPIPS_LINEAR)})
+        record["metrics"][name] = entry
 
 
 def write_eval(eval_dir: Path, record: dict[str, Any]) -> tuple[Path, ...]:
@@ -170,7 +180,11 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     seed = e.seed if opts.seed is None else opts.seed
     if ref_split not in ("train", "valid", "test"):
         raise ConfigError(f"--ref {ref_split!r}: choose train, valid or test")
+    if num < 2 or ref_num < 2:
+        raise ConfigError(f"evaluate needs at least 2 generated and 2 reference images "
+                          f"(--num {num}, --ref-num {ref_num})")
     data_dir = _data_dir(recipe, run)
+    check_reference(data_dir, ref_split, ref_num, recipe.data.resolution)
 
     problems, net = weight_problems(wanted, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
     if problems and (strict_weights or explicit):

@@ -65,8 +65,9 @@ class InferenceModel:
 
 def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleConfig:
     """The recipe's sample section with the options applied, validated as the recipe schema would."""
-    changes = {k: v for k, v in {"sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "t_start": opts.t_start,
-                                 "use_ema": opts.use_ema, "batch_size": opts.batch_size}.items() if v is not None}
+    asked = {"sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "t_start": opts.t_start,
+             "use_ema": opts.use_ema, "batch_size": opts.batch_size}
+    changes = {k: v for k, v in asked.items() if v is not None}
     if changes.get("sampler") == "ddpm" and opts.steps is None:
         changes["steps"] = recipe.diffusion.num_timesteps  # DDPM runs every step: do not make the user say so
     if not changes:
@@ -149,6 +150,16 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
                        "choose another --out or delete them")
 
 
+def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict[str, Any]:
+    """Check the folder's settings (every rank, so all fail alike); rank 0 records them before any image."""
+    wanted = settings(m, seed)
+    _check_folder(folder, wanted)
+    folder.mkdir(parents=True, exist_ok=True)
+    if rt.is_main and not (folder / "sample.json").is_file():
+        write_json_atomic(folder / "sample.json", {**wanted, "complete": False})
+    return wanted
+
+
 def _barrier(rt: Runtime) -> None:
     if rt.distributed and dist.is_initialized():
         dist.barrier()
@@ -196,12 +207,7 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     if num < 1:
         raise RunError(f"--num must be at least 1, got {num}")
     started = time.perf_counter()
-    wanted = settings(m, seed)
-    _check_folder(folder, wanted)  # every rank checks, so every rank fails alike
-    if rt.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "sample.json").is_file():
-            write_json_atomic(folder / "sample.json", {**wanted, "complete": False})
+    wanted = open_folder(m, folder, seed, rt)
     _barrier(rt)
     mine = range(rt.rank, num, rt.world_size)
     missing = [i for i in mine if read_png(png_path(folder, i), m.image_size) is None]

@@ -8,8 +8,8 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from dreamctl.cli.common import console
-from dreamctl.cli.sample import SampleProgress
+from dreamctl.cli.common import console, err_console
+from dreamctl.cli.sample import STOPPED, SampleProgress
 
 WHAT = {
     "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
@@ -32,7 +32,7 @@ def format_value(entry: dict[str, Any]) -> str:
 
 def describe(name: str, entry: dict[str, Any], stand_in: bool) -> str:
     if "missing" in entry:
-        return f"missing: {entry['missing']}"
+        return str(entry["missing"])
     what = WHAT.get(name, name)
     if stand_in and name in ("fid", "kid", "is"):
         what = "STAND-IN feature network, not Inception; only comparable with itself. " + what
@@ -46,7 +46,7 @@ def command(
     ref_num: Optional[int] = typer.Option(None, "--ref-num", help="First N images of the split [default: --num]."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of fid,kid,is,lpips,swd,pixel_fd "
                                           "[default: eval.metrics]. Named metrics need their weights."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or ddpm [default: the recipe's sample.sampler]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or ddpm [default: sample.sampler]."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps [default: the recipe's; ddpm: all T]."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta."),
     t_start: Optional[int] = typer.Option(None, "--t-start", help="First (largest) timestep [default: T - T//steps]."),
@@ -71,6 +71,9 @@ def command(
         with SampleProgress(rt.is_main) as display:
             result = evaluate_run(run_dir, opts, rt=rt, num=num, ref=ref, ref_num=ref_num, metrics=names,
                                   strict_weights=strict_weights, on_event=display.on_event)
+    except KeyboardInterrupt:
+        err_console.print(STOPPED, markup=False)
+        raise typer.Exit(130) from None
     finally:
         runtime.teardown(rt)
     if result is None:
@@ -87,7 +90,9 @@ def command(
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
     say(f"{p['num_generated']} samples ({p['sampler']} {p['steps']} steps, eta {p['eta']:g}, "
         f"{'EMA' if p['ema'] else 'raw'}) from {result.samples}")
-    say(f"against the first {p['ref_num']} {p['ref_split']} images; features: {p['feature_network']}, {p['resize']}")
+    features = any(m in ("fid", "kid", "is") and "value" in e for m, e in record["metrics"].items())
+    say(f"against the first {p['ref_num']} {p['ref_split']} images"
+        + (f"; features: {p['feature_network']}, {p['resize']}" if features else ""))
     say("FID, KID and IS are comparable only within one protocol id (same sampler, steps, N, reference, resize).")
     for path in result.paths:
         say(f"wrote {path}")

@@ -8,7 +8,9 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dreamctl.cli.common import console
+from dreamctl.cli.common import console, err_console
+
+STOPPED = "stopped: the images written so far are kept; rerun the same command to draw the rest"
 
 
 class SampleProgress:
@@ -16,9 +18,9 @@ class SampleProgress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                                 disable=not enabled)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), console=console, disable=not enabled)
         self.task = None
 
     def __enter__(self) -> SampleProgress:
@@ -45,7 +47,7 @@ class SampleProgress:
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
     num: int = typer.Option(..., "--num", "-n", help="Number of images; image i comes from seed + i."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or ddpm [default: the recipe's sample.sampler]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or ddpm [default: sample.sampler]."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps [default: the recipe's; ddpm: all T]."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta (0 deterministic, 1 DDPM-like)."),
     t_start: Optional[int] = typer.Option(None, "--t-start", help="First (largest) timestep [default: T - T//steps]."),
@@ -72,8 +74,12 @@ def command(
     try:
         model = load_for_inference(RunDir(run_dir), opts, rt)
         folder = out or RunDir(run_dir).samples / folder_name(model, seed)
-        with SampleProgress(rt.is_main) as display:
-            record = sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=display.on_event)
+        try:
+            with SampleProgress(rt.is_main) as display:
+                record = sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=display.on_event)
+        except KeyboardInterrupt:
+            err_console.print(STOPPED, markup=False)
+            raise typer.Exit(130) from None
         if not rt.is_main:
             return 0
         if grid is not None:
@@ -82,8 +88,8 @@ def command(
         c = model.cfg
         say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
         say(f"{num} images in {folder} ({record['drawn_now']} drawn now, {record['wall_time_s']} s): "
-            f"{c.sampler} {c.steps} steps, eta {c.eta:g}, {'EMA' if c.use_ema else 'raw'} weights of step {model.step}, "
-            f"seeds {seed}..{seed + num - 1}")
+            f"{c.sampler} {c.steps} steps, eta {c.eta:g}, {'EMA' if c.use_ema else 'raw'} weights of step "
+            f"{model.step}, seeds {seed}..{seed + num - 1}")
         say(f"grid: {grid or folder / 'grid.png'}")
         if npz:
             say(f"npz: {write_npz(folder, read_samples(folder, num, model.image_size))}")

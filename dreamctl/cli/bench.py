@@ -1,0 +1,119 @@
+"""`dreamctl bench`: training, sampling and data speed side by side; a table and a JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from dreamctl.cli.common import console
+
+
+def command(
+    what: Annotated[str, typer.Argument(help="train | sample | data | all")] = "all",
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe [default: tiny on cpu, "
+                                                  "conservative on cuda].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch [default: the recipe's].")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda [default: cuda if available].")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Timed rounds (each runs every variant "
+                                                 "once) [default: 12 on cpu, 20 on cuda].")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
+    sample_batches: Annotated[int, typer.Option("--sample-batches", min=1, help="Timed DDIM-50 batches.")] = 2,
+    budget: Annotated[Optional[float], typer.Option("--budget-s", help="Stop timing a section after the round "
+                                                    "that passes this many seconds.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="JSON file [default: bench-WHAT-DEVICE.json].")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a recipe key: section.key=value.")] = [],
+) -> None:
+    """Benchmark training steps per loss kind, sampling and the data loader; print a table, write JSON."""
+    import torch
+
+    from dreamctl import bench, runtime
+    from dreamctl.config import load_recipe
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = list(set_) + ([f"train.batch_size={batch_size}"] if batch_size else [])
+    resolved = load_recipe(recipe or bench.default_recipe(dev), overrides)
+    rt = runtime.setup(resolved.train.precision, dev)
+    rounds = steps or (20 if rt.device.type == "cuda" else 12)
+    with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
+        result = bench.run_bench(what, resolved, rt, rounds=rounds, warmup=warmup, sample_batches=sample_batches,
+                                 budget_s=budget)
+    result["command"] = "dreamctl bench " + " ".join(_argv(what, recipe, batch_size, device, steps, warmup, set_))
+    render(result)
+    path = out or Path(f"bench-{what}-{rt.device.type}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    console.print(f"wrote {path}", markup=False, highlight=False)
+
+
+def _argv(what, recipe, batch_size, device, steps, warmup, set_) -> list[str]:
+    args = [what] + (["--recipe", recipe] if recipe else []) + (["--batch-size", str(batch_size)] if batch_size else [])
+    args += (["--device", device] if device else []) + (["--steps", str(steps)] if steps else [])
+    return args + ["--warmup", str(warmup)] + [a for s in set_ for a in ("--set", s)]
+
+
+def _gb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.2f}"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _step_table(title: str, section: dict[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("", no_wrap=True)
+    for col in ("fwd", "ms", "img/s", "peak GB", "time x", "mem x"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, row in section["rows"].items():
+        table.add_row(name, str(row.get("forward_calls", "-")), f"{row['step_ms_median']:.1f}", f"{row['img_per_s']:.1f}",
+                      _gb(row["peak_memory_bytes"]), _x(row["step_time_ratio"]), _x(row["peak_memory_ratio"]))
+    return table
+
+
+def render(result: dict[str, Any]) -> None:
+    """Print every section of a benchmark result."""
+    m = result["machine"]
+    console.print(f"{m['device']} | torch {m['torch']} | {m['torch_threads']} threads | load {m['load_average_1min']}"
+                  f"->{result['load_average_1min_end']} | {result['recipe']} ({result['parameters'] / 1e6:.2f}M params),"
+                  f" batch {result['batch_size']}, {result['resolution']}px, {result['precision']}",
+                  markup=False, highlight=False)
+    if "train" in result:
+        console.print(_step_table(f"training step: median ms; x = vs {result['train']['reference']}, median of "
+                                  "same-round ratios", result["train"]))
+        nv = result["train"].get("naive_vs_ours")
+        if nv:
+            mem = "" if nv["ours_over_naive_peak_memory"] is None else \
+                f", peak memory {nv['ours_over_naive_peak_memory']:.2f}x"
+            console.print(f"dream_conservative vs naive: step time {nv['ours_over_naive_step_time']:.2f}x "
+                          f"({nv['ours_faster_by_percent']:.1f}% faster){mem}", markup=False, highlight=False)
+    variants = result.get("variants")
+    if variants:
+        if "skipped" in variants:
+            console.print(f"eager/compile, bf16/fp32, channels_last: skipped ({variants['skipped']})", markup=False)
+        else:
+            console.print(_step_table("standard step: one setting changed from eager bf16", variants))
+    for key, label in (("sample", "DDIM-50 sampling"), ("inception", "Inception features")):
+        if key in result:
+            sec = result[key]
+            text = f"skipped: {sec['skipped']}" if "skipped" in sec else f"{sec['img_per_s']:.1f} img/s " \
+                f"(batch {sec['batch_size']}; {sec['includes']})"
+            console.print(f"{label}: {text}", markup=False, highlight=False)
+    if "data" in result:
+        d = result["data"]
+        console.print(f"data (per core): shard loader {d['shard_loader_img_per_s_per_core']} img/s, ImageFolder "
+                      f"{d['imagefolder_img_per_s_per_core']} img/s, {d['speedup_per_core']}x; prepare "
+                      f"{d['prepare_img_per_s']} img/s on {d['prepare_workers']} workers", markup=False, highlight=False)
+    if result["targets"]:
+        table = Table(title="targets (issue 7)", title_justify="left")
+        for col in ("target", "value", "result", "stated for"):
+            table.add_column(col)
+        for t in result["targets"]:
+            verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
+            stated = ", ".join(f"{k} {v}" for k, v in t["conditions"].items())
+            table.add_row(t["target"], "-" if t["value"] is None else f"{t['value']:g}", verdict,
+                          stated + ("" if t["conditions_met"] else " (this run differs)"))
+        console.print(table)

@@ -1,0 +1,241 @@
+"""sample and evaluate on a tiny trained run (CPU, no weights, no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.hub
+
+from dreamctl import sampling
+from dreamctl.cli import main
+from dreamctl.evaluation import evaluate_run
+from dreamctl.experiments.runs import read_evals
+from dreamctl.metrics.inception import RESIZE_CLEAN, StandInFeatureNet
+from dreamctl.runtime import Runtime
+from dreamctl.sampling import SampleOptions, load_for_inference, read_samples, sample_to_folder
+from dreamctl.training.rundir import RunDir
+from dreamctl.training.state import checkpoint_path, load_checkpoint
+
+TINY = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[8]", "model.num_heads=2",
+        "model.groups=4", "model.time_features=16", "train.batch_size=8", "data.limit=64", "train.max_steps=4",
+        "train.sample_every=1000", "train.sample_grid=4", "sample.steps=2", "sample.batch_size=8"]
+CPU = Runtime(torch.device("cpu"), "fp32")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic_data_dir) -> tuple[Path, Path]:
+    """(run folder, its own copy of the data: evaluate writes its reference cache there)."""
+    root = tmp_path_factory.mktemp("sample_eval")
+    data = root / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    run = root / "run"
+    sets = [arg for o in TINY for arg in ("--set", o)]
+    assert main(["train", "--recipe", "tiny", "--data", str(data), "--run-dir", str(run), *sets]) == 0
+    return run, data
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path) -> Path:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to download something")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "weights"
+
+
+def _draw(run: Path, folder: Path, num: int, rt: Runtime = CPU, **opts) -> np.ndarray:
+    seed = opts.pop("seed", 0)
+    batch = opts.pop("batch_size", None)
+    model = load_for_inference(RunDir(run), SampleOptions(**opts), rt)
+    sample_to_folder(model, folder, num, seed=seed, rt=rt, batch_size=batch)
+    return read_samples(folder, num, model.image_size)
+
+
+def test_same_seeds_same_images_at_any_batch_size(trained, tmp_path):
+    run, _ = trained
+    # eta = 1: every DDIM step draws noise too, from each image's own generator.
+    one = _draw(run, tmp_path / "b1", 9, eta=1.0, batch_size=1)
+    seven = _draw(run, tmp_path / "b7", 9, eta=1.0, batch_size=7)
+    assert one.shape == (9, 32, 32, 3) and one.std() > 0
+    np.testing.assert_array_equal(one, seven)
+    # Image i comes from seed + i: a folder starting at seed 4 holds images 4.. of seed 0.
+    shifted = _draw(run, tmp_path / "s4", 3, eta=1.0, seed=4, batch_size=2)
+    np.testing.assert_array_equal(shifted, one[4:7])
+    assert not np.array_equal(one[0], one[1])
+
+
+def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, capsys):
+    run, _ = trained
+    reference = _draw(run, tmp_path / "straight", 10, batch_size=4)
+    out = tmp_path / "stopped"
+    calls = {"n": 0}
+    real_generate = sampling.generate
+
+    def stop_after_one_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the run
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "generate", stop_after_one_batch)
+    assert main(["sample", str(run), "--num", "10", "--batch-size", "4", "--out", str(out)]) == 130
+    assert "rerun the same command" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
+    assert json.loads((out / "sample.json").read_text())["complete"] is False
+    monkeypatch.setattr(sampling, "generate", real_generate)
+    assert main(["sample", str(run), "--num", "10", "--batch-size", "4", "--out", str(out), "--npz"]) == 0
+    np.testing.assert_array_equal(read_samples(out, 10, 32), reference)
+
+    # Delete two images and damage one; everything else must be left untouched.
+    for i in (2, 8):
+        sampling.png_path(out, i).unlink()
+    sampling.png_path(out, 5).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    old = 1_000_000_000
+    for p in out.glob("*.png"):
+        os.utime(p, ns=(old, old))
+    assert main(["sample", str(run), "--num", "10", "--batch-size", "3", "--out", str(out)]) == 0
+    np.testing.assert_array_equal(read_samples(out, 10, 32), reference)
+    redrawn = {i for i in range(10) if sampling.png_path(out, i).stat().st_mtime_ns != old}
+    assert redrawn == {2, 5, 8}
+    record = json.loads((out / "sample.json").read_text())
+    assert record["drawn_now"] == 3 and record["complete"] and record["num"] == 10
+    assert {k: record[k] for k in ("checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "seed")} == \
+        {"checkpoint_step": 4, "ema": True, "sampler": "ddim", "steps": 2, "eta": 0.0, "t_start": None, "seed": 0}
+    assert (out / "grid.png").is_file() and "dreamctl_version" in record
+    np.testing.assert_array_equal(np.load(out / "samples-10.npz")["images"], reference)
+
+
+def test_ranks_draw_their_own_slices(trained, tmp_path):
+    run, _ = trained
+    reference = _draw(run, tmp_path / "one", 7)
+    folder = tmp_path / "two"
+    model = load_for_inference(RunDir(run), SampleOptions(), CPU)
+    rank0, rank1 = (Runtime(torch.device("cpu"), "fp32", rank=r, world_size=2) for r in (0, 1))
+    # Without a process group the barriers are skipped, so the ranks run one after the other:
+    # rank 0 has recorded the settings (its part before the first barrier) when rank 1 starts.
+    sampling.open_folder(model, folder, 0, rank0)
+    sample_to_folder(model, folder, 7, seed=0, rt=rank1)
+    assert sorted(int(p.stem) for p in folder.glob("*.png")) == [1, 3, 5]
+    assert not (folder / "grid.png").exists()
+    sample_to_folder(model, folder, 7, seed=0, rt=rank0)
+    np.testing.assert_array_equal(read_samples(folder, 7, 32), reference)
+    assert (folder / "grid.png").is_file()
+
+
+def test_sample_refuses_what_the_recipe_schema_refuses(trained, tmp_path, capsys):
+    run, _ = trained
+    for args, key in ((["--sampler", "ddpm", "--steps", "5"], "sample.sampler"),
+                      (["--steps", "5000"], "sample.steps"), (["--t-start", "1000"], "sample.t_start"),
+                      (["--sampler", "euler"], "sample.sampler"), (["--checkpoint", "3"], "no checkpoint for step 3")):
+        assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "x"), *args]) == 2, args
+        assert key in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    # A folder holding images drawn with other settings is never topped up.
+    assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "y")]) == 0
+    assert main(["sample", str(run), "--num", "3", "--eta", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "eta=0.0" in capsys.readouterr().err and not (tmp_path / "y" / "000002.png").exists()
+
+
+def _older_checkpoint(run: Path, step: int) -> None:
+    """A second checkpoint (the newest one relabelled), so that history across steps can be tested."""
+    ckpt = load_checkpoint(checkpoint_path(run / "checkpoints", 4))
+    ckpt["step"] = step
+    torch.save(ckpt, checkpoint_path(run / "checkpoints", step))
+
+
+def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
+    run, data = trained
+    metrics = ["fid", "kid", "is", "swd", "pixel_fd"]
+    net = StandInFeatureNet()
+    result = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=metrics, feature_net=net)
+    rec, p = result.record, result.record["protocol"]
+    assert rec["protocol_id"] == "ddim2-eta0-ema-n16-train20-clean-standin"
+    manifest = json.loads((data / "manifest.json").read_text())
+    expected = {"checkpoint_step": 4, "ema": True, "sampler": "ddim", "steps": 2, "eta": 0.0, "t_start": None,
+                "num_generated": 16, "seed": 0, "ref_split": "train", "ref_num": 20,
+                "ref_preprocessing": manifest["preprocessing"], "resize": RESIZE_CLEAN,
+                "feature_network": net.name, "feature_network_sha256": net.weights_sha256,
+                "feature_network_stand_in": True, "reference_cache": "written"}
+    assert {k: p[k] for k in expected} == expected
+    assert "stand-in" in p["feature_network"] and "NOT Inception" in p["feature_network"]
+    assert list(rec["metrics"]) == metrics
+    for name in metrics:
+        assert np.isfinite(rec["metrics"][name]["value"]), name
+    assert "stand-in" in rec["metrics"]["fid"]["note"]
+    assert net.last_input_shape[1:] == (3, 299, 299) and net.calls == 16 + 20
+    assert {"torch", "clean-fid", "dreamctl"} <= set(rec["versions"]) and rec["wall_time_s"] > 0
+    saved = run / "eval" / f"{rec['protocol_id']}.json"
+    assert json.loads(saved.read_text()) == json.loads(json.dumps(rec))
+    cache = list((data / "cache").glob("refstats-*.npz"))
+    assert len(cache) == 1 and cache[0].parent.parent == data  # beside the shards
+
+    # Second time: samples reused, reference statistics read from the cache (only 16 images go through the net).
+    net2 = StandInFeatureNet()
+    again = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=metrics, feature_net=net2)
+    assert net2.calls == 16 and again.record["protocol"]["reference_cache"] == "hit"
+    assert json.loads((result.samples / "sample.json").read_text())["drawn_now"] == 0
+    assert again.record["metrics"]["fid"]["value"] == pytest.approx(rec["metrics"]["fid"]["value"])
+
+    # Asking for one metric keeps the others measured on the same samples.
+    only = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=["pixel_fd"], feature_net=net2)
+    assert set(only.record["metrics"]) == set(metrics)
+
+    # An older checkpoint under the same protocol: the newest stays in <id>.json, each step gets <id>@step<N>.json.
+    _older_checkpoint(run, 2)
+    older = evaluate_run(run, SampleOptions(checkpoint=2), rt=CPU, num=16, ref_num=20, metrics=["swd"],
+                         feature_net=net2)
+    pid = rec["protocol_id"]
+    assert older.record["protocol_id"] == pid and older.record["protocol"]["checkpoint_step"] == 2
+    assert json.loads(saved.read_text())["protocol"]["checkpoint_step"] == 4
+    assert {f.name for f in (run / "eval").glob(f"{pid}@step*.json")} == {f"{pid}@step2.json", f"{pid}@step4.json"}
+    steps = sorted(r.checkpoint_step for r in read_evals(run / "eval") if r.protocol_id == pid)
+    assert steps == [2, 4]
+    checkpoint_path(run / "checkpoints", 2).unlink()
+
+
+def test_explicit_fid_without_weights_fails_before_sampling(trained, offline, capsys):
+    run, _ = trained
+    before = set((run / "samples").iterdir())
+    assert main(["evaluate", str(run), "--num", "8", "--metrics", "fid,swd", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "inception-2015-12-05.pt" in err and "https://nvlabs-fi-cdn.nvidia.com/" in err
+    assert str(offline / "inception-2015-12-05.pt") in err
+    # A corrupt file is refused too, also before sampling.
+    offline.mkdir(parents=True)
+    (offline / "inception-2015-12-05.pt").write_bytes(b"not a TorchScript archive")
+    assert main(["evaluate", str(run), "--num", "8", "--metrics", "fid", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "does not load" in err and str(offline / "inception-2015-12-05.pt") in err
+    # Defaults taken from the recipe are not strict, unless asked.
+    assert main(["evaluate", str(run), "--num", "8", "--seed", "5", "--strict-weights"]) == 2
+    assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err
+    # So is a reference split too small for --ref-num (valid holds 13 images).
+    assert main(["evaluate", str(run), "--num", "8", "--ref", "valid", "--ref-num", "50", "--metrics", "swd",
+                 "--seed", "5"]) == 2
+    assert "exceeds the 13 images of split valid" in capsys.readouterr().err
+    assert set((run / "samples").iterdir()) == before  # no sample folder was made
+    assert not list(run.glob("eval/*-n8-*"))
+
+
+def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
+    run, _ = trained
+    assert main(["evaluate", str(run), "--num", "12", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    rec = json.loads((run / "eval" / "ddim2-eta0-ema-n12-train12-clean-seed7.json").read_text())
+    assert list(rec["metrics"]) == ["fid", "kid", "is", "lpips", "swd"]  # the recipe's eval.metrics
+    for name, file in (("fid", "inception-2015-12-05.pt"), ("kid", "inception-2015-12-05.pt"),
+                       ("is", "inception-2015-12-05.pt"), ("lpips", "alexnet-owt-7be5be79.pth")):
+        assert set(rec["metrics"][name]) == {"missing"} and file in rec["metrics"][name]["missing"], name
+    assert np.isfinite(rec["metrics"]["swd"]["value"])
+    assert rec["protocol"]["feature_network_sha256"] is None and rec["weights"] == {}
+    assert "SWD x1e3" in out and "missing" in out and "inception-2015-12-05.pt" in out
