@@ -125,12 +125,13 @@ def interleaved(steps: dict[str, Callable[[int], None]], device: torch.device, *
     """Time each callable round-robin: `warmup` untimed rounds, then up to `rounds` timed ones.
 
     Each round starts at a different entry. `budget_s` stops after the round that exceeds it
-    (at least one timed round). Per entry: seconds per round, forward calls, peak CUDA memory.
+    (at least one timed round). Per entry: seconds per round, forward calls, and on CUDA the
+    peak memory and the step's own share of it ('extra': the peak less what was resident before).
     """
     names = list(steps)
     cuda = device.type == "cuda"
-    out: dict[str, dict[str, Any]] = {n: {"seconds": [], "forward_calls": set(), "peak": 0, "reserved": 0}
-                                      for n in names}
+    out: dict[str, dict[str, Any]] = {n: {"seconds": [], "forward_calls": set(), "peak": 0, "reserved": 0,
+                                          "extra": 0} for n in names}
     i = 0
     for _ in range(warmup):
         for name in names:
@@ -142,6 +143,7 @@ def interleaved(steps: dict[str, Callable[[int], None]], device: torch.device, *
         for name in names[r % len(names):] + names[:r % len(names)]:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)
             if counter is not None:
                 counter[0] = 0
             _sync(device)
@@ -154,6 +156,7 @@ def interleaved(steps: dict[str, Callable[[int], None]], device: torch.device, *
                 rec["forward_calls"].add(counter[0])
             if cuda:
                 rec["peak"] = max(rec["peak"], torch.cuda.max_memory_allocated(device))
+                rec["extra"] = max(rec["extra"], torch.cuda.max_memory_allocated(device) - resident)
                 rec["reserved"] = max(rec["reserved"], torch.cuda.max_memory_reserved(device))
             i += 1
         if budget_s is not None and time.perf_counter() - start > budget_s:
@@ -185,6 +188,8 @@ def summarize(raw: dict[str, dict[str, Any]], batch: int, cuda: bool, reference:
             "peak_memory_bytes": rec["peak"] if cuda else None,
             "peak_reserved_bytes": rec["reserved"] if cuda else None,
             "peak_memory_ratio": round(rec["peak"] / raw[reference]["peak"], 3) if cuda else None,
+            "step_extra_bytes": rec["extra"] if cuda else None,
+            "step_extra_ratio": round(rec["extra"] / raw[reference]["extra"], 3) if cuda else None,
         }
     return rows
 
@@ -274,7 +279,7 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int,
     for name, row in rows.items():
         row["first_step_s"] = compile_s[name]
     return {"reference": "eager bf16", "loss": "standard", "rows": rows,
-            "note": "all four models stay resident, so peak memory here includes the others' weights and AdamW state"}
+            "note": "all four models stay resident: compare step_extra_bytes (the peak less what was resident)"}
 
 
 def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1) -> dict[str, Any]:
@@ -348,21 +353,25 @@ def default_recipe(device: str) -> str:
     return "conservative" if device == "cuda" else "tiny"
 
 
+SECTIONS = ("train", "variants", "sample", "data", "all")
+
+
 def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, sample_batches: int = 2,
-              budget_s: float | None = None, data_images: int = 2048) -> dict[str, Any]:
-    """One benchmark run: `what` in train | sample | data | all; returns the JSON-ready result."""
-    if what not in ("train", "sample", "data", "all"):
-        raise RunError(f"unknown benchmark {what!r}: expected train, sample, data or all")
+              budget_s: float | None = None, variants: bool = True, data_images: int = 2048) -> dict[str, Any]:
+    """One benchmark run; `what` is one of SECTIONS ('train' includes the variants unless told not to)."""
+    if what not in SECTIONS:
+        raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(SECTIONS)}")
     from dreamctl.models import build_model, count_parameters
 
     params = count_parameters(build_model(recipe.model, recipe.data.resolution))
     result: dict[str, Any] = {
         "what": what, "recipe": recipe.name, "batch_size": recipe.train.batch_size, "precision": rt.precision,
-        "resolution": recipe.data.resolution, "parameters": params, "compile": recipe.train.compile,
+        "resolution": recipe.data.resolution, "model": recipe.model.model_dump(mode="json"), "parameters": params, "compile": recipe.train.compile,
         "channels_last": recipe.train.channels_last, "rounds": rounds, "warmup": warmup, "machine": machine(rt),
     }
     if what in ("train", "all"):
         result["train"] = bench_train(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s)
+    if what == "variants" or (what in ("train", "all") and variants):
         result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s)
     if what in ("sample", "all"):
         result["sample"] = bench_sample(recipe, rt, batches=sample_batches)
@@ -376,6 +385,16 @@ def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: in
     result["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     result["targets"] = evaluate_targets(result)
     return result
+
+
+def merge_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per target over several results (sections run apart): the first measured value wins."""
+    merged: dict[str, dict[str, Any]] = {}
+    for res in results:
+        for t in res.get("targets", []):
+            if t["target"] not in merged or merged[t["target"]]["value"] is None:
+                merged[t["target"]] = t
+    return list(merged.values())
 
 
 # --- targets (issue 7) ----------------------------------------------------------------------
@@ -409,6 +428,17 @@ TARGETS = [  # (device, the setting it is stated for, what, read, op, limit)
 _OPS = {"<=": lambda v, lim: v <= lim, ">=": lambda v, lim: v >= lim, "<": lambda v, lim: v < lim}
 
 
+def _stated_setting(result: dict[str, Any], cond: dict[str, Any]) -> bool:
+    """Is this run the setting a target is stated for: that recipe's network and resolution
+    (not one changed with --set) and the listed values?"""
+    from dreamctl.config import load_recipe
+
+    stated = load_recipe(cond["recipe"])
+    same_net = (result.get("model") == stated.model.model_dump(mode="json")
+                and result.get("resolution") == stated.data.resolution)
+    return same_net and all(result.get(k) == v for k, v in cond.items())
+
+
 def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets for this device: value, limit, pass; `conditions_met` False when the
     run differs from the setting the target is stated for (then the verdict is only indicative)."""
@@ -420,5 +450,5 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         value = read(result)
         out.append({"target": f"{what} {op} {limit}", "value": None if value is None else round(value, 3),
                     "pass": None if value is None or math.isnan(value) else bool(_OPS[op](value, limit)),
-                    "conditions": cond, "conditions_met": all(result.get(k) == v for k, v in cond.items())})
+                    "conditions": cond, "conditions_met": _stated_setting(result, cond)})
     return out

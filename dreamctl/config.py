@@ -165,8 +165,10 @@ class Recipe(_Section):
                 raise ValueError(f"model: width {c} is not divisible by groups ({m.groups}) and num_heads ({m.num_heads})")
         if self.sample.steps > self.diffusion.num_timesteps:
             raise ValueError(f"sample.steps ({self.sample.steps}) exceeds diffusion.num_timesteps")
-        if self.sample.t_start is not None and self.sample.t_start >= self.diffusion.num_timesteps:
-            raise ValueError("sample.t_start must be below diffusion.num_timesteps")
+        t_start = self.sample.t_start
+        if t_start is not None and not self.sample.steps - 1 <= t_start < self.diffusion.num_timesteps:
+            raise ValueError(f"sample.t_start {t_start} must be below diffusion.num_timesteps and at least "
+                             f"sample.steps - 1 ({self.sample.steps - 1}), one timestep per step")
         if self.sample.sampler == "ddpm" and self.sample.steps != self.diffusion.num_timesteps:
             raise ValueError("sample.sampler 'ddpm' runs all T steps: set sample.steps to diffusion.num_timesteps or use ddim")
         return self

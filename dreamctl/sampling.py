@@ -24,7 +24,7 @@ from torch import nn
 
 import dreamctl
 from dreamctl.config import Recipe, SampleConfig, validate_recipe
-from dreamctl.diffusion import NoiseSchedule, make_schedule
+from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.errors import CheckpointError, DataError, RunError
 from dreamctl.generate import generate, save_grid
 from dreamctl.models import build_model
@@ -98,8 +98,7 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     model = build_model(recipe.model, recipe.data.resolution)
     model.load_state_dict(ckpt["ema" if cfg.use_ema else "model"])
     model = model.to(rt.device).eval().requires_grad_(False)
-    schedule = make_schedule(recipe.diffusion.schedule, recipe.diffusion.num_timesteps,
-                             recipe.diffusion.beta_start, recipe.diffusion.beta_end)
+    schedule = schedule_for(recipe.diffusion)
     return InferenceModel(Autocast(model, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution)
 
 
@@ -182,7 +181,7 @@ def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Ru
         try:
             images = generate(m.net, m.schedule, [seed + i for i in chunk], image_size=m.image_size, cfg=m.cfg,
                               device=rt.device, batch_size=batch_size)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise
             batch_size //= 2

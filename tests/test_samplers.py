@@ -49,8 +49,12 @@ def test_timesteps():
     assert timesteps(1000, 1000) == list(range(999, -1, -1))
     ts = timesteps(1000, 10, t_start=950)
     assert ts[0] == 950 and ts[-1] == 0 and len(ts) == 10
+    assert timesteps(1000, 1, t_start=999) == [999]
+    assert timesteps(1000, 11, t_start=10) == list(range(10, -1, -1))
     with pytest.raises(ValueError):
         timesteps(10, 11)
+    with pytest.raises(ValueError, match="t_start"):
+        timesteps(1000, 50, t_start=10)  # fewer distinct timesteps than steps: refused, not shortened
 
 
 class GaussianOracle:

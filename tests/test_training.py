@@ -150,12 +150,35 @@ def test_two_gloo_processes_match_one(tmp_path, synthetic_data_dir):
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dreamctl"]
     first = base + ["train", "--recipe", "tiny-conservative", "--data", str(synthetic_data_dir),
                     "--run-dir", str(tmp_path / "two"), *_sets(CONSERVATIVE + ["train.max_steps=5"])]
-    subprocess.run(first, check=True, env=env, capture_output=True, timeout=300)
-    subprocess.run(base + ["resume", str(tmp_path / "two"), "--set", "train.max_steps=10"], check=True, env=env,
-                   capture_output=True, timeout=300)
+    for cmd in (first, base + ["resume", str(tmp_path / "two"), "--set", "train.max_steps=10"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
     one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     assert one["step"] == two["step"] == 10
     for part in ("model", "ema"):
         for key in one[part]:
             torch.testing.assert_close(two[part][key], one[part][key], rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+
+
+def test_bad_data_path_creates_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(run, tmp_path / "no-such-data", TINY, recipe="tiny") == 2
+    assert "no-such-data" in capsys.readouterr().err
+    assert not (run / "recipe.yaml").exists()  # so the same command can simply be run again
+
+
+def test_resume_after_a_crash_before_the_first_checkpoint_and_a_torn_log(tmp_path, synthetic_data_dir):
+    from dreamctl.config import load_recipe
+    from dreamctl.training.rundir import RunDir
+
+    overrides = TINY + ["train.max_steps=6", f"data.path={synthetic_data_dir}"]
+    run = RunDir(tmp_path / "run")
+    run.create(load_recipe("tiny", overrides), {"name": "run"})  # as left by a process killed at step 0
+    run.metrics_file.write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "lo')  # torn by SIGKILL mid-line
+    assert main(["resume", str(run.root)]) == 0
+    assert train(tmp_path / "straight", synthetic_data_dir, TINY + ["train.max_steps=6"], recipe="tiny") == 0
+    assert_identical(final_weights(run.root), final_weights(tmp_path / "straight"))
+    steps = [json.loads(line)["step"] for line in run.metrics_file.read_text().splitlines()]
+    assert steps == [2, 4, 6]
+

@@ -13,7 +13,7 @@ from dreamctl.cli.common import console
 
 
 def command(
-    what: Annotated[str, typer.Argument(help="train | sample | data | all")] = "all",
+    what: Annotated[str, typer.Argument(help="train | variants | sample | data | all")] = "all",
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe [default: tiny on cpu, "
                                                   "conservative on cuda].")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch [default: the recipe's].")] = None,
@@ -22,6 +22,8 @@ def command(
                                                  "once) [default: 12 on cpu, 20 on cuda].")] = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
     sample_batches: Annotated[int, typer.Option("--sample-batches", min=1, help="Timed DDIM-50 batches.")] = 2,
+    variants: Annotated[bool, typer.Option("--variants/--no-variants", help="With train: also eager/compile, "
+                                           "bf16/fp32, channels_last (CUDA).")] = True,
     budget: Annotated[Optional[float], typer.Option("--budget-s", help="Stop timing a section after the round "
                                                     "that passes this many seconds.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="JSON file [default: bench-WHAT-DEVICE.json].")] = None,
@@ -32,7 +34,12 @@ def command(
 
     from dreamctl import bench, runtime
     from dreamctl.config import load_recipe
+    from dreamctl.errors import RunError
 
+    if what not in bench.SECTIONS:
+        raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(bench.SECTIONS)}")
+    if device not in (None, "cpu", "cuda"):
+        raise RunError(f"--device {device}: expected cpu or cuda")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = list(set_) + ([f"train.batch_size={batch_size}"] if batch_size else [])
     resolved = load_recipe(recipe or bench.default_recipe(dev), overrides)
@@ -40,19 +47,18 @@ def command(
     rounds = steps or (20 if rt.device.type == "cuda" else 12)
     with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
         result = bench.run_bench(what, resolved, rt, rounds=rounds, warmup=warmup, sample_batches=sample_batches,
-                                 budget_s=budget)
-    result["command"] = "dreamctl bench " + " ".join(_argv(what, recipe, batch_size, device, steps, warmup, set_))
-    render(result)
+                                 budget_s=budget, variants=variants)
+    # The command with every default resolved, so the run can be repeated as it was.
+    result["command"] = " ".join(
+        ["dreamctl bench", what, "--recipe", recipe or bench.default_recipe(dev), "--device", rt.device.type,
+         "--batch-size", str(resolved.train.batch_size), "--steps", str(rounds), "--warmup", str(warmup),
+         "--sample-batches", str(sample_batches)] + ([] if variants else ["--no-variants"])
+        + ([] if budget is None else ["--budget-s", f"{budget:g}"]) + [f"--set {s}" for s in set_])
     path = out or Path(f"bench-{what}-{rt.device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(json.dumps(result, indent=1) + "\n")  # before printing: a closed pipe must not lose it
+    render(result)
     console.print(f"wrote {path}", markup=False, highlight=False)
-
-
-def _argv(what, recipe, batch_size, device, steps, warmup, set_) -> list[str]:
-    args = [what] + (["--recipe", recipe] if recipe else []) + (["--batch-size", str(batch_size)] if batch_size else [])
-    args += (["--device", device] if device else []) + (["--steps", str(steps)] if steps else [])
-    return args + ["--warmup", str(warmup)] + [a for s in set_ for a in ("--set", s)]
 
 
 def _gb(n: int | None) -> str:
@@ -63,14 +69,14 @@ def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-def _step_table(title: str, section: dict[str, Any]) -> Table:
+def _step_table(title: str, section: dict[str, Any], mem: str = "peak_memory") -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("", no_wrap=True)
-    for col in ("fwd", "ms", "img/s", "peak GB", "time x", "mem x"):
+    for col in ("fwd", "ms", "img/s", "peak GB" if mem == "peak_memory" else "step GB", "time x", "mem x"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, row in section["rows"].items():
-        table.add_row(name, str(row.get("forward_calls", "-")), f"{row['step_ms_median']:.1f}", f"{row['img_per_s']:.1f}",
-                      _gb(row["peak_memory_bytes"]), _x(row["step_time_ratio"]), _x(row["peak_memory_ratio"]))
+        table.add_row(name, str(row["forward_calls"] or "-"), f"{row['step_ms_median']:.1f}", f"{row['img_per_s']:.1f}",
+                      _gb(row[f"{mem}_bytes"]), _x(row["step_time_ratio"]), _x(row[f"{mem}_ratio"]))
     return table
 
 
@@ -95,7 +101,10 @@ def render(result: dict[str, Any]) -> None:
         if "skipped" in variants:
             console.print(f"eager/compile, bf16/fp32, channels_last: skipped ({variants['skipped']})", markup=False)
         else:
-            console.print(_step_table("standard step: one setting changed from eager bf16", variants))
+            console.print(_step_table("standard step, one setting changed from eager bf16 (step GB: the peak less "
+                                      "the resident models)", variants, mem="step_extra"))
+            firsts = ", ".join(f"{n} {r['first_step_s']} s" for n, r in variants["rows"].items())
+            console.print(f"first step (compile, autotuning): {firsts}", markup=False, highlight=False)
     for key, label in (("sample", "DDIM-50 sampling"), ("inception", "Inception features")):
         if key in result:
             sec = result[key]
@@ -107,13 +116,57 @@ def render(result: dict[str, Any]) -> None:
         console.print(f"data (per core): shard loader {d['shard_loader_img_per_s_per_core']} img/s, ImageFolder "
                       f"{d['imagefolder_img_per_s_per_core']} img/s, {d['speedup_per_core']}x; prepare "
                       f"{d['prepare_img_per_s']} img/s on {d['prepare_workers']} workers", markup=False, highlight=False)
-    if result["targets"]:
+    measured = [t for t in result["targets"] if t["value"] is not None]
+    if measured:
         table = Table(title="targets (issue 7)", title_justify="left")
         for col in ("target", "value", "result", "stated for"):
             table.add_column(col)
-        for t in result["targets"]:
+        for t in measured:
             verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
             stated = ", ".join(f"{k} {v}" for k, v in t["conditions"].items())
             table.add_row(t["target"], "-" if t["value"] is None else f"{t['value']:g}", verdict,
                           stated + ("" if t["conditions_met"] else " (this run differs)"))
         console.print(table)
+
+
+def print_summary(paths: list[str]) -> None:
+    """The summary of several result files (benchmarks/gpu.sh): key figures and every target once."""
+    from dreamctl.bench import merge_targets
+
+    results = [json.loads(Path(p).read_text()) for p in paths if Path(p).is_file()]
+    lines = []
+    for res in results:
+        setting = f"{res['recipe']}, batch {res['batch_size']}, {res['precision']}" + (", compiled" if res["compile"] else "")
+        for key in ("train", "variants"):
+            sec = res.get(key, {})
+            if "skipped" in sec:
+                lines.append(f"{key}: skipped: {sec['skipped']}")
+            for name, row in sec.get("rows", {}).items():
+                mem = "" if row["peak_memory_bytes"] is None else \
+                    f", peak {_gb(row['peak_memory_bytes'])} GB ({_x(row['peak_memory_ratio'])})"
+                lines.append(f"{key} [{setting}] {name}: {row['img_per_s']:.0f} img/s, time "
+                             f"{_x(row['step_time_ratio'])}{mem}, {row.get('forward_calls')} forward calls")
+        nv = res.get("train", {}).get("naive_vs_ours")
+        if nv:
+            lines.append(f"train [{setting}] dream_conservative vs naive: time {_x(nv['ours_over_naive_step_time'])}, "
+                         f"peak memory {_x(nv['ours_over_naive_peak_memory'])}")
+        for key in ("sample", "inception"):
+            sec = res.get(key)
+            if sec:
+                what = sec["skipped"] if "skipped" in sec else f"{sec['img_per_s']:.1f} img/s"
+                lines.append(f"{key} [{setting}] {sec.get('sampler', sec.get('network', ''))}: {what}")
+        if "data" in res:
+            d = res["data"]
+            lines.append(f"data: shard loader {d['shard_loader_img_per_s_per_core']} img/s per core, ImageFolder "
+                         f"{d['imagefolder_img_per_s_per_core']} ({d['speedup_per_core']}x)")
+    if results:
+        m = results[0]["machine"]
+        lines.insert(0, f"summary: {m['device']}, torch {m['torch']}, {m['date']}")
+    for t in merge_targets(results):
+        verdict = {True: "PASS", False: "FAIL", None: "not measured"}[t["pass"]]
+        note = "" if t["conditions_met"] else " (this run differs from the stated setting)"
+        lines.append(f"{verdict:12s} {t['target']}: {t['value']}{note}")
+    lines += [f"missing: {p} (that section failed or ran out of time; see the log)" for p in paths
+              if not Path(p).is_file()]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)

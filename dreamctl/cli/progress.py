@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Callable
+
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dreamctl.cli.common import console, err_console
@@ -88,3 +90,16 @@ class TrainingDisplay:
             console.print(f"stopped with a checkpoint; continue with:  dreamctl resume {run_root}")
         else:
             console.print(f"finished: {run_root}")
+
+
+def run_training(run_root: Path, rt: Any, session: Callable[..., str]) -> None:
+    """Run `session(on_event=..., should_stop=...)` with the display and signal handling; tear down after."""
+    from dreamctl import runtime
+
+    try:
+        with stop_on_signals() as stop, TrainingDisplay(rt.is_main, run_root) as display:
+            status = session(on_event=display.on_event, should_stop=stop.requested)
+        if rt.is_main:
+            display.finish(status, run_root)
+    finally:
+        runtime.teardown(rt)

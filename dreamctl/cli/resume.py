@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from dreamctl.cli.progress import TrainingDisplay, stop_on_signals
+from dreamctl.cli.progress import run_training
 
 
 def command(
@@ -29,11 +30,5 @@ def command(
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(nproc_per_node)
     rt = runtime.setup(recipe.train.precision, device)
-    try:
-        with stop_on_signals() as stop, TrainingDisplay(rt.is_main, run.root) as display:
-            status = resume_run(run, rt, set_, on_event=display.on_event, should_stop=stop.requested)
-        if rt.is_main:
-            display.finish(status, run.root)
-    finally:
-        runtime.teardown(rt)
+    run_training(run.root, rt, functools.partial(resume_run, run, rt, set_))
     return 0

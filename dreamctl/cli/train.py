@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -11,7 +12,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli.common import console
-from dreamctl.cli.progress import TrainingDisplay, stop_on_signals
+from dreamctl.cli.progress import run_training
 from dreamctl.config import flat_items, load_recipe, recipe_to_yaml
 from dreamctl.diffusion.losses import STEP_COST
 
@@ -41,13 +42,7 @@ def command(
 
     run = RunDir(run_dir or Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     rt = runtime.setup(resolved.train.precision, device)
-    try:
-        with stop_on_signals() as stop, TrainingDisplay(rt.is_main, run.root) as display:
-            status = start_run(resolved, run, rt, on_event=display.on_event, should_stop=stop.requested)
-        if rt.is_main:
-            display.finish(status, run.root)
-    finally:
-        runtime.teardown(rt)
+    run_training(run.root, rt, functools.partial(start_run, resolved, run, rt))
     return 0
 
 

@@ -24,6 +24,7 @@ import torch
 
 from dreamctl.data.shards import ShardInfo, check_shard, manifest_sha256, read_manifest, read_names, shard_error, split_shards
 from dreamctl.errors import DataError
+from dreamctl.runtime import mix_seed
 
 _ORDER, _FLIP = 1, 2  # stream tags: the permutation and the flips never share random numbers
 
@@ -137,11 +138,6 @@ def open_split(data_dir: Path | str, split: str = "train", limit: int | None = N
     return ImageSet(data_dir, split, manifest, shards, counts, in_memory=sum(counts) * int(np.prod(shape)) <= budget)
 
 
-def _seed(*parts: int) -> int:
-    data = b"".join(int(p).to_bytes(8, "little", signed=True) for p in parts)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Full global batches per epoch (the last, incomplete one is dropped)."""
     if not 0 < batch_size <= n:
@@ -159,13 +155,13 @@ def _local(batch_size: int, rank: int, world_size: int) -> slice:
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
     """This rank's index tensors for every global batch of an epoch."""
     steps, part = steps_per_epoch(n, batch_size), _local(batch_size, rank, world_size)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch, _ORDER)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch, _ORDER)))
     return list(perm[: steps * batch_size].view(steps, batch_size)[:, part].clone().unbind(0))
 
 
 def flip_mask(seed: int, epoch: int, batch_index: int, batch_size: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """Which images of this rank's part of a global batch to mirror (bool, CPU)."""
-    g = torch.Generator().manual_seed(_seed(seed, epoch, batch_index, _FLIP))
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, batch_index, _FLIP))
     return torch.randint(0, 2, (batch_size,), generator=g).bool()[_local(batch_size, rank, world_size)]
 
 

@@ -101,7 +101,12 @@ class ShardInfo:
 def split_shards(data_dir: Path, manifest: dict, split: str) -> list[ShardInfo]:
     if split not in manifest["splits"]:
         raise DataError(f"{manifest_path(data_dir)} has no split {split!r}; it has {', '.join(manifest['splits'])}")
-    return [ShardInfo(Path(data_dir) / s["file"], s["count"], s["sha256"]) for s in manifest["splits"][split]["shards"]]
+    shards = manifest["splits"][split]["shards"]
+    for s in shards:  # a manifest names files inside its own folder, never a path that leads out of it
+        if Path(s["file"]).name != s["file"]:
+            raise DataError(f"{data_dir}/manifest.json names shard {s['file']!r} outside the folder; "
+                            "the manifest is corrupt: prepare the data again")
+    return [ShardInfo(Path(data_dir) / s["file"], s["count"], s["sha256"]) for s in shards]
 
 
 def shard_error(shard: Path, what: str) -> DataError:

@@ -31,9 +31,11 @@ def timesteps(num_timesteps: int, steps: int, t_start: int | None = None) -> lis
     if t_start is None:
         ts = [i * (num_timesteps // steps) for i in range(steps)]
     else:
-        if not 0 <= t_start < num_timesteps:
-            raise ValueError(f"t_start must be in [0, {num_timesteps - 1}], got {t_start}")
-        ts = sorted({round(i * t_start / max(steps - 1, 1)) for i in range(steps)})
+        if not steps - 1 <= t_start < num_timesteps:
+            raise ValueError(f"t_start must be in [{steps - 1}, {num_timesteps - 1}] for {steps} steps, got {t_start}")
+        if steps == 1:
+            return [t_start]
+        ts = sorted({round(i * t_start / (steps - 1)) for i in range(steps)})
     return ts[::-1]
 
 

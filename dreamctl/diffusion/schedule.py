@@ -13,6 +13,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from dreamctl.config import DiffusionConfig
+
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """DDPM's linear schedule (Ho et al. 2020, section 4), given for T = 1000."""
@@ -91,3 +93,8 @@ def make_schedule(kind: str, num_timesteps: int, beta_start: float = 1e-4, beta_
     if kind == "cosine":
         return NoiseSchedule(cosine_betas(num_timesteps))
     raise ValueError(f"unknown schedule {kind!r}: expected 'linear' or 'cosine'")
+
+
+def schedule_for(cfg: DiffusionConfig) -> NoiseSchedule:
+    """The schedule a recipe's diffusion section describes."""
+    return make_schedule(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)

@@ -84,7 +84,10 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
     out: dict[str, dict] = {}
     if "fid" in wanted:
         mu, sigma = gaussian_stats(feats)
-        out["fid"] = {"value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), **note}
+        try:  # an unusable covariance square root fails FID alone; the other metrics still count
+            out["fid"] = {"value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), **note}
+        except DataError as err:
+            out["fid"] = {"missing": str(err)}
     if "kid" in wanted:
         mean, std = kernel_inception_distance(feats, ref["feats"], num_subsets=KID_SUBSETS,
                                               max_subset_size=KID_SUBSET_SIZE, rng=np.random.default_rng(seed))

@@ -5,7 +5,9 @@ Per step (DDPM Algorithm 1, with the loss kind from the recipe):
 Everything random in a step is a pure function of (seed, step): the batch order and flips
 come from the loader's (seed, epoch, batch index) and t, eps from a generator seeded with
 (seed, step) over the *global* batch, each rank taking its slice. So a resumed run, or a run
-on another number of processes, sees the same numbers.
+on another number of processes, sees the same images, timesteps and noise. Dropout and
+DDPM-IP's extra noise xi come from the global RNG, reseeded per (seed, step, rank): exact on
+resume, but different between runs on different numbers of processes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dreamctl.config import OptimConfig, Recipe, recipe_to_yaml
 from dreamctl.data.loader import BatchOrder, ImageSet, steps_per_epoch, to_model_input
-from dreamctl.diffusion import make_schedule
+from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import backward_loss
 from dreamctl.errors import RunError
 from dreamctl.generate import generate, save_grid
@@ -78,8 +80,8 @@ def wrap_for_training(model: nn.Module, recipe: Recipe, rt: Runtime) -> tuple[nn
     """(the module the loss calls, the context that defers DDP's gradient all-reduce)."""
     net = torch.compile(model) if recipe.train.compile else model
     if rt.distributed:
-        net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+        # the UNet has no buffers (GroupNorm only), so DDP's buffer broadcast has nothing to send
+        net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         return Autocast(net, rt), net.no_sync
     return Autocast(net, rt), nullcontext
 
@@ -115,10 +117,19 @@ class _Meter:
         self.q_count.index_add_(0, q, torch.ones_like(q, dtype=torch.float32))
         self.n += 1
 
-    def means(self) -> dict[str, float]:
-        out = {k: (v / self.n).item() for k, v in self.sums.items()}
-        q = (self.q_sum / self.q_count.clamp(min=1)).tolist()
-        out.update({f"loss_q{i}": q[i] for i in range(4) if self.q_count[i] > 0})
+    def means(self, rt: Runtime) -> dict[str, float]:
+        """Means over the interval and, under DDP, over all ranks (one all-reduce per log step)."""
+        keys = sorted(self.sums)
+        packed = torch.cat([torch.stack([self.sums[k] for k in keys]) if keys else self.q_sum[:0],
+                            self.q_sum, self.q_count])
+        if rt.distributed:
+            packed = packed.to(rt.device if rt.device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(packed)
+            packed = packed / torch.tensor([rt.world_size] * len(keys) + [1] * 8, device=packed.device)
+        sums, q_sum, q_count = packed[:len(keys)], packed[len(keys):len(keys) + 4], packed[len(keys) + 4:]
+        out = {k: (sums[i] / self.n).item() for i, k in enumerate(keys)}
+        q = (q_sum / q_count.clamp(min=1)).tolist()
+        out.update({f"loss_q{i}": q[i] for i in range(4) if q_count[i] > 0})
         return out
 
 
@@ -135,8 +146,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     if resume is not None:
         state.load_state_dict(resume)
         order.load_state_dict(resume["data_position"])
-    schedule = make_schedule(recipe.diffusion.schedule, recipe.diffusion.num_timesteps,
-                             recipe.diffusion.beta_start, recipe.diffusion.beta_end)
+    schedule = schedule_for(recipe.diffusion)
     net, defer_sync = wrap_for_training(state.model, recipe, rt)
     net.train()
     params = list(state.model.parameters())
@@ -178,7 +188,8 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         stats = backward_loss(kind, net, schedule, x0, t, noise, epoch=batch.epoch, defer_sync=defer_sync,
                               **loss_params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_threshold(recipe.optim), foreach=True)
-        if not torch.isfinite(torch.stack([stats["loss"].float(), grad_norm.float()])).all():
+        finite = bool(torch.isfinite(torch.stack([stats["loss"].float(), grad_norm.float()])).all())
+        if any_rank(not finite, rt):  # every rank stops at the same step, none waits on the others
             terms = {k: float(v) for k, v in stats.items() if k.startswith(("loss", "lambda"))}
             raise RunError(f"non-finite loss at step {state.step} (epoch {batch.epoch}): {terms}, grad norm "
                            f"{float(grad_norm)}; no step taken and no checkpoint written. "
@@ -196,7 +207,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
 
         if state.step % tc.log_every == 0 or state.step == last_step:
             elapsed = max(time.perf_counter() - interval_start - side_time, 1e-9)
-            record = {"step": state.step, "epoch": batch.epoch, "images_seen": state.images_seen, **meter.means(),
+            record = {"step": state.step, "epoch": batch.epoch, "images_seen": state.images_seen, **meter.means(rt),
                       "lr": lr_at(state.step - 1, recipe.optim), "grad_norm": float(grad_norm),
                       "img_per_s": interval_images / elapsed, "peak_memory_bytes": peak_memory_bytes(rt.device),
                       "time": time.time()}

@@ -77,8 +77,18 @@ class RunDir:
         """Drop records past `after_step` (logged after the checkpoint a resume starts from)."""
         if not self.metrics_file.is_file():
             return
-        kept = [line for line in self.metrics_file.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= after_step]
+        lines = [line for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):  # the last line, cut short by a killed process
+                    break
+                raise CheckpointError(f"{self.metrics_file} line {number} is not JSON; "
+                                      "remove or repair that line, then resume") from None
+            if record["step"] <= after_step:
+                kept.append(line)
         tmp = self.metrics_file.with_name("metrics.jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.metrics_file)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,7 +19,7 @@ from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime, peak_memory_bytes
 from dreamctl.training.loop import OnEvent, train
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import load_latest
+from dreamctl.training.state import list_checkpoints, load_latest
 
 # What `resume --set` may change: settings that do not alter the steps already taken.
 RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.log_every", "train.checkpoint_every",
@@ -38,14 +37,12 @@ def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
     return images.to(rt.device) if images.images is not None else images
 
 
-def _run(run: RunDir, recipe: Recipe, rt: Runtime, resume: dict[str, Any] | None, on_event: OnEvent,
-         should_stop: Callable[[], bool]) -> str:
-    images = _open_data(recipe, rt)
+def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dict[str, Any] | None,
+         on_event: OnEvent, should_stop: Callable[[], bool]) -> str:
     if rt.is_main:
         run.update_info({"status": "running", "world_size": rt.world_size, "device": str(rt.device),
                          "data": str(Path(recipe.data.path).resolve()),
                          "data_manifest_sha256": images.manifest_sha256, "error": None})
-    started = time.perf_counter()
     status = "failed"
     try:
         status = train(recipe, run, images, rt, resume=resume, on_event=on_event, should_stop=should_stop)
@@ -56,25 +53,26 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, resume: dict[str, Any] | None
         raise
     finally:
         if rt.is_main and status != "failed":
-            info = run.info()
-            seconds = time.perf_counter() - started
-            images_now = info.get("images_seen", 0) - (resume or {}).get("images_seen", 0)
-            run.update_info({"status": status, "peak_memory_bytes": peak_memory_bytes(rt.device),
-                             "img_per_s": round(images_now / seconds, 2) if seconds > 0 else None,
+            info = run.info()  # totals over every session of the run, from the last checkpoint
+            seconds, seen = info.get("wall_time_s") or 0.0, info.get("images_seen") or 0
+            peak = max(peak_memory_bytes(rt.device), info.get("peak_memory_bytes") or 0)
+            run.update_info({"status": status, "peak_memory_bytes": peak,
+                             "img_per_s": round(seen / seconds, 2) if seconds > 0 else None,
                              "dreamctl_version": dreamctl.__version__})
     return status
 
 
 def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = lambda k, p: None,
               should_stop: Callable[[], bool] = lambda: False) -> str:
-    """Create the run folder and train from step 0."""
+    """Create the run folder and train from step 0 (the data is checked before anything is written)."""
+    images = _open_data(recipe, rt)
     with run.lock() if rt.is_main else nullcontext():
         if rt.is_main:
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
                                 "dreamctl_version": dreamctl.__version__, "torch": torch.__version__})
         if rt.distributed:
             torch.distributed.barrier()
-        return _run(run, recipe, rt, None, on_event, should_stop)
+        return _run(run, recipe, rt, images, None, on_event, should_stop)
 
 
 def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recipe:
@@ -93,16 +91,28 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
 
 def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] = (), *,
                on_event: OnEvent = lambda k, p: None, should_stop: Callable[[], bool] = lambda: False) -> str:
-    """Continue from the newest readable checkpoint (falling back past corrupt ones)."""
+    """Continue from the newest readable checkpoint (falling back past corrupt ones).
+
+    A run stopped before its first checkpoint starts again from step 0: nothing was lost.
+    """
     recipe = resumed_recipe(run, overrides)
+    images = _open_data(recipe, rt)
     with run.lock() if rt.is_main else nullcontext():
-        path, ckpt = load_latest(run.checkpoints, map_location=rt.device)
         if rt.is_main:
-            run.truncate_metrics(after_step=ckpt["step"])
+            for stale in run.checkpoints.glob("*.tmp"):  # a write cut short; the previous checkpoint is intact
+                stale.unlink()
+        if list_checkpoints(run.checkpoints):
+            # RNG states must stay on the CPU; load_state_dict moves the weights to the device
+            path, ckpt = load_latest(run.checkpoints, map_location="cpu")
+            on_event("resume", {"step": ckpt["step"], "path": str(path)})
+        else:
+            ckpt = None
+            on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})
+        if rt.is_main:
+            run.truncate_metrics(after_step=ckpt["step"] if ckpt else 0)
             if overrides:
                 tmp = run.recipe_file.with_name("recipe.yaml.tmp")
                 tmp.write_text(recipe_to_yaml(recipe))
                 tmp.replace(run.recipe_file)
-        on_event("resume", {"step": ckpt["step"], "path": str(path)})
-        return _run(run, recipe, rt, ckpt, on_event, should_stop)
+        return _run(run, recipe, rt, images, ckpt, on_event, should_stop)
 

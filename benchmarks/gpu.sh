@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The whole GPU benchmark on one GPU, offline, in under 8 minutes:
+#
+#     bash benchmarks/gpu.sh OUTDIR
+#
+# Writes OUTDIR/bench-<section>-cuda.json for each section, OUTDIR/bench.log (everything
+# printed) and OUTDIR/machine.txt, then prints a summary table with the issue-7 targets.
+# Needs python3 with a CUDA torch, h5py, numpy, pillow, typer, rich and pyyaml. pydantic is
+# installed from a folder of wheels when it is missing: $WHEELS, else wheels/ or .whl/ in the
+# repository (see docs/benchmarks.md for how to fetch them). Nothing is downloaded.
+#
+# Each section runs in its own process under its own time limit, so one that fails or
+# overruns (a slow torch.compile) costs only its own figures; the limits add up to less
+# than the 8 minutes, and a section is skipped when too little of them is left.
+#
+# Environment: PYTHON (default python3); DEVICE=cpu and BENCH_ARGS="--set ..." make a smoke
+# test of this script on a machine without a GPU (the figures are then not GPU figures).
+set -uo pipefail
+
+out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+read -r -a extra <<<"${BENCH_ARGS:-}"
+total_s=460  # all sections together; the rest of the 8 minutes is start-up and the summary
+
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+log=$out/bench.log
+: >"$log"
+cd "$repo" || exit 2
+export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+if ! "$py" -c "import pydantic" 2>/dev/null; then
+    for wheels in "${WHEELS:-}" wheels .whl; do
+        if [ -n "$wheels" ] && [ -d "$wheels" ]; then
+            echo "installing pydantic from $wheels" | tee -a "$log"
+            "$py" -m pip install -q --no-index --find-links "$wheels" pydantic 2>&1 | tee -a "$log"
+            break
+        fi
+    done
+fi
+if ! "$py" -c "import pydantic, dreamctl.cli" 2>>"$log"; then
+    echo "cannot import dreamctl's CLI (see $log): pydantic missing? put its wheels in wheels/ or set WHEELS" >&2
+    exit 2
+fi
+
+{
+    date -u +"%Y-%m-%d %H:%M:%S UTC"
+    if [ "$device" = cuda ]; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv
+    fi
+    "$py" -c "import torch, platform, os; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'python', platform.python_version(), 'cpus', os.cpu_count())"
+} >"$out/machine.txt" 2>&1
+cat "$out/machine.txt" | tee -a "$log"
+
+files=()
+section() {  # section NAME LIMIT_S ARGS... : one `dreamctl bench` under a time limit
+    local name=$1 limit=$2
+    shift 2
+    local left=$((total_s - SECONDS))
+    local file=$out/bench-$name-$device.json
+    files+=("$file")
+    if [ "$left" -lt 30 ]; then
+        echo "== $name: skipped, only ${left}s of the time budget left" | tee -a "$log"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (limit ${limit}s): dreamctl bench $* --device $device ${extra[*]}" | tee -a "$log"
+    timeout --signal=INT --kill-after=15 "$limit" \
+        "$py" -m dreamctl bench "$@" --device "$device" --out "$file" "${extra[@]}" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || echo "== $name: exit $rc (124/130: ran out of time)" | tee -a "$log"
+}
+
+# Loss kinds and the naive step, eager (the recipe's settings): the targets are stated for these.
+section train 100 train --no-variants --steps 10 --warmup 3 --budget-s 40
+# One setting changed at a time from eager bf16; the compile warm-up is the long part.
+section variants 150 variants --steps 8 --warmup 2 --budget-s 30
+section sample 50 sample --sample-batches 3
+section sample-compiled 90 sample --sample-batches 3 --set train.compile=true
+section data 60 data
+
+echo "== summary (${SECONDS}s in all)" | tee -a "$log"
+"$py" -c "import sys; from dreamctl.cli.bench import print_summary; print_summary(sys.argv[1:])" "${files[@]}" \
+    2>&1 | tee -a "$log" "$out/summary.txt"
