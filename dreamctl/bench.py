@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import Recipe
-from dreamctl.diffusion import make_schedule
+from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import STEP_COST, backward_loss, conservative_lambda, per_sample
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
@@ -196,11 +196,6 @@ def summarize(raw: dict[str, dict[str, Any]], batch: int, cuda: bool, reference:
 
 # --- sections -------------------------------------------------------------------------------
 
-def _schedule(recipe: Recipe) -> NoiseSchedule:
-    d = recipe.diffusion
-    return make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
-
-
 def _fake_batch(recipe: Recipe, rt: Runtime) -> Tensor:
     """x0 in [-1, 1] built like the loop builds it, from uint8 images resident on the device."""
     from dreamctl.data.loader import to_model_input
@@ -221,7 +216,7 @@ def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget
     state = init_state(recipe, rt)
     net, _ = wrap_for_training(state.model, recipe, rt)
     net.train()
-    schedule, x0 = _schedule(recipe), _fake_batch(recipe, rt)
+    schedule, x0 = schedule_for(recipe.diffusion), _fake_batch(recipe, rt)
     names = list(kinds) + ([NAIVE] if naive else [])
     steps = {n: make_step(n, net, schedule, state, recipe, x0, rt) for n in names}
     with counting_forwards(net) as counter:
@@ -269,7 +264,7 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int,
         state = init_state(vr, vrt)
         net, _ = wrap_for_training(state.model, vr, vrt)
         net.train()
-        steps[name] = make_step("standard", net, _schedule(vr), state, vr, _fake_batch(vr, vrt), vrt)
+        steps[name] = make_step("standard", net, schedule_for(vr.diffusion), state, vr, _fake_batch(vr, vrt), vrt)
         t0 = time.perf_counter()
         steps[name](0)  # the first call compiles; timed apart so compile time is on record
         _sync(rt.device)
@@ -294,7 +289,7 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1) 
         model = model.to(memory_format=torch.channels_last)
     net = Autocast(torch.compile(model) if recipe.train.compile else model, rt).eval()
     cfg = recipe.sample.model_copy(update={"sampler": "ddim", "steps": SAMPLE_STEPS, "eta": 0.0, "t_start": None})
-    b, schedule = recipe.train.batch_size, _schedule(recipe)
+    b, schedule = recipe.train.batch_size, schedule_for(recipe.diffusion)
 
     def run(k: int) -> None:
         generate(net, schedule, list(range(k * b, (k + 1) * b)), image_size=recipe.data.resolution, cfg=cfg,

@@ -63,6 +63,7 @@ def test_train_result_compares_naive_and_skips_gpu_sections(train_result):
 
 
 def test_naive_baseline_computes_the_same_loss_and_gradients():
+    from dreamctl.diffusion import schedule_for
     from dreamctl.diffusion.losses import compute_loss
     from dreamctl.models import build_model
 
@@ -71,7 +72,7 @@ def test_naive_baseline_computes_the_same_loss_and_gradients():
     model = build_model(recipe.model, 16)
     for p in model.parameters():  # leave the zero init, so the rectified input differs from x_t
         torch.nn.init.normal_(p, std=0.05)
-    schedule = bench._schedule(recipe)
+    schedule = schedule_for(recipe.diffusion)
     x0, noise = torch.rand(4, 3, 16, 16) * 2 - 1, torch.randn(4, 3, 16, 16)
     t = torch.tensor([10, 400, 800, 999])
     kw = bench.loss_params(recipe, "dream_conservative")

@@ -120,7 +120,7 @@ def render(result: dict[str, Any]) -> None:
     if measured:
         table = Table(title="targets (issue 7)", title_justify="left")
         for col in ("target", "value", "result", "stated for"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col == "target")
         for t in measured:
             verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
             stated = ", ".join(f"{k} {v}" for k, v in t["conditions"].items())

@@ -31,9 +31,8 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
 
 
 def _gather(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """table[t] shaped to broadcast over `like` (batch first), in like's dtype and device."""
-    out = table.to(like.device)[t.to(like.device)].to(like.dtype)
-    return out.view(-1, *([1] * (like.ndim - 1)))
+    """table[t] shaped to broadcast over `like` (batch first), in like's dtype; table is on like's device."""
+    return table[t.to(table.device)].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,11 +57,24 @@ class NoiseSchedule:
     def alphas_cumprod_prev(self) -> Tensor:
         return torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
 
+    @cached_property
+    def _on_device(self) -> dict[tuple[str, torch.device], Tensor]:
+        return {}
+
+    def _table(self, name: str, device: torch.device) -> Tensor:
+        """A float64 table copied to `device` once: a per-step host-to-device copy would stall CUDA."""
+        key = (name, device)
+        if key not in self._on_device:
+            abar = self.alphas_cumprod
+            tables = {"sqrt_abar": abar.sqrt, "sqrt_one_minus_abar": lambda: (1 - abar).sqrt()}
+            self._on_device[key] = tables[name]().to(device)
+        return self._on_device[key]
+
     def sqrt_abar(self, t: Tensor, like: Tensor) -> Tensor:
-        return _gather(self.alphas_cumprod.sqrt(), t, like)
+        return _gather(self._table("sqrt_abar", like.device), t, like)
 
     def sqrt_one_minus_abar(self, t: Tensor, like: Tensor) -> Tensor:
-        return _gather((1 - self.alphas_cumprod).sqrt(), t, like)
+        return _gather(self._table("sqrt_one_minus_abar", like.device), t, like)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM eq. 4)."""
@@ -82,8 +94,9 @@ class NoiseSchedule:
         coef_x0 = self.betas * abar_prev.sqrt() / (1 - abar)
         coef_xt = (1 - abar_prev) * (1 - self.betas).sqrt() / (1 - abar)
         beta_tilde = self.betas * (1 - abar_prev) / (1 - abar)
-        mean = _gather(coef_x0, t, x_t) * x0 + _gather(coef_xt, t, x_t) * x_t
-        return mean, _gather(beta_tilde, t, x_t)
+        dev = x_t.device  # sampling only: one small copy per step is fine here
+        mean = _gather(coef_x0.to(dev), t, x_t) * x0 + _gather(coef_xt.to(dev), t, x_t) * x_t
+        return mean, _gather(beta_tilde.to(dev), t, x_t)
 
 
 def make_schedule(kind: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:

@@ -67,7 +67,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (b, heads, hw, c/heads)
+        # contiguous: SDPA's fused kernels need a unit stride on the last dim, else it falls back to math
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(dim=1)  # each (b, heads, hw, c/heads)
         out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
