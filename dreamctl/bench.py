@@ -28,8 +28,7 @@ from dreamctl.diffusion.losses import STEP_COST, backward_loss, conservative_lam
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime
-from dreamctl.training.loop import (clip_threshold, ema_decay_at, ema_update, init_state, lr_at, step_noise,
-                                    wrap_for_training)
+from dreamctl.training.loop import init_state, step_noise, update, wrap_for_training
 from dreamctl.training.state import TrainState
 
 KINDS = ("standard", "dream", "dream_conservative", "input_perturbation")
@@ -62,19 +61,6 @@ def naive_conservative_loss(model: nn.Module, schedule: NoiseSchedule, x0: Tenso
 
 # --- one training step, from the loop's building blocks -------------------------------------
 
-def _finish_step(state: TrainState, params: list[Tensor], recipe: Recipe, step: int, loss: Tensor) -> None:
-    """The loop's tail: lr, clip, the finite check (a host sync there too), AdamW, EMA."""
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr_at(step, recipe.optim)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_threshold(recipe.optim), foreach=True)
-    if not torch.isfinite(torch.stack([loss.float(), grad_norm.float()])).all():
-        raise RunError(f"benchmark step {step} went non-finite (loss {float(loss)}, grad norm {float(grad_norm)}); "
-                       f"lower optim.lr with --set optim.lr=...")
-    state.optimizer.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    ema_update(state.ema, state.model, ema_decay_at(step, recipe.optim))
-
-
 def loss_params(recipe: Recipe, kind: str) -> dict[str, Any]:
     """The recipe's loss settings for `kind`, and an epoch at which every term is active."""
     lc = recipe.loss.model_copy(update={"kind": kind})
@@ -97,7 +83,8 @@ def make_step(name: str, net: nn.Module, schedule: NoiseSchedule, state: TrainSt
             loss = loss.detach()
         else:
             loss = backward_loss(kind, net, schedule, x0, t, noise, **kw)["loss"]
-        _finish_step(state, params, recipe, i, loss)
+        if update(state, params, recipe.optim, i, loss, rt) is None:
+            raise RunError(f"benchmark step {i} went non-finite (loss {float(loss)}); lower optim.lr with --set")
 
     return step
 

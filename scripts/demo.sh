@@ -6,8 +6,8 @@
 # Settings: DEMO_STEPS (training steps per run), DEMO_EVAL (images per evaluation), DEMO_OUT.
 set -euo pipefail
 OUT=${DEMO_OUT:-demo}
-STEPS=${DEMO_STEPS:-800}
-EVAL=${DEMO_EVAL:-300}
+STEPS=${DEMO_STEPS:-600}
+EVAL=${DEMO_EVAL:-200}
 COUNT=${DEMO_COUNT:-5000}
 DATA=$OUT/data
 mkdir -p "$OUT"

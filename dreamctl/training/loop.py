@@ -58,6 +58,22 @@ def clip_threshold(cfg: OptimConfig) -> float:
     return cfg.grad_clip if cfg.grad_clip is not None else math.inf
 
 
+def update(state: TrainState, params: list[Tensor], cfg: OptimConfig, step: int, loss: Tensor,
+           rt: Runtime) -> Tensor | None:
+    """The tail of a step: learning rate, clipping, AdamW, EMA. Returns the gradient norm, or None
+    without touching the weights when the loss or a gradient is not finite on any rank."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_threshold(cfg), foreach=True)
+    finite = bool(torch.isfinite(torch.stack([loss.float(), grad_norm.float()])).all())
+    if any_rank(not finite, rt):  # every rank stops at the same step; none waits on the others
+        return None
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    ema_update(state.ema, state.model, ema_decay_at(step, cfg))
+    return grad_norm
+
+
 def total_steps(recipe: Recipe, num_images: int) -> int:
     steps = recipe.train.epochs * steps_per_epoch(num_images, recipe.train.batch_size)
     return min(steps, recipe.train.max_steps) if recipe.train.max_steps else steps
@@ -182,21 +198,15 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
                             flip=batch.flip if recipe.data.hflip else None)
         t, noise = step_noise(recipe, state.step, rt, local)
         torch.manual_seed(mix_seed(tc.seed, state.step, rt.rank))  # dropout, input perturbation's xi
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr_at(state.step, recipe.optim)
 
         stats = backward_loss(kind, net, schedule, x0, t, noise, epoch=batch.epoch, defer_sync=defer_sync,
                               **loss_params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_threshold(recipe.optim), foreach=True)
-        finite = bool(torch.isfinite(torch.stack([stats["loss"].float(), grad_norm.float()])).all())
-        if any_rank(not finite, rt):  # every rank stops at the same step, none waits on the others
+        grad_norm = update(state, params, recipe.optim, state.step, stats["loss"], rt)
+        if grad_norm is None:
             terms = {k: float(v) for k, v in stats.items() if k.startswith(("loss", "lambda"))}
-            raise RunError(f"non-finite loss at step {state.step} (epoch {batch.epoch}): {terms}, grad norm "
-                           f"{float(grad_norm)}; no step taken and no checkpoint written. "
+            raise RunError(f"non-finite loss or gradient at step {state.step} (epoch {batch.epoch}): {terms}; "
+                           f"no step taken and no checkpoint written. "
                            f"Resume from the last checkpoint with a lower optim.lr or tighter optim.grad_clip")
-        state.optimizer.step()
-        state.optimizer.zero_grad(set_to_none=True)
-        ema_update(state.ema, state.model, ema_decay_at(state.step, recipe.optim))
         meter.add(stats, t)
         state.step += 1
         state.images_seen += tc.batch_size
