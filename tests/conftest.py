@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import urllib.request
+
 import pytest
+import torch
 
 SYNTHETIC = {"count": 256, "seed": 0, "valid_fraction": 0.05, "test_fraction": 0.05}
 SYNTHETIC_RESOLUTION = 32
@@ -29,3 +32,22 @@ def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Shared by the whole session: copy it before changing anything in it.
     """
     return prepare_synthetic(tmp_path_factory.mktemp("synthetic32") / "data").out_dir
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Every test: weights and torch hub folders are empty temporary ones, and any download fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to download something")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "weights"
+
+
+@pytest.fixture
+def wdir(offline: Path) -> Path:
+    """The (empty) weights folder of this test."""
+    return offline

@@ -59,7 +59,9 @@ class FakeCLI:
         steps = int(opts.get("--steps", sample.steps))
         protocol = {"checkpoint_step": json.loads((run_dir / "run.json").read_text())["step"], "ema": True,
                     "sampler": opts.get("--sampler", sample.sampler), "steps": steps,
-                    "eta": float(opts.get("--eta", sample.eta)), "t_start": None, "num_generated": int(opts["--num"]),
+                    "eta": float(opts.get("--eta", sample.eta)),
+                    "t_start": int(opts["--t-start"]) if "--t-start" in opts else sample.t_start,
+                    "num_generated": int(opts["--num"]),
                     "ref_split": "train", "ref_num": int(opts["--num"]), "resize": "none", "feature_network": None}
         pid = f"ddim{steps}-n{opts['--num']}"
         metrics = {m: {"value": 1.0 + steps / 100} for m in opts["--metrics"].split(",")}

@@ -3,29 +3,15 @@ Inception code path with a small TorchScript file in a temporary weights folder.
 
 from __future__ import annotations
 
-import urllib.request
 
 import numpy as np
 import pytest
 import torch
-import torch.hub
 
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.metrics import weights
 from dreamctl.metrics.evaluate import check_weights, evaluate_image_sets
 from dreamctl.metrics.inception import RESIZE_CLEAN, StandInFeatureNet
-
-
-@pytest.fixture(autouse=True)
-def wdir(monkeypatch, tmp_path):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to download something")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path / "weights"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "weights"
 
 
 def _faces(seed: int, n: int, size: int = 32) -> np.ndarray:

@@ -8,28 +8,14 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.request
 
 import numpy as np
 import pytest
 import torch
-import torch.hub
 
 from dreamctl.errors import WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import InceptionFeatureNet, clean_resize
-
-
-@pytest.fixture(autouse=True)
-def wdir(monkeypatch, tmp_path):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to download something")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path / "weights"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "weights"
 
 
 class _FakeInception(torch.nn.Module):

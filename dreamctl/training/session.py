@@ -46,6 +46,8 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
     status = "failed"
     try:
         status = train(recipe, run, images, rt, resume=resume, on_event=on_event, should_stop=should_stop)
+        if rt.distributed:  # rank 0 may still be writing the last checkpoint and grid: leave together
+            torch.distributed.barrier()
     except BaseException as err:
         if rt.is_main:
             run.update_info({"status": "failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
