@@ -3,12 +3,14 @@
 #   prepare 5,000 drawn 32x32 faces -> train plain DDPM (`tiny`) and the study's conservative
 #   DREAM variant (`tiny-conservative`) at equal steps -> sample grids -> evaluate with the
 #   weight-free metrics (and Inception ones when their weights are present) -> compare -> report.
-# Settings: DEMO_STEPS (training steps per run), DEMO_EVAL (images per evaluation), DEMO_OUT.
+# Settings: DEMO_STEPS (training steps per run), DEMO_EVAL (images per evaluation), DEMO_COUNT
+# (faces drawn), DEMO_GRID (images in each grid), DEMO_OUT (the folder).
 set -euo pipefail
 OUT=${DEMO_OUT:-demo}
 STEPS=${DEMO_STEPS:-600}
 EVAL=${DEMO_EVAL:-200}
 COUNT=${DEMO_COUNT:-5000}
+GRID=${DEMO_GRID:-64}
 DATA=$OUT/data
 mkdir -p "$OUT"
 
@@ -25,7 +27,7 @@ for recipe in tiny tiny-conservative; do
   elif [ "$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['status'])" "$run/run.json")" != finished ]; then
     dreamctl resume "$run"
   fi
-  dreamctl sample "$run" --num 64 --grid "$OUT/$recipe-samples.png"
+  dreamctl sample "$run" --num "$GRID" --grid "$OUT/$recipe-samples.png"
   dreamctl evaluate "$run" --num "$EVAL" --ref train --metrics "$metrics"
 done
 

@@ -1,0 +1,24 @@
+"""The demo's steps end to end at a very small size (scripts/demo.sh, as `make demo` runs it)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_end_to_end_small(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "DEMO_OUT": str(out), "DEMO_STEPS": "3", "DEMO_EVAL": "8", "DEMO_COUNT": "300",
+           "DEMO_GRID": "4", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "What this demo can and cannot show" in report and "pixel_fd" in report
+    for name in ("tiny-samples.png", "tiny-conservative-samples.png"):
+        assert (out / name).stat().st_size > 1000
+    assert any((out / "figures").glob("loss*.png"))
+    for run in ("tiny", "tiny-conservative"):
+        assert list((out / "runs" / run / "eval").glob("*.json"))
