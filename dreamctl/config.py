@@ -166,11 +166,12 @@ class Recipe(_Section):
         if self.sample.steps > self.diffusion.num_timesteps:
             raise ValueError(f"sample.steps ({self.sample.steps}) exceeds diffusion.num_timesteps")
         t_start = self.sample.t_start
+        if self.sample.sampler == "ddpm" and (self.sample.steps != self.diffusion.num_timesteps or t_start is not None):
+            raise ValueError("sample.sampler 'ddpm' runs all T steps from T-1: set sample.steps to "
+                             "diffusion.num_timesteps and no sample.t_start, or use ddim")
         if t_start is not None and not self.sample.steps - 1 <= t_start < self.diffusion.num_timesteps:
             raise ValueError(f"sample.t_start {t_start} must be below diffusion.num_timesteps and at least "
                              f"sample.steps - 1 ({self.sample.steps - 1}), one timestep per step")
-        if self.sample.sampler == "ddpm" and self.sample.steps != self.diffusion.num_timesteps:
-            raise ValueError("sample.sampler 'ddpm' runs all T steps: set sample.steps to diffusion.num_timesteps or use ddim")
         return self
 
 

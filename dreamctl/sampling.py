@@ -68,9 +68,12 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
     asked = {"sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "t_start": opts.t_start,
              "use_ema": opts.use_ema, "batch_size": opts.batch_size}
     changes = {k: v for k, v in asked.items() if v is not None}
-    if changes.get("sampler") == "ddpm" and opts.steps is None:
-        changes["steps"] = recipe.diffusion.num_timesteps  # DDPM runs every step: do not make the user say so
-    if not changes:
+    explicit = set(changes)
+    if changes.get("sampler") == "ddpm":  # DDPM runs every step with the posterior variance (eta = 1)
+        changes.setdefault("steps", recipe.diffusion.num_timesteps)
+        changes.setdefault("t_start", None)
+        changes.setdefault("eta", 1.0)
+    if not explicit:
         return recipe.sample
     raw = recipe.model_dump(mode="json")
     raw["sample"].update(changes)

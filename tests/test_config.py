@@ -100,3 +100,14 @@ def test_dry_run_shows_parameters_and_cost(capsys):
     assert main(["train", "--recipe", "conservative", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "54,846,979 (54.85M)" in out and "6 forward units per step" in out
+
+
+def test_ddpm_sampling_options_on_a_recipe_with_t_start():
+    from dreamctl.sampling import SampleOptions, sample_config
+
+    tiny = load_recipe("tiny")
+    assert tiny.sample.t_start == 950
+    with pytest.raises(ConfigError, match="no sample.t_start"):
+        load_recipe("tiny", ["sample.sampler=ddpm", "sample.steps=1000"])
+    cfg = sample_config(tiny, SampleOptions(sampler="ddpm"), "tiny")
+    assert (cfg.sampler, cfg.steps, cfg.t_start, cfg.eta) == ("ddpm", 1000, None, 1.0)  # what DDPM really does
