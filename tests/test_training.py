@@ -182,3 +182,15 @@ def test_resume_after_a_crash_before_the_first_checkpoint_and_a_torn_log(tmp_pat
     steps = [json.loads(line)["step"] for line in run.metrics_file.read_text().splitlines()]
     assert steps == [2, 4, 6]
 
+
+
+def test_nproc_per_node_shortcut_starts_torchrun(tmp_path, synthetic_data_dir, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = tmp_path / "run"
+    args = ["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(run),
+            "--nproc-per-node", "2", *_sets(TINY + ["train.max_steps=2"])]
+    assert main(args) == 0
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert main(["resume", str(run), "--nproc-per-node", "2", "--set", "train.max_steps=4"]) == 0
+    assert final_weights(run)["step"] == 4
+    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "nothing"), "--nproc-per-node", "2"]) == 2

@@ -21,14 +21,15 @@ def command(
 ) -> int:
     """Continue a run from its newest valid checkpoint."""
     from dreamctl import runtime
-    from dreamctl.cli.train import _launch_torchrun
+    from dreamctl.cli.train import _device, _launch_torchrun, _sets
     from dreamctl.training.rundir import RunDir
     from dreamctl.training.session import resume_run, resumed_recipe
 
     run = RunDir(run_dir)
     recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_torchrun(nproc_per_node)
+        args = ["resume", str(run_dir), *_sets(list(set_)), *_device(device)]
+        raise typer.Exit(_launch_torchrun(nproc_per_node, args))  # the workers' exit code is ours
     rt = runtime.setup(recipe.train.precision, device)
     run_training(run.root, rt, functools.partial(resume_run, run, rt, set_))
     return 0

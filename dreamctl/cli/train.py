@@ -33,14 +33,20 @@ def command(
     resolved = load_recipe(recipe, overrides)
     if dry_run:
         return _dry_run(resolved)
+    run_dir = run_dir or Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_torchrun(nproc_per_node)
+        if resolved.data.path is not None:  # a wrong --data fails here, once, not in every worker
+            from dreamctl.data.shards import read_manifest
+
+            read_manifest(Path(resolved.data.path))
+        args = ["train", "--recipe", recipe, "--run-dir", str(run_dir), *_sets(overrides), *_device(device)]
+        raise typer.Exit(_launch_torchrun(nproc_per_node, args))  # the workers' exit code is ours
 
     from dreamctl import runtime
     from dreamctl.training.rundir import RunDir
     from dreamctl.training.session import start_run
 
-    run = RunDir(run_dir or Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run = RunDir(run_dir)
     rt = runtime.setup(resolved.train.precision, device)
     run_training(run.root, rt, functools.partial(start_run, resolved, run, rt))
     return 0
@@ -69,15 +75,31 @@ def _dry_run(recipe) -> int:
     return 0
 
 
-def _launch_torchrun(nproc: int) -> int:
-    """Re-run this very command under torchrun (the --nproc-per-node shortcut)."""
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def _device(device: str | None) -> list[str]:
+    return ["--device", device] if device else []
+
+
+def _launch_torchrun(nproc: int, args: list[str]) -> int:
+    """Run `dreamctl ARGS` under torchrun (the --nproc-per-node shortcut).
+
+    Ctrl-C and SIGTERM are passed on to torchrun, which stops its workers with SIGTERM (each
+    then writes a checkpoint); this process waits for all of them instead of leaving orphans.
+    """
+    import signal
     import subprocess
 
-    args = [a for a in sys.argv[1:] if not a.startswith("--nproc-per-node")]
-    if "--nproc-per-node" in sys.argv:  # "--nproc-per-node N" form: drop its value too
-        i = sys.argv.index("--nproc-per-node")
-        args = sys.argv[1:i] + sys.argv[i + 2:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "dreamctl", *args]
     console.print("starting: " + " ".join(cmd), markup=False)
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

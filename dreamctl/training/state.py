@@ -110,9 +110,18 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+    _fsync_dir(folder)  # the rename itself is on disk before any older checkpoint goes
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink()
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
