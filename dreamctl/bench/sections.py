@@ -1,0 +1,161 @@
+"""The benchmark's sections: training steps, CUDA variants, sampling, Inception features."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dreamctl.config import Recipe
+from dreamctl.diffusion import schedule_for
+from dreamctl.diffusion.losses import STEP_COST
+from dreamctl.runtime import Runtime
+from dreamctl.training.loop import init_state, wrap_for_training
+
+from dreamctl.bench.steps import KINDS, NAIVE, make_step
+from dreamctl.bench.timing import counting_forwards, interleaved, summarize, sync
+
+SAMPLE_STEPS = 50
+
+
+def _fake_batch(recipe: Recipe, rt: Runtime) -> Tensor:
+    """x0 in [-1, 1] built like the loop builds it, from uint8 images resident on the device."""
+    from dreamctl.data.loader import to_model_input
+
+    g = torch.Generator().manual_seed(recipe.train.seed)
+    r = recipe.data.resolution
+    images = torch.randint(0, 256, (recipe.train.batch_size, r, r, 3), generator=g, dtype=torch.uint8)
+    return to_model_input(images.to(rt.device))
+
+
+def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget_s: float | None = None,
+                kinds: tuple[str, ...] = KINDS, naive: bool = True) -> dict[str, Any]:
+    """Every loss kind (and the naive conservative step) stepping one shared model in turn.
+
+    Sharing the model, AdamW state and EMA keeps the resident memory identical, so peak
+    memory differs only by what each step allocates, as it would in a real run.
+    """
+    state = init_state(recipe, rt)
+    net, _ = wrap_for_training(state.model, recipe, rt)
+    net.train()
+    schedule, x0 = schedule_for(recipe.diffusion), _fake_batch(recipe, rt)
+    names = list(kinds) + ([NAIVE] if naive else [])
+    steps = {n: make_step(n, net, schedule, state, recipe, x0, rt) for n in names}
+    with counting_forwards(net) as counter:
+        raw = interleaved(steps, rt.device, warmup=warmup, rounds=rounds, budget_s=budget_s, counter=counter)
+    rows = summarize(raw, recipe.train.batch_size, rt.device.type == "cuda", reference=kinds[0])
+    for name, row in rows.items():
+        calls, units = (3, 7) if name == NAIVE else STEP_COST[name]
+        row["design_forward_calls"], row["design_forward_units"] = calls, units
+    out: dict[str, Any] = {"reference": kinds[0], "rows": rows}
+    if naive and "dream_conservative" in rows:
+        ours, base = raw["dream_conservative"], raw[NAIVE]
+        time_ratio = statistics.median(o / b for o, b in zip(ours["seconds"], base["seconds"]))
+        out["naive_vs_ours"] = {
+            "ours_over_naive_step_time": round(time_ratio, 3),
+            "ours_faster_by_percent": round((1 - time_ratio) * 100, 1),
+            "ours_over_naive_peak_memory": round(ours["peak"] / base["peak"], 3) if rt.device.type == "cuda" else None,
+        }
+    return out
+
+
+def _variant(recipe: Recipe, rt: Runtime, *, compile: bool, precision: str, channels_last: bool):
+    r = recipe.model_copy(update={"train": recipe.train.model_copy(
+        update={"compile": compile, "channels_last": channels_last})})
+    return r, dataclasses.replace(rt, precision=precision)
+
+
+def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int,
+                   budget_s: float | None = None) -> dict[str, Any]:
+    """CUDA only: the standard step eager vs torch.compile, bf16 vs fp32, channels_last on/off.
+
+    Each variant changes one setting from the reference (eager, bf16, contiguous). 'fp32'
+    is what runtime.setup gives on CUDA: TF32 matmuls and convolutions allowed.
+    """
+    if rt.device.type != "cuda":
+        return {"skipped": "CUDA only (compile, bf16 and channels_last are GPU settings)"}
+    configs = {
+        "eager bf16": dict(compile=False, precision="bf16", channels_last=False),
+        "compile bf16": dict(compile=True, precision="bf16", channels_last=False),
+        "eager fp32 (tf32)": dict(compile=False, precision="fp32", channels_last=False),
+        "eager bf16 channels_last": dict(compile=False, precision="bf16", channels_last=True),
+    }
+    steps, compile_s = {}, {}
+    for name, cfg in configs.items():
+        vr, vrt = _variant(recipe, rt, **cfg)
+        state = init_state(vr, vrt)
+        net, _ = wrap_for_training(state.model, vr, vrt)
+        net.train()
+        steps[name] = make_step("standard", net, schedule_for(vr.diffusion), state, vr, _fake_batch(vr, vrt), vrt)
+        t0 = time.perf_counter()
+        steps[name](0)  # the first call compiles; timed apart so compile time is on record
+        sync(rt.device)
+        compile_s[name] = round(time.perf_counter() - t0, 1)
+    raw = interleaved(steps, rt.device, warmup=warmup, rounds=rounds, budget_s=budget_s)
+    rows = summarize(raw, recipe.train.batch_size, True, reference="eager bf16")
+    for name, row in rows.items():
+        row["first_step_s"] = compile_s[name]
+    return {"reference": "eager bf16", "loss": "standard", "rows": rows,
+            "note": "all four models stay resident: compare step_extra_bytes (the peak less what was resident)"}
+
+
+def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1) -> dict[str, Any]:
+    """DDIM-50 img/s through generate(): a fresh model (no EMA copy), eval mode, no autograd."""
+    from dreamctl.generate import generate
+    from dreamctl.models import build_model
+    from dreamctl.runtime import Autocast
+
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe.model, recipe.data.resolution).to(rt.device).eval().requires_grad_(False)
+    if recipe.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = Autocast(torch.compile(model) if recipe.train.compile else model, rt).eval()
+    cfg = recipe.sample.model_copy(update={"sampler": "ddim", "steps": SAMPLE_STEPS, "eta": 0.0, "t_start": None})
+    b, schedule = recipe.train.batch_size, schedule_for(recipe.diffusion)
+
+    def run(k: int) -> None:
+        generate(net, schedule, list(range(k * b, (k + 1) * b)), image_size=recipe.data.resolution, cfg=cfg,
+                 device=rt.device, batch_size=b)
+
+    for k in range(warmup):
+        run(k)
+    seconds = []
+    for k in range(batches):
+        sync(rt.device)
+        t0 = time.perf_counter()
+        run(warmup + k)  # generate() ends with a copy to the CPU, so this is synchronous
+        seconds.append(time.perf_counter() - t0)
+    med = statistics.median(seconds)
+    return {"sampler": f"ddim-{SAMPLE_STEPS} (eta 0)", "batch_size": b, "precision": rt.precision,
+            "compile": recipe.train.compile, "batches": batches, "batch_s_median": round(med, 3),
+            "img_per_s": round(b / med, 1),
+            "includes": "per-seed initial noise drawn on the CPU and the uint8 copy back, as `dreamctl sample`"}
+
+
+def bench_inception(rt: Runtime, *, batch_size: int, resolution: int, batches: int = 2) -> dict[str, Any]:
+    """Inception feature extraction img/s, only when its weights are present and intact."""
+    import numpy as np
+
+    from dreamctl.metrics import weights
+
+    st = weights.status(weights.INCEPTION)
+    if not st.intact:
+        why = "weights corrupt" if st.present else "weights missing"
+        return {"skipped": f"{why}: {st.path} (see `dreamctl weights`)"}
+    from dreamctl.metrics.inception import InceptionFeatureNet, batched_features
+
+    net = InceptionFeatureNet(device=str(rt.device))
+    images = np.random.default_rng(0).integers(0, 256, (batch_size, resolution, resolution, 3), dtype=np.uint8)
+    batched_features(net, images, batch_size)  # warm-up
+    seconds = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        batched_features(net, images, batch_size)
+        seconds.append(time.perf_counter() - t0)
+    med = statistics.median(seconds)
+    return {"network": net.name, "batch_size": batch_size, "resolution": resolution, "batches": batches,
+            "img_per_s": round(batch_size / med, 1), "includes": "clean-fid's PIL resize to 299 on the CPU"}

@@ -1,0 +1,72 @@
+"""The steps being timed: ours, built from the training loop's own pieces, and the study's naive one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dreamctl.config import Recipe
+from dreamctl.diffusion.losses import backward_loss, conservative_lambda, per_sample
+from dreamctl.diffusion.schedule import NoiseSchedule
+from dreamctl.errors import RunError
+from dreamctl.runtime import Runtime
+from dreamctl.training.loop import step_noise, update
+from dreamctl.training.state import TrainState
+
+KINDS = ("standard", "dream", "dream_conservative", "input_perturbation")
+NAIVE = "naive_conservative"
+
+# --- the baseline being beaten -------------------------------------------------------------
+
+def naive_conservative_loss(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
+                            *, epoch: int, lambda_min: float = 0.0, lambda_max: float = 0.5, alpha: float = 0.7,
+                            ramp_epochs: int = 20, **_: Any) -> Tensor:
+    """BASELINE, NOT USED FOR TRAINING: the CelebA study's conservative step as it was written.
+
+    A third, redundant forward pass recomputes eps_hat (ours reuses the detached first
+    prediction), and both terms are summed into one loss, so one backward runs with both
+    graphs alive (ours back-propagates the first term before the second pass). Same loss value.
+    """
+    x_t = schedule.q_sample(x0, t, noise)
+    loss_std = per_sample(model(x_t, t) - noise).mean()
+    with torch.no_grad():
+        eps_hat = model(x_t, t)  # the redundant pass
+    x0_hat = schedule.predict_x0(x_t, t, eps_hat).clamp(-1, 1)
+    lam = conservative_lambda(t, schedule.num_timesteps, epoch, lambda_min, lambda_max, ramp_epochs)
+    lam = lam.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
+    x_rect = schedule.q_sample(lam * x0_hat + (1 - lam) * x0, t, noise)
+    loss_rect = per_sample(model(x_rect, t) - noise).mean()
+    return alpha * loss_std + (1 - alpha) * loss_rect
+
+
+# --- one training step, from the loop's building blocks -------------------------------------
+
+def loss_params(recipe: Recipe, kind: str) -> dict[str, Any]:
+    """The recipe's loss settings for `kind`, and an epoch at which every term is active."""
+    lc = recipe.loss.model_copy(update={"kind": kind})
+    return {"epoch": lc.start_epoch + lc.ramp_epochs, **lc.params()}
+
+
+def make_step(name: str, net: nn.Module, schedule: NoiseSchedule, state: TrainState, recipe: Recipe,
+              x0: Tensor, rt: Runtime) -> Callable[[int], None]:
+    """step(i) -> None: one full training step of loss `name` (a kind, or NAIVE) at step i."""
+    params = list(state.model.parameters())
+    kind = "dream_conservative" if name == NAIVE else name
+    kw = loss_params(recipe, kind)
+    local = slice(0, recipe.train.batch_size)
+
+    def step(i: int) -> None:
+        t, noise = step_noise(recipe, i, rt, local)
+        if name == NAIVE:
+            loss = naive_conservative_loss(net, schedule, x0, t, noise, **kw)
+            loss.backward()
+            loss = loss.detach()
+        else:
+            loss = backward_loss(kind, net, schedule, x0, t, noise, **kw)["loss"]
+        if update(state, params, recipe.optim, i, loss, rt) is None:
+            raise RunError(f"benchmark step {i} went non-finite (loss {float(loss)}); lower optim.lr with --set")
+
+    return step

@@ -1,0 +1,65 @@
+"""Issue 7's targets, read from a benchmark result; PASS only for the setting each is stated for."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+
+
+
+def _row(name: str, key: str) -> Callable[[dict], float | None]:
+    return lambda res: res.get("train", {}).get("rows", {}).get(name, {}).get(key)
+
+
+def _naive_ratio(res: dict) -> float | None:
+    return res.get("train", {}).get("naive_vs_ours", {}).get("ours_over_naive_step_time")
+
+
+def _conservative_gb(res: dict) -> float | None:
+    peak = _row("dream_conservative", "peak_memory_bytes")(res)
+    return None if peak is None else peak / 1e9
+
+
+_CPU = ("cpu", {"recipe": "tiny"})
+_GPU = ("cuda", {"recipe": "conservative", "precision": "bf16", "batch_size": 128})
+TARGETS = [  # (device, the setting it is stated for, what, read, op, limit)
+    (*_CPU, "dream_conservative step time / standard", _row("dream_conservative", "step_time_ratio"), "<=", 2.15),
+    (*_CPU, "dream_conservative step time / naive", _naive_ratio, "<=", 0.90),  # at least 10% faster
+    (*_CPU, "dream step time / standard", _row("dream", "step_time_ratio"), "<=", 1.45),
+    (*_GPU, "standard img/s", _row("standard", "img_per_s"), ">=", 1500),
+    (*_GPU, "dream step time / standard", _row("dream", "step_time_ratio"), "<=", 1.35),
+    (*_GPU, "dream_conservative step time / standard", _row("dream_conservative", "step_time_ratio"), "<=", 2.1),
+    (*_GPU, "dream_conservative peak memory / standard", _row("dream_conservative", "peak_memory_ratio"), "<=", 1.15),
+    (*_GPU, "dream_conservative peak memory (GB)", _conservative_gb, "<", 16.0),
+    (*_GPU, "DDIM-50 img/s", lambda res: res.get("sample", {}).get("img_per_s"), ">=", 200),
+]
+_OPS = {"<=": lambda v, lim: v <= lim, ">=": lambda v, lim: v >= lim, "<": lambda v, lim: v < lim}
+
+
+def _stated_setting(result: dict[str, Any], cond: dict[str, Any]) -> bool:
+    """Is this run the setting a target is stated for: that recipe's network and resolution
+    (not one changed with --set) and the listed values?"""
+    from dreamctl.config import load_recipe
+
+    stated = load_recipe(cond["recipe"])
+    same_net = (result.get("model") == stated.model.model_dump(mode="json")
+                and result.get("resolution") == stated.data.resolution)
+    return same_net and all(result.get(k) == v for k, v in cond.items())
+
+
+def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for this device: value, limit, pass; `conditions_met` False when the
+    run differs from the setting the target is stated for (then the verdict is only indicative)."""
+    device = result["machine"]["device_type"]
+    out = []
+    for dev, cond, what, read, op, limit in TARGETS:
+        if dev != device:
+            continue
+        value = read(result)
+        out.append({"target": f"{what} {op} {limit}", "value": None if value is None else round(value, 3),
+                    "pass": None if value is None or math.isnan(value) else bool(_OPS[op](value, limit)),
+                    "conditions": cond, "conditions_met": _stated_setting(result, cond)})
+    return out
