@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import dreamctl
+from dreamctl import atomic
 from dreamctl.config import Recipe
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import read_manifest, split_shards
@@ -29,7 +30,7 @@ from dreamctl.metrics.evaluate import METRICS, evaluate_image_sets, library_vers
 from dreamctl.metrics.inception import RESIZE_CLEAN, FeatureNet, InceptionFeatureNet
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import OnEvent, SampleOptions, folder_name, load_for_inference, read_samples, sample_to_folder
-from dreamctl.training.rundir import RunDir, read_json, write_json_atomic
+from dreamctl.training.rundir import RunDir, read_json
 
 FEATURE_METRICS = ("fid", "kid", "is")
 INCEPTION_NAME = "inception-2015-12-05"
@@ -148,13 +149,13 @@ def write_eval(eval_dir: Path, record: dict[str, Any]) -> tuple[Path, ...]:
     if previous is not None and prev_step != step:
         kept = eval_dir / f"{pid}@step{prev_step}.json"
         if not kept.is_file():
-            write_json_atomic(kept, previous)  # history for compare's metric-vs-step plots
+            atomic.write_json(kept, previous)  # history for compare's metric-vs-step plots
             written.append(kept)
     if any(eval_dir.glob(f"{pid}@step*.json")):
-        write_json_atomic(mine, record)
+        atomic.write_json(mine, record)
         written.append(mine)
     if previous is None or not isinstance(prev_step, int) or step >= prev_step:
-        write_json_atomic(main, record)
+        atomic.write_json(main, record)
         written.append(main)
     return tuple(written)
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from dreamctl.atomic import atomic_path
 from dreamctl.config import SampleConfig
 from dreamctl.diffusion.samplers import sample
 from dreamctl.diffusion.schedule import NoiseSchedule
@@ -76,7 +77,6 @@ def save_grid(images: Tensor | np.ndarray, path: Path, nrow: int | None = None, 
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    picture.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
     return path

@@ -8,7 +8,6 @@ records the settings; a folder is never topped up with images drawn under other 
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -23,13 +22,14 @@ from PIL import Image
 from torch import nn
 
 import dreamctl
+from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig, validate_recipe
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.errors import CheckpointError, DataError, RunError
 from dreamctl.generate import generate, save_grid
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime
-from dreamctl.training.rundir import RunDir, read_json, write_json_atomic
+from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import checkpoint_path, list_checkpoints, load_checkpoint, load_latest
 
 OnEvent = Callable[[str, dict[str, Any]], None]  # ("sample_start" | "sample_progress" | "sample_done", payload)
@@ -134,9 +134,8 @@ def read_png(path: Path, image_size: int) -> np.ndarray | None:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a killed writer never leaves a half PNG under the name
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:  # a killed writer never leaves a half PNG under the name
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
@@ -158,7 +157,7 @@ def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict
     _check_folder(folder, wanted)
     folder.mkdir(parents=True, exist_ok=True)
     if rt.is_main and not (folder / "sample.json").is_file():
-        write_json_atomic(folder / "sample.json", {**wanted, "complete": False})
+        atomic.write_json(folder / "sample.json", {**wanted, "complete": False})
     return wanted
 
 
@@ -224,7 +223,7 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     if rt.is_main:
         grid_images = read_samples(folder, min(num, GRID_MAX), m.image_size)
         save_grid(grid_images, folder / "grid.png", scale=max(1, 128 // m.image_size))
-        write_json_atomic(folder / "sample.json", record)
+        atomic.write_json(folder / "sample.json", record)
     on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})
     return record
 
@@ -243,8 +242,6 @@ def read_samples(folder: Path, num: int, image_size: int) -> np.ndarray:
 def write_npz(folder: Path, images: np.ndarray, path: Path | None = None) -> Path:
     """All images as one uint8 array `images` (N, H, W, 3), written atomically."""
     path = path or folder / f"samples-{len(images)}.npz"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=images)
-    os.replace(tmp, path)
     return path

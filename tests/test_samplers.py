@@ -31,7 +31,7 @@ def test_posterior_matches_bayes_for_gaussian():
     """mu_tilde, beta_tilde agree with the direct Gaussian conditioning of x_{t-1} on (x_t, x0)."""
     s = make_schedule("cosine", 100)
     t = 37
-    abar, abar_prev, beta = s.alphas_cumprod[t], s.alphas_cumprod[t - 1], s.betas[t]
+    abar_prev, beta = s.alphas_cumprod[t - 1], s.betas[t]
     x0, x_t = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.5]], dtype=torch.float64)
     mean, var = s.posterior_mean_variance(x0, x_t, torch.tensor([t]))
     # x_{t-1} ~ N(sqrt(abar_prev) x0, 1 - abar_prev); x_t | x_{t-1} ~ N(sqrt(1-beta) x_{t-1}, beta)

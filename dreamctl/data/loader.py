@@ -13,7 +13,6 @@ depend on the number of ranks. No global RNG is touched.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import NamedTuple

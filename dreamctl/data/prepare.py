@@ -28,13 +28,15 @@ import numpy as np
 
 from dreamctl import __version__
 from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, load_chunk, parse_crop
-from dreamctl.data.shards import FORMAT, MANIFEST, file_sha256, shard_name, write_json_atomic, write_shard
+from dreamctl import atomic
+from dreamctl.data.shards import FORMAT, MANIFEST, file_sha256, shard_name, write_shard
 from dreamctl.data.sources import SPLITS, Listing
 from dreamctl.errors import DataError
 
 PROGRESS = "progress.json"
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
-_OURS = re.compile(r"^(train|valid|test)-\d{5}\.h5(\.tmp)?$|^(manifest|progress)\.json(\.tmp)?$")
+# our files, and the temporary names dreamctl.atomic writes them under (".NAME.PID.tmp")
+_OURS = re.compile(r"^\.?((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)(\.\d+\.tmp)?$")
 SYNTHETIC_RESIZE = "drawn at the resolution (supersampled, LANCZOS)"
 
 
@@ -97,6 +99,9 @@ def _first_difference(old: object, new: object, key: str = "") -> str:
 def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     """Shard records of an earlier run with the same settings; refuse or clean otherwise."""
     ours = [p for p in out.iterdir() if _OURS.match(p.name)]
+    for stale in [p for p in ours if p.name.endswith(".tmp")]:  # left by a killed run; never complete
+        stale.unlink()
+        ours.remove(stale)
     if overwrite:
         for p in sorted(ours, key=lambda p: p.name != MANIFEST):  # manifest first: never a stale "finished" folder
             p.unlink()
@@ -194,7 +199,7 @@ def prepare_data(
         return PrepareResult(out, 0, reused, skipped, 0, len(finished), 0.0)
     record = {**settings, "shards": {f: finished[f] for f in sorted(finished)}}
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
-    write_json_atomic(out / PROGRESS, record)
+    atomic.write_json(out / PROGRESS, record, indent=1, sort_keys=True)
 
     def chunks() -> Iterator[Chunk]:
         for split, _, items in todo:
@@ -218,7 +223,7 @@ def prepare_data(
             images = np.concatenate([p.images for p in parts])
             digest = write_shard(out / name, images, [n for p in parts for n in p.names])
             record["shards"][name] = {"split": split, "count": len(images), "sha256": digest, "skipped": [[s.name, s.reason] for s in skipped]}
-            write_json_atomic(out / PROGRESS, record)
+            atomic.write_json(out / PROGRESS, record, indent=1, sort_keys=True)
             written += len(images)
             if on_progress:
                 on_progress(Progress(done, total, name))
@@ -232,7 +237,7 @@ def prepare_data(
             raise DataError(f"no image of split {split} could be read; first: {first['name']}: {first['reason']}")
     if not any(manifest["counts"].values()):
         raise DataError(f"the {listing.kind} source at {listing.root} holds no readable image")
-    write_json_atomic(out / MANIFEST, manifest)
+    atomic.write_json(out / MANIFEST, manifest, indent=1, sort_keys=True)
     (out / PROGRESS).unlink(missing_ok=True)
     return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from dreamctl.atomic import atomic_path
 from dreamctl.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -36,24 +36,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def write_shard(path: Path, images: np.ndarray, names: list[str]) -> str:
     """Write a shard atomically and return its sha256 (same data -> same bytes)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(names) != len(images):
         raise ValueError(f"shard {path.name}: images {images.shape} {images.dtype} and {len(names)} names do not match")
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        # Contiguous and uncompressed: the loader reads whole shards, and decompression
-        # would cost more than the disk read of 12 KB per 64x64 image.
-        f.create_dataset("images", data=images)
-        f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
-    digest = file_sha256(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            # Contiguous and uncompressed: the loader reads whole shards, and decompression
+            # would cost more than the disk read of 12 KB per 64x64 image.
+            f.create_dataset("images", data=images)
+            f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+        digest = file_sha256(tmp)
     return digest
 
 

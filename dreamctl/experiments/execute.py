@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dreamctl import atomic
 from dreamctl.errors import CheckpointError, ConfigError
 from dreamctl.experiments.ablate import EvalJob, Plan, TrainJob
 from dreamctl.experiments.compare import compare_runs
@@ -223,7 +224,6 @@ def write_report(plan: Plan, outcomes: list[Outcome]) -> tuple[Path, list[Path]]
     if figures:
         lines += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures] + [""]
     out.mkdir(parents=True, exist_ok=True)
-    path, tmp = out / "report.md", out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    path = out / "report.md"
+    atomic.write_text(path, "\n".join(lines))
     return path, figures

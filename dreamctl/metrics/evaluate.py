@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from dreamctl.atomic import atomic_path
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import FeatureNet, InceptionFeatureNet, batched_features, check_images
@@ -45,10 +45,8 @@ def _cache_path(cache_dir: Path, key: dict) -> Path:
 
 def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: str | None,

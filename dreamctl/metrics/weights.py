@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dreamctl import atomic
 from dreamctl.errors import WeightsError
 
 INCEPTION = "inception-2015-12-05.pt"
@@ -198,10 +199,8 @@ def record_first_use(name: str, root: Path | None = None) -> str:
     digest = sha256_file(path)
     rec = _record_path(path)
     if _recorded(path) is None:
-        tmp = rec.with_name(f".{rec.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"file": name, "sha256": digest, "size": path.stat().st_size,
-                                   "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
-        os.replace(tmp, rec)
+        atomic.write_json(rec, {"file": name, "sha256": digest, "size": path.stat().st_size,
+                                "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
     return digest
 
 
@@ -244,27 +243,24 @@ def download(name: str, root: Path | None = None, *, opener: Callable | None = N
         return require(name, root)
     dest = path_of(name, root)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     h = hashlib.sha256()
     try:
-        with opener(entry.url, timeout=timeout) as response, open(tmp, "wb") as f:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                h.update(chunk)
-                f.write(chunk)
-        actual = h.hexdigest()
-        ok = (actual == entry.sha256) if entry.sha256 else actual.startswith(entry.sha256_prefix or "")
-        if not ok:
-            raise WeightsError(
-                f"download of {name} from {entry.url} has sha256 {actual}, expected "
-                f"{entry.sha256 or 'prefix ' + str(entry.sha256_prefix)}; nothing was written to {dest}"
-            )
-        os.replace(tmp, dest)
+        with atomic.atomic_path(dest) as tmp:  # renamed over dest only once the hash is right
+            with opener(entry.url, timeout=timeout) as response, open(tmp, "wb") as f:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+            actual = h.hexdigest()
+            ok = (actual == entry.sha256) if entry.sha256 else actual.startswith(entry.sha256_prefix or "")
+            if not ok:
+                raise WeightsError(
+                    f"download of {name} from {entry.url} has sha256 {actual}, expected "
+                    f"{entry.sha256 or 'prefix ' + str(entry.sha256_prefix)}; nothing was written to {dest}"
+                )
         if not entry.sha256 and not entry.sha256_prefix:
             _record_path(dest).unlink(missing_ok=True)
     except OSError as err:
         raise WeightsError(f"could not download {name} from {entry.url} to {dest}: {err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

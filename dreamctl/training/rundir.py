@@ -11,14 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dreamctl import atomic
 from dreamctl.config import Recipe, recipe_from_yaml, recipe_to_yaml
 from dreamctl.errors import CheckpointError, RunError
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -51,9 +46,7 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in (self.checkpoints, self.samples):
             sub.mkdir(exist_ok=True)
-        tmp = self.recipe_file.with_name("recipe.yaml.tmp")
-        tmp.write_text(recipe_to_yaml(recipe))
-        tmp.replace(self.recipe_file)
+        atomic.write_text(self.recipe_file, recipe_to_yaml(recipe))
         self.update_info({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "status": "created",
                           **info})
 
@@ -67,7 +60,7 @@ class RunDir:
         return read_json(self.run_file) if self.run_file.is_file() else {}
 
     def update_info(self, changes: dict[str, Any]) -> None:
-        write_json_atomic(self.run_file, {**self.info(), **changes})
+        atomic.write_json(self.run_file, {**self.info(), **changes})
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_file, "a") as f:
@@ -89,9 +82,7 @@ class RunDir:
                                       "remove or repair that line, then resume") from None
             if record["step"] <= after_step:
                 kept.append(line)
-        tmp = self.metrics_file.with_name("metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.metrics_file)
+        atomic.write_text(self.metrics_file, "".join(line + "\n" for line in kept))
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 import dreamctl
+from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_recipe
 from dreamctl.data.loader import ImageSet, open_split
 from dreamctl.errors import RunError
@@ -113,8 +114,6 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
         if rt.is_main:
             run.truncate_metrics(after_step=ckpt["step"] if ckpt else 0)
             if overrides:
-                tmp = run.recipe_file.with_name("recipe.yaml.tmp")
-                tmp.write_text(recipe_to_yaml(recipe))
-                tmp.replace(run.recipe_file)
+                atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
         return _run(run, recipe, rt, images, ckpt, on_event, should_stop)
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import dreamctl
+from dreamctl.atomic import atomic_path
 from dreamctl.errors import CheckpointError
 
 CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
@@ -104,12 +105,8 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
     """Write atomically, then remove all but the newest `keep` (only after the new one is safe)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, ckpt["step"])
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(ckpt, tmp)
     _fsync_dir(folder)  # the rename itself is on disk before any older checkpoint goes
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink()
