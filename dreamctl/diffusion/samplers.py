@@ -72,7 +72,7 @@ def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Te
 def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t: int, eps: Tensor, *, noise: Tensor | None,
               clip_x0: bool = False) -> tuple[Tensor, Tensor]:
     """One ancestral step x_t -> x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) (DDPM eq. 6-7, 15)."""
-    tt = torch.full((x_t.shape[0],), t, dtype=torch.long)
+    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
     x0_hat = schedule.predict_x0(x_t, tt, eps)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1, 1)

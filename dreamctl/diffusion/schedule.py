@@ -61,13 +61,23 @@ class NoiseSchedule:
     def _on_device(self) -> dict[tuple[str, torch.device], Tensor]:
         return {}
 
+    @cached_property
+    def _tables(self) -> dict[str, Tensor]:
+        """Every per-timestep coefficient, computed once in float64 on the CPU."""
+        betas, abar, abar_prev = self.betas, self.alphas_cumprod, self.alphas_cumprod_prev
+        return {
+            "sqrt_abar": abar.sqrt(),
+            "sqrt_one_minus_abar": (1 - abar).sqrt(),
+            "posterior_coef_x0": betas * abar_prev.sqrt() / (1 - abar),  # DDPM eq. 7
+            "posterior_coef_xt": (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar),
+            "posterior_variance": betas * (1 - abar_prev) / (1 - abar),  # beta_tilde
+        }
+
     def _table(self, name: str, device: torch.device) -> Tensor:
-        """A float64 table copied to `device` once: a per-step host-to-device copy would stall CUDA."""
+        """A coefficient table on `device`, copied there once: a per-step host-to-device copy stalls CUDA."""
         key = (name, device)
         if key not in self._on_device:
-            abar = self.alphas_cumprod
-            tables = {"sqrt_abar": abar.sqrt, "sqrt_one_minus_abar": lambda: (1 - abar).sqrt()}
-            self._on_device[key] = tables[name]().to(device)
+            self._on_device[key] = self._tables[name].to(device)
         return self._on_device[key]
 
     def sqrt_abar(self, t: Tensor, like: Tensor) -> Tensor:
@@ -90,13 +100,9 @@ class NoiseSchedule:
 
     def posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """q(x_{t-1} | x_t, x0) = N(mu_tilde, beta_tilde I) (DDPM eq. 6-7)."""
-        abar, abar_prev = self.alphas_cumprod, self.alphas_cumprod_prev
-        coef_x0 = self.betas * abar_prev.sqrt() / (1 - abar)
-        coef_xt = (1 - abar_prev) * (1 - self.betas).sqrt() / (1 - abar)
-        beta_tilde = self.betas * (1 - abar_prev) / (1 - abar)
-        dev = x_t.device  # sampling only: one small copy per step is fine here
-        mean = _gather(coef_x0.to(dev), t, x_t) * x0 + _gather(coef_xt.to(dev), t, x_t) * x_t
-        return mean, _gather(beta_tilde.to(dev), t, x_t)
+        coef_x0, coef_xt = (self._table(n, x_t.device) for n in ("posterior_coef_x0", "posterior_coef_xt"))
+        mean = _gather(coef_x0, t, x_t) * x0 + _gather(coef_xt, t, x_t) * x_t
+        return mean, _gather(self._table("posterior_variance", x_t.device), t, x_t)
 
 
 def make_schedule(kind: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
