@@ -73,7 +73,7 @@ def setup(precision: str = "auto", device: str | None = None) -> Runtime:
 
 
 def teardown(rt: Runtime) -> None:
-    if rt.distributed and dist.is_initialized():
+    if _joined(rt):
         dist.destroy_process_group()
 
 
@@ -87,13 +87,29 @@ def generator(device: torch.device, *parts: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(mix_seed(*parts))
 
 
+def _joined(rt: Runtime) -> bool:
+    """In a process group (a Runtime can describe a rank without one, as tests of rank slicing do)."""
+    return rt.distributed and dist.is_initialized()
+
+
+def _reduce(value: float, rt: Runtime, op: dist.ReduceOp) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=op)
+    return t.item()
+
+
 def any_rank(flag: bool, rt: Runtime) -> bool:
     """True on every rank if it is true on any (so all ranks stop at the same step)."""
-    if not rt.distributed:
-        return flag
-    t = torch.tensor([float(flag)], device=rt.device if rt.device.type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(_reduce(float(flag), rt, dist.ReduceOp.MAX)) if _joined(rt) else flag
+
+
+def sum_over_ranks(n: int, rt: Runtime) -> int:
+    return int(_reduce(float(n), rt, dist.ReduceOp.SUM)) if _joined(rt) else n
+
+
+def barrier(rt: Runtime) -> None:
+    if _joined(rt):
+        dist.barrier()
 
 
 class Autocast(nn.Module):

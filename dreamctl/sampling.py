@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torch import nn
 
@@ -28,7 +27,7 @@ from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.errors import CheckpointError, DataError, RunError
 from dreamctl.generate import generate, save_grid
 from dreamctl.models import build_model
-from dreamctl.runtime import Autocast, Runtime
+from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import checkpoint_path, list_checkpoints, load_checkpoint, load_latest
 
@@ -161,19 +160,6 @@ def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict
     return wanted
 
 
-def _barrier(rt: Runtime) -> None:
-    if rt.distributed and dist.is_initialized():
-        dist.barrier()
-
-
-def _sum_over_ranks(n: int, rt: Runtime) -> int:
-    if not (rt.distributed and dist.is_initialized()):
-        return n
-    t = torch.tensor([n], device=rt.device if rt.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
-    return int(t.item())
-
-
 def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Runtime, batch_size: int,
           on_event: OnEvent) -> None:
     """Draw and write `indices`, one batch at a time; halve the batch when the GPU runs out of memory."""
@@ -209,14 +195,14 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
         raise RunError(f"--num must be at least 1, got {num}")
     started = time.perf_counter()
     wanted = open_folder(m, folder, seed, rt)
-    _barrier(rt)
+    barrier(rt)
     mine = range(rt.rank, num, rt.world_size)
     missing = [i for i in mine if read_png(png_path(folder, i), m.image_size) is None]
     on_event("sample_start", {"folder": str(folder), "num": num, "mine": len(mine), "missing": len(missing)})
     _draw(m, missing, folder, seed, rt, batch_size or m.cfg.batch_size, on_event)
-    _barrier(rt)
+    barrier(rt)
     record = {**wanted, "complete": True, "num": num, "checkpoint": m.checkpoint.name, "device": str(rt.device),
-              "precision": rt.precision, "world_size": rt.world_size, "drawn_now": _sum_over_ranks(len(missing), rt),
+              "precision": rt.precision, "world_size": rt.world_size, "drawn_now": sum_over_ranks(len(missing), rt),
               "dreamctl_version": dreamctl.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "wall_time_s": round(time.perf_counter() - started, 2)}

@@ -17,7 +17,7 @@ from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_recipe
 from dreamctl.data.loader import ImageSet, open_split
 from dreamctl.errors import RunError
-from dreamctl.runtime import Runtime, peak_memory_bytes
+from dreamctl.runtime import Runtime, barrier, peak_memory_bytes
 from dreamctl.training.loop import OnEvent, train
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints, load_latest
@@ -47,8 +47,7 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
     status = "failed"
     try:
         status = train(recipe, run, images, rt, resume=resume, on_event=on_event, should_stop=should_stop)
-        if rt.distributed:  # rank 0 may still be writing the last checkpoint and grid: leave together
-            torch.distributed.barrier()
+        barrier(rt)  # rank 0 may still be writing the last checkpoint and grid: leave together
     except BaseException as err:
         if rt.is_main:
             run.update_info({"status": "failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
@@ -73,8 +72,7 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
         if rt.is_main:
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
                                 "dreamctl_version": dreamctl.__version__, "torch": torch.__version__})
-        if rt.distributed:
-            torch.distributed.barrier()
+        barrier(rt)
         return _run(run, recipe, rt, images, None, on_event, should_stop)
 
 
