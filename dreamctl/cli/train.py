@@ -15,6 +15,7 @@ from dreamctl.cli.common import console
 from dreamctl.cli.progress import run_training
 from dreamctl.config import flat_items, load_recipe, recipe_to_yaml
 from dreamctl.diffusion.losses import STEP_COST
+from dreamctl.errors import DataError
 
 
 def command(
@@ -65,10 +66,14 @@ def _dry_run(recipe) -> int:
                   f"{units} forward units per step{note} (a backward counts as 2)", markup=False)
     items = flat_items(recipe)
     if items["data.path"]:
-        from dreamctl.data.loader import open_split
+        from dreamctl.data.shards import split_count
         from dreamctl.training.loop import total_steps
 
-        n = len(open_split(recipe.data.path, recipe.data.split, recipe.data.limit))
+        n = split_count(Path(recipe.data.path), recipe.data.split)
+        if recipe.data.limit is not None and recipe.data.limit > n:
+            raise DataError(f"data.limit {recipe.data.limit} exceeds the {n} images of split {recipe.data.split} "
+                            f"of {recipe.data.path}; lower it with --set data.limit=N")
+        n = recipe.data.limit or n
         steps = total_steps(recipe, n)
         console.print(f"schedule      {n:,} images, {steps:,} steps of {recipe.train.batch_size} "
                       f"= {steps * recipe.train.batch_size:,} images seen", markup=False)

@@ -91,6 +91,11 @@ class ShardInfo:
     sha256: str
 
 
+def split_count(data_dir: Path, split: str) -> int:
+    """Images in a prepared split, from the manifest alone (no shard is opened)."""
+    return sum(s.count for s in split_shards(data_dir, read_manifest(data_dir), split))
+
+
 def split_shards(data_dir: Path, manifest: dict, split: str) -> list[ShardInfo]:
     if split not in manifest["splits"]:
         raise DataError(f"{manifest_path(data_dir)} has no split {split!r}; it has {', '.join(manifest['splits'])}")

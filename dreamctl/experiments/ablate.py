@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from dreamctl.config import Recipe, flat_items, load_recipe, parse_override, recipe_from_yaml
-from dreamctl.errors import ConfigError, DataError
+from dreamctl.data.shards import split_count
+from dreamctl.errors import ConfigError
 from dreamctl.experiments.runs import read_evals, read_json
 
 SPEC_KEYS = ("name", "description", "base", "data", "out", "set", "grid", "eval_grid", "seeds", "evaluate")
@@ -227,14 +228,9 @@ def expand_eval(spec: Spec) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]
 
 def data_count(data: Path | None, split: str) -> int | None:
     """Images in a prepared split (manifest.json), None when the folder is not prepared yet."""
-    manifest = data / "manifest.json" if data else None
-    if manifest is None or not manifest.is_file():
+    if data is None or not (data / "manifest.json").is_file():
         return None
-    try:
-        count = json.loads(manifest.read_text())["splits"][split]["count"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise DataError(f"{manifest}: no splits.{split}.count; re-run `dreamctl prepare-data`") from None
-    return int(count)
+    return split_count(data, split)
 
 
 def train_cost(recipe: Recipe, count: int | None) -> tuple[int | None, int | None, int | None]:
