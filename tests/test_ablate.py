@@ -12,6 +12,7 @@ import yaml
 
 from dreamctl.cli import main
 from dreamctl.config import load_recipe, recipe_from_yaml, recipe_to_yaml
+from dreamctl.data.shards import FORMAT
 from dreamctl.errors import ConfigError
 from dreamctl.experiments import execute as execute_module
 from dreamctl.experiments.ablate import expand, make_plan, parse_spec, point_name
@@ -85,7 +86,9 @@ class FakeCLI:
 def write_spec(tmp_path: Path, **changes) -> Path:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    (data / "manifest.json").write_text(json.dumps({"splits": {"train": {"count": 640}}}))
+    shard = {"file": "train-00000.h5", "count": 640, "sha256": "0" * 64}  # only the manifest is read
+    (data / "manifest.json").write_text(json.dumps({"format": FORMAT, "splits": {"train": {"count": 640,
+                                                                                           "shards": [shard]}}}))
     spec = {"name": "lam", "base": "tiny-conservative", "data": str(data), "out": str(tmp_path / "out"),
             "set": ["train.epochs=4"], "grid": {"loss.lambda_max": [0.3, 0.5, 0.7]}, "seeds": [0],
             "evaluate": {"metrics": ["swd"], "num": 50}}
