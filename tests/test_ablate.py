@@ -15,7 +15,8 @@ from dreamctl.config import load_recipe, recipe_from_yaml, recipe_to_yaml
 from dreamctl.data.shards import FORMAT
 from dreamctl.errors import ConfigError
 from dreamctl.experiments import execute as execute_module
-from dreamctl.experiments.ablate import expand, make_plan, parse_spec, point_name
+from dreamctl.experiments.ablate import make_plan
+from dreamctl.experiments.spec import expand, parse_spec, point_name
 from dreamctl.experiments.execute import CommandResult, execute, plan_totals, train_command
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "ablations"

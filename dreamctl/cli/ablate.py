@@ -10,7 +10,8 @@ from rich.table import Table
 
 from dreamctl.cli.common import console, err_console
 from dreamctl.errors import ConfigError
-from dreamctl.experiments.ablate import Plan, make_plan, parse_spec
+from dreamctl.experiments.ablate import Plan, make_plan
+from dreamctl.experiments.spec import parse_spec
 from dreamctl.experiments.execute import execute, plan_rows, plan_totals
 
 
