@@ -3,6 +3,10 @@
 Every writer of the project goes through `atomic_path`: write to a temporary name beside the
 target, rename over it only once the content is complete, remove the temporary file on failure.
 A process killed mid-write leaves the previous file (or none), never a truncated one.
+
+`durable` also survives a power cut: the content is fsynced before the rename and the folder
+after it. The small records (run.json, manifests, evaluations) are always written durably, as
+they say what exists; bulk writers (shards, sample PNGs) are not, and checkpoints opt in.
 """
 
 from __future__ import annotations
@@ -23,15 +27,25 @@ def atomic_path(path: Path, *, durable: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if durable:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            _fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent)  # the rename itself is on disk
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a folder can be opened read-only and fsynced too
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+    """Replace `path` with `text`, durably (these are the small files that record what exists)."""
+    with atomic_path(path, durable=True) as tmp:
         tmp.write_text(text)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from dreamctl import atomic
 from dreamctl.cli.common import console
 
 
@@ -56,7 +57,7 @@ def command(
         + ([] if budget is None else ["--budget-s", f"{budget:g}"]) + [f"--set {s}" for s in set_])
     path = out or Path(f"bench-{what}-{rt.device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")  # before printing: a closed pipe must not lose it
+    atomic.write_json(path, result, indent=1)  # before printing: a closed pipe must not lose it
     render(result)
     console.print(f"wrote {path}", markup=False, highlight=False)
 

@@ -133,7 +133,7 @@ def _run_logged(cmd: list[str], job: str, action: str, runner: Runner, logs: Pat
         log.unlink(missing_ok=True)  # a stale failure from an earlier attempt
         return Outcome(job, action)
     logs.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"$ {' '.join(cmd)}\nexit code {result.returncode}\n--- last lines of stderr ---\n{result.stderr_tail}")
+    atomic.write_text(log, f"$ {' '.join(cmd)}\nexit code {result.returncode}\n--- last lines of stderr ---\n{result.stderr_tail}")
     return Outcome(job, action, failed=True, note=f"exit code {result.returncode}", log=log)
 
 

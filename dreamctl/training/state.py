@@ -8,7 +8,6 @@ intact; a truncated or corrupt newest file makes `load_latest` fall back to the 
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import warnings
@@ -106,19 +105,10 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, ckpt["step"])
     with atomic_path(path, durable=True) as tmp:
-        torch.save(ckpt, tmp)
-    _fsync_dir(folder)  # the rename itself is on disk before any older checkpoint goes
+        torch.save(ckpt, tmp)  # durable: on disk, rename included, before any older checkpoint goes
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink()
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
