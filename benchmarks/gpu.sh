@@ -73,13 +73,15 @@ section() {  # section NAME LIMIT_S ARGS... : one `dreamctl bench` under a time 
     [ "$rc" -eq 0 ] || echo "== $name: exit $rc (124/130: ran out of time)" | tee -a "$log"
 }
 
+# Most important first: a later section is the one cut short when time runs out.
 # Loss kinds and the naive step, eager (the recipe's settings): the targets are stated for these.
 section train 100 train --no-variants --steps 10 --warmup 3 --budget-s 40
-# One setting changed at a time from eager bf16; the compile warm-up is the long part.
+section sample 50 sample --no-variants --sample-batches 3
+section data 45 data
+# Eager and compiled sampling side by side on one model; the compile is the long part.
+section sample-compiled 120 sample --sample-batches 3
+# The standard step with one setting changed at a time from eager bf16 (compile, fp32, channels_last).
 section variants 150 variants --steps 8 --warmup 2 --budget-s 30
-section sample 50 sample --sample-batches 3
-section sample-compiled 90 sample --sample-batches 3 --set train.compile=true
-section data 60 data
 
 echo "== summary (${SECONDS}s in all)" | tee -a "$log"
 "$py" -c "import sys; from dreamctl.cli.bench import print_summary; print_summary(sys.argv[1:])" "${files[@]}" \

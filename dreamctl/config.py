@@ -128,6 +128,7 @@ class SampleConfig(_Section):
     t_start: int | None = Field(None, ge=0)  # first (largest) timestep; default T - T//steps
     batch_size: int = Field(256, gt=0)
     use_ema: bool = True
+    compile: bool = False  # torch.compile the network for `sample`/`evaluate`; the same images up to rounding
 
 
 class EvalConfig(_Section):

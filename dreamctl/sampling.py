@@ -48,6 +48,7 @@ class SampleOptions:
     t_start: int | None = None
     use_ema: bool | None = None
     batch_size: int | None = None
+    compile: bool | None = None
     checkpoint: int | None = None  # step; None: the newest readable checkpoint
     seed: int | None = None  # image i comes from seed + i; None: 0 for `sample`, eval.seed for `evaluate`
 
@@ -65,7 +66,7 @@ class InferenceModel:
 def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleConfig:
     """The recipe's sample section with the options applied, validated as the recipe schema would."""
     asked = {"sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "t_start": opts.t_start,
-             "use_ema": opts.use_ema, "batch_size": opts.batch_size}
+             "use_ema": opts.use_ema, "batch_size": opts.batch_size, "compile": opts.compile}
     changes = {k: v for k, v in asked.items() if v is not None}
     explicit = set(changes)
     if changes.get("sampler") == "ddpm":  # DDPM runs every step with the posterior variance (eta = 1)
@@ -100,8 +101,9 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     model = build_model(recipe.model, recipe.data.resolution)
     model.load_state_dict(ckpt["ema" if cfg.use_ema else "model"])
     model = model.to(rt.device).eval().requires_grad_(False)
+    net = torch.compile(model) if cfg.compile else model
     schedule = schedule_for(recipe.diffusion)
-    return InferenceModel(Autocast(model, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution)
+    return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution)
 
 
 def folder_name(m: InferenceModel, seed: int) -> str:

@@ -137,10 +137,23 @@ def test_cuda_memory_accounting_with_a_fake_allocator(monkeypatch):
 def test_sample_and_inception_sections(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path))  # an empty weights folder
     result = bench.run_bench("sample", load_recipe("tiny", SMALL + ["train.batch_size=2"]), CPU, rounds=1,
-                             warmup=0, sample_batches=1)
-    assert result["sample"]["img_per_s"] > 0 and result["sample"]["sampler"] == "ddim-50 (eta 0)"
+                             warmup=0, sample_batches=1, variants=False)
+    sample = result["sample"]
+    assert sample["img_per_s"] > 0 and sample["sampler"] == "ddim-50 (eta 0)" and list(sample["rows"]) == ["eager"]
     assert result["inception"]["skipped"].startswith("weights missing")
     assert "train" not in result and "data" not in result
+
+
+def test_sample_compares_eager_and_compiled_on_one_model(monkeypatch):
+    """With variants, the other sample.compile setting runs too, interleaved; the recipe's own is the reference."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)  # no compile wait
+    recipe = load_recipe("tiny", SMALL + ["train.batch_size=2", "sample.compile=true"])
+    sample = bench.run_bench("sample", recipe, CPU, rounds=1, warmup=0, sample_batches=2)["sample"]
+    assert sample["compile"] and sample["reference"] == "compiled" and list(sample["rows"]) == ["compiled", "eager"]
+    assert len(compiled) == 1 and sample["batches"] == 2
+    assert sample["rows"]["compiled"]["time_ratio"] == 1.0 and sample["rows"]["eager"]["img_per_s"] > 0
+    assert sample["img_per_s"] == sample["rows"]["compiled"]["img_per_s"]
 
 
 def test_unknown_section_is_an_error():
@@ -203,16 +216,22 @@ def test_render_and_summary_of_a_cuda_shaped_result(train_result, tmp_path, caps
     variant = {**res["train"]["rows"]["standard"], "step_extra_bytes": 4 * 10**9, "step_extra_ratio": 1.0,
                "first_step_s": 61.2}
     res["variants"] = {"reference": "eager bf16", "rows": {"eager bf16": variant, "compile bf16": variant}}
-    res["sample"] = {"sampler": "ddim-50 (eta 0)", "batch_size": 128, "img_per_s": 250.0, "includes": "x"}
+    row = {"img_per_s": 250.0, "batch_s_median": 0.512, "time_ratio": 1.0, "first_batch_s": 0.9,
+           "peak_memory_bytes": 10**9}
+    res["sample"] = {"sampler": "ddim-50 (eta 0)", "batch_size": 128, "img_per_s": 250.0, "includes": "x",
+                     "compile": False, "reference": "eager",
+                     "rows": {"eager": row, "compiled": {**row, "img_per_s": 180.0, "time_ratio": 1.389}}}
     res["inception"] = {"skipped": "weights missing: /w/inception-2015-12-05.pt"}
     res["targets"] = bench.evaluate_targets(res)
     render(res)
     shown = capsys.readouterr().out
     assert "compile bf16" in shown and "61.2 s" in shown and "250.0 img/s" in shown
-    assert "DDIM-50 img/s >= 200" in shown and "PASS" in shown
+    assert "DDIM-50 img/s >= 200" in shown and "PASS" in shown and "compiled: 180.0 img/s, time 1.39x" in shown
     path = tmp_path / "bench-train-cuda.json"
     path.write_text(json.dumps(res))
     print_summary([str(path), str(tmp_path / "bench-sample-cuda.json")])
     summary = capsys.readouterr().out
     assert "peak 10.00 GB" in summary and "missing:" in summary
     assert "dream_conservative peak memory (GB) < 16.0" in summary
+    assert "sample [conservative, batch 128, bf16, compiled] ddim-50 (eta 0): 180.0 img/s" in summary
+    assert "FAIL         DDIM-50 img/s, compiled >= 200: 180.0" in summary

@@ -226,3 +226,14 @@ def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
     assert np.isfinite(rec["metrics"]["swd"]["value"])
     assert rec["protocol"]["feature_network_sha256"] is None and rec["weights"] == {}
     assert "SWD x1e3" in out and "missing" in out and "inception-2015-12-05.pt" in out
+
+
+def test_compiled_sampling_draws_the_same_images(trained, tmp_path):
+    """--compile (sample.compile) wraps the network in torch.compile; the images agree up to rounding."""
+    run, _ = trained
+    model = load_for_inference(RunDir(run), SampleOptions(compile=True), CPU)
+    assert model.cfg.compile and isinstance(model.net.net, torch._dynamo.eval_frame.OptimizedModule)
+    assert not load_for_inference(RunDir(run), SampleOptions(), CPU).cfg.compile  # the recipe's default
+    eager = _draw(run, tmp_path / "eager", 2)
+    compiled = _draw(run, tmp_path / "compiled", 2, compile=True)
+    assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1

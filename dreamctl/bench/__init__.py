@@ -64,7 +64,7 @@ def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: in
     if what == "variants" or (what in ("train", "all") and variants):
         result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s)
     if what in ("sample", "all"):
-        result["sample"] = bench_sample(recipe, rt, batches=sample_batches)
+        result["sample"] = bench_sample(recipe, rt, batches=sample_batches, compare_compile=variants)
         result["inception"] = bench_inception(rt, batch_size=recipe.train.batch_size,
                                               resolution=recipe.data.resolution)
     if what in ("data", "all"):

@@ -1,4 +1,4 @@
-"""The benchmark's sections: training steps, CUDA variants, sampling, Inception features."""
+"""The benchmark's sections: training steps, CUDA variants, sampling (eager and compiled), Inception features."""
 
 from __future__ import annotations
 
@@ -103,8 +103,11 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int,
             "note": "all four models stay resident: compare step_extra_bytes (the peak less what was resident)"}
 
 
-def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1) -> dict[str, Any]:
-    """DDIM-50 img/s through generate(): a fresh model (no EMA copy), eval mode, no autograd."""
+def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
+                 compare_compile: bool = False) -> dict[str, Any]:
+    """DDIM-50 img/s through generate(), as `dreamctl sample` runs it: one model (no EMA copy), eval
+    mode, no autograd, the recipe's sample.compile. With `compare_compile`, the other compile
+    setting too, on the same weights, batches interleaved; its first batch (the compile) timed apart."""
     from dreamctl.generate import generate
     from dreamctl.models import build_model
     from dreamctl.runtime import Autocast
@@ -113,26 +116,32 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1) 
     model = build_model(recipe.model, recipe.data.resolution).to(rt.device).eval().requires_grad_(False)
     if recipe.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = Autocast(torch.compile(model) if recipe.train.compile else model, rt).eval()
     cfg = recipe.sample.model_copy(update={"sampler": "ddim", "steps": SAMPLE_STEPS, "eta": 0.0, "t_start": None})
     b, schedule = recipe.train.batch_size, schedule_for(recipe.diffusion)
+    settings = [recipe.sample.compile] + ([not recipe.sample.compile] if compare_compile else [])
 
-    def run(k: int) -> None:
-        generate(net, schedule, list(range(k * b, (k + 1) * b)), image_size=recipe.data.resolution, cfg=cfg,
-                 device=rt.device, batch_size=b)
+    def runner(compiled: bool):
+        net = Autocast(torch.compile(model) if compiled else model, rt).eval()
+        return lambda k: generate(net, schedule, list(range(k * b, (k + 1) * b)), image_size=recipe.data.resolution,
+                                  cfg=cfg, device=rt.device, batch_size=b)
 
-    for k in range(warmup):
-        run(k)
-    seconds = []
-    for k in range(batches):
-        sync(rt.device)
+    runs, first_s = {}, {}
+    for compiled in settings:
+        name = "compiled" if compiled else "eager"
+        runs[name] = runner(compiled)
         t0 = time.perf_counter()
-        run(warmup + k)  # generate() ends with a copy to the CPU, so this is synchronous
-        seconds.append(time.perf_counter() - t0)
-    med = statistics.median(seconds)
+        runs[name](0)  # generate() ends with a copy to the CPU, so this is synchronous
+        first_s[name] = round(time.perf_counter() - t0, 1)
+    raw = interleaved(runs, rt.device, warmup=max(warmup - 1, 0), rounds=batches)
+    own = "compiled" if recipe.sample.compile else "eager"
+    summary = summarize(raw, b, rt.device.type == "cuda", reference=own)
+    rows = {name: {"img_per_s": r["img_per_s"], "batch_s_median": round(r["step_ms_median"] / 1e3, 3),
+                   "time_ratio": r["step_time_ratio"], "first_batch_s": first_s[name],
+                   "peak_memory_bytes": r["peak_memory_bytes"]} for name, r in summary.items()}
     return {"sampler": f"ddim-{SAMPLE_STEPS} (eta 0)", "batch_size": b, "precision": rt.precision,
-            "compile": recipe.train.compile, "batches": batches, "batch_s_median": round(med, 3),
-            "img_per_s": round(b / med, 1),
+            "compile": recipe.sample.compile, "batches": summary[own]["rounds"],
+            "batch_s_median": rows[own]["batch_s_median"], "img_per_s": rows[own]["img_per_s"], "rows": rows,
+            "reference": own,
             "includes": "per-seed initial noise drawn on the CPU and the uint8 copy back, as `dreamctl sample`"}
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from dreamctl import atomic
+from dreamctl.cli import options
 from dreamctl.cli.common import console
 
 
@@ -18,13 +19,13 @@ def command(
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe [default: tiny on cpu, "
                                                   "conservative on cuda].")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch [default: the recipe's].")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda [default: cuda if available].")] = None,
+    device: options.Device = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Timed rounds (each runs every variant "
                                                  "once) [default: 12 on cpu, 20 on cuda].")] = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
     sample_batches: Annotated[int, typer.Option("--sample-batches", min=1, help="Timed DDIM-50 batches.")] = 2,
     variants: Annotated[bool, typer.Option("--variants/--no-variants", help="With train: also eager/compile, "
-                                           "bf16/fp32, channels_last (CUDA).")] = True,
+                                           "bf16/fp32, channels_last (CUDA); with sample: eager and compiled.")] = True,
     budget: Annotated[Optional[float], typer.Option("--budget-s", help="Stop timing a section after the round "
                                                     "that passes this many seconds.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="JSON file [default: bench-WHAT-DEVICE.json].")] = None,
@@ -106,12 +107,17 @@ def render(result: dict[str, Any]) -> None:
                                       "the resident models)", variants, mem="step_extra"))
             firsts = ", ".join(f"{n} {r['first_step_s']} s" for n, r in variants["rows"].items())
             console.print(f"first step (compile, autotuning): {firsts}", markup=False, highlight=False)
-    for key, label in (("sample", "DDIM-50 sampling"), ("inception", "Inception features")):
-        if key in result:
-            sec = result[key]
-            text = f"skipped: {sec['skipped']}" if "skipped" in sec else f"{sec['img_per_s']:.1f} img/s " \
-                f"(batch {sec['batch_size']}; {sec['includes']})"
-            console.print(f"{label}: {text}", markup=False, highlight=False)
+    if "sample" in result:
+        sec = result["sample"]
+        for name, row in sec["rows"].items():
+            console.print(f"DDIM-50 sampling, {name}: {row['img_per_s']:.1f} img/s, time {_x(row['time_ratio'])} "
+                          f"of {sec['reference']}, first batch {row['first_batch_s']} s (batch {sec['batch_size']}; "
+                          f"{sec['includes']})", markup=False, highlight=False)
+    if "inception" in result:
+        sec = result["inception"]
+        text = f"skipped: {sec['skipped']}" if "skipped" in sec else f"{sec['img_per_s']:.1f} img/s " \
+            f"(batch {sec['batch_size']}; {sec['includes']})"
+        console.print(f"Inception features: {text}", markup=False, highlight=False)
     if "data" in result:
         d = result["data"]
         console.print(f"data (per core): shard loader {d['shard_loader_img_per_s_per_core']} img/s, ImageFolder "
@@ -137,7 +143,8 @@ def print_summary(paths: list[str]) -> None:
     results = [json.loads(Path(p).read_text()) for p in paths if Path(p).is_file()]
     lines = []
     for res in results:
-        setting = f"{res['recipe']}, batch {res['batch_size']}, {res['precision']}" + (", compiled" if res["compile"] else "")
+        base = f"{res['recipe']}, batch {res['batch_size']}, {res['precision']}"
+        setting = base + (", compiled" if res["compile"] else "")  # the training step's setting
         for key in ("train", "variants"):
             sec = res.get(key, {})
             if "skipped" in sec:
@@ -151,11 +158,14 @@ def print_summary(paths: list[str]) -> None:
         if nv:
             lines.append(f"train [{setting}] dream_conservative vs naive: time {_x(nv['ours_over_naive_step_time'])}, "
                          f"peak memory {_x(nv['ours_over_naive_peak_memory'])}")
-        for key in ("sample", "inception"):
-            sec = res.get(key)
-            if sec:
-                what = sec["skipped"] if "skipped" in sec else f"{sec['img_per_s']:.1f} img/s"
-                lines.append(f"{key} [{setting}] {sec.get('sampler', sec.get('network', ''))}: {what}")
+        sec = res.get("sample")
+        for name, row in (sec or {}).get("rows", {}).items():
+            lines.append(f"sample [{base}, {name}] {sec['sampler']}: {row['img_per_s']:.1f} img/s, "
+                         f"time {_x(row['time_ratio'])} of {sec['reference']}")
+        sec = res.get("inception")
+        if sec:
+            what = sec["skipped"] if "skipped" in sec else f"{sec['img_per_s']:.1f} img/s"
+            lines.append(f"inception [{base}] {sec.get('network', '')}: {what}")
         if "data" in res:
             d = res["data"]
             lines.append(f"data: shard loader {d['shard_loader_img_per_s_per_core']} img/s per core, ImageFolder "

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from dreamctl.cli import options
 from dreamctl.cli.common import console, err_console
 from dreamctl.cli.sample import STOPPED, SampleProgress
 
@@ -46,17 +47,18 @@ def command(
     ref_num: Optional[int] = typer.Option(None, "--ref-num", help="First N images of the split [default: --num]."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of fid,kid,is,lpips,swd,pixel_fd "
                                           "[default: eval.metrics]. Named metrics need their weights."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or ddpm [default: sample.sampler]."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps [default: the recipe's; ddpm: all T]."),
-    eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta."),
-    t_start: Optional[int] = typer.Option(None, "--t-start", help="First (largest) timestep [default: T - T//steps]."),
+    sampler: options.Sampler = None,
+    steps: options.Steps = None,
+    eta: options.Eta = None,
+    t_start: options.TStart = None,
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the samples [default: eval.seed]."),
-    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="EMA or raw weights [default: sample.use_ema]."),
-    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="Checkpoint step [default: the newest]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sampling batch [default: sample.batch_size]."),
+    ema: options.Ema = None,
+    checkpoint: options.Checkpoint = None,
+    batch_size: options.BatchSize = None,
+    compile: options.Compile = None,
     strict_weights: bool = typer.Option(False, "--strict-weights", help="Fail (exit 2) when any metric's weights "
                                         "are missing, even for metrics taken from the recipe."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda if available]."),
+    device: options.Device = None,
 ) -> int:
     """Generate (or reuse) samples and write eval/<protocol>.json with FID, KID, IS, LPIPS, SWD, pixel FD."""
     from dreamctl import runtime
@@ -64,7 +66,7 @@ def command(
     from dreamctl.sampling import SampleOptions
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
-                         checkpoint=checkpoint, seed=seed)
+                         compile=compile, checkpoint=checkpoint, seed=seed)
     names = None if metrics is None else metrics.split(",")
     rt = runtime.setup("auto", device)
     try:

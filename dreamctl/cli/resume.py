@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from dreamctl.cli import options
 from dreamctl.cli.progress import run_training
 
 
@@ -17,7 +17,7 @@ def command(
     set_: list[str] = typer.Option([], "--set", help="Change a setting that does not alter the past "
                                    "(train.epochs, train.max_steps, logging, sample.*, eval.*)."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Start this many processes with torchrun."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda if available]."),
+    device: options.Device = None,
 ) -> int:
     """Continue a run from its newest valid checkpoint."""
     from dreamctl import runtime

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from dreamctl.cli import options
 from dreamctl.cli.common import console, err_console
 
 STOPPED = "stopped: the images written so far are kept; rerun the same command to draw the rest"
@@ -47,19 +48,19 @@ class SampleProgress:
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
     num: int = typer.Option(..., "--num", "-n", help="Number of images; image i comes from seed + i."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddim or ddpm [default: sample.sampler]."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps [default: the recipe's; ddpm: all T]."),
-    eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta (0 deterministic, 1 DDPM-like)."),
-    t_start: Optional[int] = typer.Option(None, "--t-start", help="First (largest) timestep [default: T - T//steps]."),
+    sampler: options.Sampler = None,
+    steps: options.Steps = None,
+    eta: options.Eta = None,
+    t_start: options.TStart = None,
     seed: int = typer.Option(0, "--seed", help="Base seed."),
-    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="EMA or raw weights [default: sample.use_ema]."),
-    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="Checkpoint step [default: the newest]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch [default: sample.batch_size; "
-                                             "halved on GPU out-of-memory]."),
+    ema: options.Ema = None,
+    checkpoint: options.Checkpoint = None,
+    batch_size: options.BatchSize = None,
+    compile: options.Compile = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: RUN_DIR/samples/<settings>]."),
     grid: Optional[Path] = typer.Option(None, "--grid", help="Also write the grid of the first 64 images here."),
     npz: bool = typer.Option(False, "--npz", help="Also write all images as one uint8 .npz (key 'images')."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda if available]."),
+    device: options.Device = None,
 ) -> int:
     """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
     from dreamctl import runtime
@@ -69,7 +70,7 @@ def command(
     from dreamctl.training.rundir import RunDir
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
-                         checkpoint=checkpoint, seed=seed)
+                         compile=compile, checkpoint=checkpoint, seed=seed)
     rt = runtime.setup("auto", device)
     try:
         model = load_for_inference(RunDir(run_dir), opts, rt)

@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from dreamctl.cli import options
 from dreamctl.cli.common import console
 from dreamctl.cli.progress import run_training
 from dreamctl.config import flat_items, load_recipe, recipe_to_yaml
@@ -25,7 +26,7 @@ def command(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and the cost; train nothing."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Start this many processes with torchrun."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [default: cuda if available]."),
+    device: options.Device = None,
 ) -> int:
     """Train a recipe on prepared data into a run folder."""
     overrides = list(set_)

@@ -1,0 +1,27 @@
+"""Options shared by several commands, each defined once (flag, type and help text).
+
+A sampling option left out (None) means "the run recipe's `sample` section decides", so
+`dreamctl sample` and `dreamctl evaluate` read the same defaults from the same place.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda [default: cuda if available].")]
+
+Sampler = Annotated[Optional[str], typer.Option("--sampler", help="ddim or ddpm [default: sample.sampler].")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps [default: the recipe's; ddpm: all T].")]
+Eta = Annotated[Optional[float], typer.Option("--eta", help="DDIM eta (0 deterministic, 1 DDPM-like) "
+                                                         "[default: sample.eta].")]
+TStart = Annotated[Optional[int], typer.Option("--t-start", help="First (largest) timestep [default: T - T//steps].")]
+Ema = Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="EMA or raw weights [default: sample.use_ema].")]
+Checkpoint = Annotated[Optional[int], typer.Option("--checkpoint", help="Checkpoint step [default: the newest].")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch [default: sample.batch_size; "
+                                                                      "halved on GPU out-of-memory].")]
+Compile = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", help="torch.compile the network: a minute or two of compiling that pays on a GPU for "
+                                   "thousands of images [default: sample.compile].")]
+
