@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from collections.abc import Callable
+from rich.progress import TextColumn
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from dreamctl.cli.common import console, err_console
+from dreamctl.cli.common import console, err_console, progress_bar
 
 
 class StopRequest:
@@ -53,9 +51,7 @@ class TrainingDisplay:
         self.enabled = enabled
         self.tensorboard = tensorboard.TensorBoardSink(run_root / "tensorboard") \
             if enabled and tensorboard.available() else None
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"), console=console, disable=not enabled)
+        self.progress = progress_bar(enabled, TextColumn("{task.fields[info]}"))
         self.task = None
         self.run_root = run_root
 

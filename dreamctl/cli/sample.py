@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console, err_console
+from dreamctl.cli.common import console, err_console, progress_bar
 
 STOPPED = "stopped: the images written so far are kept; rerun the same command to draw the rest"
 
@@ -19,9 +18,7 @@ class SampleProgress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn(), console=console, disable=not enabled)
+        self.progress = progress_bar(enabled)
         self.task = None
 
     def __enter__(self) -> SampleProgress:
