@@ -33,8 +33,13 @@ export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 if ! "$py" -c "import pydantic" 2>/dev/null; then
     for wheels in "${WHEELS:-}" wheels .whl; do
         if [ -n "$wheels" ] && [ -d "$wheels" ]; then
-            echo "installing pydantic from $wheels" | tee -a "$log"
-            "$py" -m pip install -q --no-index --find-links "$wheels" pydantic 2>&1 | tee -a "$log"
+            # Into a folder of its own: a system Python may refuse installs (PEP 668), and nothing
+            # already installed is touched.
+            site=$(mktemp -d)
+            echo "installing pydantic from $wheels into $site" | tee -a "$log"
+            "$py" -m pip install -q --no-index --no-compile --find-links "$wheels" --target "$site" pydantic 2>&1 \
+                | tee -a "$log"
+            export PYTHONPATH=$PYTHONPATH:$site  # after the repository, so dreamctl comes from here
             break
         fi
     done

@@ -111,3 +111,15 @@ def test_ddpm_sampling_options_on_a_recipe_with_t_start():
         load_recipe("tiny", ["sample.sampler=ddpm", "sample.steps=1000"])
     cfg = sample_config(tiny, SampleOptions(sampler="ddpm"), "tiny")
     assert (cfg.sampler, cfg.steps, cfg.t_start, cfg.eta) == ("ddpm", 1000, None, 1.0)  # what DDPM really does
+
+
+def test_cli_starts_without_torch_or_matplotlib():
+    """Every command's module loads lazily: `dreamctl --help` and argument errors come back at once,
+    and `compare` without --plot needs no matplotlib (the GPU machine's Python may lack it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dreamctl.cli; heavy = {'torch', 'matplotlib'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

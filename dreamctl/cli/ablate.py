@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from dreamctl.cli.common import console, err_console
 from dreamctl.errors import ConfigError
-from dreamctl.experiments.ablate import Plan, make_plan
-from dreamctl.experiments.spec import parse_spec
-from dreamctl.experiments.execute import execute, plan_rows, plan_totals
+
+if TYPE_CHECKING:
+    from dreamctl.experiments.ablate import Plan
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
@@ -29,6 +29,8 @@ def _fmt(value: int | None) -> str:
 
 
 def _print_plan(plan: Plan) -> None:
+    from dreamctl.experiments.execute import plan_rows, plan_totals
+
     spec = plan.spec
     count = f"{plan.data_count:,} training images" if plan.data_count else "not prepared yet (costs from data.limit, else unknown)"
     console.print(f"[bold]ablation {spec.name}[/bold]  spec {spec.path}  out {spec.out}", highlight=False)
@@ -59,6 +61,10 @@ def command(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (overrides the spec).")] = None,
 ) -> None:
     """Run a grid of recipe overrides: train what is new, resume what was interrupted, evaluate, report."""
+    from dreamctl.experiments.ablate import make_plan
+    from dreamctl.experiments.execute import execute
+    from dreamctl.experiments.spec import parse_spec
+
     parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None)
     plan = make_plan(parsed)
     _print_plan(plan)

@@ -14,7 +14,6 @@ from dreamctl.cli.common import console
 from dreamctl.experiments.compare import Comparison, compare_runs
 from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
                                          protocol_ids, to_csv, to_json, to_markdown)
-from dreamctl.experiments.plots import write_figures
 from dreamctl.experiments.runs import read_run
 
 
@@ -83,5 +82,7 @@ def command(
     else:
         typer.echo(json.dumps(to_json(comp), indent=2))
     if plot is not None:
+        from dreamctl.experiments.plots import write_figures  # matplotlib: only when plotting
+
         for path in write_figures(runs, plot, comp):
             typer.echo(f"wrote {path}", err=True)

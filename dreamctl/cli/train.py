@@ -15,7 +15,6 @@ from dreamctl.cli import options
 from dreamctl.cli.common import console
 from dreamctl.cli.progress import run_training
 from dreamctl.config import flat_items, load_recipe, recipe_to_yaml
-from dreamctl.diffusion.losses import STEP_COST
 from dreamctl.errors import DataError
 
 
@@ -55,6 +54,7 @@ def command(
 
 
 def _dry_run(recipe) -> int:
+    from dreamctl.diffusion.losses import STEP_COST
     from dreamctl.models import build_model, count_parameters
 
     console.print(recipe_to_yaml(recipe), markup=False, highlight=False)
