@@ -104,12 +104,33 @@ def test_inception_loads_from_weights_folder_and_records_hash(wdir):
         weights.require(weights.INCEPTION)
 
 
-def test_garbage_inception_file_is_a_weights_error(wdir):
+def test_garbage_inception_file_is_a_weights_error(wdir, capsys):
+    """No digest is published for Inception: before its first load, its layout is checked at least."""
+    from dreamctl.cli import main
+
     wdir.mkdir(parents=True)
-    (wdir / weights.INCEPTION).write_bytes(b"garbage")
-    with pytest.raises(WeightsError, match="does not load") as info:
+    (wdir / weights.INCEPTION).write_bytes(np.random.default_rng(0).bytes(1000))
+    assert not weights.status(weights.INCEPTION).intact
+    with pytest.raises(WeightsError, match="not a TorchScript archive") as info:
         InceptionFeatureNet()
     assert weights.REGISTRY[weights.INCEPTION].url in str(info.value)
+    assert not (wdir / f"{weights.INCEPTION}.sha256.json").exists()
+    main(["weights"])
+    assert f"{weights.INCEPTION}  [CORRUPT]" in capsys.readouterr().out
+
+
+def test_a_zip_that_is_not_inception_fails_at_its_first_load(wdir, capsys):
+    """A well-formed TorchScript archive passes the layout check, unverified, and fails when loaded."""
+    from dreamctl.cli import main
+
+    wdir.mkdir(parents=True)
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(wdir / weights.INCEPTION))
+    st = weights.status(weights.INCEPTION)
+    assert st.intact and not st.verified
+    main(["weights"])
+    assert "[ok: its sha256 is recorded at its first successful load]" in capsys.readouterr().out
+    with pytest.raises(WeightsError, match="does not load|output.weight"):
+        InceptionFeatureNet()
     assert not (wdir / f"{weights.INCEPTION}.sha256.json").exists()
 
 

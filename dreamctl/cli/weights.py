@@ -25,7 +25,8 @@ def command(
     _say(f"weights folder: {weights.weights_dir()}  (set DREAMCTL_WEIGHTS to change it)")
     statuses = weights.status_all()
     for st in statuses:
-        state = "ok" if st.intact else ("CORRUPT" if st.present else "missing")
+        state = "ok" if st.verified else "ok: its sha256 is recorded at its first successful load" if st.intact \
+            else ("CORRUPT" if st.present else "missing")
         _say(f"\n{st.name}  [{state}]  used by: {', '.join(st.used_by)}")
         _say(f"  address:  {st.url}")
         _say(f"  path:     {st.path}")

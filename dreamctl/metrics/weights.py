@@ -13,6 +13,7 @@ import json
 import os
 import time
 import urllib.request
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,8 @@ class WeightStatus:
     expected: str  # full digest, "prefix <hex>", or the first-use record / "recorded on first use"
     actual: str | None  # sha256 of the file present, None when absent
     present: bool
-    intact: bool
+    intact: bool  # hashes as expected; a file with no digest yet: at least a well-formed TorchScript archive
+    verified: bool  # intact by its digest, not only by its layout
 
 
 def weights_dir(root: Path | None = None) -> Path:
@@ -150,7 +152,22 @@ def _matches(entry: WeightFile, path: Path, actual: str) -> bool:
     if entry.sha256_prefix:
         return actual.startswith(entry.sha256_prefix)
     recorded = _recorded(path)
-    return recorded is None or actual == recorded
+    # No digest known yet: check the layout at least (random bytes or an HTML error page fail);
+    # the first successful load records the digest, and every later check compares against it.
+    return _is_torchscript(path) if recorded is None else actual == recorded
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip holding <name>/constants.pkl and <name>/code/."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _has_digest(entry: WeightFile, path: Path) -> bool:
+    return entry.sha256 is not None or entry.sha256_prefix is not None or _recorded(path) is not None
 
 
 def status(name: str, root: Path | None = None) -> WeightStatus:
@@ -160,7 +177,9 @@ def status(name: str, root: Path | None = None) -> WeightStatus:
     present = path.is_file()
     actual = sha256_file(path) if present else None
     intact = present and actual is not None and _matches(entry, path, actual)
-    return WeightStatus(name, path, entry.url, entry.used_by, _expected(entry, path), actual, present, intact)
+    verified = intact and _has_digest(entry, path)
+    return WeightStatus(name, path, entry.url, entry.used_by, _expected(entry, path), actual, present, intact,
+                        verified)
 
 
 def status_all(root: Path | None = None) -> list[WeightStatus]:
@@ -183,10 +202,10 @@ def require(name: str, root: Path | None = None) -> Path:
     if not st.present:
         raise WeightsError(f"weight file {name} is missing (needed by {', '.join(st.used_by)}): {_how_to_fix(st, bundled)}")
     if not st.intact:
-        raise WeightsError(
-            f"weight file {name} at {st.path} is corrupt: sha256 {st.actual} does not match expected {st.expected}; "
-            f"delete it, then {_how_to_fix(st, bundled)}"
-        )
+        what = (f"sha256 {st.actual} does not match expected {st.expected}" if _has_digest(_entry(name), st.path)
+                else "not a TorchScript archive (truncated, or another file under its name)")
+        raise WeightsError(f"weight file {name} at {st.path} is corrupt: {what}; delete it, then "
+                           f"{_how_to_fix(st, bundled)}")
     return st.path
 
 
