@@ -38,27 +38,32 @@ data-celeba: $(BIN)/.installed  ## CELEBA=path: CelebA -> data/celeba64 shards, 
 	$(BIN)/dreamctl prepare-data --source celeba --root $(CELEBA) --out $(DATA) --resolution 64 --crop center:178
 
 reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (1 H100: see docs/benchmarks.md)
+	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl train --recipe conservative --data $(DATA) --run-dir $(RUNS)/conservative
-	$(BIN)/dreamctl evaluate $(RUNS)/conservative --num 5000 --ref train
+	$(BIN)/dreamctl evaluate $(RUNS)/conservative --num 5000 --ref train --strict-weights
 
 reproduce-aggressive: $(BIN)/.installed  ## the study's aggressive variant (1 H100)
+	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl train --recipe aggressive --data $(DATA) --run-dir $(RUNS)/aggressive
-	$(BIN)/dreamctl evaluate $(RUNS)/aggressive --num 5000 --ref train
+	$(BIN)/dreamctl evaluate $(RUNS)/aggressive --num 5000 --ref train --strict-weights
 
 reproduce-baseline: $(BIN)/.installed  ## plain DDPM with the study's network and settings (1 H100)
+	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl train --recipe baseline --data $(DATA) --run-dir $(RUNS)/baseline
-	$(BIN)/dreamctl evaluate $(RUNS)/baseline --num 5000 --ref train
+	$(BIN)/dreamctl evaluate $(RUNS)/baseline --num 5000 --ref train --strict-weights
 
 reproduce-dream: $(BIN)/.installed  ## DREAM as published (Zhou et al. 2024), p = 1 (1 H100)
+	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl train --recipe dream --data $(DATA) --run-dir $(RUNS)/dream
-	$(BIN)/dreamctl evaluate $(RUNS)/dream --num 5000 --ref train
+	$(BIN)/dreamctl evaluate $(RUNS)/dream --num 5000 --ref train --strict-weights
 
 reproduce-ddpm-ip: $(BIN)/.installed  ## DDPM-IP input perturbation, gamma 0.1 (1 H100)
+	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl train --recipe ddpm-ip --data $(DATA) --run-dir $(RUNS)/ddpm-ip
-	$(BIN)/dreamctl evaluate $(RUNS)/ddpm-ip --num 5000 --ref train
+	$(BIN)/dreamctl evaluate $(RUNS)/ddpm-ip --num 5000 --ref train --strict-weights
 
 ablate-study: $(BIN)/.installed  ## the study's comparison at equal images seen (5 full runs: days on 1 GPU)
 	$(BIN)/dreamctl ablate recipes/ablations/methods.yaml --data $(DATA)
 
 evaluate: $(BIN)/.installed  ## RUN=runs/NAME: FID/KID/IS/LPIPS/SWD at 5,000 samples vs train (1 GPU: ~10 min)
-	$(BIN)/dreamctl evaluate $(RUN)
+	$(BIN)/dreamctl evaluate $(RUN) --strict-weights

@@ -57,6 +57,8 @@ def setup(precision: str = "auto", device: str | None = None) -> Runtime:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise RunError(f"--device {device}: expected cpu or cuda (torchrun's LOCAL_RANK picks the GPU)")
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():

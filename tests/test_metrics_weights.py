@@ -186,3 +186,4 @@ def test_weights_cli_lists_files(wdir, capsys, monkeypatch):
     for name in weights.REGISTRY:
         assert name in out
     assert "missing" in out and str(wdir) in out and weights.REGISTRY[weights.INCEPTION].url in out
+    assert main(["weights", "--check"]) == 2  # for scripts: a long run checks its evaluation's files first

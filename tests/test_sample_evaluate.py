@@ -123,7 +123,8 @@ def test_sample_refuses_what_the_recipe_schema_refuses(trained, tmp_path, capsys
     run, _ = trained
     for args, key in ((["--sampler", "ddpm", "--steps", "5"], "sample.sampler"),
                       (["--steps", "5000"], "sample.steps"), (["--t-start", "1000"], "sample.t_start"),
-                      (["--sampler", "euler"], "sample.sampler"), (["--checkpoint", "3"], "no checkpoint for step 3")):
+                      (["--sampler", "euler"], "sample.sampler"), (["--checkpoint", "3"], "no checkpoint for step 3"),
+                      (["--device", "tpu"], "--device tpu: expected cpu or cuda")):
         assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "x"), *args]) == 2, args
         assert key in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

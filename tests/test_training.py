@@ -122,7 +122,21 @@ def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
     assert main(["resume", str(run), "--set", "optim.lr=0.1"]) == 2
     assert "resume cannot change 'optim.lr'" in capsys.readouterr().err
+    assert main(["resume", str(run), "--set", "train.nosuch=1"]) == 2
+    assert "unknown setting 'train.nosuch'" in capsys.readouterr().err
     assert main(["resume", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_resume_refuses_data_that_changed_since_the_start(tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare = ["prepare-data", "--source", "synthetic", "--count", "80", "--resolution", "32", "--out", str(data)]
+    assert main(prepare) == 0
+    assert train(run, data, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    assert main(prepare + ["--seed", "5", "--overwrite"]) == 0  # other faces under the same path
+    before = (run / "run.json").read_text()
+    assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 2
+    assert "changed since this run started" in capsys.readouterr().err
+    assert (run / "run.json").read_text() == before and len(list_checkpoints(run / "checkpoints")) == 1
 
 
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir):

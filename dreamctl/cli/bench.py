@@ -40,8 +40,6 @@ def command(
 
     if what not in bench.SECTIONS:
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(bench.SECTIONS)}")
-    if device not in (None, "cpu", "cuda"):
-        raise RunError(f"--device {device}: expected cpu or cuda")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = list(set_) + ([f"train.batch_size={batch_size}"] if batch_size else [])
     resolved = load_recipe(recipe or bench.default_recipe(dev), overrides)

@@ -17,6 +17,8 @@ def _say(text: str) -> None:
 
 def command(
     download: Annotated[bool, typer.Option("--download", help="Fetch missing or corrupt files (needs internet).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit with code 2 when any file is missing or corrupt "
+                                        "(for scripts: check before a long run whose evaluation needs them).")] = False,
 ) -> None:
     """List each metric weight file: address, sha256 (expected/actual), present and intact."""
     if download:
@@ -36,3 +38,5 @@ def command(
     if bad:
         _say(f"\n{len(bad)} file(s) missing or corrupt: {', '.join(bad)}. Put each at its path, "
              "or run `dreamctl weights --download` where there is internet.")
+    if check and bad:
+        raise typer.Exit(2)

@@ -14,7 +14,7 @@ import torch
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_recipe
+from dreamctl.config import Recipe, apply_overrides, flat_items, recipe_to_yaml, validate_recipe
 from dreamctl.data.loader import ImageSet, open_split
 from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime, barrier, peak_memory_bytes
@@ -78,12 +78,15 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
 
 def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recipe:
     """The run's recipe with the allowed overrides applied; others are refused with the reason."""
+    recipe = run.recipe()
+    known = flat_items(recipe)
     for text in overrides:
         key = text.partition("=")[0].strip()
+        if key not in known:
+            raise RunError(f"resume --set {text}: unknown setting '{key}' (see the run's {run.recipe_file})")
         if not key.startswith(RESUMABLE_KEYS):
             raise RunError(f"resume cannot change '{key}': it would change the steps already taken. "
                            f"Allowed: {', '.join(RESUMABLE_KEYS)}; start a new run with `dreamctl train` instead")
-    recipe = run.recipe()
     if not overrides:
         return recipe
     raw = apply_overrides(recipe.model_dump(mode="json"), overrides)
@@ -98,6 +101,11 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
     """
     recipe = resumed_recipe(run, overrides)
     images = _open_data(recipe, rt)
+    started_on = run.info().get("data_manifest_sha256")
+    if started_on is not None and started_on != images.manifest_sha256:
+        raise RunError(f"the data in {recipe.data.path} changed since this run started (its content hash "
+                       f"{images.manifest_sha256[:12]}… is not {started_on[:12]}… in {run.run_file}): resuming would "
+                       f"not continue the same run; restore that data, or start a new run with `dreamctl train`")
     with run.lock() if rt.is_main else nullcontext():
         if rt.is_main:
             for stale in run.checkpoints.glob("*.tmp"):  # a write cut short; the previous checkpoint is intact
