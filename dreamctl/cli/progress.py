@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.progress import TextColumn
 
 from dreamctl.cli.common import console, err_console, progress_bar
@@ -16,6 +17,7 @@ from dreamctl.cli.common import console, err_console, progress_bar
 class StopRequest:
     def __init__(self) -> None:
         self.count = 0
+        self.signum = signal.SIGINT  # the first signal received (SIGINT when another rank asked to stop)
 
     def requested(self) -> bool:
         return self.count > 0
@@ -29,6 +31,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
     def handler(signum: int, frame: Any) -> None:
         stop.count += 1
         if stop.count == 1:
+            stop.signum = signal.Signals(signum)
             err_console.print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
                               "(press Ctrl-C again to abort without one)")
         else:
@@ -89,7 +92,11 @@ class TrainingDisplay:
 
 
 def run_training(run_root: Path, rt: Any, session: Callable[..., str]) -> None:
-    """Run `session(on_event=..., should_stop=...)` with the display and signal handling; tear down after."""
+    """Run `session(on_event=..., should_stop=...)` with the display and signal handling; tear down after.
+
+    A run stopped by a signal exits with 128 + its number (130 for Ctrl-C, 143 for SIGTERM), after
+    its checkpoint, so a script running `train && sample` does not go on with a half-trained run.
+    """
     from dreamctl import runtime
 
     try:
@@ -99,3 +106,5 @@ def run_training(run_root: Path, rt: Any, session: Callable[..., str]) -> None:
             display.finish(status, run_root)
     finally:
         runtime.teardown(rt)
+    if status == "interrupted":
+        raise typer.Exit(128 + int(stop.signum))
