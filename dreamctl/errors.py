@@ -28,3 +28,7 @@ class WeightsError(DreamctlError):
 
 class RunError(DreamctlError):
     """A run cannot start or continue (locked folder, NaN loss, refused override)."""
+
+
+class DreamctlWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one line)."""

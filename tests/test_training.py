@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from dreamctl.cli import main
@@ -71,15 +70,21 @@ def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
     assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
 
 
-def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data_dir):
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0
     newest = list_checkpoints(run / "checkpoints")[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
-    with pytest.warns(UserWarning, match=newest.name):
-        assert main(["resume", str(run), "--set", "train.max_steps=12"]) == 0
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "train.max_steps=12"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and newest.name in warning[0] and "cannot be read" in warning[0]
     assert train(tmp_path / "straight", synthetic_data_dir, TINY + ["train.max_steps=12"], recipe="tiny") == 0
     assert_identical(final_weights(run), final_weights(tmp_path / "straight"))
+    for path in list_checkpoints(run / "checkpoints"):
+        path.write_bytes(b"")
+    assert main(["resume", str(run)]) == 2
+    assert "every checkpoint" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_without_poisoned_checkpoint(tmp_path, synthetic_data_dir, monkeypatch, capsys):

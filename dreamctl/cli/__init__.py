@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 
 from dreamctl.cli.common import err_console
-from dreamctl.errors import DreamctlError
+from dreamctl.errors import DreamctlError, DreamctlWarning
 
 app = typer.Typer(
     name="dreamctl",
@@ -46,8 +47,20 @@ for _name, _module in COMMANDS:
     app.command(_name, help=_mod.command.__doc__)(_mod.command)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """dreamctl's own warnings as one line; any other keeps Python's format (it points at code)."""
+    if issubclass(category, DreamctlWarning):
+        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting."""
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         app(args=argv, prog_name="dreamctl")  # standalone mode: usage errors exit 2 through SystemExit
     except SystemExit as exit_:
@@ -56,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except DreamctlError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2
+    finally:
+        warnings.showwarning = shown
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

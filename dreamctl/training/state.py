@@ -21,7 +21,7 @@ from torch import nn
 
 import dreamctl
 from dreamctl.atomic import atomic_path
-from dreamctl.errors import CheckpointError
+from dreamctl.errors import CheckpointError, DreamctlWarning
 
 CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -115,7 +115,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # any unreadable file is reported as a bad checkpoint, with its cause
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+        cause = str(err).strip().split("\n")[0].split(". ")[0]  # torch's first sentence; the rest is advice
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {cause})") from err
     missing = {"model", "ema", "optimizer", "step", "rng", "recipe"} - set(ckpt)
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: not a dreamctl training checkpoint")
@@ -131,6 +132,6 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         try:
             return path, load_checkpoint(path, map_location)
         except CheckpointError as err:
-            warnings.warn(f"skipping unreadable checkpoint {path.name}: {err}; falling back to an older one",
-                          stacklevel=2)
-    raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)})")
+            warnings.warn(f"skipping it: {err}", DreamctlWarning, stacklevel=2)
+    raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)}): "
+                          f"this run cannot continue; start a new one with `dreamctl train --run-dir NEW_FOLDER`")
