@@ -326,3 +326,12 @@ def test_cli_prepares_verifies_and_fails_with_exit_2_and_one_line(synthetic_data
     assert main(["prepare-data", "--source", "celeba", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: CelebA files missing") and "\n" not in err
+
+
+def test_synthetic_resolution_too_small_writes_nothing(tmp_path, capsys):
+    from dreamctl.cli import main
+
+    out = tmp_path / "s"
+    assert main(["prepare-data", "--source", "synthetic", "--count", "8", "--resolution", "7", "--out", str(out)]) == 2
+    assert "resolution 7 is below 8" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

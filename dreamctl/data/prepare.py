@@ -29,6 +29,7 @@ import numpy as np
 from dreamctl import __version__
 from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, load_chunk, parse_crop
 from dreamctl import atomic
+from dreamctl.data import synthetic
 from dreamctl.data.shards import FORMAT, MANIFEST, file_sha256, shard_name, write_shard
 from dreamctl.data.sources import SPLITS, Listing
 from dreamctl.errors import DataError
@@ -177,6 +178,8 @@ def prepare_data(
     """Write `listing` into `out` as shards + manifest; resumes an unfinished run."""
     if resolution < 1 or shard_size < 1:
         raise DataError(f"--resolution ({resolution}) and --shard-size ({shard_size}) must be positive")
+    if listing.kind == "synthetic":  # before anything is written: a folder never holds a prepare that cannot finish
+        synthetic.check(resolution, listing.seed)
     if strict and listing.skipped:
         raise DataError(f"{listing.skipped[0].name}: {listing.skipped[0].reason} (--strict)")
     crop = resolve_crop(listing.kind, crop)

@@ -109,8 +109,8 @@ def split_shards(data_dir: Path, manifest: dict, split: str) -> list[ShardInfo]:
 
 def shard_error(shard: Path, what: str) -> DataError:
     return DataError(
-        f"shard {shard} {what}; check the folder with `dreamctl prepare-data --verify {shard.parent}` "
-        "and re-run prepare-data (with --overwrite) to rebuild it"
+        f"shard {shard} {what}; check the folder with `dreamctl prepare-data --verify {shard.parent}`, "
+        "then re-run the same prepare-data command: it rebuilds only the shards that fail"
     )
 
 

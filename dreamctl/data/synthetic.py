@@ -237,7 +237,8 @@ def _render(t: Traits, resolution: int) -> np.ndarray:
     return np.clip(out * _lighting(t, resolution), 0, 255).astype(np.uint8)
 
 
-def _check(resolution: int, seed: int, start: int = 0, count: int = 0) -> None:
+def check(resolution: int, seed: int, start: int = 0, count: int = 0) -> None:
+    """Refuse settings the faces cannot be drawn with, naming the setting."""
     for name, value, low in [("resolution", resolution, 8), ("seed", seed, 0),
                              ("index", start, 0), ("count", count, 0)]:
         if value < low:
@@ -246,13 +247,13 @@ def _check(resolution: int, seed: int, start: int = 0, count: int = 0) -> None:
 
 def draw_face(index: int, resolution: int, seed: int) -> Image.Image:
     """Face number ``index`` of the synthetic set ``seed``; depends only on (seed, index)."""
-    _check(resolution, seed, index)
+    check(resolution, seed, index)
     return Image.fromarray(_render(_sample_traits(np.random.default_rng([seed, index])), resolution))
 
 
 def draw_faces(count: int, resolution: int, seed: int, start: int = 0) -> np.ndarray:
     """Faces ``start .. start+count-1`` as uint8 of shape (count, resolution, resolution, 3)."""
-    _check(resolution, seed, start, count)
+    check(resolution, seed, start, count)
     out = np.empty((count, resolution, resolution, 3), dtype=np.uint8)
     for i in range(count):
         out[i] = _render(_sample_traits(np.random.default_rng([seed, start + i])), resolution)
