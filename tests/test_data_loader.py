@@ -9,6 +9,7 @@ import pickle
 import shutil
 
 import numpy as np
+import h5py
 import pytest
 import torch
 
@@ -64,6 +65,16 @@ def test_damaged_or_mismatched_shards_name_the_shard_and_the_fix(synthetic_data_
         open_split(data, "train")
     with pytest.raises(DataError, match="manifest.json not found"):
         open_split(tmp_path / "nothing", "train")
+
+
+def test_a_shard_changed_in_place_is_refused(synthetic_data_dir, tmp_path):
+    """Same size, same layout, other pixels: only its sha256 tells, and training must not use it."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    with h5py.File(data / "train-00000.h5", "r+") as f:
+        f["images"][0] = 255 - f["images"][0]
+    with pytest.raises(DataError, match=r"train-00000\.h5 does not hash to the sha256 in the manifest"):
+        open_split(data, "train")
 
 
 def _read_in_child(images, idx, queue):

@@ -14,6 +14,7 @@ depend on the number of ranks. No global RNG is touched.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -131,8 +132,8 @@ def open_split(data_dir: Path | str, split: str = "train", limit: int | None = N
         left -= counts[-1]
     shards = shards[: len(counts)]
     shape = tuple(manifest["image_shape"])
-    for shard in shards:
-        check_shard(shard, shape)
+    with ThreadPoolExecutor(min(8, len(shards))) as pool:  # hashing releases the GIL: shards in parallel
+        list(pool.map(lambda shard: check_shard(shard, shape), shards))
     budget = default_memory_budget() if memory_budget is None else memory_budget
     return ImageSet(data_dir, split, manifest, shards, counts, in_memory=sum(counts) * int(np.prod(shape)) <= budget)
 
