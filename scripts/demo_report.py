@@ -33,6 +33,18 @@ for run in sorted((out / "runs").iterdir()):
         lines.append(f"- `{run.name}` / `{data.get('protocol_id', ev.stem)}`:")
         for name, m in data.get("metrics", {}).items():
             lines.append(f"  - {name}: " + (f"{m['value']:.4g}" if "value" in m else f"missing ({m.get('missing')})"))
+
+# Did the conservative variant's rectification ever run? It starts at loss.start_epoch; a short
+# demo (DEMO_STEPS) may end before that, and then both runs trained identically.
+log = out / "runs" / "tiny-conservative" / "metrics.jsonl"
+records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+active = [r for r in records if r.get("lambda_mean", 0) > 0]
+if active:
+    switched = (f"- The conservative variant's rectification ran from about step {active[0]['step']} (epoch "
+                f"{active[0]['epoch']}), mean lambda up to {max(r['lambda_mean'] for r in active):.3f}.")
+else:
+    switched = (f"- The conservative variant's rectification NEVER ran: {steps} steps end before its loss.start_epoch, "
+                "so both runs trained identically (the same losses and samples); any table difference is none.")
 lines += ["", "## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures]
 lines += [
     "",
@@ -43,6 +55,7 @@ lines += [
     f"- It cannot show which method is better. {steps} steps of a sub-million-parameter network on synthetic",
     "  faces, one seed per method, is far from the study's 39,000 steps of a 54.85M network on CelebA; the",
     "  differences in the table are within what another seed would change.",
+    switched,
     f"- The metrics here are weight-free proxies on {num_eval} images: SWD (sliced Wasserstein distance on",
     "  Laplacian-pyramid patches, x1e3; sensitive to colour more than structure) and pixel FD (Frechet",
     "  distance on 8x8 downsampled pixels; ranks models roughly as a person would). Neither is FID, and",

@@ -17,6 +17,7 @@ def test_demo_runs_end_to_end_small(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "What this demo can and cannot show" in report and "pixel_fd" in report
+    assert "rectification NEVER ran" in report  # 3 steps end long before loss.start_epoch: said, not hidden
     for name in ("tiny-samples.png", "tiny-conservative-samples.png"):
         assert (out / name).stat().st_size > 1000
     assert any((out / "figures").glob("loss*.png"))
