@@ -123,7 +123,7 @@ def render(result: dict[str, Any]) -> None:
                       f"{d['prepare_img_per_s']} img/s on {d['prepare_workers']} workers", markup=False, highlight=False)
     measured = [t for t in result["targets"] if t["value"] is not None]
     if measured:
-        table = Table(title="targets (issue 7)", title_justify="left")
+        table = Table(title="speed targets (docs/benchmarks.md)", title_justify="left")
         for col in ("target", "value", "result", "stated for"):
             table.add_column(col, no_wrap=col == "target")
         for t in measured:
