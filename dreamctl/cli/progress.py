@@ -76,6 +76,8 @@ class TrainingDisplay:
             self.progress.console.print(f"resuming from {p['path']} (step {p['step']})")
         elif kind == "start":
             self.task = self.progress.add_task("train", total=p["total_steps"], completed=p["step"], info="")
+        elif kind == "step":  # the bar moves every step; the numbers beside it every log step
+            self.progress.update(self.task, completed=p["step"])
         elif kind == "log":
             terms = "  ".join(f"{k} {p[k]:.4f}" for k in ("loss", "loss_std", "loss_rect", "loss_dream", "lambda_mean")
                               if k in p)

@@ -34,7 +34,7 @@ from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed, p
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import TrainState, save_checkpoint
 
-OnEvent = Callable[[str, dict[str, Any]], None]  # ("log" | "checkpoint" | "grid" | "start", payload)
+OnEvent = Callable[[str, dict[str, Any]], None]  # ("start" | "step" | "log" | "checkpoint" | "grid", payload)
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -214,6 +214,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         now = time.perf_counter()
         state.wall_time_s += now - mark
         mark = now
+        on_event("step", {"step": state.step})
 
         if state.step % tc.log_every == 0 or state.step == last_step:
             elapsed = max(time.perf_counter() - interval_start - side_time, 1e-9)
