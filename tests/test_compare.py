@@ -184,3 +184,9 @@ def test_cli_compare_json_and_plot(seeded: list[Path], tmp_path: Path, capsys: p
     assert P50 in capsys.readouterr().out
     assert main(["compare", str(seeded[0])]) == 0
     assert main(["compare", str(tmp_path / "nope")]) == 2
+    # `compare runs/*` also picks up folders that are not runs: skipped with a note, not fatal.
+    (tmp_path / "logs").mkdir()
+    capsys.readouterr()
+    assert main(["compare", str(seeded[0]), str(tmp_path / "logs"), "--format", "csv"]) == 0
+    assert f"skipping {tmp_path / 'logs'}: not a run folder" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "logs")]) == 2

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dreamctl.cli.common import console
+from dreamctl.cli.common import console, err_console
+from dreamctl.errors import CheckpointError
 from dreamctl.experiments.compare import Comparison, compare_runs
 from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
                                          protocol_ids, to_csv, to_json, to_markdown)
@@ -65,13 +66,29 @@ def _print_table(comp: Comparison) -> None:
         console.print(f"warning: {warning}", style="red", highlight=False, markup=False)
 
 
+def _run_folders(paths: list[Path]) -> list[Path]:
+    """The paths that are run folders. A shell glob (`runs/*`) also picks up other folders and files:
+    those holding neither run.json nor recipe.yaml are skipped with a note; a path that does not exist,
+    or a run folder missing one of the two, is an error (from read_run)."""
+    keep = []
+    for path in paths:
+        if path.exists() and not ((path / "run.json").is_file() or (path / "recipe.yaml").is_file()):
+            err_console.print(f"skipping {path}: not a run folder (no run.json or recipe.yaml)", markup=False,
+                              highlight=False)
+        else:
+            keep.append(path)
+    if not keep:
+        raise CheckpointError(f"none of {', '.join(map(str, paths))} is a run folder (`dreamctl train` writes one)")
+    return keep
+
+
 def command(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folders to compare.", show_default=False)],
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder.")] = None,
 ) -> None:
     """Compare runs: settings that differ, throughput, and metrics grouped by evaluation protocol."""
-    runs = [read_run(path) for path in run_dirs]
+    runs = [read_run(path) for path in _run_folders(run_dirs)]
     comp = compare_runs(runs)
     if format == Format.table:
         _print_table(comp)
