@@ -203,7 +203,7 @@ def test_explicit_fid_without_weights_fails_before_sampling(trained, offline, ca
     (offline / "inception-2015-12-05.pt").write_bytes(b"not a TorchScript archive")
     assert main(["evaluate", str(run), "--num", "8", "--metrics", "fid", "--seed", "5"]) == 2
     err = capsys.readouterr().err
-    assert "does not load" in err and str(offline / "inception-2015-12-05.pt") in err
+    assert "is corrupt: not a TorchScript archive" in err and str(offline / "inception-2015-12-05.pt") in err
     # Defaults taken from the recipe are not strict, unless asked.
     assert main(["evaluate", str(run), "--num", "8", "--seed", "5", "--strict-weights"]) == 2
     assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err
