@@ -109,7 +109,7 @@ def _data_dir(recipe: Recipe, run: RunDir) -> Path:
     path = recipe.data.path or run.info().get("data")
     if not path or not Path(path).is_dir():
         raise DataError(f"{run.recipe_file}: data.path {path!r} is not a prepared data folder; "
-                        f"evaluate needs the run's data for the reference images (move it back or fix data.path)")
+                        f"evaluate needs prepared data for the reference images: pass --data DIR (or move it back)")
     return Path(path)
 
 
@@ -161,11 +161,14 @@ def write_eval(eval_dir: Path, record: dict[str, Any]) -> tuple[Path, ...]:
 
 
 def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | None = None, ref: str | None = None,
-                 ref_num: int | None = None, metrics: Sequence[str] | None = None, strict_weights: bool = False,
+                 ref_num: int | None = None, data: Path | None = None, metrics: Sequence[str] | None = None,
+                 strict_weights: bool = False,
                  feature_net: FeatureNet | None = None, weights_dir: Path | None = None,
                  on_event: OnEvent = lambda kind, payload: None) -> Evaluation | None:
     """Evaluate a run's checkpoint; returns the record on rank 0 (None on other ranks, which only sample).
 
+    `data`: the prepared folder of the reference images, default the run's; the protocol records its
+    content hash, so a moved copy of the same data evaluates the same, and other data apart.
     `metrics` given means the user named them: their weights must be there. `feature_net` replaces
     Inception (a stand-in, named so in the id and the file). `opts.seed` None: the recipe's eval.seed.
     """
@@ -184,7 +187,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     if num < 2 or ref_num < 2:
         raise ConfigError(f"evaluate needs at least 2 generated and 2 reference images "
                           f"(--num {num}, --ref-num {ref_num})")
-    data_dir = _data_dir(recipe, run)
+    data_dir = Path(data) if data is not None else _data_dir(recipe, run)
     check_reference(data_dir, ref_split, ref_num, recipe.data.resolution)
 
     problems, net = weight_problems(wanted, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))

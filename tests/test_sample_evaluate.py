@@ -17,6 +17,7 @@ from dreamctl.evaluation import evaluate_run
 from dreamctl.experiments.runs import read_evals
 from dreamctl.metrics.inception import RESIZE_CLEAN, StandInFeatureNet
 from dreamctl.runtime import Runtime
+from dreamctl.data.shards import manifest_sha256
 from dreamctl.sampling import SampleOptions, load_for_inference, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import checkpoint_path, load_checkpoint
@@ -238,3 +239,19 @@ def test_compiled_sampling_draws_the_same_images(trained, tmp_path):
     eager = _draw(run, tmp_path / "eager", 2)
     compiled = _draw(run, tmp_path / "compiled", 2, compile=True)
     assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1
+
+
+def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
+    run, data = trained
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    try:
+        args = ["evaluate", str(run), "--num", "4", "--metrics", "pixel_fd", "--seed", "7"]
+        assert main(args) == 2
+        assert "pass --data DIR" in capsys.readouterr().err
+        assert main([*args, "--data", str(moved)]) == 0
+    finally:
+        moved.rename(data)
+    shas = {r.protocol["ref_manifest_sha256"] for r in read_evals(run / "eval")
+            if r.protocol.get("seed") == 7 and r.protocol.get("num_generated") == 4}
+    assert shas == {manifest_sha256(json.loads((data / "manifest.json").read_text()))}  # the same data, moved

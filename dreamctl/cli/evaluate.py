@@ -45,6 +45,8 @@ def command(
     num: Optional[int] = typer.Option(None, "--num", "-n", help="Generated images [default: eval.num]."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference split: train, valid or test [default: eval.ref]."),
     ref_num: Optional[int] = typer.Option(None, "--ref-num", help="First N images of the split [default: --num]."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder of the reference images "
+                                        "[default: the run's data.path]."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of fid,kid,is,lpips,swd,pixel_fd "
                                           "[default: eval.metrics]. Named metrics need their weights."),
     sampler: options.Sampler = None,
@@ -71,7 +73,7 @@ def command(
     rt = runtime.setup("auto", device)
     try:
         with SampleProgress(rt.is_main) as display:
-            result = evaluate_run(run_dir, opts, rt=rt, num=num, ref=ref, ref_num=ref_num, metrics=names,
+            result = evaluate_run(run_dir, opts, rt=rt, num=num, ref=ref, ref_num=ref_num, data=data, metrics=names,
                                   strict_weights=strict_weights, on_event=display.on_event)
     except KeyboardInterrupt:
         err_console.print(STOPPED, markup=False)
