@@ -12,6 +12,7 @@ applied last, after inheritance, and are validated like the file itself.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -253,6 +254,20 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
+def _unknown_key(loc: tuple) -> str:
+    """'unknown key; did you mean ...? (keys of that section: ...)', from the schema itself."""
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return "unknown key"
+        model = field.annotation
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    where = ".".join(map(str, loc[:-1])) or "top-level"
+    return "unknown key" + (f"; did you mean '{close[0]}'?" if close else "") + f" ({where} keys: {', '.join(known)})"
+
+
 def validate_recipe(raw: dict, source: str) -> Recipe:
     try:
         return Recipe.model_validate(raw)
@@ -260,7 +275,7 @@ def validate_recipe(raw: dict, source: str) -> Recipe:
         problems = []
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"])
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+            msg = _unknown_key(e["loc"]) if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
             problems.append(f"{key}: {msg}" if key else msg)  # whole-recipe checks name their keys
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 

@@ -55,7 +55,7 @@ def test_overrides_and_path(tmp_path: Path):
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["train.batchsize=3"], "train.batchsize: unknown key"),
+    (["train.batchsize=3"], "train.batchsize: unknown key; did you mean 'batch_size'? (train keys: batch_size,"),
     (["train.batch_size=abc"], "train.batch_size"),
     (["loss.kind=magic"], "loss.kind"),
     (["loss.lambda_min=0.6", "loss.lambda_max=0.5"], "lambda_min must not exceed lambda_max"),
