@@ -241,6 +241,16 @@ def test_unreadable_images_are_skipped_counted_and_listed(messy_folder, tmp_path
     assert not (tmp_path / "strict" / "manifest.json").exists()
 
 
+
+def test_cli_names_skipped_images(messy_folder, tmp_path, capsys):
+    from dreamctl.cli import main
+
+    assert main(["prepare-data", "--source", "folder", "--root", str(messy_folder), "--out", str(tmp_path / "o"),
+                 "--resolution", "16", "--crop", "center", "--valid-fraction", "0", "--test-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 3 (listed in" in out and "  skipped notes.jpg: " in out and "cannot identify" in out
+
+
 def test_folder_split_is_a_hash_of_the_path(messy_folder, tmp_path):
     listing = list_source("folder", messy_folder, valid_fraction=0.3, test_fraction=0.3)
     again = list_source("folder", messy_folder, valid_fraction=0.3, test_fraction=0.3)

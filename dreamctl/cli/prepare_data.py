@@ -14,6 +14,8 @@ from dreamctl.data.shards import read_manifest, verify
 from dreamctl.data.sources import SPLITS, list_source
 from dreamctl.errors import DataError
 
+SHOW_SKIPPED = 5  # skipped items named on screen; all are in the manifest
+
 
 def _verify(data_dir: Path) -> None:
     problems = verify(data_dir)
@@ -65,3 +67,9 @@ def command(
         f"skipped {result.skipped:,} (listed in {result.out_dir / 'manifest.json'})",
         markup=False, highlight=False,
     )
+    if result.skipped:  # the first few, so a user sees what was left out without opening the manifest
+        skipped = read_manifest(result.out_dir)["skipped"]
+        for item in skipped[:SHOW_SKIPPED]:
+            console.print(f"  skipped {item['name']}: {item['reason']}", markup=False, highlight=False)
+        if len(skipped) > SHOW_SKIPPED:
+            console.print(f"  ... and {len(skipped) - SHOW_SKIPPED:,} more", markup=False, highlight=False)
