@@ -1,6 +1,7 @@
 """Text forms of a Comparison: cells for the terminal, markdown for reports, CSV and JSON.
 
-Every metric column names its protocol id; a metric without a value prints as `missing`.
+Every metric column names its protocol id; a metric without a value prints as `missing`
+(an empty cell in CSV, so its columns stay numeric; the reason is in the table and JSON).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def format_number(value: float | None, kind: str) -> str:
     if kind == "wall_time_s":
         return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.2f} h"
     if kind == "peak_memory_bytes":
-        if value == 0:  # what the trainer records where it cannot measure (CPU)
+        if value == 0:  # what older runs recorded where they could not measure (CPU)
             return "—"
         return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
     return f"{value:.1f}"
@@ -129,7 +130,7 @@ def to_csv(comp: Comparison) -> str:
                 line.append("/".join(map(str, row.eval_steps.get(pid, ()))))
                 for col in (c for c in comp.columns if c[0] == pid):
                     m = row.metrics[col]
-                    line.append("missing" if m.value is None else m.value)
+                    line.append("" if m.value is None else m.value)  # numeric columns stay numeric
                     if col in has_std:
                         line.append("" if m.std is None else m.std)
             writer.writerow(line)
