@@ -111,6 +111,8 @@ def test_mixed_protocols_are_kept_apart(tmp_path: Path) -> None:
     assert "not evaluated under protocol" in (ra.metrics[(P10, "fid")].missing or "")
     head = headers(comp)
     assert f"fid @ {P50}" in head and f"fid @ {P10}" in head
+    cell = dict(zip(head, cells(comp, ra)))
+    assert cell[f"fid @ {P10}"] == "—" and cell[f"fid @ {P50}"] == "20"  # never evaluated there: not "missing"
     md = to_markdown(comp)
     assert f"`{P50}`: sampler=ddim, steps=50" in md and f"`{P10}`: sampler=ddim, steps=10" in md
 

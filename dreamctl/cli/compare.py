@@ -61,7 +61,7 @@ def _print_table(comp: Comparison) -> None:
             console.print(f"missing: {label} {name} @ {pid}: {m.missing}", style="yellow", highlight=False, markup=False)
     never = {(label, pid) for label, pid, _, m in missing if not m.evaluated}
     if never:
-        console.print(f"({len(never)} run/protocol pairs were never evaluated: shown as missing)", style="dim")
+        console.print(f"({len(never)} run/protocol pairs were never evaluated: shown as —)", style="dim")
     for warning in comp.warnings:
         console.print(f"warning: {warning}", style="red", highlight=False, markup=False)
 

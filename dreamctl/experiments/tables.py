@@ -1,6 +1,6 @@
 """Text forms of a Comparison: cells for the terminal, markdown for reports, CSV and JSON.
 
-Every metric column names its protocol id; a metric without a value prints as `missing`
+Every metric column names its protocol id; a metric without a value prints as `missing`, one never evaluated as `—`
 (an empty cell in CSV, so its columns stay numeric; the reason is in the table and JSON).
 """
 
@@ -29,8 +29,10 @@ def format_number(value: float | None, kind: str) -> str:
 
 
 def format_metric(metric: Metric, of_seeds: int = 1) -> str:
+    if not metric.evaluated:
+        return "—"  # the run has no evaluation under this protocol at all
     if metric.value is None:
-        return "missing"
+        return "missing"  # evaluated, but this metric has no value (its weights were absent, say)
     if not math.isfinite(metric.value):
         return str(metric.value)
     text = f"{metric.value:.4g}" + (f" ± {metric.std:.2g}" if metric.std is not None else "")
