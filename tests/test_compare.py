@@ -192,3 +192,13 @@ def test_cli_compare_json_and_plot(seeded: list[Path], tmp_path: Path, capsys: p
     assert main(["compare", str(seeded[0]), str(tmp_path / "logs"), "--format", "csv"]) == 0
     assert f"skipping {tmp_path / 'logs'}: not a run folder" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "logs")]) == 2
+
+
+def test_a_copied_run_folder_is_told_apart_by_its_path(tmp_path: Path) -> None:
+    import shutil
+
+    a = write_run(tmp_path, "a")
+    copy = tmp_path / "copy-of-a"
+    shutil.copytree(a, copy)  # run.json still says name "a"
+    labels = [row.label for row in compare_runs([read_run(a), read_run(copy)]).rows]
+    assert labels == [f"a ({a})", f"a ({copy})"]

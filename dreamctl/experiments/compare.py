@@ -8,6 +8,7 @@ ddof=1). A metric without a value is `missing` with its reason, never a number.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -177,11 +178,18 @@ def seed_groups(runs: list[Run]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _unique_labels(rows: list[Row]) -> list[Row]:
+    """Two runs of one name (a copied folder keeps its run.json name) are told apart by their paths."""
+    labels = [r.label for r in rows]
+    return [dataclasses.replace(r, label=f"{r.label} ({r.paths[0]})") if labels.count(r.label) > 1 else r
+            for r in rows]
+
+
 def compare_runs(runs: list[Run]) -> Comparison:
     settings = differing_settings(runs)
     columns = _columns(runs)
     protocols, warnings = _protocols(runs)
-    rows = [run_row(run, settings, columns) for run in runs]
+    rows = _unique_labels([run_row(run, settings, columns) for run in runs])
     groups = seed_groups(runs)
     aggregate = [aggregate_rows([rows[i] for i in g]) for g in groups] if any(len(g) > 1 for g in groups) else []
     return Comparison(tuple(rows), tuple(aggregate), settings, columns, protocols, warnings)
