@@ -188,7 +188,8 @@ def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Ru
 
 def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt: Runtime,
                      batch_size: int | None = None, on_event: OnEvent = lambda kind, payload: None) -> dict[str, Any]:
-    """Make `folder` hold images 0..num-1; returns what sample.json records (on every rank).
+    """Make `folder` hold images 0..num-1; returns what sample.json records (on every rank): its
+    `num` is how many images the folder holds, which an earlier, larger call may have made more.
 
     Under torchrun rank r draws the missing indices i with i % world_size == r; rank 0 writes
     sample.json and the grid once all ranks are done.
@@ -203,13 +204,15 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     on_event("sample_start", {"folder": str(folder), "num": num, "mine": len(mine), "missing": len(missing)})
     _draw(m, missing, folder, seed, rt, batch_size or m.cfg.batch_size, on_event)
     barrier(rt)
-    record = {**wanted, "complete": True, "num": num, "checkpoint": m.checkpoint.name, "device": str(rt.device),
+    before = read_json(folder / "sample.json")  # a finished earlier call may have drawn more: the folder holds those too
+    held = max(num, before.get("num", 0) if before.get("complete") else 0)
+    record = {**wanted, "complete": True, "num": held, "checkpoint": m.checkpoint.name, "device": str(rt.device),
               "precision": rt.precision, "world_size": rt.world_size, "drawn_now": sum_over_ranks(len(missing), rt),
               "dreamctl_version": dreamctl.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "wall_time_s": round(time.perf_counter() - started, 2)}
     if rt.is_main:
-        grid_images = read_samples(folder, min(num, GRID_MAX), m.image_size)
+        grid_images = read_samples(folder, min(held, GRID_MAX), m.image_size)
         save_grid(grid_images, folder / "grid.png", scale=max(1, 128 // m.image_size))
         atomic.write_json(folder / "sample.json", record)
     on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})

@@ -101,6 +101,9 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
         {"checkpoint_step": 4, "ema": True, "sampler": "ddim", "steps": 2, "eta": 0.0, "t_start": None, "seed": 0}
     assert (out / "grid.png").is_file() and "dreamctl_version" in record
     np.testing.assert_array_equal(np.load(out / "samples-10.npz")["images"], reference)
+    # Asking for fewer later draws nothing and leaves the record of what the folder holds.
+    assert main(["sample", str(run), "--num", "4", "--out", str(out)]) == 0
+    assert json.loads((out / "sample.json").read_text())["num"] == 10
 
 
 def test_ranks_draw_their_own_slices(trained, tmp_path):
