@@ -156,6 +156,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err  # stopped, not finished: `train && sample` stops here
     assert f"dreamctl resume {run}" in out
+    assert out.startswith("step 2/") and "loss " in out  # no terminal (a batch job's log): one plain line per log step
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"
     assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == info["step"] >= 2

@@ -46,7 +46,10 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 
 class TrainingDisplay:
-    """A rich progress bar fed by train()'s events (and TensorBoard when installed); silent on ranks but 0."""
+    """A rich progress bar fed by train()'s events (and TensorBoard when installed); silent on ranks but 0.
+
+    Without a terminal (a batch job's log file) there is no bar: each log step is one plain line.
+    """
 
     def __init__(self, enabled: bool, run_root: Path):
         from dreamctl.training import tensorboard
@@ -54,7 +57,9 @@ class TrainingDisplay:
         self.enabled = enabled
         self.tensorboard = tensorboard.TensorBoardSink(run_root / "tensorboard") \
             if enabled and tensorboard.available() else None
-        self.progress = progress_bar(enabled, TextColumn("{task.fields[info]}"))
+        self.lines = not console.is_terminal
+        self.progress = progress_bar(enabled and not self.lines, TextColumn("{task.fields[info]}"))
+        self.total = 0
         self.task = None
         self.run_root = run_root
 
@@ -75,6 +80,7 @@ class TrainingDisplay:
         if kind == "resume":
             self.progress.console.print(f"resuming from {p['path']} (step {p['step']})")
         elif kind == "start":
+            self.total = p["total_steps"]
             self.task = self.progress.add_task("train", total=p["total_steps"], completed=p["step"], info="")
         elif kind == "step":  # the bar moves every step; the numbers beside it every log step
             self.progress.update(self.task, completed=p["step"])
@@ -83,6 +89,8 @@ class TrainingDisplay:
                               if k in p)
             info = f"epoch {p['epoch']}  {terms}  {p['img_per_s']:.0f} img/s"
             self.progress.update(self.task, completed=p["step"], info=info)
+            if self.lines:
+                console.print(f"step {p['step']}/{self.total}  {info}", markup=False, highlight=False)
         elif kind == "grid":
             self.progress.console.print(f"step {p['step']}: sample grid {p['path']}")
 
