@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+for _c in (console, err_console):
+    if not _c.is_terminal and "COLUMNS" not in os.environ:
+        _c.width = 160  # a log file or pipe: rich would assume 80 columns and split tables' numbers
 
 
 def progress_bar(enabled: bool, *extra: ProgressColumn) -> Progress:
