@@ -4,7 +4,7 @@
 #     bash benchmarks/gpu.sh OUTDIR
 #
 # Writes OUTDIR/bench-<section>-cuda.json for each section, OUTDIR/bench.log (everything
-# printed) and OUTDIR/machine.txt, then prints a summary table with the issue-7 targets.
+# printed) and OUTDIR/machine.txt, then prints a summary table with the speed targets.
 # Needs python3 with a CUDA torch, h5py, numpy, pillow, typer, rich and pyyaml. pydantic is
 # installed from a folder of wheels when it is missing: $WHEELS, else wheels/ or .whl/ in the
 # repository (see docs/benchmarks.md for how to fetch them). Nothing is downloaded.
@@ -36,6 +36,7 @@ if ! "$py" -c "import pydantic" 2>/dev/null; then
             # Into a folder of its own: a system Python may refuse installs (PEP 668), and nothing
             # already installed is touched.
             site=$(mktemp -d)
+            trap 'rm -rf "$site"' EXIT
             echo "installing pydantic from $wheels into $site" | tee -a "$log"
             "$py" -m pip install -q --no-index --no-compile --find-links "$wheels" --target "$site" pydantic 2>&1 \
                 | tee -a "$log"

@@ -199,13 +199,14 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     started = time.perf_counter()
     wanted = open_folder(m, folder, seed, rt)
     barrier(rt)
-    mine = range(rt.rank, num, rt.world_size)
+    # An earlier, larger call may have finished more images: keep the folder whole up to that count.
+    before = read_json(folder / "sample.json")
+    held = max(num, before.get("num", 0) if before.get("complete") else 0)
+    mine = range(rt.rank, held, rt.world_size)
     missing = [i for i in mine if read_png(png_path(folder, i), m.image_size) is None]
     on_event("sample_start", {"folder": str(folder), "num": num, "mine": len(mine), "missing": len(missing)})
     _draw(m, missing, folder, seed, rt, batch_size or m.cfg.batch_size, on_event)
     barrier(rt)
-    before = read_json(folder / "sample.json")  # a finished earlier call may have drawn more: the folder holds those too
-    held = max(num, before.get("num", 0) if before.get("complete") else 0)
     record = {**wanted, "complete": True, "num": held, "checkpoint": m.checkpoint.name, "device": str(rt.device),
               "precision": rt.precision, "world_size": rt.world_size, "drawn_now": sum_over_ranks(len(missing), rt),
               "dreamctl_version": dreamctl.__version__,

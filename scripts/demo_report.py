@@ -44,7 +44,7 @@ if active:
                 f"{active[0]['epoch']}), mean lambda up to {max(r['lambda_mean'] for r in active):.3f}.")
 else:
     switched = (f"- The conservative variant's rectification NEVER ran: {steps} steps end before its loss.start_epoch, "
-                "so both runs trained identically (the same losses and samples); any table difference is none.")
+                "so both runs trained identically (the same losses and samples), and the table cannot tell them apart.")
 lines += ["", "## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures]
 lines += [
     "",

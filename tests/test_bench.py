@@ -226,7 +226,7 @@ def test_render_and_summary_of_a_cuda_shaped_result(train_result, tmp_path, caps
     render(res)
     shown = capsys.readouterr().out
     assert "compile bf16" in shown and "61.2 s" in shown and "250.0 img/s" in shown
-    assert "DDIM-50 img/s >= 200" in shown and "PASS" in shown and "compiled: 180.0 img/s, time 1.39x" in shown
+    assert "DDIM-50 img/s, eager >= 200" in shown and "PASS" in shown and "compiled: 180.0 img/s, time 1.39x" in shown
     path = tmp_path / "bench-train-cuda.json"
     path.write_text(json.dumps(res))
     print_summary([str(path), str(tmp_path / "bench-sample-cuda.json")])

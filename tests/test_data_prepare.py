@@ -311,7 +311,7 @@ def test_verify_catches_a_flipped_byte(synthetic_data_dir, tmp_path):
     assert verify(out) == []
     _flip_byte(out / "train-00002.h5")
     problems = verify(out)
-    assert len(problems) == 1 and "train-00002.h5" in problems[0] and "does not match" in problems[0]
+    assert len(problems) == 1 and "train-00002.h5" in problems[0] and "does not hash to the sha256" in problems[0]
 
 
 # --- command line ----------------------------------------------------------------------

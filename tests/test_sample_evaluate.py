@@ -258,3 +258,10 @@ def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
     shas = {r.protocol["ref_manifest_sha256"] for r in read_evals(run / "eval")
             if r.protocol.get("seed") == 7 and r.protocol.get("num_generated") == 4}
     assert shas == {manifest_sha256(json.loads((data / "manifest.json").read_text()))}  # the same data, moved
+    # Other data would overwrite the run's evaluation under the same protocol id: refused.
+    other = tmp_path / "other"
+    assert main(["prepare-data", "--source", "synthetic", "--count", "40", "--resolution", "32", "--seed", "3",
+                 "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--data", str(other)]) == 2
+    assert "holds other data than this run trained on" in capsys.readouterr().err

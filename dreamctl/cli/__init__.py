@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from collections.abc import Callable
 
 import typer
 
@@ -47,20 +48,20 @@ for _name, _module in COMMANDS:
     app.command(_name, help=_mod.command.__doc__)(_mod.command)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """dreamctl's own warnings as one line; any other keeps Python's format (it points at code)."""
-    if issubclass(category, DreamctlWarning):
-        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
-    else:
-        _python_show_warning(message, category, filename, lineno, file, line)
-
-
-_python_show_warning = warnings.showwarning
+def _one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A showwarning that prints dreamctl's own warnings as one line; others go to `fallback`."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, DreamctlWarning):
+            err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting."""
-    shown, warnings.showwarning = warnings.showwarning, _show_warning
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(shown)
     try:
         app(args=argv, prog_name="dreamctl")  # standalone mode: usage errors exit 2 through SystemExit
     except SystemExit as exit_:
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.showwarning = shown
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,8 +34,6 @@ def _table(title: str, head: list[str]) -> Table:
 
 def _print_table(comp: Comparison) -> None:
     """Terminal layout: the runs, then one table per protocol (its id and settings in the title)."""
-    if not console.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
-        console.width = max(console.width, 240)
     runs = _table("Runs", info_headers(comp))
     for row in comp.rows:
         runs.add_row(*info_cells(row))

@@ -93,7 +93,8 @@ def _launch_torchrun(nproc: int, args: list[str]) -> int:
     """Run `dreamctl ARGS` under torchrun (the --nproc-per-node shortcut).
 
     Ctrl-C and SIGTERM are passed on to torchrun, which stops its workers with SIGTERM (each
-    then writes a checkpoint); this process waits for all of them instead of leaving orphans.
+    then writes a checkpoint); this process waits for all of them instead of leaving orphans,
+    then exits 128 + the signal, as a single process does (torchrun itself would say 1).
     """
     import signal
     import subprocess
@@ -102,10 +103,16 @@ def _launch_torchrun(nproc: int, args: list[str]) -> int:
            "-m", "dreamctl", *args]
     console.print("starting: " + " ".join(cmd), markup=False)
     proc = subprocess.Popen(cmd)
-    forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        proc.send_signal(signum)
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        code = proc.wait()
+        return 128 + received[0] if received and code != 0 else code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -14,7 +14,7 @@ import torch
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.config import Recipe, apply_overrides, flat_items, recipe_to_yaml, validate_recipe
+from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_recipe
 from dreamctl.data.loader import ImageSet, open_split
 from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime, barrier, peak_memory_bytes
@@ -79,18 +79,16 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
 def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recipe:
     """The run's recipe with the allowed overrides applied; others are refused with the reason."""
     recipe = run.recipe()
-    known = flat_items(recipe)
-    for text in overrides:
-        key = text.partition("=")[0].strip()
-        if key not in known:
-            raise RunError(f"resume --set {text}: unknown setting '{key}' (see the run's {run.recipe_file})")
-        if not key.startswith(RESUMABLE_KEYS):
-            raise RunError(f"resume cannot change '{key}': it would change the steps already taken. "
-                           f"Allowed: {', '.join(RESUMABLE_KEYS)}; start a new run with `dreamctl train` instead")
     if not overrides:
         return recipe
     raw = apply_overrides(recipe.model_dump(mode="json"), overrides)
-    return validate_recipe(raw, f"{run.recipe_file} with --set {' '.join(overrides)}")
+    resumed = validate_recipe(raw, f"{run.recipe_file} with --set {' '.join(overrides)}")  # unknown keys first
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if not key.startswith(RESUMABLE_KEYS):
+            raise RunError(f"resume cannot change '{key}': it would change the steps already taken. "
+                           f"Allowed: {', '.join(RESUMABLE_KEYS)}; start a new run with `dreamctl train` instead")
+    return resumed
 
 
 def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] = (), *,

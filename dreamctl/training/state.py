@@ -115,7 +115,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # any unreadable file is reported as a bad checkpoint, with its cause
-        cause = str(err).strip().split("\n")[0].split(". ")[0]  # torch's first sentence; the rest is advice
+        cause = " ".join(str(err).split()) or "empty or truncated file"
+        cause = cause if len(cause) <= 200 else cause[:200] + "…"  # one line: torch's messages run long
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {cause})") from err
     missing = {"model", "ema", "optimizer", "step", "rng", "recipe"} - set(ckpt)
     if missing:
