@@ -214,3 +214,28 @@ def test_nproc_per_node_shortcut_starts_torchrun(tmp_path, synthetic_data_dir, m
     assert main(["resume", str(run), "--nproc-per-node", "2", "--set", "train.max_steps=4"]) == 0
     assert final_weights(run)["step"] == 4
     assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "nothing"), "--nproc-per-node", "2"]) == 2
+
+
+def test_torchrun_shortcut_forwards_a_signal_and_exits_like_one_process(monkeypatch):
+    """The --nproc-per-node launcher passes SIGTERM on to torchrun and exits 143, not torchrun's 1."""
+    import subprocess as sp
+
+    from dreamctl.cli.train import _launch_torchrun
+
+    class FakeTorchrun:
+        def __init__(self, cmd):
+            self.cmd, self.sent = cmd, []
+
+        def send_signal(self, signum):
+            self.sent.append(signum)
+
+        def wait(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the launcher waits for its workers
+            return 1
+
+    made = []
+    monkeypatch.setattr(sp, "Popen", lambda cmd: made.append(FakeTorchrun(cmd)) or made[-1])
+    before = signal.getsignal(signal.SIGTERM)
+    assert _launch_torchrun(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGTERM
+    assert made[0].sent == [signal.SIGTERM] and "--nproc-per-node=2" in made[0].cmd
+    assert signal.getsignal(signal.SIGTERM) is before  # the launcher's handler is gone again
