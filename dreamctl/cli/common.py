@@ -15,7 +15,8 @@ for _c in (console, err_console):
 
 
 def progress_bar(enabled: bool, *extra: ProgressColumn) -> Progress:
-    """description, bar, done/total, elapsed, ETA, then `extra`; silent when not `enabled` (ranks > 0)."""
+    """description, bar, done/total, elapsed, ETA, then `extra`; silent when not `enabled` (ranks > 0)
+    and without a terminal, where a bar would end up in a log file cut off mid-line."""
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), *extra, console=console,
-                    disable=not enabled)
+                    disable=not (enabled and console.is_terminal))

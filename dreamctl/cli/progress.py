@@ -58,7 +58,7 @@ class TrainingDisplay:
         self.tensorboard = tensorboard.TensorBoardSink(run_root / "tensorboard") \
             if enabled and tensorboard.available() else None
         self.lines = not console.is_terminal
-        self.progress = progress_bar(enabled and not self.lines, TextColumn("{task.fields[info]}"))
+        self.progress = progress_bar(enabled, TextColumn("{task.fields[info]}"))
         self.total = 0
         self.task = None
         self.run_root = run_root
