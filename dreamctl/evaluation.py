@@ -23,7 +23,7 @@ import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe
 from dreamctl.data.loader import open_split
-from dreamctl.data.shards import manifest_sha256, read_manifest, split_shards
+from dreamctl.data.shards import read_manifest, split_shards
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.evaluate import METRICS, evaluate_image_sets, library_versions
@@ -189,10 +189,8 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
         raise ConfigError(f"evaluate needs at least 2 generated and 2 reference images "
                           f"(--num {num}, --ref-num {ref_num})")
     data_dir = Path(data) if data is not None else _data_dir(recipe, run)
-    trained_on = run.info().get("data_manifest_sha256")
-    if data is not None and trained_on and manifest_sha256(read_manifest(data_dir)) != trained_on:
-        raise DataError(f"--data {data_dir} holds other data than this run trained on (content hash in "
-                        f"{run.run_file}); pass the run's data folder, wherever it is now")
+    if data is not None:
+        run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")
     check_reference(data_dir, ref_split, ref_num, recipe.data.resolution)
 
     problems, net = weight_problems(wanted, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))

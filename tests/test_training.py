@@ -140,7 +140,7 @@ def test_resume_refuses_data_that_changed_since_the_start(tmp_path, capsys):
     assert main(prepare + ["--seed", "5", "--overwrite"]) == 0  # other faces under the same path
     before = (run / "run.json").read_text()
     assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 2
-    assert "changed since this run started" in capsys.readouterr().err
+    assert "holds other data than this run trained on" in capsys.readouterr().err
     assert (run / "run.json").read_text() == before and len(list_checkpoints(run / "checkpoints")) == 1
 
 

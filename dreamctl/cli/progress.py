@@ -57,8 +57,8 @@ class TrainingDisplay:
         self.enabled = enabled
         self.tensorboard = tensorboard.TensorBoardSink(run_root / "tensorboard") \
             if enabled and tensorboard.available() else None
-        self.lines = not console.is_terminal
         self.progress = progress_bar(enabled, TextColumn("{task.fields[info]}"))
+        self.lines = enabled and self.progress.disable  # no bar (no terminal): a plain line per log step
         self.total = 0
         self.task = None
         self.run_root = run_root

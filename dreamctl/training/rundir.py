@@ -13,7 +13,8 @@ from typing import Any
 
 from dreamctl import atomic
 from dreamctl.config import Recipe, recipe_from_yaml, recipe_to_yaml
-from dreamctl.errors import CheckpointError, RunError
+from dreamctl.data.shards import manifest_sha256, read_manifest
+from dreamctl.errors import CheckpointError, DataError, RunError
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -58,6 +59,13 @@ class RunDir:
 
     def info(self) -> dict[str, Any]:
         return read_json(self.run_file) if self.run_file.is_file() else {}
+
+    def check_data(self, data_dir: Path, fix: str) -> None:
+        """Refuse a prepared folder whose content (manifest hash) is not the data this run trained on."""
+        trained_on = self.info().get("data_manifest_sha256")
+        if trained_on and manifest_sha256(read_manifest(data_dir)) != trained_on:
+            raise DataError(f"{data_dir} holds other data than this run trained on (content hash in "
+                            f"{self.run_file}); {fix}")
 
     def update_info(self, changes: dict[str, Any]) -> None:
         atomic.write_json(self.run_file, {**self.info(), **changes})
