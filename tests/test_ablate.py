@@ -16,10 +16,9 @@ from dreamctl.data.shards import FORMAT
 from dreamctl.errors import ConfigError
 from dreamctl.experiments import execute as execute_module
 from dreamctl.experiments.ablate import make_plan
-from dreamctl.experiments.spec import expand, parse_spec, point_name
+from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
 from dreamctl.experiments.execute import CommandResult, execute, plan_totals, train_command
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "ablations"
 
 
 class FakeCLI:
@@ -240,7 +239,20 @@ def test_nproc_reaches_the_training_command(tmp_path: Path) -> None:
     assert cmd[-2:] == ["--nproc-per-node", "2"] and cmd[3:5] == ["train", "--recipe"]
 
 
-@pytest.mark.parametrize("spec", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_specs_expand_and_validate(spec: Path, tmp_path: Path) -> None:
-    plan = make_plan(parse_spec(spec, out=str(tmp_path / "out")))
+SHIPPED_SPECS = sorted(p.stem for p in ABLATIONS_DIR.glob("*.yaml"))
+
+
+def test_specs_are_shipped() -> None:
+    assert {"methods", "lambda-max", "tiny-methods"} <= set(SHIPPED_SPECS)
+
+
+@pytest.mark.parametrize("spec", SHIPPED_SPECS)
+def test_shipped_specs_expand_and_validate(spec: str, tmp_path: Path) -> None:
+    plan = make_plan(parse_spec(spec, out=str(tmp_path / "out")))  # by name, as `dreamctl ablate methods`
     assert plan.train and len({j.name for j in plan.train}) == len(plan.train) == len(expand(plan.spec))
+
+
+def test_unknown_spec_name_lists_the_built_in_ones(capsys: pytest.CaptureFixture) -> None:
+    assert main(["ablate", "lambda-maxx", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown ablation spec 'lambda-maxx'" in err and "lambda-max," in err and len(err.strip().splitlines()) == 1

@@ -1,6 +1,10 @@
 """Recipes: the shipped ones, inheritance, overrides and the errors a user sees."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +130,20 @@ def test_cli_starts_without_torch_or_matplotlib():
             "assert main(['compare', 'no-such-run', '--format', 'csv']) == 2  # through compare's code path\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_plain_install_ships_the_recipes(tmp_path: Path) -> None:
+    """`pip install .` (not editable) must carry the built-in recipes and ablation specs."""
+    pytest.importorskip("setuptools")
+    repo, src, target = Path(__file__).resolve().parent.parent, tmp_path / "src", tmp_path / "site"
+    # a copy, so that the build leaves nothing in the checkout and no stale build/ leaks in
+    shutil.copytree(repo / "dreamctl", src / "dreamctl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(src)], check=True, capture_output=True)
+    code = ("import dreamctl; from dreamctl.config import load_recipe; from dreamctl.experiments.spec import parse_spec;"
+            "print(dreamctl.__file__, load_recipe('conservative').loss.kind, parse_spec('methods').name)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
+                         check=True, capture_output=True, text=True).stdout.split()
+    assert out[0].startswith(str(target)) and out[1:] == ["dream_conservative", "methods"]

@@ -53,7 +53,7 @@ def _print_plan(plan: Plan) -> None:
 
 
 def command(
-    spec: Annotated[Path, typer.Argument(help="Ablation spec (YAML), e.g. recipes/ablations/lambda-max.yaml.")],
+    spec: Annotated[str, typer.Argument(help="Ablation spec: a built-in name (lambda-max, methods, tiny-methods, ...) or a YAML path.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and its cost; run nothing.")] = False,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (overrides the spec).")] = None,
     nproc_per_node: Annotated[int | None, typer.Option("--nproc-per-node", min=1, help="Processes per training run (torchrun).")] = None,

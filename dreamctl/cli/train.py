@@ -19,7 +19,7 @@ from dreamctl.errors import DataError
 
 
 def command(
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (recipes/NAME.yaml) or path."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe: a built-in name (dreamctl/recipes/NAME.yaml) or a YAML path."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (from prepare-data)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder [default: runs/RECIPE-TIME]."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),

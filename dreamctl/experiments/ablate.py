@@ -3,7 +3,7 @@
 A run already finished is skipped, one interrupted is resumed, one that stopped before its
 first checkpoint starts again; an evaluation already on disk for the final checkpoint is
 skipped. The plan is carried out by dreamctl.experiments.execute; the spec's format is in
-dreamctl.experiments.spec and recipes/ablations/.
+dreamctl.experiments.spec and dreamctl/recipes/ablations/.
 """
 
 from __future__ import annotations

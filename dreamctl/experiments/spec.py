@@ -4,7 +4,7 @@ Train-time axes (`grid`) each make a training run; eval-time axes (`eval_grid`: 
 steps, eta, t_start) only re-sample a trained checkpoint. Run names come from their
 overrides (`point_name`), so rerunning a spec finds the runs it made before.
 
-`data` and `out` are relative to the working directory (run from the repository root);
+`data` and `out` are relative to the working directory;
 a recipe given as a .yaml path is looked up beside the spec first.
 """
 
@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from dreamctl.config import parse_override
+from dreamctl.config import RECIPES_DIR, parse_override
+from dreamctl.config.load import builtin_or_path
 from dreamctl.errors import ConfigError
 
 SPEC_KEYS = ("name", "description", "base", "data", "out", "set", "grid", "eval_grid", "seeds", "evaluate")
@@ -27,6 +28,8 @@ EVALUATE_KEYS = ("metrics", "num")
 RECIPE_AXIS = "recipe"  # `grid: {recipe: [baseline, dream]}`: the base recipe itself varies
 EVAL_AXES = {"sample.sampler": "--sampler", "sample.steps": "--steps", "sample.eta": "--eta",
              "sample.t_start": "--t-start"}  # evaluate's flags; everything else needs training
+
+ABLATIONS_DIR = RECIPES_DIR / "ablations"  # `dreamctl ablate NAME` finds NAME.yaml here
 
 Axes = tuple[tuple[str, tuple[Any, ...]], ...]
 
@@ -77,10 +80,8 @@ def _axes(path: Path, section: str, raw: Any) -> Axes:
 
 def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str | None = None,
                out: str | None = None) -> Spec:
-    """Read and check an ablation spec; CLI values (seeds, data, out) override the file's."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ablation spec {path} does not exist")
+    """Read and check an ablation spec (a built-in name or a path); CLI values (seeds, data, out) override the file's."""
+    path = builtin_or_path(path, ABLATIONS_DIR, "ablation spec")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

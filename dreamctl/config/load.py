@@ -1,0 +1,123 @@
+"""Recipe files: a name or a path -> YAML -> `extends:` resolved -> overrides -> Recipe.
+
+    recipe = load_recipe("conservative", overrides=["train.batch_size=64"])
+
+`extends: NAME` inherits from another recipe (deep merge, child wins); overrides are
+applied last, after inheritance, and are validated like the file itself. The built-in
+recipes ship inside the package (dreamctl/recipes), so a plain `pip install` finds them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreamctl.config.schema import Recipe, validate_recipe
+from dreamctl.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def builtin_or_path(name_or_path: str | Path, folder: Path, what: str) -> Path:
+    """A built-in name (a file NAME.yaml in `folder`) or a path to a YAML file; `what` names it in errors."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"{what} file {candidate} does not exist")
+        return candidate
+    path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ConfigError(f"unknown {what} '{name_or_path}'; built-in: {known} (or give a path to a .yaml file)")
+    return path
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe name (`conservative`) or a path to a YAML file."""
+    return builtin_or_path(name_or_path, RECIPES_DIR, "recipe")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _raw_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle ({' -> '.join(p.name for p in seen)})")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: key 'extends' must be a recipe name, got {parent!r}")
+    parent_path = (path.parent / parent) if parent.endswith((".yaml", ".yml")) else recipe_path(parent)
+    return _merge(_raw_recipe(parent_path, seen + (path.resolve(),)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (['section', 'key'], value parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"bad override '{text}': expected section.key=value, e.g. train.batch_size=64")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    out = _merge(raw, {})
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"bad override '{text}': '{part}' is not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a recipe by name or path, resolve `extends:`, apply `section.key=value` overrides."""
+    path = recipe_path(name_or_path)
+    raw = _raw_recipe(path)
+    raw.setdefault("name", path.stem)
+    source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return validate_recipe(apply_overrides(raw, overrides), source)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe, every default written out (what a run folder keeps)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_from_yaml(text: str, source: str) -> Recipe:
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: not a recipe")
+    return validate_recipe(data, source)
