@@ -22,6 +22,10 @@ class CheckpointError(DreamctlError):
     """A checkpoint or run folder cannot be used."""
 
 
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint file whose contents do not load (truncated, not a checkpoint): resume skips it."""
+
+
 class WeightsError(DreamctlError):
     """A metric's weight file is missing or does not match its checksum."""
 

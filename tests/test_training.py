@@ -81,10 +81,35 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data_dir, caps
     assert len(warning) == 1 and newest.name in warning[0] and "cannot be read" in warning[0]
     assert train(tmp_path / "straight", synthetic_data_dir, TINY + ["train.max_steps=12"], recipe="tiny") == 0
     assert_identical(final_weights(run), final_weights(tmp_path / "straight"))
+    assert (run / "checkpoints" / (newest.name + ".corrupt")).is_file()  # set aside, kept for inspection
     for path in list_checkpoints(run / "checkpoints"):
         path.write_bytes(b"")
     assert main(["resume", str(run)]) == 2
     assert "every checkpoint" in capsys.readouterr().err
+
+
+def test_rotation_after_skipping_a_corrupt_checkpoint_keeps_the_good_ones(tmp_path, synthetic_data_dir, capsys):
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0  # steps 4 and 8
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    # from step 4 to step 6 keeping one checkpoint: the corrupt step 8 must not be the one kept
+    assert main(["resume", str(run), "--set", "train.max_steps=6", "--set", "train.keep_checkpoints=1"]) == 0
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000006.pt"]
+    assert main(["resume", str(run), "--set", "train.max_steps=7"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert [r["step"] for r in info["resumes"]] == [4, 6]
+
+
+def test_a_checkpoint_that_cannot_be_opened_stops_resume_without_skipping_it(tmp_path, synthetic_data_dir, capsys):
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
+    (run / "checkpoints" / "step-00000008.pt").mkdir()  # IsADirectoryError: an access problem, not corruption
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "train.max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "step-00000008.pt cannot be opened" in err and "warning" not in err
+    assert (run / "checkpoints" / "step-00000004.pt").is_file() and (run / "checkpoints" / "step-00000008.pt").is_dir()
 
 
 def test_nan_loss_stops_without_poisoned_checkpoint(tmp_path, synthetic_data_dir, monkeypatch, capsys):
@@ -101,6 +126,7 @@ def test_nan_loss_stops_without_poisoned_checkpoint(tmp_path, synthetic_data_dir
     assert train(run, synthetic_data_dir, TINY + ["train.checkpoint_every=1"], recipe="tiny") == 2
     err = capsys.readouterr().err
     assert "non-finite loss or gradient at step 5" in err and "no checkpoint written" in err
+    assert f"dreamctl resume {run} --set optim.lr=" in err  # advice that resume accepts
     assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step-00000005.pt"
     for ckpt_path in list_checkpoints(run / "checkpoints"):
         ckpt = load_checkpoint(ckpt_path)
@@ -125,11 +151,29 @@ def test_run_folder_lock_and_no_overwrite(tmp_path, synthetic_data_dir, capsys):
 def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
-    assert main(["resume", str(run), "--set", "optim.lr=0.1"]) == 2
-    assert "resume cannot change 'optim.lr'" in capsys.readouterr().err
+    assert main(["resume", str(run), "--set", "train.batch_size=4"]) == 2
+    assert "resume cannot change 'train.batch_size'" in capsys.readouterr().err
+    assert main(["resume", str(run), "--set", "loss.kind=dream"]) == 2
+    assert "resume cannot change 'loss.kind'" in capsys.readouterr().err
     assert main(["resume", str(run), "--set", "train.nosuch=1"]) == 2
     assert "train.nosuch: unknown key" in capsys.readouterr().err
     assert main(["resume", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_resume_may_lower_the_learning_rate_and_move_the_data(tmp_path, synthetic_data_dir):
+    """What a user does after a NaN or a move: both act from the resumed step on, and run.json says so."""
+    import shutil
+
+    run, moved = tmp_path / "run", tmp_path / "moved-data"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
+    shutil.copytree(synthetic_data_dir, moved)
+    assert main(["resume", str(run), "--set", "train.max_steps=6", "--set", "optim.lr=0.0005",
+                 "--set", f"data.path={moved}"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"]) for r in records] == [(2, 2e-3), (4, 2e-3), (6, 5e-4)]
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"] == str(moved.resolve()) and info["resumes"][-1]["step"] == 4
+    assert "optim.lr=0.0005" in info["resumes"][-1]["set"]
 
 
 def test_resume_refuses_data_that_changed_since_the_start(tmp_path, capsys):
@@ -181,11 +225,13 @@ def test_two_gloo_processes_match_one(tmp_path, synthetic_data_dir):
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
 
 
-def test_bad_data_path_creates_nothing(tmp_path, capsys):
+def test_bad_data_path_or_batch_creates_nothing(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, tmp_path / "no-such-data", TINY, recipe="tiny") == 2
     assert "no-such-data" in capsys.readouterr().err
     assert not (run / "recipe.yaml").exists()  # so the same command can simply be run again
+    assert train(run, synthetic_data_dir, TINY + ["train.batch_size=500", "data.limit=64"], recipe="tiny") == 2
+    assert "batch size 500" in capsys.readouterr().err and not run.exists()
 
 
 def test_resume_after_a_crash_before_the_first_checkpoint_and_a_torn_log(tmp_path, synthetic_data_dir):
@@ -239,3 +285,27 @@ def test_torchrun_shortcut_forwards_a_signal_and_exits_like_one_process(monkeypa
     assert _launch_torchrun(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGTERM
     assert made[0].sent == [signal.SIGTERM] and "--nproc-per-node=2" in made[0].cmd
     assert signal.getsignal(signal.SIGTERM) is before  # the launcher's handler is gone again
+
+
+def test_a_stop_between_log_steps_resumes_to_the_same_log(tmp_path, synthetic_data_dir):
+    """The partial interval travels in the checkpoint: the log after a resume equals an uninterrupted run's."""
+    from dreamctl.config import load_recipe
+    from dreamctl.runtime import setup
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import resume_run, start_run
+
+    recipe = load_recipe("tiny-conservative", CONSERVATIVE + ["train.max_steps=12", "train.log_every=3",
+                                                              f"data.path={synthetic_data_dir}"])
+    rt = setup("fp32", "cpu")
+    assert start_run(recipe, RunDir(tmp_path / "straight"), rt) == "finished"
+    calls = iter(range(100))  # should_stop is asked once per step: stop after step 7, mid-interval
+    assert start_run(recipe, RunDir(tmp_path / "split"), rt, should_stop=lambda: next(calls) == 6) == "interrupted"
+    assert resume_run(RunDir(tmp_path / "split"), rt) == "finished"
+
+    def logged(run: Path) -> list[dict]:
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("img_per_s", "time", "peak_memory_bytes")} for r in records]
+
+    straight = logged(tmp_path / "straight")
+    assert [r["step"] for r in straight] == [3, 6, 9, 12] and "loss_rect" in straight[2]  # DREAM from step 9
+    assert logged(tmp_path / "split") == straight

@@ -31,6 +31,7 @@ from dreamctl.errors import RunError
 from dreamctl.generate import generate, save_grid
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed, peak_memory_bytes
+from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import TrainState, save_checkpoint
 
@@ -111,44 +112,6 @@ def step_noise(recipe: Recipe, step: int, rt: Runtime, local: slice) -> tuple[Te
     return t, noise
 
 
-class _Meter:
-    """Loss terms summed on the device between log steps (no host sync per step)."""
-
-    def __init__(self, T: int, device: torch.device):
-        self.T, self.device = T, device
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.q_sum = torch.zeros(4, device=self.device)
-        self.q_count = torch.zeros(4, device=self.device)
-        self.n = 0
-
-    def add(self, stats: dict[str, Any], t: Tensor) -> None:
-        for key in ("loss", "loss_std", "loss_rect", "loss_dream", "lambda_mean"):
-            if key in stats:
-                self.sums[key] = self.sums.get(key, 0) + stats[key].float()
-        q = (t * 4 // self.T).clamp(max=3)
-        self.q_sum.index_add_(0, q, stats["per_sample"].float())
-        self.q_count.index_add_(0, q, torch.ones_like(q, dtype=torch.float32))
-        self.n += 1
-
-    def means(self, rt: Runtime) -> dict[str, float]:
-        """Means over the interval and, under DDP, over all ranks (one all-reduce per log step)."""
-        keys = sorted(self.sums)
-        packed = torch.cat([torch.stack([self.sums[k] for k in keys]) if keys else self.q_sum[:0],
-                            self.q_sum, self.q_count])
-        if rt.distributed:
-            packed = packed.to(rt.device if rt.device.type == "cuda" else "cpu")
-            torch.distributed.all_reduce(packed)
-            packed = packed / torch.tensor([rt.world_size] * len(keys) + [1] * 8, device=packed.device)
-        sums, q_sum, q_count = packed[:len(keys)], packed[len(keys):len(keys) + 4], packed[len(keys) + 4:]
-        out = {k: (sums[i] / self.n).item() for i, k in enumerate(keys)}
-        q = (q_sum / q_count.clamp(min=1)).tolist()
-        out.update({f"loss_q{i}": q[i] for i in range(4) if q_count[i] > 0})
-        return out
-
-
 def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: dict[str, Any] | None = None,
           on_event: OnEvent = lambda kind, payload: None, should_stop: Callable[[], bool] = lambda: False) -> str:
     """Train until the recipe's last step, a stop request or a failure. Returns 'finished' or 'interrupted'.
@@ -170,12 +133,15 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     local = slice(rt.rank * tc.batch_size // rt.world_size, (rt.rank + 1) * tc.batch_size // rt.world_size)
     last_step = total_steps(recipe, len(images))
     recipe_yaml = recipe_to_yaml(recipe)
-    meter = _Meter(recipe.diffusion.num_timesteps, rt.device)
+    meter = LossMeter(recipe.diffusion.num_timesteps, rt.device)
+    if resume is not None and "meter" in resume:  # older checkpoints lack it: the first record is then partial
+        meter.load_state_dict(resume["meter"], rt)
     on_event("start", {"step": state.step, "total_steps": last_step, "steps_per_epoch": order.steps})
 
     def checkpoint() -> None:
+        meter_state = meter.state_dict(rt)  # on every rank: it may all-reduce
         if rt.is_main:
-            ckpt = state.state_dict(recipe_yaml, order.state_dict())
+            ckpt = {**state.state_dict(recipe_yaml, order.state_dict()), "meter": meter_state}
             path = save_checkpoint(ckpt, run.checkpoints, tc.keep_checkpoints)
             run.update_info({"step": state.step, "epoch": order.epoch, "images_seen": state.images_seen,
                              "wall_time_s": round(state.wall_time_s, 2)})
@@ -206,7 +172,8 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
             terms = {k: float(v) for k, v in stats.items() if k.startswith(("loss", "lambda"))}
             raise RunError(f"non-finite loss or gradient at step {state.step} (epoch {batch.epoch}): {terms}; "
                            f"no step taken and no checkpoint written. "
-                           f"Resume from the last checkpoint with a lower optim.lr or tighter optim.grad_clip")
+                           f"Resume from the last checkpoint with a lower learning rate or tighter clipping, e.g. "
+                           f"`dreamctl resume {run.root} --set optim.lr={recipe.optim.lr / 2:g}`")
         meter.add(stats, t)
         state.step += 1
         state.images_seen += tc.batch_size

@@ -15,16 +15,19 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_recipe
-from dreamctl.data.loader import ImageSet, open_split
+from dreamctl.data.loader import BatchOrder, ImageSet, open_split
 from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime, barrier, peak_memory_bytes
 from dreamctl.training.loop import OnEvent, train
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import list_checkpoints, load_latest
+from dreamctl.training.state import list_checkpoints, load_latest, set_aside_newer
 
-# What `resume --set` may change: settings that do not alter the steps already taken.
+# What `resume --set` may change: settings that do not alter the steps already taken. The optimizer
+# settings act from the resumed step on (a lower lr after a NaN); data.path may point to a copy of
+# the same data (its content hash is checked). run.json's "resumes" lists each resume's overrides.
 RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.log_every", "train.checkpoint_every",
-                  "train.sample_every", "train.keep_checkpoints", "train.sample_grid", "sample.", "eval.")
+                  "train.sample_every", "train.keep_checkpoints", "train.sample_grid", "sample.", "eval.",
+                  "optim.lr", "optim.grad_clip", "optim.warmup_steps", "data.path")
 
 
 def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
@@ -68,6 +71,7 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
               should_stop: Callable[[], bool] = lambda: False) -> str:
     """Create the run folder and train from step 0 (the data is checked before anything is written)."""
     images = _open_data(recipe, rt)
+    BatchOrder(len(images), recipe.train.batch_size, recipe.train.seed, rt.rank, rt.world_size)  # batch fits?
     with run.lock() if rt.is_main else nullcontext():
         if rt.is_main:
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
@@ -114,7 +118,10 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
             ckpt = None
             on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})
         if rt.is_main:
-            run.truncate_metrics(after_step=ckpt["step"] if ckpt else 0)
+            step = ckpt["step"] if ckpt else 0
+            set_aside_newer(run.checkpoints, step)
+            run.truncate_metrics(after_step=step)
+            run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides)}]})
             if overrides:
                 atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
         return _run(run, recipe, rt, images, ckpt, on_event, should_stop)

@@ -8,6 +8,7 @@ intact; a truncated or corrupt newest file makes `load_latest` fall back to the 
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 import warnings
@@ -21,9 +22,10 @@ from torch import nn
 
 import dreamctl
 from dreamctl.atomic import atomic_path
-from dreamctl.errors import CheckpointError, DreamctlWarning
+from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 
 CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
+REQUIRED = {"model", "ema", "optimizer", "step", "rng", "recipe"}
 
 
 @dataclass
@@ -80,8 +82,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"].cpu())  # generator states are CPU byte tensors, wherever loaded
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if "cuda" in state and torch.cuda.is_available():  # the saving node may have had more GPUs than this one
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
 def _as_tuple(value: Any) -> Any:
@@ -112,15 +115,21 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint; CorruptCheckpoint when its contents do not load."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # any unreadable file is reported as a bad checkpoint, with its cause
+    except OSError as err:  # cannot be opened (permissions, I/O): says nothing about the file's contents
+        raise CheckpointError(f"checkpoint {path} cannot be opened ({type(err).__name__}: {err.strerror or err}); "
+                              "fix access to it and rerun") from err
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as err:  # truncated, not a zip, ...
         cause = " ".join(str(err).split()) or "empty or truncated file"
         cause = cause if len(cause) <= 200 else cause[:200] + "…"  # one line: torch's messages run long
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {cause})") from err
-    missing = {"model", "ema", "optimizer", "step", "rng", "recipe"} - set(ckpt)
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({type(err).__name__}: {cause})") from err
+    missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: not a dreamctl training checkpoint")
+        raise CorruptCheckpoint(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint")
     return ckpt
 
 
@@ -132,7 +141,20 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
     for path in reversed(candidates):
         try:
             return path, load_checkpoint(path, map_location)
-        except CheckpointError as err:
+        except CorruptCheckpoint as err:
             warnings.warn(f"skipping it: {err}", DreamctlWarning, stacklevel=2)
     raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)}): "
                           f"this run cannot continue; start a new one with `dreamctl train --run-dir NEW_FOLDER`")
+
+
+def set_aside_newer(folder: Path, step: int) -> list[Path]:
+    """Rename checkpoints newer than `step` (those load_latest skipped as corrupt) to `*.corrupt`.
+
+    Kept for inspection, but out of the listing: rotation would otherwise count them among the
+    newest and delete the good checkpoints written after the resume.
+    """
+    moved = []
+    for path in list_checkpoints(folder):
+        if int(CHECKPOINT.match(path.name).group(1)) > step:
+            moved.append(path.rename(path.with_name(path.name + ".corrupt")))
+    return moved

@@ -1,0 +1,60 @@
+"""The logged loss terms: per-term means, and a partial interval carried through a checkpoint."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dreamctl.runtime import Runtime
+from dreamctl.training.meter import LossMeter
+
+T = 1000
+
+
+def _stats(step: int, rank: int, rect: bool) -> tuple[dict, torch.Tensor]:
+    """A step's stats: values that differ by step and rank, a rectified term only when `rect`."""
+    loss = torch.tensor(1.0 + step + 10 * rank)
+    stats = {"loss": loss, "loss_std": loss / 2, "per_sample": torch.tensor([step, rank + 0.5, 3.0, 4.0])}
+    if rect:
+        stats.update(loss_rect=torch.tensor(float(step)), lambda_mean=torch.tensor(0.5))
+    return stats, torch.tensor([0, 300, 600, 999])
+
+
+def test_a_term_that_starts_mid_interval_is_averaged_over_its_own_steps() -> None:
+    rt = Runtime(torch.device("cpu"), "fp32")
+    meter = LossMeter(T, rt.device)
+    for step in range(5):
+        meter.add(*_stats(step, 0, rect=step >= 3))
+    means = meter.means(rt)
+    assert means["loss"] == (1 + 2 + 3 + 4 + 5) / 5
+    assert (means["loss_rect"], means["lambda_mean"]) == ((3 + 4) / 2, 0.5)  # not diluted by steps 0-2
+    assert means["loss_q0"] == sum(range(5)) / 5 and means["loss_q3"] == 4.0
+
+
+def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=world)
+    straight, first = LossMeter(T, rt.device), LossMeter(T, rt.device)
+    for step in range(5):
+        straight.add(*_stats(step, rank, rect=step >= 1))
+        if step < 3:
+            first.add(*_stats(step, rank, rect=step >= 1))
+    saved = first.state_dict(rt)  # a checkpoint after step 2, between two log steps
+    resumed = LossMeter(T, rt.device)
+    resumed.load_state_dict(saved, rt)
+    for step in range(3, 5):
+        resumed.add(*_stats(step, rank, rect=True))
+    result = (straight.means(rt), resumed.means(rt))
+    if rank == 0:
+        torch.save(result, out)
+    dist.destroy_process_group()
+
+
+def test_a_partial_interval_survives_a_checkpoint_under_ddp(tmp_path) -> None:
+    out = tmp_path / "means.pt"
+    mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'store'}", str(out)), nprocs=2)
+    straight, resumed = torch.load(out, weights_only=True)
+    assert resumed == straight
+    assert straight["loss"] == sum(1 + s + 10 * r for s in range(5) for r in range(2)) / 10
+    assert straight["loss_rect"] == (1 + 2 + 3 + 4) / 4
