@@ -179,9 +179,9 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     e = recipe.eval
     explicit = metrics is not None
     wanted = parse_metrics(metrics if explicit else e.metrics)
-    num = num or e.num
+    num = e.num if num is None else num  # `or` would turn --num 0 into the default
     ref_split = ref or e.ref
-    ref_num = ref_num or e.ref_num or num
+    ref_num = (e.ref_num or num) if ref_num is None else ref_num
     seed = e.seed if opts.seed is None else opts.seed
     if ref_split not in ("train", "valid", "test"):
         raise ConfigError(f"--ref {ref_split!r}: choose train, valid or test")
@@ -189,8 +189,8 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
         raise ConfigError(f"evaluate needs at least 2 generated and 2 reference images "
                           f"(--num {num}, --ref-num {ref_num})")
     data_dir = Path(data) if data is not None else _data_dir(recipe, run)
-    if data is not None:
-        run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")
+    run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")  # also the recorded one:
+    # it may have been prepared again in place, and other data would overwrite this protocol's file
     check_reference(data_dir, ref_split, ref_num, recipe.data.resolution)
 
     problems, net = weight_problems(wanted, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))

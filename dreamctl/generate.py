@@ -8,7 +8,7 @@ seed, whatever the batch size or the number of processes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +20,32 @@ from dreamctl.atomic import atomic_path
 from dreamctl.config import SampleConfig
 from dreamctl.diffusion.samplers import sample
 from dreamctl.diffusion.schedule import NoiseSchedule
+from dreamctl.errors import ConfigError
 
 
 def to_uint8(x: Tensor) -> Tensor:
     """Images in [-1, 1], NCHW float -> NHWC uint8 on the CPU."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+# torch's CPU generator keeps only the low 32 bits of a seed, so the 32 bits are split: 2**20 images
+# per base seed (FID-50k fits 20 times over) and base seeds 0..4095.
+IMAGES_PER_SEED = 2**20
+MAX_BASE_SEED = 2**32 // IMAGES_PER_SEED - 1
+
+
+def image_seeds(base: int, indices: Iterable[int]) -> list[int]:
+    """The seed of image i under base seed `base`: base * 2**20 + i.
+
+    Sets drawn under different base seeds share no image (with base + i, seed 1's image i would
+    be seed 0's image i + 1, and two "independent" 5,000-image sets would share 4,999).
+    """
+    if not 0 <= base <= MAX_BASE_SEED:
+        raise ConfigError(f"seed {base} is outside 0..{MAX_BASE_SEED}; pass --seed in that range")
+    seeds = [base * IMAGES_PER_SEED + i for i in indices]
+    if seeds and max(seeds) >= (base + 1) * IMAGES_PER_SEED:
+        raise ConfigError(f"a base seed names at most {IMAGES_PER_SEED:,} images; draw fewer or split the set")
+    return seeds
 
 
 def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:

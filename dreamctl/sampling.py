@@ -1,6 +1,6 @@
 """Load a run's model for inference and draw numbered samples into a folder, resumably.
 
-Image i of a folder is `DIR/<i:06d>.png`, drawn from seed `seed + i` (generate.py), so a folder
+Image i of a folder is `DIR/<i:06d>.png`, drawn from seed `seed * 2**20 + i` (generate.image_seeds), so a folder
 can be filled in any order, by any number of processes, and stopped and rerun: a PNG that is
 already there and readable is kept, and only the missing indices are drawn. `sample.json`
 records the settings; a folder is never topped up with images drawn under other settings.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,10 @@ from torch import nn
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.config import Recipe, SampleConfig, validate_recipe
+from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
 from dreamctl.diffusion import NoiseSchedule, schedule_for
-from dreamctl.errors import CheckpointError, DataError, RunError
-from dreamctl.generate import generate, save_grid
+from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
+from dreamctl.generate import generate, image_seeds, save_grid
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
 from dreamctl.training.rundir import RunDir, read_json
@@ -34,7 +35,7 @@ from dreamctl.training.state import checkpoint_path, list_checkpoints, load_chec
 OnEvent = Callable[[str, dict[str, Any]], None]  # ("sample_start" | "sample_progress" | "sample_done", payload)
 PNG = re.compile(r"^(\d{6,})\.png$")
 # What must match for a folder's existing images to be reused: they fix every pixel.
-SETTINGS = ("checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "seed", "image_size")
+SETTINGS = ("run_id", "checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "seed", "image_size")
 GRID_MAX = 64
 
 
@@ -50,7 +51,7 @@ class SampleOptions:
     batch_size: int | None = None
     compile: bool | None = None
     checkpoint: int | None = None  # step; None: the newest readable checkpoint
-    seed: int | None = None  # image i comes from seed + i; None: 0 for `sample`, eval.seed for `evaluate`
+    seed: int | None = None  # base seed (generate.image_seeds); None: 0 for `sample`, eval.seed for `evaluate`
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class InferenceModel:
     step: int
     checkpoint: Path
     image_size: int
+    run_id: str
 
 
 def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleConfig:
@@ -94,16 +96,28 @@ def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, An
 
 
 def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> InferenceModel:
-    """The run's model (EMA weights unless told otherwise) from the chosen checkpoint, ready to sample."""
-    recipe = run.recipe()
-    cfg = sample_config(recipe, opts, str(run.recipe_file))
+    """The run's model (EMA weights unless told otherwise) from the chosen checkpoint, ready to sample.
+
+    The network and the noise schedule are built from the recipe stored in the checkpoint, the one
+    its weights were trained with; recipe.yaml gives only the sampling settings (`sample`, `eval`).
+    """
+    current = run.recipe()
     path, ckpt = choose_checkpoint(run, opts.checkpoint)
+    trained = recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)")
+    if (trained.model, trained.diffusion, trained.data.resolution) != (
+            current.model, current.diffusion, current.data.resolution):
+        warnings.warn(f"{run.recipe_file} differs from the recipe {path.name} was trained with in its model, "
+                      "diffusion or data.resolution section; sampling with the checkpoint's", DreamctlWarning,
+                      stacklevel=2)
+    recipe = trained.model_copy(update={"sample": current.sample, "eval": current.eval})
+    cfg = sample_config(recipe, opts, str(run.recipe_file))
     model = build_model(recipe.model, recipe.data.resolution)
     model.load_state_dict(ckpt["ema" if cfg.use_ema else "model"])
     model = model.to(rt.device).eval().requires_grad_(False)
     net = torch.compile(model) if cfg.compile else model
     schedule = schedule_for(recipe.diffusion)
-    return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution)
+    return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution,
+                          run.run_id())
 
 
 def folder_name(m: InferenceModel, seed: int) -> str:
@@ -115,7 +129,7 @@ def folder_name(m: InferenceModel, seed: int) -> str:
 
 def settings(m: InferenceModel, seed: int) -> dict[str, Any]:
     c = m.cfg
-    return {"checkpoint_step": m.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
+    return {"run_id": m.run_id, "checkpoint_step": m.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
             "t_start": c.t_start, "clip_x0": c.clip_x0, "seed": seed, "image_size": m.image_size}
 
 
@@ -142,6 +156,8 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
     """Refuse to add images to a folder that holds images drawn under other settings."""
     meta = folder / "sample.json"
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"--out {folder} is a file; pass a folder (it is made if missing)")
     if meta.is_file():
         old = read_json(meta)
         clash = [f"{k}={old.get(k)!r} (asked {wanted[k]!r})" for k in SETTINGS if old.get(k) != wanted[k]]
@@ -169,7 +185,7 @@ def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Ru
     while done < len(indices):
         chunk = indices[done:done + batch_size]
         try:
-            images = generate(m.net, m.schedule, [seed + i for i in chunk], image_size=m.image_size, cfg=m.cfg,
+            images = generate(m.net, m.schedule, image_seeds(seed, chunk), image_size=m.image_size, cfg=m.cfg,
                               device=rt.device, batch_size=batch_size)
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
@@ -196,6 +212,7 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     """
     if num < 1:
         raise RunError(f"--num must be at least 1, got {num}")
+    image_seeds(seed, ())  # a bad base seed fails before the folder is touched
     started = time.perf_counter()
     wanted = open_folder(m, folder, seed, rt)
     barrier(rt)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import prepare_synthetic
-from dreamctl.data.decode import crop_box, parse_crop
+from dreamctl.data.decode import crop_box, parse_crop, preprocess
 from dreamctl.data.prepare import PROGRESS, prepare_data
 from dreamctl.data.shards import file_sha256, manifest_sha256, read_manifest, read_names, verify
 from dreamctl.data.sources import list_source
@@ -90,6 +90,16 @@ def test_limit_takes_the_first_files_of_each_split_in_name_order(celeba, tmp_pat
     assert read_manifest(tmp_path)["counts"] == {"train": 3, "valid": 3, "test": 3}
     assert read_names(tmp_path / "train-00000.h5") == ["000001.jpg", "000002.jpg", "000003.jpg"]
     assert read_names(tmp_path / "test-00000.h5") == ["000026.jpg", "000027.jpg", "000028.jpg"]
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I;16")
+        out = preprocess(im, "none", 32)
+    assert out.shape == (32, 32, 3) and (out[..., 0] == out[..., 2]).all()
+    np.testing.assert_array_equal(out[..., 0], (ramp >> 8).astype(np.uint8))  # not 99% white
 
 
 def test_crop_boxes():

@@ -67,6 +67,16 @@ def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     assert len(list((tmp_path / "cache").glob("refstats-*.npz"))) == 3
 
 
+def test_a_cache_folder_that_cannot_be_written_warns_and_still_computes(tmp_path):
+    gen, ref = _faces(0, 8), _faces(1, 8)
+    (tmp_path / "read-only").write_text("a file where the cache folder should go")
+    kw = dict(metrics=["fid"], reference_key="k", feature_net=StandInFeatureNet())
+    with pytest.warns(UserWarning, match="reference statistics not cached"):
+        out = evaluate_image_sets(gen, ref, cache_dir=tmp_path / "read-only" / "cache", **kw)
+    assert out["protocol"]["reference_cache"] == "not written"
+    assert out["metrics"]["fid"] == evaluate_image_sets(gen, ref, cache_dir=None, **kw)["metrics"]["fid"]
+
+
 def test_identical_sets_give_near_zero_distances():
     imgs = _faces(2, 40)
     out = evaluate_image_sets(imgs, imgs, metrics=["fid", "kid", "pixel_fd"], reference_key=None,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamctl import sampling
+from dreamctl import generate, sampling
 from dreamctl.cli import main
 from dreamctl.evaluation import evaluate_run
 from dreamctl.experiments.runs import read_evals
@@ -56,10 +56,12 @@ def test_same_seeds_same_images_at_any_batch_size(trained, tmp_path):
     seven = _draw(run, tmp_path / "b7", 9, eta=1.0, batch_size=7)
     assert one.shape == (9, 32, 32, 3) and one.std() > 0
     np.testing.assert_array_equal(one, seven)
-    # Image i comes from seed + i: a folder starting at seed 4 holds images 4.. of seed 0.
-    shifted = _draw(run, tmp_path / "s4", 3, eta=1.0, seed=4, batch_size=2)
-    np.testing.assert_array_equal(shifted, one[4:7])
     assert not np.array_equal(one[0], one[1])
+    # Another base seed draws another set: no image of seed 1 is one of seed 0's (with seed + i it
+    # would be shifted by one), and image i is seed * 2**20 + i, the grid's seeds for seed 0.
+    other = _draw(run, tmp_path / "s1", 9, eta=1.0, seed=1, batch_size=4)
+    assert not any(np.array_equal(a, b) for a in other for b in one)
+    assert generate.image_seeds(1, [0, 8]) == [2**20, 2**20 + 8] and generate.image_seeds(0, range(3)) == [0, 1, 2]
 
 
 def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, capsys):
@@ -136,6 +138,36 @@ def test_sample_refuses_what_the_recipe_schema_refuses(trained, tmp_path, capsys
     assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "y")]) == 0
     assert main(["sample", str(run), "--num", "3", "--eta", "1", "--out", str(tmp_path / "y")]) == 2
     assert "eta=0.0" in capsys.readouterr().err and not (tmp_path / "y" / "000002.png").exists()
+    (tmp_path / "a-file").write_text("keep me")
+    for args, needle in ((["--out", str(tmp_path / "a-file")], "is a file; pass a folder"),
+                         (["--out", str(tmp_path / "z"), "--seed", "4096"], "seed 4096 is outside 0..4095"),
+                         (["--out", str(tmp_path / "z"), "--seed", "-1"], "seed -1 is outside")):
+        assert main(["sample", str(run), "--num", "2", *args]) == 2, args
+        assert needle in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "keep me" and not (tmp_path / "z").exists()
+
+
+def test_a_folder_of_another_runs_images_is_not_topped_up(trained, tmp_path, capsys):
+    run, _ = trained
+    twin = tmp_path / "twin"  # the same checkpoint and settings, but another run (as a retrained one would be)
+    shutil.copytree(run, twin, ignore=shutil.ignore_patterns("samples", "eval"))
+    info = json.loads((twin / "run.json").read_text())
+    (twin / "run.json").write_text(json.dumps({**info, "run_id": "another"}))
+    assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", str(twin), "--num", "3", "--out", str(tmp_path / "s")]) == 2
+    assert "run_id=" in capsys.readouterr().err and not (tmp_path / "s" / "000002.png").exists()
+
+
+def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tmp_path, capsys):
+    run, _ = trained
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited, ignore=shutil.ignore_patterns("samples", "eval"))
+    recipe = (edited / "recipe.yaml").read_text()
+    assert "schedule: cosine" in recipe
+    (edited / "recipe.yaml").write_text(recipe.replace("schedule: cosine", "schedule: linear"))
+    with pytest.warns(UserWarning, match="differs from the recipe step-00000004.pt was trained with"):
+        changed = _draw(edited, tmp_path / "b", 3)
+    np.testing.assert_array_equal(changed, _draw(run, tmp_path / "a", 3))  # the cosine schedule, as trained
 
 
 def _older_checkpoint(run: Path, step: int) -> None:
@@ -265,3 +297,15 @@ def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--data", str(other)]) == 2
     assert "holds other data than this run trained on" in capsys.readouterr().err
+    # ... and so is the recorded folder itself once prepared again in place with other images.
+    data.rename(tmp_path / "kept")
+    other.rename(data)
+    try:
+        assert main(args) == 2
+        assert "holds other data than this run trained on" in capsys.readouterr().err
+    finally:
+        data.rename(other)
+        (tmp_path / "kept").rename(data)
+    for flag in ("--num", "--ref-num"):  # 0 is not "the default"
+        assert main([*args, flag, "0"]) == 2
+        assert "at least 2 generated and 2 reference images" in capsys.readouterr().err

@@ -44,12 +44,12 @@ class SampleProgress:
 
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
-    num: int = typer.Option(..., "--num", "-n", help="Number of images; image i comes from seed + i."),
+    num: int = typer.Option(..., "--num", "-n", help="Number of images; image i has its own seed, so any batch size gives the same images."),
     sampler: options.Sampler = None,
     steps: options.Steps = None,
     eta: options.Eta = None,
     t_start: options.TStart = None,
-    seed: int = typer.Option(0, "--seed", help="Base seed."),
+    seed: int = typer.Option(0, "--seed", help="Base seed (0..4095); different base seeds share no image."),
     ema: options.Ema = None,
     checkpoint: options.Checkpoint = None,
     batch_size: options.BatchSize = None,
@@ -87,7 +87,7 @@ def command(
         say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
         say(f"{num} images in {folder} ({record['drawn_now']} drawn now, {record['wall_time_s']} s): "
             f"{c.sampler} {c.steps} steps, eta {c.eta:g}, {'EMA' if c.use_ema else 'raw'} weights of step "
-            f"{model.step}, seeds {seed}..{seed + num - 1}")
+            f"{model.step}, base seed {seed}")
         say(f"grid: {grid or folder / 'grid.png'}")
         if npz:
             say(f"npz: {write_npz(folder, read_samples(folder, num, model.image_size))}")

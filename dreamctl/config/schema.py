@@ -128,7 +128,7 @@ class EvalConfig(_Section):
     ref: Literal["train", "valid", "test"] = "train"
     ref_num: int | None = Field(None, gt=0)  # default: as many as generated
     metrics: tuple[str, ...] = ("fid", "kid", "is", "lpips", "swd")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=4096)  # base seed of the samples (generate.image_seeds)
 
 
 class Recipe(_Section):

@@ -57,7 +57,10 @@ def crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int]:
 
 def preprocess(image: Image.Image, crop: str, resolution: int) -> np.ndarray:
     """Crop then resize one decoded image to a (resolution, resolution, 3) uint8 array."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16"):  # 16-bit greyscale: convert("RGB") would clip it at 255, not scale it
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+    image = image.convert("RGB")
     image = image.crop(crop_box(crop, *image.size))
     if image.size != (resolution, resolution):
         image = image.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)

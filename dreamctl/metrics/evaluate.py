@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dreamctl.atomic import atomic_path
-from dreamctl.errors import ConfigError, DataError, WeightsError
+from dreamctl.errors import ConfigError, DataError, DreamctlWarning, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import FeatureNet, InceptionFeatureNet, batched_features, check_images
 from dreamctl.metrics.pixel_fd import pixel_frechet_distance
@@ -71,7 +72,12 @@ def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: st
     if path is None:
         return stats, "off"
     extra = {} if logits is None else {"logits": logits}
-    _save_npz_atomic(path, key=np.array(json.dumps(key, sort_keys=True)), mu=mu, sigma=sigma, feats=feats, **extra)
+    try:
+        _save_npz_atomic(path, key=np.array(json.dumps(key, sort_keys=True)), mu=mu, sigma=sigma, feats=feats, **extra)
+    except OSError as err:  # a read-only data folder: the statistics are right, only not kept for next time
+        warnings.warn(f"reference statistics not cached in {path.parent} ({err.strerror or err}); "
+                      "they are computed again next time", DreamctlWarning, stacklevel=2)
+        return stats, "not written"
     return stats, "written"
 
 

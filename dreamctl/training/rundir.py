@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +20,12 @@ from dreamctl.errors import CheckpointError, DataError, RunError
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} cannot be read ({err}); is this a dreamctl run folder?") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object; was it written by dreamctl?")
+    return data
 
 
 class RunDir:
@@ -48,7 +52,8 @@ class RunDir:
         for sub in (self.checkpoints, self.samples):
             sub.mkdir(exist_ok=True)
         atomic.write_text(self.recipe_file, recipe_to_yaml(recipe))
-        self.update_info({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "status": "created",
+        self.update_info({"run_id": uuid.uuid4().hex, "status": "created",
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           **info})
 
     def recipe(self) -> Recipe:
@@ -59,6 +64,11 @@ class RunDir:
 
     def info(self) -> dict[str, Any]:
         return read_json(self.run_file) if self.run_file.is_file() else {}
+
+    def run_id(self) -> str:
+        """What tells this run from any other, wherever its folder moves (sample folders record it)."""
+        info = self.info()
+        return info.get("run_id") or f"{info.get('name')}@{info.get('created')}"  # runs made before run_id
 
     def check_data(self, data_dir: Path, fix: str) -> None:
         """Refuse a prepared folder whose content (manifest hash) is not the data this run trained on."""
