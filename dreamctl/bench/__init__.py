@@ -47,7 +47,8 @@ SECTIONS = ("train", "variants", "sample", "data", "all")
 
 
 def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, sample_batches: int = 2,
-              budget_s: float | None = None, variants: bool = True, data_images: int = 2048) -> dict[str, Any]:
+              budget_s: float | None = None, variants: bool = True, only: tuple[str, ...] = (),
+              data_images: int = 2048) -> dict[str, Any]:
     """One benchmark run; `what` is one of SECTIONS ('train' includes the variants unless told not to)."""
     if what not in SECTIONS:
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(SECTIONS)}")
@@ -62,7 +63,7 @@ def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: in
     if what in ("train", "all"):
         result["train"] = bench_train(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s)
     if what == "variants" or (what in ("train", "all") and variants):
-        result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s)
+        result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s, only=only)
     if what in ("sample", "all"):
         result["sample"] = bench_sample(recipe, rt, batches=sample_batches, compare_compile=variants)
         result["inception"] = bench_inception(rt, batch_size=recipe.train.batch_size,

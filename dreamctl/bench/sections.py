@@ -13,6 +13,7 @@ from torch import Tensor
 from dreamctl.config import Recipe
 from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import STEP_COST
+from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import init_state, wrap_for_training
 
@@ -69,21 +70,29 @@ def _variant(recipe: Recipe, rt: Runtime, *, compile: bool, precision: str, chan
     return r, dataclasses.replace(rt, precision=precision)
 
 
-def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int,
-                   budget_s: float | None = None) -> dict[str, Any]:
+VARIANTS = {
+    "eager bf16": dict(compile=False, precision="bf16", channels_last=False),  # the reference
+    "compile bf16": dict(compile=True, precision="bf16", channels_last=False),
+    "eager fp32 (tf32)": dict(compile=False, precision="fp32", channels_last=False),
+    "eager bf16 channels_last": dict(compile=False, precision="bf16", channels_last=True),
+}
+VARIANT_REFERENCE = "eager bf16"
+
+
+def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget_s: float | None = None,
+                   only: tuple[str, ...] = ()) -> dict[str, Any]:
     """CUDA only: the standard step eager vs torch.compile, bf16 vs fp32, channels_last on/off.
 
     Each variant changes one setting from the reference (eager, bf16, contiguous). 'fp32'
-    is what runtime.setup gives on CUDA: TF32 matmuls and convolutions allowed.
+    is what runtime.setup gives on CUDA: TF32 matmuls and convolutions allowed. `only` picks
+    some (the reference always runs): a slow compile then cannot cost the other figures.
     """
+    unknown = [n for n in only if n not in VARIANTS]
+    if unknown:
+        raise RunError(f"unknown variant {unknown[0]!r}: expected one of {', '.join(map(repr, VARIANTS))}")
     if rt.device.type != "cuda":
         return {"skipped": "CUDA only (compile, bf16 and channels_last are GPU settings)"}
-    configs = {
-        "eager bf16": dict(compile=False, precision="bf16", channels_last=False),
-        "compile bf16": dict(compile=True, precision="bf16", channels_last=False),
-        "eager fp32 (tf32)": dict(compile=False, precision="fp32", channels_last=False),
-        "eager bf16 channels_last": dict(compile=False, precision="bf16", channels_last=True),
-    }
+    configs = {n: c for n, c in VARIANTS.items() if not only or n in only or n == VARIANT_REFERENCE}
     steps, compile_s = {}, {}
     for name, cfg in configs.items():
         vr, vrt = _variant(recipe, rt, **cfg)
@@ -96,11 +105,11 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int,
         sync(rt.device)
         compile_s[name] = round(time.perf_counter() - t0, 1)
     raw = interleaved(steps, rt.device, warmup=warmup, rounds=rounds, budget_s=budget_s)
-    rows = summarize(raw, recipe.train.batch_size, True, reference="eager bf16")
+    rows = summarize(raw, recipe.train.batch_size, True, reference=VARIANT_REFERENCE)
     for name, row in rows.items():
         row["first_step_s"] = compile_s[name]
-    return {"reference": "eager bf16", "loss": "standard", "rows": rows,
-            "note": "all four models stay resident: compare step_extra_bytes (the peak less what was resident)"}
+    return {"reference": VARIANT_REFERENCE, "loss": "standard", "rows": rows,
+            "note": "all the variants' models stay resident: compare step_extra_bytes (the peak less what was resident)"}
 
 
 def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,

@@ -26,6 +26,8 @@ def command(
     sample_batches: Annotated[int, typer.Option("--sample-batches", min=1, help="Timed DDIM-50 batches.")] = 2,
     variants: Annotated[bool, typer.Option("--variants/--no-variants", help="With train: also eager/compile, "
                                            "bf16/fp32, channels_last (CUDA); with sample: eager and compiled.")] = True,
+    only: Annotated[list[str], typer.Option("--only", help="Variants: run only this one (repeatable), e.g. "
+                                            "--only 'compile bf16'; the reference 'eager bf16' always runs.")] = [],
     budget: Annotated[Optional[float], typer.Option("--budget-s", help="Stop timing a section after the round "
                                                     "that passes this many seconds.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="JSON file [default: bench-WHAT-DEVICE.json].")] = None,
@@ -47,13 +49,14 @@ def command(
     rounds = steps or (20 if rt.device.type == "cuda" else 12)
     with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
         result = bench.run_bench(what, resolved, rt, rounds=rounds, warmup=warmup, sample_batches=sample_batches,
-                                 budget_s=budget, variants=variants)
+                                 budget_s=budget, variants=variants, only=tuple(only))
     # The command with every default resolved, so the run can be repeated as it was.
     result["command"] = " ".join(
         ["dreamctl bench", what, "--recipe", recipe or bench.default_recipe(dev), "--device", rt.device.type,
          "--batch-size", str(resolved.train.batch_size), "--steps", str(rounds), "--warmup", str(warmup),
          "--sample-batches", str(sample_batches)] + ([] if variants else ["--no-variants"])
-        + ([] if budget is None else ["--budget-s", f"{budget:g}"]) + [f"--set {s}" for s in set_])
+        + ([] if budget is None else ["--budget-s", f"{budget:g}"]) + [f"--only '{n}'" for n in only]
+        + [f"--set {s}" for s in set_])
     path = out or Path(f"bench-{what}-{rt.device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, result, indent=1)  # before printing: a closed pipe must not lose it
