@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from dreamctl.atomic import atomic_path
 from dreamctl.config import SampleConfig
-from dreamctl.diffusion.samplers import sample
+from dreamctl.diffusion.samplers import sample, to_device
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import ConfigError
 
@@ -68,11 +68,15 @@ def generate(model: nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], *,
     batch_size = batch_size or cfg.batch_size
     out = []
     for start in range(0, len(seeds), batch_size):
-        gens = seed_generators(seeds[start:start + batch_size])
-        x_T = initial_noise(gens, image_size).to(device)
+        chunk = list(seeds[start:start + batch_size])
+        # A compiled network compiles again for a new batch shape (a minute on a large model): a short
+        # last batch is padded with copies of its last seed instead, and the copies are dropped.
+        pad = batch_size - len(chunk) if cfg.compile and start > 0 else 0
+        gens = seed_generators(chunk + chunk[-1:] * pad)
+        x_T = to_device(initial_noise(gens, image_size), device)
         x0 = sample(model, schedule, x_T, steps=cfg.steps, eta=cfg.eta, method=cfg.sampler,
                     generator=gens, clip_x0=cfg.clip_x0, t_start=cfg.t_start)
-        images = to_uint8(x0)
+        images = to_uint8(x0[:len(chunk)])
         if on_batch is not None:
             on_batch(start, images)
         out.append(images)

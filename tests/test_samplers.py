@@ -120,3 +120,28 @@ def test_ddpm_requires_all_steps():
     schedule = make_schedule("cosine", 50)
     with pytest.raises(ValueError, match="all T"):
         sample(lambda x, t: x, schedule, torch.randn(1, 3, 4, 4), steps=10, method="ddpm")
+
+
+def test_a_compiled_network_sees_one_batch_shape_and_the_same_images():
+    """generate() pads a short last batch for a compiled network (a new shape would compile again)."""
+    from dreamctl.config import SampleConfig
+    from dreamctl.generate import generate
+
+    schedule = make_schedule("cosine", 50)
+    oracle = GaussianOracle(schedule, 0.0, 0.5)
+    seen: list[int] = []
+
+    def net(x, t):
+        seen.append(x.shape[0])
+        return oracle(x, t)
+
+    def draw(compile: bool) -> torch.Tensor:
+        cfg = SampleConfig(steps=5, eta=1.0, batch_size=4, compile=compile)
+        return generate(net, schedule, list(range(6)), image_size=4, cfg=cfg, device=torch.device("cpu"))
+
+    padded = draw(compile=True)
+    assert padded.shape == (6, 4, 4, 3) and set(seen) == {4}
+    seen.clear()
+    plain = draw(compile=False)
+    assert set(seen) == {4, 2}
+    torch.testing.assert_close(padded, plain)  # the copies are dropped; each image keeps its own seed

@@ -46,7 +46,15 @@ def randn_like(x: Tensor, generator: Generators) -> Tensor:
     if len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
     rows = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=torch.float32) for g in generator]
-    return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+    return to_device(torch.stack(rows), x.device).to(x.dtype)
+
+
+def to_device(x: Tensor, device: torch.device | str) -> Tensor:
+    """A CPU tensor onto `device`; on CUDA through pinned memory and asynchronously, so the CPU goes on
+    (drawing the next step's per-image noise) while the GPU computes, instead of waiting for its queue."""
+    if torch.device(device).type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def _abar(schedule: NoiseSchedule, t: int) -> float:
