@@ -13,7 +13,8 @@ from dreamctl.config import load_recipe, recipe_to_yaml
 from dreamctl.errors import CheckpointError
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import cells, headers, to_csv, to_json, to_markdown
-from dreamctl.experiments.plots import plot_lambda, write_figures
+from dreamctl.experiments import plots
+from dreamctl.experiments.plots import plot_lambda, plot_losses, plot_metrics_vs_step, write_figures
 from dreamctl.experiments.runs import read_run
 
 P50 = "ddim50-eta0-ema-n500-train500-clean"
@@ -26,21 +27,25 @@ def protocol(steps: int, checkpoint: int) -> dict:
             "resize": "clean: PIL bicubic to 299", "feature_network": "inception-2015-12-05"}
 
 
-def write_eval(run_dir: Path, pid: str, steps: int, checkpoint: int, metrics: dict, file: str | None = None) -> None:
+def write_eval(run_dir: Path, pid: str, steps: int, checkpoint: int, metrics: dict, file: str | None = None,
+               **extra: object) -> None:
+    """`extra`: protocol fields outside the id (ref_manifest_sha256, image_size)."""
     path = run_dir / "eval" / (file or f"{pid}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"protocol_id": pid, "protocol": protocol(steps, checkpoint), "metrics": metrics}))
+    record = {"protocol_id": pid, "protocol": protocol(steps, checkpoint) | extra, "metrics": metrics}
+    path.write_text(json.dumps(record))
 
 
 def write_run(root: Path, name: str, overrides: tuple[str, ...] = (), recipe: str = "tiny-conservative",
-              step: int = 200, status: str = "finished") -> Path:
+              step: int = 200, status: str = "finished", info: dict | None = None) -> Path:
     run_dir = root / name
     run_dir.mkdir(parents=True)
     r = load_recipe(recipe, list(overrides))
     (run_dir / "recipe.yaml").write_text(recipe_to_yaml(r))
     (run_dir / "run.json").write_text(json.dumps({
         "name": name, "recipe": r.name, "status": status, "world_size": 1, "device": "cpu", "step": step,
-        "epoch": 4, "images_seen": step * 64, "wall_time_s": 81.5, "img_per_s": 157.0, "peak_memory_bytes": 0}))
+        "epoch": 4, "images_seen": step * 64, "wall_time_s": 81.5, "img_per_s": 157.0, "peak_memory_bytes": 0,
+        **(info or {})}))
     rows = []
     for s in range(25, step + 1, 25):
         row = {"step": s, "epoch": s // 50, "images_seen": s * 64, "loss": 1.0 / (1 + s / 50) + 0.01 * r.train.seed}
@@ -202,3 +207,97 @@ def test_a_copied_run_folder_is_told_apart_by_its_path(tmp_path: Path) -> None:
     shutil.copytree(a, copy)  # run.json still says name "a"
     labels = [row.label for row in compare_runs([read_run(a), read_run(copy)]).rows]
     assert labels == [f"a ({a})", f"a ({copy})"]
+
+
+SHA_A, SHA_B = "a" * 8 + "1" * 56, "b" * 8 + "1" * 56
+
+
+def test_other_reference_data_gets_its_own_column(tmp_path: Path) -> None:
+    dirs = []
+    for name, sha, fid in (("a", SHA_A, 10.0), ("b", SHA_B, 30.0), ("c", SHA_A, 12.0)):
+        d = write_run(tmp_path, name, (f"loss.lambda_max={fid / 100}",))
+        write_eval(d, P50, 50, 200, {"fid": {"value": fid}}, ref_manifest_sha256=sha, image_size=32)
+        dirs.append(d)
+    comp = compare_runs([read_run(d) for d in dirs])
+    col_a, col_b = f"{P50} (ref aaaaaaaa)", f"{P50} (ref bbbbbbbb)"
+    assert comp.columns == ((col_a, "fid"), (col_b, "fid")) and set(comp.protocols) == {col_a, col_b}
+    assert [r.metrics[(col_a, "fid")].value for r in comp.rows] == [10.0, None, 12.0]
+    assert [r.metrics[(col_b, "fid")].value for r in comp.rows] == [None, 30.0, None]
+    assert f"fid @ {col_b}" in headers(comp)
+    written = {p.name for p in write_figures([read_run(d) for d in dirs], tmp_path / "figs")}
+    assert {f"metrics-vs-step_{P50}-ref-bbbbbbbb.png", f"final-metrics_{P50}-ref-aaaaaaaa.png"} <= written
+    # One reference for all: the column is the bare protocol id; another image size splits it too.
+    assert compare_runs([read_run(dirs[0]), read_run(dirs[2])]).columns == ((P50, "fid"),)
+    write_eval(dirs[2], P50, 50, 200, {"fid": {"value": 12.0}}, ref_manifest_sha256=SHA_A, image_size=64)
+    assert [c for c, _ in compare_runs([read_run(dirs[0]), read_run(dirs[2])]).columns] == [f"{P50} (32px)",
+                                                                                             f"{P50} (64px)"]
+
+
+def test_runs_on_other_training_data_are_never_one_seed_group(tmp_path: Path) -> None:
+    dirs = [write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",), info={"data_manifest_sha256": sha})
+            for seed, sha in ((0, SHA_A), (1, SHA_B), (2, SHA_A))]
+    for d, fid in zip(dirs, (10.0, 30.0, 12.0)):
+        write_eval(d, P50, 50, 200, {"fid": {"value": fid}})
+    comp = compare_runs([read_run(d) for d in dirs])
+    assert [g.seeds for g in comp.aggregate] == [(0, 2), (1,)]
+    assert comp.aggregate[0].metrics[(P50, "fid")].value == pytest.approx(11.0)
+
+
+def test_a_copied_run_is_not_averaged_as_another_seed(seeded: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(seeded[0], copy)
+    comp = compare_runs([read_run(seeded[0]), read_run(copy)])
+    assert comp.aggregate == () and len(comp.rows) == 2
+    assert any("repeats seed 0" in w and str(copy) in w for w in comp.warnings)
+    comp = compare_runs([read_run(d) for d in [*seeded, copy]])  # seeds 0, 1, 2 and a copy of seed 0
+    assert [g.seeds for g in comp.aggregate] == [(0, 1, 2), (0,), (0,)]
+    assert comp.aggregate[0].metrics[(P50, "fid")].value == pytest.approx(12.0)
+    assert "0,0" not in to_markdown(comp)
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures plots would save, kept to look at their lines."""
+    figures: list = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    return figures
+
+
+def test_plots_tell_two_runs_of_one_name_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = write_run(tmp_path, "a")
+    write_eval(a, P50, 50, 200, {"fid": {"value": 20.0}})
+    copy = write_run(tmp_path / "elsewhere", "a", ("train.seed=1",))
+    write_eval(copy, P50, 50, 200, {"fid": {"value": 30.0}})
+    runs = [read_run(a), read_run(copy)]
+    labels = [r.label for r in compare_runs(runs).rows]
+    figures = _drawn(monkeypatch)
+    plot_metrics_vs_step(runs, P50, "", tmp_path / "m.png")
+    plot_losses(runs, tmp_path / "loss.png")
+    curves, losses = (fig.axes[0].get_lines() for fig in figures)
+    assert [line.get_label() for line in curves] == labels and [line.get_ydata()[0] for line in curves] == [20, 30]
+    assert [line.get_label() for line in losses] == labels
+
+
+def test_a_loss_logged_once_is_drawn_as_a_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = write_run(tmp_path, "short", step=25)  # one metrics.jsonl line
+    figures = _drawn(monkeypatch)
+    assert plot_losses([read_run(d)], tmp_path / "loss.png") is not None
+    assert plot_lambda([read_run(d)], tmp_path / "lambda.png") is not None
+    for fig in figures:
+        (line,) = fig.axes[0].get_lines()
+        assert len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "", " ")
+
+
+def test_cli_plot_into_a_file_is_a_one_line_error(seeded: list[Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from dreamctl.cli import main
+
+    target = tmp_path / "figs.png"
+    target.write_text("keep me")
+    for plot in (target, target / "sub"):
+        capsys.readouterr()
+        assert main(["compare", str(seeded[0]), "--plot", str(plot)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --plot") and "folder" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "keep me"

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from dreamctl.cli.common import console, err_console
-from dreamctl.errors import CheckpointError
+from dreamctl.errors import CheckpointError, RunError
 from dreamctl.experiments.compare import Comparison, compare_runs
 from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
                                          protocol_ids, to_csv, to_json, to_markdown)
@@ -80,12 +80,24 @@ def _run_folders(paths: list[Path]) -> list[Path]:
     return keep
 
 
+def _plot_folder(path: Path) -> Path:
+    """--plot names a folder, made if missing: a file there (or above it) is refused before anything is written."""
+    for existing in (p for p in (path, *path.parents) if p.exists()):
+        if not existing.is_dir():
+            where = f"{path} is a file" if existing == path else f"{path}: {existing} is a file"
+            raise RunError(f"--plot {where}; --plot needs a folder (made if missing) to write the figures into")
+        break
+    return path
+
+
 def command(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folders to compare.", show_default=False)],
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder.")] = None,
 ) -> None:
     """Compare runs: settings that differ, throughput, and metrics grouped by evaluation protocol."""
+    if plot is not None:
+        _plot_folder(plot)
     runs = [read_run(path) for path in _run_folders(run_dirs)]
     comp = compare_runs(runs)
     if format == Format.table:
@@ -94,6 +106,8 @@ def command(
         typer.echo(to_markdown(comp), nl=False)
     elif format == Format.csv:
         typer.echo(to_csv(comp), nl=False)
+        for warning in comp.warnings:  # the other formats carry them; a CSV has no place for them
+            err_console.print(f"warning: {warning}", markup=False, highlight=False)
     else:
         typer.echo(json.dumps(to_json(comp), indent=2))
     if plot is not None:

@@ -1,8 +1,10 @@
 """Compare run folders: one row per run, metrics grouped by evaluation protocol.
 
 Numbers measured under different protocols (sampler, steps, sample count, reference set,
-resize, feature network) are never put in one column: each column is (protocol id, metric).
-Runs that differ only by `train.seed` are also aggregated into mean ± std (sample std,
+resize, feature network) are never put in one column: each column is (protocol id, metric),
+the id followed by a short label of the reference data where one id was measured against
+several (`(ref 1a2b3c4d)`, `(32px)`). Runs that differ only by `train.seed` (same settings,
+same training data, distinct seeds) are also aggregated into mean ± std (sample std,
 ddof=1). A metric without a value is `missing` with its reason, never a number.
 """
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamctl.config import Recipe, flat_items
-from dreamctl.experiments.runs import Run
+from dreamctl.experiments.runs import EvalRecord, Run
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "wall time",
@@ -25,6 +27,9 @@ NOT_SETTINGS = ("name", "description")  # the recipe name has its own column; fr
 # Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
 PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
                    "resize", "feature_network")
+# Fields the protocol id leaves out that still decide what a number means: the same id measured against
+# another reference set (or at another image size) gets columns of its own.
+DATA_FIELDS = ("ref_manifest_sha256", "image_size")
 
 
 @dataclass(frozen=True)
@@ -87,20 +92,61 @@ def _metric_key(name: str) -> tuple[int, str]:
     return (METRIC_ORDER.index(name) if name in METRIC_ORDER else len(METRIC_ORDER), name)
 
 
-def _columns(runs: list[Run]) -> tuple[tuple[str, str], ...]:
+def _data_key(record: EvalRecord) -> tuple[str, ...]:
+    return (record.protocol_id, *(repr(record.protocol.get(k)) for k in DATA_FIELDS))
+
+
+def _data_labels(name: str, values: list[Any]) -> dict[str, str]:
+    """repr(value) -> a short label; hashes keep the fewest hex digits (8 or more) that tell them apart."""
+    if name == "image_size":
+        return {repr(v): "image size unrecorded" if v is None else f"{v}px" for v in values}
+    hashes = {v for v in values if isinstance(v, str)}
+    n = 8
+    while len({h[:n] for h in hashes}) < len(hashes):
+        n += 4
+    return {repr(v): f"ref {v[:n]}" if isinstance(v, str) else "ref unrecorded" for v in values}
+
+
+def column_ids(runs: list[Run]) -> dict[tuple[str, ...], str]:
+    """_data_key of every evaluation -> the id of its column group: the protocol id, plus a label of the
+    DATA_FIELDS that differ only where one protocol id was measured against several references."""
+    found: dict[str, dict[tuple[str, ...], EvalRecord]] = {}
+    for run in runs:
+        for record in run.evals:  # all checkpoints, so the metric-vs-step curves use the same ids
+            found.setdefault(record.protocol_id, {}).setdefault(_data_key(record), record)
+    out = {}
+    for pid, by_key in found.items():
+        differ = [(i, f) for i, f in enumerate(DATA_FIELDS, 1) if len({key[i] for key in by_key}) > 1]
+        labels = {f: _data_labels(f, [r.protocol.get(f) for r in by_key.values()]) for _, f in differ}
+        for key in by_key:
+            parts = [labels[f][key[i]] for i, f in differ]
+            out[key] = f"{pid} ({', '.join(parts)})" if parts else pid
+    return out
+
+
+def column_id(record: EvalRecord, ids: dict[tuple[str, ...], str]) -> str:
+    return ids[_data_key(record)]
+
+
+def latest_by_column(run: Run, ids: dict[tuple[str, ...], str]) -> dict[str, EvalRecord]:
+    """column id -> the evaluation of the newest checkpoint in it (run.evals is sorted by step)."""
+    return {column_id(record, ids): record for record in run.evals}
+
+
+def _columns(runs: list[Run], ids: dict[tuple[str, ...], str]) -> tuple[tuple[str, str], ...]:
     names: dict[str, set[str]] = {}
     for run in runs:
-        for pid, record in run.latest_evals().items():
+        for pid, record in latest_by_column(run, ids).items():
             names.setdefault(pid, set()).update(record.metrics)
     return tuple((pid, m) for pid in sorted(names) for m in sorted(names[pid], key=_metric_key))
 
 
-def _protocols(runs: list[Run]) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]]:
-    """One description per protocol id, and a warning when runs disagree under one id."""
+def _protocols(runs: list[Run], ids: dict[tuple[str, ...], str]) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]]:
+    """One description per column id, and a warning when runs disagree under one id."""
     found: dict[str, dict[str, Any]] = {}
     warnings = []
     for run in runs:
-        for pid, record in run.latest_evals().items():
+        for pid, record in latest_by_column(run, ids).items():
             desc = {k: v for k, v in record.protocol.items() if k != "checkpoint_step"}
             first = found.setdefault(pid, desc)
             clash = [k for k in PROTOCOL_FIELDS if first.get(k) != desc.get(k)]
@@ -109,9 +155,10 @@ def _protocols(runs: list[Run]) -> tuple[dict[str, dict[str, Any]], tuple[str, .
     return found, tuple(warnings)
 
 
-def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str], ...]) -> Row:
+def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str], ...],
+            ids: dict[tuple[str, ...], str]) -> Row:
     flat = effective_items(run.recipe)
-    latest = run.latest_evals()
+    latest = latest_by_column(run, ids)
     metrics = {}
     for pid, name in columns:
         record = latest.get(pid)
@@ -168,28 +215,59 @@ def aggregate_rows(rows: list[Row]) -> Row:
     )
 
 
-def seed_groups(runs: list[Run]) -> list[list[int]]:
-    """Indices of runs grouped by every recipe setting except `train.seed`, in first-seen order."""
-    groups: dict[str, list[int]] = {}
+def _group_key(run: Run) -> str:
+    """Every recipe setting except `train.seed`, and the training data: runs trained on other data are
+    another experiment, whatever their recipes say (run.json data_manifest_sha256)."""
+    flat = effective_items(run.recipe)
+    settings = sorted((k, repr(v)) for k, v in flat.items() if k not in ("train.seed", *NOT_SETTINGS))
+    return repr((settings, run.info.get("data_manifest_sha256")))
+
+
+def repeated_seeds(runs: list[Run]) -> dict[int, int]:
+    """Index of a run -> index of the earlier run with its settings, data and seed (a copied folder, a rerun):
+    the same seed twice is no second sample, so it is never averaged in as one."""
+    first: dict[tuple[str, int], int] = {}
+    out = {}
     for i, run in enumerate(runs):
-        flat = effective_items(run.recipe)
-        key = repr(sorted((k, repr(v)) for k, v in flat.items() if k not in ("train.seed", *NOT_SETTINGS)))
-        groups.setdefault(key, []).append(i)
+        j = first.setdefault((_group_key(run), run.seed), i)
+        if j != i:
+            out[i] = j
+    return out
+
+
+def seed_groups(runs: list[Run]) -> list[list[int]]:
+    """Indices of runs that differ only by `train.seed`, in first-seen order; a repeated seed stays alone."""
+    repeats = repeated_seeds(runs)
+    groups: dict[tuple[str, Any], list[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault(("alone", i) if i in repeats else ("group", _group_key(run)), []).append(i)
     return list(groups.values())
 
 
-def _unique_labels(rows: list[Row]) -> list[Row]:
+def unique_labels(names: list[str], paths: list[str]) -> list[str]:
     """Two runs of one name (a copied folder keeps its run.json name) are told apart by their paths."""
-    labels = [r.label for r in rows]
-    return [dataclasses.replace(r, label=f"{r.label} ({r.paths[0]})") if labels.count(r.label) > 1 else r
-            for r in rows]
+    return [f"{name} ({path})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
+
+
+def run_labels(runs: list[Run]) -> list[str]:
+    """The labels compare's rows give these runs (figures use them too)."""
+    return unique_labels([run.name for run in runs], [str(run.path) for run in runs])
+
+
+def _unique_labels(rows: list[Row]) -> list[Row]:
+    labels = unique_labels([r.label for r in rows], [r.paths[0] for r in rows])
+    return [dataclasses.replace(r, label=label) for r, label in zip(rows, labels)]
 
 
 def compare_runs(runs: list[Run]) -> Comparison:
     settings = differing_settings(runs)
-    columns = _columns(runs)
-    protocols, warnings = _protocols(runs)
-    rows = _unique_labels([run_row(run, settings, columns) for run in runs])
+    ids = column_ids(runs)
+    columns = _columns(runs, ids)
+    protocols, warnings = _protocols(runs, ids)
+    rows = _unique_labels([run_row(run, settings, columns, ids) for run in runs])
+    repeats = [f"{rows[i].label} repeats seed {runs[i].seed} of {rows[j].label} (same settings and data): "
+               "a row of its own, not averaged in as another seed" for i, j in repeated_seeds(runs).items()]
     groups = seed_groups(runs)
     aggregate = [aggregate_rows([rows[i] for i in g]) for g in groups] if any(len(g) > 1 for g in groups) else []
-    return Comparison(tuple(rows), tuple(aggregate), settings, columns, protocols, warnings)
+    return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, protocols,
+                      (*warnings, *repeats))

@@ -2,7 +2,8 @@
 
 Each function draws from run folders only and returns the path it wrote, or None when
 there is nothing to draw (a figure is never written empty). Titles of metric figures
-name their protocol: numbers from two protocols never share axes.
+name their protocol: numbers from two protocols never share axes. Lines carry the labels
+of compare's rows, so two runs of one name stay two lines.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dreamctl.experiments.compare import Comparison, compare_runs
+from dreamctl.experiments.compare import Comparison, column_id, column_ids, compare_runs, run_labels
 from dreamctl.experiments.tables import describe_protocols
 from dreamctl.experiments.runs import Run
 
@@ -55,6 +56,11 @@ def _series(run: Run, key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _line(ax, x: list[float], y: list[float], label: str) -> None:
+    # A line through one point draws nothing: a run logged once still shows as a dot.
+    ax.plot(x, y, label=label, linewidth=1.2, marker="o" if len(x) == 1 else None)
+
+
 def plot_losses(runs: list[Run], path: Path) -> Path | None:
     """Training loss against step, one panel per loss term logged (loss, loss_std, loss_rect, ...)."""
     logged = {k for run in runs for row in run.history for k in row if LOSS_TERM.match(k)}
@@ -63,10 +69,10 @@ def plot_losses(runs: list[Run], path: Path) -> Path | None:
         return None
     fig, axes = _figure(len(keys))
     for ax, key in zip(axes, keys):
-        for run in runs:
+        for run, label in zip(runs, run_labels(runs)):
             x, y = _series(run, key)
             if x:
-                ax.plot(x, y, label=run.name, linewidth=1.2)
+                _line(ax, x, y, label)
         ax.set(xlabel="training step", ylabel=key, title=key)
         if all(v > 0 for run in runs for v in _series(run, key)[1]):
             ax.set_yscale("log")
@@ -78,13 +84,13 @@ def plot_losses(runs: list[Run], path: Path) -> Path | None:
 
 def plot_lambda(runs: list[Run], path: Path) -> Path | None:
     """The rectification weight actually applied (lambda_mean over each logged batch)."""
-    drawn = [(run, *_series(run, "lambda_mean")) for run in runs]
-    drawn = [d for d in drawn if d[1]]
+    drawn = [(run, label, *_series(run, "lambda_mean")) for run, label in zip(runs, run_labels(runs))]
+    drawn = [d for d in drawn if d[2]]
     if not drawn:
         return None
     fig, (ax,) = _figure(1)
-    for run, x, y in drawn:
-        ax.plot(x, y, label=f"{run.name} ({run.recipe.loss.kind})", linewidth=1.2)
+    for run, label, x, y in drawn:
+        _line(ax, x, y, f"{label} ({run.recipe.loss.kind})")
     ax.set(xlabel="training step", ylabel="lambda_mean", title="Lambda schedule applied (lambda_mean, metrics.jsonl)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -92,22 +98,23 @@ def plot_lambda(runs: list[Run], path: Path) -> Path | None:
 
 
 def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, path: Path) -> Path | None:
-    """Each metric of one protocol against the checkpoint step it was measured at."""
+    """Each metric of one protocol (a column id of compare) against the checkpoint step it was measured at."""
+    ids = column_ids(runs)
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for run in runs:
+    for run, label in zip(runs, run_labels(runs)):
         for record in run.evals:
-            if record.protocol_id != protocol_id or record.checkpoint_step is None:
+            if column_id(record, ids) != protocol_id or record.checkpoint_step is None:
                 continue
             for name, entry in record.metrics.items():
                 if isinstance(entry.get("value"), (int, float)) and "missing" not in entry:
-                    curves.setdefault(name, {}).setdefault(run.name, []).append((record.checkpoint_step, entry["value"]))
+                    curves.setdefault(name, {}).setdefault(label, []).append((record.checkpoint_step, entry["value"]))
     if not curves:
         return None
     fig, axes = _figure(len(curves))
     for ax, (name, by_run) in zip(axes, sorted(curves.items())):
-        for run_name, points in by_run.items():
+        for label, points in by_run.items():
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=run_name)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         ax.set(xlabel="checkpoint step", ylabel=name, title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
