@@ -63,6 +63,7 @@ reproduce-ddpm-ip: $(BIN)/.installed  ## DDPM-IP input perturbation, gamma 0.1 (
 	$(BIN)/dreamctl evaluate $(RUNS)/ddpm-ip --num 5000 --ref train --strict-weights
 
 ablate-study: $(BIN)/.installed  ## the study's comparison at equal images seen (5 full runs: days on 1 GPU)
+	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl ablate methods --data $(DATA)
 
 evaluate: $(BIN)/.installed  ## RUN=runs/NAME: FID/KID/IS/LPIPS/SWD at 5,000 samples vs train (1 GPU: ~10 min)

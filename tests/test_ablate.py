@@ -13,10 +13,11 @@ import yaml
 from dreamctl.cli import main
 from dreamctl.config import load_recipe, recipe_from_yaml, recipe_to_yaml
 from dreamctl.data.shards import FORMAT
-from dreamctl.errors import ConfigError
+from dreamctl.errors import ConfigError, WeightsError
 from dreamctl.experiments import execute as execute_module
 from dreamctl.experiments.ablate import make_plan
 from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
+from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.experiments.execute import CommandResult, execute, plan_totals, train_command
 
 
@@ -56,15 +57,18 @@ class FakeCLI:
     def evaluate(self, args: list[str]) -> CommandResult:
         run_dir = Path(args[0])
         opts = dict(zip(args[1::2], args[2::2]))
-        sample = recipe_from_yaml((run_dir / "recipe.yaml").read_text(), "fake").sample
-        steps = int(opts.get("--steps", sample.steps))
+        recipe = recipe_from_yaml((run_dir / "recipe.yaml").read_text(), "fake")
+        asked = SampleOptions(sampler=opts.get("--sampler"), eta=float(opts["--eta"]) if "--eta" in opts else None,
+                              steps=int(opts["--steps"]) if "--steps" in opts else None,
+                              t_start=int(opts["--t-start"]) if "--t-start" in opts else None)
+        sample = sample_config(recipe, asked, "fake")  # evaluate's own resolution of its flags
+        steps = sample.steps
         protocol = {"checkpoint_step": json.loads((run_dir / "run.json").read_text())["step"], "ema": True,
-                    "sampler": opts.get("--sampler", sample.sampler), "steps": steps,
-                    "eta": float(opts.get("--eta", sample.eta)),
-                    "t_start": int(opts["--t-start"]) if "--t-start" in opts else sample.t_start,
+                    "sampler": sample.sampler, "steps": steps, "eta": sample.eta, "t_start": sample.t_start,
                     "num_generated": int(opts["--num"]),
-                    "ref_split": "train", "ref_num": int(opts["--num"]), "resize": "none", "feature_network": None}
-        pid = f"ddim{steps}-n{opts['--num']}"
+                    "ref_split": "train", "ref_num": int(opts["--num"]), "seed": 0, "clip_x0": sample.clip_x0,
+                    "resize": "none", "feature_network": None}
+        pid = f"{sample.sampler}{steps}-n{opts['--num']}"
         metrics = {m: {"value": 1.0 + steps / 100} for m in opts["--metrics"].split(",")}
         (run_dir / "eval").mkdir(exist_ok=True)
         (run_dir / "eval" / f"{pid}.json").write_text(json.dumps({"protocol_id": pid, "protocol": protocol, "metrics": metrics}))
@@ -87,8 +91,8 @@ def write_spec(tmp_path: Path, **changes) -> Path:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     shard = {"file": "train-00000.h5", "count": 640, "sha256": "0" * 64}  # only the manifest is read
-    (data / "manifest.json").write_text(json.dumps({"format": FORMAT, "splits": {"train": {"count": 640,
-                                                                                           "shards": [shard]}}}))
+    (data / "manifest.json").write_text(json.dumps({"format": FORMAT, "preprocessing": {}, "image_shape": [32, 32, 3],
+                                                    "splits": {"train": {"count": 640, "shards": [shard]}}}))
     spec = {"name": "lam", "base": "tiny-conservative", "data": str(data), "out": str(tmp_path / "out"),
             "set": ["train.epochs=4"], "grid": {"loss.lambda_max": [0.3, 0.5, 0.7]}, "seeds": [0],
             "evaluate": {"metrics": ["swd"], "num": 50}}
@@ -206,7 +210,7 @@ def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: py
     assert fake.calls == [] and not (tmp_path / "out").exists()
     for bad, message in (({"grid": {"sample.steps": [10]}}, "eval-time axis"),
                          ({"eval_grid": {"loss.alpha": [0.5]}}, "needs training"),
-                         ({"eval_grid": {"sample.sampler": ["ddpm"]}}, "ddpm"),
+                         ({"evaluate": {"metrics": ["swd", "fdi"]}}, "unknown metric"),
                          ({"evaluate": {"metrics": ["swd"], "nums": 3}}, "evaluate.nums"),
                          ({"grid": {"data.path": ["a/b", "a b"]}}, "same run name")):
         with pytest.raises(ConfigError, match=message):
@@ -216,9 +220,64 @@ def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: py
 def test_existing_folder_with_other_settings_is_refused(tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path)
     execute(make_plan(parse_spec(spec_path)), runner=FakeCLI())
-    changed = write_spec(tmp_path, set=["train.epochs=8"])
-    with pytest.raises(ConfigError, match="train.epochs"):
-        make_plan(parse_spec(changed))
+    # What resume may change is carried over: the finished runs are resumed with it.
+    longer = make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=8"])))
+    assert {(j.action, j.resume_set) for j in longer.train} == {("resume", ("train.epochs=8",))}
+    assert train_command(longer.train[0], longer.data, None)[-2:] == ["--set", "train.epochs=8"]
+    # Anything else is refused: the whole recipe is compared, so another base recipe too.
+    for changes, key in (({"set": ["train.epochs=4", "loss.alpha=0.5"]}, "loss.alpha"),
+                         ({"set": ["train.epochs=4"], "base": "tiny-dream"}, "tiny-dream")):
+        with pytest.raises(ConfigError, match=key):
+            make_plan(parse_spec(write_spec(tmp_path, **changes)))
+    # ... and so is other data than the run's (its content hash in run.json).
+    run_json = tmp_path / "out" / "lambda_max-0.3_seed-0" / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "data_manifest_sha256": "f" * 64}))
+    with pytest.raises(ConfigError, match="trained on other data"):
+        make_plan(parse_spec(write_spec(tmp_path)))  # the original spec (write_spec rewrites one file)
+
+
+def test_eval_grid_points_resolve_as_evaluate_does(tmp_path: Path) -> None:
+    """DDPM runs all T steps; null is the recipe's own value, so a point evaluated once is not redone."""
+    spec_path = write_spec(tmp_path, grid={"loss.lambda_max": [0.3]},
+                           eval_grid={"sample.sampler": ["ddim", "ddpm"], "sample.t_start": [None]})
+    plan = make_plan(parse_spec(spec_path))
+    ddim, ddpm = plan.evals
+    assert ddim.flags[:2] == ("--sampler", "ddim") and "--t-start" not in ddim.flags
+    assert ddpm.forwards == 50 * 1000  # tiny's T
+    execute(plan, runner=FakeCLI())
+    assert [e.action for e in make_plan(parse_spec(spec_path)).evals] == ["skip", "skip"]
+
+
+def test_metrics_without_weights_stop_before_any_training(tmp_path: Path) -> None:
+    fake = FakeCLI()
+    with pytest.raises(WeightsError, match="inception"):
+        execute(make_plan(parse_spec(write_spec(tmp_path, evaluate={"metrics": ["swd", "fid"]}))), runner=fake)
+    assert fake.calls == [] and not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_keeps_the_report_and_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    fake = FakeCLI()
+
+    def interrupted_second_job(cmd: list[str]) -> CommandResult:
+        if len(fake.calls) == 2:
+            raise KeyboardInterrupt
+        return fake(cmd)
+
+    monkeypatch.setattr(execute_module, "run_command", interrupted_second_job)
+    assert main(["ablate", str(write_spec(tmp_path))]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "interrupted (Ctrl-C)" in report and "lambda_max-0.3_seed-0" in report
+
+
+def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> None:
+    parking = tmp_path / "parked"
+    for n in (2, 3):
+        (parking / f"r.{n}").mkdir(parents=True)
+    for expected in ("r.1", "r.4"):
+        (tmp_path / "r").mkdir()
+        assert execute_module._set_aside(tmp_path / "r", parking).name == expected
 
 
 def test_cli_dry_run_prints_plan_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,

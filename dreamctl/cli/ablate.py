@@ -70,7 +70,13 @@ def command(
     _print_plan(plan)
     if dry_run:
         return
-    result = execute(plan, nproc=nproc_per_node, progress=lambda msg: console.print(f"[bold]{msg}[/bold]", highlight=False))
+    try:
+        result = execute(plan, nproc=nproc_per_node,
+                         progress=lambda msg: console.print(f"[bold]{msg}[/bold]", highlight=False))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the report so far is in {plan.spec.out / 'report.md'}; the same command "
+                          "goes on where this one stopped", markup=False, highlight=False)
+        raise typer.Exit(130) from None
     for outcome in result.failures:
         where = f" (log: {outcome.log})" if outcome.log else ""
         err_console.print(f"failed: {outcome.job} ({outcome.action}): {outcome.note}{where}", markup=False, highlight=False)

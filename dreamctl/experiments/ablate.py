@@ -8,17 +8,21 @@ dreamctl.experiments.spec and dreamctl/recipes/ablations/.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamctl.config import Recipe, flat_items, load_recipe, parse_override, recipe_from_yaml
+from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe, recipe_from_yaml
 from dreamctl.data.loader import steps_per_epoch
-from dreamctl.data.shards import split_count
+from dreamctl.data.shards import manifest_sha256, read_manifest, split_count
 from dreamctl.diffusion.losses import STEP_COST
 from dreamctl.errors import ConfigError
 from dreamctl.experiments.runs import read_evals, read_json
+from dreamctl.evaluation import parse_metrics
 from dreamctl.experiments.spec import Spec, expand, expand_eval
+from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import total_steps
+from dreamctl.training.session import RESUMABLE_KEYS
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class TrainJob:
     steps: int | None
     images: int | None
     forwards: int | None  # image forward-pass units
+    resume_set: tuple[str, ...] = ()  # settings the spec changed that resume may change (train.epochs, ...)
 
 
 @dataclass(frozen=True)
@@ -88,33 +93,46 @@ def _status(run_dir: Path) -> str:
     return "restart" if (run_dir / "recipe.yaml").is_file() else "train"
 
 
-def _check_existing(run_dir: Path, expected: Recipe, overrides: tuple[str, ...]) -> None:
-    """An existing folder must hold the same run the spec asks for; never mix two settings under one name."""
+def _changes(run_dir: Path, expected: Recipe, data: Path | None) -> tuple[str, ...]:
+    """What the spec changes in an existing run: `--set` overrides for resume, or ConfigError.
+
+    The whole resolved recipe is compared (a key dropped from the spec counts too), and the
+    data by its content hash; only what `resume` may change (train.epochs, ...) is carried over.
+    """
     path = run_dir / "recipe.yaml"
     if not path.is_file():
-        return
+        return ()
     have, want = flat_items(recipe_from_yaml(path.read_text(), str(path))), flat_items(expected)
-    keys = ["name"] + [".".join(parse_override(o)[0]) for o in overrides]
-    for key in keys:
-        if have.get(key) != want.get(key):
-            raise ConfigError(f"{run_dir} already holds a run with {key}={have.get(key)!r} but the spec asks for "
-                              f"{want.get(key)!r}: delete that folder or choose another 'out'")
+    differ = [k for k in want if k != "data.path" and have.get(k) != want[k]]
+    fixed = [k for k in differ if not k.startswith(RESUMABLE_KEYS)]
+    if fixed:
+        k = fixed[0]
+        raise ConfigError(f"{run_dir} already holds a run with {k}={have.get(k)!r} but the spec asks for "
+                          f"{want[k]!r}: delete that folder or choose another 'out'")
+    trained_on = (read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}).get("data_manifest_sha256")
+    if trained_on and data is not None and (data / "manifest.json").is_file() \
+            and manifest_sha256(read_manifest(data)) != trained_on:
+        raise ConfigError(f"{run_dir} was trained on other data than {data} (content hash in its run.json): "
+                          "give the spec that run's data, or choose another 'out'")
+    return tuple(f"{k}={json.dumps(want[k])}" for k in differ)
 
 
-def _evaluated(run_dir: Path, recipe: Recipe, num: int, metrics: tuple[str, ...]) -> bool:
-    """True when an eval file already has every asked metric, with a value, for the final checkpoint.
+def _evaluated(run_dir: Path, recipe: Recipe, cfg: SampleConfig, num: int, metrics: tuple[str, ...]) -> bool:
+    """True when an eval file already has every asked metric, with a value, for the final checkpoint,
+    under the protocol evaluate would use now (sampling settings, reference split and size, seed).
 
     A metric recorded as missing (absent weights, say) is asked for again: evaluate reuses its samples.
     """
-    s = recipe.sample
-    want = {"sampler": s.sampler, "steps": s.steps, "eta": s.eta, "num_generated": num,
+    e = recipe.eval
+    want = {"sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "clip_x0": cfg.clip_x0,
+            "num_generated": num, "ref_split": e.ref, "ref_num": e.ref_num or num, "seed": e.seed,
             "checkpoint_step": read_json(run_dir / "run.json").get("step")}
     t = recipe.diffusion.num_timesteps
-    t_starts = (s.t_start,) if s.t_start is not None else (None, t - t // s.steps)  # unset or resolved default
+    t_starts = (cfg.t_start,) if cfg.t_start is not None else (None, t - t // cfg.steps)  # unset or resolved default
     for record in read_evals(run_dir / "eval"):
         p = record.protocol
         if all(p.get(k) == v for k, v in want.items()) and p.get("t_start") in t_starts \
-                and p.get("ema", s.use_ema) == s.use_ema and all("value" in record.metrics.get(m, {}) for m in metrics):
+                and p.get("ema", cfg.use_ema) == cfg.use_ema and all("value" in record.metrics.get(m, {}) for m in metrics):
             return True
     return False
 
@@ -132,25 +150,27 @@ def make_plan(spec: Spec) -> Plan:
     for name, recipe_name, overrides in runs:
         try:
             recipe = load_recipe(recipe_name, overrides)
-            points = [(suffix, load_recipe(recipe_name, overrides + extra), flags)
-                      for suffix, extra, flags in expand_eval(spec)] if spec.evaluate else []
+            # evaluate's own resolution of its flags (a DDPM point runs all T steps, null = the recipe's)
+            points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
+                      for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
+            metrics = tuple(parse_metrics(spec.metrics or recipe.eval.metrics))
         except ConfigError as err:
             raise ConfigError(f"{spec.path}: run {name}: {err}") from None
         run_dir = spec.out / name
-        _check_existing(run_dir, recipe, overrides)
+        resume_set = _changes(run_dir, recipe, data)
         if recipe.data.split not in count_cache:
             count_cache[recipe.data.split] = data_count(data, recipe.data.split)
         action = _status(run_dir)
+        action = "resume" if resume_set and action == "skip" else action
         trains.append(TrainJob(name, recipe_name, overrides, run_dir, action,
-                               *train_cost(recipe, count_cache[recipe.data.split])))
-        for suffix, eval_recipe, flags in points:
-            num = spec.num or eval_recipe.eval.num
-            metrics = spec.metrics or eval_recipe.eval.metrics
-            done = action == "skip" and _evaluated(run_dir, eval_recipe, num, metrics)
+                               *train_cost(recipe, count_cache[recipe.data.split]), resume_set=resume_set))
+        for suffix, cfg, flags in points:
+            num = spec.num or recipe.eval.num
+            done = action == "skip" and _evaluated(run_dir, recipe, cfg, num, metrics)
             extra = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
             extra += ("--num", str(spec.num)) if spec.num else ()
             evals.append(EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra, "skip" if done else "evaluate",
-                                 num, num * eval_recipe.sample.steps))
+                                 num, num * cfg.steps))
     count = next(iter(count_cache.values()), None)
     return Plan(spec, data, count, tuple(trains), tuple(evals))
 

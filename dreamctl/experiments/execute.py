@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dreamctl import atomic
-from dreamctl.errors import CheckpointError, ConfigError
+from dreamctl.errors import CheckpointError, ConfigError, WeightsError
 from dreamctl.experiments.ablate import EvalJob, Plan, TrainJob
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import to_markdown
 from dreamctl.experiments.plots import write_figures
 from dreamctl.experiments.runs import Run, read_run
+from dreamctl.metrics.weights import check_weights
 
 STDERR_LINES = 60  # kept in a failed job's log
 
@@ -88,13 +89,25 @@ def plan_totals(plan: Plan) -> dict[str, int | None]:
 
 
 def run_command(cmd: list[str]) -> CommandResult:
-    """The default runner: stdout goes straight through; stderr too, and its last lines are kept."""
+    """The default runner: stdout goes straight through; stderr too, and its last lines are kept.
+
+    Ctrl-C reaches the child too (same process group): it checkpoints and exits while this process
+    keeps reading its stderr (a closed pipe would kill it mid-checkpoint), then raises KeyboardInterrupt.
+    """
     tail: deque[str] = deque(maxlen=STDERR_LINES)
+    interrupted = False
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            sys.stderr.write(line)  # the child's own messages, passed through unchanged
-            tail.append(line)
+        while True:
+            try:
+                for line in proc.stderr:
+                    sys.stderr.write(line)  # the child's own messages, passed through unchanged
+                    tail.append(line)
+                break
+            except KeyboardInterrupt:
+                interrupted = True  # a second Ctrl-C lands here as well: keep draining until the child exits
+    if interrupted:
+        raise KeyboardInterrupt
     return CommandResult(proc.returncode, "".join(tail))
 
 
@@ -104,7 +117,7 @@ def dreamctl_command(*args: str) -> list[str]:
 
 def train_command(job: TrainJob, data: Path | None, nproc: int | None) -> list[str]:
     if job.action == "resume":
-        cmd = dreamctl_command("resume", str(job.run_dir))
+        cmd = dreamctl_command("resume", str(job.run_dir), *(a for o in job.resume_set for a in ("--set", o)))
     else:
         if data is None:
             raise ConfigError(f"run {job.name} needs training data: give --data DIR or 'data:' in the spec")
@@ -120,7 +133,9 @@ def evaluate_command(job: EvalJob) -> list[str]:
 def _set_aside(run_dir: Path, parking: Path) -> Path:
     """Move a run that stopped before its first checkpoint out of the way, so train can start it afresh."""
     parking.mkdir(parents=True, exist_ok=True)
-    n = sum(1 for _ in parking.glob(f"{run_dir.name}.*")) + 1
+    n = 1
+    while (parking / f"{run_dir.name}.{n}").exists():  # the first free number: earlier ones may be gone
+        n += 1
     target = parking / f"{run_dir.name}.{n}"
     run_dir.rename(target)
     return target
@@ -155,8 +170,24 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
     runner = runner or run_command
     if plan.data is None and any(j.action in ("train", "restart") for j in plan.train):
         train_command(next(j for j in plan.train if j.action in ("train", "restart")), None, nproc)  # the clear error
-    logs = plan.spec.out / "logs"
+    if plan.spec.metrics and any(e.action == "evaluate" for e in plan.evals):
+        errors = check_weights(plan.spec.metrics)  # before days of training, not after
+        if errors:
+            raise WeightsError(f"the spec's metrics need weights that are not usable: {errors[0]}")
     outcomes: list[Outcome] = []
+    try:
+        _carry_out(plan, runner, nproc, progress, outcomes)
+    except KeyboardInterrupt:
+        write_report(plan, outcomes + [Outcome("(the rest)", "not run", note="interrupted (Ctrl-C)")])
+        raise
+    report, figures = write_report(plan, outcomes)
+    return AblationResult(tuple(outcomes), report, tuple(figures))
+
+
+def _carry_out(plan: Plan, runner: Runner, nproc: int | None, progress: Callable[[str], None],
+               outcomes: list[Outcome]) -> None:
+    """Run the plan's jobs in order, appending each one's outcome (a partial list survives Ctrl-C)."""
+    logs = plan.spec.out / "logs"
     total = len(plan.train) + len(plan.evals)
     done = 0
     for job in plan.train:
@@ -181,8 +212,6 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
             else:
                 progress(f"[{done}/{total}] evaluate {ev.name}")
                 outcomes.append(_run_logged(evaluate_command(ev), ev.name, "evaluate", runner, logs))
-    report, figures = write_report(plan, outcomes)
-    return AblationResult(tuple(outcomes), report, tuple(figures))
 
 
 def _readable_runs(plan: Plan) -> tuple[list[Run], list[str]]:

@@ -179,12 +179,17 @@ def expand(spec: Spec) -> list[tuple[str, str, tuple[str, ...]]]:
     return out
 
 
-def expand_eval(spec: Spec) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
-    """(suffix, recipe overrides, evaluate flags) per eval-grid point; one plain point without a grid."""
+def expand_eval(spec: Spec) -> list[tuple[str, dict[str, Any], tuple[str, ...]]]:
+    """(suffix, sampling options, evaluate flags) per eval-grid point; one plain point without a grid.
+
+    The options are SampleOptions' keywords; a null value is not passed, so evaluate (and the plan)
+    take the run recipe's value.
+    """
     keys = [k for k, _ in spec.eval_grid]
     out = []
     for values in itertools.product(*(v for _, v in spec.eval_grid)):
-        point = dict(zip(keys, values))
-        flags = [f for k, v in point.items() if v is not None for f in (EVAL_AXES[k], str(v))]
-        out.append((point_name(point) or "eval", tuple(override(k, v) for k, v in point.items()), tuple(flags)))
+        point = {k: v for k, v in zip(keys, values) if v is not None}
+        flags = [f for k, v in point.items() for f in (EVAL_AXES[k], str(v))]
+        options = {k.removeprefix("sample."): v for k, v in point.items()}
+        out.append((point_name(dict(zip(keys, values))) or "eval", options, tuple(flags)))
     return out
