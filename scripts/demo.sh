@@ -24,8 +24,15 @@ for recipe in tiny tiny-conservative; do
   run=$OUT/runs/$recipe
   if [ ! -f "$run/recipe.yaml" ]; then
     dreamctl train --recipe "$recipe" --data "$DATA" --run-dir "$run" --set train.max_steps="$STEPS"
-  elif [ "$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['status'])" "$run/run.json")" != finished ]; then
-    dreamctl resume "$run"
+  else
+    # A folder from an earlier demo: continue it to DEMO_STEPS (an interrupted run, or a larger DEMO_STEPS);
+    # one that went further than DEMO_STEPS cannot be shortened.
+    done_steps=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1])).get('step') or 0)" "$run/run.json")
+    if [ "$done_steps" -gt "$STEPS" ]; then
+      echo "error: $run already trained $done_steps steps, more than DEMO_STEPS=$STEPS; use another DEMO_OUT" >&2
+      exit 2
+    fi
+    dreamctl resume "$run" --set train.max_steps="$STEPS"
   fi
   dreamctl sample "$run" --num "$GRID" --grid "$OUT/$recipe-samples.png"
   dreamctl evaluate "$run" --num "$EVAL" --ref train --metrics "$metrics"

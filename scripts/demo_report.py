@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 out, steps, num_eval = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+trained = {json.loads((run / "run.json").read_text()).get("step") for run in (out / "runs").iterdir()}
+if trained != {steps}:  # the report states the step count: it must be what the runs did
+    sys.exit(f"error: the demo's runs trained {sorted(trained, key=str)} steps, not DEMO_STEPS={steps}")
 compare_md = (out / "compare.md").read_text() if (out / "compare.md").exists() else "(compare produced nothing)"
 figures = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
 
@@ -16,7 +19,7 @@ lines = [
     f"Two runs of the `tiny` UNet on {out / 'data'} (drawn 32x32 faces), {steps} steps each at batch 64:",
     "plain DDPM (`tiny`) and the CelebA study's conservative DREAM variant (`tiny-conservative`; the study's",
     "method, not the published DREAM, which is `tiny-dream`). Samples: DDIM, 50 steps from t = 950",
-    "(`tiny`'s sample.t_start), EMA weights, seeds 0-63.",
+    "(`tiny`'s sample.t_start), EMA weights, image i of each grid from seed i (the same noise for both).",
     "",
     "| plain DDPM (`tiny`) | study conservative variant (`tiny-conservative`) |",
     "| --- | --- |",

@@ -23,3 +23,11 @@ def test_demo_runs_end_to_end_small(tmp_path):
     assert any((out / "figures").glob("loss*.png"))
     for run in ("tiny", "tiny-conservative"):
         assert list((out / "runs" / run / "eval").glob("*.json"))
+    # Rerun with more steps: the runs go on to DEMO_STEPS and the report says what they did; fewer is refused.
+    more = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], cwd=REPO, env={**env, "DEMO_STEPS": "4"},
+                          capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "4 steps each" in (out / "report.md").read_text()
+    fewer = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], cwd=REPO, env={**env, "DEMO_STEPS": "2"},
+                           capture_output=True, text=True, timeout=600)
+    assert fewer.returncode == 2 and "more than DEMO_STEPS=2" in fewer.stderr
