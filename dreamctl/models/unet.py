@@ -33,15 +33,34 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm that keeps the autocast precision (bf16) instead of returning float32.
+
+    CUDA autocast runs group_norm in float32 and returns float32, so the SiLU, scale-shift and
+    residual after every norm would carry float32 activations: most of what a step saves for
+    backward. Here the norm takes and returns bf16; the kernel still accumulates its statistics
+    in float32 (ADM's GroupNorm32 likewise returns its input's precision). Without autocast it is
+    nn.GroupNorm.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        device = x.device.type
+        if not torch.is_autocast_enabled(device):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
+            return F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice; the time embedding scales and shifts after the second norm."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.norm1 = GroupNorm(groups, c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * c_out)
-        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.norm2 = GroupNorm(groups, c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
@@ -60,7 +79,7 @@ class Attention(nn.Module):
     def __init__(self, channels: int, num_heads: int, groups: int):
         super().__init__()
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -120,7 +139,7 @@ class UNet(nn.Module):
             self.up.append(Level(2 * w, w, cfg.num_res_blocks, emb_dim, res in cfg.attention_resolutions, cfg))
             c = w
 
-        self.norm_out = nn.GroupNorm(cfg.groups, c)
+        self.norm_out = GroupNorm(cfg.groups, c)
         self.conv_out = _zero(nn.Conv2d(c, 3, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
