@@ -85,9 +85,10 @@ section() {  # section NAME LIMIT_S ARGS... : one `dreamctl bench` under a time 
 # Loss kinds and the naive step, eager (the recipe's settings): the targets are stated for these.
 section train 100 train --no-variants --steps 10 --warmup 3 --budget-s 40
 section sample 50 sample --no-variants --sample-batches 3
-# The standard step with one setting changed at a time from eager bf16 (fp32, channels_last) ...
-section variants 80 variants --only "eager fp32 (tf32)" --only "eager bf16 channels_last" --steps 8 --warmup 2 \
-    --budget-s 25
+# The standard step with one setting changed at a time from eager bf16 (fp32, channels_last, the
+# float32 GroupNorm the UNet's replaced) ...
+section variants 90 variants --only "eager fp32 (tf32)" --only "eager bf16 channels_last" \
+    --only "eager bf16, float32 GroupNorm" --steps 8 --warmup 2 --budget-s 30
 # ... and torch.compile, for sampling (eager and compiled interleaved) and for the training step.
 section sample-compiled 110 sample --sample-batches 3
 section variants-compile 110 variants --only "compile bf16" --steps 8 --warmup 2 --budget-s 25

@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dreamctl.config import Recipe
 from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import STEP_COST
 from dreamctl.errors import RunError
+from dreamctl.models import unet
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import init_state, wrap_for_training
 
@@ -64,7 +67,8 @@ def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget
     return out
 
 
-def _variant(recipe: Recipe, rt: Runtime, *, compile: bool, precision: str, channels_last: bool):
+def _variant(recipe: Recipe, rt: Runtime, *, compile: bool, precision: str, channels_last: bool,
+             float32_norm: bool = False):
     r = recipe.model_copy(update={"train": recipe.train.model_copy(
         update={"compile": compile, "channels_last": channels_last})})
     return r, dataclasses.replace(rt, precision=precision)
@@ -75,7 +79,16 @@ VARIANTS = {
     "compile bf16": dict(compile=True, precision="bf16", channels_last=False),
     "eager fp32 (tf32)": dict(compile=False, precision="fp32", channels_last=False),
     "eager bf16 channels_last": dict(compile=False, precision="bf16", channels_last=True),
+    "eager bf16, float32 GroupNorm": dict(compile=False, precision="bf16", channels_last=False, float32_norm=True),
 }
+
+
+def _with_float32_groupnorm(step: Callable[[int], Any]) -> Callable[[int], Any]:
+    """The step with nn.GroupNorm's autocast behaviour (float32 out): what the UNet's GroupNorm replaced."""
+    def run(i: int) -> Any:
+        with mock.patch.object(unet.GroupNorm, "forward", nn.GroupNorm.forward):
+            return step(i)
+    return run
 VARIANT_REFERENCE = "eager bf16"
 
 
@@ -100,6 +113,8 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, bud
         net, _ = wrap_for_training(state.model, vr, vrt)
         net.train()
         steps[name] = make_step("standard", net, schedule_for(vr.diffusion), state, vr, _fake_batch(vr, vrt), vrt)
+        if cfg.get("float32_norm"):
+            steps[name] = _with_float32_groupnorm(steps[name])
         t0 = time.perf_counter()
         steps[name](0)  # the first call compiles; timed apart so compile time is on record
         sync(rt.device)
