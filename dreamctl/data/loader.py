@@ -93,8 +93,8 @@ class ImageSet:
         return {**self.__dict__, "_files": {}}
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
-        if self.images is not None:
-            return self.images[indices.to(self.images.device)]
+        if self.images is not None:  # non_blocking: a plain copy to CUDA would wait for the GPU's queue every step
+            return self.images[indices.to(self.images.device, non_blocking=True)]
         idx = indices.cpu().numpy()
         out = np.empty((len(idx), self.resolution, self.resolution, 3), np.uint8)
         which = np.searchsorted(self.offsets, idx, side="right") - 1
