@@ -12,6 +12,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,26 +181,36 @@ def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict
 
 def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Runtime, batch_size: int,
           on_event: OnEvent) -> None:
-    """Draw and write `indices`, one batch at a time; halve the batch when the GPU runs out of memory."""
+    """Draw and write `indices`, one batch at a time; halve the batch when the GPU runs out of memory.
+
+    A batch's PNGs are encoded and written by threads while the next batch is drawn (zlib releases
+    the GIL), so the GPU does not wait for the disk; stopping waits for the ones under way.
+    """
     done = 0
-    while done < len(indices):
-        chunk = indices[done:done + batch_size]
-        try:
-            images = generate(m.net, m.schedule, image_seeds(seed, chunk), image_size=m.image_size, cfg=m.cfg,
-                              device=rt.device, batch_size=batch_size)
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size //= 2
-            oom = True
-        else:
-            oom = False
-            for i, image in zip(chunk, images.numpy()):
-                _write_png(png_path(folder, i), image)
-            done += len(chunk)
-            on_event("sample_progress", {"drawn": done, "missing": len(indices), "batch_size": batch_size})
-        if oom and rt.device.type == "cuda":
-            torch.cuda.empty_cache()  # outside the except block, once the failed batch's tensors are freed
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        writing: list[Future] = []
+        while done < len(indices):
+            chunk = indices[done:done + batch_size]
+            try:
+                images = generate(m.net, m.schedule, image_seeds(seed, chunk), image_size=m.image_size, cfg=m.cfg,
+                                  device=rt.device, batch_size=batch_size)
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size //= 2
+                oom = True
+            else:
+                oom = False
+                for future in writing:  # the previous batch's files: a failed write surfaces here
+                    future.result()
+                writing = [pool.submit(_write_png, png_path(folder, i), image)
+                           for i, image in zip(chunk, images.numpy())]
+                done += len(chunk)
+                on_event("sample_progress", {"drawn": done, "missing": len(indices), "batch_size": batch_size})
+            if oom and rt.device.type == "cuda":
+                torch.cuda.empty_cache()  # outside the except block, once the failed batch's tensors are freed
+        for future in writing:
+            future.result()
 
 
 def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt: Runtime,
