@@ -161,6 +161,9 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
         raise RunError(f"--out {folder} is a file; pass a folder (it is made if missing)")
     if meta.is_file():
         old = read_json(meta)
+        if "run_id" not in old:  # before run_id, seed S drew image i from seed S + i (now S * 2**20 + i)
+            raise RunError(f"{folder} was drawn by an earlier dreamctl (no run_id in its sample.json; other seeds "
+                           "per image): delete it or choose another --out, and the images are drawn again")
         clash = [f"{k}={old.get(k)!r} (asked {wanted[k]!r})" for k in SETTINGS if old.get(k) != wanted[k]]
         if clash:
             raise RunError(f"{folder} holds samples drawn with {', '.join(clash)}; choose another --out or delete it")

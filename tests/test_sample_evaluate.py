@@ -156,6 +156,11 @@ def test_a_folder_of_another_runs_images_is_not_topped_up(trained, tmp_path, cap
     assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 0
     assert main(["sample", str(twin), "--num", "3", "--out", str(tmp_path / "s")]) == 2
     assert "run_id=" in capsys.readouterr().err and not (tmp_path / "s" / "000002.png").exists()
+    record = json.loads((tmp_path / "s" / "sample.json").read_text())
+    del record["run_id"]  # a folder drawn before run_id (and before today's seed rule)
+    (tmp_path / "s" / "sample.json").write_text(json.dumps(record))
+    assert main(["sample", str(run), "--num", "3", "--out", str(tmp_path / "s")]) == 2
+    assert "drawn by an earlier dreamctl" in capsys.readouterr().err
 
 
 def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tmp_path, capsys):
