@@ -45,7 +45,7 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
     resumed.load_state_dict(saved, rt)
     for step in range(3, 5):
         resumed.add(*_stats(step, rank, rect=True))
-    result = (straight.means(rt), resumed.means(rt))
+    result = (straight.means(rt), resumed.means(rt), saved)
     if rank == 0:
         torch.save(result, out)
     dist.destroy_process_group()
@@ -54,7 +54,15 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
 def test_a_partial_interval_survives_a_checkpoint_under_ddp(tmp_path) -> None:
     out = tmp_path / "means.pt"
     mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'store'}", str(out)), nprocs=2)
-    straight, resumed = torch.load(out, weights_only=True)
+    straight, resumed, saved = torch.load(out, weights_only=True)
     assert resumed == straight
     assert straight["loss"] == sum(1 + s + 10 * r for s in range(5) for r in range(2)) / 10
     assert straight["loss_rect"] == (1 + 2 + 3 + 4) / 4
+    # Resumed on one process: it computes each step's loss over the whole batch (the ranks' mean).
+    one = Runtime(torch.device("cpu"), "fp32")
+    alone = LossMeter(T, one.device)
+    alone.load_state_dict(saved, one)
+    for step in range(3, 5):
+        stats, t = _stats(step, 0, rect=True)
+        alone.add({**stats, "loss": torch.tensor(1.0 + step + 5)}, t)  # (rank 0 + rank 1) / 2
+    assert alone.means(one)["loss"] == straight["loss"]

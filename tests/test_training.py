@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from dreamctl.cli import main
@@ -155,6 +156,9 @@ def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_
     assert "resume cannot change 'train.batch_size'" in capsys.readouterr().err
     assert main(["resume", str(run), "--set", "loss.kind=dream"]) == 2
     assert "resume cannot change 'loss.kind'" in capsys.readouterr().err
+    recipe_before = (run / "recipe.yaml").read_text()
+    assert main(["resume", str(run), "--set", "train.max_steps=1"]) == 2
+    assert "cannot shorten a run" in capsys.readouterr().err and (run / "recipe.yaml").read_text() == recipe_before
     assert main(["resume", str(run), "--set", "train.nosuch=1"]) == 2
     assert "train.nosuch: unknown key" in capsys.readouterr().err
     assert main(["resume", str(tmp_path / "nothing-here")]) == 2
@@ -309,3 +313,18 @@ def test_a_stop_between_log_steps_resumes_to_the_same_log(tmp_path, synthetic_da
     straight = logged(tmp_path / "straight")
     assert [r["step"] for r in straight] == [3, 6, 9, 12] and "loss_rect" in straight[2]  # DREAM from step 9
     assert logged(tmp_path / "split") == straight
+
+
+def test_a_checkpoint_cut_anywhere_is_skipped_as_corrupt(tmp_path):
+    """torch reports a short zip as RuntimeError, EOFError or OSError(EINVAL): all mean corrupt, none stops resume."""
+    from dreamctl.errors import CorruptCheckpoint
+    from dreamctl.training.state import REQUIRED
+
+    whole = tmp_path / "whole.pt"
+    torch.save({**{k: 0 for k in REQUIRED}, "model": {"w": torch.randn(40_000)}}, whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "step-00000008.pt"
+    for size in (0, 10, 1000, 30_000, 60_000, len(data) // 2, len(data) - 100):
+        cut.write_bytes(data[:size])
+        with pytest.raises(CorruptCheckpoint):
+            load_checkpoint(cut)

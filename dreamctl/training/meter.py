@@ -63,20 +63,22 @@ class LossMeter:
         return out
 
     def state_dict(self, rt: Runtime) -> dict[str, Any]:
-        """The partial interval, summed over ranks (every rank must call this: it may all-reduce)."""
+        """The partial interval over all ranks (every rank must call this: it may all-reduce). Term sums
+        are kept as means over ranks, so a run may resume on another number of processes."""
         if self.empty:  # the usual case, a checkpoint on a log step: nothing to keep, no collective
             return {"keys": [], "counts": [], "sums": torch.zeros(0), "q_sum": torch.zeros(QUARTILES),
                     "q_count": torch.zeros(QUARTILES)}
         keys, sums, q_sum, q_count = self._summed(rt)
-        return {"keys": keys, "counts": [self.counts[k] for k in keys], "sums": sums.cpu(),
+        return {"keys": keys, "counts": [self.counts[k] for k in keys], "sums": (sums / rt.world_size).cpu(),
                 "q_sum": q_sum.cpu(), "q_count": q_count.cpu()}
 
     def load_state_dict(self, state: dict[str, Any], rt: Runtime) -> None:
-        """Rank 0 takes the saved sums (already over all ranks), the others start from zero, so the
-        next all-reduce adds them exactly once; every rank takes the step counts."""
+        """Rank 0 takes the saved interval, the others start from zero, so the next all-reduce adds it
+        exactly once: term sums scaled back up by this run's world size (means divide by it), quartile
+        sums and counts as saved. Every rank takes the step counts."""
         self.reset()
         share = 1.0 if rt.rank == 0 else 0.0
         self.counts = dict(zip(state["keys"], state["counts"]))
-        self.sums = {k: state["sums"][i].to(self.device) * share for i, k in enumerate(state["keys"])}
+        self.sums = {k: state["sums"][i].to(self.device) * share * rt.world_size for i, k in enumerate(state["keys"])}
         self.q_sum = state["q_sum"].to(self.device) * share
         self.q_count = state["q_count"].to(self.device) * share

@@ -18,7 +18,7 @@ from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_re
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split
 from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime, barrier, peak_memory_bytes
-from dreamctl.training.loop import OnEvent, train
+from dreamctl.training.loop import OnEvent, total_steps, train
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints, load_latest, set_aside_newer
 
@@ -117,8 +117,13 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
         else:
             ckpt = None
             on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})
+        step = ckpt["step"] if ckpt else 0
+        last = total_steps(recipe, len(images))
+        if last < step:  # on every rank alike
+            raise RunError(f"with {' '.join(overrides) or 'its recipe'} the run would end at step {last}, before step "
+                           f"{step} it has reached: resume cannot shorten a run (its recipe.yaml is left as it was)")
+        barrier(rt)  # every rank has read its checkpoint before rank 0 renames corrupt ones
         if rt.is_main:
-            step = ckpt["step"] if ckpt else 0
             set_aside_newer(run.checkpoints, step)
             run.truncate_metrics(after_step=step)
             run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides)}]})

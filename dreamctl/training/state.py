@@ -117,13 +117,17 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a training checkpoint; CorruptCheckpoint when its contents do not load."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError as err:  # cannot be opened (permissions, I/O): says nothing about the file's contents
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:  # cannot be opened (permissions, I/O, a folder): says nothing about the contents
         raise CheckpointError(f"checkpoint {path} cannot be opened ({type(err).__name__}: {err.strerror or err}); "
                               "fix access to it and rerun") from err
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except torch.OutOfMemoryError:
         raise
-    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as err:  # truncated, not a zip, ...
+    # truncated or not a checkpoint: torch reports a short zip as RuntimeError, EOFError or even OSError (EINVAL)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, ValueError) as err:
         cause = " ".join(str(err).split()) or "empty or truncated file"
         cause = cause if len(cause) <= 200 else cause[:200] + "…"  # one line: torch's messages run long
         raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({type(err).__name__}: {cause})") from err
@@ -156,5 +160,8 @@ def set_aside_newer(folder: Path, step: int) -> list[Path]:
     moved = []
     for path in list_checkpoints(folder):
         if int(CHECKPOINT.match(path.name).group(1)) > step:
-            moved.append(path.rename(path.with_name(path.name + ".corrupt")))
+            target, n = path.with_name(path.name + ".corrupt"), 1
+            while target.exists():  # one set aside before under this name is kept too
+                target, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
+            moved.append(path.rename(target))
     return moved
