@@ -59,19 +59,19 @@ def initial_noise(generators: Sequence[torch.Generator], image_size: int) -> Ten
 
 @torch.no_grad()
 def generate(model: nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], *, image_size: int,
-             cfg: SampleConfig, device: torch.device, batch_size: int | None = None,
+             cfg: SampleConfig, device: torch.device, batch_size: int | None = None, pad_to: int | None = None,
              on_batch: Callable[[int, Tensor], None] | None = None) -> Tensor:
     """Draw one image per seed with the sampler of `cfg`; returns NHWC uint8 on the CPU.
 
+    `pad_to`: a batch shorter than this is padded with copies of its last seed, and the copies are
+    dropped: a compiled network compiles again for every new batch shape (a minute on a large model).
     `on_batch(start, images)` is called after each batch (for writing files as they come).
     """
     batch_size = batch_size or cfg.batch_size
     out = []
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start:start + batch_size])
-        # A compiled network compiles again for a new batch shape (a minute on a large model): a short
-        # last batch is padded with copies of its last seed instead, and the copies are dropped.
-        pad = batch_size - len(chunk) if cfg.compile and start > 0 else 0
+        pad = max((pad_to or 0) - len(chunk), 0)
         gens = seed_generators(chunk + chunk[-1:] * pad)
         x_T = to_device(initial_noise(gens, image_size), device)
         x0 = sample(model, schedule, x_T, steps=cfg.steps, eta=cfg.eta, method=cfg.sampler,

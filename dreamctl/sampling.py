@@ -194,9 +194,11 @@ def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Ru
         writing: list[Future] = []
         while done < len(indices):
             chunk = indices[done:done + batch_size]
+            # once a full batch has compiled, a short last one is padded to its shape rather than compiled again
+            pad_to = batch_size if m.cfg.compile and done > 0 else None
             try:
                 images = generate(m.net, m.schedule, image_seeds(seed, chunk), image_size=m.image_size, cfg=m.cfg,
-                                  device=rt.device, batch_size=batch_size)
+                                  device=rt.device, batch_size=batch_size, pad_to=pad_to)
             except torch.cuda.OutOfMemoryError:
                 if batch_size == 1:
                     raise
