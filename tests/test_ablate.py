@@ -13,7 +13,7 @@ import yaml
 from dreamctl.cli import main
 from dreamctl.config import load_recipe, recipe_from_yaml, recipe_to_yaml
 from dreamctl.data.shards import FORMAT
-from dreamctl.errors import ConfigError, WeightsError
+from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.experiments import execute as execute_module
 from dreamctl.experiments.ablate import make_plan
 from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
@@ -226,13 +226,14 @@ def test_existing_folder_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert train_command(longer.train[0], longer.data, None)[-2:] == ["--set", "train.epochs=8"]
     # Anything else is refused: the whole recipe is compared, so another base recipe too.
     for changes, key in (({"set": ["train.epochs=4", "loss.alpha=0.5"]}, "loss.alpha"),
+                         ({"set": ["train.epochs=4", "optim.lr=0.01"]}, "optim.lr"),  # resume allows it; ablate not
                          ({"set": ["train.epochs=4"], "base": "tiny-dream"}, "tiny-dream")):
         with pytest.raises(ConfigError, match=key):
             make_plan(parse_spec(write_spec(tmp_path, **changes)))
     # ... and so is other data than the run's (its content hash in run.json).
     run_json = tmp_path / "out" / "lambda_max-0.3_seed-0" / "run.json"
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "data_manifest_sha256": "f" * 64}))
-    with pytest.raises(ConfigError, match="trained on other data"):
+    with pytest.raises(DataError, match="holds other data than this run trained on"):
         make_plan(parse_spec(write_spec(tmp_path)))  # the original spec (write_spec rewrites one file)
 
 
@@ -268,7 +269,7 @@ def test_ctrl_c_keeps_the_report_and_exits_130(tmp_path: Path, monkeypatch: pyte
     assert main(["ablate", str(write_spec(tmp_path))]) == 130
     assert "interrupted" in capsys.readouterr().err
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "interrupted (Ctrl-C)" in report and "lambda_max-0.3_seed-0" in report
+    assert "Interrupted (Ctrl-C)** after 2 of 6 jobs" in report and "succeeded" not in report
 
 
 def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> None:

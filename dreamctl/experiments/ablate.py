@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe, recipe_from_yaml
+from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.data.loader import steps_per_epoch
-from dreamctl.data.shards import manifest_sha256, read_manifest, split_count
+from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import STEP_COST
 from dreamctl.errors import ConfigError
 from dreamctl.experiments.runs import read_evals, read_json
@@ -22,6 +22,7 @@ from dreamctl.evaluation import parse_metrics
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import total_steps
+from dreamctl.training.rundir import RunDir
 from dreamctl.training.session import RESUMABLE_KEYS
 
 
@@ -93,27 +94,29 @@ def _status(run_dir: Path) -> str:
     return "restart" if (run_dir / "recipe.yaml").is_file() else "train"
 
 
+# What a spec may change in a finished or interrupted run: its length and what it logs, samples and
+# evaluates. Not the optimizer (a run trained at another lr is another experiment), though resume allows it.
+CARRIED_KEYS = tuple(k for k in RESUMABLE_KEYS if not k.startswith(("optim.", "data.")))
+
+
 def _changes(run_dir: Path, expected: Recipe, data: Path | None) -> tuple[str, ...]:
-    """What the spec changes in an existing run: `--set` overrides for resume, or ConfigError.
+    """What the spec changes in an existing run: `--set` overrides for resume, or an error.
 
     The whole resolved recipe is compared (a key dropped from the spec counts too), and the
-    data by its content hash; only what `resume` may change (train.epochs, ...) is carried over.
+    data by its content hash; only CARRIED_KEYS are carried over.
     """
-    path = run_dir / "recipe.yaml"
-    if not path.is_file():
+    run = RunDir(run_dir)
+    if not run.exists():
         return ()
-    have, want = flat_items(recipe_from_yaml(path.read_text(), str(path))), flat_items(expected)
+    have, want = flat_items(run.recipe()), flat_items(expected)
     differ = [k for k in want if k != "data.path" and have.get(k) != want[k]]
-    fixed = [k for k in differ if not k.startswith(RESUMABLE_KEYS)]
+    fixed = [k for k in differ if not k.startswith(CARRIED_KEYS)]
     if fixed:
         k = fixed[0]
         raise ConfigError(f"{run_dir} already holds a run with {k}={have.get(k)!r} but the spec asks for "
                           f"{want[k]!r}: delete that folder or choose another 'out'")
-    trained_on = (read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}).get("data_manifest_sha256")
-    if trained_on and data is not None and (data / "manifest.json").is_file() \
-            and manifest_sha256(read_manifest(data)) != trained_on:
-        raise ConfigError(f"{run_dir} was trained on other data than {data} (content hash in its run.json): "
-                          "give the spec that run's data, or choose another 'out'")
+    if data is not None and (data / "manifest.json").is_file():
+        run.check_data(data, "give the spec that run's data, or choose another 'out'")
     return tuple(f"{k}={json.dumps(want[k])}" for k in differ)
 
 

@@ -178,7 +178,7 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
     try:
         _carry_out(plan, runner, nproc, progress, outcomes)
     except KeyboardInterrupt:
-        write_report(plan, outcomes + [Outcome("(the rest)", "not run", note="interrupted (Ctrl-C)")])
+        write_report(plan, outcomes, interrupted=True)
         raise
     report, figures = write_report(plan, outcomes)
     return AblationResult(tuple(outcomes), report, tuple(figures))
@@ -226,7 +226,7 @@ def _readable_runs(plan: Plan) -> tuple[list[Run], list[str]]:
     return runs, problems
 
 
-def write_report(plan: Plan, outcomes: list[Outcome]) -> tuple[Path, list[Path]]:
+def write_report(plan: Plan, outcomes: list[Outcome], interrupted: bool = False) -> tuple[Path, list[Path]]:
     """OUT/report.md: the plan, what failed, the compare table (mean ± std over seeds) and figures."""
     out, spec = plan.spec.out, plan.spec
     runs, problems = _readable_runs(plan)
@@ -245,8 +245,12 @@ def write_report(plan: Plan, outcomes: list[Outcome]) -> tuple[Path, list[Path]]
               "forward passes count a backward as two.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows] + ["", "## Outcome", ""]
     failed = [o for o in outcomes if o.failed]
+    total = len(plan.train) + len(plan.evals)
+    if interrupted:
+        lines += [f"**Interrupted (Ctrl-C)** after {len(outcomes)} of {total} jobs, the one under way not counted; "
+                  "the same command goes on from there.", ""]
     lines += [f"- **failed** `{o.job}` ({o.action}): {o.note}" + (f" — log: [{o.log.name}](logs/{o.log.name})" if o.log else "")
-              for o in failed] or [f"All {len(outcomes)} jobs succeeded or were already done."]
+              for o in failed] or ([] if interrupted else [f"All {total} jobs succeeded or were already done."])
     lines += [f"- not run: `{o.job}`: {o.note}" for o in outcomes if o.action == "not run"]
     lines += [f"- unreadable run: {p}" for p in problems] + ["", "## Results", ""]
     lines += [to_markdown(comp)] if comp else ["No run has a run.json yet: nothing to compare.", ""]
