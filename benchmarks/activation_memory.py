@@ -65,7 +65,7 @@ def main() -> None:
             model = build_model(recipe.model, res).train()
         with cuda_autocast_allowed():
             results["ours (GroupNorm keeps bf16)"] = saved_bytes(model, args.batch_size, res)
-            with mock.patch.object(unet.GroupNorm, "forward", nn.GroupNorm.forward):
+            with unet.float32_groupnorm():
                 results["baseline (nn.GroupNorm: float32 out)"] = saved_bytes(model, args.batch_size, res)
     base = sum(results["baseline (nn.GroupNorm: float32 out)"].values())
     print(f"saved for backward, one forward of {args.recipe} at batch {args.batch_size}, CUDA bf16 autocast "

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from dreamctl.atomic import atomic_path
-from dreamctl.config import SampleConfig
+from dreamctl.config.schema import IMAGES_PER_SEED, MAX_BASE_SEED, SampleConfig
 from dreamctl.diffusion.samplers import sample, to_device
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import ConfigError
@@ -28,10 +28,6 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
-# torch's CPU generator keeps only the low 32 bits of a seed, so the 32 bits are split: 2**20 images
-# per base seed (FID-50k fits 20 times over) and base seeds 0..4095.
-IMAGES_PER_SEED = 2**20
-MAX_BASE_SEED = 2**32 // IMAGES_PER_SEED - 1
 
 
 def image_seeds(base: int, indices: Iterable[int]) -> list[int]:

@@ -100,6 +100,8 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
         out = preprocess(im, "none", 32)
     assert out.shape == (32, 32, 3) and (out[..., 0] == out[..., 2]).all()
     np.testing.assert_array_equal(out[..., 0], (ramp >> 8).astype(np.uint8))  # not 99% white
+    as_int32 = preprocess(Image.fromarray(ramp.astype(np.int32), mode="I"), "none", 32)  # older Pillow's mode
+    np.testing.assert_array_equal(as_int32, out)
 
 
 def test_crop_boxes():

@@ -80,14 +80,12 @@ def _run_folders(paths: list[Path]) -> list[Path]:
     return keep
 
 
-def _plot_folder(path: Path) -> Path:
+def _check_plot_folder(path: Path) -> None:
     """--plot names a folder, made if missing: a file there (or above it) is refused before anything is written."""
-    for existing in (p for p in (path, *path.parents) if p.exists()):
-        if not existing.is_dir():
-            where = f"{path} is a file" if existing == path else f"{path}: {existing} is a file"
-            raise RunError(f"--plot {where}; --plot needs a folder (made if missing) to write the figures into")
-        break
-    return path
+    existing = next(p for p in (path, *path.parents) if p.exists())  # the root always exists
+    if not existing.is_dir():
+        where = f"{path} is a file" if existing == path else f"{path}: {existing} is a file"
+        raise RunError(f"--plot {where}; --plot needs a folder (made if missing) to write the figures into")
 
 
 def command(
@@ -97,7 +95,7 @@ def command(
 ) -> None:
     """Compare runs: settings that differ, throughput, and metrics grouped by evaluation protocol."""
     if plot is not None:
-        _plot_folder(plot)
+        _check_plot_folder(plot)
     runs = [read_run(path) for path in _run_folders(run_dirs)]
     comp = compare_runs(runs)
     if format == Format.table:

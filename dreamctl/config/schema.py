@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dreamctl.errors import ConfigError
 
 LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbation"]
+# Image i under base seed S is drawn from seed S * 2**20 + i (generate.image_seeds); torch's CPU
+# generator keeps 32 bits of a seed, which leaves base seeds 0..4095.
+IMAGES_PER_SEED = 2**20
+MAX_BASE_SEED = 2**32 // IMAGES_PER_SEED - 1
 
 
 class _Section(BaseModel):
@@ -128,7 +132,7 @@ class EvalConfig(_Section):
     ref: Literal["train", "valid", "test"] = "train"
     ref_num: int | None = Field(None, gt=0)  # default: as many as generated
     metrics: tuple[str, ...] = ("fid", "kid", "is", "lpips", "swd")
-    seed: int = Field(0, ge=0, lt=4096)  # base seed of the samples (generate.image_seeds)
+    seed: int = Field(0, ge=0, le=MAX_BASE_SEED)  # base seed of the samples (generate.image_seeds)
 
 
 class Recipe(_Section):

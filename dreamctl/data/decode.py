@@ -58,8 +58,11 @@ def crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int]:
 def preprocess(image: Image.Image, crop: str, resolution: int) -> np.ndarray:
     """Crop then resize one decoded image to a (resolution, resolution, 3) uint8 array."""
     image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I;16"):  # 16-bit greyscale: convert("RGB") would clip it at 255, not scale it
-        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+    if image.mode.startswith("I"):  # 16-bit greyscale (I;16, or I in older Pillow): convert("RGB") clips at 255
+        values = np.asarray(image).astype(np.int64)
+        if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values >> 8
+        image = Image.fromarray(values.clip(0, 255).astype(np.uint8))
     image = image.convert("RGB")
     image = image.crop(crop_box(crop, *image.size))
     if image.size != (resolution, resolution):

@@ -55,12 +55,6 @@ class Run:
         value = self.info.get(key)
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    def latest_evals(self) -> dict[str, EvalRecord]:
-        """protocol id -> the evaluation of the newest checkpoint under that protocol."""
-        out: dict[str, EvalRecord] = {}
-        for record in self.evals:  # sorted, so the newest step wins
-            out[record.protocol_id] = record
-        return out
 
 
 def read_json(path: Path) -> dict[str, Any]:
