@@ -31,7 +31,7 @@ setup: $(BIN)/.installed  ## create .venv and install dreamctl with its test ext
 test: $(BIN)/.installed  ## run the test suite (2 CPU cores: ~2 min, plus ~2 min setup the first time)
 	$(BIN)/python -m pytest tests
 
-demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant), sample, evaluate, report (2 CPU cores: ~10 min, plus ~2 min setup the first time)
+demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant), sample, evaluate, report (2 CPU cores: ~11 min, plus ~2 min setup the first time)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/demo.sh
 
 data-celeba: $(BIN)/.installed  ## CELEBA=path: CelebA -> data/celeba64 shards, center:178 crop, 64px (16 cores: ~3 min)
