@@ -301,3 +301,14 @@ def test_cli_plot_into_a_file_is_a_one_line_error(seeded: list[Path], tmp_path: 
         err = capsys.readouterr().err
         assert err.startswith("error: --plot") and "folder" in err and len(err.strip().splitlines()) == 1
     assert target.read_text() == "keep me"
+
+
+def test_a_protocol_names_inception_only_where_an_inception_metric_was_computed(tmp_path: Path) -> None:
+    from dreamctl.experiments.tables import describe_protocols
+
+    a = write_run(tmp_path, "a")
+    write_eval(a, "free", 50, 200, {"swd": {"value": 80.0}, "pixel_fd": {"value": 3.0}})
+    write_eval(a, "fid", 20, 200, {"fid": {"value": 12.0}, "swd": {"value": 81.0}})
+    text = describe_protocols(compare_runs([read_run(a)]))
+    assert "feature_network" not in text["free"] and "resize" not in text["free"] and "steps=50" in text["free"]
+    assert "feature_network=" in text["fid"] and "resize=" in text["fid"]

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from dreamctl.experiments.compare import TOTAL_HEADERS, TOTALS, Comparison, Metric, Row
+from dreamctl.metrics.weights import INCEPTION, METRIC_WEIGHTS
 
 
 def format_number(value: float | None, kind: str) -> str:
@@ -87,11 +88,15 @@ def protocol_ids(comp: Comparison) -> list[str]:
 
 
 def describe_protocols(comp: Comparison) -> dict[str, str]:
-    """protocol id -> one line saying what its numbers were measured with."""
+    """protocol id -> one line saying what its numbers were measured with (the resize and feature
+    network only where an Inception metric was computed: SWD and pixel FD use neither)."""
+    inception = {m for m, files in METRIC_WEIGHTS.items() if INCEPTION in files}
     out = {}
     for pid, desc in comp.protocols.items():
-        parts = [f"{k}={desc[k]}" for k in ("sampler", "steps", "eta", "t_start", "ema", "num_generated",
-                                            "ref_split", "ref_num", "resize", "feature_network") if k in desc]
+        uses_inception = any(m in inception for p, m in comp.columns if p == pid)
+        keys = ("sampler", "steps", "eta", "t_start", "ema", "num_generated", "ref_split", "ref_num") \
+            + (("resize", "feature_network") if uses_inception else ())
+        parts = [f"{k}={desc[k]}" for k in keys if k in desc]
         out[pid] = ", ".join(parts) or "no protocol recorded"
     return out
 
