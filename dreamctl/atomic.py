@@ -51,3 +51,12 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any, *, indent: int = 2, sort_keys: bool = False) -> None:
     write_text(path, json.dumps(data, indent=indent, sort_keys=sort_keys, default=str) + "\n")
+
+
+def unused_path(path: Path) -> Path:
+    """`path` if nothing is there, else the first free `path.1`, `path.2`, ...: where to set a file or
+    folder aside without replacing one set aside before."""
+    candidate, n = Path(path), 1
+    while candidate.exists():
+        candidate, n = Path(f"{path}.{n}"), n + 1
+    return candidate

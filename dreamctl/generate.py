@@ -28,6 +28,9 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
+def check_base_seed(base: int) -> None:
+    if not 0 <= base <= MAX_BASE_SEED:
+        raise ConfigError(f"seed {base} is outside 0..{MAX_BASE_SEED}; pass --seed in that range")
 
 
 def image_seeds(base: int, indices: Iterable[int]) -> list[int]:
@@ -36,8 +39,7 @@ def image_seeds(base: int, indices: Iterable[int]) -> list[int]:
     Sets drawn under different base seeds share no image (with base + i, seed 1's image i would
     be seed 0's image i + 1, and two "independent" 5,000-image sets would share 4,999).
     """
-    if not 0 <= base <= MAX_BASE_SEED:
-        raise ConfigError(f"seed {base} is outside 0..{MAX_BASE_SEED}; pass --seed in that range")
+    check_base_seed(base)
     seeds = [base * IMAGES_PER_SEED + i for i in indices]
     if seeds and max(seeds) >= (base + 1) * IMAGES_PER_SEED:
         raise ConfigError(f"a base seed names at most {IMAGES_PER_SEED:,} images; draw fewer or split the set")

@@ -187,7 +187,7 @@ def test_a_failing_run_is_logged_and_the_others_go_on(tmp_path: Path, monkeypatc
     again = FakeCLI()
     assert not execute(plan, runner=again).failures
     assert [c[0] for c in again.calls] == ["train", "evaluate"]
-    assert (tmp_path / "out" / "stopped-before-checkpoint" / "lambda_max-0.5_seed-0.1" / "recipe.yaml").is_file()
+    assert (tmp_path / "out" / "stopped-before-checkpoint" / "lambda_max-0.5_seed-0" / "recipe.yaml").is_file()
     assert not (tmp_path / "out" / "logs" / "lambda_max-0.5_seed-0.log").exists()  # the stale failure log is gone
 
 
@@ -274,11 +274,12 @@ def test_ctrl_c_keeps_the_report_and_exits_130(tmp_path: Path, monkeypatch: pyte
 
 def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> None:
     parking = tmp_path / "parked"
-    for n in (2, 3):
-        (parking / f"r.{n}").mkdir(parents=True)
-    for expected in ("r.1", "r.4"):
+    for name in ("r.1", "r.2"):
+        (parking / name).mkdir(parents=True)
+    for expected in ("r", "r.3"):
         (tmp_path / "r").mkdir()
         assert execute_module._set_aside(tmp_path / "r", parking).name == expected
+    assert sorted(p.name for p in parking.iterdir()) == ["r", "r.1", "r.2", "r.3"]
 
 
 def test_cli_dry_run_prints_plan_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -76,12 +76,10 @@ VARIANTS = {
 }
 
 
-def _variant(recipe: Recipe, rt: Runtime, *, compile: bool, precision: str, channels_last: bool,
-             float32_norm: bool = False) -> tuple[Recipe, Runtime, bool]:
-    """(recipe, runtime, float32 GroupNorm?) of one variant."""
+def _variant(recipe: Recipe, rt: Runtime, *, compile: bool, precision: str, channels_last: bool):
     r = recipe.model_copy(update={"train": recipe.train.model_copy(
         update={"compile": compile, "channels_last": channels_last})})
-    return r, dataclasses.replace(rt, precision=precision), float32_norm
+    return r, dataclasses.replace(rt, precision=precision)
 
 
 def _with_float32_groupnorm(step: Callable[[int], Any]) -> Callable[[int], Any]:
@@ -109,7 +107,9 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, bud
     configs = {n: c for n, c in VARIANTS.items() if not only or n in only or n == VARIANT_REFERENCE}
     steps, compile_s = {}, {}
     for name, cfg in configs.items():
-        vr, vrt, float32_norm = _variant(recipe, rt, **cfg)
+        cfg = dict(cfg)
+        float32_norm = cfg.pop("float32_norm", False)  # a model setting, applied around the step below
+        vr, vrt = _variant(recipe, rt, **cfg)
         state = init_state(vr, vrt)
         net, _ = wrap_for_training(state.model, vr, vrt)
         net.train()

@@ -133,12 +133,7 @@ def evaluate_command(job: EvalJob) -> list[str]:
 def _set_aside(run_dir: Path, parking: Path) -> Path:
     """Move a run that stopped before its first checkpoint out of the way, so train can start it afresh."""
     parking.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while (parking / f"{run_dir.name}.{n}").exists():  # the first free number: earlier ones may be gone
-        n += 1
-    target = parking / f"{run_dir.name}.{n}"
-    run_dir.rename(target)
-    return target
+    return run_dir.rename(atomic.unused_path(parking / run_dir.name))
 
 
 def _run_logged(cmd: list[str], job: str, action: str, runner: Runner, logs: Path) -> Outcome:

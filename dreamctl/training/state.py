@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import dreamctl
-from dreamctl.atomic import atomic_path
+from dreamctl.atomic import atomic_path, unused_path
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 
 CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
@@ -160,8 +160,5 @@ def set_aside_newer(folder: Path, step: int) -> list[Path]:
     moved = []
     for path in list_checkpoints(folder):
         if int(CHECKPOINT.match(path.name).group(1)) > step:
-            target, n = path.with_name(path.name + ".corrupt"), 1
-            while target.exists():  # one set aside before under this name is kept too
-                target, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
-            moved.append(path.rename(target))
+            moved.append(path.rename(unused_path(path.with_name(path.name + ".corrupt"))))
     return moved
