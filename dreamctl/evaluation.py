@@ -32,7 +32,7 @@ from dreamctl.runtime import Runtime
 from dreamctl.sampling import OnEvent, SampleOptions, folder_name, load_for_inference, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir, read_json
 
-FEATURE_METRICS = ("fid", "kid", "is")
+FEATURE_METRICS = weights.INCEPTION_METRICS
 INCEPTION_NAME = "inception-2015-12-05"
 # Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
 SAME_SAMPLES = ("checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "num_generated", "seed",

@@ -11,6 +11,7 @@ from rich.table import Table
 from dreamctl.cli import options
 from dreamctl.cli.common import console, err_console
 from dreamctl.cli.sample import STOPPED, SampleProgress
+from dreamctl.metrics.weights import INCEPTION_METRICS
 
 WHAT = {
     "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
@@ -35,7 +36,7 @@ def describe(name: str, entry: dict[str, Any], stand_in: bool) -> str:
     if "missing" in entry:
         return str(entry["missing"])
     what = WHAT.get(name, name)
-    if stand_in and name in ("fid", "kid", "is"):
+    if stand_in and name in INCEPTION_METRICS:
         what = "STAND-IN feature network, not Inception; only comparable with itself. " + what
     return what
 
@@ -94,7 +95,7 @@ def command(
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
     say(f"{p['num_generated']} samples ({p['sampler']} {p['steps']} steps, eta {p['eta']:g}, "
         f"{'EMA' if p['ema'] else 'raw'}) from {result.samples}")
-    features = any(m in ("fid", "kid", "is") and "value" in e for m, e in record["metrics"].items())
+    features = any(m in INCEPTION_METRICS and "value" in e for m, e in record["metrics"].items())
     say(f"against the first {p['ref_num']} {p['ref_split']} images"
         + (f"; features: {p['feature_network']}, {p['resize']}" if features else ""))
     say("FID, KID and IS are comparable only within one protocol id (same sampler, steps, N, reference, resize).")

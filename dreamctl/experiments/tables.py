@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from dreamctl.experiments.compare import TOTAL_HEADERS, TOTALS, Comparison, Metric, Row
-from dreamctl.metrics.weights import INCEPTION, METRIC_WEIGHTS
+from dreamctl.metrics.weights import INCEPTION_METRICS
 
 
 def format_number(value: float | None, kind: str) -> str:
@@ -90,10 +90,9 @@ def protocol_ids(comp: Comparison) -> list[str]:
 def describe_protocols(comp: Comparison) -> dict[str, str]:
     """protocol id -> one line saying what its numbers were measured with (the resize and feature
     network only where an Inception metric was computed: SWD and pixel FD use neither)."""
-    inception = {m for m, files in METRIC_WEIGHTS.items() if INCEPTION in files}
     out = {}
     for pid, desc in comp.protocols.items():
-        uses_inception = any(m in inception for p, m in comp.columns if p == pid)
+        uses_inception = any(m in INCEPTION_METRICS for p, m in comp.columns if p == pid)
         keys = ("sampler", "steps", "eta", "t_start", "ema", "num_generated", "ref_split", "ref_num") \
             + (("resize", "feature_network") if uses_inception else ())
         parts = [f"{k}={desc[k]}" for k in keys if k in desc]

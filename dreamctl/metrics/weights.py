@@ -231,6 +231,7 @@ METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {
     "swd": (),
     "pixel_fd": (),
 }
+INCEPTION_METRICS = tuple(m for m, files in METRIC_WEIGHTS.items() if INCEPTION in files)  # fid, kid, is
 
 
 def weights_for(metrics: Sequence[str]) -> list[str]:
