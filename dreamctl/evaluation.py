@@ -22,6 +22,7 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe
+from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import read_manifest, split_shards
 from dreamctl.errors import ConfigError, DataError, WeightsError
@@ -118,7 +119,7 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
     if previous is None:
         return
     old, new = previous.get("protocol", {}), record["protocol"]
-    if any(old.get(k) != new.get(k) for k in SAME_SAMPLES):
+    if any(old.get(k) != new.get(k) for k in SAME_SAMPLES) or not drawn_by_seed_rule(old):
         return
     old_weights = previous.get("weights", {})
     for name, entry in previous.get("metrics", {}).items():
@@ -216,7 +217,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     c = model.cfg
     protocol = {"checkpoint_step": model.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
                 "t_start": c.t_start, "clip_x0": c.clip_x0, "num_generated": num, "seed": seed,
-                "ref_split": ref_split, "ref_num": ref_num, "ref_preprocessing": manifest.get("preprocessing"),
+                "image_seeds": SEED_RULE, "ref_split": ref_split, "ref_num": ref_num, "ref_preprocessing": manifest.get("preprocessing"),
                 "ref_manifest_sha256": manifest_sha, "resize": net.resize if net is not None else RESIZE_CLEAN,
                 "feature_network": net.name if stand_in else INCEPTION_NAME,
                 "feature_network_sha256": net.weights_sha256 if net is not None else None,

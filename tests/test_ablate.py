@@ -12,6 +12,7 @@ import yaml
 
 from dreamctl.cli import main
 from dreamctl.config import load_recipe, recipe_from_yaml, recipe_to_yaml
+from dreamctl.config.schema import SEED_RULE
 from dreamctl.data.shards import FORMAT
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.experiments import execute as execute_module
@@ -66,7 +67,8 @@ class FakeCLI:
         protocol = {"checkpoint_step": json.loads((run_dir / "run.json").read_text())["step"], "ema": True,
                     "sampler": sample.sampler, "steps": steps, "eta": sample.eta, "t_start": sample.t_start,
                     "num_generated": int(opts["--num"]),
-                    "ref_split": "train", "ref_num": int(opts["--num"]), "seed": 0, "clip_x0": sample.clip_x0,
+                    "ref_split": "train", "ref_num": int(opts["--num"]), "seed": recipe.eval.seed,
+                    "image_seeds": SEED_RULE, "clip_x0": sample.clip_x0,
                     "resize": "none", "feature_network": None}
         pid = f"{sample.sampler}{steps}-n{opts['--num']}"
         metrics = {m: {"value": 1.0 + steps / 100} for m in opts["--metrics"].split(",")}
@@ -247,6 +249,18 @@ def test_eval_grid_points_resolve_as_evaluate_does(tmp_path: Path) -> None:
     assert ddpm.forwards == 50 * 1000  # tiny's T
     execute(plan, runner=FakeCLI())
     assert [e.action for e in make_plan(parse_spec(spec_path)).evals] == ["skip", "skip"]
+
+
+def test_an_evaluation_drawn_under_the_old_seed_rule_is_done_again(tmp_path: Path) -> None:
+    """Before image_seeds was recorded, seed 1 drew seed 0's images shifted by one: not another set."""
+    spec_path = write_spec(tmp_path, grid={"loss.lambda_max": [0.3]}, set=["train.epochs=4", "eval.seed=1"])
+    execute(make_plan(parse_spec(spec_path)), runner=FakeCLI())
+    assert [e.action for e in make_plan(parse_spec(spec_path)).evals] == ["skip"]
+    for path in (tmp_path / "out").rglob("eval/*.json"):
+        record = json.loads(path.read_text())
+        del record["protocol"]["image_seeds"]
+        path.write_text(json.dumps(record))
+    assert [e.action for e in make_plan(parse_spec(spec_path)).evals] == ["evaluate"]
 
 
 def test_metrics_without_weights_stop_before_any_training(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from dreamctl.config import load_recipe, recipe_to_yaml
+from dreamctl.config.schema import SEED_RULE
 from dreamctl.errors import CheckpointError
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import cells, headers, to_csv, to_json, to_markdown
@@ -255,6 +256,16 @@ def test_a_copied_run_is_not_averaged_as_another_seed(seeded: list[Path], tmp_pa
     assert [g.seeds for g in comp.aggregate] == [(0, 1, 2), (0,), (0,)]
     assert comp.aggregate[0].metrics[(P50, "fid")].value == pytest.approx(12.0)
     assert "0,0" not in to_markdown(comp)
+
+
+def test_an_evaluation_drawn_under_the_old_seed_rule_is_warned_about(tmp_path: Path) -> None:
+    old, new = write_run(tmp_path, "old"), write_run(tmp_path, "new")
+    write_eval(old, P50 + "-seed2", 50, 200, {"fid": {"value": 20.0}}, seed=2)
+    write_eval(new, P50 + "-seed2", 50, 200, {"fid": {"value": 20.0}}, seed=2, image_seeds=SEED_RULE)
+    comp = compare_runs([read_run(old), read_run(new)])
+    assert [w for w in comp.warnings if "seed+i" in w] == [
+        f"{old / 'eval' / (P50 + '-seed2.json')} drew seed 2's images as seed+i, overlapping seed 0's set: "
+        "run `dreamctl evaluate` again to draw an independent set"]
 
 
 def _drawn(monkeypatch: pytest.MonkeyPatch) -> list:

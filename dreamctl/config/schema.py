@@ -18,6 +18,13 @@ LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbatio
 # generator keeps 32 bits of a seed, which leaves base seeds 0..4095.
 IMAGES_PER_SEED = 2**20
 MAX_BASE_SEED = 2**32 // IMAGES_PER_SEED - 1
+SEED_RULE = "seed*2**20+i"  # recorded in evaluation files; files written before it used seed+i
+
+
+def drawn_by_seed_rule(protocol: dict[str, Any]) -> bool:
+    """Whether an evaluation's images came from the rule above. Base seed 0 draws the same images
+    under both rules; any other base seed in a file without SEED_RULE drew the old overlapping sets."""
+    return protocol.get("seed", 0) == 0 or protocol.get("image_seeds") == SEED_RULE
 
 
 class _Section(BaseModel):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
+from dreamctl.config.schema import drawn_by_seed_rule
 from dreamctl.data.loader import steps_per_epoch
 from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import STEP_COST
@@ -134,7 +135,7 @@ def _evaluated(run_dir: Path, recipe: Recipe, cfg: SampleConfig, num: int, metri
     t_starts = (cfg.t_start,) if cfg.t_start is not None else (None, t - t // cfg.steps)  # unset or resolved default
     for record in read_evals(run_dir / "eval"):
         p = record.protocol
-        if all(p.get(k) == v for k, v in want.items()) and p.get("t_start") in t_starts \
+        if all(p.get(k) == v for k, v in want.items()) and p.get("t_start") in t_starts and drawn_by_seed_rule(p) \
                 and p.get("ema", cfg.use_ema) == cfg.use_ema and all("value" in record.metrics.get(m, {}) for m in metrics):
             return True
     return False

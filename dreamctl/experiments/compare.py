@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamctl.config import Recipe, flat_items
+from dreamctl.config.schema import drawn_by_seed_rule
 from dreamctl.experiments.runs import EvalRecord, Run
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
@@ -152,6 +153,9 @@ def _protocols(runs: list[Run], ids: dict[tuple[str, ...], str]) -> tuple[dict[s
             clash = [k for k in PROTOCOL_FIELDS if first.get(k) != desc.get(k)]
             if clash:
                 warnings.append(f"protocol {pid}: {run.name} differs on {', '.join(clash)}; check the evaluator")
+            if not drawn_by_seed_rule(record.protocol):
+                warnings.append(f"{record.path} drew seed {record.protocol.get('seed')}'s images as seed+i, overlapping "
+                                f"seed 0's set: run `dreamctl evaluate` again to draw an independent set")
     return found, tuple(warnings)
 
 

@@ -1,0 +1,39 @@
+"""eval/<protocol_id>.json files: which earlier metrics a new evaluation keeps (evaluation.write_eval)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
+from dreamctl.evaluation import write_eval
+
+PID = "ddim50-eta0-ema-n500-train500-clean-seed1"
+
+
+def record(step: int, metrics: dict, **protocol: object) -> dict:
+    p = {"checkpoint_step": step, "ema": True, "sampler": "ddim", "steps": 50, "eta": 0.0, "t_start": None,
+         "clip_x0": False, "num_generated": 500, "seed": 1, "image_seeds": SEED_RULE, "ref_split": "train",
+         "ref_num": 500, "ref_manifest_sha256": "a" * 64, "feature_network_sha256": None}
+    return {"protocol_id": PID, "protocol": p | protocol, "metrics": metrics, "weights": {}}
+
+
+def test_seed_zero_draws_the_same_images_under_both_rules() -> None:
+    assert drawn_by_seed_rule({"seed": 0}) and drawn_by_seed_rule({"seed": 3, "image_seeds": SEED_RULE})
+    assert not drawn_by_seed_rule({"seed": 3}) and not drawn_by_seed_rule({"seed": 3, "image_seeds": "seed+i"})
+
+
+def test_metrics_of_the_same_samples_are_kept(tmp_path: Path) -> None:
+    write_eval(tmp_path, record(100, {"swd": {"value": 2.0}}))
+    write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}))
+    saved = json.loads((tmp_path / f"{PID}.json").read_text())
+    assert saved["metrics"] == {"pixel_fd": {"value": 1.0}, "swd": {"value": 2.0}}
+
+
+def test_metrics_of_other_samples_are_dropped(tmp_path: Path) -> None:
+    """Another reference set, or seed 1 drawn as seed+i (before image_seeds was recorded): not the same images."""
+    for earlier in (record(100, {"swd": {"value": 2.0}}, ref_manifest_sha256="b" * 64),
+                    record(100, {"swd": {"value": 2.0}}, image_seeds=None)):
+        write_eval(tmp_path, earlier)
+        write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}))
+        assert json.loads((tmp_path / f"{PID}.json").read_text())["metrics"] == {"pixel_fd": {"value": 1.0}}
