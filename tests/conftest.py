@@ -25,6 +25,15 @@ def prepare_synthetic(out: Path, **overrides):
     return prepare_data(list_source("synthetic", **params), out, **options)
 
 
+def prepare_listing(kind: str, root: Path | None, out: Path, **kw):
+    """prepare_data(list_source(kind, root, ...), out, ...) at 16px with one worker; `kw` goes to whichever takes it."""
+    from dreamctl.data.prepare import prepare_data
+    from dreamctl.data.sources import list_source
+
+    listing_kw = {k: kw.pop(k) for k in ("limit", "count", "seed", "valid_fraction", "test_fraction") if k in kw}
+    return prepare_data(list_source(kind, root, **listing_kw), out, **{"resolution": 16, "workers": 1, **kw})
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """256 drawn 32x32 faces (seed 0) prepared into train/valid/test shards (230/13/13).

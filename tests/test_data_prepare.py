@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import prepare_synthetic
+from conftest import prepare_listing, prepare_synthetic
 from dreamctl.data.decode import crop_box, parse_crop, preprocess
-from dreamctl.data.prepare import PROGRESS, prepare_data
+from dreamctl.data.prepare import PROGRESS
 from dreamctl.data.shards import file_sha256, manifest_sha256, read_manifest, read_names, verify
-from dreamctl.data.sources import list_source
 from dreamctl.data.synthetic import draw_faces
 from dreamctl.errors import DataError
 
@@ -55,11 +54,6 @@ def celeba(tmp_path_factory) -> dict[str, Path]:
     return {"folder": folder, "zip": zipped}
 
 
-def _prepare(kind, root, out, **kw):
-    listing_kw = {k: kw.pop(k) for k in ("limit", "count", "seed", "valid_fraction", "test_fraction") if k in kw}
-    return prepare_data(list_source(kind, root, **listing_kw), out, **{"resolution": 16, "workers": 1, **kw})
-
-
 def _images(path: Path) -> np.ndarray:
     with h5py.File(path, "r") as f:
         return f["images"][()]
@@ -69,8 +63,8 @@ def _images(path: Path) -> np.ndarray:
 
 
 def test_celeba_folder_and_zip_give_the_official_splits_and_the_same_shards(celeba, tmp_path):
-    a = _prepare("celeba", celeba["folder"], tmp_path / "a", shard_size=8)
-    b = _prepare("celeba", celeba["zip"], tmp_path / "b", shard_size=8, workers=2)  # through the process pool
+    a = prepare_listing("celeba", celeba["folder"], tmp_path / "a", shard_size=8)
+    b = prepare_listing("celeba", celeba["zip"], tmp_path / "b", shard_size=8, workers=2)  # through the process pool
     ma, mb = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
     assert ma["counts"] == {"train": 20, "valid": 5, "test": 5} == mb["counts"]
     assert (a.written, a.skipped, b.written) == (30, 0, 30)
@@ -86,7 +80,7 @@ def test_celeba_folder_and_zip_give_the_official_splits_and_the_same_shards(cele
 
 
 def test_limit_takes_the_first_files_of_each_split_in_name_order(celeba, tmp_path):
-    _prepare("celeba", celeba["folder"], tmp_path, limit=3)
+    prepare_listing("celeba", celeba["folder"], tmp_path, limit=3)
     assert read_manifest(tmp_path)["counts"] == {"train": 3, "valid": 3, "test": 3}
     assert read_names(tmp_path / "train-00000.h5") == ["000001.jpg", "000002.jpg", "000003.jpg"]
     assert read_names(tmp_path / "test-00000.h5") == ["000026.jpg", "000027.jpg", "000028.jpg"]
@@ -133,7 +127,7 @@ def _marker_celeba(root: Path) -> None:
 @pytest.mark.parametrize("crop, box", [("center:178", (0, 20, 178, 198)), ("ddim", (25, 57, 153, 185)), ("none", (0, 0, 178, 218))])
 def test_crop_presets_put_a_marker_where_the_box_says(tmp_path, crop, box):
     _marker_celeba(tmp_path / "src")
-    _prepare("celeba", tmp_path / "src", tmp_path / "out", crop=crop, resolution=64)
+    prepare_listing("celeba", tmp_path / "src", tmp_path / "out", crop=crop, resolution=64)
     img = _images(tmp_path / "out" / "train-00000.h5")[0].astype(float)
     red = np.clip(img[..., 0] - img[..., 1] - img[..., 2], 0, None)
     ys, xs = np.mgrid[0:64, 0:64]
@@ -221,81 +215,6 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.fixture
-def messy_folder(tmp_path) -> Path:
-    """Four good PNGs in a tree, and a corrupt JPEG, a truncated one, a text file named .jpg."""
-    root = tmp_path / "images"
-    (root / "a" / "b").mkdir(parents=True)
-    for i, face in enumerate(draw_faces(4, 40, seed=2)):
-        Image.fromarray(face).save(root / ("a/b" if i % 2 else "a") / f"good{i}.png")
-    jpeg = root / "a" / "good0.png"
-    Image.open(jpeg).save(root / "whole.jpg", quality=95)
-    data = (root / "whole.jpg").read_bytes()
-    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (root / "corrupt.jpg").write_bytes(data[:20] + bytes(range(256)) * 4)
-    (root / "notes.jpg").write_text("not an image at all\n")
-    (root / "whole.jpg").unlink()
-    (root / "README.txt").write_text("ignored: not an image suffix")
-    (root / ".hidden.png").write_bytes(b"ignored: hidden")
-    return root
-
-
-def test_unreadable_images_are_skipped_counted_and_listed(messy_folder, tmp_path):
-    result = _prepare("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0, crop="center")
-    manifest = read_manifest(tmp_path / "out")
-    assert (result.written, result.skipped) == (4, 3) and manifest["counts"]["train"] == 4
-    reasons = {s["name"]: s["reason"] for s in manifest["skipped"]}
-    assert set(reasons) == {"truncated.jpg", "corrupt.jpg", "notes.jpg"}
-    assert "truncated" in reasons["truncated.jpg"] and "cannot identify" in reasons["notes.jpg"]
-    assert manifest["splits"]["train"]["skipped"] == 3
-    with pytest.raises(DataError, match=r"(corrupt|notes|truncated)\.jpg: .*--strict"):
-        _prepare("folder", messy_folder, tmp_path / "strict", valid_fraction=0.0, test_fraction=0.0, strict=True)
-    assert not (tmp_path / "strict" / "manifest.json").exists()
-
-
-
-def test_cli_names_skipped_images(messy_folder, tmp_path, capsys):
-    from dreamctl.cli import main
-
-    assert main(["prepare-data", "--source", "folder", "--root", str(messy_folder), "--out", str(tmp_path / "o"),
-                 "--resolution", "16", "--crop", "center", "--valid-fraction", "0", "--test-fraction", "0"]) == 0
-    out = capsys.readouterr().out
-    assert "skipped 3 (listed in" in out and "  skipped notes.jpg: " in out and "cannot identify" in out
-
-
-def test_folder_split_is_a_hash_of_the_path(messy_folder, tmp_path):
-    listing = list_source("folder", messy_folder, valid_fraction=0.3, test_fraction=0.3)
-    again = list_source("folder", messy_folder, valid_fraction=0.3, test_fraction=0.3)
-    assert listing.splits == again.splits
-    names = sorted(n for items in listing.splits.values() for n, _ in items)
-    assert names == sorted(["a/good0.png", "a/b/good1.png", "a/good2.png", "a/b/good3.png", "corrupt.jpg", "notes.jpg", "truncated.jpg"])
-
-
-def test_an_image_smaller_than_the_crop_is_skipped_with_the_reason(messy_folder, tmp_path):
-    with pytest.raises(DataError, match="no image of split train could be read; first: .*smaller than the center:178 crop"):
-        _prepare("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0, crop="center:178")
-
-
-def test_empty_folder_and_missing_celeba_files_are_clear_errors(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no images .* found under .*empty"):
-        list_source("folder", tmp_path / "empty")
-    (tmp_path / "celeba" / "img_align_celeba").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"missing: .*list_eval_partition\.txt; put CelebA's aligned images in ROOT/img_align_celeba/"):
-        list_source("celeba", tmp_path / "celeba")
-    (tmp_path / "celeba" / "img_align_celeba").rmdir()
-    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 0\n")
-    with pytest.raises(DataError, match=r"missing: .*img_align_celeba/ \(or .*img_align_celeba\.zip\)"):
-        list_source("celeba", tmp_path / "celeba")
-    (tmp_path / "celeba" / "img_align_celeba").mkdir()  # present but empty: every file is missing
-    with pytest.raises(DataError, match="no image of split train could be read; first: 000001.jpg: listed in the partition file but not found"):
-        _prepare("celeba", tmp_path / "celeba", tmp_path / "out")
-    assert not (tmp_path / "out" / "manifest.json").exists()
-    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg train\n")
-    with pytest.raises(DataError, match=r"list_eval_partition\.txt:1: expected"):
-        list_source("celeba", tmp_path / "celeba")
-
-
 def test_zip_entries_that_would_escape_are_never_read(celeba, tmp_path):
     jpeg = (celeba["folder"] / "img_align_celeba" / "000001.jpg").read_bytes()
     root = tmp_path / "evil"
@@ -306,7 +225,7 @@ def test_zip_entries_that_would_escape_are_never_read(celeba, tmp_path):
         zf.writestr(zipfile.ZipInfo("/tmp/000003.jpg"), jpeg)
         zf.writestr(zipfile.ZipInfo("img_align_celeba/../000004.jpg"), jpeg)
     (root / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg 0\n" for i in range(1, 5)))
-    _prepare("celeba", root, tmp_path / "out")
+    prepare_listing("celeba", root, tmp_path / "out")
     manifest = read_manifest(tmp_path / "out")
     assert manifest["counts"]["train"] == 1
     unsafe = {s["name"] for s in manifest["skipped"] if "'..'" in s["reason"]}
@@ -314,7 +233,7 @@ def test_zip_entries_that_would_escape_are_never_read(celeba, tmp_path):
     assert {s["name"] for s in manifest["skipped"] if "not found" in s["reason"]} == {"000002.jpg", "000003.jpg", "000004.jpg"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil", "out"]  # nothing was extracted
     with pytest.raises(DataError, match=r"\.\./000002\.jpg: zip entry .* \(--strict\)"):
-        _prepare("celeba", root, tmp_path / "strict", strict=True)
+        prepare_listing("celeba", root, tmp_path / "strict", strict=True)
 
 
 def test_verify_catches_a_flipped_byte(synthetic_data_dir, tmp_path):

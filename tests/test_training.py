@@ -10,40 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from dreamctl.cli import main
 from dreamctl.diffusion import losses
 from dreamctl.training.state import list_checkpoints, load_checkpoint
-
-# 32x32 data, a 2-level UNet of width 8; 64 images at batch 8 = 8 steps per epoch.
-TINY = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[8]", "model.num_heads=2",
-        "model.groups=4", "model.time_features=16", "train.batch_size=8", "data.limit=64", "train.epochs=3",
-        "train.log_every=2", "train.checkpoint_every=4", "train.sample_every=1000", "train.sample_grid=4",
-        "sample.steps=2", "optim.ema_decay=0.9"]
-# DREAM (the study's variant) starts at epoch 1 = step 8: runs below cross it and an epoch boundary.
-CONSERVATIVE = TINY + ["loss.start_epoch=1", "loss.ramp_epochs=2"]
-
-
-def _sets(overrides):
-    return [arg for o in overrides for arg in ("--set", o)]
-
-
-def train(run: Path, data: Path, overrides, recipe="tiny-conservative") -> int:
-    return main(["train", "--recipe", recipe, "--data", str(data), "--run-dir", str(run), *_sets(overrides)])
-
-
-def final_weights(run: Path) -> dict:
-    ckpt = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
-    return {"model": ckpt["model"], "ema": ckpt["ema"], "step": ckpt["step"]}
-
-
-def assert_identical(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"]
-    for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+from tiny_runs import CONSERVATIVE, TINY, assert_identical, final_weights, set_args, train
 
 
 def test_resume_is_bit_exact_across_epoch_and_dream_start(tmp_path, synthetic_data_dir):
@@ -60,57 +32,6 @@ def test_resume_is_bit_exact_across_epoch_and_dream_start(tmp_path, synthetic_da
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert "loss_rect" not in records[3] and records[4]["loss_rect"] > 0  # DREAM from step 8 (epoch 1)
     assert {"loss_q0", "lr", "grad_norm", "img_per_s", "peak_memory_bytes", "images_seen"} <= set(records[0])
-
-
-def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
-    assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000004.pt")
-    assert {"model", "ema", "optimizer", "step", "data_position", "rng", "recipe", "dreamctl_version"} <= set(ckpt)
-    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
-    assert ckpt["data_position"]["batch_index"] == 4
-    assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
-
-
-def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data_dir, capsys):
-    run = tmp_path / "run"
-    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0
-    newest = list_checkpoints(run / "checkpoints")[-1]
-    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
-    capsys.readouterr()
-    assert main(["resume", str(run), "--set", "train.max_steps=12"]) == 0
-    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1 and newest.name in warning[0] and "cannot be read" in warning[0]
-    assert train(tmp_path / "straight", synthetic_data_dir, TINY + ["train.max_steps=12"], recipe="tiny") == 0
-    assert_identical(final_weights(run), final_weights(tmp_path / "straight"))
-    assert (run / "checkpoints" / (newest.name + ".corrupt")).is_file()  # set aside, kept for inspection
-    for path in list_checkpoints(run / "checkpoints"):
-        path.write_bytes(b"")
-    assert main(["resume", str(run)]) == 2
-    assert "every checkpoint" in capsys.readouterr().err
-
-
-def test_rotation_after_skipping_a_corrupt_checkpoint_keeps_the_good_ones(tmp_path, synthetic_data_dir, capsys):
-    run = tmp_path / "run"
-    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0  # steps 4 and 8
-    newest = list_checkpoints(run / "checkpoints")[-1]
-    newest.write_bytes(newest.read_bytes()[:1000])
-    # from step 4 to step 6 keeping one checkpoint: the corrupt step 8 must not be the one kept
-    assert main(["resume", str(run), "--set", "train.max_steps=6", "--set", "train.keep_checkpoints=1"]) == 0
-    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000006.pt"]
-    assert main(["resume", str(run), "--set", "train.max_steps=7"]) == 0
-    info = json.loads((run / "run.json").read_text())
-    assert [r["step"] for r in info["resumes"]] == [4, 6]
-
-
-def test_a_checkpoint_that_cannot_be_opened_stops_resume_without_skipping_it(tmp_path, synthetic_data_dir, capsys):
-    run = tmp_path / "run"
-    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
-    (run / "checkpoints" / "step-00000008.pt").mkdir()  # IsADirectoryError: an access problem, not corruption
-    capsys.readouterr()
-    assert main(["resume", str(run), "--set", "train.max_steps=6"]) == 2
-    err = capsys.readouterr().err
-    assert "step-00000008.pt cannot be opened" in err and "warning" not in err
-    assert (run / "checkpoints" / "step-00000004.pt").is_file() and (run / "checkpoints" / "step-00000008.pt").is_dir()
 
 
 def test_nan_loss_stops_without_poisoned_checkpoint(tmp_path, synthetic_data_dir, monkeypatch, capsys):
@@ -195,7 +116,7 @@ def test_resume_refuses_data_that_changed_since_the_start(tmp_path, capsys):
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "dreamctl", "train", "--recipe", "tiny", "--data", str(synthetic_data_dir),
-           "--run-dir", str(run), *_sets(TINY + ["train.epochs=1000", "train.checkpoint_every=100000"])]
+           "--run-dir", str(run), *set_args(TINY + ["train.epochs=1000", "train.checkpoint_every=100000"])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
@@ -217,7 +138,7 @@ def test_two_gloo_processes_match_one(tmp_path, synthetic_data_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dreamctl"]
     first = base + ["train", "--recipe", "tiny-conservative", "--data", str(synthetic_data_dir),
-                    "--run-dir", str(tmp_path / "two"), *_sets(CONSERVATIVE + ["train.max_steps=5"])]
+                    "--run-dir", str(tmp_path / "two"), *set_args(CONSERVATIVE + ["train.max_steps=5"])]
     for cmd in (first, base + ["resume", str(tmp_path / "two"), "--set", "train.max_steps=10"]):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -258,7 +179,7 @@ def test_nproc_per_node_shortcut_starts_torchrun(tmp_path, synthetic_data_dir, m
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = tmp_path / "run"
     args = ["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(run),
-            "--nproc-per-node", "2", *_sets(TINY + ["train.max_steps=2"])]
+            "--nproc-per-node", "2", *set_args(TINY + ["train.max_steps=2"])]
     assert main(args) == 0
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
     assert main(["resume", str(run), "--nproc-per-node", "2", "--set", "train.max_steps=4"]) == 0
@@ -315,16 +236,3 @@ def test_a_stop_between_log_steps_resumes_to_the_same_log(tmp_path, synthetic_da
     assert logged(tmp_path / "split") == straight
 
 
-def test_a_checkpoint_cut_anywhere_is_skipped_as_corrupt(tmp_path):
-    """torch reports a short zip as RuntimeError, EOFError or OSError(EINVAL): all mean corrupt, none stops resume."""
-    from dreamctl.errors import CorruptCheckpoint
-    from dreamctl.training.state import REQUIRED
-
-    whole = tmp_path / "whole.pt"
-    torch.save({**{k: 0 for k in REQUIRED}, "model": {"w": torch.randn(40_000)}}, whole)
-    data = whole.read_bytes()
-    cut = tmp_path / "step-00000008.pt"
-    for size in (0, 10, 1000, 30_000, 60_000, len(data) // 2, len(data) - 100):
-        cut.write_bytes(data[:size])
-        with pytest.raises(CorruptCheckpoint):
-            load_checkpoint(cut)

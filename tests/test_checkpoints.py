@@ -1,0 +1,76 @@
+"""Checkpoints: what they hold, and resume past a corrupt, cut or unopenable one (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dreamctl.cli import main
+from dreamctl.errors import CorruptCheckpoint
+from dreamctl.training.state import REQUIRED, list_checkpoints, load_checkpoint
+from tiny_runs import TINY, assert_identical, final_weights, train
+
+
+def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
+    assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000004.pt")
+    assert {"model", "ema", "optimizer", "step", "data_position", "rng", "recipe", "dreamctl_version"} <= set(ckpt)
+    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    assert ckpt["data_position"]["batch_index"] == 4
+    assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data_dir, capsys):
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "train.max_steps=12"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and newest.name in warning[0] and "cannot be read" in warning[0]
+    assert train(tmp_path / "straight", synthetic_data_dir, TINY + ["train.max_steps=12"], recipe="tiny") == 0
+    assert_identical(final_weights(run), final_weights(tmp_path / "straight"))
+    assert (run / "checkpoints" / (newest.name + ".corrupt")).is_file()  # set aside, kept for inspection
+    for path in list_checkpoints(run / "checkpoints"):
+        path.write_bytes(b"")
+    assert main(["resume", str(run)]) == 2
+    assert "every checkpoint" in capsys.readouterr().err
+
+
+def test_rotation_after_skipping_a_corrupt_checkpoint_keeps_the_good_ones(tmp_path, synthetic_data_dir, capsys):
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0  # steps 4 and 8
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    # from step 4 to step 6 keeping one checkpoint: the corrupt step 8 must not be the one kept
+    assert main(["resume", str(run), "--set", "train.max_steps=6", "--set", "train.keep_checkpoints=1"]) == 0
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000006.pt"]
+    assert main(["resume", str(run), "--set", "train.max_steps=7"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert [r["step"] for r in info["resumes"]] == [4, 6]
+
+
+def test_a_checkpoint_that_cannot_be_opened_stops_resume_without_skipping_it(tmp_path, synthetic_data_dir, capsys):
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
+    (run / "checkpoints" / "step-00000008.pt").mkdir()  # IsADirectoryError: an access problem, not corruption
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "train.max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "step-00000008.pt cannot be opened" in err and "warning" not in err
+    assert (run / "checkpoints" / "step-00000004.pt").is_file() and (run / "checkpoints" / "step-00000008.pt").is_dir()
+
+
+def test_a_checkpoint_cut_anywhere_is_skipped_as_corrupt(tmp_path):
+    """torch reports a short zip as RuntimeError, EOFError or OSError(EINVAL): all mean corrupt, none stops resume."""
+    whole = tmp_path / "whole.pt"
+    torch.save({**{k: 0 for k in REQUIRED}, "model": {"w": torch.randn(40_000)}}, whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "step-00000008.pt"
+    for size in (0, 10, 1000, 30_000, 60_000, len(data) // 2, len(data) - 100):
+        cut.write_bytes(data[:size])
+        with pytest.raises(CorruptCheckpoint):
+            load_checkpoint(cut)

@@ -1,0 +1,90 @@
+"""prepare-data on a folder of messy images: unreadable files are skipped, counted and listed;
+a split is a hash of the path; missing CelebA files are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import prepare_listing
+from dreamctl.data.shards import read_manifest
+from dreamctl.data.sources import list_source
+from dreamctl.data.synthetic import draw_faces
+from dreamctl.errors import DataError
+
+
+@pytest.fixture
+def messy_folder(tmp_path) -> Path:
+    """Four good PNGs in a tree, and a corrupt JPEG, a truncated one, a text file named .jpg."""
+    root = tmp_path / "images"
+    (root / "a" / "b").mkdir(parents=True)
+    for i, face in enumerate(draw_faces(4, 40, seed=2)):
+        Image.fromarray(face).save(root / ("a/b" if i % 2 else "a") / f"good{i}.png")
+    jpeg = root / "a" / "good0.png"
+    Image.open(jpeg).save(root / "whole.jpg", quality=95)
+    data = (root / "whole.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "corrupt.jpg").write_bytes(data[:20] + bytes(range(256)) * 4)
+    (root / "notes.jpg").write_text("not an image at all\n")
+    (root / "whole.jpg").unlink()
+    (root / "README.txt").write_text("ignored: not an image suffix")
+    (root / ".hidden.png").write_bytes(b"ignored: hidden")
+    return root
+
+
+def test_unreadable_images_are_skipped_counted_and_listed(messy_folder, tmp_path):
+    result = prepare_listing("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0, crop="center")
+    manifest = read_manifest(tmp_path / "out")
+    assert (result.written, result.skipped) == (4, 3) and manifest["counts"]["train"] == 4
+    reasons = {s["name"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"truncated.jpg", "corrupt.jpg", "notes.jpg"}
+    assert "truncated" in reasons["truncated.jpg"] and "cannot identify" in reasons["notes.jpg"]
+    assert manifest["splits"]["train"]["skipped"] == 3
+    with pytest.raises(DataError, match=r"(corrupt|notes|truncated)\.jpg: .*--strict"):
+        prepare_listing("folder", messy_folder, tmp_path / "strict", valid_fraction=0.0, test_fraction=0.0, strict=True)
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+
+
+
+def test_cli_names_skipped_images(messy_folder, tmp_path, capsys):
+    from dreamctl.cli import main
+
+    assert main(["prepare-data", "--source", "folder", "--root", str(messy_folder), "--out", str(tmp_path / "o"),
+                 "--resolution", "16", "--crop", "center", "--valid-fraction", "0", "--test-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 3 (listed in" in out and "  skipped notes.jpg: " in out and "cannot identify" in out
+
+
+def test_folder_split_is_a_hash_of_the_path(messy_folder, tmp_path):
+    listing = list_source("folder", messy_folder, valid_fraction=0.3, test_fraction=0.3)
+    again = list_source("folder", messy_folder, valid_fraction=0.3, test_fraction=0.3)
+    assert listing.splits == again.splits
+    names = sorted(n for items in listing.splits.values() for n, _ in items)
+    assert names == sorted(["a/good0.png", "a/b/good1.png", "a/good2.png", "a/b/good3.png", "corrupt.jpg", "notes.jpg", "truncated.jpg"])
+
+
+def test_an_image_smaller_than_the_crop_is_skipped_with_the_reason(messy_folder, tmp_path):
+    with pytest.raises(DataError, match="no image of split train could be read; first: .*smaller than the center:178 crop"):
+        prepare_listing("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0, crop="center:178")
+
+
+def test_empty_folder_and_missing_celeba_files_are_clear_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images .* found under .*empty"):
+        list_source("folder", tmp_path / "empty")
+    (tmp_path / "celeba" / "img_align_celeba").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"missing: .*list_eval_partition\.txt; put CelebA's aligned images in ROOT/img_align_celeba/"):
+        list_source("celeba", tmp_path / "celeba")
+    (tmp_path / "celeba" / "img_align_celeba").rmdir()
+    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+    with pytest.raises(DataError, match=r"missing: .*img_align_celeba/ \(or .*img_align_celeba\.zip\)"):
+        list_source("celeba", tmp_path / "celeba")
+    (tmp_path / "celeba" / "img_align_celeba").mkdir()  # present but empty: every file is missing
+    with pytest.raises(DataError, match="no image of split train could be read; first: 000001.jpg: listed in the partition file but not found"):
+        prepare_listing("celeba", tmp_path / "celeba", tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg train\n")
+    with pytest.raises(DataError, match=r"list_eval_partition\.txt:1: expected"):
+        list_source("celeba", tmp_path / "celeba")

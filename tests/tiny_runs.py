@@ -1,0 +1,38 @@
+"""Tiny training runs for the training and checkpoint tests (a helper module, not a test file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dreamctl.cli import main
+from dreamctl.training.state import list_checkpoints, load_checkpoint
+
+# 32x32 data, a 2-level UNet of width 8; 64 images at batch 8 = 8 steps per epoch.
+TINY = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[8]", "model.num_heads=2",
+        "model.groups=4", "model.time_features=16", "train.batch_size=8", "data.limit=64", "train.epochs=3",
+        "train.log_every=2", "train.checkpoint_every=4", "train.sample_every=1000", "train.sample_grid=4",
+        "sample.steps=2", "optim.ema_decay=0.9"]
+# DREAM (the study's variant) starts at epoch 1 = step 8: the resume tests cross it and an epoch boundary.
+CONSERVATIVE = TINY + ["loss.start_epoch=1", "loss.ramp_epochs=2"]
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def train(run: Path, data: Path, overrides: list[str], recipe: str = "tiny-conservative") -> int:
+    return main(["train", "--recipe", recipe, "--data", str(data), "--run-dir", str(run), *set_args(overrides)])
+
+
+def final_weights(run: Path) -> dict:
+    ckpt = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
+    return {"model": ckpt["model"], "ema": ckpt["ema"], "step": ckpt["step"]}
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
