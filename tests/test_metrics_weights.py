@@ -140,7 +140,7 @@ def test_inception_without_output_layer_is_a_weights_error(wdir):
         InceptionFeatureNet()
 
 
-def test_download_checks_hash_before_anything_is_written(wdir):
+def test_download_checks_hash_before_anything_is_written(wdir, tmp_path):
     class _Response(io.BytesIO):
         def __enter__(self):
             return self
@@ -149,10 +149,15 @@ def test_download_checks_hash_before_anything_is_written(wdir):
     with pytest.raises(WeightsError, match="nothing was written"):
         weights.download(weights.ALEXNET, opener=fake)
     assert list(wdir.iterdir()) == []  # neither the file nor a temp file
-    # A file without a published hash: written atomically, a stale first-use record dropped.
+    # A file without a published hash must at least be a TorchScript archive (not an error page) ...
+    with pytest.raises(WeightsError, match=r"expected a TorchScript archive\); nothing was written"):
+        weights.download(weights.INCEPTION, opener=fake)
+    assert list(wdir.iterdir()) == []
+    # ... and is then written atomically, a stale first-use record dropped.
+    archive = write_fake_inception(tmp_path / "served").read_bytes()
     (wdir / f"{weights.INCEPTION}.sha256.json").write_text(json.dumps({"sha256": "0" * 64}))
-    path = weights.download(weights.INCEPTION, opener=fake)
-    assert path.read_bytes() == b"wrong bytes" and sorted(p.name for p in wdir.iterdir()) == [weights.INCEPTION]
+    path = weights.download(weights.INCEPTION, opener=lambda url, timeout: _Response(archive))
+    assert path.read_bytes() == archive and sorted(p.name for p in wdir.iterdir()) == [weights.INCEPTION]
 
 
 @pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum):UserWarning")  # lpips calls alexnet(pretrained=False)

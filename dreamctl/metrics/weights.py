@@ -255,8 +255,8 @@ def download(name: str, root: Path | None = None, *, opener: Callable | None = N
              timeout: float = 60.0) -> Path:
     """Fetch `name` into the weights folder: temp file, hash check, atomic rename.
 
-    A file without a published digest gets its first-use record dropped, so the new copy is
-    recorded when it first loads."""
+    A file without a published digest (Inception) must at least be a TorchScript archive, not an
+    error page; its first-use record is dropped, so the new copy is recorded when it first loads."""
     entry = _entry(name)
     opener = opener or urllib.request.urlopen  # looked up at call time, so tests can forbid it
     if entry.bundled is not None:
@@ -271,12 +271,10 @@ def download(name: str, root: Path | None = None, *, opener: Callable | None = N
                     h.update(chunk)
                     f.write(chunk)
             actual = h.hexdigest()
-            ok = (actual == entry.sha256) if entry.sha256 else actual.startswith(entry.sha256_prefix or "")
-            if not ok:
-                raise WeightsError(
-                    f"download of {name} from {entry.url} has sha256 {actual}, expected "
-                    f"{entry.sha256 or 'prefix ' + str(entry.sha256_prefix)}; nothing was written to {dest}"
-                )
+            if not _matches(entry, tmp, actual):  # without a published digest: the layout, as for a file found
+                want = _expected(entry, tmp) if _has_digest(entry, tmp) else "a TorchScript archive"
+                raise WeightsError(f"download of {name} from {entry.url} is not the file (sha256 {actual}, "
+                                   f"expected {want}); nothing was written to {dest}")
         if not entry.sha256 and not entry.sha256_prefix:
             _record_path(dest).unlink(missing_ok=True)
     except OSError as err:
