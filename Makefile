@@ -34,10 +34,10 @@ test: $(BIN)/.installed  ## run the test suite (2 CPU cores: ~2 min, plus ~2 min
 demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant), sample, evaluate, report (2 CPU cores: ~11 min, plus ~2 min setup the first time)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/demo.sh
 
-data-celeba: $(BIN)/.installed  ## CELEBA=path: CelebA -> data/celeba64 shards, center:178 crop, 64px (16 cores: ~3 min)
+data-celeba: $(BIN)/.installed  ## CELEBA=path: CelebA -> data/celeba64 shards, center:178 crop, 64px
 	$(BIN)/dreamctl prepare-data --source celeba --root $(CELEBA) --out $(DATA) --resolution 64 --crop center:178
 
-reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (1 H100: see docs/benchmarks.md)
+reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (GPU time: not yet measured, see docs/benchmarks.md)
 	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl train --recipe conservative --data $(DATA) --run-dir $(RUNS)/conservative
 	$(BIN)/dreamctl evaluate $(RUNS)/conservative --num 5000 --ref train --strict-weights
@@ -66,5 +66,5 @@ ablate-study: $(BIN)/.installed  ## the study's comparison at equal images seen 
 	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl ablate methods --data $(DATA)
 
-evaluate: $(BIN)/.installed  ## RUN=runs/NAME: FID/KID/IS/LPIPS/SWD vs train, the recipe's eval.num samples (conservative: 5,000; 1 GPU: ~10 min)
+evaluate: $(BIN)/.installed  ## RUN=runs/NAME: FID/KID/IS/LPIPS/SWD vs train, the recipe's eval.num samples (conservative: 5,000)
 	$(BIN)/dreamctl evaluate $(RUN) --strict-weights

@@ -9,13 +9,14 @@ from pathlib import Path
 import typer
 
 from dreamctl.cli import options
+from dreamctl.config.schema import RESUMABLE_KEYS
 from dreamctl.cli.progress import run_training
 
 
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder to continue."),
-    set_: list[str] = typer.Option([], "--set", help="Change a setting that does not alter the past "
-                                   "(train.epochs, train.max_steps, logging, sample.*, eval.*)."),
+    set_: list[str] = typer.Option([], "--set", help="Change a setting that does not alter the past: "
+                                   + ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS) + "."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Start this many processes with torchrun."),
     device: options.Device = None,
 ) -> int:

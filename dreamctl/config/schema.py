@@ -27,6 +27,14 @@ def drawn_by_seed_rule(protocol: dict[str, Any]) -> bool:
     return protocol.get("seed", 0) == 0 or protocol.get("image_seeds") == SEED_RULE
 
 
+# What `resume --set` may change: settings that do not alter the steps already taken. The optimizer
+# settings act from the resumed step on (a lower lr after a NaN); data.path may point to a copy of
+# the same data (its content hash is checked). run.json's "resumes" lists each resume's overrides.
+RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.log_every", "train.checkpoint_every",
+                  "train.sample_every", "train.keep_checkpoints", "train.sample_grid", "sample.", "eval.",
+                  "optim.lr", "optim.grad_clip", "optim.warmup_steps", "data.path")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 

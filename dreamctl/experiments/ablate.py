@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
-from dreamctl.config.schema import drawn_by_seed_rule
+from dreamctl.config.schema import RESUMABLE_KEYS, drawn_by_seed_rule
 from dreamctl.data.loader import steps_per_epoch
 from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import STEP_COST
@@ -24,7 +24,6 @@ from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import total_steps
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.session import RESUMABLE_KEYS
 
 
 @dataclass(frozen=True)

@@ -15,20 +15,13 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_recipe
+from dreamctl.config.schema import RESUMABLE_KEYS
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split
 from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime, barrier, peak_memory_bytes
 from dreamctl.training.loop import OnEvent, total_steps, train
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints, load_latest, set_aside_newer
-
-# What `resume --set` may change: settings that do not alter the steps already taken. The optimizer
-# settings act from the resumed step on (a lower lr after a NaN); data.path may point to a copy of
-# the same data (its content hash is checked). run.json's "resumes" lists each resume's overrides.
-RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.log_every", "train.checkpoint_every",
-                  "train.sample_every", "train.keep_checkpoints", "train.sample_grid", "sample.", "eval.",
-                  "optim.lr", "optim.grad_clip", "optim.warmup_steps", "data.path")
-
 
 def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
     if recipe.data.path is None:
