@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -10,11 +11,17 @@ from dreamctl.runtime import Runtime
 from dreamctl.training.meter import LossMeter
 
 T = 1000
+STEPS, CUT = 40, 23  # a log interval of 40 steps, a checkpoint after step 22
+
+
+def _loss(step: int, rank: int) -> float:
+    """Differs by step and rank, in all 24 bits: a float32 sum taken in another order differs."""
+    return 1.0 + step + 10 * rank + torch.rand((), generator=torch.Generator().manual_seed(100 * step + rank)).item()
 
 
 def _stats(step: int, rank: int, rect: bool) -> tuple[dict, torch.Tensor]:
     """A step's stats: values that differ by step and rank, a rectified term only when `rect`."""
-    loss = torch.tensor(1.0 + step + 10 * rank)
+    loss = torch.tensor(_loss(step, rank))
     stats = {"loss": loss, "loss_std": loss / 2, "per_sample": torch.tensor([step, rank + 0.5, 3.0, 4.0])}
     if rect:
         stats.update(loss_rect=torch.tensor(float(step)), lambda_mean=torch.tensor(0.5))
@@ -27,7 +34,7 @@ def test_a_term_that_starts_mid_interval_is_averaged_over_its_own_steps() -> Non
     for step in range(5):
         meter.add(*_stats(step, 0, rect=step >= 3))
     means = meter.means(rt)
-    assert means["loss"] == (1 + 2 + 3 + 4 + 5) / 5
+    assert means["loss"] == pytest.approx(sum(_loss(s, 0) for s in range(5)) / 5)
     assert (means["loss_rect"], means["lambda_mean"]) == ((3 + 4) / 2, 0.5)  # not diluted by steps 0-2
     assert means["loss_q0"] == sum(range(5)) / 5 and means["loss_q3"] == 4.0
 
@@ -36,14 +43,14 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=world)
     straight, first = LossMeter(T, rt.device), LossMeter(T, rt.device)
-    for step in range(5):
+    for step in range(STEPS):
         straight.add(*_stats(step, rank, rect=step >= 1))
-        if step < 3:
+        if step < CUT:
             first.add(*_stats(step, rank, rect=step >= 1))
     saved = first.state_dict(rt)  # a checkpoint after step 2, between two log steps
     resumed = LossMeter(T, rt.device)
     resumed.load_state_dict(saved, rt)
-    for step in range(3, 5):
+    for step in range(CUT, STEPS):
         resumed.add(*_stats(step, rank, rect=True))
     result = (straight.means(rt), resumed.means(rt), saved)
     if rank == 0:
@@ -55,14 +62,25 @@ def test_a_partial_interval_survives_a_checkpoint_under_ddp(tmp_path) -> None:
     out = tmp_path / "means.pt"
     mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'store'}", str(out)), nprocs=2)
     straight, resumed, saved = torch.load(out, weights_only=True)
-    assert resumed == straight
-    assert straight["loss"] == sum(1 + s + 10 * r for s in range(5) for r in range(2)) / 10
-    assert straight["loss_rect"] == (1 + 2 + 3 + 4) / 4
+    assert resumed == straight  # bit for bit: each rank resumes its own partial sums
+    assert straight["loss"] == pytest.approx(sum(_loss(s, r) for s in range(STEPS) for r in range(2)) / (2 * STEPS))
+    assert straight["loss_rect"] == sum(range(1, STEPS)) / (STEPS - 1)
     # Resumed on one process: it computes each step's loss over the whole batch (the ranks' mean).
     one = Runtime(torch.device("cpu"), "fp32")
     alone = LossMeter(T, one.device)
     alone.load_state_dict(saved, one)
-    for step in range(3, 5):
+    for step in range(CUT, STEPS):
         stats, t = _stats(step, 0, rect=True)
-        alone.add({**stats, "loss": torch.tensor(1.0 + step + 5)}, t)  # (rank 0 + rank 1) / 2
-    assert alone.means(one)["loss"] == straight["loss"]
+        alone.add({**stats, "loss": torch.tensor((_loss(step, 0) + _loss(step, 1)) / 2)}, t)  # the whole batch
+    assert alone.means(one)["loss"] == pytest.approx(straight["loss"])
+
+
+def test_a_checkpoint_from_before_per_rank_rows_still_resumes() -> None:
+    """Those kept term sums as means over ranks, the quartiles as totals."""
+    rt = Runtime(torch.device("cpu"), "fp32")
+    old = {"keys": ["loss"], "counts": [2], "sums": torch.tensor([3.0]), "q_sum": torch.tensor([3.0, 0, 0, 0]),
+           "q_count": torch.tensor([2.0, 0, 0, 0])}
+    meter = LossMeter(T, rt.device)
+    meter.load_state_dict(old, rt)
+    meter.add({"loss": torch.tensor(3.0), "per_sample": torch.tensor([6.0])}, torch.tensor([0]))
+    assert meter.means(rt) == {"loss": 2.0, "loss_q0": 3.0}

@@ -43,42 +43,57 @@ class LossMeter:
         self.q_sum.index_add_(0, q, stats["per_sample"].float())
         self.q_count.index_add_(0, q, torch.ones_like(q, dtype=torch.float32))
 
-    def _summed(self, rt: Runtime) -> tuple[list[str], Tensor, Tensor, Tensor]:
-        """(keys, their sums, quartile sums, quartile counts), each summed over ranks (one all-reduce)."""
+    def _packed(self) -> tuple[list[str], Tensor]:
+        """(keys, this rank's [term sums..., quartile sums, quartile counts]) in one vector."""
         keys = sorted(self.sums)
-        packed = torch.cat([torch.stack([self.sums[k] for k in keys]) if keys else self.q_sum[:0],
-                            self.q_sum, self.q_count])
+        terms = torch.stack([self.sums[k] for k in keys]) if keys else self.q_sum[:0]
+        return keys, torch.cat([terms, self.q_sum, self.q_count])
+
+    def _unpack(self, keys: list[str], packed: Tensor) -> None:
+        n = len(keys)
+        self.sums = {k: packed[i] for i, k in enumerate(keys)}
+        self.q_sum, self.q_count = packed[n:n + QUARTILES].clone(), packed[n + QUARTILES:].clone()
+
+    def means(self, rt: Runtime) -> dict[str, float]:
+        """Means over the interval and over ranks (one all-reduce); the caller resets after logging them."""
+        keys, packed = self._packed()
         if rt.distributed:
             packed = packed.to(rt.device if rt.device.type == "cuda" else "cpu")
             torch.distributed.all_reduce(packed)
         n = len(keys)
-        return keys, packed[:n], packed[n:n + QUARTILES], packed[n + QUARTILES:]
-
-    def means(self, rt: Runtime) -> dict[str, float]:
-        """Means over the interval and over ranks; the caller resets after logging them."""
-        keys, sums, q_sum, q_count = self._summed(rt)
-        out = {k: (sums[i] / (self.counts[k] * rt.world_size)).item() for i, k in enumerate(keys)}
+        out = {k: (packed[i] / (self.counts[k] * rt.world_size)).item() for i, k in enumerate(keys)}
+        q_sum, q_count = packed[n:n + QUARTILES], packed[n + QUARTILES:]
         q = (q_sum / q_count.clamp(min=1)).tolist()
         out.update({f"loss_q{i}": q[i] for i in range(QUARTILES) if q_count[i] > 0})
         return out
 
     def state_dict(self, rt: Runtime) -> dict[str, Any]:
-        """The partial interval over all ranks (every rank must call this: it may all-reduce). Term sums
-        are kept as means over ranks, so a run may resume on another number of processes."""
-        if self.empty:  # the usual case, a checkpoint on a log step: nothing to keep, no collective
-            return {"keys": [], "counts": [], "sums": torch.zeros(0), "q_sum": torch.zeros(QUARTILES),
-                    "q_count": torch.zeros(QUARTILES)}
-        keys, sums, q_sum, q_count = self._summed(rt)
-        return {"keys": keys, "counts": [self.counts[k] for k in keys], "sums": (sums / rt.world_size).cpu(),
-                "q_sum": q_sum.cpu(), "q_count": q_count.cpu()}
+        """The partial interval: every rank's sums, one row per rank (every rank must call this: it may
+        all-gather), so a resume on as many processes continues each rank's sums bit for bit."""
+        keys, packed = self._packed()
+        if self.empty or not rt.distributed:  # every row zero (a checkpoint on a log step, the usual case), or one row
+            rows = packed[None].expand(rt.world_size, -1)
+        else:
+            gathered = [torch.empty_like(packed) for _ in range(rt.world_size)]
+            torch.distributed.all_gather(gathered, packed.to(rt.device if rt.device.type == "cuda" else "cpu"))
+            rows = torch.stack(gathered)
+        return {"keys": keys, "counts": [self.counts[k] for k in keys], "per_rank": rows.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any], rt: Runtime) -> None:
-        """Rank 0 takes the saved interval, the others start from zero, so the next all-reduce adds it
-        exactly once: term sums scaled back up by this run's world size (means divide by it), quartile
-        sums and counts as saved. Every rank takes the step counts."""
+        """On as many processes as saved it, each rank takes its own row. On another number, rank 0
+        takes the whole interval and the others start from zero, so the next all-reduce adds it once;
+        term sums are rescaled to this world size (means divide by it). Every rank takes the step counts."""
         self.reset()
-        share = 1.0 if rt.rank == 0 else 0.0
-        self.counts = dict(zip(state["keys"], state["counts"]))
-        self.sums = {k: state["sums"][i].to(self.device) * share * rt.world_size for i, k in enumerate(state["keys"])}
-        self.q_sum = state["q_sum"].to(self.device) * share
-        self.q_count = state["q_count"].to(self.device) * share
+        keys = list(state["keys"])
+        self.counts = dict(zip(keys, state["counts"]))
+        if "per_rank" in state:
+            rows = state["per_rank"]
+        else:  # checkpoints from before per-rank rows kept term sums as means over ranks: one 1-process row
+            rows = torch.cat([state["sums"], state["q_sum"], state["q_count"]])[None]
+        if rows.shape[0] == rt.world_size:
+            mine = rows[rt.rank].clone()
+        else:
+            mine = rows.sum(0)
+            mine[:len(keys)] *= rt.world_size / rows.shape[0]
+            mine = mine if rt.rank == 0 else torch.zeros_like(mine)
+        self._unpack(keys, mine.to(self.device))
