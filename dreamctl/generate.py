@@ -1,8 +1,10 @@
 """The one place seeds become images: progress grids, `sample`, `evaluate` and `ablate`.
 
 Image i is drawn from its own generator seeded with seeds[i]: first its initial noise,
-then, for stochastic samplers, the noise of every step. So an image depends only on its
-seed, whatever the batch size or the number of processes.
+then, for stochastic samplers, the noise of every step. So an image's noise depends only on
+its seed, whatever the batch size or the number of processes. Its pixels do too, up to float
+rounding: convolution kernels sum in an order that depends on the batch size and the thread
+count (and on the GPU, the algorithm chosen), which can move a pixel by one 8-bit level.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ def test_same_seeds_same_images_at_any_batch_size(trained, tmp_path):
     one = _draw(run, tmp_path / "b1", 9, eta=1.0, batch_size=1)
     seven = _draw(run, tmp_path / "b7", 9, eta=1.0, batch_size=7)
     assert one.shape == (9, 32, 32, 3) and one.std() > 0
-    np.testing.assert_array_equal(one, seven)
+    # The same noise; the network's sums may round otherwise at another batch size (one 8-bit level).
+    assert np.abs(one.astype(int) - seven).max() <= 1
     assert not np.array_equal(one[0], one[1])
     # Another base seed draws another set: no image of seed 1 is one of seed 0's (with seed + i it
     # would be shifted by one), and image i is seed * 2**20 + i, the grid's seeds for seed 0.
