@@ -34,5 +34,9 @@ class RunError(DreamctlError):
     """A run cannot start or continue (locked folder, NaN loss, refused override)."""
 
 
+class StoppedWithMain(RunError):
+    """On a rank other than 0: rank 0 could not go on (its own error says why; this one is not printed)."""
+
+
 class DreamctlWarning(UserWarning):
     """Something the user should know that does not stop the command (the CLI prints it as one line)."""

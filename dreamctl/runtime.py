@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dreamctl.errors import RunError
+from dreamctl.errors import DreamctlError, RunError, StoppedWithMain
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,19 @@ def any_rank(flag: bool, rt: Runtime) -> bool:
 
 def sum_over_ranks(n: int, rt: Runtime) -> int:
     return int(_reduce(float(n), rt, dist.ReduceOp.SUM)) if _joined(rt) else n
+
+
+def main_first(rt: Runtime, action: Callable[[], None]) -> None:
+    """Run `action` on rank 0 only (claiming the run folder, say), then tell every rank whether it
+    worked: a rank never waits in a collective for a rank 0 that has left with an error."""
+    failed: DreamctlError | None = None
+    if rt.is_main:
+        try:
+            action()
+        except DreamctlError as err:
+            failed = err
+    if any_rank(failed is not None, rt):
+        raise failed if failed is not None else StoppedWithMain(f"rank {rt.rank}: rank 0 stopped")
 
 
 def barrier(rt: Runtime) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -131,25 +130,6 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir
     assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == info["step"] >= 2
 
 
-def test_two_gloo_processes_match_one(tmp_path, synthetic_data_dir):
-    """DDP over two CPU processes with the same global batch matches one process, and resumes exactly."""
-    overrides = CONSERVATIVE + ["train.max_steps=10"]
-    assert train(tmp_path / "one", synthetic_data_dir, overrides) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dreamctl"]
-    first = base + ["train", "--recipe", "tiny-conservative", "--data", str(synthetic_data_dir),
-                    "--run-dir", str(tmp_path / "two"), *set_args(CONSERVATIVE + ["train.max_steps=5"])]
-    for cmd in (first, base + ["resume", str(tmp_path / "two"), "--set", "train.max_steps=10"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
-    assert one["step"] == two["step"] == 10
-    for part in ("model", "ema"):
-        for key in one[part]:
-            torch.testing.assert_close(two[part][key], one[part][key], rtol=1e-4, atol=1e-5)
-    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
-
-
 def test_bad_data_path_or_batch_creates_nothing(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, tmp_path / "no-such-data", TINY, recipe="tiny") == 2
@@ -173,43 +153,6 @@ def test_resume_after_a_crash_before_the_first_checkpoint_and_a_torn_log(tmp_pat
     steps = [json.loads(line)["step"] for line in run.metrics_file.read_text().splitlines()]
     assert steps == [2, 4, 6]
 
-
-
-def test_nproc_per_node_shortcut_starts_torchrun(tmp_path, synthetic_data_dir, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    run = tmp_path / "run"
-    args = ["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(run),
-            "--nproc-per-node", "2", *set_args(TINY + ["train.max_steps=2"])]
-    assert main(args) == 0
-    assert json.loads((run / "run.json").read_text())["world_size"] == 2
-    assert main(["resume", str(run), "--nproc-per-node", "2", "--set", "train.max_steps=4"]) == 0
-    assert final_weights(run)["step"] == 4
-    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "nothing"), "--nproc-per-node", "2"]) == 2
-
-
-def test_torchrun_shortcut_forwards_a_signal_and_exits_like_one_process(monkeypatch):
-    """The --nproc-per-node launcher passes SIGTERM on to torchrun and exits 143, not torchrun's 1."""
-    import subprocess as sp
-
-    from dreamctl.cli.train import _launch_torchrun
-
-    class FakeTorchrun:
-        def __init__(self, cmd):
-            self.cmd, self.sent = cmd, []
-
-        def send_signal(self, signum):
-            self.sent.append(signum)
-
-        def wait(self):
-            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the launcher waits for its workers
-            return 1
-
-    made = []
-    monkeypatch.setattr(sp, "Popen", lambda cmd: made.append(FakeTorchrun(cmd)) or made[-1])
-    before = signal.getsignal(signal.SIGTERM)
-    assert _launch_torchrun(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGTERM
-    assert made[0].sent == [signal.SIGTERM] and "--nproc-per-node=2" in made[0].cmd
-    assert signal.getsignal(signal.SIGTERM) is before  # the launcher's handler is gone again
 
 
 def test_a_stop_between_log_steps_resumes_to_the_same_log(tmp_path, synthetic_data_dir):

@@ -7,14 +7,16 @@ renders results. DreamctlError from below becomes a one-line message and exit co
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
-from dreamctl.cli.common import err_console
-from dreamctl.errors import DreamctlError, DreamctlWarning
+from dreamctl.cli.common import EXIT_CODES_DIR, err_console, rank_prefix, speaks
+from dreamctl.errors import DreamctlError, DreamctlWarning, StoppedWithMain
 
 app = typer.Typer(
     name="dreamctl",
@@ -52,7 +54,8 @@ def _one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
     """A showwarning that prints dreamctl's own warnings as one line; others go to `fallback`."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if issubclass(category, DreamctlWarning):
-            err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+            if speaks():
+                err_console.print(f"{rank_prefix()}warning: {message}", markup=False, highlight=False, soft_wrap=True)
         else:
             fallback(message, category, filename, lineno, file, line)
     return show
@@ -64,15 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warnings(shown)
     try:
         app(args=argv, prog_name="dreamctl")  # standalone mode: usage errors exit 2 through SystemExit
+        code = 0
     except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except DreamctlError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        if speaks() and not isinstance(err, StoppedWithMain):  # rank 0 prints its own error
+            err_console.print(f"{rank_prefix()}error: {err}", markup=False, highlight=False, soft_wrap=True)
+        code = 2
     finally:
         warnings.showwarning = shown
-    return 0
+    if EXIT_CODES_DIR in os.environ and "RANK" in os.environ:  # a worker of the --nproc-per-node shortcut
+        (Path(os.environ[EXIT_CODES_DIR]) / f"rank-{os.environ['RANK']}").write_text(str(code))
+    return code
 
 
 if __name__ == "__main__":

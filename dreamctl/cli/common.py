@@ -14,6 +14,21 @@ for _c in (console, err_console):
         _c.width = 160  # a log file or pipe: rich would assume 80 columns and split tables' numbers
 
 
+EXIT_CODES_DIR = "DREAMCTL_EXIT_CODES_DIR"  # where the --nproc-per-node shortcut's workers leave their exit codes
+
+
+def speaks() -> bool:
+    """Whether this process prints errors, warnings and signal notes: under torchrun, local rank 0 of
+    each node (ranks of one node hit the same checks: one line, not one per GPU), else always."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def rank_prefix() -> str:
+    """`rank 8: ` on another node's first rank, so a node-local problem (its data path) says where."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank == "0" else f"rank {rank}: "
+
+
 def progress_bar(enabled: bool, *extra: ProgressColumn) -> Progress:
     """description, bar, done/total, elapsed, ETA, then `extra`; silent when not `enabled` (ranks > 0)
     and without a terminal, where a bar would end up in a log file cut off mid-line."""

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.progress import TextColumn
 
-from dreamctl.cli.common import console, err_console, progress_bar
+from dreamctl.cli.common import console, err_console, progress_bar, speaks
 
 
 class StopRequest:
@@ -32,8 +32,9 @@ def stop_on_signals() -> Iterator[StopRequest]:
         stop.count += 1
         if stop.count == 1:
             stop.signum = signal.Signals(signum)
-            err_console.print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-                              "(press Ctrl-C again to abort without one)")
+            if speaks():
+                err_console.print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+                                  "(press Ctrl-C again to abort without one)")
         else:
             raise KeyboardInterrupt
 

@@ -24,11 +24,12 @@ def command(
     from dreamctl import runtime
     from dreamctl.cli.train import _device, _launch_torchrun, _sets
     from dreamctl.training.rundir import RunDir
-    from dreamctl.training.session import resume_run, resumed_recipe
+    from dreamctl.training.session import check_resume, resume_run, resumed_recipe
 
     run = RunDir(run_dir)
     recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        check_resume(run, set_, nproc_per_node)  # other data or a batch that does not split: once, here
         args = ["resume", str(run_dir), *_sets(list(set_)), *_device(device)]
         raise typer.Exit(_launch_torchrun(nproc_per_node, args))  # the workers' exit code is ours
     rt = runtime.setup(recipe.train.precision, device)

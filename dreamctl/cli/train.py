@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console
+from dreamctl.cli.common import EXIT_CODES_DIR, console
 from dreamctl.cli.progress import run_training
 from dreamctl.config import flat_items, load_recipe, recipe_to_yaml
 from dreamctl.errors import DataError
@@ -36,10 +36,10 @@ def command(
         return _dry_run(resolved)
     run_dir = run_dir or Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        if resolved.data.path is not None:  # a wrong --data fails here, once, not in every worker
-            from dreamctl.data.shards import read_manifest
+        from dreamctl.training.rundir import RunDir
+        from dreamctl.training.session import check_start
 
-            read_manifest(Path(resolved.data.path))
+        check_start(resolved, RunDir(run_dir), nproc_per_node)  # bad data, batch or folder: once, here, not per worker
         args = ["train", "--recipe", recipe, "--run-dir", str(run_dir), *_sets(overrides), *_device(device)]
         raise typer.Exit(_launch_torchrun(nproc_per_node, args))  # the workers' exit code is ours
 
@@ -94,25 +94,31 @@ def _launch_torchrun(nproc: int, args: list[str]) -> int:
 
     Ctrl-C and SIGTERM are passed on to torchrun, which stops its workers with SIGTERM (each
     then writes a checkpoint); this process waits for all of them instead of leaving orphans,
-    then exits 128 + the signal, as a single process does (torchrun itself would say 1).
+    then exits 128 + the signal, as a single process does (torchrun itself would say 1). Workers
+    that fail all with one exit code (2: an error the user can fix) make it ours for the same reason.
     """
     import signal
     import subprocess
+    import tempfile
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "dreamctl", *args]
     console.print("starting: " + " ".join(cmd), markup=False)
-    proc = subprocess.Popen(cmd)
-    received: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="dreamctl-exit-") as codes_dir:
+        proc = subprocess.Popen(cmd, env={**os.environ, EXIT_CODES_DIR: codes_dir})
+        received: list[int] = []
 
-    def forward(signum: int, frame: object) -> None:
-        received.append(signum)
-        proc.send_signal(signum)
+        def forward(signum: int, frame: object) -> None:
+            received.append(signum)
+            proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = proc.wait()
-        return 128 + received[0] if received and code != 0 else code
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if received and code != 0:
+            return 128 + received[0]
+        failed = {int(p.read_text()) for p in Path(codes_dir).iterdir()} - {0}
+        return failed.pop() if code != 0 and len(failed) == 1 else code

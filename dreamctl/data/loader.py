@@ -22,7 +22,8 @@ import h5py
 import numpy as np
 import torch
 
-from dreamctl.data.shards import ShardInfo, check_shard, manifest_sha256, read_manifest, read_names, shard_error, split_shards
+from dreamctl.data.shards import (ShardInfo, check_shard, manifest_sha256, read_manifest, read_names, shard_error,
+                                  split_count, split_shards)
 from dreamctl.errors import DataError
 from dreamctl.runtime import mix_seed
 
@@ -114,17 +115,23 @@ class ImageSet:
         self._files = {}
 
 
-def open_split(data_dir: Path | str, split: str = "train", limit: int | None = None, memory_budget: int | None = None) -> ImageSet:
-    """Open a split, checked against the manifest; in memory when it fits the budget."""
-    data_dir = Path(data_dir)
-    manifest = read_manifest(data_dir)
-    shards = split_shards(data_dir, manifest, split)
-    total = sum(s.count for s in shards)
+def split_size(data_dir: Path | str, split: str = "train", limit: int | None = None) -> int:
+    """How many images a split gives under `limit`, from the manifest alone (no shard is opened)."""
+    total = split_count(Path(data_dir), split)
     if total == 0:
         raise DataError(f"split {split} of {data_dir} holds no images; prepare it with a non-zero fraction")
     if limit is not None and not 0 < limit <= total:
         raise DataError(f"data limit {limit} is outside 1..{total}, the size of split {split} of {data_dir}")
-    counts, left = [], limit or total
+    return limit or total
+
+
+def open_split(data_dir: Path | str, split: str = "train", limit: int | None = None, memory_budget: int | None = None) -> ImageSet:
+    """Open a split, checked against the manifest; in memory when it fits the budget."""
+    data_dir = Path(data_dir)
+    left = split_size(data_dir, split, limit)
+    manifest = read_manifest(data_dir)
+    shards = split_shards(data_dir, manifest, split)
+    counts = []
     for shard in shards:
         if left == 0:
             break

@@ -43,11 +43,15 @@ class RunDir:
     def exists(self) -> bool:
         return self.recipe_file.is_file()
 
-    def create(self, recipe: Recipe, info: dict[str, Any]) -> None:
-        """Start a new run; refuses a folder that already holds one (nothing is overwritten)."""
+    def check_new(self) -> None:
+        """RunError when the folder already holds a run (create would refuse it)."""
         if self.exists():
             raise RunError(f"{self.root} already holds a run: continue it with `dreamctl resume {self.root}` "
                            "or choose another --run-dir")
+
+    def create(self, recipe: Recipe, info: dict[str, Any]) -> None:
+        """Start a new run; refuses a folder that already holds one (nothing is overwritten)."""
+        self.check_new()
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in (self.checkpoints, self.samples):
             sub.mkdir(exist_ok=True)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +16,44 @@ import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_recipe
 from dreamctl.config.schema import RESUMABLE_KEYS
-from dreamctl.data.loader import BatchOrder, ImageSet, open_split
+from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
+from dreamctl.data.shards import read_manifest
 from dreamctl.errors import RunError
-from dreamctl.runtime import Runtime, barrier, peak_memory_bytes
+from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes
 from dreamctl.training.loop import OnEvent, total_steps, train
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints, load_latest, set_aside_newer
 
-def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
+
+def _check_data(recipe: Recipe) -> int:
+    """The number of images the recipe trains on, from the manifest alone (no shard is read)."""
     if recipe.data.path is None:
         raise RunError("no prepared data: pass --data DIR (a folder written by `dreamctl prepare-data`)")
-    images = open_split(recipe.data.path, recipe.data.split, recipe.data.limit)
-    if images.resolution != recipe.data.resolution:
-        raise RunError(f"data {recipe.data.path} holds {images.resolution}px images but data.resolution is "
+    resolution = int(read_manifest(Path(recipe.data.path))["image_shape"][0])
+    if resolution != recipe.data.resolution:
+        raise RunError(f"data {recipe.data.path} holds {resolution}px images but data.resolution is "
                        f"{recipe.data.resolution}; prepare it with --resolution {recipe.data.resolution} "
-                       f"or --set data.resolution={images.resolution}")
+                       f"or --set data.resolution={resolution}")
+    return split_size(recipe.data.path, recipe.data.split, recipe.data.limit)
+
+
+def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
+    _check_data(recipe)
+    images = open_split(recipe.data.path, recipe.data.split, recipe.data.limit)
     return images.to(rt.device) if images.images is not None else images
+
+
+def _check_batch(recipe: Recipe, world_size: int) -> None:
+    """The data checks, and a batch that splits over the ranks and fits the data."""
+    BatchOrder(_check_data(recipe), recipe.train.batch_size, recipe.train.seed, 0, world_size)
+
+
+def check_start(recipe: Recipe, run: RunDir, world_size: int) -> None:
+    """What start_run refuses, from the manifest alone: no data, data of another size, a data.limit
+    beyond the split, a batch that does not split over the ranks or fit the data, a folder that holds
+    a run. The --nproc-per-node shortcut calls it once, before any worker starts."""
+    _check_batch(recipe, world_size)
+    run.check_new()
 
 
 def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dict[str, Any] | None,
@@ -63,13 +85,15 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
 def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = lambda k, p: None,
               should_stop: Callable[[], bool] = lambda: False) -> str:
     """Create the run folder and train from step 0 (the data is checked before anything is written)."""
+    _check_batch(recipe, rt.world_size)  # on every rank; the folder only on rank 0, as it creates it
     images = _open_data(recipe, rt)
-    BatchOrder(len(images), recipe.train.batch_size, recipe.train.seed, rt.rank, rt.world_size)  # batch fits?
-    with run.lock() if rt.is_main else nullcontext():
-        if rt.is_main:
+    with ExitStack() as held:
+        def claim() -> None:
+            held.enter_context(run.lock())
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
                                 "dreamctl_version": dreamctl.__version__, "torch": torch.__version__})
-        barrier(rt)
+
+        main_first(rt, claim)
         return _run(run, recipe, rt, images, None, on_event, should_stop)
 
 
@@ -88,21 +112,32 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
     return resumed
 
 
+def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size: int) -> Recipe:
+    """The resumed recipe, after what resume_run refuses from the manifests alone: overrides that
+    change the past, other data than the run's, a batch that does not split over the ranks."""
+    recipe = resumed_recipe(run, overrides)
+    if recipe.data.path is not None:
+        run.check_data(Path(recipe.data.path), "resuming on it would not continue the same run; restore the "
+                                               "run's data, or start a new run with `dreamctl train`")
+    _check_batch(recipe, world_size)
+    return recipe
+
+
 def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] = (), *,
                on_event: OnEvent = lambda k, p: None, should_stop: Callable[[], bool] = lambda: False) -> str:
     """Continue from the newest readable checkpoint (falling back past corrupt ones).
 
     A run stopped before its first checkpoint starts again from step 0: nothing was lost.
     """
-    recipe = resumed_recipe(run, overrides)
-    if recipe.data.path is not None:  # before loading anything: the manifest alone tells
-        run.check_data(Path(recipe.data.path), "resuming on it would not continue the same run; restore the "
-                                               "run's data, or start a new run with `dreamctl train`")
+    recipe = check_resume(run, overrides, rt.world_size)
     images = _open_data(recipe, rt)
-    with run.lock() if rt.is_main else nullcontext():
-        if rt.is_main:
+    with ExitStack() as held:
+        def claim() -> None:
+            held.enter_context(run.lock())
             for stale in run.checkpoints.glob("*.tmp"):  # a write cut short; the previous checkpoint is intact
                 stale.unlink()
+
+        main_first(rt, claim)
         if list_checkpoints(run.checkpoints):
             # RNG states must stay on the CPU; load_state_dict moves the weights to the device
             path, ckpt = load_latest(run.checkpoints, map_location="cpu")

@@ -1,0 +1,102 @@
+"""Many processes on the CPU (gloo): DDP matches one process, the --nproc-per-node shortcut, and
+what a failure under torchrun prints and returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+
+from dreamctl.cli import main
+from dreamctl.training.rundir import RunDir
+from tiny_runs import CONSERVATIVE, TINY, final_weights, set_args, train
+
+
+def test_two_gloo_processes_match_one(tmp_path, synthetic_data_dir):
+    """DDP over two CPU processes with the same global batch matches one process, and resumes exactly."""
+    overrides = CONSERVATIVE + ["train.max_steps=10"]
+    assert train(tmp_path / "one", synthetic_data_dir, overrides) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dreamctl"]
+    first = base + ["train", "--recipe", "tiny-conservative", "--data", str(synthetic_data_dir),
+                    "--run-dir", str(tmp_path / "two"), *set_args(CONSERVATIVE + ["train.max_steps=5"])]
+    for cmd in (first, base + ["resume", str(tmp_path / "two"), "--set", "train.max_steps=10"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert one["step"] == two["step"] == 10
+    for part in ("model", "ema"):
+        for key in one[part]:
+            torch.testing.assert_close(two[part][key], one[part][key], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+
+
+def test_nproc_per_node_shortcut_starts_torchrun(tmp_path, synthetic_data_dir, monkeypatch, capfd):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = tmp_path / "run"
+    args = ["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(run),
+            "--nproc-per-node", "2", *set_args(TINY + ["train.max_steps=2"])]
+    assert main(args) == 0
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert main(["resume", str(run), "--nproc-per-node", "2", "--set", "train.max_steps=4"]) == 0
+    assert final_weights(run)["step"] == 4
+    # What the workers would refuse is refused here, once, before torchrun starts.
+    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "nothing"), "--nproc-per-node", "2"]) == 2
+    assert main([*args, "--run-dir", str(tmp_path / "odd"), "--set", "train.batch_size=9"]) == 2
+    assert main(args) == 2  # the folder holds a run now
+    assert not (tmp_path / "odd").exists() and capfd.readouterr().out.count("starting:") == 2  # the two above
+
+
+def test_torchrun_shortcut_forwards_a_signal_and_exits_like_one_process(monkeypatch):
+    """The --nproc-per-node launcher passes SIGTERM on to torchrun and exits 143, not torchrun's 1."""
+    import subprocess as sp
+
+    from dreamctl.cli.train import _launch_torchrun
+
+    class FakeTorchrun:
+        def __init__(self, cmd):
+            self.cmd, self.sent = cmd, []
+
+        def send_signal(self, signum):
+            self.sent.append(signum)
+
+        def wait(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the launcher waits for its workers
+            return 1
+
+    made = []
+    monkeypatch.setattr(sp, "Popen", lambda cmd, env: made.append(FakeTorchrun(cmd)) or made[-1])
+    before = signal.getsignal(signal.SIGTERM)
+    assert _launch_torchrun(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGTERM
+    assert made[0].sent == [signal.SIGTERM] and "--nproc-per-node=2" in made[0].cmd
+    assert signal.getsignal(signal.SIGTERM) is before  # the launcher's handler is gone again
+
+
+def test_a_failure_of_rank_0_alone_is_one_line_and_exit_2(tmp_path, synthetic_data_dir, monkeypatch, capfd):
+    """Only rank 0 claims the run folder. Finding it locked, it tells rank 1, which leaves quietly
+    instead of failing in a collective; the shortcut exits 2, as one process would."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = tmp_path / "run"
+    args = ["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(run),
+            "--nproc-per-node", "2", *set_args(TINY + ["train.max_steps=2"])]
+    with RunDir(run).lock():  # another trainer holds the folder
+        assert main(args) == 2
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {run} is in use by another trainer (pid {os.getpid()}); wait for it to finish or stop it first"]
+    assert "[rank1]" not in err and "gloo" not in err  # rank 1 did not fail in a collective
+    assert not (run / "recipe.yaml").exists()
+
+
+def test_errors_print_once_per_node(monkeypatch, capsys):
+    """Ranks of one node hit the same checks: local rank 0 speaks, naming its rank on other nodes."""
+    for env, printed in (({"RANK": "1", "LOCAL_RANK": "1"}, ""),
+                         ({"RANK": "8", "LOCAL_RANK": "0"}, "rank 8: error: unknown recipe 'nope'")):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert main(["train", "--recipe", "nope"]) == 2
+        assert capsys.readouterr().err.startswith(printed)
