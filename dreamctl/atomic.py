@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from dreamctl.errors import DreamctlError
 
 
 @contextmanager
@@ -60,3 +63,30 @@ def unused_path(path: Path) -> Path:
     while candidate.exists():
         candidate, n = Path(f"{path}.{n}"), n + 1
     return candidate
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """DreamctlError now, before any work, when no file can be written in `folder` (it is a file, lies
+    under one, or is not writable): a long command must not fail at its end. Creates the folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DreamctlError(f"{what} {folder} is a file, not a folder; choose another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise DreamctlError(f"{what} {folder}: cannot write there ({err.strerror or err}); "
+                            "choose a folder you can write to") from None
+
+
+def check_output_file(path: Path, what: str, *, replace: bool) -> None:
+    """The checks of check_writable for the file's folder, and that `path` is no folder (nor, unless
+    `replace`, an existing file: nothing already written is overwritten)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DreamctlError(f"{what} {path} is a folder; give a file path")
+    if path.exists() and not replace:
+        raise DreamctlError(f"{what} {path} exists; delete it or choose another path")
+    check_writable(path.parent, f"the folder of {what}")

@@ -34,6 +34,7 @@ for recipe in tiny tiny-conservative; do
     fi
     dreamctl resume "$run" --set train.max_steps="$STEPS"
   fi
+  rm -f "$OUT/$recipe-samples.png"  # the demo's own grid, from an earlier run: sample never overwrites a file
   dreamctl sample "$run" --num "$GRID" --grid "$OUT/$recipe-samples.png"
   dreamctl evaluate "$run" --num "$EVAL" --ref train --metrics "$metrics"
 done

@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         if speaks() and not isinstance(err, StoppedWithMain):  # rank 0 prints its own error
             err_console.print(f"{rank_prefix()}error: {err}", markup=False, highlight=False, soft_wrap=True)
         code = 2
+    except OSError as err:
+        if err.filename is None:  # not about a path the user gave: a bug, with its traceback
+            raise
+        err_console.print(f"{rank_prefix()}error: {err.filename}: {err.strerror or err}; check that the path "
+                          "exists, is a file or folder as asked, and can be written", markup=False, highlight=False,
+                          soft_wrap=True)
+        code = 2
     finally:
         warnings.showwarning = shown
     if EXIT_CODES_DIR in os.environ and "RANK" in os.environ:  # a worker of the --nproc-per-node shortcut

@@ -45,6 +45,8 @@ def command(
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = list(set_) + ([f"train.batch_size={batch_size}"] if batch_size else [])
     resolved = load_recipe(recipe or bench.default_recipe(dev), overrides)
+    path = out or Path(f"bench-{what}-{dev.split(':')[0]}.json")
+    atomic.check_output_file(path, "--out", replace=True)  # before the benchmark, not after it
     rt = runtime.setup(resolved.train.precision, dev)
     rounds = steps or (20 if rt.device.type == "cuda" else 12)
     with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
@@ -57,8 +59,6 @@ def command(
          "--sample-batches", str(sample_batches)] + ([] if variants else ["--no-variants"])
         + ([] if budget is None else ["--budget-s", f"{budget:g}"]) + [f"--only '{n}'" for n in only]
         + [f"--set {s}" for s in set_])
-    path = out or Path(f"bench-{what}-{rt.device.type}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, result, indent=1)  # before printing: a closed pipe must not lose it
     render(result)
     console.print(f"wrote {path}", markup=False, highlight=False)

@@ -60,7 +60,7 @@ def command(
     device: options.Device = None,
 ) -> int:
     """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
-    from dreamctl import runtime
+    from dreamctl import atomic, runtime
     from dreamctl.generate import save_grid
     from dreamctl.sampling import (GRID_MAX, SampleOptions, folder_name, load_for_inference, read_samples,
                                    sample_to_folder, write_npz)
@@ -68,6 +68,8 @@ def command(
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
                          compile=compile, checkpoint=checkpoint, seed=seed)
+    if grid is not None:
+        atomic.check_output_file(grid, "--grid", replace=False)  # before drawing, not after
     rt = runtime.setup("auto", device)
     try:
         model = load_for_inference(RunDir(run_dir), opts, rt)

@@ -1,7 +1,8 @@
 """Recipes: YAML files validated into typed, frozen models (schema) and how they are read (load)."""
 
 from dreamctl.config.load import (
-    RECIPES_DIR, apply_overrides, load_recipe, parse_override, recipe_from_yaml, recipe_path, recipe_to_yaml,
+    RECIPES_DIR, apply_overrides, load_recipe, parse_override, recipe_from_file, recipe_from_yaml, recipe_path,
+    recipe_to_yaml,
 )
 from dreamctl.config.schema import (
     DataConfig, DiffusionConfig, EvalConfig, LossConfig, LossKind, ModelConfig, OptimConfig, Recipe,
@@ -11,5 +12,5 @@ from dreamctl.config.schema import (
 __all__ = [
     "RECIPES_DIR", "DataConfig", "DiffusionConfig", "EvalConfig", "LossConfig", "LossKind", "ModelConfig",
     "OptimConfig", "Recipe", "SampleConfig", "TrainConfig", "apply_overrides", "flat_items", "load_recipe",
-    "parse_override", "recipe_from_yaml", "recipe_path", "recipe_to_yaml", "validate_recipe",
+    "parse_override", "recipe_from_file", "recipe_from_yaml", "recipe_path", "recipe_to_yaml", "validate_recipe",
 ]

@@ -31,6 +31,8 @@ def builtin_or_path(name_or_path: str | Path, folder: Path, what: str) -> Path:
     """A built-in name (a file NAME.yaml in `folder`) or a path to a YAML file; `what` names it in errors."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if candidate.is_dir():
+            raise ConfigError(f"{what} {candidate} is a folder; give a YAML file or a built-in name")
         if not candidate.is_file():
             raise ConfigError(f"{what} file {candidate} does not exist")
         return candidate
@@ -46,11 +48,27 @@ def recipe_path(name_or_path: str | Path) -> Path:
     return builtin_or_path(name_or_path, RECIPES_DIR, "recipe")
 
 
-def _read_yaml(path: Path) -> dict:
+def parse_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load with a one-line ConfigError naming the file, line and problem."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or "cannot be parsed"
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}; fix the file") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; ConfigError when it is not UTF-8 text or not valid YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a recipe or spec is YAML text") from None
+    return parse_yaml(text, str(path))
+
+
+def _read_yaml(path: Path) -> dict:
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -116,8 +134,17 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
 
-def recipe_from_yaml(text: str, source: str) -> Recipe:
-    data = yaml.safe_load(text)
+def _resolved_recipe(data: Any, source: str) -> Recipe:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: not a recipe")
+        raise ConfigError(f"{source}: not a recipe (a mapping of sections)")
     return validate_recipe(data, source)
+
+
+def recipe_from_yaml(text: str, source: str) -> Recipe:
+    """A fully resolved recipe from its YAML text (a checkpoint's stored recipe)."""
+    return _resolved_recipe(parse_yaml(text, source), source)
+
+
+def recipe_from_file(path: Path) -> Recipe:
+    """A fully resolved recipe file (a run folder's recipe.yaml)."""
+    return _resolved_recipe(read_yaml(path), str(path))

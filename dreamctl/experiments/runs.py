@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreamctl.config import Recipe, recipe_from_yaml
+from dreamctl.config import Recipe, recipe_from_file
 from dreamctl.errors import CheckpointError
 
 
@@ -114,7 +114,7 @@ def read_run(path: str | Path) -> Run:
     for needed in (info_path, recipe_path):
         if not needed.is_file():
             raise CheckpointError(f"{root}: no {needed.name}; not a run folder (`dreamctl train` writes it)")
-    recipe = recipe_from_yaml(recipe_path.read_text(), str(recipe_path))
+    recipe = recipe_from_file(recipe_path)
     return Run(
         path=root,
         info=read_json(info_path),

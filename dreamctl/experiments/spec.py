@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from dreamctl.config import RECIPES_DIR, parse_override
-from dreamctl.config.load import builtin_or_path
+from dreamctl.config.load import builtin_or_path, read_yaml
 from dreamctl.errors import ConfigError
 
 SPEC_KEYS = ("name", "description", "base", "data", "out", "set", "grid", "eval_grid", "seeds", "evaluate")
@@ -82,10 +81,7 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
                out: str | None = None) -> Spec:
     """Read and check an ablation spec (a built-in name or a path); CLI values (seeds, data, out) override the file's."""
     path = builtin_or_path(path, ABLATIONS_DIR, "ablation spec")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise _spec_error(path, f"not valid YAML ({err})") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise _spec_error(path, "an ablation spec must be a mapping")
     for key in raw:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamctl import atomic
-from dreamctl.config import Recipe, recipe_from_yaml, recipe_to_yaml
+from dreamctl.config import Recipe, recipe_from_file, recipe_to_yaml
 from dreamctl.data.shards import manifest_sha256, read_manifest
 from dreamctl.errors import CheckpointError, DataError, RunError
 
@@ -64,7 +64,7 @@ class RunDir:
         if not self.exists():
             raise CheckpointError(f"{self.root} is not a run folder (no recipe.yaml); "
                                   "create one with `dreamctl train --run-dir`")
-        return recipe_from_yaml(self.recipe_file.read_text(), str(self.recipe_file))
+        return recipe_from_file(self.recipe_file)
 
     def info(self) -> dict[str, Any]:
         return read_json(self.run_file) if self.run_file.is_file() else {}

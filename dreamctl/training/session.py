@@ -43,6 +43,12 @@ def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
     return images.to(rt.device) if images.images is not None else images
 
 
+def _check_writable(run: RunDir) -> None:
+    """Before the first step, not at the first checkpoint: the folders a run writes into."""
+    for folder in (run.checkpoints, run.samples):
+        atomic.check_writable(folder, "run folder's")
+
+
 def _check_batch(recipe: Recipe, world_size: int) -> None:
     """The data checks, and a batch that splits over the ranks and fits the data."""
     BatchOrder(_check_data(recipe), recipe.train.batch_size, recipe.train.seed, 0, world_size)
@@ -89,9 +95,11 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
     images = _open_data(recipe, rt)
     with ExitStack() as held:
         def claim() -> None:
+            atomic.check_writable(run.root, "run folder")
             held.enter_context(run.lock())
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
                                 "dreamctl_version": dreamctl.__version__, "torch": torch.__version__})
+            _check_writable(run)
 
         main_first(rt, claim)
         return _run(run, recipe, rt, images, None, on_event, should_stop)
@@ -133,7 +141,9 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
     images = _open_data(recipe, rt)
     with ExitStack() as held:
         def claim() -> None:
+            atomic.check_writable(run.root, "run folder")
             held.enter_context(run.lock())
+            _check_writable(run)
             for stale in run.checkpoints.glob("*.tmp"):  # a write cut short; the previous checkpoint is intact
                 stale.unlink()
 

@@ -1,0 +1,76 @@
+"""Output paths that cannot be used, and recipe files that cannot be read: one line, exit 2, before
+any work, and nothing already there is changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dreamctl.cli import main
+from tiny_runs import TINY, train
+
+
+def _one_error_line(capsys: pytest.CaptureFixture) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, synthetic_data_dir) -> Path:
+    run = tmp_path_factory.mktemp("bad_paths") / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    return run
+
+
+def test_a_file_given_as_the_run_folder(tmp_path, synthetic_data_dir, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for run_dir, said in ((afile, "is a file, not a folder"), (afile / "sub", "cannot write there")):
+        assert main(["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(run_dir)]) == 2
+        assert said in _one_error_line(capsys)
+    assert afile.read_text() == "mine"
+    assert main(["prepare-data", "--source", "synthetic", "--count", "10", "--out", str(afile / "sub")]) == 2
+    assert "Not a directory" in _one_error_line(capsys)
+
+
+def test_resume_checks_the_folders_it_writes_before_the_first_step(run, capsys):
+    log = (run / "metrics.jsonl").read_text()
+    samples = run / "samples"
+    samples.rename(run / "samples.kept")
+    samples.write_text("in the way")
+    try:
+        assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 2
+        assert "is a file, not a folder" in _one_error_line(capsys)
+        assert (run / "metrics.jsonl").read_text() == log and len(list((run / "checkpoints").glob("*.pt"))) == 1
+    finally:
+        samples.unlink()
+        (run / "samples.kept").rename(samples)
+
+
+def test_sample_never_overwrites_a_grid_path_and_checks_it_first(run, tmp_path, capsys):
+    keep = tmp_path / "keep.png"
+    keep.write_text("precious")
+    assert main(["sample", str(run), "-n", "2", "--out", str(tmp_path / "s"), "--grid", str(keep)]) == 2
+    assert "exists; delete it or choose another path" in _one_error_line(capsys)
+    assert keep.read_text() == "precious" and not (tmp_path / "s").exists()  # nothing drawn
+
+
+def test_bench_checks_its_output_before_measuring(tmp_path, capsys):
+    assert main(["bench", "train", "--recipe", "tiny", "--out", str(tmp_path)]) == 2
+    assert "is a folder; give a file path" in _one_error_line(capsys)
+
+
+def test_unreadable_recipe_files(run, tmp_path, capsys):
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bin")
+    assert main(["train", "--recipe", str(tmp_path / "binary.yaml")]) == 2
+    assert "not a UTF-8 text file" in _one_error_line(capsys)
+    recipe = run / "recipe.yaml"
+    kept = recipe.read_text()
+    recipe.write_text("garbage: [\n")
+    try:
+        assert main(["sample", str(run), "-n", "2", "--out", str(tmp_path / "s")]) == 2
+        assert "recipe.yaml: not valid YAML at line 2, column 1" in _one_error_line(capsys)
+    finally:
+        recipe.write_text(kept)
