@@ -196,7 +196,8 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
 
     problems, net = weight_problems(wanted, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
     if problems and (strict_weights or explicit):
-        raise WeightsError("; ".join(problems.values()))  # before anything is drawn
+        raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
+        # share one file: named once
 
     model = load_for_inference(run, opts, rt)
     folder = run.samples / folder_name(model, seed)

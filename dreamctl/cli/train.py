@@ -24,7 +24,7 @@ def command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder [default: runs/RECIPE-TIME]."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and the cost; train nothing."),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Start this many processes with torchrun."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Start this many processes with torchrun."),
     device: options.Device = None,
 ) -> int:
     """Train a recipe on prepared data into a run folder."""
