@@ -74,3 +74,23 @@ def test_unreadable_recipe_files(run, tmp_path, capsys):
         assert "recipe.yaml: not valid YAML at line 2, column 1" in _one_error_line(capsys)
     finally:
         recipe.write_text(kept)
+
+
+def test_a_folder_without_a_manifest_gets_the_fix_that_works_for_it(synthetic_data_dir, tmp_path):
+    import shutil
+
+    from dreamctl.data.shards import read_manifest
+    from dreamctl.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    (data / "manifest.json").unlink()
+    cases = ((data / "train-00000.h5", "is a file; give the prepared data folder"),
+             (data, "holds shards but no manifest.json; prepare it again with `dreamctl prepare-data --out "),
+             (tmp_path / "nothing", "manifest.json not found; prepare the folder with"))
+    for path, said in cases:
+        with pytest.raises(DataError, match=said.replace("(", r"\(")):
+            read_manifest(path)
+    (data / "progress.json").write_text("{}")
+    with pytest.raises(DataError, match="an unfinished prepare .* re-run the same prepare-data command"):
+        read_manifest(data)

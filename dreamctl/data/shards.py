@@ -54,12 +54,24 @@ def manifest_path(data_dir: Path) -> Path:
     return Path(data_dir) / MANIFEST
 
 
+def _no_manifest(data_dir: Path) -> str:
+    """Why a folder has no manifest, and the fix that works for that case."""
+    if data_dir.is_file():
+        return f"{data_dir} is a file; give the prepared data folder (the one holding {MANIFEST})"
+    if (data_dir / "progress.json").is_file():  # prepare.PROGRESS: written while a prepare runs
+        return f"{data_dir} is an unfinished prepare (no {MANIFEST} yet); re-run the same prepare-data command"
+    if data_dir.is_dir() and any(data_dir.glob("*.h5")):
+        return (f"{data_dir} holds shards but no {MANIFEST}; prepare it again with "
+                f"`dreamctl prepare-data --out {data_dir} --overwrite`")
+    return f"{manifest_path(data_dir)} not found; prepare the folder with `dreamctl prepare-data --out {data_dir}`"
+
+
 def read_manifest(data_dir: Path) -> dict:
     """The manifest of a finished folder; DataError when it is absent or unreadable."""
+    data_dir = Path(data_dir)
     path = manifest_path(data_dir)
     if not path.is_file():
-        hint = " (an unfinished prepare: re-run the same prepare-data command)" if Path(data_dir).is_dir() else ""
-        raise DataError(f"{path} not found{hint}; prepare the folder with `dreamctl prepare-data --out {data_dir}`")
+        raise DataError(_no_manifest(data_dir))
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
