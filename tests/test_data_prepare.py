@@ -276,3 +276,41 @@ def test_synthetic_resolution_too_small_writes_nothing(tmp_path, capsys):
     assert main(["prepare-data", "--source", "synthetic", "--count", "8", "--resolution", "7", "--out", str(out)]) == 2
     assert "resolution 7 is below 8" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_sigterm_shuts_the_worker_pool_down(tmp_path):
+    """SIGTERM stops prepare-data like Ctrl-C: exit 143, finished shards kept, no worker left running
+    (the default handler killed the parent alone, and the pool ran on, re-parented to init)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "dreamctl", "prepare-data", "--source", "synthetic", "--count",
+                             "20000", "--resolution", "32", "--shard-size", "500", "--workers", "2", "--out", str(out)],
+                            env={**os.environ, "DREAMCTL_TEST_MARK": mark}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("train-*.h5")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert "finished shards in" in proc.stderr.read()
+
+    def marked() -> list[str]:
+        found = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if f"DREAMCTL_TEST_MARK={mark}".encode() in environ.read_bytes():
+                    found.append(environ.parent.name)
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+        return found
+
+    deadline = time.monotonic() + 10
+    while marked() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marked() == []
