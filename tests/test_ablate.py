@@ -19,7 +19,7 @@ from dreamctl.experiments import execute as execute_module
 from dreamctl.experiments.ablate import make_plan
 from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
 from dreamctl.sampling import SampleOptions, sample_config
-from dreamctl.experiments.execute import CommandResult, execute, plan_totals, train_command
+from dreamctl.experiments.execute import CommandResult, execute, plan_rows, plan_totals, train_command
 
 
 
@@ -152,6 +152,10 @@ def test_skip_finished_resume_interrupted_train_new(tmp_path: Path) -> None:
     plan = make_plan(parse_spec(spec_path))
     assert [j.action for j in plan.train] == ["skip", "resume", "train"]
     assert [e.action for e in plan.evals] == ["skip", "evaluate", "evaluate"]
+    resumed, new = plan.train[1:]  # the interrupted run costs only the steps it has left
+    assert (resumed.done, resumed.steps) == (20, new.steps - 20) and resumed.forwards < new.forwards
+    assert resumed.images == resumed.steps * new.images // new.steps
+    assert {row[0]: row[1] for row in plan_rows(plan)[1]}["lambda_max-0.5_seed-0"] == "resume from step 20"
     fake = FakeCLI()
     result = execute(plan, runner=fake)
     assert not result.failures

@@ -37,6 +37,7 @@ class TrainJob:
     images: int | None
     forwards: int | None  # image forward-pass units
     resume_set: tuple[str, ...] = ()  # settings the spec changed that resume may change (train.epochs, ...)
+    done: int = 0  # steps already taken (resume): steps, images and forwards count only what is left
 
 
 @dataclass(frozen=True)
@@ -69,20 +70,27 @@ def data_count(data: Path | None, split: str) -> int | None:
     return split_count(data, split)
 
 
-def train_cost(recipe: Recipe, count: int | None) -> tuple[int | None, int | None, int | None]:
-    """(steps, images, forward units) of a whole run over `count` images (before data.limit)."""
+def train_cost(recipe: Recipe, count: int | None, done: int = 0) -> tuple[int | None, int | None, int | None]:
+    """(steps, images, forward units) still to train over `count` images (before data.limit), from step `done`."""
     n = min(count, recipe.data.limit) if count and recipe.data.limit else count or recipe.data.limit
     if n is None:
         return None, None, None
-    steps, batch, loss = total_steps(recipe, n), recipe.train.batch_size, recipe.loss
+    batch, loss = recipe.train.batch_size, recipe.loss
+    left = max(total_steps(recipe, n) - done, 0)
     units = STEP_COST[loss.kind][1]
     if loss.kind == "dream_conservative":  # a standard step until start_epoch
-        before = min(steps, loss.start_epoch * steps_per_epoch(n, batch))
-        return steps, steps * batch, batch * (STEP_COST["standard"][1] * before + units * (steps - before))
-    return steps, steps * batch, steps * batch * units
+        before = min(left, max(loss.start_epoch * steps_per_epoch(n, batch) - done, 0))
+        return left, left * batch, batch * (STEP_COST["standard"][1] * before + units * (left - before))
+    return left, left * batch, left * batch * units
 
 
 # ----------------------------------------------------------------------------- plan
+
+def _step_reached(run_dir: Path) -> int:
+    """The step of the run's last checkpoint (run.json is updated with each)."""
+    info = run_dir / "run.json"
+    return int(read_json(info).get("step") or 0) if info.is_file() else 0
+
 
 def _status(run_dir: Path) -> str:
     info = run_dir / "run.json"
@@ -165,8 +173,10 @@ def make_plan(spec: Spec) -> Plan:
             count_cache[recipe.data.split] = data_count(data, recipe.data.split)
         action = _status(run_dir)
         action = "resume" if resume_set and action == "skip" else action
+        done = _step_reached(run_dir) if action == "resume" else 0
         trains.append(TrainJob(name, recipe_name, overrides, run_dir, action,
-                               *train_cost(recipe, count_cache[recipe.data.split]), resume_set=resume_set))
+                               *train_cost(recipe, count_cache[recipe.data.split], done), resume_set=resume_set,
+                               done=done))
         for suffix, cfg, flags in points:
             num = spec.num or recipe.eval.num
             done = action == "skip" and _evaluated(run_dir, recipe, cfg, num, metrics)

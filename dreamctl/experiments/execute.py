@@ -67,7 +67,7 @@ def plan_rows(plan: Plan) -> tuple[list[str], list[list[str]]]:
     head = ["job", "action", "steps", "images", "forward passes"]
     rows = []
     for job in plan.train:
-        action = {"skip": "skip (finished)", "resume": "resume", "train": "train",
+        action = {"skip": "skip (finished)", "resume": f"resume from step {job.done}", "train": "train",
                   "restart": "train again (no checkpoint)"}[job.action]
         rows.append([job.name, action, _count(job.steps), _count(job.images), _count(job.forwards)])
         for ev in (e for e in plan.evals if e.run == job.name):
