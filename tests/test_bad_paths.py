@@ -3,6 +3,7 @@ any work, and nothing already there is changed."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,19 @@ def test_a_folder_without_a_manifest_gets_the_fix_that_works_for_it(synthetic_da
     (data / "progress.json").write_text("{}")
     with pytest.raises(DataError, match="an unfinished prepare .* re-run the same prepare-data command"):
         read_manifest(data)
+
+
+def test_a_run_without_run_json_is_not_sampled_under_a_made_up_id(run, tmp_path, capsys):
+    info = run / "run.json"
+    info.rename(tmp_path / "run.json")
+    try:
+        assert main(["sample", str(run), "-n", "2", "--out", str(tmp_path / "s")]) == 2
+        assert "run.json is missing or holds no run_id: restore it" in _one_error_line(capsys)
+    finally:
+        (tmp_path / "run.json").rename(info)
+
+
+def test_compare_lists_a_folder_given_twice_once(run, capsys):
+    assert main(["compare", str(run), str(run), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["runs"]) == 1 and f"skipping {run}: listed twice" in captured.err

@@ -68,9 +68,11 @@ def _run_folders(paths: list[Path]) -> list[Path]:
     """The paths that are run folders. A shell glob (`runs/*`) also picks up other folders and files:
     those holding neither run.json nor recipe.yaml are skipped with a note; a path that does not exist,
     or a run folder missing one of the two, is an error (from read_run)."""
-    keep = []
+    keep: list[Path] = []
     for path in paths:
-        if path.exists() and not ((path / "run.json").is_file() or (path / "recipe.yaml").is_file()):
+        if any(path.resolve() == k.resolve() for k in keep):
+            err_console.print(f"skipping {path}: listed twice", markup=False, highlight=False)
+        elif path.exists() and not ((path / "run.json").is_file() or (path / "recipe.yaml").is_file()):
             err_console.print(f"skipping {path}: not a run folder (no run.json or recipe.yaml)", markup=False,
                               highlight=False)
         else:

@@ -93,7 +93,8 @@ def read_evals(eval_dir: Path) -> tuple[EvalRecord, ...]:
         data = read_json(path)
         metrics = data.get("metrics")
         if not isinstance(metrics, dict):
-            raise CheckpointError(f"{path}: no 'metrics' object; not an evaluation file")
+            raise CheckpointError(f"{path}: no 'metrics' object; not an evaluation file: move it out of eval/ "
+                                  "and run `dreamctl evaluate` again")
         protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else {}
         record = EvalRecord(
             protocol_id=str(data.get("protocol_id") or path.stem),

@@ -18,13 +18,22 @@ from dreamctl.data.shards import manifest_sha256, read_manifest
 from dreamctl.errors import CheckpointError, DataError, RunError
 
 
+_JSON_FIX = {  # by file name, else by folder name
+    "run.json": "restore it from a copy: it holds the run's id, which its sample folders record",
+    "sample.json": "move the folder aside and draw it again with `dreamctl sample`",
+    "eval": "move the file out of eval/ and run `dreamctl evaluate` again",
+}
+
+
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object written by dreamctl; CheckpointError naming the file, and what to do, otherwise."""
+    fix = _JSON_FIX.get(path.name) or _JSON_FIX.get(path.parent.name, "is this a dreamctl run folder?")
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} cannot be read ({err}); is this a dreamctl run folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} cannot be read ({err}); {fix}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object; was it written by dreamctl?")
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
     return data
 
 
@@ -72,7 +81,12 @@ class RunDir:
     def run_id(self) -> str:
         """What tells this run from any other, wherever its folder moves (sample folders record it)."""
         info = self.info()
-        return info.get("run_id") or f"{info.get('name')}@{info.get('created')}"  # runs made before run_id
+        if info.get("run_id"):
+            return info["run_id"]
+        if not info.get("created"):
+            raise CheckpointError(f"{self.run_file} is missing or holds no run_id: restore it from a copy "
+                                  "(it names the run that its sample folders were drawn from)")
+        return f"{info.get('name')}@{info['created']}"  # runs made before run_id
 
     def check_data(self, data_dir: Path, fix: str) -> None:
         """Refuse a prepared folder whose content (manifest hash) is not the data this run trained on."""
