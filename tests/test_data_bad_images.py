@@ -70,6 +70,16 @@ def test_an_image_smaller_than_the_crop_is_skipped_with_the_reason(messy_folder,
         prepare_listing("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0, crop="center:178")
 
 
+def test_options_a_source_does_not_take_are_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="image folder .*afile is a file, not a folder"):
+        list_source("folder", tmp_path / "afile")
+    with pytest.raises(DataError, match="reads no --root"):
+        list_source("synthetic", tmp_path, count=10)
+    with pytest.raises(DataError, match="--count is for --source synthetic"):
+        list_source("folder", tmp_path, count=10)
+
+
 def test_empty_folder_and_missing_celeba_files_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images .* found under .*empty"):

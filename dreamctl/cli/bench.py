@@ -28,7 +28,7 @@ def command(
                                            "bf16/fp32, channels_last (CUDA); with sample: eager and compiled.")] = True,
     only: Annotated[list[str], typer.Option("--only", help="Variants: run only this one (repeatable), e.g. "
                                             "--only 'compile bf16'; the reference 'eager bf16' always runs.")] = [],
-    budget: Annotated[Optional[float], typer.Option("--budget-s", help="Stop timing a section after the round "
+    budget: Annotated[Optional[float], typer.Option("--budget-s", min=1, help="Stop timing a section after the round "
                                                     "that passes this many seconds.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="JSON file [default: bench-WHAT-DEVICE.json].")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a recipe key: section.key=value.")] = [],

@@ -164,7 +164,8 @@ def list_folder(root: Path, valid_fraction: float = 0.05, test_fraction: float =
     _check_fractions(valid_fraction, test_fraction)
     root = Path(root).resolve()
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist; pass --root with a folder of JPEG/PNG/WebP images")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"image folder {root} {state}; pass --root with a folder of JPEG/PNG/WebP images")
     splits: dict[str, list[Item]] = {s: [] for s in SPLITS}
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()
@@ -214,9 +215,15 @@ def list_source(
     if kind == "synthetic":
         if count is None:
             raise DataError("--source synthetic needs --count N (how many faces to draw)")
+        if root is not None:
+            raise DataError("--source synthetic draws its faces and reads no --root; drop --root, or use "
+                            "--source folder or celeba to read images")
         return list_synthetic(count, seed, valid_fraction, test_fraction, limit)
     if kind not in ("celeba", "folder"):
         raise DataError(f"--source {kind!r} is not one of celeba, folder, synthetic")
     if root is None:
         raise DataError(f"--source {kind} needs --root PATH (the folder holding the images)")
+    if count is not None:
+        raise DataError(f"--count is for --source synthetic; --source {kind} takes every image under --root "
+                        "(--limit N keeps the first N of each split)")
     return list_celeba(root, limit) if kind == "celeba" else list_folder(root, valid_fraction, test_fraction, limit)
