@@ -165,7 +165,7 @@ def test_unknown_section_is_an_error():
 
 def test_targets_compare_against_limits():
     tiny = load_recipe("tiny")
-    result = {"recipe": "tiny", "machine": {"device_type": "cpu"}, "resolution": 32,
+    result = {"recipe": "tiny", "machine": {"device_type": "cpu"}, "resolution": 32, "rounds": 12, "warmup": 1,
               "model": tiny.model.model_dump(mode="json"),
               "train": {"rows": {"dream": {"step_time_ratio": 1.5}, "dream_conservative": {"step_time_ratio": 2.0}},
                         "naive_vs_ours": {"ours_over_naive_step_time": 0.85}}}
@@ -175,7 +175,9 @@ def test_targets_compare_against_limits():
     assert verdicts == {"dream_conservative step time / standard <= 2.15": True,
                         "dream_conservative step time / naive <= 0.9": True,
                         "dream step time / standard <= 1.45": False}
-    result["recipe"] = "baseline"
+    result["rounds"], result["warmup"] = 1, 0  # one cold round: a verdict, but only an indicative one
+    assert {tuple(t["differs"]) for t in bench.evaluate_targets(result)} == {("1 round(s) after 0 warm-up",)}
+    result["recipe"], result["rounds"], result["warmup"] = "baseline", 12, 1
     assert not any(t["conditions_met"] for t in bench.evaluate_targets(result))
 
 

@@ -133,7 +133,7 @@ def render(result: dict[str, Any]) -> None:
             verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
             stated = ", ".join(f"{k} {v}" for k, v in t["conditions"].items())
             table.add_row(t["target"], "-" if t["value"] is None else f"{t['value']:g}", verdict,
-                          stated + ("" if t["conditions_met"] else " (this run differs)"))
+                          stated + ("" if t["conditions_met"] else f" (indicative: {', '.join(t.get('differs') or ['this run differs'])})"))
         console.print(table)
 
 
