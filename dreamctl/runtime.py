@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dreamctl.errors import DreamctlError, RunError, StoppedWithMain
+from dreamctl.errors import RunError, StoppedWithMain
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,11 @@ def sum_over_ranks(n: int, rt: Runtime) -> int:
 def main_first(rt: Runtime, action: Callable[[], None]) -> None:
     """Run `action` on rank 0 only (claiming the run folder, say), then tell every rank whether it
     worked: a rank never waits in a collective for a rank 0 that has left with an error."""
-    failed: DreamctlError | None = None
+    failed: BaseException | None = None
     if rt.is_main:
         try:
             action()
-        except DreamctlError as err:
+        except Exception as err:  # any failure: told to the others first, then raised here as it was
             failed = err
     if any_rank(failed is not None, rt):
         raise failed if failed is not None else StoppedWithMain(f"rank {rt.rank}: rank 0 stopped")

@@ -32,6 +32,12 @@ def test_a_file_given_as_the_run_folder(tmp_path, synthetic_data_dir, capsys):
         assert main(["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(run_dir)]) == 2
         assert said in _one_error_line(capsys)
     assert afile.read_text() == "mine"
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "samples").write_text("in the way")
+    assert main(["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(blocked)]) == 2
+    assert "samples is a file, not a folder" in _one_error_line(capsys)
+    assert not (blocked / "recipe.yaml").exists()  # a refused start leaves no run behind to refuse the next one
     assert main(["prepare-data", "--source", "synthetic", "--count", "10", "--out", str(afile / "sub")]) == 2
     assert "Not a directory" in _one_error_line(capsys)
 

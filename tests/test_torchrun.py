@@ -99,4 +99,38 @@ def test_errors_print_once_per_node(monkeypatch, capsys):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         assert main(["train", "--recipe", "nope"]) == 2
-        assert capsys.readouterr().err.startswith(printed)
+        err = capsys.readouterr().err
+        assert err.startswith(printed) if printed else err == ""
+
+
+def _main_first_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from dreamctl.errors import StoppedWithMain
+    from dreamctl.runtime import Runtime, main_first
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
+
+    def claim() -> None:
+        raise FileExistsError(17, "File exists", "run/samples")  # not a DreamctlError: a full disk, say
+
+    try:
+        main_first(rt, claim)
+        raised = "nothing"
+    except FileExistsError:
+        raised = "FileExistsError"
+    except StoppedWithMain:
+        raised = "StoppedWithMain"
+    torch.save(raised, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_main_first_tells_every_rank_whatever_rank_0_raised(tmp_path):
+    """Any failure of rank 0's action reaches the others as StoppedWithMain (printed by nobody):
+    they leave with it instead of waiting in a collective for a rank that is gone."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "raised")
+    mp.spawn(_main_first_worker, args=(f"file://{tmp_path / 'store'}", out), nprocs=2, join=True)
+    assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == ["FileExistsError", "StoppedWithMain"]

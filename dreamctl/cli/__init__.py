@@ -65,26 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting."""
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warnings(shown)
+    message = None  # the one-line error, if any
     try:
         app(args=argv, prog_name="dreamctl")  # standalone mode: usage errors exit 2 through SystemExit
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except DreamctlError as err:
-        if speaks() and not isinstance(err, StoppedWithMain):  # rank 0 prints its own error
-            err_console.print(f"{rank_prefix()}error: {err}", markup=False, highlight=False, soft_wrap=True)
-        code = 2
+        code, message = 2, None if isinstance(err, StoppedWithMain) else str(err)  # rank 0 prints its own
     except OSError as err:
         if err.filename is None:  # not about a path the user gave: a bug, with its traceback
             raise
-        err_console.print(f"{rank_prefix()}error: {err.filename}: {err.strerror or err}; check that the path "
-                          "exists, is a file or folder as asked, and can be written", markup=False, highlight=False,
-                          soft_wrap=True)
-        code = 2
+        code, message = 2, (f"{err.filename}: {err.strerror or err}; check that the path exists, is a file "
+                            "or folder as asked, and can be written")
     finally:
         warnings.showwarning = shown
+    if message is not None and speaks():
+        err_console.print(f"{rank_prefix()}error: {message}", markup=False, highlight=False, soft_wrap=True)
     if EXIT_CODES_DIR in os.environ and "RANK" in os.environ:  # a worker of the --nproc-per-node shortcut
-        (Path(os.environ[EXIT_CODES_DIR]) / f"rank-{os.environ['RANK']}").write_text(str(code))
+        (Path(os.environ[EXIT_CODES_DIR]) / f"rank-{os.environ['RANK']}").write_text(f"{code}\n{message or ''}")
     return code
 
 

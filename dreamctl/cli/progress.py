@@ -53,11 +53,9 @@ class TrainingDisplay:
     """
 
     def __init__(self, enabled: bool, run_root: Path):
-        from dreamctl.training import tensorboard
-
         self.enabled = enabled
-        self.tensorboard = tensorboard.TensorBoardSink(run_root / "tensorboard") \
-            if enabled and tensorboard.available() else None
+        self.tensorboard: Any = None  # a TensorBoardSink when installed, made at the first event:
+        self.tensorboard_tried = False  # after the run has claimed its folder, never before
         self.progress = progress_bar(enabled, TextColumn("{task.fields[info]}"))
         self.lines = enabled and self.progress.disable  # no bar (no terminal): a plain line per log step
         self.total = 0
@@ -76,6 +74,12 @@ class TrainingDisplay:
     def on_event(self, kind: str, p: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if not self.tensorboard_tried:
+            from dreamctl.training import tensorboard
+
+            self.tensorboard_tried = True
+            if tensorboard.available():
+                self.tensorboard = tensorboard.TensorBoardSink(self.run_root / "tensorboard")
         if self.tensorboard is not None:
             self.tensorboard.on_event(kind, p)
         if kind == "resume":

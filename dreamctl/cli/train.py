@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli import options
-from dreamctl.cli.common import EXIT_CODES_DIR, console
+from dreamctl.cli.common import EXIT_CODES_DIR, console, err_console
 from dreamctl.cli.progress import run_training
 from dreamctl.config import flat_items, load_recipe, recipe_to_yaml
 from dreamctl.errors import DataError
@@ -120,5 +120,10 @@ def _launch_torchrun(nproc: int, args: list[str]) -> int:
                 signal.signal(s, handler)
         if received and code != 0:
             return 128 + received[0]
-        failed = {int(p.read_text()) for p in Path(codes_dir).iterdir()} - {0}
-        return failed.pop() if code != 0 and len(failed) == 1 else code
+        left = {int(p.name.split("-")[1]): p.read_text().partition("\n") for p in Path(codes_dir).iterdir()}
+        said = left.get(0, ("", "", ""))[2]
+        for rank, (_, _, message) in sorted(left.items()):  # ranks but 0 were silent: what only they hit
+            if message and message != said:
+                err_console.print(f"rank {rank}: error: {message}", markup=False, highlight=False, soft_wrap=True)
+        failed = {int(c) for c, _, _ in left.values()} - {0}  # a worker that died with a traceback left no file
+        return failed.pop() if code != 0 and len(left) == nproc and len(failed) == 1 else code

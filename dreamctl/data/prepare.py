@@ -30,11 +30,10 @@ from dreamctl import __version__
 from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, load_chunk, parse_crop
 from dreamctl import atomic
 from dreamctl.data import synthetic
-from dreamctl.data.shards import FORMAT, MANIFEST, file_sha256, shard_name, write_shard
+from dreamctl.data.shards import FORMAT, MANIFEST, PROGRESS, file_sha256, shard_name, write_shard
 from dreamctl.data.sources import SPLITS, Listing
 from dreamctl.errors import DataError
 
-PROGRESS = "progress.json"
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
 # our files, and the temporary names dreamctl.atomic writes them under (".NAME.PID.tmp")
 _OURS = re.compile(r"^\.?((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)(\.\d+\.tmp)?$")

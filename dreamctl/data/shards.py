@@ -21,6 +21,7 @@ from dreamctl.atomic import atomic_path
 from dreamctl.errors import DataError
 
 MANIFEST = "manifest.json"
+PROGRESS = "progress.json"  # written while a prepare runs, replaced by the manifest at its end
 FORMAT = "dreamctl-shards/1"
 
 
@@ -58,7 +59,7 @@ def _no_manifest(data_dir: Path) -> str:
     """Why a folder has no manifest, and the fix that works for that case."""
     if data_dir.is_file():
         return f"{data_dir} is a file; give the prepared data folder (the one holding {MANIFEST})"
-    if (data_dir / "progress.json").is_file():  # prepare.PROGRESS: written while a prepare runs
+    if (data_dir / PROGRESS).is_file():
         return f"{data_dir} is an unfinished prepare (no {MANIFEST} yet); re-run the same prepare-data command"
     if data_dir.is_dir() and any(data_dir.glob("*.h5")):
         return (f"{data_dir} holds shards but no {MANIFEST}; prepare it again with "

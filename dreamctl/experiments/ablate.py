@@ -173,16 +173,16 @@ def make_plan(spec: Spec) -> Plan:
             count_cache[recipe.data.split] = data_count(data, recipe.data.split)
         action = _status(run_dir)
         action = "resume" if resume_set and action == "skip" else action
-        done = _step_reached(run_dir) if action == "resume" else 0
+        steps_done = _step_reached(run_dir) if action == "resume" else 0
         trains.append(TrainJob(name, recipe_name, overrides, run_dir, action,
-                               *train_cost(recipe, count_cache[recipe.data.split], done), resume_set=resume_set,
-                               done=done))
+                               *train_cost(recipe, count_cache[recipe.data.split], steps_done), resume_set=resume_set,
+                               done=steps_done))
         for suffix, cfg, flags in points:
             num = spec.num or recipe.eval.num
-            done = action == "skip" and _evaluated(run_dir, recipe, cfg, num, metrics)
+            evaluated = action == "skip" and _evaluated(run_dir, recipe, cfg, num, metrics)
             extra = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
             extra += ("--num", str(spec.num)) if spec.num else ()
-            evals.append(EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra, "skip" if done else "evaluate",
+            evals.append(EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra, "skip" if evaluated else "evaluate",
                                  num, num * cfg.steps))
     count = next(iter(count_cache.values()), None)
     return Plan(spec, data, count, tuple(trains), tuple(evals))

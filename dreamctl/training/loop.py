@@ -139,7 +139,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     on_event("start", {"step": state.step, "total_steps": last_step, "steps_per_epoch": order.steps})
 
     def checkpoint() -> None:
-        meter_state = meter.state_dict(rt)  # on every rank: it may all-reduce
+        meter_state = meter.state_dict(rt)  # on every rank: it may all-gather
         if rt.is_main:
             ckpt = {**state.state_dict(recipe_yaml, order.state_dict()), "meter": meter_state}
             path = save_checkpoint(ckpt, run.checkpoints, tc.keep_checkpoints)

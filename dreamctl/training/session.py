@@ -97,9 +97,10 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
         def claim() -> None:
             atomic.check_writable(run.root, "run folder")
             held.enter_context(run.lock())
+            run.check_new()
+            _check_writable(run)  # before create: a refused start leaves no recipe.yaml behind
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
                                 "dreamctl_version": dreamctl.__version__, "torch": torch.__version__})
-            _check_writable(run)
 
         main_first(rt, claim)
         return _run(run, recipe, rt, images, None, on_event, should_stop)
