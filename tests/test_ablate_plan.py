@@ -1,0 +1,142 @@
+"""ablate's plan: spec checks, grid expansion, run names, the dry run and its costs, the shipped specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dreamctl.cli import main
+from dreamctl.errors import ConfigError, DataError
+from dreamctl.experiments import execute as execute_module
+from dreamctl.experiments.ablate import make_plan
+from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
+from dreamctl.experiments.execute import execute, plan_totals, train_command
+from ablate_fakes import FakeCLI, write_spec
+
+
+def test_run_names_come_from_overrides() -> None:
+    assert point_name({"loss.lambda_max": 0.3, "seed": 0}) == "lambda_max-0.3_seed-0"
+    assert point_name({"a.x": 1, "b.x": 2}) == "a.x-1_b.x-2"  # shared last parts keep the full key
+    assert point_name({"recipe": "recipes/my.yaml", "data.path": "a/b c"}) == "recipe-my_path-a-b-c"
+
+
+def test_dry_run_plan_separates_training_from_resampling_and_prices_it(tmp_path: Path) -> None:
+    spec = parse_spec(write_spec(tmp_path, eval_grid={"sample.steps": [10, 20]}), seeds=(0, 1))
+    plan = make_plan(spec)
+    assert [j.name for j in plan.train] == ["lambda_max-0.3_seed-0", "lambda_max-0.3_seed-1", "lambda_max-0.5_seed-0",
+                                            "lambda_max-0.5_seed-1", "lambda_max-0.7_seed-0", "lambda_max-0.7_seed-1"]
+    assert {j.action for j in plan.train} == {"train"} and plan.data_count == 640
+    # 640 images / batch 64 = 10 steps per epoch, 4 epochs; rectification from epoch 2: 20 steps at 3, 20 at 6
+    job = plan.train[0]
+    assert (job.steps, job.images, job.forwards) == (40, 2560, 64 * (3 * 20 + 6 * 20))
+    assert job.overrides == ("train.epochs=4", "loss.lambda_max=0.3", "train.seed=0")
+    assert len(plan.evals) == 12
+    first = plan.evals[0]
+    assert first.name == "lambda_max-0.3_seed-0__steps-10" and first.action == "evaluate"
+    assert first.flags == ("--steps", "10", "--metrics", "swd", "--num", "50")
+    assert (first.images, first.forwards) == (50, 500)
+    assert plan_totals(plan)["train_images"] == 6 * 2560 and plan_totals(plan)["eval_forwards"] == 6 * (500 + 1000)
+
+
+def test_recipe_axis_prices_each_method(tmp_path: Path) -> None:
+    plan = make_plan(parse_spec(write_spec(tmp_path, base=None, grid={"recipe": ["tiny", "tiny-dream"]})))
+    assert [j.name for j in plan.train] == ["recipe-tiny_seed-0", "recipe-tiny-dream_seed-0"]
+    assert [j.forwards for j in plan.train] == [2560 * 3, 2560 * 4]
+
+
+def test_costs_unknown_without_data_or_limit(tmp_path: Path) -> None:
+    plan = make_plan(parse_spec(write_spec(tmp_path), data=str(tmp_path / "not-prepared")))
+    assert plan.train[0].images is None and plan_totals(plan)["train_images"] is None
+    plan = make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=4", "data.limit=320"]), data=str(tmp_path / "none")))
+    assert plan.train[0].steps == 20  # 320 // 64 * 4
+
+
+def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    fake = FakeCLI()
+    monkeypatch.setattr(execute_module, "run_command", fake)
+    assert main(["ablate", str(write_spec(tmp_path, sets=["x=1"]))]) == 2
+    assert "unknown key 'sets'" in capsys.readouterr().err
+    assert main(["ablate", str(write_spec(tmp_path, grid={"loss.lambda_max": [0.3, 1.5]}))]) == 2
+    assert "loss.lambda_max" in capsys.readouterr().err
+    assert main(["ablate", str(write_spec(tmp_path, grid={"loss.lambda_maxx": [0.3]}))]) == 2
+    assert "loss.lambda_maxx" in capsys.readouterr().err
+    assert fake.calls == [] and not (tmp_path / "out").exists()
+    for bad, message in (({"grid": {"sample.steps": [10]}}, "eval-time axis"),
+                         ({"eval_grid": {"loss.alpha": [0.5]}}, "needs training"),
+                         ({"evaluate": {"metrics": ["swd", "fdi"]}}, "unknown metric"),
+                         ({"evaluate": {"metrics": ["swd"], "nums": 3}}, "evaluate.nums"),
+                         ({"grid": {"data.path": ["a/b", "a b"]}}, "same run name")):
+        with pytest.raises(ConfigError, match=message):
+            make_plan(parse_spec(write_spec(tmp_path, **bad)))
+
+
+def test_existing_folder_with_other_settings_is_refused(tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path)
+    execute(make_plan(parse_spec(spec_path)), runner=FakeCLI())
+    # What resume may change is carried over: the finished runs are resumed with it.
+    longer = make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=8"])))
+    assert {(j.action, j.resume_set) for j in longer.train} == {("resume", ("train.epochs=8",))}
+    assert train_command(longer.train[0], longer.data, None)[-2:] == ["--set", "train.epochs=8"]
+    # Anything else is refused: the whole recipe is compared, so another base recipe too.
+    for changes, key in (({"set": ["train.epochs=4", "loss.alpha=0.5"]}, "loss.alpha"),
+                         ({"set": ["train.epochs=4", "optim.lr=0.01"]}, "optim.lr"),  # resume allows it; ablate not
+                         ({"set": ["train.epochs=4"], "base": "tiny-dream"}, "tiny-dream")):
+        with pytest.raises(ConfigError, match=key):
+            make_plan(parse_spec(write_spec(tmp_path, **changes)))
+    # ... and so is other data than the run's (its content hash in run.json).
+    run_json = tmp_path / "out" / "lambda_max-0.3_seed-0" / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "data_manifest_sha256": "f" * 64}))
+    with pytest.raises(DataError, match="holds other data than this run trained on"):
+        make_plan(parse_spec(write_spec(tmp_path)))  # the original spec (write_spec rewrites one file)
+
+
+def test_eval_grid_points_resolve_as_evaluate_does(tmp_path: Path) -> None:
+    """DDPM runs all T steps; null is the recipe's own value, so a point evaluated once is not redone."""
+    spec_path = write_spec(tmp_path, grid={"loss.lambda_max": [0.3]},
+                           eval_grid={"sample.sampler": ["ddim", "ddpm"], "sample.t_start": [None]})
+    plan = make_plan(parse_spec(spec_path))
+    ddim, ddpm = plan.evals
+    assert ddim.flags[:2] == ("--sampler", "ddim") and "--t-start" not in ddim.flags
+    assert ddpm.forwards == 50 * 1000  # tiny's T
+    execute(plan, runner=FakeCLI())
+    assert [e.action for e in make_plan(parse_spec(spec_path)).evals] == ["skip", "skip"]
+
+
+def test_cli_dry_run_prints_plan_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from dreamctl.cli import common
+
+    monkeypatch.setattr(common.console, "width", 160)
+    spec_path = write_spec(tmp_path, eval_grid={"sample.steps": [10, 20]})
+    assert main(["ablate", str(spec_path), "--dry-run", "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "lambda_max-0.7_seed-1" in out and "seed-1__steps-20" in out and "evaluate only" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_nproc_reaches_the_training_command(tmp_path: Path) -> None:
+    plan = make_plan(parse_spec(write_spec(tmp_path)))
+    cmd = train_command(plan.train[0], plan.data, 2)
+    assert cmd[-2:] == ["--nproc-per-node", "2"] and cmd[3:5] == ["train", "--recipe"]
+
+
+SHIPPED_SPECS = sorted(p.stem for p in ABLATIONS_DIR.glob("*.yaml"))
+
+
+def test_specs_are_shipped() -> None:
+    assert {"methods", "lambda-max", "tiny-methods"} <= set(SHIPPED_SPECS)
+
+
+@pytest.mark.parametrize("spec", SHIPPED_SPECS)
+def test_shipped_specs_expand_and_validate(spec: str, tmp_path: Path) -> None:
+    plan = make_plan(parse_spec(spec, out=str(tmp_path / "out")))  # by name, as `dreamctl ablate methods`
+    assert plan.train and len({j.name for j in plan.train}) == len(plan.train) == len(expand(plan.spec))
+
+
+def test_unknown_spec_name_lists_the_built_in_ones(capsys: pytest.CaptureFixture) -> None:
+    assert main(["ablate", "lambda-maxx", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown ablation spec 'lambda-maxx'" in err and "lambda-max," in err and len(err.strip().splitlines()) == 1
