@@ -45,8 +45,8 @@ def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
 
 def _check_writable(run: RunDir) -> None:
     """Before the first step, not at the first checkpoint: the folders a run writes into."""
-    for folder in (run.checkpoints, run.samples):
-        atomic.check_writable(folder, "run folder's")
+    for folder, what in ((run.checkpoints, "checkpoint folder"), (run.samples, "sample folder")):
+        atomic.check_writable(folder, what)
 
 
 def _check_batch(recipe: Recipe, world_size: int) -> None:
