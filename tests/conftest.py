@@ -43,6 +43,14 @@ def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_synthetic(tmp_path_factory.mktemp("synthetic32") / "data").out_dir
 
 
+@pytest.fixture
+def seeded(tmp_path: Path) -> list[Path]:
+    """Four run folders written by hand for compare and its plots (run_folders.seeded_runs)."""
+    from run_folders import seeded_runs
+
+    return seeded_runs(tmp_path)
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Every test: weights and torch hub folders are empty temporary ones, and any download fails the test."""

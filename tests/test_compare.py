@@ -1,73 +1,18 @@
-"""compare and plots on run folders written here, following docs/run-folder.md."""
+"""compare on run folders written here, following docs/run-folder.md: settings, seeds, protocols."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from dreamctl.config import load_recipe, recipe_to_yaml
 from dreamctl.config.schema import SEED_RULE
 from dreamctl.errors import CheckpointError
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import cells, headers, to_csv, to_json, to_markdown
-from dreamctl.experiments import plots
-from dreamctl.experiments.plots import plot_lambda, plot_losses, plot_metrics_vs_step, write_figures
+from dreamctl.experiments.plots import write_figures
 from dreamctl.experiments.runs import read_run
-
-P50 = "ddim50-eta0-ema-n500-train500-clean"
-P10 = "ddim10-eta0-ema-n500-train500-clean"
-
-
-def protocol(steps: int, checkpoint: int) -> dict:
-    return {"checkpoint_step": checkpoint, "ema": True, "sampler": "ddim", "steps": steps, "eta": 0.0,
-            "t_start": None, "num_generated": 500, "seed": 0, "ref_split": "train", "ref_num": 500,
-            "resize": "clean: PIL bicubic to 299", "feature_network": "inception-2015-12-05"}
-
-
-def write_eval(run_dir: Path, pid: str, steps: int, checkpoint: int, metrics: dict, file: str | None = None,
-               **extra: object) -> None:
-    """`extra`: protocol fields outside the id (ref_manifest_sha256, image_size)."""
-    path = run_dir / "eval" / (file or f"{pid}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"protocol_id": pid, "protocol": protocol(steps, checkpoint) | extra, "metrics": metrics}
-    path.write_text(json.dumps(record))
-
-
-def write_run(root: Path, name: str, overrides: tuple[str, ...] = (), recipe: str = "tiny-conservative",
-              step: int = 200, status: str = "finished", info: dict | None = None) -> Path:
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    r = load_recipe(recipe, list(overrides))
-    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(r))
-    (run_dir / "run.json").write_text(json.dumps({
-        "name": name, "recipe": r.name, "status": status, "world_size": 1, "device": "cpu", "step": step,
-        "epoch": 4, "images_seen": step * 64, "wall_time_s": 81.5, "img_per_s": 157.0, "peak_memory_bytes": 0,
-        **(info or {})}))
-    rows = []
-    for s in range(25, step + 1, 25):
-        row = {"step": s, "epoch": s // 50, "images_seen": s * 64, "loss": 1.0 / (1 + s / 50) + 0.01 * r.train.seed}
-        if r.loss.kind == "dream_conservative":
-            row.update(loss_std=row["loss"] * 0.9, loss_rect=row["loss"] * 1.1, lambda_mean=0.25 * min(s / step, 1.0))
-        rows.append(json.dumps(row))
-    (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
-    return run_dir
-
-
-@pytest.fixture
-def seeded(tmp_path: Path) -> list[Path]:
-    """lambda_max 0.3 over seeds 0, 1, 2 (FID 10, 12, 14) and lambda_max 0.5 with seed 0 (FID 20)."""
-    dirs = []
-    for seed, fid in zip((0, 1, 2), (10.0, 12.0, 14.0)):
-        d = write_run(tmp_path, f"lambda_max-0.3_seed-{seed}", ("loss.lambda_max=0.3", f"train.seed={seed}"))
-        write_eval(d, P50, 50, 200, {"fid": {"value": fid}, "swd": {"value": fid / 10}})
-        dirs.append(d)
-    d = write_run(tmp_path, "lambda_max-0.5_seed-0", ("loss.lambda_max=0.5", "train.seed=0"))
-    write_eval(d, P50, 50, 200, {"fid": {"value": 20.0}, "swd": {"value": 2.0}})
-    return dirs + [d]
+from run_folders import P10, P50, write_eval, write_run
 
 
 def test_settings_that_differ_are_detected(seeded: list[Path]) -> None:
@@ -157,49 +102,6 @@ def test_truncated_last_metrics_line_is_dropped_and_missing_folder_is_an_error(t
         read_run(tmp_path / "empty")
 
 
-def _png_ok(path: Path) -> None:
-    assert path.stat().st_size > 10_000
-    with Image.open(path) as img:
-        pixels = np.asarray(img.convert("L"), dtype=np.float32)
-    assert pixels.shape[0] > 200 and pixels.std() > 5  # not a blank canvas
-
-
-def test_plots_written_non_empty_and_named_by_protocol(seeded: list[Path], tmp_path: Path) -> None:
-    write_eval(seeded[0], P50, 50, 100, {"fid": {"value": 30.0}}, file="history/step-100.json")
-    runs = [read_run(d) for d in seeded]
-    written = write_figures(runs, tmp_path / "figs")
-    names = {p.name for p in written}
-    assert names == {"loss.png", "lambda.png", f"metrics-vs-step_{P50}.png", f"final-metrics_{P50}.png"}
-    for path in written:
-        _png_ok(path)
-
-
-def test_no_figure_when_there_is_nothing_to_draw(tmp_path: Path) -> None:
-    d = write_run(tmp_path, "plain", recipe="tiny")  # standard loss: no lambda_mean logged
-    assert plot_lambda([read_run(d)], tmp_path / "lambda.png") is None
-    assert not (tmp_path / "lambda.png").exists()
-
-
-def test_cli_compare_json_and_plot(seeded: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from dreamctl.cli import main
-
-    rc = main(["compare", *map(str, seeded), "--format", "json", "--plot", str(tmp_path / "plots")])
-    assert rc == 0
-    data = json.loads(capsys.readouterr().out)
-    assert len(data["runs"]) == 4 and len(data["seed_aggregates"]) == 2
-    assert (tmp_path / "plots" / "loss.png").is_file()
-    assert main(["compare", str(seeded[0]), "--format", "markdown"]) == 0
-    assert P50 in capsys.readouterr().out
-    assert main(["compare", str(seeded[0])]) == 0
-    assert main(["compare", str(tmp_path / "nope")]) == 2
-    # `compare runs/*` also picks up folders that are not runs: skipped with a note, not fatal.
-    (tmp_path / "logs").mkdir()
-    capsys.readouterr()
-    assert main(["compare", str(seeded[0]), str(tmp_path / "logs"), "--format", "csv"]) == 0
-    assert f"skipping {tmp_path / 'logs'}: not a run folder" in capsys.readouterr().err
-    assert main(["compare", str(tmp_path / "logs")]) == 2
-
-
 def test_a_copied_run_folder_is_told_apart_by_its_path(tmp_path: Path) -> None:
     import shutil
 
@@ -266,52 +168,6 @@ def test_an_evaluation_drawn_under_the_old_seed_rule_is_warned_about(tmp_path: P
     assert [w for w in comp.warnings if "seed+i" in w] == [
         f"{old / 'eval' / (P50 + '-seed2.json')} drew seed 2's images as seed+i, overlapping seed 0's set: "
         "run `dreamctl evaluate` again to draw an independent set"]
-
-
-def _drawn(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The figures plots would save, kept to look at their lines."""
-    figures: list = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
-    return figures
-
-
-def test_plots_tell_two_runs_of_one_name_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = write_run(tmp_path, "a")
-    write_eval(a, P50, 50, 200, {"fid": {"value": 20.0}})
-    copy = write_run(tmp_path / "elsewhere", "a", ("train.seed=1",))
-    write_eval(copy, P50, 50, 200, {"fid": {"value": 30.0}})
-    runs = [read_run(a), read_run(copy)]
-    labels = [r.label for r in compare_runs(runs).rows]
-    figures = _drawn(monkeypatch)
-    plot_metrics_vs_step(runs, P50, "", tmp_path / "m.png")
-    plot_losses(runs, tmp_path / "loss.png")
-    curves, losses = (fig.axes[0].get_lines() for fig in figures)
-    assert [line.get_label() for line in curves] == labels and [line.get_ydata()[0] for line in curves] == [20, 30]
-    assert [line.get_label() for line in losses] == labels
-
-
-def test_a_loss_logged_once_is_drawn_as_a_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    d = write_run(tmp_path, "short", step=25)  # one metrics.jsonl line
-    figures = _drawn(monkeypatch)
-    assert plot_losses([read_run(d)], tmp_path / "loss.png") is not None
-    assert plot_lambda([read_run(d)], tmp_path / "lambda.png") is not None
-    for fig in figures:
-        (line,) = fig.axes[0].get_lines()
-        assert len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "", " ")
-
-
-def test_cli_plot_into_a_file_is_a_one_line_error(seeded: list[Path], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
-    from dreamctl.cli import main
-
-    target = tmp_path / "figs.png"
-    target.write_text("keep me")
-    for plot in (target, target / "sub"):
-        capsys.readouterr()
-        assert main(["compare", str(seeded[0]), "--plot", str(plot)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: --plot") and "folder" in err and len(err.strip().splitlines()) == 1
-    assert target.read_text() == "keep me"
 
 
 def test_a_protocol_names_inception_only_where_an_inception_metric_was_computed(tmp_path: Path) -> None:

@@ -1,0 +1,107 @@
+"""compare's figures: written, non-empty, named by protocol, runs told apart; --plot errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamctl.experiments.compare import compare_runs
+from dreamctl.experiments import plots
+from dreamctl.experiments.plots import plot_lambda, plot_losses, plot_metrics_vs_step, write_figures
+from dreamctl.experiments.runs import read_run
+from run_folders import P50, write_eval, write_run
+
+
+def _png_ok(path: Path) -> None:
+    assert path.stat().st_size > 10_000
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("L"), dtype=np.float32)
+    assert pixels.shape[0] > 200 and pixels.std() > 5  # not a blank canvas
+
+
+def test_plots_written_non_empty_and_named_by_protocol(seeded: list[Path], tmp_path: Path) -> None:
+    write_eval(seeded[0], P50, 50, 100, {"fid": {"value": 30.0}}, file="history/step-100.json")
+    runs = [read_run(d) for d in seeded]
+    written = write_figures(runs, tmp_path / "figs")
+    names = {p.name for p in written}
+    assert names == {"loss.png", "lambda.png", f"metrics-vs-step_{P50}.png", f"final-metrics_{P50}.png"}
+    for path in written:
+        _png_ok(path)
+
+
+def test_no_figure_when_there_is_nothing_to_draw(tmp_path: Path) -> None:
+    d = write_run(tmp_path, "plain", recipe="tiny")  # standard loss: no lambda_mean logged
+    assert plot_lambda([read_run(d)], tmp_path / "lambda.png") is None
+    assert not (tmp_path / "lambda.png").exists()
+
+
+def test_cli_compare_json_and_plot(seeded: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dreamctl.cli import main
+
+    rc = main(["compare", *map(str, seeded), "--format", "json", "--plot", str(tmp_path / "plots")])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["runs"]) == 4 and len(data["seed_aggregates"]) == 2
+    assert (tmp_path / "plots" / "loss.png").is_file()
+    assert main(["compare", str(seeded[0]), "--format", "markdown"]) == 0
+    assert P50 in capsys.readouterr().out
+    assert main(["compare", str(seeded[0])]) == 0
+    assert main(["compare", str(tmp_path / "nope")]) == 2
+    # `compare runs/*` also picks up folders that are not runs: skipped with a note, not fatal.
+    (tmp_path / "logs").mkdir()
+    capsys.readouterr()
+    assert main(["compare", str(seeded[0]), str(tmp_path / "logs"), "--format", "csv"]) == 0
+    assert f"skipping {tmp_path / 'logs'}: not a run folder" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "logs")]) == 2
+
+
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures plots would save, kept to look at their lines."""
+    figures: list = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    return figures
+
+
+def test_plots_tell_two_runs_of_one_name_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = write_run(tmp_path, "a")
+    write_eval(a, P50, 50, 200, {"fid": {"value": 20.0}})
+    copy = write_run(tmp_path / "elsewhere", "a", ("train.seed=1",))
+    write_eval(copy, P50, 50, 200, {"fid": {"value": 30.0}})
+    runs = [read_run(a), read_run(copy)]
+    labels = [r.label for r in compare_runs(runs).rows]
+    figures = _drawn(monkeypatch)
+    plot_metrics_vs_step(runs, P50, "", tmp_path / "m.png")
+    plot_losses(runs, tmp_path / "loss.png")
+    curves, losses = (fig.axes[0].get_lines() for fig in figures)
+    assert [line.get_label() for line in curves] == labels and [line.get_ydata()[0] for line in curves] == [20, 30]
+    assert [line.get_label() for line in losses] == labels
+
+
+def test_a_loss_logged_once_is_drawn_as_a_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = write_run(tmp_path, "short", step=25)  # one metrics.jsonl line
+    figures = _drawn(monkeypatch)
+    assert plot_losses([read_run(d)], tmp_path / "loss.png") is not None
+    assert plot_lambda([read_run(d)], tmp_path / "lambda.png") is not None
+    for fig in figures:
+        (line,) = fig.axes[0].get_lines()
+        assert len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "", " ")
+
+
+def test_cli_plot_into_a_file_is_a_one_line_error(seeded: list[Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from dreamctl.cli import main
+
+    target = tmp_path / "figs.png"
+    target.write_text("keep me")
+    for plot in (target, target / "sub"):
+        capsys.readouterr()
+        assert main(["compare", str(seeded[0]), "--plot", str(plot)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --plot") and "folder" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "keep me"
