@@ -199,6 +199,8 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
         raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
         # share one file: named once
 
+    for where, what in ((run.samples, "sample folder"), (run.eval, "evaluation folder")):
+        atomic.check_writable(where, what)  # before drawing: the images and the scores must have a place
     model = load_for_inference(run, opts, rt)
     folder = run.samples / folder_name(model, seed)
     sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=on_event)

@@ -117,3 +117,19 @@ def test_compare_lists_a_folder_given_twice_once(run, capsys):
     assert main(["compare", str(run), str(run), "--format", "json"]) == 0
     captured = capsys.readouterr()
     assert len(json.loads(captured.out)["runs"]) == 1 and f"skipping {run}: listed twice" in captured.err
+
+
+def test_evaluate_checks_where_it_writes_before_drawing(run, capsys):
+    eval_dir = run / "eval"
+    if eval_dir.is_dir():
+        eval_dir.rename(run / "eval.kept")
+    eval_dir.write_text("in the way")
+    before = sorted(p.name for p in (run / "samples").iterdir())
+    try:
+        assert main(["evaluate", str(run), "--num", "4", "--metrics", "swd"]) == 2
+        assert "evaluation folder" in _one_error_line(capsys)
+        assert sorted(p.name for p in (run / "samples").iterdir()) == before  # nothing drawn
+    finally:
+        eval_dir.unlink()
+        if (run / "eval.kept").is_dir():
+            (run / "eval.kept").rename(eval_dir)
