@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from dreamctl import atomic
 from dreamctl.cli.common import EXIT_CODES_DIR, err_console, rank_prefix, speaks
 from dreamctl.errors import DreamctlError, DreamctlWarning, StoppedWithMain
 
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if message is not None and speaks():
         err_console.print(f"{rank_prefix()}error: {message}", markup=False, highlight=False, soft_wrap=True)
     if EXIT_CODES_DIR in os.environ and "RANK" in os.environ:  # a worker of the --nproc-per-node shortcut
-        (Path(os.environ[EXIT_CODES_DIR]) / f"rank-{os.environ['RANK']}").write_text(f"{code}\n{message or ''}")
+        atomic.write_json(Path(os.environ[EXIT_CODES_DIR]) / f"rank-{os.environ['RANK']}.json",
+                          {"code": code, "error": message})
     return code
 
 

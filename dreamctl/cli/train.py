@@ -97,6 +97,7 @@ def _launch_torchrun(nproc: int, args: list[str]) -> int:
     then exits 128 + the signal, as a single process does (torchrun itself would say 1). Workers
     that fail all with one exit code (2: an error the user can fix) make it ours for the same reason.
     """
+    import json
     import signal
     import subprocess
     import tempfile
@@ -120,10 +121,11 @@ def _launch_torchrun(nproc: int, args: list[str]) -> int:
                 signal.signal(s, handler)
         if received and code != 0:
             return 128 + received[0]
-        left = {int(p.name.split("-")[1]): p.read_text().partition("\n") for p in Path(codes_dir).iterdir()}
-        said = left.get(0, ("", "", ""))[2]
-        for rank, (_, _, message) in sorted(left.items()):  # ranks but 0 were silent: what only they hit
-            if message and message != said:
-                err_console.print(f"rank {rank}: error: {message}", markup=False, highlight=False, soft_wrap=True)
-        failed = {int(c) for c, _, _ in left.values()} - {0}  # a worker that died with a traceback left no file
+        left = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in Path(codes_dir).glob("rank-*.json")}
+        said = left.get(0, {}).get("error")
+        for rank, worker in sorted(left.items()):  # ranks but 0 printed nothing: what only they hit
+            if worker["error"] and worker["error"] != said:
+                err_console.print(f"rank {rank}: error: {worker['error']}", markup=False, highlight=False,
+                                  soft_wrap=True)
+        failed = {w["code"] for w in left.values()} - {0}  # a worker that died with a traceback left no file
         return failed.pop() if code != 0 and len(left) == nproc and len(failed) == 1 else code

@@ -38,13 +38,16 @@ def _check_data(recipe: Recipe) -> int:
 
 
 def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
-    _check_data(recipe)
+    """The split, on the device when it fits; the callers have run _check_batch on it."""
     images = open_split(recipe.data.path, recipe.data.split, recipe.data.limit)
     return images.to(rt.device) if images.images is not None else images
 
 
-def _check_writable(run: RunDir) -> None:
-    """Before the first step, not at the first checkpoint: the folders a run writes into."""
+def _claim(run: RunDir, held: ExitStack) -> None:
+    """Rank 0's hold on the run folder: locked, and every folder the run writes into checked before
+    the first step (not found unwritable at the first checkpoint, nor after recipe.yaml is written)."""
+    atomic.check_writable(run.root, "run folder")
+    held.enter_context(run.lock())
     for folder, what in ((run.checkpoints, "checkpoint folder"), (run.samples, "sample folder")):
         atomic.check_writable(folder, what)
 
@@ -95,10 +98,7 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
     images = _open_data(recipe, rt)
     with ExitStack() as held:
         def claim() -> None:
-            atomic.check_writable(run.root, "run folder")
-            held.enter_context(run.lock())
-            run.check_new()
-            _check_writable(run)  # before create: a refused start leaves no recipe.yaml behind
+            _claim(run, held)
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
                                 "dreamctl_version": dreamctl.__version__, "torch": torch.__version__})
 
@@ -142,9 +142,7 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
     images = _open_data(recipe, rt)
     with ExitStack() as held:
         def claim() -> None:
-            atomic.check_writable(run.root, "run folder")
-            held.enter_context(run.lock())
-            _check_writable(run)
+            _claim(run, held)
             for stale in run.checkpoints.glob("*.tmp"):  # a write cut short; the previous checkpoint is intact
                 stale.unlink()
 
