@@ -34,6 +34,14 @@ def prepare_listing(kind: str, root: Path | None, out: Path, **kw):
     return prepare_data(list_source(kind, root, **listing_kw), out, **{"resolution": 16, "workers": 1, **kw})
 
 
+def shard_images(path: Path):
+    """The uint8 (N, H, W, 3) images of one shard file."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["images"][()]
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """256 drawn 32x32 faces (seed 0) prepared into train/valid/test shards (230/13/13).

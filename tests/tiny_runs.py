@@ -1,19 +1,21 @@
-"""Tiny training runs for the training and checkpoint tests (a helper module, not a test file)."""
+"""Tiny training runs for the training, checkpoint, sample and evaluate tests (a helper module, not a test file)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
 from dreamctl.cli import main
+from dreamctl.runtime import Runtime
 from dreamctl.training.state import list_checkpoints, load_checkpoint
 
 # 32x32 data, a 2-level UNet of width 8; 64 images at batch 8 = 8 steps per epoch.
-TINY = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[8]", "model.num_heads=2",
-        "model.groups=4", "model.time_features=16", "train.batch_size=8", "data.limit=64", "train.epochs=3",
-        "train.log_every=2", "train.checkpoint_every=4", "train.sample_every=1000", "train.sample_grid=4",
-        "sample.steps=2", "optim.ema_decay=0.9"]
+NET = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[8]", "model.num_heads=2",
+       "model.groups=4", "model.time_features=16", "train.batch_size=8", "data.limit=64",
+       "train.sample_every=1000", "train.sample_grid=4", "sample.steps=2"]
+TINY = NET + ["train.epochs=3", "train.log_every=2", "train.checkpoint_every=4", "optim.ema_decay=0.9"]
 # DREAM (the study's variant) starts at epoch 1 = step 8: the resume tests cross it and an epoch boundary.
 CONSERVATIVE = TINY + ["loss.start_epoch=1", "loss.ramp_epochs=2"]
 
@@ -36,3 +38,17 @@ def assert_identical(a: dict, b: dict) -> None:
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+
+
+# For sampling and evaluation: 4 steps of the tiny UNet, DDIM with 2 steps from the top (t_start null).
+SAMPLE_TINY = NET + ["train.max_steps=4", "sample.batch_size=8", "sample.t_start=null"]
+CPU = Runtime(torch.device("cpu"), "fp32")
+
+
+def trained_for_sampling(root: Path, data: Path) -> tuple[Path, Path]:
+    """(run folder, its own copy of the data: evaluate writes its reference cache there)."""
+    shutil.copytree(data, root / "data")
+    run = root / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(root / "data"), "--run-dir", str(run),
+                 *set_args(SAMPLE_TINY)]) == 0
+    return run, root / "data"

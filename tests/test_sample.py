@@ -1,4 +1,5 @@
-"""sample and evaluate on a tiny trained run (CPU, no weights, no network)."""
+"""sample on a tiny trained run: the same images at any batch size, on any rank, after a stop, and
+compiled; what is refused. Evaluation is in test_evaluate_run.py."""
 
 from __future__ import annotations
 
@@ -13,32 +14,15 @@ import torch
 
 from dreamctl import generate, sampling
 from dreamctl.cli import main
-from dreamctl.evaluation import evaluate_run
-from dreamctl.experiments.runs import read_evals
-from dreamctl.metrics.inception import RESIZE_CLEAN, StandInFeatureNet
 from dreamctl.runtime import Runtime
-from dreamctl.data.shards import manifest_sha256
 from dreamctl.sampling import SampleOptions, load_for_inference, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import checkpoint_path, load_checkpoint
-
-TINY = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[8]", "model.num_heads=2",
-        "model.groups=4", "model.time_features=16", "train.batch_size=8", "data.limit=64", "train.max_steps=4",
-        "train.sample_every=1000", "train.sample_grid=4", "sample.steps=2", "sample.batch_size=8",
-        "sample.t_start=null"]
-CPU = Runtime(torch.device("cpu"), "fp32")
+from tiny_runs import CPU, trained_for_sampling
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synthetic_data_dir) -> tuple[Path, Path]:
-    """(run folder, its own copy of the data: evaluate writes its reference cache there)."""
-    root = tmp_path_factory.mktemp("sample_eval")
-    data = root / "data"
-    shutil.copytree(synthetic_data_dir, data)
-    run = root / "run"
-    sets = [arg for o in TINY for arg in ("--set", o)]
-    assert main(["train", "--recipe", "tiny", "--data", str(data), "--run-dir", str(run), *sets]) == 0
-    return run, data
+    return trained_for_sampling(tmp_path_factory.mktemp("sample"), synthetic_data_dir)
 
 
 def _draw(run: Path, folder: Path, num: int, rt: Runtime = CPU, **opts) -> np.ndarray:
@@ -176,101 +160,6 @@ def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tm
     np.testing.assert_array_equal(changed, _draw(run, tmp_path / "a", 3))  # the cosine schedule, as trained
 
 
-def _older_checkpoint(run: Path, step: int) -> None:
-    """A second checkpoint (the newest one relabelled), so that history across steps can be tested."""
-    ckpt = load_checkpoint(checkpoint_path(run / "checkpoints", 4))
-    ckpt["step"] = step
-    torch.save(ckpt, checkpoint_path(run / "checkpoints", step))
-
-
-def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
-    run, data = trained
-    metrics = ["fid", "kid", "is", "swd", "pixel_fd"]
-    net = StandInFeatureNet()
-    result = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=metrics, feature_net=net)
-    rec, p = result.record, result.record["protocol"]
-    assert rec["protocol_id"] == "ddim2-eta0-ema-n16-train20-clean-standin"
-    manifest = json.loads((data / "manifest.json").read_text())
-    expected = {"checkpoint_step": 4, "ema": True, "sampler": "ddim", "steps": 2, "eta": 0.0, "t_start": None,
-                "num_generated": 16, "seed": 0, "ref_split": "train", "ref_num": 20,
-                "ref_preprocessing": manifest["preprocessing"], "resize": RESIZE_CLEAN,
-                "feature_network": net.name, "feature_network_sha256": net.weights_sha256,
-                "feature_network_stand_in": True, "reference_cache": "written"}
-    assert {k: p[k] for k in expected} == expected
-    assert "stand-in" in p["feature_network"] and "NOT Inception" in p["feature_network"]
-    assert list(rec["metrics"]) == metrics
-    for name in metrics:
-        assert np.isfinite(rec["metrics"][name]["value"]), name
-    assert "stand-in" in rec["metrics"]["fid"]["note"]
-    assert net.last_input_shape[1:] == (3, 299, 299) and net.calls == 16 + 20
-    assert {"torch", "clean-fid", "dreamctl"} <= set(rec["versions"]) and rec["wall_time_s"] > 0
-    saved = run / "eval" / f"{rec['protocol_id']}.json"
-    assert json.loads(saved.read_text()) == json.loads(json.dumps(rec))
-    cache = list((data / "cache").glob("refstats-*.npz"))
-    assert len(cache) == 1 and cache[0].parent.parent == data  # beside the shards
-
-    # Second time: samples reused, reference statistics read from the cache (only 16 images go through the net).
-    net2 = StandInFeatureNet()
-    again = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=metrics, feature_net=net2)
-    assert net2.calls == 16 and again.record["protocol"]["reference_cache"] == "hit"
-    assert json.loads((result.samples / "sample.json").read_text())["drawn_now"] == 0
-    assert again.record["metrics"]["fid"]["value"] == pytest.approx(rec["metrics"]["fid"]["value"])
-
-    # Asking for one metric keeps the others measured on the same samples.
-    only = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=["pixel_fd"], feature_net=net2)
-    assert set(only.record["metrics"]) == set(metrics)
-
-    # An older checkpoint under the same protocol: the newest stays in <id>.json, each step gets <id>@step<N>.json.
-    _older_checkpoint(run, 2)
-    older = evaluate_run(run, SampleOptions(checkpoint=2), rt=CPU, num=16, ref_num=20, metrics=["swd"],
-                         feature_net=net2)
-    pid = rec["protocol_id"]
-    assert older.record["protocol_id"] == pid and older.record["protocol"]["checkpoint_step"] == 2
-    assert json.loads(saved.read_text())["protocol"]["checkpoint_step"] == 4
-    assert {f.name for f in (run / "eval").glob(f"{pid}@step*.json")} == {f"{pid}@step2.json", f"{pid}@step4.json"}
-    steps = sorted(r.checkpoint_step for r in read_evals(run / "eval") if r.protocol_id == pid)
-    assert steps == [2, 4]
-    checkpoint_path(run / "checkpoints", 2).unlink()
-
-
-def test_explicit_fid_without_weights_fails_before_sampling(trained, offline, capsys):
-    run, _ = trained
-    before = set((run / "samples").iterdir())
-    assert main(["evaluate", str(run), "--num", "8", "--metrics", "fid,swd", "--seed", "5"]) == 2
-    err = capsys.readouterr().err
-    assert "inception-2015-12-05.pt" in err and "https://nvlabs-fi-cdn.nvidia.com/" in err
-    assert str(offline / "inception-2015-12-05.pt") in err
-    # A corrupt file is refused too, also before sampling.
-    offline.mkdir(parents=True)
-    (offline / "inception-2015-12-05.pt").write_bytes(b"not a TorchScript archive")
-    assert main(["evaluate", str(run), "--num", "8", "--metrics", "fid", "--seed", "5"]) == 2
-    err = capsys.readouterr().err
-    assert "is corrupt: not a TorchScript archive" in err and str(offline / "inception-2015-12-05.pt") in err
-    # Defaults taken from the recipe are not strict, unless asked.
-    assert main(["evaluate", str(run), "--num", "8", "--seed", "5", "--strict-weights"]) == 2
-    err = capsys.readouterr().err
-    assert "alexnet-owt-7be5be79.pth" in err and err.count("inception-2015-12-05.pt is corrupt") == 1  # fid, kid, is
-    # So is a reference split too small for --ref-num (valid holds 13 images).
-    assert main(["evaluate", str(run), "--num", "8", "--ref", "valid", "--ref-num", "50", "--metrics", "swd",
-                 "--seed", "5"]) == 2
-    assert "exceeds the 13 images of split valid" in capsys.readouterr().err
-    assert set((run / "samples").iterdir()) == before  # no sample folder was made
-    assert not list(run.glob("eval/*-n8-*"))
-
-
-def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
-    run, _ = trained
-    assert main(["evaluate", str(run), "--num", "12", "--seed", "7"]) == 0
-    out = capsys.readouterr().out
-    rec = json.loads((run / "eval" / "ddim2-eta0-ema-n12-train12-clean-seed7.json").read_text())
-    assert list(rec["metrics"]) == ["fid", "kid", "is", "lpips", "swd"]  # the recipe's eval.metrics
-    for name, file in (("fid", "inception-2015-12-05.pt"), ("kid", "inception-2015-12-05.pt"),
-                       ("is", "inception-2015-12-05.pt"), ("lpips", "alexnet-owt-7be5be79.pth")):
-        assert set(rec["metrics"][name]) == {"missing"} and file in rec["metrics"][name]["missing"], name
-    assert np.isfinite(rec["metrics"]["swd"]["value"])
-    assert rec["protocol"]["feature_network_sha256"] is None and rec["weights"] == {}
-    assert "SWD x1e3" in out and "missing" in out and "inception-2015-12-05.pt" in out
-
 
 def test_compiled_sampling_draws_the_same_images(trained, tmp_path):
     """--compile (sample.compile) wraps the network in torch.compile; the images agree up to rounding."""
@@ -281,38 +170,3 @@ def test_compiled_sampling_draws_the_same_images(trained, tmp_path):
     eager = _draw(run, tmp_path / "eager", 2)
     compiled = _draw(run, tmp_path / "compiled", 2, compile=True)
     assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1
-
-
-def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
-    run, data = trained
-    moved = tmp_path / "moved"
-    data.rename(moved)
-    try:
-        args = ["evaluate", str(run), "--num", "4", "--metrics", "pixel_fd", "--seed", "7"]
-        assert main(args) == 2
-        assert "pass --data DIR" in capsys.readouterr().err
-        assert main([*args, "--data", str(moved)]) == 0
-    finally:
-        moved.rename(data)
-    shas = {r.protocol["ref_manifest_sha256"] for r in read_evals(run / "eval")
-            if r.protocol.get("seed") == 7 and r.protocol.get("num_generated") == 4}
-    assert shas == {manifest_sha256(json.loads((data / "manifest.json").read_text()))}  # the same data, moved
-    # Other data would overwrite the run's evaluation under the same protocol id: refused.
-    other = tmp_path / "other"
-    assert main(["prepare-data", "--source", "synthetic", "--count", "40", "--resolution", "32", "--seed", "3",
-                 "--out", str(other)]) == 0
-    capsys.readouterr()
-    assert main([*args, "--data", str(other)]) == 2
-    assert "holds other data than this run trained on" in capsys.readouterr().err
-    # ... and so is the recorded folder itself once prepared again in place with other images.
-    data.rename(tmp_path / "kept")
-    other.rename(data)
-    try:
-        assert main(args) == 2
-        assert "holds other data than this run trained on" in capsys.readouterr().err
-    finally:
-        data.rename(other)
-        (tmp_path / "kept").rename(data)
-    for flag in ("--num", "--ref-num"):  # 0 is not "the default"
-        assert main([*args, flag, "0"]) == 2
-        assert "at least 2 generated and 2 reference images" in capsys.readouterr().err

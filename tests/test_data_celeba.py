@@ -1,0 +1,150 @@
+"""prepare-data on CelebA's own layout: the folder and the zip, the official splits, the crop presets,
+16-bit images, and zip entries that would escape the folder."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import prepare_listing, shard_images
+from dreamctl.data.decode import crop_box, parse_crop, preprocess
+from dreamctl.data.shards import file_sha256, manifest_sha256, read_manifest, read_names
+from dreamctl.data.synthetic import draw_faces
+from dreamctl.errors import DataError
+
+SPLIT_OF = {**{i: 0 for i in range(1, 21)}, **{i: 1 for i in range(21, 26)}, **{i: 2 for i in range(26, 31)}}
+
+
+def _celeba_jpegs() -> dict[str, bytes]:
+    out = {}
+    for i, face in enumerate(draw_faces(30, 48, seed=1), 1):
+        buf = io.BytesIO()
+        Image.fromarray(face).resize((178, 218), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+        out[f"{i:06d}.jpg"] = buf.getvalue()
+    return out
+
+
+def _partition(names) -> str:
+    return "".join(f"{n} {SPLIT_OF[int(n[:6])]}\n" for n in sorted(names))
+
+
+@pytest.fixture(scope="module")
+def celeba(tmp_path_factory) -> dict[str, Path]:
+    """A miniature CelebA: 30 JPEGs of 178x218 (20/5/5), as a folder and as a zip."""
+    jpegs = _celeba_jpegs()
+    folder = tmp_path_factory.mktemp("celeba_folder")
+    (folder / "img_align_celeba").mkdir()
+    for name, data in jpegs.items():
+        (folder / "img_align_celeba" / name).write_bytes(data)
+    (folder / "list_eval_partition.txt").write_text(_partition(jpegs))
+    zipped = tmp_path_factory.mktemp("celeba_zip")
+    with zipfile.ZipFile(zipped / "img_align_celeba.zip", "w") as zf:
+        for name, data in jpegs.items():
+            zf.writestr(f"img_align_celeba/{name}", data)
+    (zipped / "list_eval_partition.txt").write_text(_partition(jpegs))
+    return {"folder": folder, "zip": zipped}
+
+
+
+def test_celeba_folder_and_zip_give_the_official_splits_and_the_same_shards(celeba, tmp_path):
+    a = prepare_listing("celeba", celeba["folder"], tmp_path / "a", shard_size=8)
+    b = prepare_listing("celeba", celeba["zip"], tmp_path / "b", shard_size=8, workers=2)  # through the process pool
+    ma, mb = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert ma["counts"] == {"train": 20, "valid": 5, "test": 5} == mb["counts"]
+    assert (a.written, a.skipped, b.written) == (30, 0, 30)
+    assert [s["count"] for s in ma["splits"]["train"]["shards"]] == [8, 8, 4]
+    assert mb["source"]["container"] == "zip" and ma["source"]["container"] == "folder"
+    assert ma["preprocessing"] == {"crop": "center:178", "resolution": 16, "resize": ma["preprocessing"]["resize"]}
+    assert "bicubic" in ma["preprocessing"]["resize"]
+    assert manifest_sha256(ma) == manifest_sha256(mb)  # same pixels, whichever container
+    assert read_names(tmp_path / "a" / "valid-00000.h5") == [f"{i:06d}.jpg" for i in range(21, 26)]
+    for sh in ma["splits"]["train"]["shards"]:
+        assert file_sha256(tmp_path / "a" / sh["file"]) == sh["sha256"]
+        assert shard_images(tmp_path / "a" / sh["file"]).shape == (sh["count"], 16, 16, 3)
+
+
+def test_limit_takes_the_first_files_of_each_split_in_name_order(celeba, tmp_path):
+    prepare_listing("celeba", celeba["folder"], tmp_path, limit=3)
+    assert read_manifest(tmp_path)["counts"] == {"train": 3, "valid": 3, "test": 3}
+    assert read_names(tmp_path / "train-00000.h5") == ["000001.jpg", "000002.jpg", "000003.jpg"]
+    assert read_names(tmp_path / "test-00000.h5") == ["000026.jpg", "000027.jpg", "000028.jpg"]
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I;16")
+        out = preprocess(im, "none", 32)
+    assert out.shape == (32, 32, 3) and (out[..., 0] == out[..., 2]).all()
+    np.testing.assert_array_equal(out[..., 0], (ramp >> 8).astype(np.uint8))  # not 99% white
+    as_int32 = preprocess(Image.fromarray(ramp.astype(np.int32), mode="I"), "none", 32)  # older Pillow's mode
+    np.testing.assert_array_equal(as_int32, out)
+
+
+def test_crop_boxes():
+    assert crop_box("center:178", 178, 218) == (0, 20, 178, 198)
+    assert crop_box("ddim", 178, 218) == (25, 57, 153, 185)
+    assert crop_box("none", 178, 218) == (0, 0, 178, 218)
+    assert crop_box("center", 300, 200) == (50, 0, 250, 200)
+    assert crop_box("center:100", 300, 200) == (100, 50, 200, 150)
+    with pytest.raises(ValueError, match="smaller"):
+        crop_box("center:178", 100, 218)
+    with pytest.raises(ValueError, match="178x218"):
+        crop_box("ddim", 200, 200)
+    with pytest.raises(DataError, match="--crop"):
+        parse_crop("centre")
+
+
+def _marker_celeba(root: Path) -> None:
+    """One 178x218 image: blue, a green band over rows 0..19, a red square x 25..56, y 57..88."""
+    a = np.zeros((218, 178, 3), np.uint8)
+    a[..., 2] = 255
+    a[:20] = (0, 255, 0)
+    a[57:89, 25:57] = (255, 0, 0)
+    (root / "img_align_celeba").mkdir(parents=True)
+    Image.fromarray(a).save(root / "img_align_celeba" / "000001.jpg", quality=100)
+    (root / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+
+
+# Red square centre (41, 73) in continuous coordinates, mapped through each crop box and scale.
+@pytest.mark.parametrize("crop, box", [("center:178", (0, 20, 178, 198)), ("ddim", (25, 57, 153, 185)), ("none", (0, 0, 178, 218))])
+def test_crop_presets_put_a_marker_where_the_box_says(tmp_path, crop, box):
+    _marker_celeba(tmp_path / "src")
+    prepare_listing("celeba", tmp_path / "src", tmp_path / "out", crop=crop, resolution=64)
+    img = shard_images(tmp_path / "out" / "train-00000.h5")[0].astype(float)
+    red = np.clip(img[..., 0] - img[..., 1] - img[..., 2], 0, None)
+    ys, xs = np.mgrid[0:64, 0:64]
+    cy, cx = (red * ys).sum() / red.sum(), (red * xs).sum() / red.sum()
+    sx, sy = 64 / (box[2] - box[0]), 64 / (box[3] - box[1])
+    assert cx == pytest.approx((41 - box[0]) * sx - 0.5, abs=0.35)
+    assert cy == pytest.approx((73 - box[1]) * sy - 0.5, abs=0.35)
+    green_top = img[0, :, 1].mean() > 200 and img[0, :, 2].mean() < 60
+    assert green_top == (crop == "none")  # only `none` keeps the rows above the centre square
+
+
+
+def test_zip_entries_that_would_escape_are_never_read(celeba, tmp_path):
+    jpeg = (celeba["folder"] / "img_align_celeba" / "000001.jpg").read_bytes()
+    root = tmp_path / "evil"
+    root.mkdir()
+    with zipfile.ZipFile(root / "img_align_celeba.zip", "w") as zf:
+        zf.writestr("img_align_celeba/000001.jpg", jpeg)
+        zf.writestr(zipfile.ZipInfo("../000002.jpg"), jpeg)
+        zf.writestr(zipfile.ZipInfo("/tmp/000003.jpg"), jpeg)
+        zf.writestr(zipfile.ZipInfo("img_align_celeba/../000004.jpg"), jpeg)
+    (root / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg 0\n" for i in range(1, 5)))
+    prepare_listing("celeba", root, tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["counts"]["train"] == 1
+    unsafe = {s["name"] for s in manifest["skipped"] if "'..'" in s["reason"]}
+    assert unsafe == {"../000002.jpg", "/tmp/000003.jpg", "img_align_celeba/../000004.jpg"}
+    assert {s["name"] for s in manifest["skipped"] if "not found" in s["reason"]} == {"000002.jpg", "000003.jpg", "000004.jpg"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil", "out"]  # nothing was extracted
+    with pytest.raises(DataError, match=r"\.\./000002\.jpg: zip entry .* \(--strict\)"):
+        prepare_listing("celeba", root, tmp_path / "strict", strict=True)
