@@ -186,7 +186,7 @@ def test_targets_compare_against_limits():
     assert ddim[0]["pass"] is True and "1 timed batch(es)" in ddim[0]["differs"]
 
 
-def test_cli_bench_train_writes_json(tmp_path):
+def test_cli_bench_train_writes_json(tmp_path, capsys):
     from dreamctl.cli import main
 
     out = tmp_path / "b.json"
@@ -196,6 +196,10 @@ def test_cli_bench_train_writes_json(tmp_path):
     assert result["recipe"] == "tiny" and result["batch_size"] == 4
     assert result["train"]["rows"]["dream"]["forward_calls"] == 2
     assert result["command"].startswith("dreamctl bench train")
+    for option in ("--budget-s", "--steps", "--batch-size", "--sample-batches"):  # 0 would time nothing
+        assert main(["bench", "train", "--device", "cpu", option, "0", "--out", str(tmp_path / "zero.json")]) == 2
+        assert option in capsys.readouterr().err
+    assert not (tmp_path / "zero.json").exists()
 
 
 def test_bench_core_does_not_import_metric_or_plot_packages():

@@ -103,6 +103,35 @@ def test_errors_print_once_per_node(monkeypatch, capsys):
         assert err.startswith(printed) if printed else err == ""
 
 
+def test_the_shortcut_prints_what_only_a_silent_rank_hit_and_returns_the_common_code(tmp_path, capsys):
+    from dreamctl.cli.train import _workers_code
+
+    def leave(**errors: tuple[int, str | None]) -> None:
+        for p in tmp_path.glob("rank-*.json"):
+            p.unlink()
+        for rank, (code, error) in errors.items():
+            (tmp_path / f"{rank.replace('r', 'rank-')}.json").write_text(json.dumps({"code": code, "error": error}))
+
+    leave(r0=(2, "disk full"), r1=(2, "shard train-00001.h5 is truncated"))
+    assert _workers_code(1, tmp_path, 2) == 2  # torchrun says 1; both workers said 2
+    assert capsys.readouterr().err == "rank 1: error: shard train-00001.h5 is truncated\n"  # rank 0 spoke for itself
+    leave(r0=(2, "unknown recipe 'nope'"), r1=(2, "unknown recipe 'nope'"))
+    assert _workers_code(1, tmp_path, 2) == 2 and capsys.readouterr().err == ""  # said once, by rank 0
+    leave(r0=(2, "unknown recipe 'nope'"))  # rank 1 died with a traceback: torchrun's code stands
+    assert _workers_code(1, tmp_path, 2) == 1
+    leave(r0=(2, None), r1=(130, None))  # codes that disagree: torchrun's code stands
+    assert _workers_code(1, tmp_path, 2) == 1
+    leave(r0=(0, None), r1=(0, None))
+    assert _workers_code(0, tmp_path, 2) == 0 and capsys.readouterr().err == ""
+
+
+def test_nproc_per_node_below_one_is_refused(tmp_path, capsys):
+    for args in (["train", "--recipe", "tiny"], ["resume", str(tmp_path)], ["ablate", str(tmp_path / "spec.yaml")]):
+        assert main([*args, "--nproc-per-node", "0"]) == 2, args
+        assert "--nproc-per-node" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _main_first_worker(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 

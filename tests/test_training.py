@@ -179,3 +179,30 @@ def test_a_stop_between_log_steps_resumes_to_the_same_log(tmp_path, synthetic_da
     assert logged(tmp_path / "split") == straight
 
 
+
+
+def test_tensorboard_sink_is_made_once_the_run_has_claimed_its_folder(tmp_path, synthetic_data_dir, monkeypatch):
+    """With tensorboard installed, its folder appears only in a run that started, never in a refused one."""
+    from dreamctl.training import tensorboard
+
+    made: list[dict] = []
+
+    class Sink:
+        def __init__(self, log_dir: Path):
+            self.record = {"dir": log_dir, "claimed": (log_dir.parent / "run.json").is_file(), "logs": [], "closed": False}
+            made.append(self.record)
+
+        def on_event(self, kind: str, payload: dict) -> None:
+            if kind == "log":
+                self.record["logs"].append(payload["step"])
+
+        def close(self) -> None:
+            self.record["closed"] = True
+
+    monkeypatch.setattr(tensorboard, "available", lambda: True)
+    monkeypatch.setattr(tensorboard, "TensorBoardSink", Sink)
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
+    assert made == [{"dir": run / "tensorboard", "claimed": True, "logs": [2, 4], "closed": True}]
+    assert train(run, synthetic_data_dir, TINY, recipe="tiny") == 2  # the folder already holds a run
+    assert len(made) == 1

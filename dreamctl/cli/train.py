@@ -97,7 +97,6 @@ def _launch_torchrun(nproc: int, args: list[str]) -> int:
     then exits 128 + the signal, as a single process does (torchrun itself would say 1). Workers
     that fail all with one exit code (2: an error the user can fix) make it ours for the same reason.
     """
-    import json
     import signal
     import subprocess
     import tempfile
@@ -121,11 +120,20 @@ def _launch_torchrun(nproc: int, args: list[str]) -> int:
                 signal.signal(s, handler)
         if received and code != 0:
             return 128 + received[0]
-        left = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in Path(codes_dir).glob("rank-*.json")}
-        said = left.get(0, {}).get("error")
-        for rank, worker in sorted(left.items()):  # ranks but 0 printed nothing: what only they hit
-            if worker["error"] and worker["error"] != said:
-                err_console.print(f"rank {rank}: error: {worker['error']}", markup=False, highlight=False,
-                                  soft_wrap=True)
-        failed = {w["code"] for w in left.values()} - {0}  # a worker that died with a traceback left no file
-        return failed.pop() if code != 0 and len(left) == nproc and len(failed) == 1 else code
+        return _workers_code(code, Path(codes_dir), nproc)
+
+
+def _workers_code(code: int, codes_dir: Path, nproc: int) -> int:
+    """torchrun's exit code `code`, or the one every worker left in `codes_dir` when they agree.
+
+    Only rank 0 printed its error, so an error that another rank alone hit is printed here.
+    """
+    import json
+
+    left = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in codes_dir.glob("rank-*.json")}
+    said = left.get(0, {}).get("error")
+    for rank, worker in sorted(left.items()):
+        if worker["error"] and worker["error"] != said:
+            err_console.print(f"rank {rank}: error: {worker['error']}", markup=False, highlight=False, soft_wrap=True)
+    failed = {w["code"] for w in left.values()} - {0}  # a worker that died with a traceback left no file
+    return failed.pop() if code != 0 and len(left) == nproc and len(failed) == 1 else code

@@ -75,6 +75,8 @@ class LossConfig(_Section):
     kind: LossKind = "standard"
     # dream (Zhou et al. 2024): lambda = sqrt(1 - abar)**p
     p: float = Field(1.0, ge=0.0)
+    # Both are per-pixel means, as diffusers' MSE. The official DREAM code sums its L1 over the image: a gradient
+    # C*H*W times larger, which changes what grad_clip cuts; AdamW's step is otherwise blind to the scale.
     norm: Literal["mse", "l1"] = "mse"
     estimate_eval_mode: bool = True  # estimate pass with dropout off (the official code)
     # dream_conservative (the CelebA study, not the paper's method)

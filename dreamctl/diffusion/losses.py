@@ -65,7 +65,7 @@ def dream_lambda(s: Tensor, p: float) -> Tensor:
 def dream(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
           *, p: float = 1.0, norm: str = "mse", estimate_eval_mode: bool = True,
           emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
-    """DREAM (Zhou et al., CVPR 2024, Algorithm 3), epsilon prediction.
+    """DREAM (Zhou et al., CVPR 2024; the official code's p_losses), epsilon prediction.
 
     delta = eps - eps_hat; the model sees x_t + lam*s*delta and is trained towards
     eps + lam*delta. The estimate pass runs without gradient and, by default, in eval
@@ -127,7 +127,7 @@ def dream_conservative(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t:
 def input_perturbation(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
                        *, gamma: float = 0.1, xi: Tensor | None = None,
                        emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
-    """DDPM-IP (Ning et al., ICML 2023, eq. 8): input from eps + gamma*xi, target eps."""
+    """DDPM-IP (Ning et al., ICML 2023, as the official code): input from eps + gamma*xi, target eps."""
     xi = torch.randn_like(noise) if xi is None else xi
     x_t = schedule.q_sample(x0, t, noise + gamma * xi)
     losses = per_sample(model(x_t, t) - noise)

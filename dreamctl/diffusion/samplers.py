@@ -22,7 +22,7 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 def timesteps(num_timesteps: int, steps: int, t_start: int | None = None) -> list[int]:
     """The timesteps visited, largest first.
 
-    Default: DDIM's uniform skip t_i = i * (T // steps) (Song et al. 2021, section 4.2).
+    Default: DDIM's uniform skip t_i = i * (T // steps) (Song et al. 2021, Appendix D.2, "linear").
     With t_start, `steps` timesteps evenly spaced on [0, t_start]: starting below T - 1
     avoids the last steps of the schedule, which carry almost no signal.
     """
