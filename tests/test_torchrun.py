@@ -55,7 +55,7 @@ def test_torchrun_shortcut_forwards_a_signal_and_exits_like_one_process(monkeypa
     """The --nproc-per-node launcher passes SIGTERM on to torchrun and exits 143, not torchrun's 1."""
     import subprocess as sp
 
-    from dreamctl.cli.train import _launch_torchrun
+    from dreamctl.cli.launch import launch
 
     class FakeTorchrun:
         def __init__(self, cmd):
@@ -71,7 +71,7 @@ def test_torchrun_shortcut_forwards_a_signal_and_exits_like_one_process(monkeypa
     made = []
     monkeypatch.setattr(sp, "Popen", lambda cmd, env: made.append(FakeTorchrun(cmd)) or made[-1])
     before = signal.getsignal(signal.SIGTERM)
-    assert _launch_torchrun(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGTERM
+    assert launch(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGTERM
     assert made[0].sent == [signal.SIGTERM] and "--nproc-per-node=2" in made[0].cmd
     assert signal.getsignal(signal.SIGTERM) is before  # the launcher's handler is gone again
 
@@ -89,6 +89,7 @@ def test_a_failure_of_rank_0_alone_is_one_line_and_exit_2(tmp_path, synthetic_da
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
         f"error: {run} is in use by another trainer (pid {os.getpid()}); wait for it to finish or stop it first"]
     assert "[rank1]" not in err and "gloo" not in err  # rank 1 did not fail in a collective
+    assert "Traceback" not in err and "ChildFailedError" not in err  # nor torchrun's report of what was said
     assert not (run / "recipe.yaml").exists()
 
 
@@ -104,7 +105,7 @@ def test_errors_print_once_per_node(monkeypatch, capsys):
 
 
 def test_the_shortcut_prints_what_only_a_silent_rank_hit_and_returns_the_common_code(tmp_path, capsys):
-    from dreamctl.cli.train import _workers_code
+    from dreamctl.cli.launch import workers_code
 
     def leave(**errors: tuple[int, str | None]) -> None:
         for p in tmp_path.glob("rank-*.json"):
@@ -113,16 +114,36 @@ def test_the_shortcut_prints_what_only_a_silent_rank_hit_and_returns_the_common_
             (tmp_path / f"{rank.replace('r', 'rank-')}.json").write_text(json.dumps({"code": code, "error": error}))
 
     leave(r0=(2, "disk full"), r1=(2, "shard train-00001.h5 is truncated"))
-    assert _workers_code(1, tmp_path, 2) == 2  # torchrun says 1; both workers said 2
+    assert workers_code(1, tmp_path, 2) == 2  # torchrun says 1; both workers said 2
     assert capsys.readouterr().err == "rank 1: error: shard train-00001.h5 is truncated\n"  # rank 0 spoke for itself
     leave(r0=(2, "unknown recipe 'nope'"), r1=(2, "unknown recipe 'nope'"))
-    assert _workers_code(1, tmp_path, 2) == 2 and capsys.readouterr().err == ""  # said once, by rank 0
+    assert workers_code(1, tmp_path, 2) == 2 and capsys.readouterr().err == ""  # said once, by rank 0
     leave(r0=(2, "unknown recipe 'nope'"))  # rank 1 died with a traceback: torchrun's code stands
-    assert _workers_code(1, tmp_path, 2) == 1
+    assert workers_code(1, tmp_path, 2) == 1
     leave(r0=(2, None), r1=(130, None))  # codes that disagree: torchrun's code stands
-    assert _workers_code(1, tmp_path, 2) == 1
+    assert workers_code(1, tmp_path, 2) == 1
     leave(r0=(0, None), r1=(0, None))
-    assert _workers_code(0, tmp_path, 2) == 0 and capsys.readouterr().err == ""
+    assert workers_code(0, tmp_path, 2) == 0 and capsys.readouterr().err == ""
+
+
+def test_torchruns_report_is_kept_only_for_a_rank_that_left_no_exit_code(tmp_path, monkeypatch, capsys):
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from dreamctl.cli.common import EXIT_CODES_DIR
+    from dreamctl.cli.torchrun import torchrun
+
+    def failed(*args) -> None:  # rank 0 exited 2 after its one-line error; rank 1 was killed (OOM, say)
+        raise ChildFailedError("dreamctl", {0: ProcessFailure(0, 100, 2, "<N/A>"), 1: ProcessFailure(1, 101, -9, "<N/A>")})
+
+    monkeypatch.setattr(torch.distributed.run, "run", failed)
+    monkeypatch.setenv(EXIT_CODES_DIR, str(tmp_path))
+    (tmp_path / "rank-0.json").write_text(json.dumps({"code": 2, "error": "disk full"}))
+    assert torchrun(["--standalone", "-m", "dreamctl"]) == 1
+    assert "exitcode  : -9" in capsys.readouterr().err  # the only word of rank 1
+    (tmp_path / "rank-1.json").write_text(json.dumps({"code": 2, "error": "disk full"}))
+    assert torchrun(["--standalone", "-m", "dreamctl"]) == 1
+    assert capsys.readouterr().err == ""  # both said it themselves
 
 
 def test_nproc_per_node_below_one_is_refused(tmp_path, capsys):

@@ -22,15 +22,15 @@ def command(
 ) -> int:
     """Continue a run from its newest valid checkpoint."""
     from dreamctl import runtime
-    from dreamctl.cli.train import _device, _launch_torchrun, _sets
+    from dreamctl.cli.launch import device_args, launch, set_args
     from dreamctl.training.rundir import RunDir
     from dreamctl.training.session import check_resume, resume_run, resumed_recipe
 
     run = RunDir(run_dir)
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         check_resume(run, set_, nproc_per_node)  # bad overrides, other data, a batch that does not split: once, here
-        args = ["resume", str(run_dir), *_sets(list(set_)), *_device(device)]
-        raise typer.Exit(_launch_torchrun(nproc_per_node, args))  # the workers' exit code is ours
+        args = ["resume", str(run_dir), *set_args(list(set_)), *device_args(device)]
+        raise typer.Exit(launch(nproc_per_node, args))  # the workers' exit code is ours
     recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts
     rt = runtime.setup(recipe.train.precision, device)
     run_training(run.root, rt, functools.partial(resume_run, run, rt, set_))

@@ -1,0 +1,66 @@
+"""The --nproc-per-node shortcut of train and resume: start `dreamctl ARGS` under torchrun, on this node
+(through dreamctl.cli.torchrun, torchrun without its report of errors the workers have already printed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from dreamctl.cli.common import EXIT_CODES_DIR, console, err_console
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def device_args(device: str | None) -> list[str]:
+    return ["--device", device] if device else []
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run `dreamctl ARGS` in `nproc` processes; return their exit code.
+
+    Ctrl-C and SIGTERM are passed on to torchrun, which stops its workers with SIGTERM (each
+    then writes a checkpoint); this process waits for all of them instead of leaving orphans,
+    then exits 128 + the signal, as a single process does (torchrun itself would say 1). Workers
+    that fail all with one exit code (2: an error the user can fix) make it ours for the same reason.
+    """
+    torchrun = ["--standalone", f"--nproc-per-node={nproc}", "-m", "dreamctl", *args]
+    console.print("starting: torchrun " + " ".join(torchrun), markup=False)
+    with tempfile.TemporaryDirectory(prefix="dreamctl-exit-") as codes_dir:
+        proc = subprocess.Popen([sys.executable, "-m", "dreamctl.cli.torchrun", *torchrun],
+                                env={**os.environ, EXIT_CODES_DIR: codes_dir})
+        received: list[int] = []
+
+        def forward(signum: int, frame: object) -> None:
+            received.append(signum)
+            proc.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if received and code != 0:
+            return 128 + received[0]
+        return workers_code(code, Path(codes_dir), nproc)
+
+
+def workers_code(code: int, codes_dir: Path, nproc: int) -> int:
+    """torchrun's exit code `code`, or the one every worker left in `codes_dir` when they agree.
+
+    Only rank 0 printed its error, so an error that another rank alone hit is printed here.
+    """
+    left = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in codes_dir.glob("rank-*.json")}
+    said = left.get(0, {}).get("error")
+    for rank, worker in sorted(left.items()):
+        if worker["error"] and worker["error"] != said:
+            err_console.print(f"rank {rank}: error: {worker['error']}", markup=False, highlight=False, soft_wrap=True)
+    failed = {w["code"] for w in left.values()} - {0}  # a worker that died with a traceback left no file
+    return failed.pop() if code != 0 and len(left) == nproc and len(failed) == 1 else code

@@ -1,0 +1,40 @@
+"""torchrun for the --nproc-per-node shortcut: python -m dreamctl.cli.torchrun TORCHRUN-ARGS.
+
+This is torchrun's own `run`, minus the traceback and failure report torchrun prints after a worker
+fails: each worker has already printed what failed, in one line, and left its exit code in
+EXIT_CODES_DIR. The report is kept when a worker left no code (killed by a signal, or a crash with
+its own traceback): there it is the only word of the failure. No module imports this one, so that
+`-m` runs it fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dreamctl.cli.common import EXIT_CODES_DIR
+
+
+def torchrun(argv: list[str]) -> int:
+    """torchrun ARGV; on a failure, its report only for ranks that left no exit code in EXIT_CODES_DIR."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # "failed (exitcode: 2)" per rank
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        codes_dir = Path(os.environ[EXIT_CODES_DIR])
+        if any(not (codes_dir / f"rank-{rank}.json").is_file() for rank in err.failures):
+            print(err.format_msg(), file=sys.stderr)
+        return 1
+    except SignalException as err:  # forwarded by launch(), which reports the signal itself
+        return 128 + int(err.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun(sys.argv[1:]))
