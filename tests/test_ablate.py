@@ -1,10 +1,14 @@
 """ablate's execution through a fake CLI runner: skip/resume/train, failures that do not stop the
-rest, evaluations done again when needed, Ctrl-C."""
+rest, evaluations done again when needed, Ctrl-C and SIGTERM."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -99,20 +103,45 @@ def test_metrics_without_weights_stop_before_any_training(tmp_path: Path) -> Non
     assert fake.calls == [] and not (tmp_path / "out").exists()
 
 
-def test_ctrl_c_keeps_the_report_and_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("signum, code, how", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_stop_keeps_the_report_and_exits_128_plus_the_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture, signum, code, how) -> None:
     fake = FakeCLI()
 
-    def interrupted_second_job(cmd: list[str]) -> CommandResult:
+    def stopped_second_job(cmd: list[str]) -> CommandResult:
         if len(fake.calls) == 2:
-            raise KeyboardInterrupt
+            raise execute_module.Stopped(signum)
         return fake(cmd)
 
-    monkeypatch.setattr(execute_module, "run_command", interrupted_second_job)
-    assert main(["ablate", str(write_spec(tmp_path))]) == 130
+    monkeypatch.setattr(execute_module, "run_command", stopped_second_job)
+    assert main(["ablate", str(write_spec(tmp_path))]) == code
     assert "interrupted" in capsys.readouterr().err
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "Interrupted (Ctrl-C)** after 2 of 6 jobs" in report and "succeeded" not in report
+    assert f"Interrupted ({how})** after 2 of 6 jobs" in report and "succeeded" not in report
+
+
+def test_sigterm_is_passed_on_to_the_running_command_which_finishes_its_checkpoint(tmp_path: Path, capfd) -> None:
+    """A batch scheduler's SIGTERM reaches the ablation alone: it must stop its child cleanly, not orphan it."""
+    ready = tmp_path / "ready"
+    child = ("import pathlib, signal, sys, time\n"
+             "def stop(*_):\n    print('checkpoint written', file=sys.stderr)\n    sys.exit(0)\n"
+             f"signal.signal(signal.SIGTERM, stop)\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)\n")
+
+    def term_when_ready() -> None:
+        while not ready.exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=term_when_ready, daemon=True).start()
+    started = time.monotonic()
+    with execute_module.stop_on_sigterm(), pytest.raises(execute_module.Stopped) as stop:
+        execute_module.run_command([sys.executable, "-c", child])
+    assert stop.value.signum == signal.SIGTERM and time.monotonic() - started < 30  # the child did not sleep on
+    assert "checkpoint written" in capfd.readouterr().err  # its last words were read, not cut off
+    with pytest.raises(execute_module.Stopped):  # between commands: raised at once
+        with execute_module.stop_on_sigterm():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
 
 
 def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> None:

@@ -121,6 +121,11 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
+    seen = []
+    while not seen or "SIGTERM: finishing this step" not in seen[-1]:
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen)
+    proc.send_signal(signal.SIGTERM)  # again (a scheduler signals every process, and ablate passes it on): no abort
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err  # stopped, not finished: `train && sample` stops here
     assert f"dreamctl resume {run}" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -73,10 +74,10 @@ def command(
     try:
         result = execute(plan, nproc=nproc_per_node,
                          progress=lambda msg: console.print(f"[bold]{msg}[/bold]", highlight=False))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or execute's Stopped (SIGTERM too)
         err_console.print(f"interrupted: the report so far is in {plan.spec.out / 'report.md'}; the same command "
                           "goes on where this one stopped", markup=False, highlight=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + getattr(stop, "signum", signal.SIGINT)) from None
     for outcome in result.failures:
         where = f" (log: {outcome.log})" if outcome.log else ""
         err_console.print(f"failed: {outcome.job} ({outcome.action}): {outcome.note}{where}", markup=False, highlight=False)

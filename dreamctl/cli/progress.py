@@ -25,7 +25,9 @@ class StopRequest:
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second Ctrl-C aborts at once."""
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second Ctrl-C aborts at once; a second
+    SIGTERM does not, as one often follows the first (a scheduler signals every process of a job, and
+    ablate or the torchrun shortcut pass theirs on)."""
     stop = StopRequest()
 
     def handler(signum: int, frame: Any) -> None:
@@ -35,7 +37,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
             if speaks():
                 err_console.print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
                                   "(press Ctrl-C again to abort without one)")
-        else:
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

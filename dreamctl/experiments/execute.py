@@ -7,10 +7,12 @@ OUT/logs/<job>.log) and does not stop the others.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,26 +90,54 @@ def plan_totals(plan: Plan) -> dict[str, int | None]:
             "eval_images": total([e.images for e in evals]), "eval_forwards": total([e.forwards for e in evals])}
 
 
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the ablation; `signum` says which (the exit code is 128 + signum)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a batch scheduler's stop) raises Stopped between commands, as Ctrl-C raises KeyboardInterrupt."""
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(cmd: list[str]) -> CommandResult:
     """The default runner: stdout goes straight through; stderr too, and its last lines are kept.
 
-    Ctrl-C reaches the child too (same process group): it checkpoints and exits while this process
-    keeps reading its stderr (a closed pipe would kill it mid-checkpoint), then raises KeyboardInterrupt.
+    A stop lets the child checkpoint: Ctrl-C reaches it through the process group, SIGTERM is passed
+    on. This process goes on reading the child's stderr until it exits (a closed pipe would kill it
+    mid-checkpoint), then raises Stopped.
     """
     tail: deque[str] = deque(maxlen=STDERR_LINES)
-    interrupted = False
+    received: list[int] = []
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
         assert proc.stderr is not None
-        while True:
-            try:
-                for line in proc.stderr:
-                    sys.stderr.write(line)  # the child's own messages, passed through unchanged
-                    tail.append(line)
-                break
-            except KeyboardInterrupt:
-                interrupted = True  # a second Ctrl-C lands here as well: keep draining until the child exits
-    if interrupted:
-        raise KeyboardInterrupt
+
+        def note(signum: int, frame: object) -> None:
+            received.append(signum)
+            if signum == signal.SIGTERM:  # sent to this process alone (a second Ctrl-C would abort the child)
+                proc.send_signal(signum)
+
+        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for line in proc.stderr:
+                sys.stderr.write(line)  # the child's own messages, passed through unchanged
+                tail.append(line)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    if received:
+        raise Stopped(received[0])
     return CommandResult(proc.returncode, "".join(tail))
 
 
@@ -171,9 +201,10 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
             raise WeightsError(f"the spec's metrics need weights that are not usable: {errors[0]}")
     outcomes: list[Outcome] = []
     try:
-        _carry_out(plan, runner, nproc, progress, outcomes)
-    except KeyboardInterrupt:
-        write_report(plan, outcomes, interrupted=True)
+        with stop_on_sigterm():
+            _carry_out(plan, runner, nproc, progress, outcomes)
+    except KeyboardInterrupt as stop:
+        write_report(plan, outcomes, stopped_by=getattr(stop, "signum", signal.SIGINT))
         raise
     report, figures = write_report(plan, outcomes)
     return AblationResult(tuple(outcomes), report, tuple(figures))
@@ -221,7 +252,7 @@ def _readable_runs(plan: Plan) -> tuple[list[Run], list[str]]:
     return runs, problems
 
 
-def write_report(plan: Plan, outcomes: list[Outcome], interrupted: bool = False) -> tuple[Path, list[Path]]:
+def write_report(plan: Plan, outcomes: list[Outcome], stopped_by: int | None = None) -> tuple[Path, list[Path]]:
     """OUT/report.md: the plan, what failed, the compare table (mean ± std over seeds) and figures."""
     out, spec = plan.spec.out, plan.spec
     runs, problems = _readable_runs(plan)
@@ -241,11 +272,12 @@ def write_report(plan: Plan, outcomes: list[Outcome], interrupted: bool = False)
     lines += ["| " + " | ".join(r) + " |" for r in rows] + ["", "## Outcome", ""]
     failed = [o for o in outcomes if o.failed]
     total = len(plan.train) + len(plan.evals)
-    if interrupted:
-        lines += [f"**Interrupted (Ctrl-C)** after {len(outcomes)} of {total} jobs, the one under way not counted; "
+    if stopped_by is not None:
+        how = "Ctrl-C" if stopped_by == signal.SIGINT else signal.Signals(stopped_by).name
+        lines += [f"**Interrupted ({how})** after {len(outcomes)} of {total} jobs, the one under way not counted; "
                   "the same command goes on from there.", ""]
     lines += [f"- **failed** `{o.job}` ({o.action}): {o.note}" + (f" — log: [{o.log.name}](logs/{o.log.name})" if o.log else "")
-              for o in failed] or ([] if interrupted else [f"All {total} jobs succeeded or were already done."])
+              for o in failed] or ([] if stopped_by is not None else [f"All {total} jobs succeeded or were already done."])
     lines += [f"- not run: `{o.job}`: {o.note}" for o in outcomes if o.action == "not run"]
     lines += [f"- unreadable run: {p}" for p in problems] + ["", "## Results", ""]
     lines += [to_markdown(comp)] if comp else ["No run has a run.json yet: nothing to compare.", ""]
