@@ -48,6 +48,24 @@ def test_a_seed_lacking_a_metric_is_counted_not_zeroed(tmp_path: Path) -> None:
     assert "(n=2)" in cells(compare_runs([read_run(d) for d in dirs]), group, aggregate=True)[-1]
 
 
+def test_seeds_evaluated_at_different_checkpoints_are_not_averaged(tmp_path: Path) -> None:
+    dirs = []
+    for seed, checkpoint in ((0, 100), (1, 200), (2, 200)):
+        d = write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",))
+        write_eval(d, P50, 50, checkpoint, {"fid": {"value": 10.0 + seed}})
+        dirs.append(d)
+    comp = compare_runs([read_run(d) for d in dirs])
+    fid = comp.aggregate[0].metrics[(P50, "fid")]
+    assert fid.value is None and fid.mixed_steps == (100, 200) and "--checkpoint STEP" in fid.missing
+    assert [w for w in comp.warnings if "different checkpoints (steps 100, 200)" in w]
+    write_eval(dirs[0], P50, 50, 200, {"fid": {"value": 10.0}})  # evaluated again at the common step
+    comp = compare_runs([read_run(d) for d in dirs])
+    assert comp.aggregate[0].metrics[(P50, "fid")].value == pytest.approx(11.0) and not comp.warnings
+    csv_lines = to_csv(comp).splitlines()
+    assert f"fid n @ {P50}" in csv_lines[0].split(",")  # how many seeds are behind a mean, as a column
+    assert csv_lines[-1].startswith("seed-mean,s0 (+2),") and csv_lines[-1].endswith(",200,11.0,1.0,3")
+
+
 def test_mixed_protocols_are_kept_apart(tmp_path: Path) -> None:
     a = write_run(tmp_path, "a")
     write_eval(a, P50, 50, 200, {"fid": {"value": 20.0}})

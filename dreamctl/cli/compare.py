@@ -54,9 +54,13 @@ def _print_table(comp: Comparison) -> None:
     if comp.protocols:
         console.print("Numbers are comparable only within one protocol.", style="dim")
     missing = [(row.label, pid, name, m) for row in comp.rows for (pid, name), m in row.metrics.items() if m.missing]
+    by_reason: dict[str, list[str]] = {}  # one line per reason: the same absent weights for every run
     for label, pid, name, m in missing:
         if m.evaluated:
-            console.print(f"missing: {label} {name} @ {pid}: {m.missing}", style="yellow", highlight=False, markup=False)
+            by_reason.setdefault(str(m.missing), []).append(f"{label} {name} @ {pid}")
+    for reason, where in by_reason.items():
+        cells = ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else "")
+        console.print(f"missing: {cells}: {reason}", style="yellow", highlight=False, markup=False)
     never = {(label, pid) for label, pid, _, m in missing if not m.evaluated}
     if never:
         console.print(f"({len(never)} run/protocol pairs were never evaluated: shown as —)", style="dim")

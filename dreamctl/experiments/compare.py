@@ -40,6 +40,7 @@ class Metric:
     missing: str | None = None  # why there is no value
     n: int = 1  # seeds behind an aggregate value
     evaluated: bool = True  # False: the run has no evaluation under this protocol at all
+    mixed_steps: tuple[int | None, ...] = ()  # an aggregate left out: its seeds' checkpoint steps differ
 
 
 @dataclass(frozen=True)
@@ -194,14 +195,21 @@ def _group_label(rows: list[Row]) -> str:
 
 
 def aggregate_rows(rows: list[Row]) -> Row:
-    """Mean ± std over runs that differ only by seed; missing values are left out and counted."""
+    """Mean ± std over runs that differ only by seed; missing values are left out and counted. Values
+    measured at different checkpoint steps are not averaged: such a mean would describe no model."""
     metrics = {}
     for key in rows[0].metrics:
         found = [r.metrics[key] for r in rows]
         values = [m.value for m in found if m.value is not None]
+        at = sorted({r.eval_steps.get(key[0], (None,))[0] for r in rows if r.metrics[key].value is not None},
+                    key=lambda step: -1 if step is None else step)
         if not values:
             reasons = sorted({m.missing or "" for m in found})
             metrics[key] = Metric(missing="; ".join(reasons), evaluated=any(m.evaluated for m in found))
+        elif len(at) > 1:
+            metrics[key] = Metric(missing=f"not averaged: the seeds were evaluated at different checkpoints "
+                                          f"(steps {', '.join(map(str, at))}); evaluate each at one step "
+                                          "with `dreamctl evaluate RUN --checkpoint STEP`", mixed_steps=tuple(at))
         else:
             mean, std = _mean_std(values)
             metrics[key] = Metric(value=mean, std=std, n=len(values))
@@ -273,5 +281,7 @@ def compare_runs(runs: list[Run]) -> Comparison:
                "a row of its own, not averaged in as another seed" for i, j in repeated_seeds(runs).items()]
     groups = seed_groups(runs)
     aggregate = [aggregate_rows([rows[i] for i in g]) for g in groups] if any(len(g) > 1 for g in groups) else []
+    mixed = [f"{row.label}: {name} @ {pid} {m.missing}" for row in aggregate
+             for (pid, name), m in row.metrics.items() if m.mixed_steps]
     return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, protocols,
-                      (*warnings, *repeats))
+                      (*warnings, *repeats, *mixed))

@@ -119,11 +119,13 @@ def to_markdown(comp: Comparison) -> str:
 def to_csv(comp: Comparison) -> str:
     """Raw numbers, one line per run then one per seed group (column `kind`)."""
     has_std = {c for c in comp.columns if any(r.metrics[c].std is not None for r in comp.rows + comp.aggregate)}
+    has_n = bool(comp.aggregate)  # how many seeds are behind a mean: fewer than the group where one lacks it
     head = ["kind", "name", "seeds", "recipe", *comp.settings, "status", *TOTALS]
     for pid in protocol_ids(comp):
         head.append(f"ckpt @ {pid}")
         for col in (c for c in comp.columns if c[0] == pid):
             head += [f"{col[1]} @ {pid}"] + ([f"{col[1]} std @ {pid}"] if col in has_std else [])
+            head += [f"{col[1]} n @ {pid}"] if has_n else []
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(head)
@@ -139,6 +141,8 @@ def to_csv(comp: Comparison) -> str:
                     line.append("" if m.value is None else m.value)  # numeric columns stay numeric
                     if col in has_std:
                         line.append("" if m.std is None else m.std)
+                    if has_n:
+                        line.append("" if m.value is None else m.n)
             writer.writerow(line)
     return buf.getvalue()
 
