@@ -73,6 +73,19 @@ def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: py
             make_plan(parse_spec(write_spec(tmp_path, **bad)))
 
 
+def test_data_too_small_for_the_batch_or_the_evaluation_is_refused_before_training(tmp_path: Path) -> None:
+    """Both would fail only after the runs before them had trained (the evaluation after its own training)."""
+    spec = write_spec(tmp_path, evaluate={"metrics": ["swd"], "num": 700})  # the data holds 640 training images
+    with pytest.raises(DataError, match=r"spec\.yaml: run lambda_max-0\.3_seed-0: its evaluations need 700 reference images "
+                                        r"but split train holds 640: lower `evaluate: \{num: N\}`"):
+        make_plan(parse_spec(spec))
+    make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=4", "eval.ref_num=640"],
+                                    evaluate={"metrics": ["swd"], "num": 700})))  # 700 drawn against 640
+    with pytest.raises(DataError, match=r"run lambda_max-0\.7_seed-0: train\.batch_size 1000 must be between 1 and the "
+                                        r"number of training images \(640\): lower it"):
+        make_plan(parse_spec(write_spec(tmp_path, grid={"loss.lambda_max": [0.7]}, set=["train.batch_size=1000"])))
+
+
 def test_existing_folder_with_other_settings_is_refused(tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path)
     execute(make_plan(parse_spec(spec_path)), runner=FakeCLI())

@@ -122,7 +122,7 @@ def test_two_ranks_cover_an_epoch_without_overlap_and_match_one_rank():
     assert len(set(torch.cat(r0 + r1).tolist())) == 96
     with pytest.raises(DataError, match="split evenly over 3 ranks"):
         epoch_batches(100, 32, seed=0, epoch=0, rank=0, world_size=3)
-    with pytest.raises(DataError, match="batch size 128"):
+    with pytest.raises(DataError, match=r"train\.batch_size 128 must be between 1 and the number of training images \(100\): lower it"):
         steps_per_epoch(100, 128)
 
 

@@ -148,7 +148,8 @@ def open_split(data_dir: Path | str, split: str = "train", limit: int | None = N
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Full global batches per epoch (the last, incomplete one is dropped)."""
     if not 0 < batch_size <= n:
-        raise DataError(f"batch size {batch_size} must be between 1 and the number of images ({n})")
+        raise DataError(f"train.batch_size {batch_size} must be between 1 and the number of training images ({n}): "
+                        f"lower it (--set train.batch_size=N, N <= {n}) or prepare more images")
     return n // batch_size
 
 

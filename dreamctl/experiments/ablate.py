@@ -17,7 +17,7 @@ from dreamctl.config.schema import RESUMABLE_KEYS, drawn_by_seed_rule
 from dreamctl.data.loader import steps_per_epoch
 from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import STEP_COST
-from dreamctl.errors import ConfigError
+from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals, read_json
 from dreamctl.evaluation import parse_metrics
 from dreamctl.experiments.spec import Spec, expand, expand_eval
@@ -82,6 +82,14 @@ def train_cost(recipe: Recipe, count: int | None, done: int = 0) -> tuple[int | 
         before = min(left, max(loss.start_epoch * steps_per_epoch(n, batch) - done, 0))
         return left, left * batch, batch * (STEP_COST["standard"][1] * before + units * (left - before))
     return left, left * batch, left * batch * units
+
+
+def _check_reference(recipe: Recipe, num: int, available: int | None) -> None:
+    """evaluate's own check of the reference split (check_reference), made before the training, not after it."""
+    ref_num = recipe.eval.ref_num or num
+    if available is not None and ref_num > available:
+        raise DataError(f"its evaluations need {ref_num} reference images but split {recipe.eval.ref} holds "
+                        f"{available}: lower `evaluate: {{num: N}}` in the spec, or set eval.ref_num or eval.ref")
 
 
 # ----------------------------------------------------------------------------- plan
@@ -159,23 +167,26 @@ def make_plan(spec: Spec) -> Plan:
         clash = sorted({n for n in names if names.count(n) > 1})
         raise ConfigError(f"{spec.path}: two grid points get the same run name ({', '.join(clash)}); make the values distinct")
     for name, recipe_name, overrides in runs:
+        run_dir = spec.out / name
         try:
             recipe = load_recipe(recipe_name, overrides)
             # evaluate's own resolution of its flags (a DDPM point runs all T steps, null = the recipe's)
             points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
                       for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
             metrics = tuple(parse_metrics(spec.metrics or recipe.eval.metrics))
-        except ConfigError as err:
-            raise ConfigError(f"{spec.path}: run {name}: {err}") from None
-        run_dir = spec.out / name
-        resume_set = _changes(run_dir, recipe, data)
-        if recipe.data.split not in count_cache:
-            count_cache[recipe.data.split] = data_count(data, recipe.data.split)
-        action = _status(run_dir)
-        action = "resume" if resume_set and action == "skip" else action
-        steps_done = _step_reached(run_dir) if action == "resume" else 0
-        trains.append(TrainJob(name, recipe_name, overrides, run_dir, action,
-                               *train_cost(recipe, count_cache[recipe.data.split], steps_done), resume_set=resume_set,
+            for split in (recipe.data.split, recipe.eval.ref):
+                if split not in count_cache:
+                    count_cache[split] = data_count(data, split)
+            if points:
+                _check_reference(recipe, spec.num or recipe.eval.num, count_cache[recipe.eval.ref])
+            resume_set = _changes(run_dir, recipe, data)
+            action = _status(run_dir)
+            action = "resume" if resume_set and action == "skip" else action
+            steps_done = _step_reached(run_dir) if action == "resume" else 0
+            cost = train_cost(recipe, count_cache[recipe.data.split], steps_done)
+        except (ConfigError, DataError) as err:  # which spec and which grid point, before anything runs
+            raise type(err)(f"{spec.path}: run {name}: {err}") from None
+        trains.append(TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set,
                                done=steps_done))
         for suffix, cfg, flags in points:
             num = spec.num or recipe.eval.num
