@@ -83,6 +83,19 @@ def test_plots_tell_two_runs_of_one_name_apart(tmp_path: Path, monkeypatch: pyte
     assert [line.get_label() for line in losses] == labels
 
 
+def test_loss_kinds_are_labelled_and_a_run_keeps_its_colour_in_every_panel(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = write_run(tmp_path, "plain", recipe="tiny")  # logs loss only; the conservative one loss_std too
+    study = write_run(tmp_path, "study")
+    figures = _drawn(monkeypatch)
+    plot_losses([read_run(plain), read_run(study)], tmp_path / "loss.png")  # plain lacks two of the panels
+    (fig,) = figures
+    titles = {ax.get_ylabel(): ax.get_title() for ax in fig.axes if ax.get_visible()}
+    assert titles["loss"] == "loss: each run's own objective, not comparable across loss kinds"
+    colours = {(line.get_label(), line.get_color()) for ax in fig.axes for line in ax.get_lines()}
+    assert colours == {("plain (standard)", "C0"), ("study (dream_conservative)", "C1")}
+
+
 def test_a_loss_logged_once_is_drawn_as_a_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = write_run(tmp_path, "short", step=25)  # one metrics.jsonl line
     figures = _drawn(monkeypatch)

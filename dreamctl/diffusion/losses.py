@@ -81,8 +81,9 @@ def dream(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, nois
     target = noise + lam * delta
     losses = per_sample(model(x_dream, t) - target, norm)
     loss = losses.mean()
-    return loss, {"loss_dream": loss.detach(), "lambda_mean": lam.mean().detach(),
-                  "per_sample": losses.detach(), "forward_calls": 2}
+    # The estimate pass's plain ||eps - model(x_t, t)||^2 comes free: the one curve comparable with other kinds.
+    return loss, {"loss_dream": loss.detach(), "loss_std": per_sample(eps_hat.float() - noise).mean(),
+                  "lambda_mean": lam.mean().detach(), "per_sample": losses.detach(), "forward_calls": 2}
 
 
 def conservative_lambda(t: Tensor, num_timesteps: int, epoch: int, lambda_min: float, lambda_max: float,

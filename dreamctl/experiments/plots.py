@@ -56,24 +56,37 @@ def _series(run: Run, key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _line(ax, x: list[float], y: list[float], label: str) -> None:
+def _line(ax, x: list[float], y: list[float], label: str, color: str | None = None) -> None:
     # A line through one point draws nothing: a run logged once still shows as a dot.
-    ax.plot(x, y, label=label, linewidth=1.2, marker="o" if len(x) == 1 else None)
+    ax.plot(x, y, label=label, color=color, linewidth=1.2, marker="o" if len(x) == 1 else None)
+
+
+def _color(i: int) -> str:
+    """Run i's colour in every panel of a figure, whichever runs a panel lacks."""
+    return f"C{i % 10}"
 
 
 def plot_losses(runs: list[Run], path: Path) -> Path | None:
-    """Training loss against step, one panel per loss term logged (loss, loss_std, loss_rect, ...)."""
+    """Training loss against step, one panel per loss term logged (loss, loss_std, loss_rect, ...).
+
+    `loss` is each run's own objective (DREAM's has another target), so with several loss kinds its
+    panel says so; `loss_std`, the plain eps-MSE at x_t, is the panel that compares them."""
     logged = {k for run in runs for row in run.history for k in row if LOSS_TERM.match(k)}
     keys = [k for k in sorted(logged, key=lambda k: (k != "loss", k)) if any(_series(r, k)[0] for r in runs)]
     if not keys:
         return None
+    mixed = len({run.recipe.loss.kind for run in runs}) > 1
+    titles = {"loss": "loss: each run's own objective, not comparable across loss kinds",
+              "loss_std": "loss_std: plain eps-MSE at x_t"} if mixed else {}
+    labels = [f"{label} ({run.recipe.loss.kind})" if mixed else label for run, label in zip(runs, run_labels(runs))]
     fig, axes = _figure(len(keys))
     for ax, key in zip(axes, keys):
-        for run, label in zip(runs, run_labels(runs)):
+        for i, (run, label) in enumerate(zip(runs, labels)):
             x, y = _series(run, key)
             if x:
-                _line(ax, x, y, label)
-        ax.set(xlabel="training step", ylabel=key, title=key)
+                _line(ax, x, y, label, _color(i))
+        ax.set(xlabel="training step", ylabel=key)
+        ax.set_title(titles.get(key, key), **({"fontsize": "small"} if key in titles else {}))
         if all(v > 0 for run in runs for v in _series(run, key)[1]):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -84,14 +97,14 @@ def plot_losses(runs: list[Run], path: Path) -> Path | None:
 
 def plot_lambda(runs: list[Run], path: Path) -> Path | None:
     """The rectification weight actually applied (lambda_mean over each logged batch)."""
-    drawn = [(run, label, *_series(run, "lambda_mean")) for run, label in zip(runs, run_labels(runs))]
-    drawn = [d for d in drawn if d[2]]
+    drawn = [(i, run, label, *_series(run, "lambda_mean")) for i, (run, label) in enumerate(zip(runs, run_labels(runs)))]
+    drawn = [d for d in drawn if d[3]]
     if not drawn:
         return None
     fig, (ax,) = _figure(1)
-    for run, label, x, y in drawn:
-        _line(ax, x, y, f"{label} ({run.recipe.loss.kind})")
-    ax.set(xlabel="training step", ylabel="lambda_mean", title="Lambda schedule applied (lambda_mean, metrics.jsonl)")
+    for i, run, label, x, y in drawn:
+        _line(ax, x, y, f"{label} ({run.recipe.loss.kind})", _color(i))
+    ax.set(xlabel="training step", ylabel="lambda_mean", title="lambda applied: mean over each logged batch's timesteps (metrics.jsonl)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
@@ -111,10 +124,11 @@ def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, pa
     if not curves:
         return None
     fig, axes = _figure(len(curves))
+    colors = {label: _color(i) for i, label in enumerate(run_labels(runs))}
     for ax, (name, by_run) in zip(axes, sorted(curves.items())):
         for label, points in by_run.items():
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, color=colors[label])
         ax.set(xlabel="checkpoint step", ylabel=name, title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
