@@ -126,7 +126,7 @@ def test_cli_dry_run_prints_plan_and_runs_nothing(tmp_path: Path, capsys: pytest
     spec_path = write_spec(tmp_path, eval_grid={"sample.steps": [10, 20]})
     assert main(["ablate", str(spec_path), "--dry-run", "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
-    assert "lambda_max-0.7_seed-1" in out and "seed-1__steps-20" in out and "evaluate only" in out
+    assert "lambda_max-0.7_seed-1" in out and "seed-1__steps-20" in out and "evaluate: sample the run's final checkpoint" in out
     assert not (tmp_path / "out").exists()
 
 

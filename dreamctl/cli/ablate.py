@@ -30,7 +30,7 @@ def _fmt(value: int | None) -> str:
 
 
 def _print_plan(plan: Plan) -> None:
-    from dreamctl.experiments.execute import plan_rows, plan_totals
+    from dreamctl.experiments.execute import PLAN_NOTE, plan_rows, plan_totals
 
     spec = plan.spec
     count = f"{plan.data_count:,} training images" if plan.data_count else "not prepared yet (costs from data.limit, else unknown)"
@@ -45,7 +45,7 @@ def _print_plan(plan: Plan) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print("evaluate only: re-sample a trained checkpoint, no training", style="dim")
+    console.print(PLAN_NOTE, style="dim")
     t = plan_totals(plan)
     console.print(f"to train: {t['train_runs']} runs, {_fmt(t['train_images'])} images, "
                   f"{_fmt(t['train_forwards'])} forward passes (a backward counts as two)", highlight=False)

@@ -61,20 +61,28 @@ def _count(value: int | None) -> str:
     return "unknown" if value is None else f"{value:,}"
 
 
+PLAN_NOTE = ("evaluate: sample the run's final checkpoint and score it (eval-time settings need no training of "
+             "their own); forward passes count a backward as two; skipped jobs cost nothing")
+
+
 def plan_rows(plan: Plan) -> tuple[list[str], list[list[str]]]:
     """The plan as text cells (dry-run table and report): what runs, how, and what it costs.
 
-    A run's settings are in its name; `evaluate only` re-samples a trained checkpoint.
+    A run's settings are in its name; an evaluation samples its run's final checkpoint, so each
+    eval-time point (eval_grid) costs sampling only. A skipped job costs nothing (—).
     """
     head = ["job", "action", "steps", "images", "forward passes"]
     rows = []
     for job in plan.train:
         action = {"skip": "skip (finished)", "resume": f"resume from step {job.done}", "train": "train",
                   "restart": "train again (no checkpoint)"}[job.action]
-        rows.append([job.name, action, _count(job.steps), _count(job.images), _count(job.forwards)])
+        costs = ["—"] * 3 if job.action == "skip" else [_count(job.steps), _count(job.images), _count(job.forwards)]
+        rows.append([job.name, action, *costs])
         for ev in (e for e in plan.evals if e.run == job.name):
-            action = "skip (evaluated)" if ev.action == "skip" else "evaluate only"
-            rows.append([ev.name, action, "—", _count(ev.images), _count(ev.forwards)])
+            if ev.action == "skip":
+                rows.append([ev.name, "skip (evaluated)", "—", "—", "—"])
+            else:
+                rows.append([ev.name, "evaluate", "—", _count(ev.images), _count(ev.forwards)])
     return head, rows
 
 
@@ -267,8 +275,7 @@ def write_report(plan: Plan, outcomes: list[Outcome], stopped_by: int | None = N
         lines += ["Note: `dream_conservative` is the CelebA study's variant (x0 rectification, plain noise target), "
                   "not the published DREAM method (`dream`).", ""]
     head, rows = plan_rows(plan)
-    lines += ["## Plan", "", "`evaluate only` re-samples a trained checkpoint (eval-time settings need no training); "
-              "forward passes count a backward as two.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["## Plan", "", PLAN_NOTE + ".", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows] + ["", "## Outcome", ""]
     failed = [o for o in outcomes if o.failed]
     total = len(plan.train) + len(plan.evals)
