@@ -154,6 +154,16 @@ def test_other_reference_data_gets_its_own_column(tmp_path: Path) -> None:
                                                                                              f"{P50} (64px)"]
 
 
+def test_seeds_that_logged_or_checkpointed_at_other_intervals_are_one_group(tmp_path: Path) -> None:
+    same_data = {"data_manifest_sha256": "d" * 64}  # moved: another data.path, the same images
+    a = write_run(tmp_path, "a", ("train.seed=0", "train.log_every=5"), info=same_data)
+    b = write_run(tmp_path, "b", ("train.seed=1", "train.checkpoint_every=7", f"data.path={tmp_path}"), info=same_data)
+    c = write_run(tmp_path, "c", ("train.seed=2", "optim.lr=1e-3"), info=same_data)  # this one changes the weights
+    comp = compare_runs([read_run(d) for d in (a, b, c)])
+    assert [row.seeds for row in comp.aggregate] == [(0, 1), (2,)]
+    assert comp.aggregate[0].settings["train.log_every"] == "(varies)"
+
+
 def test_runs_on_other_training_data_are_never_one_seed_group(tmp_path: Path) -> None:
     dirs = [write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",), info={"data_manifest_sha256": sha})
             for seed, sha in ((0, SHA_A), (1, SHA_B), (2, SHA_A))]

@@ -3,9 +3,9 @@
 Numbers measured under different protocols (sampler, steps, sample count, reference set,
 resize, feature network) are never put in one column: each column is (protocol id, metric),
 the id followed by a short label of the reference data where one id was measured against
-several (`(ref 1a2b3c4d)`, `(32px)`). Runs that differ only by `train.seed` (same settings,
-same training data, distinct seeds) are also aggregated into mean ± std (sample std,
-ddof=1). A metric without a value is `missing` with its reason, never a number.
+several (`(ref 1a2b3c4d)`, `(32px)`). Runs that differ only by `train.seed` (same settings but
+for BOOKKEEPING, same training data, distinct seeds) are also aggregated into mean ± std
+(sample std, ddof=1). A metric without a value is `missing` with its reason, never a number.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "
                  "img_per_s": "img/s", "peak_memory_bytes": "peak memory"}
 METRIC_ORDER = ("fid", "kid", "is", "lpips", "swd", "pixel_fd")
 NOT_SETTINGS = ("name", "description")  # the recipe name has its own column; free text is no setting
+# Settings that leave the trained weights as they are: runs differing only in these (and the seed) are
+# seeds of one experiment. The data is compared by content (run.json data_manifest_sha256), not path;
+# sample.* and eval.* are recorded per evaluation, in its protocol.
+BOOKKEEPING = ("train.log_every", "train.checkpoint_every", "train.sample_every", "train.keep_checkpoints",
+               "train.sample_grid", "data.path", "sample.", "eval.")
 # Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
 PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
                    "resize", "feature_network")
@@ -222,17 +227,20 @@ def aggregate_rows(rows: list[Row]) -> Row:
     return Row(
         label=_group_label(rows), recipe=rows[0].recipe, status="/".join(statuses),
         seeds=tuple(s for r in rows for s in r.seeds), paths=tuple(p for r in rows for p in r.paths),
-        settings={k: v for k, v in rows[0].settings.items() if k != "train.seed"},
+        settings={k: v if all(r.settings[k] == v for r in rows) else "(varies)"
+                  for k, v in rows[0].settings.items() if k != "train.seed"},
         totals=totals, metrics=metrics, eval_steps=steps,
     )
 
 
 def _group_key(run: Run) -> str:
-    """Every recipe setting except `train.seed`, and the training data: runs trained on other data are
+    """Every recipe setting but `train.seed` and BOOKKEEPING, and the training data: runs trained on other data are
     another experiment, whatever their recipes say (run.json data_manifest_sha256)."""
     flat = effective_items(run.recipe)
-    settings = sorted((k, repr(v)) for k, v in flat.items() if k not in ("train.seed", *NOT_SETTINGS))
-    return repr((settings, run.info.get("data_manifest_sha256")))
+    settings = sorted((k, repr(v)) for k, v in flat.items()
+                      if k not in ("train.seed", *NOT_SETTINGS) and not k.startswith(BOOKKEEPING))
+    data = run.info.get("data_manifest_sha256") or f"path {flat['data.path']}"  # a run from before the hash
+    return repr((settings, data))
 
 
 def repeated_seeds(runs: list[Run]) -> dict[int, int]:
