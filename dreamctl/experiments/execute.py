@@ -242,6 +242,7 @@ def _carry_out(plan: Plan, runner: Runner, nproc: int | None, progress: Callable
             if outcome.failed:
                 outcomes.append(Outcome(ev.name, "not run", note=f"training of {job.name} failed"))
             elif ev.action == "skip":
+                progress(f"[{done}/{total}] skip {ev.name}")
                 outcomes.append(Outcome(ev.name, "skip", note="already evaluated"))
             else:
                 progress(f"[{done}/{total}] evaluate {ev.name}")
