@@ -153,3 +153,23 @@ def test_unknown_spec_name_lists_the_built_in_ones(capsys: pytest.CaptureFixture
     assert main(["ablate", "lambda-maxx", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "unknown ablation spec 'lambda-maxx'" in err and "lambda-max," in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("t_start, counts", [(None, True), (957, True), (967, False)])
+def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_path: Path, t_start, counts) -> None:
+    """DDIM with 30 of 1000 steps starts at 29*33 = 957 by default; an evaluation from t = 967 is another one."""
+    from dreamctl.config import load_recipe
+    from dreamctl.config.schema import SEED_RULE
+    from dreamctl.experiments.ablate import _evaluated
+    from dreamctl.sampling import SampleOptions, sample_config
+
+    recipe = load_recipe("tiny", ["sample.steps=30", "sample.t_start=null"])
+    cfg = sample_config(recipe, SampleOptions(), "test")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps({"step": 40}))
+    protocol = {"sampler": "ddim", "steps": 30, "eta": 0.0, "clip_x0": False, "t_start": t_start, "ema": True,
+                "num_generated": 50, "ref_split": "train", "ref_num": 50, "seed": 0, "checkpoint_step": 40,
+                "image_seeds": SEED_RULE}
+    (tmp_path / "eval" / "p.json").write_text(json.dumps({"protocol_id": "p", "protocol": protocol,
+                                                           "metrics": {"swd": {"value": 1.0}}}))
+    assert _evaluated(tmp_path, recipe, cfg, 50, ("swd",)) is counts

@@ -17,7 +17,7 @@ Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps [d
 Eta = Annotated[Optional[float], typer.Option("--eta", help="DDIM eta (0 deterministic, 1 DDPM-like) "
                                                          "[default: sample.eta].")]
 TStart = Annotated[Optional[int], typer.Option("--t-start", help="First (largest) timestep [default: sample.t_start, "
-                                                                  "else T - T//steps].")]
+                                                                  "else (steps-1)*(T//steps)].")]
 Ema = Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="EMA or raw weights [default: sample.use_ema].")]
 Checkpoint = Annotated[Optional[int], typer.Option("--checkpoint", help="Checkpoint step [default: the newest].")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch [default: sample.batch_size; "

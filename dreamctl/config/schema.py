@@ -138,7 +138,7 @@ class SampleConfig(_Section):
     steps: int = Field(50, gt=0)
     eta: float = Field(0.0, ge=0.0)
     clip_x0: bool = False
-    t_start: int | None = Field(None, ge=0)  # first (largest) timestep; default T - T//steps
+    t_start: int | None = Field(None, ge=0)  # first (largest) timestep; default DDIM's (steps-1)*(T//steps)
     batch_size: int = Field(256, gt=0)
     use_ema: bool = True
     compile: bool = False  # torch.compile the network for `sample`/`evaluate`; the same images up to rounding

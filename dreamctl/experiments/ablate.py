@@ -17,6 +17,7 @@ from dreamctl.config.schema import RESUMABLE_KEYS, drawn_by_seed_rule
 from dreamctl.data.loader import steps_per_epoch
 from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import STEP_COST
+from dreamctl.diffusion.samplers import timesteps
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals, read_json
 from dreamctl.evaluation import parse_metrics
@@ -147,7 +148,7 @@ def _evaluated(run_dir: Path, recipe: Recipe, cfg: SampleConfig, num: int, metri
             "num_generated": num, "ref_split": e.ref, "ref_num": e.ref_num or num, "seed": e.seed,
             "checkpoint_step": read_json(run_dir / "run.json").get("step")}
     t = recipe.diffusion.num_timesteps
-    t_starts = (cfg.t_start,) if cfg.t_start is not None else (None, t - t // cfg.steps)  # unset or resolved default
+    t_starts = (cfg.t_start,) if cfg.t_start is not None else (None, timesteps(t, cfg.steps)[0])  # unset or its value
     for record in read_evals(run_dir / "eval"):
         p = record.protocol
         if all(p.get(k) == v for k, v in want.items()) and p.get("t_start") in t_starts and drawn_by_seed_rule(p) \
