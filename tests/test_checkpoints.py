@@ -64,6 +64,24 @@ def test_a_checkpoint_that_cannot_be_opened_stops_resume_without_skipping_it(tmp
     assert (run / "checkpoints" / "step-00000004.pt").is_file() and (run / "checkpoints" / "step-00000008.pt").is_dir()
 
 
+class NotATensor:
+    """Stands for anything weights_only=True refuses: a class another dreamctl or torch might have saved."""
+
+
+def test_a_whole_checkpoint_that_weights_only_refuses_stops_resume_and_moves_nothing(tmp_path, synthetic_data_dir,
+                                                                                     capsys):
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
+    newest = run / "checkpoints" / "step-00000008.pt"
+    torch.save({**load_checkpoint(run / "checkpoints" / "step-00000004.pt"), "extra": NotATensor()}, newest)
+    log = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "train.max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "step-00000008.pt holds objects that loading with weights_only=True refuses" in err and "warning" not in err
+    assert newest.is_file() and (run / "metrics.jsonl").read_text() == log  # not set aside, the log not cut back
+
+
 def test_a_checkpoint_cut_anywhere_is_skipped_as_corrupt(tmp_path):
     """torch reports a short zip as RuntimeError, EOFError or OSError(EINVAL): all mean corrupt, none stops resume."""
     whole = tmp_path / "whole.pt"

@@ -114,6 +114,11 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
     return path
 
 
+def _one_line(err: BaseException) -> str:
+    cause = " ".join(str(err).split()) or "empty or truncated file"
+    return cause if len(cause) <= 200 else cause[:200] + "…"  # torch's messages run long
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a training checkpoint; CorruptCheckpoint when its contents do not load."""
     try:
@@ -126,11 +131,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except torch.OutOfMemoryError:
         raise
+    except pickle.UnpicklingError as err:
+        if str(err).startswith("Weights only load failed"):  # whole, but holds objects beyond tensors and
+            # plain types: not corrupt, so never skipped and set aside in favour of an older checkpoint
+            raise CheckpointError(f"checkpoint {path} holds objects that loading with weights_only=True refuses "
+                                  "(not a dreamctl checkpoint, or one written by another dreamctl or torch); "
+                                  "nothing was changed: resume it with the versions that wrote it") from err
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read (UnpicklingError: {_one_line(err)})") from err
     # truncated or not a checkpoint: torch reports a short zip as RuntimeError, EOFError or even OSError (EINVAL)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, ValueError) as err:
-        cause = " ".join(str(err).split()) or "empty or truncated file"
-        cause = cause if len(cause) <= 200 else cause[:200] + "…"  # one line: torch's messages run long
-        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({type(err).__name__}: {cause})") from err
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({type(err).__name__}: {_one_line(err)})") from err
     missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
     if missing:
         raise CorruptCheckpoint(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint")
