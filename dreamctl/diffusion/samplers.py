@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from dreamctl.diffusion.schedule import NoiseSchedule
+from dreamctl.diffusion.schedule import NoiseSchedule, eps_from_x0, x0_from_eps
 
 Callback = Callable[[int, int, Tensor, Tensor], None]  # (i, t, x_t, x0_hat)
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -66,10 +66,10 @@ def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Te
               noise: Tensor | None, clip_x0: bool = False) -> tuple[Tensor, Tensor]:
     """One DDIM update from t to t_prev (Song et al. 2021, eq. 12 and 16). Returns (x_prev, x0_hat)."""
     abar, abar_prev = _abar(schedule, t), _abar(schedule, t_prev)
-    x0_hat = (x_t - (1 - abar) ** 0.5 * eps) / abar**0.5
+    x0_hat = x0_from_eps(x_t, eps, abar**0.5, (1 - abar) ** 0.5)  # one t for the batch: scalars, not tables
     if clip_x0:
         x0_hat = x0_hat.clamp(-1, 1)
-        eps = (x_t - abar**0.5 * x0_hat) / (1 - abar) ** 0.5
+        eps = eps_from_x0(x_t, x0_hat, abar**0.5, (1 - abar) ** 0.5)
     sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
     x_prev = abar_prev**0.5 * x0_hat + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
     if sigma > 0:

@@ -30,6 +30,16 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return betas.clamp(max=max_beta)
 
 
+def x0_from_eps(x_t: Tensor, eps: Tensor, sqrt_abar: Tensor | float, sqrt_one_minus_abar: Tensor | float) -> Tensor:
+    """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar): the forward process solved for x0 (DDPM eq. 15)."""
+    return (x_t - sqrt_one_minus_abar * eps) / sqrt_abar
+
+
+def eps_from_x0(x_t: Tensor, x0: Tensor, sqrt_abar: Tensor | float, sqrt_one_minus_abar: Tensor | float) -> Tensor:
+    """eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar): the same, solved for the noise (after clipping x0)."""
+    return (x_t - sqrt_abar * x0) / sqrt_one_minus_abar
+
+
 def _gather(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """table[t] shaped to broadcast over `like` (batch first), in like's dtype; table is on like's device."""
     return table[t.to(table.device)].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
@@ -91,12 +101,12 @@ class NoiseSchedule:
         return self.sqrt_abar(t, x0) * x0 + self.sqrt_one_minus_abar(t, x0) * noise
 
     def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """Invert q_sample for x0 given the noise (DDPM eq. 15)."""
-        return (x_t - self.sqrt_one_minus_abar(t, x_t) * eps) / self.sqrt_abar(t, x_t)
+        """Invert q_sample for x0 given the noise (DDPM eq. 15), per-sample t."""
+        return x0_from_eps(x_t, eps, self.sqrt_abar(t, x_t), self.sqrt_one_minus_abar(t, x_t))
 
     def predict_eps(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        """Invert q_sample for the noise given x0 (used after clipping x0)."""
-        return (x_t - self.sqrt_abar(t, x_t) * x0) / self.sqrt_one_minus_abar(t, x_t)
+        """Invert q_sample for the noise given x0, per-sample t."""
+        return eps_from_x0(x_t, x0, self.sqrt_abar(t, x_t), self.sqrt_one_minus_abar(t, x_t))
 
     def posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """q(x_{t-1} | x_t, x0) = N(mu_tilde, beta_tilde I) (DDPM eq. 6-7)."""
