@@ -7,10 +7,12 @@ A process killed mid-write leaves the previous file (or none), never a truncated
 `durable` also survives a power cut: the content is fsynced before the rename and the folder
 after it. The small records (run.json, manifests, evaluations) are always written durably, as
 they say what exists; bulk writers (shards, sample PNGs) are not, and checkpoints opt in.
+`file_sha256` is how what was written is checked later (shards, weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -90,3 +92,12 @@ def check_output_file(path: Path, what: str, *, replace: bool) -> None:
     if path.exists() and not replace:
         raise DreamctlError(f"{what} {path} exists; delete it or choose another path")
     check_writable(path.parent, f"the folder of {what}")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()

@@ -101,9 +101,9 @@ def check_reference(data_dir: Path, split: str, num: int, resolution: int) -> No
 
 def read_reference(data_dir: Path, split: str, num: int) -> tuple[np.ndarray, dict[str, Any], str]:
     """The first `num` images of a prepared split, its manifest and the manifest's sha256."""
-    images = open_split(data_dir, split, limit=num)
-    data = images.images if images.images is not None else images[torch.arange(num)]
-    return data.cpu().numpy(), images.manifest, images.manifest_sha256
+    with open_split(data_dir, split, limit=num) as images:
+        data = images.images if images.images is not None else images[torch.arange(num)]
+        return data.cpu().numpy(), images.manifest, images.manifest_sha256
 
 
 def _data_dir(recipe: Recipe, run: RunDir) -> Path:

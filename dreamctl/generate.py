@@ -10,7 +10,7 @@ count (and on the GPU, the algorithm chosen), which can move a pixel by one 8-bi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +59,12 @@ def initial_noise(generators: Sequence[torch.Generator], image_size: int) -> Ten
 
 @torch.no_grad()
 def generate(model: nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], *, image_size: int,
-             cfg: SampleConfig, device: torch.device, batch_size: int | None = None, pad_to: int | None = None,
-             on_batch: Callable[[int, Tensor], None] | None = None) -> Tensor:
+             cfg: SampleConfig, device: torch.device, batch_size: int | None = None,
+             pad_to: int | None = None) -> Tensor:
     """Draw one image per seed with the sampler of `cfg`; returns NHWC uint8 on the CPU.
 
     `pad_to`: a batch shorter than this is padded with copies of its last seed, and the copies are
     dropped: a compiled network compiles again for every new batch shape (a minute on a large model).
-    `on_batch(start, images)` is called after each batch (for writing files as they come).
     """
     batch_size = batch_size or cfg.batch_size
     out = []
@@ -76,10 +75,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, seeds: Sequence[int], *,
         x_T = to_device(initial_noise(gens, image_size), device)
         x0 = sample(model, schedule, x_T, steps=cfg.steps, eta=cfg.eta, method=cfg.sampler,
                     generator=gens, clip_x0=cfg.clip_x0, t_start=cfg.t_start)
-        images = to_uint8(x0[:len(chunk)])
-        if on_batch is not None:
-            on_batch(start, images)
-        out.append(images)
+        out.append(to_uint8(x0[:len(chunk)]))
     return torch.cat(out) if out else torch.empty(0, image_size, image_size, 3, dtype=torch.uint8)
 
 
@@ -96,8 +92,11 @@ def grid(images: Tensor | np.ndarray, nrow: int | None = None, pad: int = 2) -> 
     return canvas
 
 
-def save_grid(images: Tensor | np.ndarray, path: Path, nrow: int | None = None, scale: int = 1) -> Path:
-    """Write a grid PNG atomically; `scale` enlarges small images (nearest) so they can be seen."""
+def save_grid(images: Tensor | np.ndarray, path: Path, nrow: int | None = None, scale: int | None = None) -> Path:
+    """Write a grid PNG atomically; `scale` enlarges small images (nearest) so they can be seen, by
+    default to about 128 px each (4x for 32 px faces, none from 128 px up)."""
+    images = np.asarray(images)
+    scale = max(1, 128 // images.shape[1]) if scale is None else scale
     picture = Image.fromarray(grid(images, nrow))
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)

@@ -247,7 +247,7 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
               "wall_time_s": round(time.perf_counter() - started, 2)}
     if rt.is_main:
         grid_images = read_samples(folder, min(held, GRID_MAX), m.image_size)
-        save_grid(grid_images, folder / "grid.png", scale=max(1, 128 // m.image_size))
+        save_grid(grid_images, folder / "grid.png")
         atomic.write_json(folder / "sample.json", record)
     on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})
     return record

@@ -42,12 +42,7 @@ COMMANDS = [
 ]
 
 for _name, _module in COMMANDS:
-    try:
-        _mod = importlib.import_module(f"dreamctl.cli.{_module}")
-    except ModuleNotFoundError as _err:  # a command still being written; never hides a broken import
-        if _err.name != f"dreamctl.cli.{_module}":
-            raise
-        continue
+    _mod = importlib.import_module(f"dreamctl.cli.{_module}")
     app.command(_name, help=_mod.command.__doc__)(_mod.command)
 
 

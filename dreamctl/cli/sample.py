@@ -83,8 +83,7 @@ def command(
         if not rt.is_main:
             return 0
         if grid is not None:
-            save_grid(read_samples(folder, min(num, GRID_MAX), model.image_size), grid,
-                      scale=max(1, 128 // model.image_size))
+            save_grid(read_samples(folder, min(num, GRID_MAX), model.image_size), grid)
         c = model.cfg
         say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
         say(f"{num} images in {folder} ({record['drawn_now']} drawn now, {record['wall_time_s']} s): "

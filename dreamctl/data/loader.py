@@ -114,6 +114,12 @@ class ImageSet:
             f.close()
         self._files = {}
 
+    def __enter__(self) -> ImageSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def split_size(data_dir: Path | str, split: str = "train", limit: int | None = None) -> int:
     """How many images a split gives under `limit`, from the manifest alone (no shard is opened)."""

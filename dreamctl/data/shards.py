@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dreamctl.atomic import atomic_path
+from dreamctl.atomic import atomic_path, file_sha256
 from dreamctl.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -27,14 +27,6 @@ FORMAT = "dreamctl-shards/1"
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.h5"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_shard(path: Path, images: np.ndarray, names: list[str]) -> str:

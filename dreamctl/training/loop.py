@@ -152,8 +152,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
             ema_net = Autocast(state.ema, rt)
             imgs = generate(ema_net, schedule, list(range(tc.sample_grid)), image_size=recipe.data.resolution,
                             cfg=recipe.sample, device=rt.device)
-            path = save_grid(imgs, run.samples / f"step-{state.step:08d}.png",
-                             scale=max(1, 128 // recipe.data.resolution))
+            path = save_grid(imgs, run.samples / f"step-{state.step:08d}.png")
             on_event("grid", {"step": state.step, "path": str(path)})
 
     mark, interval_start, interval_images, side_time = time.perf_counter(), time.perf_counter(), 0, 0.0

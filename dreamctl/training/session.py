@@ -97,6 +97,7 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
     _check_batch(recipe, rt.world_size)  # on every rank; the folder only on rank 0, as it creates it
     images = _open_data(recipe, rt)
     with ExitStack() as held:
+        held.callback(images.close)  # the shard handles, when the split is read from disk
         def claim() -> None:
             _claim(run, held)
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
@@ -141,6 +142,7 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
     recipe = check_resume(run, overrides, rt.world_size)
     images = _open_data(recipe, rt)
     with ExitStack() as held:
+        held.callback(images.close)  # the shard handles, when the split is read from disk
         def claim() -> None:
             _claim(run, held)
             for stale in run.checkpoints.glob("*.tmp"):  # a write cut short; the previous checkpoint is intact

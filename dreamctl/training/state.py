@@ -12,7 +12,7 @@ import pickle
 import random
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ class TrainState:
     step: int = 0
     images_seen: int = 0
     wall_time_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self, recipe_yaml: str, data_position: dict[str, int]) -> dict[str, Any]:
         return {
