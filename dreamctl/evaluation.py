@@ -87,13 +87,14 @@ def protocol_id(p: dict[str, Any], stand_in: bool) -> str:
     return pid + ("-standin" if stand_in else "")
 
 
-def check_reference(data_dir: Path, split: str, num: int, resolution: int) -> None:
+def check_reference(data_dir: Path, split: str, num: int, resolution: int,
+                    fix: str = "lower --ref-num (or --num), or choose another --ref split") -> None:
     """Fail before sampling when the split is too small or holds images of another size."""
     manifest = read_manifest(data_dir)
     available = sum(s.count for s in split_shards(data_dir, manifest, split))
     if num > available:
-        raise DataError(f"--ref-num {num} exceeds the {available} images of split {split} in {data_dir}; "
-                        "lower --ref-num (or --num), or choose another --ref split")
+        raise DataError(f"the evaluation needs {num} reference images but split {split} of {data_dir} "
+                        f"holds {available}: {fix}")
     if tuple(manifest["image_shape"][:2]) != (resolution, resolution):
         raise DataError(f"{data_dir} holds {manifest['image_shape'][0]}px images but the run samples "
                         f"{resolution}px ones; evaluate against the data the run was trained on")

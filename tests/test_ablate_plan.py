@@ -76,8 +76,8 @@ def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: py
 def test_data_too_small_for_the_batch_or_the_evaluation_is_refused_before_training(tmp_path: Path) -> None:
     """Both would fail only after the runs before them had trained (the evaluation after its own training)."""
     spec = write_spec(tmp_path, evaluate={"metrics": ["swd"], "num": 700})  # the data holds 640 training images
-    with pytest.raises(DataError, match=r"spec\.yaml: run lambda_max-0\.3_seed-0: its evaluations need 700 reference images "
-                                        r"but split train holds 640: lower `evaluate: \{num: N\}`"):
+    with pytest.raises(DataError, match=r"spec\.yaml: run lambda_max-0\.3_seed-0: the evaluation needs 700 reference "
+                                        r"images but split train of .* holds 640: lower `evaluate: \{num: N\}`"):
         make_plan(parse_spec(spec))
     make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=4", "eval.ref_num=640"],
                                     evaluate={"metrics": ["swd"], "num": 700})))  # 700 drawn against 640

@@ -102,7 +102,7 @@ def test_explicit_fid_without_weights_fails_before_sampling(trained, offline, ca
     # So is a reference split too small for --ref-num (valid holds 13 images).
     assert main(["evaluate", str(run), "--num", "8", "--ref", "valid", "--ref-num", "50", "--metrics", "swd",
                  "--seed", "5"]) == 2
-    assert "exceeds the 13 images of split valid" in capsys.readouterr().err
+    assert "needs 50 reference images but split valid of" in capsys.readouterr().err
     assert set((run / "samples").iterdir()) == before  # no sample folder was made
     assert not list(run.glob("eval/*-n8-*"))
 

@@ -20,7 +20,7 @@ from dreamctl.diffusion.losses import STEP_COST
 from dreamctl.diffusion.samplers import timesteps
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals, read_json
-from dreamctl.evaluation import parse_metrics
+from dreamctl.evaluation import check_reference, parse_metrics
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import total_steps
@@ -83,14 +83,6 @@ def train_cost(recipe: Recipe, count: int | None, done: int = 0) -> tuple[int | 
         before = min(left, max(loss.start_epoch * steps_per_epoch(n, batch) - done, 0))
         return left, left * batch, batch * (STEP_COST["standard"][1] * before + units * (left - before))
     return left, left * batch, left * batch * units
-
-
-def _check_reference(recipe: Recipe, num: int, available: int | None) -> None:
-    """evaluate's own check of the reference split (check_reference), made before the training, not after it."""
-    ref_num = recipe.eval.ref_num or num
-    if available is not None and ref_num > available:
-        raise DataError(f"its evaluations need {ref_num} reference images but split {recipe.eval.ref} holds "
-                        f"{available}: lower `evaluate: {{num: N}}` in the spec, or set eval.ref_num or eval.ref")
 
 
 # ----------------------------------------------------------------------------- plan
@@ -175,11 +167,12 @@ def make_plan(spec: Spec) -> Plan:
             points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
                       for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
             metrics = tuple(parse_metrics(spec.metrics or recipe.eval.metrics))
-            for split in (recipe.data.split, recipe.eval.ref):
-                if split not in count_cache:
-                    count_cache[split] = data_count(data, split)
-            if points:
-                _check_reference(recipe, spec.num or recipe.eval.num, count_cache[recipe.eval.ref])
+            if recipe.data.split not in count_cache:
+                count_cache[recipe.data.split] = data_count(data, recipe.data.split)
+            if points and data is not None and (data / "manifest.json").is_file():  # evaluate's check, now
+                check_reference(data, recipe.eval.ref, recipe.eval.ref_num or spec.num or recipe.eval.num,
+                                recipe.data.resolution, fix="lower `evaluate: {num: N}` in the spec, or set "
+                                "eval.ref_num or eval.ref")
             resume_set = _changes(run_dir, recipe, data)
             action = _status(run_dir)
             action = "resume" if resume_set and action == "skip" else action
