@@ -19,12 +19,12 @@ from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import STEP_COST
 from dreamctl.diffusion.samplers import timesteps
 from dreamctl.errors import ConfigError, DataError
-from dreamctl.experiments.runs import read_evals, read_json
+from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import check_reference, parse_metrics
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import total_steps
-from dreamctl.training.rundir import RunDir
+from dreamctl.training.rundir import RunDir, read_json
 
 
 @dataclass(frozen=True)

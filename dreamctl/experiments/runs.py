@@ -6,13 +6,13 @@ Nothing here imports torch, so `compare` works on a laptop holding copied run fo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dreamctl.config import Recipe, recipe_from_file
 from dreamctl.errors import CheckpointError
+from dreamctl.training.rundir import read_json, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -57,34 +57,6 @@ class Run:
 
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read it as JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def read_history(path: Path) -> tuple[dict[str, Any], ...]:
-    """metrics.jsonl; a truncated last line (a crash mid-append) is dropped, any other bad line is an error."""
-    if not path.is_file():
-        return ()
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise CheckpointError(f"{path}: line {i + 1} is not JSON; the file is corrupt") from None
-        if isinstance(row, dict):
-            rows.append(row)
-    return tuple(rows)
-
-
 def read_evals(eval_dir: Path) -> tuple[EvalRecord, ...]:
     records: dict[tuple[str, int | None], EvalRecord] = {}
     for path in sorted(eval_dir.rglob("*.json")) if eval_dir.is_dir() else ():
@@ -120,6 +92,6 @@ def read_run(path: str | Path) -> Run:
         path=root,
         info=read_json(info_path),
         recipe=recipe,
-        history=read_history(root / "metrics.jsonl"),
+        history=tuple(read_jsonl(root / "metrics.jsonl")),
         evals=read_evals(root / "eval"),
     )

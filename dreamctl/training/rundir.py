@@ -37,6 +37,25 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log (metrics.jsonl). A cut last line (a process killed mid-append)
+    is dropped; a bad line before it is an error naming it."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise CheckpointError(f"{path} line {number} is not JSON; remove or repair that line") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 class RunDir:
     """Paths of one run folder. Creating or reading files is explicit; nothing happens on construction."""
 
@@ -104,21 +123,9 @@ class RunDir:
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop records past `after_step` (logged after the checkpoint a resume starts from)."""
-        if not self.metrics_file.is_file():
-            return
-        lines = [line for line in self.metrics_file.read_text().splitlines() if line.strip()]
-        kept = []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if number == len(lines):  # the last line, cut short by a killed process
-                    break
-                raise CheckpointError(f"{self.metrics_file} line {number} is not JSON; "
-                                      "remove or repair that line, then resume") from None
-            if record["step"] <= after_step:
-                kept.append(line)
-        atomic.write_text(self.metrics_file, "".join(line + "\n" for line in kept))
+        if self.metrics_file.is_file():
+            kept = [r for r in read_jsonl(self.metrics_file) if r["step"] <= after_step]
+            atomic.write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
     @contextmanager
     def lock(self) -> Iterator[None]:
