@@ -31,7 +31,7 @@ from dreamctl.generate import check_base_seed, generate, image_seeds, save_grid
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
 from dreamctl.training.rundir import RunDir, read_json
-from dreamctl.training.state import checkpoint_path, list_checkpoints, load_checkpoint, load_latest
+from dreamctl.training.state import checkpoint_path, list_checkpoints, load_checkpoint, load_latest, step_of
 
 OnEvent = Callable[[str, dict[str, Any]], None]  # ("sample_start" | "sample_progress" | "sample_done", payload)
 PNG = re.compile(r"^(\d{6,})\.png$")
@@ -90,7 +90,7 @@ def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, An
         return load_latest(run.checkpoints)
     path = checkpoint_path(run.checkpoints, step)
     if not path.is_file():
-        have = ", ".join(str(int(p.stem.split("-")[1])) for p in list_checkpoints(run.checkpoints)) or "none"
+        have = ", ".join(str(step_of(p)) for p in list_checkpoints(run.checkpoints)) or "none"
         raise CheckpointError(f"no checkpoint for step {step} in {run.checkpoints} (steps there: {have}); "
                               "choose one of them with --checkpoint or leave it out for the newest")
     return path, load_checkpoint(path)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dreamctl import bench
-from dreamctl.config import load_recipe
+from dreamctl.config import load_recipe, set_args
 from dreamctl.runtime import Runtime
 
 # A 16 px, 8-channel UNet: every code path of the benchmark in well under a second per step.
@@ -191,7 +191,7 @@ def test_cli_bench_train_writes_json(tmp_path, capsys):
 
     out = tmp_path / "b.json"
     args = ["bench", "train", "--device", "cpu", "--steps", "1", "--warmup", "0", "--out", str(out)]
-    assert main(args + [a for s in SMALL for a in ("--set", s)]) == 0
+    assert main(args + set_args(SMALL)) == 0
     result = json.loads(out.read_text())
     assert result["recipe"] == "tiny" and result["batch_size"] == 4
     assert result["train"]["rows"]["dream"]["forward_calls"] == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from dreamctl.cli import main
+from dreamctl.config import set_args
 from dreamctl.runtime import Runtime
 from dreamctl.training.state import list_checkpoints, load_checkpoint
 
@@ -18,10 +19,6 @@ NET = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resoluti
 TINY = NET + ["train.epochs=3", "train.log_every=2", "train.checkpoint_every=4", "optim.ema_decay=0.9"]
 # DREAM (the study's variant) starts at epoch 1 = step 8: the resume tests cross it and an epoch boundary.
 CONSERVATIVE = TINY + ["loss.start_epoch=1", "loss.ramp_epochs=2"]
-
-
-def set_args(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
 
 
 def train(run: Path, data: Path, overrides: list[str], recipe: str = "tiny-conservative") -> int:

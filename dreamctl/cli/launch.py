@@ -14,10 +14,6 @@ from pathlib import Path
 from dreamctl.cli.common import EXIT_CODES_DIR, console, err_console
 
 
-def set_args(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
-
-
 def device_args(device: str | None) -> list[str]:
     return ["--device", device] if device else []
 

@@ -22,7 +22,8 @@ def command(
 ) -> int:
     """Continue a run from its newest valid checkpoint."""
     from dreamctl import runtime
-    from dreamctl.cli.launch import device_args, launch, set_args
+    from dreamctl.cli.launch import device_args, launch
+    from dreamctl.config import set_args
     from dreamctl.training.rundir import RunDir
     from dreamctl.training.session import check_resume, resume_run, resumed_recipe
 

@@ -12,9 +12,9 @@ import typer
 
 from dreamctl.cli import options
 from dreamctl.cli.common import console
-from dreamctl.cli.launch import device_args, launch, set_args
+from dreamctl.cli.launch import device_args, launch
 from dreamctl.cli.progress import run_training
-from dreamctl.config import flat_items, load_recipe, recipe_to_yaml
+from dreamctl.config import flat_items, load_recipe, recipe_to_yaml, set_args
 from dreamctl.errors import DataError
 
 

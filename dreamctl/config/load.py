@@ -102,6 +102,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, parsed
 
 
+def set_args(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The command-line flags that give these overrides (`--set key=value` each): for the commands
+    dreamctl starts itself (torchrun's workers, ablate's jobs)."""
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     out = _merge(raw, {})
     for text in overrides:

@@ -25,6 +25,7 @@ from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import total_steps
 from dreamctl.training.rundir import RunDir, read_json
+from dreamctl.training.state import list_checkpoints
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _status(run_dir: Path) -> str:
     info = run_dir / "run.json"
     if info.is_file() and read_json(info).get("status") == "finished":
         return "skip"
-    if any((run_dir / "checkpoints").glob("*.pt")):
+    if list_checkpoints(run_dir / "checkpoints"):
         return "resume"
     # A run that stopped before its first checkpoint cannot resume: it starts again (the old folder is kept aside).
     return "restart" if (run_dir / "recipe.yaml").is_file() else "train"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dreamctl import atomic
+from dreamctl.config import set_args
 from dreamctl.errors import CheckpointError, ConfigError, WeightsError
 from dreamctl.experiments.ablate import EvalJob, Plan, TrainJob
 from dreamctl.experiments.compare import compare_runs
@@ -155,12 +156,12 @@ def dreamctl_command(*args: str) -> list[str]:
 
 def train_command(job: TrainJob, data: Path | None, nproc: int | None) -> list[str]:
     if job.action == "resume":
-        cmd = dreamctl_command("resume", str(job.run_dir), *(a for o in job.resume_set for a in ("--set", o)))
+        cmd = dreamctl_command("resume", str(job.run_dir), *set_args(job.resume_set))
     else:
         if data is None:
             raise ConfigError(f"run {job.name} needs training data: give --data DIR or 'data:' in the spec")
         cmd = dreamctl_command("train", "--recipe", job.recipe, "--data", str(data), "--run-dir", str(job.run_dir))
-        cmd += [a for o in job.overrides for a in ("--set", o)]
+        cmd += set_args(job.overrides)
     return cmd + (["--nproc-per-node", str(nproc)] if nproc else [])
 
 

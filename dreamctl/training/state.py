@@ -94,12 +94,19 @@ def checkpoint_path(folder: Path, step: int) -> Path:
     return folder / f"step-{step:08d}.pt"
 
 
+def step_of(path: Path) -> int:
+    """The step a checkpoint file was written at, from its name (checkpoint_path's inverse)."""
+    match = CHECKPOINT.match(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} is not a checkpoint file name (step-NNNNNNNN.pt)")
+    return int(match.group(1))
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Checkpoints in `folder`, oldest first (temporary files are never listed)."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if CHECKPOINT.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+    return sorted((p for p in folder.iterdir() if CHECKPOINT.match(p.name)), key=step_of)
 
 
 def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
@@ -168,6 +175,6 @@ def set_aside_newer(folder: Path, step: int) -> list[Path]:
     """
     moved = []
     for path in list_checkpoints(folder):
-        if int(CHECKPOINT.match(path.name).group(1)) > step:
+        if step_of(path) > step:
             moved.append(path.rename(unused_path(path.with_name(path.name + ".corrupt"))))
     return moved
