@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 
-from dreamctl.config import Recipe
+from dreamctl.config import LossKind, Recipe
 from dreamctl.diffusion.losses import backward_loss, conservative_lambda, per_sample
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
@@ -16,7 +16,7 @@ from dreamctl.runtime import Runtime
 from dreamctl.training.loop import step_noise, update
 from dreamctl.training.state import TrainState
 
-KINDS = ("standard", "dream", "dream_conservative", "input_perturbation")
+KINDS = tuple(get_args(LossKind))  # every loss kind, in the schema's order
 NAIVE = "naive_conservative"
 
 # --- the baseline being beaten -------------------------------------------------------------

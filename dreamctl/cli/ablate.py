@@ -25,12 +25,8 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
         raise ConfigError(f"--seeds '{text}': expected integers separated by commas, e.g. 0,1,2") from None
 
 
-def _fmt(value: int | None) -> str:
-    return "unknown" if value is None else f"{value:,}"
-
-
 def _print_plan(plan: Plan) -> None:
-    from dreamctl.experiments.execute import PLAN_NOTE, plan_rows, plan_totals
+    from dreamctl.experiments.execute import PLAN_NOTE, count_text, plan_rows, plan_totals
 
     spec = plan.spec
     count = f"{plan.data_count:,} training images" if plan.data_count else "not prepared yet: costs from data.limit, else unknown"
@@ -47,10 +43,10 @@ def _print_plan(plan: Plan) -> None:
     console.print(table)
     console.print(PLAN_NOTE, style="dim")
     t = plan_totals(plan)
-    console.print(f"to train: {t['train_runs']} runs, {_fmt(t['train_images'])} images, "
-                  f"{_fmt(t['train_forwards'])} forward passes (a backward counts as two)", highlight=False)
-    console.print(f"to evaluate: {t['eval_runs']} jobs, {_fmt(t['eval_images'])} images generated, "
-                  f"{_fmt(t['eval_forwards'])} network evaluations", highlight=False)
+    console.print(f"to train: {t['train_runs']} runs, {count_text(t['train_images'])} images, "
+                  f"{count_text(t['train_forwards'])} forward passes (a backward counts as two)", highlight=False)
+    console.print(f"to evaluate: {t['eval_runs']} jobs, {count_text(t['eval_images'])} images generated, "
+                  f"{count_text(t['eval_forwards'])} network evaluations", highlight=False)
 
 
 def command(

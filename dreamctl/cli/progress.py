@@ -92,8 +92,9 @@ class TrainingDisplay:
         elif kind == "step":  # the bar moves every step; the numbers beside it every log step
             self.progress.update(self.task, completed=p["step"])
         elif kind == "log":
-            terms = "  ".join(f"{k} {p[k]:.4f}" for k in ("loss", "loss_std", "loss_rect", "loss_dream", "lambda_mean")
-                              if k in p)
+            from dreamctl.training.meter import TERMS  # here: --help must not import torch
+
+            terms = "  ".join(f"{k} {p[k]:.4f}" for k in TERMS if k in p)
             info = f"epoch {p['epoch']}  {terms}  {p['img_per_s']:.0f} img/s"
             self.progress.update(self.task, completed=p["step"], info=info)
             if self.lines:

@@ -19,11 +19,12 @@ from typing import Any
 from dreamctl.config import Recipe, flat_items
 from dreamctl.config.schema import drawn_by_seed_rule
 from dreamctl.experiments.runs import EvalRecord, Run
+from dreamctl.metrics.weights import METRIC_WEIGHTS
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "wall time",
                  "img_per_s": "img/s", "peak_memory_bytes": "peak memory"}
-METRIC_ORDER = ("fid", "kid", "is", "lpips", "swd", "pixel_fd")
+METRIC_ORDER = tuple(METRIC_WEIGHTS)  # every metric, in the order tables show them
 NOT_SETTINGS = ("name", "description")  # the recipe name has its own column; free text is no setting
 # Settings that leave the trained weights as they are: runs differing only in these (and the seed) are
 # seeds of one experiment. The data is compared by content (run.json data_manifest_sha256), not path;

@@ -58,7 +58,8 @@ class AblationResult:
         return tuple(o for o in self.outcomes if o.failed)
 
 
-def _count(value: int | None) -> str:
+def count_text(value: int | None) -> str:
+    """A cost for the plan's table: thousands separated, or unknown (data not prepared yet)."""
     return "unknown" if value is None else f"{value:,}"
 
 
@@ -77,13 +78,13 @@ def plan_rows(plan: Plan) -> tuple[list[str], list[list[str]]]:
     for job in plan.train:
         action = {"skip": "skip (finished)", "resume": f"resume from step {job.done}", "train": "train",
                   "restart": "train again (no checkpoint)"}[job.action]
-        costs = ["—"] * 3 if job.action == "skip" else [_count(job.steps), _count(job.images), _count(job.forwards)]
+        costs = ["—"] * 3 if job.action == "skip" else [count_text(job.steps), count_text(job.images), count_text(job.forwards)]
         rows.append([job.name, action, *costs])
         for ev in (e for e in plan.evals if e.run == job.name):
             if ev.action == "skip":
                 rows.append([ev.name, "skip (evaluated)", "—", "—", "—"])
             else:
-                rows.append([ev.name, "evaluate", "—", _count(ev.images), _count(ev.forwards)])
+                rows.append([ev.name, "evaluate", "—", count_text(ev.images), count_text(ev.forwards)])
     return head, rows
 
 

@@ -30,7 +30,7 @@ from dreamctl.metrics.weights import check_weights
 
 __all__ = ["METRICS", "evaluate_image_sets", "check_weights", "reference_stats"]
 
-METRICS = ("fid", "kid", "is", "lpips", "swd", "pixel_fd")
+METRICS = tuple(weights.METRIC_WEIGHTS)  # every metric, each with the weight files it needs
 _FEATURE_METRICS = set(weights.INCEPTION_METRICS)
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, LPIPS_PAIRS = 100, 1000, 10, 1000
 
