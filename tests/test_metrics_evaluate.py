@@ -67,6 +67,20 @@ def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     assert len(list((tmp_path / "cache").glob("refstats-*.npz"))) == 3
 
 
+def test_a_damaged_cache_entry_is_named_recomputed_and_replaced(tmp_path):
+    gen, ref = _faces(0, 8), _faces(1, 8)
+    kw = dict(metrics=["fid"], reference_key="k", cache_dir=tmp_path / "cache")
+    first = evaluate_image_sets(gen, ref, feature_net=StandInFeatureNet(), **kw)
+    (entry,) = (tmp_path / "cache").glob("refstats-*.npz")
+    entry.write_bytes(entry.read_bytes()[:100])  # cut short
+    net = StandInFeatureNet()
+    with pytest.warns(UserWarning, match=f"reference statistics cache {entry} is unreadable"):
+        again = evaluate_image_sets(gen, ref, feature_net=net, **kw)
+    assert net.calls == 16 and again["protocol"]["reference_cache"] == "written"  # both sets through the net
+    assert again["metrics"]["fid"] == first["metrics"]["fid"]
+    assert evaluate_image_sets(gen, ref, feature_net=net, **kw)["protocol"]["reference_cache"] == "hit"
+
+
 def test_a_cache_folder_that_cannot_be_written_warns_and_still_computes(tmp_path):
     gen, ref = _faces(0, 8), _faces(1, 8)
     (tmp_path / "read-only").write_text("a file where the cache folder should go")

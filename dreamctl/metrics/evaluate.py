@@ -64,8 +64,9 @@ def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: st
                 if json.loads(str(z["key"])) == key:
                     logits = z["logits"] if "logits" in z.files else None
                     return {"mu": z["mu"], "sigma": z["sigma"], "feats": z["feats"], "logits": logits}, "hit"
-        except (zipfile.BadZipFile, EOFError, KeyError, ValueError):
-            pass  # an unreadable cache entry is recomputed and overwritten below
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as err:  # recomputed and replaced below
+            warnings.warn(f"reference statistics cache {path} is unreadable ({type(err).__name__}); computing "
+                          "them again and replacing it", DreamctlWarning, stacklevel=2)
     feats, logits = batched_features(net, reference, batch_size)
     mu, sigma = gaussian_stats(feats)
     stats = {"mu": mu, "sigma": sigma, "feats": feats, "logits": logits}
