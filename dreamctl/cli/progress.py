@@ -6,12 +6,15 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import TextColumn
 
 from dreamctl.cli.common import console, err_console, progress_bar, speaks
+
+if TYPE_CHECKING:  # the CLI's --help must not import torch
+    from dreamctl.runtime import Runtime
 
 
 class StopRequest:
@@ -102,14 +105,14 @@ class TrainingDisplay:
         elif kind == "grid":
             self.progress.console.print(f"step {p['step']}: sample grid {p['path']}")
 
-    def finish(self, status: str, run_root: Path) -> None:
+    def finish(self, status: str) -> None:
         if status == "interrupted":
-            console.print(f"stopped with a checkpoint; continue with:  dreamctl resume {run_root}")
+            console.print(f"stopped with a checkpoint; continue with:  dreamctl resume {self.run_root}")
         else:
-            console.print(f"finished: {run_root}")
+            console.print(f"finished: {self.run_root}")
 
 
-def run_training(run_root: Path, rt: Any, session: Callable[..., str]) -> None:
+def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> None:
     """Run `session(on_event=..., should_stop=...)` with the display and signal handling; tear down after.
 
     A run stopped by a signal exits with 128 + its number (130 for Ctrl-C, 143 for SIGTERM), after
@@ -121,7 +124,7 @@ def run_training(run_root: Path, rt: Any, session: Callable[..., str]) -> None:
         with stop_on_signals() as stop, TrainingDisplay(rt.is_main, run_root) as display:
             status = session(on_event=display.on_event, should_stop=stop.requested)
         if rt.is_main:
-            display.finish(status, run_root)
+            display.finish(status)
     finally:
         runtime.teardown(rt)
     if status == "interrupted":
