@@ -30,7 +30,9 @@ from dreamctl.metrics import weights
 from dreamctl.metrics.evaluate import METRICS, evaluate_image_sets, library_versions
 from dreamctl.metrics.inception import RESIZE_CLEAN, FeatureNet, InceptionFeatureNet
 from dreamctl.runtime import Runtime
-from dreamctl.sampling import OnEvent, SampleOptions, folder_name, load_for_inference, read_samples, sample_to_folder
+from dreamctl.sampling import (
+    OnEvent, SampleOptions, folder_name, load_for_inference, read_samples, sample_to_folder, sampler_suffix, sampler_tag,
+)
 from dreamctl.training.rundir import RunDir, read_json
 
 FEATURE_METRICS = weights.INCEPTION_METRICS
@@ -79,10 +81,8 @@ def protocol_id(p: dict[str, Any], stand_in: bool) -> str:
     """`ddim50-eta0-ema-n5000-train5000-clean` (+ `-tstart950`, `-clip`, `-seed1`, `-standin`).
 
     The checkpoint step is not part of it: steps are what is compared within one protocol."""
-    pid = (f"{p['sampler']}{p['steps']}-eta{p['eta']:g}-{'ema' if p['ema'] else 'raw'}-n{p['num_generated']}"
-           f"-{p['ref_split']}{p['ref_num']}-{p['resize'].split(':')[0]}")
-    pid += f"-tstart{p['t_start']}" if p["t_start"] is not None else ""
-    pid += "-clip" if p["clip_x0"] else ""
+    pid = (f"{sampler_tag(p['sampler'], p['steps'], p['eta'], p['ema'])}-n{p['num_generated']}"
+           f"-{p['ref_split']}{p['ref_num']}-{p['resize'].split(':')[0]}{sampler_suffix(p['t_start'], p['clip_x0'])}")
     pid += f"-seed{p['seed']}" if p["seed"] != 0 else ""
     return pid + ("-standin" if stand_in else "")
 

@@ -121,11 +121,21 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
                           run.run_id())
 
 
+def sampler_tag(sampler: str, steps: int, eta: float, ema: bool) -> str:
+    """`ddim50-eta0-ema`: how images were drawn, the head of sample-folder names and protocol ids."""
+    return f"{sampler}{steps}-eta{eta:g}-{'ema' if ema else 'raw'}"
+
+
+def sampler_suffix(t_start: int | None, clip_x0: bool) -> str:
+    """`-tstart950`, `-clip`: the settings named only when they are not the default."""
+    return (f"-tstart{t_start}" if t_start is not None else "") + ("-clip" if clip_x0 else "")
+
+
 def folder_name(m: InferenceModel, seed: int) -> str:
     """`ddim50-eta0-ema-step39000-seed0` (+ `-tstart950`, `-clip`): one folder per image-fixing setting."""
     c = m.cfg
-    name = f"{c.sampler}{c.steps}-eta{c.eta:g}-{'ema' if c.use_ema else 'raw'}-step{m.step}-seed{seed}"
-    return name + (f"-tstart{c.t_start}" if c.t_start is not None else "") + ("-clip" if c.clip_x0 else "")
+    return (f"{sampler_tag(c.sampler, c.steps, c.eta, c.use_ema)}-step{m.step}-seed{seed}"
+            + sampler_suffix(c.t_start, c.clip_x0))
 
 
 def settings(m: InferenceModel, seed: int) -> dict[str, Any]:

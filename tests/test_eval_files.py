@@ -37,3 +37,13 @@ def test_metrics_of_other_samples_are_dropped(tmp_path: Path) -> None:
         write_eval(tmp_path, earlier)
         write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}))
         assert json.loads((tmp_path / f"{PID}.json").read_text())["metrics"] == {"pixel_fd": {"value": 1.0}}
+
+
+def test_a_protocol_id_names_every_setting_that_is_not_the_default() -> None:
+    from dreamctl.evaluation import protocol_id
+
+    p = {"sampler": "ddim", "steps": 50, "eta": 0.0, "ema": True, "num_generated": 5000, "ref_split": "train",
+         "ref_num": 5000, "resize": "clean: PIL bicubic to 299", "t_start": None, "clip_x0": False, "seed": 0}
+    assert protocol_id(p, stand_in=False) == "ddim50-eta0-ema-n5000-train5000-clean"
+    p |= {"eta": 0.5, "ema": False, "t_start": 950, "clip_x0": True, "seed": 3}
+    assert protocol_id(p, stand_in=True) == "ddim50-eta0.5-raw-n5000-train5000-clean-tstart950-clip-seed3-standin"
