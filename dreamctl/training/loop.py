@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -155,8 +155,18 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
             path = save_grid(imgs, run.samples / f"step-{state.step:08d}.png")
             on_event("grid", {"step": state.step, "path": str(path)})
 
-    mark, interval_start, interval_images, side_time = time.perf_counter(), time.perf_counter(), 0, 0.0
-    status = "finished"
+    def log(epoch: int, grad_norm: Tensor) -> None:
+        record = {"step": state.step, "epoch": epoch, "images_seen": state.images_seen, **meter.means(rt),
+                  "lr": lr_at(state.step - 1, recipe.optim), "grad_norm": float(grad_norm),
+                  "img_per_s": speed.img_per_s(), "peak_memory_bytes": peak_memory_bytes(rt.device),
+                  "time": time.time()}
+        if rt.is_main:
+            run.append_metrics(record)
+        on_event("log", {**record, "total_steps": last_step})
+        meter.reset()
+        speed.reset()
+
+    speed, mark, status = Throughput(), time.perf_counter(), "finished"
     while state.step < last_step:
         batch = next(order)
         x0 = to_model_input(images[batch.indices].to(rt.device, non_blocking=True),
@@ -168,40 +178,58 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
                               **loss_params)
         grad_norm = update(state, params, recipe.optim, state.step, stats["loss"], rt)
         if grad_norm is None:
-            terms = {k: float(v) for k, v in stats.items() if k.startswith(("loss", "lambda"))}
-            raise RunError(f"non-finite loss or gradient at step {state.step} (epoch {batch.epoch}): {terms}; "
-                           f"no step taken and no checkpoint written. "
-                           f"Resume from the last checkpoint with a lower learning rate or tighter clipping, e.g. "
-                           f"`dreamctl resume {run.root} --set optim.lr={recipe.optim.lr / 2:g}`")
+            raise non_finite(stats, state.step, batch.epoch, run, recipe)
         meter.add(stats, t)
         state.step += 1
         state.images_seen += tc.batch_size
-        interval_images += tc.batch_size
+        speed.add(tc.batch_size)
         now = time.perf_counter()
         state.wall_time_s += now - mark
         mark = now
         on_event("step", {"step": state.step})
 
         if state.step % tc.log_every == 0 or state.step == last_step:
-            elapsed = max(time.perf_counter() - interval_start - side_time, 1e-9)
-            record = {"step": state.step, "epoch": batch.epoch, "images_seen": state.images_seen, **meter.means(rt),
-                      "lr": lr_at(state.step - 1, recipe.optim), "grad_norm": float(grad_norm),
-                      "img_per_s": interval_images / elapsed, "peak_memory_bytes": peak_memory_bytes(rt.device),
-                      "time": time.time()}
-            if rt.is_main:
-                run.append_metrics(record)
-            on_event("log", {**record, "total_steps": last_step})
-            meter.reset()
-            interval_start, interval_images, side_time = time.perf_counter(), 0, 0.0
-        side_start = time.perf_counter()
-        stop = any_rank(should_stop(), rt)
-        if state.step % tc.checkpoint_every == 0 or state.step == last_step or stop:
-            checkpoint()
-        if state.step % tc.sample_every == 0 or state.step == last_step:
-            progress_grid()
-        side_time += time.perf_counter() - side_start
+            log(batch.epoch, grad_norm)  # restarts the img/s interval
+        with speed.side_work():  # checkpoints and grids do not count against img/s
+            stop = any_rank(should_stop(), rt)
+            if state.step % tc.checkpoint_every == 0 or state.step == last_step or stop:
+                checkpoint()
+            if state.step % tc.sample_every == 0 or state.step == last_step:
+                progress_grid()
         if stop and state.step < last_step:
             status = "interrupted"
             break
     return status
 
+
+class Throughput:
+    """Training img/s since the last reset, leaving out the side work (checkpoints, grids)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.images, self.side = time.perf_counter(), 0, 0.0
+
+    def add(self, images: int) -> None:
+        self.images += images
+
+    @contextmanager
+    def side_work(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.side += time.perf_counter() - started
+
+    def img_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.start - self.side, 1e-9)
+
+
+def non_finite(stats: dict[str, Any], step: int, epoch: int, run: RunDir, recipe: Recipe) -> RunError:
+    """The error for a step whose loss or gradient is not finite (no step was taken)."""
+    terms = {k: float(v) for k, v in stats.items() if k.startswith(("loss", "lambda"))}
+    return RunError(f"non-finite loss or gradient at step {step} (epoch {epoch}): {terms}; "
+                    f"no step taken and no checkpoint written. "
+                    f"Resume from the last checkpoint with a lower learning rate or tighter clipping, e.g. "
+                    f"`dreamctl resume {run.root} --set optim.lr={recipe.optim.lr / 2:g}`")
