@@ -39,7 +39,7 @@ def _print_table(comp: Comparison) -> None:
         runs.add_row(*info_cells(row))
     console.print(runs)
     if comp.aggregate:
-        groups = _table("Groups of runs that differ only by train.seed", info_headers(comp, aggregate=True))
+        groups = _table("Groups of runs that differ only by train.seed (and log, checkpoint or sample settings)", info_headers(comp, aggregate=True))
         for row in comp.aggregate:
             groups.add_row(*info_cells(row, aggregate=True))
         console.print(groups)

@@ -3,9 +3,9 @@
 Numbers measured under different protocols (sampler, steps, sample count, reference set,
 resize, feature network) are never put in one column: each column is (protocol id, metric),
 the id followed by a short label of the reference data where one id was measured against
-several (`(ref 1a2b3c4d)`, `(32px)`). Runs that differ only by `train.seed` (same settings but
-for BOOKKEEPING, same training data, distinct seeds) are also aggregated into mean ± std
-(sample std, ddof=1). A metric without a value is `missing` with its reason, never a number.
+several (`(ref 1a2b3c4d)`, `(32px)`). Runs that differ only by `train.seed` and BOOKKEEPING
+settings (same training data, distinct seeds) are also aggregated into mean ± std (sample std,
+ddof=1). A metric without a value is `missing` with its reason, never a number.
 """
 
 from __future__ import annotations
@@ -213,9 +213,10 @@ def aggregate_rows(rows: list[Row]) -> Row:
             reasons = sorted({m.missing or "" for m in found})
             metrics[key] = Metric(missing="; ".join(reasons), evaluated=any(m.evaluated for m in found))
         elif len(at) > 1:
-            metrics[key] = Metric(missing=f"not averaged: the seeds were evaluated at different checkpoints "
-                                          f"(steps {', '.join(map(str, at))}); evaluate each at one step "
-                                          "with `dreamctl evaluate RUN --checkpoint STEP`", mixed_steps=tuple(at))
+            metrics[key] = Metric(missing=f"not averaged: the seeds' newest evaluations are at different "
+                                          f"checkpoints (steps {', '.join(map(str, at))}); evaluate the lagging "
+                                          "ones at their newest checkpoint (`dreamctl evaluate RUN`)",
+                                  mixed_steps=tuple(at))
         else:
             mean, std = _mean_std(values)
             metrics[key] = Metric(value=mean, std=std, n=len(values))
