@@ -31,7 +31,8 @@ from dreamctl.metrics.evaluate import METRICS, evaluate_image_sets, library_vers
 from dreamctl.metrics.inception import RESIZE_CLEAN, FeatureNet, InceptionFeatureNet
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import (
-    OnEvent, SampleOptions, folder_name, load_for_inference, read_samples, sample_to_folder, sampler_suffix, sampler_tag,
+    InferenceModel, OnEvent, SampleOptions, folder_name, load_for_inference, read_samples, sample_to_folder,
+    sampler_suffix, sampler_tag,
 )
 from dreamctl.training.rundir import RunDir, read_json
 
@@ -162,6 +163,33 @@ def write_eval(eval_dir: Path, record: dict[str, Any]) -> tuple[Path, ...]:
     return tuple(written)
 
 
+@dataclass(frozen=True)
+class EvalRequest:
+    """What one evaluation draws and scores, the recipe's eval section filling what was not asked."""
+
+    metrics: tuple[str, ...]
+    explicit: bool  # the user named the metrics: their weights must be there
+    num: int
+    ref_split: str
+    ref_num: int
+    seed: int
+
+
+def resolve_request(recipe: Recipe, opts: SampleOptions, num: int | None, ref: str | None, ref_num: int | None,
+                    metrics: Sequence[str] | None) -> EvalRequest:
+    e = recipe.eval
+    num = e.num if num is None else num  # `or` would turn --num 0 into the default
+    ref_num = (e.ref_num or num) if ref_num is None else ref_num
+    ref_split = ref or e.ref
+    if ref_split not in ("train", "valid", "test"):
+        raise ConfigError(f"--ref {ref_split!r}: choose train, valid or test")
+    if num < 2 or ref_num < 2:
+        raise ConfigError(f"evaluate needs at least 2 generated and 2 reference images "
+                          f"(--num {num}, --ref-num {ref_num})")
+    return EvalRequest(tuple(parse_metrics(metrics if metrics is not None else e.metrics)), metrics is not None,
+                       num, ref_split, ref_num, e.seed if opts.seed is None else opts.seed)
+
+
 def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | None = None, ref: str | None = None,
                  ref_num: int | None = None, data: Path | None = None, metrics: Sequence[str] | None = None,
                  strict_weights: bool = False,
@@ -178,50 +206,35 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     started = time.perf_counter()
     run = RunDir(run_dir)
     recipe = run.recipe()
-    e = recipe.eval
-    explicit = metrics is not None
-    wanted = parse_metrics(metrics if explicit else e.metrics)
-    num = e.num if num is None else num  # `or` would turn --num 0 into the default
-    ref_split = ref or e.ref
-    ref_num = (e.ref_num or num) if ref_num is None else ref_num
-    seed = e.seed if opts.seed is None else opts.seed
-    if ref_split not in ("train", "valid", "test"):
-        raise ConfigError(f"--ref {ref_split!r}: choose train, valid or test")
-    if num < 2 or ref_num < 2:
-        raise ConfigError(f"evaluate needs at least 2 generated and 2 reference images "
-                          f"(--num {num}, --ref-num {ref_num})")
+    req = resolve_request(recipe, opts, num, ref, ref_num, metrics)
     data_dir = Path(data) if data is not None else _data_dir(recipe, run)
     run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")  # also the recorded one:
     # it may have been prepared again in place, and other data would overwrite this protocol's file
-    check_reference(data_dir, ref_split, ref_num, recipe.data.resolution)
-
-    problems, net = weight_problems(wanted, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
-    if problems and (strict_weights or explicit):
+    check_reference(data_dir, req.ref_split, req.ref_num, recipe.data.resolution)
+    problems, net = weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
+    if problems and (strict_weights or req.explicit):
         raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
         # share one file: named once
-
     for where, what in ((run.samples, "sample folder"), (run.eval, "evaluation folder")):
         atomic.check_writable(where, what)  # before drawing: the images and the scores must have a place
+
     model = load_for_inference(run, opts, rt)
-    folder = run.samples / folder_name(model, seed)
-    sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=on_event)
+    folder = run.samples / folder_name(model, req.seed)
+    sample_to_folder(model, folder, req.num, seed=req.seed, rt=rt, on_event=on_event)
     if not rt.is_main:
         return None
-    generated = read_samples(folder, num, model.image_size)
-    on_event("stage", {"what": f"reading {ref_num} reference images ({ref_split}) from {data_dir}"})
-    reference, manifest, manifest_sha = read_reference(data_dir, ref_split, ref_num)
-    computable = [m for m in wanted if m not in problems]
+    generated = read_samples(folder, req.num, model.image_size)
+    on_event("stage", {"what": f"reading {req.ref_num} reference images ({req.ref_split}) from {data_dir}"})
+    reference, manifest, manifest_sha = read_reference(data_dir, req.ref_split, req.ref_num)
+    computable = [m for m in req.metrics if m not in problems]
     on_event("stage", {"what": "computing " + ", ".join(computable)})
     out = evaluate_image_sets(generated, reference, metrics=computable,
-                              reference_key=f"{manifest_sha}/{ref_split}/{ref_num}", cache_dir=data_dir / "cache",
-                              feature_net=net, weights_dir=weights_dir, seed=seed,
+                              reference_key=f"{manifest_sha}/{req.ref_split}/{req.ref_num}",
+                              cache_dir=data_dir / "cache", feature_net=net, weights_dir=weights_dir, seed=req.seed,
                               device=str(rt.device)) if computable else {"metrics": {}, "protocol": {"weights": {}}}
     stand_in = net is not None and not isinstance(net, InceptionFeatureNet)
     used = out["protocol"]
-    c = model.cfg
-    protocol = {"checkpoint_step": model.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
-                "t_start": c.t_start, "clip_x0": c.clip_x0, "num_generated": num, "seed": seed,
-                "image_seeds": SEED_RULE, "ref_split": ref_split, "ref_num": ref_num, "ref_preprocessing": manifest.get("preprocessing"),
+    protocol = {**_sampling_protocol(model, req), "ref_preprocessing": manifest.get("preprocessing"),
                 "ref_manifest_sha256": manifest_sha, "resize": net.resize if net is not None else RESIZE_CLEAN,
                 "feature_network": net.name if stand_in else INCEPTION_NAME,
                 "feature_network_sha256": net.weights_sha256 if net is not None else None,
@@ -229,10 +242,18 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
                 **{k: used[k] for k in ("reference_cache", "kid", "is", "lpips", "swd") if k in used}}
     results = {**out["metrics"], **{m: {"missing": why} for m, why in problems.items()}}
     record = {"protocol_id": protocol_id(protocol, stand_in), "protocol": protocol,
-              "metrics": {m: results[m] for m in wanted},
+              "metrics": {m: results[m] for m in req.metrics},
               "versions": {"dreamctl": dreamctl.__version__, **library_versions()},
               "weights": dict(used.get("weights", {})), "samples": str(folder),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "wall_time_s": round(time.perf_counter() - started, 2)}
     paths = write_eval(run.eval, record)
     return Evaluation(record, paths, folder)
+
+
+def _sampling_protocol(model: InferenceModel, req: EvalRequest) -> dict[str, Any]:
+    """The protocol fields that fix the generated images and say which reference they meet."""
+    c = model.cfg
+    return {"checkpoint_step": model.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
+            "t_start": c.t_start, "clip_x0": c.clip_x0, "num_generated": req.num, "seed": req.seed,
+            "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}
