@@ -18,7 +18,8 @@ from dreamctl.errors import WeightsError
 from dreamctl.experiments import execute as execute_module
 from dreamctl.experiments.ablate import make_plan
 from dreamctl.experiments.spec import parse_spec
-from dreamctl.experiments.execute import CommandResult, execute, plan_rows, train_command
+from dreamctl.experiments.ablate import plan_rows
+from dreamctl.experiments.execute import CommandResult, execute, train_command
 from ablate_fakes import FakeCLI, write_spec
 
 

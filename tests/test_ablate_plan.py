@@ -12,7 +12,8 @@ from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments import execute as execute_module
 from dreamctl.experiments.ablate import make_plan
 from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
-from dreamctl.experiments.execute import execute, plan_totals, train_command
+from dreamctl.experiments.ablate import plan_totals
+from dreamctl.experiments.execute import execute, train_command
 from ablate_fakes import FakeCLI, write_spec
 
 

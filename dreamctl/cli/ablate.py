@@ -26,7 +26,7 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
 
 
 def _print_plan(plan: Plan) -> None:
-    from dreamctl.experiments.execute import PLAN_NOTE, count_text, plan_rows, plan_totals
+    from dreamctl.experiments.ablate import PLAN_NOTE, count_text, plan_rows, plan_totals
 
     spec = plan.spec
     count = f"{plan.data_count:,} training images" if plan.data_count else "not prepared yet: costs from data.limit, else unknown"

@@ -1,4 +1,5 @@
-"""An ablation plan: every run and evaluation of a spec, what each must still do, and its cost.
+"""An ablation plan: every run and evaluation of a spec, what each must still do, its cost, and
+the table that shows it (the dry run's and the report's).
 
 A run already finished is skipped, one interrupted is resumed, one that stopped before its
 first checkpoint starts again; an evaluation already on disk for the final checkpoint is
@@ -193,3 +194,46 @@ def make_plan(spec: Spec) -> Plan:
     count = next(iter(count_cache.values()), None)
     return Plan(spec, data, count, tuple(trains), tuple(evals))
 
+
+# ----------------------------------------------------------------------------- presentation
+
+def count_text(value: int | None) -> str:
+    """A cost for the plan's table: thousands separated, or unknown (data not prepared yet)."""
+    return "unknown" if value is None else f"{value:,}"
+
+
+PLAN_NOTE = ("evaluate: sample the run's final checkpoint and score it (eval-time settings need no training of "
+             "their own); forward passes count a backward as two; skipped jobs cost nothing")
+
+
+def plan_rows(plan: Plan) -> tuple[list[str], list[list[str]]]:
+    """The plan as text cells (dry-run table and report): what runs, how, and what it costs.
+
+    A run's settings are in its name; an evaluation samples its run's final checkpoint, so each
+    eval-time point (eval_grid) costs sampling only. A skipped job costs nothing (—).
+    """
+    head = ["job", "action", "steps", "images", "forward passes"]
+    rows = []
+    for job in plan.train:
+        action = {"skip": "skip (finished)", "resume": f"resume from step {job.done}", "train": "train",
+                  "restart": "train again (no checkpoint)"}[job.action]
+        costs = ["—"] * 3 if job.action == "skip" else [count_text(job.steps), count_text(job.images), count_text(job.forwards)]
+        rows.append([job.name, action, *costs])
+        for ev in (e for e in plan.evals if e.run == job.name):
+            if ev.action == "skip":
+                rows.append([ev.name, "skip (evaluated)", "—", "—", "—"])
+            else:
+                rows.append([ev.name, "evaluate", "—", count_text(ev.images), count_text(ev.forwards)])
+    return head, rows
+
+
+def plan_totals(plan: Plan) -> dict[str, int | None]:
+    """Images and forward passes still to spend (skipped jobs cost nothing); None when any is unknown."""
+    def total(values: list[int | None]) -> int | None:
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    trains = [j for j in plan.train if j.action != "skip"]
+    evals = [e for e in plan.evals if e.action != "skip"]
+    return {"train_runs": len(trains), "train_images": total([j.images for j in trains]),
+            "train_forwards": total([j.forwards for j in trains]), "eval_runs": len(evals),
+            "eval_images": total([e.images for e in evals]), "eval_forwards": total([e.forwards for e in evals])}

@@ -1,4 +1,4 @@
-"""Show an ablation plan, carry it out through CLI subprocesses, then write its report.
+"""Carry out an ablation plan through CLI subprocesses, then write its report.
 
 The command runner is a function argument, so tests substitute a fake that writes the
 run-folder files itself. One failing job is logged (exit code, last lines of stderr in
@@ -19,7 +19,7 @@ from pathlib import Path
 from dreamctl import atomic
 from dreamctl.config import set_args
 from dreamctl.errors import CheckpointError, ConfigError, WeightsError
-from dreamctl.experiments.ablate import EvalJob, Plan, TrainJob
+from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import to_markdown
 from dreamctl.experiments.plots import write_figures
@@ -56,48 +56,6 @@ class AblationResult:
     @property
     def failures(self) -> tuple[Outcome, ...]:
         return tuple(o for o in self.outcomes if o.failed)
-
-
-def count_text(value: int | None) -> str:
-    """A cost for the plan's table: thousands separated, or unknown (data not prepared yet)."""
-    return "unknown" if value is None else f"{value:,}"
-
-
-PLAN_NOTE = ("evaluate: sample the run's final checkpoint and score it (eval-time settings need no training of "
-             "their own); forward passes count a backward as two; skipped jobs cost nothing")
-
-
-def plan_rows(plan: Plan) -> tuple[list[str], list[list[str]]]:
-    """The plan as text cells (dry-run table and report): what runs, how, and what it costs.
-
-    A run's settings are in its name; an evaluation samples its run's final checkpoint, so each
-    eval-time point (eval_grid) costs sampling only. A skipped job costs nothing (—).
-    """
-    head = ["job", "action", "steps", "images", "forward passes"]
-    rows = []
-    for job in plan.train:
-        action = {"skip": "skip (finished)", "resume": f"resume from step {job.done}", "train": "train",
-                  "restart": "train again (no checkpoint)"}[job.action]
-        costs = ["—"] * 3 if job.action == "skip" else [count_text(job.steps), count_text(job.images), count_text(job.forwards)]
-        rows.append([job.name, action, *costs])
-        for ev in (e for e in plan.evals if e.run == job.name):
-            if ev.action == "skip":
-                rows.append([ev.name, "skip (evaluated)", "—", "—", "—"])
-            else:
-                rows.append([ev.name, "evaluate", "—", count_text(ev.images), count_text(ev.forwards)])
-    return head, rows
-
-
-def plan_totals(plan: Plan) -> dict[str, int | None]:
-    """Images and forward passes still to spend (skipped jobs cost nothing); None when any is unknown."""
-    def total(values: list[int | None]) -> int | None:
-        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
-
-    trains = [j for j in plan.train if j.action != "skip"]
-    evals = [e for e in plan.evals if e.action != "skip"]
-    return {"train_runs": len(trains), "train_images": total([j.images for j in trains]),
-            "train_forwards": total([j.forwards for j in trains]), "eval_runs": len(evals),
-            "eval_images": total([e.images for e in evals]), "eval_forwards": total([e.forwards for e in evals])}
 
 
 class Stopped(KeyboardInterrupt):
