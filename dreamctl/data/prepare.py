@@ -233,15 +233,20 @@ def prepare_data(
     seconds = time.perf_counter() - start
 
     manifest = _manifest(listing, settings, record["shards"], resolution)
-    for split in SPLITS:  # a split that lost every image is a wrong source or crop, not bad luck
+    _check_readable(manifest, listing)
+    atomic.write_json(out / MANIFEST, manifest, indent=1, sort_keys=True)
+    (out / PROGRESS).unlink(missing_ok=True)
+    return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
+
+
+def _check_readable(manifest: dict, listing: Listing) -> None:
+    """A split that lost every image is a wrong source or crop, not bad luck: no manifest for it."""
+    for split in SPLITS:
         if manifest["splits"][split]["skipped"] and manifest["splits"][split]["count"] == 0:
             first = next(s for s in manifest["skipped"] if s["split"] == split)
             raise DataError(f"no image of split {split} could be read; first: {first['name']}: {first['reason']}")
     if not any(manifest["counts"].values()):
         raise DataError(f"the {listing.kind} source at {listing.root} holds no readable image")
-    atomic.write_json(out / MANIFEST, manifest, indent=1, sort_keys=True)
-    (out / PROGRESS).unlink(missing_ok=True)
-    return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
 
 
 def _manifest(listing: Listing, settings: dict, shards: dict[str, dict], resolution: int) -> dict:
