@@ -82,6 +82,33 @@ def test_a_whole_checkpoint_that_weights_only_refuses_stops_resume_and_moves_not
     assert newest.is_file() and (run / "metrics.jsonl").read_text() == log  # not set aside, the log not cut back
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a changed protocol byte, as intended
+def test_a_byte_changed_in_the_pickle_is_corrupt_however_torch_reports_it(tmp_path):
+    """torch names some damage 'Weights only load failed' (like a foreign object) and some an IndexError:
+    every change that stops the load is found corrupt by the archive's CRC, so the checkpoint is skipped."""
+    import zipfile
+
+    whole = tmp_path / "whole.pt"
+    torch.save({**{k: 0 for k in REQUIRED}, "model": {"w": torch.randn(4)}}, whole)
+    data = bytes(whole.read_bytes())
+    with zipfile.ZipFile(whole) as archive:
+        member = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    start = member.header_offset + 30 + int.from_bytes(data[member.header_offset + 26:member.header_offset + 28], "little") \
+        + int.from_bytes(data[member.header_offset + 28:member.header_offset + 30], "little")
+    found = []
+    for i in range(member.file_size):
+        for flip in (0x01, 0x55, 0xFF):
+            damaged = bytearray(data)
+            damaged[start + i] ^= flip
+            path = tmp_path / "step-00000008.pt"
+            path.write_bytes(bytes(damaged))
+            try:
+                load_checkpoint(path)  # some changes still load (torch checks no CRC then): nothing to say
+            except CorruptCheckpoint as err:
+                found.append(str(err))
+    assert len(found) > 100 and all("data.pkl fails its CRC check" in m or "lacks" in m for m in found)
+
+
 def test_a_checkpoint_cut_anywhere_is_skipped_as_corrupt(tmp_path):
     """torch reports a short zip as RuntimeError, EOFError or OSError(EINVAL): all mean corrupt, none stops resume."""
     whole = tmp_path / "whole.pt"

@@ -90,6 +90,7 @@ def test_a_failure_of_rank_0_alone_is_one_line_and_exit_2(tmp_path, synthetic_da
         f"error: {run} is in use by another trainer (pid {os.getpid()}); wait for it to finish or stop it first"]
     assert "[rank1]" not in err and "gloo" not in err  # rank 1 did not fail in a collective
     assert "Traceback" not in err and "ChildFailedError" not in err  # nor torchrun's report of what was said
+    assert "failed (exitcode" not in err  # nor its log line per failed worker
     assert not (run / "recipe.yaml").exists()
 
 

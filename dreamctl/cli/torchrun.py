@@ -17,13 +17,22 @@ from pathlib import Path
 from dreamctl.cli.common import EXIT_CODES_DIR
 
 
+class _WorkerFailedLines(logging.Filter):
+    """Drops torchrun's "failed (exitcode: N) local_rank: ..." line, one per failed worker: the worker
+    said why itself, and the report below covers one that could not. Its other lines (a worker
+    killed after the shutdown timeout) still print."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("failed (exitcode")
+
+
 def torchrun(argv: list[str]) -> int:
     """torchrun ARGV; on a failure, its report only for ranks that left no exit code in EXIT_CODES_DIR."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # "failed (exitcode: 2)" per rank
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_WorkerFailedLines())
     try:
         run(parse_args(argv))
     except ChildFailedError as err:

@@ -88,22 +88,27 @@ def run_command(cmd: list[str]) -> CommandResult:
     """
     tail: deque[str] = deque(maxlen=STDERR_LINES)
     received: list[int] = []
-    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
-        assert proc.stderr is not None
+    running: list[subprocess.Popen] = []
 
-        def note(signum: int, frame: object) -> None:
-            received.append(signum)
-            if signum == signal.SIGTERM:  # sent to this process alone (a second Ctrl-C would abort the child)
-                proc.send_signal(signum)
+    def note(signum: int, frame: object) -> None:
+        received.append(signum)
+        if signum == signal.SIGTERM and running:  # sent to this process alone (a second Ctrl-C would abort it)
+            running[0].send_signal(signum)
 
-        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+    # In place before the child starts: a SIGTERM while it starts must reach it, not end this process's wait.
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
+            running.append(proc)
+            if signal.SIGTERM in received:  # arrived while it started (a second one is harmless)
+                proc.send_signal(signal.SIGTERM)
+            assert proc.stderr is not None
             for line in proc.stderr:
                 sys.stderr.write(line)  # the child's own messages, passed through unchanged
                 tail.append(line)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if received:
         raise Stopped(received[0])
     return CommandResult(proc.returncode, "".join(tail))

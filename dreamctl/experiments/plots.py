@@ -75,9 +75,11 @@ def plot_losses(runs: list[Run], path: Path) -> Path | None:
     keys = [k for k in sorted(logged, key=lambda k: (k != "loss", k)) if any(_series(r, k)[0] for r in runs)]
     if not keys:
         return None
-    mixed = len({run.recipe.loss.kind for run in runs}) > 1
+    kinds = {run.recipe.loss.kind for run in runs}
+    mixed = len(kinds) > 1
+    at = "at x_t (input_perturbation: at its perturbed input)" if "input_perturbation" in kinds else "at x_t"
     titles = {"loss": "loss: each run's own objective, not comparable across loss kinds",
-              "loss_std": "loss_std: plain eps-MSE at x_t"} if mixed else {}
+              "loss_std": f"loss_std: eps-MSE {at}"} if mixed else {}
     labels = [f"{label} ({run.recipe.loss.kind})" if mixed else label for run, label in zip(runs, run_labels(runs))]
     fig, axes = _figure(len(keys))
     for ax, key in zip(axes, keys):

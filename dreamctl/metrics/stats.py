@@ -71,7 +71,7 @@ def kernel_inception_distance(feats1: np.ndarray, feats2: np.ndarray, *, num_sub
     if m < 2:
         raise DataError(f"KID needs at least 2 images in each set, got {x_all.shape[0]} and {y_all.shape[0]}")
     values = np.empty(num_subsets)
-    for i in range(num_subsets):  # x from the second set, drawn first: clean-fid's order, so its subsets
+    for i in range(num_subsets):  # x from the second set, drawn first: clean-fid's order, so one rng draws its subsets
         x = y_all[rng.choice(y_all.shape[0], m, replace=False)]
         y = x_all[rng.choice(x_all.shape[0], m, replace=False)]
         a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3

@@ -12,6 +12,7 @@ import pickle
 import random
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,17 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
     return path
 
 
+def zip_damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint's zip archive (torch.save's format): a member whose bytes fail
+    its CRC, or no whole archive at all; None when every member is intact."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        return f"not a whole zip archive: {_one_line(err)}"
+    return f"{bad} fails its CRC check" if bad else None
+
+
 def _one_line(err: BaseException) -> str:
     cause = " ".join(str(err).split()) or "empty or truncated file"
     return cause if len(cause) <= 200 else cause[:200] + "…"  # torch's messages run long
@@ -137,16 +149,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except torch.OutOfMemoryError:
         raise
-    except pickle.UnpicklingError as err:
-        if str(err).startswith("Weights only load failed"):  # whole, but holds objects beyond tensors and
-            # plain types: not corrupt, so never skipped and set aside in favour of an older checkpoint
+    except Exception as err:  # torch reports damage as many types (RuntimeError, EOFError, IndexError...):
+        damage = zip_damage(path)  # told apart by the archive's own checksums, and always re-raised
+        if damage is None and isinstance(err, pickle.UnpicklingError) and str(err).startswith("Weights only"):
+            # whole, but holding objects beyond tensors and plain types: never skipped and set aside
             raise CheckpointError(f"checkpoint {path} holds objects that loading with weights_only=True refuses "
                                   "(not a dreamctl checkpoint, or one written by another dreamctl or torch); "
                                   "nothing was changed: resume it with the versions that wrote it") from err
-        raise CorruptCheckpoint(f"checkpoint {path} cannot be read (UnpicklingError: {_one_line(err)})") from err
-    # truncated or not a checkpoint: torch reports a short zip as RuntimeError, EOFError or even OSError (EINVAL)
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
-        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({type(err).__name__}: {_one_line(err)})") from err
+        cause = damage or f"{type(err).__name__}: {_one_line(err)}"
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({cause})") from err
     missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
     if missing:
         raise CorruptCheckpoint(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint")
