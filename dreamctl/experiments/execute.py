@@ -205,6 +205,7 @@ def _carry_out(plan: Plan, runner: Runner, nproc: int | None, progress: Callable
         for ev in (e for e in plan.evals if e.run == job.name):
             done += 1
             if outcome.failed:
+                progress(f"[{done}/{total}] not run {ev.name}: its training failed")
                 outcomes.append(Outcome(ev.name, "not run", note=f"training of {job.name} failed"))
             elif ev.action == "skip":
                 progress(f"[{done}/{total}] skip {ev.name}")
