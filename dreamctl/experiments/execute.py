@@ -123,10 +123,14 @@ def train_command(job: TrainJob, data: Path | None, nproc: int | None) -> list[s
         cmd = dreamctl_command("resume", str(job.run_dir), *set_args(job.resume_set))
     else:
         if data is None:
-            raise ConfigError(f"run {job.name} needs training data: give --data DIR or 'data:' in the spec")
+            raise _needs_data(job)
         cmd = dreamctl_command("train", "--recipe", job.recipe, "--data", str(data), "--run-dir", str(job.run_dir))
         cmd += set_args(job.overrides)
     return cmd + (["--nproc-per-node", str(nproc)] if nproc else [])
+
+
+def _needs_data(job: TrainJob) -> ConfigError:
+    return ConfigError(f"run {job.name} needs training data: give --data DIR or 'data:' in the spec")
 
 
 def evaluate_command(job: EvalJob) -> list[str]:
@@ -166,8 +170,9 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
     runner(cmd) -> CommandResult runs one CLI command; the default starts a subprocess.
     """
     runner = runner or run_command
-    if plan.data is None and any(j.action in ("train", "restart") for j in plan.train):
-        train_command(next(j for j in plan.train if j.action in ("train", "restart")), None, nproc)  # the clear error
+    starts = [j for j in plan.train if j.action in ("train", "restart")]
+    if plan.data is None and starts:  # before the first job, not when the first new run comes up
+        raise _needs_data(starts[0])
     if plan.spec.metrics and any(e.action == "evaluate" for e in plan.evals):
         errors = check_weights(plan.spec.metrics)  # before days of training, not after
         if errors:
