@@ -16,10 +16,10 @@ import pytest
 from dreamctl.cli import main
 from dreamctl.errors import WeightsError
 from dreamctl.experiments import execute as execute_module
-from dreamctl.experiments.ablate import make_plan
-from dreamctl.experiments.spec import parse_spec
-from dreamctl.experiments.ablate import plan_rows
+from dreamctl.experiments.ablate import make_plan, plan_rows
 from dreamctl.experiments.execute import CommandResult, execute, train_command
+from dreamctl.experiments.spec import parse_spec
+from dreamctl.signals import Stopped, stop_on_sigterm
 from ablate_fakes import FakeCLI, write_spec
 
 
@@ -111,7 +111,7 @@ def test_a_stop_keeps_the_report_and_exits_128_plus_the_signal(tmp_path: Path, m
 
     def stopped_second_job(cmd: list[str]) -> CommandResult:
         if len(fake.calls) == 2:
-            raise execute_module.Stopped(signum)
+            raise Stopped(signum)
         return fake(cmd)
 
     monkeypatch.setattr(execute_module, "run_command", stopped_second_job)
@@ -135,12 +135,12 @@ def test_sigterm_is_passed_on_to_the_running_command_which_finishes_its_checkpoi
 
     threading.Thread(target=term_when_ready, daemon=True).start()
     started = time.monotonic()
-    with execute_module.stop_on_sigterm(), pytest.raises(execute_module.Stopped) as stop:
+    with stop_on_sigterm(), pytest.raises(Stopped) as stop:
         execute_module.run_command([sys.executable, "-c", child])
     assert stop.value.signum == signal.SIGTERM and time.monotonic() - started < 30  # the child did not sleep on
     assert "checkpoint written" in capfd.readouterr().err  # its last words were read, not cut off
-    with pytest.raises(execute_module.Stopped):  # between commands: raised at once
-        with execute_module.stop_on_sigterm():
+    with pytest.raises(Stopped):  # between commands: raised at once
+        with stop_on_sigterm():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,19 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     assert main(["sample", str(run), "--num", "10", "--batch-size", "4", "--out", str(out)]) == 130
     assert "rerun the same command" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
+    # A batch scheduler's SIGTERM stops it the same way, and says so with 128 + 15.
+    calls["n"] = 0
+
+    def terminated_in_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "generate", terminated_in_second_batch)
+    assert main(["sample", str(run), "--num", "10", "--batch-size", "3", "--out", str(out)]) == 143
+    assert "rerun the same command" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(7)]  # one batch more
     assert json.loads((out / "sample.json").read_text())["complete"] is False
     monkeypatch.setattr(sampling, "generate", real_generate)
     assert main(["sample", str(run), "--num", "10", "--batch-size", "4", "--out", str(out), "--npz"]) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from dreamctl.cli.common import console, err_console
 from dreamctl.errors import ConfigError
+from dreamctl.signals import exit_code
 
 if TYPE_CHECKING:
     from dreamctl.experiments.ablate import Plan
@@ -73,7 +73,7 @@ def command(
     except KeyboardInterrupt as stop:  # Ctrl-C, or execute's Stopped (SIGTERM too)
         err_console.print(f"interrupted: the report so far is in {plan.spec.out / 'report.md'}; the same command "
                           "goes on where this one stopped", markup=False, highlight=False)
-        raise typer.Exit(128 + getattr(stop, "signum", signal.SIGINT)) from None
+        raise typer.Exit(exit_code(stop)) from None
     for outcome in result.failures:
         where = f" (log: {outcome.log})" if outcome.log else ""
         err_console.print(f"failed: {outcome.job} ({outcome.action}): {outcome.note}{where}", markup=False, highlight=False)

@@ -12,6 +12,7 @@ from dreamctl.cli import options
 from dreamctl.cli.common import console, err_console
 from dreamctl.cli.sample import STOPPED, SampleProgress
 from dreamctl.metrics.weights import INCEPTION_METRICS
+from dreamctl.signals import exit_code, stop_on_sigterm
 
 WHAT = {
     "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
@@ -73,12 +74,12 @@ def command(
     names = None if metrics is None else metrics.split(",")
     rt = runtime.setup("auto", device)
     try:
-        with SampleProgress(rt.is_main) as display:
+        with stop_on_sigterm(), SampleProgress(rt.is_main) as display:
             result = evaluate_run(run_dir, opts, rt=rt, num=num, ref=ref, ref_num=ref_num, data=data, metrics=names,
                                   strict_weights=strict_weights, on_event=display.on_event)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
         err_console.print(STOPPED, markup=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_code(stop)) from None
     finally:
         runtime.teardown(rt)
     if result is None:

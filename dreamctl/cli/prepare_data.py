@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +13,7 @@ from dreamctl.data.prepare import prepare_data
 from dreamctl.data.shards import read_manifest, verify
 from dreamctl.data.sources import SPLITS, list_source
 from dreamctl.errors import DataError
+from dreamctl.signals import exit_code, stop_on_sigterm
 
 SHOW_SKIPPED = 5  # skipped items named on screen; all are in the manifest
 
@@ -55,27 +55,18 @@ def command(
     sizes = {s: len(listing.splits[s]) for s in SPLITS}
     console.print(f"{listing.kind}: " + ", ".join(f"{s} {n:,}" for s, n in sizes.items()), markup=False, highlight=False)
     columns = (TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    received: list[int] = []
-
-    def stop(signum: int, frame: object) -> None:  # SIGTERM as Ctrl-C: the worker pool is shut down, not orphaned
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        with Progress(*columns, console=console, transient=True) as bar:
+    try:  # SIGTERM as Ctrl-C: the worker pool is shut down, not orphaned
+        with stop_on_sigterm(), Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("prepare", total=sum(sizes.values()))
             result = prepare_data(
                 listing, out, crop=crop, resolution=resolution, shard_size=shard_size, workers=workers,
                 strict=strict, overwrite=overwrite, on_progress=lambda p: bar.update(task, completed=p.done),
             )
             bar.update(task, completed=sum(sizes.values()))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         err_console.print(f"stopped: finished shards in {out} are kept; re-run the same command to continue",
                           markup=False, highlight=False)
-        raise typer.Exit(128 + (received[0] if received else signal.SIGINT)) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        raise typer.Exit(exit_code(stop)) from None
     console.print(
         f"wrote {result.written:,} images in {result.shards_written} shards ({result.seconds:.1f} s, "
         f"{result.images_per_s:,.0f} img/s); kept {result.reused:,} images in {result.shards_reused} finished shards; "

@@ -9,6 +9,7 @@ import typer
 
 from dreamctl.cli import options
 from dreamctl.cli.common import console, err_console, progress_bar
+from dreamctl.signals import exit_code, stop_on_sigterm
 
 STOPPED = "stopped: the images written so far are kept; rerun the same command to draw the rest"
 
@@ -75,11 +76,11 @@ def command(
         model = load_for_inference(RunDir(run_dir), opts, rt)
         folder = out or RunDir(run_dir).samples / folder_name(model, seed)
         try:
-            with SampleProgress(rt.is_main) as display:
+            with stop_on_sigterm(), SampleProgress(rt.is_main) as display:
                 record = sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=display.on_event)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
             err_console.print(STOPPED, markup=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(exit_code(stop)) from None
         if not rt.is_main:
             return 0
         if grid is not None:

@@ -11,13 +11,13 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dreamctl import atomic
 from dreamctl.config import set_args
+from dreamctl.signals import Stopped, stop_on_sigterm
 from dreamctl.errors import CheckpointError, ConfigError, WeightsError
 from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows
 from dreamctl.experiments.compare import compare_runs
@@ -56,27 +56,6 @@ class AblationResult:
     @property
     def failures(self) -> tuple[Outcome, ...]:
         return tuple(o for o in self.outcomes if o.failed)
-
-
-class Stopped(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the ablation; `signum` says which (the exit code is 128 + signum)."""
-
-    def __init__(self, signum: int = signal.SIGINT):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM (a batch scheduler's stop) raises Stopped between commands, as Ctrl-C raises KeyboardInterrupt."""
-    def stop(signum: int, frame: object) -> None:
-        raise Stopped(signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_command(cmd: list[str]) -> CommandResult:
