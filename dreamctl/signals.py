@@ -1,5 +1,6 @@
-"""SIGTERM as a stop request, like Ctrl-C: batch schedulers (Slurm, timeout) send it, and a command
-should then end as it does on Ctrl-C (keep what is finished, say how to go on), exit 128 + 15.
+"""Stopping a command cleanly on a signal: Ctrl-C (SIGINT) from a terminal, SIGTERM from a batch
+scheduler (Slurm, timeout). Either ends a command as Ctrl-C does (keep what is finished, say how to
+go on) with exit code 128 + the signal. A command that runs another passes a stop on to it.
 
 Torch-free, so the CLI's commands can use it without loading torch for --help.
 """
@@ -7,8 +8,12 @@ Torch-free, so the CLI's commands can use it without loading torch for --help.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+Handler = Callable[[int, Any], None]
 
 
 class Stopped(KeyboardInterrupt):
@@ -19,19 +24,56 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Within it, SIGTERM raises Stopped where Ctrl-C would raise KeyboardInterrupt."""
-    def stop(signum: int, frame: object) -> None:
-        raise Stopped(signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def signum_of(stop: KeyboardInterrupt) -> int:
+    """The signal behind a stop: a Stopped says which, a bare KeyboardInterrupt is Ctrl-C."""
+    return int(getattr(stop, "signum", signal.SIGINT))
 
 
 def exit_code(stop: KeyboardInterrupt) -> int:
     """128 + the signal that stopped a command: 130 for Ctrl-C, 143 for SIGTERM."""
-    return 128 + int(getattr(stop, "signum", signal.SIGINT))
+    return 128 + signum_of(stop)
+
+
+@contextmanager
+def handling(handler: Handler, *signums: int) -> Iterator[None]:
+    """`handler` for these signals within the block; the previous handlers after it, whatever happens."""
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def stop_on_sigterm() -> AbstractContextManager[None]:
+    """Within it, SIGTERM raises Stopped where Ctrl-C would raise KeyboardInterrupt."""
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    return handling(stop, signal.SIGTERM)
+
+
+def run_child(start: Callable[[], subprocess.Popen], use: Callable[[subprocess.Popen], None] = lambda proc: None,
+              ) -> tuple[int, int | None]:
+    """Start a child process and wait for it, passing a stop on so that it can end cleanly (checkpoint).
+
+    SIGTERM, sent to this process alone, is sent on; Ctrl-C already reaches the child through the
+    terminal's process group, and a second one would abort its checkpoint, so it is only noted. The
+    handler is in place before the child starts: a signal while it starts still reaches it. `use(proc)`
+    runs while the child lives (reading its output). Returns (its exit code, the first signal received or None).
+    """
+    received: list[int] = []
+    running: list[subprocess.Popen] = []
+
+    def note(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if signum == signal.SIGTERM and running:
+            running[0].send_signal(signum)
+
+    with handling(note, signal.SIGINT, signal.SIGTERM):
+        with start() as proc:  # leaving it waits for the child, still under `note`
+            running.append(proc)
+            if signal.SIGTERM in received:  # arrived while it started (a second one is harmless)
+                proc.send_signal(signal.SIGTERM)
+            use(proc)
+    return proc.returncode, (received[0] if received else None)

@@ -59,14 +59,17 @@ def test_torchrun_shortcut_forwards_a_signal_and_exits_like_one_process(monkeypa
 
     class FakeTorchrun:
         def __init__(self, cmd):
-            self.cmd, self.sent = cmd, []
+            self.cmd, self.sent, self.returncode = cmd, [], None
 
         def send_signal(self, signum):
             self.sent.append(signum)
 
-        def wait(self):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):  # Popen's: wait for the child
             os.kill(os.getpid(), signal.SIGTERM)  # arrives while the launcher waits for its workers
-            return 1
+            self.returncode = 1
 
     made = []
     monkeypatch.setattr(sp, "Popen", lambda cmd, env: made.append(FakeTorchrun(cmd)) or made[-1])

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from dreamctl.cli.common import EXIT_CODES_DIR, console, err_console
+from dreamctl.signals import run_child
 
 
 def device_args(device: str | None) -> list[str]:
@@ -21,30 +21,18 @@ def device_args(device: str | None) -> list[str]:
 def launch(nproc: int, args: list[str]) -> int:
     """Run `dreamctl ARGS` in `nproc` processes; return their exit code.
 
-    Ctrl-C and SIGTERM are passed on to torchrun, which stops its workers with SIGTERM (each
-    then writes a checkpoint); this process waits for all of them instead of leaving orphans,
-    then exits 128 + the signal, as a single process does (torchrun itself would say 1). Workers
-    that fail all with one exit code (2: an error the user can fix) make it ours for the same reason.
+    A stop reaches torchrun (signals.run_child), which stops its workers with SIGTERM (each then
+    writes a checkpoint); this process waits for all of them instead of leaving orphans, then exits
+    128 + the signal, as a single process does (torchrun itself would say 1). Workers that fail all
+    with one exit code (2: an error the user can fix) make it ours for the same reason.
     """
     torchrun = ["--standalone", f"--nproc-per-node={nproc}", "-m", "dreamctl", *args]
     console.print("starting: torchrun " + " ".join(torchrun), markup=False)
     with tempfile.TemporaryDirectory(prefix="dreamctl-exit-") as codes_dir:
-        proc = subprocess.Popen([sys.executable, "-m", "dreamctl.cli.torchrun", *torchrun],
-                                env={**os.environ, EXIT_CODES_DIR: codes_dir})
-        received: list[int] = []
-
-        def forward(signum: int, frame: object) -> None:
-            received.append(signum)
-            proc.send_signal(signum)
-
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            code = proc.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        if received and code != 0:
-            return 128 + received[0]
+        code, signum = run_child(lambda: subprocess.Popen([sys.executable, "-m", "dreamctl.cli.torchrun", *torchrun],
+                                                          env={**os.environ, EXIT_CODES_DIR: codes_dir}))
+        if signum is not None and code != 0:
+            return 128 + signum
         return workers_code(code, Path(codes_dir), nproc)
 
 

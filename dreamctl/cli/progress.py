@@ -12,6 +12,7 @@ import typer
 from rich.progress import TextColumn
 
 from dreamctl.cli.common import console, err_console, progress_bar, speaks
+from dreamctl.signals import handling
 
 if TYPE_CHECKING:  # the CLI's --help must not import torch
     from dreamctl.runtime import Runtime
@@ -43,12 +44,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling(handler, signal.SIGINT, signal.SIGTERM):
         yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class TrainingDisplay:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dreamctl import atomic
 from dreamctl.config import set_args
-from dreamctl.signals import Stopped, stop_on_sigterm
+from dreamctl.signals import Stopped, run_child, signum_of, stop_on_sigterm
 from dreamctl.errors import CheckpointError, ConfigError, WeightsError
 from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows
 from dreamctl.experiments.compare import compare_runs
@@ -61,36 +61,21 @@ class AblationResult:
 def run_command(cmd: list[str]) -> CommandResult:
     """The default runner: stdout goes straight through; stderr too, and its last lines are kept.
 
-    A stop lets the child checkpoint: Ctrl-C reaches it through the process group, SIGTERM is passed
-    on. This process goes on reading the child's stderr until it exits (a closed pipe would kill it
-    mid-checkpoint), then raises Stopped.
+    A stop reaches the child (signals.run_child), which checkpoints; this process goes on reading
+    its stderr until it exits (a closed pipe would kill it mid-checkpoint), then raises Stopped.
     """
     tail: deque[str] = deque(maxlen=STDERR_LINES)
-    received: list[int] = []
-    running: list[subprocess.Popen] = []
 
-    def note(signum: int, frame: object) -> None:
-        received.append(signum)
-        if signum == signal.SIGTERM and running:  # sent to this process alone (a second Ctrl-C would abort it)
-            running[0].send_signal(signum)
+    def drain(proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)  # the child's own messages, passed through unchanged
+            tail.append(line)
 
-    # In place before the child starts: a SIGTERM while it starts must reach it, not end this process's wait.
-    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
-            running.append(proc)
-            if signal.SIGTERM in received:  # arrived while it started (a second one is harmless)
-                proc.send_signal(signal.SIGTERM)
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                sys.stderr.write(line)  # the child's own messages, passed through unchanged
-                tail.append(line)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received:
-        raise Stopped(received[0])
-    return CommandResult(proc.returncode, "".join(tail))
+    code, signum = run_child(lambda: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1), drain)
+    if signum is not None:
+        raise Stopped(signum)
+    return CommandResult(code, "".join(tail))
 
 
 def dreamctl_command(*args: str) -> list[str]:
@@ -161,7 +146,7 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
         with stop_on_sigterm():
             _carry_out(plan, runner, nproc, progress, outcomes)
     except KeyboardInterrupt as stop:
-        write_report(plan, outcomes, stopped_by=getattr(stop, "signum", signal.SIGINT))
+        write_report(plan, outcomes, stopped_by=signum_of(stop))
         raise
     report, figures = write_report(plan, outcomes)
     return AblationResult(tuple(outcomes), report, tuple(figures))
