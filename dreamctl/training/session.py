@@ -29,12 +29,13 @@ def _check_data(recipe: Recipe) -> int:
     """The number of images the recipe trains on, from the manifest alone (no shard is read)."""
     if recipe.data.path is None:
         raise RunError("no prepared data: pass --data DIR (a folder written by `dreamctl prepare-data`)")
-    resolution = int(read_manifest(Path(recipe.data.path))["image_shape"][0])
+    manifest = read_manifest(Path(recipe.data.path))
+    resolution = int(manifest["image_shape"][0])
     if resolution != recipe.data.resolution:
         raise RunError(f"data {recipe.data.path} holds {resolution}px images but data.resolution is "
                        f"{recipe.data.resolution}; prepare it with --resolution {recipe.data.resolution} "
                        f"or --set data.resolution={resolution}")
-    return split_size(recipe.data.path, recipe.data.split, recipe.data.limit)
+    return split_size(recipe.data.path, recipe.data.split, recipe.data.limit, manifest)
 
 
 def _open_data(recipe: Recipe, rt: Runtime) -> ImageSet:
