@@ -188,3 +188,18 @@ def test_main_first_tells_every_rank_whatever_rank_0_raised(tmp_path):
     out = str(tmp_path / "raised")
     mp.spawn(_main_first_worker, args=(f"file://{tmp_path / 'store'}", out), nprocs=2, join=True)
     assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == ["FileExistsError", "StoppedWithMain"]
+
+
+def test_under_plain_torchrun_an_error_reaches_torchruns_report(tmp_path, monkeypatch, capsys):
+    """Local rank 1 prints nothing (its node's rank 0 speaks), so an error it hit alone would be lost;
+    it goes into torchrun's error file, which torchrun's own report shows for that rank."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    error_file = tmp_path / "error.json"
+    for key, value in {"RANK": "1", "LOCAL_RANK": "1", "TORCHELASTIC_ERROR_FILE": str(error_file)}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["train", "--recipe", "nope"]) == 2 and capsys.readouterr().err == ""
+    report = ChildFailedError("dreamctl", {1: ProcessFailure(1, 101, 2, str(error_file))}).format_msg()
+    assert "traceback : error: unknown recipe 'nope'" in report
+    error_file.unlink()
+    assert main(["train", "--help"]) == 0 and not error_file.exists()  # no error, no file

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     if EXIT_CODES_DIR in os.environ and "RANK" in os.environ:  # a worker of the --nproc-per-node shortcut
         atomic.write_json(Path(os.environ[EXIT_CODES_DIR]) / f"rank-{os.environ['RANK']}.json",
                           {"code": code, "error": message})
+    if message is not None and "TORCHELASTIC_ERROR_FILE" in os.environ:
+        # torchrun's failure report shows this as the rank's "traceback": the only place an error
+        # that a silent rank (local rank > 0) hit alone is printed under plain torchrun. The layout is
+        # that of torch's own ErrorHandler.record_exception, with our line where its traceback goes.
+        line = f"error: {message}"
+        atomic.write_json(Path(os.environ["TORCHELASTIC_ERROR_FILE"]), {"message": {
+            "message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}})
     return code
 
 
