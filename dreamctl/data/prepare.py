@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass
@@ -132,7 +132,7 @@ def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     }
 
 
-def _run(chunks: Iterable[Chunk], workers: int) -> Iterator[ChunkResult]:
+def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
     """Results in submission order; at most 2*workers chunks in flight, so memory stays flat."""
     if workers <= 1:
         yield from map(load_chunk, chunks)
@@ -203,32 +203,21 @@ def prepare_data(
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
     atomic.write_json(out / PROGRESS, record, indent=1, sort_keys=True)
 
-    def chunks() -> Iterator[Chunk]:
-        for split, _, items in todo:
-            for i in range(0, len(items), CHUNK):
-                yield Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, crop, resolution, split, items[i : i + CHUNK])
-
     start, written = time.perf_counter(), 0
-    results = _run(chunks(), min(workers, sum(-(-len(items) // CHUNK) for _, _, items in todo)))
+    chunks = [Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, crop, resolution, split, items[i : i + CHUNK])
+              for split, _, items in todo for i in range(0, len(items), CHUNK)]
+    results = _run(chunks, min(workers, len(chunks)))
     with closing(results):
         for split, index, items in todo:
             parts = []
-            for _ in range(0, len(items), CHUNK):
+            for i in range(0, len(items), CHUNK):  # a shard's chunks come in order, one after another
                 parts.append(next(results))
                 done += len(parts[-1].names) + len(parts[-1].skipped)
-                if on_progress and sum(len(p.names) + len(p.skipped) for p in parts) < len(items):
+                if on_progress and i + CHUNK < len(items):
                     on_progress(Progress(done, total))
-            skipped = [s for p in parts for s in p.skipped]
-            if strict and skipped:
-                raise DataError(f"{skipped[0].name}: {skipped[0].reason} (--strict)")
-            name = shard_name(split, index)
-            images = np.concatenate([p.images for p in parts])
-            digest = write_shard(out / name, images, [n for p in parts for n in p.names])
-            record["shards"][name] = {"split": split, "count": len(images), "sha256": digest, "skipped": [[s.name, s.reason] for s in skipped]}
-            atomic.write_json(out / PROGRESS, record, indent=1, sort_keys=True)
-            written += len(images)
+            written += _write(out, record, split, index, parts, strict)
             if on_progress:
-                on_progress(Progress(done, total, name))
+                on_progress(Progress(done, total, shard_name(split, index)))
     close_zips()
     seconds = time.perf_counter() - start
 
@@ -237,6 +226,21 @@ def prepare_data(
     atomic.write_json(out / MANIFEST, manifest, indent=1, sort_keys=True)
     (out / PROGRESS).unlink(missing_ok=True)
     return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
+
+
+def _write(out: Path, record: dict, split: str, index: int, parts: list[ChunkResult], strict: bool) -> int:
+    """Shard `index` of `split` from its decoded chunks, then its line in the progress record (so a
+    crash after this point keeps it); returns the number of images written."""
+    skipped = [s for p in parts for s in p.skipped]
+    if strict and skipped:
+        raise DataError(f"{skipped[0].name}: {skipped[0].reason} (--strict)")
+    name = shard_name(split, index)
+    images = np.concatenate([p.images for p in parts])
+    digest = write_shard(out / name, images, [n for p in parts for n in p.names])
+    record["shards"][name] = {"split": split, "count": len(images), "sha256": digest,
+                              "skipped": [[s.name, s.reason] for s in skipped]}
+    atomic.write_json(out / PROGRESS, record, indent=1, sort_keys=True)
+    return len(images)
 
 
 def _check_readable(manifest: dict, listing: Listing) -> None:
