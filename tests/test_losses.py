@@ -116,11 +116,22 @@ def test_mode_restored_when_estimate_pass_fails(batch):
     assert net.training
 
 
-def test_dream_l1_option(batch):
-    net = TinyNet()
-    mse, _ = compute_loss("dream", net, SCHEDULE, *batch, norm="mse")
-    l1, _ = compute_loss("dream", net, SCHEDULE, *batch, norm="l1")
-    assert not torch.allclose(mse, l1)
+@pytest.mark.parametrize("norm", ["mse", "l1"])
+@pytest.mark.parametrize("p", [1.0, 2.5])
+def test_dream_is_the_papers_loss_for_an_imperfect_model(batch, norm, p):
+    """Written as the paper puts it: the adjusted noise eps' = eps + lam*delta (delta = eps - eps_hat,
+    lam = sqrt(1 - abar)**p) makes x_t' = q_sample(x0, t, eps'), and the model is trained towards eps'."""
+    x0, t, noise = (v.double() if v.is_floating_point() else v for v in batch)
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    dream, _ = compute_loss("dream", net, SCHEDULE, x0, t, noise, p=p, norm=norm)
+    with torch.no_grad():
+        eps_hat = net(SCHEDULE.q_sample(x0, t, noise), t)
+        lam = SCHEDULE.sqrt_one_minus_abar(t, x0) ** p
+        adjusted = noise + lam * (noise - eps_hat)
+        diff = net(SCHEDULE.q_sample(x0, t, adjusted), t) - adjusted
+        expected = (diff**2 if norm == "mse" else diff.abs()).mean()
+    torch.testing.assert_close(dream.detach(), expected, rtol=0, atol=1e-12)
 
 
 CONS = dict(lambda_min=0.0, lambda_max=0.5, alpha=0.7, start_epoch=10, ramp_epochs=20)
