@@ -95,6 +95,8 @@ def test_resume_may_lower_the_learning_rate_and_move_the_data(tmp_path, syntheti
                  "--set", f"data.path={moved}"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["lr"]) for r in records] == [(2, 2e-3), (4, 2e-3), (6, 5e-4)]
+    last = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])  # the optimizer's, not only the log's
+    assert last["optimizer"]["param_groups"][0]["lr"] == 5e-4
     info = json.loads((run / "run.json").read_text())
     assert info["data"] == str(moved.resolve()) and info["resumes"][-1]["step"] == 4
     assert "optim.lr=0.0005" in info["resumes"][-1]["set"]

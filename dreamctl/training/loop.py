@@ -157,7 +157,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
 
     def log(epoch: int, grad_norm: Tensor) -> None:
         record = {"step": state.step, "epoch": epoch, "images_seen": state.images_seen, **meter.means(rt),
-                  "lr": lr_at(state.step - 1, recipe.optim), "grad_norm": float(grad_norm),
+                  "lr": state.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),  # the step's own
                   "img_per_s": speed.img_per_s(), "peak_memory_bytes": peak_memory_bytes(rt.device),
                   "time": time.time()}
         if rt.is_main:
