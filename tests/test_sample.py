@@ -34,6 +34,17 @@ def _draw(run: Path, folder: Path, num: int, rt: Runtime = CPU, **opts) -> np.nd
     return read_samples(folder, num, model.image_size)
 
 
+def test_sampling_loads_the_ema_weights_unless_told_otherwise(trained):
+    from dreamctl.training.state import list_checkpoints, load_checkpoint
+
+    run, _ = trained
+    ckpt = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
+    for opts, part, other in ((SampleOptions(), "ema", "model"), (SampleOptions(use_ema=False), "model", "ema")):
+        weights = load_for_inference(RunDir(run), opts, CPU).net.net.state_dict()
+        assert all(torch.equal(weights[k], ckpt[part][k]) for k in ckpt[part])
+        assert not all(torch.equal(weights[k], ckpt[other][k]) for k in ckpt[other])
+
+
 def test_same_seeds_same_images_at_any_batch_size(trained, tmp_path):
     run, _ = trained
     # eta = 1: every DDIM step draws noise too, from each image's own generator.

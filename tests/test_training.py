@@ -33,6 +33,25 @@ def test_resume_is_bit_exact_across_epoch_and_dream_start(tmp_path, synthetic_da
     assert {"loss_q0", "lr", "grad_norm", "img_per_s", "peak_memory_bytes", "images_seen"} <= set(records[0])
 
 
+def test_the_checkpointed_ema_is_the_decayed_average_of_the_trained_weights(tmp_path, synthetic_data_dir):
+    """ema_k = decay_k * ema_(k-1) + (1 - decay_k) * model_k after every step, with the warm-up decay."""
+    from dreamctl.config import load_recipe
+    from dreamctl.training.loop import ema_decay_at
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=3", "train.checkpoint_every=1",
+                                                  "train.keep_checkpoints=3"], recipe="tiny") == 0
+    ckpts = [load_checkpoint(p) for p in list_checkpoints(run / "checkpoints")]
+    optim = load_recipe(run / "recipe.yaml").optim
+    for before, after in zip(ckpts, ckpts[1:]):
+        decay = ema_decay_at(before["step"], optim)
+        assert 0 < decay < 1
+        for key, ema in after["ema"].items():
+            expected = torch.lerp(before["ema"][key], after["model"][key], 1 - decay)
+            torch.testing.assert_close(ema, expected, rtol=1e-6, atol=1e-7)
+        assert any(not torch.equal(after["ema"][k], after["model"][k]) for k in after["model"])
+
+
 def test_nan_loss_stops_without_poisoned_checkpoint(tmp_path, synthetic_data_dir, monkeypatch, capsys):
     real = losses.LOSSES["standard"]
     calls = {"n": 0}
