@@ -32,6 +32,22 @@ def _older_checkpoint(run: Path, step: int) -> None:
     torch.save(ckpt, checkpoint_path(run / "checkpoints", step))
 
 
+def test_the_reference_is_the_split_asked_for(trained):
+    """--ref valid measures against the valid split's first ref_num images: not a label on train's."""
+    from dreamctl.data.loader import open_split
+    from dreamctl.metrics.pixel_fd import pixel_frechet_distance
+    from dreamctl.sampling import read_samples
+
+    run, data = trained
+    for split in ("valid", "train"):
+        result = evaluate_run(run, SampleOptions(), rt=CPU, num=12, ref=split, ref_num=12, metrics=["pixel_fd"])
+        with open_split(data, split, limit=12) as ref:
+            reference = ref[torch.arange(12)].numpy()
+        expected = pixel_frechet_distance(read_samples(result.samples, 12, 32), reference)
+        assert result.record["protocol"]["ref_split"] == split
+        assert result.record["metrics"]["pixel_fd"]["value"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
     run, data = trained
     metrics = ["fid", "kid", "is", "swd", "pixel_fd"]
