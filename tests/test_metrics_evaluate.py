@@ -91,13 +91,20 @@ def test_a_cache_folder_that_cannot_be_written_warns_and_still_computes(tmp_path
     assert out["metrics"]["fid"] == evaluate_image_sets(gen, ref, cache_dir=None, **kw)["metrics"]["fid"]
 
 
-def test_identical_sets_give_near_zero_distances():
+def test_identical_sets_give_zero_frechet_distances_and_the_exact_unbiased_kid():
     imgs = _faces(2, 40)
     out = evaluate_image_sets(imgs, imgs, metrics=["fid", "kid", "pixel_fd"], reference_key=None,
                               cache_dir=None, feature_net=StandInFeatureNet())
     assert abs(out["metrics"]["fid"]["value"]) < 1e-6
     assert abs(out["metrics"]["pixel_fd"]["value"]) < 1e-6
-    assert out["metrics"]["kid"]["value"] < 1e-3
+    # KID is unbiased, so for one set against itself it is slightly negative, and exactly
+    # 2/m * (mean off-diagonal kernel - mean kernel) whatever subsets are drawn (all m images each time).
+    from dreamctl.metrics.inception import batched_features
+    feats = batched_features(StandInFeatureNet(), imgs)[0].astype(np.float64)
+    k = (feats @ feats.T / feats.shape[1] + 1) ** 3
+    m = len(k)
+    exact = 2 / m * ((k.sum() - np.trace(k)) / (m - 1) - k.sum() / m)
+    assert exact < 0 and out["metrics"]["kid"]["value"] == pytest.approx(exact, rel=1e-6)
     assert out["protocol"]["reference_cache"] == "off"
 
 
