@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from dreamctl.cli import main
@@ -31,6 +32,17 @@ def test_resume_is_bit_exact_across_epoch_and_dream_start(tmp_path, synthetic_da
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert "loss_rect" not in records[3] and records[4]["loss_rect"] > 0  # DREAM from step 8 (epoch 1)
     assert {"loss_q0", "lr", "grad_norm", "img_per_s", "peak_memory_bytes", "images_seen"} <= set(records[0])
+
+
+@pytest.mark.parametrize("recipe,extra", [("tiny-dream", []), ("tiny", ["loss.kind=input_perturbation"])])
+def test_resume_is_bit_exact_with_dropout_for_dream_and_ddpm_ip(tmp_path, synthetic_data_dir, recipe, extra):
+    """Dropout and DDPM-IP's xi draw from the global RNG (reseeded per step, saved in each checkpoint):
+    a resumed run draws what the straight run drew."""
+    overrides = TINY + extra + ["model.dropout=0.1"]
+    assert train(tmp_path / "straight", synthetic_data_dir, overrides + ["train.max_steps=6"], recipe=recipe) == 0
+    assert train(tmp_path / "split", synthetic_data_dir, overrides + ["train.max_steps=3"], recipe=recipe) == 0
+    assert main(["resume", str(tmp_path / "split"), "--set", "train.max_steps=6"]) == 0
+    assert_identical(final_weights(tmp_path / "straight"), final_weights(tmp_path / "split"))
 
 
 def test_the_checkpointed_ema_is_the_decayed_average_of_the_trained_weights(tmp_path, synthetic_data_dir):
