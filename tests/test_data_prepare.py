@@ -136,6 +136,29 @@ def test_synthetic_resolution_too_small_writes_nothing(tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_workers_leave_a_groups_ctrl_c_to_the_parent(tmp_path):
+    """Ctrl-C in a terminal reaches every process of the group; a worker dying of it mid-task broke
+    the pool or left it hung. The workers ignore it, so only the parent decides to stop."""
+    import multiprocessing
+    import os
+    import signal
+
+    sent = []
+
+    def interrupt_workers(progress) -> None:
+        if not sent:
+            sent.extend(p.pid for p in multiprocessing.active_children())
+            for pid in sent:
+                os.kill(pid, signal.SIGINT)
+
+    try:
+        result = prepare_synthetic(tmp_path / "data", workers=2, count=1200, on_progress=interrupt_workers)
+    except KeyboardInterrupt:  # what a worker's interrupt became in the parent: it would end the test session
+        pytest.fail("a worker died of the Ctrl-C and the parent raised KeyboardInterrupt")
+    assert len(sent) == 2 and verify(result.out_dir) == []
+    assert sum(read_manifest(result.out_dir)["counts"].values()) == 1200
+
+
 def test_sigterm_shuts_the_worker_pool_down(tmp_path):
     """SIGTERM stops prepare-data like Ctrl-C: exit 143, finished shards kept, no worker left running
     (the default handler killed the parent alone, and the pool ran on, re-parented to init)."""

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -140,7 +141,7 @@ def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
     # forkserver: workers start from a clean process, never a fork of a parent that holds
     # threads (the progress bar) or open file handles.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_leave_stops_to_parent) as pool:
         it = iter(chunks)
         window = deque(pool.submit(load_chunk, c) for c in islice(it, 2 * workers))
         try:
@@ -151,6 +152,14 @@ def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
         finally:
             for future in window:
                 future.cancel()
+
+
+def _leave_stops_to_parent() -> None:
+    """Workers ignore Ctrl-C and SIGTERM (a terminal or scheduler signals the whole process group):
+    the parent stops the pool. A worker interrupted while it held the task queue's lock would leave
+    the others, and the parent's exit, waiting on that lock forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _plan(listing: Listing, shard_size: int) -> list[tuple[str, int, list]]:
