@@ -119,3 +119,16 @@ def test_a_checkpoint_cut_anywhere_is_skipped_as_corrupt(tmp_path):
         cut.write_bytes(data[:size])
         with pytest.raises(CorruptCheckpoint):
             load_checkpoint(cut)
+
+
+def test_resume_refuses_a_run_whose_checkpoints_are_gone(tmp_path, synthetic_data_dir, capsys):
+    """Starting again from step 0 would rewrite the log of a run that got further: refused, nothing touched."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"]) == 0
+    for path in list_checkpoints(run / "checkpoints"):
+        path.unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["resume", str(run), "--set", "train.max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "says the run reached step 4" in err and "holds no checkpoint" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -125,8 +125,13 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
 
 def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size: int) -> Recipe:
     """The resumed recipe, after what resume_run refuses from the manifests alone: overrides that
-    change the past, other data than the run's, a batch that does not split over the ranks."""
+    change the past, checkpoints gone, other data than the run's, a batch that does not split over the ranks."""
     recipe = resumed_recipe(run, overrides)
+    reached = run.info().get("step", 0)  # written with each checkpoint
+    if reached and not list_checkpoints(run.checkpoints):
+        raise RunError(f"{run.run_file} says the run reached step {reached} but {run.checkpoints} holds no checkpoint: "
+                       "put the checkpoint files back (resuming would start again from step 0 and rewrite the "
+                       "run's log), or start a new run with `dreamctl train`")
     if recipe.data.path is not None:
         run.check_data(Path(recipe.data.path), "resuming on it would not continue the same run; restore the "
                                                "run's data, or start a new run with `dreamctl train`")
