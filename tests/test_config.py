@@ -68,6 +68,12 @@ def test_overrides_and_path(tmp_path: Path):
     (["sample.sampler=ddpm"], "sample.sampler 'ddpm' runs all T steps"),
     (["train.batch_size"], "bad override 'train.batch_size'"),
     (["nosection.key=1"], "nosection: unknown key"),
+    # values the schema let through once, each failing later with a traceback from torch
+    (["optim.betas=[2,2]"], "optim.betas.0: Input should be less than 1"),
+    (["model.channel_mult=[0,1]"], "model.channel_mult.0: Input should be greater than 0"),
+    (["model.channel_mult=[]"], "model.channel_mult"),
+    (["train.seed=99999999999999999999"], "train.seed"),
+    (["train.seed=-1"], "train.seed"),
 ])
 def test_bad_overrides_name_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)) as err:

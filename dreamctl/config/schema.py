@@ -7,7 +7,7 @@ key and where the recipe came from (validate_recipe). Loading files is dreamctl.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -19,6 +19,8 @@ LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbatio
 IMAGES_PER_SEED = 2**20
 MAX_BASE_SEED = 2**32 // IMAGES_PER_SEED - 1
 SEED_RULE = "seed*2**20+i"  # recorded in evaluation files; files written before it used seed+i
+PositiveInt = Annotated[int, Field(gt=0)]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # AdamW's own bounds
 
 
 def drawn_by_seed_rule(protocol: dict[str, Any]) -> bool:
@@ -49,9 +51,9 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     channels: int = Field(128, gt=0)  # base width; level i has channels * channel_mult[i]
-    channel_mult: tuple[int, ...] = (1, 2, 4)
+    channel_mult: tuple[PositiveInt, ...] = Field((1, 2, 4), min_length=1)
     num_res_blocks: int = Field(2, gt=0)
-    attention_resolutions: tuple[int, ...] = (16, 8)  # 8 = the middle at 64x64
+    attention_resolutions: tuple[PositiveInt, ...] = (16, 8)  # 8 = the middle at 64x64
     num_heads: int = Field(8, gt=0)
     groups: int = Field(8, gt=0)  # GroupNorm groups
     time_features: int = Field(128, gt=0)  # sinusoidal width; the MLP widens it to 4*channels
@@ -110,7 +112,7 @@ class LossConfig(_Section):
 
 class OptimConfig(_Section):
     lr: float = Field(2e-4, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     weight_decay: float = Field(0.01, ge=0.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
     warmup_steps: int = Field(0, ge=0)
@@ -122,7 +124,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(128, gt=0)  # global, over all processes
     epochs: int = Field(100, gt=0)
     max_steps: int | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed's range
     checkpoint_every: int = Field(1000, gt=0)
     keep_checkpoints: int = Field(3, gt=0)
     sample_every: int = Field(2000, gt=0)
