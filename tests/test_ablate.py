@@ -153,3 +153,22 @@ def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> N
         (tmp_path / "r").mkdir()
         assert execute_module._set_aside(tmp_path / "r", parking).name == expected
     assert sorted(p.name for p in parking.iterdir()) == ["r", "r.1", "r.2", "r.3"]
+
+
+def test_ctrl_c_while_the_command_modules_load_exits_130_without_a_traceback(monkeypatch, capsys):
+    """ablate's jobs share its terminal: a Ctrl-C that lands while a job is still importing printed
+    that import's traceback under ablate's own one-line report."""
+    import builtins
+
+    from dreamctl.__main__ import run
+
+    real = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "dreamctl.cli":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert run() == 130
+    assert capsys.readouterr().err == ""
