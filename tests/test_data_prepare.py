@@ -67,6 +67,19 @@ def test_a_rerun_rebuilds_a_damaged_shard(synthetic_data_dir, tmp_path):
     assert verify(out) == [] and (out / "train-00000.h5").stat().st_mtime_ns == intact
 
 
+def test_a_rerun_repairs_a_manifest_whose_count_was_edited(synthetic_data_dir, tmp_path):
+    """--verify's advice (re-run the same command) must work for every problem it reports: the shard
+    hashes as recorded but holds another count than the manifest says."""
+    out = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["count"] = 999
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert verify(out) and "the manifest says (999," in verify(out)[0]
+    prepare_synthetic(out)
+    assert verify(out) == [] and read_manifest(out)["splits"]["train"]["shards"][0]["count"] == 100
+
+
 def test_other_settings_are_refused_unless_overwrite(synthetic_data_dir, tmp_path):
     out = tmp_path / "data"
     shutil.copytree(synthetic_data_dir, out)

@@ -31,7 +31,7 @@ from dreamctl import __version__
 from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, load_chunk, parse_crop
 from dreamctl import atomic
 from dreamctl.data import synthetic
-from dreamctl.data.shards import FORMAT, MANIFEST, PROGRESS, shard_name, write_shard
+from dreamctl.data.shards import FORMAT, MANIFEST, PROGRESS, ShardInfo, shard_name, shard_problem, write_shard
 from dreamctl.data.sources import SPLITS, Listing
 from dreamctl.errors import DataError
 
@@ -198,7 +198,9 @@ def prepare_data(
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(listing, crop, resolution, shard_size)
     previous = _previous(out, settings, overwrite)
-    finished = {f: r for f, r in previous.items() if (out / f).is_file() and atomic.file_sha256(out / f) == r["sha256"]}
+    shape = (resolution, resolution, 3)  # a shard is kept only if it passes what --verify checks
+    finished = {f: r for f, r in previous.items()
+                if shard_problem(ShardInfo(out / f, r["count"], r["sha256"]), shape) is None}
 
     plan = _plan(listing, shard_size)
     todo = [p for p in plan if shard_name(p[0], p[1]) not in finished]
