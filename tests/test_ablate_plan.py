@@ -54,6 +54,25 @@ def test_costs_unknown_without_data_or_limit(tmp_path: Path) -> None:
     assert plan.train[0].steps == 20  # 320 // 64 * 4
 
 
+def test_unprepared_data_or_a_file_for_out_is_one_error_before_any_job(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """Both failed once per job before (each training job, then each log file)."""
+    fake = FakeCLI()
+    monkeypatch.setattr(execute_module, "run_command", fake)
+    spec = str(write_spec(tmp_path))
+    assert main(["ablate", spec, "--data", str(tmp_path / "not-prepared"), "--dry-run"]) == 0  # a plan may come first
+    capsys.readouterr()
+    assert main(["ablate", spec, "--data", str(tmp_path / "not-prepared")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not-prepared/manifest.json not found" in err and "dreamctl prepare-data" in err and "\n" not in err
+    (tmp_path / "a-file").write_text("mine")
+    assert main(["ablate", spec, "--out", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a-file is a file: give --out a folder" in err and "\n" not in err
+    assert fake.calls == [] and (tmp_path / "a-file").read_text() == "mine"
+
+
 def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:
     fake = FakeCLI()

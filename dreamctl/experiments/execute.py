@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dreamctl import atomic
 from dreamctl.config import set_args
+from dreamctl.data.shards import read_manifest
 from dreamctl.signals import Stopped, run_child, signum_of, stop_on_sigterm
 from dreamctl.errors import CheckpointError, ConfigError, WeightsError
 from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows
@@ -135,8 +136,12 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
     """
     runner = runner or run_command
     starts = [j for j in plan.train if j.action in ("train", "restart")]
+    if plan.spec.out.exists() and not plan.spec.out.is_dir():
+        raise ConfigError(f"out {plan.spec.out} is a file: give --out a folder (or 'out:' in the spec)")
     if plan.data is None and starts:  # before the first job, not when the first new run comes up
         raise _needs_data(starts[0])
+    if starts:
+        read_manifest(plan.data)  # not prepared: one error now, not one per job
     if plan.spec.metrics and any(e.action == "evaluate" for e in plan.evals):
         errors = check_weights(plan.spec.metrics)  # before days of training, not after
         if errors:
