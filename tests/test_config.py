@@ -154,3 +154,23 @@ def test_a_plain_install_ships_the_recipes(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
                          check=True, capture_output=True, text=True).stdout.split()
     assert out[0].startswith(str(target)) and out[1:] == ["dream_conservative", "methods"]
+
+
+def test_extends_errors_name_the_file_that_extends(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("extends: sub/parent.yaml\n")  # relative to child's folder: sub/sub/parent.yaml
+    with pytest.raises(ConfigError, match=r"child\.yaml: extends: recipe file .*sub/sub/parent\.yaml does not exist "
+                                          r"\(a path is taken from the folder of child\.yaml\)"):
+        load_recipe(child)
+    child.write_text("extends: nosuch\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: extends: unknown recipe 'nosuch'"):
+        load_recipe(child)
+
+
+def test_an_empty_recipe_file_is_refused(tmp_path: Path):
+    """It would train every default, the full-size model included."""
+    empty = tmp_path / "mine.yaml"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="mine.yaml is empty"):
+        load_recipe(empty)

@@ -69,8 +69,8 @@ def read_yaml(path: Path) -> Any:
 
 def _read_yaml(path: Path) -> dict:
     data = read_yaml(path)
-    if data is None:
-        return {}
+    if data is None:  # would train every default: more likely a file not yet written than a choice
+        raise ConfigError(f"{path} is empty; write `extends: NAME` (a built-in recipe) and the sections to change")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -85,7 +85,12 @@ def _raw_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return data
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: key 'extends' must be a recipe name, got {parent!r}")
-    parent_path = (path.parent / parent) if parent.endswith((".yaml", ".yml")) else recipe_path(parent)
+    is_file = parent.endswith((".yaml", ".yml"))
+    try:
+        parent_path = recipe_path(path.parent / parent if is_file else parent)
+    except ConfigError as err:
+        where = f" (a path is taken from the folder of {path.name})" if is_file else ""
+        raise ConfigError(f"{path}: extends: {err}{where}") from None
     return _merge(_raw_recipe(parent_path, seen + (path.resolve(),)), data)
 
 
