@@ -97,11 +97,14 @@ def test_an_evaluation_drawn_under_the_old_seed_rule_is_done_again(tmp_path: Pat
     assert [e.action for e in make_plan(parse_spec(spec_path)).evals] == ["evaluate"]
 
 
-def test_metrics_without_weights_stop_before_any_training(tmp_path: Path) -> None:
+def test_metrics_without_weights_stop_before_any_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fake = FakeCLI()
+    spec = write_spec(tmp_path, evaluate={"metrics": ["swd", "fid"]})
     with pytest.raises(WeightsError, match="inception"):
-        execute(make_plan(parse_spec(write_spec(tmp_path, evaluate={"metrics": ["swd", "fid"]}))), runner=fake)
+        execute(make_plan(parse_spec(spec)), runner=fake)
     assert fake.calls == [] and not (tmp_path / "out").exists()
+    assert main(["ablate", str(spec), "--dry-run"]) == 0  # the dry run says so too
+    assert "warning: the spec's metrics need weights" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("signum, code, how", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])

@@ -100,6 +100,8 @@ def test_bad_file_names_the_file(tmp_path: Path):
     (["train", "--recipe", "tiny", "--set", "train.epochz=1", "--dry-run"], "train.epochz: unknown key"),
     (["train", "--recipe", "tiny", "--set", "train.epochs=-1", "--dry-run"], "train.epochs"),
     (["train", "--recipe", "tiny", "--set", "oops", "--dry-run"], "bad override 'oops'"),
+    (["ablate", "tiny-methods", "--seeds", "", "--dry-run"], "--seeds '': expected integers"),  # was ignored
+    (["ablate", "tiny-methods", "--seeds", "-1", "--dry-run"], "train.seed"),
 ])
 def test_cli_errors_exit_2_with_one_line(args, needle, capsys):
     assert main(args) == 2
@@ -174,3 +176,8 @@ def test_an_empty_recipe_file_is_refused(tmp_path: Path):
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="mine.yaml is empty"):
         load_recipe(empty)
+
+
+def test_prepare_data_needs_at_least_one_worker(tmp_path: Path, capsys):
+    assert main(["prepare-data", "--source", "synthetic", "--workers", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--workers" in capsys.readouterr().err and not (tmp_path / "d").exists()

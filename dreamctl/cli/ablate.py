@@ -20,9 +20,12 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ConfigError(f"--seeds '{text}': expected integers separated by commas, e.g. 0,1,2") from None
+        seeds = ()
+    if not seeds:
+        raise ConfigError(f"--seeds '{text}': expected integers separated by commas, e.g. 0,1,2")
+    return seeds
 
 
 def _print_plan(plan: Plan) -> None:
@@ -59,13 +62,15 @@ def command(
 ) -> None:
     """Run a grid of recipe overrides: train what is new, resume what was interrupted, evaluate, report."""
     from dreamctl.experiments.ablate import make_plan
-    from dreamctl.experiments.execute import execute
+    from dreamctl.experiments.execute import execute, weights_problem
     from dreamctl.experiments.spec import parse_spec
 
     parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None)
     plan = make_plan(parsed)
     _print_plan(plan)
     if dry_run:
+        if (problem := weights_problem(plan)) is not None:
+            err_console.print(f"warning: {problem} (the run would stop before training)", markup=False, highlight=False)
         return
     try:
         result = execute(plan, nproc=nproc_per_node,

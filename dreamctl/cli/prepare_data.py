@@ -39,7 +39,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Synthetic: which faces.")] = 0,
     valid_fraction: Annotated[float, typer.Option(help="Folder/synthetic: share of images in the valid split.")] = 0.05,
     test_fraction: Annotated[float, typer.Option(help="Folder/synthetic: share of images in the test split.")] = 0.05,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding processes (default: all cores).")] = None,
     shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = 5000,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image instead of skipping it.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a folder prepared with other settings.")] = False,

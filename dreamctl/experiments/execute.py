@@ -128,6 +128,14 @@ def _finished(run_dir: Path) -> str | None:
     return None if status == "finished" else f"run.json status is '{status}' after the command succeeded"
 
 
+def weights_problem(plan: Plan) -> str | None:
+    """Why the spec's metrics cannot be computed (a weight file missing or wrong), if they cannot."""
+    if plan.spec.metrics and any(e.action == "evaluate" for e in plan.evals):
+        if errors := check_weights(plan.spec.metrics):
+            return f"the spec's metrics need weights that are not usable: {errors[0]}"
+    return None
+
+
 def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
             progress: Callable[[str], None] = lambda message: None) -> AblationResult:
     """Train/resume what is not finished, evaluate what is not evaluated, then write OUT/report.md.
@@ -142,10 +150,8 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
         raise _needs_data(starts[0])
     if starts:
         read_manifest(plan.data)  # not prepared: one error now, not one per job
-    if plan.spec.metrics and any(e.action == "evaluate" for e in plan.evals):
-        errors = check_weights(plan.spec.metrics)  # before days of training, not after
-        if errors:
-            raise WeightsError(f"the spec's metrics need weights that are not usable: {errors[0]}")
+    if (problem := weights_problem(plan)) is not None:  # before days of training, not after
+        raise WeightsError(problem)
     outcomes: list[Outcome] = []
     try:
         with stop_on_sigterm():
