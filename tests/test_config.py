@@ -74,6 +74,7 @@ def test_overrides_and_path(tmp_path: Path):
     (["model.channel_mult=[]"], "model.channel_mult"),
     (["train.seed=99999999999999999999"], "train.seed"),
     (["train.seed=-1"], "train.seed"),
+    (["model.channels=15"], "level width 60 (model.channels 15 x model.channel_mult) must be divisible by model.groups"),
 ])
 def test_bad_overrides_name_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)) as err:

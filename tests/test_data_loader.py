@@ -120,7 +120,7 @@ def test_two_ranks_cover_an_epoch_without_overlap_and_match_one_rank():
         assert len(a) == len(b) == 16 and not set(a.tolist()) & set(b.tolist())
         assert torch.equal(torch.cat([a, b]), g)  # each global batch is the same whatever the world size
     assert len(set(torch.cat(r0 + r1).tolist())) == 96
-    with pytest.raises(DataError, match="split evenly over 3 ranks"):
+    with pytest.raises(DataError, match=r"train.batch_size 32 \(the global batch\) must split evenly over 3 processes: set it to a multiple of 3"):
         epoch_batches(100, 32, seed=0, epoch=0, rank=0, world_size=3)
     with pytest.raises(DataError, match=r"train\.batch_size 128 must be between 1 and the number of training images \(100\): lower it"):
         steps_per_epoch(100, 128)

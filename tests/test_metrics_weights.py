@@ -76,6 +76,10 @@ def test_default_weights_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert weights.weights_dir() == tmp_path / ".cache" / "dreamctl" / "weights"
     assert weights.weights_dir(tmp_path / "x") == tmp_path / "x"
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path / "a-file"))  # errors would say "put it at a-file/NAME"
+    with pytest.raises(WeightsError, match="a-file is a file; point it at the folder"):
+        weights.weights_dir()
 
 
 def test_clean_resize_gives_299_float_images():

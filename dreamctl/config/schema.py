@@ -178,7 +178,8 @@ class Recipe(_Section):
                 raise ValueError(f"model.attention_resolutions: {r} is not one of the UNet's resolutions {sorted(reachable)}")
         for c in {m.channels * k for k in m.channel_mult}:
             if c % m.groups or c % m.num_heads:
-                raise ValueError(f"model: width {c} is not divisible by groups ({m.groups}) and num_heads ({m.num_heads})")
+                raise ValueError(f"model: level width {c} (model.channels {m.channels} x model.channel_mult) must be "
+                                 f"divisible by model.groups ({m.groups}) and model.num_heads ({m.num_heads})")
         if self.sample.steps > self.diffusion.num_timesteps:
             raise ValueError(f"sample.steps ({self.sample.steps}) exceeds diffusion.num_timesteps")
         t_start = self.sample.t_start

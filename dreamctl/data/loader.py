@@ -164,7 +164,8 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def _local(batch_size: int, rank: int, world_size: int) -> slice:
     if batch_size % world_size or not 0 <= rank < world_size:
-        raise DataError(f"global batch size {batch_size} must split evenly over {world_size} ranks (rank {rank})")
+        raise DataError(f"train.batch_size {batch_size} (the global batch) must split evenly over {world_size} "
+                        f"processes: set it to a multiple of {world_size} (--set train.batch_size=N)")
     size = batch_size // world_size
     return slice(rank * size, (rank + 1) * size)
 

@@ -84,6 +84,8 @@ def weights_dir(root: Path | None = None) -> Path:
     if root is not None:
         return Path(root)
     env = os.environ.get("DREAMCTL_WEIGHTS")
+    if env and Path(env).is_file():
+        raise WeightsError(f"DREAMCTL_WEIGHTS={env} is a file; point it at the folder that holds the weight files")
     return Path(env) if env else Path.home() / ".cache" / "dreamctl" / "weights"
 
 
@@ -274,7 +276,8 @@ def download(name: str, root: Path | None = None, *, opener: Callable | None = N
         if not entry.sha256 and not entry.sha256_prefix:
             _record_path(dest).unlink(missing_ok=True)
     except OSError as err:
-        raise WeightsError(f"could not download {name} from {entry.url} to {dest}: {err}") from err
+        raise WeightsError(f"could not download {name} from {entry.url} to {dest}: {err}; without internet access "
+                           f"here, download it elsewhere and copy it to {dest} (`dreamctl weights` checks it)") from err
     return dest
 
 
