@@ -4,6 +4,7 @@ what a failure under torchrun prints and returns."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -48,6 +49,14 @@ def test_nproc_per_node_shortcut_starts_torchrun(tmp_path, synthetic_data_dir, m
     assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "nothing"), "--nproc-per-node", "2"]) == 2
     assert main([*args, "--run-dir", str(tmp_path / "odd"), "--set", "train.batch_size=9"]) == 2
     assert main(args) == 2  # the folder holds a run now
+    damaged = tmp_path / "damaged"
+    shutil.copytree(synthetic_data_dir, damaged)
+    with open(damaged / "train-00000.h5", "r+b") as f:  # the hash sees it; the manifest alone does not
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert main([*args, "--data", str(damaged), "--run-dir", str(tmp_path / "d")]) == 2
     assert not (tmp_path / "odd").exists() and capfd.readouterr().out.count("starting:") == 2  # the two above
 
 

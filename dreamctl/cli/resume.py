@@ -25,11 +25,11 @@ def command(
     from dreamctl.cli.launch import device_args, launch
     from dreamctl.config import set_args
     from dreamctl.training.rundir import RunDir
-    from dreamctl.training.session import check_resume, resume_run, resumed_recipe
+    from dreamctl.training.session import check_resume, check_shards, resume_run, resumed_recipe
 
     run = RunDir(run_dir)
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        check_resume(run, set_, nproc_per_node)  # bad overrides, other data, a batch that does not split: once, here
+        check_shards(check_resume(run, set_, nproc_per_node))  # bad overrides, data, batch: once, here
         args = ["resume", str(run_dir), *set_args(list(set_)), *device_args(device)]
         raise typer.Exit(launch(nproc_per_node, args))  # the workers' exit code is ours
     recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts

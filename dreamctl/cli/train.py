@@ -37,9 +37,10 @@ def command(
     run_dir = run_dir or Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         from dreamctl.training.rundir import RunDir
-        from dreamctl.training.session import check_start
+        from dreamctl.training.session import check_shards, check_start
 
         check_start(resolved, RunDir(run_dir), nproc_per_node)  # bad data, batch or folder: once, here, not per worker
+        check_shards(resolved)
         args = ["train", "--recipe", recipe, "--run-dir", str(run_dir), *set_args(overrides), *device_args(device)]
         raise typer.Exit(launch(nproc_per_node, args))  # the workers' exit code is ours
 
