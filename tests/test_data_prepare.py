@@ -156,11 +156,20 @@ def test_workers_leave_a_groups_ctrl_c_to_the_parent(tmp_path):
     import os
     import signal
 
+    import time
+
     sent = []
+
+    def ignores_sigint(pid: int) -> bool:  # once the worker has started: before, nothing can protect it
+        status = Path(f"/proc/{pid}/status").read_text()
+        return bool(int(status.split("SigIgn:")[1].split()[0], 16) & 1 << (signal.SIGINT - 1))
 
     def interrupt_workers(progress) -> None:
         if not sent:
             sent.extend(p.pid for p in multiprocessing.active_children())
+            deadline = time.monotonic() + 30
+            while not all(map(ignores_sigint, sent)) and time.monotonic() < deadline:
+                time.sleep(0.05)
             for pid in sent:
                 os.kill(pid, signal.SIGINT)
 

@@ -141,17 +141,33 @@ def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
     # forkserver: workers start from a clean process, never a fork of a parent that holds
     # threads (the progress bar) or open file handles.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_leave_stops_to_parent) as pool:
-        it = iter(chunks)
-        window = deque(pool.submit(load_chunk, c) for c in islice(it, 2 * workers))
-        try:
-            while window:
-                result = window.popleft().result()
-                window.extend(pool.submit(load_chunk, c) for c in islice(it, 1))
-                yield result
-        finally:
-            for future in window:
-                future.cancel()
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_leave_stops_to_parent)
+    it = iter(chunks)
+    window = deque(pool.submit(load_chunk, c) for c in islice(it, 2 * workers))
+    finished = False
+    try:
+        while window:
+            result = window.popleft().result()
+            window.extend(pool.submit(load_chunk, c) for c in islice(it, 1))
+            yield result
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:  # a stop or an error: the chunks in flight are not wanted
+            _stop_pool(pool)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers rather than wait for them. A worker that a Ctrl-C reached while it was still
+    starting (before it could ignore it) may have died holding the task queue's lock; waiting for the
+    pool, at once or at the interpreter's exit, would then wait forever."""
+    workers = list((pool._processes or {}).values())  # the executor has no public handle on them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.kill()  # not terminate(): the workers ignore SIGTERM
+    for worker in workers:
+        worker.join()
 
 
 def _leave_stops_to_parent() -> None:
