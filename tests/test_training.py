@@ -130,6 +130,7 @@ def test_resume_may_lower_the_learning_rate_and_move_the_data(tmp_path, syntheti
     assert last["optimizer"]["param_groups"][0]["lr"] == 5e-4
     info = json.loads((run / "run.json").read_text())
     assert info["data"] == str(moved.resolve()) and info["resumes"][-1]["step"] == 4
+    assert info["resumes"][-1]["world_size"] == 1
     assert "optim.lr=0.0005" in info["resumes"][-1]["set"]
 
 
@@ -245,3 +246,18 @@ def test_tensorboard_sink_is_made_once_the_run_has_claimed_its_folder(tmp_path, 
     assert made == [{"dir": run / "tensorboard", "claimed": True, "logs": [2, 4], "closed": True}]
     assert train(run, synthetic_data_dir, TINY, recipe="tiny") == 2  # the folder already holds a run
     assert len(made) == 1
+
+
+def test_the_stop_message_resumes_on_as_many_processes(monkeypatch, tmp_path):
+    """Only the same count continues bit for bit, and the per-process batch (memory) stays as it was."""
+    from dreamctl.cli.progress import resume_command
+
+    for env, expected in (({}, "dreamctl resume RUN"),
+                          ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"}, "dreamctl resume RUN --nproc-per-node 4"),
+                          ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}, "torchrun (as before, 16 processes) -m "
+                                                                          "dreamctl resume RUN")):
+        for key in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert resume_command(Path("RUN")) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -104,9 +105,20 @@ class TrainingDisplay:
 
     def finish(self, status: str) -> None:
         if status == "interrupted":
-            console.print(f"stopped with a checkpoint; continue with:  dreamctl resume {self.run_root}")
+            console.print(f"stopped with a checkpoint; continue with:  {resume_command(self.run_root)}")
         else:
             console.print(f"finished: {self.run_root}")
+
+
+def resume_command(run_root: Path) -> str:
+    """How to go on, on as many processes as now: only that continues bit for bit (another count
+    sees the same images and noise, but sums its gradients in another order)."""
+    world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE")
+    if world == "1":
+        return f"dreamctl resume {run_root}"
+    if local == world:  # one node
+        return f"dreamctl resume {run_root} --nproc-per-node {world}"
+    return f"torchrun (as before, {world} processes) -m dreamctl resume {run_root}"
 
 
 def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> None:

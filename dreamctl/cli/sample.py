@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console, err_console, progress_bar
+from dreamctl.cli.common import console, err_console, progress_bar, speaks
 from dreamctl.signals import exit_code, stop_on_sigterm
 
 STOPPED = "stopped: the images written so far are kept; rerun the same command to draw the rest"
@@ -79,7 +79,8 @@ def command(
             with stop_on_sigterm(), SampleProgress(rt.is_main) as display:
                 record = sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=display.on_event)
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
-            err_console.print(STOPPED, markup=False)
+            if speaks():  # once per node, not once per rank
+                err_console.print(STOPPED, markup=False)
             raise typer.Exit(exit_code(stop)) from None
         if not rt.is_main:
             return 0

@@ -177,7 +177,8 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
         if rt.is_main:
             set_aside_newer(run.checkpoints, step)
             run.truncate_metrics(after_step=step)
-            run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides)}]})
+            run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides),
+                                                                          "world_size": rt.world_size}]})
             if overrides:
                 atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
         return _run(run, recipe, rt, images, ckpt, on_event, should_stop)
