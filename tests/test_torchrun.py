@@ -4,11 +4,12 @@ what a failure under torchrun prints and returns."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -212,3 +213,45 @@ def test_under_plain_torchrun_an_error_reaches_torchruns_report(tmp_path, monkey
     assert "traceback : error: unknown recipe 'nope'" in report
     error_file.unlink()
     assert main(["train", "--help"]) == 0 and not error_file.exists()  # no error, no file
+
+
+def _full_disk_worker(rank: int, init: str, data: str, run: str, out: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from dreamctl.config import load_recipe
+    from dreamctl.runtime import Runtime
+    from dreamctl.training import loop
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import start_run
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    real = loop.save_checkpoint
+
+    def full_disk(ckpt, folder, keep):
+        if rank == 0 and ckpt["step"] == 4:
+            raise OSError(28, "No space left on device", str(folder))
+        return real(ckpt, folder, keep)
+
+    loop.save_checkpoint = full_disk
+    recipe = load_recipe("tiny", TINY + ["train.max_steps=8", "train.checkpoint_every=2", f"data.path={data}"])
+    try:
+        start_run(recipe, RunDir(Path(run)), Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2))
+        raised = "nothing"
+    except Exception as err:
+        raised = type(err).__name__
+    torch.save(raised, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_a_write_that_fails_on_rank_0_mid_run_stops_every_rank_cleanly(tmp_path, synthetic_data_dir):
+    """Rank 0 alone writes checkpoints, grids and the log: when that fails (a full disk), the other
+    ranks learn it at once and leave quietly, instead of failing (or waiting) in the next collective."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "raised")
+    mp.spawn(_full_disk_worker, args=(f"file://{tmp_path / 'store'}", str(synthetic_data_dir), str(tmp_path / "run"),
+                                      out), nprocs=2, join=True)
+    assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == ["OSError", "StoppedWithMain"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["step"] == 2  # the last checkpoint written

@@ -30,7 +30,7 @@ from dreamctl.diffusion.losses import backward_loss
 from dreamctl.errors import RunError
 from dreamctl.generate import generate, save_grid
 from dreamctl.models import build_model
-from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed, peak_memory_bytes
+from dreamctl.runtime import Autocast, Runtime, any_rank, generator, main_first, mix_seed, peak_memory_bytes
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import TrainState, save_checkpoint
@@ -138,30 +138,34 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         meter.load_state_dict(resume["meter"], rt)
     on_event("start", {"step": state.step, "total_steps": last_step, "steps_per_epoch": order.steps})
 
+    # What rank 0 alone writes goes through main_first, which tells the other ranks whether it
+    # worked: a full disk is then rank 0's one-line error, not the others' failed collective.
     def checkpoint() -> None:
         meter_state = meter.state_dict(rt)  # on every rank: it may all-gather
-        if rt.is_main:
+
+        def save() -> None:
             ckpt = {**state.state_dict(recipe_yaml, order.state_dict()), "meter": meter_state}
             path = save_checkpoint(ckpt, run.checkpoints, tc.keep_checkpoints)
             run.update_info({"step": state.step, "epoch": order.epoch, "images_seen": state.images_seen,
                              "wall_time_s": round(state.wall_time_s, 2)})
             on_event("checkpoint", {"step": state.step, "path": str(path)})
+        main_first(rt, save)
 
     def progress_grid() -> None:
-        if rt.is_main:
+        def draw() -> None:
             ema_net = Autocast(state.ema, rt)
             imgs = generate(ema_net, schedule, list(range(tc.sample_grid)), image_size=recipe.data.resolution,
                             cfg=recipe.sample, device=rt.device)
             path = save_grid(imgs, run.samples / f"step-{state.step:08d}.png")
             on_event("grid", {"step": state.step, "path": str(path)})
+        main_first(rt, draw)
 
     def log(epoch: int, grad_norm: Tensor) -> None:
         record = {"step": state.step, "epoch": epoch, "images_seen": state.images_seen, **meter.means(rt),
                   "lr": state.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),  # the step's own
                   "img_per_s": speed.img_per_s(), "peak_memory_bytes": peak_memory_bytes(rt.device),
                   "time": time.time()}
-        if rt.is_main:
-            run.append_metrics(record)
+        main_first(rt, lambda: run.append_metrics(record))
         on_event("log", {**record, "total_steps": last_step})
         meter.reset()
         speed.reset()
