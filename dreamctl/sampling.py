@@ -247,7 +247,8 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     held = max(num, before.get("num", 0) if before.get("complete") else 0)
     mine = range(rt.rank, held, rt.world_size)
     missing = [i for i in mine if read_png(png_path(folder, i), m.image_size) is None]
-    on_event("sample_start", {"folder": str(folder), "num": num, "mine": len(mine), "missing": len(missing)})
+    kept = held - sum_over_ranks(len(missing), rt)  # over every rank: the line speaks of the folder
+    on_event("sample_start", {"folder": str(folder), "num": num, "held": held, "kept": kept, "missing": len(missing)})
     _draw(m, missing, folder, seed, rt, batch_size or m.cfg.batch_size, on_event)
     barrier(rt)
     record = {**wanted, "complete": True, "num": held, "checkpoint": m.checkpoint.name, "device": str(rt.device),

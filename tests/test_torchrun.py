@@ -58,7 +58,9 @@ def test_nproc_per_node_shortcut_starts_torchrun(tmp_path, synthetic_data_dir, m
         f.seek(-100, 2)
         f.write(bytes([byte[0] ^ 0xFF]))
     assert main([*args, "--data", str(damaged), "--run-dir", str(tmp_path / "d")]) == 2
-    assert not (tmp_path / "odd").exists() and capfd.readouterr().out.count("starting:") == 2  # the two above
+    out = capfd.readouterr().out
+    assert not (tmp_path / "odd").exists() and out.count("starting:") == 2  # the two above
+    assert " 'model.channel_mult=[1,2]' " in out  # quoted for a shell: the line is the command for more nodes
 
 
 def test_torchrun_shortcut_forwards_a_signal_and_exits_like_one_process(monkeypatch):

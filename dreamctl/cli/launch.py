@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ def launch(nproc: int, args: list[str]) -> int:
     with one exit code (2: an error the user can fix) make it ours for the same reason.
     """
     torchrun = ["--standalone", f"--nproc-per-node={nproc}", "-m", "dreamctl", *args]
-    console.print("starting: torchrun " + " ".join(torchrun), markup=False)
+    console.print("starting: torchrun " + shlex.join(torchrun), markup=False)  # a command to copy, for more nodes
     with tempfile.TemporaryDirectory(prefix="dreamctl-exit-") as codes_dir:
         code, signum = run_child(lambda: subprocess.Popen([sys.executable, "-m", "dreamctl.cli.torchrun", *torchrun],
                                                           env={**os.environ, EXIT_CODES_DIR: codes_dir}))

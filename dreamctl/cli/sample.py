@@ -33,10 +33,9 @@ class SampleProgress:
         if not self.enabled:
             return
         if kind == "sample_start":
-            kept = p["mine"] - p["missing"]
-            self.progress.console.print(f"samples: {p['folder']} ({kept} of {p['mine']} already there, kept)",
+            self.progress.console.print(f"samples: {p['folder']} ({p['kept']} of {p['held']} already there, kept)",
                                         markup=False, highlight=False)
-            self.task = self.progress.add_task("sample", total=p["missing"])
+            self.task = self.progress.add_task("sample", total=p["missing"])  # this rank's share
         elif kind == "sample_progress" and self.task is not None:
             self.progress.update(self.task, completed=p["drawn"])
         elif kind == "stage":

@@ -46,4 +46,8 @@ def torchrun(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(torchrun(sys.argv[1:]))
+    try:
+        code = torchrun(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C while torch loads, before torchrun handles signals: nothing started
+        code = 130
+    sys.exit(code)
