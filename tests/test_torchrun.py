@@ -257,3 +257,16 @@ def test_a_write_that_fails_on_rank_0_mid_run_stops_every_rank_cleanly(tmp_path,
                                       out), nprocs=2, join=True)
     assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == ["OSError", "StoppedWithMain"]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["step"] == 2  # the last checkpoint written
+
+
+def test_the_shortcut_drops_torchruns_per_worker_lines_only():
+    import logging
+
+    from dreamctl.cli.torchrun import _WorkerFailedLines
+
+    def kept(msg: str) -> bool:
+        return _WorkerFailedLines().filter(logging.LogRecord("x", logging.WARNING, "f", 1, msg, (), None))
+
+    assert not kept("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s")
+    assert not kept("Sending process %s closing signal %s")
+    assert kept("Unable to shutdown process %s via %s, forcefully exiting via %s")  # killed at the timeout

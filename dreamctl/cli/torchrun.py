@@ -18,12 +18,13 @@ from dreamctl.cli.common import EXIT_CODES_DIR
 
 
 class _WorkerFailedLines(logging.Filter):
-    """Drops torchrun's "failed (exitcode: N) local_rank: ..." line, one per failed worker: the worker
-    said why itself, and the report below covers one that could not. Its other lines (a worker
-    killed after the shutdown timeout) still print."""
+    """Drops torchrun's per-worker lines "failed (exitcode: N) local_rank: ..." and "Sending process N
+    closing signal SIGTERM": a failed worker said why itself (the report below covers one that could
+    not), and a stopped one says it is checkpointing. Its other lines (a worker killed after the
+    shutdown timeout) still print."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("failed (exitcode")
+        return not str(record.msg).startswith(("failed (exitcode", "Sending process"))
 
 
 def torchrun(argv: list[str]) -> int:
