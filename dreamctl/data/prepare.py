@@ -141,7 +141,8 @@ def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
     # forkserver: workers start from a clean process, never a fork of a parent that holds
     # threads (the progress bar) or open file handles.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_leave_stops_to_parent)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_leave_stops_to_parent)
     it = iter(chunks)
     window = deque(pool.submit(load_chunk, c) for c in islice(it, 2 * workers))
     finished = False
@@ -231,8 +232,8 @@ def prepare_data(
     atomic.write_json(out / PROGRESS, record, indent=1, sort_keys=True)
 
     start, written = time.perf_counter(), 0
-    chunks = [Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, crop, resolution, split, items[i : i + CHUNK])
-              for split, _, items in todo for i in range(0, len(items), CHUNK)]
+    chunks = [Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, crop, resolution, split,
+                    items[i : i + CHUNK]) for split, _, items in todo for i in range(0, len(items), CHUNK)]
     results = _run(chunks, min(workers, len(chunks)))
     with closing(results):
         for split, index, items in todo:
