@@ -103,7 +103,9 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     old = 1_000_000_000
     for p in out.glob("*.png"):
         os.utime(p, ns=(old, old))
+    capsys.readouterr()
     assert main(["sample", str(run), "--num", "10", "--batch-size", "3", "--out", str(out)]) == 0
+    assert f"samples: {out} (7 of 10 already there, kept)" in capsys.readouterr().out  # the folder's count
     np.testing.assert_array_equal(read_samples(out, 10, 32), reference)
     redrawn = {i for i in range(10) if sampling.png_path(out, i).stat().st_mtime_ns != old}
     assert redrawn == {2, 5, 8}
