@@ -4,6 +4,7 @@ any work, and nothing already there is changed."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,24 @@ def test_a_file_given_as_the_run_folder(tmp_path, synthetic_data_dir, capsys):
     assert "samples is a file, not a folder" in _one_error_line(capsys)
     assert not (blocked / "recipe.yaml").exists()  # a refused start leaves no run behind to refuse the next one
     assert main(["prepare-data", "--source", "synthetic", "--count", "10", "--out", str(afile / "sub")]) == 2
-    assert "Not a directory" in _one_error_line(capsys)
+    assert "Not a directory; a part of it is a file: give a path through folders" in _one_error_line(capsys)
+
+
+def test_an_os_error_on_a_path_names_the_fix_for_its_kind(run, tmp_path, monkeypatch, capsys):
+    """Permission denied, a full disk, a read-only file system: each its own fix, in one line."""
+    import errno
+
+    from dreamctl.cli import compare as compare_cli
+
+    for code, fix in ((errno.EACCES, "choose a place you can write to"), (errno.ENOSPC, "the disk is full"),
+                      (errno.EROFS, "read-only"), (errno.EIO, "check that the path exists")):
+        def failing(*args, code=code, **kwargs):
+            raise OSError(code, os.strerror(code), str(tmp_path / "x"))
+
+        monkeypatch.setattr(compare_cli, "compare_runs", failing)
+        assert main(["compare", str(run)]) == 2
+        line = _one_error_line(capsys)
+        assert line.startswith(f"error: {tmp_path / 'x'}: {os.strerror(code)}; ") and fix in line
 
 
 def test_resume_checks_the_folders_it_writes_before_the_first_step(run, capsys):

@@ -6,6 +6,7 @@ renders results. DreamctlError from below becomes a one-line message and exit co
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -58,6 +59,18 @@ def _one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
     return show
 
 
+_PATH_FIX = "check that the path exists, is a file or folder as asked, and can be written"
+_PATH_FIXES = {
+    errno.ENOENT: "check the path: it, or a folder on the way to it, does not exist",
+    errno.EACCES: "choose a place you can write to, or change its permissions",
+    errno.EPERM: "choose a place you can write to, or change its permissions",
+    errno.EROFS: "the file system is read-only: choose another place",
+    errno.ENOSPC: "the disk is full: free some space, then run the same command again",
+    errno.EISDIR: "it is a folder: give a file",
+    errno.ENOTDIR: "a part of it is a file: give a path through folders",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting."""
     shown = warnings.showwarning
@@ -73,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.filename is None:  # not about a path the user gave: a bug, with its traceback
             raise
-        code, message = 2, (f"{err.filename}: {err.strerror or err}; check that the path exists, is a file "
-                            "or folder as asked, and can be written")
+        code, message = 2, f"{err.filename}: {err.strerror or err}; {_PATH_FIXES.get(err.errno, _PATH_FIX)}"
     finally:
         warnings.showwarning = shown
     if message is not None and speaks():
