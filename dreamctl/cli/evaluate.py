@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console, err_console, speaks
-from dreamctl.cli.sample import STOPPED, SampleProgress
+from dreamctl.cli.common import console
+from dreamctl.cli.sample import SampleProgress, stopped
 from dreamctl.metrics.weights import INCEPTION_METRICS
-from dreamctl.signals import exit_code, stop_on_sigterm
+from dreamctl.signals import stop_on_sigterm
 
 WHAT = {
     "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
@@ -78,9 +78,7 @@ def command(
             result = evaluate_run(run_dir, opts, rt=rt, num=num, ref=ref, ref_num=ref_num, data=data, metrics=names,
                                   strict_weights=strict_weights, on_event=display.on_event)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
-        if speaks():  # once per node, not once per rank
-            err_console.print(STOPPED, markup=False)
-        raise typer.Exit(exit_code(stop)) from None
+        raise stopped(stop) from None
     finally:
         runtime.teardown(rt)
     if result is None:

@@ -11,7 +11,12 @@ from dreamctl.cli import options
 from dreamctl.cli.common import console, err_console, progress_bar, speaks
 from dreamctl.signals import exit_code, stop_on_sigterm
 
-STOPPED = "stopped: the images written so far are kept; rerun the same command to draw the rest"
+def stopped(stop: KeyboardInterrupt) -> typer.Exit:
+    """sample's and evaluate's end on Ctrl-C or SIGTERM: one line per node (not per rank), 128 + the signal."""
+    if speaks():
+        err_console.print("stopped: the images written so far are kept; rerun the same command to draw the rest",
+                          markup=False)
+    return typer.Exit(exit_code(stop))
 
 
 class SampleProgress:
@@ -78,9 +83,7 @@ def command(
             with stop_on_sigterm(), SampleProgress(rt.is_main) as display:
                 record = sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=display.on_event)
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
-            if speaks():  # once per node, not once per rank
-                err_console.print(STOPPED, markup=False)
-            raise typer.Exit(exit_code(stop)) from None
+            raise stopped(stop) from None
         if not rt.is_main:
             return 0
         if grid is not None:
