@@ -144,14 +144,13 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
     """
     runner = runner or run_command
     starts = [j for j in plan.train if j.action in ("train", "restart")]
-    if plan.spec.out.exists() and not plan.spec.out.is_dir():
-        raise ConfigError(f"out {plan.spec.out} is a file: give --out a folder (or 'out:' in the spec)")
     if plan.data is None and starts:  # before the first job, not when the first new run comes up
         raise _needs_data(starts[0])
     if starts:
         read_manifest(plan.data)  # not prepared: one error now, not one per job
     if (problem := weights_problem(plan)) is not None:  # before days of training, not after
         raise WeightsError(problem)
+    atomic.check_writable(plan.spec.out, "--out")  # a file, or unwritable: one error now, not two per job
     outcomes: list[Outcome] = []
     try:
         with stop_on_sigterm():
