@@ -145,18 +145,15 @@ def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
                                initializer=_leave_stops_to_parent)
     it = iter(chunks)
     window = deque(pool.submit(load_chunk, c) for c in islice(it, 2 * workers))
-    finished = False
     try:
         while window:
             result = window.popleft().result()
             window.extend(pool.submit(load_chunk, c) for c in islice(it, 1))
             yield result
-        finished = True
-    finally:
-        if finished:
-            pool.shutdown(wait=True)
-        else:  # a stop or an error: the chunks in flight are not wanted
-            _stop_pool(pool)
+    except BaseException:  # a stop, an error, or the caller closing early: the chunks in flight are not wanted
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
