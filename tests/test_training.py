@@ -36,8 +36,8 @@ def test_resume_is_bit_exact_across_epoch_and_dream_start(tmp_path, synthetic_da
 
 @pytest.mark.parametrize("recipe,extra", [("tiny-dream", []), ("tiny", ["loss.kind=input_perturbation"])])
 def test_resume_is_bit_exact_with_dropout_for_dream_and_ddpm_ip(tmp_path, synthetic_data_dir, recipe, extra):
-    """Dropout and DDPM-IP's xi draw from the global RNG (reseeded per step, saved in each checkpoint):
-    a resumed run draws what the straight run drew."""
+    """Dropout and DDPM-IP's xi draw from the global RNG, reseeded from (seed, step, rank) before each step
+    (checkpoints hold no RNG state): a resumed run draws what the straight run drew."""
     overrides = TINY + extra + ["model.dropout=0.1"]
     assert train(tmp_path / "straight", synthetic_data_dir, overrides + ["train.max_steps=6"], recipe=recipe) == 0
     assert train(tmp_path / "split", synthetic_data_dir, overrides + ["train.max_steps=3"], recipe=recipe) == 0

@@ -7,7 +7,7 @@ come from the loader's (seed, epoch, batch index) and t, eps from a generator se
 (seed, step) over the *global* batch, each rank taking its slice. So a resumed run, or a run
 on another number of processes, sees the same images, timesteps and noise. Dropout and
 DDPM-IP's extra noise xi come from the global RNG, reseeded per (seed, step, rank): exact on
-resume, but different between runs on different numbers of processes.
+resume with no RNG state in the checkpoint, but different between runs on different numbers of processes.
 """
 
 from __future__ import annotations

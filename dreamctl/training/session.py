@@ -162,7 +162,7 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
 
         main_first(rt, claim)
         if list_checkpoints(run.checkpoints):
-            # RNG states must stay on the CPU; load_state_dict moves the weights to the device
+            # read onto the CPU on every rank; load_state_dict moves the weights to each rank's device
             path, ckpt = load_latest(run.checkpoints, map_location="cpu")
             on_event("resume", {"step": ckpt["step"], "path": str(path)})
         else:

@@ -9,7 +9,6 @@ intact; a truncated or corrupt newest file makes `load_latest` fall back to the 
 from __future__ import annotations
 
 import pickle
-import random
 import re
 import warnings
 import zipfile
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +24,7 @@ from dreamctl.atomic import atomic_path, unused_path
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 
 CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
-REQUIRED = {"model", "ema", "optimizer", "step", "rng", "recipe"}
+REQUIRED = {"model", "ema", "optimizer", "step", "images_seen", "wall_time_s", "data_position", "recipe"}
 
 
 @dataclass
@@ -49,7 +47,6 @@ class TrainState:
             "images_seen": self.images_seen,
             "wall_time_s": self.wall_time_s,
             "data_position": data_position,
-            "rng": capture_rng(),
             "recipe": recipe_yaml,
             "dreamctl_version": dreamctl.__version__,
         }
@@ -60,35 +57,6 @@ class TrainState:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step, self.images_seen = ckpt["step"], ckpt["images_seen"]
         self.wall_time_s = ckpt["wall_time_s"]
-        restore_rng(ckpt["rng"])
-
-
-def capture_rng() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and CUDA generator states, as weights_only-loadable values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"].cpu())  # generator states are CPU byte tensors, wherever loaded
-    if "cuda" in state and torch.cuda.is_available():  # the saving node may have had more GPUs than this one
-        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state.cpu(), index)
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -147,20 +115,24 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                               "fix access to it and rerun") from err
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as err:  # torch reports damage as many types (RuntimeError, EOFError, IndexError...):
-        damage = zip_damage(path)  # told apart by the archive's own checksums, and always re-raised
-        if damage is None and isinstance(err, pickle.UnpicklingError) and str(err).startswith("Weights only"):
-            # whole, but holding objects beyond tensors and plain types: never skipped and set aside
+    except Exception as err:  # torch reports damage as many types (RuntimeError, EOFError, IndexError...)
+        damage = zip_damage(path)  # so damage is told by the archive's own checksums, never by the error
+        if damage is not None:
+            raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({damage})") from err
+        if isinstance(err, pickle.UnpicklingError):  # whole, but holding objects beyond tensors and plain types
             raise CheckpointError(f"checkpoint {path} holds objects that loading with weights_only=True refuses "
                                   "(not a dreamctl checkpoint, or one written by another dreamctl or torch); "
                                   "nothing was changed: resume it with the versions that wrote it") from err
-        cause = damage or f"{type(err).__name__}: {_one_line(err)}"
-        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({cause})") from err
+        # whole, yet not loaded (out of memory, say): never skipped as corrupt, which would set it aside
+        raise CheckpointError(f"checkpoint {path} is intact but did not load ({type(err).__name__}: "
+                              f"{_one_line(err)}); nothing was changed: fix the cause and rerun") from err
     missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
     if missing:
-        raise CorruptCheckpoint(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint")
+        damage = zip_damage(path)  # a changed byte can still unpickle: torch checks no CRC
+        if damage is not None:
+            raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({damage})")
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint, or one "
+                              "written by another dreamctl; nothing was changed: move it out of checkpoints/")
     return ckpt
 
 
