@@ -57,6 +57,17 @@ def test_overrides_and_path(tmp_path: Path):
     child.write_text("extends: aggressive\ntrain:\n  epochs: 3\n")
     r = load_recipe(str(child))
     assert (r.name, r.train.epochs, r.loss.alpha, r.optim.lr) == ("mine", 3, 0.5, 1e-4)
+    assert r.description == ""  # aggressive's would describe settings this file may change
+
+
+def test_a_recipe_never_inherits_its_parents_name(tmp_path: Path):
+    """The name is the run folder's default and compare's recipe column: the file's own, even when the
+    recipe it extends states one."""
+    (tmp_path / "parent.yaml").write_text("name: parentname\ndescription: the parent\nextends: tiny\n")
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\ntrain:\n  epochs: 3\n")
+    child = load_recipe(str(tmp_path / "child.yaml"))
+    assert (child.name, child.description, child.data.resolution) == ("child", "", 32)
+    assert load_recipe(str(tmp_path / "parent.yaml")).name == "parentname"
 
 
 @pytest.mark.parametrize("overrides,needle", [

@@ -62,7 +62,8 @@ def _dry_run(recipe) -> int:
     params = count_parameters(build_model(recipe.model, recipe.data.resolution))
     calls, units = STEP_COST[recipe.loss.kind]
     note = " (3 before loss.start_epoch)" if recipe.loss.kind == "dream_conservative" else ""
-    console.print(f"recipe        {recipe.name}  ({recipe.description})", markup=False)
+    about = f"  ({recipe.description})" if recipe.description else ""
+    console.print(f"recipe        {recipe.name}{about}", markup=False)
     console.print(f"parameters    {params:,} ({params / 1e6:.2f}M)", markup=False)
     console.print(f"loss          {recipe.loss.kind}: {calls} model forward call(s) per step, "
                   f"{units} forward units per step{note} (a backward counts as 2)", markup=False)

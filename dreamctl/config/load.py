@@ -80,6 +80,7 @@ def _raw_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle ({' -> '.join(p.name for p in seen)})")
     data = _read_yaml(path)
+    data.setdefault("name", path.stem)  # a recipe's name and description are its own file's, never inherited
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -91,7 +92,9 @@ def _raw_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     except ConfigError as err:
         where = f" (a path is taken from the folder of {path.name})" if is_file else ""
         raise ConfigError(f"{path}: extends: {err}{where}") from None
-    return _merge(_raw_recipe(parent_path, seen + (path.resolve(),)), data)
+    inherited = {k: v for k, v in _raw_recipe(parent_path, seen + (path.resolve(),)).items()
+                 if k not in ("name", "description")}
+    return _merge(inherited, data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -135,7 +138,6 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     """Load a recipe by name or path, resolve `extends:`, apply `section.key=value` overrides."""
     path = recipe_path(name_or_path)
     raw = _raw_recipe(path)
-    raw.setdefault("name", path.stem)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
     return validate_recipe(apply_overrides(raw, overrides), source)
 
