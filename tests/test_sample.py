@@ -116,8 +116,10 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     assert (out / "grid.png").is_file() and "dreamctl_version" in record
     np.testing.assert_array_equal(np.load(out / "samples-10.npz")["images"], reference)
     # Asking for fewer later draws nothing and leaves the record of what the folder holds.
+    capsys.readouterr()
     assert main(["sample", str(run), "--num", "4", "--out", str(out)]) == 0
     assert json.loads((out / "sample.json").read_text())["num"] == 10
+    assert f"10 images in {out} (0 drawn now" in capsys.readouterr().out  # what the folder holds, not --num
 
 
 def test_ranks_draw_their_own_slices(trained, tmp_path):

@@ -90,7 +90,7 @@ def command(
             save_grid(read_samples(folder, min(num, GRID_MAX), model.image_size), grid)
         c = model.cfg
         say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
-        say(f"{num} images in {folder} ({record['drawn_now']} drawn now, {record['wall_time_s']} s): "
+        say(f"{record['num']} images in {folder} ({record['drawn_now']} drawn now, {record['wall_time_s']} s): "
             f"{c.sampler} {c.steps} steps, eta {c.eta:g}, {'EMA' if c.use_ema else 'raw'} weights of step "
             f"{model.step}, base seed {seed}")
         say(f"grid: {grid or folder / 'grid.png'}")
