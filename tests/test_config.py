@@ -136,6 +136,10 @@ def test_ddpm_sampling_options_on_a_recipe_with_t_start():
         load_recipe("tiny", ["sample.sampler=ddpm", "sample.steps=1000"])
     cfg = sample_config(tiny, SampleOptions(sampler="ddpm"), "tiny")
     assert (cfg.sampler, cfg.steps, cfg.t_start, cfg.eta) == ("ddpm", 1000, None, 1.0)  # what DDPM really does
+    ddpm = ["sample.sampler=ddpm", "sample.steps=1000", "sample.t_start=null"]
+    assert load_recipe("tiny", ddpm).sample.eta == 1.0  # a recipe naming ddpm records the eta it runs with
+    with pytest.raises(ConfigError, match="sample: eta 0.5: sampler 'ddpm' is DDIM with eta 1"):
+        load_recipe("tiny", ddpm + ["sample.eta=0.5"])
 
 
 def test_cli_starts_without_torch_or_matplotlib():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dreamctl.diffusion import make_schedule
-from dreamctl.diffusion.samplers import sample, timesteps
+from dreamctl.diffusion.samplers import ddim_step, sample, timesteps
 
 
 def test_cosine_schedule_matches_closed_form():
@@ -27,20 +27,28 @@ def test_linear_schedule_and_q_sample_inverse():
     torch.testing.assert_close(s.predict_eps(x_t, t, x0), eps)
 
 
-def test_posterior_matches_bayes_for_gaussian():
-    """mu_tilde, beta_tilde agree with the direct Gaussian conditioning of x_{t-1} on (x_t, x0)."""
-    s = make_schedule("cosine", 100)
-    t = 37
+def _bayes_posterior(s, x0, x_t, t):
+    """q(x_{t-1} | x_t, x0) by direct Gaussian conditioning: x_{t-1} ~ N(sqrt(abar_prev) x0, 1 - abar_prev),
+    x_t | x_{t-1} ~ N(sqrt(1 - beta) x_{t-1}, beta). Written out here, apart from the sampler's DDIM form."""
     abar_prev, beta = s.alphas_cumprod[t - 1], s.betas[t]
-    x0, x_t = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.5]], dtype=torch.float64)
-    mean, var = s.posterior_mean_variance(x0, x_t, torch.tensor([t]))
-    # x_{t-1} ~ N(sqrt(abar_prev) x0, 1 - abar_prev); x_t | x_{t-1} ~ N(sqrt(1-beta) x_{t-1}, beta)
-    prior_m, prior_v = abar_prev.sqrt() * 0.3, 1 - abar_prev
-    lik_prec = (1 - beta) / beta
-    post_v = 1 / (1 / prior_v + lik_prec)
-    post_m = post_v * (prior_m / prior_v + (1 - beta).sqrt() * -0.5 / beta)
-    assert var.item() == pytest.approx(post_v.item(), rel=1e-9)
-    assert mean.item() == pytest.approx(post_m.item(), rel=1e-9)
+    prior_m, prior_v = abar_prev.sqrt() * x0, 1 - abar_prev
+    post_v = 1 / (1 / prior_v + (1 - beta) / beta)
+    post_m = post_v * (prior_m / prior_v + (1 - beta).sqrt() * x_t / beta)
+    return post_m, post_v
+
+
+def test_ddim_step_with_eta_1_is_the_ddpm_posterior():
+    """DDIM's eta = 1 from t to t - 1 draws from q(x_{t-1} | x_t, x0_hat) (DDPM eq. 6-7): its mean with
+    zero noise, its standard deviation as the coefficient of the noise."""
+    s = make_schedule("cosine", 100)
+    x0, x_t = torch.tensor([[0.3, -0.9]], dtype=torch.float64), torch.tensor([[-0.5, 1.2]], dtype=torch.float64)
+    for t in (1, 37, 99):
+        eps = s.predict_eps(x_t, torch.tensor([t]), x0)  # the eps that makes x0 the prediction
+        mean, _ = ddim_step(s, x_t, t, t - 1, eps, eta=1.0, noise=torch.zeros_like(x_t))
+        plus_one, _ = ddim_step(s, x_t, t, t - 1, eps, eta=1.0, noise=torch.ones_like(x_t))
+        post_m, post_v = _bayes_posterior(s, x0, x_t, t)
+        torch.testing.assert_close(mean, post_m, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(plus_one - mean, post_v.sqrt().expand_as(x_t), rtol=1e-9, atol=1e-12)
 
 
 def test_timesteps():
@@ -73,14 +81,27 @@ def _generators(n, seed=0):
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 
-def test_ddim_eta1_equals_ddpm_ancestral():
+@pytest.mark.parametrize("clip_x0", [False, True])
+def test_ddpm_sampling_is_ancestral_sampling_from_the_posterior(clip_x0):
+    """sample(method='ddpm'), i.e. DDIM(eta=1) on all T steps, against DDPM's ancestral loop written out:
+    x0_hat from the model (clipped or not), then x_{t-1} ~ q(x_{t-1} | x_t, x0_hat), the same noise draws."""
     schedule = make_schedule("cosine", 100)
     oracle = GaussianOracle(schedule, 0.5, 0.3)
-    noise = torch.randn(5, 2, 3, 3, dtype=torch.float64)
-    ddpm = sample(oracle, schedule, noise, steps=100, method="ddpm", generator=_generators(5))
-    ddim = sample(oracle, schedule, noise, steps=100, eta=1.0, method="ddim", generator=_generators(5))
-    torch.testing.assert_close(ddim, ddpm, rtol=1e-7, atol=1e-9)
-    ddim0 = sample(oracle, schedule, noise, steps=100, eta=0.0, generator=_generators(5))
+    noise = torch.randn(5, 2, 3, 3, dtype=torch.float64) * 2  # wide enough that clipping bites
+    ddpm = sample(oracle, schedule, noise, steps=100, method="ddpm", generator=_generators(5), clip_x0=clip_x0)
+    x, gens = noise, _generators(5)
+    for t in range(99, -1, -1):
+        tt = torch.full((5,), t)
+        x0_hat = schedule.predict_x0(x, tt, oracle(x, tt))
+        x0_hat = x0_hat.clamp(-1, 1) if clip_x0 else x0_hat
+        if t == 0:
+            x = x0_hat
+            break
+        mean, var = _bayes_posterior(schedule, x0_hat, x, t)
+        x = mean + var.sqrt() * torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32)
+                                             for g in gens]).double()
+    torch.testing.assert_close(ddpm, x, rtol=1e-7, atol=1e-9)
+    ddim0 = sample(oracle, schedule, noise, steps=100, eta=0.0, generator=_generators(5), clip_x0=clip_x0)
     assert not torch.allclose(ddim0, ddpm)  # the noise draws matter: the equality above is not trivial
 
 

@@ -145,6 +145,21 @@ class SampleConfig(_Section):
     use_ema: bool = True
     compile: bool = False  # torch.compile the network for `sample`/`evaluate`; the same images up to rounding
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ddpm_eta(cls, data: Any) -> Any:
+        """DDPM is DDIM with eta = 1 on all T steps: a recipe that names it need not also give eta."""
+        if isinstance(data, dict) and data.get("sampler") == "ddpm" and "eta" not in data:
+            return {**data, "eta": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _ddpm_is_eta_1(self) -> SampleConfig:
+        if self.sampler == "ddpm" and self.eta != 1.0:  # else the protocol would record an eta never used
+            raise ValueError(f"eta {self.eta:g}: sampler 'ddpm' is DDIM with eta 1 (the posterior variance); "
+                             "drop sample.eta, or use ddim for another eta")
+        return self
+
 
 class EvalConfig(_Section):
     num: int = Field(5000, gt=0)

@@ -1,4 +1,5 @@
-"""DDPM ancestral and DDIM sampling: two step functions, one loop.
+"""DDIM sampling with eta, one step function and one loop; DDPM ancestral sampling is its eta = 1
+on all T timesteps (Song et al. 2021, section 4.1: sigma(eta=1) is DDPM's posterior variance).
 
 Signatures follow k-diffusion: `sample(model, schedule, noise, ...)` takes the initial
 noise and returns x0. Randomness inside the loop (eta > 0, DDPM) comes from one
@@ -77,18 +78,6 @@ def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Te
     return x_prev, x0_hat
 
 
-def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t: int, eps: Tensor, *, noise: Tensor | None,
-              clip_x0: bool = False) -> tuple[Tensor, Tensor]:
-    """One ancestral step x_t -> x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) (DDPM eq. 6-7, 15)."""
-    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    x0_hat = schedule.predict_x0(x_t, tt, eps)
-    if clip_x0:
-        x0_hat = x0_hat.clamp(-1, 1)
-    mean, var = schedule.posterior_mean_variance(x0_hat, x_t, tt)
-    x_prev = mean + var.sqrt() * noise if t > 0 else mean
-    return x_prev, x0_hat
-
-
 @torch.no_grad()
 def sample(model: nn.Module | Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule, noise: Tensor, *,
            steps: int, eta: float = 0.0, method: str = "ddim", generator: Generators = None,
@@ -96,23 +85,21 @@ def sample(model: nn.Module | Callable[[Tensor, Tensor], Tensor], schedule: Nois
     """Denoise `noise` (x_T) into images in [-1, 1] (unclipped unless clip_x0).
 
     method 'ddim' visits `timesteps(T, steps, t_start)` with stochasticity eta; method
-    'ddpm' is ancestral sampling over all T steps with the posterior variance.
+    'ddpm' is ancestral sampling: all T steps with eta = 1 (the `eta` given is not used).
     """
-    if method == "ddpm" and (steps != schedule.num_timesteps or t_start is not None):
-        raise ValueError("DDPM ancestral sampling visits all T timesteps: use steps=T and no t_start, or ddim")
     if method not in ("ddim", "ddpm"):
         raise ValueError(f"unknown sampler {method!r}: expected 'ddim' or 'ddpm'")
+    if method == "ddpm":
+        if steps != schedule.num_timesteps or t_start is not None:
+            raise ValueError("DDPM ancestral sampling visits all T timesteps: use steps=T and no t_start, or ddim")
+        eta = 1.0
     ts = timesteps(schedule.num_timesteps, steps, t_start)
     x = noise
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
-        stochastic = t_prev >= 0 and (method == "ddpm" or eta > 0)
-        z = randn_like(x, generator) if stochastic else None
-        if method == "ddpm":
-            x, x0_hat = ddpm_step(schedule, x, t, eps, noise=z, clip_x0=clip_x0)
-        else:
-            x, x0_hat = ddim_step(schedule, x, t, t_prev, eps, eta=eta, noise=z, clip_x0=clip_x0)
+        z = randn_like(x, generator) if t_prev >= 0 and eta > 0 else None
+        x, x0_hat = ddim_step(schedule, x, t, t_prev, eps, eta=eta, noise=z, clip_x0=clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
     return x

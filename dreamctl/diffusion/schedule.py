@@ -64,24 +64,14 @@ class NoiseSchedule:
         return torch.cumprod(1 - self.betas, dim=0)
 
     @cached_property
-    def alphas_cumprod_prev(self) -> Tensor:
-        return torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-
-    @cached_property
     def _on_device(self) -> dict[tuple[str, torch.device], Tensor]:
         return {}
 
     @cached_property
     def _tables(self) -> dict[str, Tensor]:
         """Every per-timestep coefficient, computed once in float64 on the CPU."""
-        betas, abar, abar_prev = self.betas, self.alphas_cumprod, self.alphas_cumprod_prev
-        return {
-            "sqrt_abar": abar.sqrt(),
-            "sqrt_one_minus_abar": (1 - abar).sqrt(),
-            "posterior_coef_x0": betas * abar_prev.sqrt() / (1 - abar),  # DDPM eq. 7
-            "posterior_coef_xt": (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar),
-            "posterior_variance": betas * (1 - abar_prev) / (1 - abar),  # beta_tilde
-        }
+        abar = self.alphas_cumprod
+        return {"sqrt_abar": abar.sqrt(), "sqrt_one_minus_abar": (1 - abar).sqrt()}
 
     def _table(self, name: str, device: torch.device) -> Tensor:
         """A coefficient table on `device`, copied there once: a per-step host-to-device copy stalls CUDA."""
@@ -107,12 +97,6 @@ class NoiseSchedule:
     def predict_eps(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """Invert q_sample for the noise given x0, per-sample t."""
         return eps_from_x0(x_t, x0, self.sqrt_abar(t, x_t), self.sqrt_one_minus_abar(t, x_t))
-
-    def posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """q(x_{t-1} | x_t, x0) = N(mu_tilde, beta_tilde I) (DDPM eq. 6-7)."""
-        coef_x0, coef_xt = (self._table(n, x_t.device) for n in ("posterior_coef_x0", "posterior_coef_xt"))
-        mean = _gather(coef_x0, t, x_t) * x0 + _gather(coef_xt, t, x_t) * x_t
-        return mean, _gather(self._table("posterior_variance", x_t.device), t, x_t)
 
 
 def make_schedule(kind: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
