@@ -43,6 +43,7 @@ def test_train_rows_count_forward_calls(train_result):
     assert list(rows) == [*bench.KINDS, bench.NAIVE]
     calls = {name: row["forward_calls"] for name, row in rows.items()}
     assert calls == {"standard": 1, "dream": 2, "dream_conservative": 2, "input_perturbation": 1, bench.NAIVE: 3}
+    assert all(row["forward_calls"] == row["design_forward_calls"] for row in rows.values())  # the dry run's count
     for row in rows.values():
         assert row["rounds"] == 2
         assert row["step_time_ratio"] > 0 and row["img_per_s"] > 0

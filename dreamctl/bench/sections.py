@@ -19,7 +19,7 @@ from dreamctl.models import unet
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import init_state, wrap_for_training
 
-from dreamctl.bench.steps import KINDS, NAIVE, make_step
+from dreamctl.bench.steps import KINDS, NAIVE, NAIVE_COST, make_step
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize, sync
 
 SAMPLE_STEPS = 50
@@ -52,7 +52,7 @@ def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget
         raw = interleaved(steps, rt.device, warmup=warmup, rounds=rounds, budget_s=budget_s, counter=counter)
     rows = summarize(raw, recipe.train.batch_size, rt.device.type == "cuda", reference=kinds[0])
     for name, row in rows.items():
-        calls, units = (3, 7) if name == NAIVE else STEP_COST[name]
+        calls, units = NAIVE_COST if name == NAIVE else STEP_COST[name]
         row["design_forward_calls"], row["design_forward_units"] = calls, units
     out: dict[str, Any] = {"reference": kinds[0], "rows": rows}
     if naive and "dream_conservative" in rows:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import LossKind, Recipe
-from dreamctl.diffusion.losses import backward_loss, conservative_lambda, per_sample
+from dreamctl.diffusion.losses import backward_loss, conservative_lambda, per_sample, rectified_input
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime
@@ -22,8 +22,8 @@ NAIVE = "naive_conservative"
 # --- the baseline being beaten -------------------------------------------------------------
 
 def naive_conservative_loss(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
-                            *, epoch: int, lambda_min: float = 0.0, lambda_max: float = 0.5, alpha: float = 0.7,
-                            ramp_epochs: int = 20, **_: Any) -> Tensor:
+                            *, epoch: int, lambda_min: float, lambda_max: float, alpha: float, ramp_epochs: int,
+                            **_: Any) -> Tensor:
     """BASELINE, NOT USED FOR TRAINING: the CelebA study's conservative step as it was written.
 
     A third, redundant forward pass recomputes eps_hat (ours reuses the detached first
@@ -34,12 +34,13 @@ def naive_conservative_loss(model: nn.Module, schedule: NoiseSchedule, x0: Tenso
     loss_std = per_sample(model(x_t, t) - noise).mean()
     with torch.no_grad():
         eps_hat = model(x_t, t)  # the redundant pass
-    x0_hat = schedule.predict_x0(x_t, t, eps_hat).clamp(-1, 1)
     lam = conservative_lambda(t, schedule.num_timesteps, epoch, lambda_min, lambda_max, ramp_epochs)
-    lam = lam.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
-    x_rect = schedule.q_sample(lam * x0_hat + (1 - lam) * x0, t, noise)
+    x_rect = rectified_input(schedule, x0, x_t, t, eps_hat, noise, lam)
     loss_rect = per_sample(model(x_rect, t) - noise).mean()
     return alpha * loss_std + (1 - alpha) * loss_rect
+
+
+NAIVE_COST = (3, 7)  # (forward calls, forward units) as losses.STEP_COST counts them: one more forward, no more backward
 
 
 # --- one training step, from the loop's building blocks -------------------------------------

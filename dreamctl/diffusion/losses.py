@@ -54,7 +54,7 @@ def standard(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, n
     x_t = schedule.q_sample(x0, t, noise)
     losses = per_sample(model(x_t, t) - noise)
     loss = losses.mean()
-    return loss, {"loss_std": loss.detach(), "per_sample": losses.detach(), "forward_calls": 1}
+    return loss, {"loss_std": loss.detach(), "per_sample": losses.detach()}
 
 
 def dream_lambda(s: Tensor, p: float) -> Tensor:
@@ -83,7 +83,7 @@ def dream(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, nois
     loss = losses.mean()
     # The estimate pass's plain ||eps - model(x_t, t)||^2 comes free: the one curve comparable with other kinds.
     return loss, {"loss_dream": loss.detach(), "loss_std": per_sample(eps_hat.float() - noise).mean(),
-                  "lambda_mean": lam.mean().detach(), "per_sample": losses.detach(), "forward_calls": 2}
+                  "lambda_mean": lam.mean().detach(), "per_sample": losses.detach()}
 
 
 def conservative_lambda(t: Tensor, num_timesteps: int, epoch: int, lambda_min: float, lambda_max: float,
@@ -93,9 +93,18 @@ def conservative_lambda(t: Tensor, num_timesteps: int, epoch: int, lambda_min: f
     return lambda_min + (lambda_max - lambda_min) * (t.float() / num_timesteps) * ramp
 
 
+def rectified_input(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Tensor, eps_hat: Tensor, noise: Tensor,
+                    lam: Tensor) -> Tensor:
+    """The study's rectified input x_rect = a*x0_adapt + s*eps, x0_adapt = lam*x0_hat + (1-lam)*x0, where
+    x0_hat = clamp(predict_x0(x_t, eps_hat), -1, 1) and lam is per sample."""
+    x0_hat = schedule.predict_x0(x_t, t, eps_hat).clamp(-1, 1)
+    lam = lam.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
+    return schedule.q_sample(lam * x0_hat + (1 - lam) * x0, t, noise)
+
+
 def dream_conservative(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
-                       *, epoch: int, lambda_min: float = 0.0, lambda_max: float = 0.5, alpha: float = 0.7,
-                       start_epoch: int = 10, ramp_epochs: int = 20, emit: Emit = _no_emit,
+                       *, epoch: int, lambda_min: float, lambda_max: float, alpha: float, start_epoch: int,
+                       ramp_epochs: int, emit: Emit = _no_emit,
                        defer_sync: SyncContext = contextlib.nullcontext) -> tuple[Tensor, Stats]:
     """The CelebA study's variant (NOT the paper's DREAM; it keeps the plain noise target).
 
@@ -113,15 +122,12 @@ def dream_conservative(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t:
         loss_std = losses_std.mean()
         emit(alpha * loss_std)  # in training: backward now, freeing this graph before the second pass
 
-    x0_hat = schedule.predict_x0(x_t, t, eps_pred.detach()).clamp(-1, 1)
     lam = conservative_lambda(t, schedule.num_timesteps, epoch, lambda_min, lambda_max, ramp_epochs)
-    lam = lam.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
-    x0_adapt = lam * x0_hat + (1 - lam) * x0
-    x_rect = schedule.q_sample(x0_adapt, t, noise)
+    x_rect = rectified_input(schedule, x0, x_t, t, eps_pred.detach(), noise, lam)
     losses_rect = per_sample(model(x_rect, t) - noise)
     loss_rect = losses_rect.mean()
     stats = {"loss_std": loss_std.detach(), "loss_rect": loss_rect.detach(), "lambda_mean": lam.mean(),
-             "per_sample": (alpha * losses_std + (1 - alpha) * losses_rect).detach(), "forward_calls": 2}
+             "per_sample": (alpha * losses_std + (1 - alpha) * losses_rect).detach()}
     return (1 - alpha) * loss_rect, stats
 
 
@@ -133,7 +139,7 @@ def input_perturbation(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t:
     x_t = schedule.q_sample(x0, t, noise + gamma * xi)
     losses = per_sample(model(x_t, t) - noise)
     loss = losses.mean()
-    return loss, {"loss_std": loss.detach(), "per_sample": losses.detach(), "forward_calls": 1}
+    return loss, {"loss_std": loss.detach(), "per_sample": losses.detach()}
 
 
 LOSSES: dict[str, Callable[..., tuple[Tensor, Stats]]] = {
@@ -192,6 +198,6 @@ def backward_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tens
 STEP_COST = {
     "standard": (1, 3),
     "dream": (2, 4),
-    "dream_conservative": (2, 6),  # (1, 3) before start_epoch; the study's naive step: (3, 7)
+    "dream_conservative": (2, 6),  # (1, 3) before start_epoch; the study's naive step: bench.steps.NAIVE_COST
     "input_perturbation": (1, 3),
 }
