@@ -203,6 +203,15 @@ def test_cli_bench_train_writes_json(tmp_path, capsys):
     assert not (tmp_path / "zero.json").exists()
 
 
+def test_bench_refuses_to_run_under_torchrun(tmp_path, capsys, monkeypatch):
+    """Its steps time one process's whole batch; under torchrun each rank would time a slice of the noise."""
+    from dreamctl.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["bench", "train", "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 2
+    assert "bench measures one process" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
+
+
 def test_bench_core_does_not_import_metric_or_plot_packages():
     code = ("import sys, torch; torch.set_num_threads(1); from dreamctl import bench; from dreamctl.config import load_recipe; "
             "from dreamctl.runtime import Runtime; "

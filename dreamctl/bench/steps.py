@@ -57,10 +57,9 @@ def make_step(name: str, net: nn.Module, schedule: NoiseSchedule, state: TrainSt
     params = list(state.model.parameters())
     kind = "dream_conservative" if name == NAIVE else name
     kw = loss_params(recipe, kind)
-    local = slice(0, recipe.train.batch_size)
 
     def step(i: int) -> None:
-        t, noise = step_noise(recipe, i, rt, local)
+        t, noise = step_noise(recipe, i, rt)
         if name == NAIVE:
             loss = naive_conservative_loss(net, schedule, x0, t, noise, **kw)
             loss.backward()

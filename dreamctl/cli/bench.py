@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -42,6 +43,8 @@ def command(
 
     if what not in bench.SECTIONS:
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(bench.SECTIONS)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # its steps time one process's whole batch
+        raise RunError("bench measures one process: run `dreamctl bench` without torchrun")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = list(set_) + ([f"train.batch_size={batch_size}"] if batch_size else [])
     resolved = load_recipe(recipe or bench.default_recipe(dev), overrides)

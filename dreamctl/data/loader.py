@@ -162,7 +162,8 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
-def _local(batch_size: int, rank: int, world_size: int) -> slice:
+def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s part of a global batch: the images, flips, timesteps and noise all use this one slice."""
     if batch_size % world_size or not 0 <= rank < world_size:
         raise DataError(f"train.batch_size {batch_size} (the global batch) must split evenly over {world_size} "
                         f"processes: set it to a multiple of {world_size} (--set train.batch_size=N)")
@@ -172,7 +173,7 @@ def _local(batch_size: int, rank: int, world_size: int) -> slice:
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
     """This rank's index tensors for every global batch of an epoch."""
-    steps, part = steps_per_epoch(n, batch_size), _local(batch_size, rank, world_size)
+    steps, part = steps_per_epoch(n, batch_size), rank_slice(batch_size, rank, world_size)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch, _ORDER)))
     return list(perm[: steps * batch_size].view(steps, batch_size)[:, part].clone().unbind(0))
 
@@ -180,7 +181,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 def flip_mask(seed: int, epoch: int, batch_index: int, batch_size: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """Which images of this rank's part of a global batch to mirror (bool, CPU)."""
     g = torch.Generator().manual_seed(mix_seed(seed, epoch, batch_index, _FLIP))
-    return torch.randint(0, 2, (batch_size,), generator=g).bool()[_local(batch_size, rank, world_size)]
+    return torch.randint(0, 2, (batch_size,), generator=g).bool()[rank_slice(batch_size, rank, world_size)]
 
 
 def to_model_input(images: torch.Tensor, *, flip: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,7 +210,7 @@ class BatchOrder:
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.seed, self.rank, self.world_size = n, batch_size, seed, rank, world_size
         self.steps = steps_per_epoch(n, batch_size)
-        _local(batch_size, rank, world_size)
+        rank_slice(batch_size, rank, world_size)
         self.epoch, self.batch_index = 0, 0
         self._cached: tuple[int, list[torch.Tensor]] | None = None
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dreamctl.config import OptimConfig, Recipe, recipe_to_yaml
-from dreamctl.data.loader import BatchOrder, ImageSet, steps_per_epoch, to_model_input
+from dreamctl.data.loader import BatchOrder, ImageSet, rank_slice, steps_per_epoch, to_model_input
 from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import backward_loss
 from dreamctl.errors import RunError
@@ -103,9 +103,10 @@ def wrap_for_training(model: nn.Module, recipe: Recipe, rt: Runtime) -> tuple[nn
     return Autocast(net, rt), nullcontext
 
 
-def step_noise(recipe: Recipe, step: int, rt: Runtime, local: slice) -> tuple[Tensor, Tensor]:
+def step_noise(recipe: Recipe, step: int, rt: Runtime) -> tuple[Tensor, Tensor]:
     """t and eps for this rank's part of global batch `step` (a pure function of seed and step)."""
     b, r, T = recipe.train.batch_size, recipe.data.resolution, recipe.diffusion.num_timesteps
+    local = rank_slice(b, rt.rank, rt.world_size)
     g = generator(rt.device, recipe.train.seed, step)
     t = torch.randint(0, T, (b,), generator=g, device=rt.device)[local]
     noise = torch.randn(b, 3, r, r, generator=g, device=rt.device)[local]
@@ -130,7 +131,6 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     net.train()
     params = list(state.model.parameters())
     kind, loss_params = recipe.loss.kind, recipe.loss.params()
-    local = slice(rt.rank * tc.batch_size // rt.world_size, (rt.rank + 1) * tc.batch_size // rt.world_size)
     last_step = total_steps(recipe, len(images))
     recipe_yaml = recipe_to_yaml(recipe)
     meter = LossMeter(recipe.diffusion.num_timesteps, rt.device)
@@ -175,7 +175,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         batch = next(order)
         x0 = to_model_input(images[batch.indices].to(rt.device, non_blocking=True),
                             flip=batch.flip if recipe.data.hflip else None)
-        t, noise = step_noise(recipe, state.step, rt, local)
+        t, noise = step_noise(recipe, state.step, rt)
         torch.manual_seed(mix_seed(tc.seed, state.step, rt.rank))  # dropout, input perturbation's xi
 
         stats = backward_loss(kind, net, schedule, x0, t, noise, epoch=batch.epoch, defer_sync=defer_sync,
