@@ -29,12 +29,15 @@ def drawn_by_seed_rule(protocol: dict[str, Any]) -> bool:
     return protocol.get("seed", 0) == 0 or protocol.get("image_seeds") == SEED_RULE
 
 
-# What `resume --set` may change: settings that do not alter the steps already taken. The optimizer
-# settings act from the resumed step on (a lower lr after a NaN); data.path may point to a copy of
-# the same data (its content hash is checked). run.json's "resumes" lists each resume's overrides.
-RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.log_every", "train.checkpoint_every",
-                  "train.sample_every", "train.keep_checkpoints", "train.sample_grid", "sample.", "eval.",
-                  "optim.lr", "optim.grad_clip", "optim.warmup_steps", "data.path")
+# Settings that leave the trained weights as they are (a key, or a section ending in "."): what a run
+# logs, keeps and draws, how it is sampled and evaluated, and where its data lies (the data itself is
+# known by its content hash). Runs that differ only in these and the seed are seeds of one experiment.
+BOOKKEEPING_KEYS = ("train.log_every", "train.checkpoint_every", "train.sample_every", "train.keep_checkpoints",
+                    "train.sample_grid", "sample.", "eval.", "data.path")
+# What `resume --set` may change: bookkeeping, the run's length, and the optimizer settings, which act
+# from the resumed step on (a lower lr after a NaN). run.json's "resumes" lists each resume's overrides.
+RESUMABLE_KEYS = ("train.epochs", "train.max_steps", *BOOKKEEPING_KEYS,
+                  "optim.lr", "optim.grad_clip", "optim.warmup_steps")
 
 
 class _Section(BaseModel):

@@ -3,7 +3,7 @@
 Numbers measured under different protocols (sampler, steps, sample count, reference set,
 resize, feature network) are never put in one column: each column is (protocol id, metric),
 the id followed by a short label of the reference data where one id was measured against
-several (`(ref 1a2b3c4d)`, `(32px)`). Runs that differ only by `train.seed` and BOOKKEEPING
+several (`(ref 1a2b3c4d)`, `(32px)`). Runs that differ only by `train.seed` and BOOKKEEPING_KEYS
 settings (same training data, distinct seeds) are also aggregated into mean ± std (sample std,
 ddof=1). A metric without a value is `missing` with its reason, never a number.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamctl.config import Recipe, flat_items
-from dreamctl.config.schema import drawn_by_seed_rule
+from dreamctl.config.schema import BOOKKEEPING_KEYS, drawn_by_seed_rule
 from dreamctl.experiments.runs import EvalRecord, Run
 from dreamctl.metrics.weights import METRIC_WEIGHTS
 
@@ -26,11 +26,6 @@ TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "
                  "img_per_s": "img/s", "peak_memory_bytes": "peak memory"}
 METRIC_ORDER = tuple(METRIC_WEIGHTS)  # every metric, in the order tables show them
 NOT_SETTINGS = ("name", "description")  # the recipe name has its own column; free text is no setting
-# Settings that leave the trained weights as they are: runs differing only in these (and the seed) are
-# seeds of one experiment. The data is compared by content (run.json data_manifest_sha256), not path;
-# sample.* and eval.* are recorded per evaluation, in its protocol.
-BOOKKEEPING = ("train.log_every", "train.checkpoint_every", "train.sample_every", "train.keep_checkpoints",
-               "train.sample_grid", "data.path", "sample.", "eval.")
 # Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
 PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
                    "resize", "feature_network")
@@ -236,11 +231,11 @@ def aggregate_rows(rows: list[Row]) -> Row:
 
 
 def _group_key(run: Run) -> str:
-    """Every recipe setting but `train.seed` and BOOKKEEPING, and the training data: runs trained on other data are
-    another experiment, whatever their recipes say (run.json data_manifest_sha256)."""
+    """Every recipe setting but `train.seed` and BOOKKEEPING_KEYS, and the training data by content: runs
+    trained on other data are another experiment, whatever their recipes say (run.json data_manifest_sha256)."""
     flat = effective_items(run.recipe)
     settings = sorted((k, repr(v)) for k, v in flat.items()
-                      if k not in ("train.seed", *NOT_SETTINGS) and not k.startswith(BOOKKEEPING))
+                      if k not in ("train.seed", *NOT_SETTINGS) and not k.startswith(BOOKKEEPING_KEYS))
     data = run.info.get("data_manifest_sha256") or f"path {flat['data.path']}"  # a run from before the hash
     return repr((settings, data))
 
