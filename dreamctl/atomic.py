@@ -1,8 +1,9 @@
 """Atomic file writes: a file under its final name is always complete.
 
-Every writer of the project goes through `atomic_path`: write to a temporary name beside the
-target, rename over it only once the content is complete, remove the temporary file on failure.
-A process killed mid-write leaves the previous file (or none), never a truncated one.
+Every file the project writes whole goes through `atomic_path`: write to a temporary name beside
+the target, rename over it only once the content is complete, remove the temporary file on failure.
+A process killed mid-write leaves the previous file (or none), never a truncated one. The one
+file appended to, metrics.jsonl, is not rewritten: its reader drops a last line cut short.
 
 `durable` also survives a power cut: the content is fsynced before the rename and the folder
 after it. The small records (run.json, manifests, evaluations) are always written durably, as

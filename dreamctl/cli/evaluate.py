@@ -63,7 +63,7 @@ def command(
     strict_weights: bool = typer.Option(False, "--strict-weights", help="Fail (exit 2) when any metric's weights "
                                         "are missing, even for metrics taken from the recipe."),
     device: options.Device = None,
-) -> int:
+) -> None:
     """Generate (or reuse) samples and write eval/<protocol>.json with FID, KID, IS, LPIPS, SWD, pixel FD."""
     from dreamctl import runtime
     from dreamctl.evaluation import evaluate_run
@@ -82,7 +82,7 @@ def command(
     finally:
         runtime.teardown(rt)
     if result is None:
-        return 0
+        return
     record, p = result.record, result.record["protocol"]
     stand_in = bool(p.get("feature_network_stand_in"))
     table = Table(title=f"{record['protocol_id']}  (checkpoint step {p['checkpoint_step']})", title_justify="left")
@@ -101,4 +101,3 @@ def command(
     say("FID, KID and IS are comparable only within one protocol id (same sampler, steps, N, reference, resize).")
     for path in result.paths:
         say(f"wrote {path}")
-    return 0

@@ -19,7 +19,7 @@ def command(
                                    + ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS) + "."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Start this many processes with torchrun."),
     device: options.Device = None,
-) -> int:
+) -> None:
     """Continue a run from its newest valid checkpoint."""
     from dreamctl import runtime
     from dreamctl.cli.launch import device_args, launch
@@ -35,4 +35,3 @@ def command(
     recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts
     rt = runtime.setup(recipe.train.precision, device)
     run_training(run.root, rt, functools.partial(resume_run, run, rt, set_))
-    return 0

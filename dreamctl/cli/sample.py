@@ -63,7 +63,7 @@ def command(
     grid: Optional[Path] = typer.Option(None, "--grid", help="Also write the grid of the first 64 images to this new file (an existing one is never replaced)."),
     npz: bool = typer.Option(False, "--npz", help="Also write all images as one uint8 .npz (key 'images')."),
     device: options.Device = None,
-) -> int:
+) -> None:
     """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
     from dreamctl import atomic, runtime
     from dreamctl.generate import save_grid
@@ -85,7 +85,7 @@ def command(
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
             raise stopped(stop) from None
         if not rt.is_main:
-            return 0
+            return
         if grid is not None:
             save_grid(read_samples(folder, min(num, GRID_MAX), model.image_size), grid)
         c = model.cfg
@@ -98,4 +98,3 @@ def command(
             say(f"npz: {write_npz(folder, read_samples(folder, num, model.image_size))}")
     finally:
         runtime.teardown(rt)
-    return 0

@@ -14,7 +14,7 @@ from dreamctl.cli import options
 from dreamctl.cli.common import console
 from dreamctl.cli.launch import device_args, launch
 from dreamctl.cli.progress import run_training
-from dreamctl.config import flat_items, load_recipe, recipe_to_yaml, set_args
+from dreamctl.config import Recipe, flat_items, load_recipe, recipe_to_yaml, set_args
 from dreamctl.errors import DataError
 
 
@@ -26,14 +26,15 @@ def command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and the cost; train nothing."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Start this many processes with torchrun."),
     device: options.Device = None,
-) -> int:
+) -> None:
     """Train a recipe on prepared data into a run folder."""
     overrides = list(set_)
     if data is not None:
         overrides.append(f"data.path={data.resolve()}")
     resolved = load_recipe(recipe, overrides)
     if dry_run:
-        return _dry_run(resolved)
+        _dry_run(resolved)
+        return
     run_dir = run_dir or Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         from dreamctl.training.rundir import RunDir
@@ -51,10 +52,9 @@ def command(
     run = RunDir(run_dir)
     rt = runtime.setup(resolved.train.precision, device)
     run_training(run.root, rt, functools.partial(start_run, resolved, run, rt))
-    return 0
 
 
-def _dry_run(recipe) -> int:
+def _dry_run(recipe: Recipe) -> None:
     from dreamctl.diffusion.losses import STEP_COST
     from dreamctl.models import build_model, count_parameters
 
@@ -80,4 +80,3 @@ def _dry_run(recipe) -> int:
         steps = total_steps(recipe, n)
         console.print(f"schedule      {n:,} images, {steps:,} steps of {recipe.train.batch_size} "
                       f"= {steps * recipe.train.batch_size:,} images seen", markup=False)
-    return 0
