@@ -14,7 +14,8 @@ from dreamctl.cli import main
 from dreamctl.data.shards import manifest_sha256
 from dreamctl.evaluation import evaluate_run
 from dreamctl.experiments.runs import read_evals
-from dreamctl.metrics.inception import RESIZE_CLEAN, StandInFeatureNet
+from dreamctl.metrics.inception import RESIZE_CLEAN
+from feature_fakes import StandInFeatureNet
 from dreamctl.sampling import SampleOptions
 from dreamctl.training.state import checkpoint_path, load_checkpoint
 from tiny_runs import CPU, trained_for_sampling

@@ -10,8 +10,10 @@ import torch
 
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.metrics import weights
-from dreamctl.metrics.evaluate import check_weights, evaluate_image_sets
-from dreamctl.metrics.inception import RESIZE_CLEAN, StandInFeatureNet
+from dreamctl.metrics.evaluate import evaluate_image_sets
+from dreamctl.metrics.weights import check_weights
+from dreamctl.metrics.inception import RESIZE_CLEAN
+from feature_fakes import StandInFeatureNet
 
 
 def _faces(seed: int, n: int, size: int = 32) -> np.ndarray:

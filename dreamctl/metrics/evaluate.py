@@ -26,9 +26,8 @@ from dreamctl.metrics.pixel_fd import pixel_frechet_distance
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
                                     kernel_inception_distance, softmax)
 from dreamctl.metrics.swd import sliced_wasserstein_distance
-from dreamctl.metrics.weights import check_weights
 
-__all__ = ["METRICS", "evaluate_image_sets", "check_weights", "reference_stats"]
+__all__ = ["METRICS", "evaluate_image_sets", "reference_stats"]
 
 METRICS = tuple(weights.METRIC_WEIGHTS)  # every metric, each with the weight files it needs
 _FEATURE_METRICS = set(weights.INCEPTION_METRICS)

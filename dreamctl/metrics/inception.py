@@ -10,7 +10,6 @@ Anything else that satisfies `FeatureNet` is a stand-in and is labelled so in ev
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -96,33 +95,6 @@ class InceptionFeatureNet:
             pool = self.net(x).float()  # InceptionV3W: (x - 128) / 128, then the pool layers
             logits = pool @ self.output_weight.T  # no bias: StyleGAN2-ADA's IS
         return pool.cpu().numpy(), logits.cpu().numpy()
-
-
-class StandInFeatureNet:
-    """A small deterministic stand-in for tests and offline demos: NOT Inception.
-
-    It goes through the same clean resize to 299, pools to 8x8, and applies a seeded random
-    projection. Its numbers are not FID/KID/IS and results say so."""
-
-    resize = RESIZE_CLEAN
-
-    def __init__(self, dim: int = 16, num_classes: int = 10, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.w_pool = rng.standard_normal((192, dim)) / np.sqrt(192)
-        self.w_out = rng.standard_normal((dim, num_classes))
-        self.name = f"stand-in: seeded random projection (dim {dim}, seed {seed}), NOT Inception"
-        self.weights_sha256 = hashlib.sha256(self.w_pool.tobytes() + self.w_out.tobytes()).hexdigest()
-        self.calls = 0  # images seen, so tests can check that caches are used
-        self.last_input_shape: tuple[int, ...] | None = None
-
-    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = clean_resize(images)
-        self.calls += len(images)
-        self.last_input_shape = x.shape
-        # 299 = 8 * 37 + 3: drop the border, average 37x37 blocks.
-        pooled = x[:, :, :296, :296].reshape(len(x), 3, 8, 37, 8, 37).mean(axis=(3, 5)) / 255.0
-        pool = np.tanh((pooled.reshape(len(x), -1) - 0.5) @ self.w_pool * 4.0)
-        return pool.astype(np.float32), (pool @ self.w_out).astype(np.float32)
 
 
 def batched_features(net: FeatureNet, images: np.ndarray, batch_size: int = 64,
