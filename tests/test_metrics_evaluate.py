@@ -93,6 +93,25 @@ def test_a_cache_folder_that_cannot_be_written_warns_and_still_computes(tmp_path
     assert out["metrics"]["fid"] == evaluate_image_sets(gen, ref, cache_dir=None, **kw)["metrics"]["fid"]
 
 
+def test_an_unusable_covariance_fails_its_frechet_metric_alone(monkeypatch):
+    """A square root with a large imaginary part (few images, as a short evaluation has) makes FID and
+    pixel FD missing with the reason; the metrics computed beside them still count."""
+    from dreamctl.errors import DataError
+    from dreamctl.metrics import evaluate as evaluate_module
+    from dreamctl.metrics import pixel_fd
+
+    def unusable(*args, **kwargs):
+        raise DataError("Fréchet distance: the covariance product's square root has an imaginary part of 0.003")
+
+    monkeypatch.setattr(evaluate_module, "frechet_distance", unusable)
+    monkeypatch.setattr(pixel_fd, "frechet_distance", unusable)
+    gen, ref = _faces(0, 8), _faces(1, 8)
+    out = evaluate_image_sets(gen, ref, metrics=["fid", "kid", "pixel_fd", "swd"], reference_key=None,
+                              cache_dir=None, feature_net=StandInFeatureNet())["metrics"]
+    assert "imaginary part" in out["fid"]["missing"] and "imaginary part" in out["pixel_fd"]["missing"]
+    assert "value" in out["kid"] and "value" in out["swd"]
+
+
 def test_identical_sets_give_zero_frechet_distances_and_the_exact_unbiased_kid():
     imgs = _faces(2, 40)
     out = evaluate_image_sets(imgs, imgs, metrics=["fid", "kid", "pixel_fd"], reference_key=None,

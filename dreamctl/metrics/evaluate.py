@@ -190,6 +190,11 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
             protocol["swd"] = {"patch": 7, "patches_per_image": 128, "directions": "4 x 128", "min_resolution": 16}
 
     if "pixel_fd" in wanted:
-        results["pixel_fd"] = {"value": pixel_frechet_distance(generated, reference),
-                               "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"}
+        try:  # as FID: an unusable covariance square root fails this metric alone
+            value = pixel_frechet_distance(generated, reference)
+        except DataError as err:
+            results["pixel_fd"] = {"missing": str(err)}
+        else:
+            results["pixel_fd"] = {"value": value, "note": "Fréchet distance on 8x8 area-downsampled pixels in "
+                                                           "[0, 1]; weight-free proxy"}
     return {"metrics": {m: results[m] for m in wanted}, "protocol": protocol}
