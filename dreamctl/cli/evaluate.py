@@ -46,7 +46,7 @@ def command(
     run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
     num: Optional[int] = typer.Option(None, "--num", "-n", help="Generated images [default: eval.num]."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference split: train, valid or test [default: eval.ref]."),
-    ref_num: Optional[int] = typer.Option(None, "--ref-num", help="First N images of the split [default: --num]."),
+    ref_num: Optional[int] = typer.Option(None, "--ref-num", help="First N images of the split [default: the recipe's eval.ref_num, else --num]."),
     data: Optional[Path] = typer.Option(None, "--data", help="Where the run's prepared data is now, if it moved "
                                         "(the same content is checked) [default: the run's data.path]."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of fid,kid,is,lpips,swd,pixel_fd "

@@ -6,7 +6,7 @@ final one gives the loss (`compute_loss`); back-propagating each term as it come
 (`backward_loss`) gives the same gradients while only one autograd graph is alive,
 which is what keeps `dream_conservative` at the memory of a standard step.
 
-Notation (DESIGN.md): abar = alphas_cumprod[t], a = sqrt(abar), s = sqrt(1 - abar),
+Notation (README, Training methods): abar = alphas_cumprod[t], a = sqrt(abar), s = sqrt(1 - abar),
 x_t = a*x0 + s*eps, eps_hat = model(x_t, t) with the gradient stopped.
 """
 
