@@ -127,6 +127,16 @@ def test_dry_run_shows_parameters_and_cost(capsys):
     assert "54,846,979 (54.85M)" in out and "6 forward units per step" in out
 
 
+def test_dry_run_counts_the_images_training_would_open(synthetic_data_dir, capsys):
+    args = ["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--dry-run", "--set", "train.epochs=2"]
+    assert main(args + ["--set", "data.limit=128"]) == 0
+    assert "schedule      128 images, 4 steps of 64 = 256 images seen" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "schedule      230 images, 6 steps of 64" in capsys.readouterr().out  # 3 full batches per epoch
+    assert main(args + ["--set", "data.limit=231"]) == 2
+    assert "data.limit 231 is outside 1..230, the size of split train" in capsys.readouterr().err
+
+
 def test_ddpm_sampling_options_on_a_recipe_with_t_start():
     from dreamctl.sampling import SampleOptions, sample_config
 

@@ -14,8 +14,7 @@ from dreamctl.cli import options
 from dreamctl.cli.common import console
 from dreamctl.cli.launch import device_args, launch
 from dreamctl.cli.progress import run_training
-from dreamctl.config import Recipe, flat_items, load_recipe, recipe_to_yaml, set_args
-from dreamctl.errors import DataError
+from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
 
 
 def command(
@@ -67,16 +66,11 @@ def _dry_run(recipe: Recipe) -> None:
     console.print(f"parameters    {params:,} ({params / 1e6:.2f}M)", markup=False)
     console.print(f"loss          {recipe.loss.kind}: {calls} model forward call(s) per step, "
                   f"{units} forward units per step{note} (a backward counts as 2)", markup=False)
-    items = flat_items(recipe)
-    if items["data.path"]:
-        from dreamctl.data.shards import split_count
+    if recipe.data.path:
+        from dreamctl.data.loader import split_size
         from dreamctl.training.loop import total_steps
 
-        n = split_count(Path(recipe.data.path), recipe.data.split)
-        if recipe.data.limit is not None and recipe.data.limit > n:
-            raise DataError(f"data.limit {recipe.data.limit} exceeds the {n} images of split {recipe.data.split} "
-                            f"of {recipe.data.path}; lower it with --set data.limit=N")
-        n = recipe.data.limit or n
+        n = split_size(recipe.data.path, recipe.data.split, recipe.data.limit)  # what training would open
         steps = total_steps(recipe, n)
         console.print(f"schedule      {n:,} images, {steps:,} steps of {recipe.train.batch_size} "
                       f"= {steps * recipe.train.batch_size:,} images seen", markup=False)

@@ -130,7 +130,8 @@ def split_size(data_dir: Path | str, split: str = "train", limit: int | None = N
     if total == 0:
         raise DataError(f"split {split} of {data_dir} holds no images; prepare it with a non-zero fraction")
     if limit is not None and not 0 < limit <= total:
-        raise DataError(f"data limit {limit} is outside 1..{total}, the size of split {split} of {data_dir}")
+        raise DataError(f"data.limit {limit} is outside 1..{total}, the size of split {split} of {data_dir}; "
+                        "lower it with --set data.limit=N")
     return limit or total
 
 
