@@ -31,16 +31,15 @@ from dreamctl.metrics.evaluate import METRICS, evaluate_image_sets, library_vers
 from dreamctl.metrics.inception import RESIZE_CLEAN, FeatureNet, InceptionFeatureNet
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import (
-    InferenceModel, OnEvent, SampleOptions, folder_name, load_for_inference, read_samples, sample_to_folder,
-    sampler_suffix, sampler_tag,
+    SAMPLING_FIELDS, InferenceModel, OnEvent, SampleOptions, folder_name, load_for_inference, read_samples,
+    sample_to_folder, sampler_suffix, sampler_tag, sampling_settings,
 )
 from dreamctl.training.rundir import RunDir, read_json
 
 FEATURE_METRICS = weights.INCEPTION_METRICS
 INCEPTION_NAME = "inception-2015-12-05"
 # Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
-SAME_SAMPLES = ("checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "num_generated", "seed",
-                "ref_split", "ref_num", "ref_manifest_sha256")
+SAME_SAMPLES = (*SAMPLING_FIELDS, "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")
 
 
 @dataclass(frozen=True)
@@ -253,7 +252,5 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
 
 def _sampling_protocol(model: InferenceModel, req: EvalRequest) -> dict[str, Any]:
     """The protocol fields that fix the generated images and say which reference they meet."""
-    c = model.cfg
-    return {"checkpoint_step": model.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
-            "t_start": c.t_start, "clip_x0": c.clip_x0, "num_generated": req.num, "seed": req.seed,
+    return {**sampling_settings(model.cfg, model.step, req.seed), "num_generated": req.num,
             "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}

@@ -35,8 +35,6 @@ from dreamctl.training.state import checkpoint_path, list_checkpoints, load_chec
 
 OnEvent = Callable[[str, dict[str, Any]], None]  # ("sample_start" | "sample_progress" | "sample_done", payload)
 PNG = re.compile(r"^(\d{6,})\.png$")
-# What must match for a folder's existing images to be reused: they fix every pixel.
-SETTINGS = ("run_id", "checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "seed", "image_size")
 GRID_MAX = 64
 
 
@@ -138,10 +136,18 @@ def folder_name(m: InferenceModel, seed: int) -> str:
             + sampler_suffix(c.t_start, c.clip_x0))
 
 
+def sampling_settings(cfg: SampleConfig, checkpoint_step: int | None, seed: int) -> dict[str, Any]:
+    """The settings that fix a run's images, as sample folders and evaluation protocols record them."""
+    return {"checkpoint_step": checkpoint_step, "ema": cfg.use_ema, "sampler": cfg.sampler, "steps": cfg.steps,
+            "eta": cfg.eta, "t_start": cfg.t_start, "clip_x0": cfg.clip_x0, "seed": seed}
+
+
+SAMPLING_FIELDS = tuple(sampling_settings(SampleConfig(), 0, 0))
+
+
 def settings(m: InferenceModel, seed: int) -> dict[str, Any]:
-    c = m.cfg
-    return {"run_id": m.run_id, "checkpoint_step": m.step, "ema": c.use_ema, "sampler": c.sampler, "steps": c.steps, "eta": c.eta,
-            "t_start": c.t_start, "clip_x0": c.clip_x0, "seed": seed, "image_size": m.image_size}
+    """What must match for a folder's existing images to be reused: they fix every pixel."""
+    return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed), "image_size": m.image_size}
 
 
 def png_path(folder: Path, i: int) -> Path:
@@ -174,7 +180,7 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
         if "run_id" not in old:  # before run_id, seed S drew image i from seed S + i (now S * 2**20 + i)
             raise RunError(f"{folder} was drawn by an earlier dreamctl (no run_id in its sample.json; other seeds "
                            "per image): delete it or choose another --out, and the images are drawn again")
-        clash = [f"{k}={old.get(k)!r} (asked {wanted[k]!r})" for k in SETTINGS if old.get(k) != wanted[k]]
+        clash = [f"{k}={old.get(k)!r} (asked {v!r})" for k, v in wanted.items() if old.get(k) != v]
         if clash:
             raise RunError(f"{folder} holds samples drawn with {', '.join(clash)}; choose another --out or delete it")
     elif folder.is_dir() and any(PNG.match(p.name) for p in folder.iterdir()):

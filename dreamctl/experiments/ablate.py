@@ -23,7 +23,7 @@ from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import check_reference, parse_metrics
 from dreamctl.experiments.spec import Spec, expand, expand_eval
-from dreamctl.sampling import SampleOptions, sample_config
+from dreamctl.sampling import SampleOptions, sample_config, sampling_settings
 from dreamctl.training.loop import total_steps
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import list_checkpoints
@@ -138,15 +138,15 @@ def _evaluated(run_dir: Path, recipe: Recipe, cfg: SampleConfig, num: int, metri
     A metric recorded as missing (absent weights, say) is asked for again: evaluate reuses its samples.
     """
     e = recipe.eval
-    want = {"sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "clip_x0": cfg.clip_x0,
-            "num_generated": num, "ref_split": e.ref, "ref_num": e.ref_num or num, "seed": e.seed,
-            "checkpoint_step": read_json(run_dir / "run.json").get("step")}
+    want = {**sampling_settings(cfg, read_json(run_dir / "run.json").get("step"), e.seed),
+            "num_generated": num, "ref_split": e.ref, "ref_num": e.ref_num or num}
+    ema, t_start = want.pop("ema"), want.pop("t_start")  # matched by their own rules, below
     t = recipe.diffusion.num_timesteps
-    t_starts = (cfg.t_start,) if cfg.t_start is not None else (None, timesteps(t, cfg.steps)[0])  # unset or its value
+    t_starts = (t_start,) if t_start is not None else (None, timesteps(t, cfg.steps)[0])  # unset or its value
     for record in read_evals(run_dir / "eval"):
         p = record.protocol
         if all(p.get(k) == v for k, v in want.items()) and p.get("t_start") in t_starts and drawn_by_seed_rule(p) \
-                and p.get("ema", cfg.use_ema) == cfg.use_ema and all("value" in record.metrics.get(m, {}) for m in metrics):
+                and p.get("ema", ema) == ema and all("value" in record.metrics.get(m, {}) for m in metrics):
             return True
     return False
 
