@@ -151,8 +151,9 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir
     cmd = [sys.executable, "-m", "dreamctl", "train", "--recipe", "tiny", "--data", str(synthetic_data_dir),
            "--run-dir", str(run), *set_args(TINY + ["train.epochs=1000", "train.checkpoint_every=100000"])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+    deadline = time.time() + 300  # a loaded machine took 85 s to the first log line
+    while not (run / "metrics.jsonl").exists():
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     seen = []
