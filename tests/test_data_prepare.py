@@ -196,8 +196,9 @@ def test_sigterm_shuts_the_worker_pool_down(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "dreamctl", "prepare-data", "--source", "synthetic", "--count",
                              "20000", "--resolution", "32", "--shard-size", "500", "--workers", "2", "--out", str(out)],
                             env={**os.environ, "DREAMCTL_TEST_MARK": mark}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("train-*.h5")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # generous: a loaded machine is slow to import torch and start the pool
+    while not list(out.glob("train-*.h5")):
+        assert time.monotonic() < deadline and proc.poll() is None, "no shard written"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
