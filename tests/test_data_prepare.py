@@ -67,6 +67,32 @@ def test_a_rerun_rebuilds_a_damaged_shard(synthetic_data_dir, tmp_path):
     assert verify(out) == [] and (out / "train-00000.h5").stat().st_mtime_ns == intact
 
 
+def test_a_repair_stopped_before_its_progress_record_keeps_the_manifest(synthetic_data_dir, tmp_path, monkeypatch):
+    """Repairing a shard replaces the manifest with a progress record: the record comes first, so a
+    stop in between never leaves shards with neither (a re-run would then refuse the folder)."""
+    import errno
+
+    from dreamctl.data import prepare as prepare_module
+
+    out = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, out)
+    _flip_byte(out / "train-00001.h5")
+    real_write_json = prepare_module.atomic.write_json
+
+    def full_disk(path, *args, **kwargs):
+        if Path(path).name == PROGRESS:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_json(path, *args, **kwargs)
+
+    monkeypatch.setattr(prepare_module.atomic, "write_json", full_disk)
+    with pytest.raises(OSError):
+        prepare_synthetic(out)
+    assert (out / "manifest.json").is_file()
+    monkeypatch.undo()
+    prepare_synthetic(out)  # the same command, once there is room: only the damaged shard is rebuilt
+    assert verify(out) == []
+
+
 def test_a_rerun_repairs_a_manifest_whose_count_was_edited(synthetic_data_dir, tmp_path):
     """--verify's advice (re-run the same command) must work for every problem it reports: the shard
     hashes as recorded but holds another count than the manifest says."""

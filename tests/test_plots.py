@@ -33,6 +33,25 @@ def test_plots_written_non_empty_and_named_by_protocol(seeded: list[Path], tmp_p
         _png_ok(path)
 
 
+def test_a_figure_cut_short_leaves_the_previous_one(seeded: list[Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare --plot into a folder of earlier figures, stopped mid-write: the earlier figure stays whole."""
+    from matplotlib.figure import Figure
+
+    runs = [read_run(d) for d in seeded]
+    path = plot_losses(runs, tmp_path / "figs" / "loss.png")
+    before = path.read_bytes()
+
+    def cut_short(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG")  # the first bytes, then the process is stopped
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        plot_losses(runs, path)
+    assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["loss.png"]
+
+
 def test_no_figure_when_there_is_nothing_to_draw(tmp_path: Path) -> None:
     d = write_run(tmp_path, "plain", recipe="tiny")  # standard loss: no lambda_mean logged
     assert plot_lambda([read_run(d)], tmp_path / "lambda.png") is None

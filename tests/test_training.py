@@ -170,6 +170,21 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir
     assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == info["step"] >= 2
 
 
+def test_a_step_with_a_grid_and_a_checkpoint_draws_the_grid_first(tmp_path, synthetic_data_dir, monkeypatch):
+    """A run killed between the two resumes from the checkpoint before and draws the grid again; had the
+    checkpoint come first, resume would start after that step and its grid would never be drawn."""
+    from dreamctl.training import loop
+
+    def killed(ckpt, *args, **kwargs):
+        raise RuntimeError("killed")  # stands for a kill while the checkpoint is written
+
+    monkeypatch.setattr(loop, "save_checkpoint", killed)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(run, synthetic_data_dir, TINY + ["train.max_steps=8", "train.sample_every=4"], recipe="tiny")
+    assert (run / "samples" / "step-00000004.png").is_file()
+
+
 def test_bad_data_path_or_batch_creates_nothing(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, tmp_path / "no-such-data", TINY, recipe="tiny") == 2

@@ -225,8 +225,10 @@ def prepare_data(
         skipped = len(json.loads((out / MANIFEST).read_text())["skipped"])
         return PrepareResult(out, 0, reused, skipped, 0, len(finished), 0.0)
     record = {**settings, "shards": {f: finished[f] for f in sorted(finished)}}
-    (out / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
+    # The progress record first, then the manifest goes (the folder is unfinished until it is back):
+    # a stop in between leaves one record or the other, never a folder of shards with neither.
     atomic.write_json(out / PROGRESS, record, indent=1, sort_keys=True)
+    (out / MANIFEST).unlink(missing_ok=True)
 
     start, written = time.perf_counter(), 0
     chunks = [Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, crop, resolution, split,

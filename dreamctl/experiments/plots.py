@@ -16,6 +16,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dreamctl import atomic
 from dreamctl.experiments.compare import Comparison, column_id, column_ids, compare_runs, run_labels
 from dreamctl.experiments.tables import describe_protocols
 from dreamctl.experiments.runs import Run
@@ -45,8 +46,10 @@ def _title(fig: Figure, title: str, description: str) -> None:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """Written atomically: a stop mid-write leaves the previous figure, not a truncated one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     return path
 
 

@@ -196,10 +196,12 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
             log(batch.epoch, grad_norm)  # restarts the img/s interval
         with speed.side_work():  # checkpoints and grids do not count against img/s
             stop = any_rank(should_stop(), rt)
-            if state.step % tc.checkpoint_every == 0 or state.step == last_step or stop:
-                checkpoint()
+            # The grid before the checkpoint: a run killed between the two resumes from an earlier
+            # checkpoint and draws this grid again; the other way round, it would never be drawn.
             if state.step % tc.sample_every == 0 or state.step == last_step:
                 progress_grid()
+            if state.step % tc.checkpoint_every == 0 or state.step == last_step or stop:
+                checkpoint()
         if stop and state.step < last_step:
             status = "interrupted"
             break
