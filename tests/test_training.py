@@ -211,6 +211,29 @@ def test_resume_after_a_crash_before_the_first_checkpoint_and_a_torn_log(tmp_pat
 
 
 
+def test_a_kill_while_a_run_is_created_never_leaves_a_run_without_its_identity(tmp_path, synthetic_data_dir,
+                                                                               monkeypatch):
+    """run.json's run_id is written before recipe.yaml (what makes the folder a run): a folder left between
+    the two is one `train` starts again, not a run that trains but can never be sampled or evaluated."""
+    from dreamctl.training import rundir
+
+    real_write_text = rundir.atomic.write_text
+
+    def killed_at_the_recipe(path, *args, **kwargs):
+        if Path(path).name == "recipe.yaml":
+            raise RuntimeError("killed")
+        return real_write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(rundir.atomic, "write_text", killed_at_the_recipe)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny")
+    assert json.loads((run / "run.json").read_text())["run_id"] and not (run / "recipe.yaml").exists()
+    monkeypatch.undo()
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0  # the same command
+    assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 0
+
+
 def test_a_stop_between_log_steps_resumes_to_the_same_log(tmp_path, synthetic_data_dir):
     """The partial interval travels in the checkpoint: the log after a resume equals an uninterrupted run's."""
     from dreamctl.config import load_recipe

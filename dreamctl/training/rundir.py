@@ -83,10 +83,12 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in (self.checkpoints, self.samples):
             sub.mkdir(exist_ok=True)
-        atomic.write_text(self.recipe_file, recipe_to_yaml(recipe))
+        # The identity first: recipe.yaml is what makes the folder a run (resume, sample and evaluate need
+        # a run_id), so a kill between the two leaves a folder `train` may still start, never an anonymous run.
         self.update_info({"run_id": uuid.uuid4().hex, "status": "created",
                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           **info})
+        atomic.write_text(self.recipe_file, recipe_to_yaml(recipe))
 
     def recipe(self) -> Recipe:
         if not self.exists():
