@@ -199,3 +199,20 @@ def test_compiled_sampling_draws_the_same_images(trained, tmp_path):
     eager = _draw(run, tmp_path / "eager", 2)
     compiled = _draw(run, tmp_path / "compiled", 2, compile=True)
     assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1
+
+
+def test_a_stop_before_the_npz_is_finished_by_the_same_command(trained, tmp_path, monkeypatch):
+    """--grid is never replaced, so it is written after the npz: a rerun of a command stopped in between
+    finishes it instead of refusing the grid it had already written."""
+    run, _ = trained
+    args = ["sample", str(run), "--num", "4", "--out", str(tmp_path / "s"), "--grid", str(tmp_path / "g.png"), "--npz"]
+
+    def stopped(*a, **kw):
+        raise RuntimeError("killed")  # stands for a kill while the npz is written
+
+    monkeypatch.setattr(sampling, "write_npz", stopped)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(args)
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert (tmp_path / "g.png").is_file() and (tmp_path / "s" / "samples-4.npz").is_file()

@@ -86,6 +86,9 @@ def command(
             raise stopped(stop) from None
         if not rt.is_main:
             return
+        # The npz before --grid, which is never replaced: a stop between them leaves a command that a rerun
+        # finishes, where a grid already written would make the rerun refuse before it wrote the npz.
+        archive = write_npz(folder, read_samples(folder, num, model.image_size)) if npz else None
         if grid is not None:
             save_grid(read_samples(folder, min(num, GRID_MAX), model.image_size), grid)
         c = model.cfg
@@ -94,7 +97,7 @@ def command(
             f"{c.sampler} {c.steps} steps, eta {c.eta:g}, {'EMA' if c.use_ema else 'raw'} weights of step "
             f"{model.step}, base seed {seed}")
         say(f"grid: {grid or folder / 'grid.png'}")
-        if npz:
-            say(f"npz: {write_npz(folder, read_samples(folder, num, model.image_size))}")
+        if archive is not None:
+            say(f"npz: {archive}")
     finally:
         runtime.teardown(rt)
