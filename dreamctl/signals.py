@@ -7,13 +7,35 @@ Torch-free, so the CLI's commands can use it without loading torch for --help.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 Handler = Callable[[int, Any], None]
+PARENT_PID = "DREAMCTL_PARENT_PID"
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a dreamctl command this process starts: the child stops, as on SIGTERM, when
+    this process dies, even by SIGKILL (which no handler of ours can pass on)."""
+    return {**os.environ, PARENT_PID: str(os.getpid())}
+
+
+def stop_with_parent() -> None:
+    """In a command started with child_env(), on Linux: SIGTERM when the parent dies (PR_SET_PDEATHSIG),
+    and at once if it has already gone. Removed from the environment, so grandchildren are not tied."""
+    parent = os.environ.pop(PARENT_PID, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # died before the request: no signal would come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Stopped(KeyboardInterrupt):

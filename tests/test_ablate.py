@@ -175,3 +175,44 @@ def test_ctrl_c_while_the_command_modules_load_exits_130_without_a_traceback(mon
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert run() == 130
     assert capsys.readouterr().err == ""
+
+
+def test_a_job_stops_when_ablate_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to ablate alone reaches no handler of its: its running job gets SIGTERM from the kernel
+    (child_env, PR_SET_PDEATHSIG) and stops as on any SIGTERM, instead of training on as an orphan."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    out = tmp_path / "data"
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys\n"
+         "from dreamctl.signals import child_env\n"
+         "child = subprocess.Popen([sys.executable, '-m', 'dreamctl', 'prepare-data', '--source', 'synthetic',"
+         f" '--count', '500000', '--resolution', '16', '--workers', '1', '--out', {str(out)!r}], env=child_env())\n"
+         "print(child.pid, flush=True)\n"
+         "child.wait()\n"],
+        stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 300
+    while not (out / "progress.json").exists():  # the job is under way
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.2)
+    parent.kill()
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 120
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    still_running = alive(child)
+    if still_running:
+        os.kill(child, signal.SIGKILL)  # leave no orphan behind a failing test
+    assert not still_running

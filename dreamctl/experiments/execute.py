@@ -18,7 +18,7 @@ from pathlib import Path
 from dreamctl import atomic
 from dreamctl.config import set_args
 from dreamctl.data.shards import read_manifest
-from dreamctl.signals import Stopped, run_child, signum_of, stop_on_sigterm
+from dreamctl.signals import Stopped, child_env, run_child, signum_of, stop_on_sigterm
 from dreamctl.errors import CheckpointError, ConfigError, WeightsError
 from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows
 from dreamctl.experiments.compare import compare_runs
@@ -73,7 +73,8 @@ def run_command(cmd: list[str]) -> CommandResult:
             sys.stderr.write(line)  # the child's own messages, passed through unchanged
             tail.append(line)
 
-    code, signum = run_child(lambda: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1), drain)
+    code, signum = run_child(lambda: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                                      env=child_env()), drain)
     if signum is not None:
         raise Stopped(signum)
     return CommandResult(code, "".join(tail))
