@@ -105,6 +105,15 @@ def _one_line(err: BaseException) -> str:
     return cause if len(cause) <= 200 else cause[:200] + "…"  # torch's messages run long
 
 
+def _unusable(path: Path, problem: str) -> CheckpointError:
+    """Damage the archive's own checksums show makes a checkpoint corrupt (resume skips it and sets it
+    aside); a whole file that still cannot be used stops the command with `problem`, and nothing moves."""
+    damage = zip_damage(path)
+    if damage is not None:
+        return CorruptCheckpoint(f"checkpoint {path} cannot be read ({damage})")
+    return CheckpointError(f"checkpoint {path} {problem}")
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a training checkpoint; CorruptCheckpoint when its contents do not load."""
     try:
@@ -116,23 +125,18 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch reports damage as many types (RuntimeError, EOFError, IndexError...)
-        damage = zip_damage(path)  # so damage is told by the archive's own checksums, never by the error
-        if damage is not None:
-            raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({damage})") from err
-        if isinstance(err, pickle.UnpicklingError):  # whole, but holding objects beyond tensors and plain types
-            raise CheckpointError(f"checkpoint {path} holds objects that loading with weights_only=True refuses "
-                                  "(not a dreamctl checkpoint, or one written by another dreamctl or torch); "
-                                  "nothing was changed: resume it with the versions that wrote it") from err
-        # whole, yet not loaded (out of memory, say): never skipped as corrupt, which would set it aside
-        raise CheckpointError(f"checkpoint {path} is intact but did not load ({type(err).__name__}: "
-                              f"{_one_line(err)}); nothing was changed: fix the cause and rerun") from err
+        if isinstance(err, pickle.UnpicklingError):  # if whole: objects beyond tensors and plain types
+            problem = ("holds objects that loading with weights_only=True refuses (not a dreamctl checkpoint, or "
+                       "one written by another dreamctl or torch); nothing was changed: resume it with the versions "
+                       "that wrote it")
+        else:  # if whole: out of memory, say
+            problem = (f"is intact but did not load ({type(err).__name__}: {_one_line(err)}); nothing was changed: "
+                       "fix the cause and rerun")
+        raise _unusable(path, problem) from err
     missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
-    if missing:
-        damage = zip_damage(path)  # a changed byte can still unpickle: torch checks no CRC
-        if damage is not None:
-            raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({damage})")
-        raise CheckpointError(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint, or one "
-                              "written by another dreamctl; nothing was changed: move it out of checkpoints/")
+    if missing:  # a changed byte can still unpickle (torch checks no CRC): the archive tells
+        raise _unusable(path, f"lacks {missing}: not a dreamctl training checkpoint, or one written by another "
+                              "dreamctl; nothing was changed: move it out of checkpoints/")
     return ckpt
 
 
