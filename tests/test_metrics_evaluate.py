@@ -176,3 +176,10 @@ def test_bad_inputs_are_rejected():
         evaluate_image_sets(good, _faces(8, 4, size=16), **kw)
     with pytest.raises(ConfigError, match="fidd"):
         evaluate_image_sets(good, good, metrics=["fidd"], reference_key=None, cache_dir=None)
+
+
+def test_images_too_small_for_swd_leave_it_missing_and_out_of_the_protocol():
+    rng = np.random.default_rng(0)
+    gen, ref = (rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8) for _ in range(2))
+    out = evaluate_image_sets(gen, ref, metrics=["swd"], reference_key=None, cache_dir=None)
+    assert set(out["metrics"]["swd"]) == {"missing"} and "swd" not in out["protocol"]

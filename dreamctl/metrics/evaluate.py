@@ -13,7 +13,7 @@ import importlib.metadata
 import json
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,15 @@ def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: st
     return stats, "written"
 
 
+def _entry(compute: Callable[[], dict]) -> dict:
+    """A metric's entry, or {"missing": why} when its inputs cannot give one (an unusable covariance square
+    root, images too small for SWD): that metric fails alone, and the others still count."""
+    try:
+        return compute()
+    except DataError as err:
+        return {"missing": str(err)}
+
+
 def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, ref: dict, seed: int,
                      batch_size: int, stand_in: bool) -> dict[str, dict]:
     feats, logits = batched_features(net, generated, batch_size)
@@ -88,10 +97,7 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
     out: dict[str, dict] = {}
     if "fid" in wanted:
         mu, sigma = gaussian_stats(feats)
-        try:  # an unusable covariance square root fails FID alone; the other metrics still count
-            out["fid"] = {"value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), **note}
-        except DataError as err:
-            out["fid"] = {"missing": str(err)}
+        out["fid"] = _entry(lambda: {"value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), **note})
     if "kid" in wanted:
         mean, std = kernel_inception_distance(feats, ref["feats"], num_subsets=KID_SUBSETS,
                                               max_subset_size=KID_SUBSET_SIZE, rng=np.random.default_rng(seed))
@@ -180,21 +186,16 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
             protocol["lpips"] = {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS}
 
     if "swd" in wanted:
-        try:
-            swd = sliced_wasserstein_distance(generated, reference, seed=seed)
-        except DataError as err:
-            results["swd"] = {"missing": str(err)}
-        else:
-            results["swd"] = {"value": swd["average"], "levels": {str(k): v for k, v in swd["levels"].items()},
-                              "note": "sliced Wasserstein distance x1e3 on 7x7 Laplacian-pyramid patches"}
+        def swd() -> dict:
+            levels = sliced_wasserstein_distance(generated, reference, seed=seed)
+            return {"value": levels["average"], "levels": {str(k): v for k, v in levels["levels"].items()},
+                    "note": "sliced Wasserstein distance x1e3 on 7x7 Laplacian-pyramid patches"}
+        results["swd"] = _entry(swd)
+        if "value" in results["swd"]:
             protocol["swd"] = {"patch": 7, "patches_per_image": 128, "directions": "4 x 128", "min_resolution": 16}
 
     if "pixel_fd" in wanted:
-        try:  # as FID: an unusable covariance square root fails this metric alone
-            value = pixel_frechet_distance(generated, reference)
-        except DataError as err:
-            results["pixel_fd"] = {"missing": str(err)}
-        else:
-            results["pixel_fd"] = {"value": value, "note": "Fréchet distance on 8x8 area-downsampled pixels in "
-                                                           "[0, 1]; weight-free proxy"}
+        results["pixel_fd"] = _entry(lambda: {
+            "value": pixel_frechet_distance(generated, reference),
+            "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"})
     return {"metrics": {m: results[m] for m in wanted}, "protocol": protocol}
