@@ -26,16 +26,23 @@ def child_env() -> dict[str, str]:
 
 
 def stop_with_parent() -> None:
-    """In a command started with child_env(), on Linux: SIGTERM when the parent dies (PR_SET_PDEATHSIG),
-    and at once if it has already gone. Removed from the environment, so grandchildren are not tied."""
+    """In a command started with child_env(): SIGTERM when the parent dies (see on_parent_death).
+    Removed from the environment, so grandchildren are not tied."""
     parent = os.environ.pop(PARENT_PID, None)
-    if parent is None or not sys.platform.startswith("linux"):
+    if parent is not None:
+        on_parent_death(signal.SIGTERM, int(parent))
+
+
+def on_parent_death(signum: int, parent: int) -> None:
+    """On Linux, `signum` to this process when `parent`, the process that started it, dies, even by
+    SIGKILL (PR_SET_PDEATHSIG); at once if it has already gone. Elsewhere nothing: the process outlives it."""
+    if not sys.platform.startswith("linux"):
         return
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != int(parent):  # died before the request: no signal would come
-        os.kill(os.getpid(), signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signum))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # died before the request: no signal would come
+        os.kill(os.getpid(), signum)
 
 
 class Stopped(KeyboardInterrupt):

@@ -4,7 +4,13 @@ CelebA's own layout and the crops are in test_data_celeba.py."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -179,10 +185,6 @@ def test_workers_leave_a_groups_ctrl_c_to_the_parent(tmp_path):
     """Ctrl-C in a terminal reaches every process of the group; a worker dying of it mid-task broke
     the pool or left it hung. The workers ignore it, so only the parent decides to stop."""
     import multiprocessing
-    import os
-    import signal
-
-    import time
 
     sent = []
 
@@ -207,30 +209,23 @@ def test_workers_leave_a_groups_ctrl_c_to_the_parent(tmp_path):
     assert sum(read_manifest(result.out_dir)["counts"].values()) == 1200
 
 
-def test_sigterm_shuts_the_worker_pool_down(tmp_path):
-    """SIGTERM stops prepare-data like Ctrl-C: exit 143, finished shards kept, no worker left running
-    (the default handler killed the parent alone, and the pool ran on, re-parented to init)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import uuid
-
-    mark = uuid.uuid4().hex
-    out = tmp_path / "data"
+def _start_prepare(out: Path, mark: str) -> subprocess.Popen:
+    """prepare-data in a session of its own, as from a terminal or a batch job, with a mark in its
+    environment (and its workers') to find any process it leaves behind; returns once a shard is written."""
     proc = subprocess.Popen([sys.executable, "-m", "dreamctl", "prepare-data", "--source", "synthetic", "--count",
                              "20000", "--resolution", "32", "--shard-size", "500", "--workers", "2", "--out", str(out)],
-                            env={**os.environ, "DREAMCTL_TEST_MARK": mark}, stderr=subprocess.PIPE, text=True)
+                            env={**os.environ, "DREAMCTL_TEST_MARK": mark}, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.monotonic() + 300  # generous: a loaded machine is slow to import torch and start the pool
     while not list(out.glob("train-*.h5")):
         assert time.monotonic() < deadline and proc.poll() is None, "no shard written"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
-    assert "finished shards in" in proc.stderr.read()
+    return proc
 
-    def marked() -> list[str]:
+
+def _marked(mark: str, wait_s: float = 10.0) -> list[str]:
+    """The processes still carrying `mark` after up to `wait_s` seconds."""
+    def scan() -> list[str]:
         found = []
         for environ in Path("/proc").glob("[0-9]*/environ"):
             try:
@@ -240,7 +235,31 @@ def test_sigterm_shuts_the_worker_pool_down(tmp_path):
                 pass
         return found
 
-    deadline = time.monotonic() + 10
-    while marked() and time.monotonic() < deadline:
+    deadline = time.monotonic() + wait_s
+    while scan() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert marked() == []
+    return scan()
+
+
+def test_sigterm_to_the_group_shuts_the_worker_pool_down(tmp_path):
+    """SIGTERM to the process group (a scheduler, `timeout`, a terminal) stops prepare-data like Ctrl-C:
+    exit 143, finished shards kept, no worker left running. The default handler killed the parent alone
+    and the pool ran on; with a forkserver, the signal killed it too and hid the workers from the stop."""
+    mark = uuid.uuid4().hex
+    proc = _start_prepare(tmp_path / "data", mark)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert "finished shards in" in proc.stderr.read()
+    assert _marked(mark) == []
+
+
+def test_sigkill_of_prepare_data_takes_its_workers_with_it(tmp_path):
+    """No handler runs on SIGKILL (the OOM killer, `kill -9`): the workers, which ignore SIGTERM and
+    wait on the task queue forever, ask Linux to kill them when their parent dies."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    mark = uuid.uuid4().hex
+    proc = _start_prepare(tmp_path / "data", mark)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert _marked(mark) == []

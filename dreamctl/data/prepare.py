@@ -34,6 +34,7 @@ from dreamctl.data import synthetic
 from dreamctl.data.shards import FORMAT, MANIFEST, PROGRESS, ShardInfo, shard_name, shard_problem, write_shard
 from dreamctl.data.sources import SPLITS, Listing
 from dreamctl.errors import DataError
+from dreamctl.signals import on_parent_death
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
 # our files, and the temporary names dreamctl.atomic writes them under (".NAME.PID.tmp")
@@ -138,11 +139,11 @@ def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
     if workers <= 1:
         yield from map(load_chunk, chunks)
         return
-    # forkserver: workers start from a clean process, never a fork of a parent that holds
-    # threads (the progress bar) or open file handles.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_leave_stops_to_parent)
+    # spawn: the workers are this process's own children, started clean (never a fork of a parent
+    # that holds threads or open files); a forkserver between would die of a SIGTERM to the group
+    # and hide its workers from _stop_pool.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_leave_stops_to_parent, initargs=(os.getpid(),))
     it = iter(chunks)
     window = deque(pool.submit(load_chunk, c) for c in islice(it, 2 * workers))
     try:
@@ -156,24 +157,29 @@ def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
     pool.shutdown(wait=True)
 
 
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop the workers rather than wait for them. A worker that a Ctrl-C reached while it was still
-    starting (before it could ignore it) may have died holding the task queue's lock; waiting for the
-    pool, at once or at the interpreter's exit, would then wait forever."""
+def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> None:
+    """Cancel the chunks not yet started and let each worker finish the one in hand (at most a few
+    seconds), then kill any still running. Killed at once, a worker could die halfway through sending
+    its result, and the pool's reader thread, and with it the interpreter's exit, would wait forever
+    for the rest; the kill is for a worker that cannot finish (a dead one broke the pool)."""
     workers = list((pool._processes or {}).values())  # the executor has no public handle on them
     pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
     for worker in workers:
         worker.kill()  # not terminate(): the workers ignore SIGTERM
-    for worker in workers:
         worker.join()
 
 
-def _leave_stops_to_parent() -> None:
+def _leave_stops_to_parent(parent: int) -> None:
     """Workers ignore Ctrl-C and SIGTERM (a terminal or scheduler signals the whole process group):
-    the parent stops the pool. A worker interrupted while it held the task queue's lock would leave
-    the others, and the parent's exit, waiting on that lock forever."""
+    the parent stops the pool, after the chunks in hand. A worker interrupted while it held the task
+    queue's lock would leave the others, and the parent's exit, waiting on that lock forever. Should
+    the parent die without stopping them (SIGKILL), they die with it rather than decode on as orphans."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    on_parent_death(signal.SIGKILL, parent)
 
 
 def _plan(listing: Listing, shard_size: int) -> list[tuple[str, int, list]]:
