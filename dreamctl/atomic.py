@@ -5,6 +5,10 @@ the target, rename over it only once the content is complete, remove the tempora
 A process killed mid-write leaves the previous file (or none), never a truncated one. The one
 file appended to, metrics.jsonl, is not rewritten: its reader drops a last line cut short.
 
+What such a kill does leave is its temporary file, named `.NAME.PID@HOST.tmp`. `sweep` removes those
+whose writer is gone: each write of a file first clears its own; a writer of many files to one
+folder (sample PNGs) clears the folder once instead.
+
 `durable` also survives a power cut: the content is fsynced before the rename and the folder
 after it. The small records (run.json, manifests, evaluations) are always written durably, as
 they say what exists; bulk writers (shards, sample PNGs) are not, and checkpoints opt in.
@@ -13,9 +17,12 @@ they say what exists; bulk writers (shards, sample PNGs) are not, and checkpoint
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +32,18 @@ from typing import Any
 from dreamctl.errors import DreamctlError
 
 
+_HOST = socket.gethostname()
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^@]+)\.tmp$")
+
+
 @contextmanager
-def atomic_path(path: Path, *, durable: bool = False) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `path` (fsynced first if `durable`)."""
+def atomic_path(path: Path, *, durable: bool = False, sweep_stale: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path` (fsynced first if `durable`).
+    `sweep_stale=False` is for a writer of many files that sweeps their folder itself."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if sweep_stale:
+        sweep(path.parent, path.name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}@{_HOST}.tmp")
     try:
         yield tmp
         if durable:
@@ -39,6 +53,31 @@ def atomic_path(path: Path, *, durable: bool = False) -> Iterator[Path]:
             _fsync(path.parent)  # the rename itself is on disk
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sweep(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporary files of writes cut short (of the file `name` only, if given) in `folder`.
+    Only those whose writer is gone: written on this machine, by a process that no longer runs. Another
+    rank's write in progress, or another node's on a shared disk, is left alone. Returns what went."""
+    if not Path(folder).is_dir():
+        return []
+    removed = []
+    for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp" if name else ".*.tmp"):
+        m = _TMP.match(tmp.name)
+        if m and m["host"] == _HOST and (name is None or m["name"] == name) and not _running(int(m["pid"])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only the check that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
 
 
 def _fsync(path: Path) -> None:

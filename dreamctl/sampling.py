@@ -166,7 +166,8 @@ def read_png(path: Path, image_size: int) -> np.ndarray | None:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    with atomic.atomic_path(path) as tmp:  # a killed writer never leaves a half PNG under the name
+    # a killed writer never leaves a half PNG under the name; open_folder sweeps what it leaves
+    with atomic.atomic_path(path, sweep_stale=False) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
@@ -189,12 +190,15 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
 
 
 def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict[str, Any]:
-    """Check the folder's settings (every rank, so all fail alike); rank 0 records them before any image."""
+    """Check the folder's settings (every rank, so all fail alike); rank 0 records them before any image
+    and clears the temporary files of a killed earlier call."""
     wanted = settings(m, seed)
     _check_folder(folder, wanted)
     folder.mkdir(parents=True, exist_ok=True)
-    if rt.is_main and not (folder / "sample.json").is_file():
-        atomic.write_json(folder / "sample.json", {**wanted, "complete": False})
+    if rt.is_main:
+        atomic.sweep(folder)
+        if not (folder / "sample.json").is_file():
+            atomic.write_json(folder / "sample.json", {**wanted, "complete": False})
     return wanted
 
 

@@ -51,7 +51,7 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(syntheti
         prepare_synthetic(out, on_progress=stop_after_first_shard)
     assert not (out / "manifest.json").exists()  # unfinished folders never look finished
     assert list(json.loads((out / PROGRESS).read_text())["shards"]) == ["train-00000.h5"]
-    (out / ".train-00001.h5.999999.tmp").write_bytes(b"half a shard")  # as a crash mid-write leaves it
+    (out / ".train-00001.h5.999999@host.tmp").write_bytes(b"half a shard")  # as a crash mid-write leaves it
     before = (out / "train-00000.h5").stat()
     seen = []
     result = prepare_synthetic(out, on_progress=lambda p: seen.append(p.shard))
@@ -59,7 +59,7 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(syntheti
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert (result.shards_reused, result.shards_written, result.reused) == (1, 4, 100)
     assert "train-00000.h5" not in seen
-    assert not (out / PROGRESS).exists() and not (out / ".train-00001.h5.999999.tmp").exists()
+    assert not (out / PROGRESS).exists() and not (out / ".train-00001.h5.999999@host.tmp").exists()
     assert read_manifest(out)["splits"] == read_manifest(synthetic_data_dir)["splits"]
     assert prepare_synthetic(out) and verify(out) == []  # a finished folder: rerun is a no-op
 

@@ -7,6 +7,9 @@ import json
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +106,17 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     old = 1_000_000_000
     for p in out.glob("*.png"):
         os.utime(p, ns=(old, old))
+    # What a kill mid-write leaves (its writer gone) is cleared; a write under way (a live pid's) is not.
+    host, dead = socket.gethostname(), subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                                      capture_output=True, text=True).stdout.strip()
+    killed = [out / f".000005.png.{dead}@{host}.tmp", out / f".samples-10.npz.{dead}@{host}.tmp"]
+    running = out / f".000008.png.{os.getppid()}@{host}.tmp"
+    for p in [*killed, running]:
+        p.write_bytes(b"half")
     capsys.readouterr()
     assert main(["sample", str(run), "--num", "10", "--batch-size", "3", "--out", str(out)]) == 0
+    assert not any(p.exists() for p in killed) and running.exists()
+    running.unlink()
     assert f"samples: {out} (7 of 10 already there, kept)" in capsys.readouterr().out  # the folder's count
     np.testing.assert_array_equal(read_samples(out, 10, 32), reference)
     redrawn = {i for i in range(10) if sampling.png_path(out, i).stat().st_mtime_ns != old}

@@ -37,8 +37,8 @@ from dreamctl.errors import DataError
 from dreamctl.signals import on_parent_death
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
-# our files, and the temporary names dreamctl.atomic writes them under (".NAME.PID.tmp")
-_OURS = re.compile(r"^\.?((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)(\.\d+\.tmp)?$")
+# our files, and the temporary names dreamctl.atomic writes them under (".NAME.PID@HOST.tmp")
+_OURS = re.compile(r"^\.?((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)(\.\d+@[^@]+\.tmp)?$")
 SYNTHETIC_RESIZE = "drawn at the resolution (supersampled, LANCZOS)"
 
 

@@ -1,0 +1,44 @@
+"""dreamctl.atomic: what a write cut short leaves is cleared, and only when its writer is gone."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from dreamctl import atomic
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: no process has this pid until the kernel hands it out again
+    return proc.pid
+
+
+def test_a_write_clears_what_a_killed_write_of_the_same_file_left(tmp_path):
+    host, dead = socket.gethostname(), _dead_pid()
+    left = {
+        "killed": tmp_path / f".run.json.{dead}@{host}.tmp",  # its writer is gone: removed
+        "running": tmp_path / f".run.json.{os.getppid()}@{host}.tmp",  # a write under way (by a live process)
+        "other node": tmp_path / f".run.json.{dead}@another-{host}.tmp",  # its pid means nothing here
+        "other file": tmp_path / f".recipe.yaml.{dead}@{host}.tmp",  # not this write's to clear
+        "older name": tmp_path / f".run.json.{dead}.tmp",  # not one of ours
+    }
+    for path in left.values():
+        path.write_text("half")
+    atomic.write_json(tmp_path / "run.json", {"step": 1})
+    assert [k for k, p in left.items() if not p.exists()] == ["killed"]
+    assert atomic.sweep(tmp_path) == [left["other file"]]  # a whole folder's, as a writer of many files does
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "grid.png"
+    target.write_text("before")
+    try:
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert target.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
