@@ -263,3 +263,23 @@ def test_sigkill_of_prepare_data_takes_its_workers_with_it(tmp_path):
     proc.kill()
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert _marked(mark) == []
+
+
+def test_a_worker_killed_mid_run_stops_prepare_data_with_one_line(tmp_path):
+    """A worker that dies (the OOM killer, a decoder's crash) breaks the pool: prepare-data stops at once
+    with one line that says what happened and how to go on, keeps its finished shards, and leaves no
+    process behind; the surviving worker was waiting to hand over a result that nobody would read."""
+    mark = uuid.uuid4().hex
+    proc = _start_prepare(tmp_path / "data", mark)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    killed_at = time.monotonic()
+    os.kill(int(workers[0]), signal.SIGKILL)
+    assert proc.wait(timeout=120) == 2
+    assert time.monotonic() - killed_at < 20  # not the stop's grace for a worker finishing its chunk
+    err = proc.stderr.read()
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "decoding worker died (killed by SIGKILL" in err and "re-run the same command" in err
+    assert _marked(mark) == []
+    assert json.loads((tmp_path / "data" / PROGRESS).read_text())["shards"]  # the finished shards are kept

@@ -19,10 +19,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from itertools import islice
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import numpy as np
@@ -151,25 +153,43 @@ def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
             result = window.popleft().result()
             window.extend(pool.submit(load_chunk, c) for c in islice(it, 1))
             yield result
+    except BrokenProcessPool as err:  # a worker died: the OOM killer, or a decoder that crashed
+        died = _stop_pool(pool)
+        raise DataError(f"a decoding worker died ({_death(died[0]) if died else err}); finished shards are kept: re-run the same "
+                        "command to continue, with fewer --workers if memory ran out") from None
     except BaseException:  # a stop, an error, or the caller closing early: the chunks in flight are not wanted
         _stop_pool(pool)
         raise
     pool.shutdown(wait=True)
 
 
-def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> None:
+def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> list[int]:
     """Cancel the chunks not yet started and let each worker finish the one in hand (at most a few
-    seconds), then kill any still running. Killed at once, a worker could die halfway through sending
-    its result, and the pool's reader thread, and with it the interpreter's exit, would wait forever
-    for the rest; the kill is for a worker that cannot finish (a dead one broke the pool)."""
+    seconds), then kill any still running; returns the exit codes of workers that had died before.
+
+    Killed at once, a worker could die halfway through sending its result, and the pool's reader
+    thread, and with it the interpreter's exit, would wait forever for the rest. Once a worker has
+    died, though, the pool reads no more results: the others, blocked handing theirs over, are killed.
+    """
     workers = list((pool._processes or {}).values())  # the executor has no public handle on them
     pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + grace_s
-    for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
+    while not (died := [w.exitcode for w in workers if w.exitcode not in (None, 0)]):
+        alive = [w.sentinel for w in workers if w.is_alive()]
+        if not alive or time.monotonic() >= deadline:
+            break
+        wait(alive, timeout=deadline - time.monotonic())  # until one exits
     for worker in workers:
         worker.kill()  # not terminate(): the workers ignore SIGTERM
         worker.join()
+    return died
+
+
+def _death(exitcode: int) -> str:
+    if exitcode < 0:
+        how = f"killed by {signal.Signals(-exitcode).name}"
+        return how + (", as by the out-of-memory killer" if exitcode == -signal.SIGKILL else "")
+    return f"exit code {exitcode}"
 
 
 def _leave_stops_to_parent(parent: int) -> None:
