@@ -4,39 +4,32 @@ Shard k of a split holds the items [k*shard_size, (k+1)*shard_size) of that spli
 (fewer images when some are skipped), so a shard is a fixed unit of work: an interrupted run
 is finished by redoing only the shards that are not yet in the progress record. The record
 (`progress.json`) is rewritten after each shard; the manifest is written last, after which
-the record is removed. Workers decode chunks of a shard in a process pool; the parent alone
-writes files.
+the record is removed. Workers decode chunks of a shard in a process pool (data/pool.py); the parent
+alone writes files.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
-import signal
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from itertools import islice
-from multiprocessing.connection import wait
 from pathlib import Path
 
 import numpy as np
 
 from dreamctl import __version__
-from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, load_chunk, parse_crop
+from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, parse_crop
+from dreamctl.data.pool import decoded
 from dreamctl import atomic
 from dreamctl.data import synthetic
 from dreamctl.data.shards import FORMAT, MANIFEST, PROGRESS, ShardInfo, shard_name, shard_problem, write_shard
 from dreamctl.data.sources import SPLITS, Listing
 from dreamctl.errors import DataError
-from dreamctl.signals import on_parent_death
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
 # our files, and the temporary names dreamctl.atomic writes them under (".NAME.PID@HOST.tmp")
@@ -136,72 +129,6 @@ def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     }
 
 
-def _run(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
-    """Results in submission order; at most 2*workers chunks in flight, so memory stays flat."""
-    if workers <= 1:
-        yield from map(load_chunk, chunks)
-        return
-    # spawn: the workers are this process's own children, started clean (never a fork of a parent
-    # that holds threads or open files); a forkserver between would die of a SIGTERM to the group
-    # and hide its workers from _stop_pool.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_leave_stops_to_parent, initargs=(os.getpid(),))
-    it = iter(chunks)
-    window = deque(pool.submit(load_chunk, c) for c in islice(it, 2 * workers))
-    try:
-        while window:
-            result = window.popleft().result()
-            window.extend(pool.submit(load_chunk, c) for c in islice(it, 1))
-            yield result
-    except BrokenProcessPool as err:  # a worker died: the OOM killer, or a decoder that crashed
-        died = _stop_pool(pool)
-        raise DataError(f"a decoding worker died ({_death(died[0]) if died else err}); finished shards are kept: re-run the same "
-                        "command to continue, with fewer --workers if memory ran out") from None
-    except BaseException:  # a stop, an error, or the caller closing early: the chunks in flight are not wanted
-        _stop_pool(pool)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> list[int]:
-    """Cancel the chunks not yet started and let each worker finish the one in hand (at most a few
-    seconds), then kill any still running; returns the exit codes of workers that had died before.
-
-    Killed at once, a worker could die halfway through sending its result, and the pool's reader
-    thread, and with it the interpreter's exit, would wait forever for the rest. Once a worker has
-    died, though, the pool reads no more results: the others, blocked handing theirs over, are killed.
-    """
-    workers = list((pool._processes or {}).values())  # the executor has no public handle on them
-    pool.shutdown(wait=False, cancel_futures=True)
-    deadline = time.monotonic() + grace_s
-    while not (died := [w.exitcode for w in workers if w.exitcode not in (None, 0)]):
-        alive = [w.sentinel for w in workers if w.is_alive()]
-        if not alive or time.monotonic() >= deadline:
-            break
-        wait(alive, timeout=deadline - time.monotonic())  # until one exits
-    for worker in workers:
-        worker.kill()  # not terminate(): the workers ignore SIGTERM
-        worker.join()
-    return died
-
-
-def _death(exitcode: int) -> str:
-    if exitcode < 0:
-        how = f"killed by {signal.Signals(-exitcode).name}"
-        return how + (", as by the out-of-memory killer" if exitcode == -signal.SIGKILL else "")
-    return f"exit code {exitcode}"
-
-
-def _leave_stops_to_parent(parent: int) -> None:
-    """Workers ignore Ctrl-C and SIGTERM (a terminal or scheduler signals the whole process group):
-    the parent stops the pool, after the chunks in hand. A worker interrupted while it held the task
-    queue's lock would leave the others, and the parent's exit, waiting on that lock forever. Should
-    the parent die without stopping them (SIGKILL), they die with it rather than decode on as orphans."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    on_parent_death(signal.SIGKILL, parent)
-
-
 def _plan(listing: Listing, shard_size: int) -> list[tuple[str, int, list]]:
     """(split, shard index, items) of every shard: shard k takes items [k*size, (k+1)*size)."""
     plan = []
@@ -259,7 +186,7 @@ def prepare_data(
     start, written = time.perf_counter(), 0
     chunks = [Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, crop, resolution, split,
                     items[i : i + CHUNK]) for split, _, items in todo for i in range(0, len(items), CHUNK)]
-    results = _run(chunks, min(workers, len(chunks)))
+    results = decoded(chunks, min(workers, len(chunks)))
     with closing(results):
         for split, index, items in todo:
             parts = []
