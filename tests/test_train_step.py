@@ -1,0 +1,67 @@
+"""The step's schedules, pinned by value: learning-rate warm-up, EMA warm-up, gradient clipping, the
+timestep range and the flips. The exact-resume tests compare a run with itself, so a wrong but
+deterministic formula passes them; these say what the formula is."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dreamctl.config import OptimConfig, load_recipe
+from dreamctl.data.loader import flip_mask
+from dreamctl.training.loop import clip_threshold, ema_decay_at, lr_at, step_noise, update
+from dreamctl.training.state import TrainState
+from tiny_runs import CPU
+
+
+def test_learning_rate_warms_up_linearly_to_its_value_at_step_warmup_minus_one():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=4)
+    # step k (0-based) trains at lr * (k + 1) / warmup: never at lr 0, full lr from the 4th step on
+    assert [lr_at(k, cfg) for k in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert lr_at(0, OptimConfig(lr=1e-3, warmup_steps=0)) == 1e-3
+
+
+def test_ema_decay_warms_up_as_one_plus_step_over_ten_plus_step_then_caps():
+    cfg = OptimConfig(ema_decay=0.99)
+    assert ema_decay_at(0, cfg) == pytest.approx(0.1)  # the first average keeps 90% of the trained weights
+    assert ema_decay_at(90, cfg) == pytest.approx(0.91)
+    assert ema_decay_at(10_000, cfg) == 0.99  # (1 + s) / (10 + s) passes 0.99 at s = 881
+    assert ema_decay_at(0, OptimConfig(ema_decay=0.99, ema_warmup=False)) == 0.99
+
+
+def _state(lr: float = 1.0) -> tuple[TrainState, nn.Linear]:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    ema = nn.Linear(4, 4).requires_grad_(False)
+    return TrainState(model, ema, torch.optim.SGD(model.parameters(), lr=lr)), model
+
+
+def test_update_clips_the_gradient_norm_and_steps_at_this_steps_learning_rate():
+    """With SGD the applied step shows both: it is lr_at(step) times the clipped gradient."""
+    cfg = OptimConfig(lr=0.5, warmup_steps=2, grad_clip=1.0, ema_warmup=False, ema_decay=0.0)
+    state, model = _state()
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)  # norm 100 * sqrt(20) = 447
+    norm = update(state, list(model.parameters()), cfg, step=0, loss=torch.tensor(1.0), rt=CPU)
+    assert norm == pytest.approx(100 * 20 ** 0.5)  # the norm before clipping, for the log
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    assert step.norm().item() == pytest.approx(0.25 * 1.0, rel=1e-5)  # lr_at(0) = 0.5 * 1/2, norm clipped to 1
+    assert all(torch.equal(e, p) for e, p in zip(state.ema.parameters(), model.parameters()))  # decay 0: a copy
+    assert clip_threshold(OptimConfig(grad_clip=None)) == float("inf")
+
+
+def test_timesteps_cover_zero_to_T_minus_one():
+    """t ~ U{0, ..., T-1}: the noisiest step, T-1, is the one the sampler starts from."""
+    recipe = load_recipe("tiny", ["diffusion.num_timesteps=4", "sample.steps=4", "sample.t_start=null",
+                                   "train.batch_size=64"])
+    t = torch.cat([step_noise(recipe, step, CPU)[0] for step in range(4)])
+    assert set(t.tolist()) == {0, 1, 2, 3}
+
+
+def test_flips_are_drawn_anew_each_epoch():
+    """(seed, epoch, batch index): the same batch index in another epoch mirrors other images."""
+    masks = [flip_mask(0, epoch, 3, 64) for epoch in range(3)]
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    assert torch.equal(masks[0], flip_mask(0, 0, 3, 64)) and 16 < int(masks[0].sum()) < 48
