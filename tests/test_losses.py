@@ -134,6 +134,22 @@ def test_dream_is_the_papers_loss_for_an_imperfect_model(batch, norm, p):
     torch.testing.assert_close(dream.detach(), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("norm", ["mse", "l1"])
+def test_dreams_logged_loss_std_is_the_plain_mse_whatever_its_norm(batch, norm):
+    """loss_std is the curve that compares loss kinds (plots.py): for dream it is ||eps - eps_hat||^2 of the
+    estimate pass at x_t, squared error even when DREAM itself trains with the paper's L1."""
+    x0, t, noise = batch
+    torch.manual_seed(0)
+    net = TinyNet()
+    loss, stats = compute_loss("dream", net, SCHEDULE, x0, t, noise, p=1.0, norm=norm)
+    with torch.no_grad():
+        abar = SCHEDULE.alphas_cumprod[t].view(-1, 1, 1, 1).float()
+        eps_hat = net(abar.sqrt() * x0 + (1 - abar).sqrt() * noise, t)
+        mse, mae = ((eps_hat - noise) ** 2).mean(), (eps_hat - noise).abs().mean()
+    assert not torch.isclose(mse, mae, rtol=0.05)  # the two norms are told apart on this batch
+    torch.testing.assert_close(stats["loss_std"], mse, rtol=1e-5, atol=1e-6)
+
+
 CONS = dict(lambda_min=0.0, lambda_max=0.5, alpha=0.7, start_epoch=10, ramp_epochs=20)
 
 
@@ -159,6 +175,18 @@ def test_conservative_lambda_schedule(batch):
     expected = 0.5 * (t.float() / 1000) * (10 / 20)
     torch.testing.assert_close(stats["lambda_mean"], expected.mean())
     assert net.calls == 2
+
+
+def test_conservative_with_no_ramp_rectifies_fully_from_its_first_epoch(batch):
+    """ramp_epochs = 0 means no warm-up: lam_t = lam_min + (lam_max - lam_min) * t/T from start_epoch on,
+    even at epoch 0 where epoch/ramp_epochs would be 0/0."""
+    _, t, _ = batch
+    for epoch in (0, 3):
+        net = TinyNet()
+        _, stats = compute_loss("dream_conservative", net, SCHEDULE, *batch, epoch=epoch,
+                                **{**CONS, "start_epoch": 0, "ramp_epochs": 0, "lambda_min": 0.1})
+        expected = sum(0.1 + 0.4 * ti / 1000 for ti in t.tolist()) / len(t)
+        assert stats["lambda_mean"].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_conservative_is_the_studys_loss_written_out(batch):
@@ -243,6 +271,25 @@ def test_forward_calls_per_step(batch, kind, calls):
     net = TinyNet()
     backward_loss(kind, net, SCHEDULE, *batch, epoch=50, **(CONS if kind == "dream_conservative" else {}))
     assert net.calls == STEP_COST[kind][0] == calls
+
+
+@pytest.mark.parametrize("kind,params", [
+    pytest.param("standard", {}, id="standard"),
+    pytest.param("dream", {"p": 1.0}, id="dream"),
+    pytest.param("dream", {"p": 1.0, "norm": "l1"}, id="dream-l1"),
+    pytest.param("input_perturbation", {"gamma": 0.1}, id="input_perturbation"),
+    pytest.param("dream_conservative", {**CONS, "epoch": 15}, id="conservative"),  # both terms, alpha = 0.7
+    pytest.param("dream_conservative", {**CONS, "epoch": 5}, id="conservative-before-start"),  # standard loss
+])
+def test_per_sample_stat_averages_to_the_loss(batch, kind, params):
+    """The per-sample losses feed the loss-by-timestep quartiles (training/meter.py): each sample's share of
+    the loss that is optimised, so that their mean is that loss, for every kind and every term it has."""
+    net = TinyNet()
+    loss, stats = compute_loss(kind, net, SCHEDULE, *batch, **params)
+    assert stats["per_sample"].shape == (6,) and not stats["per_sample"].requires_grad
+    torch.testing.assert_close(stats["per_sample"].mean(), loss.detach(), rtol=1e-6, atol=1e-7)
+    stats = backward_loss(kind, TinyNet(), SCHEDULE, *batch, **params)  # the training path too
+    torch.testing.assert_close(stats["per_sample"].mean(), stats["loss"], rtol=1e-6, atol=1e-7)
 
 
 def test_unknown_kind(batch):

@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+from dreamctl.config import SampleConfig
 from dreamctl.diffusion import make_schedule
 from dreamctl.diffusion.samplers import ddim_step, sample, timesteps
+from dreamctl.generate import generate, to_uint8
 
 
 def test_cosine_schedule_matches_closed_form():
@@ -25,6 +27,28 @@ def test_linear_schedule_and_q_sample_inverse():
     x_t = s.q_sample(x0, t, eps)
     torch.testing.assert_close(s.predict_x0(x_t, t, eps), x0)
     torch.testing.assert_close(s.predict_eps(x_t, t, x0), eps)
+
+
+def test_linear_schedule_is_ddpms_linspace_of_betas():
+    """DDPM's betas rise linearly from 1e-4 to 0.02 (Ho et al. 2020, section 4): every interior beta, not
+    only the ends, since a "scaled linear" schedule (linspace of sqrt(beta), squared) has the same ends."""
+    s = make_schedule("linear", 1000, 1e-4, 0.02)
+    expected = torch.tensor([1e-4 + i * (0.02 - 1e-4) / 999 for i in range(1000)], dtype=torch.float64)
+    assert s.betas.dtype == torch.float64 and s.betas.shape == (1000,)
+    torch.testing.assert_close(s.betas, expected, rtol=1e-12, atol=0)
+    assert s.betas[333].item() == pytest.approx(1e-4 + 0.0199 / 3, rel=1e-12)  # a third of the way up
+
+
+def test_cosine_schedules_last_beta_is_clamped_at_0_999():
+    """abar(T) = f(T)/f(0) is ~0 in the cosine schedule, so its last beta would be ~1 (a singular last step):
+    Nichol & Dhariwal clip betas at 0.999. The clamp bites exactly there; the beta before it is the
+    closed form, 1 - f(999)/f(998), about 3/4 (f ~ ((T - t)/(1 + s))^2 near the end)."""
+    s = make_schedule("cosine", 1000)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert 1 - f(1000) / f(999) > 0.999999  # the unclamped value: the clamp is what sets the last beta
+    assert s.betas[-1].item() == 0.999
+    assert s.betas[-2].item() == pytest.approx(1 - f(999) / f(998), rel=1e-9)
+    assert s.betas[-2].item() < 0.999  # only the last one is clamped
 
 
 def _bayes_posterior(s, x0, x_t, t):
@@ -49,6 +73,32 @@ def test_ddim_step_with_eta_1_is_the_ddpm_posterior():
         post_m, post_v = _bayes_posterior(s, x0, x_t, t)
         torch.testing.assert_close(mean, post_m, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(plus_one - mean, post_v.sqrt().expand_as(x_t), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.5, 0.3])
+def test_ddim_step_noise_scale_is_eta_times_the_posterior_std(eta):
+    """DDIM eq. 16: sigma_t(eta) = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev), linear
+    in eta, and the direction to x_t keeps the rest of the variance: x_prev = sqrt(abar_prev) x0_hat
+    + sqrt(1 - abar_prev - sigma^2) eps + sigma z (eq. 12). Checked on a skipping step (t = 60 -> 40),
+    where neither eta = 0 nor eta = 1 can tell eta from eta**2."""
+    s = make_schedule("cosine", 100)
+    abar, abar_prev = s.alphas_cumprod[60].item(), s.alphas_cumprod[40].item()
+    sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
+    x0, x_t = torch.tensor([[0.3, -0.9]], dtype=torch.float64), torch.tensor([[-0.5, 1.2]], dtype=torch.float64)
+    eps = (x_t - math.sqrt(abar) * x0) / math.sqrt(1 - abar)  # the eps that makes x0 the prediction
+    mean, x0_hat = ddim_step(s, x_t, 60, 40, eps, eta=eta, noise=torch.zeros_like(x_t))
+    plus_one, _ = ddim_step(s, x_t, 60, 40, eps, eta=eta, noise=torch.ones_like(x_t))
+    torch.testing.assert_close(x0_hat, x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(plus_one - mean, torch.full_like(x_t, sigma), rtol=1e-9, atol=1e-12)
+    expected_mean = math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev - sigma**2) * eps
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-9, atol=1e-12)
+
+
+def test_timesteps_from_t_start_round_to_the_nearest_step():
+    """With t_start, t_i = round(i * t_start / (steps - 1)): 950/6 = 158.33 apart, so 316.67 -> 317 and
+    791.67 -> 792 (truncating would give 316 and 791, a bias towards smaller t)."""
+    assert timesteps(1000, 7, t_start=950) == [950, 792, 633, 475, 317, 158, 0]
+    assert timesteps(100, 4, t_start=10) == [10, 7, 3, 0]  # 10/3 apart: 3.33 -> 3, 6.67 -> 7
 
 
 def test_timesteps():
@@ -170,3 +220,33 @@ def test_a_compiled_network_sees_one_batch_shape_and_the_same_images(tmp_path):
     plain = draw(compile=False)
     assert set(seen) == {4, 2}
     assert (padded == plain).all()  # the copies are dropped; each image keeps its own seed
+
+
+def test_to_uint8_maps_minus_one_to_one_onto_0_to_255_rounding_to_nearest():
+    """[-1, 1] -> (x + 1) * 127.5, rounded to the nearest level (torch.round: halves to even, so 0 -> 127.5
+    -> 128), out of range clamped, NCHW -> NHWC. -0.5 -> 63.75 must give 64, not a truncated 63; 1 must
+    reach 255 (a factor of 127 would stop at 254)."""
+    x = torch.tensor([-1.0, 0.0, 1.0, -0.5, 0.25, -3.0, 1.7, 0.999]).view(1, 1, 1, 8)
+    out = to_uint8(x)
+    assert out.dtype == torch.uint8 and out.shape == (1, 1, 8, 1)
+    # 0.25 -> 159.375 -> 159; 0.999 -> 254.8725 -> 255
+    assert out.flatten().tolist() == [0, 128, 255, 64, 159, 0, 255, 255]
+
+
+def test_generate_draws_with_the_configured_eta():
+    """generate() (behind `sample`, `evaluate`, the progress grids) must use the recipe's eta: with the same
+    seeds, DDIM eta = 1 gives other images than eta = 0, and the same as the sampler called directly with
+    eta = 1 and one generator per seed (its initial noise first, then every step's noise)."""
+    schedule = make_schedule("cosine", 50)
+    oracle = GaussianOracle(schedule, 0.0, 0.5)
+    seeds = [3, 11]
+    cpu = torch.device("cpu")
+    draw = lambda eta: generate(oracle, schedule, seeds, image_size=4, device=cpu,  # noqa: E731
+                                cfg=SampleConfig(steps=5, eta=eta, batch_size=2))
+    stochastic, deterministic = draw(1.0), draw(0.0)
+    assert not torch.equal(stochastic, deterministic)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    x_T = torch.stack([torch.randn(3, 4, 4, generator=g) for g in gens])
+    x0 = sample(oracle, schedule, x_T, steps=5, eta=1.0, generator=gens)
+    expected = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    assert torch.equal(stochastic, expected)
