@@ -71,6 +71,8 @@ def sweep(folder: Path, name: str | None = None) -> list[Path]:
 
 
 def _running(pid: int) -> bool:
+    if os.name != "posix":  # Windows' os.kill(pid, 0) would end the process, not look for it
+        return True
     try:
         os.kill(pid, 0)  # signal 0: no signal, only the check that the process exists
     except ProcessLookupError:
