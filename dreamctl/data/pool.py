@@ -72,10 +72,13 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> list[int]:
 
 
 def _death(exitcode: int) -> str:
-    if exitcode < 0:
-        how = f"killed by {signal.Signals(-exitcode).name}"
-        return how + (", as by the out-of-memory killer" if exitcode == -signal.SIGKILL else "")
-    return f"exit code {exitcode}"
+    """How a worker died, from its exit code (minus the signal that killed it)."""
+    if exitcode >= 0:
+        return f"exit code {exitcode}"
+    if exitcode == -signal.SIGKILL:
+        return "killed by SIGKILL, as by the out-of-memory killer"
+    names = {int(s): s.name for s in signal.Signals}
+    return f"killed by {names.get(-exitcode, f'signal {-exitcode}')}"
 
 
 def _leave_stops_to_parent(parent: int) -> None:
