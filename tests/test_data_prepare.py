@@ -248,8 +248,8 @@ def test_sigterm_to_the_group_shuts_the_worker_pool_down(tmp_path):
     mark = uuid.uuid4().hex
     proc = _start_prepare(tmp_path / "data", mark)
     os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
-    assert "finished shards in" in proc.stderr.read()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "finished shards in" in err
     assert _marked(mark) == []
 
 
@@ -261,7 +261,8 @@ def test_sigkill_of_prepare_data_takes_its_workers_with_it(tmp_path):
     mark = uuid.uuid4().hex
     proc = _start_prepare(tmp_path / "data", mark)
     proc.kill()
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
     assert _marked(mark) == []
 
 
@@ -276,9 +277,9 @@ def test_a_worker_killed_mid_run_stops_prepare_data_with_one_line(tmp_path):
     assert len(workers) == 2
     killed_at = time.monotonic()
     os.kill(int(workers[0]), signal.SIGKILL)
-    assert proc.wait(timeout=120) == 2
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
     assert time.monotonic() - killed_at < 20  # not the stop's grace for a worker finishing its chunk
-    err = proc.stderr.read()
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "decoding worker died (killed by SIGKILL" in err and "re-run the same command" in err
     assert _marked(mark) == []
