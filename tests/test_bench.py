@@ -256,3 +256,93 @@ def test_render_and_summary_of_a_cuda_shaped_result(train_result, tmp_path, caps
     assert "dream_conservative peak memory (GB) < 16.0" in summary
     assert "sample [conservative, batch 128, bf16, compiled] ddim-50 (eta 0): 180.0 img/s" in summary
     assert "FAIL         DDIM-50 img/s, compiled >= 200: 180.0" in summary
+
+
+# --- pure arithmetic of the summaries and verdicts, on hand-made timings (no real steps) -------
+
+def _raw(seconds: list[float]) -> dict:
+    """What interleaved returns for one entry on the CPU: seconds per round, no memory figures."""
+    return {"seconds": list(seconds), "forward_calls": set(), "peak": 0, "reserved": 0, "extra": 0}
+
+
+def test_summarize_ratio_is_entry_over_reference_and_img_per_s_uses_the_median():
+    """A step twice as slow as the reference must read 2.0 (else every '<=' target passes), and img/s
+    is the batch over the median step, not the luckiest one."""
+    # Round 3 is a burst of load that hits both alike: same-round ratios stay 2.0.
+    raw = {"ref": _raw([0.5, 1.0, 4.0]), "slow": _raw([1.0, 2.0, 8.0])}
+    rows = bench.summarize(raw, batch=8, cuda=False, reference="ref")
+    assert rows["slow"]["step_time_ratio"] == 2.0 and rows["ref"]["step_time_ratio"] == 1.0
+    assert rows["ref"]["img_per_s"] == 8.0  # 8 images / 1.0 s median (the fastest, 0.5 s, would say 16)
+    assert rows["slow"]["img_per_s"] == 4.0  # 8 / 2.0 s
+    assert rows["slow"]["step_ms_median"] == 2000.0 and rows["slow"]["rounds"] == 3
+
+
+def test_bench_train_reports_ours_over_naive_below_one_when_ours_is_faster(monkeypatch):
+    """'ours faster by' is the headline of the naive comparison: half the naive time is 0.5, 50% faster."""
+    from dreamctl.bench import sections
+
+    def fake_interleaved(steps, device, **kw):
+        times = {"standard": [1.0, 1.0, 1.0], "dream_conservative": [1.0, 2.0, 3.0], bench.NAIVE: [2.0, 4.0, 6.0]}
+        return {n: _raw(times[n]) for n in steps}
+
+    monkeypatch.setattr(sections, "interleaved", fake_interleaved)
+    out = sections.bench_train(load_recipe("tiny", SMALL), CPU, rounds=3, warmup=1,
+                               kinds=("standard", "dream_conservative"))
+    nv = out["naive_vs_ours"]
+    assert nv["ours_over_naive_step_time"] == 0.5 and nv["ours_faster_by_percent"] == 50.0
+
+
+def _cuda_result(**rows: dict) -> dict:
+    """A result in the conservative GPU setting with 3 rounds after a warm-up and 2 DDIM batches."""
+    stated = load_recipe("conservative")
+    return {"recipe": "conservative", "precision": "bf16", "batch_size": 128, "warmup": 1,
+            "machine": {"device_type": "cuda"}, "resolution": stated.data.resolution,
+            "model": stated.model.model_dump(mode="json"),
+            "train": {"rows": {name: {"rounds": 3, **row} for name, row in rows.items()}},
+            "sample": {"batches": 2, "rows": {"eager": {"img_per_s": 250.0}}}}
+
+
+def _by_name(targets: list[dict]) -> dict[str, dict]:
+    return {t["target"]: t for t in targets}
+
+
+def test_peak_memory_target_is_strictly_below_16_gb():
+    """'< 16 GB' is strict: exactly 16.0 GB fails it, just under passes."""
+    name = "dream_conservative peak memory (GB) < 16.0"
+    at = _by_name(bench.evaluate_targets(_cuda_result(dream_conservative={"peak_memory_bytes": 16 * 10**9})))
+    assert at[name]["value"] == 16.0 and at[name]["pass"] is False
+    under = _by_name(bench.evaluate_targets(_cuda_result(dream_conservative={"peak_memory_bytes": 15_990_000_000})))
+    assert under[name]["pass"] is True
+
+
+def test_exactly_the_minimum_rounds_and_batches_carry_a_verdict():
+    """3 timed rounds after a warm-up and 2 timed DDIM batches are enough (docs/benchmarks.md)."""
+    targets = bench.evaluate_targets(_cuda_result(standard={"img_per_s": 1600.0}))
+    assert all(t["conditions_met"] and t["differs"] == [] for t in targets)
+    assert _by_name(targets)["DDIM-50 img/s, eager >= 200"]["pass"] is True
+
+
+def test_one_short_row_makes_every_training_verdict_indicative():
+    """The fewest rounds of any row decides: a row stopped early (budget) cannot borrow another's rounds."""
+    result = _cuda_result(standard={"img_per_s": 1600.0, "rounds": 12}, dream={"step_time_ratio": 1.2, "rounds": 2})
+    train = [t for t in bench.evaluate_targets(result) if not t["target"].startswith("DDIM")]
+    assert train and all(not t["conditions_met"] and t["differs"] == ["2 round(s) after 1 warm-up"] for t in train)
+
+
+def test_nan_value_is_unmeasured_not_a_fail():
+    """A NaN timing is no measurement: its verdict is None, not FAIL, and its value null in the JSON
+    (a bare NaN is not JSON: strict readers refuse the whole file)."""
+    result = _cuda_result(dream={"step_time_ratio": float("nan")}, standard={"img_per_s": 1600.0})
+    t = _by_name(bench.evaluate_targets(result))["dream step time / standard <= 1.35"]
+    assert t["pass"] is None and t["value"] is None
+    assert _by_name(bench.evaluate_targets(result))["standard img/s >= 1500"]["pass"] is True
+
+
+def test_merge_targets_takes_the_first_measured_value():
+    """Sections run apart: a section that did not measure a target must not hide one that did."""
+    def res(value):
+        return {"targets": [{"target": "t", "value": value, "pass": None if value is None else True}]}
+
+    assert bench.merge_targets([res(None), res(5.0)]) == [{"target": "t", "value": 5.0, "pass": True}]
+    assert bench.merge_targets([res(4.0), res(None), res(5.0)])[0]["value"] == 4.0
+    assert bench.merge_targets([res(None), res(None)])[0]["value"] is None

@@ -75,8 +75,10 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if dev != device:
             continue
         value = read(result)
+        if value is not None and math.isnan(value):  # no measurement; and bare NaN is not JSON
+            value = None
         differs = ([] if _stated_setting(result, cond) else ["another setting"]) + _too_few(result, what)
         out.append({"target": f"{what} {op} {limit}", "value": None if value is None else round(value, 3),
-                    "pass": None if value is None or math.isnan(value) else bool(_OPS[op](value, limit)),
+                    "pass": None if value is None else bool(_OPS[op](value, limit)),
                     "conditions": cond, "conditions_met": not differs, "differs": differs})
     return out
