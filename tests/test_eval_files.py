@@ -47,3 +47,39 @@ def test_a_protocol_id_names_every_setting_that_is_not_the_default() -> None:
     assert protocol_id(p, stand_in=False) == "ddim50-eta0-ema-n5000-train5000-clean"
     p |= {"eta": 0.5, "ema": False, "t_start": 950, "clip_x0": True, "seed": 3}
     assert protocol_id(p, stand_in=True) == "ddim50-eta0.5-raw-n5000-train5000-clean-tstart950-clip-seed3-standin"
+
+
+def test_an_earlier_feature_metric_of_another_feature_network_is_dropped(tmp_path: Path) -> None:
+    """FID from other weights is not comparable: carrying it into a record of this network would mix two."""
+    write_eval(tmp_path, record(100, {"fid": {"value": 9.0}}, feature_network_sha256="a" * 64))
+    write_eval(tmp_path, record(100, {"kid": {"value": 0.1}}, feature_network_sha256="b" * 64))
+    saved = json.loads((tmp_path / f"{PID}.json").read_text())
+    assert saved["metrics"] == {"kid": {"value": 0.1}}
+    assert saved["protocol"]["feature_network_sha256"] == "b" * 64
+    # The same network's FID is the same measurement: it is kept.
+    write_eval(tmp_path, record(100, {"is": {"value": 3.0}}, feature_network_sha256="b" * 64))
+    saved = json.loads((tmp_path / f"{PID}.json").read_text())
+    assert saved["metrics"] == {"is": {"value": 3.0}, "kid": {"value": 0.1}}
+
+
+def test_evaluating_an_older_checkpoint_leaves_the_main_file_at_the_newest(tmp_path: Path) -> None:
+    """<id>.json is what compare reads as the run's result: an older step evaluated later must not replace it."""
+    write_eval(tmp_path, record(200, {"swd": {"value": 2.0}}))
+    write_eval(tmp_path, record(100, {"swd": {"value": 5.0}}))
+    main = json.loads((tmp_path / f"{PID}.json").read_text())
+    assert main["protocol"]["checkpoint_step"] == 200 and main["metrics"] == {"swd": {"value": 2.0}}
+    for step, value in ((100, 5.0), (200, 2.0)):  # both kept as history
+        kept = json.loads((tmp_path / f"{PID}@step{step}.json").read_text())
+        assert kept["protocol"]["checkpoint_step"] == step and kept["metrics"] == {"swd": {"value": value}}
+
+
+def test_seed_zero_asked_for_overrides_the_recipes_eval_seed() -> None:
+    """--seed 0 is a real seed: `or` would turn it into the recipe's eval.seed and draw other images."""
+    from dreamctl.config.schema import EvalConfig, Recipe
+    from dreamctl.evaluation import resolve_request
+    from dreamctl.sampling import SampleOptions
+
+    recipe = Recipe(eval=EvalConfig(seed=3, num=8))
+    assert resolve_request(recipe, SampleOptions(seed=0), None, None, None, None).seed == 0
+    assert resolve_request(recipe, SampleOptions(seed=5), None, None, None, None).seed == 5
+    assert resolve_request(recipe, SampleOptions(), None, None, None, None).seed == 3

@@ -183,3 +183,63 @@ def test_images_too_small_for_swd_leave_it_missing_and_out_of_the_protocol():
     gen, ref = (rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8) for _ in range(2))
     out = evaluate_image_sets(gen, ref, metrics=["swd"], reference_key=None, cache_dir=None)
     assert set(out["metrics"]["swd"]) == {"missing"} and "swd" not in out["protocol"]
+
+
+def test_inception_score_with_exactly_the_split_count_is_computed_for_both_sets():
+    """IS needs at least IS_SPLITS images: exactly that many must give a value and the real-image value."""
+    from dreamctl.metrics.evaluate import IS_SPLITS
+
+    out = evaluate_image_sets(_faces(0, IS_SPLITS), _faces(1, IS_SPLITS), metrics=["is"], reference_key=None,
+                              cache_dir=None, feature_net=StandInFeatureNet())["metrics"]["is"]
+    assert np.isfinite(out["value"]) and np.isfinite(out["real_value"]) and "missing" not in out
+    fewer = evaluate_image_sets(_faces(0, IS_SPLITS - 1), _faces(1, IS_SPLITS - 1), metrics=["is"],
+                                reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
+    assert f"at least {IS_SPLITS}" in fewer["metrics"]["is"]["missing"]
+
+
+def test_the_protocol_counts_generated_and_reference_images_separately():
+    """--num and --ref-num may differ; the file must say how many reference images the metrics used."""
+    out = evaluate_image_sets(_faces(0, 6), _faces(1, 9), metrics=["pixel_fd"], reference_key=None, cache_dir=None)
+    assert out["protocol"]["num_generated"] == 6 and out["protocol"]["num_reference"] == 9
+
+
+def test_kid_subsets_are_drawn_from_the_evaluations_seed():
+    """The protocol records the seed: KID's random subsets must follow it (reproducible, and another seed
+    draws other subsets), as kernel_inception_distance does with that seed's generator."""
+    from dreamctl.metrics.inception import batched_features
+    from dreamctl.metrics.stats import kernel_inception_distance
+
+    gen, ref = _faces(0, 6), _faces(1, 12)  # fewer generated: subsets of 6 of the 12 reference images vary
+    kw = dict(metrics=["kid"], reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
+    by_seed = {s: evaluate_image_sets(gen, ref, seed=s, **kw)["metrics"]["kid"] for s in (0, 1)}
+    assert by_seed[0]["value"] != by_seed[1]["value"]
+    fg, fr = (batched_features(StandInFeatureNet(), x)[0] for x in (gen, ref))
+    expected = kernel_inception_distance(fg, fr, num_subsets=100, max_subset_size=1000, rng=np.random.default_rng(1))
+    assert (by_seed[1]["value"], by_seed[1]["std"]) == pytest.approx(expected, rel=1e-9)
+
+
+class _AbsDifference(torch.nn.Module):
+    """Stands in for lpips.LPIPS: the mean absolute difference of the [-1, 1] images."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # lpips_diversity reads the device from it
+
+    def forward(self, a, b):
+        return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+
+def test_lpips_real_diversity_is_measured_on_the_reference_images(monkeypatch, wdir):
+    """real_value is the data's own diversity, the yardstick for the samples' value: it must come from the
+    reference set. Identical samples give 0; a black and a white reference image give |-1 - 1| = 2."""
+    from dreamctl.metrics import lpips_diversity as lpips_module
+
+    monkeypatch.setattr(lpips_module, "build_lpips", lambda weights_dir=None, device="cpu": _AbsDifference())
+    wdir.mkdir(parents=True)
+    (wdir / weights.ALEXNET).write_bytes(b"stand-in backbone")  # only hashed into the protocol
+    gen = np.full((3, 32, 32, 3), 128, np.uint8)
+    ref = np.stack([np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8)])
+    out = evaluate_image_sets(gen, ref, metrics=["lpips"], reference_key=None, cache_dir=None)
+    lp = out["metrics"]["lpips"]
+    assert lp["value"] == pytest.approx(0.0, abs=1e-12) and lp["real_value"] == pytest.approx(2.0)
+    assert lp["real_std"] == pytest.approx(0.0, abs=1e-12)

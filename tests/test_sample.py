@@ -18,6 +18,7 @@ import torch
 
 from dreamctl import generate, sampling
 from dreamctl.cli import main
+from dreamctl.errors import DataError
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import SampleOptions, load_for_inference, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
@@ -228,3 +229,17 @@ def test_a_stop_before_the_npz_is_finished_by_the_same_command(trained, tmp_path
     monkeypatch.undo()
     assert main(args) == 0
     assert (tmp_path / "g.png").is_file() and (tmp_path / "s" / "samples-4.npz").is_file()
+
+
+def test_a_png_of_another_size_counts_as_missing_not_kept(tmp_path):
+    """A folder image of the wrong size (another resolution's run, a resized copy) must be redrawn:
+    kept, it would break read_samples' (num, size, size, 3) array later."""
+    from PIL import Image
+
+    good, small = np.full((32, 32, 3), 7, np.uint8), np.full((16, 16, 3), 7, np.uint8)
+    Image.fromarray(good).save(sampling.png_path(tmp_path, 0))
+    Image.fromarray(small).save(sampling.png_path(tmp_path, 1))
+    np.testing.assert_array_equal(sampling.read_png(sampling.png_path(tmp_path, 0), 32), good)
+    assert sampling.read_png(sampling.png_path(tmp_path, 1), 32) is None
+    with pytest.raises(DataError, match="000001.png is missing or unreadable"):
+        read_samples(tmp_path, 2, 32)
