@@ -193,3 +193,73 @@ def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_p
     (tmp_path / "eval" / "p.json").write_text(json.dumps({"protocol_id": "p", "protocol": protocol,
                                                            "metrics": {"swd": {"value": 1.0}}}))
     assert _evaluated(tmp_path, recipe, cfg, 50, ("swd",)) is counts
+
+
+def test_a_resumed_conservative_run_is_priced_for_its_remaining_steps_only(tmp_path: Path) -> None:
+    """Resuming after start_epoch, every remaining step is a rectified (6-unit) one; none of the cheap ones is left."""
+    from dreamctl.config import load_recipe
+    from dreamctl.experiments.ablate import train_cost
+
+    spec_path = write_spec(tmp_path, grid={"loss.lambda_max": [0.3]})
+    plan = make_plan(parse_spec(spec_path))
+    FakeCLI(unfinished=("lambda_max-0.3_seed-0",))(train_command(plan.train[0], plan.data, None))  # stops at step 20
+    (job,) = make_plan(parse_spec(spec_path)).train
+    # 640 images / batch 64 = 10 steps an epoch, 40 in all, rectified from epoch 2 = step 20: 20 left, all at 6
+    assert (job.action, job.done) == ("resume", 20)
+    assert (job.steps, job.images, job.forwards) == (20, 20 * 64, 64 * 6 * 20)
+    # Resumed at step 15: 5 standard steps (3 units) are still ahead of the 20 rectified ones.
+    recipe = load_recipe("tiny-conservative", ["train.epochs=4"])
+    assert train_cost(recipe, 640, done=15) == (25, 25 * 64, 64 * (3 * 5 + 6 * 20))
+
+
+def test_a_data_limit_below_the_split_sets_the_cost(tmp_path: Path) -> None:
+    """data.limit trains on fewer images than the split holds: the plan must price those, not the whole split."""
+    plan = make_plan(parse_spec(write_spec(tmp_path, grid={"loss.lambda_max": [0.3]},
+                                           set=["train.epochs=4", "data.limit=320"])))
+    job = plan.train[0]
+    # 320 // 64 = 5 steps an epoch, 20 in all; rectified from epoch 2 = step 10
+    assert plan.data_count == 640 and (job.steps, job.images, job.forwards) == (20, 1280, 64 * (3 * 10 + 6 * 10))
+
+
+def _write_eval_record(run_dir: Path, **changes) -> None:
+    """An eval file as `dreamctl evaluate` writes it for tiny at 30 DDIM steps, 50 images, the final step 40."""
+    from dreamctl.config.schema import SEED_RULE
+
+    (run_dir / "eval").mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"step": 40}))
+    record = {"protocol_id": "p", "metrics": {"swd": {"value": 1.0}},
+              "protocol": {"sampler": "ddim", "steps": 30, "eta": 0.0, "clip_x0": False, "t_start": None, "ema": True,
+                           "num_generated": 50, "ref_split": "train", "ref_num": 50, "seed": 0, "checkpoint_step": 40,
+                           "image_seeds": SEED_RULE}}
+    record["protocol"].update(changes.pop("protocol", {}))
+    record.update(changes)
+    (run_dir / "eval" / "p.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("changes, sets, done", [
+    ({}, [], True),
+    ({"protocol": {"ema": False}}, [], False),  # raw weights measured, EMA asked for
+    ({"metrics": {"swd": {"missing": "weights absent"}}}, [], False),  # recorded missing: asked for again
+    ({"protocol": {"ref_num": 640}}, ["eval.ref_num=640"], True),  # 50 drawn against the recipe's 640 references
+    ({}, ["eval.ref_num=640"], False),  # measured against 50 references, the recipe asks for 640
+])
+def test_an_existing_evaluation_is_reused_only_when_it_is_what_evaluate_would_write(tmp_path: Path, changes, sets,
+                                                                                     done) -> None:
+    """A plan skips an evaluation only if the file on disk measured the same weights, references and metrics."""
+    from dreamctl.config import load_recipe
+    from dreamctl.experiments.ablate import _evaluated
+    from dreamctl.sampling import SampleOptions, sample_config
+
+    recipe = load_recipe("tiny", ["sample.steps=30", "sample.t_start=null", *sets])
+    _write_eval_record(tmp_path, **changes)
+    assert _evaluated(tmp_path, recipe, sample_config(recipe, SampleOptions(), "test"), 50, ("swd",)) is done
+
+
+def test_plan_totals_leave_out_skipped_evaluations(tmp_path: Path) -> None:
+    """Totals are what is still to spend: an evaluation already on disk costs nothing."""
+    from dreamctl.experiments.ablate import EvalJob, Plan
+
+    evals = (EvalJob("a__steps-10", "a", tmp_path, (), "skip", 50, 500),
+             EvalJob("a__steps-20", "a", tmp_path, (), "evaluate", 50, 1000))
+    totals = plan_totals(Plan(None, None, None, (), evals))
+    assert (totals["eval_runs"], totals["eval_images"], totals["eval_forwards"]) == (1, 50, 1000)

@@ -207,3 +207,104 @@ def test_a_protocol_names_inception_only_where_an_inception_metric_was_computed(
     text = describe_protocols(compare_runs([read_run(a)]))
     assert "feature_network" not in text["free"] and "resize" not in text["free"] and "steps=50" in text["free"]
     assert "feature_network=" in text["fid"] and "resize=" in text["fid"]
+
+
+def test_two_seeds_get_a_sample_std(tmp_path: Path) -> None:
+    """Two seeds are the commonest group: their spread (sample std, ddof=1, as documented) must be shown."""
+    dirs = []
+    for seed, fid in ((0, 10.0), (1, 12.0)):
+        d = write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",))
+        write_eval(d, P50, 50, 200, {"fid": {"value": fid}})
+        dirs.append(d)
+    (group,) = compare_runs([read_run(d) for d in dirs]).aggregate
+    fid = group.metrics[(P50, "fid")]
+    assert fid.value == pytest.approx(11.0) and fid.std == pytest.approx(2 ** 0.5) and fid.n == 2
+
+
+def test_step_1000_is_newer_than_step_900(tmp_path: Path) -> None:
+    """Checkpoint steps compare as numbers: a text sort would table the older step-900 evaluation as the newest."""
+    d = write_run(tmp_path, "a", step=1000)
+    write_eval(d, P50, 50, 900, {"fid": {"value": 40.0}}, file="history/step-900.json")
+    write_eval(d, P50, 50, 1000, {"fid": {"value": 25.0}})
+    comp = compare_runs([read_run(d)])
+    assert comp.rows[0].eval_steps[P50] == (1000,) and comp.rows[0].metrics[(P50, "fid")].value == 25.0
+
+
+def test_metric_columns_follow_the_documented_metric_order(tmp_path: Path) -> None:
+    """Tables list metrics in one fixed order (fid, kid, is, lpips, swd, pixel_fd), not alphabetically."""
+    d = write_run(tmp_path, "a")
+    write_eval(d, P50, 50, 200, {m: {"value": 1.0} for m in ("swd", "pixel_fd", "kid", "fid")})
+    comp = compare_runs([read_run(d)])
+    assert [m for _, m in comp.columns] == ["fid", "kid", "swd", "pixel_fd"]
+    assert headers(comp)[-5:] == [f"ckpt @ {P50}", f"fid @ {P50}", f"kid @ {P50}", f"swd @ {P50}", f"pixel_fd @ {P50}"]
+
+
+def test_a_seed_without_the_metric_at_another_step_does_not_block_the_mean(tmp_path: Path) -> None:
+    """Only seeds with a value decide whether steps are mixed: a seed lacking the metric is counted out (n=1)."""
+    a = write_run(tmp_path, "s0", ("train.seed=0",))
+    write_eval(a, P50, 50, 200, {"fid": {"value": 10.0}, "swd": {"value": 1.0}})
+    b = write_run(tmp_path, "s1", ("train.seed=1",))
+    write_eval(b, P50, 50, 100, {"fid": {"missing": "weights absent"}, "swd": {"value": 1.0}})
+    comp = compare_runs([read_run(a), read_run(b)])
+    fid = comp.aggregate[0].metrics[(P50, "fid")]
+    assert fid.value == pytest.approx(10.0) and fid.n == 1 and fid.mixed_steps == ()
+    assert "10 (n=1)" in cells(comp, comp.aggregate[0], aggregate=True)
+
+
+def test_a_seed_without_wall_time_is_left_out_of_the_mean_totals(tmp_path: Path) -> None:
+    """A run.json lacking a total (older runs) must not count as 0 and drag the seeds' mean wall time down."""
+    dirs = [write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",), info=info) for seed, info in
+            ((0, {"wall_time_s": 60.0, "img_per_s": 100.0}), (1, {"wall_time_s": 90.0, "img_per_s": 200.0}),
+             (2, {"wall_time_s": None, "img_per_s": None}))]
+    (group,) = compare_runs([read_run(d) for d in dirs]).aggregate
+    assert group.totals["wall_time_s"] == pytest.approx(75.0) and group.totals["img_per_s"] == pytest.approx(150.0)
+
+
+def test_the_loss_kind_is_a_differing_setting(tmp_path: Path) -> None:
+    """Comparing a standard run with a DREAM run, the loss kind is the very setting that differs."""
+    a = write_run(tmp_path, "standard", recipe="tiny")
+    b = write_run(tmp_path, "dream", recipe="tiny-dream")
+    comp = compare_runs([read_run(a), read_run(b)])
+    assert "loss.kind" in comp.settings
+    assert [row.settings["loss.kind"] for row in comp.rows] == ["standard", "dream"]
+
+
+def test_wall_time_and_memory_are_formatted_in_readable_units() -> None:
+    """Up to two hours a wall time reads in minutes, then hours; memory is in binary units (MiB = 2**20 bytes)."""
+    from dreamctl.experiments.tables import format_number
+
+    assert format_number(119.0, "wall_time_s") == "119.0 s"
+    assert format_number(3600.0, "wall_time_s") == "60.0 min"
+    assert format_number(5400.0, "wall_time_s") == "90.0 min"
+    assert format_number(7200.0, "wall_time_s") == "2.00 h"
+    assert format_number(3 * 2**20, "peak_memory_bytes") == "3.0 MiB"
+    assert format_number(1.5 * 2**30, "peak_memory_bytes") == "1.50 GiB"
+
+
+def test_csv_leaves_the_seed_count_empty_where_there_is_no_value(tmp_path: Path) -> None:
+    """An n next to an empty value would claim seeds behind a number that does not exist."""
+    import csv
+    import io
+
+    dirs = []
+    for seed in (0, 1):
+        d = write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",))
+        write_eval(d, P50, 50, 200, {"fid": {"missing": "weights absent"}, "swd": {"value": 1.0 + seed}})
+        dirs.append(d)
+    head, *lines = list(csv.reader(io.StringIO(to_csv(compare_runs([read_run(d) for d in dirs])))))
+    rows = [dict(zip(head, line)) for line in lines]
+    assert [r["kind"] for r in rows] == ["run", "run", "seed-mean"]
+    for r in rows:
+        assert r[f"fid @ {P50}"] == "" and r[f"fid n @ {P50}"] == ""
+    assert rows[-1][f"swd n @ {P50}"] == "2"
+
+
+def test_the_protocol_description_says_whether_ema_weights_were_sampled(tmp_path: Path) -> None:
+    """EMA and raw weights give other numbers: the protocol line must say which were used."""
+    from dreamctl.experiments.tables import describe_protocols
+
+    a = write_run(tmp_path, "a")
+    write_eval(a, "raw", 50, 200, {"swd": {"value": 80.0}}, ema=False)
+    write_eval(a, "ema", 50, 200, {"swd": {"value": 81.0}})
+    text = describe_protocols(compare_runs([read_run(a)]))
+    assert "ema=False" in text["raw"] and "ema=True" in text["ema"]
