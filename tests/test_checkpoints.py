@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from dreamctl.cli import main
-from dreamctl.errors import CheckpointError, CorruptCheckpoint
-from dreamctl.training.state import REQUIRED, list_checkpoints, load_checkpoint
+from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
+from dreamctl.training.rundir import read_jsonl
+from dreamctl.training.state import REQUIRED, list_checkpoints, load_checkpoint, load_latest, set_aside_newer, step_of
 from tiny_runs import TINY, assert_identical, final_weights, train
 
 
@@ -161,3 +162,28 @@ def test_resume_refuses_a_run_whose_checkpoints_are_gone(tmp_path, synthetic_dat
     err = capsys.readouterr().err
     assert "says the run reached step 4" in err and "holds no checkpoint" in err and len(err.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_setting_aside_a_skipped_checkpoint_keeps_the_one_resumed_from(tmp_path):
+    """Only the corrupt newer checkpoints leave the listing: the one resume loaded is the run's only good copy."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    whole = {**{k: 0 for k in REQUIRED}, "model": {"w": torch.arange(4.0)}}
+    torch.save(whole, folder / "step-00000004.pt")
+    (folder / "step-00000008.pt").write_bytes((folder / "step-00000004.pt").read_bytes()[:100])  # cut short
+    with pytest.warns(DreamctlWarning, match="step-00000008.pt cannot be read"):
+        path, ckpt = load_latest(folder)
+    assert path.name == "step-00000004.pt"
+    assert [p.name for p in set_aside_newer(folder, step_of(path))] == ["step-00000008.pt.corrupt"]
+    assert [p.name for p in list_checkpoints(folder)] == ["step-00000004.pt"]
+    assert torch.equal(load_checkpoint(folder / "step-00000004.pt")["model"]["w"], torch.arange(4.0))
+
+
+def test_a_bad_line_in_the_middle_of_the_metrics_log_is_an_error_naming_it(tmp_path):
+    """Only a torn last line (a kill mid-append) may be dropped: a bad line before it would lose the history after it."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3\n')
+    assert read_jsonl(log) == [{"step": 1}, {"step": 2}]  # the torn last line is dropped
+    log.write_text('{"step": 1}\n{"ste\n{"step": 3}\n{"step": 4}\n')
+    with pytest.raises(CheckpointError, match=r"metrics\.jsonl line 2 is not JSON"):
+        read_jsonl(log)

@@ -149,3 +149,40 @@ def test_zip_entries_that_would_escape_are_never_read(celeba, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil", "out"]  # nothing was extracted
     with pytest.raises(DataError, match=r"\.\./000002\.jpg: zip entry .* \(--strict\)"):
         prepare_listing("celeba", root, tmp_path / "strict", strict=True)
+
+
+def test_center_crop_rounds_odd_margins_as_torchvision_does():
+    """The study's preprocessing is torchvision's CenterCrop: a 1 px shift on odd margins changes every image."""
+    # torchvision: left = int(round((width - n) / 2.0)), Python's round (half to even); boxes worked out by hand
+    # (torchvision itself is not imported: it costs seconds).
+    cases = [((67, 70, 64), (2, 3, 66, 67)),  # margins 3 and 6: round(1.5) = 2
+             ((103, 64, 64), (20, 0, 84, 64)),  # margin 39: round(19.5) = 20
+             ((64, 71, 64), (0, 4, 64, 68)),  # margin 7: round(3.5) = 4
+             ((64, 69, 64), (0, 2, 64, 66))]  # margin 5: round(2.5) = 2
+    rng = np.random.default_rng(0)
+    for (width, height, n), box in cases:
+        assert crop_box(f"center:{n}", width, height) == box
+        a = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        left, top, right, bottom = box  # no resize at n: the output is the crop itself
+        assert np.array_equal(preprocess(Image.fromarray(a), f"center:{n}", n), a[top:bottom, left:right])
+
+
+def test_exif_orientation_is_applied_before_the_crop(tmp_path):
+    """A phone photo stored sideways (EXIF Orientation 6: rotate 90 degrees clockwise) must come out upright."""
+    a = np.random.default_rng(1).integers(0, 256, (20, 40, 3), dtype=np.uint8)  # stored 40 wide, 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp_path / "sideways.png", exif=exif)
+    upright = np.rot90(a, k=-1)  # clockwise: 20 wide, 40 high
+    with Image.open(tmp_path / "sideways.png") as im:
+        out = preprocess(im, "center", 20)
+    assert np.array_equal(out, upright[10:30])  # the centred 20 x 20 of the upright image
+
+
+def test_resize_is_the_one_the_manifest_records():
+    """PIL bicubic with reducing_gap=None, as RESIZE says: other filters or a box pre-reduction change the pixels."""
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)  # a CelebA-sized image, noise so every filter differs
+    image = Image.fromarray(a)
+    want = np.asarray(image.crop((0, 20, 178, 198)).resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=None))
+    assert np.array_equal(preprocess(image, "center:178", 32), want)

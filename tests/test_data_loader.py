@@ -16,6 +16,7 @@ import torch
 from dreamctl.data.loader import BatchOrder, epoch_batches, flip_mask, open_split, steps_per_epoch, to_model_input
 from dreamctl.data.synthetic import draw_faces
 from dreamctl.errors import DataError
+from dreamctl.runtime import mix_seed
 
 
 def test_open_split_holds_the_split_in_memory_in_shard_order(synthetic_data_dir):
@@ -176,3 +177,34 @@ def test_data_bench_measures_both_loaders_on_the_same_images(tmp_path):
     ratio = result["shard_loader_img_per_s_per_core"] / result["imagefolder_img_per_s_per_core"]
     assert result["speedup_per_core"] == pytest.approx(ratio, abs=0.06)
     assert list(tmp_path.iterdir()) == []  # the originals and shards were temporary
+
+
+def test_a_saved_position_at_the_end_of_an_epoch_is_refused():
+    """A position is the NEXT batch, always wrapped into the next epoch: batch_index == steps is a damaged state."""
+    order = BatchOrder(50, 16, seed=7)  # 50 // 16 = 3 steps per epoch: valid batch_index 0, 1, 2
+    order.load_state_dict({"epoch": 1, "batch_index": 2, "n": 50, "batch_size": 16, "seed": 7})
+    assert (next(order).epoch, next(order).epoch) == (1, 2)  # batch 2 ends epoch 1
+    with pytest.raises(DataError, match=r"batch_index=3 is outside 0\.\.2"):
+        BatchOrder(50, 16, seed=7).load_state_dict({"epoch": 1, "batch_index": 3, "n": 50, "batch_size": 16, "seed": 7})
+    with pytest.raises(DataError, match=r"batch_index=-1 is outside"):
+        BatchOrder(50, 16, seed=7).load_state_dict({"epoch": 1, "batch_index": -1, "n": 50, "batch_size": 16, "seed": 7})
+
+
+def test_batch_order_flips_are_those_of_its_epoch_and_batch_index():
+    """Flips are keyed (seed, epoch, batch index) in that order: epoch 1's batch 2 is not epoch 2's batch 1."""
+    order = BatchOrder(64, 16, seed=5, rank=1, world_size=2)  # 4 steps per epoch
+    batches = [next(order) for _ in range(12)]
+    for b in batches:
+        assert torch.equal(b.flip, flip_mask(5, b.epoch, b.index, 16, 1, 2))
+    e1b2 = next(b for b in batches if (b.epoch, b.index) == (1, 2))
+    e2b1 = next(b for b in batches if (b.epoch, b.index) == (2, 1))
+    assert not torch.equal(e1b2.flip, flip_mask(5, 2, 1, 16, 1, 2))  # 8 coin flips: a clash is a 1/256 fluke
+    assert not torch.equal(e1b2.flip, e2b1.flip)
+
+
+def test_seed_and_epoch_are_not_interchangeable():
+    """Run seed 1's first epoch must not replay seed 0's second: the seed's parts are mixed in order."""
+    assert mix_seed(1, 0, 2) != mix_seed(0, 1, 2) and mix_seed(1, 2) != mix_seed(2, 1)
+    a, b = epoch_batches(100, 32, seed=0, epoch=1), epoch_batches(100, 32, seed=1, epoch=0)
+    assert not torch.equal(torch.cat(a), torch.cat(b))
+    assert not torch.equal(flip_mask(0, 1, 0, 64), flip_mask(1, 0, 0, 64))

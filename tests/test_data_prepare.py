@@ -284,3 +284,20 @@ def test_a_worker_killed_mid_run_stops_prepare_data_with_one_line(tmp_path):
     assert "decoding worker died (killed by SIGKILL" in err and "re-run the same command" in err
     assert _marked(mark) == []
     assert json.loads((tmp_path / "data" / PROGRESS).read_text())["shards"]  # the finished shards are kept
+
+
+def test_a_source_folder_moved_elsewhere_is_still_the_same_data(tmp_path):
+    """The source's path is not a setting: after moving the images, the same command must reuse the shards, not refuse."""
+    from PIL import Image
+
+    from conftest import prepare_listing
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
+    first = prepare_listing("folder", src, tmp_path / "data")
+    src.rename(tmp_path / "moved")
+    again = prepare_listing("folder", tmp_path / "moved", tmp_path / "data")
+    assert first.shards_written >= 1 and (again.shards_written, again.shards_reused) == (0, first.shards_written)
+    assert verify(tmp_path / "data") == []

@@ -84,3 +84,23 @@ def test_a_checkpoint_from_before_per_rank_rows_still_resumes() -> None:
     meter.load_state_dict(old, rt)
     meter.add({"loss": torch.tensor(3.0), "per_sample": torch.tensor([6.0])}, torch.tensor([0]))
     assert meter.means(rt) == {"loss": 2.0, "loss_q0": 3.0}
+
+
+def test_a_one_process_partial_interval_resumed_on_two_ranks_is_counted_once() -> None:
+    """Resuming on more processes must not log the saved steps' losses once per rank."""
+    one = Runtime(torch.device("cpu"), "fp32")
+    first = LossMeter(T, one.device)
+    for step in range(3):  # a one-process run checkpointed after 3 of a log interval's steps
+        first.add({"loss": torch.tensor(float(step + 1)), "per_sample": torch.tensor([2.0])}, torch.tensor([0]))
+    saved = first.state_dict(one)
+    ranks = []
+    for rank in range(2):  # each rank loads on its own: loading needs no process group
+        meter = LossMeter(T, one.device)
+        meter.load_state_dict(saved, Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2))
+        ranks.append(meter)
+    assert ranks[0].counts == ranks[1].counts == {"loss": 3}  # every rank knows how many steps the interval had
+    # means() all-reduces (adds) the ranks' sums and divides by steps * ranks: the mean of 1, 2, 3 is 2.
+    total = sum(m.sums["loss"] for m in ranks)
+    assert total.item() / (3 * 2) == pytest.approx(2.0)
+    assert sum(m.q_count for m in ranks).tolist() == [3.0, 0.0, 0.0, 0.0]  # each saved sample counted once
+    assert sum(m.q_sum for m in ranks).tolist() == [6.0, 0.0, 0.0, 0.0]
