@@ -70,6 +70,12 @@ def sweep(folder: Path, name: str | None = None) -> list[Path]:
     return removed
 
 
+def temp_target(name: str) -> str | None:
+    """The name of the file that `name` is a temporary file of (one of atomic_path's), else None."""
+    m = _TMP.match(name)
+    return m["name"] if m else None
+
+
 def _running(pid: int) -> bool:
     if os.name != "posix":  # Windows' os.kill(pid, 0) would end the process, not look for it
         return True

@@ -32,8 +32,7 @@ from dreamctl.data.sources import SPLITS, Listing
 from dreamctl.errors import DataError
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
-# our files, and the temporary names dreamctl.atomic writes them under (".NAME.PID@HOST.tmp")
-_OURS = re.compile(r"^\.?((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)(\.\d+@[^@]+\.tmp)?$")
+_OURS = re.compile(r"^((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)$")  # our files
 SYNTHETIC_RESIZE = "drawn at the resolution (supersampled, LANCZOS)"
 
 
@@ -95,8 +94,10 @@ def _first_difference(old: object, new: object, key: str = "") -> str:
 
 def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     """Shard records of an earlier run with the same settings; refuse or clean otherwise."""
-    ours = [p for p in out.iterdir() if _OURS.match(p.name)]
-    for stale in [p for p in ours if p.name.endswith(".tmp")]:  # left by a killed run; never complete
+    # ours, and the temporary files dreamctl.atomic writes them under
+    ours = [p for p in out.iterdir() if _OURS.match(atomic.temp_target(p.name) or p.name)]
+    # A killed run's, from any host: the folder is this command's alone, so none is a write in progress.
+    for stale in [p for p in ours if atomic.temp_target(p.name)]:
         stale.unlink()
         ours.remove(stale)
     if overwrite:
