@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import urllib.request
@@ -32,6 +34,13 @@ def prepare_listing(kind: str, root: Path | None, out: Path, **kw):
 
     listing_kw = {k: kw.pop(k) for k in ("limit", "count", "seed", "valid_fraction", "test_fraction") if k in kw}
     return prepare_data(list_source(kind, root, **listing_kw), out, **{"resolution": 16, "workers": 1, **kw})
+
+
+def dead_pid() -> int:
+    """A pid whose process has exited (and been reaped): what a writer killed mid-write leaves in its file names."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def shard_images(path: Path):

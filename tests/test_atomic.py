@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
+from conftest import dead_pid
 from dreamctl import atomic
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()  # reaped: no process has this pid until the kernel hands it out again
-    return proc.pid
-
-
 def test_a_write_clears_what_a_killed_write_of_the_same_file_left(tmp_path):
-    host, dead = socket.gethostname(), _dead_pid()
+    host, dead = socket.gethostname(), dead_pid()
     left = {
         "killed": tmp_path / f".run.json.{dead}@{host}.tmp",  # its writer is gone: removed
         "running": tmp_path / f".run.json.{os.getppid()}@{host}.tmp",  # a write under way (by a live process)

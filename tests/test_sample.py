@@ -8,14 +8,13 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import dead_pid
 from dreamctl import generate, sampling
 from dreamctl.cli import main
 from dreamctl.errors import DataError
@@ -108,8 +107,7 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     for p in out.glob("*.png"):
         os.utime(p, ns=(old, old))
     # What a kill mid-write leaves (its writer gone) is cleared; a write under way (a live pid's) is not.
-    host, dead = socket.gethostname(), subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                                                      capture_output=True, text=True).stdout.strip()
+    host, dead = socket.gethostname(), dead_pid()
     killed = [out / f".000005.png.{dead}@{host}.tmp", out / f".samples-10.npz.{dead}@{host}.tmp"]
     running = out / f".000008.png.{os.getppid()}@{host}.tmp"
     for p in [*killed, running]:
