@@ -105,38 +105,35 @@ def _one_line(err: BaseException) -> str:
     return cause if len(cause) <= 200 else cause[:200] + "…"  # torch's messages run long
 
 
-def _unusable(path: Path, problem: str) -> CheckpointError:
-    """Damage the archive's own checksums show makes a checkpoint corrupt (resume skips it and sets it
-    aside); a whole file that still cannot be used stops the command with `problem`, and nothing moves."""
-    damage = zip_damage(path)
-    if damage is not None:
-        return CorruptCheckpoint(f"checkpoint {path} cannot be read ({damage})")
-    return CheckpointError(f"checkpoint {path} {problem}")
-
-
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint; CorruptCheckpoint when its contents do not load."""
+    """Read a training checkpoint; CorruptCheckpoint when its bytes are damaged.
+
+    The archive's CRCs are checked first (about 1 s per GB): torch.load checks none, so a changed
+    byte inside a tensor would load without a word and a resume would carry it into every later
+    checkpoint. Whole files that still cannot be used stop the command, and nothing moves.
+    """
     try:
         with open(path, "rb") as f:
             f.read(1)
     except OSError as err:  # cannot be opened (permissions, I/O, a folder): says nothing about the contents
         raise CheckpointError(f"checkpoint {path} cannot be opened ({type(err).__name__}: {err.strerror or err}); "
                               "fix access to it and rerun") from err
+    damage = zip_damage(path)
+    if damage is not None:
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({damage})")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch reports damage as many types (RuntimeError, EOFError, IndexError...)
-        if isinstance(err, pickle.UnpicklingError):  # if whole: objects beyond tensors and plain types
-            problem = ("holds objects that loading with weights_only=True refuses (not a dreamctl checkpoint, or "
-                       "one written by another dreamctl or torch); nothing was changed: resume it with the versions "
-                       "that wrote it")
-        else:  # if whole: out of memory, say
-            problem = (f"is intact but did not load ({type(err).__name__}: {_one_line(err)}); nothing was changed: "
-                       "fix the cause and rerun")
-        raise _unusable(path, problem) from err
+    except pickle.UnpicklingError as err:  # objects beyond tensors and plain types
+        raise CheckpointError(f"checkpoint {path} holds objects that loading with weights_only=True refuses (not a "
+                              "dreamctl checkpoint, or one written by another dreamctl or torch); nothing was changed: "
+                              "resume it with the versions that wrote it") from err
+    except Exception as err:  # an intact file that did not load: out of memory, say
+        raise CheckpointError(f"checkpoint {path} is intact but did not load ({type(err).__name__}: {_one_line(err)}); "
+                              "nothing was changed: fix the cause and rerun") from err
     missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
-    if missing:  # a changed byte can still unpickle (torch checks no CRC): the archive tells
-        raise _unusable(path, f"lacks {missing}: not a dreamctl training checkpoint, or one written by another "
-                              "dreamctl; nothing was changed: move it out of checkpoints/")
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint, or one written "
+                              "by another dreamctl; nothing was changed: move it out of checkpoints/")
     return ckpt
 
 
