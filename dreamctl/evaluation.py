@@ -26,6 +26,7 @@ from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import read_manifest, split_shards
 from dreamctl.errors import ConfigError, DataError, WeightsError
+from dreamctl.generate import check_count
 from dreamctl.metrics import weights
 from dreamctl.metrics.evaluate import METRICS, evaluate_image_sets, library_versions
 from dreamctl.metrics.inception import RESIZE_CLEAN, FeatureNet, InceptionFeatureNet
@@ -185,6 +186,7 @@ def resolve_request(recipe: Recipe, opts: SampleOptions, num: int | None, ref: s
     if num < 2 or ref_num < 2:
         raise ConfigError(f"evaluate needs at least 2 generated and 2 reference images "
                           f"(--num {num}, --ref-num {ref_num})")
+    check_count(num)
     return EvalRequest(tuple(parse_metrics(metrics if metrics is not None else e.metrics)), metrics is not None,
                        num, ref_split, ref_num, e.seed if opts.seed is None else opts.seed)
 

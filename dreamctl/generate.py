@@ -35,6 +35,13 @@ def check_base_seed(base: int) -> None:
         raise ConfigError(f"seed {base} is outside 0..{MAX_BASE_SEED}; pass --seed in that range")
 
 
+def check_count(num: int) -> None:
+    """A set of `num` images fits one base seed (image_seeds); checked before drawing, not at image 2**20."""
+    if not 1 <= num <= IMAGES_PER_SEED:
+        raise ConfigError(f"--num {num}: a set holds 1 to {IMAGES_PER_SEED:,} images (one base seed names that many); "
+                          "draw fewer, or split the set over several --seed values")
+
+
 def image_seeds(base: int, indices: Iterable[int]) -> list[int]:
     """The seed of image i under base seed `base`: base * 2**20 + i.
 

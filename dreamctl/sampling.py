@@ -27,7 +27,7 @@ from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
-from dreamctl.generate import check_base_seed, generate, image_seeds, save_grid
+from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
 from dreamctl.training.rundir import RunDir, read_json
@@ -246,9 +246,8 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     Under torchrun rank r draws the missing indices i with i % world_size == r; rank 0 writes
     sample.json and the grid once all ranks are done.
     """
-    if num < 1:
-        raise RunError(f"--num must be at least 1, got {num}")
-    check_base_seed(seed)  # before the folder is touched
+    check_count(num)  # before the folder is touched
+    check_base_seed(seed)
     started = time.perf_counter()
     wanted = open_folder(m, folder, seed, rt)
     barrier(rt)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
 from dreamctl.evaluation import write_eval
 
@@ -83,3 +85,16 @@ def test_seed_zero_asked_for_overrides_the_recipes_eval_seed() -> None:
     assert resolve_request(recipe, SampleOptions(seed=0), None, None, None, None).seed == 0
     assert resolve_request(recipe, SampleOptions(seed=5), None, None, None, None).seed == 5
     assert resolve_request(recipe, SampleOptions(), None, None, None, None).seed == 3
+
+
+def test_evaluate_refuses_more_images_than_a_base_seed_names_before_drawing() -> None:
+    """A set beyond 2**20 images would fail at image 2**20, hours in: refused with the request."""
+    from dreamctl.config.schema import EvalConfig, Recipe
+    from dreamctl.errors import ConfigError
+    from dreamctl.evaluation import resolve_request
+    from dreamctl.sampling import SampleOptions
+
+    recipe = Recipe(eval=EvalConfig(num=8))
+    assert resolve_request(recipe, SampleOptions(), 2**20, None, 8, None).num == 2**20
+    with pytest.raises(ConfigError, match="--num 1048577: a set holds 1 to 1,048,576 images"):
+        resolve_request(recipe, SampleOptions(), 2**20 + 1, None, 8, None)
