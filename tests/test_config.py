@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dreamctl.cli import main
-from dreamctl.config import RECIPES_DIR, load_recipe
+from dreamctl.config import RECIPES_DIR, Recipe, load_recipe, recipe_from_file, recipe_to_yaml
 from dreamctl.errors import ConfigError
 from dreamctl.models import build_model, count_parameters
 
@@ -114,6 +114,7 @@ def test_bad_file_names_the_file(tmp_path: Path):
     (["train", "--recipe", "tiny", "--set", "oops", "--dry-run"], "bad override 'oops'"),
     (["ablate", "tiny-methods", "--seeds", "", "--dry-run"], "--seeds '': expected integers"),  # was ignored
     (["ablate", "tiny-methods", "--seeds", "-1", "--dry-run"], "train.seed"),
+    (["train", "--recipe", "tiny", "--set", "optim.lr=inf", "--dry-run"], "optim.lr: Input should be a finite number"),
 ])
 def test_cli_errors_exit_2_with_one_line(args, needle, capsys):
     assert main(args) == 2
@@ -207,3 +208,70 @@ def test_an_empty_recipe_file_is_refused(tmp_path: Path):
 def test_prepare_data_needs_at_least_one_worker(tmp_path: Path, capsys):
     assert main(["prepare-data", "--source", "synthetic", "--workers", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--workers" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def _float_keys() -> list[str]:
+    """Every float setting of the schema, as a dotted key (a tuple of floats by its first item)."""
+    keys = []
+    for section, field in Recipe.model_fields.items():
+        for name, sub in getattr(field.annotation, "model_fields", {}).items():
+            if "float" in str(sub.annotation):
+                keys.append(f"{section}.{name}" + (".0" if "tuple" in str(sub.annotation) else ""))
+    return keys
+
+
+def test_every_float_setting_is_checked_here():
+    assert {"optim.lr", "optim.betas.0", "optim.grad_clip", "loss.gamma", "sample.eta"} <= set(_float_keys())
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e999"])
+def test_non_finite_floats_are_refused(key, value):
+    """inf passes a bound like gt=0 alone: training stopped on a NaN later and recipe.yaml kept `.inf`."""
+    section, name = key.split(".")[:2]
+    given = f"[{value},0.9]" if key.endswith(".0") else value
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: Input should be a finite number")):
+        load_recipe("tiny", [f"{section}.{name}={given}"])
+
+
+def test_a_run_folders_recipe_with_inf_is_refused(tmp_path: Path):
+    """A recipe.yaml written before the check: resume and sample name the key instead of training on."""
+    stored = tmp_path / "recipe.yaml"
+    text = recipe_to_yaml(load_recipe("tiny"))
+    assert "\n  lr: 0.002\n" in text
+    stored.write_text(text.replace("\n  lr: 0.002\n", "\n  lr: .inf\n"))
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: .*optim\.lr: Input should be a finite number"):
+        recipe_from_file(stored)
+
+
+def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path: Path):
+    """PyYAML keeps the last silently: a forgotten `lr:` further down would train with a setting nobody chose."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\noptim:\n  lr: 1.0e-4\n  weight_decay: 0.0\n  lr: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{mine}: not valid YAML at line 5, column 3: key 'lr' is given "
+                                                    "twice (first at line 3); fix the file")):
+        load_recipe(mine)
+    mine.write_text("extends: tiny\ntrain:\n  epochs: 2\ntrain:\n  epochs: 3\n")  # a section given twice
+    with pytest.raises(ConfigError, match=r"line 4, column 1: key 'train' is given twice \(first at line 2\)"):
+        load_recipe(mine)
+    # one key in two different sections, and a key that overrides one merged in, are fine
+    mine.write_text("extends: tiny\nbase: &b {epochs: 2, batch_size: 8}\ntrain:\n  <<: *b\n  epochs: 3\n"
+                    "sample:\n  batch_size: 8\n")
+    with pytest.raises(ConfigError, match="base: unknown key"):  # the anchor's holder is not a section
+        load_recipe(mine)
+
+
+def test_the_duplicate_key_loader_is_still_safe_yaml():
+    import yaml
+
+    from dreamctl.config.load import safe_load
+
+    text = "a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\nd: 2001-01-01\n"
+    assert safe_load(text) == yaml.safe_load(text)
+    with pytest.raises(yaml.YAMLError, match="could not determine a constructor"):
+        safe_load("!!python/object/apply:os.system ['echo unsafe']")
+
+
+def test_a_key_given_twice_in_an_override_is_refused():
+    with pytest.raises(ConfigError, match=re.escape("bad override 'optim={lr: 1, lr: 2}': key 'lr' is given twice")):
+        load_recipe("tiny", ["optim={lr: 1, lr: 2}"])

@@ -9,6 +9,7 @@ recipes ship inside the package (dreamctl/recipes), so a plain `pip install` fin
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,45 @@ def recipe_path(name_or_path: str | Path) -> Path:
     return builtin_or_path(name_or_path, RECIPES_DIR, "recipe")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that gives one key twice (the YAML spec forbids it; PyYAML keeps the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (the same types, no Python objects) that refuses a key given twice in one mapping:
+    `lr: 1e-4` overridden by a forgotten `lr: 1e-3` further down would train with a setting nobody chose."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(self, node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    # Only the keys written in this mapping: a key that overrides one merged in with `<<: *anchor` is
+    # what merge keys are for. Unhashable keys are left to SafeLoader's own error.
+    first_line: dict[Hashable, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            continue
+        if key in first_line:
+            raise DuplicateKeyError(None, None, f"key '{key}' is given twice (first at line {first_line[key]})",
+                                    key_node.start_mark)
+        first_line[key] = key_node.start_mark.line + 1
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load, but a key given twice in one mapping raises DuplicateKeyError."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no Python objects
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """yaml.safe_load with a one-line ConfigError naming the file, line and problem."""
+    """safe_load with a one-line ConfigError naming the file, line and problem."""
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError as err:
         mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or "cannot be parsed"
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -104,8 +140,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip() or any(not p for p in parts):
         raise ConfigError(f"bad override '{text}': expected section.key=value, e.g. train.batch_size=64")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        parsed = safe_load(value) if value.strip() else None
+    except DuplicateKeyError as err:  # as a plain string it would only fail later, as "not a mapping"
+        raise ConfigError(f"bad override '{text}': {err.problem}; give each key once") from None
+    except yaml.YAMLError:  # not YAML (`description=[draft`): the text as given
         parsed = value
     return parts, parsed
 

@@ -41,7 +41,9 @@ RESUMABLE_KEYS = ("train.epochs", "train.max_steps", *BOOKKEEPING_KEYS,
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # inf and nan pass every bound written as gt/ge alone (optim.lr=inf is "> 0"): training would stop on
+    # a NaN loss later, and recipe.yaml would keep `.inf`. Refused here, for every float of every section.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -141,7 +143,7 @@ class TrainConfig(_Section):
 class SampleConfig(_Section):
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: int = Field(50, gt=0)
-    eta: float = Field(0.0, ge=0.0)
+    eta: float = Field(0.0, ge=0.0, le=1.0)  # past 1, sqrt(1 - abar_prev - sigma^2) (DDIM eq. 12) can be imaginary
     clip_x0: bool = False
     t_start: int | None = Field(None, ge=0)  # first (largest) timestep; default DDIM's (steps-1)*(T//steps)
     batch_size: int = Field(256, gt=0)
