@@ -17,6 +17,11 @@ from pathlib import Path
 
 import typer
 
+try:  # typer >= 0.2x vendors click under its own name; earlier typer uses click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
+
 from dreamctl import atomic
 from dreamctl.cli.common import EXIT_CODES_DIR, err_console, rank_prefix, speaks
 from dreamctl.errors import DreamctlError, DreamctlWarning, StoppedWithMain
@@ -71,16 +76,39 @@ _PATH_FIXES = {
 }
 
 
+def usage_line(err: click_exceptions.ClickException) -> str:
+    """A click error (bad option value, unknown option, missing argument) as the one line every other
+    dreamctl error is: click's own four lines (usage, hint, blank, error) would bury the error in a log."""
+    text = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip())
+    text = text.replace(": Value error, ", ": ")  # typer's wording for a value its parser refused
+    ctx = getattr(err, "ctx", None)  # only usage errors know the command they came from
+    if ctx is None or ctx.command.get_help_option(ctx) is None:
+        return text
+    return f"{text.removesuffix('.')} (see: {ctx.command_path} {ctx.help_option_names[0]})"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting."""
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warnings(shown)
     message = None  # the one-line error, if any
     try:
-        app(args=argv, prog_name="dreamctl")  # standalone mode: usage errors exit 2 through SystemExit
-        code = 0
+        # Not standalone: click hands its errors to us instead of printing them itself. A typer.Exit (--help,
+        # a stopped run's 130/143, torchrun's code) comes back as the result; commands themselves return None.
+        result = app(args=argv, prog_name="dreamctl", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    # Bare `dreamctl`: the help itself, with click's exit code (2). Click before 8.2 has no such error: it
+    # printed the help and exited 0 itself, which comes back as the result above.
+    except getattr(click_exceptions, "NoArgsIsHelpError", ()) as err:
+        code = err.exit_code
+        if speaks():
+            err.show()
+    except click_exceptions.ClickException as err:  # usage errors exit 2, as in standalone mode
+        code, message = err.exit_code, usage_line(err)
+    except typer.Abort:  # EOF at a prompt: click's "Aborted!" and exit code 1
+        code, message = 1, "aborted"
     except DreamctlError as err:
         code, message = 2, None if isinstance(err, StoppedWithMain) else str(err)  # rank 0 prints its own
     except OSError as err:
