@@ -86,7 +86,8 @@ def write_spec(tmp_path: Path, **changes) -> Path:
     data.mkdir(exist_ok=True)
     shard = {"file": "train-00000.h5", "count": 640, "sha256": "0" * 64}  # only the manifest is read
     (data / "manifest.json").write_text(json.dumps({"format": FORMAT, "preprocessing": {}, "image_shape": [32, 32, 3],
-                                                    "splits": {"train": {"count": 640, "shards": [shard]}}}))
+                                                    "counts": {"train": 640}, "skipped": [],
+                                                    "splits": {"train": {"count": 640, "skipped": 0, "shards": [shard]}}}))
     spec = {"name": "lam", "base": "tiny-conservative", "data": str(data), "out": str(tmp_path / "out"),
             "set": ["train.epochs=4"], "grid": {"loss.lambda_max": [0.3, 0.5, 0.7]}, "seeds": [0],
             "evaluate": {"metrics": ["swd"], "num": 50}}

@@ -98,3 +98,25 @@ def test_empty_folder_and_missing_celeba_files_are_clear_errors(tmp_path):
     (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg train\n")
     with pytest.raises(DataError, match=r"list_eval_partition\.txt:1: expected"):
         list_source("celeba", tmp_path / "celeba")
+
+
+def test_a_crop_larger_than_celeba_images_fails_before_any_is_decoded(tmp_path, monkeypatch):
+    """CelebA's images share one size: the first one's header refuses center:500 before the pool starts."""
+    import zipfile
+
+    import dreamctl.data.prepare as prepare
+
+    root = tmp_path / "celeba"
+    (root / "img_align_celeba").mkdir(parents=True)
+    Image.new("RGB", (178, 218)).save(root / "img_align_celeba" / "000001.jpg")
+    (root / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+    zipped = tmp_path / "zipped"
+    zipped.mkdir()
+    with zipfile.ZipFile(zipped / "img_align_celeba.zip", "w") as zf:
+        zf.write(root / "img_align_celeba" / "000001.jpg", "img_align_celeba/000001.jpg")
+    (zipped / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+    monkeypatch.setattr(prepare, "decoded", lambda *a: pytest.fail("decoding started"))
+    for source in (root, zipped):
+        with pytest.raises(DataError, match=r"--crop center:500 does not fit CelebA's images \(000001\.jpg: image 178x218"):
+            prepare_listing("celeba", source, tmp_path / "out", crop="center:500")
+    assert not (tmp_path / "out").exists()

@@ -208,3 +208,23 @@ def test_seed_and_epoch_are_not_interchangeable():
     a, b = epoch_batches(100, 32, seed=0, epoch=1), epoch_batches(100, 32, seed=1, epoch=0)
     assert not torch.equal(torch.cat(a), torch.cat(b))
     assert not torch.equal(flip_mask(0, 1, 0, 64), flip_mask(1, 0, 0, 64))
+
+
+@pytest.mark.parametrize("field, edit", [
+    ("splits.train.shards.0.sha256", lambda m: m["splits"]["train"]["shards"][0].update(sha256=None)),
+    ("image_shape", lambda m: m.update(image_shape="x")),
+    ("image_shape.0", lambda m: m.update(image_shape=["32", 32, 3])),
+    ("splits.train.shards.1.count", lambda m: m["splits"]["train"]["shards"][1].update(count=True)),
+    ("splits.valid.shards", lambda m: m["splits"]["valid"].pop("shards")),
+    ("skipped", lambda m: m.update(skipped={})),
+])
+def test_an_edited_manifest_names_the_field_and_the_fix(synthetic_data_dir, tmp_path, field, edit):
+    """Training reads image_shape and every shard's record: a wrong type is one DataError, not a TypeError."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    edit(manifest)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=rf"manifest\.json: field {field}: .*restore manifest\.json, or re-run prepare-data with --overwrite") as err:
+        open_split(data, "train")
+    assert "\n" not in str(err.value)

@@ -181,6 +181,60 @@ def test_synthetic_resolution_too_small_writes_nothing(tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_resolution_past_the_maximum_writes_nothing(tmp_path, capsys):
+    """100000 px was a 140 GiB allocation and a traceback, with progress.json left behind."""
+    from dreamctl.cli import main
+
+    out = tmp_path / "pd1"
+    assert main(["prepare-data", "--source", "synthetic", "--count", "5", "--resolution", "100000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resolution 100000 is above the 1024 px" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_overwrite_refuses_a_folder_prepare_data_did_not_write(tmp_path, capsys):
+    from dreamctl.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    before = sorted(p.name for p in run.rglob("*"))
+    args = ["prepare-data", "--source", "synthetic", "--count", "5", "--resolution", "16", "--workers", "1"]
+    assert main([*args, "--out", str(run), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a prepared-data folder (it holds checkpoints/, run.json)" in err and "another --out" in err
+    assert sorted(p.name for p in run.rglob("*")) == before and "\n" not in err
+    (tmp_path / "empty").mkdir()  # an empty folder, and shards alone, are still ours to replace
+    assert main([*args, "--out", str(tmp_path / "empty"), "--overwrite"]) == 0
+    (tmp_path / "empty" / "manifest.json").unlink()
+    assert main([*args, "--out", str(tmp_path / "empty"), "--overwrite"]) == 0
+
+
+def test_verify_refuses_options_it_does_not_use(synthetic_data_dir, tmp_path, capsys):
+    from dreamctl.cli import main
+
+    assert main(["prepare-data", "--verify", str(synthetic_data_dir), "--source", "synthetic", "--out", str(tmp_path / "d2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--verify takes no other option (got --source, --out)" in err and "\n" not in err
+    assert not (tmp_path / "d2").exists()
+
+
+def test_verify_and_a_rerun_refuse_a_manifest_edited_to_null(synthetic_data_dir, tmp_path, capsys):
+    from dreamctl.cli import main
+
+    out = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = None
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["prepare-data", "--verify", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "field splits.train.shards.0.sha256" in err and "--overwrite" in err and "\n" not in err
+    with pytest.raises(DataError, match=r"field splits\.train\.shards\.0\.sha256"):
+        prepare_synthetic(out)  # a re-run reuses the manifest's shard records
+    assert (out / "train-00000.h5").read_bytes() == (synthetic_data_dir / "train-00000.h5").read_bytes()
+
+
 def test_workers_leave_a_groups_ctrl_c_to_the_parent(tmp_path):
     """Ctrl-C in a terminal reaches every process of the group; a worker dying of it mid-task broke
     the pool or left it hung. The workers ignore it, so only the parent decides to stop."""

@@ -28,7 +28,15 @@ def _verify(data_dir: Path) -> None:
     console.print(f"{data_dir}: all {shards} shards match the manifest", markup=False, highlight=False)
 
 
+def _given(ctx: typer.Context) -> list[str]:
+    """The options set on the command line (or by environment), as the user spells them."""
+    # By the source's name: typer vendors click's ParameterSource in a private module.
+    return [param.opts[0] for param in ctx.command.params
+            if getattr(ctx.get_parameter_source(param.name), "name", "DEFAULT") != "DEFAULT"]
+
+
 def command(
+    ctx: typer.Context,
     source: Annotated[Optional[str], typer.Option(help="celeba | folder | synthetic")] = None,
     root: Annotated[Optional[Path], typer.Option(help="CelebA folder (img_align_celeba/ or its zip + list_eval_partition.txt) or image folder.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder to write shards and manifest.json into.")] = None,
@@ -47,6 +55,10 @@ def command(
 ) -> None:
     """Decode, crop and resize images once into uint8 HDF5 shards with a checksummed manifest."""
     if verify_dir is not None:
+        # --verify only reads DIR: an option it would silently ignore (--out, --source) is a mistake.
+        if extra := [o for o in _given(ctx) if o != "--verify"]:
+            raise DataError(f"--verify takes no other option (got {', '.join(extra)}); run `dreamctl prepare-data "
+                            f"--verify {verify_dir}` alone, or prepare data without --verify")
         return _verify(verify_dir)
     if source is None or out is None:
         raise DataError("prepare-data needs --source celeba|folder|synthetic and --out DIR (or --verify DIR)")

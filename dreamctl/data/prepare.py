@@ -23,17 +23,22 @@ from pathlib import Path
 import numpy as np
 
 from dreamctl import __version__
-from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, parse_crop
+from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, crop_box, parse_crop
 from dreamctl.data.pool import decoded
 from dreamctl import atomic
 from dreamctl.data import synthetic
-from dreamctl.data.shards import FORMAT, MANIFEST, PROGRESS, ShardInfo, shard_name, shard_problem, write_shard
-from dreamctl.data.sources import SPLITS, Listing
+from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, ShardInfo, check_manifest, shard_name, shard_problem,
+                                  write_shard)
+from dreamctl.data.sources import SPLITS, Listing, first_image
 from dreamctl.errors import DataError
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
 _OURS = re.compile(r"^((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)$")  # our files
 SYNTHETIC_RESIZE = "drawn at the resolution (supersampled, LANCZOS)"
+# The UNets trained here are the DDPM family's for 32-256 px faces (CelebA's aligned images are
+# 178x218); 1024 px already upsamples them 5x, and a default 5000-image shard of it is 15 GiB in memory
+# while it is written. Past it a typo (100000) is an out-of-memory crash, not a data set.
+MAX_RESOLUTION = 1024
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,35 @@ def _first_difference(old: object, new: object, key: str = "") -> str:
     return f"{key}: {old!r} there, {new!r} now"
 
 
+def _check_crop_fits(listing: Listing, crop: str) -> None:
+    """Refuse a crop larger than CelebA's images before any is decoded (it would skip every one).
+
+    CelebA's aligned images all have one size, so the first one's header (no decoding) speaks for
+    all. A folder's images differ in size and a smaller one is skipped by design: no early check."""
+    if listing.kind != "celeba" or crop in ("none", "center"):
+        return
+    if (first := first_image(listing)) is None:  # unreadable: the decode skips it and says why
+        return
+    name, size = first
+    try:
+        crop_box(crop, *size)
+    except ValueError as err:
+        raise DataError(f"--crop {crop} does not fit CelebA's images ({name}: {err}); "
+                        "pass --crop center:178 (the default), center, ddim or none") from err
+
+
+def _check_replaceable(out: Path, ours: list[Path]) -> None:
+    """--overwrite replaces a prepared folder, or one holding only our files, never a folder of other
+    files (a run folder would get shards among its checkpoints)."""
+    if (out / MANIFEST).is_file() or (out / PROGRESS).is_file():
+        return
+    others = sorted(p.name + "/" * p.is_dir() for p in out.iterdir() if p not in ours)
+    if others:
+        held = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise DataError(f"--out {out} is not a prepared-data folder (it holds {held}); --overwrite replaces only "
+                        "one written by prepare-data: choose another --out")
+
+
 def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     """Shard records of an earlier run with the same settings; refuse or clean otherwise."""
     # ours, and the temporary files dreamctl.atomic writes them under
@@ -101,6 +135,7 @@ def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
         stale.unlink()
         ours.remove(stale)
     if overwrite:
+        _check_replaceable(out, ours)
         for p in sorted(ours, key=lambda p: p.name != MANIFEST):  # manifest first: never a stale "finished" folder
             p.unlink()
         return {}
@@ -115,6 +150,8 @@ def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
         old_settings = _comparable(old)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise DataError(f"{path} is not a dreamctl record ({err}); pass --overwrite or choose another --out") from err
+    if path.name == MANIFEST:  # its shard records are reused below: a field edited to null is refused here
+        check_manifest(path, path.read_text())
     if old_settings != _comparable(settings):
         diff = _first_difference(old_settings, _comparable(settings))
         raise DataError(f"{out} was prepared with other settings ({diff}); pass --overwrite or choose another --out")
@@ -154,11 +191,15 @@ def prepare_data(
     """Write `listing` into `out` as shards + manifest; resumes an unfinished run."""
     if resolution < 1 or shard_size < 1:
         raise DataError(f"--resolution ({resolution}) and --shard-size ({shard_size}) must be positive")
+    if resolution > MAX_RESOLUTION:
+        raise DataError(f"--resolution {resolution} is above the {MAX_RESOLUTION} px this tool trains at; "
+                        f"pass --resolution {MAX_RESOLUTION} or less (64 is the study's)")
     if listing.kind == "synthetic":  # before anything is written: a folder never holds a prepare that cannot finish
         synthetic.check(resolution, listing.seed)
     if strict and listing.skipped:
         raise DataError(f"{listing.skipped[0].name}: {listing.skipped[0].reason} (--strict)")
     crop = resolve_crop(listing.kind, crop)
+    _check_crop_fits(listing, crop)
     workers = workers or os.cpu_count() or 1
     out = Path(out)
     if out.exists() and not out.is_dir():

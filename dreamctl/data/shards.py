@@ -13,9 +13,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import h5py
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 
 from dreamctl.atomic import atomic_path, file_sha256
 from dreamctl.errors import DataError
@@ -59,18 +61,68 @@ def _no_manifest(data_dir: Path) -> str:
     return f"{manifest_path(data_dir)} not found; prepare the folder with `dreamctl prepare-data --out {data_dir}`"
 
 
+class _Model(BaseModel):
+    # strict: "16" is not 16 nor true 1 (an edited file is refused, not coerced); extra: the
+    # fields nothing reads (source, created, ...) may change between versions.
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _Shard(_Model):
+    file: str
+    count: NonNegativeInt
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _Split(_Model):
+    count: NonNegativeInt
+    skipped: NonNegativeInt
+    shards: list[_Shard]
+
+
+class _Skipped(_Model):
+    split: str
+    name: str
+    reason: str
+    shard: str | None
+
+
+class _Manifest(_Model):
+    """Every field of the manifest that dreamctl reads (training, evaluation, a re-run of prepare-data)."""
+
+    format: Literal["dreamctl-shards/1"]
+    preprocessing: dict
+    image_shape: tuple[PositiveInt, PositiveInt, Literal[3]]
+    counts: dict[str, NonNegativeInt]
+    splits: dict[Literal["train", "valid", "test"], _Split]
+    skipped: list[_Skipped]
+
+
+def check_manifest(path: Path, text: str) -> None:
+    """DataError naming the first field of a manifest's text that is missing or of the wrong type."""
+    try:
+        _Manifest.model_validate_json(text)  # JSON mode: an array is a valid tuple
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        got = "" if first["type"] == "missing" else f" (got {json.dumps(first['input'])[:40]})"
+        raise DataError(f"{path}: field {field}: {first['msg']}{got}; the manifest was "
+                        "edited or damaged: restore manifest.json, or re-run prepare-data with --overwrite") from err
+
+
 def read_manifest(data_dir: Path) -> dict:
-    """The manifest of a finished folder; DataError when it is absent or unreadable."""
+    """The manifest of a finished folder; DataError when it is absent, unreadable or not well-formed."""
     data_dir = Path(data_dir)
     path = manifest_path(data_dir)
     if not path.is_file():
         raise DataError(_no_manifest(data_dir))
     try:
-        manifest = json.loads(path.read_text())
+        text = path.read_text()
+        manifest = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path} is not valid JSON ({err}); re-run prepare-data with --overwrite") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path} is not a {FORMAT} manifest; re-run prepare-data with --overwrite")
+    check_manifest(path, text)
     return manifest
 
 
