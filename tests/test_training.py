@@ -98,6 +98,36 @@ def test_run_folder_lock_and_no_overwrite(tmp_path, synthetic_data_dir, capsys):
     with RunDir(run).lock():
         assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 2
     assert "in use by another trainer" in capsys.readouterr().err
+    # Without run.json the run has lost its identity: resume refuses, and writes no anonymous one.
+    (run / "run.json").rename(tmp_path / "run.json.saved")
+    listing = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["resume", str(run)]) == 2
+    assert "run.json is missing or holds no run_id: restore it" in capsys.readouterr().err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == listing
+
+
+def test_train_starts_only_in_a_new_empty_or_half_created_folder(tmp_path, synthetic_data_dir, capsys):
+    """A run's files never go among other files (a data folder, the user's own recipe.yaml), and the refusal
+    names what is there instead of calling it a run to resume; a folder that `train` was killed while
+    creating (its lock, run.json, empty subfolders) is taken over."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "recipe.yaml").write_text("extends: tiny\n")
+    (theirs / "manifest.json").write_text("{}")
+    assert train(theirs, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 2
+    err = capsys.readouterr().err
+    assert "holds files that are not a new run's (manifest.json, recipe.yaml)" in err and "resume" not in err
+    assert sorted(p.name for p in theirs.iterdir()) == ["manifest.json", "recipe.yaml"]  # nothing added
+    half = tmp_path / "half"
+    for sub in ("checkpoints", "samples"):
+        (half / sub).mkdir(parents=True)
+    (half / "run.json").write_text('{"status": "created"}')
+    (half / ".lock").write_text("")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (half, empty):
+        assert train(folder, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0, folder
+        assert (folder / "recipe.yaml").is_file() and (folder / "checkpoints" / "step-00000001.pt").is_file()
 
 
 def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_dir, capsys):

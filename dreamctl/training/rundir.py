@@ -56,6 +56,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+# What a run folder holds before its recipe.yaml is written: the lock, run.json and the empty
+# subfolders of a `train` killed while it created the folder, which a new `train` may take over.
+CREATE_LEFTOVERS = frozenset({".lock", "run.json", "checkpoints", "samples"})
+
+
 class RunDir:
     """Paths of one run folder. Creating or reading files is explicit; nothing happens on construction."""
 
@@ -72,10 +77,19 @@ class RunDir:
         return self.recipe_file.is_file()
 
     def check_new(self) -> None:
-        """RunError when the folder already holds a run (create would refuse it)."""
-        if self.exists():
+        """RunError unless the folder is new, empty, or holds only what a `train` killed while creating
+        it left (CREATE_LEFTOVERS): a run goes into no folder that holds a run or anything else."""
+        if self.exists() and self.run_file.is_file():
             raise RunError(f"{self.root} already holds a run: continue it with `dreamctl resume {self.root}` "
                            "or choose another --run-dir")
+        if not self.root.is_dir():
+            return  # absent (made by create), or a file, which the writability check names
+        other = sorted(p.name for p in self.root.iterdir()
+                       if p.name not in CREATE_LEFTOVERS or (p.is_dir() and any(p.iterdir())))
+        if other:
+            shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+            raise RunError(f"{self.root} holds files that are not a new run's ({shown}): a run starts in a new or "
+                           "empty folder; choose another --run-dir")
 
     def create(self, recipe: Recipe, info: dict[str, Any]) -> None:
         """Start a new run; refuses a folder that already holds one (nothing is overwritten)."""

@@ -106,6 +106,7 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
     with ExitStack() as held:
         held.callback(images.close)  # the shard handles, when the split is read from disk
         def claim() -> None:
+            run.check_new()  # before the lock and the writability checks put anything into the folder
             _claim(run, held)
             run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
                                 "dreamctl_version": dreamctl.__version__, "torch": torch.__version__})
@@ -117,6 +118,7 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = l
 def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recipe:
     """The run's recipe with the allowed overrides applied; others are refused with the reason."""
     recipe = run.recipe()
+    run.run_id()  # refuses a run whose run.json is gone: resuming would write an anonymous one
     if not overrides:
         return recipe
     raw = apply_overrides(recipe.model_dump(mode="json"), overrides)
