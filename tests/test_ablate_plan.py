@@ -62,14 +62,16 @@ def test_unprepared_data_or_a_file_for_out_is_one_error_before_any_job(tmp_path:
     monkeypatch.setattr(execute_module, "run_command", fake)
     spec = str(write_spec(tmp_path))
     assert main(["ablate", spec, "--data", str(tmp_path / "not-prepared"), "--dry-run"]) == 0  # a plan may come first
-    capsys.readouterr()
+    assert "warning: " in (err := capsys.readouterr().err) and "not-prepared/manifest.json not found" in err
     assert main(["ablate", spec, "--data", str(tmp_path / "not-prepared")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not-prepared/manifest.json not found" in err and "dreamctl prepare-data" in err and "\n" not in err
     (tmp_path / "a-file").write_text("mine")
     assert main(["ablate", spec, "--out", str(tmp_path / "a-file")]) == 2
     err = capsys.readouterr().err.strip()
-    assert f"--out {tmp_path / 'a-file'} is a file, not a folder" in err and "\n" not in err
+    assert f"--out {tmp_path / 'a-file'} is a file; it needs a folder" in err and "\n" not in err
+    assert main(["ablate", spec, "--out", str(tmp_path / "a-file" / "sub"), "--dry-run"]) == 0
+    assert f"warning: --out {tmp_path / 'a-file' / 'sub'}: {tmp_path / 'a-file'} is a file" in capsys.readouterr().err
     assert fake.calls == [] and (tmp_path / "a-file").read_text() == "mine"
 
 
@@ -88,7 +90,9 @@ def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: py
                          ({"eval_grid": {"loss.alpha": [0.5]}}, "needs training"),
                          ({"evaluate": {"metrics": ["swd", "fdi"]}}, "unknown metric"),
                          ({"evaluate": {"metrics": ["swd"], "nums": 3}}, "evaluate.nums"),
-                         ({"grid": {"data.path": ["a/b", "a b"]}}, "same run name")):
+                         ({"grid": {"data.path": ["a/b", "a b"]}}, "same run name"),
+                         ({"grid": {"optim.lr": [1e-3, 0.002, 0.001]}}, "grid.optim.lr lists 0.001 twice"),
+                         ({"eval_grid": {"sample.steps": [10, 10]}}, "eval_grid.sample.steps lists 10 twice")):
         with pytest.raises(ConfigError, match=message):
             make_plan(parse_spec(write_spec(tmp_path, **bad)))
 

@@ -197,6 +197,13 @@ def test_cli_bench_train_writes_json(tmp_path, capsys):
     assert result["recipe"] == "tiny" and result["batch_size"] == 4
     assert result["train"]["rows"]["dream"]["forward_calls"] == 2
     assert result["command"].startswith("dreamctl bench train")
+    assert main(args + set_args(SMALL)) == 0  # a rerun replaces its own result...
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"mine": 1}')
+    capsys.readouterr()
+    assert main(args[:-1] + [str(mine)] + set_args(SMALL)) == 2  # ...never another file of that name
+    assert f"--out {mine} exists and is not a `dreamctl bench` result" in capsys.readouterr().err
+    assert mine.read_text() == '{"mine": 1}'
     for option in ("--budget-s", "--steps", "--batch-size", "--sample-batches"):  # 0 would time nothing
         assert main(["bench", "train", "--device", "cpu", option, "0", "--out", str(tmp_path / "zero.json")]) == 2
         assert option in capsys.readouterr().err

@@ -137,3 +137,28 @@ def test_cli_plot_into_a_file_is_a_one_line_error(seeded: list[Path], tmp_path: 
         err = capsys.readouterr().err
         assert err.startswith("error: --plot") and "folder" in err and len(err.strip().splitlines()) == 1
     assert target.read_text() == "keep me"
+
+
+def test_figures_replace_their_own_earlier_ones_never_a_file_of_the_same_name(seeded: list[Path], tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """A rerun of compare --plot redraws its figures; a user's own loss.png in that folder is kept, and the
+    refusal comes before any figure is drawn."""
+    from dreamctl.cli import main
+
+    figs = tmp_path / "figs"
+    assert main(["compare", *map(str, seeded), "--plot", str(figs)]) == 0
+    drawn = sorted(p.name for p in figs.iterdir())
+    assert "loss.png" in drawn and "lambda.png" in drawn
+    assert main(["compare", *map(str, seeded), "--plot", str(figs)]) == 0  # a rerun replaces its own
+    assert sorted(p.name for p in figs.iterdir()) == drawn
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    Image.new("RGB", (8, 8)).save(mine / "lambda.png")  # a PNG, but not one of ours
+    (mine / "notes.txt").write_text("keep me")
+    before = (mine / "lambda.png").read_bytes()
+    capsys.readouterr()
+    assert main(["compare", *map(str, seeded), "--plot", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert f"{mine / 'lambda.png'} exists and is not a figure dreamctl drew" in err and len(err.splitlines()) == 1
+    assert (mine / "lambda.png").read_bytes() == before and sorted(p.name for p in mine.iterdir()) == [
+        "lambda.png", "notes.txt"]  # loss.png, drawn first, was not written either

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from dreamctl.cli.common import console, err_console
-from dreamctl.errors import ConfigError
+from dreamctl.errors import ConfigError, DreamctlError
 from dreamctl.signals import exit_code
 
 if TYPE_CHECKING:
@@ -62,14 +62,16 @@ def command(
 ) -> None:
     """Run a grid of recipe overrides: train what is new, resume what was interrupted, evaluate, report."""
     from dreamctl.experiments.ablate import make_plan
-    from dreamctl.experiments.execute import execute, weights_problem
+    from dreamctl.experiments.execute import execute, preflight
     from dreamctl.experiments.spec import parse_spec
 
     parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None)
     plan = make_plan(parsed)
     _print_plan(plan)
-    if dry_run:
-        if (problem := weights_problem(plan)) is not None:
+    if dry_run:  # a plan may come before its data or weights: what the run would refuse is a warning here
+        try:
+            preflight(plan)
+        except DreamctlError as problem:
             err_console.print(f"warning: {problem} (the run would stop before training)", markup=False, highlight=False)
         return
     try:

@@ -13,6 +13,7 @@ from rich.table import Table
 from dreamctl import atomic
 from dreamctl.cli import options
 from dreamctl.cli.common import console
+from dreamctl.errors import RunError
 
 
 def command(
@@ -31,7 +32,7 @@ def command(
                                             "--only 'compile bf16'; the reference 'eager bf16' always runs.")] = [],
     budget: Annotated[Optional[float], typer.Option("--budget-s", min=1, help="Stop timing a section after the round "
                                                     "that passes this many seconds.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="JSON file [default: bench-WHAT-DEVICE.json].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="JSON file; replaces an earlier bench result, never another file [default: bench-WHAT-DEVICE.json].")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a recipe key: section.key=value.")] = [],
 ) -> None:
     """Benchmark training steps per loss kind, sampling and the data loader; print a table, write JSON."""
@@ -39,7 +40,6 @@ def command(
 
     from dreamctl import bench, runtime
     from dreamctl.config import load_recipe
-    from dreamctl.errors import RunError
 
     if what not in bench.SECTIONS:
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(bench.SECTIONS)}")
@@ -50,6 +50,7 @@ def command(
     resolved = load_recipe(recipe or bench.default_recipe(dev), overrides)
     path = out or Path(f"bench-{what}-{dev.split(':')[0]}.json")
     atomic.check_output_file(path, "--out", replace=True)  # before the benchmark, not after it
+    _check_replaceable(path)
     rt = runtime.setup(resolved.train.precision, dev)
     rounds = steps or (20 if rt.device.type == "cuda" else 12)
     with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
@@ -65,6 +66,19 @@ def command(
     atomic.write_json(path, result, indent=1)  # before printing: a closed pipe must not lose it
     render(result)
     console.print(f"wrote {path}", markup=False, highlight=False)
+
+
+def _check_replaceable(path: Path) -> None:
+    """--out replaces an earlier benchmark's JSON (a rerun), never another file of that name."""
+    if not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        earlier = None
+    if not (isinstance(earlier, dict) and str(earlier.get("command", "")).startswith("dreamctl bench")):
+        raise RunError(f"--out {path} exists and is not a `dreamctl bench` result; move it away or choose "
+                       "another --out")
 
 
 def _gb(n: int | None) -> str:

@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from dreamctl import atomic
 from dreamctl.cli.common import console, err_console
-from dreamctl.errors import CheckpointError, RunError
+from dreamctl.errors import CheckpointError
 from dreamctl.experiments.compare import Comparison, compare_runs
 from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
                                          protocol_ids, to_csv, to_json, to_markdown)
@@ -86,22 +87,14 @@ def _run_folders(paths: list[Path]) -> list[Path]:
     return keep
 
 
-def _check_plot_folder(path: Path) -> None:
-    """--plot names a folder, made if missing: a file there (or above it) is refused before anything is written."""
-    existing = next(p for p in (path, *path.parents) if p.exists())  # the root always exists
-    if not existing.is_dir():
-        where = f"{path} is a file" if existing == path else f"{path}: {existing} is a file"
-        raise RunError(f"--plot {where}; --plot needs a folder (made if missing) to write the figures into")
-
-
 def command(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folders to compare.", show_default=False)],
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (replacing earlier figures of dreamctl, never other files).")] = None,
 ) -> None:
     """Compare runs: settings that differ, throughput, and metrics grouped by evaluation protocol."""
-    if plot is not None:
-        _check_plot_folder(plot)
+    if plot is not None:  # a file in the way: refused before anything is written
+        atomic.check_folder_path(plot, "--plot")
     runs = [read_run(path) for path in _run_folders(run_dirs)]
     comp = compare_runs(runs)
     if format == Format.table:

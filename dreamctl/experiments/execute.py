@@ -137,6 +137,19 @@ def weights_problem(plan: Plan) -> str | None:
     return None
 
 
+def preflight(plan: Plan) -> None:
+    """What the run refuses before its first job, checked without writing anything (the dry run
+    reports it too): one error now, not one per job, and not after days of training."""
+    starts = [j for j in plan.train if j.action in ("train", "restart")]
+    if plan.data is None and starts:
+        raise _needs_data(starts[0])
+    if starts:
+        read_manifest(plan.data)  # not prepared
+    if (problem := weights_problem(plan)) is not None:
+        raise WeightsError(problem)
+    atomic.check_folder_path(plan.spec.out, "--out")
+
+
 def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
             progress: Callable[[str], None] = lambda message: None) -> AblationResult:
     """Train/resume what is not finished, evaluate what is not evaluated, then write OUT/report.md.
@@ -144,14 +157,8 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
     runner(cmd) -> CommandResult runs one CLI command; the default starts a subprocess.
     """
     runner = runner or run_command
-    starts = [j for j in plan.train if j.action in ("train", "restart")]
-    if plan.data is None and starts:  # before the first job, not when the first new run comes up
-        raise _needs_data(starts[0])
-    if starts:
-        read_manifest(plan.data)  # not prepared: one error now, not one per job
-    if (problem := weights_problem(plan)) is not None:  # before days of training, not after
-        raise WeightsError(problem)
-    atomic.check_writable(plan.spec.out, "--out")  # a file, or unwritable: one error now, not two per job
+    preflight(plan)
+    atomic.check_writable(plan.spec.out, "--out")  # unwritable: one error now, not two per job
     outcomes: list[Outcome] = []
     try:
         with stop_on_sigterm():

@@ -8,6 +8,7 @@ of compare's rows, so two runs of one name stay two lines.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import textwrap
@@ -15,8 +16,11 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
+import dreamctl
 from dreamctl import atomic
+from dreamctl.errors import RunError
 from dreamctl.experiments.compare import Comparison, column_id, column_ids, compare_runs, run_labels
 from dreamctl.experiments.tables import describe_protocols
 from dreamctl.experiments.runs import Run
@@ -49,8 +53,25 @@ def _save(fig: Figure, path: Path) -> Path:
     """Written atomically: a stop mid-write leaves the previous figure, not a truncated one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+        fig.savefig(tmp, dpi=110, format="png", metadata={"Software": f"dreamctl {dreamctl.__version__}"})
     return path
+
+
+def _ours(path: Path) -> bool:
+    """A PNG that _save wrote (its Software text names dreamctl): one a new figure may replace."""
+    try:
+        with Image.open(path) as image:
+            return str(image.info.get("Software", "")).startswith("dreamctl")
+    except (OSError, SyntaxError, ValueError):  # what PIL raises for a folder, a non-image or a damaged file
+        return False
+
+
+def _check_replaceable(paths: list[Path]) -> None:
+    """Before any figure is drawn: a file at a figure's path that is not one of ours is never replaced."""
+    for path in paths:
+        if path.exists() and not _ours(path):
+            raise RunError(f"{path} exists and is not a figure dreamctl drew; move it away, or choose another "
+                           "folder for the figures")
 
 
 def _series(run: Run, key: str) -> tuple[list[float], list[float]]:
@@ -168,12 +189,19 @@ def plot_final_metrics(comp: Comparison, protocol_id: str, description: str, pat
 
 
 def write_figures(runs: list[Run], out_dir: str | Path, comp: Comparison | None = None) -> list[Path]:
-    """Every figure that has something to show, written under out_dir; returns their paths."""
+    """Every figure that has something to show, written under out_dir; returns their paths.
+
+    A figure replaces an earlier one of ours (a rerun), never another file of the same name."""
     out = Path(out_dir)
     comp = comp or compare_runs(runs)
-    written = [plot_losses(runs, out / "loss.png"), plot_lambda(runs, out / "lambda.png")]
     described = describe_protocols(comp)
+    drawings = [(out / "loss.png", functools.partial(plot_losses, runs)),
+                (out / "lambda.png", functools.partial(plot_lambda, runs))]
     for pid in comp.protocols:
-        written.append(plot_metrics_vs_step(runs, pid, described[pid], out / f"metrics-vs-step_{_safe(pid)}.png"))
-        written.append(plot_final_metrics(comp, pid, described[pid], out / f"final-metrics_{_safe(pid)}.png"))
+        drawings += [(out / f"metrics-vs-step_{_safe(pid)}.png",
+                      functools.partial(plot_metrics_vs_step, runs, pid, described[pid])),
+                     (out / f"final-metrics_{_safe(pid)}.png",
+                      functools.partial(plot_final_metrics, comp, pid, described[pid]))]
+    _check_replaceable([path for path, _ in drawings])
+    written = [draw(path=path) for path, draw in drawings]
     return [p for p in written if p is not None]

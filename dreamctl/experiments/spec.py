@@ -65,6 +65,9 @@ def _axes(path: Path, section: str, raw: Any) -> Axes:
     for key, values in raw.items():
         if not isinstance(values, list) or not values:
             raise _spec_error(path, f"{section}.{key} must be a non-empty list of values, got {values!r}")
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:  # 1e-3 and 0.001 are one value: two runs alike, under two names
+            raise _spec_error(path, f"{section}.{key} lists {repeated[0]!r} twice; list each value once")
         if section == "grid" and key in EVAL_AXES:
             raise _spec_error(path, f"grid key '{key}' is an eval-time axis: put it under eval_grid (no retraining)")
         if section == "grid" and key == "train.seed":
