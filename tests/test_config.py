@@ -36,6 +36,7 @@ def test_conservative_is_the_study_table():
 
 def test_aggressive_and_published_recipes():
     a = load_recipe("aggressive")
+    assert a.loss.kind == "dream_conservative"  # its loss section adds to conservative's, not replaces it
     assert (a.loss.start_epoch, a.loss.lambda_max, a.loss.alpha, a.optim.lr) == (2, 0.7, 0.5, 1e-4)
     assert (a.diffusion.schedule, a.diffusion.beta_start, a.diffusion.beta_end) == ("linear", 1e-4, 0.02)
     assert (load_recipe("dream").loss.kind, load_recipe("dream").loss.p) == ("dream", 1.0)
@@ -275,3 +276,14 @@ def test_the_duplicate_key_loader_is_still_safe_yaml():
 def test_a_key_given_twice_in_an_override_is_refused():
     with pytest.raises(ConfigError, match=re.escape("bad override 'optim={lr: 1, lr: 2}': key 'lr' is given twice")):
         load_recipe("tiny", ["optim={lr: 1, lr: 2}"])
+
+
+def test_a_folder_named_like_a_built_in_does_not_hide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`--run-dir tiny` then `train --recipe tiny` in the same folder: the name is still the built-in."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert load_recipe("tiny").name == "tiny"
+    (tmp_path / "mine.yaml").write_text("extends: tiny\n")
+    assert load_recipe("mine.yaml").name == "mine"
+    with pytest.raises(ConfigError, match="recipe tiny is a folder"):
+        load_recipe("./tiny/")

@@ -29,19 +29,24 @@ def _merge(base: dict, child: dict) -> dict:
 
 
 def builtin_or_path(name_or_path: str | Path, folder: Path, what: str) -> Path:
-    """A built-in name (a file NAME.yaml in `folder`) or a path to a YAML file; `what` names it in errors."""
+    """A built-in name (a file NAME.yaml in `folder`) or a path to a YAML file; `what` names it in errors.
+
+    A bare built-in name is the built-in even where the working folder holds something of that name
+    (a run folder `tiny/`, say); a file of your own is given as `tiny.yaml` or with its folder."""
     candidate = Path(name_or_path)
+    builtin = folder / f"{name_or_path}.yaml"
+    if "/" not in str(name_or_path) and not candidate.suffix and builtin.is_file():
+        return builtin
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         if candidate.is_dir():
             raise ConfigError(f"{what} {candidate} is a folder; give a YAML file or a built-in name")
         if not candidate.is_file():
             raise ConfigError(f"{what} file {candidate} does not exist")
         return candidate
-    path = folder / f"{name_or_path}.yaml"
-    if not path.is_file():
+    if not builtin.is_file():
         known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
         raise ConfigError(f"unknown {what} '{name_or_path}'; built-in: {known} (or give a path to a .yaml file)")
-    return path
+    return builtin
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
