@@ -267,3 +267,24 @@ def test_plan_totals_leave_out_skipped_evaluations(tmp_path: Path) -> None:
              EvalJob("a__steps-20", "a", tmp_path, (), "evaluate", 50, 1000))
     totals = plan_totals(Plan(None, None, None, (), evals))
     assert (totals["eval_runs"], totals["eval_images"], totals["eval_forwards"]) == (1, 50, 1000)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"grid": {"loss.lambda_max": []}}, r"grid\.loss\.lambda_max must be a non-empty list"),  # else zero jobs run
+    ({"eval_grid": {"sample.steps": []}}, r"eval_grid\.sample\.steps must be a non-empty list"),
+    ({"seeds": []}, r"'seeds' must be a non-empty list of integers"),  # else every point trains zero times
+    ({"grid": {"train.seed": [0, 1]}}, r"list seeds under 'seeds:'"),
+    ({"evaluate": {"metrics": ["swd"], "num": 0}}, r"evaluate\.num must be a positive integer, got 0"),
+    ({"evaluate": False, "eval_grid": {"sample.steps": [10, 20]}}, r"'evaluate: false' contradicts 'eval_grid'"),
+])
+def test_specs_that_would_run_nothing_or_contradict_themselves_are_refused(tmp_path: Path, changes, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_spec(write_spec(tmp_path, **changes))
+
+
+def test_the_smallest_valid_values_next_to_the_refused_ones_are_accepted(tmp_path: Path) -> None:
+    spec = parse_spec(write_spec(tmp_path, seeds=[7], evaluate={"metrics": ["swd"], "num": 1},
+                                 grid={"loss.lambda_max": [0.3]}))
+    assert spec.seeds == (7,) and spec.num == 1 and spec.grid == (("loss.lambda_max", (0.3,)),)
+    spec = parse_spec(write_spec(tmp_path, evaluate=False))
+    assert spec.evaluate is False and spec.eval_grid == ()

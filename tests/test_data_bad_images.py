@@ -120,3 +120,17 @@ def test_a_crop_larger_than_celeba_images_fails_before_any_is_decoded(tmp_path, 
         with pytest.raises(DataError, match=r"--crop center:500 does not fit CelebA's images \(000001\.jpg: image 178x218"):
             prepare_listing("celeba", source, tmp_path / "out", crop="center:500")
     assert not (tmp_path / "out").exists()
+
+
+def _listed(root: Path) -> set[str]:
+    listing = list_source("folder", root, valid_fraction=0.0, test_fraction=0.0)
+    return {rel for items in listing.splits.values() for rel, _ in items}
+
+
+def test_folder_listing_takes_upper_case_suffixes_and_leaves_out_hidden_folders_at_any_depth(tmp_path):
+    root = tmp_path / "images"
+    for rel in ("a.png", "B.JPG", "c.Jpeg", "sub/d.PNG", "sub/e.WebP",
+                ".git/f.png", "sub/.cache/g.png", "sub/.h.png", "deep/x/.hid/i.jpg", "notes.TXT"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"listing does not decode")
+    assert _listed(root) == {"a.png", "B.JPG", "c.Jpeg", "sub/d.PNG", "sub/e.WebP"}

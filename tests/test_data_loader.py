@@ -228,3 +228,21 @@ def test_an_edited_manifest_names_the_field_and_the_fix(synthetic_data_dir, tmp_
     with pytest.raises(DataError, match=rf"manifest\.json: field {field}: .*restore manifest\.json, or re-run prepare-data with --overwrite") as err:
         open_split(data, "train")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../outside.h5", "sub/train-00000.h5"])
+def test_a_manifest_naming_a_shard_outside_its_folder_is_refused(synthetic_data_dir, tmp_path, name):
+    """A manifest names files inside its own folder; a path that leads out of it (even to a valid shard) is refused."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    shard = manifest["splits"]["train"]["shards"][0]
+    target = (data / name).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data / shard["file"], target)  # an intact copy: only the path is wrong
+    shard["file"] = name
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="outside the folder"):
+        open_split(data, "train", limit=100)
+    with pytest.raises(DataError, match="outside the folder"):
+        open_split(data, "train", memory_budget=0)

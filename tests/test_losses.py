@@ -295,3 +295,23 @@ def test_per_sample_stat_averages_to_the_loss(batch, kind, params):
 def test_unknown_kind(batch):
     with pytest.raises(ValueError, match="unknown loss kind"):
         compute_loss("nope", TinyNet(), SCHEDULE, *batch)
+
+
+@pytest.mark.parametrize("norm", ["mse", "l1"])
+def test_a_recipes_loss_norm_reaches_the_dream_loss(batch, norm):
+    """`loss.norm: l1` in a recipe must give the mean absolute error, not be dropped on the way to compute_loss."""
+    from dreamctl.config.load import load_recipe
+
+    recipe = load_recipe("tiny-dream", [f"loss.norm={norm}", "loss.p=2.0"])
+    assert recipe.loss.kind == "dream"
+    x0, t, noise = (v.double() if v.is_floating_point() else v for v in batch)
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    loss, _ = compute_loss(recipe.loss.kind, net, SCHEDULE, x0, t, noise, **recipe.loss.params())
+    with torch.no_grad():  # written out by hand: eps' = eps + lam*(eps - eps_hat), lam = sqrt(1 - abar)**2
+        eps_hat = net(SCHEDULE.q_sample(x0, t, noise), t)
+        adjusted = noise + SCHEDULE.sqrt_one_minus_abar(t, x0) ** 2 * (noise - eps_hat)
+        diff = net(SCHEDULE.q_sample(x0, t, adjusted), t) - adjusted
+        l1, mse = diff.abs().mean(), (diff**2).mean()
+    assert not torch.isclose(l1, mse)  # the two norms tell apart on this batch
+    torch.testing.assert_close(loss.detach(), l1 if norm == "l1" else mse, rtol=0, atol=1e-12)
