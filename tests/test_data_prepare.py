@@ -190,6 +190,13 @@ def test_a_resolution_past_the_maximum_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--resolution 100000 is above the 1024 px" in err and "\n" not in err
     assert not out.exists()
+    # a recipe has the same bound: no data could be prepared for it
+    from dreamctl.config import load_recipe
+    from dreamctl.errors import ConfigError
+
+    assert load_recipe("tiny", ["data.resolution=1024", "model.attention_resolutions=[]"]).data.resolution == 1024
+    with pytest.raises(ConfigError, match="data.resolution: Input should be less than or equal to 1024"):
+        load_recipe("tiny", ["data.resolution=2048", "model.attention_resolutions=[]"])
 
 
 def test_overwrite_refuses_a_folder_prepare_data_did_not_write(tmp_path, capsys):

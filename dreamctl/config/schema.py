@@ -19,6 +19,10 @@ LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbatio
 IMAGES_PER_SEED = 2**20
 MAX_BASE_SEED = 2**32 // IMAGES_PER_SEED - 1
 SEED_RULE = "seed*2**20+i"  # recorded in evaluation files; files written before it used seed+i
+# The UNets trained here are the DDPM family's for 32-256 px faces (CelebA's aligned images are
+# 178x218); 1024 px already upsamples them 5x, and a default 5000-image shard of it is 15 GiB in memory
+# while prepare-data writes it. Past it a typo (100000) is an out-of-memory crash, not a data set.
+MAX_RESOLUTION = 1024
 PositiveInt = Annotated[int, Field(gt=0)]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # AdamW's own bounds
 
@@ -50,7 +54,7 @@ class DataConfig(_Section):
     path: str | None = None  # prepared folder; `train --data DIR` sets it
     split: Literal["train", "valid", "test"] = "train"
     limit: int | None = Field(None, gt=0)  # first N images of the split (the study: 50,000)
-    resolution: int = Field(64, ge=8)
+    resolution: int = Field(64, ge=8, le=MAX_RESOLUTION)
     hflip: bool = True
 
 

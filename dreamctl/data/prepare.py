@@ -26,6 +26,7 @@ from dreamctl import __version__
 from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, crop_box, parse_crop
 from dreamctl.data.pool import decoded
 from dreamctl import atomic
+from dreamctl.config.schema import MAX_RESOLUTION
 from dreamctl.data import synthetic
 from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, ShardInfo, check_manifest, shard_name, shard_problem,
                                   write_shard)
@@ -35,10 +36,6 @@ from dreamctl.errors import DataError
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
 _OURS = re.compile(r"^((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)$")  # our files
 SYNTHETIC_RESIZE = "drawn at the resolution (supersampled, LANCZOS)"
-# The UNets trained here are the DDPM family's for 32-256 px faces (CelebA's aligned images are
-# 178x218); 1024 px already upsamples them 5x, and a default 5000-image shard of it is 15 GiB in memory
-# while it is written. Past it a typo (100000) is an out-of-memory crash, not a data set.
-MAX_RESOLUTION = 1024
 
 
 @dataclass(frozen=True)
