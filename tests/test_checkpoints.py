@@ -191,3 +191,15 @@ def test_a_bad_line_in_the_middle_of_the_metrics_log_is_an_error_naming_it(tmp_p
     log.write_text('{"step": 1}\n{"ste\n{"step": 3}\n{"step": 4}\n')
     with pytest.raises(CheckpointError, match=r"metrics\.jsonl line 2 is not JSON"):
         read_jsonl(log)
+
+
+def test_no_checkpoint_to_sample_from_says_why(tmp_path):
+    """sample/evaluate on a run before its first checkpoint, or with checkpoints/ replaced by a file."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=f"no checkpoint in {folder}: the run has not written one yet"):
+        load_latest(folder)
+    folder.rmdir()
+    folder.write_text("not a folder")
+    with pytest.raises(CheckpointError, match=f"{folder} is a file, not the run's checkpoint folder"):
+        load_latest(folder)

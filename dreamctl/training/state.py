@@ -141,7 +141,11 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
     """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them."""
     candidates = list_checkpoints(folder)
     if not candidates:
-        raise CheckpointError(f"no checkpoint in {folder}: nothing to resume (start with `dreamctl train`)")
+        if folder.exists() and not folder.is_dir():
+            raise CheckpointError(f"{folder} is a file, not the run's checkpoint folder: move it aside and "
+                                  "put the checkpoint files back in a folder of that name")
+        raise CheckpointError(f"no checkpoint in {folder}: the run has not written one yet (`dreamctl resume "
+                              f"{folder.parent}` trains it on to its next)")
     for path in reversed(candidates):
         try:
             return path, load_checkpoint(path, map_location)
