@@ -216,3 +216,55 @@ def test_a_job_stops_when_ablate_is_killed(tmp_path: Path) -> None:
     if still_running:
         os.kill(child, signal.SIGKILL)  # leave no orphan behind a failing test
     assert not still_running
+
+
+def test_one_unreadable_run_json_is_named_in_the_report_and_the_others_still_compared(tmp_path: Path) -> None:
+    """A run.json cut by a full disk must not cost the report of every other run: it is listed as unreadable."""
+    from dreamctl.experiments.execute import write_report
+
+    plan = make_plan(parse_spec(write_spec(tmp_path, grid={"loss.lambda_max": [0.3, 0.5]})))
+    result = execute(plan, runner=FakeCLI())
+    (tmp_path / "out" / "lambda_max-0.5_seed-0" / "run.json").write_text('{"status": "fini')  # cut mid-write
+    report, _ = write_report(plan, result.outcomes)
+    text = report.read_text()
+    assert "- unreadable run: lambda_max-0.5_seed-0: " in text and "run.json cannot be read" in text
+    results = text.split("## Results", 1)[1]
+    assert "| lambda_max-0.3_seed-0 |" in results and "| lambda_max-0.5_seed-0 |" not in results
+
+
+def test_stop_with_parent_ties_only_this_process_to_its_parent_not_grandchildren(monkeypatch) -> None:
+    """The parent's pid is taken out of the environment, so a command this one starts is not tied to our parent."""
+    from dreamctl import signals
+
+    tied = []
+    monkeypatch.setattr(signals, "on_parent_death", lambda signum, parent: tied.append((signum, parent)))
+    monkeypatch.setenv(signals.PARENT_PID, "4242")
+    signals.stop_with_parent()
+    assert tied == [(signal.SIGTERM, 4242)]
+    assert signals.PARENT_PID not in os.environ
+    assert signals.child_env()[signals.PARENT_PID] == str(os.getpid())  # a child is tied to us, not to 4242
+    signals.stop_with_parent()  # nothing left to tie to
+    assert tied == [(signal.SIGTERM, 4242)]
+
+
+def test_run_child_passes_sigterm_on_but_only_notes_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C already reaches the child via the terminal; sending it again would abort the child's checkpoint."""
+    import subprocess
+
+    from dreamctl.signals import run_child
+
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGINT, lambda s, f: sys.exit(7))\n"
+             "signal.signal(signal.SIGTERM, lambda s, f: sys.exit(9))\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(20)\n")
+
+    def use(proc: subprocess.Popen) -> None:
+        assert proc.stdout.readline() == b"ready\n"
+        os.kill(os.getpid(), signal.SIGINT)  # to this process alone, as if only it had been told
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    start = lambda: subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE)  # noqa: E731
+    code, first = run_child(start, use)
+    assert (code, first) == (9, signal.SIGINT)  # the child ended on the SIGTERM, never saw the SIGINT

@@ -151,3 +151,18 @@ def test_evaluate_checks_where_it_writes_before_drawing(run, capsys):
         eval_dir.unlink()
         if (run / "eval.kept").is_dir():
             (run / "eval.kept").rename(eval_dir)
+
+
+def test_an_oserror_about_no_path_is_a_bug_shown_with_its_traceback(monkeypatch, capsys):
+    """An OSError with no filename is not the user's path: 'None: ...' would hide where it came from."""
+    import errno as errno_module
+
+    from dreamctl import cli
+
+    def app(args=None, prog_name=None, standalone_mode=True):
+        raise OSError(errno_module.EPIPE, "Broken pipe")  # e.g. a socket, not a file
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(OSError, match="Broken pipe") as info:
+        cli.main(["train"])
+    assert info.value.filename is None and info.traceback  # the original error, where it was raised
+    assert "None:" not in capsys.readouterr().err

@@ -196,3 +196,16 @@ def test_weights_cli_lists_files(wdir, capsys, monkeypatch):
         assert name in out
     assert "missing" in out and str(wdir) in out and weights.REGISTRY[weights.INCEPTION].url in out
     assert main(["weights", "--check"]) == 2  # for scripts: a long run checks its evaluation's files first
+
+
+def test_download_missing_refetches_a_corrupt_file_as_well_as_an_absent_one(wdir, monkeypatch):
+    """`dreamctl weights --download` must repair a truncated download, and leave an intact file alone."""
+    fetched = []
+    monkeypatch.setattr(weights, "download", lambda name, root=None, **kw: fetched.append(name) or wdir / name)
+    wdir.mkdir(parents=True)
+    (wdir / weights.ALEXNET).write_bytes(b"truncated")  # present, but not the file
+    assert weights.download_missing() == [wdir / weights.INCEPTION, wdir / weights.ALEXNET]  # Inception: absent
+    assert fetched == [weights.INCEPTION, weights.ALEXNET]  # never the bundled LPIPS file
+    fetched.clear()
+    write_fake_inception(wdir)  # intact by its layout: nothing to fetch
+    assert weights.download_missing() == [wdir / weights.ALEXNET] and fetched == [weights.ALEXNET]
