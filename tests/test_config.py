@@ -287,3 +287,102 @@ def test_a_folder_named_like_a_built_in_does_not_hide_it(tmp_path: Path, monkeyp
     assert load_recipe("mine.yaml").name == "mine"
     with pytest.raises(ConfigError, match="recipe tiny is a folder"):
         load_recipe("./tiny/")
+
+
+# Schema boundaries: the edge values a user may give, and the first value past each edge.
+
+def test_lambda_min_may_equal_lambda_max():
+    """A constant DREAM weight (lambda_min == lambda_max) is a valid ramp, only min > max is refused."""
+    r = load_recipe("conservative", ["loss.lambda_min=0.5", "loss.lambda_max=0.5"])
+    assert (r.loss.lambda_min, r.loss.lambda_max) == (0.5, 0.5)
+
+
+def test_an_ema_decay_of_one_is_refused():
+    """decay 1 would keep the EMA at its initial weights forever: sampling from it draws noise."""
+    assert load_recipe("tiny", ["optim.ema_decay=0.0"]).optim.ema_decay == 0.0
+    with pytest.raises(ConfigError, match=re.escape("optim.ema_decay: Input should be less than 1")):
+        load_recipe("tiny", ["optim.ema_decay=1.0"])
+
+
+def test_the_resolution_must_halve_once_per_unet_level():
+    """32 px halves 5 times to 1 px: a 5-level UNet fits, a 6-level one (2**6 = 64) does not."""
+    five = ["model.channel_mult=[1,1,1,1,1]", "model.attention_resolutions=[8]"]
+    assert load_recipe("tiny", five).model.channel_mult == (1, 1, 1, 1, 1)
+    with pytest.raises(ConfigError, match=re.escape("data.resolution 32 must be divisible by 2**6")):
+        load_recipe("tiny", ["model.channel_mult=[1,1,1,1,1,1]", "model.attention_resolutions=[8]"])
+
+
+def test_every_level_width_must_split_into_the_attention_heads():
+    """Width 16 (tiny's 16 x 1) over 3 heads would fail inside torch's attention, not here."""
+    with pytest.raises(ConfigError, match=re.escape("level width 16 (model.channels 16 x model.channel_mult) must be "
+                                                    "divisible by model.groups (8) and model.num_heads (3)")):
+        load_recipe("tiny", ["model.num_heads=3"])
+
+
+def test_a_single_timestep_diffusion_is_refused():
+    """T = 1 has no noise schedule to learn; the schema says so instead of the schedule dividing by zero."""
+    with pytest.raises(ConfigError, match=re.escape("diffusion.num_timesteps: Input should be greater than 1")):
+        load_recipe("tiny", ["diffusion.num_timesteps=1", "sample.steps=1", "sample.t_start=null"])
+    assert load_recipe("tiny", ["diffusion.num_timesteps=2", "sample.steps=1", "sample.t_start=null"]).diffusion.num_timesteps == 2
+
+
+def test_every_problem_of_a_recipe_is_named_at_once():
+    """A user fixes all the bad keys in one edit, not one per failed run."""
+    with pytest.raises(ConfigError) as err:
+        load_recipe("tiny", ["train.batch_size=abc", "optim.lr=-1"])
+    problems = str(err.value).split(" optim.lr=-1: ", 1)[1]  # what follows the source (which echoes the --set)
+    assert "optim.lr: Input should be greater than 0" in problems
+    assert "train.batch_size: Input should be a valid integer" in problems
+
+
+def test_the_eval_seed_reaches_the_last_seed_torch_can_hold():
+    """Seeds 0..4095 (2**32 / 2**20 images per seed): 4095 is the last allowed, 4096 the first refused."""
+    assert load_recipe("tiny", ["eval.seed=4095"]).eval.seed == 4095
+    with pytest.raises(ConfigError, match=re.escape("eval.seed: Input should be less than or equal to 4095")):
+        load_recipe("tiny", ["eval.seed=4096"])
+
+
+def test_t_start_may_be_steps_minus_one():
+    """2 DDIM steps from t = 1 visit timesteps 1 and 0: the lowest start that gives each step its own timestep."""
+    assert load_recipe("tiny", ["sample.steps=2", "sample.t_start=1"]).sample.t_start == 1
+    with pytest.raises(ConfigError, match=re.escape("sample.t_start 0 must be below diffusion.num_timesteps and at "
+                                                    "least sample.steps - 1 (1)")):
+        load_recipe("tiny", ["sample.steps=2", "sample.t_start=0"])
+
+
+# Recipe files: the errors a user sees for a .yml file, a non-mapping, a bad `extends:` and a bad --set.
+
+def test_a_missing_yml_recipe_is_named_as_a_missing_file(tmp_path: Path):
+    """`.yml` is as much a YAML file as `.yaml`: a typo in its path says the file is missing, not 'unknown recipe'."""
+    missing = tmp_path / "mine.yml"
+    with pytest.raises(ConfigError, match=re.escape(f"recipe file {missing} does not exist")):
+        load_recipe(str(missing))
+
+
+def test_a_recipe_file_that_is_a_list_is_refused(tmp_path: Path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("- extends: tiny\n- train: {epochs: 2}\n")  # a list where sections were meant
+    with pytest.raises(ConfigError, match=re.escape(f"{mine}: a recipe must be a mapping of sections, got list")):
+        load_recipe(mine)
+
+
+def test_extends_must_be_a_name(tmp_path: Path):
+    """`extends: 3` (or a list) is a mistake in the file: named, not a crash."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: 3\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{mine}: key 'extends' must be a recipe name, got 3")):
+        load_recipe(mine)
+
+
+def test_extends_may_name_a_yml_file_next_to_the_recipe(tmp_path: Path):
+    """A parent `base.yml` is found in the child's folder, wherever the command runs."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "base.yml").write_text("extends: tiny\ntrain:\n  epochs: 7\n")
+    (tmp_path / "sub" / "child.yaml").write_text("extends: base.yml\n")
+    assert load_recipe(tmp_path / "sub" / "child.yaml").train.epochs == 7
+
+
+def test_an_override_below_a_value_names_it():
+    """train.batch_size is a number, not a section: --set train.batch_size.x=1 says so."""
+    with pytest.raises(ConfigError, match=re.escape("bad override 'train.batch_size.x=1': 'batch_size' is not a section")):
+        load_recipe("tiny", ["train.batch_size.x=1"])

@@ -330,3 +330,101 @@ def test_the_stop_message_resumes_on_as_many_processes(monkeypatch, tmp_path):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         assert resume_command(Path("RUN")) == expected
+
+
+def test_resume_set_is_written_to_the_runs_recipe_and_may_change_grad_clip(tmp_path, synthetic_data_dir):
+    """recipe.yaml is what a later resume, sample and compare read: it must hold the settings the run
+    continued with; grad_clip is one a user tightens after a NaN, so resume accepts it."""
+    from dreamctl.config import recipe_from_file
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0
+    assert main(["resume", str(run), "--set", "train.max_steps=2", "--set", "optim.grad_clip=0.25"]) == 0
+    recipe = recipe_from_file(run / "recipe.yaml")
+    assert (recipe.train.max_steps, recipe.optim.grad_clip) == (2, 0.25)
+    assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == 2
+
+
+def test_train_refuses_data_of_another_resolution(tmp_path, synthetic_data_dir, capsys):
+    """32 px data under a 16 px recipe: named before anything is written, with both ways out."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=1", "data.resolution=16"], recipe="tiny") == 2
+    err = capsys.readouterr().err
+    assert "holds 32px images but data.resolution is 16" in err
+    assert "--resolution 16" in err and "--set data.resolution=32" in err
+    assert not (run / "recipe.yaml").exists()
+
+
+def test_resuming_a_finished_run_at_its_last_step_succeeds(tmp_path, synthetic_data_dir):
+    """`resume` on a run that already reached its last step (the same length) is no error: nothing to train."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    assert main(["resume", str(run)]) == 0
+    assert main(["resume", str(run), "--set", "train.max_steps=2"]) == 0
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000002.pt"]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_ctrl_c_is_recorded_as_interrupted_not_failed(tmp_path, synthetic_data_dir):
+    """A user's Ctrl-C is a stop to resume from, not a failure to investigate: run.json tells them apart."""
+    from dreamctl.config import load_recipe
+    from dreamctl.runtime import setup
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import start_run
+
+    def ctrl_c() -> bool:
+        raise KeyboardInterrupt
+
+    recipe = load_recipe("tiny", TINY + ["train.max_steps=2", f"data.path={synthetic_data_dir}"])
+    with pytest.raises(KeyboardInterrupt):
+        start_run(recipe, RunDir(tmp_path / "run"), setup("fp32", "cpu"), should_stop=ctrl_c)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (info["status"], info["error"]) == ("interrupted", "KeyboardInterrupt: ")
+
+
+def test_a_busy_run_folder_names_the_pid_that_holds_it(tmp_path, synthetic_data_dir, capsys):
+    """The lock file held a longer pid from an earlier trainer: the message names this holder's pid alone."""
+    import os
+
+    from dreamctl.training.rundir import RunDir
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0
+    (run / ".lock").write_text("123456789012345")  # longer than any pid
+    with RunDir(run).lock():
+        assert main(["resume", str(run), "--set", "train.max_steps=2"]) == 2
+    assert f"is in use by another trainer (pid {os.getpid()});" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,needle", [(b"[1, 2]", "holds a JSON list, not an object"),
+                                            (b"\xff\xfe{}", "cannot be read")])
+def test_a_damaged_run_json_is_named_with_the_fix(tmp_path, synthetic_data_dir, capsys, content, needle):
+    """A run.json that is not a JSON object (a list, or bytes that are not UTF-8) is one line saying what to do."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0
+    (run / "run.json").write_bytes(content)
+    assert main(["resume", str(run), "--set", "train.max_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "run.json" in err and "restore it from a copy" in err
+
+
+def test_the_peak_memory_in_run_json_is_over_every_session(tmp_path, synthetic_data_dir):
+    """A resume on a smaller machine keeps the larger peak of an earlier session (what the run needed)."""
+    from dreamctl.training.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert train(run.root, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0
+    run.update_info({"peak_memory_bytes": 10**15})  # 1 PB: more than this process can have used
+    assert main(["resume", str(run.root), "--set", "train.max_steps=2"]) == 0
+    assert run.info()["peak_memory_bytes"] == 10**15
+
+
+def test_resume_removes_a_checkpoint_write_cut_short(tmp_path, synthetic_data_dir):
+    """A *.tmp left by a kill mid-write is dropped: it would otherwise pile up in checkpoints/ on every kill."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0
+    stale = run / "checkpoints" / "step-00000002.pt.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["resume", str(run), "--set", "train.max_steps=2"]) == 0
+    assert not stale.exists()
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000001.pt", "step-00000002.pt"]
