@@ -268,3 +268,15 @@ def test_run_child_passes_sigterm_on_but_only_notes_ctrl_c(tmp_path: Path) -> No
     start = lambda: subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE)  # noqa: E731
     code, first = run_child(start, use)
     assert (code, first) == (9, signal.SIGINT)  # the child ended on the SIGTERM, never saw the SIGINT
+
+
+def test_metric_weights_are_not_required_when_every_evaluation_is_already_done(tmp_path: Path) -> None:
+    """Re-running a finished ablation (nothing left to evaluate) must not stop on weights it will not load."""
+    from dataclasses import replace
+
+    plan = make_plan(parse_spec(write_spec(tmp_path, grid={"loss.lambda_max": [0.3]},
+                                           evaluate={"metrics": ["swd", "fid"]})))
+    assert "inception" in execute_module.weights_problem(plan)  # fid's weights are absent in tests
+    done = replace(plan, evals=tuple(replace(e, action="skip") for e in plan.evals))
+    assert execute_module.weights_problem(done) is None
+    execute_module.preflight(done)  # no WeightsError

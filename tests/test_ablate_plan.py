@@ -288,3 +288,39 @@ def test_the_smallest_valid_values_next_to_the_refused_ones_are_accepted(tmp_pat
     assert spec.seeds == (7,) and spec.num == 1 and spec.grid == (("loss.lambda_max", (0.3,)),)
     spec = parse_spec(write_spec(tmp_path, evaluate=False))
     assert spec.evaluate is False and spec.eval_grid == ()
+
+
+def test_a_spec_without_base_or_recipe_axis_is_refused(tmp_path: Path) -> None:
+    """Without a base recipe no run could be built: say so at parse time, not train a recipe named 'None'."""
+    with pytest.raises(ConfigError, match=r"key 'base' is required \(a recipe name or path\), unless grid has a 'recipe' axis"):
+        parse_spec(write_spec(tmp_path, base=None))
+
+
+@pytest.mark.parametrize("fixed", [["train.epochs=4", 4], [["train.epochs=4"]], [{"train.epochs": 4}]])
+def test_set_entries_that_are_not_strings_are_refused(tmp_path: Path, fixed) -> None:
+    """`set: [train.epochs: 4]` (a YAML mapping, not 'key=value') is a spec error naming the form, not a crash."""
+    with pytest.raises(ConfigError, match=r"'set' must be a list of 'section\.key=value' strings"):
+        parse_spec(write_spec(tmp_path, set=fixed))
+
+
+def test_a_recipe_path_is_taken_beside_the_spec_only_when_it_is_there(tmp_path: Path, monkeypatch) -> None:
+    """A recipe file beside the spec wins; one that is not there stays as written (relative to the working dir)."""
+    spec_path = write_spec(tmp_path, base="mine.yaml", grid={"recipe": ["theirs.yml", "tiny"], "loss.lambda_max": [0.3]})
+    spec = parse_spec(spec_path)
+    assert spec.base == "mine.yaml" and dict(spec.grid)["recipe"] == ("theirs.yml", "tiny")
+    (tmp_path / "mine.yaml").write_text("x: 1\n")
+    (tmp_path / "theirs.yml").write_text("x: 1\n")
+    monkeypatch.chdir(tmp_path / "data")  # the spec's folder is not the working directory
+    spec = parse_spec(spec_path)
+    assert spec.base == str(tmp_path.resolve() / "mine.yaml")
+    assert dict(spec.grid)["recipe"] == (str(tmp_path.resolve() / "theirs.yml"), "tiny")
+
+
+def test_training_without_data_is_one_error_naming_the_fix_before_any_job(tmp_path: Path) -> None:
+    """No --data and no 'data:' in the spec: refused before the first command, saying where to give it."""
+    fake = FakeCLI()
+    plan = make_plan(parse_spec(write_spec(tmp_path, data=None, grid={"loss.lambda_max": [0.3, 0.5]})))
+    assert plan.data is None
+    with pytest.raises(ConfigError, match=r"run lambda_max-0\.3_seed-0 needs training data: give --data DIR or 'data:' in the spec"):
+        execute(plan, runner=fake)
+    assert fake.calls == [] and not (tmp_path / "out").exists()

@@ -35,3 +35,15 @@ def test_a_file_is_written_whole_or_not_at_all(tmp_path):
     except KeyboardInterrupt:
         pass
     assert target.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_a_temporary_file_of_another_users_live_process_is_left_alone(tmp_path, monkeypatch):
+    """os.kill(pid, 0) answers PermissionError for another user's running process: its write is under way."""
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "kill", kill)
+    other = tmp_path / f".run.json.{dead_pid()}@{socket.gethostname()}.tmp"
+    other.write_text("half")
+    atomic.write_json(tmp_path / "run.json", {"step": 1})
+    assert atomic.sweep(tmp_path) == [] and other.read_text() == "half"

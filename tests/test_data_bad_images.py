@@ -134,3 +134,24 @@ def test_folder_listing_takes_upper_case_suffixes_and_leaves_out_hidden_folders_
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"listing does not decode")
     assert _listed(root) == {"a.png", "B.JPG", "c.Jpeg", "sub/d.PNG", "sub/e.WebP"}
+
+
+def test_split_fractions_that_leave_no_training_images_are_refused(tmp_path):
+    """valid 0.5 + test 0.5 = 1 leaves train empty: refused up front, for every source."""
+    with pytest.raises(DataError, match=r"--valid-fraction 0\.5 and --test-fraction 0\.5 must be >= 0 and sum below 1"):
+        list_source("synthetic", count=10, valid_fraction=0.5, test_fraction=0.5)
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match="sum below 1"):
+        list_source("folder", tmp_path, valid_fraction=0.3, test_fraction=0.7)
+    # just below 1 is allowed: 10 faces, 5 valid, 4 test, 1 to train on
+    counts = {s: len(v) for s, v in list_source("synthetic", count=10, valid_fraction=0.5, test_fraction=0.4).splits.items()}
+    assert counts == {"train": 1, "valid": 5, "test": 4}
+
+
+def test_a_limit_or_count_of_zero_is_refused_not_an_empty_dataset():
+    """--limit 0 or --count 0 would prepare a folder with nothing to train on."""
+    with pytest.raises(DataError, match="--limit must be positive, got 0"):
+        list_source("synthetic", count=10, limit=0)
+    with pytest.raises(DataError, match="--count must be positive, got 0"):
+        list_source("synthetic", count=0)
+    assert len(list_source("synthetic", count=10, limit=1, valid_fraction=0, test_fraction=0).splits["train"]) == 1

@@ -186,3 +186,30 @@ def test_resize_is_the_one_the_manifest_records():
     image = Image.fromarray(a)
     want = np.asarray(image.crop((0, 20, 178, 198)).resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=None))
     assert np.array_equal(preprocess(image, "center:178", 32), want)
+
+
+def test_a_zip_is_read_from_its_image_folder_or_its_top_level_only(tmp_path):
+    """Another folder of the zip (thumbnails, a second copy) must not stand in for a listed image."""
+    from dreamctl.data.sources import list_source
+
+    root = tmp_path / "celeba"
+    root.mkdir()
+    with zipfile.ZipFile(root / "img_align_celeba.zip", "w") as zf:
+        zf.writestr("img_align_celeba/000001.jpg", b"a")
+        zf.writestr("000002.jpg", b"b")  # a zip of the images without their folder
+        zf.writestr("thumbnails/000003.jpg", b"c")
+        zf.writestr("img_align_celeba/deeper/000004.jpg", b"d")
+    (root / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg 0\n" for i in range(1, 5)))
+    listing = list_source("celeba", root)
+    assert listing.splits["train"] == [("000001.jpg", "img_align_celeba/000001.jpg"), ("000002.jpg", "000002.jpg")]
+    assert {s.name for s in listing.skipped if "not found" in s.reason} == {"000003.jpg", "000004.jpg"}
+
+
+def test_an_empty_partition_file_is_refused_with_the_layout_help(tmp_path):
+    """A blank list_eval_partition.txt (a download cut short) is an error, not a dataset of no images."""
+    from dreamctl.data.sources import list_source
+
+    (tmp_path / "img_align_celeba").mkdir()
+    (tmp_path / "list_eval_partition.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match=r"list_eval_partition\.txt lists no images; put CelebA's aligned images"):
+        list_source("celeba", tmp_path)

@@ -246,3 +246,44 @@ def test_a_manifest_naming_a_shard_outside_its_folder_is_refused(synthetic_data_
         open_split(data, "train", limit=100)
     with pytest.raises(DataError, match="outside the folder"):
         open_split(data, "train", memory_budget=0)
+
+
+def test_a_shard_without_its_names_dataset_is_named_not_a_crash(synthetic_data_dir, tmp_path):
+    """A shard holding images but no names is damaged: one DataError naming the shard, not an AttributeError."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    with h5py.File(data / "train-00000.h5", "r+") as f:
+        del f["names"]
+    with pytest.raises(DataError, match=r"train-00000\.h5 lacks its `images` or `names` dataset"):
+        open_split(data, "train")
+
+
+def test_a_json_file_of_another_format_is_not_taken_for_a_manifest(synthetic_data_dir, tmp_path):
+    """A manifest from another tool (or a future layout) is refused by its format, with the fix."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["format"] = "dreamctl-shards/0"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"manifest\.json is not a dreamctl-shards/1 manifest; re-run prepare-data"):
+        open_split(data, "train")
+
+
+def test_a_manifest_of_binary_garbage_is_a_data_error(synthetic_data_dir, tmp_path):
+    """Bytes that are not UTF-8 (a damaged disk, a wrong file copied in) are reported like bad JSON."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    (data / "manifest.json").write_bytes(b"\xff\xfe\x00garbage\x80")
+    with pytest.raises(DataError, match=r"manifest\.json is not valid JSON"):
+        open_split(data, "train")
+
+
+def test_a_split_the_folder_lacks_is_named_with_the_ones_it_has(synthetic_data_dir, tmp_path):
+    """A folder prepared without a valid split: asking for it says which splits exist, not a KeyError."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["splits"]["valid"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"manifest\.json has no split 'valid'; it has (train, test|test, train)$"):
+        open_split(data, "valid")

@@ -245,3 +245,22 @@ def test_a_png_of_another_size_counts_as_missing_not_kept(tmp_path):
     assert sampling.read_png(sampling.png_path(tmp_path, 1), 32) is None
     with pytest.raises(DataError, match="000001.png is missing or unreadable"):
         read_samples(tmp_path, 2, 32)
+
+
+def test_the_largest_base_seed_names_the_last_images_a_32_bit_seed_can_hold():
+    """--seed 4095 is the last base seed the schema allows (2**32 / 2**20 - 1); 4096 is refused."""
+    assert generate.image_seeds(4095, [0, 2**20 - 1]) == [4095 * 2**20, 2**32 - 1]
+    with pytest.raises(generate.ConfigError, match="seed 4096 is outside 0..4095"):
+        generate.image_seeds(4096, [0])
+    with pytest.raises(generate.ConfigError, match="seed -1 is outside"):
+        generate.image_seeds(-1, [0])
+
+
+def test_a_base_seed_holds_exactly_2_to_the_20_images():
+    """Image 2**20 - 1 is base 0's last; image 2**20 would be base 1's first image and is refused."""
+    assert generate.image_seeds(0, [2**20 - 1]) == [2**20 - 1]
+    assert generate.image_seeds(2, [2**20 - 1]) == [3 * 2**20 - 1]
+    with pytest.raises(generate.ConfigError, match="a base seed names at most 1,048,576 images"):
+        generate.image_seeds(0, [2**20])
+    with pytest.raises(generate.ConfigError, match="at most 1,048,576 images"):
+        generate.image_seeds(2, [5, 2**20])
