@@ -9,7 +9,6 @@ recipes ship inside the package (dreamctl/recipes), so a plain `pip install` fin
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -58,35 +57,35 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping that gives one key twice (the YAML spec forbids it; PyYAML keeps the last silently)."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (the same types, no Python objects) that refuses a key given twice in one mapping:
-    `lr: 1e-4` overridden by a forgotten `lr: 1e-3` further down would train with a setting nobody chose."""
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
-        if isinstance(node, yaml.MappingNode):
-            _refuse_duplicate_keys(self, node)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
-    # Only the keys written in this mapping: a key that overrides one merged in with `<<: *anchor` is
-    # what merge keys are for. Unhashable keys are left to SafeLoader's own error.
-    first_line: dict[Hashable, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, Hashable):
-            continue
-        if key in first_line:
-            raise DuplicateKeyError(None, None, f"key '{key}' is given twice (first at line {first_line[key]})",
-                                    key_node.start_mark)
-        first_line[key] = key_node.start_mark.line + 1
+def _refuse_duplicate_keys(node: yaml.Node | None, seen: set[int] | None = None) -> None:
+    """DuplicateKeyError for a key written twice in one mapping of a composed document (nodes only:
+    nothing is constructed). `lr: 1e-4` overridden by a forgotten `lr: 1e-3` further down would train
+    with a setting nobody chose. A key overriding one merged in with `<<: *anchor` is what merge keys
+    are for. An alias is the node of its anchor: each node is checked once (`seen`), so a recursive
+    anchor ends."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, seen)
+    elif isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in first_line:
+                    raise DuplicateKeyError(None, None, f"key '{key_node.value}' is given twice (first at line "
+                                            f"{first_line[key]})", key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+            _refuse_duplicate_keys(value_node, seen)
 
 
 def safe_load(text: str) -> Any:
-    """yaml.safe_load, but a key given twice in one mapping raises DuplicateKeyError."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no Python objects
+    """yaml.safe_load, after refusing a key given twice in one mapping (which it lets the last win)."""
+    _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+    return yaml.safe_load(text)
 
 
 def parse_yaml(text: str, source: str) -> Any:
