@@ -19,6 +19,16 @@ from dreamctl.errors import DataError
 from dreamctl.runtime import mix_seed
 
 
+def edited_copy(source, tmp_path, edit):
+    """A copy of prepared folder `source` whose manifest.json went through `edit(manifest)`."""
+    data = tmp_path / "data"
+    shutil.copytree(source, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    edit(manifest)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
 def test_open_split_holds_the_split_in_memory_in_shard_order(synthetic_data_dir):
     images = open_split(synthetic_data_dir, "train")
     assert images.images is not None and images.images.dtype == torch.uint8
@@ -220,11 +230,7 @@ def test_seed_and_epoch_are_not_interchangeable():
 ])
 def test_an_edited_manifest_names_the_field_and_the_fix(synthetic_data_dir, tmp_path, field, edit):
     """Training reads image_shape and every shard's record: a wrong type is one DataError, not a TypeError."""
-    data = tmp_path / "data"
-    shutil.copytree(synthetic_data_dir, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    edit(manifest)
-    (data / "manifest.json").write_text(json.dumps(manifest))
+    data = edited_copy(synthetic_data_dir, tmp_path, edit)
     with pytest.raises(DataError, match=rf"manifest\.json: field {field}: .*restore manifest\.json, or re-run prepare-data with --overwrite") as err:
         open_split(data, "train")
     assert "\n" not in str(err.value)
@@ -260,11 +266,7 @@ def test_a_shard_without_its_names_dataset_is_named_not_a_crash(synthetic_data_d
 
 def test_a_json_file_of_another_format_is_not_taken_for_a_manifest(synthetic_data_dir, tmp_path):
     """A manifest from another tool (or a future layout) is refused by its format, with the fix."""
-    data = tmp_path / "data"
-    shutil.copytree(synthetic_data_dir, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    manifest["format"] = "dreamctl-shards/0"
-    (data / "manifest.json").write_text(json.dumps(manifest))
+    data = edited_copy(synthetic_data_dir, tmp_path, lambda m: m.update(format="dreamctl-shards/0"))
     with pytest.raises(DataError, match=r"manifest\.json is not a dreamctl-shards/1 manifest; re-run prepare-data"):
         open_split(data, "train")
 
@@ -280,10 +282,6 @@ def test_a_manifest_of_binary_garbage_is_a_data_error(synthetic_data_dir, tmp_pa
 
 def test_a_split_the_folder_lacks_is_named_with_the_ones_it_has(synthetic_data_dir, tmp_path):
     """A folder prepared without a valid split: asking for it says which splits exist, not a KeyError."""
-    data = tmp_path / "data"
-    shutil.copytree(synthetic_data_dir, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    del manifest["splits"]["valid"]
-    (data / "manifest.json").write_text(json.dumps(manifest))
+    data = edited_copy(synthetic_data_dir, tmp_path, lambda m: m["splits"].pop("valid"))
     with pytest.raises(DataError, match=r"manifest\.json has no split 'valid'; it has (train, test|test, train)$"):
         open_split(data, "valid")
