@@ -117,20 +117,19 @@ def unused_path(path: Path) -> Path:
 
 def check_folder_path(folder: Path, what: str) -> None:
     """DreamctlError when `folder` cannot become a folder because it, or a path above it, is a file.
-    Writes nothing (check_writable also creates the folder and tries a file in it)."""
+    Writes nothing (check_writable, which starts with it, also creates the folder and tries a file in it)."""
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())  # the root always exists
     if not existing.is_dir():
-        where = f"{folder} is a file" if existing == folder else f"{folder}: {existing} is a file"
-        raise DreamctlError(f"{what} {where}; it needs a folder (made if missing)")
+        where = f"{folder}" if existing == folder else f"{folder}: {existing}"
+        raise DreamctlError(f"{what} {where} is a file, not a folder; choose another path (a folder is made if missing)")
 
 
 def check_writable(folder: Path, what: str) -> None:
     """DreamctlError now, before any work, when no file can be written in `folder` (it is a file, lies
     under one, or is not writable): a long command must not fail at its end. Creates the folder."""
+    check_folder_path(folder, what)
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise DreamctlError(f"{what} {folder} is a file, not a folder; choose another path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")

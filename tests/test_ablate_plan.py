@@ -69,7 +69,7 @@ def test_unprepared_data_or_a_file_for_out_is_one_error_before_any_job(tmp_path:
     (tmp_path / "a-file").write_text("mine")
     assert main(["ablate", spec, "--out", str(tmp_path / "a-file")]) == 2
     err = capsys.readouterr().err.strip()
-    assert f"--out {tmp_path / 'a-file'} is a file; it needs a folder" in err and "\n" not in err
+    assert f"--out {tmp_path / 'a-file'} is a file, not a folder" in err and "\n" not in err
     assert main(["ablate", spec, "--out", str(tmp_path / "a-file" / "sub"), "--dry-run"]) == 0
     assert f"warning: --out {tmp_path / 'a-file' / 'sub'}: {tmp_path / 'a-file'} is a file" in capsys.readouterr().err
     assert fake.calls == [] and (tmp_path / "a-file").read_text() == "mine"

@@ -29,7 +29,8 @@ def run(tmp_path_factory, synthetic_data_dir) -> Path:
 def test_a_file_given_as_the_run_folder(tmp_path, synthetic_data_dir, capsys):
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    for run_dir, said in ((afile, "is a file, not a folder"), (afile / "sub", "cannot write there")):
+    for run_dir, said in ((afile, f"{afile} is a file, not a folder"),
+                          (afile / "sub", f"{afile / 'sub'}: {afile} is a file, not a folder")):
         assert main(["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--run-dir", str(run_dir)]) == 2
         assert said in _one_error_line(capsys)
     assert afile.read_text() == "mine"
