@@ -174,8 +174,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
     """Refuse to add images to a folder that holds images drawn under other settings."""
     meta = folder / "sample.json"
-    if folder.exists() and not folder.is_dir():
-        raise RunError(f"--out {folder} is a file; pass a folder (it is made if missing)")
+    atomic.check_folder_path(folder, "--out")
     if meta.is_file():
         old = read_json(meta)
         if "run_id" not in old:  # before run_id, seed S drew image i from seed S + i (now S * 2**20 + i)

@@ -165,7 +165,7 @@ def test_sample_refuses_what_the_recipe_schema_refuses(trained, tmp_path, capsys
     assert main(["sample", str(run), "--num", "3", "--eta", "1", "--out", str(tmp_path / "y")]) == 2
     assert "eta=0.0" in capsys.readouterr().err and not (tmp_path / "y" / "000002.png").exists()
     (tmp_path / "a-file").write_text("keep me")
-    for args, needle in ((["--out", str(tmp_path / "a-file")], "is a file; pass a folder"),
+    for args, needle in ((["--out", str(tmp_path / "a-file")], f"--out {tmp_path / 'a-file'} is a file, not a folder"),
                          (["--out", str(tmp_path / "z"), "--seed", "4096"], "seed 4096 is outside 0..4095"),
                          (["--out", str(tmp_path / "z"), "--seed", "-1"], "seed -1 is outside")):
         assert main(["sample", str(run), "--num", "2", *args]) == 2, args
