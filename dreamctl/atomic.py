@@ -24,7 +24,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,15 @@ def unused_path(path: Path) -> Path:
     while candidate.exists():
         candidate, n = Path(f"{path}.{n}"), n + 1
     return candidate
+
+
+def others_in(folder: Path, ours: Callable[[Path], bool]) -> str | None:
+    """The entries of `folder` that `ours` does not claim, named for an error message ("a, b/, c and 4
+    more"); None when there are none. A command that writes into a folder refuses one holding these."""
+    others = sorted(p.name + "/" * p.is_dir() for p in folder.iterdir() if not ours(p))
+    if not others:
+        return None
+    return ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
 
 
 def check_folder_path(folder: Path, what: str) -> None:

@@ -116,9 +116,7 @@ def _check_replaceable(out: Path, ours: list[Path]) -> None:
     files (a run folder would get shards among its checkpoints)."""
     if (out / MANIFEST).is_file() or (out / PROGRESS).is_file():
         return
-    others = sorted(p.name + "/" * p.is_dir() for p in out.iterdir() if p not in ours)
-    if others:
-        held = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    if held := atomic.others_in(out, lambda p: p in ours):
         raise DataError(f"--out {out} is not a prepared-data folder (it holds {held}); --overwrite replaces only "
                         "one written by prepare-data: choose another --out")
 

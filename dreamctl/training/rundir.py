@@ -61,6 +61,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 CREATE_LEFTOVERS = frozenset({".lock", "run.json", "checkpoints", "samples"})
 
 
+def _left_by_create(path: Path) -> bool:
+    return path.name in CREATE_LEFTOVERS and not (path.is_dir() and any(path.iterdir()))
+
+
 class RunDir:
     """Paths of one run folder. Creating or reading files is explicit; nothing happens on construction."""
 
@@ -84,11 +88,8 @@ class RunDir:
                            "or choose another --run-dir")
         if not self.root.is_dir():
             return  # absent (made by create), or a file, which the writability check names
-        other = sorted(p.name for p in self.root.iterdir()
-                       if p.name not in CREATE_LEFTOVERS or (p.is_dir() and any(p.iterdir())))
-        if other:
-            shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
-            raise RunError(f"{self.root} holds files that are not a new run's ({shown}): a run starts in a new or "
+        if other := atomic.others_in(self.root, _left_by_create):
+            raise RunError(f"{self.root} holds files that are not a new run's ({other}): a run starts in a new or "
                            "empty folder; choose another --run-dir")
 
     def create(self, recipe: Recipe, info: dict[str, Any]) -> None:
