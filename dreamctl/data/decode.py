@@ -27,7 +27,7 @@ RESIZE = "PIL bicubic, antialiased (Image.resize, reducing_gap=None), after EXIF
 CELEBA_SIZE = (178, 218)
 DDIM_BOX = (25, 57, 153, 185)
 # What a single unreadable file raises inside PIL/zipfile; anything else is a bug and propagates.
-_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError)
+UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError)
 
 
 def parse_crop(text: str) -> str:
@@ -109,12 +109,15 @@ class ChunkResult:
     skipped: list[Skip]
 
 
+def open_image(root: str | None, zip_path: str | None, ref: str) -> Image.Image:
+    """A source image, from its folder or from the zip, with only its header read (PIL decodes on load)."""
+    if zip_path:
+        return Image.open(io.BytesIO(_zip(zip_path).read(ref)))
+    return Image.open(Path(root or "") / ref)
+
+
 def _open(chunk: Chunk, ref: str) -> Image.Image:
-    if chunk.zip_path:
-        data = _zip(chunk.zip_path).read(ref)
-        image = Image.open(io.BytesIO(data))
-    else:
-        image = Image.open(Path(chunk.root or "") / ref)
+    image = open_image(chunk.root, chunk.zip_path, ref)
     image.load()  # decode now: a truncated file fails here, not later
     return image
 
@@ -139,7 +142,7 @@ def load_chunk(chunk: Chunk) -> ChunkResult:
             with _open(chunk, str(ref)) as image:
                 arrays.append(preprocess(image, chunk.crop, chunk.resolution))
             names.append(name)
-        except _UNREADABLE as err:
+        except UNREADABLE as err:
             skipped.append(Skip(chunk.split, name, f"{type(err).__name__}: {err}"))
     shape = (len(arrays), chunk.resolution, chunk.resolution, 3)
     images = np.stack(arrays) if arrays else np.zeros(shape, np.uint8)

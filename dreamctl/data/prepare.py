@@ -23,14 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from dreamctl import __version__
-from dreamctl.data.decode import RESIZE, Chunk, ChunkResult, close_zips, crop_box, parse_crop
+from dreamctl.data.decode import (RESIZE, UNREADABLE, Chunk, ChunkResult, close_zips, crop_box, open_image,
+                                  parse_crop)
 from dreamctl.data.pool import decoded
 from dreamctl import atomic
 from dreamctl.config.schema import MAX_RESOLUTION
 from dreamctl.data import synthetic
 from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, ShardInfo, check_manifest, shard_name, shard_problem,
                                   write_shard)
-from dreamctl.data.sources import SPLITS, Listing, first_image
+from dreamctl.data.sources import SPLITS, Listing
 from dreamctl.errors import DataError
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
@@ -99,11 +100,15 @@ def _check_crop_fits(listing: Listing, crop: str) -> None:
 
     CelebA's aligned images all have one size, so the first one's header (no decoding) speaks for
     all. A folder's images differ in size and a smaller one is skipped by design: no early check."""
-    if listing.kind != "celeba" or crop in ("none", "center"):
+    first = next((item for split in SPLITS for item in listing.splits[split]), None)
+    if listing.kind != "celeba" or crop in ("none", "center") or first is None:
         return
-    if (first := first_image(listing)) is None:  # unreadable: the decode skips it and says why
+    name, ref = first
+    try:
+        with open_image(listing.root, listing.zip_path, str(ref)) as image:
+            size = image.size
+    except UNREADABLE:  # the decode skips it and says why
         return
-    name, size = first
     try:
         crop_box(crop, *size)
     except ValueError as err:

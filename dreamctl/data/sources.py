@@ -15,12 +15,9 @@ the first 50,000 CelebA files).
 from __future__ import annotations
 
 import hashlib
-import io
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-
-from PIL import Image
 
 from dreamctl.errors import DataError
 
@@ -230,21 +227,3 @@ def list_source(
         raise DataError(f"--count is for --source synthetic; --source {kind} takes every image under --root "
                         "(--limit N keeps the first N of each split)")
     return list_celeba(root, limit) if kind == "celeba" else list_folder(root, valid_fraction, test_fraction, limit)
-
-
-def first_image(listing: Listing) -> tuple[str, tuple[int, int]] | None:
-    """The name and (width, height) of a folder or CelebA listing's first image, from its header alone;
-    None when it cannot be read (the decode then skips it with the reason)."""
-    name, ref = next((item for split in SPLITS for item in listing.splits[split]), (None, None))
-    if name is None or listing.root is None:
-        return None
-    try:
-        if listing.zip_path:
-            with zipfile.ZipFile(listing.zip_path) as zf:
-                source = io.BytesIO(zf.read(str(ref)))
-        else:
-            source = Path(listing.root) / str(ref)
-        with Image.open(source) as image:  # reads the header, decodes nothing
-            return name, image.size
-    except (OSError, zipfile.BadZipFile, KeyError):  # unreadable (PIL's UnidentifiedImageError is an OSError)
-        return None
