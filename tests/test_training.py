@@ -176,6 +176,26 @@ def test_resume_refuses_data_that_changed_since_the_start(tmp_path, capsys):
     assert (run / "run.json").read_text() == before and len(list_checkpoints(run / "checkpoints")) == 1
 
 
+def test_the_stop_note_is_written_without_rich(monkeypatch, capfd):
+    """The signal can land inside a rich print (once, inside its first import of the emoji table): a rich
+    print from the handler re-entered it and crashed the run with an ImportError instead of a checkpoint."""
+    import os
+
+    from rich.console import Console
+
+    from dreamctl.cli.progress import stop_on_signals
+
+    def reentered(self, *args, **kwargs):
+        raise AssertionError("rich printed from the signal handler")
+
+    monkeypatch.setattr(Console, "print", reentered)
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs at the next bytecode boundary
+        assert stop.requested() and stop.signum == signal.SIGTERM
+    assert "SIGTERM: finishing this step and writing a checkpoint" in capfd.readouterr().err
+
+
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "dreamctl", "train", "--recipe", "tiny", "--data", str(synthetic_data_dir),

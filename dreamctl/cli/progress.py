@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.progress import TextColumn
 
-from dreamctl.cli.common import console, err_console, progress_bar, speaks
+from dreamctl.cli.common import console, progress_bar, speaks
 from dreamctl.signals import handling
 
 if TYPE_CHECKING:  # the CLI's --help must not import torch
@@ -39,9 +40,10 @@ def stop_on_signals() -> Iterator[StopRequest]:
         stop.count += 1
         if stop.count == 1:
             stop.signum = signal.Signals(signum)
-            if speaks():
-                err_console.print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-                                  "(press Ctrl-C again to abort without one)")
+            if speaks():  # os.write, not rich: the signal may land inside a print (or its first import of
+                # rich's emoji table), and a print from here would re-enter it and fail on a half-made module
+                os.write(sys.stderr.fileno(), f"\n{signal.Signals(signum).name}: finishing this step and writing a "
+                         "checkpoint (press Ctrl-C again to abort without one)\n".encode())
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 
