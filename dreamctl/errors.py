@@ -1,4 +1,4 @@
-"""The errors the CLI turns into a one-line message and exit code 2.
+"""The errors the CLI turns into a one-line message and an exit code (2, unless the class says otherwise).
 
 Code below the CLI raises these with a message for a person: what is wrong, which
 thing (file, key, step) it concerns, and how to fix it. Anything else is a bug and
@@ -8,6 +8,8 @@ is allowed to propagate with its traceback.
 
 class DreamctlError(Exception):
     """A failure the user can fix; the message says how."""
+
+    exit_code = 2  # bad input, as click's usage errors
 
 
 class ConfigError(DreamctlError):
@@ -32,6 +34,13 @@ class WeightsError(DreamctlError):
 
 class RunError(DreamctlError):
     """A run cannot start or continue (locked folder, NaN loss, refused override)."""
+
+
+class PeerLost(DreamctlError):
+    """Under torchrun: a collective failed because another process of the job has gone (crashed, killed).
+    Not bad input, so not exit code 2; its traceback would only say where this process was waiting."""
+
+    exit_code = 1
 
 
 class StoppedWithMain(RunError):

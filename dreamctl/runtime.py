@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dreamctl.errors import RunError, StoppedWithMain
+from dreamctl.errors import PeerLost, RunError, StoppedWithMain
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,19 @@ def main_first(rt: Runtime, action: Callable[[], None]) -> None:
             failed = err
     if any_rank(failed is not None, rt):
         raise failed if failed is not None else StoppedWithMain(f"rank {rt.rank}: rank 0 stopped")
+
+
+def peer_lost(err: BaseException, then: str) -> PeerLost | None:
+    """`err` as a one-line PeerLost ending in `then` (what to do) when it is a collective that failed
+    because another process of the job has gone; else None. NCCL raises a DistError; gloo a plain
+    RuntimeError from its TCP transport ("[.../gloo/transport/tcp/pair.cc:561] Connection closed by
+    peer [127.0.0.1]:14758. This is typically caused by a remote worker crashing. ...")."""
+    text = str(err)
+    if not (isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo/transport" in text)):
+        return None
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip()).splitlines()[0].split(". ")[0][:200]  # without the path
+    return PeerLost(f"lost contact with another process of this job ({detail}): it crashed or was stopped, "
+                    f"and said why above if it could; {then}")
 
 
 def barrier(rt: Runtime) -> None:

@@ -270,3 +270,75 @@ def test_the_shortcut_drops_torchruns_per_worker_lines_only():
     assert not kept("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s")
     assert not kept("Sending process %s closing signal %s")
     assert kept("Unable to shutdown process %s via %s, forcefully exiting via %s")  # killed at the timeout
+
+
+def _lost_peer_worker(rank: int, init: str, run: str, out: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from dreamctl.cli.progress import run_training
+    from dreamctl.errors import PeerLost
+    from dreamctl.runtime import Runtime
+
+    os.environ.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")  # what torchrun sets: resume_command reads them
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    dist.barrier()
+    if rank == 1:
+        os._exit(0)  # gone without a word, as a worker killed by SIGKILL or the OOM killer
+
+    def session(on_event, should_stop) -> str:
+        dist.all_reduce(torch.ones(4))  # waits for rank 1, which never comes
+        return "finished"
+
+    try:
+        run_training(Path(run), Runtime(torch.device("cpu"), "fp32", rank=0, world_size=2), session)
+        said = "nothing"
+    except PeerLost as err:
+        said = str(err)
+    torch.save(said, out)
+
+
+def test_a_process_that_dies_mid_run_is_one_line_on_the_others(tmp_path):
+    """When a worker dies (SIGKILL, out of memory), the survivors' collective fails: that is one line
+    saying so and how to go on, exit code 1, instead of gloo's traceback through the training loop."""
+    import torch.multiprocessing as mp
+
+    from dreamctl.errors import PeerLost
+
+    out = str(tmp_path / "said")
+    mp.spawn(_lost_peer_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out), nprocs=2,
+             join=True)
+    said = torch.load(out, weights_only=True)
+    assert said.startswith("lost contact with another process of this job (") and "peer" in said
+    assert "gloo" not in said and said.endswith(f"continue with `dreamctl resume {tmp_path / 'run'} "
+                                                f"--nproc-per-node 2`")
+    assert PeerLost.exit_code == 1
+
+
+def test_only_a_failed_collective_is_called_a_lost_process(monkeypatch, capsys):
+    """Any other RuntimeError under torchrun is a bug and keeps its traceback; a lost process in a
+    command other than train (sample, evaluate) says to run it again, which finishes what is left."""
+    import pytest
+
+    from dreamctl.runtime import Runtime
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a worker of torchrun, whose process group is not needed here
+    monkeypatch.setattr("dreamctl.runtime.setup", lambda *args: Runtime(torch.device("cpu"), "fp32", 0, 2))
+
+    def failing(message: str):
+        def run_training(*args, **kwargs):
+            raise RuntimeError(message)
+        return run_training
+
+    monkeypatch.setattr("dreamctl.cli.train.run_training", failing("mat1 and mat2 shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="mat1"):
+        main(["train", "--recipe", "tiny", "--run-dir", "unused", "--set", "data.path=unused"])
+    gloo = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:14758. This is typically caused by a remote worker crashing.")
+    monkeypatch.setattr("dreamctl.cli.train.run_training", failing(gloo))
+    assert main(["train", "--recipe", "tiny", "--run-dir", "unused", "--set", "data.path=unused"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: lost contact with another process of this job (Connection closed by peer [127.0.0.1]:14758): "
+        "it crashed or was stopped, and said why above if it could; what was finished is kept: "
+        "run the same command again to go on")

@@ -87,6 +87,16 @@ def usage_line(err: click_exceptions.ClickException) -> str:
     return f"{text.removesuffix('.')} (see: {ctx.command_path} {ctx.help_option_names[0]})"
 
 
+def _peer_lost(err: RuntimeError, then: str) -> DreamctlError | None:
+    """`err` as a PeerLost, when it is a collective that failed because another process has gone; else None.
+    Only under torchrun, where torch is loaded: a RuntimeError elsewhere is never this."""
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    from dreamctl.runtime import peer_lost
+
+    return peer_lost(err, then)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting."""
     shown = warnings.showwarning
@@ -110,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:  # EOF at a prompt: click's "Aborted!" and exit code 1
         code, message = 1, "aborted"
     except DreamctlError as err:
-        code, message = 2, None if isinstance(err, StoppedWithMain) else str(err)  # rank 0 prints its own
+        code, message = err.exit_code, None if isinstance(err, StoppedWithMain) else str(err)  # rank 0 prints its own
+    except RuntimeError as err:
+        lost = _peer_lost(err, "what was finished is kept: run the same command again to go on")
+        if lost is None:  # a bug, with its traceback
+            raise
+        code, message = lost.exit_code, str(lost)
     except OSError as err:
         if err.filename is None:  # not about a path the user gave: a bug, with its traceback
             raise

@@ -136,6 +136,11 @@ def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> No
             status = session(on_event=display.on_event, should_stop=stop.requested)
         if rt.is_main:
             display.finish(status)
+    except RuntimeError as err:
+        lost = runtime.peer_lost(err, f"the last checkpoint is kept: continue with `{resume_command(run_root)}`")
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         runtime.teardown(rt)
     if status == "interrupted":
