@@ -203,3 +203,23 @@ def test_no_checkpoint_to_sample_from_says_why(tmp_path):
     folder.write_text("not a folder")
     with pytest.raises(CheckpointError, match=f"{folder} is a file, not the run's checkpoint folder"):
         load_latest(folder)
+
+
+def test_resume_clears_only_the_checkpoint_writes_whose_writer_is_gone(tmp_path, synthetic_data_dir):
+    """A checkpoint write cut short by a kill leaves its temporary file: resume removes it, but not one
+    another node is writing on a shared disk, nor one whose writer still runs (see docs/run-folder.md)."""
+    import os
+    import socket
+
+    from conftest import dead_pid
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
+    host, checkpoints = socket.gethostname(), run / "checkpoints"
+    killed = checkpoints / f".step-00000008.pt.{dead_pid()}@{host}.tmp"
+    running = checkpoints / f".step-00000008.pt.{os.getppid()}@{host}.tmp"
+    elsewhere = checkpoints / f".step-00000008.pt.{dead_pid()}@another-{host}.tmp"
+    for path in (killed, running, elsewhere):
+        path.write_bytes(b"half a checkpoint")
+    assert main(["resume", str(run), "--set", "train.max_steps=5"]) == 0
+    assert not killed.exists() and running.exists() and elsewhere.exists()

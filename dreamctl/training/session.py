@@ -159,8 +159,7 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
         held.callback(images.close)  # the shard handles, when the split is read from disk
         def claim() -> None:
             _claim(run, held)
-            for stale in run.checkpoints.glob("*.tmp"):  # a write cut short; the previous checkpoint is intact
-                stale.unlink()
+            atomic.sweep(run.checkpoints)  # writes cut short, whose writer is gone; the previous checkpoint is intact
 
         main_first(rt, claim)
         if list_checkpoints(run.checkpoints):
