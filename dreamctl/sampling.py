@@ -70,13 +70,14 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
              "use_ema": opts.use_ema, "batch_size": opts.batch_size, "compile": opts.compile}
     changes = {k: v for k, v in asked.items() if v is not None}
     explicit = set(changes)
-    if changes.get("sampler") == "ddpm":  # DDPM runs every step with the posterior variance (eta = 1)
+    if changes.get("sampler") == "ddpm":  # DDPM runs every step; the schema gives it eta 1 unless told otherwise
         changes.setdefault("steps", recipe.diffusion.num_timesteps)
         changes.setdefault("t_start", None)
-        changes.setdefault("eta", 1.0)
     if not explicit:
         return recipe.sample
     raw = recipe.model_dump(mode="json")
+    if changes.get("sampler") == "ddpm" and "eta" not in changes:
+        del raw["sample"]["eta"]  # the recipe's DDIM eta is not asked for
     raw["sample"].update(changes)
     told = " ".join(f"{k}={v}" for k, v in changes.items())
     return validate_recipe(raw, f"{source} with sample options {told}").sample

@@ -187,10 +187,13 @@ def test_callback_and_clipping():
     assert all(m <= 1.0 for *_, m in seen) and x.abs().max() <= 1.0 + 1e-6
 
 
-def test_ddpm_requires_all_steps():
+def test_ddpm_requires_all_steps_and_eta_1():
+    """DDPM is DDIM(eta=1) on all T steps: another eta is refused, not silently replaced by 1."""
     schedule = make_schedule("cosine", 50)
     with pytest.raises(ValueError, match="all T"):
         sample(lambda x, t: x, schedule, torch.randn(1, 3, 4, 4), steps=10, method="ddpm")
+    with pytest.raises(ValueError, match="eta 1"):
+        sample(lambda x, t: x, schedule, torch.randn(1, 3, 4, 4), steps=50, eta=0.0, method="ddpm")
 
 
 def test_a_compiled_network_sees_one_batch_shape_and_the_same_images(tmp_path):

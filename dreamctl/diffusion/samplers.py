@@ -80,19 +80,21 @@ def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Te
 
 @torch.no_grad()
 def sample(model: nn.Module | Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule, noise: Tensor, *,
-           steps: int, eta: float = 0.0, method: str = "ddim", generator: Generators = None,
+           steps: int, eta: float | None = None, method: str = "ddim", generator: Generators = None,
            clip_x0: bool = False, t_start: int | None = None, callback: Callback | None = None) -> Tensor:
-    """Denoise `noise` (x_T) into images in [-1, 1] (unclipped unless clip_x0).
+    """Denoise `noise` (x_T) into images, nominally in [-1, 1] (clamped only through clip_x0's x0 estimate).
 
-    method 'ddim' visits `timesteps(T, steps, t_start)` with stochasticity eta; method
-    'ddpm' is ancestral sampling: all T steps with eta = 1 (the `eta` given is not used).
+    method 'ddim' visits `timesteps(T, steps, t_start)` with stochasticity eta (default 0); method
+    'ddpm' is ancestral sampling: all T steps with eta = 1, the posterior variance.
     """
     if method not in ("ddim", "ddpm"):
         raise ValueError(f"unknown sampler {method!r}: expected 'ddim' or 'ddpm'")
     if method == "ddpm":
-        if steps != schedule.num_timesteps or t_start is not None:
-            raise ValueError("DDPM ancestral sampling visits all T timesteps: use steps=T and no t_start, or ddim")
+        if steps != schedule.num_timesteps or t_start is not None or eta not in (None, 1.0):
+            raise ValueError("DDPM ancestral sampling visits all T timesteps with eta 1: use steps=T, no t_start "
+                             "and eta 1 (or None), or ddim")
         eta = 1.0
+    eta = 0.0 if eta is None else eta
     ts = timesteps(schedule.num_timesteps, steps, t_start)
     x = noise
     for i, t in enumerate(ts):
