@@ -18,14 +18,13 @@ from dreamctl.config.schema import RESUMABLE_KEYS, drawn_by_seed_rule
 from dreamctl.data.loader import steps_per_epoch
 from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import STEP_COST
-from dreamctl.diffusion.samplers import timesteps
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import check_reference, parse_metrics
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config, sampling_settings
 from dreamctl.training.loop import total_steps
-from dreamctl.training.rundir import RunDir, read_json
+from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints
 
 
@@ -91,18 +90,17 @@ def train_cost(recipe: Recipe, count: int | None, done: int = 0) -> tuple[int | 
 
 def _step_reached(run_dir: Path) -> int:
     """The step of the run's last checkpoint (run.json is updated with each)."""
-    info = run_dir / "run.json"
-    return int(read_json(info).get("step") or 0) if info.is_file() else 0
+    return int(RunDir(run_dir).info().get("step") or 0)
 
 
 def _status(run_dir: Path) -> str:
-    info = run_dir / "run.json"
-    if info.is_file() and read_json(info).get("status") == "finished":
+    run = RunDir(run_dir)
+    if run.info().get("status") == "finished":
         return "skip"
-    if list_checkpoints(run_dir / "checkpoints"):
+    if list_checkpoints(run.checkpoints):
         return "resume"
     # A run that stopped before its first checkpoint cannot resume: it starts again (the old folder is kept aside).
-    return "restart" if (run_dir / "recipe.yaml").is_file() else "train"
+    return "restart" if run.exists() else "train"
 
 
 # What a spec may change in a finished or interrupted run: its length and what it logs, samples and
@@ -137,18 +135,12 @@ def _evaluated(run_dir: Path, recipe: Recipe, cfg: SampleConfig, num: int, metri
 
     A metric recorded as missing (absent weights, say) is asked for again: evaluate reuses its samples.
     """
-    e = recipe.eval
-    want = {**sampling_settings(cfg, read_json(run_dir / "run.json").get("step"), e.seed),
+    e, run = recipe.eval, RunDir(run_dir)
+    # Exactly the fields evaluate records: an explicit t_start equal to the default is another protocol id.
+    want = {**sampling_settings(cfg, run.info().get("step"), e.seed),
             "num_generated": num, "ref_split": e.ref, "ref_num": e.ref_num or num}
-    ema, t_start = want.pop("ema"), want.pop("t_start")  # matched by their own rules, below
-    t = recipe.diffusion.num_timesteps
-    t_starts = (t_start,) if t_start is not None else (None, timesteps(t, cfg.steps)[0])  # unset or its value
-    for record in read_evals(run_dir / "eval"):
-        p = record.protocol
-        if all(p.get(k) == v for k, v in want.items()) and p.get("t_start") in t_starts and drawn_by_seed_rule(p) \
-                and p.get("ema", ema) == ema and all("value" in record.metrics.get(m, {}) for m in metrics):
-            return True
-    return False
+    return any(all(r.protocol.get(k) == v for k, v in want.items()) and drawn_by_seed_rule(r.protocol)
+               and all("value" in r.metrics.get(m, {}) for m in metrics) for r in read_evals(run.eval))
 
 
 def make_plan(spec: Spec) -> Plan:

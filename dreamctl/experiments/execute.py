@@ -26,6 +26,7 @@ from dreamctl.experiments.tables import to_markdown
 from dreamctl.experiments.plots import write_figures
 from dreamctl.experiments.runs import Run, read_run
 from dreamctl.metrics.weights import check_weights
+from dreamctl.training.rundir import RunDir
 
 STDERR_LINES = 60  # kept in a failed job's log
 
@@ -205,7 +206,7 @@ def _carry_out(plan: Plan, runner: Runner, nproc: int | None, progress: Callable
 def _readable_runs(plan: Plan) -> tuple[list[Run], list[str]]:
     runs, problems = [], []
     for job in plan.train:
-        if not (job.run_dir / "run.json").is_file():
+        if not RunDir(job.run_dir).run_file.is_file():
             continue
         try:
             runs.append(read_run(job.run_dir))

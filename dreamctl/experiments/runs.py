@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreamctl.config import Recipe, recipe_from_file
+from dreamctl.config import Recipe
 from dreamctl.errors import CheckpointError
-from dreamctl.training.rundir import read_json, read_jsonl
+from dreamctl.training.rundir import RunDir, read_json, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -80,18 +80,16 @@ def read_evals(eval_dir: Path) -> tuple[EvalRecord, ...]:
 
 def read_run(path: str | Path) -> Run:
     """Read RUN_DIR; CheckpointError naming the file when it is not a run folder."""
-    root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(f"run folder {root} does not exist")
-    info_path, recipe_path = root / "run.json", root / "recipe.yaml"
-    for needed in (info_path, recipe_path):
+    run = RunDir(path)
+    if not run.root.is_dir():
+        raise CheckpointError(f"run folder {run.root} does not exist")
+    for needed in (run.run_file, run.recipe_file):
         if not needed.is_file():
-            raise CheckpointError(f"{root}: no {needed.name}; not a run folder (`dreamctl train` writes it)")
-    recipe = recipe_from_file(recipe_path)
+            raise CheckpointError(f"{run.root}: no {needed.name}; not a run folder (`dreamctl train` writes it)")
     return Run(
-        path=root,
-        info=read_json(info_path),
-        recipe=recipe,
-        history=tuple(read_jsonl(root / "metrics.jsonl")),
-        evals=read_evals(root / "eval"),
+        path=run.root,
+        info=run.info(),
+        recipe=run.recipe(),
+        history=tuple(read_jsonl(run.metrics_file)),
+        evals=read_evals(run.eval),
     )
