@@ -33,7 +33,8 @@ from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import checkpoint_path, list_checkpoints, load_checkpoint, load_latest, step_of
 
-OnEvent = Callable[[str, dict[str, Any]], None]  # ("sample_start" | "sample_progress" | "sample_done", payload)
+# (kind, payload): "sample_start", "sample_progress", "sample_done" from here, "stage" from evaluation.evaluate_run
+OnEvent = Callable[[str, dict[str, Any]], None]
 PNG = re.compile(r"^(\d{6,})\.png$")
 GRID_MAX = 64
 
@@ -239,7 +240,7 @@ def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Ru
 
 
 def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt: Runtime,
-                     batch_size: int | None = None, on_event: OnEvent = lambda kind, payload: None) -> dict[str, Any]:
+                     on_event: OnEvent = lambda kind, payload: None) -> dict[str, Any]:
     """Make `folder` hold images 0..num-1; returns what sample.json records (on every rank): its
     `num` is how many images the folder holds, which an earlier, larger call may have made more.
 
@@ -258,7 +259,7 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     missing = [i for i in mine if read_png(png_path(folder, i), m.image_size) is None]
     kept = held - sum_over_ranks(len(missing), rt)  # over every rank: the line speaks of the folder
     on_event("sample_start", {"folder": str(folder), "num": num, "held": held, "kept": kept, "missing": len(missing)})
-    _draw(m, missing, folder, seed, rt, batch_size or m.cfg.batch_size, on_event)
+    _draw(m, missing, folder, seed, rt, m.cfg.batch_size, on_event)
     barrier(rt)
     record = {**wanted, "complete": True, "num": held, "checkpoint": m.checkpoint.name, "device": str(rt.device),
               "precision": rt.precision, "world_size": rt.world_size, "drawn_now": sum_over_ranks(len(missing), rt),

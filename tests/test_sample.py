@@ -31,9 +31,8 @@ def trained(tmp_path_factory, synthetic_data_dir) -> tuple[Path, Path]:
 
 def _draw(run: Path, folder: Path, num: int, rt: Runtime = CPU, **opts) -> np.ndarray:
     seed = opts.pop("seed", 0)
-    batch = opts.pop("batch_size", None)
     model = load_for_inference(RunDir(run), SampleOptions(**opts), rt)
-    sample_to_folder(model, folder, num, seed=seed, rt=rt, batch_size=batch)
+    sample_to_folder(model, folder, num, seed=seed, rt=rt)
     return read_samples(folder, num, model.image_size)
 
 

@@ -437,14 +437,3 @@ def test_the_peak_memory_in_run_json_is_over_every_session(tmp_path, synthetic_d
     run.update_info({"peak_memory_bytes": 10**15})  # 1 PB: more than this process can have used
     assert main(["resume", str(run.root), "--set", "train.max_steps=2"]) == 0
     assert run.info()["peak_memory_bytes"] == 10**15
-
-
-def test_resume_removes_a_checkpoint_write_cut_short(tmp_path, synthetic_data_dir):
-    """A *.tmp left by a kill mid-write is dropped: it would otherwise pile up in checkpoints/ on every kill."""
-    run = tmp_path / "run"
-    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0
-    stale = run / "checkpoints" / "step-00000002.pt.tmp"
-    stale.write_bytes(b"half a checkpoint")
-    assert main(["resume", str(run), "--set", "train.max_steps=2"]) == 0
-    assert not stale.exists()
-    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000001.pt", "step-00000002.pt"]

@@ -35,7 +35,8 @@ from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import TrainState, save_checkpoint
 
-OnEvent = Callable[[str, dict[str, Any]], None]  # ("start" | "step" | "log" | "checkpoint" | "grid", payload)
+# (kind, payload): "start", "step", "log", "checkpoint", "grid" from train(), "resume" from session.resume_run
+OnEvent = Callable[[str, dict[str, Any]], None]
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -144,8 +145,8 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         meter_state = meter.state_dict(rt)  # on every rank: it may all-gather
 
         def save() -> None:
-            ckpt = {**state.state_dict(recipe_yaml, order.state_dict()), "meter": meter_state}
-            path = save_checkpoint(ckpt, run.checkpoints, tc.keep_checkpoints)
+            path = save_checkpoint(state.state_dict(recipe_yaml, order.state_dict(), meter_state), run.checkpoints,
+                                   tc.keep_checkpoints)
             run.update_info({"step": state.step, "epoch": order.epoch, "images_seen": state.images_seen,
                              "wall_time_s": round(state.wall_time_s, 2)})
             on_event("checkpoint", {"step": state.step, "path": str(path)})

@@ -38,7 +38,9 @@ class TrainState:
     images_seen: int = 0
     wall_time_s: float = 0.0
 
-    def state_dict(self, recipe_yaml: str, data_position: dict[str, int]) -> dict[str, Any]:
+    def state_dict(self, recipe_yaml: str, data_position: dict[str, int], meter: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint: this state, where the data order stands, and the loss meter's running sums
+        (so the first log record after a resume averages the same steps as in a straight run)."""
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -47,6 +49,7 @@ class TrainState:
             "images_seen": self.images_seen,
             "wall_time_s": self.wall_time_s,
             "data_position": data_position,
+            "meter": meter,
             "recipe": recipe_yaml,
             "dreamctl_version": dreamctl.__version__,
         }
