@@ -109,7 +109,11 @@ def test_run_folder_lock_and_no_overwrite(tmp_path, synthetic_data_dir, capsys):
 def test_train_starts_only_in_a_new_empty_or_half_created_folder(tmp_path, synthetic_data_dir, capsys):
     """A run's files never go among other files (a data folder, the user's own recipe.yaml), and the refusal
     names what is there instead of calling it a run to resume; a folder that `train` was killed while
-    creating (its lock, run.json, empty subfolders) is taken over."""
+    creating (its lock, run.json, empty subfolders, the temporary file of the write it cut short) is taken over."""
+    import socket
+
+    from conftest import dead_pid
+
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "recipe.yaml").write_text("extends: tiny\n")
@@ -123,11 +127,18 @@ def test_train_starts_only_in_a_new_empty_or_half_created_folder(tmp_path, synth
         (half / sub).mkdir(parents=True)
     (half / "run.json").write_text('{"status": "created"}')
     (half / ".lock").write_text("")
+    killed_writing = tmp_path / "killed-writing"  # killed while writing its first run.json
+    (killed_writing / f".run.json.{dead_pid()}@{socket.gethostname()}.tmp").parent.mkdir()
+    (killed_writing / f".run.json.{dead_pid()}@{socket.gethostname()}.tmp").write_text('{"run_id"')
+    for sub in ("checkpoints", "samples"):
+        (killed_writing / sub).mkdir()
+    (half / f".recipe.yaml.{dead_pid()}@{socket.gethostname()}.tmp").write_text("name: ti")  # and recipe.yaml
     empty = tmp_path / "empty"
     empty.mkdir()
-    for folder in (half, empty):
+    for folder in (half, killed_writing, empty):
         assert train(folder, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0, folder
         assert (folder / "recipe.yaml").is_file() and (folder / "checkpoints" / "step-00000001.pt").is_file()
+        assert not list(folder.glob(".*.tmp"))  # cleared by the writes they were the start of
 
 
 def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_dir, capsys):

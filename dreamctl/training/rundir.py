@@ -57,11 +57,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 # What a run folder holds before its recipe.yaml is written: the lock, run.json and the empty
-# subfolders of a `train` killed while it created the folder, which a new `train` may take over.
+# subfolders of a `train` killed while it created the folder, which a new `train` may take over,
+# and the temporary file of run.json or recipe.yaml that the kill cut short (the next write clears it).
 CREATE_LEFTOVERS = frozenset({".lock", "run.json", "checkpoints", "samples"})
+CREATE_WRITES = frozenset({"run.json", "recipe.yaml"})
 
 
 def _left_by_create(path: Path) -> bool:
+    if atomic.temp_target(path.name) in CREATE_WRITES:
+        return True
     return path.name in CREATE_LEFTOVERS and not (path.is_dir() and any(path.iterdir()))
 
 
