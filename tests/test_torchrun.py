@@ -342,3 +342,76 @@ def test_only_a_failed_collective_is_called_a_lost_process(monkeypatch, capsys):
         "error: lost contact with another process of this job (Connection closed by peer [127.0.0.1]:14758): "
         "it crashed or was stopped, and said why above if it could; what was finished is kept: "
         "run the same command again to go on")
+
+
+def test_the_shortcut_exits_like_a_shell_when_torchrun_is_killed(monkeypatch):
+    """torchrun killed outright (SIGKILL, the OOM killer) is 128 + 9 as a shell says, not 256 - 9 = 247."""
+    import subprocess as sp
+
+    from dreamctl.cli.launch import launch
+    from dreamctl.signals import PARENT_PID
+
+    class KilledTorchrun:
+        def __init__(self, env):
+            self.env, self.returncode = env, None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.returncode = -signal.SIGKILL
+
+    made = []
+    monkeypatch.setattr(sp, "Popen", lambda cmd, env: made.append(KilledTorchrun(env)) or made[-1])
+    assert launch(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGKILL
+    assert made[0].env[PARENT_PID] == str(os.getpid())  # torchrun gets SIGTERM should this process die
+
+
+_TIED_WORKER = """
+import os, signal, sys, time
+from dreamctl.signals import stop_with_parent
+signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], "w").write("SIGTERM"), sys.exit(0)))
+stop_with_parent()
+open(sys.argv[1] + ".up", "w").write(str(os.getppid()))
+time.sleep(60)
+"""
+
+
+def test_workers_stop_with_a_checkpoint_when_the_shortcuts_torchrun_is_killed(tmp_path):
+    """torchrun starts each worker in a session of its own: a SIGKILL of the shortcut's process group
+    kills torchrun but not them, and they trained on to the end unwatched. Now each worker is tied
+    to torchrun and gets SIGTERM (its checkpoint) when torchrun dies."""
+    import time
+
+    from dreamctl.cli.common import EXIT_CODES_DIR
+
+    worker, marker = tmp_path / "worker.py", tmp_path / "stopped"
+    worker.write_text(_TIED_WORKER)
+    env = {**os.environ, EXIT_CODES_DIR: str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "dreamctl.cli.torchrun", "--standalone", "--nproc-per-node=1",
+                             str(worker), str(marker)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(f"{marker}.up").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert Path(f"{marker}.up").read_text() == str(proc.pid)  # the worker's parent is torchrun
+        proc.kill()
+        proc.wait()
+        while not marker.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.read_text() == "SIGTERM"
+    finally:
+        proc.kill()
+
+
+def test_a_worker_whose_shortcut_is_gone_exits_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """The shortcut removes the folder of exit codes when it ends: a worker stopping later (its shortcut
+    killed) has no one to tell and must not fail writing there."""
+    from dreamctl.cli.common import EXIT_CODES_DIR
+
+    monkeypatch.setenv(EXIT_CODES_DIR, str(tmp_path / "gone"))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(["train", "--recipe", "nope"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err and not (tmp_path / "gone").exists()

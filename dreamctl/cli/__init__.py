@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = shown
     if message is not None and speaks():
         err_console.print(f"{rank_prefix()}error: {message}", markup=False, highlight=False, soft_wrap=True)
-    if EXIT_CODES_DIR in os.environ and "RANK" in os.environ:  # a worker of the --nproc-per-node shortcut
+    # A worker of the --nproc-per-node shortcut, unless the shortcut was killed and its folder is gone.
+    if EXIT_CODES_DIR in os.environ and "RANK" in os.environ and Path(os.environ[EXIT_CODES_DIR]).is_dir():
         atomic.write_json(Path(os.environ[EXIT_CODES_DIR]) / f"rank-{os.environ['RANK']}.json",
                           {"code": code, "error": message})
     if message is not None and "TORCHELASTIC_ERROR_FILE" in os.environ:

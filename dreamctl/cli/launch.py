@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from dreamctl.cli.common import EXIT_CODES_DIR, console, err_console
-from dreamctl.signals import run_child
+from dreamctl.signals import child_env, run_child
 
 
 def device_args(device: str | None) -> list[str]:
@@ -25,15 +24,19 @@ def launch(nproc: int, args: list[str]) -> int:
     A stop reaches torchrun (signals.run_child), which stops its workers with SIGTERM (each then
     writes a checkpoint); this process waits for all of them instead of leaving orphans, then exits
     128 + the signal, as a single process does (torchrun itself would say 1). Workers that fail all
-    with one exit code (2: an error the user can fix) make it ours for the same reason.
+    with one exit code (2: an error the user can fix) make it ours for the same reason. Should this
+    process or torchrun be killed outright (SIGKILL), the one below gets SIGTERM (child_env), so no
+    worker trains on unwatched: torchrun starts each in a session of its own, out of reach of a kill of our group.
     """
     torchrun = ["--standalone", f"--nproc-per-node={nproc}", "-m", "dreamctl", *args]
     console.print("starting: torchrun " + shlex.join(torchrun), markup=False)  # a command to copy, for more nodes
     with tempfile.TemporaryDirectory(prefix="dreamctl-exit-") as codes_dir:
         code, signum = run_child(lambda: subprocess.Popen([sys.executable, "-m", "dreamctl.cli.torchrun", *torchrun],
-                                                          env={**os.environ, EXIT_CODES_DIR: codes_dir}))
+                                                          env={**child_env(), EXIT_CODES_DIR: codes_dir}))
         if signum is not None and code != 0:
             return 128 + signum
+        if code < 0:  # torchrun itself killed by a signal: the shell's 128 + its number, not 256 - it
+            return 128 - code
         return workers_code(code, Path(codes_dir), nproc)
 
 

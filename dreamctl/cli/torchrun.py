@@ -47,6 +47,10 @@ def torchrun(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from dreamctl.signals import PARENT_PID, stop_with_parent
+
+    stop_with_parent()  # SIGTERM (passed on to the workers, who checkpoint) if the shortcut is killed
+    os.environ[PARENT_PID] = str(os.getpid())  # and each worker SIGTERM if this process is
     try:
         code = torchrun(sys.argv[1:])
     except KeyboardInterrupt:  # Ctrl-C while torch loads, before torchrun handles signals: nothing started
