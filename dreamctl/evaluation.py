@@ -28,8 +28,8 @@ from dreamctl.data.shards import read_manifest, split_shards
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.generate import check_count
 from dreamctl.metrics import weights
-from dreamctl.metrics.evaluate import METRICS, evaluate_image_sets, library_versions
-from dreamctl.metrics.inception import RESIZE_CLEAN, FeatureNet, InceptionFeatureNet
+from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, METRICS, evaluate_image_sets, load_feature_net
+from dreamctl.metrics.inception import FeatureNet
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import (
     SAMPLING_FIELDS, InferenceModel, OnEvent, SampleOptions, folder_name, load_for_inference, read_samples,
@@ -37,8 +37,6 @@ from dreamctl.sampling import (
 )
 from dreamctl.training.rundir import RunDir, read_json
 
-FEATURE_METRICS = weights.INCEPTION_METRICS
-INCEPTION_NAME = "inception-2015-12-05"
 # Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
 SAME_SAMPLES = (*SAMPLING_FIELDS, "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")
 
@@ -64,17 +62,13 @@ def weight_problems(metrics: Sequence[str], *, feature_net: FeatureNet | None, w
     """({metric: why it cannot be computed}, the feature network, loaded now so a bad file fails before sampling)."""
     problems: dict[str, str] = {}
     for m in metrics:
-        if m in FEATURE_METRICS and feature_net is not None:
-            continue
-        errors = weights.check_weights([m], weights_dir)
+        errors = [] if m in weights.INCEPTION_METRICS else weights.check_weights([m], weights_dir)
         if errors:
             problems[m] = "; ".join(str(e) for e in errors)
-    wanted_features = [m for m in metrics if m in FEATURE_METRICS and m not in problems]
-    if feature_net is None and wanted_features:
-        try:
-            feature_net = InceptionFeatureNet(weights_dir, device)
-        except WeightsError as err:  # present but does not load as the TorchScript network: corrupt
-            problems.update({m: str(err) for m in wanted_features})
+    wanted_features = [m for m in metrics if m in weights.INCEPTION_METRICS]
+    if wanted_features:  # missing, corrupt, or not clean-fid's Inception: the same reason for fid, kid and is
+        feature_net, reason = load_feature_net(feature_net, weights_dir, device)
+        problems.update({m: reason for m in wanted_features if reason is not None})
     return problems, feature_net
 
 
@@ -127,7 +121,7 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
     for name, entry in previous.get("metrics", {}).items():
         if name in record["metrics"]:
             continue
-        if name in FEATURE_METRICS and "value" in entry:
+        if name in weights.INCEPTION_METRICS and "value" in entry:
             if new.get("feature_network_sha256") is None:  # no feature network ran now: adopt the earlier one
                 new["feature_network_sha256"] = old.get("feature_network_sha256")
                 record["weights"].update({k: v for k, v in old_weights.items() if k == weights.INCEPTION})
@@ -229,22 +223,20 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     reference, manifest, manifest_sha = read_reference(data_dir, req.ref_split, req.ref_num)
     computable = [m for m in req.metrics if m not in problems]
     on_event("stage", {"what": "computing " + ", ".join(computable)})
+    # With no metric computable this computes nothing, but still describes the feature network and libraries.
     out = evaluate_image_sets(generated, reference, metrics=computable,
                               reference_key=f"{manifest_sha}/{req.ref_split}/{req.ref_num}",
                               cache_dir=data_dir / "cache", feature_net=net, weights_dir=weights_dir, seed=req.seed,
-                              device=str(rt.device)) if computable else {"metrics": {}, "protocol": {"weights": {}}}
-    stand_in = net is not None and not isinstance(net, InceptionFeatureNet)
+                              device=str(rt.device))
     used = out["protocol"]
     protocol = {**_sampling_protocol(model, req), "ref_preprocessing": manifest.get("preprocessing"),
-                "ref_manifest_sha256": manifest_sha, "resize": net.resize if net is not None else RESIZE_CLEAN,
-                "feature_network": net.name if stand_in else INCEPTION_NAME,
-                "feature_network_sha256": net.weights_sha256 if net is not None else None,
-                "feature_network_stand_in": stand_in, "image_size": model.image_size,
-                **{k: used[k] for k in ("reference_cache", "kid", "is", "lpips", "swd") if k in used}}
+                "ref_manifest_sha256": manifest_sha, "image_size": model.image_size,
+                **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", "kid", "is", "lpips", "swd")
+                   if k in used}}
     results = {**out["metrics"], **{m: {"missing": why} for m, why in problems.items()}}
-    record = {"protocol_id": protocol_id(protocol, stand_in), "protocol": protocol,
+    record = {"protocol_id": protocol_id(protocol, protocol["feature_network_stand_in"]), "protocol": protocol,
               "metrics": {m: results[m] for m in req.metrics},
-              "versions": {"dreamctl": dreamctl.__version__, **library_versions()},
+              "versions": {"dreamctl": dreamctl.__version__, **used["libraries"]},
               "weights": dict(used.get("weights", {})), "samples": str(folder),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "wall_time_s": round(time.perf_counter() - started, 2)}

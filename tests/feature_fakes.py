@@ -1,15 +1,21 @@
-"""A feature network for the tests, where Inception's weights cannot be downloaded.
+"""Feature networks for the tests, where Inception's weights cannot be downloaded.
 
 The evaluation code takes any `FeatureNet` and labels a network other than Inception as a
-stand-in in every result (its id, its file, its table); this one lets the tests exercise that path.
+stand-in in every result (its id, its file, its table); `StandInFeatureNet` lets the tests exercise
+that path. `write_fake_inception` saves a tiny TorchScript with the real file's layout, for the
+Inception code path itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import torch
+
+from dreamctl.metrics import weights
 from dreamctl.metrics.inception import RESIZE_CLEAN, clean_resize
 
 
@@ -38,3 +44,26 @@ class StandInFeatureNet:
         pooled = x[:, :, :296, :296].reshape(len(x), 3, 8, 37, 8, 37).mean(axis=(3, 5)) / 255.0
         pool = np.tanh((pooled.reshape(len(x), -1) - 0.5) @ self.w_pool * 4.0)
         return pool.astype(np.float32), (pool @ self.w_out).astype(np.float32)
+
+
+class _FakeInception(torch.nn.Module):
+    """The TorchScript Inception's attribute names (`layers`, `output`) and output shape (1008 classes, as
+    clean-fid's pt_inception-2015-12-05) on a one-layer network."""
+
+    def __init__(self, num_classes: int, with_output: bool):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 2048, 1))
+        self.output = torch.nn.Linear(2048, num_classes) if with_output else torch.nn.Identity()
+        if with_output:
+            torch.nn.init.constant_(self.output.bias, 3.0)  # must not reach the IS logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.layers(x).flatten(1))
+
+
+def write_fake_inception(folder: Path, num_classes: int = 1008, with_output: bool = True) -> Path:
+    """Save a fake Inception as `folder/inception-2015-12-05.pt`; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.jit.script(_FakeInception(num_classes, with_output)).save(str(folder / weights.INCEPTION))
+    return folder / weights.INCEPTION

@@ -308,3 +308,43 @@ def test_the_protocol_description_says_whether_ema_weights_were_sampled(tmp_path
     write_eval(a, "ema", 50, 200, {"swd": {"value": 81.0}})
     text = describe_protocols(compare_runs([read_run(a)]))
     assert "ema=False" in text["raw"] and "ema=True" in text["ema"]
+
+
+def test_two_inception_files_never_share_a_column(tmp_path: Path) -> None:
+    """The protocol id does not name the Inception file: FIDs from two files (feature_network_sha256) get a
+    column each, labelled by the hash; an evaluation with no feature metric (SWD only) joins the one network's."""
+    net_a, net_b = "c" * 64, "d" * 64
+    dirs = []
+    for name, sha, metrics in (("a", net_a, {"fid": {"value": 10.0}}), ("b", net_b, {"fid": {"value": 30.0}}),
+                               ("c", None, {"swd": {"value": 5.0}})):
+        d = write_run(tmp_path, name, (f"loss.lambda_max={len(dirs) / 10 + 0.1}",))
+        write_eval(d, P50, 50, 200, metrics, feature_network_sha256=sha)
+        dirs.append(d)
+    comp = compare_runs([read_run(d) for d in dirs[:2]])
+    col_a, col_b = f"{P50} (net cccccccc)", f"{P50} (net dddddddd)"
+    assert comp.columns == ((col_a, "fid"), (col_b, "fid"))
+    assert [r.metrics[(col_a, "fid")].value for r in comp.rows] == [10.0, None]
+    assert [r.metrics[(col_b, "fid")].value for r in comp.rows] == [None, 30.0]
+    assert [c for c, _ in compare_runs([read_run(dirs[0]), read_run(dirs[2])]).columns] == [P50, P50]
+    assert (f"{P50} (no feature metric)", "swd") in compare_runs([read_run(d) for d in dirs]).columns
+
+
+def test_the_spread_after_plus_minus_is_named(tmp_path: Path) -> None:
+    """± after KID is the std over subsets, after LPIPS that of single pair distances: a legend line says so,
+    also for files written before "spread" was recorded; a seed group's ± is over seeds."""
+    from dreamctl.experiments.tables import spread_line
+
+    dirs = []
+    for seed in (0, 1):
+        d = write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",))
+        write_eval(d, P50, 50, 200, {"kid": {"value": 0.02, "std": 0.001, "spread": "subsets"},
+                                     "lpips": {"value": 0.3 + seed / 10, "std": 0.05}})  # no "spread": an old file
+        dirs.append(d)
+    comp = compare_runs([read_run(d) for d in dirs])
+    assert comp.rows[0].metrics[(P50, "lpips")].spread == "pairs"
+    assert comp.aggregate[0].metrics[(P50, "lpips")].spread == "seeds"
+    assert comp.aggregate[0].metrics[(P50, "lpips")].std == pytest.approx(0.1 / 2 ** 0.5)
+    legend = "± is: kid std over random subsets; lpips std of single pair distances, not an error bar"
+    assert spread_line(comp) == legend and f"\n{legend}\n" in to_markdown(comp)
+    assert to_json(comp)["runs"][0]["metrics"][P50]["lpips"]["spread"] == "pairs"
+

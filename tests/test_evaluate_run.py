@@ -15,7 +15,7 @@ from dreamctl.data.shards import manifest_sha256
 from dreamctl.evaluation import evaluate_run
 from dreamctl.experiments.runs import read_evals
 from dreamctl.metrics.inception import RESIZE_CLEAN
-from feature_fakes import StandInFeatureNet
+from feature_fakes import StandInFeatureNet, write_fake_inception
 from dreamctl.sampling import SampleOptions
 from dreamctl.training.state import checkpoint_path, load_checkpoint
 from tiny_runs import CPU, trained_for_sampling
@@ -49,6 +49,7 @@ def test_the_reference_is_the_split_asked_for(trained):
         assert result.record["metrics"]["pixel_fd"]["value"] == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore:FID from 16 generated images:dreamctl.errors.DreamctlWarning")  # tiny on purpose
 def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
     run, data = trained
     metrics = ["fid", "kid", "is", "swd", "pixel_fd"]
@@ -116,6 +117,10 @@ def test_explicit_fid_without_weights_fails_before_sampling(trained, offline, ca
     assert main(["evaluate", str(run), "--num", "8", "--seed", "5", "--strict-weights"]) == 2
     err = capsys.readouterr().err
     assert "alexnet-owt-7be5be79.pth" in err and err.count("inception-2015-12-05.pt is corrupt") == 1  # fid, kid, is
+    # A TorchScript that is not clean-fid's Inception (10 classes, not its 1008): refused, named once.
+    write_fake_inception(offline, num_classes=10)
+    assert main(["evaluate", str(run), "--num", "8", "--metrics", "fid,kid", "--seed", "5"]) == 2
+    assert capsys.readouterr().err.count("should be (1008, 2048), found (10, 2048)") == 1
     # So is a reference split too small for --ref-num (valid holds 13 images).
     assert main(["evaluate", str(run), "--num", "8", "--ref", "valid", "--ref-num", "50", "--metrics", "swd",
                  "--seed", "5"]) == 2
@@ -171,3 +176,19 @@ def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
     for flag in ("--num", "--ref-num"):  # 0 is not "the default"
         assert main([*args, flag, "0"]) == 2
         assert "at least 2 generated and 2 reference images" in capsys.readouterr().err
+
+
+def test_the_evaluate_table_says_what_plus_minus_is(monkeypatch, capsys, tmp_path):
+    """± after KID is a std over subsets, after LPIPS the std of single pair distances: one line says so,
+    for a file that records "spread" and for one from before it did (KID here)."""
+    from dreamctl import evaluation
+
+    protocol = {"checkpoint_step": 4, "num_generated": 8, "sampler": "ddim", "steps": 2, "eta": 0.0, "ema": True,
+                "ref_num": 8, "ref_split": "train", "feature_network": "inception-2015-12-05", "resize": RESIZE_CLEAN}
+    record = {"protocol_id": "p", "protocol": protocol, "metrics": {
+        "kid": {"value": 0.02, "std": 0.001}, "lpips": {"value": 0.3, "std": 0.05, "spread": "pairs"},
+        "swd": {"value": 4.0}}}
+    monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: evaluation.Evaluation(record, (), tmp_path))
+    assert main(["evaluate", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the console may wrap
+    assert "± is: kid std over random subsets; lpips std of single pair distances, not an error bar" in out

@@ -4,16 +4,22 @@ Inception code path with a small TorchScript file in a temporary weights folder.
 from __future__ import annotations
 
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from dreamctl.errors import ConfigError, DataError
+from dreamctl.errors import ConfigError, DataError, DreamctlWarning
+from dreamctl.metrics import evaluate as evaluate_module
 from dreamctl.metrics import weights
 from dreamctl.metrics.evaluate import evaluate_image_sets
 from dreamctl.metrics.weights import check_weights
 from dreamctl.metrics.inception import RESIZE_CLEAN
-from feature_fakes import StandInFeatureNet
+from feature_fakes import StandInFeatureNet, write_fake_inception
+
+# The sets here are tiny on purpose; test_fid_from_fewer_than_2048_images_warns checks that warning.
+pytestmark = pytest.mark.filterwarnings("ignore:FID from .* generated images:dreamctl.errors.DreamctlWarning")
 
 
 def _faces(seed: int, n: int, size: int = 32) -> np.ndarray:
@@ -47,9 +53,10 @@ def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     assert set(m["swd"]["levels"]) == {"32", "16"}
     # LPIPS has no backbone here: reported missing with the file, never as a number.
     assert set(m["lpips"]) == {"missing"} and weights.ALEXNET in m["lpips"]["missing"]
-    fn = proto["feature_network"]
-    assert fn["stand_in"] is True and "stand-in" in fn["name"] and fn["resize"] == RESIZE_CLEAN
-    assert fn["sha256"] == net.weights_sha256
+    assert proto["feature_network_stand_in"] is True and proto["feature_network"] == net.name
+    assert proto["resize"] == RESIZE_CLEAN and proto["feature_network_sha256"] == net.weights_sha256
+    # The spread says what it is over: KID's 100 subsets, IS's 10 splits (no error bars).
+    assert (m["kid"]["spread"], m["is"]["spread"]) == ("subsets", "splits") and "spread" not in m["fid"]
     assert set(proto["libraries"]) == {"torch", "clean-fid", "lpips", "scipy", "numpy"}
     assert proto["num_generated"] == 24 and proto["num_reference"] == 24 and proto["image_size"] == [32, 32]
     assert proto["reference_cache"] == "written" and proto["weights"] == {}
@@ -135,31 +142,22 @@ def test_missing_inception_is_reported_not_computed(wdir):
     for name in ("fid", "is"):
         reason = out["metrics"][name]["missing"]
         assert weights.INCEPTION in reason and str(wdir / weights.INCEPTION) in reason
-    assert "value" in out["metrics"]["pixel_fd"] and "feature_network" not in out["protocol"]
+    assert "value" in out["metrics"]["pixel_fd"]
+    # No network was loaded: named as Inception (the protocol id is the Inception one) with no hash.
+    fields = ("feature_network", "feature_network_sha256", "feature_network_stand_in")
+    assert [out["protocol"][k] for k in fields] == ["inception-2015-12-05", None, False]
     assert [weights.INCEPTION in str(e) for e in check_weights(["fid", "swd"])] == [True]
 
 
-class _FakeInception(torch.nn.Module):
-    """The TorchScript Inception's attribute names (`layers`, `output`) on a tiny network."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 2048, 1))
-        self.output = torch.nn.Linear(2048, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.layers(x).flatten(1))
-
-
 def test_real_inception_path_from_weights_folder(wdir, tmp_path):
-    wdir.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.jit.script(_FakeInception()).save(str(wdir / weights.INCEPTION))
+    write_fake_inception(wdir)
     # FID itself is left out: scipy's sqrtm of a 2048x2048 matrix takes about a minute on two cores.
     out = evaluate_image_sets(_faces(5, 12), _faces(6, 12), metrics=["kid", "is"],
                               reference_key="k", cache_dir=tmp_path / "c")
-    fn = out["protocol"]["feature_network"]
-    assert fn["stand_in"] is False and fn["resize"] == RESIZE_CLEAN
+    proto = out["protocol"]
+    assert proto["feature_network"] == "inception-2015-12-05" and proto["feature_network_stand_in"] is False
+    assert proto["resize"] == RESIZE_CLEAN
+    assert proto["feature_network_sha256"] == weights.sha256_file(wdir / weights.INCEPTION)
     assert out["protocol"]["weights"] == {weights.INCEPTION: weights.sha256_file(wdir / weights.INCEPTION)}
     assert all("value" in out["metrics"][m] and "note" not in out["metrics"][m] for m in ("kid", "is"))
     assert out["protocol"]["reference_cache"] == "written"
@@ -243,3 +241,22 @@ def test_lpips_real_diversity_is_measured_on_the_reference_images(monkeypatch, w
     lp = out["metrics"]["lpips"]
     assert lp["value"] == pytest.approx(0.0, abs=1e-12) and lp["real_value"] == pytest.approx(2.0)
     assert lp["real_std"] == pytest.approx(0.0, abs=1e-12)
+    assert lp["spread"] == "pairs"  # its std is that of single pair distances
+
+
+def test_fid_from_fewer_than_2048_images_warns(monkeypatch):
+    """Under 2,048 images (Inception's feature dimension) the covariance is rank-deficient and FID biased far
+    upward: one warning line saying so, with the count; at the threshold, and for KID alone, none."""
+    from dreamctl.metrics.inception import INCEPTION_POOL_DIM
+
+    assert evaluate_module.FID_MIN_IMAGES == INCEPTION_POOL_DIM == 2048
+    kw = dict(reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
+    with pytest.warns(DreamctlWarning, match="FID from 12 generated images .*published FIDs, which use 50,000") as got:
+        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["fid"], **kw)
+    assert len(got) == 1 and "\n" not in str(got[0].message)
+    monkeypatch.setattr(evaluate_module, "FID_MIN_IMAGES", 12)  # 2,048 images would take minutes here
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["fid"], **kw)
+        monkeypatch.setattr(evaluate_module, "FID_MIN_IMAGES", 2048)
+        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["kid", "is"], **kw)

@@ -16,27 +16,7 @@ import torch
 from dreamctl.errors import WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import InceptionFeatureNet, clean_resize
-
-
-class _FakeInception(torch.nn.Module):
-    """Has the TorchScript Inception's `layers` and `output`; 10 classes keep the file small."""
-
-    def __init__(self, with_output: bool = True):
-        super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 2048, 1))
-        self.output = torch.nn.Linear(2048, 10) if with_output else torch.nn.Identity()
-        if with_output:
-            torch.nn.init.constant_(self.output.bias, 3.0)  # must not reach the IS logits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.layers(x).flatten(1))
-
-
-def write_fake_inception(folder, with_output: bool = True):
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.jit.script(_FakeInception(with_output)).save(str(folder / weights.INCEPTION))
-    return folder / weights.INCEPTION
+from feature_fakes import write_fake_inception
 
 
 @pytest.mark.parametrize("name", [weights.INCEPTION, weights.ALEXNET])
@@ -99,7 +79,7 @@ def test_inception_loads_from_weights_folder_and_records_hash(wdir):
     assert record["sha256"] == net.weights_sha256 == weights.sha256_file(path)
     imgs = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     pool, logits = net.features(imgs)
-    assert pool.shape == (3, 2048) and logits.shape == (3, 10)
+    assert pool.shape == (3, 2048) and logits.shape == (3, 1008)
     w = net.output_weight.numpy()
     np.testing.assert_allclose(logits, pool @ w.T, rtol=1e-4, atol=1e-4)  # no output bias
     # The file changes after its first good load: now it is corrupt.
@@ -142,6 +122,18 @@ def test_inception_without_output_layer_is_a_weights_error(wdir):
     write_fake_inception(wdir, with_output=False)
     with pytest.raises(WeightsError, match="output.weight"):
         InceptionFeatureNet()
+
+
+def test_an_inception_file_without_1008_classes_is_refused(wdir):
+    """clean-fid's Inception has 1008 output classes; a (10, 2048) output layer is another network, refused in
+    one line naming the file, what it holds and what to put where, and not recorded as the Inception."""
+    path = write_fake_inception(wdir, num_classes=10)
+    with pytest.raises(WeightsError) as info:
+        InceptionFeatureNet()
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and "(1008, 2048)" in msg and "found (10, 2048)" in msg
+    assert f"download {weights.REGISTRY[weights.INCEPTION].url} to {path}" in msg
+    assert not (wdir / f"{weights.INCEPTION}.sha256.json").exists()
 
 
 def test_download_checks_hash_before_anything_is_written(wdir, tmp_path):

@@ -14,9 +14,10 @@ from dreamctl import atomic
 from dreamctl.cli.common import console, err_console
 from dreamctl.errors import CheckpointError
 from dreamctl.experiments.compare import Comparison, compare_runs
-from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
-                                         protocol_ids, to_csv, to_json, to_markdown)
 from dreamctl.experiments.runs import read_run
+from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
+                                         protocol_ids, spread_line, to_csv, to_json, to_markdown)
+from dreamctl.training.rundir import RunDir
 
 
 class Format(str, Enum):
@@ -54,6 +55,8 @@ def _print_table(comp: Comparison) -> None:
         console.print(table)
     if comp.protocols:
         console.print("Numbers are comparable only within one protocol.", style="dim")
+    if spread_line(comp):
+        console.print(spread_line(comp), style="dim", highlight=False, markup=False)
     missing = [(row.label, pid, name, m) for row in comp.rows for (pid, name), m in row.metrics.items() if m.missing]
     by_reason: dict[str, list[str]] = {}  # one line per reason: the same absent weights for every run
     for label, pid, name, m in missing:
@@ -75,11 +78,12 @@ def _run_folders(paths: list[Path]) -> list[Path]:
     or a run folder missing one of the two, is an error (from read_run)."""
     keep: list[Path] = []
     for path in paths:
+        run = RunDir(path)
         if any(path.resolve() == k.resolve() for k in keep):
             err_console.print(f"skipping {path}: listed twice", markup=False, highlight=False)
-        elif path.exists() and not ((path / "run.json").is_file() or (path / "recipe.yaml").is_file()):
-            err_console.print(f"skipping {path}: not a run folder (no run.json or recipe.yaml)", markup=False,
-                              highlight=False)
+        elif path.exists() and not (run.run_file.is_file() or run.recipe_file.is_file()):
+            err_console.print(f"skipping {path}: not a run folder (no {run.run_file.name} or {run.recipe_file.name})",
+                              markup=False, highlight=False)
         else:
             keep.append(path)
     if not keep:

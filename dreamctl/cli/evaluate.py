@@ -11,12 +11,13 @@ from rich.table import Table
 from dreamctl.cli import options
 from dreamctl.cli.common import console
 from dreamctl.cli.sample import SampleProgress, stopped
+from dreamctl.metrics.spread import spread_legend, spread_of
 from dreamctl.metrics.weights import INCEPTION_METRICS
 from dreamctl.signals import stop_on_sigterm
 
 WHAT = {
     "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
-    "kid": "KID: unbiased MMD of Inception features, cubic kernel, 100 subsets (mean ± std); lower is better",
+    "kid": "KID: unbiased MMD of Inception features, cubic kernel, 100 subsets; lower is better",
     "is": "IS: Inception Score, 10 splits, logits without the output bias; higher is better",
     "lpips": "LPIPS diversity (AlexNet): mean distance over random pairs of generated images, beside real ones",
     "swd": "SWD x1e3 on Laplacian-pyramid 7x7 patches: weight-free, colour-sensitive; lower is better",
@@ -99,5 +100,8 @@ def command(
     say(f"against the first {p['ref_num']} {p['ref_split']} images"
         + (f"; features: {p['feature_network']}, {p['resize']}" if features else ""))
     say("FID, KID and IS are comparable only within one protocol id (same sampler, steps, N, reference, resize).")
+    legend = spread_legend((m, s) for m, e in record["metrics"].items() if (s := spread_of(m, e)) is not None)
+    if legend:
+        say(legend)
     for path in result.paths:
         say(f"wrote {path}")

@@ -2,10 +2,10 @@
 
 Numbers measured under different protocols (sampler, steps, sample count, reference set,
 resize, feature network) are never put in one column: each column is (protocol id, metric),
-the id followed by a short label of the reference data where one id was measured against
-several (`(ref 1a2b3c4d)`, `(32px)`). Runs that differ only by `train.seed` and BOOKKEEPING_KEYS
-settings (same training data, distinct seeds) are also aggregated into mean ± std (sample std,
-ddof=1). A metric without a value is `missing` with its reason, never a number.
+the id followed by a short label of the reference data, or of the Inception file, where one id
+was measured with several (`(ref 1a2b3c4d)`, `(32px)`, `(net 5e6f7a8b)`). Runs that differ only
+by `train.seed` and BOOKKEEPING_KEYS settings (same training data, distinct seeds) are also
+aggregated into mean ± std (sample std, ddof=1). A metric without a value is `missing` with its reason, never a number.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 from dreamctl.config import Recipe, flat_items
 from dreamctl.config.schema import BOOKKEEPING_KEYS, drawn_by_seed_rule
 from dreamctl.experiments.runs import EvalRecord, Run
-from dreamctl.metrics.weights import METRIC_WEIGHTS
+from dreamctl.metrics.spread import SEEDS, spread_of
+from dreamctl.metrics.weights import INCEPTION_METRICS, METRIC_WEIGHTS
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "wall time",
@@ -30,14 +31,16 @@ NOT_SETTINGS = ("name", "description")  # the recipe name has its own column; fr
 PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
                    "resize", "feature_network")
 # Fields the protocol id leaves out that still decide what a number means: the same id measured against
-# another reference set (or at another image size) gets columns of its own.
-DATA_FIELDS = ("ref_manifest_sha256", "image_size")
+# another reference set, at another image size or with another feature network file gets columns of its own.
+DATA_FIELDS = ("ref_manifest_sha256", "image_size", "feature_network_sha256")
+NO_FEATURES = "no feature metric"  # an evaluation without FID, KID or IS values: its network does not matter
 
 
 @dataclass(frozen=True)
 class Metric:
     value: float | None = None
-    std: float | None = None  # the file's own spread (KID, IS), or the spread over seeds
+    std: float | None = None  # the file's own spread (KID, IS, LPIPS), or the spread over seeds
+    spread: str | None = None  # what std is over: "subsets", "splits", "pairs" (metrics/spread.py) or "seeds"
     missing: str | None = None  # why there is no value
     n: int = 1  # seeds behind an aggregate value
     evaluated: bool = True  # False: the run has no evaluation under this protocol at all
@@ -81,33 +84,56 @@ def differing_settings(runs: list[Run]) -> tuple[str, ...]:
     return tuple(k for k in keys if k not in NOT_SETTINGS and len({repr(f.get(k)) for f in flats}) > 1)
 
 
-def _metric(entry: dict[str, Any]) -> Metric:
+def _metric(name: str, entry: dict[str, Any]) -> Metric:
     if "missing" in entry:
         return Metric(missing=str(entry["missing"]))
     value = entry.get("value")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return Metric(missing=f"no numeric value in the evaluation file ({value!r})")
     std = entry.get("std")
-    return Metric(value=float(value), std=float(std) if isinstance(std, (int, float)) else None)
+    if not isinstance(std, (int, float)) or isinstance(std, bool):
+        return Metric(value=float(value))
+    return Metric(value=float(value), std=float(std), spread=spread_of(name, entry))
 
 
 def _metric_key(name: str) -> tuple[int, str]:
     return (METRIC_ORDER.index(name) if name in METRIC_ORDER else len(METRIC_ORDER), name)
 
 
+def _data_value(record: EvalRecord, name: str) -> Any:
+    if name == "feature_network_sha256" and not any(
+            m in INCEPTION_METRICS and "value" in e for m, e in record.metrics.items()):
+        return NO_FEATURES
+    return record.protocol.get(name)
+
+
 def _data_key(record: EvalRecord) -> tuple[str, ...]:
-    return (record.protocol_id, *(repr(record.protocol.get(k)) for k in DATA_FIELDS))
+    return (record.protocol_id, *(repr(_data_value(record, k)) for k in DATA_FIELDS))
 
 
-def _data_labels(name: str, values: list[Any]) -> dict[str, str]:
-    """repr(value) -> a short label; hashes keep the fewest hex digits (8 or more) that tell them apart."""
-    if name == "image_size":
-        return {repr(v): "image size unrecorded" if v is None else f"{v}px" for v in values}
+def _hash_labels(values: list[Any], what: str) -> dict[str, str]:
+    """repr(value) -> `<what> <hex>`, keeping the fewest hex digits (8 or more) that tell the hashes apart."""
     hashes = {v for v in values if isinstance(v, str)}
     n = 8
     while len({h[:n] for h in hashes}) < len(hashes):
         n += 4
-    return {repr(v): f"ref {v[:n]}" if isinstance(v, str) else "ref unrecorded" for v in values}
+    return {repr(v): f"{what} {v[:n]}" if isinstance(v, str) else f"{what} unrecorded" for v in values}
+
+
+def _data_labels(name: str, values: list[Any]) -> dict[str, str]:
+    """repr(value) -> a short label, or {} where the values need no columns of their own."""
+    if name == "feature_network_sha256":
+        # Evaluations without a feature metric share the column of the one network the others used;
+        # only two networks' numbers are kept apart.
+        used = [v for v in values if v != NO_FEATURES]
+        if len({repr(v) for v in used}) < 2:
+            return {}
+        return {**_hash_labels(used, "net"), repr(NO_FEATURES): NO_FEATURES}
+    if len({repr(v) for v in values}) < 2:
+        return {}
+    if name == "image_size":
+        return {repr(v): "image size unrecorded" if v is None else f"{v}px" for v in values}
+    return _hash_labels(values, "ref")
 
 
 def column_ids(runs: list[Run]) -> dict[tuple[str, ...], str]:
@@ -119,10 +145,9 @@ def column_ids(runs: list[Run]) -> dict[tuple[str, ...], str]:
             found.setdefault(record.protocol_id, {}).setdefault(_data_key(record), record)
     out = {}
     for pid, by_key in found.items():
-        differ = [(i, f) for i, f in enumerate(DATA_FIELDS, 1) if len({key[i] for key in by_key}) > 1]
-        labels = {f: _data_labels(f, [r.protocol.get(f) for r in by_key.values()]) for _, f in differ}
+        labels = [_data_labels(f, [_data_value(r, f) for r in by_key.values()]) for f in DATA_FIELDS]
         for key in by_key:
-            parts = [labels[f][key[i]] for i, f in differ]
+            parts = [lab[key[i]] for i, lab in enumerate(labels, 1) if lab]
             out[key] = f"{pid} ({', '.join(parts)})" if parts else pid
     return out
 
@@ -173,7 +198,7 @@ def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str],
         elif name not in record.metrics:
             metrics[(pid, name)] = Metric(missing=f"{name} not computed in {record.path}")
         else:
-            metrics[(pid, name)] = _metric(record.metrics[name])
+            metrics[(pid, name)] = _metric(name, record.metrics[name])
     return Row(
         label=run.name, recipe=run.recipe.name, status=run.status, seeds=(run.seed,),
         paths=(str(run.path),), settings={k: flat.get(k) for k in settings},
@@ -214,7 +239,7 @@ def aggregate_rows(rows: list[Row]) -> Row:
                                   mixed_steps=tuple(at))
         else:
             mean, std = _mean_std(values)
-            metrics[key] = Metric(value=mean, std=std, n=len(values))
+            metrics[key] = Metric(value=mean, std=std, spread=None if std is None else SEEDS, n=len(values))
     totals = {k: _mean_std([r.totals[k] for r in rows if r.totals[k] is not None])[0] for k in TOTALS}
     steps: dict[str, tuple[int, ...]] = {}
     for row in rows:

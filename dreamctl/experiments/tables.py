@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from dreamctl.experiments.compare import TOTAL_HEADERS, TOTALS, Comparison, Metric, Row
+from dreamctl.metrics.spread import spread_legend
 from dreamctl.metrics.weights import INCEPTION_METRICS
 
 
@@ -100,12 +101,19 @@ def describe_protocols(comp: Comparison) -> dict[str, str]:
     return out
 
 
+def spread_line(comp: Comparison) -> str:
+    """What ± means in the run rows, per metric ("" when no run row has one); mean rows say it themselves."""
+    return spread_legend((name, m.spread) for row in comp.rows for (_, name), m in row.metrics.items()
+                         if m.spread is not None)
+
+
 def to_markdown(comp: Comparison) -> str:
     def table(head: list[str], body: list[list[str]]) -> list[str]:
         esc = [[c.replace("|", "\\|") for c in r] for r in [head, *body]]
         return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
 
     lines = table(headers(comp), [cells(comp, r) for r in comp.rows])
+    lines += ["", spread_line(comp)] if spread_line(comp) else []
     if comp.aggregate:
         lines += ["", "Mean ± std over seeds (sample std; n shown where a seed lacks the metric):", ""]
         lines += table(headers(comp, True), [cells(comp, r, True) for r in comp.aggregate])
@@ -151,7 +159,8 @@ def _row_json(row: Row) -> dict[str, Any]:
     metrics: dict[str, dict[str, Any]] = {}
     for (pid, name), m in row.metrics.items():
         group = metrics.setdefault(pid, {"checkpoint_steps": list(row.eval_steps.get(pid, ()))})
-        group[name] = {"missing": m.missing} if m.value is None else {"value": m.value, "std": m.std, "n": m.n}
+        group[name] = ({"missing": m.missing} if m.value is None
+                       else {"value": m.value, "std": m.std, "spread": m.spread, "n": m.n})
     return {"name": row.label, "recipe": row.recipe, "status": row.status, "seeds": list(row.seeds),
             "paths": list(row.paths), "settings": row.settings, "totals": row.totals, "metrics": metrics}
 

@@ -4,6 +4,7 @@ Each metric comes back as {"value": float, ...} or {"missing": reason}; a metric
 are absent is reported missing, never as a number. Reference statistics for the feature
 network (mean, covariance, features for KID, logits for the real-image IS) are cached as npz,
 keyed by the reference key, the network's name and weights hash, and the image count.
+A spread ("std") names what it is over in "spread" (metrics/spread.py).
 """
 
 from __future__ import annotations
@@ -15,27 +16,56 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dreamctl.atomic import atomic_path
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning, WeightsError
 from dreamctl.metrics import weights
-from dreamctl.metrics.inception import FeatureNet, InceptionFeatureNet, batched_features, check_images
+from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
+                                        InceptionFeatureNet, batched_features, check_images)
 from dreamctl.metrics.pixel_fd import pixel_frechet_distance
+from dreamctl.metrics.spread import SPREAD_OVER
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
                                     kernel_inception_distance, softmax)
 from dreamctl.metrics.swd import sliced_wasserstein_distance
 
-__all__ = ["METRICS", "evaluate_image_sets", "reference_stats"]
+__all__ = ["METRICS", "evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
 
 METRICS = tuple(weights.METRIC_WEIGHTS)  # every metric, each with the weight files it needs
-_FEATURE_METRICS = set(weights.INCEPTION_METRICS)
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, LPIPS_PAIRS = 100, 1000, 10, 1000
+# Below Inception's feature dimension the generated set's covariance is rank-deficient and FID is biased far
+# upward; published FIDs use 50,000 images.
+FID_MIN_IMAGES, FID_PUBLISHED_IMAGES = INCEPTION_POOL_DIM, 50_000
 
 
 def library_versions() -> dict[str, str]:
     return {pkg: importlib.metadata.version(pkg) for pkg in ("torch", "clean-fid", "lpips", "scipy", "numpy")}
+
+
+def load_feature_net(feature_net: FeatureNet | None, weights_dir: Path | None,
+                     device: str) -> tuple[FeatureNet | None, str | None]:
+    """(the network for FID, KID and IS, None) or (None, why it cannot be had): `feature_net` when given,
+    else clean-fid's Inception from the weights folder (missing, corrupt or not Inception: the reason)."""
+    if feature_net is not None:
+        return feature_net, None
+    try:
+        return InceptionFeatureNet(weights_dir, device), None
+    except WeightsError as err:
+        return None, str(err)
+
+
+def feature_network_fields(net: FeatureNet | None) -> dict[str, Any]:
+    """The protocol fields naming the feature network (docs/run-folder.md). `net` None: no network was loaded
+    (no FID, KID or IS computed): Inception by name, with no hash."""
+    stand_in = net is not None and not isinstance(net, InceptionFeatureNet)
+    return {"feature_network": net.name if stand_in else INCEPTION_NAME,
+            "feature_network_sha256": None if net is None else net.weights_sha256,
+            "feature_network_stand_in": stand_in, "resize": RESIZE_CLEAN if net is None else net.resize}
+
+
+FEATURE_NETWORK_FIELDS = tuple(feature_network_fields(None))  # the protocol keys it fills
 
 
 def _cache_path(cache_dir: Path, key: dict) -> Path:
@@ -96,12 +126,16 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
     note = {"note": f"computed with {net.name}; not comparable to Inception metrics"} if stand_in else {}
     out: dict[str, dict] = {}
     if "fid" in wanted:
+        if len(generated) < FID_MIN_IMAGES:
+            warnings.warn(f"FID from {len(generated)} generated images (under {FID_MIN_IMAGES:,}) is biased upward "
+                          f"and not comparable with published FIDs, which use {FID_PUBLISHED_IMAGES:,}; compare it "
+                          "only within its protocol", DreamctlWarning, stacklevel=3)
         mu, sigma = gaussian_stats(feats)
         out["fid"] = _entry(lambda: {"value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), **note})
     if "kid" in wanted:
         mean, std = kernel_inception_distance(feats, ref["feats"], num_subsets=KID_SUBSETS,
                                               max_subset_size=KID_SUBSET_SIZE, rng=np.random.default_rng(seed))
-        out["kid"] = {"value": mean, "std": std, **note}
+        out["kid"] = {"value": mean, "std": std, "spread": SPREAD_OVER["kid"], **note}
     if "is" in wanted:
         if logits is None:
             out["is"] = {"missing": f"feature network {net.name} gives no class logits"}
@@ -109,7 +143,7 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
             out["is"] = {"missing": f"IS needs at least {IS_SPLITS} generated images, got {len(generated)}"}
         else:
             mean, std = inception_score(softmax(logits), IS_SPLITS)
-            entry = {"value": mean, "std": std, **note}
+            entry = {"value": mean, "std": std, "spread": SPREAD_OVER["is"], **note}
             if ref["logits"] is not None and len(ref["logits"]) >= IS_SPLITS:
                 entry["real_value"], entry["real_std"] = inception_score(softmax(ref["logits"]), IS_SPLITS)
             out["is"] = entry
@@ -131,7 +165,7 @@ def _lpips_metric(generated: np.ndarray, reference: np.ndarray, weights_dir: Pat
     real, real_std = lpips_diversity(model, reference, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
     used = {name: weights.sha256_file(weights.path_of(name, weights_dir))
             for name in (weights.ALEXNET, weights.LPIPS_LINEAR)}
-    return {"value": value, "std": std, "real_value": real, "real_std": real_std,
+    return {"value": value, "std": std, "spread": SPREAD_OVER["lpips"], "real_value": real, "real_std": real_std,
             "pairs": LPIPS_PAIRS}, used
 
 
@@ -139,7 +173,9 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
                         reference_key: str | None, cache_dir: Path | None, feature_net: FeatureNet | None = None,
                         weights_dir: Path | None = None, seed: int = 0, batch_size: int = 64,
                         device: str = "cpu") -> dict:
-    """{"metrics": {name: {"value": ...} | {"missing": reason}}, "protocol": {...}}."""
+    """{"metrics": {name: {"value": ...} | {"missing": reason}}, "protocol": {...}}.
+
+    `feature_net` None: Inception from `weights_dir`, loaded only when FID, KID or IS is asked for."""
     check_images(generated, "generated images")
     check_images(reference, "reference images")
     if generated.shape[1:] != reference.shape[1:]:
@@ -156,28 +192,23 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
                       "image_size": list(generated.shape[1:3]), "seed": seed,
                       "libraries": library_versions(), "weights": {}}
 
-    feature_wanted = _FEATURE_METRICS.intersection(wanted)
+    feature_wanted = [m for m in wanted if m in weights.INCEPTION_METRICS]
+    net = feature_net
     if feature_wanted:
-        net, reason = feature_net, None
-        if net is None:
-            try:
-                net = InceptionFeatureNet(weights_dir, device)
-            except WeightsError as err:
-                reason = str(err)
+        net, reason = load_feature_net(feature_net, weights_dir, device)
         if net is None:
             results.update({m: {"missing": reason} for m in feature_wanted})
         else:
             stand_in = not isinstance(net, InceptionFeatureNet)
             ref, cache = reference_stats(net, reference, reference_key=reference_key, cache_dir=cache_dir,
                                          batch_size=batch_size)
-            results.update(_feature_metrics(feature_wanted, net, generated, ref, seed, batch_size, stand_in))
-            protocol["feature_network"] = {"name": net.name, "sha256": net.weights_sha256,
-                                           "resize": net.resize, "stand_in": stand_in}
+            results.update(_feature_metrics(set(feature_wanted), net, generated, ref, seed, batch_size, stand_in))
             protocol["reference_cache"] = cache
             protocol["kid"] = {"num_subsets": KID_SUBSETS, "max_subset_size": KID_SUBSET_SIZE}
             protocol["is"] = {"splits": IS_SPLITS, "logits": "pool features x output weight, no bias"}
             if not stand_in:
                 protocol["weights"][weights.INCEPTION] = net.weights_sha256
+    protocol.update(feature_network_fields(net))  # a stand-in is named even without a feature metric: its id says so
 
     if "lpips" in wanted:
         results["lpips"], used = _lpips_metric(generated, reference, weights_dir, seed, batch_size, device)

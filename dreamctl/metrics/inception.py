@@ -20,6 +20,10 @@ from dreamctl.errors import DataError, WeightsError
 from dreamctl.metrics import weights
 
 RESIZE_CLEAN = "clean: PIL bicubic to 299"
+INCEPTION_NAME = "inception-2015-12-05"  # what evaluation files call it
+# The TorchScript's output layer: TensorFlow's 2015-12-05 Inception has 1008 classes; any other count is another
+# network, whose features would give numbers that only look like FID.
+INCEPTION_CLASSES, INCEPTION_POOL_DIM = 1008, 2048
 
 
 @runtime_checkable
@@ -75,17 +79,18 @@ class InceptionFeatureNet:
             ) from err
         output = getattr(net.base, "output", None)
         weight = getattr(output, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != 2048:
+        expected = (INCEPTION_CLASSES, INCEPTION_POOL_DIM)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != expected:
             raise WeightsError(
-                f"{path} is not the expected Inception TorchScript: it has no `output.weight` of shape "
-                f"(K, 2048) for IS logits (found {None if weight is None else tuple(weight.shape)}); "
-                f"download {weights.REGISTRY[weights.INCEPTION].url} again"
+                f"{path} is not clean-fid's Inception (pt_inception-2015-12-05): its `output.weight` should be "
+                f"{expected}, found {None if weight is None else tuple(weight.shape)}; delete it and download "
+                f"{weights.REGISTRY[weights.INCEPTION].url} to {path}; check with `dreamctl weights`"
             )
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.output_weight = weight.detach().to(self.device, torch.float32)
         self.weights_sha256 = weights.record_first_use(weights.INCEPTION, weights_dir)
-        self.name = "inception-2015-12-05 (clean-fid TorchScript)"
+        self.name = f"{INCEPTION_NAME} (clean-fid TorchScript)"  # in the reference cache's key
 
     def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
