@@ -2,9 +2,9 @@
 
 This is torchrun's own `run`, minus the traceback and failure report torchrun prints after a worker
 fails: each worker has already printed what failed, in one line, and left its exit code in
-EXIT_CODES_DIR. The report is kept when a worker left no code (killed by a signal, or a crash with
-its own traceback): there it is the only word of the failure. No module imports this one, so that
-`-m` runs it fresh.
+EXIT_CODES_DIR. The report is kept for the workers that left no code (killed by a signal, or a crash
+with its own traceback): there it is the only word of the failure. It stops (SIGTERM) when the
+shortcut dies, and so do its workers when it does. No module imports this one, so that `-m` runs it fresh.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class _WorkerFailedLines(logging.Filter):
 
 
 def torchrun(argv: list[str]) -> int:
-    """torchrun ARGV; on a failure, its report only for ranks that left no exit code in EXIT_CODES_DIR."""
+    """torchrun ARGV; on a failure, its report of the ranks that left no exit code in EXIT_CODES_DIR only."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -38,8 +38,9 @@ def torchrun(argv: list[str]) -> int:
         run(parse_args(argv))
     except ChildFailedError as err:
         codes_dir = Path(os.environ[EXIT_CODES_DIR])
-        if any(not (codes_dir / f"rank-{rank}.json").is_file() for rank in err.failures):
-            print(err.format_msg(), file=sys.stderr)
+        silent = {rank: f for rank, f in err.failures.items() if not (codes_dir / f"rank-{rank}.json").is_file()}
+        if silent:  # the others said why in their own line; repeated here it would only bury these
+            print(ChildFailedError(err.name, silent).format_msg(), file=sys.stderr)
         return 1
     except SignalException as err:  # forwarded by launch(), which reports the signal itself
         return 128 + int(err.sigval)
