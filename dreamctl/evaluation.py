@@ -73,11 +73,13 @@ def weight_problems(metrics: Sequence[str], *, feature_net: FeatureNet | None, w
 
 
 def protocol_id(p: dict[str, Any], stand_in: bool) -> str:
-    """`ddim50-eta0-ema-n5000-train5000-clean` (+ `-tstart950`, `-clip`, `-seed1`, `-standin`).
+    """`ddim50-eta0-ema-n5000-train5000-clean` (+ `-tstart950`, `-clip`, `-bf16`, `-seed1`, `-standin`).
 
-    The checkpoint step is not part of it: steps are what is compared within one protocol."""
+    The checkpoint step is not part of it: steps are what is compared within one protocol. Files from
+    before `precision` was recorded were drawn in fp32 on the CPU, or in bf16 on a GPU: their id says neither."""
+    suffix = sampler_suffix(p["t_start"], p["clip_x0"], p.get("precision"))
     pid = (f"{sampler_tag(p['sampler'], p['steps'], p['eta'], p['ema'])}-n{p['num_generated']}"
-           f"-{p['ref_split']}{p['ref_num']}-{p['resize'].split(':')[0]}{sampler_suffix(p['t_start'], p['clip_x0'])}")
+           f"-{p['ref_split']}{p['ref_num']}-{p['resize'].split(':')[0]}{suffix}")
     pid += f"-seed{p['seed']}" if p["seed"] != 0 else ""
     return pid + ("-standin" if stand_in else "")
 
@@ -246,5 +248,5 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
 
 def _sampling_protocol(model: InferenceModel, req: EvalRequest) -> dict[str, Any]:
     """The protocol fields that fix the generated images and say which reference they meet."""
-    return {**sampling_settings(model.cfg, model.step, req.seed), "num_generated": req.num,
-            "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}
+    return {**sampling_settings(model.cfg, model.step, req.seed), "precision": model.precision,
+            "num_generated": req.num, "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}

@@ -53,12 +53,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def default_device() -> str:
+    """Where a command runs without --device: the GPU when one is visible."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def setup(precision: str = "auto", device: str | None = None) -> Runtime:
     """Pick the device and join the process group when started by torchrun (WORLD_SIZE > 1)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     if device not in ("cpu", "cuda"):
         raise RunError(f"--device {device}: expected cpu or cuda (torchrun's LOCAL_RANK picks the GPU)")
     dev = torch.device(device)

@@ -63,6 +63,7 @@ class InferenceModel:
     checkpoint: Path
     image_size: int
     run_id: str
+    precision: str = "fp32"  # the network's autocast: bf16 draws other images than fp32 from the same seeds
 
 
 def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleConfig:
@@ -118,7 +119,7 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     net = torch.compile(model) if cfg.compile else model
     schedule = schedule_for(recipe.diffusion)
     return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution,
-                          run.run_id())
+                          run.run_id(), rt.precision)
 
 
 def sampler_tag(sampler: str, steps: int, eta: float, ema: bool) -> str:
@@ -126,16 +127,17 @@ def sampler_tag(sampler: str, steps: int, eta: float, ema: bool) -> str:
     return f"{sampler}{steps}-eta{eta:g}-{'ema' if ema else 'raw'}"
 
 
-def sampler_suffix(t_start: int | None, clip_x0: bool) -> str:
-    """`-tstart950`, `-clip`: the settings named only when they are not the default."""
-    return (f"-tstart{t_start}" if t_start is not None else "") + ("-clip" if clip_x0 else "")
+def sampler_suffix(t_start: int | None, clip_x0: bool, precision: str | None) -> str:
+    """`-tstart950`, `-clip`, `-bf16`: the settings named only when they are not the default."""
+    return ((f"-tstart{t_start}" if t_start is not None else "") + ("-clip" if clip_x0 else "")
+            + ("-bf16" if precision == "bf16" else ""))
 
 
 def folder_name(m: InferenceModel, seed: int) -> str:
-    """`ddim50-eta0-ema-step39000-seed0` (+ `-tstart950`, `-clip`): one folder per image-fixing setting."""
+    """`ddim50-eta0-ema-step39000-seed0` (+ `-tstart950`, `-clip`, `-bf16`): one folder per image-fixing setting."""
     c = m.cfg
     return (f"{sampler_tag(c.sampler, c.steps, c.eta, c.use_ema)}-step{m.step}-seed{seed}"
-            + sampler_suffix(c.t_start, c.clip_x0))
+            + sampler_suffix(c.t_start, c.clip_x0, m.precision))
 
 
 def sampling_settings(cfg: SampleConfig, checkpoint_step: int | None, seed: int) -> dict[str, Any]:
@@ -149,7 +151,8 @@ SAMPLING_FIELDS = tuple(sampling_settings(SampleConfig(), 0, 0))
 
 def settings(m: InferenceModel, seed: int) -> dict[str, Any]:
     """What must match for a folder's existing images to be reused: they fix every pixel."""
-    return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed), "image_size": m.image_size}
+    return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed), "image_size": m.image_size,
+            "precision": m.precision}
 
 
 def png_path(folder: Path, i: int) -> Path:

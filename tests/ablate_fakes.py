@@ -58,7 +58,7 @@ class FakeCLI:
         steps = sample.steps
         protocol = {"checkpoint_step": json.loads((run_dir / "run.json").read_text())["step"], "ema": True,
                     "sampler": sample.sampler, "steps": steps, "eta": sample.eta, "t_start": sample.t_start,
-                    "num_generated": int(opts["--num"]),
+                    "precision": "fp32", "num_generated": int(opts["--num"]),  # evaluate's on the CPU
                     "ref_split": "train", "ref_num": int(opts["--num"]), "seed": recipe.eval.seed,
                     "image_seeds": SEED_RULE, "clip_x0": sample.clip_x0,
                     "resize": "none", "feature_network": None}

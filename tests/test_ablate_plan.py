@@ -193,6 +193,7 @@ def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_p
     (tmp_path / "eval").mkdir()
     (tmp_path / "run.json").write_text(json.dumps({"step": 40}))
     protocol = {"sampler": "ddim", "steps": 30, "eta": 0.0, "clip_x0": False, "t_start": t_start, "ema": True,
+                "precision": "fp32",
                 "num_generated": 50, "ref_split": "train", "ref_num": 50, "seed": 0, "checkpoint_step": 40,
                 "image_seeds": SEED_RULE}
     (tmp_path / "eval" / "p.json").write_text(json.dumps({"protocol_id": "p", "protocol": protocol,
@@ -234,6 +235,7 @@ def _write_eval_record(run_dir: Path, **changes) -> None:
     (run_dir / "run.json").write_text(json.dumps({"step": 40}))
     record = {"protocol_id": "p", "metrics": {"swd": {"value": 1.0}},
               "protocol": {"sampler": "ddim", "steps": 30, "eta": 0.0, "clip_x0": False, "t_start": None, "ema": True,
+                           "precision": "fp32",  # what evaluate uses on this CPU-only machine
                            "num_generated": 50, "ref_split": "train", "ref_num": 50, "seed": 0, "checkpoint_step": 40,
                            "image_seeds": SEED_RULE}}
     record["protocol"].update(changes.pop("protocol", {}))
@@ -247,6 +249,7 @@ def _write_eval_record(run_dir: Path, **changes) -> None:
     ({}, [], True),
     ({"protocol": {"ema": False}}, [], False),  # raw weights measured, EMA asked for
     ({"drop": ["ema"]}, [], False),  # a file that does not say which weights: measured again
+    ({"protocol": {"precision": "bf16"}}, [], False),  # drawn in bf16 (on a GPU); evaluate here would use fp32
     ({"metrics": {"swd": {"missing": "weights absent"}}}, [], False),  # recorded missing: asked for again
     ({"protocol": {"ref_num": 640}}, ["eval.ref_num=640"], True),  # 50 drawn against the recipe's 640 references
     ({}, ["eval.ref_num=640"], False),  # measured against 50 references, the recipe asks for 640

@@ -47,8 +47,10 @@ def test_a_protocol_id_names_every_setting_that_is_not_the_default() -> None:
     p = {"sampler": "ddim", "steps": 50, "eta": 0.0, "ema": True, "num_generated": 5000, "ref_split": "train",
          "ref_num": 5000, "resize": "clean: PIL bicubic to 299", "t_start": None, "clip_x0": False, "seed": 0}
     assert protocol_id(p, stand_in=False) == "ddim50-eta0-ema-n5000-train5000-clean"
-    p |= {"eta": 0.5, "ema": False, "t_start": 950, "clip_x0": True, "seed": 3}
-    assert protocol_id(p, stand_in=True) == "ddim50-eta0.5-raw-n5000-train5000-clean-tstart950-clip-seed3-standin"
+    assert protocol_id(p | {"precision": "fp32"}, stand_in=False) == "ddim50-eta0-ema-n5000-train5000-clean"
+    p |= {"eta": 0.5, "ema": False, "t_start": 950, "clip_x0": True, "seed": 3, "precision": "bf16"}
+    assert protocol_id(p, stand_in=True) == (
+        "ddim50-eta0.5-raw-n5000-train5000-clean-tstart950-clip-bf16-seed3-standin")  # bf16 draws other images
 
 
 def test_an_earlier_feature_metric_of_another_feature_network_is_dropped(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from conftest import dead_pid
 from dreamctl import generate, sampling
 from dreamctl.cli import main
-from dreamctl.errors import DataError
+from dreamctl.errors import DataError, RunError
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import SampleOptions, load_for_inference, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
@@ -263,3 +263,20 @@ def test_a_base_seed_holds_exactly_2_to_the_20_images():
         generate.image_seeds(0, [2**20])
     with pytest.raises(generate.ConfigError, match="at most 1,048,576 images"):
         generate.image_seeds(2, [5, 2**20])
+
+
+def test_images_drawn_in_bf16_are_kept_apart_from_fp32_ones(trained, tmp_path, capsys):
+    """bf16 autocast (the default on a GPU) draws other images from the same seeds than fp32: they get
+    their own default folder, and a folder is never topped up in the other precision."""
+    from dreamctl.sampling import folder_name
+
+    run, _ = trained
+    bf16 = Runtime(torch.device("cpu"), "bf16")
+    model = load_for_inference(RunDir(run), SampleOptions(), bf16)
+    assert folder_name(model, 0).endswith("-seed0-bf16") and not folder_name(
+        load_for_inference(RunDir(run), SampleOptions(), CPU), 0).endswith("bf16")
+    _draw(run, tmp_path / "s", 2)  # fp32
+    assert json.loads((tmp_path / "s" / "sample.json").read_text())["precision"] == "fp32"
+    with pytest.raises(RunError, match="precision='fp32' \\(asked 'bf16'\\)"):
+        sample_to_folder(model, tmp_path / "s", 3, seed=0, rt=bf16)
+    assert not (tmp_path / "s" / "000002.png").exists()
