@@ -327,6 +327,53 @@ def test_sigkill_of_prepare_data_takes_its_workers_with_it(tmp_path):
     assert _marked(mark) == []
 
 
+class _Worker:
+    """A pool worker as _stop_pool sees it; `codes` are what successive exitcode reads return."""
+
+    def __init__(self, codes: list[int | None], sentinel: int):
+        self.codes, self.sentinel, self.killed = codes, sentinel, False
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.codes.pop(0) if len(self.codes) > 1 else self.codes[0]
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def join(self) -> None:
+        pass
+
+
+def test_stopping_the_pool_does_not_wait_out_the_grace_for_a_worker_reaped_meanwhile():
+    """The pool's own thread reaps a dead worker too: its exit code can read None once, and it is no longer
+    alive a moment later. The stop must still see the death at once, not sit out the 30 s grace beside
+    the surviving worker, which is blocked handing over a result (seen in 1 of 12 loaded runs)."""
+    from dreamctl.data.pool import _stop_pool
+
+    dead_r, dead_w = os.pipe()
+    os.close(dead_w)  # a dead process's sentinel: ready at once
+    live_r, live_w = os.pipe()  # the survivor's: never ready
+    try:
+        reaped = _Worker([None, -signal.SIGKILL], dead_r)  # None read while the pool's thread reaps it
+        survivor = _Worker([None], live_r)
+
+        class Pool:
+            _processes = {1: reaped, 2: survivor}
+
+            def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+                pass
+
+        started = time.monotonic()
+        assert _stop_pool(Pool(), grace_s=5.0) == [-signal.SIGKILL]
+        assert time.monotonic() - started < 2 and survivor.killed
+    finally:
+        for fd in (dead_r, live_r, live_w):
+            os.close(fd)
+
+
 def test_a_worker_killed_mid_run_stops_prepare_data_with_one_line(tmp_path):
     """A worker that dies (the OOM killer, a decoder's crash) breaks the pool: prepare-data stops at once
     with one line that says what happened and how to go on, keeps its finished shards, and leaves no

@@ -60,11 +60,17 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> list[int]:
     workers = list((pool._processes or {}).values())  # the executor has no public handle on them
     pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + grace_s
-    while not (died := [w.exitcode for w in workers if w.exitcode not in (None, 0)]):
-        alive = [w.sentinel for w in workers if w.is_alive()]
-        if not alive or time.monotonic() >= deadline:
+    while True:
+        # One reading of the exit codes per round. The pool's own thread reaps workers too, and a worker it
+        # has just reaped can read None here, then not alive a moment later: waiting only on the "alive" ones
+        # would then sit out the whole grace beside a survivor blocked on its result. Its sentinel, waited on
+        # with the others, is ready at once, and the next round reads its code.
+        codes = [w.exitcode for w in workers]
+        died = [c for c in codes if c not in (None, 0)]
+        running = [w.sentinel for w, c in zip(workers, codes) if c is None]
+        if died or not running or time.monotonic() >= deadline:
             break
-        wait(alive, timeout=deadline - time.monotonic())  # until one exits
+        wait(running, timeout=deadline - time.monotonic())  # until one exits
     for worker in workers:
         worker.kill()  # not terminate(): the workers ignore SIGTERM
         worker.join()
