@@ -38,7 +38,7 @@ from dreamctl.sampling import (
 from dreamctl.training.rundir import RunDir, read_json
 
 # Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
-SAME_SAMPLES = (*SAMPLING_FIELDS, "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")
+SAME_SAMPLES = (*SAMPLING_FIELDS, "precision", "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def inference_precision() -> str:
+    """The precision of `sample` and `evaluate` without --device (they run with "auto")."""
+    return resolve_precision("auto", torch.device(default_device()))
+
+
 def setup(precision: str = "auto", device: str | None = None) -> Runtime:
     """Pick the device and join the process group when started by torchrun (WORLD_SIZE > 1)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -129,17 +134,26 @@ def main_first(rt: Runtime, action: Callable[[], None]) -> None:
         raise failed if failed is not None else StoppedWithMain(f"rank {rt.rank}: rank 0 stopped")
 
 
+# What a collective says when the process at the other end has gone: gloo's TCP transport (a plain
+# RuntimeError), NCCL's remote error. Not a shape mismatch or a timeout, which are bugs or hangs and keep
+# their traceback.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "remote process exited or there was a network error")
+
+
 def peer_lost(err: BaseException, then: str) -> PeerLost | None:
     """`err` as a one-line PeerLost ending in `then` (what to do) when it is a collective that failed
-    because another process of the job has gone; else None. NCCL raises a DistError; gloo a plain
-    RuntimeError from its TCP transport ("[.../gloo/transport/tcp/pair.cc:561] Connection closed by
-    peer [127.0.0.1]:14758. This is typically caused by a remote worker crashing. ...")."""
-    text = str(err)
-    if not (isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo/transport" in text)):
+    because another process of the job has gone; else None. gloo says so in a plain RuntimeError:
+    "[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:14758. This is
+    typically caused by a remote worker crashing. ..."; the store, in a DistNetworkError."""
+    text = str(err).strip()
+    gone = isinstance(err, dist.DistNetworkError) or (isinstance(err, RuntimeError) and any(
+        phrase in text for phrase in _PEER_GONE))
+    if not gone:
         return None
-    detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip()).splitlines()[0].split(". ")[0][:200]  # without the path
-    return PeerLost(f"lost contact with another process of this job ({detail}): it crashed or was stopped, "
-                    f"and said why above if it could; {then}")
+    first = (re.sub(r"^\[[^\]]*\]\s*", "", text).splitlines() or [""])[0]  # without gloo's source path
+    return PeerLost(f"lost contact with another process of this job ({first.split('. ')[0][:200]}): it crashed "
+                    f"or was stopped, and said why above if it could; {then}")
 
 
 def barrier(rt: Runtime) -> None:

@@ -78,6 +78,9 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # Commands run on the CPU, as in CI, even where a GPU is visible: what they write (bf16 sample folders
+    # and protocol ids on a GPU) would otherwise depend on the machine.
+    monkeypatch.setattr("dreamctl.runtime.default_device", lambda: "cpu")
     return tmp_path / "weights"
 
 

@@ -353,3 +353,15 @@ def test_merge_targets_takes_the_first_measured_value():
     assert bench.merge_targets([res(None), res(5.0)]) == [{"target": "t", "value": 5.0, "pass": True}]
     assert bench.merge_targets([res(4.0), res(None), res(5.0)])[0]["value"] == 4.0
     assert bench.merge_targets([res(None), res(None)])[0]["value"] is None
+
+
+def test_an_inception_file_that_is_not_clean_fids_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    """A whole TorchScript file of another network (10 classes): the bench says why it skips, rather than
+    timing it as Inception or failing the whole benchmark."""
+    from dreamctl.bench.sections import bench_inception
+    from feature_fakes import write_fake_inception
+
+    monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path))
+    write_fake_inception(tmp_path, num_classes=10)
+    skipped = bench_inception(CPU, batch_size=2, resolution=16)["skipped"]
+    assert "not clean-fid's Inception" in skipped and "(10, 2048)" in skipped

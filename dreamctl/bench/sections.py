@@ -175,14 +175,16 @@ def bench_inception(rt: Runtime, *, batch_size: int, resolution: int, batches: i
     import numpy as np
 
     from dreamctl.metrics import weights
+    from dreamctl.metrics.evaluate import load_feature_net
+    from dreamctl.metrics.inception import batched_features
 
     st = weights.status(weights.INCEPTION)
     if not st.intact:
         why = "weights corrupt" if st.present else "weights missing"
         return {"skipped": f"{why}: {st.path} (see `dreamctl weights`)"}
-    from dreamctl.metrics.inception import InceptionFeatureNet, batched_features
-
-    net = InceptionFeatureNet(device=str(rt.device))
+    net, why = load_feature_net(None, None, str(rt.device))  # a whole file that is not clean-fid's Inception
+    if net is None:
+        return {"skipped": why}
     images = np.random.default_rng(0).integers(0, 256, (batch_size, resolution, resolution, 3), dtype=np.uint8)
     batched_features(net, images, batch_size)  # warm-up
     seconds = []

@@ -55,8 +55,8 @@ def _print_table(comp: Comparison) -> None:
         console.print(table)
     if comp.protocols:
         console.print("Numbers are comparable only within one protocol.", style="dim")
-    if spread_line(comp):
-        console.print(spread_line(comp), style="dim", highlight=False, markup=False)
+    if legend := spread_line(comp):
+        console.print(legend, style="dim", highlight=False, markup=False)
     missing = [(row.label, pid, name, m) for row in comp.rows for (pid, name), m in row.metrics.items() if m.missing]
     by_reason: dict[str, list[str]] = {}  # one line per reason: the same absent weights for every run
     for label, pid, name, m in missing:

@@ -137,7 +137,7 @@ def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> No
         if rt.is_main:
             display.finish(status)
     except RuntimeError as err:
-        lost = runtime.peer_lost(err, f"the last checkpoint is kept: continue with `{resume_command(run_root)}`")
+        lost = runtime.peer_lost(err, f"the last checkpoint, if any, is kept: continue with `{resume_command(run_root)}`")
         if lost is None:
             raise
         raise lost from None

@@ -13,8 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from dreamctl import runtime
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.config.schema import RESUMABLE_KEYS, drawn_by_seed_rule
 from dreamctl.data.loader import steps_per_epoch
@@ -24,7 +23,6 @@ from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import check_reference, parse_metrics
 from dreamctl.experiments.spec import Spec, expand, expand_eval
-from dreamctl.runtime import default_device, resolve_precision
 from dreamctl.sampling import SampleOptions, sample_config, sampling_settings
 from dreamctl.training.loop import total_steps
 from dreamctl.training.rundir import RunDir
@@ -140,8 +138,8 @@ def _evaluated(run_dir: Path, recipe: Recipe, cfg: SampleConfig, num: int, metri
     """
     e, run = recipe.eval, RunDir(run_dir)
     # Exactly the fields evaluate records: an explicit t_start equal to the default is another protocol id.
-    precision = resolve_precision("auto", torch.device(default_device()))  # what its `evaluate` job would use
-    want = {**sampling_settings(cfg, run.info().get("step"), e.seed), "precision": precision,
+    want = {**sampling_settings(cfg, run.info().get("step"), e.seed),
+            "precision": runtime.inference_precision(),  # what its `evaluate` job will draw in
             "num_generated": num, "ref_split": e.ref, "ref_num": e.ref_num or num}
     return any(all(r.protocol.get(k) == v for k, v in want.items()) and drawn_by_seed_rule(r.protocol)
                and all("value" in r.metrics.get(m, {}) for m in metrics) for r in read_evals(run.eval))

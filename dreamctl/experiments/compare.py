@@ -28,7 +28,7 @@ TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "
 METRIC_ORDER = tuple(METRIC_WEIGHTS)  # every metric, in the order tables show them
 NOT_SETTINGS = ("name", "description")  # the recipe name has its own column; free text is no setting
 # Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
-PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "precision", "num_generated", "ref_split", "ref_num",
+PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
                    "resize", "feature_network")
 # Fields the protocol id leaves out that still decide what a number means: the same id measured against
 # another reference set, at another image size or with another feature network file gets columns of its own.

@@ -113,7 +113,8 @@ def to_markdown(comp: Comparison) -> str:
         return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
 
     lines = table(headers(comp), [cells(comp, r) for r in comp.rows])
-    lines += ["", spread_line(comp)] if spread_line(comp) else []
+    legend = spread_line(comp)
+    lines += ["", legend] if legend else []
     if comp.aggregate:
         lines += ["", "Mean ± std over seeds (sample std; n shown where a seed lacks the metric):", ""]
         lines += table(headers(comp, True), [cells(comp, r, True) for r in comp.aggregate])
