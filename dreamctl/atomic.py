@@ -149,14 +149,19 @@ def check_writable(folder: Path, what: str) -> None:
                             "choose a folder you can write to") from None
 
 
-def check_output_file(path: Path, what: str, *, replace: bool) -> None:
-    """The checks of check_writable for the file's folder, and that `path` is no folder (nor, unless
-    `replace`, an existing file: nothing already written is overwritten)."""
+def check_output_file(path: Path, what: str, *, replaces: Callable[[Path], bool] | None = None) -> None:
+    """The checks of check_writable for the file's folder, and that `path` is no folder, nor an existing
+    file other than one `replaces(path)` recognises as this command's own earlier output (a rerun's):
+    nothing else already written is overwritten."""
     path = Path(path)
     if path.is_dir():
         raise DreamctlError(f"{what} {path} is a folder; give a file path")
-    if path.exists() and not replace:
-        raise DreamctlError(f"{what} {path} exists; delete it or choose another path")
+    if path.exists():
+        if replaces is None:
+            raise DreamctlError(f"{what} {path} exists; delete it or choose another path")
+        if not replaces(path):
+            raise DreamctlError(f"{what} {path} exists and is not an earlier output of this command; move it away "
+                                "or choose another path")
     check_writable(path.parent, f"the folder of {what}")
 
 

@@ -202,7 +202,7 @@ def test_cli_bench_train_writes_json(tmp_path, capsys):
     mine.write_text('{"mine": 1}')
     capsys.readouterr()
     assert main(args[:-1] + [str(mine)] + set_args(SMALL)) == 2  # ...never another file of that name
-    assert f"--out {mine} exists and is not a `dreamctl bench` result" in capsys.readouterr().err
+    assert f"--out {mine} exists and is not an earlier output of this command" in capsys.readouterr().err
     assert mine.read_text() == '{"mine": 1}'
     for option in ("--budget-s", "--steps", "--batch-size", "--sample-batches"):  # 0 would time nothing
         assert main(["bench", "train", "--device", "cpu", option, "0", "--out", str(tmp_path / "zero.json")]) == 2

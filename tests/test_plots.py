@@ -159,6 +159,7 @@ def test_figures_replace_their_own_earlier_ones_never_a_file_of_the_same_name(se
     capsys.readouterr()
     assert main(["compare", *map(str, seeded), "--plot", str(mine)]) == 2
     err = capsys.readouterr().err
-    assert f"{mine / 'lambda.png'} exists and is not a figure dreamctl drew" in err and len(err.splitlines()) == 1
+    assert f"figure {mine / 'lambda.png'} exists and is not an earlier output of this command" in err \
+        and len(err.splitlines()) == 1
     assert (mine / "lambda.png").read_bytes() == before and sorted(p.name for p in mine.iterdir()) == [
         "lambda.png", "notes.txt"]  # loss.png, drawn first, was not written either

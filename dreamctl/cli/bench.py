@@ -49,8 +49,7 @@ def command(
     overrides = list(set_) + ([f"train.batch_size={batch_size}"] if batch_size else [])
     resolved = load_recipe(recipe or bench.default_recipe(dev), overrides)
     path = out or Path(f"bench-{what}-{dev.split(':')[0]}.json")
-    atomic.check_output_file(path, "--out", replace=True)  # before the benchmark, not after it
-    _check_replaceable(path)
+    atomic.check_output_file(path, "--out", replaces=_bench_result)  # before the benchmark, not after it
     rt = runtime.setup(resolved.train.precision, dev)
     rounds = steps or (20 if rt.device.type == "cuda" else 12)
     with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
@@ -68,17 +67,13 @@ def command(
     console.print(f"wrote {path}", markup=False, highlight=False)
 
 
-def _check_replaceable(path: Path) -> None:
-    """--out replaces an earlier benchmark's JSON (a rerun), never another file of that name."""
-    if not path.is_file():
-        return
+def _bench_result(path: Path) -> bool:
+    """An earlier benchmark's JSON, which --out replaces (a rerun); any other file is kept."""
     try:
         earlier = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        earlier = None
-    if not (isinstance(earlier, dict) and str(earlier.get("command", "")).startswith("dreamctl bench")):
-        raise RunError(f"--out {path} exists and is not a `dreamctl bench` result; move it away or choose "
-                       "another --out")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(earlier, dict) and str(earlier.get("command", "")).startswith("dreamctl bench")
 
 
 def _gb(n: int | None) -> str:

@@ -74,7 +74,7 @@ def command(
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
                          compile=compile, checkpoint=checkpoint, seed=seed)
     if grid is not None:
-        atomic.check_output_file(grid, "--grid", replace=False)  # before drawing, not after
+        atomic.check_output_file(grid, "--grid")  # before drawing, not after
     rt = runtime.setup("auto", device)
     try:
         model = load_for_inference(RunDir(run_dir), opts, rt)

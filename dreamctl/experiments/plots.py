@@ -20,7 +20,6 @@ from PIL import Image
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.errors import RunError
 from dreamctl.experiments.compare import Comparison, column_id, column_ids, compare_runs, run_labels
 from dreamctl.experiments.tables import describe_protocols
 from dreamctl.experiments.runs import Run
@@ -64,14 +63,6 @@ def _ours(path: Path) -> bool:
             return str(image.info.get("Software", "")).startswith("dreamctl")
     except (OSError, SyntaxError, ValueError):  # what PIL raises for a folder, a non-image or a damaged file
         return False
-
-
-def _check_replaceable(paths: list[Path]) -> None:
-    """Before any figure is drawn: a file at a figure's path that is not one of ours is never replaced."""
-    for path in paths:
-        if path.exists() and not _ours(path):
-            raise RunError(f"{path} exists and is not a figure dreamctl drew; move it away, or choose another "
-                           "folder for the figures")
 
 
 def _series(run: Run, key: str) -> tuple[list[float], list[float]]:
@@ -202,6 +193,7 @@ def write_figures(runs: list[Run], out_dir: str | Path, comp: Comparison | None 
                       functools.partial(plot_metrics_vs_step, runs, pid, described[pid])),
                      (out / f"final-metrics_{_safe(pid)}.png",
                       functools.partial(plot_final_metrics, comp, pid, described[pid]))]
-    _check_replaceable([path for path, _ in drawings])
+    for path, _ in drawings:  # before any figure is drawn
+        atomic.check_output_file(path, "figure", replaces=_ours)
     written = [draw(path=path) for path, draw in drawings]
     return [p for p in written if p is not None]
