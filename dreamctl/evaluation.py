@@ -38,7 +38,7 @@ from dreamctl.sampling import (
 from dreamctl.training.rundir import RunDir, read_json
 
 # Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
-SAME_SAMPLES = (*SAMPLING_FIELDS, "precision", "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")
+SAME_SAMPLES = (*SAMPLING_FIELDS, "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")
 
 
 @dataclass(frozen=True)
@@ -248,5 +248,5 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
 
 def _sampling_protocol(model: InferenceModel, req: EvalRequest) -> dict[str, Any]:
     """The protocol fields that fix the generated images and say which reference they meet."""
-    return {**sampling_settings(model.cfg, model.step, req.seed), "precision": model.precision,
-            "num_generated": req.num, "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}
+    return {**sampling_settings(model.cfg, model.step, req.seed, model.precision), "num_generated": req.num,
+            "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}

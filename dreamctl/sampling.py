@@ -140,19 +140,19 @@ def folder_name(m: InferenceModel, seed: int) -> str:
             + sampler_suffix(c.t_start, c.clip_x0, m.precision))
 
 
-def sampling_settings(cfg: SampleConfig, checkpoint_step: int | None, seed: int) -> dict[str, Any]:
+def sampling_settings(cfg: SampleConfig, checkpoint_step: int | None, seed: int, precision: str) -> dict[str, Any]:
     """The settings that fix a run's images, as sample folders and evaluation protocols record them."""
     return {"checkpoint_step": checkpoint_step, "ema": cfg.use_ema, "sampler": cfg.sampler, "steps": cfg.steps,
-            "eta": cfg.eta, "t_start": cfg.t_start, "clip_x0": cfg.clip_x0, "seed": seed}
+            "eta": cfg.eta, "t_start": cfg.t_start, "clip_x0": cfg.clip_x0, "seed": seed,
+            "precision": precision}  # the network's autocast: bf16 draws other images than fp32
 
 
-SAMPLING_FIELDS = tuple(sampling_settings(SampleConfig(), 0, 0))
+SAMPLING_FIELDS = tuple(sampling_settings(SampleConfig(), 0, 0, "fp32"))
 
 
 def settings(m: InferenceModel, seed: int) -> dict[str, Any]:
     """What must match for a folder's existing images to be reused: they fix every pixel."""
-    return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed), "image_size": m.image_size,
-            "precision": m.precision}
+    return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed, m.precision), "image_size": m.image_size}
 
 
 def png_path(folder: Path, i: int) -> Path:
@@ -265,7 +265,7 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     _draw(m, missing, folder, seed, rt, m.cfg.batch_size, on_event)
     barrier(rt)
     record = {**wanted, "complete": True, "num": held, "checkpoint": m.checkpoint.name, "device": str(rt.device),
-              "precision": rt.precision, "world_size": rt.world_size, "drawn_now": sum_over_ranks(len(missing), rt),
+              "world_size": rt.world_size, "drawn_now": sum_over_ranks(len(missing), rt),
               "dreamctl_version": dreamctl.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "wall_time_s": round(time.perf_counter() - started, 2)}

@@ -138,8 +138,7 @@ def _evaluated(run_dir: Path, recipe: Recipe, cfg: SampleConfig, num: int, metri
     """
     e, run = recipe.eval, RunDir(run_dir)
     # Exactly the fields evaluate records: an explicit t_start equal to the default is another protocol id.
-    want = {**sampling_settings(cfg, run.info().get("step"), e.seed),
-            "precision": runtime.inference_precision(),  # what its `evaluate` job will draw in
+    want = {**sampling_settings(cfg, run.info().get("step"), e.seed, runtime.inference_precision()),
             "num_generated": num, "ref_split": e.ref, "ref_num": e.ref_num or num}
     return any(all(r.protocol.get(k) == v for k, v in want.items()) and drawn_by_seed_rule(r.protocol)
                and all("value" in r.metrics.get(m, {}) for m in metrics) for r in read_evals(run.eval))
