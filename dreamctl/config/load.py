@@ -83,9 +83,15 @@ def _refuse_duplicate_keys(node: yaml.Node | None, seen: set[int] | None = None)
 
 
 def safe_load(text: str) -> Any:
-    """yaml.safe_load, after refusing a key given twice in one mapping (which it lets the last win)."""
-    _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-    return yaml.safe_load(text)
+    """yaml.safe_load's own steps (SafeLoader: compose the node, construct it), refusing between them a key
+    given twice in one mapping, which safe_load would let the last win. The text is parsed once."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        _refuse_duplicate_keys(node)
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_yaml(text: str, source: str) -> Any:
