@@ -11,6 +11,7 @@ from torch import nn
 from dreamctl.config import OptimConfig, load_recipe
 from dreamctl.data.loader import flip_mask
 from dreamctl.training.loop import clip_threshold, ema_decay_at, lr_at, step_noise, update
+from dreamctl.runtime import Runtime
 from dreamctl.training.state import TrainState
 from tiny_runs import CPU
 
@@ -58,6 +59,22 @@ def test_timesteps_cover_zero_to_T_minus_one():
                                    "train.batch_size=64"])
     t = torch.cat([step_noise(recipe, step, CPU)[0] for step in range(4)])
     assert set(t.tolist()) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("kind", ["standard", "input_perturbation"])
+def test_every_random_loss_input_is_drawn_for_the_global_batch_and_sliced_per_rank(kind):
+    """t, eps and DDPM-IP's xi on two ranks, joined, are one process's draws: the run does not depend
+    on the process count (dropout aside), and a resume on another count continues the same run."""
+    recipe = load_recipe("tiny", [f"loss.kind={kind}", "train.batch_size=8"])
+    one = step_noise(recipe, 3, CPU)
+    ranks = [step_noise(recipe, 3, Runtime(torch.device("cpu"), "fp32", rank=r, world_size=2)) for r in (0, 1)]
+    assert torch.equal(one[0], torch.cat([t for t, _, _ in ranks]))
+    assert torch.equal(one[1], torch.cat([eps for _, eps, _ in ranks]))
+    assert one[2].keys() == ({"xi"} if kind == "input_perturbation" else set())
+    for name, drawn in one[2].items():
+        assert torch.equal(drawn, torch.cat([extra[name] for _, _, extra in ranks]))
+        assert drawn.shape == one[1].shape and not torch.equal(drawn, one[1])  # a draw of its own
+    assert not torch.equal(one[1], step_noise(recipe, 4, CPU)[1])
 
 
 def test_flips_are_drawn_anew_each_epoch():

@@ -59,13 +59,13 @@ def make_step(name: str, net: nn.Module, schedule: NoiseSchedule, state: TrainSt
     kw = loss_params(recipe, kind)
 
     def step(i: int) -> None:
-        t, noise = step_noise(recipe, i, rt)
+        t, noise, extra = step_noise(recipe, i, rt, kind)
         if name == NAIVE:
             loss = naive_conservative_loss(net, schedule, x0, t, noise, **kw)
             loss.backward()
             loss = loss.detach()
         else:
-            loss = backward_loss(kind, net, schedule, x0, t, noise, **kw)["loss"]
+            loss = backward_loss(kind, net, schedule, x0, t, noise, **kw, **extra)["loss"]
         if update(state, params, recipe.optim, i, loss, rt) is None:
             raise RunError(f"benchmark step {i} went non-finite (loss {float(loss)}); lower optim.lr with --set")
 

@@ -104,14 +104,19 @@ def wrap_for_training(model: nn.Module, recipe: Recipe, rt: Runtime) -> tuple[nn
     return Autocast(net, rt), nullcontext
 
 
-def step_noise(recipe: Recipe, step: int, rt: Runtime) -> tuple[Tensor, Tensor]:
-    """t and eps for this rank's part of global batch `step` (a pure function of seed and step)."""
+def step_noise(recipe: Recipe, step: int, rt: Runtime, kind: str | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """t, eps and the loss's other random inputs (DDPM-IP's xi) for this rank's part of global batch
+    `step`: a pure function of seed and step, drawn for the whole batch and sliced, so that N processes
+    draw what one process draws. `kind` defaults to the recipe's loss kind."""
     b, r, T = recipe.train.batch_size, recipe.data.resolution, recipe.diffusion.num_timesteps
     local = rank_slice(b, rt.rank, rt.world_size)
     g = generator(rt.device, recipe.train.seed, step)
     t = torch.randint(0, T, (b,), generator=g, device=rt.device)[local]
     noise = torch.randn(b, 3, r, r, generator=g, device=rt.device)[local]
-    return t, noise
+    extra = {}
+    if (kind or recipe.loss.kind) == "input_perturbation":
+        extra["xi"] = torch.randn(b, 3, r, r, generator=g, device=rt.device)[local]
+    return t, noise, extra
 
 
 def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: dict[str, Any] | None = None,
@@ -176,11 +181,11 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         batch = next(order)
         x0 = to_model_input(images[batch.indices].to(rt.device, non_blocking=True),
                             flip=batch.flip if recipe.data.hflip else None)
-        t, noise = step_noise(recipe, state.step, rt)
-        torch.manual_seed(mix_seed(tc.seed, state.step, rt.rank))  # dropout, input perturbation's xi
+        t, noise, extra = step_noise(recipe, state.step, rt)
+        torch.manual_seed(mix_seed(tc.seed, state.step, rt.rank))  # dropout: the one draw that depends on the rank
 
         stats = backward_loss(kind, net, schedule, x0, t, noise, epoch=batch.epoch, defer_sync=defer_sync,
-                              **loss_params)
+                              **loss_params, **extra)
         grad_norm = update(state, params, recipe.optim, state.step, stats["loss"], rt)
         if grad_norm is None:
             raise non_finite(stats, state.step, batch.epoch, run, recipe)
