@@ -13,7 +13,7 @@ import h5py
 import pytest
 import torch
 
-from dreamctl.data.loader import BatchOrder, epoch_batches, flip_mask, open_split, steps_per_epoch, to_model_input
+from dreamctl.data.loader import BatchOrder, default_memory_budget, epoch_batches, flip_mask, open_split, steps_per_epoch, to_model_input
 from dreamctl.data.synthetic import draw_faces
 from dreamctl.errors import DataError
 from dreamctl.runtime import mix_seed
@@ -131,7 +131,9 @@ def test_two_ranks_cover_an_epoch_without_overlap_and_match_one_rank():
         assert len(a) == len(b) == 16 and not set(a.tolist()) & set(b.tolist())
         assert torch.equal(torch.cat([a, b]), g)  # each global batch is the same whatever the world size
     assert len(set(torch.cat(r0 + r1).tolist())) == 96
-    with pytest.raises(DataError, match=r"train.batch_size 32 \(the global batch\) must split evenly over 3 processes: set it to a multiple of 3"):
+    with pytest.raises(DataError, match=r"train.batch_size 32 \(the global batch\) must split evenly over 3 processes: "
+                       r"run on a number of processes that divides it \(1, 2, 4, 8, 16, 32\), or, for a new run, "
+                       r"set it to a multiple of 3"):
         epoch_batches(100, 32, seed=0, epoch=0, rank=0, world_size=3)
     with pytest.raises(DataError, match=r"train\.batch_size 128 must be between 1 and the number of training images \(100\): lower it"):
         steps_per_epoch(100, 128)
@@ -285,3 +287,13 @@ def test_a_split_the_folder_lacks_is_named_with_the_ones_it_has(synthetic_data_d
     data = edited_copy(synthetic_data_dir, tmp_path, lambda m: m["splits"].pop("valid"))
     with pytest.raises(DataError, match=r"manifest\.json has no split 'valid'; it has (train, test|test, train)$"):
         open_split(data, "valid")
+
+
+def test_the_processes_of_a_node_share_the_memory_budget_for_the_data(monkeypatch):
+    """Each of torchrun's processes holds its own copy of a split it keeps in memory: 8 copies of a split
+    that fits half the memory would not fit."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    alone = default_memory_budget()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_memory_budget() == alone // 8 > 0
+

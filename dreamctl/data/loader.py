@@ -31,11 +31,13 @@ _ORDER, _FLIP = 1, 2  # stream tags: the permutation and the flips never share r
 
 
 def default_memory_budget() -> int:
-    """Half of the machine's memory: a split larger than that is read shard by shard."""
+    """This process's share of half the machine's memory: a split larger than that is read shard by
+    shard. Each of torchrun's processes on this node (LOCAL_WORLD_SIZE) would hold a copy of its own."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        half = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        half = 8 << 30
+    return half // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 class ImageSet:
@@ -166,8 +168,10 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
     """Rank `rank`'s part of a global batch: the images, flips, timesteps and noise all use this one slice."""
     if batch_size % world_size or not 0 <= rank < world_size:
+        counts = ", ".join(str(k) for k in range(1, min(batch_size, 64) + 1) if batch_size % k == 0)
         raise DataError(f"train.batch_size {batch_size} (the global batch) must split evenly over {world_size} "
-                        f"processes: set it to a multiple of {world_size} (--set train.batch_size=N)")
+                        f"processes: run on a number of processes that divides it ({counts}), or, for a new "
+                        f"run, set it to a multiple of {world_size} (--set train.batch_size=N)")
     size = batch_size // world_size
     return slice(rank * size, (rank + 1) * size)
 
