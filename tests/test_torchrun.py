@@ -170,6 +170,16 @@ def test_nproc_per_node_below_one_is_refused(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_under_torchrun_train_needs_a_run_dir(tmp_path, monkeypatch, capsys):
+    """A default folder name is read from each process's clock, which may say another second on another
+    rank or node: each would train into a folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--recipe", "tiny"]) == 2
+    assert "add --run-dir runs/NAME" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _main_first_worker(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 

@@ -15,6 +15,7 @@ from dreamctl.cli.common import console
 from dreamctl.cli.launch import device_args, launch
 from dreamctl.cli.progress import run_training
 from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
+from dreamctl.errors import RunError
 
 
 def command(
@@ -34,6 +35,10 @@ def command(
     if dry_run:
         _dry_run(resolved)
         return
+    if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # each process would read its own clock, and another node's clock may say another second
+        raise RunError("under torchrun every process must be given the same run folder: add --run-dir runs/NAME "
+                       "(the --nproc-per-node shortcut picks one for you)")
     run_dir = run_dir or Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         from dreamctl.training.rundir import RunDir
