@@ -413,6 +413,27 @@ def test_ctrl_c_is_recorded_as_interrupted_not_failed(tmp_path, synthetic_data_d
     assert (info["status"], info["error"]) == ("interrupted", "KeyboardInterrupt: ")
 
 
+def test_a_lost_process_is_recorded_in_one_line_not_as_gloos_page(tmp_path, synthetic_data_dir):
+    """run.json's error for a peer that died is the line the console shows, without gloo's source path."""
+    from dreamctl.config import load_recipe
+    from dreamctl.runtime import setup
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import start_run
+
+    def peer_died() -> bool:
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                           "[127.0.0.1]:15774. This is typically caused by a remote worker crashing.\nGLHF!")
+
+    recipe = load_recipe("tiny", TINY + ["train.max_steps=2", f"data.path={synthetic_data_dir}"])
+    with pytest.raises(RuntimeError):
+        start_run(recipe, RunDir(tmp_path / "run"), setup("fp32", "cpu"), should_stop=peer_died)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "failed"
+    assert info["error"] == ("PeerLost: lost contact with another process of this job (Connection closed by peer "
+                             "[127.0.0.1]:15774): it crashed or was stopped, and said why above if it could; "
+                             "the last checkpoint, if any, is kept: resume the run")
+
+
 def test_a_busy_run_folder_names_the_pid_that_holds_it(tmp_path, synthetic_data_dir, capsys):
     """The lock file held a longer pid from an earlier trainer: the message names this holder's pid alone."""
     import os

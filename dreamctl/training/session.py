@@ -19,7 +19,7 @@ from dreamctl.config.schema import RESUMABLE_KEYS
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
 from dreamctl.errors import RunError
-from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes
+from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes, peer_lost
 from dreamctl.training.loop import OnEvent, total_steps, train
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints, load_latest, set_aside_newer
@@ -84,8 +84,9 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
         barrier(rt)  # rank 0 may still be writing the last checkpoint and grid: leave together
     except BaseException as err:
         if rt.is_main:
+            said = peer_lost(err, "the last checkpoint, if any, is kept: resume the run") or err  # not gloo's page
             run.update_info({"status": "failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
-                             "error": f"{type(err).__name__}: {err}"})
+                             "error": f"{type(said).__name__}: {said}"})
         raise
     finally:
         if rt.is_main and status != "failed":
