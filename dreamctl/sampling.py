@@ -31,7 +31,8 @@ from dreamctl.generate import check_base_seed, check_count, generate, image_seed
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
 from dreamctl.training.rundir import RunDir, read_json
-from dreamctl.training.state import checkpoint_path, list_checkpoints, load_checkpoint, load_latest, step_of
+from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
+                                     step_of)
 
 # (kind, payload): "sample_start", "sample_progress", "sample_done" from here, "stage" from evaluation.evaluate_run
 OnEvent = Callable[[str, dict[str, Any]], None]
@@ -114,7 +115,9 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     recipe = trained.model_copy(update={"sample": current.sample, "eval": current.eval})
     cfg = sample_config(recipe, opts, str(run.recipe_file))
     model = build_model(recipe.model, recipe.data.resolution)
-    model.load_state_dict(ckpt["ema" if cfg.use_ema else "model"])
+    weights = "ema" if cfg.use_ema else "model"
+    check_fits(ckpt, path, model, parts=(weights,))  # weights and stored recipe disagree: edited by hand
+    model.load_state_dict(ckpt[weights])
     model = model.to(rt.device).eval().requires_grad_(False)
     net = torch.compile(model) if cfg.compile else model
     schedule = schedule_for(recipe.diffusion)

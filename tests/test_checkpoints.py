@@ -10,8 +10,14 @@ import torch
 from dreamctl.cli import main
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.training.rundir import read_jsonl
-from dreamctl.training.state import REQUIRED, list_checkpoints, load_checkpoint, load_latest, set_aside_newer, step_of
+from dreamctl.training.state import (REQUIRED, check_fits, list_checkpoints, load_checkpoint, load_latest, set_aside_newer,
+                                     step_of)
 from tiny_runs import TINY, assert_identical, final_weights, train
+
+
+def _minimal(step: int, **fields) -> dict:
+    """The smallest dict load_checkpoint accepts as the checkpoint of `step`."""
+    return {k: {} for k in REQUIRED} | {"step": step, "images_seen": 0, "wall_time_s": 0.0, "recipe": ""} | fields
 
 
 def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
@@ -172,8 +178,7 @@ def test_setting_aside_a_skipped_checkpoint_keeps_the_one_resumed_from(tmp_path)
     """Only the corrupt newer checkpoints leave the listing: the one resume loaded is the run's only good copy."""
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    whole = {**{k: 0 for k in REQUIRED}, "model": {"w": torch.arange(4.0)}}
-    torch.save(whole, folder / "step-00000004.pt")
+    torch.save(_minimal(4, model={"w": torch.arange(4.0)}), folder / "step-00000004.pt")
     (folder / "step-00000008.pt").write_bytes((folder / "step-00000004.pt").read_bytes()[:100])  # cut short
     with pytest.warns(DreamctlWarning, match="step-00000008.pt cannot be read"):
         path, ckpt = load_latest(folder)
@@ -223,3 +228,66 @@ def test_resume_clears_only_the_checkpoint_writes_whose_writer_is_gone(tmp_path,
         path.write_bytes(b"half a checkpoint")
     assert main(["resume", str(run), "--set", "train.max_steps=5"]) == 0
     assert not killed.exists() and running.exists() and elsewhere.exists()
+
+
+def _files(run) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_another_runs_checkpoint_is_refused_before_resume_changes_anything(tmp_path, synthetic_data_dir, capsys):
+    """A checkpoint copied in from a sibling run (here: another seed) looked like this run's newest: resume
+    set the run's own checkpoint aside as corrupt and cut its log before the weights failed to load, or,
+    with the same network, trained on from the wrong weights."""
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    assert train(ours, synthetic_data_dir, TINY + ["train.max_steps=2", "train.checkpoint_every=2"], recipe="tiny") == 0
+    assert train(other, synthetic_data_dir, TINY + ["train.max_steps=4", "train.seed=1"], recipe="tiny") == 0
+    foreign = other / "checkpoints" / "step-00000004.pt"
+    (ours / "checkpoints" / foreign.name).write_bytes(foreign.read_bytes())
+    before = _files(ours)
+    capsys.readouterr()
+    assert main(["resume", str(ours), "--set", "train.max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "step-00000004.pt was trained with other settings than" in err and "(train.seed)" in err
+    assert "move it out of" in err and "Traceback" not in err
+    assert _files(ours) == before
+
+    (ours / "checkpoints" / foreign.name).rename(ours / "checkpoints" / "step-00000006.pt")  # and renamed newer
+    assert main(["resume", str(ours), "--set", "train.max_steps=8"]) == 2
+    assert "step-00000006.pt holds step 4, not the step its name says" in capsys.readouterr().err
+    assert [p.name for p in list_checkpoints(ours / "checkpoints")] == ["step-00000002.pt", "step-00000006.pt"]
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda c: c.update(step="four"), "holds step of the wrong kind"),
+    (lambda c: c.update(recipe=None), "holds recipe of the wrong kind"),
+    (lambda c: c.update(ema={"w": [1.0]}), "holds ema of the wrong kind"),
+    (lambda c: c.update(step=True), "holds step of the wrong kind"),
+])
+def test_a_checkpoint_field_of_the_wrong_kind_is_one_error(tmp_path, edit, said):
+    ckpt = _minimal(8)
+    path = tmp_path / "step-00000008.pt"
+    torch.save(ckpt, path)
+    assert load_checkpoint(path)["step"] == 8
+    edit(ckpt)
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=f"{said}: not a dreamctl training checkpoint, or one edited by hand"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_the_network_name_the_first_tensor_that_differs(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    ckpt = {"model": state, "ema": dict(state), "optimizer": {"state": {0: {"exp_avg": torch.zeros(3, 4)}}}}
+    check_fits(ckpt, tmp_path / "c.pt", net, optimizer=True)  # fits
+    with pytest.raises(CheckpointError, match=r"c.pt does not fit the run's network \(ema.1.weight: 2x5 in the "
+                                              r"checkpoint, 2x3 in the network\)"):
+        check_fits({**ckpt, "ema": {**state, "1.weight": torch.zeros(2, 5)}}, tmp_path / "c.pt", net)
+    with pytest.raises(CheckpointError, match=r"\(model.1.bias: absent in the checkpoint, 2 in the network\)"):
+        check_fits({**ckpt, "model": {k: v for k, v in state.items() if k != "1.bias"}}, tmp_path / "c.pt", net)
+    with pytest.raises(CheckpointError, match=r"\(optimizer.state.1.exp_avg: 3x4 in the checkpoint, 3 in the network\)"):
+        check_fits({**ckpt, "optimizer": {"state": {1: {"exp_avg": torch.zeros(3, 4)}}}}, tmp_path / "c.pt", net,
+                   optimizer=True)
+    net(torch.zeros(1, 4))  # the meta-device twin used by resume compares the same shapes
+    with torch.device("meta"):
+        twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    check_fits(ckpt, tmp_path / "c.pt", twin, optimizer=True)

@@ -348,3 +348,11 @@ def test_the_spread_after_plus_minus_is_named(tmp_path: Path) -> None:
     assert spread_line(comp) == legend and f"\n{legend}\n" in to_markdown(comp)
     assert to_json(comp)["runs"][0]["metrics"][P50]["lpips"]["spread"] == "pairs"
 
+
+
+def test_binary_bytes_in_a_runs_metrics_log_are_an_error_naming_the_line(tmp_path: Path) -> None:
+    d = write_run(tmp_path, "a")
+    with open(d / "metrics.jsonl", "ab") as f:
+        f.write(b"\x9c\xfe\x01\x80 not a line dreamctl wrote\n")
+    with pytest.raises(CheckpointError, match=r"metrics\.jsonl line 9 is not text"):
+        read_run(d)

@@ -37,23 +37,32 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines log (metrics.jsonl). A cut last line (a process killed mid-append)
-    is dropped; a bad line before it is an error naming it."""
+def _jsonl_values(path: Path) -> list[tuple[int, Any]]:
+    """(line number in the file, value) of each non-blank line of a JSON-lines log. A cut last line
+    (a process killed mid-append) is dropped; a bad line before it is an error naming it."""
     if not path.is_file():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
+    lines = [(number, line) for number, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip()]
+    values = []
+    for number, line in lines:
         try:
-            record = json.loads(line)
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            # Not what a cut leaves, even on the last line: json.dumps writes ASCII, and a cut keeps a prefix of it.
+            raise CheckpointError(f"{path} line {number} is not text (binary bytes, not a line dreamctl wrote); "
+                                  "remove or repair that line") from None
+        try:
+            values.append((number, json.loads(text)))
         except json.JSONDecodeError:
-            if number == len(lines):
+            if number == lines[-1][0]:
                 break
             raise CheckpointError(f"{path} line {number} is not JSON; remove or repair that line") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return values
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log (metrics.jsonl): its JSON objects, a cut last line dropped."""
+    return [value for _, value in _jsonl_values(path) if isinstance(value, dict)]
 
 
 # What a run folder holds before its recipe.yaml is written: the lock, run.json and the empty
@@ -142,10 +151,23 @@ class RunDir:
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's records (a cut last line dropped), each checked to hold its step: resume reads
+        them all before it changes anything, as it rewrites the log from them."""
+        records = []
+        for number, record in _jsonl_values(self.metrics_file):
+            # Every line dreamctl writes has its step; one without could be neither kept nor dropped by
+            # truncate_metrics, and rewriting the log without it would lose the line.
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise CheckpointError(f'{self.metrics_file} line {number} is not a record with a "step" (dreamctl '
+                                      "writes one per logged step); remove or repair that line")
+            records.append(record)
+        return records
+
     def truncate_metrics(self, after_step: int) -> None:
         """Drop records past `after_step` (logged after the checkpoint a resume starts from)."""
+        kept = [record for record in self.metrics() if record["step"] <= after_step]
         if self.metrics_file.is_file():
-            kept = [r for r in read_jsonl(self.metrics_file) if r["step"] <= after_step]
             atomic.write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
     @contextmanager

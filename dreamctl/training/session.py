@@ -14,15 +14,16 @@ import torch
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.config import Recipe, apply_overrides, recipe_to_yaml, validate_recipe
-from dreamctl.config.schema import RESUMABLE_KEYS
+from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
+from dreamctl.config.schema import RESUMABLE_KEYS, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
-from dreamctl.errors import RunError
+from dreamctl.models import build_model
+from dreamctl.errors import CheckpointError, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes, peer_lost
 from dreamctl.training.loop import OnEvent, total_steps, train
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import list_checkpoints, load_latest, set_aside_newer
+from dreamctl.training.state import check_fits, list_checkpoints, load_latest, set_aside_newer
 
 
 def _check_data(recipe: Recipe) -> int:
@@ -133,9 +134,11 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
 
 
 def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size: int) -> Recipe:
-    """The resumed recipe, after what resume_run refuses from the manifests alone: overrides that
-    change the past, checkpoints gone, other data than the run's, a batch that does not split over the ranks."""
+    """The resumed recipe, after what resume_run refuses from the manifests alone: overrides that change
+    the past, a damaged log, checkpoints gone, other data than the run's, a batch that does not split over
+    the ranks."""
     recipe = resumed_recipe(run, overrides)
+    run.metrics()  # a damaged log, which resume rewrites, is refused before anything changes
     reached = run.info().get("step", 0)  # written with each checkpoint
     if reached and not list_checkpoints(run.checkpoints):
         raise RunError(f"{run.run_file} says the run reached step {reached} but {run.checkpoints} holds no checkpoint: "
@@ -146,6 +149,24 @@ def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size
                                                "run's data, or start a new run with `dreamctl train`")
     _check_batch(recipe, world_size)
     return recipe
+
+
+def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any]) -> None:
+    """Refuse a checkpoint that is not this run's (copied in from another run, edited by hand): its
+    stored recipe must agree with the run's in every setting resume cannot change, and its tensors
+    must fit the network (built on the meta device: shapes without memory)."""
+    def fixed(r: Recipe) -> dict[str, Any]:
+        return {k: v for k, v in flat_items(r).items() if not k.startswith(RESUMABLE_KEYS)}
+
+    ours, its = fixed(recipe), fixed(recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)"))
+    differ = sorted(k for k in ours.keys() | its.keys() if ours.get(k) != its.get(k))
+    if differ:
+        raise CheckpointError(f"checkpoint {path} was trained with other settings than {run.recipe_file} "
+                              f"({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}): another run's "
+                              f"checkpoint; nothing was changed: move it out of {run.checkpoints}")
+    with torch.device("meta"):
+        network = build_model(recipe.model, recipe.data.resolution)
+    check_fits(ckpt, path, network, optimizer=True)
 
 
 def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] = (), *,
@@ -170,6 +191,8 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
         else:
             ckpt = None
             on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})
+        if ckpt is not None:
+            _check_own(run, recipe, path, ckpt)  # before anything below renames, truncates or rewrites
         step = ckpt["step"] if ckpt else 0
         last = total_steps(recipe, len(images))
         if last < step:  # on every rank alike

@@ -137,7 +137,54 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint, or one written "
                               "by another dreamctl; nothing was changed: move it out of checkpoints/")
+    _check_fields(ckpt, path)
     return ckpt
+
+
+_FIELD_TYPES = {"model": dict, "ema": dict, "optimizer": dict, "step": int, "images_seen": int,
+                "wall_time_s": (int, float), "data_position": dict, "recipe": str}
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """Each field of the kind TrainState.state_dict writes, and the step its file name says (a checkpoint
+    of another run copied in under a newer name would otherwise be taken for this run's newest)."""
+    wrong = [k for k, kind in _FIELD_TYPES.items() if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
+    wrong += [k for k in ("model", "ema") if k not in wrong and not all(
+        isinstance(v, torch.Tensor) for v in ckpt[k].values())]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} holds {', '.join(wrong)} of the wrong kind: not a dreamctl training "
+                              "checkpoint, or one edited by hand; nothing was changed: move it out of checkpoints/")
+    named = CHECKPOINT.match(path.name)
+    if named and ckpt["step"] != int(named.group(1)):
+        raise CheckpointError(f"checkpoint {path} holds step {ckpt['step']}, not the step its name says: another "
+                              "run's checkpoint, renamed? nothing was changed: move it out of checkpoints/")
+
+
+def check_fits(ckpt: dict[str, Any], path: Path, model: nn.Module, parts: tuple[str, ...] = ("model", "ema"),
+               optimizer: bool = False) -> None:
+    """Refuse weights that are not `model`'s (a checkpoint of another network) before any of them loads,
+    naming the first tensor that differs. `model` may live on the meta device: only shapes are compared."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for part in parts:
+        got = {k: tuple(v.shape) for k, v in ckpt[part].items()}
+        if got != want:
+            key = min(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+            _misfit(path, f"{part}.{key}", got.get(key), want.get(key))
+    if optimizer:  # AdamW's moments, one entry per parameter in model.parameters() order
+        shapes = [tuple(p.shape) for p in model.parameters()]
+        for index, moments in ckpt["optimizer"].get("state", {}).items():
+            want = shapes[index] if isinstance(index, int) and 0 <= index < len(shapes) else None
+            for name, value in moments.items():
+                if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != want:
+                    _misfit(path, f"optimizer.state.{index}.{name}", tuple(value.shape), want)
+
+
+def _misfit(path: Path, what: str, got: tuple[int, ...] | None, want: tuple[int, ...] | None) -> None:
+    def shape(s: tuple[int, ...] | None) -> str:
+        return "absent" if s is None else "x".join(map(str, s)) or "scalar"
+    raise CheckpointError(f"checkpoint {path} does not fit the run's network ({what}: {shape(got)} in the checkpoint, "
+                          f"{shape(want)} in the network): another run's checkpoint, or one edited by hand; nothing "
+                          "was changed: move it out of checkpoints/")
 
 
 def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
