@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -201,3 +202,41 @@ def test_download_missing_refetches_a_corrupt_file_as_well_as_an_absent_one(wdir
     fetched.clear()
     write_fake_inception(wdir)  # intact by its layout: nothing to fetch
     assert weights.download_missing() == [wdir / weights.ALEXNET] and fetched == [weights.ALEXNET]
+
+
+def test_a_zip_with_a_damaged_central_directory_is_a_corrupt_inception_file(wdir, capsys):
+    """zipfile.is_zipfile reads the end record alone: a damaged directory after it is found only on opening."""
+    from dreamctl.cli import main
+
+    wdir.mkdir(parents=True)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("m/constants.pkl", b"a" * 100)
+        z.writestr("m/code/x.py", b"b" * 100)
+    data = bytearray(buf.getvalue())
+    at = data.rfind(b"PK\x01\x02")  # the central directory's last entry
+    data[at:at + 4] = b"XXXX"
+    (wdir / weights.INCEPTION).write_bytes(bytes(data))
+    assert zipfile.is_zipfile(wdir / weights.INCEPTION)
+    assert not weights.status(weights.INCEPTION).intact
+    with pytest.raises(WeightsError, match="corrupt: not a TorchScript archive") as info:
+        weights.require(weights.INCEPTION)
+    assert str(wdir / weights.INCEPTION) in str(info.value) and "dreamctl weights" in str(info.value)
+    assert main(["weights", "--check"]) == 2
+    assert f"{weights.INCEPTION}  [CORRUPT]" in capsys.readouterr().out
+
+
+def test_a_binary_checksum_record_is_a_weights_error_naming_it(wdir, capsys):
+    from dreamctl.cli import main
+
+    wdir.mkdir(parents=True)
+    (wdir / weights.INCEPTION).write_bytes(b"any bytes")  # the record is read whatever the file holds
+    record = wdir / f"{weights.INCEPTION}.sha256.json"
+    record.write_bytes(bytes(range(128, 228)))
+    with pytest.raises(WeightsError, match=f"checksum record {record} is unreadable") as info:
+        weights.require(weights.INCEPTION)
+    assert "delete it" in str(info.value) and "dreamctl weights" in str(info.value)
+    assert main(["weights", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert f"checksum record {record} is unreadable" in err and "Traceback" not in err
+    assert record.read_bytes() == bytes(range(128, 228))  # left for the user to delete

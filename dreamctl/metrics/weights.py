@@ -131,8 +131,9 @@ def _recorded(path: Path) -> str | None:
         return None
     try:
         return str(json.loads(rec.read_text())["sha256"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise WeightsError(f"checksum record {rec} is unreadable ({err}); delete it and load {path.name} again") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise WeightsError(f"checksum record {rec} is unreadable ({err}); delete it (the next successful load of "
+                           f"{path.name} records its sha256 again); check with `dreamctl weights`") from err
 
 
 def _expected(entry: WeightFile, path: Path) -> str:
@@ -159,8 +160,13 @@ def _is_torchscript(path: Path) -> bool:
     """A TorchScript archive is a zip holding <name>/constants.pkl and <name>/code/."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    # is_zipfile reads the end record alone: the central directory after it may still be damaged (BadZipFile),
+    # claim a zip version torch never writes (NotImplementedError) or name an entry in bytes that are not UTF-8.
+    except (zipfile.BadZipFile, NotImplementedError, UnicodeDecodeError):
+        return False
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
