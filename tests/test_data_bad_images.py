@@ -155,3 +155,13 @@ def test_a_limit_or_count_of_zero_is_refused_not_an_empty_dataset():
     with pytest.raises(DataError, match="--count must be positive, got 0"):
         list_source("synthetic", count=0)
     assert len(list_source("synthetic", count=10, limit=1, valid_fraction=0, test_fraction=0).splits["train"]) == 1
+
+
+@pytest.mark.parametrize("option", ["valid_fraction", "test_fraction"])
+def test_a_nan_split_fraction_is_refused_for_every_source(messy_folder, option):
+    """NaN fails every comparison: it slipped past the check (a folder was prepared with NaN in its manifest,
+    the synthetic source crashed rounding it)."""
+    with pytest.raises(DataError, match=r"--valid-fraction .* must be >= 0 and sum below 1"):
+        list_source("folder", messy_folder, **{option: float("nan")})
+    with pytest.raises(DataError, match=r"--valid-fraction .* must be >= 0 and sum below 1"):
+        list_source("synthetic", count=10, **{option: float("nan")})

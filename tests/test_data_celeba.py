@@ -213,3 +213,24 @@ def test_an_empty_partition_file_is_refused_with_the_layout_help(tmp_path):
     (tmp_path / "list_eval_partition.txt").write_text("\n  \n")
     with pytest.raises(DataError, match=r"list_eval_partition\.txt lists no images; put CelebA's aligned images"):
         list_source("celeba", tmp_path)
+
+
+def test_a_partition_file_that_is_not_text_or_malformed_is_one_line(tmp_path, capsys):
+    """Random bytes under the partition file's name were a UnicodeDecodeError traceback; a bad line names
+    itself, cut short (it may be a whole file's worth of bytes)."""
+    from dreamctl.cli import main
+    from dreamctl.data.sources import list_source
+
+    (tmp_path / "img_align_celeba").mkdir()
+    partition = tmp_path / "list_eval_partition.txt"
+    partition.write_bytes(b"\x85\xff\x00binary" * 20)
+    assert main(["prepare-data", "--source", "celeba", "--root", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "list_eval_partition.txt is not a text file (invalid start byte at byte 0); put CelebA's" in err
+    assert "\n" not in err and not (tmp_path / "out").exists()
+    partition.write_text("000001.jpg 0\n000002.jpg 3\n")
+    with pytest.raises(DataError, match=r"list_eval_partition\.txt:2: expected '<file name> 0\|1\|2', got '000002\.jpg 3'$"):
+        list_source("celeba", tmp_path)
+    partition.write_text("000001.jpg 0\n" + "x" * 10_000 + "\n")
+    with pytest.raises(DataError, match=r":2: expected .*, got 'x{60}'$"):
+        list_source("celeba", tmp_path)

@@ -217,6 +217,74 @@ def test_overwrite_refuses_a_folder_prepare_data_did_not_write(tmp_path, capsys)
     assert main([*args, "--out", str(tmp_path / "empty"), "--overwrite"]) == 0
 
 
+def test_a_folder_prepare_data_did_not_write_is_refused_without_overwrite_too(tmp_path, capsys):
+    """Without --overwrite, a run folder got shards and a manifest among its checkpoints (exit 0)."""
+    from dreamctl.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    before = sorted(p.name for p in run.rglob("*"))
+    args = ["prepare-data", "--source", "synthetic", "--count", "5", "--resolution", "16", "--workers", "1"]
+    assert main([*args, "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a prepared-data folder (it holds checkpoints/, run.json)" in err and "another --out" in err
+    assert sorted(p.name for p in run.rglob("*")) == before and "\n" not in err
+    (tmp_path / "empty").mkdir()  # an empty folder is still fine, and a finished one is reused
+    assert main([*args, "--out", str(tmp_path / "empty")]) == 0
+    assert main([*args, "--out", str(tmp_path / "empty")]) == 0
+    assert "kept 5 images" in capsys.readouterr().out
+
+
+def test_a_synthetic_count_past_the_maximum_is_one_line_not_an_out_of_memory_kill(tmp_path, capsys):
+    """--count 99999999999999 built a list of 1e14 items and was killed for memory."""
+    from dreamctl.cli import main
+    from dreamctl.data.sources import MAX_SYNTHETIC_COUNT, synthetic_split_counts
+
+    assert sum(synthetic_split_counts(MAX_SYNTHETIC_COUNT, 0.05, 0.05).values()) == MAX_SYNTHETIC_COUNT
+    with pytest.raises(DataError, match=r"--count 10000001 is above the 10,000,000 faces"):
+        synthetic_split_counts(MAX_SYNTHETIC_COUNT + 1, 0.05, 0.05)  # counted, not listed: safe on a broken check
+    out = tmp_path / "big"
+    assert main(["prepare-data", "--source", "synthetic", "--count", "99999999999999", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--count 99999999999999 is above" in err and "pass --count 10000000 or less" in err and "\n" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("image_shape, dtype, problem", [
+    ([32, 16, 3], "uint8", "field image_shape: Value error, height 32 and width 16 differ, and prepared images are square"),
+    ([32, 32, 3], "float32", "field dtype: Input should be 'uint8'"),
+])
+def test_verify_refuses_a_consistent_folder_of_images_training_cannot_use(synthetic_data_dir, tmp_path, capsys,
+                                                                          image_shape, dtype, problem):
+    """Shards of 32x16 images with a manifest that says so and hashes that match passed --verify, and
+    training then crashed on them: the manifest itself must say square RGB uint8."""
+    import h5py
+
+    from dreamctl.atomic import file_sha256
+    from dreamctl.cli import main
+
+    out = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for shard in (sh for split in manifest["splits"].values() for sh in split["shards"]):
+        path = out / shard["file"]
+        with h5py.File(path, "r") as f:
+            images, names = f["images"][()], f["names"][()]
+        path.unlink()
+        with h5py.File(path, "w") as f:
+            f.create_dataset("images", data=images[:, : image_shape[0], : image_shape[1]].astype(dtype))
+            f.create_dataset("names", data=names)
+        shard["sha256"] = file_sha256(path)
+    manifest.update(image_shape=image_shape, dtype=dtype)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["prepare-data", "--verify", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert problem in err and "re-run prepare-data with --overwrite" in err and "\n" not in err
+    with pytest.raises(DataError, match="field (image_shape|dtype)"):
+        read_manifest(out)  # what training and evaluation read
+
+
 def test_verify_refuses_options_it_does_not_use(synthetic_data_dir, tmp_path, capsys):
     from dreamctl.cli import main
 

@@ -116,14 +116,15 @@ def _check_crop_fits(listing: Listing, crop: str) -> None:
                         "pass --crop center:178 (the default), center, ddim or none") from err
 
 
-def _check_replaceable(out: Path, ours: list[Path]) -> None:
-    """--overwrite replaces a prepared folder, or one holding only our files, never a folder of other
-    files (a run folder would get shards among its checkpoints)."""
+def _check_ours(out: Path, ours: list[Path]) -> None:
+    """prepare-data writes into (or, with --overwrite, replaces) a prepared folder, an unfinished one, or
+    one holding only our files, never a folder of other files (a run folder would get shards among its
+    checkpoints)."""
     if (out / MANIFEST).is_file() or (out / PROGRESS).is_file():
         return
     if held := atomic.others_in(out, lambda p: p in ours):
-        raise DataError(f"--out {out} is not a prepared-data folder (it holds {held}); --overwrite replaces only "
-                        "one written by prepare-data: choose another --out")
+        raise DataError(f"--out {out} is not a prepared-data folder (it holds {held}); prepare-data writes only "
+                        "into an empty folder or one it wrote: choose another --out")
 
 
 def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
@@ -134,8 +135,8 @@ def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     for stale in [p for p in ours if atomic.temp_target(p.name)]:
         stale.unlink()
         ours.remove(stale)
+    _check_ours(out, ours)  # before anything is removed or written
     if overwrite:
-        _check_replaceable(out, ours)
         for p in sorted(ours, key=lambda p: p.name != MANIFEST):  # manifest first: never a stale "finished" folder
             p.unlink()
         return {}

@@ -17,7 +17,7 @@ from typing import Literal
 
 import h5py
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
 from dreamctl.atomic import atomic_path, file_sha256
 from dreamctl.errors import DataError
@@ -92,13 +92,23 @@ class _Manifest(_Model):
     format: Literal["dreamctl-shards/1"]
     preprocessing: dict
     image_shape: tuple[PositiveInt, PositiveInt, Literal[3]]
+    dtype: Literal["uint8"] = "uint8"  # what every shard holds (a manifest without the field says nothing else)
     counts: dict[str, NonNegativeInt]
     splits: dict[Literal["train", "valid", "test"], _Split]
     skipped: list[_Skipped]
 
+    @field_validator("image_shape")
+    @classmethod
+    def _square(cls, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        # Training and sampling take the side from image_shape[0]: shards of another shape would pass
+        # --verify (they match the manifest) and fail only inside the model.
+        if shape[0] != shape[1]:
+            raise ValueError(f"height {shape[0]} and width {shape[1]} differ, and prepared images are square")
+        return shape
+
 
 def check_manifest(path: Path, text: str) -> None:
-    """DataError naming the first field of a manifest's text that is missing or of the wrong type."""
+    """DataError naming the first field of a manifest's text that is missing, of the wrong type or out of range."""
     try:
         _Manifest.model_validate_json(text)  # JSON mode: an array is a valid tuple
     except ValidationError as err:

@@ -22,6 +22,9 @@ from pathlib import Path, PurePosixPath
 from dreamctl.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+# Face names have 7 digits: past them name order (what --limit and the shards follow) is no longer
+# index order. Also what keeps the listing, built whole in memory, under about 1.7 GB.
+MAX_SYNTHETIC_COUNT = 10**7
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CELEBA_PARTITION = "list_eval_partition.txt"
 CELEBA_FOLDER = "img_align_celeba"
@@ -81,13 +84,18 @@ def _take(items: list[Item], limit: int | None) -> list[Item]:
 
 def read_partition(path: Path) -> dict[str, str]:
     """`000001.jpg 0` lines -> {file name: split}."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:  # a download cut short, or another file saved under its name
+        raise DataError(f"{path} is not a text file ({err.reason} at byte {err.start}); {CELEBA_HELP}") from err
     out: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-            raise DataError(f"{path}:{lineno}: expected '<file name> 0|1|2', got {line.strip()!r}")
+            # cut: the line may be a whole file's worth of bytes
+            raise DataError(f"{path}:{lineno}: expected '<file name> 0|1|2', got {line.strip()[:60]!r}")
         out[parts[0]] = SPLITS[int(parts[1])]
     if not out:
         raise DataError(f"{path} lists no images; {CELEBA_HELP}")
@@ -153,7 +161,8 @@ def hash_split(rel_path: str, valid_fraction: float, test_fraction: float) -> st
 
 
 def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
-    if valid_fraction < 0 or test_fraction < 0 or valid_fraction + test_fraction >= 1:
+    # Written as what must hold: NaN fails every comparison, so it is refused rather than let through.
+    if not (valid_fraction >= 0 and test_fraction >= 0 and valid_fraction + test_fraction < 1):
         raise DataError(
             f"--valid-fraction {valid_fraction} and --test-fraction {test_fraction} must be >= 0 and sum below 1"
         )
@@ -182,6 +191,9 @@ def synthetic_split_counts(count: int, valid_fraction: float, test_fraction: flo
     _check_fractions(valid_fraction, test_fraction)
     if count <= 0:
         raise DataError(f"--count must be positive, got {count}")
+    if count > MAX_SYNTHETIC_COUNT:
+        raise DataError(f"--count {count} is above the {MAX_SYNTHETIC_COUNT:,} faces a synthetic source holds; "
+                        f"pass --count {MAX_SYNTHETIC_COUNT} or less (CelebA has 202,599 images)")
     n_valid, n_test = round(count * valid_fraction), round(count * test_fraction)
     return {"train": count - n_valid - n_test, "valid": n_valid, "test": n_test}
 
