@@ -37,6 +37,7 @@ from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoin
 # (kind, payload): "sample_start", "sample_progress", "sample_done" from here, "stage" from evaluation.evaluate_run
 OnEvent = Callable[[str, dict[str, Any]], None]
 PNG = re.compile(r"^(\d{6,})\.png$")
+OWN_FILES = re.compile(r"^(grid\.png|samples-\d+\.npz)$")  # what a sample folder holds besides PNG and sample.json
 GRID_MAX = 64
 
 
@@ -188,12 +189,19 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
         if "run_id" not in old:  # before run_id, seed S drew image i from seed S + i (now S * 2**20 + i)
             raise RunError(f"{folder} was drawn by an earlier dreamctl (no run_id in its sample.json; other seeds "
                            "per image): delete it or choose another --out, and the images are drawn again")
+        count = old.get("num", 0)
+        if type(count) is not int or count < 0:  # sample_to_folder keeps the folder whole up to it
+            raise RunError(f"{meta} says num {count!r}, not a count of images: restore it, or delete {folder} "
+                           "and the images are drawn again")
         clash = [f"{k}={old.get(k)!r} (asked {v!r})" for k, v in wanted.items() if old.get(k) != v]
         if clash:
             raise RunError(f"{folder} holds samples drawn with {', '.join(clash)}; choose another --out or delete it")
-    elif folder.is_dir() and any(PNG.match(p.name) for p in folder.iterdir()):
-        raise RunError(f"{folder} holds numbered PNGs but no sample.json, so their settings are unknown; "
-                       "choose another --out or delete them")
+    elif folder.is_dir():  # not a sample folder (yet): nothing in it may have a name this command writes
+        taken = sorted(p.name for p in folder.iterdir() if PNG.match(p.name) or OWN_FILES.match(p.name))
+        if taken:
+            raise RunError(f"{folder} holds {', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''} but no "
+                           "sample.json: files of unknown settings, or not a sample's, that drawing here would "
+                           "replace; choose another --out or move them away")
 
 
 def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict[str, Any]:

@@ -191,6 +191,28 @@ def test_a_folder_of_another_runs_images_is_not_topped_up(trained, tmp_path, cap
     assert "drawn by an earlier dreamctl" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("theirs", ["grid.png", "samples-2.npz", "000001.png"])
+def test_a_folder_without_sample_json_keeps_files_sampling_would_write(trained, tmp_path, theirs, capsys):
+    """A user's grid.png or npz in --out was replaced without a word; only numbered PNGs were refused."""
+    run, _ = trained
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / theirs).write_bytes(b"my own figure")
+    assert main(["sample", str(run), "--num", "2", "--npz", "--out", str(folder)]) == 2
+    assert f"{folder} holds {theirs} but no sample.json" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == [theirs] and (folder / theirs).read_bytes() == b"my own figure"
+
+
+def test_a_sample_json_whose_count_is_not_a_number_is_one_error(trained, tmp_path, capsys):
+    run, _ = trained
+    folder = tmp_path / "s"
+    assert main(["sample", str(run), "--num", "2", "--out", str(folder)]) == 0
+    record = json.loads((folder / "sample.json").read_text())
+    (folder / "sample.json").write_text(json.dumps({**record, "num": "x"}))
+    assert main(["sample", str(run), "--num", "2", "--out", str(folder)]) == 2
+    assert "sample.json says num 'x', not a count of images" in capsys.readouterr().err
+
+
 def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tmp_path, capsys):
     run, _ = trained
     edited = tmp_path / "edited"
