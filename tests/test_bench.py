@@ -106,9 +106,14 @@ def test_interleaved_rotates_the_order_and_counts_calls():
                 net(torch.zeros(1))
         return run
 
+    heard = []
     with bench.counting_forwards(net) as counter:
-        raw = bench.interleaved({n: step(n) for n in "abc"}, torch.device("cpu"), warmup=1, rounds=3, counter=counter)
+        raw = bench.interleaved({n: step(n) for n in "abc"}, torch.device("cpu"), warmup=1, rounds=3, counter=counter,
+                                on_round=lambda label, seconds: heard.append((label, seconds)))
     assert order == list("abc") + list("abc") + list("bca") + list("cab")
+    # each round as it ends (a run cut short by its time limit has said how far it got), timed ones as recorded
+    assert [label for label, _ in heard] == ["warm-up 1/1", "round 1/3", "round 2/3", "round 3/3"]
+    assert all(seconds[n] == raw[n]["seconds"][k] for k, (_, seconds) in enumerate(heard[1:]) for n in "abc")
     assert {n: r["forward_calls"] for n, r in raw.items()} == {"a": {1}, "b": {2}, "c": {1}}
     assert all(len(r["seconds"]) == 3 for r in raw.values())
     last = counter[0]
@@ -242,7 +247,7 @@ def test_render_and_summary_of_a_cuda_shaped_result(train_result, tmp_path, caps
         row.update(peak_memory_bytes=(10 + i) * 10**9, peak_memory_ratio=1 + i / 10)
     res["train"]["naive_vs_ours"]["ours_over_naive_peak_memory"] = 0.7
     variant = {**res["train"]["rows"]["standard"], "step_extra_bytes": 4 * 10**9, "step_extra_ratio": 1.0,
-               "first_step_s": 61.2}
+               "first_step_s": 61.2, "forward_calls": None}  # variants count no forward calls
     res["variants"] = {"reference": "eager bf16", "rows": {"eager bf16": variant, "compile bf16": variant}}
     row = {"img_per_s": 250.0, "batch_s_median": 0.512, "time_ratio": 1.0, "first_batch_s": 0.9,
            "peak_memory_bytes": 10**9}
@@ -260,6 +265,9 @@ def test_render_and_summary_of_a_cuda_shaped_result(train_result, tmp_path, caps
     print_summary([str(path), str(tmp_path / "bench-sample-cuda.json")])
     summary = capsys.readouterr().out
     assert "peak 10.00 GB" in summary and "missing:" in summary
+    # a variant: its own precision in its name, the step's own memory (all variants' models stay resident)
+    assert "variants [conservative, batch 128] compile bf16: " in summary and "step extra 4.00 GB (1.00x)" in summary
+    assert "None forward calls" not in summary
     assert "dream_conservative peak memory (GB) < 16.0" in summary
     assert "sample [conservative, batch 128, bf16, compiled] ddim-50 (eta 0): 180.0 img/s" in summary
     assert "FAIL         DDIM-50 img/s, compiled >= 200: 180.0" in summary

@@ -20,7 +20,7 @@ from dreamctl.config import Recipe
 from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime
 
-from dreamctl.bench.sections import bench_inception, bench_sample, bench_train, bench_variants
+from dreamctl.bench.sections import OnEvent, bench_inception, bench_sample, bench_train, bench_variants
 from dreamctl.bench.steps import KINDS, NAIVE, loss_params, make_step, naive_conservative_loss
 from dreamctl.bench.targets import TARGETS, evaluate_targets
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize
@@ -48,8 +48,9 @@ SECTIONS = ("train", "variants", "sample", "data", "all")
 
 def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, sample_batches: int = 2,
               budget_s: float | None = None, variants: bool = True, only: tuple[str, ...] = (),
-              data_images: int = 2048) -> dict[str, Any]:
-    """One benchmark run; `what` is one of SECTIONS ('train' includes the variants unless told not to)."""
+              data_images: int = 2048, on_event: OnEvent = lambda kind, payload: None) -> dict[str, Any]:
+    """One benchmark run; `what` is one of SECTIONS ('train' includes the variants unless told not to).
+    `on_event` hears of each first (compiling) step and each timed round as it ends (sections.OnEvent)."""
     if what not in SECTIONS:
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(SECTIONS)}")
     from dreamctl.models import build_model, count_parameters
@@ -61,11 +62,14 @@ def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: in
         "channels_last": recipe.train.channels_last, "rounds": rounds, "warmup": warmup, "machine": machine(rt),
     }
     if what in ("train", "all"):
-        result["train"] = bench_train(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s)
+        result["train"] = bench_train(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s,
+                                      on_event=on_event)
     if what == "variants" or (what in ("train", "all") and variants):
-        result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s, only=only)
+        result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s, only=only,
+                                           on_event=on_event)
     if what in ("sample", "all"):
-        result["sample"] = bench_sample(recipe, rt, batches=sample_batches, compare_compile=variants)
+        result["sample"] = bench_sample(recipe, rt, batches=sample_batches, compare_compile=variants,
+                                        on_event=on_event)
         result["inception"] = bench_inception(rt, batch_size=recipe.train.batch_size,
                                               resolution=recipe.data.resolution)
     if what in ("data", "all"):

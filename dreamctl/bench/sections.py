@@ -23,6 +23,17 @@ from dreamctl.bench.steps import KINDS, NAIVE, NAIVE_COST, make_step
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize, sync
 
 SAMPLE_STEPS = 50
+# (kind, payload): "bench_first" {"section", "name", "seconds"}: a first step or batch (the compile), timed
+# apart; "bench_round" {"section", "round", "seconds": {name: s}}: a round of interleaved().
+OnEvent = Callable[[str, dict[str, Any]], None]
+
+
+def _quiet(kind: str, payload: dict[str, Any]) -> None:
+    pass
+
+
+def _rounds(section: str, on_event: OnEvent) -> Callable[[str, dict[str, float]], None]:
+    return lambda label, seconds: on_event("bench_round", {"section": section, "round": label, "seconds": seconds})
 
 
 def _fake_batch(recipe: Recipe, rt: Runtime) -> Tensor:
@@ -36,7 +47,7 @@ def _fake_batch(recipe: Recipe, rt: Runtime) -> Tensor:
 
 
 def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget_s: float | None = None,
-                kinds: tuple[str, ...] = KINDS, naive: bool = True) -> dict[str, Any]:
+                kinds: tuple[str, ...] = KINDS, naive: bool = True, on_event: OnEvent = _quiet) -> dict[str, Any]:
     """Every loss kind (and the naive conservative step) stepping one shared model in turn.
 
     Sharing the model, AdamW state and EMA keeps the resident memory identical, so peak
@@ -49,7 +60,8 @@ def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget
     names = list(kinds) + ([NAIVE] if naive else [])
     steps = {n: make_step(n, net, schedule, state, recipe, x0, rt) for n in names}
     with counting_forwards(net) as counter:
-        raw = interleaved(steps, rt.device, warmup=warmup, rounds=rounds, budget_s=budget_s, counter=counter)
+        raw = interleaved(steps, rt.device, warmup=warmup, rounds=rounds, budget_s=budget_s, counter=counter,
+                          on_round=_rounds("train", on_event))
     rows = summarize(raw, recipe.train.batch_size, rt.device.type == "cuda", reference=kinds[0])
     for name, row in rows.items():
         calls, units = NAIVE_COST if name == NAIVE else STEP_COST[name]
@@ -91,7 +103,7 @@ def _with_float32_groupnorm(step: Callable[[int], Any]) -> Callable[[int], Any]:
 
 
 def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget_s: float | None = None,
-                   only: tuple[str, ...] = ()) -> dict[str, Any]:
+                   only: tuple[str, ...] = (), on_event: OnEvent = _quiet) -> dict[str, Any]:
     """CUDA only: the standard step eager vs torch.compile, bf16 vs fp32, channels_last on/off, and
     the UNet's bf16 GroupNorm vs nn.GroupNorm's float32 output under autocast.
 
@@ -120,7 +132,9 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, bud
         steps[name](0)  # the first call compiles; timed apart so compile time is on record
         sync(rt.device)
         compile_s[name] = round(time.perf_counter() - t0, 1)
-    raw = interleaved(steps, rt.device, warmup=warmup, rounds=rounds, budget_s=budget_s)
+        on_event("bench_first", {"section": "variants", "name": name, "seconds": compile_s[name]})
+    raw = interleaved(steps, rt.device, warmup=warmup, rounds=rounds, budget_s=budget_s,
+                      on_round=_rounds("variants", on_event))
     rows = summarize(raw, recipe.train.batch_size, True, reference=VARIANT_REFERENCE)
     for name, row in rows.items():
         row["first_step_s"] = compile_s[name]
@@ -129,7 +143,7 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, bud
 
 
 def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
-                 compare_compile: bool = False) -> dict[str, Any]:
+                 compare_compile: bool = False, on_event: OnEvent = _quiet) -> dict[str, Any]:
     """DDIM-50 img/s through generate(), as `dreamctl sample` runs it: one model (no EMA copy), eval
     mode, no autograd, the recipe's sample.compile. With `compare_compile`, the other compile
     setting too, on the same weights, batches interleaved; its first batch (the compile) timed apart."""
@@ -157,7 +171,8 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
         t0 = time.perf_counter()
         runs[name](0)  # generate() ends with a copy to the CPU, so this is synchronous
         first_s[name] = round(time.perf_counter() - t0, 1)
-    raw = interleaved(runs, rt.device, warmup=max(warmup - 1, 0), rounds=batches)
+        on_event("bench_first", {"section": "sample", "name": name, "seconds": first_s[name]})
+    raw = interleaved(runs, rt.device, warmup=max(warmup - 1, 0), rounds=batches, on_round=_rounds("sample", on_event))
     own = "compiled" if recipe.sample.compile else "eager"
     summary = summarize(raw, b, rt.device.type == "cuda", reference=own)
     rows = {name: {"img_per_s": r["img_per_s"], "batch_s_median": round(r["step_ms_median"] / 1e3, 3),

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+OnRound = Callable[[str, dict[str, float]], None]  # (round label, seconds per entry)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -32,23 +33,30 @@ def counting_forwards(module: nn.Module) -> Iterator[list[int]]:
 
 
 def interleaved(steps: dict[str, Callable[[int], None]], device: torch.device, *, warmup: int, rounds: int,
-                budget_s: float | None = None, counter: list[int] | None = None) -> dict[str, dict[str, Any]]:
+                budget_s: float | None = None, counter: list[int] | None = None,
+                on_round: OnRound = lambda label, seconds: None) -> dict[str, dict[str, Any]]:
     """Time each callable round-robin: `warmup` untimed rounds, then up to `rounds` timed ones.
 
     Each round starts at a different entry. `budget_s` stops after the round that exceeds it
     (at least one timed round). Per entry: seconds per round, forward calls, and on CUDA the
     peak memory and the step's own share of it ('extra': the peak less what was resident before).
+    `on_round(label, {name: seconds})` hears of each round as it ends, so that a run cut short by
+    its time limit has said how far it got.
     """
     names = list(steps)
     cuda = device.type == "cuda"
     out: dict[str, dict[str, Any]] = {n: {"seconds": [], "forward_calls": set(), "peak": 0, "reserved": 0,
                                           "extra": 0} for n in names}
     i = 0
-    for _ in range(warmup):
+    for w in range(warmup):
+        took = {}
         for name in names:
+            t0 = time.perf_counter()
             steps[name](i)
+            sync(device)
+            took[name] = time.perf_counter() - t0
             i += 1
-    sync(device)
+        on_round(f"warm-up {w + 1}/{warmup}", took)
     start = time.perf_counter()
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -70,6 +78,7 @@ def interleaved(steps: dict[str, Callable[[int], None]], device: torch.device, *
                 rec["extra"] = max(rec["extra"], torch.cuda.max_memory_allocated(device) - resident)
                 rec["reserved"] = max(rec["reserved"], torch.cuda.max_memory_reserved(device))
             i += 1
+        on_round(f"round {r + 1}/{rounds}", {name: out[name]["seconds"][-1] for name in names})
         if budget_s is not None and time.perf_counter() - start > budget_s:
             break
     return out

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from dreamctl import atomic
 from dreamctl.cli import options
-from dreamctl.cli.common import console
+from dreamctl.cli.common import console, err_console
 from dreamctl.errors import RunError
 
 
@@ -54,7 +54,7 @@ def command(
     rounds = steps or (20 if rt.device.type == "cuda" else 12)
     with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
         result = bench.run_bench(what, resolved, rt, rounds=rounds, warmup=warmup, sample_batches=sample_batches,
-                                 budget_s=budget, variants=variants, only=tuple(only))
+                                 budget_s=budget, variants=variants, only=tuple(only), on_event=_progress)
     # The command with every default resolved, so the run can be repeated as it was.
     result["command"] = " ".join(
         ["dreamctl bench", what, "--recipe", recipe or bench.default_recipe(dev), "--device", rt.device.type,
@@ -65,6 +65,18 @@ def command(
     atomic.write_json(path, result, indent=1)  # before printing: a closed pipe must not lose it
     render(result)
     console.print(f"wrote {path}", markup=False, highlight=False)
+
+
+def _progress(kind: str, payload: dict[str, Any]) -> None:
+    """Each first step and round as it ends, on stderr: a run stopped by its time limit (benchmarks/gpu.sh)
+    has then said how far it got, and how long a compile took."""
+    section = payload["section"]
+    if kind == "bench_first":
+        err_console.print(f"{section}: {payload['name']}: first {'batch' if section == 'sample' else 'step'} "
+                          f"(compile, autotuning) {payload['seconds']:.1f} s", markup=False, highlight=False)
+    elif kind == "bench_round":
+        took = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in payload["seconds"].items())
+        err_console.print(f"{section} {payload['round']}: {took}", markup=False, highlight=False)
 
 
 def _bench_result(path: Path) -> bool:
@@ -158,15 +170,20 @@ def print_summary(paths: list[str]) -> None:
     for res in results:
         base = f"{res['recipe']}, batch {res['batch_size']}, {res['precision']}"
         setting = base + (", compiled" if res["compile"] else "")  # the training step's setting
-        for key in ("train", "variants"):
+        # A variant names its own precision and compile setting, and every variant's model stays resident
+        # while the others run: its memory figure is the step's own (the peak less the resident models).
+        for key, label, mem in (("train", setting, "peak"), ("variants", f"{res['recipe']}, batch "
+                                                             f"{res['batch_size']}", "step_extra")):
             sec = res.get(key, {})
             if "skipped" in sec:
                 lines.append(f"{key}: skipped: {sec['skipped']}")
             for name, row in sec.get("rows", {}).items():
-                mem = "" if row["peak_memory_bytes"] is None else \
-                    f", peak {_gb(row['peak_memory_bytes'])} GB ({_x(row['peak_memory_ratio'])})"
-                lines.append(f"{key} [{setting}] {name}: {row['img_per_s']:.0f} img/s, time "
-                             f"{_x(row['step_time_ratio'])}{mem}, {row.get('forward_calls')} forward calls")
+                size = row.get(f"{mem}_bytes") if mem == "step_extra" else row.get("peak_memory_bytes")
+                ratio = row.get(f"{mem}_ratio") if mem == "step_extra" else row.get("peak_memory_ratio")
+                shown = "" if size is None else f", {mem.replace('_', ' ')} {_gb(size)} GB ({_x(ratio)})"
+                calls = "" if row.get("forward_calls") is None else f", {row['forward_calls']} forward calls"
+                lines.append(f"{key} [{label}] {name}: {row['img_per_s']:.0f} img/s, time "
+                             f"{_x(row['step_time_ratio'])}{shown}{calls}")
         nv = res.get("train", {}).get("naive_vs_ours")
         if nv:
             lines.append(f"train [{setting}] dream_conservative vs naive: time {_x(nv['ours_over_naive_step_time'])}, "
