@@ -6,13 +6,14 @@
 # Writes OUTDIR/bench-<section>-cuda.json for each of its six sections and OUTDIR/bench.log
 # (everything printed: the machine, each section, the summary with the speed targets): seven
 # files, so that the device tool's limit of eight brings them all back.
-# Needs python3 with a CUDA torch, h5py, numpy, pillow, typer, rich and pyyaml. pydantic is
+# Needs python3 with a CUDA torch, torchvision, h5py, numpy, scipy, pillow, typer, rich and pyyaml. pydantic is
 # installed from a folder of wheels when it is missing: $WHEELS, else wheels/ or .whl/ in the
 # repository (see docs/benchmarks.md for how to fetch them). Nothing is downloaded.
 #
 # Each section runs in its own process under its own time limit, so one that fails or
-# overruns (a slow torch.compile) costs only its own figures; the limits add up to less
-# than the 8 minutes, and a section is skipped when too little of them is left.
+# overruns (a slow torch.compile) costs only its own figures, and the log keeps how far it got
+# (each first step and round as it ends); no section runs past the 440 s budget, and one is
+# skipped when too little of it is left.
 #
 # Environment: PYTHON (default python3); DEVICE=cpu and BENCH_ARGS="--set ..." make a smoke
 # test of this script on a machine without a GPU (the figures are then not GPU figures).
@@ -87,11 +88,11 @@ section train 100 train --no-variants --steps 10 --warmup 3 --budget-s 40
 section sample 50 sample --no-variants --sample-batches 3
 # The standard step with one setting changed at a time from eager bf16 (fp32, channels_last, the
 # float32 GroupNorm the UNet's replaced) ...
-section variants 90 variants --only "eager fp32 (tf32)" --only "eager bf16 channels_last" \
-    --only "eager bf16, float32 GroupNorm" --steps 8 --warmup 2 --budget-s 30
+section variants 60 variants --only "eager fp32 (tf32)" --only "eager bf16 channels_last" \
+    --only "eager bf16, float32 GroupNorm" --steps 8 --warmup 2 --budget-s 20
 # ... and torch.compile, for sampling (eager and compiled interleaved) and for the training step.
 section sample-compiled 110 sample --sample-batches 3
-section variants-compile 110 variants --only "compile bf16" --steps 8 --warmup 2 --budget-s 25
+section variants-compile 140 variants --only "compile bf16" --steps 8 --warmup 2 --budget-s 25
 # The loader is CPU work: last, as it says nothing about the GPU.
 section data 40 data
 
