@@ -48,11 +48,14 @@ class Evaluation:
     samples: Path  # the sample folder used
 
 
-def parse_metrics(metrics: Sequence[str]) -> list[str]:
+def parse_metrics(metrics: Sequence[str], where: str = "--metrics") -> list[str]:
+    """The metric names asked for, lower case, each once; ConfigError naming `where` for unknown ones."""
+    if not all(isinstance(m, str) for m in metrics):
+        raise ConfigError(f"{where} must list metric names, got {list(metrics)!r}; choose from {', '.join(METRICS)}")
     wanted = list(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
     unknown = [m for m in wanted if m not in METRICS]
     if unknown or not wanted:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} in --metrics; "
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} in {where}; "
                           f"choose from {', '.join(METRICS)}")
     return wanted
 

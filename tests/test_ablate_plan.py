@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,38 @@ def test_training_without_data_is_one_error_naming_the_fix_before_any_job(tmp_pa
     with pytest.raises(ConfigError, match=r"run lambda_max-0\.3_seed-0 needs training data: give --data DIR or 'data:' in the spec"):
         execute(plan, runner=fake)
     assert fake.calls == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    # an AttributeError in the plan before
+    ({"evaluate": {"metrics": [1, 2]}}, "evaluate.metrics must list metric names, got [1, 2]; choose from fid, kid,"),
+    ({"evaluate": {"metrics": ["swd", "fdi"]}}, "unknown metric(s) fdi in evaluate.metrics; choose from"),
+    ({"evaluate": {"metrics": [" "]}}, "unknown metric(s) (none given) in evaluate.metrics"),
+    ({"seeds": [True]}, "'seeds' must be a non-empty list of integers, got [True]"),  # was a run named seed-true
+    ({"evaluate": {"num": True}}, "evaluate.num must be a positive integer, got True"),  # was num 1
+])
+def test_spec_values_are_checked_when_the_spec_is_read(tmp_path: Path, changes, message) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_spec(write_spec(tmp_path, **changes))
+
+
+def test_metric_names_are_taken_as_evaluate_takes_them(tmp_path: Path) -> None:
+    assert parse_spec(write_spec(tmp_path, evaluate={"metrics": ["SWD", " fid"]})).metrics == ("SWD", " fid")
+    assert parse_spec(write_spec(tmp_path, evaluate={"metrics": "swd,kid,"})).metrics == ("swd", "kid", "")
+
+
+def test_a_value_written_two_ways_is_one_grid_point(tmp_path: Path) -> None:
+    """PyYAML reads 1e-3 (no dot) as a string: compared as the recipe holds it, it is 0.001 listed twice."""
+    path = write_spec(tmp_path, grid={"optim.lr": [0.001, "1e-3"]})
+    path.write_text(path.read_text().replace("'1e-3'", "1e-3"))
+    with pytest.raises(ConfigError, match=re.escape("grid.optim.lr lists 0.001 twice (written 0.001 and '1e-3'); "
+                                                    "list each value once")):
+        parse_spec(path)
+    for bad in ({"grid": {"train.batch_size": [16, "16"]}}, {"grid": {"optim.betas": [[0.9, 0.99], ["9e-1", 0.99]]}},
+                {"eval_grid": {"sample.eta": [0.0, "0e0"]}}):
+        with pytest.raises(ConfigError, match="twice"):
+            parse_spec(write_spec(tmp_path, **bad))
+    # values as written name the runs; distinct values stay distinct, and true is not 1 (the recipe refuses it)
+    spec = parse_spec(write_spec(tmp_path, grid={"optim.lr": [0.001, "2e-3"], "train.batch_size": [1, True]}))
+    assert [name for name, _, _ in expand(spec)][:3] == ["lr-0.001_batch_size-1_seed-0", "lr-0.001_batch_size-true_seed-0",
+                                                        "lr-2e-3_batch_size-1_seed-0"]

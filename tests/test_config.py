@@ -87,6 +87,16 @@ def test_a_recipe_never_inherits_its_parents_name(tmp_path: Path):
     (["train.seed=99999999999999999999"], "train.seed"),
     (["train.seed=-1"], "train.seed"),
     (["model.channels=15"], "level width 60 (model.channels 15 x model.channel_mult) must be divisible by model.groups"),
+    # values the schema let through once, each a traceback from torch on a huge allocation or a shape
+    (["model.channels=100000"], "model.channels: Input should be less than or equal to 512"),
+    (["model.channel_mult=[1,2,400]"], "model.channel_mult.2: Input should be less than or equal to 8"),
+    (["model.num_res_blocks=100"], "model.num_res_blocks: Input should be less than or equal to 8"),
+    (["model.time_features=3"], "model.time_features: Input should be a multiple of 2"),
+    (["model.time_features=100000000"], "model.time_features: Input should be less than or equal to 1024"),
+    (["diffusion.num_timesteps=100000000000"], "diffusion.num_timesteps: Input should be less than or equal to 10000"),
+    (["model.channels=12", "model.channel_mult=[2,4]", "model.attention_resolutions=[16]"],
+     "model.channels 12 must be divisible by model.groups (8)"),
+    (["train.batch_size=true"], "train.batch_size: true is a boolean, not a number; give an integer"),
 ])
 def test_bad_overrides_name_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)) as err:
@@ -116,6 +126,7 @@ def test_bad_file_names_the_file(tmp_path: Path):
     (["ablate", "tiny-methods", "--seeds", "", "--dry-run"], "--seeds '': expected integers"),  # was ignored
     (["ablate", "tiny-methods", "--seeds", "-1", "--dry-run"], "train.seed"),
     (["train", "--recipe", "tiny", "--set", "optim.lr=inf", "--dry-run"], "optim.lr: Input should be a finite number"),
+    (["train", "--recipe", "tiny", "--set", "model.channels=100000", "--dry-run"], "model.channels"),  # a 640 GB tensor
 ])
 def test_cli_errors_exit_2_with_one_line(args, needle, capsys):
     assert main(args) == 2
@@ -386,3 +397,75 @@ def test_an_override_below_a_value_names_it():
     """train.batch_size is a number, not a section: --set train.batch_size.x=1 says so."""
     with pytest.raises(ConfigError, match=re.escape("bad override 'train.batch_size.x=1': 'batch_size' is not a section")):
         load_recipe("tiny", ["train.batch_size.x=1"])
+
+
+# Values the UNet cannot run, refused by the schema: the edge values a recipe may use run.
+
+def test_the_time_features_must_be_even_because_the_unet_needs_it():
+    """A cosine and a sine per frequency: an odd width gave the time MLP one feature less than it takes."""
+    import torch
+
+    from dreamctl.config import ModelConfig
+
+    def forward(width: int) -> tuple[int, ...]:
+        cfg = ModelConfig.model_construct(**{**load_recipe("tiny").model.model_dump(), "time_features": width})
+        return tuple(build_model(cfg, 32)(torch.zeros(1, 3, 32, 32), torch.tensor([5])).shape)
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        forward(3)  # unchecked (model_construct): what `train` raised before
+    for width in (2, 1024):
+        assert load_recipe("tiny", [f"model.time_features={width}"]).model.time_features == width
+        assert forward(width) == (1, 3, 32, 32)
+
+
+def test_the_largest_model_and_schedule_values_are_accepted():
+    r = load_recipe("tiny", ["model.channels=512", "model.channel_mult=[8]", "model.attention_resolutions=[16]",
+                             "model.num_res_blocks=8",
+                             "diffusion.num_timesteps=10000", "sample.t_start=null"])
+    assert (r.model.channels, r.model.channel_mult, r.model.num_res_blocks, r.diffusion.num_timesteps) == (
+        512, (8,), 8, 10000)
+
+
+def test_the_input_width_must_split_into_the_groups():
+    """channels 12 x (2, 4) gives levels of 24 and 48, both divisible by 8, but the first block normalises 12."""
+    from dreamctl.config import ModelConfig
+
+    unchecked = {**load_recipe("tiny").model.model_dump(), "channels": 12, "channel_mult": (2, 4)}
+    cfg = ModelConfig.model_construct(**unchecked)
+    with pytest.raises(ValueError, match="num_channels \\(12\\) must be divisible by num_groups \\(8\\)"):
+        build_model(cfg, 32)  # unchecked: what the UNet raised
+    assert load_recipe("tiny", ["model.channels=16", "model.channel_mult=[2,4]"]).model.channels == 16
+
+
+def _number_keys() -> list[str]:
+    """Every int and float setting of the schema, as a dotted key (a tuple by its first item)."""
+    keys = []
+    for section, field in Recipe.model_fields.items():
+        for name, sub in getattr(field.annotation, "model_fields", {}).items():
+            if re.search(r"\b(int|float)\b", str(sub.annotation)) and "bool" not in str(sub.annotation):
+                keys.append(f"{section}.{name}" + (".0" if "tuple" in str(sub.annotation) else ""))
+    return keys
+
+
+def test_every_number_setting_is_checked_here():
+    assert {"train.batch_size", "optim.lr", "optim.betas.0", "model.channel_mult.0", "data.limit", "eval.seed",
+            "loss.start_epoch", "sample.t_start"} <= set(_number_keys())
+
+
+@pytest.mark.parametrize("key", _number_keys())
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_booleans_are_refused_for_numbers(key, value):
+    """Lax validation read `batch_size: true` as 1 (and false as 0): a mistake, not a number."""
+    section, name = key.split(".")[:2]
+    given = f"[{value},0.9]" if key.endswith(".0") else value
+    with pytest.raises(ConfigError, match=re.escape(f"{section}.{name}: {value} is a boolean, not a number; give")):
+        load_recipe("tiny", [f"{section}.{name}={given}"])
+
+
+def test_yaml_floats_read_as_strings_still_load(tmp_path: Path):
+    """PyYAML reads 1e-3 (no dot) as a string; a recipe takes it as the number, as before."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\noptim:\n  lr: 1e-3\n  betas: [9e-1, 0.99]\ntrain:\n  compile: true\n")
+    r = load_recipe(mine)
+    assert (r.optim.lr, r.optim.betas, r.train.compile) == (0.001, (0.9, 0.99), True)
+    assert load_recipe("tiny", ["optim.lr=1e-3", "train.batch_size=\"16\""]).train.batch_size == 16

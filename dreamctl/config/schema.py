@@ -7,9 +7,10 @@ key and where the recipe came from (validate_recipe). Loading files is dreamctl.
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from dreamctl.errors import ConfigError
 
@@ -23,7 +24,14 @@ SEED_RULE = "seed*2**20+i"  # recorded in evaluation files; files written before
 # 178x218); 1024 px already upsamples them 5x, and a default 5000-image shard of it is 15 GiB in memory
 # while prepare-data writes it. Past it a typo (100000) is an out-of-memory crash, not a data set.
 MAX_RESOLUTION = 1024
+# Parameters grow with the square of the width: the study's 128 channels are 54.85M, 512 already 0.88B (17.5 GB
+# of fp32 weights, EMA, gradients and AdamW state); ADM's widest UNet has 256. Past it a typo (100000) is a
+# 640 GB allocation for the time MLP, not a model; the same holds for a level's multiplier and block count.
+MAX_CHANNELS = 512
+MAX_CHANNEL_MULT = 8  # DDPM and ADM go up to 4
+MAX_RES_BLOCKS = 8  # DDPM and ADM use 2 or 3
 PositiveInt = Annotated[int, Field(gt=0)]
+ChannelMult = Annotated[int, Field(gt=0, le=MAX_CHANNEL_MULT)]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # AdamW's own bounds
 
 
@@ -49,6 +57,30 @@ class _Section(BaseModel):
     # a NaN loss later, and recipe.yaml would keep `.inf`. Refused here, for every float of every section.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
+    # Lax mode (not strict) keeps YAML's `lr: 1e-3`, which PyYAML reads as a string, a float; it also
+    # reads `batch_size: true` as 1. A boolean is refused wherever a number (or a tuple of them) is meant.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = _bool_for_number(cls.model_fields[info.field_name].annotation, value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def _mentions(annotation: Any, kind: type) -> bool:
+    """Whether a field's type is `kind` or holds it (int | None, tuple[Annotated[float, ...], ...])."""
+    return annotation is kind or any(_mentions(a, kind) for a in get_args(annotation))
+
+
+def _bool_for_number(annotation: Any, value: Any) -> str | None:
+    """Why `value` is refused, where it is (or holds) a boolean and the field takes numbers but no booleans."""
+    flag = next((v for v in (value if isinstance(value, (list, tuple)) else (value,)) if isinstance(v, bool)), None)
+    if flag is None or _mentions(annotation, bool) or not (_mentions(annotation, int) or _mentions(annotation, float)):
+        return None
+    wanted = "an integer" if _mentions(annotation, int) else "a number"
+    return f"{str(flag).lower()} is a boolean, not a number; give {wanted}"
+
 
 class DataConfig(_Section):
     path: str | None = None  # prepared folder; `train --data DIR` sets it
@@ -59,19 +91,24 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    channels: int = Field(128, gt=0)  # base width; level i has channels * channel_mult[i]
-    channel_mult: tuple[PositiveInt, ...] = Field((1, 2, 4), min_length=1)
-    num_res_blocks: int = Field(2, gt=0)
+    channels: int = Field(128, gt=0, le=MAX_CHANNELS)  # base width; level i has channels * channel_mult[i]
+    channel_mult: tuple[ChannelMult, ...] = Field((1, 2, 4), min_length=1)
+    num_res_blocks: int = Field(2, gt=0, le=MAX_RES_BLOCKS)
     attention_resolutions: tuple[PositiveInt, ...] = (16, 8)  # 8 = the middle at 64x64
     num_heads: int = Field(8, gt=0)
     groups: int = Field(8, gt=0)  # GroupNorm groups
-    time_features: int = Field(128, gt=0)  # sinusoidal width; the MLP widens it to 4*channels
+    # Sinusoidal width; the MLP widens it to 4*channels. A cosine and a sine per frequency (timestep_features): an
+    # odd width gives the MLP one feature less than it takes. DDPM and ADM use the base width; past 1024 the
+    # frequencies only crowd closer together.
+    time_features: int = Field(128, ge=2, le=1024, multiple_of=2)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class DiffusionConfig(_Section):
     schedule: Literal["linear", "cosine"] = "cosine"
-    num_timesteps: int = Field(1000, gt=1)
+    # DDPM's T is 1000, improved DDPM's 4000. The schedule is a T-long table made up front and a ddpm sampler
+    # runs all T steps: a typo (1e11) is an 800 GB allocation, not a schedule.
+    num_timesteps: int = Field(1000, gt=1, le=10_000)
     beta_start: float = Field(1e-4, gt=0.0, lt=1.0)  # linear schedule only
     beta_end: float = Field(0.02, gt=0.0, lt=1.0)
 
@@ -204,6 +241,9 @@ class Recipe(_Section):
             if c % m.groups or c % m.num_heads:
                 raise ValueError(f"model: level width {c} (model.channels {m.channels} x model.channel_mult) must be "
                                  f"divisible by model.groups ({m.groups}) and model.num_heads ({m.num_heads})")
+        if m.channels % m.groups:  # the first residual block normalises the input convolution's output
+            raise ValueError(f"model.channels {m.channels} must be divisible by model.groups ({m.groups}), "
+                             "the GroupNorm groups of the first block's input")
         if self.sample.steps > self.diffusion.num_timesteps:
             raise ValueError(f"sample.steps ({self.sample.steps}) exceeds diffusion.num_timesteps")
         t_start = self.sample.t_start
@@ -240,6 +280,21 @@ def validate_recipe(raw: dict, source: str) -> Recipe:
             msg = _unknown_key(e["loc"]) if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
             problems.append(f"{key}: {msg}" if key else msg)  # whole-recipe checks name their keys
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def setting_value(key: str, value: Any) -> Any:
+    """A value as the recipe holds it, for comparing values as written (`1e-3`, which YAML reads as a string,
+    is 0.001 for optim.lr); the value itself where `key` is not one setting or the value is refused there
+    (the recipe's validation then names it)."""
+    section, _, name = key.partition(".")
+    holder = Recipe.model_fields.get(section)
+    field = getattr(holder.annotation, "model_fields", {}).get(name) if holder else None
+    if field is None or _bool_for_number(field.annotation, value):
+        return value
+    try:
+        return TypeAdapter(field.annotation).validate_python(value)
+    except ValidationError:
+        return value
 
 
 def flat_items(recipe: Recipe) -> dict[str, Any]:
