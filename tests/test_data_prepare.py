@@ -199,41 +199,31 @@ def test_a_resolution_past_the_maximum_writes_nothing(tmp_path, capsys):
         load_recipe("tiny", ["data.resolution=2048", "model.attention_resolutions=[]"])
 
 
-def test_overwrite_refuses_a_folder_prepare_data_did_not_write(tmp_path, capsys):
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_folder_prepare_data_did_not_write_is_refused(tmp_path, capsys, overwrite):
+    """With --overwrite it would have been emptied; without, it got shards and a manifest among its
+    checkpoints (exit 0). An empty folder, shards alone and a finished folder are still prepare-data's."""
     from dreamctl.cli import main
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "run.json").write_text("{}")
     before = sorted(p.name for p in run.rglob("*"))
-    args = ["prepare-data", "--source", "synthetic", "--count", "5", "--resolution", "16", "--workers", "1"]
-    assert main([*args, "--out", str(run), "--overwrite"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "is not a prepared-data folder (it holds checkpoints/, run.json)" in err and "another --out" in err
-    assert sorted(p.name for p in run.rglob("*")) == before and "\n" not in err
-    (tmp_path / "empty").mkdir()  # an empty folder, and shards alone, are still ours to replace
-    assert main([*args, "--out", str(tmp_path / "empty"), "--overwrite"]) == 0
-    (tmp_path / "empty" / "manifest.json").unlink()
-    assert main([*args, "--out", str(tmp_path / "empty"), "--overwrite"]) == 0
-
-
-def test_a_folder_prepare_data_did_not_write_is_refused_without_overwrite_too(tmp_path, capsys):
-    """Without --overwrite, a run folder got shards and a manifest among its checkpoints (exit 0)."""
-    from dreamctl.cli import main
-
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "run.json").write_text("{}")
-    before = sorted(p.name for p in run.rglob("*"))
-    args = ["prepare-data", "--source", "synthetic", "--count", "5", "--resolution", "16", "--workers", "1"]
+    args = ["prepare-data", "--source", "synthetic", "--count", "5", "--resolution", "16", "--workers", "1",
+            *(["--overwrite"] if overwrite else [])]
     assert main([*args, "--out", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not a prepared-data folder (it holds checkpoints/, run.json)" in err and "another --out" in err
     assert sorted(p.name for p in run.rglob("*")) == before and "\n" not in err
-    (tmp_path / "empty").mkdir()  # an empty folder is still fine, and a finished one is reused
-    assert main([*args, "--out", str(tmp_path / "empty")]) == 0
-    assert main([*args, "--out", str(tmp_path / "empty")]) == 0
-    assert "kept 5 images" in capsys.readouterr().out
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    assert main([*args, "--out", str(ours)]) == 0
+    if overwrite:
+        (ours / "manifest.json").unlink()  # shards alone
+        assert main([*args, "--out", str(ours)]) == 0
+    else:
+        assert main([*args, "--out", str(ours)]) == 0
+        assert "kept 5 images" in capsys.readouterr().out
 
 
 def test_a_synthetic_count_past_the_maximum_is_one_line_not_an_out_of_memory_kill(tmp_path, capsys):
