@@ -155,8 +155,8 @@ def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any]) ->
     """Refuse a checkpoint that is not this run's (copied in from another run, edited by hand): its
     stored recipe must agree with the run's in every setting resume cannot change, and its tensors
     must fit the network (built on the meta device: shapes without memory)."""
-    def fixed(r: Recipe) -> dict[str, Any]:
-        return {k: v for k, v in flat_items(r).items() if not k.startswith(RESUMABLE_KEYS)}
+    def fixed(r: Recipe) -> dict[str, Any]:  # the settings; not the name and description, which train nothing
+        return {k: v for k, v in flat_items(r).items() if "." in k and not k.startswith(RESUMABLE_KEYS)}
 
     ours, its = fixed(recipe), fixed(recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)"))
     differ = sorted(k for k in ours.keys() | its.keys() if ours.get(k) != its.get(k))
