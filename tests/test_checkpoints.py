@@ -23,7 +23,7 @@ def _minimal(step: int, **fields) -> dict:
 def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
     assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000004.pt")
-    assert REQUIRED | {"meter", "dreamctl_version"} == set(ckpt)  # no RNG state: each step reseeds from (seed, step)
+    assert REQUIRED | {"meter", "run_id", "dreamctl_version"} == set(ckpt)  # no RNG state: each step reseeds
     assert ckpt["data_position"]["batch_index"] == 4
     assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
 
@@ -235,26 +235,44 @@ def _files(run) -> dict[str, bytes]:
 
 
 def test_another_runs_checkpoint_is_refused_before_resume_changes_anything(tmp_path, synthetic_data_dir, capsys):
-    """A checkpoint copied in from a sibling run (here: another seed) looked like this run's newest: resume
-    set the run's own checkpoint aside as corrupt and cut its log before the weights failed to load, or,
-    with the same network, trained on from the wrong weights."""
+    """A checkpoint copied in from a sibling run looked like this run's newest: resume set the run's own
+    checkpoint aside as corrupt and cut its log before the weights failed to load, or, with the same
+    network, trained on from the wrong weights. Now nothing changes and one line says why."""
     ours, other = tmp_path / "ours", tmp_path / "other"
     assert train(ours, synthetic_data_dir, TINY + ["train.max_steps=2", "train.checkpoint_every=2"], recipe="tiny") == 0
-    assert train(other, synthetic_data_dir, TINY + ["train.max_steps=4", "train.seed=1"], recipe="tiny") == 0
-    foreign = other / "checkpoints" / "step-00000004.pt"
-    (ours / "checkpoints" / foreign.name).write_bytes(foreign.read_bytes())
-    before = _files(ours)
-    capsys.readouterr()
-    assert main(["resume", str(ours), "--set", "train.max_steps=6"]) == 2
-    err = capsys.readouterr().err
-    assert "step-00000004.pt was trained with other settings than" in err and "(train.seed)" in err
-    assert "move it out of" in err and "Traceback" not in err
-    assert _files(ours) == before
+    assert train(other, synthetic_data_dir, TINY + ["train.max_steps=4", "optim.lr=5e-3"], recipe="tiny") == 0
+    foreign = torch.load(other / "checkpoints" / "step-00000004.pt", weights_only=True)
+    copied = ours / "checkpoints" / "step-00000004.pt"
 
-    (ours / "checkpoints" / foreign.name).rename(ours / "checkpoints" / "step-00000006.pt")  # and renamed newer
+    def refused(ckpt: dict, said: str) -> None:
+        torch.save(ckpt, copied)
+        before = _files(ours)
+        capsys.readouterr()
+        assert main(["resume", str(ours), "--set", "train.max_steps=6"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and "resuming from" not in err, err
+        assert _files(ours) == before
+
+    # a sibling of an lr grid: only settings resume may change differ, so its run id tells it apart
+    refused(foreign, f"step-00000004.pt was written by run {foreign['run_id']}, not by this one")
+    # a checkpoint from before run ids: its settings do
+    older = {k: v for k, v in foreign.items() if k != "run_id"}
+    refused({**older, "recipe": older["recipe"].replace("  seed: 0\n", "  seed: 1\n", 1)},
+            "disagree on what resume cannot change (train.seed: 0 there, 1 in the checkpoint)")
+    refused({**older, "optimizer": {}}, "holds an optimizer state or data position that does not load (KeyError")
+    refused({**older, "data_position": {}}, "holds an optimizer state or data position that does not load (KeyError")
+    copied.rename(ours / "checkpoints" / "step-00000006.pt")  # renamed newer
     assert main(["resume", str(ours), "--set", "train.max_steps=8"]) == 2
     assert "step-00000006.pt holds step 4, not the step its name says" in capsys.readouterr().err
-    assert [p.name for p in list_checkpoints(ours / "checkpoints")] == ["step-00000002.pt", "step-00000006.pt"]
+    (ours / "checkpoints" / "step-00000006.pt").unlink()
+
+    # the run's own checkpoint and a hand-edited recipe.yaml: a setting is refused, a description is not
+    recipe = (ours / "recipe.yaml").read_text()
+    (ours / "recipe.yaml").write_text(recipe.replace("  seed: 0\n", "  seed: 3\n", 1))
+    assert main(["resume", str(ours), "--set", "train.max_steps=4"]) == 2
+    assert "recipe.yaml and checkpoint" in capsys.readouterr().err
+    (ours / "recipe.yaml").write_text(recipe.replace("description: ", "description: edited. ", 1))
+    assert main(["resume", str(ours), "--set", "train.max_steps=4"]) == 0
 
 
 @pytest.mark.parametrize("edit, said", [
@@ -287,7 +305,6 @@ def test_weights_that_do_not_fit_the_network_name_the_first_tensor_that_differs(
     with pytest.raises(CheckpointError, match=r"\(optimizer.state.1.exp_avg: 3x4 in the checkpoint, 3 in the network\)"):
         check_fits({**ckpt, "optimizer": {"state": {1: {"exp_avg": torch.zeros(3, 4)}}}}, tmp_path / "c.pt", net,
                    optimizer=True)
-    net(torch.zeros(1, 4))  # the meta-device twin used by resume compares the same shapes
-    with torch.device("meta"):
+    with torch.device("meta"):  # the twin resume builds: the same shapes, no memory
         twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     check_fits(ckpt, tmp_path / "c.pt", twin, optimizer=True)

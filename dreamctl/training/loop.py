@@ -150,8 +150,8 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         meter_state = meter.state_dict(rt)  # on every rank: it may all-gather
 
         def save() -> None:
-            path = save_checkpoint(state.state_dict(recipe_yaml, order.state_dict(), meter_state), run.checkpoints,
-                                   tc.keep_checkpoints)
+            ckpt = state.state_dict(recipe_yaml, order.state_dict(), meter_state, run.run_id())  # rank 0 reads run.json
+            path = save_checkpoint(ckpt, run.checkpoints, tc.keep_checkpoints)
             run.update_info({"step": state.step, "epoch": order.epoch, "images_seen": state.images_seen,
                              "wall_time_s": round(state.wall_time_s, 2)})
             on_event("checkpoint", {"step": state.step, "path": str(path)})

@@ -15,7 +15,7 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
-from dreamctl.config.schema import RESUMABLE_KEYS, flat_items
+from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
 from dreamctl.models import build_model
@@ -151,22 +151,38 @@ def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size
     return recipe
 
 
-def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any]) -> None:
-    """Refuse a checkpoint that is not this run's (copied in from another run, edited by hand): its
-    stored recipe must agree with the run's in every setting resume cannot change, and its tensors
-    must fit the network (built on the meta device: shapes without memory)."""
-    def fixed(r: Recipe) -> dict[str, Any]:  # the settings; not the name and description, which train nothing
-        return {k: v for k, v in flat_items(r).items() if "." in k and not k.startswith(RESUMABLE_KEYS)}
-
-    ours, its = fixed(recipe), fixed(recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)"))
+def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any], num_images: int) -> None:
+    """Refuse a checkpoint that is not this run's, or does not agree with its recipe.yaml, before resume
+    changes anything: its run id (checkpoints before it lack one), the settings resume cannot change,
+    tensors that fit the network (built on the meta device: shapes without memory), and an optimizer
+    state and data position that load as training will load them."""
+    if ckpt.get("run_id", run.run_id()) != run.run_id():
+        raise CheckpointError(f"checkpoint {path} was written by run {ckpt['run_id']}, not by this one "
+                              f"({run.run_id()}): move it out of {run.checkpoints}")
+    ours, its = _settings(recipe), _settings(recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)"))
     differ = sorted(k for k in ours.keys() | its.keys() if ours.get(k) != its.get(k))
     if differ:
-        raise CheckpointError(f"checkpoint {path} was trained with other settings than {run.recipe_file} "
-                              f"({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}): another run's "
-                              f"checkpoint; nothing was changed: move it out of {run.checkpoints}")
+        shown = "; ".join(f"{k}: {ours.get(k)!r} there, {its.get(k)!r} in the checkpoint" for k in differ[:3])
+        raise CheckpointError(f"{run.recipe_file} and checkpoint {path} disagree on what resume cannot change ({shown}"
+                              f"{'; ...' if len(differ) > 3 else ''}): restore recipe.yaml (resume --set changes only "
+                              f"{', '.join(RESUMABLE_KEYS[:3])}, ...), or, if the checkpoint is another run's, move it "
+                              f"out of {run.checkpoints}")
     with torch.device("meta"):
         network = build_model(recipe.model, recipe.data.resolution)
-    check_fits(ckpt, path, network, optimizer=True)
+    check_fits(ckpt, path, network)
+    try:
+        torch.optim.AdamW(network.parameters()).load_state_dict(ckpt["optimizer"])
+        BatchOrder(num_images, recipe.train.batch_size, recipe.train.seed).load_state_dict(ckpt["data_position"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # what a dict of another shape raises there
+        raise CheckpointError(f"checkpoint {path} holds an optimizer state or data position that does not load "
+                              f"({type(err).__name__}: {err}): not a dreamctl training checkpoint, or one edited by "
+                              f"hand; nothing was changed: move it out of {run.checkpoints}") from None
+    check_fits(ckpt, path, network, parts=(), optimizer=True)
+
+
+def _settings(recipe: Recipe) -> dict[str, Any]:
+    """The settings resume cannot change (not the name and description, which train nothing)."""
+    return {k: v for k, v in flat_items(recipe).items() if k not in NOT_SETTINGS and not k.startswith(RESUMABLE_KEYS)}
 
 
 def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] = (), *,
@@ -187,12 +203,11 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
         if list_checkpoints(run.checkpoints):
             # read onto the CPU on every rank; load_state_dict moves the weights to each rank's device
             path, ckpt = load_latest(run.checkpoints, map_location="cpu")
+            _check_own(run, recipe, path, ckpt, len(images))  # before anything below renames, truncates or rewrites
             on_event("resume", {"step": ckpt["step"], "path": str(path)})
         else:
             ckpt = None
             on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})
-        if ckpt is not None:
-            _check_own(run, recipe, path, ckpt)  # before anything below renames, truncates or rewrites
         step = ckpt["step"] if ckpt else 0
         last = total_steps(recipe, len(images))
         if last < step:  # on every rank alike

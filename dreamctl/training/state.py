@@ -14,7 +14,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -38,9 +38,11 @@ class TrainState:
     images_seen: int = 0
     wall_time_s: float = 0.0
 
-    def state_dict(self, recipe_yaml: str, data_position: dict[str, int], meter: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint: this state, where the data order stands, and the loss meter's running sums
-        (so the first log record after a resume averages the same steps as in a straight run)."""
+    def state_dict(self, recipe_yaml: str, data_position: dict[str, int], meter: dict[str, Any],
+                   run_id: str) -> dict[str, Any]:
+        """The checkpoint: this state, where the data order stands, the loss meter's running sums
+        (so the first log record after a resume averages the same steps as in a straight run), and
+        the run it belongs to (resume refuses another run's)."""
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -51,6 +53,7 @@ class TrainState:
             "data_position": data_position,
             "meter": meter,
             "recipe": recipe_yaml,
+            "run_id": run_id,
             "dreamctl_version": dreamctl.__version__,
         }
 
@@ -154,8 +157,7 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     if wrong:
         raise CheckpointError(f"checkpoint {path} holds {', '.join(wrong)} of the wrong kind: not a dreamctl training "
                               "checkpoint, or one edited by hand; nothing was changed: move it out of checkpoints/")
-    named = CHECKPOINT.match(path.name)
-    if named and ckpt["step"] != int(named.group(1)):
+    if CHECKPOINT.match(path.name) and ckpt["step"] != step_of(path):
         raise CheckpointError(f"checkpoint {path} holds step {ckpt['step']}, not the step its name says: another "
                               "run's checkpoint, renamed? nothing was changed: move it out of checkpoints/")
 
@@ -179,7 +181,7 @@ def check_fits(ckpt: dict[str, Any], path: Path, model: nn.Module, parts: tuple[
                     _misfit(path, f"optimizer.state.{index}.{name}", tuple(value.shape), want)
 
 
-def _misfit(path: Path, what: str, got: tuple[int, ...] | None, want: tuple[int, ...] | None) -> None:
+def _misfit(path: Path, what: str, got: tuple[int, ...] | None, want: tuple[int, ...] | None) -> NoReturn:
     def shape(s: tuple[int, ...] | None) -> str:
         return "absent" if s is None else "x".join(map(str, s)) or "scalar"
     raise CheckpointError(f"checkpoint {path} does not fit the run's network ({what}: {shape(got)} in the checkpoint, "
