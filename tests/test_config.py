@@ -93,7 +93,7 @@ def test_a_recipe_never_inherits_its_parents_name(tmp_path: Path):
     (["model.num_res_blocks=100"], "model.num_res_blocks: Input should be less than or equal to 8"),
     (["model.time_features=3"], "model.time_features: Input should be a multiple of 2"),
     (["model.time_features=100000000"], "model.time_features: Input should be less than or equal to 1024"),
-    (["diffusion.num_timesteps=100000000000"], "diffusion.num_timesteps: Input should be less than or equal to 10000"),
+    (["diffusion.num_timesteps=100000000000"], "diffusion.num_timesteps: Input should be less than or equal to 1000000"),
     (["model.channels=12", "model.channel_mult=[2,4]", "model.attention_resolutions=[16]"],
      "model.channels 12 must be divisible by model.groups (8)"),
     (["train.batch_size=true"], "train.batch_size: true is a boolean, not a number; give an integer"),
@@ -421,9 +421,9 @@ def test_the_time_features_must_be_even_because_the_unet_needs_it():
 def test_the_largest_model_and_schedule_values_are_accepted():
     r = load_recipe("tiny", ["model.channels=512", "model.channel_mult=[8]", "model.attention_resolutions=[16]",
                              "model.num_res_blocks=8",
-                             "diffusion.num_timesteps=10000", "sample.t_start=null"])
+                             "diffusion.num_timesteps=1000000", "sample.t_start=null"])
     assert (r.model.channels, r.model.channel_mult, r.model.num_res_blocks, r.diffusion.num_timesteps) == (
-        512, (8,), 8, 10000)
+        512, (8,), 8, 1_000_000)
 
 
 def test_the_input_width_must_split_into_the_groups():

@@ -7,11 +7,12 @@ key and where the recipe came from (validate_recipe). Loading files is dreamctl.
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from dreamctl.config.values import bool_for_number
 from dreamctl.errors import ConfigError
 
 LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbation"]
@@ -46,6 +47,7 @@ def drawn_by_seed_rule(protocol: dict[str, Any]) -> bool:
 # known by its content hash). Runs that differ only in these and the seed are seeds of one experiment.
 BOOKKEEPING_KEYS = ("train.log_every", "train.checkpoint_every", "train.sample_every", "train.keep_checkpoints",
                     "train.sample_grid", "sample.", "eval.", "data.path")
+NOT_SETTINGS = ("name", "description")  # a recipe's top-level keys, which train nothing
 # What `resume --set` may change: bookkeeping, the run's length, and the optimizer settings, which act
 # from the resumed step on (a lower lr after a NaN). run.json's "resumes" lists each resume's overrides.
 RESUMABLE_KEYS = ("train.epochs", "train.max_steps", *BOOKKEEPING_KEYS,
@@ -62,24 +64,10 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        problem = _bool_for_number(cls.model_fields[info.field_name].annotation, value)
+        problem = bool_for_number(cls.model_fields[info.field_name].annotation, value)
         if problem:
             raise ValueError(problem)
         return value
-
-
-def _mentions(annotation: Any, kind: type) -> bool:
-    """Whether a field's type is `kind` or holds it (int | None, tuple[Annotated[float, ...], ...])."""
-    return annotation is kind or any(_mentions(a, kind) for a in get_args(annotation))
-
-
-def _bool_for_number(annotation: Any, value: Any) -> str | None:
-    """Why `value` is refused, where it is (or holds) a boolean and the field takes numbers but no booleans."""
-    flag = next((v for v in (value if isinstance(value, (list, tuple)) else (value,)) if isinstance(v, bool)), None)
-    if flag is None or _mentions(annotation, bool) or not (_mentions(annotation, int) or _mentions(annotation, float)):
-        return None
-    wanted = "an integer" if _mentions(annotation, int) else "a number"
-    return f"{str(flag).lower()} is a boolean, not a number; give {wanted}"
 
 
 class DataConfig(_Section):
@@ -106,9 +94,9 @@ class ModelConfig(_Section):
 
 class DiffusionConfig(_Section):
     schedule: Literal["linear", "cosine"] = "cosine"
-    # DDPM's T is 1000, improved DDPM's 4000. The schedule is a T-long table made up front and a ddpm sampler
-    # runs all T steps: a typo (1e11) is an 800 GB allocation, not a schedule.
-    num_timesteps: int = Field(1000, gt=1, le=10_000)
+    # DDPM's T is 1000, improved DDPM's 4000. The schedule is a T-long float64 table made up front: 8 MB at
+    # the bound, while a typo (1e11) is an 800 GB allocation, not a schedule.
+    num_timesteps: int = Field(1000, gt=1, le=1_000_000)
     beta_start: float = Field(1e-4, gt=0.0, lt=1.0)  # linear schedule only
     beta_end: float = Field(0.02, gt=0.0, lt=1.0)
 
@@ -289,7 +277,7 @@ def setting_value(key: str, value: Any) -> Any:
     section, _, name = key.partition(".")
     holder = Recipe.model_fields.get(section)
     field = getattr(holder.annotation, "model_fields", {}).get(name) if holder else None
-    if field is None or _bool_for_number(field.annotation, value):
+    if field is None or bool_for_number(field.annotation, value):
         return value
     try:
         return TypeAdapter(field.annotation).validate_python(value)

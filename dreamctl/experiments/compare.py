@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamctl.config import Recipe, flat_items
-from dreamctl.config.schema import BOOKKEEPING_KEYS, drawn_by_seed_rule
+from dreamctl.config.schema import BOOKKEEPING_KEYS, NOT_SETTINGS, drawn_by_seed_rule
 from dreamctl.experiments.runs import EvalRecord, Run
 from dreamctl.metrics.spread import SEEDS, spread_of
 from dreamctl.metrics.weights import INCEPTION_METRICS, METRIC_WEIGHTS
@@ -26,7 +26,6 @@ TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes"
 TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "wall time",
                  "img_per_s": "img/s", "peak_memory_bytes": "peak memory"}
 METRIC_ORDER = tuple(METRIC_WEIGHTS)  # every metric, in the order tables show them
-NOT_SETTINGS = ("name", "description")  # the recipe name has its own column; free text is no setting
 # Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
 PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
                    "resize", "feature_network")
