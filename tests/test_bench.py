@@ -33,9 +33,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+HEARD: list[tuple[str, dict]] = []  # what train_result's run_bench told its on_event
+
+
 @pytest.fixture(scope="module")
 def train_result():
-    return bench.run_bench("train", load_recipe("tiny", SMALL), CPU, rounds=2, warmup=1)
+    return bench.run_bench("train", load_recipe("tiny", SMALL), CPU, rounds=2, warmup=1,
+                           on_event=lambda kind, payload: HEARD.append((kind, payload)))
+
+
+def test_run_bench_reports_each_round_of_its_sections(train_result):
+    assert [(kind, p["section"], p["round"]) for kind, p in HEARD] == [
+        ("bench_round", "train", label) for label in ("warm-up 1/1", "round 1/2", "round 2/2")]
+    assert set(HEARD[-1][1]["seconds"]) == set(train_result["train"]["rows"])
 
 
 def test_train_rows_count_forward_calls(train_result):
@@ -373,3 +383,15 @@ def test_an_inception_file_that_is_not_clean_fids_is_skipped_with_the_reason(tmp
     write_fake_inception(tmp_path, num_classes=10)
     skipped = bench_inception(CPU, batch_size=2, resolution=16)["skipped"]
     assert "not clean-fid's Inception" in skipped and "(10, 2048)" in skipped
+
+
+def test_progress_lines_say_how_far_a_section_got(capsys):
+    """What a gpu.sh section stopped by its time limit leaves in the log: each first step and round."""
+    from dreamctl.cli.bench import _progress
+
+    _progress("bench_first", {"section": "variants", "name": "compile bf16", "seconds": 61.23})
+    _progress("bench_first", {"section": "sample", "name": "eager", "seconds": 0.9})
+    _progress("bench_round", {"section": "train", "round": "round 2/10", "seconds": {"standard": 0.0812, "dream": 0.1}})
+    assert capsys.readouterr().err.splitlines() == [
+        "variants: compile bf16: first step (compile) 61.2 s", "sample: eager: first batch 0.9 s",
+        "train round 2/10: standard 81.2 ms, dream 100.0 ms"]

@@ -72,8 +72,9 @@ def _progress(kind: str, payload: dict[str, Any]) -> None:
     has then said how far it got, and how long a compile took."""
     section = payload["section"]
     if kind == "bench_first":
-        err_console.print(f"{section}: {payload['name']}: first {'batch' if section == 'sample' else 'step'} "
-                          f"(compile, autotuning) {payload['seconds']:.1f} s", markup=False, highlight=False)
+        what = ("batch" if section == "sample" else "step") + (" (compile)" if "compil" in payload["name"] else "")
+        err_console.print(f"{section}: {payload['name']}: first {what} {payload['seconds']:.1f} s",
+                          markup=False, highlight=False)
     elif kind == "bench_round":
         took = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in payload["seconds"].items())
         err_console.print(f"{section} {payload['round']}: {took}", markup=False, highlight=False)

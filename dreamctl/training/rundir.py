@@ -158,7 +158,7 @@ class RunDir:
         for number, record in _jsonl_values(self.metrics_file):
             # Every line dreamctl writes has its step; one without could be neither kept nor dropped by
             # truncate_metrics, and rewriting the log without it would lose the line.
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            if not isinstance(record, dict) or type(record.get("step")) is not int:  # not a bool either
                 raise CheckpointError(f'{self.metrics_file} line {number} is not a record with a "step" (dreamctl '
                                       "writes one per logged step); remove or repair that line")
             records.append(record)
