@@ -32,9 +32,10 @@ from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, METRICS, evaluate_
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import (
-    SAMPLING_FIELDS, InferenceModel, OnEvent, SampleOptions, folder_name, load_for_inference, read_samples,
-    sample_to_folder, sampler_suffix, sampler_tag, sampling_settings,
+    SAMPLING_FIELDS, InferenceModel, OnEvent, SampleOptions, folder_name, load_for_inference, sample_to_folder,
+    sampler_suffix, sampler_tag, sampling_settings,
 )
+from dreamctl.sample_files import read_samples
 from dreamctl.training.rundir import RunDir, read_json
 
 # Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.

@@ -8,7 +8,6 @@ records the settings; a folder is never topped up with images drawn under other 
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -17,27 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
 from dreamctl.diffusion import NoiseSchedule, schedule_for
-from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
+from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
+from dreamctl.sample_files import OWN_FILES, PNG, png_path, read_png, read_samples, write_png
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
                                      step_of)
 
 # (kind, payload): "sample_start", "sample_progress", "sample_done" from here, "stage" from evaluation.evaluate_run
 OnEvent = Callable[[str, dict[str, Any]], None]
-PNG = re.compile(r"^(\d{6,})\.png$")
-OWN_FILES = re.compile(r"^(grid\.png|samples-\d+\.npz)$")  # what a sample folder holds besides PNG and sample.json
 GRID_MAX = 64
 
 
@@ -159,27 +155,6 @@ def settings(m: InferenceModel, seed: int) -> dict[str, Any]:
     return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed, m.precision), "image_size": m.image_size}
 
 
-def png_path(folder: Path, i: int) -> Path:
-    return folder / f"{i:06d}.png"
-
-
-def read_png(path: Path, image_size: int) -> np.ndarray | None:
-    """The image as uint8 HWC, or None when it is absent, unreadable or not the expected size."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
-    except (OSError, SyntaxError, ValueError):  # what PIL raises for absent, truncated or damaged files
-        return None
-    return arr if arr.shape == (image_size, image_size, 3) and arr.dtype == np.uint8 else None
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    # a killed writer never leaves a half PNG under the name; open_folder sweeps what it leaves
-    with atomic.atomic_path(path, sweep_stale=False) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
 def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
     """Refuse to add images to a folder that holds images drawn under other settings."""
     meta = folder / "sample.json"
@@ -243,7 +218,7 @@ def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Ru
                 oom = False
                 for future in writing:  # the previous batch's files: a failed write surfaces here
                     future.result()
-                writing = [pool.submit(_write_png, png_path(folder, i), image)
+                writing = [pool.submit(write_png, png_path(folder, i), image)
                            for i, image in zip(chunk, images.numpy())]
                 done += len(chunk)
                 on_event("sample_progress", {"drawn": done, "missing": len(indices), "batch_size": batch_size})
@@ -286,22 +261,3 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
         atomic.write_json(folder / "sample.json", record)
     on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})
     return record
-
-
-def read_samples(folder: Path, num: int, image_size: int) -> np.ndarray:
-    """Images 0..num-1 of a sample folder as uint8 (num, H, W, 3); DataError naming a missing one."""
-    out = np.empty((num, image_size, image_size, 3), np.uint8)
-    for i in range(num):
-        image = read_png(png_path(folder, i), image_size)
-        if image is None:
-            raise DataError(f"{png_path(folder, i)} is missing or unreadable; rerun the same command to draw it")
-        out[i] = image
-    return out
-
-
-def write_npz(folder: Path, images: np.ndarray, path: Path | None = None) -> Path:
-    """All images as one uint8 array `images` (N, H, W, 3), written atomically."""
-    path = path or folder / f"samples-{len(images)}.npz"
-    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=images)
-    return path

@@ -37,7 +37,7 @@ def test_the_reference_is_the_split_asked_for(trained):
     """--ref valid measures against the valid split's first ref_num images: not a label on train's."""
     from dreamctl.data.loader import open_split
     from dreamctl.metrics.pixel_fd import pixel_frechet_distance
-    from dreamctl.sampling import read_samples
+    from dreamctl.sample_files import read_samples
 
     run, data = trained
     for split in ("valid", "train"):

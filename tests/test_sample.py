@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from conftest import dead_pid
-from dreamctl import generate, sampling
+from dreamctl import generate, sample_files, sampling
 from dreamctl.cli import main
 from dreamctl.errors import DataError, RunError
 from dreamctl.runtime import Runtime
-from dreamctl.sampling import SampleOptions, load_for_inference, read_samples, sample_to_folder
+from dreamctl.sample_files import read_samples
+from dreamctl.sampling import SampleOptions, load_for_inference, sample_to_folder
 from dreamctl.training.rundir import RunDir
 from tiny_runs import CPU, trained_for_sampling
 
@@ -100,8 +101,8 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
 
     # Delete two images and damage one; everything else must be left untouched.
     for i in (2, 8):
-        sampling.png_path(out, i).unlink()
-    sampling.png_path(out, 5).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        sample_files.png_path(out, i).unlink()
+    sample_files.png_path(out, 5).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     old = 1_000_000_000
     for p in out.glob("*.png"):
         os.utime(p, ns=(old, old))
@@ -117,7 +118,7 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     running.unlink()
     assert f"samples: {out} (7 of 10 already there, kept)" in capsys.readouterr().out  # the folder's count
     np.testing.assert_array_equal(read_samples(out, 10, 32), reference)
-    redrawn = {i for i in range(10) if sampling.png_path(out, i).stat().st_mtime_ns != old}
+    redrawn = {i for i in range(10) if sample_files.png_path(out, i).stat().st_mtime_ns != old}
     assert redrawn == {2, 5, 8}
     record = json.loads((out / "sample.json").read_text())
     assert record["drawn_now"] == 3 and record["complete"] and record["num"] == 10
@@ -246,7 +247,7 @@ def test_a_stop_before_the_npz_is_finished_by_the_same_command(trained, tmp_path
     def stopped(*a, **kw):
         raise RuntimeError("killed")  # stands for a kill while the npz is written
 
-    monkeypatch.setattr(sampling, "write_npz", stopped)
+    monkeypatch.setattr(sample_files, "write_npz", stopped)
     with pytest.raises(RuntimeError, match="killed"):
         main(args)
     monkeypatch.undo()
@@ -260,10 +261,10 @@ def test_a_png_of_another_size_counts_as_missing_not_kept(tmp_path):
     from PIL import Image
 
     good, small = np.full((32, 32, 3), 7, np.uint8), np.full((16, 16, 3), 7, np.uint8)
-    Image.fromarray(good).save(sampling.png_path(tmp_path, 0))
-    Image.fromarray(small).save(sampling.png_path(tmp_path, 1))
-    np.testing.assert_array_equal(sampling.read_png(sampling.png_path(tmp_path, 0), 32), good)
-    assert sampling.read_png(sampling.png_path(tmp_path, 1), 32) is None
+    Image.fromarray(good).save(sample_files.png_path(tmp_path, 0))
+    Image.fromarray(small).save(sample_files.png_path(tmp_path, 1))
+    np.testing.assert_array_equal(sample_files.read_png(sample_files.png_path(tmp_path, 0), 32), good)
+    assert sample_files.read_png(sample_files.png_path(tmp_path, 1), 32) is None
     with pytest.raises(DataError, match="000001.png is missing or unreadable"):
         read_samples(tmp_path, 2, 32)
 

@@ -67,8 +67,8 @@ def command(
     """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
     from dreamctl import atomic, runtime
     from dreamctl.generate import save_grid
-    from dreamctl.sampling import (GRID_MAX, SampleOptions, folder_name, load_for_inference, read_samples,
-                                   sample_to_folder, write_npz)
+    from dreamctl.sample_files import read_samples, write_npz
+    from dreamctl.sampling import GRID_MAX, SampleOptions, folder_name, load_for_inference, sample_to_folder
     from dreamctl.training.rundir import RunDir
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
