@@ -173,15 +173,15 @@ def print_summary(paths: list[str]) -> None:
         setting = base + (", compiled" if res["compile"] else "")  # the training step's setting
         # A variant names its own precision and compile setting, and every variant's model stays resident
         # while the others run: its memory figure is the step's own (the peak less the resident models).
-        for key, label, mem in (("train", setting, "peak"), ("variants", f"{res['recipe']}, batch "
-                                                             f"{res['batch_size']}", "step_extra")):
+        sections = (("train", setting, "peak_memory", "peak"),
+                    ("variants", f"{res['recipe']}, batch {res['batch_size']}", "step_extra", "step extra"))
+        for key, label, mem, mem_label in sections:
             sec = res.get(key, {})
             if "skipped" in sec:
                 lines.append(f"{key}: skipped: {sec['skipped']}")
             for name, row in sec.get("rows", {}).items():
-                size = row.get(f"{mem}_bytes") if mem == "step_extra" else row.get("peak_memory_bytes")
-                ratio = row.get(f"{mem}_ratio") if mem == "step_extra" else row.get("peak_memory_ratio")
-                shown = "" if size is None else f", {mem.replace('_', ' ')} {_gb(size)} GB ({_x(ratio)})"
+                size = row.get(f"{mem}_bytes")
+                shown = "" if size is None else f", {mem_label} {_gb(size)} GB ({_x(row.get(f'{mem}_ratio'))})"
                 calls = "" if row.get("forward_calls") is None else f", {row['forward_calls']} forward calls"
                 lines.append(f"{key} [{label}] {name}: {row['img_per_s']:.0f} img/s, time "
                              f"{_x(row['step_time_ratio'])}{shown}{calls}")
