@@ -104,7 +104,8 @@ def wrap_for_training(model: nn.Module, recipe: Recipe, rt: Runtime) -> tuple[nn
     return Autocast(net, rt), nullcontext
 
 
-def step_noise(recipe: Recipe, step: int, rt: Runtime, kind: str | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def step_noise(recipe: Recipe, step: int, rt: Runtime,
+               kind: str | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """t, eps and the loss's other random inputs (DDPM-IP's xi) for this rank's part of global batch
     `step`: a pure function of seed and step, drawn for the whole batch and sliced, so that N processes
     draw what one process draws. `kind` defaults to the recipe's loss kind."""

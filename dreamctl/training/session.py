@@ -156,9 +156,10 @@ def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any], nu
     changes anything: its run id (checkpoints before it lack one), the settings resume cannot change,
     tensors that fit the network (built on the meta device: shapes without memory), and an optimizer
     state and data position that load as training will load them."""
-    if ckpt.get("run_id", run.run_id()) != run.run_id():
+    own = run.run_id()
+    if ckpt.get("run_id", own) != own:
         raise CheckpointError(f"checkpoint {path} was written by run {ckpt['run_id']}, not by this one "
-                              f"({run.run_id()}): move it out of {run.checkpoints}")
+                              f"({own}): move it out of {run.checkpoints}")
     ours, its = _settings(recipe), _settings(recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)"))
     differ = sorted(k for k in ours.keys() | its.keys() if ours.get(k) != its.get(k))
     if differ:
