@@ -70,11 +70,11 @@ def _axes(path: Path, section: str, raw: Any) -> Axes:
         # 1e-3 and 0.001 are one value: two runs alike, under two names. Compared as the recipe holds them
         # (PyYAML reads 1e-3 as a string), and by type too: true == 1 in Python, but not in a recipe.
         held = [(type(h), h) for h in (setting_value(str(key), v) for v in values)]
-        first = next(((held.index(h), i) for i, h in enumerate(held) if h in held[:i]), None)
-        if first:
-            a, b = values[first[0]], values[first[1]]
-            written = "" if a == b and type(a) is type(b) else f" (written {a!r} and {b!r})"
-            raise _spec_error(path, f"{section}.{key} lists {held[first[1]][1]!r} twice{written}; list each value once")
+        for i, h in enumerate(held):
+            if h in held[:i]:
+                a, b = values[held.index(h)], values[i]
+                written = "" if (type(a), a) == (type(b), b) else f" (written {a!r} and {b!r})"
+                raise _spec_error(path, f"{section}.{key} lists {h[1]!r} twice{written}; list each value once")
         if section == "grid" and key in EVAL_AXES:
             raise _spec_error(path, f"grid key '{key}' is an eval-time axis: put it under eval_grid (no retraining)")
         if section == "grid" and key == "train.seed":
@@ -108,7 +108,8 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
     for text in fixed:
         parse_override(text)
     spec_seeds = raw.get("seeds", [0])
-    if not isinstance(spec_seeds, list) or not spec_seeds or not all(_is_int(s) for s in spec_seeds):
+    # type(), not isinstance(): YAML's true is an int to isinstance, and would name a run seed-true
+    if not isinstance(spec_seeds, list) or not spec_seeds or not all(type(s) is int for s in spec_seeds):
         raise _spec_error(path, f"'seeds' must be a non-empty list of integers, got {spec_seeds!r}")
     evaluate = raw.get("evaluate", {})
     if evaluate is False and eval_grid:
@@ -126,7 +127,7 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
         except ConfigError as err:
             raise _spec_error(path, str(err)) from None
     num = (evaluate or {}).get("num")
-    if num is not None and (not _is_int(num) or num <= 0):
+    if num is not None and (type(num) is not int or num <= 0):
         raise _spec_error(path, f"evaluate.num must be a positive integer, got {num!r}")
     name = str(raw.get("name") or path.stem)
     return Spec(
@@ -136,10 +137,6 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
         eval_grid=eval_grid, seeds=tuple(seeds or spec_seeds), evaluate=evaluate is not False,
         metrics=metrics, num=num, description=str(raw.get("description", "")),
     )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is an int to Python
 
 
 def _resolve_base(base: str, spec_path: Path) -> str:
