@@ -222,14 +222,25 @@ def test_prepare_data_needs_at_least_one_worker(tmp_path: Path, capsys):
     assert "--workers" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
-def _float_keys() -> list[str]:
-    """Every float setting of the schema, as a dotted key (a tuple of floats by its first item)."""
+def _keys(kinds: str) -> list[str]:
+    """Every setting of the schema whose type names one of `kinds` (a regex) and not bool, as a dotted
+    key (a tuple by its first item: `optim.betas.0`)."""
     keys = []
     for section, field in Recipe.model_fields.items():
         for name, sub in getattr(field.annotation, "model_fields", {}).items():
-            if "float" in str(sub.annotation):
+            if re.search(rf"\b({kinds})\b", str(sub.annotation)) and "bool" not in str(sub.annotation):
                 keys.append(f"{section}.{name}" + (".0" if "tuple" in str(sub.annotation) else ""))
     return keys
+
+
+def _float_keys() -> list[str]:
+    return _keys("float")
+
+
+def _override(key: str, value: str) -> str:
+    """`--set` text giving `value` to the setting `key` names (a tuple's first item: `[value,0.9]`)."""
+    section, name = key.split(".")[:2]
+    return f"{section}.{name}=" + (f"[{value},0.9]" if key.endswith(".0") else value)
 
 
 def test_every_float_setting_is_checked_here():
@@ -240,10 +251,8 @@ def test_every_float_setting_is_checked_here():
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e999"])
 def test_non_finite_floats_are_refused(key, value):
     """inf passes a bound like gt=0 alone: training stopped on a NaN later and recipe.yaml kept `.inf`."""
-    section, name = key.split(".")[:2]
-    given = f"[{value},0.9]" if key.endswith(".0") else value
     with pytest.raises(ConfigError, match=re.escape(f"{key}: Input should be a finite number")):
-        load_recipe("tiny", [f"{section}.{name}={given}"])
+        load_recipe("tiny", [_override(key, value)])
 
 
 def test_a_run_folders_recipe_with_inf_is_refused(tmp_path: Path):
@@ -438,13 +447,7 @@ def test_the_input_width_must_split_into_the_groups():
 
 
 def _number_keys() -> list[str]:
-    """Every int and float setting of the schema, as a dotted key (a tuple by its first item)."""
-    keys = []
-    for section, field in Recipe.model_fields.items():
-        for name, sub in getattr(field.annotation, "model_fields", {}).items():
-            if re.search(r"\b(int|float)\b", str(sub.annotation)) and "bool" not in str(sub.annotation):
-                keys.append(f"{section}.{name}" + (".0" if "tuple" in str(sub.annotation) else ""))
-    return keys
+    return _keys("int|float")
 
 
 def test_every_number_setting_is_checked_here():
@@ -456,10 +459,9 @@ def test_every_number_setting_is_checked_here():
 @pytest.mark.parametrize("value", ["true", "false"])
 def test_booleans_are_refused_for_numbers(key, value):
     """Lax validation read `batch_size: true` as 1 (and false as 0): a mistake, not a number."""
-    section, name = key.split(".")[:2]
-    given = f"[{value},0.9]" if key.endswith(".0") else value
-    with pytest.raises(ConfigError, match=re.escape(f"{section}.{name}: {value} is a boolean, not a number; give")):
-        load_recipe("tiny", [f"{section}.{name}={given}"])
+    setting = key.removesuffix(".0")
+    with pytest.raises(ConfigError, match=re.escape(f"{setting}: {value} is a boolean, not a number; give")):
+        load_recipe("tiny", [_override(key, value)])
 
 
 def test_yaml_floats_read_as_strings_still_load(tmp_path: Path):
