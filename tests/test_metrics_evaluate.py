@@ -3,7 +3,7 @@ Inception code path with a small TorchScript file in a temporary weights folder.
 
 from __future__ import annotations
 
-
+import importlib.metadata
 import warnings
 
 import numpy as np
@@ -37,6 +37,23 @@ def _faces(seed: int, n: int, size: int = 32) -> np.ndarray:
 
 ALL = ["fid", "kid", "is", "lpips", "swd", "pixel_fd"]
 
+
+def test_weight_free_metrics_need_neither_clean_fid_nor_lpips_installed(monkeypatch):
+    """The GPU machine had neither package: evaluate --metrics swd,pixel_fd ended in a traceback from
+    recording the libraries' versions. A missing one is recorded as None; the metrics are computed."""
+    installed = importlib.metadata.version
+
+    def version(pkg: str) -> str:
+        if pkg in ("clean-fid", "lpips"):
+            raise importlib.metadata.PackageNotFoundError(pkg)
+        return installed(pkg)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    out = evaluate_image_sets(_faces(0, 8), _faces(1, 8), metrics=["swd", "pixel_fd"], reference_key=None,
+                              cache_dir=None)
+    assert all(np.isfinite(out["metrics"][m]["value"]) for m in ("swd", "pixel_fd"))
+    libraries = out["protocol"]["libraries"]
+    assert libraries == {**{pkg: installed(pkg) for pkg in libraries}, "clean-fid": None, "lpips": None}
 
 def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     gen, ref = _faces(0, 24), _faces(1, 24)

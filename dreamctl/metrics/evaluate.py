@@ -40,8 +40,17 @@ KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, LPIPS_PAIRS = 100, 1000, 10, 1000
 FID_MIN_IMAGES, FID_PUBLISHED_IMAGES = INCEPTION_POOL_DIM, 50_000
 
 
-def library_versions() -> dict[str, str]:
-    return {pkg: importlib.metadata.version(pkg) for pkg in ("torch", "clean-fid", "lpips", "scipy", "numpy")}
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries behind the numbers; None for one not installed (the weight-free
+    metrics need neither clean-fid nor lpips)."""
+    return {pkg: _version(pkg) for pkg in ("torch", "clean-fid", "lpips", "scipy", "numpy")}
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def load_feature_net(feature_net: FeatureNet | None, weights_dir: Path | None,
