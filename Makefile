@@ -37,7 +37,7 @@ demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant),
 data-celeba: $(BIN)/.installed  ## CELEBA=path: CelebA -> data/celeba64 shards, center:178 crop, 64px
 	$(BIN)/dreamctl prepare-data --source celeba --root $(CELEBA) --out $(DATA) --resolution 64 --crop center:178
 
-reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (1 GPU; about 1 h 40 min on an H200 at the measured 842 img/s, docs/benchmarks.md)
+reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (1 GPU; about 1 h 35 min on an H200: 842 img/s measured, 1,664 before epoch 10; docs/benchmarks.md)
 	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl train --recipe conservative --data $(DATA) --run-dir $(RUNS)/conservative
 	$(BIN)/dreamctl evaluate $(RUNS)/conservative --num 5000 --ref train --strict-weights

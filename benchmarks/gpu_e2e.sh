@@ -3,11 +3,12 @@
 #
 #     bash benchmarks/gpu_e2e.sh WORKDIR
 #
-# prepare-data (synthetic, 64 px) -> train the `conservative` recipe with its rectification term on
-# from epoch 1 -> the same run stopped halfway and resumed -> the straight run once more -> sample
-# (DDIM-50, bf16) -> evaluate (the weight-free metrics). It prints the largest weight difference from
-# the straight run of the resumed run and of the repeat (CUDA kernels are not bit-deterministic, so
-# the repeat's is the floor to read the resumed run's against) and each command's wall time.
+# prepare-data (synthetic, 64 px) -> train the `conservative` recipe with its rectification term from
+# epoch 0 (lambda non-zero from epoch 1) -> the same run stopped halfway and resumed -> the straight
+# run once more -> sample (DDIM-50, bf16) -> evaluate (the weight-free metrics). It prints the
+# largest weight difference from the straight run of the resumed run and of the repeat (CUDA kernels
+# are not bit-deterministic, so the repeat's is the floor to read the resumed run's against) and each
+# command's wall time.
 # Everything is written under WORKDIR; nothing is downloaded.
 #
 # Environment: DEVICE (default cuda), E2E_ARGS="--set ..." (a smaller network for a CPU smoke test).
@@ -28,8 +29,8 @@ dc() {  # dc ARGS...: one dreamctl command, timed
 }
 
 # 1,024 faces, 922 of them in the training split, of which the first 896 are used: 7 steps an epoch
-# at batch 128, so 40 steps reach a sixth epoch, and the conservative term (start_epoch 0, ramp over
-# 2 epochs) is active from the second.
+# at batch 128, so 40 steps reach a sixth epoch; the conservative term (start_epoch 0, ramp over
+# 2 epochs) runs from the first, its lambda non-zero from the second.
 train=(--recipe conservative --data "$work/data" --device "$device"
        --set data.limit=896 --set loss.start_epoch=0 --set loss.ramp_epochs=2
        --set train.checkpoint_every=20 --set train.sample_every=1000 --set train.log_every=10 "${extra[@]}")
