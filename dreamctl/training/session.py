@@ -23,7 +23,7 @@ from dreamctl.errors import CheckpointError, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes, peer_lost
 from dreamctl.training.loop import OnEvent, total_steps, train
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import check_fits, list_checkpoints, load_latest, set_aside_newer
+from dreamctl.training.state import check_fits, check_moments_fit, list_checkpoints, load_latest, set_aside_newer
 
 
 def _check_data(recipe: Recipe) -> int:
@@ -178,7 +178,7 @@ def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any], nu
         raise CheckpointError(f"checkpoint {path} holds an optimizer state or data position that does not load "
                               f"({type(err).__name__}: {err}): not a dreamctl training checkpoint, or one edited by "
                               f"hand; nothing was changed: move it out of {run.checkpoints}") from None
-    check_fits(ckpt, path, network, parts=(), optimizer=True)
+    check_moments_fit(ckpt, path, network)
 
 
 def _settings(recipe: Recipe) -> dict[str, Any]:

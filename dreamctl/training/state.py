@@ -162,8 +162,7 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
                               "run's checkpoint, renamed? nothing was changed: move it out of checkpoints/")
 
 
-def check_fits(ckpt: dict[str, Any], path: Path, model: nn.Module, parts: tuple[str, ...] = ("model", "ema"),
-               optimizer: bool = False) -> None:
+def check_fits(ckpt: dict[str, Any], path: Path, model: nn.Module, parts: tuple[str, ...] = ("model", "ema")) -> None:
     """Refuse weights that are not `model`'s (a checkpoint of another network) before any of them loads,
     naming the first tensor that differs. `model` may live on the meta device: only shapes are compared."""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -172,13 +171,17 @@ def check_fits(ckpt: dict[str, Any], path: Path, model: nn.Module, parts: tuple[
         if got != want:
             key = min(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
             _misfit(path, f"{part}.{key}", got.get(key), want.get(key))
-    if optimizer:  # AdamW's moments, one entry per parameter in model.parameters() order
-        shapes = [tuple(p.shape) for p in model.parameters()]
-        for index, moments in ckpt["optimizer"].get("state", {}).items():
-            want = shapes[index] if isinstance(index, int) and 0 <= index < len(shapes) else None
-            for name, value in moments.items():
-                if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != want:
-                    _misfit(path, f"optimizer.state.{index}.{name}", tuple(value.shape), want)
+
+
+def check_moments_fit(ckpt: dict[str, Any], path: Path, model: nn.Module) -> None:
+    """Refuse AdamW moments that are not shaped as `model`'s parameters, which load_state_dict would take
+    without a word (one entry per parameter, in model.parameters() order; shapes only, as check_fits)."""
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    for index, moments in ckpt["optimizer"].get("state", {}).items():
+        want = shapes[index] if isinstance(index, int) and 0 <= index < len(shapes) else None
+        for name, value in moments.items():
+            if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != want:
+                _misfit(path, f"optimizer.state.{index}.{name}", tuple(value.shape), want)
 
 
 def _misfit(path: Path, what: str, got: tuple[int, ...] | None, want: tuple[int, ...] | None) -> NoReturn:
