@@ -48,6 +48,7 @@ class SampleOptions:
     use_ema: bool | None = None
     batch_size: int | None = None
     compile: bool | None = None
+    compile_mode: str | None = None  # given alone, it asks for compile too
     checkpoint: int | None = None  # step; None: the newest readable checkpoint
     seed: int | None = None  # base seed (generate.image_seeds); None: 0 for `sample`, eval.seed for `evaluate`
 
@@ -67,8 +68,11 @@ class InferenceModel:
 def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleConfig:
     """The recipe's sample section with the options applied, validated as the recipe schema would."""
     asked = {"sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "t_start": opts.t_start,
-             "use_ema": opts.use_ema, "batch_size": opts.batch_size, "compile": opts.compile}
+             "use_ema": opts.use_ema, "batch_size": opts.batch_size, "compile": opts.compile,
+             "compile_mode": opts.compile_mode}
     changes = {k: v for k, v in asked.items() if v is not None}
+    if "compile_mode" in changes:
+        changes.setdefault("compile", True)
     explicit = set(changes)
     if changes.get("sampler") == "ddpm":  # DDPM runs every step; the schema gives it eta 1 unless told otherwise
         changes.setdefault("steps", recipe.diffusion.num_timesteps)
@@ -116,10 +120,17 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     check_fits(ckpt, path, model, parts=(weights,))  # weights and stored recipe disagree: edited by hand
     model.load_state_dict(ckpt[weights])
     model = model.to(rt.device).eval().requires_grad_(False)
-    net = torch.compile(model) if cfg.compile else model
+    net = compile_for_sampling(model, cfg.compile_mode) if cfg.compile else model
     schedule = schedule_for(recipe.diffusion)
     return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution,
                           run.run_id(), rt.precision)
+
+
+def compile_for_sampling(model: nn.Module, mode: str = "default") -> nn.Module:
+    """torch.compile for drawing images. 'reduce-overhead' records each batch shape's network as a CUDA
+    graph and replays it at every step: safe here because a step's eps is used up before the next call
+    (a replay overwrites its outputs). On the CPU there are no graphs, so it compiles as 'default'."""
+    return torch.compile(model, mode=mode)
 
 
 def sampler_tag(sampler: str, steps: int, eta: float, ema: bool) -> str:

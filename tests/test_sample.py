@@ -236,6 +236,24 @@ def test_compiled_sampling_draws_the_same_images(trained, tmp_path):
     eager = _draw(run, tmp_path / "eager", 2)
     compiled = _draw(run, tmp_path / "compiled", 2, compile=True)
     assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1
+    # CUDA graphs asked for on the CPU: there are none to record, so it draws as the default mode does.
+    graphs = _draw(run, tmp_path / "graphs", 2, compile_mode="reduce-overhead")
+    assert np.abs(eager.astype(int) - graphs.astype(int)).max() <= 1
+
+
+def test_compile_mode_asks_for_compile_and_is_refused_without_it(trained, tmp_path, monkeypatch, capsys):
+    """--compile-mode alone compiles in that mode; beside --no-compile it is refused, nothing drawn."""
+    run, _ = trained
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    model = load_for_inference(RunDir(run), SampleOptions(compile_mode="reduce-overhead"), CPU)
+    assert (model.cfg.compile, model.cfg.compile_mode, modes) == (True, "reduce-overhead", ["reduce-overhead"])
+    for args, needle in ((["--no-compile", "--compile-mode", "reduce-overhead"], "needs compile: true (or --compile)"),
+                         (["--compile-mode", "max-autotune"], "sample.compile_mode: Input should be 'default' or "
+                                                               "'reduce-overhead'")):
+        assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "x"), *args]) == 2, args
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_stop_before_the_npz_is_finished_by_the_same_command(trained, tmp_path, monkeypatch):

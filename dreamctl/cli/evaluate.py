@@ -61,6 +61,7 @@ def command(
     checkpoint: options.Checkpoint = None,
     batch_size: options.BatchSize = None,
     compile: options.Compile = None,
+    compile_mode: options.CompileMode = None,
     strict_weights: bool = typer.Option(False, "--strict-weights", help="Fail (exit 2) when any metric's weights "
                                         "are missing, even for metrics taken from the recipe."),
     device: options.Device = None,
@@ -71,7 +72,7 @@ def command(
     from dreamctl.sampling import SampleOptions
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
-                         compile=compile, checkpoint=checkpoint, seed=seed)
+                         compile=compile, compile_mode=compile_mode, checkpoint=checkpoint, seed=seed)
     names = None if metrics is None else metrics.split(",")
     rt = runtime.setup("auto", device)
     try:

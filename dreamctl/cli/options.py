@@ -25,4 +25,6 @@ BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Images p
 Compile = Annotated[Optional[bool], typer.Option(
     "--compile/--no-compile", help="torch.compile the network: a minute or two of compiling that pays on a GPU for "
                                    "thousands of images [default: sample.compile].")]
-
+CompileMode = Annotated[Optional[str], typer.Option(
+    "--compile-mode", help="torch.compile mode, implies --compile: default, or reduce-overhead (each step replayed "
+                           "as a CUDA graph) [default: sample.compile_mode].")]

@@ -59,6 +59,7 @@ def command(
     checkpoint: options.Checkpoint = None,
     batch_size: options.BatchSize = None,
     compile: options.Compile = None,
+    compile_mode: options.CompileMode = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: RUN_DIR/samples/<settings>]."),
     grid: Optional[Path] = typer.Option(None, "--grid", help="Also write the grid of the first 64 images to this new file (an existing one is never replaced)."),
     npz: bool = typer.Option(False, "--npz", help="Also write all images as one uint8 .npz (key 'images')."),
@@ -72,7 +73,7 @@ def command(
     from dreamctl.training.rundir import RunDir
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
-                         compile=compile, checkpoint=checkpoint, seed=seed)
+                         compile=compile, compile_mode=compile_mode, checkpoint=checkpoint, seed=seed)
     if grid is not None:
         atomic.check_output_file(grid, "--grid")  # before drawing, not after
     rt = runtime.setup("auto", device)
