@@ -172,6 +172,19 @@ def test_sample_compares_eager_and_compiled_on_one_model(monkeypatch):
     assert sample["img_per_s"] == sample["rows"]["compiled"]["img_per_s"]
 
 
+def test_sample_with_cuda_graphs_as_the_recipes_setting_runs_the_others_beside_it(monkeypatch):
+    """The recipe's compile_mode is the reference; on the CPU, which records no CUDA graphs, the other
+    settings are eager and the default compile (a 'CUDA graphs' row would time the default mode again)."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    recipe = load_recipe("tiny", SMALL + ["train.batch_size=2", "sample.compile=true",
+                                          "sample.compile_mode=reduce-overhead"])
+    sample = bench.run_bench("sample", recipe, CPU, rounds=1, warmup=0, sample_batches=1)["sample"]
+    assert sample["reference"] == "compiled, CUDA graphs" and sample["compile_mode"] == "reduce-overhead"
+    assert list(sample["rows"]) == ["compiled, CUDA graphs", "eager", "compiled"]
+    assert modes == ["reduce-overhead", "default"]
+
+
 def test_unknown_section_is_an_error():
     from dreamctl.errors import DreamctlError
 
@@ -361,6 +374,22 @@ def test_nan_value_is_unmeasured_not_a_fail():
     t = _by_name(bench.evaluate_targets(result))["dream step time / standard <= 1.35"]
     assert t["pass"] is None and t["value"] is None
     assert _by_name(bench.evaluate_targets(result))["standard img/s >= 1500"]["pass"] is True
+
+
+def test_compiled_training_targets_are_named_apart_from_eager_ones():
+    """gpu.sh times the loss kinds eager and with train.compile in two sections: the summary keeps both
+    verdicts, each under its own name, rather than the first section's alone."""
+    eager = _cuda_result(dream={"step_time_ratio": 1.37}, standard={"img_per_s": 1660.0})
+    compiled = {**_cuda_result(dream={"step_time_ratio": 1.25}, standard={"img_per_s": 2250.0}), "compile": True}
+    compiled["sample"]["rows"]["compiled, CUDA graphs"] = {"img_per_s": 210.0}
+    for res in (eager, compiled):
+        res["targets"] = bench.evaluate_targets(res)
+    merged = _by_name(bench.merge_targets([eager, compiled]))
+    assert merged["dream step time / standard <= 1.35"]["pass"] is False
+    assert merged["dream step time / standard, train.compile <= 1.35"]["pass"] is True
+    assert merged["standard img/s, train.compile >= 1500"]["value"] == 2250.0
+    assert merged["DDIM-50 img/s, compiled, CUDA graphs >= 200"]["pass"] is True  # sampling has its own names
+    assert "DDIM-50 img/s, eager, train.compile >= 200" not in merged
 
 
 def test_merge_targets_takes_the_first_measured_value():

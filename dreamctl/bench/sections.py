@@ -142,14 +142,19 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, bud
             "note": "all the variants' models stay resident: compare step_extra_bytes (the peak less what was resident)"}
 
 
+SAMPLE_SETTINGS = {"eager": None, "compiled": "default", "compiled, CUDA graphs": "reduce-overhead"}  # name: mode
+
+
 def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
                  compare_compile: bool = False, on_event: OnEvent = _quiet) -> dict[str, Any]:
     """DDIM-50 img/s through generate(), as `dreamctl sample` runs it: one model (no EMA copy), eval
-    mode, no autograd, the recipe's sample.compile. With `compare_compile`, the other compile
-    setting too, on the same weights, batches interleaved; its first batch (the compile) timed apart."""
+    mode, no autograd, the recipe's sample.compile and compile_mode. With `compare_compile`, the other
+    settings too (CUDA graphs on CUDA only), on the same weights, batches interleaved; each one's first
+    batch (the compile) timed apart."""
     from dreamctl.generate import generate
     from dreamctl.models import build_model
     from dreamctl.runtime import Autocast
+    from dreamctl.sampling import compile_for_sampling
 
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe.model, recipe.data.resolution).to(rt.device).eval().requires_grad_(False)
@@ -157,31 +162,33 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
         model = model.to(memory_format=torch.channels_last)
     cfg = recipe.sample.model_copy(update={"sampler": "ddim", "steps": SAMPLE_STEPS, "eta": 0.0, "t_start": None})
     b, schedule = recipe.train.batch_size, schedule_for(recipe.diffusion)
-    settings = [recipe.sample.compile] + ([not recipe.sample.compile] if compare_compile else [])
+    own = next(n for n, mode in SAMPLE_SETTINGS.items()
+               if mode == (recipe.sample.compile_mode if recipe.sample.compile else None))
+    others = [n for n, mode in SAMPLE_SETTINGS.items()
+              if n != own and (mode != "reduce-overhead" or rt.device.type == "cuda")]  # the CPU has no graphs
+    names = [own] + (others if compare_compile else [])
 
-    def runner(compiled: bool):
-        net = Autocast(torch.compile(model) if compiled else model, rt).eval()
+    def runner(mode: str | None):
+        net = Autocast(model if mode is None else compile_for_sampling(model, mode), rt).eval()
         return lambda k: generate(net, schedule, list(range(k * b, (k + 1) * b)), image_size=recipe.data.resolution,
                                   cfg=cfg, device=rt.device, batch_size=b)
 
     runs, first_s = {}, {}
-    for compiled in settings:
-        name = "compiled" if compiled else "eager"
-        runs[name] = runner(compiled)
+    for name in names:
+        runs[name] = runner(SAMPLE_SETTINGS[name])
         t0 = time.perf_counter()
         runs[name](0)  # generate() ends with a copy to the CPU, so this is synchronous
         first_s[name] = round(time.perf_counter() - t0, 1)
         on_event("bench_first", {"section": "sample", "name": name, "seconds": first_s[name]})
     raw = interleaved(runs, rt.device, warmup=max(warmup - 1, 0), rounds=batches, on_round=_rounds("sample", on_event))
-    own = "compiled" if recipe.sample.compile else "eager"
     summary = summarize(raw, b, rt.device.type == "cuda", reference=own)
     rows = {name: {"img_per_s": r["img_per_s"], "batch_s_median": round(r["step_ms_median"] / 1e3, 3),
                    "time_ratio": r["step_time_ratio"], "first_batch_s": first_s[name],
                    "peak_memory_bytes": r["peak_memory_bytes"]} for name, r in summary.items()}
     return {"sampler": f"ddim-{SAMPLE_STEPS} (eta 0)", "batch_size": b, "precision": rt.precision,
-            "compile": recipe.sample.compile, "batches": summary[own]["rounds"],
-            "batch_s_median": rows[own]["batch_s_median"], "img_per_s": rows[own]["img_per_s"], "rows": rows,
-            "reference": own,
+            "compile": recipe.sample.compile, "compile_mode": recipe.sample.compile_mode,
+            "batches": summary[own]["rounds"], "batch_s_median": rows[own]["batch_s_median"],
+            "img_per_s": rows[own]["img_per_s"], "rows": rows, "reference": own,
             "includes": "per-seed initial noise drawn on the CPU and the uint8 copy back, as `dreamctl sample`"}
 
 
