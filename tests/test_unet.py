@@ -43,6 +43,20 @@ def test_activation_memory_benchmark_counts_less_than_float32_groupnorm(capsys, 
     assert base == 1.0 and ours < 0.8
 
 
+def test_inductor_lays_out_the_sampling_graph_channels_last_but_not_the_training_graph(capsys, monkeypatch):
+    """benchmarks/inductor_layout.py asks torch's own heuristic: docs/benchmarks.md rests on this answer
+    (why `compile bf16 channels_last` is a variant of its own), so a torch that decides otherwise fails here."""
+    spec = importlib.util.spec_from_file_location("inductor_layout", REPO / "benchmarks" / "inductor_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["inductor_layout.py", "--recipe", "tiny", "--batch-size", "4"])
+    module.main()
+    out = capsys.readouterr().out
+    assert "inference graph (sampling, dream's estimate pass): channels_last" in out
+    assert "training graph (forward and backward): as given" in out
+    assert "up.0.blocks.0.conv1 128->64" in out and "conv_out 16->3" in out
+
+
 def test_the_benchmark_baseline_restores_float32_groupnorm_for_its_step_only():
     from dreamctl.bench.sections import _with_float32_groupnorm
     from dreamctl.models import unet

@@ -82,6 +82,8 @@ VARIANT_REFERENCE = "eager bf16"
 VARIANTS = {
     VARIANT_REFERENCE: dict(compile=False, precision="bf16", channels_last=False),
     "compile bf16": dict(compile=True, precision="bf16", channels_last=False),
+    # Inductor keeps the training graph's layout as given (benchmarks/inductor_layout.py): only this sets it.
+    "compile bf16 channels_last": dict(compile=True, precision="bf16", channels_last=True),
     "eager fp32 (tf32)": dict(compile=False, precision="fp32", channels_last=False),
     "eager bf16 channels_last": dict(compile=False, precision="bf16", channels_last=True),
     "eager bf16, float32 GroupNorm": dict(compile=False, precision="bf16", channels_last=False, float32_norm=True),
