@@ -3,9 +3,9 @@
 #
 #     bash benchmarks/gpu.sh OUTDIR
 #
-# Writes OUTDIR/bench-<section>-cuda.json for each of its seven sections and OUTDIR/bench.log
-# (everything printed: the machine, each section, the summary with the speed targets): eight
-# files, so that the device tool's limit of eight brings them all back.
+# Writes OUTDIR/bench-<section>-cuda.json for each of its six sections and OUTDIR/bench.log
+# (everything printed: the machine, each section, the summary with the speed targets): seven
+# files, so that the device tool's limit of eight brings them all back, with one to spare.
 # Needs python3 with a CUDA torch, torchvision, h5py, numpy, scipy, pillow, typer, rich and pyyaml. pydantic is
 # installed from a folder of wheels when it is missing: $WHEELS, else wheels/ or .whl/ in the
 # repository (see docs/benchmarks.md for how to fetch them). Nothing is downloaded.
@@ -81,13 +81,13 @@ section() {  # section NAME LIMIT_S ARGS... : one `dreamctl bench` under a time 
     [ "$rc" -eq 0 ] || echo "== $name: exit $rc (124/130: ran out of time)" | tee -a "$log"
 }
 
-# Most important first: a later section is the one cut short when time runs out, and each compile
-# has a section of its own, so a slow one costs only its own figures.
+# Most important first: a later section is the one cut short when time runs out, and the compiles
+# are spread over sections, so a slow one costs only its own section's figures.
 # Loss kinds and the naive step, eager (the recipe's settings): the targets are stated for these.
 section train 100 train --no-variants --steps 10 --warmup 3 --budget-s 40
-section sample 50 sample --no-variants --sample-batches 3
-# Sampling eager, compiled and compiled with CUDA graphs (mode reduce-overhead), batches interleaved.
-section sample-compiled 150 sample --sample-batches 3
+# Sampling eager, compiled and compiled with CUDA graphs (mode reduce-overhead), batches interleaved; a
+# compiled setting that fails is recorded with its error and costs the others nothing.
+section sample 150 sample --sample-batches 3
 # The loss kinds with train.compile: does the compiled `dream` step meet its 1.35x?
 section train-compiled 170 train --no-variants --steps 8 --warmup 2 --budget-s 25 --set train.compile=true
 # The standard step with the float32 GroupNorm the UNet's replaced, against eager bf16. The other eager
@@ -96,7 +96,7 @@ section train-compiled 170 train --no-variants --steps 8 --warmup 2 --budget-s 2
 section variants 60 variants --only "eager bf16, float32 GroupNorm" --steps 8 --warmup 2 --budget-s 20
 # The standard step compiled against eager in one process, contiguous and channels_last: inductor leaves
 # the training graph's layout as given (benchmarks/inductor_layout.py). Inductor's FX graph cache,
-# filled by train-compiled, shortens the first of the two compiles.
+# filled by train-compiled, may shorten the first of the two compiles (not measured).
 section variants-compile 200 variants --only "compile bf16" --only "compile bf16 channels_last" --steps 8 \
     --warmup 2 --budget-s 25
 # The loader is CPU work: last, as it says nothing about the GPU (it was measured on the H200's CPU).

@@ -73,6 +73,8 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
     changes = {k: v for k, v in asked.items() if v is not None}
     if "compile_mode" in changes:
         changes.setdefault("compile", True)
+    elif changes.get("compile") is False:  # --no-compile over a recipe's reduce-overhead: no mode to keep
+        changes["compile_mode"] = "default"
     explicit = set(changes)
     if changes.get("sampler") == "ddpm":  # DDPM runs every step; the schema gives it eta 1 unless told otherwise
         changes.setdefault("steps", recipe.diffusion.num_timesteps)
@@ -128,8 +130,8 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
 
 def compile_for_sampling(model: nn.Module, mode: str = "default") -> nn.Module:
     """torch.compile for drawing images. 'reduce-overhead' records each batch shape's network as a CUDA
-    graph and replays it at every step: safe here because a step's eps is used up before the next call
-    (a replay overwrites its outputs). On the CPU there are no graphs, so it compiles as 'default'."""
+    graph and replays it at every step (samplers.sample uses up each output before the next call). On
+    the CPU there are no graphs, so it compiles as 'default'."""
     return torch.compile(model, mode=mode)
 
 

@@ -172,17 +172,40 @@ def test_sample_compares_eager_and_compiled_on_one_model(monkeypatch):
     assert sample["img_per_s"] == sample["rows"]["compiled"]["img_per_s"]
 
 
-def test_sample_with_cuda_graphs_as_the_recipes_setting_runs_the_others_beside_it(monkeypatch):
-    """The recipe's compile_mode is the reference; on the CPU, which records no CUDA graphs, the other
-    settings are eager and the default compile (a 'CUDA graphs' row would time the default mode again)."""
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
-    recipe = load_recipe("tiny", SMALL + ["train.batch_size=2", "sample.compile=true",
-                                          "sample.compile_mode=reduce-overhead"])
-    sample = bench.run_bench("sample", recipe, CPU, rounds=1, warmup=0, sample_batches=1)["sample"]
-    assert sample["reference"] == "compiled, CUDA graphs" and sample["compile_mode"] == "reduce-overhead"
-    assert list(sample["rows"]) == ["compiled, CUDA graphs", "eager", "compiled"]
-    assert modes == ["reduce-overhead", "default"]
+def test_sample_settings_time_cuda_graphs_on_cuda_only():
+    """The recipe's own setting first, then the others; only CUDA records graphs, so elsewhere
+    'reduce-overhead' is the default compile's row rather than a second row timing the same thing."""
+    from dreamctl.bench.sections import sample_settings
+
+    graphs = "compiled, CUDA graphs"
+    assert sample_settings(False, "default", "cuda", compare=True) == ["eager", "compiled", graphs]
+    assert sample_settings(True, "reduce-overhead", "cuda", compare=True) == [graphs, "eager", "compiled"]
+    assert sample_settings(True, "reduce-overhead", "cuda", compare=False) == [graphs]
+    assert sample_settings(True, "reduce-overhead", "cpu", compare=True) == ["compiled", "eager"]
+    assert sample_settings(False, "default", "cpu", compare=True) == ["eager", "compiled"]
+
+
+def test_a_compared_sampling_setting_that_fails_is_recorded_and_the_others_timed(monkeypatch, capsys, tmp_path):
+    """A compile that fails on the machine (a CUDA graph capture, say) costs only its own row: the
+    error is on record and printed; the recipe's own setting failing fails the run."""
+    from dreamctl.cli.bench import print_summary, render
+
+    def no_compiler(model, mode=None):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    recipe = load_recipe("tiny", SMALL + ["train.batch_size=2"])
+    result = bench.run_bench("sample", recipe, CPU, rounds=1, warmup=0, sample_batches=1)
+    sample = result["sample"]
+    assert list(sample["rows"]) == ["eager"] and sample["failed"] == {"compiled": "RuntimeError: no compiler here"}
+    render(result)  # prints the failure beside the timed rows, and so does gpu.sh's summary
+    assert "DDIM-50 sampling, compiled: failed, not timed: RuntimeError: no compiler here" in capsys.readouterr().out
+    (tmp_path / "r.json").write_text(json.dumps(result))
+    print_summary([str(tmp_path / "r.json")])
+    assert "sample [tiny, batch 2, fp32, compiled]: failed: RuntimeError: no compiler here" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="no compiler here"):
+        bench.run_bench("sample", load_recipe("tiny", SMALL + ["train.batch_size=2", "sample.compile=true"]), CPU,
+                        rounds=1, warmup=0, sample_batches=1)
 
 
 def test_unknown_section_is_an_error():

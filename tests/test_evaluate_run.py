@@ -143,6 +143,18 @@ def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
     assert "SWD x1e3" in out and "missing" in out and "inception-2015-12-05.pt" in out
 
 
+def test_evaluate_compiles_in_the_mode_asked_for(trained, tmp_path, monkeypatch):
+    """--compile-mode reaches evaluate's sampling network as it reaches sample's."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)  # its own copy: this test's record stays out of the shared run
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    assert main(["evaluate", str(run), "--num", "4", "--metrics", "swd", "--compile-mode", "reduce-overhead"]) == 0
+    assert modes == ["reduce-overhead"]
+
+
 def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
     run, data = trained
     moved = tmp_path / "moved"

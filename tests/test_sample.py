@@ -17,6 +17,7 @@ import torch
 from conftest import dead_pid
 from dreamctl import generate, sample_files, sampling
 from dreamctl.cli import main
+from dreamctl.config import load_recipe
 from dreamctl.errors import DataError, RunError
 from dreamctl.runtime import Runtime
 from dreamctl.sample_files import read_samples
@@ -239,6 +240,23 @@ def test_compiled_sampling_draws_the_same_images(trained, tmp_path):
     # CUDA graphs asked for on the CPU: there are none to record, so it draws as the default mode does.
     graphs = _draw(run, tmp_path / "graphs", 2, compile_mode="reduce-overhead")
     assert np.abs(eager.astype(int) - graphs.astype(int)).max() <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs are recorded on CUDA only")
+def test_cuda_graphs_draw_the_images_eager_draws(trained, tmp_path):
+    """Replays overwrite the graph's outputs: had the sampler kept one across steps, the images would differ."""
+    run, _ = trained
+    cuda = Runtime(torch.device("cuda"), "fp32")
+    eager = _draw(run, tmp_path / "eager", 3, rt=cuda)
+    graphs = _draw(run, tmp_path / "graphs", 3, rt=cuda, compile_mode="reduce-overhead")
+    assert np.abs(eager.astype(int) - graphs.astype(int)).max() <= 1
+
+
+def test_no_compile_overrides_a_recipes_compile_mode():
+    """--no-compile over a recipe that asks for CUDA graphs samples eager, rather than being refused."""
+    recipe = load_recipe("tiny", ["sample.compile=true", "sample.compile_mode=reduce-overhead"])
+    cfg = sampling.sample_config(recipe, SampleOptions(compile=False), "tiny")
+    assert (cfg.compile, cfg.compile_mode) == (False, "default")
 
 
 def test_compile_mode_asks_for_compile_and_is_refused_without_it(trained, tmp_path, monkeypatch, capsys):

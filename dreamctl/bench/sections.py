@@ -1,4 +1,4 @@
-"""The benchmark's sections: training steps, CUDA variants, sampling (eager and compiled), Inception features."""
+"""The benchmark's sections: training steps, CUDA variants, sampling (eager, compiled, CUDA graphs), Inception features."""
 
 from __future__ import annotations
 
@@ -147,12 +147,27 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, bud
 SAMPLE_SETTINGS = {"eager": None, "compiled": "default", "compiled, CUDA graphs": "reduce-overhead"}  # name: mode
 
 
+def _one_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def sample_settings(compile: bool, mode: str, device_type: str, compare: bool) -> list[str]:
+    """The SAMPLE_SETTINGS to time, the recipe's own first: all of them with `compare`. Only CUDA
+    records graphs; elsewhere 'reduce-overhead' compiles as 'default' does, so it is that row."""
+    own_mode = (mode if device_type == "cuda" else "default") if compile else None
+    names = [n for n, m in SAMPLE_SETTINGS.items() if m != "reduce-overhead" or device_type == "cuda"]
+    own = next(n for n in names if SAMPLE_SETTINGS[n] == own_mode)
+    return [own] + ([n for n in names if n != own] if compare else [])
+
+
 def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
                  compare_compile: bool = False, on_event: OnEvent = _quiet) -> dict[str, Any]:
     """DDIM-50 img/s through generate(), as `dreamctl sample` runs it: one model (no EMA copy), eval
     mode, no autograd, the recipe's sample.compile and compile_mode. With `compare_compile`, the other
     settings too (CUDA graphs on CUDA only), on the same weights, batches interleaved; each one's first
-    batch (the compile) timed apart."""
+    batch (the compile) timed apart. A compared setting whose first batch fails is recorded with its
+    error in `failed` and left out, so that it costs no other setting's figures; the recipe's own fails the run."""
     from dreamctl.generate import generate
     from dreamctl.models import build_model
     from dreamctl.runtime import Autocast
@@ -164,33 +179,40 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
         model = model.to(memory_format=torch.channels_last)
     cfg = recipe.sample.model_copy(update={"sampler": "ddim", "steps": SAMPLE_STEPS, "eta": 0.0, "t_start": None})
     b, schedule = recipe.train.batch_size, schedule_for(recipe.diffusion)
-    own = next(n for n, mode in SAMPLE_SETTINGS.items()
-               if mode == (recipe.sample.compile_mode if recipe.sample.compile else None))
-    others = [n for n, mode in SAMPLE_SETTINGS.items()
-              if n != own and (mode != "reduce-overhead" or rt.device.type == "cuda")]  # the CPU has no graphs
-    names = [own] + (others if compare_compile else [])
+    names = sample_settings(recipe.sample.compile, recipe.sample.compile_mode, rt.device.type, compare_compile)
+    own = names[0]
 
     def runner(mode: str | None):
         net = Autocast(model if mode is None else compile_for_sampling(model, mode), rt).eval()
         return lambda k: generate(net, schedule, list(range(k * b, (k + 1) * b)), image_size=recipe.data.resolution,
                                   cfg=cfg, device=rt.device, batch_size=b)
 
-    runs, first_s = {}, {}
+    runs, first_s, failed = {}, {}, {}
     for name in names:
-        runs[name] = runner(SAMPLE_SETTINGS[name])
         t0 = time.perf_counter()
-        runs[name](0)  # generate() ends with a copy to the CPU, so this is synchronous
+        try:
+            run = runner(SAMPLE_SETTINGS[name])
+            run(0)  # generate() ends with a copy to the CPU, so this is synchronous
+        except Exception as err:  # a compile or graph capture that fails on this machine: kept on record
+            if name == own:
+                raise
+            failed[name] = _one_line(err)
+            on_event("bench_failed", {"section": "sample", "name": name, "error": failed[name]})
+            continue
+        runs[name] = run
         first_s[name] = round(time.perf_counter() - t0, 1)
         on_event("bench_first", {"section": "sample", "name": name, "seconds": first_s[name]})
     raw = interleaved(runs, rt.device, warmup=max(warmup - 1, 0), rounds=batches, on_round=_rounds("sample", on_event))
     summary = summarize(raw, b, rt.device.type == "cuda", reference=own)
+    # A CUDA graph's memory lives in a private pool that replays allocate nothing from: reserved shows it.
     rows = {name: {"img_per_s": r["img_per_s"], "batch_s_median": round(r["step_ms_median"] / 1e3, 3),
                    "time_ratio": r["step_time_ratio"], "first_batch_s": first_s[name],
-                   "peak_memory_bytes": r["peak_memory_bytes"]} for name, r in summary.items()}
+                   "peak_memory_bytes": r["peak_memory_bytes"], "peak_reserved_bytes": r["peak_reserved_bytes"]}
+            for name, r in summary.items()}
     return {"sampler": f"ddim-{SAMPLE_STEPS} (eta 0)", "batch_size": b, "precision": rt.precision,
             "compile": recipe.sample.compile, "compile_mode": recipe.sample.compile_mode,
             "batches": summary[own]["rounds"], "batch_s_median": rows[own]["batch_s_median"],
-            "img_per_s": rows[own]["img_per_s"], "rows": rows, "reference": own,
+            "img_per_s": rows[own]["img_per_s"], "rows": rows, "reference": own, "failed": failed,
             "includes": "per-seed initial noise drawn on the CPU and the uint8 copy back, as `dreamctl sample`"}
 
 

@@ -55,10 +55,21 @@ def _stated_setting(result: dict[str, Any], cond: dict[str, Any]) -> bool:
     return same_net and all(result.get(k) == v for k, v in cond.items())
 
 
+def _is_sampling(what: str) -> bool:
+    return what.startswith("DDIM")
+
+
+def _name(result: dict[str, Any], what: str, op: str, limit: float) -> str:
+    """A training target measured with train.compile is named so, so that the summary of several
+    results (gpu.sh) keeps the eager verdict and this one apart; sampling targets name their setting."""
+    compiled = result.get("compile") and not _is_sampling(what)
+    return f"{what}{', train.compile' if compiled else ''} {op} {limit}"
+
+
 def _too_few(result: dict[str, Any], what: str) -> list[str]:
     """Why the rounds actually timed for a target cannot carry a verdict, if they cannot: a training
     target wants MIN_ROUNDS rounds after a warm-up; sampling times its batches after an untimed first one."""
-    if what.startswith("DDIM"):
+    if _is_sampling(what):
         batches = result.get("sample", {}).get("batches") or 0
         return [] if batches >= MIN_SAMPLE_BATCHES else [f"{batches} timed batch(es)"]
     rows = result.get("train", {}).get("rows", {})
@@ -79,9 +90,7 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if value is not None and math.isnan(value):  # no measurement; and bare NaN is not JSON
             value = None
         differs = ([] if _stated_setting(result, cond) else ["another setting"]) + _too_few(result, what)
-        if result.get("compile") and not what.startswith("DDIM"):  # the training step's own compile setting,
-            what += ", train.compile"  # so that the summary of several results keeps eager's verdict and this one
-        out.append({"target": f"{what} {op} {limit}", "value": None if value is None else round(value, 3),
+        out.append({"target": _name(result, what, op, limit), "value": None if value is None else round(value, 3),
                     "pass": None if value is None else bool(_OPS[op](value, limit)),
                     "conditions": cond, "conditions_met": not differs, "differs": differs})
     return out

@@ -27,7 +27,7 @@ def command(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
     sample_batches: Annotated[int, typer.Option("--sample-batches", min=1, help="Timed DDIM-50 batches.")] = 2,
     variants: Annotated[bool, typer.Option("--variants/--no-variants", help="With train: also eager/compile, "
-                                           "bf16/fp32, channels_last (CUDA); with sample: eager and compiled.")] = True,
+                                           "bf16/fp32, channels_last (CUDA); with sample: eager, compiled and (CUDA) CUDA graphs.")] = True,
     only: Annotated[list[str], typer.Option("--only", help="Variants: run only this one (repeatable), e.g. "
                                             "--only 'compile bf16'; the reference 'eager bf16' always runs.")] = [],
     budget: Annotated[Optional[float], typer.Option("--budget-s", min=1, help="Stop timing a section after the round "
@@ -74,6 +74,9 @@ def _progress(kind: str, payload: dict[str, Any]) -> None:
     if kind == "bench_first":
         what = ("batch" if section == "sample" else "step") + (" (compile)" if "compil" in payload["name"] else "")
         err_console.print(f"{section}: {payload['name']}: first {what} {payload['seconds']:.1f} s",
+                          markup=False, highlight=False)
+    elif kind == "bench_failed":
+        err_console.print(f"{section}: {payload['name']}: failed, left out: {payload['error']}",
                           markup=False, highlight=False)
     elif kind == "bench_round":
         took = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in payload["seconds"].items())
@@ -139,6 +142,8 @@ def render(result: dict[str, Any]) -> None:
             console.print(f"DDIM-50 sampling, {name}: {row['img_per_s']:.1f} img/s, time {_x(row['time_ratio'])} "
                           f"of {sec['reference']}, first batch {row['first_batch_s']} s (batch {sec['batch_size']}; "
                           f"{sec['includes']})", markup=False, highlight=False)
+        for name, error in sec.get("failed", {}).items():
+            console.print(f"DDIM-50 sampling, {name}: failed, not timed: {error}", markup=False, highlight=False)
     if "inception" in result:
         sec = result["inception"]
         text = f"skipped: {sec['skipped']}" if "skipped" in sec else f"{sec['img_per_s']:.1f} img/s " \
@@ -193,6 +198,8 @@ def print_summary(paths: list[str]) -> None:
         for name, row in (sec or {}).get("rows", {}).items():
             lines.append(f"sample [{base}, {name}] {sec['sampler']}: {row['img_per_s']:.1f} img/s, "
                          f"time {_x(row['time_ratio'])} of {sec['reference']}")
+        for name, error in (sec or {}).get("failed", {}).items():
+            lines.append(f"sample [{base}, {name}]: failed: {error}")
         sec = res.get("inception")
         if sec:
             what = sec["skipped"] if "skipped" in sec else f"{sec['img_per_s']:.1f} img/s"

@@ -99,6 +99,8 @@ def sample(model: nn.Module | Callable[[Tensor, Tensor], Tensor], schedule: Nois
     x = noise
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        # Used up within this step: a network replayed as a CUDA graph (sample.compile_mode) overwrites
+        # its outputs at the next call, so eps must not be kept across steps.
         eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
         z = randn_like(x, generator) if t_prev >= 0 and eta > 0 else None
         x, x0_hat = ddim_step(schedule, x, t, t_prev, eps, eta=eta, noise=z, clip_x0=clip_x0)
