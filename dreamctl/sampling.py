@@ -122,17 +122,22 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     check_fits(ckpt, path, model, parts=(weights,))  # weights and stored recipe disagree: edited by hand
     model.load_state_dict(ckpt[weights])
     model = model.to(rt.device).eval().requires_grad_(False)
-    net = compile_for_sampling(model, cfg.compile_mode) if cfg.compile else model
+    net = compile_for_sampling(model, cfg.compile_mode, rt.device.type) if cfg.compile else model
     schedule = schedule_for(recipe.diffusion)
     return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution,
                           run.run_id(), rt.precision)
 
 
-def compile_for_sampling(model: nn.Module, mode: str = "default") -> nn.Module:
+def compile_mode_for(mode: str, device_type: str) -> str:
+    """The torch.compile mode `mode` comes to on this device: only CUDA records graphs, so elsewhere
+    'reduce-overhead' is 'default' (torch would skip the graphs itself, after compiling for them)."""
+    return mode if device_type == "cuda" else "default"
+
+
+def compile_for_sampling(model: nn.Module, mode: str, device_type: str) -> nn.Module:
     """torch.compile for drawing images. 'reduce-overhead' records each batch shape's network as a CUDA
-    graph and replays it at every step (samplers.sample uses up each output before the next call). On
-    the CPU there are no graphs, so it compiles as 'default'."""
-    return torch.compile(model, mode=mode)
+    graph and replays it at every step (samplers.sample uses up each output before the next call)."""
+    return torch.compile(model, mode=compile_mode_for(mode, device_type))
 
 
 def sampler_tag(sampler: str, steps: int, eta: float, ema: bool) -> str:

@@ -147,12 +147,15 @@ def test_evaluate_compiles_in_the_mode_asked_for(trained, tmp_path, monkeypatch)
     """--compile-mode reaches evaluate's sampling network as it reaches sample's."""
     import shutil
 
+    from dreamctl import sampling
+
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)  # its own copy: this test's record stays out of the shared run
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    asked = []
+    monkeypatch.setattr(sampling, "compile_for_sampling",
+                        lambda model, mode, device_type: asked.append((mode, device_type)) or model)
     assert main(["evaluate", str(run), "--num", "4", "--metrics", "swd", "--compile-mode", "reduce-overhead"]) == 0
-    assert modes == ["reduce-overhead"]
+    assert asked == [("reduce-overhead", "cpu")]
 
 
 def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):

@@ -260,12 +260,20 @@ def test_no_compile_overrides_a_recipes_compile_mode():
 
 
 def test_compile_mode_asks_for_compile_and_is_refused_without_it(trained, tmp_path, monkeypatch, capsys):
-    """--compile-mode alone compiles in that mode; beside --no-compile it is refused, nothing drawn."""
+    """--compile-mode alone compiles in that mode (CUDA graphs on CUDA; elsewhere torch's default mode);
+    beside --no-compile it is refused, nothing drawn."""
     run, _ = trained
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    asked, modes = [], []
+    monkeypatch.setattr(sampling, "compile_for_sampling",
+                        lambda model, mode, device_type: asked.append((mode, device_type)) or model)
     model = load_for_inference(RunDir(run), SampleOptions(compile_mode="reduce-overhead"), CPU)
-    assert (model.cfg.compile, model.cfg.compile_mode, modes) == (True, "reduce-overhead", ["reduce-overhead"])
+    assert (model.cfg.compile, model.cfg.compile_mode, asked) == (True, "reduce-overhead", [("reduce-overhead", "cpu")])
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    for device_type in ("cuda", "cpu"):
+        sampling.compile_for_sampling(torch.nn.Identity(), "reduce-overhead", device_type)
+    sampling.compile_for_sampling(torch.nn.Identity(), "default", "cuda")
+    assert modes == ["reduce-overhead", "default", "default"]
     for args, needle in ((["--no-compile", "--compile-mode", "reduce-overhead"], "needs compile: true (or --compile)"),
                          (["--compile-mode", "max-autotune"], "sample.compile_mode: Input should be 'default' or "
                                                                "'reduce-overhead'")):

@@ -153,10 +153,12 @@ def _one_line(err: Exception) -> str:
 
 
 def sample_settings(compile: bool, mode: str, device_type: str, compare: bool) -> list[str]:
-    """The SAMPLE_SETTINGS to time, the recipe's own first: all of them with `compare`. Only CUDA
-    records graphs; elsewhere 'reduce-overhead' compiles as 'default' does, so it is that row."""
-    own_mode = (mode if device_type == "cuda" else "default") if compile else None
-    names = [n for n, m in SAMPLE_SETTINGS.items() if m != "reduce-overhead" or device_type == "cuda"]
+    """The SAMPLE_SETTINGS to time, the recipe's own first: all of them with `compare`. A setting that
+    compiles as another on this device (CUDA graphs off CUDA) is that one's row, not a second timing of it."""
+    from dreamctl.sampling import compile_mode_for
+
+    names = [n for n, m in SAMPLE_SETTINGS.items() if m is None or compile_mode_for(m, device_type) == m]
+    own_mode = compile_mode_for(mode, device_type) if compile else None
     own = next(n for n in names if SAMPLE_SETTINGS[n] == own_mode)
     return [own] + ([n for n in names if n != own] if compare else [])
 
@@ -183,7 +185,7 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
     own = names[0]
 
     def runner(mode: str | None):
-        net = Autocast(model if mode is None else compile_for_sampling(model, mode), rt).eval()
+        net = Autocast(model if mode is None else compile_for_sampling(model, mode, rt.device.type), rt).eval()
         return lambda k: generate(net, schedule, list(range(k * b, (k + 1) * b)), image_size=recipe.data.resolution,
                                   cfg=cfg, device=rt.device, batch_size=b)
 

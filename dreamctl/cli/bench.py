@@ -27,7 +27,7 @@ def command(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
     sample_batches: Annotated[int, typer.Option("--sample-batches", min=1, help="Timed DDIM-50 batches.")] = 2,
     variants: Annotated[bool, typer.Option("--variants/--no-variants", help="With train: also eager/compile, "
-                                           "bf16/fp32, channels_last (CUDA); with sample: eager, compiled and (CUDA) CUDA graphs.")] = True,
+                                           "bf16/fp32, channels_last (CUDA); with sample: eager, compiled and, on CUDA, CUDA graphs.")] = True,
     only: Annotated[list[str], typer.Option("--only", help="Variants: run only this one (repeatable), e.g. "
                                             "--only 'compile bf16'; the reference 'eager bf16' always runs.")] = [],
     budget: Annotated[Optional[float], typer.Option("--budget-s", min=1, help="Stop timing a section after the round "
