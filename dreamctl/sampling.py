@@ -115,7 +115,11 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
         warnings.warn(f"{run.recipe_file} differs from the recipe {path.name} was trained with in its model, "
                       "diffusion or data.resolution section; sampling with the checkpoint's", DreamctlWarning,
                       stacklevel=2)
-    recipe = trained.model_copy(update={"sample": current.sample, "eval": current.eval})
+    # Validated whole, so that recipe.yaml's sampling settings are checked against the trained schedule
+    # (sample.steps <= its T, say), not only against recipe.yaml's own diffusion section.
+    recipe = validate_recipe({**trained.model_dump(mode="json"), "sample": current.sample.model_dump(mode="json"),
+                              "eval": current.eval.model_dump(mode="json")},
+                             f"{run.recipe_file} (sample, eval) with the model {path.name} was trained as")
     cfg = sample_config(recipe, opts, str(run.recipe_file))
     model = build_model(recipe.model, recipe.data.resolution)
     weights = "ema" if cfg.use_ema else "model"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import dead_pid
 from dreamctl import generate, sample_files, sampling
@@ -225,6 +226,24 @@ def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tm
     with pytest.warns(UserWarning, match="differs from the recipe step-00000004.pt was trained with"):
         changed = _draw(edited, tmp_path / "b", 3)
     np.testing.assert_array_equal(changed, _draw(run, tmp_path / "a", 3))  # the cosine schedule, as trained
+
+
+def test_sampling_settings_are_checked_against_the_trained_schedule(trained, tmp_path, capsys):
+    """recipe.yaml edited to a longer schedule with as many sampling steps: the checkpoint's T is what
+    sampling uses, so its steps are refused there with one line, not a traceback from the sampler."""
+    run, _ = trained
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited, ignore=shutil.ignore_patterns("samples", "eval"))
+    recipe = yaml.safe_load((edited / "recipe.yaml").read_text())
+    trained_T = recipe["diffusion"]["num_timesteps"]
+    recipe["diffusion"]["num_timesteps"] = 2 * trained_T
+    recipe["sample"]["steps"] = trained_T + 1
+    (edited / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["sample", str(edited), "--num", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "differs from the recipe step-00000004.pt was trained with" in err  # the warning, then the error
+    assert f"sample.steps ({trained_T + 1}) exceeds diffusion.num_timesteps" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
 
 
 

@@ -3,11 +3,11 @@
 Per step (DDPM Algorithm 1, with the loss kind from the recipe):
     x0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I)  -> back-propagate the loss -> clip -> AdamW -> EMA.
 Everything random in a step is a pure function of (seed, step): the batch order and flips
-come from the loader's (seed, epoch, batch index) and t, eps from a generator seeded with
-(seed, step) over the *global* batch, each rank taking its slice. So a resumed run, or a run
-on another number of processes, sees the same images, timesteps and noise. Dropout and
-DDPM-IP's extra noise xi come from the global RNG, reseeded per (seed, step, rank): exact on
-resume with no RNG state in the checkpoint, but different between runs on different numbers of processes.
+come from the loader's (seed, epoch, batch index) and t, eps (and DDPM-IP's extra noise xi) from
+a generator seeded with (seed, step) over the *global* batch, each rank taking its slice. So a
+resumed run, or a run on another number of processes, sees the same images, timesteps and noise.
+Only dropout comes from the global RNG, reseeded per (seed, step, rank): exact on resume with no
+RNG state in the checkpoint, but different between runs on different numbers of processes.
 """
 
 from __future__ import annotations
