@@ -137,7 +137,7 @@ def test_cli_errors_exit_2_with_one_line(args, needle, capsys):
 def test_dry_run_shows_parameters_and_cost(capsys):
     assert main(["train", "--recipe", "conservative", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "54,846,979 (54.85M)" in out and "6 forward units per step" in out
+    assert "54,846,979 (54.85M)" in out and "6 forward units per step (3 before loss.start_epoch)" in out
 
 
 def test_dry_run_counts_the_images_training_would_open(synthetic_data_dir, capsys):

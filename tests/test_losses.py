@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dreamctl.diffusion import make_schedule
-from dreamctl.diffusion.losses import STEP_COST, backward_loss, compute_loss
+from dreamctl.diffusion.losses import STEP_COST, backward_loss, compute_loss, step_cost
 
 
 class TinyNet(nn.Module):
@@ -271,6 +271,15 @@ def test_forward_calls_per_step(batch, kind, calls):
     net = TinyNet()
     backward_loss(kind, net, SCHEDULE, *batch, epoch=50, **(CONS if kind == "dream_conservative" else {}))
     assert net.calls == STEP_COST[kind][0] == calls
+
+
+@pytest.mark.parametrize("epoch,calls", [(CONS["start_epoch"] - 1, 1), (CONS["start_epoch"], 2)])
+def test_conservative_step_cost_follows_start_epoch(batch, epoch, calls):
+    """Before start_epoch the study's variant takes a standard step, as step_cost (ablate's estimate) says."""
+    net = TinyNet()
+    backward_loss("dream_conservative", net, SCHEDULE, *batch, **{**CONS, "epoch": epoch})
+    assert net.calls == step_cost("dream_conservative", epoch, CONS["start_epoch"])[0] == calls
+    assert step_cost("dream", 0, CONS["start_epoch"]) == STEP_COST["dream"]  # no other kind has a start
 
 
 @pytest.mark.parametrize("kind,params", [

@@ -59,13 +59,15 @@ def command(
 
 
 def _dry_run(recipe: Recipe) -> None:
-    from dreamctl.diffusion.losses import STEP_COST
+    from dreamctl.diffusion.losses import step_cost
     from dreamctl.models import build_model, count_parameters
 
     console.print(recipe_to_yaml(recipe), markup=False, highlight=False)
     params = count_parameters(build_model(recipe.model, recipe.data.resolution))
-    calls, units = STEP_COST[recipe.loss.kind]
-    note = " (3 before loss.start_epoch)" if recipe.loss.kind == "dream_conservative" else ""
+    kind, start = recipe.loss.kind, recipe.loss.start_epoch
+    calls, units = step_cost(kind, start, start)
+    early = step_cost(kind, 0, start)[1]
+    note = f" ({early} before loss.start_epoch)" if early != units else ""
     about = f"  ({recipe.description})" if recipe.description else ""
     console.print(f"recipe        {recipe.name}{about}", markup=False)
     console.print(f"parameters    {params:,} ({params / 1e6:.2f}M)", markup=False)

@@ -18,7 +18,7 @@ from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.config.schema import RESUMABLE_KEYS, drawn_by_seed_rule
 from dreamctl.data.loader import steps_per_epoch
 from dreamctl.data.shards import split_count
-from dreamctl.diffusion.losses import STEP_COST
+from dreamctl.diffusion.losses import step_cost
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import check_reference, parse_metrics
@@ -80,11 +80,9 @@ def train_cost(recipe: Recipe, count: int | None, done: int = 0) -> tuple[int | 
         return None, None, None
     batch, loss = recipe.train.batch_size, recipe.loss
     left = max(total_steps(recipe, n) - done, 0)
-    units = STEP_COST[loss.kind][1]
-    if loss.kind == "dream_conservative":  # a standard step until start_epoch
-        before = min(left, max(loss.start_epoch * steps_per_epoch(n, batch) - done, 0))
-        return left, left * batch, batch * (STEP_COST["standard"][1] * before + units * (left - before))
-    return left, left * batch, left * batch * units
+    before = min(left, max(loss.start_epoch * steps_per_epoch(n, batch) - done, 0))  # steps before start_epoch
+    early, late = (step_cost(loss.kind, epoch, loss.start_epoch)[1] for epoch in (0, loss.start_epoch))
+    return left, left * batch, batch * (early * before + late * (left - before))
 
 
 # ----------------------------------------------------------------------------- plan
