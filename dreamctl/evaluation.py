@@ -21,7 +21,7 @@ import torch
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.config import Recipe
+from dreamctl.config import Recipe, SampleConfig
 from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import read_manifest, split_shards
@@ -32,7 +32,7 @@ from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, METRICS, evaluate_
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import (
-    SAMPLING_FIELDS, InferenceModel, OnEvent, SampleOptions, folder_name, load_for_inference, sample_to_folder,
+    SAMPLING_FIELDS, OnEvent, SampleOptions, folder_name, load_for_inference, sample_to_folder,
     sampler_suffix, sampler_tag, sampling_settings,
 )
 from dreamctl.sample_files import read_samples
@@ -235,7 +235,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
                               cache_dir=data_dir / "cache", feature_net=net, weights_dir=weights_dir, seed=req.seed,
                               device=str(rt.device))
     used = out["protocol"]
-    protocol = {**_sampling_protocol(model, req), "ref_preprocessing": manifest.get("preprocessing"),
+    protocol = {**sampling_protocol(model.cfg, model.step, req, model.precision), "ref_preprocessing": manifest.get("preprocessing"),
                 "ref_manifest_sha256": manifest_sha, "image_size": model.image_size,
                 **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", "kid", "is", "lpips", "swd")
                    if k in used}}
@@ -250,7 +250,13 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     return Evaluation(record, paths, folder)
 
 
-def _sampling_protocol(model: InferenceModel, req: EvalRequest) -> dict[str, Any]:
+def sampling_protocol(cfg: SampleConfig, step: int | None, req: EvalRequest, precision: str) -> dict[str, Any]:
     """The protocol fields that fix the generated images and say which reference they meet."""
-    return {**sampling_settings(model.cfg, model.step, req.seed, model.precision), "num_generated": req.num,
+    return {**sampling_settings(cfg, step, req.seed, precision), "num_generated": req.num,
             "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}
+
+
+def holds_protocol(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether an evaluation file's protocol has `wanted`'s sampling_protocol fields. A file written
+    before SEED_RULE drew the same images when its base seed was 0, so it counts too."""
+    return drawn_by_seed_rule(recorded) and all(recorded.get(k) == v for k, v in wanted.items() if k != "image_seeds")

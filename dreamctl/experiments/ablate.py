@@ -15,15 +15,15 @@ from pathlib import Path
 
 from dreamctl import runtime
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
-from dreamctl.config.schema import RESUMABLE_KEYS, drawn_by_seed_rule
+from dreamctl.config.schema import RESUMABLE_KEYS
 from dreamctl.data.loader import steps_per_epoch
 from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import step_cost
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals
-from dreamctl.evaluation import check_reference, parse_metrics
+from dreamctl.evaluation import EvalRequest, check_reference, holds_protocol, resolve_request, sampling_protocol
 from dreamctl.experiments.spec import Spec, expand, expand_eval
-from dreamctl.sampling import SampleOptions, sample_config, sampling_settings
+from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import total_steps
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints
@@ -128,18 +128,16 @@ def _changes(run_dir: Path, expected: Recipe, data: Path | None) -> tuple[str, .
     return tuple(f"{k}={json.dumps(want[k])}" for k in differ)
 
 
-def _evaluated(run_dir: Path, recipe: Recipe, cfg: SampleConfig, num: int, metrics: tuple[str, ...]) -> bool:
+def _evaluated(run_dir: Path, cfg: SampleConfig, req: EvalRequest) -> bool:
     """True when an eval file already has every asked metric, with a value, for the final checkpoint,
-    under the protocol evaluate would use now (sampling settings, reference split and size, seed).
+    under the protocol evaluate would record now (sampling settings, reference split and size, seed).
 
     A metric recorded as missing (absent weights, say) is asked for again: evaluate reuses its samples.
     """
-    e, run = recipe.eval, RunDir(run_dir)
-    # Exactly the fields evaluate records: an explicit t_start equal to the default is another protocol id.
-    want = {**sampling_settings(cfg, run.info().get("step"), e.seed, runtime.inference_precision()),
-            "num_generated": num, "ref_split": e.ref, "ref_num": e.ref_num or num}
-    return any(all(r.protocol.get(k) == v for k, v in want.items()) and drawn_by_seed_rule(r.protocol)
-               and all("value" in r.metrics.get(m, {}) for m in metrics) for r in read_evals(run.eval))
+    run = RunDir(run_dir)
+    want = sampling_protocol(cfg, run.info().get("step"), req, runtime.inference_precision())
+    return any(holds_protocol(r.protocol, want) and all("value" in r.metrics.get(m, {}) for m in req.metrics)
+               for r in read_evals(run.eval))
 
 
 def make_plan(spec: Spec) -> Plan:
@@ -159,13 +157,12 @@ def make_plan(spec: Spec) -> Plan:
             # evaluate's own resolution of its flags (a DDPM point runs all T steps, null = the recipe's)
             points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
                       for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
-            metrics = tuple(parse_metrics(spec.metrics or recipe.eval.metrics))
+            req = resolve_request(recipe, SampleOptions(), spec.num, None, None, spec.metrics)  # no point sets these
             if recipe.data.split not in count_cache:
                 count_cache[recipe.data.split] = data_count(data, recipe.data.split)
             if points and data is not None and (data / "manifest.json").is_file():  # evaluate's check, now
-                check_reference(data, recipe.eval.ref, recipe.eval.ref_num or spec.num or recipe.eval.num,
-                                recipe.data.resolution, fix="lower `evaluate: {num: N}` in the spec, or set "
-                                "eval.ref_num or eval.ref")
+                check_reference(data, req.ref_split, req.ref_num, recipe.data.resolution,
+                                fix="lower `evaluate: {num: N}` in the spec, or set eval.ref_num or eval.ref")
             resume_set = _changes(run_dir, recipe, data)
             action = _status(run_dir)
             action = "resume" if resume_set and action == "skip" else action
@@ -176,12 +173,11 @@ def make_plan(spec: Spec) -> Plan:
         trains.append(TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set,
                                done=steps_done))
         for suffix, cfg, flags in points:
-            num = spec.num or recipe.eval.num
-            evaluated = action == "skip" and _evaluated(run_dir, recipe, cfg, num, metrics)
+            evaluated = action == "skip" and _evaluated(run_dir, cfg, req)
             extra = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
             extra += ("--num", str(spec.num)) if spec.num else ()
             evals.append(EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra, "skip" if evaluated else "evaluate",
-                                 num, num * cfg.steps))
+                                 req.num, req.num * cfg.steps))
     count = next(iter(count_cache.values()), None)
     return Plan(spec, data, count, tuple(trains), tuple(evals))
 
