@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +67,8 @@ class InferenceModel:
 
 def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleConfig:
     """The recipe's sample section with the options applied, validated as the recipe schema would."""
-    asked = {"sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "t_start": opts.t_start,
-             "use_ema": opts.use_ema, "batch_size": opts.batch_size, "compile": opts.compile,
-             "compile_mode": opts.compile_mode}
-    changes = {k: v for k, v in asked.items() if v is not None}
+    changes = {f.name: getattr(opts, f.name) for f in fields(opts)
+               if f.name in SampleConfig.model_fields and getattr(opts, f.name) is not None}
     if "compile_mode" in changes:
         changes.setdefault("compile", True)
     elif changes.get("compile") is False:  # --no-compile over a recipe's reduce-overhead: no mode to keep

@@ -165,6 +165,23 @@ def test_ddpm_sampling_options_on_a_recipe_with_t_start():
         load_recipe("tiny", ddpm + ["sample.eta=0.5"])
 
 
+def test_every_sampling_option_reaches_the_sample_config():
+    """sample_config applies SampleOptions by field name: each option but the checkpoint and the base seed
+    names a sample.* setting, and a value given for it is the one sampling uses."""
+    import dataclasses
+
+    from dreamctl.sampling import SampleOptions, sample_config
+
+    tiny = load_recipe("tiny")
+    given = {"sampler": "ddim", "steps": 7, "eta": 0.3, "t_start": 900, "use_ema": False, "batch_size": 5,
+             "compile": True, "compile_mode": "reduce-overhead"}
+    assert set(given) == {f.name for f in dataclasses.fields(SampleOptions)} - {"checkpoint", "seed"}
+    # each one a change, but the sampler: ddpm would fix steps and eta itself
+    assert all(getattr(tiny.sample, k) != v for k, v in given.items() if k != "sampler")
+    cfg = sample_config(tiny, SampleOptions(**given, checkpoint=3, seed=1), "tiny")
+    assert {k: getattr(cfg, k) for k in given} == given
+
+
 def test_cli_starts_without_torch_or_matplotlib():
     """Every command's module loads lazily: `dreamctl --help` and argument errors come back at once,
     and `compare` without --plot needs no matplotlib (the GPU machine's Python may lack it)."""
