@@ -170,7 +170,7 @@ def sampling_settings(cfg: SampleConfig, checkpoint_step: int | None, seed: int,
 SAMPLING_FIELDS = tuple(sampling_settings(SampleConfig(), 0, 0, "fp32"))
 
 
-def settings(m: InferenceModel, seed: int) -> dict[str, Any]:
+def folder_settings(m: InferenceModel, seed: int) -> dict[str, Any]:
     """What must match for a folder's existing images to be reused: they fix every pixel."""
     return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed, m.precision), "image_size": m.image_size}
 
@@ -202,7 +202,7 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
 def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict[str, Any]:
     """Check the folder's settings (every rank, so all fail alike); rank 0 records them before any image
     and clears the temporary files of a killed earlier call."""
-    wanted = settings(m, seed)
+    wanted = folder_settings(m, seed)
     _check_folder(folder, wanted)
     folder.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
