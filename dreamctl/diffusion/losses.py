@@ -1,4 +1,5 @@
-"""Training losses: one signature, one function per loss kind.
+"""Training losses: one function per loss kind, each called as (model, schedule, x0, t, noise, *,
+emit, the kind's own parameters); compute_loss and backward_loss pass each kind what it takes.
 
 Each loss function returns `(final_term, stats)` and hands any earlier term of its
 loss to `emit` as soon as that term is complete. Summing the emitted terms and the
