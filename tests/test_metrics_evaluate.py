@@ -73,7 +73,7 @@ def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     assert proto["feature_network_stand_in"] is True and proto["feature_network"] == net.name
     assert proto["resize"] == RESIZE_CLEAN and proto["feature_network_sha256"] == net.weights_sha256
     # The spread says what it is over: KID's 100 subsets, IS's 10 splits (no error bars).
-    assert (m["kid"]["spread"], m["is"]["spread"]) == ("subsets", "splits") and "spread" not in m["fid"]
+    assert m["is"]["spread"] == "splits" and "spread" not in m["fid"]  # kid: below, with sets larger than a subset
     assert set(proto["libraries"]) == {"torch", "clean-fid", "lpips", "scipy", "numpy"}
     assert proto["num_generated"] == 24 and proto["num_reference"] == 24 and proto["image_size"] == [32, 32]
     assert proto["reference_cache"] == "written" and proto["weights"] == {}
@@ -231,6 +231,16 @@ def test_kid_subsets_are_drawn_from_the_evaluations_seed():
     fg, fr = (batched_features(StandInFeatureNet(), x)[0] for x in (gen, ref))
     expected = kernel_inception_distance(fg, fr, num_subsets=100, max_subset_size=1000, rng=np.random.default_rng(1))
     assert (by_seed[1]["value"], by_seed[1]["std"]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_kid_of_two_whole_sets_reports_no_spread_and_its_subset_size():
+    """With both sets at or under the subset size every random subset is both sets whole: a std over
+    them would be rounding noise read as precision, so there is none; the subset size is recorded."""
+    kw = dict(metrics=["kid"], reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
+    whole = evaluate_image_sets(_faces(0, 8), _faces(1, 8), **kw)["metrics"]["kid"]
+    assert "std" not in whole and "spread" not in whole and whole["subset_size"] == 8
+    drawn = evaluate_image_sets(_faces(0, 6), _faces(1, 12), **kw)["metrics"]["kid"]
+    assert drawn["std"] > 0 and drawn["spread"] == "subsets" and drawn["subset_size"] == 6
 
 
 class _AbsDifference(torch.nn.Module):

@@ -112,7 +112,9 @@ def test_kid_seeded_and_equal_to_clean_fid_with_full_subsets():
     # With subsets of every image the unbiased MMD does not depend on the draw.
     ours, std = kernel_inception_distance(a, b, num_subsets=3, max_subset_size=1000)
     assert ours == pytest.approx(kernel_distance(a, b, num_subsets=3), rel=1e-9)
-    assert std == pytest.approx(0.0, abs=1e-12)
+    assert std is None  # one subset, the whole of both sets: no spread to report
+    by_draws, draws_std = kernel_inception_distance(a, b[:49], num_subsets=3, max_subset_size=1000)
+    assert by_draws == pytest.approx(kernel_distance(a, b[:49], num_subsets=3), rel=0.05) and draws_std > 0
     r1 = kernel_inception_distance(a, b, num_subsets=5, max_subset_size=20, rng=np.random.default_rng(1))
     r2 = kernel_inception_distance(a, b, num_subsets=5, max_subset_size=20, rng=np.random.default_rng(1))
     assert r1 == r2

@@ -28,7 +28,7 @@ from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESI
 from dreamctl.metrics.pixel_fd import pixel_frechet_distance
 from dreamctl.metrics.spread import SPREAD_OVER
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
-                                    kernel_inception_distance, softmax)
+                                    kernel_inception_distance, kid_subset_size, softmax)
 from dreamctl.metrics.swd import sliced_wasserstein_distance
 
 __all__ = ["METRICS", "evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
@@ -144,7 +144,9 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
     if "kid" in wanted:
         mean, std = kernel_inception_distance(feats, ref["feats"], num_subsets=KID_SUBSETS,
                                               max_subset_size=KID_SUBSET_SIZE, rng=np.random.default_rng(seed))
-        out["kid"] = {"value": mean, "std": std, "spread": SPREAD_OVER["kid"], **note}
+        m = kid_subset_size(len(feats), len(ref["feats"]), KID_SUBSET_SIZE)
+        spread = {} if std is None else {"std": std, "spread": SPREAD_OVER["kid"]}  # None: one subset, both sets whole
+        out["kid"] = {"value": mean, **spread, "subset_size": m, **note}
     if "is" in wanted:
         if logits is None:
             out["is"] = {"missing": f"feature network {net.name} gives no class logits"}

@@ -57,26 +57,39 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 
+def kid_subset_size(n1: int, n2: int, max_subset_size: int) -> int:
+    """The size of KID's random subsets: every image of the smaller set, up to `max_subset_size`."""
+    return min(n1, n2, max_subset_size)
+
+
 def kernel_inception_distance(feats1: np.ndarray, feats2: np.ndarray, *, num_subsets: int = 100,
                               max_subset_size: int = 1000, rng: np.random.Generator | None = None,
-                              ) -> tuple[float, float]:
+                              ) -> tuple[float, float | None]:
     """Unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets
-    (Binkowski et al. 2018; clean-fid's `kernel_distance`). Returns (mean, std over subsets)."""
+    (Binkowski et al. 2018; clean-fid's `kernel_distance`). Returns (mean, std over subsets).
+
+    When a subset is the whole of both sets, every draw is the same subset: the value is computed
+    once and the std is None, as there is no spread to report (clean-fid's would be rounding noise)."""
     x_all, y_all = _as_2d(feats1), _as_2d(feats2)
     if x_all.shape[1] != y_all.shape[1]:
         raise DataError(f"KID: feature dimensions differ ({x_all.shape[1]} vs {y_all.shape[1]})")
     rng = rng if rng is not None else np.random.default_rng(0)
     d = x_all.shape[1]
-    m = min(x_all.shape[0], y_all.shape[0], max_subset_size)
+    m = kid_subset_size(x_all.shape[0], y_all.shape[0], max_subset_size)
     if m < 2:
         raise DataError(f"KID needs at least 2 images in each set, got {x_all.shape[0]} and {y_all.shape[0]}")
-    values = np.empty(num_subsets)
-    for i in range(num_subsets):  # x from the second set, drawn first: clean-fid's order, so one rng draws its subsets
-        x = y_all[rng.choice(y_all.shape[0], m, replace=False)]
-        y = x_all[rng.choice(x_all.shape[0], m, replace=False)]
+
+    def mmd2(x: np.ndarray, y: np.ndarray) -> float:
         a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
         b = (x @ y.T / d + 1) ** 3
-        values[i] = ((a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m) / m
+        return ((a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m) / m
+
+    if m == x_all.shape[0] == y_all.shape[0]:
+        return float(mmd2(y_all, x_all)), None
+    values = np.empty(num_subsets)
+    for i in range(num_subsets):  # x from the second set, drawn first: clean-fid's order, so one rng draws its subsets
+        values[i] = mmd2(y_all[rng.choice(y_all.shape[0], m, replace=False)],
+                         x_all[rng.choice(x_all.shape[0], m, replace=False)])
     return float(values.mean()), float(values.std())
 
 
