@@ -48,7 +48,7 @@ class StandInFeatureNet:
 
 class _FakeInception(torch.nn.Module):
     """The TorchScript Inception's attribute names (`layers`, `output`) and output shape (1008 classes, as
-    clean-fid's pt_inception-2015-12-05) on a one-layer network."""
+    clean-fid's TorchScript inception-2015-12-05.pt) on a one-layer network."""
 
     def __init__(self, num_classes: int, with_output: bool):
         super().__init__()

@@ -434,7 +434,7 @@ def test_an_inception_file_that_is_not_clean_fids_is_skipped_with_the_reason(tmp
     monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path))
     write_fake_inception(tmp_path, num_classes=10)
     skipped = bench_inception(CPU, batch_size=2, resolution=16)["skipped"]
-    assert "not clean-fid's Inception" in skipped and "(10, 2048)" in skipped
+    assert "not clean-fid's TorchScript Inception" in skipped and "(10, 2048)" in skipped
 
 
 def test_progress_lines_say_how_far_a_section_got(capsys):

@@ -278,10 +278,13 @@ def test_fid_from_fewer_than_2048_images_warns(monkeypatch):
 
     assert evaluate_module.FID_MIN_IMAGES == INCEPTION_POOL_DIM == 2048
     kw = dict(reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
-    with pytest.warns(DreamctlWarning, match="FID from 12 generated images .*published FIDs, which use 50,000") as got:
+    with pytest.warns(DreamctlWarning, match="FID from 12 generated and 12 reference images .*published FIDs, "
+                      "which use 50,000") as got:
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["fid"], **kw)
     assert len(got) == 1 and "\n" not in str(got[0].message)
     monkeypatch.setattr(evaluate_module, "FID_MIN_IMAGES", 12)  # 2,048 images would take minutes here
+    with pytest.warns(DreamctlWarning, match="FID from 11 reference images \\(under 12\\)"):  # the other set, too
+        evaluate_image_sets(_faces(0, 12), _faces(1, 11), metrics=["fid"], **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["fid"], **kw)

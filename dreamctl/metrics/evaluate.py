@@ -135,8 +135,11 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
     note = {"note": f"computed with {net.name}; not comparable to Inception metrics"} if stand_in else {}
     out: dict[str, dict] = {}
     if "fid" in wanted:
-        if len(generated) < FID_MIN_IMAGES:
-            warnings.warn(f"FID from {len(generated)} generated images (under {FID_MIN_IMAGES:,}) is biased upward "
+        # Under the feature dimension a covariance is rank-deficient, whichever set it is of.
+        small = [f"{n} {what}" for n, what in ((len(generated), "generated"), (len(ref["feats"]), "reference"))
+                 if n < FID_MIN_IMAGES]
+        if small:
+            warnings.warn(f"FID from {' and '.join(small)} images (under {FID_MIN_IMAGES:,}) is biased upward "
                           f"and not comparable with published FIDs, which use {FID_PUBLISHED_IMAGES:,}; compare it "
                           "only within its protocol", DreamctlWarning, stacklevel=3)
         mu, sigma = gaussian_stats(feats)

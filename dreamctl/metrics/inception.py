@@ -82,13 +82,15 @@ class InceptionFeatureNet:
         expected = (INCEPTION_CLASSES, INCEPTION_POOL_DIM)
         if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != expected:
             raise WeightsError(
-                f"{path} is not clean-fid's Inception (pt_inception-2015-12-05): its `output.weight` should be "
+                f"{path} is not clean-fid's TorchScript Inception (inception-2015-12-05.pt): its `output.weight` should be "
                 f"{expected}, found {None if weight is None else tuple(weight.shape)}; delete it and download "
                 f"{weights.REGISTRY[weights.INCEPTION].url} to {path}; check with `dreamctl weights`"
             )
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
-        self.output_weight = weight.detach().to(self.device, torch.float32)
+        # float64 logits: on CUDA a float32 product may run in TF32 (runtime.setup allows it), which would move
+        # IS in its last digits against the reference implementation's full-precision product
+        self.output_weight = weight.detach().to(self.device, torch.float64)
         self.weights_sha256 = weights.record_first_use(weights.INCEPTION, weights_dir)
         self.name = f"{INCEPTION_NAME} (clean-fid TorchScript)"  # in the reference cache's key
 
@@ -98,7 +100,7 @@ class InceptionFeatureNet:
         x = torch.from_numpy(clean_resize(images)).to(self.device)
         with torch.inference_mode():
             pool = self.net(x).float()  # InceptionV3W: (x - 128) / 128, then the pool layers
-            logits = pool @ self.output_weight.T  # no bias: StyleGAN2-ADA's IS
+            logits = pool.double() @ self.output_weight.T  # no bias: StyleGAN2-ADA's IS
         return pool.cpu().numpy(), logits.cpu().numpy()
 
 
