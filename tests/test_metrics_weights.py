@@ -20,12 +20,13 @@ from dreamctl.metrics.inception import InceptionFeatureNet, clean_resize
 from feature_fakes import write_fake_inception
 
 
-@pytest.mark.parametrize("name", [weights.INCEPTION, weights.ALEXNET])
-def test_missing_weight_names_file_address_and_path(wdir, name):
+@pytest.mark.parametrize("name,checksum", [(weights.INCEPTION, "no published sha256, recorded on first use"),
+                                           (weights.ALEXNET, "sha256 prefix 7be5be79")])
+def test_missing_weight_names_file_address_path_and_checksum(wdir, name, checksum):
     with pytest.raises(WeightsError) as info:
         weights.require(name)
     msg = str(info.value)
-    assert name in msg and weights.REGISTRY[name].url in msg
+    assert name in msg and weights.REGISTRY[name].url in msg and checksum in msg
     assert str(wdir / name) in msg and "dreamctl weights" in msg
 
 

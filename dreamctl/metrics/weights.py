@@ -204,7 +204,10 @@ def require(name: str, root: Path | None = None) -> Path:
     st = status(name, root)
     bundled = _entry(name).bundled is not None
     if not st.present:
-        raise WeightsError(f"weight file {name} is missing (needed by {', '.join(st.used_by)}): {_how_to_fix(st, bundled)}")
+        check = ("no published sha256, recorded on first use" if st.expected == "recorded on first use"
+                 else f"sha256 {st.expected}")
+        raise WeightsError(f"weight file {name} is missing (needed by {', '.join(st.used_by)}; {check}): "
+                           f"{_how_to_fix(st, bundled)}")
     if not st.intact:
         what = (f"sha256 {st.actual} does not match expected {st.expected}" if _has_digest(_entry(name), st.path)
                 else "not a TorchScript archive (truncated, or another file under its name)")
