@@ -231,6 +231,25 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir
     assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == info["step"] >= 2
 
 
+def test_sigterm_with_nobody_reading_stderr_still_checkpoints(tmp_path, synthetic_data_dir):
+    """What ablate's child sees when ablate is killed: its stderr pipe has no reader, and the death signal
+    arrives as SIGTERM. The stop notice cannot be shown, but the step still ends in a checkpoint."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dreamctl", "train", "--recipe", "tiny", "--data", str(synthetic_data_dir),
+           "--run-dir", str(run), *set_args(TINY + ["train.epochs=1000", "train.checkpoint_every=100000"])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").exists():
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.2)
+    proc.stderr.close()  # the reader is gone
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info.get("error") is None
+    assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == info["step"] >= 2
+
+
 def test_a_step_with_a_grid_and_a_checkpoint_draws_the_grid_first(tmp_path, synthetic_data_dir, monkeypatch):
     """A run killed between the two resumes from the checkpoint before and draws the grid again; had the
     checkpoint come first, resume would start after that step and its grid would never be drawn."""

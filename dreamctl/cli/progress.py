@@ -29,6 +29,18 @@ class StopRequest:
         return self.count > 0
 
 
+def say(text: str) -> None:
+    """Write to stderr from a signal handler. When nobody reads it any more (ablate, whose pipe it was,
+    was killed and its death signal is why we stop), stderr becomes /dev/null: the stop's checkpoint
+    must not fail on this or any later line that nobody can see."""
+    try:
+        os.write(sys.stderr.fileno(), text.encode())
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stderr.fileno())
+        os.close(devnull)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
     """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second Ctrl-C aborts at once; a second
@@ -42,8 +54,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
             stop.signum = signal.Signals(signum)
             if speaks():  # os.write, not rich: the signal may land inside a print (or its first import of
                 # rich's emoji table), and a print from here would re-enter it and fail on a half-made module
-                os.write(sys.stderr.fileno(), f"\n{signal.Signals(signum).name}: finishing this step and writing a "
-                         "checkpoint (press Ctrl-C again to abort without one)\n".encode())
+                say(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint (press Ctrl-C "
+                    "again to abort without one)\n")
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 
