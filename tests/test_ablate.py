@@ -158,6 +158,19 @@ def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> N
     assert sorted(p.name for p in parking.iterdir()) == ["r", "r.1", "r.2", "r.3"]
 
 
+def test_a_run_still_training_is_not_set_aside(tmp_path: Path) -> None:
+    """Another ablate of the same spec may be training a run that has no checkpoint yet: it keeps its folder."""
+    from dreamctl.errors import RunError
+    from dreamctl.training.rundir import RunDir
+
+    run = tmp_path / "r"
+    with RunDir(run).lock():  # what its trainer holds
+        with pytest.raises(RunError, match=f"{run} is in use by another trainer \\(pid {os.getpid()}\\)"):
+            execute_module._set_aside(run, tmp_path / "parked")
+    assert run.is_dir() and not (tmp_path / "parked").exists()
+    assert execute_module._set_aside(run, tmp_path / "parked") == tmp_path / "parked" / "r"  # once it has stopped
+
+
 def test_ctrl_c_while_the_command_modules_load_exits_130_without_a_traceback(monkeypatch, capsys):
     """ablate's jobs share its terminal: a Ctrl-C that lands while a job is still importing printed
     that import's traceback under ablate's own one-line report."""

@@ -105,9 +105,13 @@ def evaluate_command(job: EvalJob) -> list[str]:
 
 
 def _set_aside(run_dir: Path, parking: Path) -> Path:
-    """Move a run that stopped before its first checkpoint out of the way, so train can start it afresh."""
-    parking.mkdir(parents=True, exist_ok=True)
-    return run_dir.rename(atomic.unused_path(parking / run_dir.name))
+    """Move a run that stopped before its first checkpoint out of the way, so train can start it afresh.
+
+    Under the run's lock: one without a checkpoint yet may be training still (another ablate of the same
+    spec), and its folder is then left alone (RunError, naming the trainer's pid)."""
+    with RunDir(run_dir).lock():
+        parking.mkdir(parents=True, exist_ok=True)
+        return run_dir.rename(atomic.unused_path(parking / run_dir.name))
 
 
 def _run_logged(cmd: list[str], job: str, action: str, runner: Runner, logs: Path) -> Outcome:
