@@ -51,6 +51,10 @@ def atomic_path(path: Path, *, durable: bool = False, sweep_stale: bool = True) 
         os.replace(tmp, path)
         if durable:
             _fsync(path.parent)  # the rename itself is on disk
+    except OSError as err:
+        if err.filename is None:  # a failed write (a full disk) names no file: the CLI's message names this one
+            err.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

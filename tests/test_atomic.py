@@ -37,6 +37,20 @@ def test_a_file_is_written_whole_or_not_at_all(tmp_path):
     assert target.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
 
 
+def test_a_failed_write_names_the_file_it_was_writing(tmp_path):
+    """A full disk raises OSError without a file name; the CLI's one-line message needs it (a bug otherwise)."""
+    import errno
+
+    import pytest
+
+    target = tmp_path / "000001.png"
+    with pytest.raises(OSError) as info:
+        with atomic.atomic_path(target):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_temporary_file_of_another_users_live_process_is_left_alone(tmp_path, monkeypatch):
     """os.kill(pid, 0) answers PermissionError for another user's running process: its write is under way."""
     def kill(pid, sig):

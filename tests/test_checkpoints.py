@@ -28,6 +28,31 @@ def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
     assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
 
 
+def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synthetic_data_dir, capsys,
+                                                                    monkeypatch):
+    """torch.save reports a full disk as RuntimeError: one line, exit 2, run.json says failed, the step-4
+    checkpoint stays and nothing half-written is left."""
+    from dreamctl.training import state
+
+    real_save = torch.save
+
+    def disk_full_at_step_8(obj, f, *args, **kwargs):
+        if obj["step"] == 8:
+            f.write(b"PK\x03\x04half")
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(state.torch, "save", disk_full_at_step_8)
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=12"], recipe="tiny") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: checkpoint {run / 'checkpoints' / 'step-00000008.pt'} could not be written")
+    assert "free space on that disk" in err and "\n" not in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004.pt"]
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "failed" and "could not be written" in info["error"]
+
+
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0

@@ -86,8 +86,11 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
     except BaseException as err:
         if rt.is_main:
             said = peer_lost(err, "the last checkpoint, if any, is kept: resume the run") or err  # not gloo's page
-            run.update_info({"status": "failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
-                             "error": f"{type(said).__name__}: {said}"})
+            try:
+                run.update_info({"status": "failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
+                                 "error": f"{type(said).__name__}: {said}"})
+            except OSError as unrecorded:  # the disk that failed the run may fail this too: report the run's error
+                err.add_note(f"run.json could not record it: {unrecorded}")
         raise
     finally:
         if rt.is_main and status != "failed":

@@ -88,8 +88,13 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
     """Write atomically, then remove all but the newest `keep` (only after the new one is safe)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, ckpt["step"])
-    with atomic_path(path, durable=True) as tmp:
-        torch.save(ckpt, tmp)  # durable: on disk, rename included, before any older checkpoint goes
+    try:  # durable: on disk, rename included, before any older checkpoint goes
+        with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:  # closed, and its space freed, on error
+            torch.save(ckpt, f)
+    except RuntimeError as err:  # torch's writer reports a failed write (a full disk) as RuntimeError, not OSError
+        raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}); the older checkpoints are "
+                              "kept: free space on that disk (or fix access to it), then `dreamctl resume` the run"
+                              ) from err
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink()
     return path
