@@ -45,18 +45,26 @@ def atomic_path(path: Path, *, durable: bool = False, sweep_stale: bool = True) 
         sweep(path.parent, path.name)
     tmp = path.with_name(f".{path.name}.{os.getpid()}@{_HOST}.tmp")
     try:
-        yield tmp
-        if durable:
-            _fsync(tmp)
-        os.replace(tmp, path)
-        if durable:
-            _fsync(path.parent)  # the rename itself is on disk
-    except OSError as err:
-        if err.filename is None:  # a failed write (a full disk) names no file: the CLI's message names this one
-            err.filename = str(path)
-        raise
+        with naming(path):
+            yield tmp
+            if durable:
+                _fsync(tmp)
+            os.replace(tmp, path)
+            if durable:
+                _fsync(path.parent)  # the rename itself is on disk
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError within that names no file (a write to a full disk) names `path`, for the CLI's message."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)
+        raise
 
 
 def sweep(folder: Path, name: str | None = None) -> list[Path]:

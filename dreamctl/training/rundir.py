@@ -148,7 +148,7 @@ class RunDir:
         atomic.write_json(self.run_file, {**self.info(), **changes})
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_file, "a") as f:
+        with atomic.naming(self.metrics_file), open(self.metrics_file, "a") as f:  # a cut line: metrics() drops it
             f.write(json.dumps(record) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
