@@ -158,6 +158,18 @@ def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> N
     assert sorted(p.name for p in parking.iterdir()) == ["r", "r.1", "r.2", "r.3"]
 
 
+def test_a_report_md_ablate_did_not_write_is_refused_before_any_job(tmp_path: Path, monkeypatch, capsys) -> None:
+    spec_path = write_spec(tmp_path)
+    mine = tmp_path / "out" / "report.md"
+    mine.parent.mkdir()
+    mine.write_text("my notes")
+    fake = FakeCLI()
+    monkeypatch.setattr(execute_module, "run_command", fake)
+    assert main(["ablate", str(spec_path)]) == 2
+    assert f"{mine} exists and is not a report ablate wrote; move it away" in capsys.readouterr().err
+    assert mine.read_text() == "my notes" and fake.calls == []
+
+
 def test_a_run_still_training_is_not_set_aside(tmp_path: Path) -> None:
     """Another ablate of the same spec may be training a run that has no checkpoint yet: it keeps its folder."""
     from dreamctl.errors import RunError

@@ -19,7 +19,7 @@ from dreamctl import atomic
 from dreamctl.config import set_args
 from dreamctl.data.shards import read_manifest
 from dreamctl.signals import Stopped, child_env, run_child, signum_of, stop_on_sigterm
-from dreamctl.errors import CheckpointError, ConfigError, WeightsError
+from dreamctl.errors import CheckpointError, ConfigError, RunError, WeightsError
 from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import to_markdown
@@ -142,6 +142,9 @@ def weights_problem(plan: Plan) -> str | None:
     return None
 
 
+REPORT_HEAD = "# Ablation: "  # how report.md starts: what a rerun recognises as its own
+
+
 def preflight(plan: Plan) -> None:
     """What the run refuses before its first job, checked without writing anything (the dry run
     reports it too): one error now, not one per job, and not after days of training."""
@@ -153,6 +156,14 @@ def preflight(plan: Plan) -> None:
     if (problem := weights_problem(plan)) is not None:
         raise WeightsError(problem)
     atomic.check_folder_path(plan.spec.out, "--out")
+    report = plan.spec.out / "report.md"  # a rerun replaces its own report, never another file of that name
+    if report.is_dir() or (report.exists() and not _our_report(report)):
+        raise RunError(f"{report} exists and is not a report ablate wrote; move it away or choose another 'out'")
+
+
+def _our_report(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(REPORT_HEAD)) == REPORT_HEAD.encode()
 
 
 def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
@@ -225,7 +236,7 @@ def write_report(plan: Plan, outcomes: list[Outcome], stopped_by: int | None = N
     runs, problems = _readable_runs(plan)
     comp = compare_runs(runs) if runs else None
     figures = write_figures(runs, out / "figures", comp) if comp else []
-    lines = [f"# Ablation: {spec.name}", ""] + ([spec.description, ""] if spec.description else [])
+    lines = [f"{REPORT_HEAD}{spec.name}", ""] + ([spec.description, ""] if spec.description else [])
     recipes = sorted({j.recipe for j in plan.train})
     lines += [f"- spec: `{spec.path}`", f"- recipe{'s' if len(recipes) > 1 else ''}: {', '.join(recipes)}",
               f"- fixed overrides: {' '.join(spec.set) or 'none'}", f"- data: `{plan.data}`" + (f" ({plan.data_count:,} training images)" if plan.data_count else ""),
