@@ -42,7 +42,7 @@ def test_unreadable_images_are_skipped_counted_and_listed(messy_folder, tmp_path
     assert set(reasons) == {"truncated.jpg", "corrupt.jpg", "notes.jpg"}
     assert "truncated" in reasons["truncated.jpg"] and "cannot identify" in reasons["notes.jpg"]
     assert manifest["splits"]["train"]["skipped"] == 3
-    with pytest.raises(DataError, match=r"(corrupt|notes|truncated)\.jpg: .*--strict"):
+    with pytest.raises(DataError, match=r"(corrupt|notes|truncated)\.jpg: .*\(--strict\); remove or replace it, or leave out --strict"):
         prepare_listing("folder", messy_folder, tmp_path / "strict", valid_fraction=0.0, test_fraction=0.0, strict=True)
     assert not (tmp_path / "strict" / "manifest.json").exists()
 

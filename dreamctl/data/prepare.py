@@ -31,7 +31,7 @@ from dreamctl.config.schema import MAX_RESOLUTION
 from dreamctl.data import synthetic
 from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, ShardInfo, check_manifest, shard_name, shard_problem,
                                   write_shard)
-from dreamctl.data.sources import SPLITS, Listing
+from dreamctl.data.sources import SPLITS, Listing, Skip
 from dreamctl.errors import DataError
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
@@ -198,7 +198,7 @@ def prepare_data(
     if listing.kind == "synthetic":  # before anything is written: a folder never holds a prepare that cannot finish
         synthetic.check(resolution, listing.seed)
     if strict and listing.skipped:
-        raise DataError(f"{listing.skipped[0].name}: {listing.skipped[0].reason} (--strict)")
+        raise _strict_error(listing.skipped[0])
     crop = resolve_crop(listing.kind, crop)
     _check_crop_fits(listing, crop)
     workers = workers or os.cpu_count() or 1
@@ -251,12 +251,17 @@ def prepare_data(
     return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
 
 
+def _strict_error(item: Skip) -> DataError:
+    return DataError(f"{item.name}: {item.reason} (--strict); remove or replace it, or leave out --strict to skip "
+                     "such files (manifest.json lists each one skipped)")
+
+
 def _write(out: Path, record: dict, split: str, index: int, parts: list[ChunkResult], strict: bool) -> int:
     """Shard `index` of `split` from its decoded chunks, then its line in the progress record (so a
     crash after this point keeps it); returns the number of images written."""
     skipped = [s for p in parts for s in p.skipped]
     if strict and skipped:
-        raise DataError(f"{skipped[0].name}: {skipped[0].reason} (--strict)")
+        raise _strict_error(skipped[0])
     name = shard_name(split, index)
     images = np.concatenate([p.images for p in parts])
     digest = write_shard(out / name, images, [n for p in parts for n in p.names])
