@@ -89,12 +89,15 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
 
 
 def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: str | None,
-                    cache_dir: Path | None, batch_size: int = 64) -> tuple[dict[str, np.ndarray | None], str]:
+                    cache_dir: Path | None, batch_size: int = 64,
+                    device: str = "cpu") -> tuple[dict[str, np.ndarray | None], str]:
     """{"mu", "sigma", "feats", "logits"} of the reference set, from the cache when it holds them.
 
+    The cache is per device type: the generated images' features come from `device`, and a GPU's
+    convolutions (TF32) round differently from a CPU's, so both sets are computed alike, as clean-fid does.
     Returns the stats and what the cache did: "hit", "written" or "off"."""
     key = {"reference_key": reference_key, "net": net.name, "weights_sha256": net.weights_sha256,
-           "resize": net.resize, "count": int(len(reference))}
+           "resize": net.resize, "count": int(len(reference)), "device_type": str(device).split(":")[0]}
     path = _cache_path(cache_dir, key) if cache_dir is not None and reference_key is not None else None
     if path is not None and path.exists():
         try:
@@ -215,7 +218,7 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
         else:
             stand_in = not isinstance(net, InceptionFeatureNet)
             ref, cache = reference_stats(net, reference, reference_key=reference_key, cache_dir=cache_dir,
-                                         batch_size=batch_size)
+                                         batch_size=batch_size, device=device)
             results.update(_feature_metrics(set(feature_wanted), net, generated, ref, seed, batch_size, stand_in))
             protocol["reference_cache"] = cache
             protocol["kid"] = {"num_subsets": KID_SUBSETS, "max_subset_size": KID_SUBSET_SIZE}
