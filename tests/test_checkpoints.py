@@ -28,6 +28,29 @@ def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
     assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
 
 
+def test_resume_past_a_corrupt_checkpoint_sets_aside_what_was_drawn_from_it(tmp_path, synthetic_data_dir, capsys):
+    """Step 8 is trained again (here with another learning rate): the images and scores of the old step-8
+    checkpoint would be taken for the new one's, as their folder and protocol name only the step."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0
+    drawn = {"samples/ddim2-step8": ("sample.json", {"checkpoint_step": 8}),
+             "samples/ddim2-step4": ("sample.json", {"checkpoint_step": 4}),
+             "eval": ("p.json", {"protocol": {"checkpoint_step": 8}})}
+    for folder, (name, record) in drawn.items():
+        (run / folder).mkdir(parents=True, exist_ok=True)
+        (run / folder / name).write_text(json.dumps(record))
+    (run / "eval" / "q@step4.json").write_text(json.dumps({"protocol": {"checkpoint_step": 4}}))
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "optim.lr=0.001"]) == 0
+    aside = run / "set-aside" / "after-step-4"
+    assert "2 sample folder(s) and evaluation file(s) of the checkpoints after step 4 moved to" in capsys.readouterr().err
+    assert (aside / "samples" / "ddim2-step8" / "sample.json").is_file() and (aside / "eval" / "p.json").is_file()
+    assert sorted(p.name for p in (run / "samples").iterdir() if p.is_dir()) == ["ddim2-step4"]
+    assert [p.name for p in (run / "eval").iterdir()] == ["q@step4.json"]
+
+
 def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synthetic_data_dir, capsys,
                                                                     monkeypatch):
     """torch.save reports a full disk as RuntimeError: one line, exit 2, run.json says failed, the step-4

@@ -170,6 +170,23 @@ class RunDir:
         if self.metrics_file.is_file():
             atomic.write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
+    def set_aside_drawn_after(self, step: int) -> list[Path]:
+        """Move the sample folders and evaluation files of checkpoints after `step` to
+        set-aside/after-step-<step>/, kept for inspection. Resume went back to `step` past corrupt newer
+        checkpoints: those the images were drawn from are gone, and the checkpoints written again under
+        the same steps may hold other weights (resumed with an override), which a folder or evaluation
+        keyed by step would not tell apart. Anything whose step cannot be read stays where it is."""
+        found = [(d, d / "sample.json") for d in self.samples.iterdir() if d.is_dir()] if self.samples.is_dir() else []
+        found += [(f, f) for f in sorted(self.eval.glob("*.json"))] if self.eval.is_dir() else []
+        moved = []
+        for item, record in found:
+            drawn_at = _checkpoint_step(record)
+            if drawn_at is not None and drawn_at > step:
+                dest = atomic.unused_path(self.root / "set-aside" / f"after-step-{step}" / item.parent.name / item.name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                moved.append(item.rename(dest))
+        return moved
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the folder while training (released when the process dies)."""
@@ -187,3 +204,15 @@ class RunDir:
             yield
         finally:
             os.close(fd)
+
+
+def _checkpoint_step(record: Path) -> int | None:
+    """The checkpoint_step a sample.json or an evaluation file records; None when it records none or does
+    not parse (not for resume to judge: sample and evaluate name such a file when they read it)."""
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    fields = data.get("protocol", data) if isinstance(data, dict) else None
+    step = fields.get("checkpoint_step") if isinstance(fields, dict) else None
+    return step if type(step) is int else None

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,7 +20,7 @@ from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
 from dreamctl.models import build_model
-from dreamctl.errors import CheckpointError, RunError
+from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes, peer_lost
 from dreamctl.training.loop import OnEvent, total_steps, train
 from dreamctl.training.rundir import RunDir
@@ -219,7 +220,12 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
                            f"{step} it has reached: resume cannot shorten a run (its recipe.yaml is left as it was)")
         barrier(rt)  # every rank has read its checkpoint before rank 0 renames corrupt ones
         if rt.is_main:
-            set_aside_newer(run.checkpoints, step)
+            if set_aside_newer(run.checkpoints, step):
+                drawn = run.set_aside_drawn_after(step)
+                if drawn:
+                    warnings.warn(f"{len(drawn)} sample folder(s) and evaluation file(s) of the checkpoints after "
+                                  f"step {step} moved to {drawn[0].parent.parent}: the steps are trained again, "
+                                  "and sample or evaluate draws them anew", DreamctlWarning, stacklevel=2)
             run.truncate_metrics(after_step=step)
             run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides),
                                                                           "world_size": rt.world_size}]})
