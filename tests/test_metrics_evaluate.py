@@ -19,7 +19,7 @@ from dreamctl.metrics.inception import RESIZE_CLEAN
 from feature_fakes import StandInFeatureNet, write_fake_inception
 
 # The sets here are tiny on purpose; test_fid_from_fewer_than_2048_images_warns checks that warning.
-pytestmark = pytest.mark.filterwarnings("ignore:FID from .* generated images:dreamctl.errors.DreamctlWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:FID from .* images .under 2,048.:dreamctl.errors.DreamctlWarning")
 
 
 def _faces(seed: int, n: int, size: int = 32) -> np.ndarray:
