@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -134,6 +135,20 @@ def test_folder_listing_takes_upper_case_suffixes_and_leaves_out_hidden_folders_
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"listing does not decode")
     assert _listed(root) == {"a.png", "B.JPG", "c.Jpeg", "sub/d.PNG", "sub/e.WebP"}
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_with_the_reason(tmp_path):
+    """A Latin-1 name (an old archive's) was a UnicodeEncodeError traceback where its name is stored."""
+    import os
+
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "ok.png")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.png"), "wb") as f:
+        f.write((root / "ok.png").read_bytes())
+    listing = list_source("folder", root, valid_fraction=0.0, test_fraction=0.0)
+    assert _listed(root) == {"ok.png"}
+    assert [(s.name, s.reason) for s in listing.skipped] == [("caf\\xe9.png", "file name is not valid UTF-8; rename it")]
 
 
 def test_split_fractions_that_leave_no_training_images_are_refused(tmp_path):

@@ -18,6 +18,9 @@ from dreamctl.data.shards import manifest_sha256, read_manifest, read_names
 from dreamctl.data.synthetic import draw_faces
 from dreamctl.errors import DataError
 
+# Several fixtures list train images only: prepared as listed, with a warning (test_a_partition_file_is_read_strictly).
+pytestmark = pytest.mark.filterwarnings("ignore:.*list_eval_partition.txt lists no valid:dreamctl.errors.DreamctlWarning")
+
 SPLIT_OF = {**{i: 0 for i in range(1, 21)}, **{i: 1 for i in range(21, 26)}, **{i: 2 for i in range(26, 31)}}
 
 
@@ -203,6 +206,50 @@ def test_a_zip_is_read_from_its_image_folder_or_its_top_level_only(tmp_path):
     listing = list_source("celeba", root)
     assert listing.splits["train"] == [("000001.jpg", "img_align_celeba/000001.jpg"), ("000002.jpg", "000002.jpg")]
     assert {s.name for s in listing.skipped if "not found" in s.reason} == {"000003.jpg", "000004.jpg"}
+
+
+def test_a_damaged_zip_member_is_skipped_as_an_unreadable_image(celeba, tmp_path):
+    """A member whose deflated bytes are damaged (a bad download), or that is encrypted: that image is skipped
+    with the reason, as a corrupt JPEG is, instead of a zlib or RuntimeError traceback."""
+    jpegs = _celeba_jpegs()
+    root = tmp_path / "damaged"
+    root.mkdir()
+    with zipfile.ZipFile(root / "img_align_celeba.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in jpegs.items():
+            zf.writestr(f"img_align_celeba/{name}", data)
+        infos = {i.filename: i for i in zf.infolist()}
+    (root / "list_eval_partition.txt").write_text(_partition(jpegs))
+    raw = bytearray((root / "img_align_celeba.zip").read_bytes())
+    hit = infos["img_align_celeba/000002.jpg"]
+    start = hit.header_offset + 30 + len(hit.filename) + len(hit.extra)  # the member's compressed data
+    raw[start + 10:start + 60] = bytes(range(50))
+    name = b"img_align_celeba/000003.jpg"
+    central = raw.index(b"PK\x01\x02", raw.index(name, infos[name.decode()].header_offset + 31) - 46)
+    assert raw[central + 46:central + 46 + len(name)] == name  # its entry in the central directory
+    for at in (infos[name.decode()].header_offset + 6, central + 8):
+        raw[at] |= 1  # the encryption flag, in the local and the central header
+    (root / "img_align_celeba.zip").write_bytes(bytes(raw))
+    result = prepare_listing("celeba", root, tmp_path / "out", workers=1)
+    reasons = {s["name"]: s["reason"] for s in read_manifest(tmp_path / "out")["skipped"]}
+    assert set(reasons) == {"000002.jpg", "000003.jpg"} and result.written == 28
+    assert "zip member img_align_celeba/000002.jpg" in reasons["000002.jpg"]
+
+
+def test_a_partition_file_is_read_strictly(tmp_path):
+    """A name listed twice would move an image between splits by its last line; a byte-order mark would
+    hide the first name; a file cut short (train only) is prepared as listed, but said."""
+    from dreamctl.data.sources import read_partition
+    from dreamctl.errors import DreamctlWarning
+
+    partition = tmp_path / "list_eval_partition.txt"
+    partition.write_text("000001.jpg 0\n000002.jpg 1\n000001.jpg 2\n")
+    with pytest.raises(DataError, match=r"txt:3: 000001\.jpg is listed again \(first on line 1\)"):
+        read_partition(partition)
+    partition.write_bytes("\ufeff000001.jpg 0\r\n000002.jpg 1\r\n000003.jpg 2\r\n".encode())
+    assert read_partition(partition) == {"000001.jpg": "train", "000002.jpg": "valid", "000003.jpg": "test"}
+    partition.write_text("000001.jpg 0\n000002.jpg 0\n")
+    with pytest.warns(DreamctlWarning, match="lists no valid and no test images .2 in all; CelebA's lists 202,599"):
+        assert read_partition(partition) == {"000001.jpg": "train", "000002.jpg": "train"}
 
 
 def test_an_empty_partition_file_is_refused_with_the_layout_help(tmp_path):

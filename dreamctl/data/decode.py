@@ -12,8 +12,10 @@ Resizing is PIL bicubic with antialiasing (a filter as wide as the reduction).
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +114,13 @@ class ChunkResult:
 def open_image(root: str | None, zip_path: str | None, ref: str) -> Image.Image:
     """A source image, from its folder or from the zip, with only its header read (PIL decodes on load)."""
     if zip_path:
-        return Image.open(io.BytesIO(_zip(zip_path).read(ref)))
+        try:
+            data = _zip(zip_path).read(ref)
+        # a damaged member (zlib), an encrypted one (RuntimeError), a compression zipfile cannot undo (Deflate64):
+        # that one image is unreadable, as a corrupt JPEG is
+        except (zlib.error, RuntimeError, NotImplementedError, lzma.LZMAError) as err:
+            raise zipfile.BadZipFile(f"zip member {ref}: {err}") from err
+        return Image.open(io.BytesIO(data))
     return Image.open(Path(root or "") / ref)
 
 

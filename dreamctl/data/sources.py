@@ -15,11 +15,13 @@ the first 50,000 CelebA files).
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from dreamctl.errors import DataError
+from dreamctl.errors import DataError, DreamctlWarning
 
 SPLITS = ("train", "valid", "test")
 # Face names have 7 digits: past them name order (what --limit and the shards follow) is no longer
@@ -85,10 +87,11 @@ def _take(items: list[Item], limit: int | None) -> list[Item]:
 def read_partition(path: Path) -> dict[str, str]:
     """`000001.jpg 0` lines -> {file name: split}."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (a Windows editor's) is not a name
     except UnicodeDecodeError as err:  # a download cut short, or another file saved under its name
         raise DataError(f"{path} is not a text file ({err.reason} at byte {err.start}); {CELEBA_HELP}") from err
     out: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -96,9 +99,18 @@ def read_partition(path: Path) -> dict[str, str]:
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
             # cut: the line may be a whole file's worth of bytes
             raise DataError(f"{path}:{lineno}: expected '<file name> 0|1|2', got {line.strip()[:60]!r}")
+        if parts[0] in first_line:  # which split would it be in? Train and test must not share an image.
+            raise DataError(f"{path}:{lineno}: {parts[0]} is listed again (first on line {first_line[parts[0]]}); "
+                            f"{CELEBA_HELP}")
+        first_line[parts[0]] = lineno
         out[parts[0]] = SPLITS[int(parts[1])]
     if not out:
         raise DataError(f"{path} lists no images; {CELEBA_HELP}")
+    empty = [split for split in SPLITS if split not in out.values()]
+    if empty:  # CelebA's own lists all three; one cut short lists train only, a smaller dataset without a word
+        warnings.warn(f"{path} lists no {' and no '.join(empty)} images ({len(out):,} in all; CelebA's lists "
+                      "202,599, train then valid then test): cut short? prepared as listed", DreamctlWarning,
+                      stacklevel=2)
     return out
 
 
@@ -176,14 +188,28 @@ def list_folder(root: Path, valid_fraction: float = 0.05, test_fraction: float =
         state = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(f"image folder {root} {state}; pass --root with a folder of JPEG/PNG/WebP images")
     splits: dict[str, list[Item]] = {s: [] for s in SPLITS}
+    skipped: list[Skip] = []
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not any(p.startswith(".") for p in rel.split("/")):
+            if not _utf8(rel):  # the shards, the manifest and the split hash store names as UTF-8
+                skipped.append(Skip("-", os.fsencode(rel).decode("utf-8", "backslashreplace"),  # its bytes, escaped
+                                    "file name is not valid UTF-8; rename it"))
+                continue
             splits[hash_split(rel, valid_fraction, test_fraction)].append((rel, rel))
     if not any(splits.values()):
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
     params = {"limit": limit, "valid_fraction": valid_fraction, "test_fraction": test_fraction}
-    return Listing("folder", str(root), None, 0, {s: _take(v, limit) for s, v in splits.items()}, [], params)
+    return Listing("folder", str(root), None, 0, {s: _take(v, limit) for s, v in splits.items()}, skipped, params)
+
+
+def _utf8(name: str) -> bool:
+    """False for a name the file system gave in another encoding (Python keeps such bytes as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def synthetic_split_counts(count: int, valid_fraction: float, test_fraction: float) -> dict[str, int]:
