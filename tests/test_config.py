@@ -411,6 +411,17 @@ def test_extends_must_be_a_name(tmp_path: Path):
         load_recipe(mine)
 
 
+def test_only_a_plain_name_is_a_built_in_recipe(tmp_path: Path, monkeypatch):
+    """`extends: ../recipes/tiny` once reached a file through the package's recipes folder (any YAML beside
+    the installed package); a name with a path in it is not a built-in's."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: ../recipes/tiny\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape("extends: unknown recipe '../recipes/tiny'; built-in:")):
+        load_recipe(mine)
+    assert load_recipe("tiny").name == "tiny"
+
+
 def test_extends_may_name_a_yml_file_next_to_the_recipe(tmp_path: Path):
     """A parent `base.yml` is found in the child's folder, wherever the command runs."""
     (tmp_path / "sub").mkdir()

@@ -33,8 +33,10 @@ def builtin_or_path(name_or_path: str | Path, folder: Path, what: str) -> Path:
     A bare built-in name is the built-in even where the working folder holds something of that name
     (a run folder `tiny/`, say); a file of your own is given as `tiny.yaml` or with its folder."""
     candidate = Path(name_or_path)
-    builtin = folder / f"{name_or_path}.yaml"
-    if "/" not in str(name_or_path) and not candidate.suffix and builtin.is_file():
+    # Only a plain name is looked up among the built-ins: `../x` would reach any YAML file beside the package.
+    plain = not any(sep in str(name_or_path) for sep in "/\\") and str(name_or_path) not in (".", "..")
+    builtin = folder / f"{name_or_path}.yaml" if plain else None
+    if builtin is not None and not candidate.suffix and builtin.is_file():
         return builtin
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         if candidate.is_dir():
@@ -42,7 +44,7 @@ def builtin_or_path(name_or_path: str | Path, folder: Path, what: str) -> Path:
         if not candidate.is_file():
             raise ConfigError(f"{what} file {candidate} does not exist")
         return candidate
-    if not builtin.is_file():
+    if builtin is None or not builtin.is_file():
         known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
         raise ConfigError(f"unknown {what} '{name_or_path}'; built-in: {known} (or give a path to a .yaml file)")
     return builtin
