@@ -151,6 +151,18 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_the_reason(tmp_path):
     assert [(s.name, s.reason) for s in listing.skipped] == [("caf\\xe9.png", "file name is not valid UTF-8; rename it")]
 
 
+def test_an_image_in_a_format_other_than_its_suffix_says_is_skipped(tmp_path):
+    """Only JPEG, PNG and WebP are decoded (an EPS named .jpg would reach Ghostscript): a BMP named .jpg is
+    skipped as unreadable, whatever PIL could make of it."""
+    root = tmp_path / "images"
+    root.mkdir()
+    face = np.zeros((40, 40, 3), np.uint8)
+    Image.fromarray(face).save(root / "ok.png")
+    Image.fromarray(face).save(root / "bitmap.jpg", format="BMP")
+    prepare_listing("folder", root, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0)
+    assert [s["name"] for s in read_manifest(tmp_path / "out")["skipped"]] == ["bitmap.jpg"]
+
+
 def test_split_fractions_that_leave_no_training_images_are_refused(tmp_path):
     """valid 0.5 + test 0.5 = 1 leaves train empty: refused up front, for every source."""
     with pytest.raises(DataError, match=r"--valid-fraction 0\.5 and --test-fraction 0\.5 must be >= 0 and sum below 1"):

@@ -28,6 +28,9 @@ from dreamctl.errors import DataError
 RESIZE = "PIL bicubic, antialiased (Image.resize, reducing_gap=None), after EXIF orientation"
 CELEBA_SIZE = (178, 218)
 DDIM_BOX = (25, 57, 153, 185)
+# The formats of the image suffixes a source lists: PIL tries no other decoder (an EPS named .jpg would
+# reach Ghostscript), and such a file is skipped as unreadable.
+FORMATS = ("JPEG", "PNG", "WEBP")
 # What a single unreadable file raises inside PIL/zipfile; anything else is a bug and propagates.
 UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError)
 
@@ -120,8 +123,8 @@ def open_image(root: str | None, zip_path: str | None, ref: str) -> Image.Image:
         # that one image is unreadable, as a corrupt JPEG is
         except (zlib.error, RuntimeError, NotImplementedError, lzma.LZMAError) as err:
             raise zipfile.BadZipFile(f"zip member {ref}: {err}") from err
-        return Image.open(io.BytesIO(data))
-    return Image.open(Path(root or "") / ref)
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    return Image.open(Path(root or "") / ref, formats=FORMATS)
 
 
 def _open(chunk: Chunk, ref: str) -> Image.Image:
