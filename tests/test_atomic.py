@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+
+import pytest
 
 from conftest import dead_pid
 from dreamctl import atomic
@@ -39,10 +42,6 @@ def test_a_file_is_written_whole_or_not_at_all(tmp_path):
 
 def test_a_failed_write_names_the_file_it_was_writing(tmp_path):
     """A full disk raises OSError without a file name; the CLI's one-line message needs it (a bug otherwise)."""
-    import errno
-
-    import pytest
-
     target = tmp_path / "000001.png"
     with pytest.raises(OSError) as info:
         with atomic.atomic_path(target):
@@ -50,6 +49,18 @@ def test_a_failed_write_names_the_file_it_was_writing(tmp_path):
     assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
 
+
+
+@pytest.mark.parametrize("error", [OSError("a message, no errno"), ConnectionResetError(errno.ECONNRESET, "reset")],
+                         ids=["no errno", "connection"])
+def test_an_error_that_is_not_about_the_file_is_left_as_it_is(tmp_path, error):
+    """Naming the file in an OSError without an errno would print "[Errno None] None: path"; a lost
+    connection is about the peer, not the file being written."""
+    before = str(error)
+    with pytest.raises(OSError) as info:
+        with atomic.atomic_path(tmp_path / "run.json"):
+            raise error
+    assert info.value.filename is None and str(info.value) == before
 
 def test_a_temporary_file_of_another_users_live_process_is_left_alone(tmp_path, monkeypatch):
     """os.kill(pid, 0) answers PermissionError for another user's running process: its write is under way."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -51,9 +52,13 @@ def test_resume_past_a_corrupt_checkpoint_sets_aside_what_was_drawn_from_it(tmp_
     assert [p.name for p in (run / "eval").iterdir()] == ["q@step4.json"]
 
 
+@pytest.mark.parametrize("full_disk", [
+    OSError(errno.ENOSPC, "No space left on device"),  # our file handle's write or flush
+    RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file"),  # torch's
+], ids=["OSError", "RuntimeError"])
 def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synthetic_data_dir, capsys,
-                                                                    monkeypatch):
-    """torch.save reports a full disk as RuntimeError: one line, exit 2, run.json says failed, the step-4
+                                                                    monkeypatch, full_disk):
+    """A full disk while writing step 8's checkpoint: one line, exit 2, run.json says failed, the step-4
     checkpoint stays and nothing half-written is left."""
     from dreamctl.training import state
 
@@ -62,7 +67,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synt
     def disk_full_at_step_8(obj, f, *args, **kwargs):
         if obj["step"] == 8:
             f.write(b"PK\x03\x04half")
-            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+            raise full_disk
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(state.torch, "save", disk_full_at_step_8)

@@ -91,7 +91,7 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
     try:  # durable: on disk, rename included, before any older checkpoint goes
         with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:  # closed, and its space freed, on error
             torch.save(ckpt, f)
-    except RuntimeError as err:  # torch's writer reports a failed write (a full disk) as RuntimeError, not OSError
+    except (RuntimeError, OSError) as err:  # a full disk: OSError from our file handle, RuntimeError from torch's writer
         raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}); the older checkpoints are "
                               "kept: free space on that disk (or fix access to it), then `dreamctl resume` the run"
                               ) from err
