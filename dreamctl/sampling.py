@@ -66,25 +66,23 @@ class InferenceModel:
 
 
 def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleConfig:
-    """The recipe's sample section with the options applied, validated as the recipe schema would."""
+    """The recipe's sample section with the options applied, validated as the recipe schema would.
+    Always validated whole: `recipe` may join one recipe's sample section to another's schedule."""
     changes = {f.name: getattr(opts, f.name) for f in fields(opts)
                if f.name in SampleConfig.model_fields and getattr(opts, f.name) is not None}
     if "compile_mode" in changes:
         changes.setdefault("compile", True)
     elif changes.get("compile") is False:  # --no-compile over a recipe's reduce-overhead: no mode to keep
         changes["compile_mode"] = "default"
-    explicit = set(changes)
     if changes.get("sampler") == "ddpm":  # DDPM runs every step; the schema gives it eta 1 unless told otherwise
         changes.setdefault("steps", recipe.diffusion.num_timesteps)
         changes.setdefault("t_start", None)
-    if not explicit:
-        return recipe.sample
     raw = recipe.model_dump(mode="json")
     if changes.get("sampler") == "ddpm" and "eta" not in changes:
         del raw["sample"]["eta"]  # the recipe's DDIM eta is not asked for
     raw["sample"].update(changes)
     told = " ".join(f"{k}={v}" for k, v in changes.items())
-    return validate_recipe(raw, f"{source} with sample options {told}").sample
+    return validate_recipe(raw, f"{source} with sample options {told}" if told else source).sample
 
 
 def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:
@@ -113,12 +111,10 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
         warnings.warn(f"{run.recipe_file} differs from the recipe {path.name} was trained with in its model, "
                       "diffusion or data.resolution section; sampling with the checkpoint's", DreamctlWarning,
                       stacklevel=2)
-    # Validated whole, so that recipe.yaml's sampling settings are checked against the trained schedule
-    # (sample.steps <= its T, say), not only against recipe.yaml's own diffusion section.
-    recipe = validate_recipe({**trained.model_dump(mode="json"), "sample": current.sample.model_dump(mode="json"),
-                              "eval": current.eval.model_dump(mode="json")},
-                             f"{run.recipe_file} (sample, eval) with the model {path.name} was trained as")
-    cfg = sample_config(recipe, opts, str(run.recipe_file))
+    # sample_config validates the joined recipe after the options apply: recipe.yaml's sampling settings are
+    # checked against the trained schedule (sample.steps <= its T, say), and an option may fix one that is not.
+    recipe = trained.model_copy(update={"sample": current.sample, "eval": current.eval})
+    cfg = sample_config(recipe, opts, f"{run.recipe_file} (sample section) with the model {path.name} was trained as")
     model = build_model(recipe.model, recipe.data.resolution)
     weights = "ema" if cfg.use_ema else "model"
     check_fits(ckpt, path, model, parts=(weights,))  # weights and stored recipe disagree: edited by hand

@@ -244,6 +244,9 @@ def test_sampling_settings_are_checked_against_the_trained_schedule(trained, tmp
     assert "differs from the recipe step-00000004.pt was trained with" in err  # the warning, then the error
     assert f"sample.steps ({trained_T + 1}) exceeds diffusion.num_timesteps" in err and "Traceback" not in err
     assert not (tmp_path / "s").exists()
+    # An option that fixes the setting is applied before the check, as with any recipe.
+    assert main(["sample", str(edited), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "000000.png").is_file() and not (tmp_path / "s" / "000001.png").exists()
 
 
 
