@@ -183,6 +183,23 @@ def test_a_run_still_training_is_not_set_aside(tmp_path: Path) -> None:
     assert execute_module._set_aside(run, tmp_path / "parked") == tmp_path / "parked" / "r"  # once it has stopped
 
 
+
+def test_a_run_that_wrote_a_checkpoint_since_the_plan_is_not_set_aside(tmp_path: Path) -> None:
+    """Planned as 'restart' (no checkpoint), then another ablate of the spec trained it past its first
+    checkpoint: moving it aside now would throw that training away."""
+    from dreamctl.errors import RunError
+    from dreamctl.training.rundir import RunDir
+
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    run.recipe_file.write_text("{}")
+    assert execute_module.run_status(run.root) == "restart"
+    run.checkpoints.mkdir()
+    (run.checkpoints / "step-00000004.pt").write_bytes(b"written by the other ablate")
+    with pytest.raises(RunError, match="has a checkpoint now.*run ablate again"):
+        execute_module._set_aside(run.root, tmp_path / "parked")
+    assert (run.checkpoints / "step-00000004.pt").is_file() and not (tmp_path / "parked").exists()
+
 def test_ctrl_c_while_the_command_modules_load_exits_130_without_a_traceback(monkeypatch, capsys):
     """ablate's jobs share its terminal: a Ctrl-C that lands while a job is still importing printed
     that import's traceback under ablate's own one-line report."""

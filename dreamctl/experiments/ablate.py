@@ -92,7 +92,8 @@ def _step_reached(run_dir: Path) -> int:
     return int(RunDir(run_dir).info().get("step") or 0)
 
 
-def _status(run_dir: Path) -> str:
+def run_status(run_dir: Path) -> str:
+    """What the plan does with the run in `run_dir`: train, resume, restart (no checkpoint yet) or skip."""
     run = RunDir(run_dir)
     if run.info().get("status") == "finished":
         return "skip"
@@ -164,7 +165,7 @@ def make_plan(spec: Spec) -> Plan:
                 check_reference(data, req.ref_split, req.ref_num, recipe.data.resolution,
                                 fix="lower `evaluate: {num: N}` in the spec, or set eval.ref_num or eval.ref")
             resume_set = _changes(run_dir, recipe, data)
-            action = _status(run_dir)
+            action = run_status(run_dir)
             action = "resume" if resume_set and action == "skip" else action
             steps_done = _step_reached(run_dir) if action == "resume" else 0
             cost = train_cost(recipe, count_cache[recipe.data.split], steps_done)

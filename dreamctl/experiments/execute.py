@@ -20,7 +20,7 @@ from dreamctl.config import set_args
 from dreamctl.data.shards import read_manifest
 from dreamctl.signals import Stopped, child_env, run_child, signum_of, stop_on_sigterm
 from dreamctl.errors import CheckpointError, ConfigError, RunError, WeightsError
-from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows
+from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows, run_status
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import to_markdown
 from dreamctl.experiments.plots import write_figures
@@ -108,8 +108,12 @@ def _set_aside(run_dir: Path, parking: Path) -> Path:
     """Move a run that stopped before its first checkpoint out of the way, so train can start it afresh.
 
     Under the run's lock: one without a checkpoint yet may be training still (another ablate of the same
-    spec), and its folder is then left alone (RunError, naming the trainer's pid)."""
+    spec), and its folder is then left alone (RunError, naming the trainer's pid); one that has written a
+    checkpoint since the plan was made is left alone too (RunError: planned again, it resumes)."""
     with RunDir(run_dir).lock():
+        if run_status(run_dir) in ("resume", "skip"):
+            raise RunError(f"{run_dir} has a checkpoint now, written since this ablation was planned (by another "
+                           "ablate of the spec?): run ablate again, which resumes it instead of starting it afresh")
         parking.mkdir(parents=True, exist_ok=True)
         return run_dir.rename(atomic.unused_path(parking / run_dir.name))
 
