@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import sys
 
 import pytest
 import torch
@@ -80,6 +81,34 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synt
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "failed" and "could not be written" in info["error"]
 
+
+
+def test_a_run_json_that_cannot_record_the_failure_is_named_in_the_error(tmp_path, synthetic_data_dir, capsys,
+                                                                        monkeypatch):
+    """The full disk that stopped the run may refuse run.json's 'failed' too: the run's own error is the
+    one reported, with that added to its line, not the second error in its place."""
+    from dreamctl.training import state
+    from dreamctl.training.rundir import RunDir
+
+    def disk_full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_update = RunDir.update_info
+
+    def update_info(self, changes):
+        if changes.get("status") == "failed":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.run_file))
+        return real_update(self, changes)
+
+    monkeypatch.setattr(state.torch, "save", disk_full)
+    monkeypatch.setattr(RunDir, "update_info", update_info)
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 2
+    err = capsys.readouterr().err.strip()
+    if sys.version_info >= (3, 11):  # add_note
+        assert err.endswith(f"; run.json could not record it: [Errno 28] No space left on device: '{run / 'run.json'}'")
+    assert err.startswith(f"error: checkpoint {run / 'checkpoints' / 'step-00000004.pt'} could not be written")
+    assert "\n" not in err
 
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"

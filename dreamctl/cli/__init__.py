@@ -97,6 +97,11 @@ def _peer_lost(err: RuntimeError, then: str) -> DreamctlError | None:
     return peer_lost(err, then)
 
 
+def _with_notes(err: BaseException, message: str) -> str:
+    """The one-line message plus what was added to the error on its way up (add_note, Python 3.11+)."""
+    return "; ".join([message, *getattr(err, "__notes__", ())])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting."""
     shown = warnings.showwarning
@@ -120,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:  # EOF at a prompt: click's "Aborted!" and exit code 1
         code, message = 1, "aborted"
     except DreamctlError as err:
-        code, message = err.exit_code, None if isinstance(err, StoppedWithMain) else str(err)  # rank 0 prints its own
+        code, message = err.exit_code, None if isinstance(err, StoppedWithMain) else _with_notes(err, str(err))
+        # (a StoppedWithMain is rank 0's to print)
     except RuntimeError as err:
         lost = _peer_lost(err, "what was finished is kept: run the same command again to go on")
         if lost is None:  # a bug, with its traceback
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.filename is None:  # not about a path the user gave: a bug, with its traceback
             raise
-        code, message = 2, f"{err.filename}: {err.strerror or err}; {_PATH_FIXES.get(err.errno, _PATH_FIX)}"
+        code, message = 2, _with_notes(err, f"{err.filename}: {err.strerror or err}; "
+                                            f"{_PATH_FIXES.get(err.errno, _PATH_FIX)}")
     finally:
         warnings.showwarning = shown
     if message is not None and speaks():

@@ -91,7 +91,8 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
                 run.update_info({"status": "failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
                                  "error": f"{type(said).__name__}: {said}"})
             except OSError as unrecorded:  # the disk that failed the run may fail this too: report the run's error
-                err.add_note(f"run.json could not record it: {unrecorded}")
+                if hasattr(err, "add_note"):  # Python 3.11+
+                    err.add_note(f"run.json could not record it: {unrecorded}")
         raise
     finally:
         if rt.is_main and status != "failed":
