@@ -251,9 +251,10 @@ def prepare_data(
     return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
 
 
-def _strict_error(item: Skip) -> DataError:
-    return DataError(f"{item.name}: {item.reason} (--strict); remove or replace it, or leave out --strict to skip "
-                     "such files (manifest.json lists each one skipped)")
+def _strict_error(item: Skip, fix: str = "") -> DataError:
+    """--strict's error for the first file skipped; `fix` for those whose reason does not say it."""
+    return DataError(f"{item.name}: {item.reason} (--strict); {fix}leave out --strict to skip such files "
+                     "(manifest.json lists each one skipped)")
 
 
 def _write(out: Path, record: dict, split: str, index: int, parts: list[ChunkResult], strict: bool) -> int:
@@ -261,7 +262,7 @@ def _write(out: Path, record: dict, split: str, index: int, parts: list[ChunkRes
     crash after this point keeps it); returns the number of images written."""
     skipped = [s for p in parts for s in p.skipped]
     if strict and skipped:
-        raise _strict_error(skipped[0])
+        raise _strict_error(skipped[0], "remove or replace it, or ")  # an image that would not decode
     name = shard_name(split, index)
     images = np.concatenate([p.images for p in parts])
     digest = write_shard(out / name, images, [n for p in parts for n in p.names])

@@ -161,7 +161,8 @@ def list_celeba(root: Path, limit: int | None = None) -> Listing:
         splits[split].append((name, present.get(name, "")))
     for split in SPLITS:
         taken = _take(splits[split], limit)
-        skipped += [Skip(split, name, "listed in the partition file but not found") for name, ref in taken if not ref]
+        skipped += [Skip(split, name, "listed in the partition file but not found (an incomplete image folder?)")
+                    for name, ref in taken if not ref]
         splits[split] = [(name, ref) for name, ref in taken if ref]
     return Listing("celeba", str(root), zip_used, 0, splits, skipped, {"limit": limit})
 
