@@ -370,3 +370,12 @@ def test_a_value_written_two_ways_is_one_grid_point(tmp_path: Path) -> None:
     spec = parse_spec(write_spec(tmp_path, grid={"optim.lr": [0.001, "2e-3"], "train.batch_size": [1, True]}))
     assert [name for name, _, _ in expand(spec)][:3] == ["lr-0.001_batch_size-1_seed-0", "lr-0.001_batch_size-true_seed-0",
                                                         "lr-2e-3_batch_size-1_seed-0"]
+
+
+def test_a_spec_that_only_trains_is_not_refused_for_its_eval_settings(tmp_path: Path) -> None:
+    """eval.num 1 is too few to evaluate, but `evaluate: false` never evaluates: the plan trains."""
+    spec = parse_spec(write_spec(tmp_path, evaluate=False, set=["train.epochs=4", "eval.num=1"]))
+    plan = make_plan(spec)
+    assert [j.action for j in plan.train] == ["train"] * 3 and plan.evals == ()
+    with pytest.raises(ConfigError, match="evaluate needs at least 2 generated"):  # as soon as it would evaluate
+        make_plan(parse_spec(write_spec(tmp_path, evaluate={"metrics": ["swd"]}, set=["train.epochs=4", "eval.num=1"])))

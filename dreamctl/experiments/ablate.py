@@ -158,7 +158,8 @@ def make_plan(spec: Spec) -> Plan:
             # evaluate's own resolution of its flags (a DDPM point runs all T steps, null = the recipe's)
             points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
                       for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
-            req = resolve_request(recipe, SampleOptions(), spec.num, None, None, spec.metrics)  # no point sets these
+            # no point sets these; a spec that does not evaluate is not refused for its eval settings
+            req = resolve_request(recipe, SampleOptions(), spec.num, None, None, spec.metrics) if points else None
             if recipe.data.split not in count_cache:
                 count_cache[recipe.data.split] = data_count(data, recipe.data.split)
             if points and data is not None and (data / "manifest.json").is_file():  # evaluate's check, now
