@@ -250,6 +250,22 @@ def test_sigterm_with_nobody_reading_stderr_still_checkpoints(tmp_path, syntheti
     assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["step"] == info["step"] >= 2
 
 
+
+def test_a_run_whose_output_reader_is_gone_trains_on_to_the_end(tmp_path, synthetic_data_dir):
+    """`dreamctl train ... | tee log` and tee is killed (its terminal closed): the next progress line
+    meets a closed pipe. The run goes on unseen and finishes, instead of failing at that line."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dreamctl", "train", "--recipe", "tiny", "--data", str(synthetic_data_dir),
+           "--run-dir", str(run), *set_args(TINY + ["train.epochs=1000", "train.max_steps=40"])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("step 2/40")  # then the reader goes
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["step"] == 40
+
 def test_a_step_with_a_grid_and_a_checkpoint_draws_the_grid_first(tmp_path, synthetic_data_dir, monkeypatch):
     """A run killed between the two resumes from the checkpoint before and draws the grid again; had the
     checkpoint come first, resume would start after that step and its grid would never be drawn."""

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import os
+from typing import IO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+def to_devnull(stream: IO[str]) -> None:
+    """Point `stream`'s file descriptor at /dev/null: its reader is gone, and what is still written to it
+    (later lines, the buffer flushed at exit) must not fail the command."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Whoever read this stream is gone (`dreamctl train ... | tee log`, and tee was killed): the rest
+        of the output goes nowhere and the command carries on, a run to its end and its checkpoints.
+        Rich's own handler exits 1 from inside the print, which failed the run mid-step."""
+        self.quiet = True
+        to_devnull(self.file)
+
+
+console = _Console(soft_wrap=True)
+err_console = _Console(stderr=True, soft_wrap=True)
 for _c in (console, err_console):
     if not _c.is_terminal and "COLUMNS" not in os.environ:
         _c.width = 160  # a log file or pipe: rich would assume 80 columns and split tables' numbers

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.progress import TextColumn
 
-from dreamctl.cli.common import console, progress_bar, speaks
+from dreamctl.cli.common import console, progress_bar, speaks, to_devnull
 from dreamctl.signals import handling
 
 if TYPE_CHECKING:  # the CLI's --help must not import torch
@@ -36,9 +36,7 @@ def say(text: str) -> None:
     try:
         os.write(sys.stderr.fileno(), text.encode())
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stderr.fileno())
-        os.close(devnull)
+        to_devnull(sys.stderr)
 
 
 @contextmanager
