@@ -236,6 +236,24 @@ def test_a_damaged_zip_member_is_skipped_as_an_unreadable_image(celeba, tmp_path
     assert "zip member img_align_celeba/000002.jpg" in reasons["000002.jpg"]
 
 
+
+def test_a_zip_member_too_large_for_an_image_is_not_read(tmp_path):
+    """A member inflating to more than any image (65 MiB of zeros, 64 KB compressed: a zip bomb in
+    miniature) is skipped before it is read into memory, with the reason."""
+    from dreamctl.data.decode import MAX_MEMBER_BYTES
+
+    jpegs = _celeba_jpegs()
+    root = tmp_path / "bomb"
+    root.mkdir()
+    with zipfile.ZipFile(root / "img_align_celeba.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in jpegs.items():
+            zf.writestr(f"img_align_celeba/{name}", data if name != "000004.jpg" else bytes(MAX_MEMBER_BYTES + 1))
+    (root / "list_eval_partition.txt").write_text(_partition(jpegs))
+    result = prepare_listing("celeba", root, tmp_path / "out", workers=1)
+    reasons = {s["name"]: s["reason"] for s in read_manifest(tmp_path / "out")["skipped"]}
+    assert result.written == 29 and list(reasons) == ["000004.jpg"]
+    assert f"inflates to {MAX_MEMBER_BYTES + 1:,} bytes, more than the 64 MiB read for one image" in reasons["000004.jpg"]
+
 def test_a_partition_file_is_read_strictly(tmp_path):
     """A name listed twice would move an image between splits by its last line; a byte-order mark would
     hide the first name; a file cut short (train only) is prepared as listed, but said."""

@@ -31,6 +31,9 @@ DDIM_BOX = (25, 57, 153, 185)
 # The formats of the image suffixes a source lists: PIL tries no other decoder (an EPS named .jpg would
 # reach Ghostscript), and such a file is skipped as unreadable.
 FORMATS = ("JPEG", "PNG", "WEBP")
+# A zip member is read whole into memory: one that inflates to more than this (a zip bomb, or not an
+# image) is skipped unread. CelebA's are about 10 KB; a 4K PNG is a few tens of MB.
+MAX_MEMBER_BYTES = 64 << 20
 # What a single unreadable file raises inside PIL/zipfile; anything else is a bug and propagates.
 UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError)
 
@@ -117,8 +120,13 @@ class ChunkResult:
 def open_image(root: str | None, zip_path: str | None, ref: str) -> Image.Image:
     """A source image, from its folder or from the zip, with only its header read (PIL decodes on load)."""
     if zip_path:
+        archive = _zip(zip_path)
+        # zipfile stops inflating at the size the header gives, so checking that bounds what is read
+        if (size := archive.getinfo(ref).file_size) > MAX_MEMBER_BYTES:
+            raise zipfile.BadZipFile(f"zip member {ref} inflates to {size:,} bytes, more than the "
+                                     f"{MAX_MEMBER_BYTES >> 20} MiB read for one image; not read")
         try:
-            data = _zip(zip_path).read(ref)
+            data = archive.read(ref)
         # a damaged member (zlib), an encrypted one (RuntimeError), a compression zipfile cannot undo (Deflate64):
         # that one image is unreadable, as a corrupt JPEG is
         except (zlib.error, RuntimeError, NotImplementedError, lzma.LZMAError) as err:
