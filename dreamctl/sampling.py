@@ -30,7 +30,7 @@ from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
 from dreamctl.sample_files import OWN_FILES, PNG, png_path, read_png, read_samples, write_png
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
-                                     step_of)
+                                     step_of, weights_sha256)
 
 # (kind, payload): "sample_start", "sample_progress", "sample_done" from here, "stage" from evaluation.evaluate_run
 OnEvent = Callable[[str, dict[str, Any]], None]
@@ -62,6 +62,7 @@ class InferenceModel:
     checkpoint: Path
     image_size: int
     run_id: str
+    weights_sha256: str  # of the weights loaded (state.weights_sha256): a step alone does not fix them
     precision: str = "fp32"  # the network's autocast: bf16 draws other images than fp32 from the same seeds
 
 
@@ -123,7 +124,7 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     net = compile_for_sampling(model, cfg.compile_mode, rt.device.type) if cfg.compile else model
     schedule = schedule_for(recipe.diffusion)
     return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution,
-                          run.run_id(), rt.precision)
+                          run.run_id(), weights_sha256(ckpt[weights]), rt.precision)
 
 
 def compile_mode_for(mode: str, device_type: str) -> str:
@@ -168,7 +169,11 @@ SAMPLING_FIELDS = tuple(sampling_settings(SampleConfig(), 0, 0, "fp32"))
 
 def folder_settings(m: InferenceModel, seed: int) -> dict[str, Any]:
     """What must match for a folder's existing images to be reused: they fix every pixel."""
-    return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed, m.precision), "image_size": m.image_size}
+    return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed, m.precision), "image_size": m.image_size,
+            "weights_sha256": m.weights_sha256}
+
+
+ADDED_KEYS = ("weights_sha256",)  # not in a sample.json of an earlier dreamctl: such a folder is taken on its step
 
 
 def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
@@ -184,9 +189,14 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
         if type(count) is not int or count < 0:  # sample_to_folder keeps the folder whole up to it
             raise RunError(f"{meta} says num {count!r}, not a count of images: restore it, or delete {folder} "
                            "and the images are drawn again")
-        clash = [f"{k}={old.get(k)!r} (asked {v!r})" for k, v in wanted.items() if old.get(k) != v]
+        clash = {k: v for k, v in wanted.items() if old.get(k) != v and (k in old or k not in ADDED_KEYS)}
+        if set(clash) == {"weights_sha256"}:
+            raise RunError(f"{folder} holds samples drawn from other weights than checkpoint step "
+                           f"{wanted['checkpoint_step']} holds now (written again since, as resume does past a "
+                           "corrupt checkpoint): choose another --out or delete it, and the images are drawn again")
         if clash:
-            raise RunError(f"{folder} holds samples drawn with {', '.join(clash)}; choose another --out or delete it")
+            said = ", ".join(f"{k}={old.get(k)!r} (asked {v!r})" for k, v in clash.items())
+            raise RunError(f"{folder} holds samples drawn with {said}; choose another --out or delete it")
     elif folder.is_dir():  # not a sample folder (yet): nothing in it may have a name this command writes
         taken = sorted(p.name for p in folder.iterdir() if PNG.match(p.name) or OWN_FILES.match(p.name))
         if taken:

@@ -228,6 +228,32 @@ def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tm
     np.testing.assert_array_equal(changed, _draw(run, tmp_path / "a", 3))  # the cosine schedule, as trained
 
 
+
+def test_a_folder_drawn_from_other_weights_of_the_same_step_is_not_added_to(trained, tmp_path, capsys):
+    """Resume past a corrupt checkpoint writes its step again, maybe with other weights; a `--out` folder
+    (not set aside as the run's own are) drawn from the old ones must not be finished with the new."""
+    from dreamctl.training.state import list_checkpoints, load_checkpoint
+
+    run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("samples", "eval"))
+    out = tmp_path / "out"
+    assert main(["sample", str(copy), "--num", "2", "--out", str(out)]) == 0
+    assert main(["sample", str(copy), "--num", "3", "--out", str(out)]) == 0  # the same weights: kept, one more
+    newest = list_checkpoints(copy / "checkpoints")[-1]
+    ckpt = load_checkpoint(newest)
+    ckpt["ema"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
+    torch.save(ckpt, newest)  # what a resume with another lr would write under the same step
+    capsys.readouterr()
+    assert main(["sample", str(copy), "--num", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds samples drawn from other weights than checkpoint step {ckpt['step']} holds now" in err
+    assert not (out / "000003.png").exists()
+    record = json.loads((out / "sample.json").read_text())  # an earlier dreamctl's folder: its step is all it says
+    del record["weights_sha256"]
+    (out / "sample.json").write_text(json.dumps(record))
+    assert main(["sample", str(copy), "--num", "4", "--out", str(out)]) == 0
+
 def test_sampling_settings_are_checked_against_the_trained_schedule(trained, tmp_path, capsys):
     """recipe.yaml edited to a longer schedule with as many sampling steps: the checkpoint's T is what
     sampling uses, so its steps are refused there with one line, not a traceback from the sampler."""

@@ -213,7 +213,7 @@ def test_a_compiled_network_sees_one_batch_shape_and_the_same_images(tmp_path):
 
     def draw(compile: bool):
         cfg = SampleConfig(steps=5, eta=1.0, batch_size=4, compile=compile)
-        m = InferenceModel(net, schedule, cfg, 0, tmp_path / "step-0.pt", 4, "run")
+        m = InferenceModel(net, schedule, cfg, 0, tmp_path / "step-0.pt", 4, "run", "oracle")
         folder = tmp_path / f"compile-{compile}"
         sample_to_folder(m, folder, 6, seed=0, rt=Runtime(torch.device("cpu"), "fp32"))
         return read_samples(folder, 6, 4)

@@ -8,12 +8,14 @@ intact; a truncated or corrupt newest file makes `load_latest` fall back to the 
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import torch
@@ -99,6 +101,18 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
         old.unlink()
     return path
 
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes: which weights drew a sample folder's images.
+    A step names no weights for sure: resume past a corrupt checkpoint writes that step again, maybe with
+    other weights (an override), and `sample --out` folders are not set aside as the run's own are."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 def zip_damage(path: Path) -> str | None:
     """What is wrong with a checkpoint's zip archive (torch.save's format): a member whose bytes fail
