@@ -30,9 +30,10 @@ from dreamctl.generate import check_count
 from dreamctl.metrics import weights
 from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, METRICS, evaluate_image_sets, load_feature_net
 from dreamctl.metrics.inception import FeatureNet
+from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
 from dreamctl.sampling import (
-    SAMPLING_FIELDS, OnEvent, SampleOptions, folder_name, load_for_inference, sample_to_folder,
+    SAMPLING_FIELDS, SampleOptions, folder_name, load_for_inference, sample_to_folder,
     sampler_suffix, sampler_tag, sampling_settings,
 )
 from dreamctl.sample_files import read_samples
@@ -195,7 +196,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
                  ref_num: int | None = None, data: Path | None = None, metrics: Sequence[str] | None = None,
                  strict_weights: bool = False,
                  feature_net: FeatureNet | None = None, weights_dir: Path | None = None,
-                 on_event: OnEvent = lambda kind, payload: None) -> Evaluation | None:
+                 on_event: OnEvent = ignore) -> Evaluation | None:
     """Evaluate a run's checkpoint; returns the record on rank 0 (None on other ranks, which only sample).
 
     `data`: the prepared folder of the reference images, default the run's; it must hold the data

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,14 +25,13 @@ from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
+from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
 from dreamctl.sample_files import OWN_FILES, PNG, png_path, read_png, read_samples, write_png
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
                                      step_of, weights_sha256)
 
-# (kind, payload): "sample_start", "sample_progress", "sample_done" from here, "stage" from evaluation.evaluate_run
-OnEvent = Callable[[str, dict[str, Any]], None]
 GRID_MAX = 64
 
 
@@ -255,7 +253,7 @@ def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Ru
 
 
 def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt: Runtime,
-                     on_event: OnEvent = lambda kind, payload: None) -> dict[str, Any]:
+                     on_event: OnEvent = ignore) -> dict[str, Any]:
     """Make `folder` hold images 0..num-1; returns what sample.json records (on every rank): its
     `num` is how many images the folder holds, which an earlier, larger call may have made more.
 

@@ -18,9 +18,10 @@ import torch
 
 from dreamctl.config import Recipe
 from dreamctl.errors import RunError
+from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
 
-from dreamctl.bench.sections import OnEvent, bench_inception, bench_sample, bench_train, bench_variants
+from dreamctl.bench.sections import bench_inception, bench_sample, bench_train, bench_variants
 from dreamctl.bench.steps import KINDS, NAIVE, loss_params, make_step, naive_conservative_loss
 from dreamctl.bench.targets import TARGETS, evaluate_targets
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize
@@ -48,9 +49,9 @@ SECTIONS = ("train", "variants", "sample", "data", "all")
 
 def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, sample_batches: int = 2,
               budget_s: float | None = None, variants: bool = True, only: tuple[str, ...] = (),
-              data_images: int = 2048, on_event: OnEvent = lambda kind, payload: None) -> dict[str, Any]:
+              data_images: int = 2048, on_event: OnEvent = ignore) -> dict[str, Any]:
     """One benchmark run; `what` is one of SECTIONS ('train' includes the variants unless told not to).
-    `on_event` hears of each first (compiling) step and each timed round as it ends (sections.OnEvent)."""
+    `on_event` hears of each first (compiling) step and each timed round as it ends (dreamctl.events lists them)."""
     if what not in SECTIONS:
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(SECTIONS)}")
     from dreamctl.models import build_model, count_parameters

@@ -16,6 +16,7 @@ from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import STEP_COST
 from dreamctl.errors import RunError
 from dreamctl.models import unet
+from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import init_state, wrap_for_training
 
@@ -23,13 +24,6 @@ from dreamctl.bench.steps import KINDS, NAIVE, NAIVE_COST, make_step
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize, sync
 
 SAMPLE_STEPS = 50
-# (kind, payload): "bench_first" {"section", "name", "seconds"}: a first step or batch (the compile), timed
-# apart; "bench_round" {"section", "round", "seconds": {name: s}}: a round of interleaved().
-OnEvent = Callable[[str, dict[str, Any]], None]
-
-
-def _quiet(kind: str, payload: dict[str, Any]) -> None:
-    pass
 
 
 def _rounds(section: str, on_event: OnEvent) -> Callable[[str, dict[str, float]], None]:
@@ -47,7 +41,7 @@ def _fake_batch(recipe: Recipe, rt: Runtime) -> Tensor:
 
 
 def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget_s: float | None = None,
-                kinds: tuple[str, ...] = KINDS, naive: bool = True, on_event: OnEvent = _quiet) -> dict[str, Any]:
+                kinds: tuple[str, ...] = KINDS, naive: bool = True, on_event: OnEvent = ignore) -> dict[str, Any]:
     """Every loss kind (and the naive conservative step) stepping one shared model in turn.
 
     Sharing the model, AdamW state and EMA keeps the resident memory identical, so peak
@@ -105,7 +99,7 @@ def _with_float32_groupnorm(step: Callable[[int], Any]) -> Callable[[int], Any]:
 
 
 def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget_s: float | None = None,
-                   only: tuple[str, ...] = (), on_event: OnEvent = _quiet) -> dict[str, Any]:
+                   only: tuple[str, ...] = (), on_event: OnEvent = ignore) -> dict[str, Any]:
     """CUDA only: the standard step eager vs torch.compile, bf16 vs fp32, channels_last on/off, and
     the UNet's bf16 GroupNorm vs nn.GroupNorm's float32 output under autocast.
 
@@ -164,7 +158,7 @@ def sample_settings(compile: bool, mode: str, device_type: str, compare: bool) -
 
 
 def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
-                 compare_compile: bool = False, on_event: OnEvent = _quiet) -> dict[str, Any]:
+                 compare_compile: bool = False, on_event: OnEvent = ignore) -> dict[str, Any]:
     """DDIM-50 img/s through generate(), as `dreamctl sample` runs it: one model (no EMA copy), eval
     mode, no autograd, the recipe's sample.compile and compile_mode. With `compare_compile`, the other
     settings too (CUDA graphs on CUDA only), on the same weights, batches interleaved; each one's first

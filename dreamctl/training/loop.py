@@ -30,13 +30,12 @@ from dreamctl.diffusion.losses import backward_loss
 from dreamctl.errors import RunError
 from dreamctl.generate import generate, save_grid
 from dreamctl.models import build_model
+from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, any_rank, generator, main_first, mix_seed, peak_memory_bytes
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import TrainState, save_checkpoint
 
-# (kind, payload): "start", "step", "log", "checkpoint", "grid" from train(), "resume" from session.resume_run
-OnEvent = Callable[[str, dict[str, Any]], None]
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -121,7 +120,7 @@ def step_noise(recipe: Recipe, step: int, rt: Runtime,
 
 
 def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: dict[str, Any] | None = None,
-          on_event: OnEvent = lambda kind, payload: None, should_stop: Callable[[], bool] = lambda: False) -> str:
+          on_event: OnEvent = ignore, should_stop: Callable[[], bool] = lambda: False) -> str:
     """Train until the recipe's last step, a stop request or a failure. Returns 'finished' or 'interrupted'.
 
     Only rank 0 writes files. A non-finite loss raises RunError before the optimizer step,

@@ -22,7 +22,8 @@ from dreamctl.data.shards import read_manifest
 from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes, peer_lost
-from dreamctl.training.loop import OnEvent, total_steps, train
+from dreamctl.events import OnEvent, ignore
+from dreamctl.training.loop import total_steps, train
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import check_fits, check_moments_fit, list_checkpoints, load_latest, set_aside_newer
 
@@ -105,7 +106,7 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
     return status
 
 
-def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = lambda k, p: None,
+def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = ignore,
               should_stop: Callable[[], bool] = lambda: False) -> str:
     """Create the run folder and train from step 0 (the data is checked before anything is written)."""
     _check_batch(recipe, rt.world_size)  # on every rank; the folder only on rank 0, as it creates it
@@ -192,7 +193,7 @@ def _settings(recipe: Recipe) -> dict[str, Any]:
 
 
 def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] = (), *,
-               on_event: OnEvent = lambda k, p: None, should_stop: Callable[[], bool] = lambda: False) -> str:
+               on_event: OnEvent = ignore, should_stop: Callable[[], bool] = lambda: False) -> str:
     """Continue from the newest readable checkpoint (falling back past corrupt ones).
 
     A run stopped before its first checkpoint starts again from step 0: nothing was lost.
