@@ -499,3 +499,20 @@ def test_yaml_floats_read_as_strings_still_load(tmp_path: Path):
     r = load_recipe(mine)
     assert (r.optim.lr, r.optim.betas, r.train.compile) == (0.001, (0.9, 0.99), True)
     assert load_recipe("tiny", ["optim.lr=1e-3", "train.batch_size=\"16\""]).train.batch_size == 16
+
+
+def test_a_mapping_given_for_a_section_is_merged_into_it():
+    """--set 'loss={alpha: 0.5}' changes alpha and keeps the recipe's other loss settings (a replaced
+    section would have trained conservative's loss with lambda_max and start_epoch at their defaults)."""
+    base = load_recipe("conservative")
+    r = load_recipe("conservative", ["loss={alpha: 0.25}"])
+    assert r.loss.alpha == 0.25 and r.loss.alpha != base.loss.alpha
+    assert r.loss.model_dump(exclude={"alpha"}) == base.loss.model_dump(exclude={"alpha"})
+
+
+def test_a_recipe_nested_thousands_deep_is_a_one_line_error(tmp_path: Path):
+    """PyYAML recurses once per level: a RecursionError traceback becomes the file's one-line error."""
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("extends: tiny\ntrain: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{deep}: not valid YAML: nested too deeply")):
+        load_recipe(deep)

@@ -92,6 +92,8 @@ def safe_load(text: str) -> Any:
         node = loader.get_single_node()
         _refuse_duplicate_keys(node)
         return None if node is None else loader.construct_document(node)
+    except RecursionError:  # `[[[[...` thousands deep: PyYAML's parser recurses once per level
+        raise yaml.MarkedYAMLError(problem="nested too deeply (a recipe is a few levels of sections)") from None
     finally:
         loader.dispose()
 
@@ -167,6 +169,9 @@ def set_args(overrides: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """`raw` with each `section.key=value` applied in order. A mapping given for a section
+    (`loss={alpha: 0.5}`) is merged into it as `extends:` merges: replacing the section would
+    quietly reset every key it does not name to its default."""
     out = _merge(raw, {})
     for text in overrides:
         parts, value = parse_override(text)
@@ -180,7 +185,8 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             else:
                 child = node[part] = dict(child)
             node = child
-        node[parts[-1]] = value
+        old = node.get(parts[-1])
+        node[parts[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
     return out
 
 
