@@ -158,15 +158,18 @@ def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> N
     assert sorted(p.name for p in parking.iterdir()) == ["r", "r.1", "r.2", "r.3"]
 
 
-def test_a_report_md_ablate_did_not_write_is_refused_before_any_job(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("name", ["report.md", "logs/lambda_max-0.5_seed-0.log"])
+def test_a_file_ablate_did_not_write_is_refused_before_any_job(tmp_path: Path, monkeypatch, capsys, name) -> None:
+    """OUT/report.md and OUT/logs/<job>.log are replaced (or, for a log, deleted on success) by a rerun:
+    a file of that name ablate did not write is the user's, and is never touched."""
     spec_path = write_spec(tmp_path)
-    mine = tmp_path / "out" / "report.md"
-    mine.parent.mkdir()
+    mine = tmp_path / "out" / name
+    mine.parent.mkdir(parents=True)
     mine.write_text("my notes")
     fake = FakeCLI()
     monkeypatch.setattr(execute_module, "run_command", fake)
     assert main(["ablate", str(spec_path)]) == 2
-    assert f"{mine} exists and is not a report ablate wrote; move it away" in capsys.readouterr().err
+    assert f"{mine} exists and is not a file ablate wrote; move it away" in capsys.readouterr().err
     assert mine.read_text() == "my notes" and fake.calls == []
 
 

@@ -118,14 +118,22 @@ def _set_aside(run_dir: Path, parking: Path) -> Path:
         return run_dir.rename(atomic.unused_path(parking / run_dir.name))
 
 
+LOG_HEAD = "$ "  # how a failed job's log starts (the command): what a rerun recognises as its own
+
+
+def _log_path(logs: Path, job: str) -> Path:
+    return logs / f"{job}.log"
+
+
 def _run_logged(cmd: list[str], job: str, action: str, runner: Runner, logs: Path) -> Outcome:
     result = runner(cmd)
-    log = logs / f"{job}.log"
+    log = _log_path(logs, job)
     if result.returncode == 0:
-        log.unlink(missing_ok=True)  # a stale failure from an earlier attempt
+        if log.is_file() and _starts_with(log, LOG_HEAD):
+            log.unlink()  # a stale failure from an earlier attempt
         return Outcome(job, action)
     logs.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(log, f"$ {' '.join(cmd)}\nexit code {result.returncode}\n--- last lines of stderr ---\n{result.stderr_tail}")
+    atomic.write_text(log, f"{LOG_HEAD}{' '.join(cmd)}\nexit code {result.returncode}\n--- last lines of stderr ---\n{result.stderr_tail}")
     return Outcome(job, action, failed=True, note=f"exit code {result.returncode}", log=log)
 
 
@@ -160,14 +168,17 @@ def preflight(plan: Plan) -> None:
     if (problem := weights_problem(plan)) is not None:
         raise WeightsError(problem)
     atomic.check_folder_path(plan.spec.out, "--out")
-    report = plan.spec.out / "report.md"  # a rerun replaces its own report, never another file of that name
-    if report.is_dir() or (report.exists() and not _our_report(report)):
-        raise RunError(f"{report} exists and is not a report ablate wrote; move it away or choose another 'out'")
+    # A rerun replaces its own report and logs, never another file of those names.
+    report = plan.spec.out / "report.md"
+    jobs = [j.name for j in plan.train if j.action != "skip"] + [e.name for e in plan.evals if e.action != "skip"]
+    for path, head in [(report, REPORT_HEAD)] + [(_log_path(plan.spec.out / "logs", job), LOG_HEAD) for job in jobs]:
+        if path.is_dir() or (path.exists() and not _starts_with(path, head)):
+            raise RunError(f"{path} exists and is not a file ablate wrote; move it away or choose another 'out'")
 
 
-def _our_report(path: Path) -> bool:
+def _starts_with(path: Path, head: str) -> bool:
     with open(path, "rb") as f:
-        return f.read(len(REPORT_HEAD)) == REPORT_HEAD.encode()
+        return f.read(len(head)) == head.encode()
 
 
 def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
