@@ -241,3 +241,20 @@ def test_a_binary_checksum_record_is_a_weights_error_naming_it(wdir, capsys):
     err = capsys.readouterr().err
     assert f"checksum record {record} is unreadable" in err and "Traceback" not in err
     assert record.read_bytes() == bytes(range(128, 228))  # left for the user to delete
+
+
+def test_a_read_only_weights_folder_loads_inception_with_a_warning(wdir, monkeypatch):
+    """A shared weights folder the user cannot write: the first-use record is not written, which is said,
+    and the evaluation goes on (the file loaded correctly; only a later change would go unnoticed)."""
+    from dreamctl.errors import DreamctlWarning
+
+    path = write_fake_inception(wdir)
+
+    def refuse(target, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(weights.atomic, "write_json", refuse)
+    with pytest.warns(DreamctlWarning, match=f"cannot record the sha256 of {path} .*Permission denied"):
+        net = InceptionFeatureNet(device="cpu")
+    assert net.weights_sha256 == weights.sha256_file(path)
+    assert not (wdir / f"{weights.INCEPTION}.sha256.json").exists()

@@ -13,13 +13,14 @@ import json
 import os
 import time
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dreamctl import atomic
-from dreamctl.errors import WeightsError
+from dreamctl.errors import DreamctlWarning, WeightsError
 
 INCEPTION = "inception-2015-12-05.pt"
 ALEXNET = "alexnet-owt-7be5be79.pth"
@@ -225,8 +226,13 @@ def record_first_use(name: str, root: Path | None = None) -> str:
     digest = sha256_file(path)
     rec = _record_path(path)
     if _recorded(path) is None:
-        atomic.write_json(rec, {"file": name, "sha256": digest, "size": path.stat().st_size,
-                                "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+        try:
+            atomic.write_json(rec, {"file": name, "sha256": digest, "size": path.stat().st_size,
+                                    "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+        except OSError as err:  # a shared, read-only weights folder: the metric is still right, only unguarded
+            warnings.warn(f"cannot record the sha256 of {path} in {rec.name} ({err.strerror or err}); it is used "
+                          f"now, but a later change to it will not be noticed until a load with write access to "
+                          f"{path.parent} records it", DreamctlWarning, stacklevel=2)
     return digest
 
 
