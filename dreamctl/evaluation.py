@@ -28,7 +28,8 @@ from dreamctl.data.shards import read_manifest, split_shards
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.generate import check_count
 from dreamctl.metrics import weights
-from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, METRICS, evaluate_image_sets, load_feature_net
+from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
+from dreamctl.metrics.weights import parse_metrics
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
@@ -48,18 +49,6 @@ class Evaluation:
     record: dict[str, Any]  # what eval/<protocol_id>.json holds
     paths: tuple[Path, ...]  # the files written
     samples: Path  # the sample folder used
-
-
-def parse_metrics(metrics: Sequence[str], where: str = "--metrics") -> list[str]:
-    """The metric names asked for, lower case, each once; ConfigError naming `where` for unknown ones."""
-    if not all(isinstance(m, str) for m in metrics):
-        raise ConfigError(f"{where} must list metric names, got {list(metrics)!r}; choose from {', '.join(METRICS)}")
-    wanted = list(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
-    unknown = [m for m in wanted if m not in METRICS]
-    if unknown or not wanted:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} in {where}; "
-                          f"choose from {', '.join(METRICS)}")
-    return wanted
 
 
 def weight_problems(metrics: Sequence[str], *, feature_net: FeatureNet | None, weights_dir: Path | None,
@@ -184,11 +173,13 @@ def resolve_request(recipe: Recipe, opts: SampleOptions, num: int | None, ref: s
     ref_split = ref or e.ref
     if ref_split not in ("train", "valid", "test"):
         raise ConfigError(f"--ref {ref_split!r}: choose train, valid or test")
-    if num < 2 or ref_num < 2:
-        raise ConfigError(f"evaluate needs at least 2 generated and 2 reference images "
-                          f"(--num {num}, --ref-num {ref_num})")
+    # The recipe's eval.num and eval.ref_num were checked when it loaded: a bad count here is a flag's.
+    if num < 2:
+        raise ConfigError(f"--num {num}: evaluate needs at least 2 generated images")
+    if ref_num < 2:
+        raise ConfigError(f"--ref-num {ref_num}: evaluate needs at least 2 reference images")
     check_count(num)
-    return EvalRequest(tuple(parse_metrics(metrics if metrics is not None else e.metrics)), metrics is not None,
+    return EvalRequest(tuple(parse_metrics(metrics) if metrics is not None else e.metrics), metrics is not None,
                        num, ref_split, ref_num, e.seed if opts.seed is None else opts.seed)
 
 

@@ -285,7 +285,7 @@ def test_plan_totals_leave_out_skipped_evaluations(tmp_path: Path) -> None:
     ({"eval_grid": {"sample.steps": []}}, r"eval_grid\.sample\.steps must be a non-empty list"),
     ({"seeds": []}, r"'seeds' must be a non-empty list of integers"),  # else every point trains zero times
     ({"grid": {"train.seed": [0, 1]}}, r"list seeds under 'seeds:'"),
-    ({"evaluate": {"metrics": ["swd"], "num": 0}}, r"evaluate\.num must be a positive integer, got 0"),
+    ({"evaluate": {"metrics": ["swd"], "num": 0}}, r"evaluate\.num must be an integer from 2 .* got 0"),
     ({"evaluate": False, "eval_grid": {"sample.steps": [10, 20]}}, r"'evaluate: false' contradicts 'eval_grid'"),
 ])
 def test_specs_that_would_run_nothing_or_contradict_themselves_are_refused(tmp_path: Path, changes, message) -> None:
@@ -294,9 +294,9 @@ def test_specs_that_would_run_nothing_or_contradict_themselves_are_refused(tmp_p
 
 
 def test_the_smallest_valid_values_next_to_the_refused_ones_are_accepted(tmp_path: Path) -> None:
-    spec = parse_spec(write_spec(tmp_path, seeds=[7], evaluate={"metrics": ["swd"], "num": 1},
+    spec = parse_spec(write_spec(tmp_path, seeds=[7], evaluate={"metrics": ["swd"], "num": 2},
                                  grid={"loss.lambda_max": [0.3]}))
-    assert spec.seeds == (7,) and spec.num == 1 and spec.grid == (("loss.lambda_max", (0.3,)),)
+    assert spec.seeds == (7,) and spec.num == 2 and spec.grid == (("loss.lambda_max", (0.3,)),)
     spec = parse_spec(write_spec(tmp_path, evaluate=False))
     assert spec.evaluate is False and spec.eval_grid == ()
 
@@ -343,7 +343,8 @@ def test_training_without_data_is_one_error_naming_the_fix_before_any_job(tmp_pa
     ({"evaluate": {"metrics": ["swd", "fdi"]}}, "unknown metric(s) fdi in evaluate.metrics; choose from"),
     ({"evaluate": {"metrics": [" "]}}, "unknown metric(s) (none given) in evaluate.metrics"),
     ({"seeds": [True]}, "'seeds' must be a non-empty list of integers, got [True]"),  # was a run named seed-true
-    ({"evaluate": {"num": True}}, "evaluate.num must be a positive integer, got True"),  # was num 1
+    ({"evaluate": {"num": True}}, "evaluate.num must be an integer from 2"),  # was num 1
+    ({"evaluate": {"num": 1}}, "evaluate.num must be an integer from 2 (a covariance needs two) to 1,048,576, got 1"),
 ])
 def test_spec_values_are_checked_when_the_spec_is_read(tmp_path: Path, changes, message) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -370,12 +371,3 @@ def test_a_value_written_two_ways_is_one_grid_point(tmp_path: Path) -> None:
     spec = parse_spec(write_spec(tmp_path, grid={"optim.lr": [0.001, "2e-3"], "train.batch_size": [1, True]}))
     assert [name for name, _, _ in expand(spec)][:3] == ["lr-0.001_batch_size-1_seed-0", "lr-0.001_batch_size-true_seed-0",
                                                         "lr-2e-3_batch_size-1_seed-0"]
-
-
-def test_a_spec_that_only_trains_is_not_refused_for_its_eval_settings(tmp_path: Path) -> None:
-    """eval.num 1 is too few to evaluate, but `evaluate: false` never evaluates: the plan trains."""
-    spec = parse_spec(write_spec(tmp_path, evaluate=False, set=["train.epochs=4", "eval.num=1"]))
-    plan = make_plan(spec)
-    assert [j.action for j in plan.train] == ["train"] * 3 and plan.evals == ()
-    with pytest.raises(ConfigError, match="evaluate needs at least 2 generated"):  # as soon as it would evaluate
-        make_plan(parse_spec(write_spec(tmp_path, evaluate={"metrics": ["swd"]}, set=["train.epochs=4", "eval.num=1"])))

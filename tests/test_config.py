@@ -516,3 +516,19 @@ def test_a_recipe_nested_thousands_deep_is_a_one_line_error(tmp_path: Path):
     deep.write_text("extends: tiny\ntrain: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match=re.escape(f"{deep}: not valid YAML: nested too deeply")):
         load_recipe(deep)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("eval.metrics=[fid, fdi]", "eval.metrics: unknown metric(s) fdi in the recipe; choose from fid, kid, is, lpips"),
+    ("eval.num=1", "eval.num: Input should be greater than or equal to 2"),
+    ("eval.num=2000000", "eval.num: Input should be less than or equal to 1048576"),
+    ("eval.ref_num=1", "eval.ref_num: Input should be greater than or equal to 2"),
+])
+def test_a_recipes_evaluation_settings_are_checked_when_it_loads(override, needle):
+    """Not when its training is done and evaluate first reads them (days later, and blamed on --num)."""
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_recipe("tiny", [override])
+
+
+def test_eval_metrics_are_read_as_evaluate_reads_its_flag():
+    assert load_recipe("tiny", ["eval.metrics=FID, swd,fid"]).eval.metrics == ("fid", "swd")

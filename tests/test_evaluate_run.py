@@ -188,9 +188,9 @@ def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
     finally:
         data.rename(other)
         (tmp_path / "kept").rename(data)
-    for flag in ("--num", "--ref-num"):  # 0 is not "the default"
+    for flag, what in (("--num", "generated"), ("--ref-num", "reference")):  # 0 is not "the default"
         assert main([*args, flag, "0"]) == 2
-        assert "at least 2 generated and 2 reference images" in capsys.readouterr().err
+        assert f"{flag} 0: evaluate needs at least 2 {what} images" in capsys.readouterr().err
 
 
 def test_the_evaluate_table_says_what_plus_minus_is(monkeypatch, capsys, tmp_path):

@@ -14,6 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from dreamctl.config.values import bool_for_number
 from dreamctl.errors import ConfigError
+from dreamctl.metrics.weights import parse_metrics
 
 LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbation"]
 # Image i under base seed S is drawn from seed S * 2**20 + i (generate.image_seeds); torch's CPU
@@ -205,11 +206,25 @@ class SampleConfig(_Section):
 
 
 class EvalConfig(_Section):
-    num: int = Field(5000, gt=0)
+    num: int = Field(5000, ge=2, le=IMAGES_PER_SEED)  # a covariance needs 2; a set is one base seed's images
     ref: Literal["train", "valid", "test"] = "train"
-    ref_num: int | None = Field(None, gt=0)  # default: as many as generated
+    ref_num: int | None = Field(None, ge=2)  # default: as many as generated
     metrics: tuple[str, ...] = ("fid", "kid", "is", "lpips", "swd")
     seed: int = Field(0, ge=0, le=MAX_BASE_SEED)  # base seed of the samples (generate.image_seeds)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _comma_list(cls, metrics: Any) -> Any:
+        return metrics.split(",") if isinstance(metrics, str) else metrics  # `metrics: fid,swd` as --metrics takes
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: tuple[str, ...]) -> tuple[str, ...]:
+        """Checked when the recipe loads, not when its training is done and evaluate first reads it."""
+        try:
+            return tuple(parse_metrics(metrics, "the recipe"))
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
 
 
 class Recipe(_Section):

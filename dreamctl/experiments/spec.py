@@ -20,9 +20,9 @@ from typing import Any
 
 from dreamctl.config import RECIPES_DIR, parse_override
 from dreamctl.config.load import builtin_or_path, read_yaml
-from dreamctl.config.schema import setting_value
+from dreamctl.config.schema import IMAGES_PER_SEED, setting_value
 from dreamctl.errors import ConfigError
-from dreamctl.evaluation import parse_metrics
+from dreamctl.metrics.weights import parse_metrics
 
 SPEC_KEYS = ("name", "description", "base", "data", "out", "set", "grid", "eval_grid", "seeds", "evaluate")
 EVALUATE_KEYS = ("metrics", "num")
@@ -127,8 +127,9 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
         except ConfigError as err:
             raise _spec_error(path, str(err)) from None
     num = (evaluate or {}).get("num")
-    if num is not None and (type(num) is not int or num <= 0):
-        raise _spec_error(path, f"evaluate.num must be a positive integer, got {num!r}")
+    if num is not None and (type(num) is not int or not 2 <= num <= IMAGES_PER_SEED):
+        raise _spec_error(path, f"evaluate.num must be an integer from 2 (a covariance needs two) to "
+                                f"{IMAGES_PER_SEED:,}, got {num!r}")
     name = str(raw.get("name") or path.stem)
     return Spec(
         name=name, path=path, base=None if base is None else _resolve_base(str(base), path),
