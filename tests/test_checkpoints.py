@@ -392,3 +392,19 @@ def test_weights_that_do_not_fit_the_network_name_the_first_tensor_that_differs(
         twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     check_fits(ckpt, tmp_path / "c.pt", twin)
     check_moments_fit(ckpt, tmp_path / "c.pt", twin)
+
+
+def test_a_run_whose_data_moved_says_how_to_resume_on_it(tmp_path, synthetic_data_dir, capsys):
+    """Not "prepare the folder": the data is intact elsewhere, and resume --set data.path finds it."""
+    import shutil
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(synthetic_data_dir, data)
+    assert train(run, data, TINY + ["train.max_steps=2"]) == 0
+    data.rename(tmp_path / "moved")
+    assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run's data folder {data} (data.path in {run / 'recipe.yaml'}) is not there: if it moved, " \
+           f"`dreamctl resume {run} --set data.path=NEW_FOLDER`" in err and len(err.splitlines()) == 1
+    assert main(["resume", str(run), "--set", "train.max_steps=4", "--set", f"data.path={tmp_path / 'moved'}"]) == 0
+    assert json.loads((run / "run.json").read_text())["step"] == 4

@@ -20,7 +20,7 @@ from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
 from dreamctl.models import build_model
-from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
+from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes, peer_lost
 from dreamctl.events import OnEvent, ignore
 from dreamctl.training.loop import total_steps, train
@@ -151,8 +151,13 @@ def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size
                        "put the checkpoint files back (resuming would start again from step 0 and rewrite the "
                        "run's log), or start a new run with `dreamctl train`")
     if recipe.data.path is not None:
-        run.check_data(Path(recipe.data.path), "resuming on it would not continue the same run; restore the "
-                                               "run's data, or start a new run with `dreamctl train`")
+        data = Path(recipe.data.path)
+        if not data.exists():  # most often moved (to faster disk, another machine): preparing it again is not the fix
+            raise DataError(f"the run's data folder {data} (data.path in {run.recipe_file}) is not there: if it "
+                            f"moved, `dreamctl resume {run.root} --set data.path=NEW_FOLDER` (its content is checked "
+                            "against the run's); if it is lost, prepare it again from the same source")
+        run.check_data(data, "resuming on it would not continue the same run; restore the "
+                             "run's data, or start a new run with `dreamctl train`")
     _check_batch(recipe, world_size)
     return recipe
 
