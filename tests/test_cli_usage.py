@@ -104,3 +104,18 @@ def test_a_silent_rank_prints_nothing_and_a_worker_leaves_its_code_and_line(tmp_
     assert main(["train", "--recipe", "tiny", "--bogus"]) == 2
     assert capsys.readouterr().err == "rank 8: error: No such option: --bogus (see: dreamctl train --help)\n"
 
+
+
+def test_an_error_whose_library_message_runs_over_lines_is_printed_on_one(monkeypatch, capsys):
+    """h5py's and torch's messages hold newlines; the error is still one line (a log grep, a CI summary)."""
+    from dreamctl.errors import DataError
+    from dreamctl.metrics import weights
+
+    def fail() -> None:
+        raise DataError("shard x.h5 cannot be read (Unable to open file\n  (truncated file: eof = 10)\n); prepare again")
+
+    monkeypatch.setattr(weights, "status_all", fail)
+    assert main(["weights"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["error: shard x.h5 cannot be read (Unable to open file (truncated file: eof = 10) ); "
+                                "prepare again"]

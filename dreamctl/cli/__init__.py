@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import re
 import sys
 import time
 import warnings
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                                             f"{_PATH_FIXES.get(err.errno, _PATH_FIX)}")
     finally:
         warnings.showwarning = shown
+    if message is not None:  # one line, also when a library's message (h5py's, torch's) runs over several
+        message = re.sub(r"\s*\n\s*", " ", message.strip())
     if message is not None and speaks():
         err_console.print(f"{rank_prefix()}error: {message}", markup=False, highlight=False, soft_wrap=True)
     # A worker of the --nproc-per-node shortcut, unless the shortcut was killed and its folder is gone.
