@@ -204,6 +204,8 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")  # also the recorded one:
     # it may have been prepared again in place, and other data would overwrite this protocol's file
     check_reference(data_dir, req.ref_split, req.ref_num, recipe.data.resolution)
+    # The shards read as reference, hashed now: a damaged one would otherwise surface after all the drawing.
+    open_split(data_dir, req.ref_split, limit=req.ref_num, memory_budget=0).close()
     problems, net = weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
     if problems and (strict_weights or req.explicit):
         raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is

@@ -4,6 +4,7 @@ missing weights, and data that moved."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +208,19 @@ def test_the_evaluate_table_says_what_plus_minus_is(monkeypatch, capsys, tmp_pat
     assert main(["evaluate", str(tmp_path)]) == 0
     out = " ".join(capsys.readouterr().out.split())  # the console may wrap
     assert "± is: kid std over random subsets; lpips std of single pair distances, not an error bar" in out
+
+
+def test_a_damaged_reference_shard_stops_evaluate_before_it_draws(trained, tmp_path, capsys):
+    """The reference shards are hashed before sampling: not found out after hours of drawing."""
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(trained[0], run)
+    shutil.copytree(trained[1], data)
+    shard = sorted(data.glob("train-*.h5"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    drawn_before = sorted(p.name for p in (run / "samples").iterdir()) if (run / "samples").is_dir() else []
+    assert main(["evaluate", str(run), "--num", "4", "--metrics", "swd", "--seed", "11", "--data", str(data)]) == 2
+    assert f"{shard.name}" in capsys.readouterr().err
+    drawn_after = sorted(p.name for p in (run / "samples").iterdir()) if (run / "samples").is_dir() else []
+    assert drawn_after == drawn_before
