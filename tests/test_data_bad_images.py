@@ -67,7 +67,7 @@ def test_folder_split_is_a_hash_of_the_path(messy_folder, tmp_path):
 
 
 def test_an_image_smaller_than_the_crop_is_skipped_with_the_reason(messy_folder, tmp_path):
-    with pytest.raises(DataError, match="no image of split train could be read; first: .*smaller than the center:178 crop"):
+    with pytest.raises(DataError, match=r"no image of split train could be read; most common \(4 of 7\): .*smaller than the center:178 crop"):
         prepare_listing("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0, crop="center:178")
 
 
@@ -93,7 +93,7 @@ def test_empty_folder_and_missing_celeba_files_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match=r"missing: .*img_align_celeba/ \(or .*img_align_celeba\.zip\)"):
         list_source("celeba", tmp_path / "celeba")
     (tmp_path / "celeba" / "img_align_celeba").mkdir()  # present but empty: every file is missing
-    with pytest.raises(DataError, match="no image of split train could be read; first: 000001.jpg: listed in the partition file but not found"):
+    with pytest.raises(DataError, match=r"no image of split train could be read; most common \(1 of 1\): 000001.jpg: listed in the partition file but not found"):
         prepare_listing("celeba", tmp_path / "celeba", tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.json").exists()
     (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg train\n")

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass
@@ -276,8 +277,14 @@ def _check_readable(manifest: dict, listing: Listing) -> None:
     """A split that lost every image is a wrong source or crop, not bad luck: no manifest for it."""
     for split in SPLITS:
         if manifest["splits"][split]["skipped"] and manifest["splits"][split]["count"] == 0:
-            first = next(s for s in manifest["skipped"] if s["split"] == split)
-            raise DataError(f"no image of split {split} could be read; first: {first['name']}: {first['reason']}")
+            lost = [s for s in manifest["skipped"] if s["split"] == split]
+            # Grouped by kind ("ValueError", "listed in the partition file ..."): a decoder's message names
+            # its own object, so whole reasons rarely repeat. The most common kind is the one to fix.
+            kinds = Counter(s["reason"].partition(":")[0] for s in lost)
+            kind, count = kinds.most_common(1)[0]
+            example = next(s for s in lost if s["reason"].partition(":")[0] == kind)
+            raise DataError(f"no image of split {split} could be read; most common ({count} of {len(lost)}): "
+                            f"{example['name']}: {example['reason']}; check --root (and --crop) against these files")
     if not any(manifest["counts"].values()):
         raise DataError(f"the {listing.kind} source at {listing.root} holds no readable image")
 
