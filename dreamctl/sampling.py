@@ -27,7 +27,7 @@ from dreamctl.generate import check_base_seed, check_count, generate, image_seed
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
-from dreamctl.sample_files import OWN_FILES, PNG, png_path, read_png, read_samples, write_png
+from dreamctl.sample_files import png_path, read_png, read_samples, write_png
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
                                      step_of, weights_sha256)
@@ -195,12 +195,11 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
         if clash:
             said = ", ".join(f"{k}={old.get(k)!r} (asked {v!r})" for k, v in clash.items())
             raise RunError(f"{folder} holds samples drawn with {said}; choose another --out or delete it")
-    elif folder.is_dir():  # not a sample folder (yet): nothing in it may have a name this command writes
-        taken = sorted(p.name for p in folder.iterdir() if PNG.match(p.name) or OWN_FILES.match(p.name))
-        if taken:
-            raise RunError(f"{folder} holds {', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''} but no "
-                           "sample.json: files of unknown settings, or not a sample's, that drawing here would "
-                           "replace; choose another --out or move them away")
+    elif folder.is_dir():  # not a sample folder: a new or empty one only (a killed call's sample.json write aside)
+        # Thousands of numbered PNGs among a user's files, and any grid.png or npz of theirs replaced, otherwise.
+        if held := atomic.others_in(folder, lambda p: atomic.temp_target(p.name) == "sample.json"):
+            raise RunError(f"{folder} holds {held} but no sample.json: not a sample folder (or one of unknown "
+                           "settings); samples go into a new or empty folder: choose another --out")
 
 
 def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict[str, Any]:

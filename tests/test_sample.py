@@ -194,16 +194,19 @@ def test_a_folder_of_another_runs_images_is_not_topped_up(trained, tmp_path, cap
     assert "drawn by an earlier dreamctl" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("theirs", ["grid.png", "samples-2.npz", "000001.png"])
-def test_a_folder_without_sample_json_keeps_files_sampling_would_write(trained, tmp_path, theirs, capsys):
-    """A user's grid.png or npz in --out was replaced without a word; only numbered PNGs were refused."""
+@pytest.mark.parametrize("theirs", ["grid.png", "samples-2.npz", "000001.png", "thesis.tex"])
+def test_a_folder_without_sample_json_is_refused_and_kept(trained, tmp_path, theirs, capsys):
+    """A user's grid.png or npz in --out was replaced without a word; other files of theirs got thousands
+    of PNGs beside them. Samples go into a new or empty folder."""
     run, _ = trained
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / theirs).write_bytes(b"my own figure")
     assert main(["sample", str(run), "--num", "2", "--npz", "--out", str(folder)]) == 2
-    assert f"{folder} holds {theirs} but no sample.json" in capsys.readouterr().err
+    assert f"{folder} holds {theirs} but no sample.json: not a sample folder" in capsys.readouterr().err
     assert [p.name for p in folder.iterdir()] == [theirs] and (folder / theirs).read_bytes() == b"my own figure"
+    (folder / theirs).unlink()  # an empty folder is taken
+    assert main(["sample", str(run), "--num", "2", "--out", str(folder)]) == 0
 
 
 def test_a_sample_json_whose_count_is_not_a_number_is_one_error(trained, tmp_path, capsys):
