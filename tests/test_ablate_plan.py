@@ -344,6 +344,8 @@ def test_training_without_data_is_one_error_naming_the_fix_before_any_job(tmp_pa
     ({"evaluate": {"metrics": [" "]}}, "unknown metric(s) (none given) in evaluate.metrics"),
     ({"seeds": [True]}, "'seeds' must be a non-empty list of integers, got [True]"),  # was a run named seed-true
     ({"evaluate": {"num": True}}, "evaluate.num must be an integer from 2"),  # was num 1
+    ({"name": "../../elsewhere"}, "'name' '../../elsewhere' must be a plain name (it names runs/ablations/NAME); set"),
+    ({"name": ".."}, "'name' '..' must be a plain name"),
     ({"evaluate": {"num": 1}}, "evaluate.num must be an integer from 2 (a covariance needs two) to 1,048,576, got 1"),
 ])
 def test_spec_values_are_checked_when_the_spec_is_read(tmp_path: Path, changes, message) -> None:
