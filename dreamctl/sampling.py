@@ -113,7 +113,7 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     # sample_config validates the joined recipe after the options apply: recipe.yaml's sampling settings are
     # checked against the trained schedule (sample.steps <= its T, say), and an option may fix one that is not.
     recipe = trained.model_copy(update={"sample": current.sample, "eval": current.eval})
-    cfg = sample_config(recipe, opts, f"{run.recipe_file} (sample section) with the model {path.name} was trained as")
+    cfg = sample_config(recipe, opts, f"{run.recipe_file} (sample section, on the schedule of {path.name})")
     model = build_model(recipe.model, recipe.data.resolution)
     weights = "ema" if cfg.use_ema else "model"
     check_fits(ckpt, path, model, parts=(weights,))  # weights and stored recipe disagree: edited by hand
