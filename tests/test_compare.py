@@ -356,3 +356,26 @@ def test_binary_bytes_in_a_runs_metrics_log_are_an_error_naming_the_line(tmp_pat
         f.write(b"\x9c\xfe\x01\x80 not a line dreamctl wrote\n")
     with pytest.raises(CheckpointError, match=r"metrics\.jsonl line 9 is not text"):
         read_run(d)
+
+
+def test_a_value_that_is_not_finite_is_missing_never_averaged(tmp_path: Path) -> None:
+    """json writes NaN and Infinity: printed as a score and taken into a mean, they would poison the table."""
+    dirs = []
+    for seed, entry in ((0, {"value": 10.0}), (1, {"value": float("nan")}), (2, {"value": 12.0, "std": float("inf")})):
+        d = write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",))
+        write_eval(d, P50, 50, 200, {"fid": entry})
+        dirs.append(d)
+    comp = compare_runs([read_run(d) for d in dirs])
+    assert comp.rows[1].metrics[(P50, "fid")].missing == "no finite numeric value in the evaluation file (nan)"
+    assert comp.rows[2].metrics[(P50, "fid")].value == 12.0 and comp.rows[2].metrics[(P50, "fid")].std is None
+    (group,) = comp.aggregate
+    assert group.metrics[(P50, "fid")].value == pytest.approx(11.0) and group.metrics[(P50, "fid")].n == 2
+
+
+def test_an_evaluation_without_its_precision_never_shares_a_column_with_fp32(tmp_path: Path) -> None:
+    """A file from before precision was recorded has the id of an fp32 one, but may have been drawn in bf16."""
+    old, new = write_run(tmp_path, "old", ("loss.lambda_max=0.3",)), write_run(tmp_path, "new", ("loss.lambda_max=0.5",))
+    write_eval(old, P50, 50, 200, {"fid": {"value": 10.0}})
+    write_eval(new, P50, 50, 200, {"fid": {"value": 12.0}}, precision="fp32")
+    comp = compare_runs([read_run(old), read_run(new)])
+    assert comp.columns == ((f"{P50} (fp32)", "fid"), (f"{P50} (precision unrecorded)", "fid"))

@@ -2,8 +2,8 @@
 
 Numbers measured under different protocols (sampler, steps, sample count, reference set,
 resize, feature network) are never put in one column: each column is (protocol id, metric),
-the id followed by a short label of the reference data, or of the Inception file, where one id
-was measured with several (`(ref 1a2b3c4d)`, `(32px)`, `(net 5e6f7a8b)`). Runs that differ only
+the id followed by a short label of the reference data, the Inception file or the precision, where
+one id was measured with several (`(ref 1a2b3c4d)`, `(32px)`, `(net 5e6f7a8b)`, `(precision unrecorded)`). Runs that differ only
 by `train.seed` and BOOKKEEPING_KEYS settings (same training data, distinct seeds) are also
 aggregated into mean ± std (sample std, ddof=1). A metric without a value is `missing` with its reason, never a number.
 """
@@ -11,6 +11,7 @@ aggregated into mean ± std (sample std, ddof=1). A metric without a value is `m
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_s
                    "resize", "feature_network")
 # Fields the protocol id leaves out that still decide what a number means: the same id measured against
 # another reference set, at another image size or with another feature network file gets columns of its own.
-DATA_FIELDS = ("ref_manifest_sha256", "image_size", "feature_network_sha256")
+# A file from before `precision` was recorded shares its id with an fp32 one, but may have been drawn in bf16.
+DATA_FIELDS = ("ref_manifest_sha256", "image_size", "feature_network_sha256", "precision")
 NO_FEATURES = "no feature metric"  # an evaluation without FID, KID or IS values: its network does not matter
 
 
@@ -87,12 +89,16 @@ def _metric(name: str, entry: dict[str, Any]) -> Metric:
     if "missing" in entry:
         return Metric(missing=str(entry["missing"]))
     value = entry.get("value")
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return Metric(missing=f"no numeric value in the evaluation file ({value!r})")
+    if not _finite(value):  # NaN (json writes it) would print as a score and poison every mean it joins
+        return Metric(missing=f"no finite numeric value in the evaluation file ({value!r})")
     std = entry.get("std")
-    if not isinstance(std, (int, float)) or isinstance(std, bool):
+    if not _finite(std):
         return Metric(value=float(value))
     return Metric(value=float(value), std=float(std), spread=spread_of(name, entry))
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _metric_key(name: str) -> tuple[int, str]:
@@ -132,6 +138,8 @@ def _data_labels(name: str, values: list[Any]) -> dict[str, str]:
         return {}
     if name == "image_size":
         return {repr(v): "image size unrecorded" if v is None else f"{v}px" for v in values}
+    if name == "precision":
+        return {repr(v): "precision unrecorded" if v is None else str(v) for v in values}
     return _hash_labels(values, "ref")
 
 
