@@ -379,3 +379,19 @@ def test_an_evaluation_without_its_precision_never_shares_a_column_with_fp32(tmp
     write_eval(new, P50, 50, 200, {"fid": {"value": 12.0}}, precision="fp32")
     comp = compare_runs([read_run(old), read_run(new)])
     assert comp.columns == ((f"{P50} (fp32)", "fid"), (f"{P50} (precision unrecorded)", "fid"))
+
+
+def test_a_seed_resumed_with_another_learning_rate_is_not_averaged_with_the_others(tmp_path: Path) -> None:
+    """recipe.yaml holds only the latest values: run.json's resumes say one seed changed optim.lr at step 100
+    (it trained otherwise); a resume that only extended the run or changed bookkeeping does not split it."""
+    same = {"data_manifest_sha256": "d" * 64}
+    a = write_run(tmp_path, "a", ("train.seed=0",), info=same)
+    b = write_run(tmp_path, "b", ("train.seed=1",), info={**same, "resumes": [
+        {"step": 100, "set": ["train.epochs=8", "train.log_every=5"], "world_size": 1}]})
+    c = write_run(tmp_path, "c", ("train.seed=2",), info={**same, "resumes": [
+        {"step": 100, "set": ["optim.lr=0.0001", "train.epochs=8"], "world_size": 1}]})
+    comp = compare_runs([read_run(d) for d in (a, b, c)])
+    assert [row.seeds for row in comp.aggregate] == [(0, 1), (2,)]
+    assert "resumed with" in comp.settings
+    assert [row.settings["resumed with"] for row in comp.rows] == [None, None, "step 100: optim.lr=0.0001"]
+    assert "step 100: optim.lr=0.0001" in to_markdown(comp)

@@ -78,9 +78,31 @@ def effective_items(recipe: Recipe) -> dict[str, Any]:
             for k, v in flat_items(recipe).items()}
 
 
+RESUMED = "resumed with"  # a setting of its own: what `resume --set` changed part-way, and at which step
+LENGTH_KEYS = ("train.epochs", "train.max_steps")  # where a run ends (its step says it), not how it trains
+
+
+def resumed_with(run: Run) -> str | None:
+    """`step 500: optim.lr=1e-4` for each resume that changed how the weights train; None if none did.
+    recipe.yaml holds only the latest values: two seeds whose recipes agree now trained differently when
+    one changed its learning rate half-way."""
+    changes = []
+    for resume in run.info.get("resumes") or []:
+        sets = [s for s in resume.get("set") or []
+                if not s.partition("=")[0].strip().startswith((*BOOKKEEPING_KEYS, *LENGTH_KEYS))]
+        if sets:
+            changes.append(f"step {resume.get('step')}: {' '.join(sets)}")
+    return "; ".join(changes) or None
+
+
+def run_items(run: Run) -> dict[str, Any]:
+    """The run's settings as compare shows and groups them: effective_items and RESUMED."""
+    return {**effective_items(run.recipe), RESUMED: resumed_with(run)}
+
+
 def differing_settings(runs: list[Run]) -> tuple[str, ...]:
-    """Dotted recipe keys whose value is not the same in every run, in recipe order."""
-    flats = [effective_items(run.recipe) for run in runs]
+    """Dotted recipe keys (and RESUMED) whose value is not the same in every run, in recipe order."""
+    flats = [run_items(run) for run in runs]
     keys = list(dict.fromkeys(k for flat in flats for k in flat))
     return tuple(k for k in keys if k not in NOT_SETTINGS and len({repr(f.get(k)) for f in flats}) > 1)
 
@@ -195,7 +217,7 @@ def _protocols(runs: list[Run], ids: dict[tuple[str, ...], str]) -> tuple[dict[s
 
 def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str], ...],
             ids: dict[tuple[str, ...], str]) -> Row:
-    flat = effective_items(run.recipe)
+    flat = run_items(run)
     latest = latest_by_column(run, ids)
     metrics = {}
     for pid, name in columns:
@@ -263,9 +285,10 @@ def aggregate_rows(rows: list[Row]) -> Row:
 
 
 def _group_key(run: Run) -> str:
-    """Every recipe setting but `train.seed` and BOOKKEEPING_KEYS, and the training data by content: runs
-    trained on other data are another experiment, whatever their recipes say (run.json data_manifest_sha256)."""
-    flat = effective_items(run.recipe)
+    """Every recipe setting but `train.seed` and BOOKKEEPING_KEYS, what resumes changed (RESUMED), and the
+    training data by content: runs trained on other data are another experiment, whatever their recipes
+    say (run.json data_manifest_sha256)."""
+    flat = run_items(run)
     settings = sorted((k, repr(v)) for k, v in flat.items()
                       if k not in ("train.seed", *NOT_SETTINGS) and not k.startswith(BOOKKEEPING_KEYS))
     data = run.info.get("data_manifest_sha256") or f"path {flat['data.path']}"  # a run from before the hash
