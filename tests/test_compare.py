@@ -395,3 +395,24 @@ def test_a_seed_resumed_with_another_learning_rate_is_not_averaged_with_the_othe
     assert "resumed with" in comp.settings
     assert [row.settings["resumed with"] for row in comp.rows] == [None, None, "step 100: optim.lr=0.0001"]
     assert "step 100: optim.lr=0.0001" in to_markdown(comp)
+
+
+def test_speed_and_memory_are_averaged_only_over_one_kind_of_device(tmp_path: Path) -> None:
+    """A CPU seed's img/s and resident memory and a GPU seed's are no sample of one quantity; the metrics
+    still average. A recorded 0 (older runs, not measured) is no number; CPU memory says it is the RSS."""
+    cpu = write_run(tmp_path, "s0", ("train.seed=0",), info={"device": "cpu", "peak_memory_bytes": 3 * 2**20})
+    gpu = write_run(tmp_path, "s1", ("train.seed=1",), info={"device": "cuda:0", "peak_memory_bytes": 2**30})
+    old = write_run(tmp_path, "s2", ("train.seed=2",), info={"device": "cpu", "peak_memory_bytes": 0})
+    for d, fid in ((cpu, 10.0), (gpu, 12.0), (old, 14.0)):
+        write_eval(d, P50, 50, 200, {"fid": {"value": fid}})
+    comp = compare_runs([read_run(d) for d in (cpu, gpu, old)])
+    (group,) = comp.aggregate
+    assert group.device == "mixed" and group.metrics[(P50, "fid")].value == pytest.approx(12.0)
+    assert group.totals["img_per_s"] is None and group.totals["peak_memory_bytes"] is None
+    assert group.totals["step"] == 200
+    assert [r.totals["peak_memory_bytes"] for r in comp.rows] == [3 * 2**20, 2**30, None]
+    memory = headers(comp).index("peak memory")
+    assert [cells(comp, r)[memory] for r in comp.rows] == ["3.0 MiB (CPU RSS)", "1.00 GiB", "—"]
+    cpu_only = compare_runs([read_run(cpu), read_run(old)])
+    assert cpu_only.aggregate[0].device == "cpu" and cpu_only.aggregate[0].totals["peak_memory_bytes"] == 3 * 2**20
+    assert "device" in to_csv(comp).splitlines()[0].split(",")

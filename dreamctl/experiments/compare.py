@@ -24,6 +24,7 @@ from dreamctl.metrics.spread import SEEDS, spread_of
 from dreamctl.metrics.weights import INCEPTION_METRICS, METRIC_WEIGHTS
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
+DEVICE_TOTALS = ("wall_time_s", "img_per_s", "peak_memory_bytes")  # measured on the run's device
 TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "wall time",
                  "img_per_s": "img/s", "peak_memory_bytes": "peak memory"}
 METRIC_ORDER = tuple(METRIC_WEIGHTS)  # every metric, in the order tables show them
@@ -59,6 +60,7 @@ class Row:
     totals: dict[str, float | None]  # run.json totals (means over seeds for aggregates)
     metrics: dict[tuple[str, str], Metric]  # (protocol id, metric name) -> value
     eval_steps: dict[str, tuple[int, ...]]  # protocol id -> checkpoint step(s) evaluated
+    device: str = "unknown"  # cpu | cuda (run.json), "mixed" for a group: img/s and memory mean nothing across them
 
 
 @dataclass(frozen=True)
@@ -228,11 +230,14 @@ def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str],
             metrics[(pid, name)] = Metric(missing=f"{name} not computed in {record.path}")
         else:
             metrics[(pid, name)] = _metric(name, record.metrics[name])
+    totals = {k: run.total(k) for k in TOTALS}
+    if totals["peak_memory_bytes"] == 0:  # what older runs recorded where they did not measure: no number
+        totals["peak_memory_bytes"] = None
     return Row(
         label=run.name, recipe=run.recipe.name, status=run.status, seeds=(run.seed,),
-        paths=(str(run.path),), settings={k: flat.get(k) for k in settings},
-        totals={k: run.total(k) for k in TOTALS}, metrics=metrics,
+        paths=(str(run.path),), settings={k: flat.get(k) for k in settings}, totals=totals, metrics=metrics,
         eval_steps={pid: (r.checkpoint_step,) for pid, r in latest.items() if r.checkpoint_step is not None},
+        device=str(run.info.get("device") or "unknown").split(":")[0],
     )
 
 
@@ -269,7 +274,12 @@ def aggregate_rows(rows: list[Row]) -> Row:
         else:
             mean, std = _mean_std(values)
             metrics[key] = Metric(value=mean, std=std, spread=None if std is None else SEEDS, n=len(values))
-    totals = {k: _mean_std([r.totals[k] for r in rows if r.totals[k] is not None])[0] for k in TOTALS}
+    devices = {r.device for r in rows}
+    device = devices.pop() if len(devices) == 1 else "mixed"
+    # Speed and memory of CPU and GPU seeds (the CPU's is the process's resident memory) average to nothing.
+    kept = TOTALS if device != "mixed" else tuple(k for k in TOTALS if k not in DEVICE_TOTALS)
+    totals = {k: _mean_std([r.totals[k] for r in rows if r.totals[k] is not None])[0] if k in kept else None
+              for k in TOTALS}
     steps: dict[str, tuple[int, ...]] = {}
     for row in rows:
         for pid, s in row.eval_steps.items():
@@ -280,7 +290,7 @@ def aggregate_rows(rows: list[Row]) -> Row:
         seeds=tuple(s for r in rows for s in r.seeds), paths=tuple(p for r in rows for p in r.paths),
         settings={k: v if all(r.settings[k] == v for r in rows) else "(varies)"
                   for k, v in rows[0].settings.items() if k != "train.seed"},
-        totals=totals, metrics=metrics, eval_steps=steps,
+        totals=totals, metrics=metrics, eval_steps=steps, device=device,
     )
 
 

@@ -24,8 +24,6 @@ def format_number(value: float | None, kind: str) -> str:
     if kind == "wall_time_s":
         return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.2f} h"
     if kind == "peak_memory_bytes":
-        if value == 0:  # what older runs recorded where they could not measure (CPU)
-            return "—"
         return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
     return f"{value:.1f}"
 
@@ -56,7 +54,12 @@ def info_headers(comp: Comparison, aggregate: bool = False) -> list[str]:
 def info_cells(row: Row, aggregate: bool = False) -> list[str]:
     first = [row.label, ",".join(map(str, row.seeds))] if aggregate else [row.label]
     out = first + [row.recipe] + [_setting_text(v) for v in row.settings.values()] + [row.status]
-    return out + [format_number(row.totals[k], k) for k in TOTALS]
+    return out + [format_number(row.totals[k], k) + _memory_kind(row, k) for k in TOTALS]
+
+
+def _memory_kind(row: Row, kind: str) -> str:
+    """On the CPU a run's peak memory is the process's resident set, not a device's allocations."""
+    return " (CPU RSS)" if kind == "peak_memory_bytes" and row.device == "cpu" and row.totals[kind] is not None else ""
 
 
 def protocol_headers(comp: Comparison, pid: str) -> list[str]:
@@ -129,7 +132,7 @@ def to_csv(comp: Comparison) -> str:
     """Raw numbers, one line per run then one per seed group (column `kind`)."""
     has_std = {c for c in comp.columns if any(r.metrics[c].std is not None for r in comp.rows + comp.aggregate)}
     has_n = bool(comp.aggregate)  # how many seeds are behind a mean: fewer than the group where one lacks it
-    head = ["kind", "name", "seeds", "recipe", *comp.settings, "status", *TOTALS]
+    head = ["kind", "name", "seeds", "recipe", *comp.settings, "status", "device", *TOTALS]
     for pid in protocol_ids(comp):
         head.append(f"ckpt @ {pid}")
         for col in (c for c in comp.columns if c[0] == pid):
@@ -142,7 +145,7 @@ def to_csv(comp: Comparison) -> str:
         for row in rows:
             line = [kind, row.label, ",".join(map(str, row.seeds)), row.recipe]
             line += [_setting_text(row.settings[k]) if k in row.settings else "" for k in comp.settings]
-            line += [row.status] + ["" if row.totals[k] is None else row.totals[k] for k in TOTALS]
+            line += [row.status, row.device] + ["" if row.totals[k] is None else row.totals[k] for k in TOTALS]
             for pid in protocol_ids(comp):
                 line.append("/".join(map(str, row.eval_steps.get(pid, ()))))
                 for col in (c for c in comp.columns if c[0] == pid):
@@ -162,7 +165,7 @@ def _row_json(row: Row) -> dict[str, Any]:
         group = metrics.setdefault(pid, {"checkpoint_steps": list(row.eval_steps.get(pid, ()))})
         group[name] = ({"missing": m.missing} if m.value is None
                        else {"value": m.value, "std": m.std, "spread": m.spread, "n": m.n})
-    return {"name": row.label, "recipe": row.recipe, "status": row.status, "seeds": list(row.seeds),
+    return {"name": row.label, "recipe": row.recipe, "status": row.status, "device": row.device, "seeds": list(row.seeds),
             "paths": list(row.paths), "settings": row.settings, "totals": row.totals, "metrics": metrics}
 
 
