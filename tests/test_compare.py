@@ -254,10 +254,18 @@ def test_a_seed_without_the_metric_at_another_step_does_not_block_the_mean(tmp_p
 def test_a_seed_without_wall_time_is_left_out_of_the_mean_totals(tmp_path: Path) -> None:
     """A run.json lacking a total (older runs) must not count as 0 and drag the seeds' mean wall time down."""
     dirs = [write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",), info=info) for seed, info in
-            ((0, {"wall_time_s": 60.0, "img_per_s": 100.0}), (1, {"wall_time_s": 90.0, "img_per_s": 200.0}),
+            ((0, {"wall_time_s": 60.0, "images_seen": 6000}), (1, {"wall_time_s": 90.0, "images_seen": 18000}),
              (2, {"wall_time_s": None, "img_per_s": None}))]
     (group,) = compare_runs([read_run(d) for d in dirs]).aggregate
     assert group.totals["wall_time_s"] == pytest.approx(75.0) and group.totals["img_per_s"] == pytest.approx(150.0)
+
+
+def test_img_per_s_is_the_runs_totals_whatever_its_status(tmp_path: Path) -> None:
+    """A failed or running run's run.json holds its last checkpoint's speed meter (recent steps of one
+    session) as img_per_s; a finished one's, images over wall time. The column is the latter for all."""
+    run = write_run(tmp_path, "r", status="failed", info={"images_seen": 6400, "wall_time_s": 64.0, "img_per_s": 999.0})
+    (row,) = compare_runs([read_run(run)]).rows
+    assert row.totals["img_per_s"] == pytest.approx(100.0)
 
 
 def test_the_loss_kind_is_a_differing_setting(tmp_path: Path) -> None:

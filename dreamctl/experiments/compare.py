@@ -231,6 +231,10 @@ def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str],
         else:
             metrics[(pid, name)] = _metric(name, record.metrics[name])
     totals = {k: run.total(k) for k in TOTALS}
+    # From the totals, as a finished run's run.json has it: a failed or running run's img_per_s is its
+    # last checkpoint's speed meter (recent steps of one session), another quantity.
+    seen, seconds = totals["images_seen"], totals["wall_time_s"]
+    totals["img_per_s"] = seen / seconds if seen is not None and seconds else None
     if totals["peak_memory_bytes"] == 0:  # what older runs recorded where they did not measure: no number
         totals["peak_memory_bytes"] = None
     return Row(
