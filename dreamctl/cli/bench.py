@@ -126,7 +126,7 @@ def render(result: dict[str, Any]) -> None:
             mem = "" if nv["ours_over_naive_peak_memory"] is None else \
                 f", peak memory {nv['ours_over_naive_peak_memory']:.2f}x"
             console.print(f"dream_conservative vs naive: step time {nv['ours_over_naive_step_time']:.2f}x "
-                          f"({nv['ours_faster_by_percent']:.1f}% faster){mem}", markup=False, highlight=False)
+                          f"({nv['ours_time_saved_percent']:.1f}% less time){mem}", markup=False, highlight=False)
     variants = result.get("variants")
     if variants:
         if "skipped" in variants:
