@@ -11,7 +11,7 @@ import pytest
 from dreamctl.cli import main
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments import execute as execute_module
-from dreamctl.experiments.ablate import make_plan
+from dreamctl.experiments.ablate import images_text, make_plan
 from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
 from dreamctl.experiments.ablate import plan_totals
 from dreamctl.experiments.execute import execute, train_command
@@ -29,7 +29,7 @@ def test_dry_run_plan_separates_training_from_resampling_and_prices_it(tmp_path:
     plan = make_plan(spec)
     assert [j.name for j in plan.train] == ["lambda_max-0.3_seed-0", "lambda_max-0.3_seed-1", "lambda_max-0.5_seed-0",
                                             "lambda_max-0.5_seed-1", "lambda_max-0.7_seed-0", "lambda_max-0.7_seed-1"]
-    assert {j.action for j in plan.train} == {"train"} and plan.data_count == 640
+    assert {j.action for j in plan.train} == {"train"} and plan.train_images == (640,)
     # 640 images / batch 64 = 10 steps per epoch, 4 epochs; rectification from epoch 2: 20 steps at 3, 20 at 6
     job = plan.train[0]
     assert (job.steps, job.images, job.forwards) == (40, 2560, 64 * (3 * 20 + 6 * 20))
@@ -226,7 +226,10 @@ def test_a_data_limit_below_the_split_sets_the_cost(tmp_path: Path) -> None:
                                            set=["train.epochs=4", "data.limit=320"])))
     job = plan.train[0]
     # 320 // 64 = 5 steps an epoch, 20 in all; rectified from epoch 2 = step 10
-    assert plan.data_count == 640 and (job.steps, job.images, job.forwards) == (20, 1280, 64 * (3 * 10 + 6 * 10))
+    assert (job.steps, job.images, job.forwards) == (20, 1280, 64 * (3 * 10 + 6 * 10))
+    assert plan.train_images == (320,) and images_text(plan) == "320 training images"  # not the split's 640
+    plan = make_plan(parse_spec(write_spec(tmp_path, grid={"data.limit": [320, 1000]}, set=["train.epochs=4"])))
+    assert images_text(plan) == "320–640 training images (data.limit varies)"
 
 
 def _write_eval_record(run_dir: Path, **changes) -> None:

@@ -29,10 +29,10 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
 
 
 def _print_plan(plan: Plan) -> None:
-    from dreamctl.experiments.ablate import PLAN_NOTE, count_text, plan_rows, plan_totals
+    from dreamctl.experiments.ablate import PLAN_NOTE, count_text, images_text, plan_rows, plan_totals
 
     spec = plan.spec
-    count = f"{plan.data_count:,} training images" if plan.data_count else "not prepared yet: costs from data.limit, else unknown"
+    count = images_text(plan) or "not prepared yet: costs from data.limit, else unknown"
     console.print(f"[bold]ablation {spec.name}[/bold]  spec {spec.path}  out {spec.out}", highlight=False)
     recipes = ", ".join(sorted({j.recipe for j in plan.train}))
     console.print(f"recipe: {recipes}; fixed overrides: {' '.join(spec.set) or 'none'}", highlight=False)

@@ -58,7 +58,7 @@ class EvalJob:
 class Plan:
     spec: Spec
     data: Path | None
-    data_count: int | None  # images in the training split, from the data manifest
+    train_images: tuple[int, ...]  # the distinct numbers of images the runs train on (data.limit applied); () unknown
     train: tuple[TrainJob, ...]
     evals: tuple[EvalJob, ...]
 
@@ -73,9 +73,22 @@ def data_count(data: Path | None, split: str) -> int | None:
     return split_count(data, split)
 
 
+def train_images(recipe: Recipe, count: int | None) -> int | None:
+    """The images a run trains on: the split's `count` cut to data.limit (the limit alone before preparing)."""
+    return min(count, recipe.data.limit) if count and recipe.data.limit else count or recipe.data.limit
+
+
+def images_text(plan: Plan) -> str | None:
+    """`640 training images`, or a range where data.limit differs between runs; None when unknown."""
+    if not plan.train_images:
+        return None
+    low, high = plan.train_images[0], plan.train_images[-1]
+    return f"{low:,} training images" if low == high else f"{low:,}–{high:,} training images (data.limit varies)"
+
+
 def train_cost(recipe: Recipe, count: int | None, done: int = 0) -> tuple[int | None, int | None, int | None]:
     """(steps, images, forward units) still to train over `count` images (before data.limit), from step `done`."""
-    n = min(count, recipe.data.limit) if count and recipe.data.limit else count or recipe.data.limit
+    n = train_images(recipe, count)
     if n is None:
         return None, None, None
     batch, loss = recipe.train.batch_size, recipe.loss
@@ -146,6 +159,7 @@ def make_plan(spec: Spec) -> Plan:
     data = Path(spec.data) if spec.data else None
     trains, evals = [], []
     count_cache: dict[str, int | None] = {}
+    used: set[int | None] = set()
     runs = expand(spec)
     names = [name for name, _, _ in runs]
     if len(set(names)) < len(names):
@@ -170,6 +184,8 @@ def make_plan(spec: Spec) -> Plan:
             action = "resume" if resume_set and action == "skip" else action
             steps_done = _step_reached(run_dir) if action == "resume" else 0
             cost = train_cost(recipe, count_cache[recipe.data.split], steps_done)
+            count = count_cache[recipe.data.split]
+            used.add(None if count is None else train_images(recipe, count))  # data.limit alone is no count
         except (ConfigError, DataError) as err:  # which spec and which grid point, before anything runs
             raise type(err)(f"{spec.path}: run {name}: {err}") from None
         trains.append(TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set,
@@ -180,8 +196,8 @@ def make_plan(spec: Spec) -> Plan:
             extra += ("--num", str(spec.num)) if spec.num else ()
             evals.append(EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra, "skip" if evaluated else "evaluate",
                                  req.num, req.num * cfg.steps))
-    count = next(iter(count_cache.values()), None)
-    return Plan(spec, data, count, tuple(trains), tuple(evals))
+    known = tuple(sorted(n for n in used if n is not None)) if None not in used else ()
+    return Plan(spec, data, known, tuple(trains), tuple(evals))
 
 
 # ----------------------------------------------------------------------------- presentation

@@ -20,7 +20,7 @@ from dreamctl.config import set_args
 from dreamctl.data.shards import read_manifest
 from dreamctl.signals import Stopped, child_env, run_child, signum_of, stop_on_sigterm
 from dreamctl.errors import CheckpointError, ConfigError, RunError, WeightsError
-from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, plan_rows, run_status
+from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, images_text, plan_rows, run_status
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import to_markdown
 from dreamctl.experiments.plots import write_figures
@@ -254,7 +254,7 @@ def write_report(plan: Plan, outcomes: list[Outcome], stopped_by: int | None = N
     lines = [f"{REPORT_HEAD}{spec.name}", ""] + ([spec.description, ""] if spec.description else [])
     recipes = sorted({j.recipe for j in plan.train})
     lines += [f"- spec: `{spec.path}`", f"- recipe{'s' if len(recipes) > 1 else ''}: {', '.join(recipes)}",
-              f"- fixed overrides: {' '.join(spec.set) or 'none'}", f"- data: `{plan.data}`" + (f" ({plan.data_count:,} training images)" if plan.data_count else ""),
+              f"- fixed overrides: {' '.join(spec.set) or 'none'}", f"- data: `{plan.data}`" + (f" ({images_text(plan)})" if images_text(plan) else ""),
               f"- seeds: {', '.join(map(str, spec.seeds))}", ""]
     if any(r.recipe.loss.kind == "dream_conservative" for r in runs):
         lines += ["Note: `dream_conservative` is the CelebA study's variant (x0 rectification, plain noise target), "
