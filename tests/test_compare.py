@@ -63,7 +63,7 @@ def test_seeds_evaluated_at_different_checkpoints_are_not_averaged(tmp_path: Pat
     assert comp.aggregate[0].metrics[(P50, "fid")].value == pytest.approx(11.0) and not comp.warnings
     csv_lines = to_csv(comp).splitlines()
     assert f"fid n @ {P50}" in csv_lines[0].split(",")  # how many seeds are behind a mean, as a column
-    assert csv_lines[-1].startswith("seed-mean,s0 (+2),") and csv_lines[-1].endswith(",200,11.0,1.0,3")
+    assert csv_lines[-1].startswith("seed-mean,s0 (+2),") and csv_lines[-1].endswith(",200,11.0,1.0,seeds,3")
 
 
 def test_mixed_protocols_are_kept_apart(tmp_path: Path) -> None:
@@ -424,3 +424,19 @@ def test_speed_and_memory_are_averaged_only_over_one_kind_of_device(tmp_path: Pa
     cpu_only = compare_runs([read_run(cpu), read_run(old)])
     assert cpu_only.aggregate[0].device == "cpu" and cpu_only.aggregate[0].totals["peak_memory_bytes"] == 3 * 2**20
     assert "device" in to_csv(comp).splitlines()[0].split(",")
+
+
+def test_the_csv_names_what_each_std_is_over(tmp_path: Path) -> None:
+    """A run's KID std is over the file's subsets, a mean's over seeds: one column of stds, told apart."""
+    import csv
+    import io
+
+    dirs = []
+    for seed, kid in ((0, 0.010), (1, 0.014)):
+        d = write_run(tmp_path, f"s{seed}", (f"train.seed={seed}",))
+        write_eval(d, P50, 50, 200, {"kid": {"value": kid, "std": 0.001, "subsets": 10, "subset_size": 50}})
+        dirs.append(d)
+    head, *lines = list(csv.reader(io.StringIO(to_csv(compare_runs([read_run(d) for d in dirs])))))
+    rows = [dict(zip(head, line)) for line in lines]
+    assert [(r["kind"], r[f"kid std over @ {P50}"]) for r in rows] == [("run", "subsets"), ("run", "subsets"),
+                                                                      ("seed-mean", "seeds")]

@@ -136,7 +136,10 @@ def to_csv(comp: Comparison) -> str:
     for pid in protocol_ids(comp):
         head.append(f"ckpt @ {pid}")
         for col in (c for c in comp.columns if c[0] == pid):
-            head += [f"{col[1]} @ {pid}"] + ([f"{col[1]} std @ {pid}"] if col in has_std else [])
+            # A run's std is its file's own spread (KID subsets, IS splits, LPIPS pairs), a mean's is over seeds:
+            # the column beside it names which, so one column of stds is never read as one quantity.
+            head += [f"{col[1]} @ {pid}"] + ([f"{col[1]} std @ {pid}", f"{col[1]} std over @ {pid}"]
+                                             if col in has_std else [])
             head += [f"{col[1]} n @ {pid}"] if has_n else []
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -152,7 +155,7 @@ def to_csv(comp: Comparison) -> str:
                     m = row.metrics[col]
                     line.append("" if m.value is None else m.value)  # numeric columns stay numeric
                     if col in has_std:
-                        line.append("" if m.std is None else m.std)
+                        line += ["", ""] if m.std is None else [m.std, m.spread or ""]
                     if has_n:
                         line.append("" if m.value is None else m.n)
             writer.writerow(line)
