@@ -163,3 +163,20 @@ def test_figures_replace_their_own_earlier_ones_never_a_file_of_the_same_name(se
         and len(err.splitlines()) == 1
     assert (mine / "lambda.png").read_bytes() == before and sorted(p.name for p in mine.iterdir()) == [
         "lambda.png", "notes.txt"]  # loss.png, drawn first, was not written either
+
+
+def test_final_metric_bars_name_the_checkpoint_step_they_measure(tmp_path: Path, monkeypatch) -> None:
+    """Runs stopped at other steps are bars of other models: each bar's label says its step."""
+    from dreamctl.experiments.plots import plot_final_metrics
+
+    dirs = []
+    for name, step in (("a", 200), ("b", 100)):
+        d = write_run(tmp_path, name, (f"loss.lambda_max={step / 1000}",), step=step)
+        write_eval(d, P50, 50, step, {"fid": {"value": step / 10}})
+        dirs.append(d)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    comp = compare_runs([read_run(d) for d in dirs])
+    plot_final_metrics(comp, P50, "", tmp_path / "f.png")
+    (ax,) = [a for a in figures[0].axes if a.get_visible()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a\n@ step 200", "b\n@ step 100"]

@@ -113,15 +113,15 @@ def _metric(name: str, entry: dict[str, Any]) -> Metric:
     if "missing" in entry:
         return Metric(missing=str(entry["missing"]))
     value = entry.get("value")
-    if not _finite(value):  # NaN (json writes it) would print as a score and poison every mean it joins
+    if not finite_number(value):  # NaN (json writes it) would print as a score and poison every mean it joins
         return Metric(missing=f"no finite numeric value in the evaluation file ({value!r})")
     std = entry.get("std")
-    if not _finite(std):
+    if not finite_number(std):
         return Metric(value=float(value))
     return Metric(value=float(value), std=float(std), spread=spread_of(name, entry))
 
 
-def _finite(x: Any) -> bool:
+def finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

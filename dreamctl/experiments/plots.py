@@ -20,7 +20,7 @@ from PIL import Image
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.experiments.compare import Comparison, column_id, column_ids, compare_runs, run_labels
+from dreamctl.experiments.compare import Comparison, column_id, column_ids, compare_runs, finite_number, run_labels
 from dreamctl.experiments.tables import describe_protocols
 from dreamctl.experiments.runs import Run
 
@@ -136,7 +136,7 @@ def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, pa
             if column_id(record, ids) != protocol_id or record.checkpoint_step is None:
                 continue
             for name, entry in record.metrics.items():
-                if isinstance(entry.get("value"), (int, float)) and "missing" not in entry:
+                if "missing" not in entry and finite_number(entry.get("value")):
                     curves.setdefault(name, {}).setdefault(label, []).append((record.checkpoint_step, entry["value"]))
     if not curves:
         return None
@@ -161,7 +161,9 @@ def plot_final_metrics(comp: Comparison, protocol_id: str, description: str, pat
     if not names:
         return None
     fig, axes = _figure(len(names))
-    labels = [r.label for r in rows]
+    # Each bar's checkpoint: runs stopped at other steps are bars of other models, and the figure says so.
+    labels = [f"{r.label}\n@ step {'/'.join(map(str, r.eval_steps[protocol_id]))}" if r.eval_steps.get(protocol_id)
+              else r.label for r in rows]
     for ax, name in zip(axes, names):
         found = [r.metrics[(protocol_id, name)] for r in rows]
         heights = [m.value if m.value is not None else 0.0 for m in found]
