@@ -447,3 +447,19 @@ def test_progress_lines_say_how_far_a_section_got(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "variants: compile bf16: first step (compile) 61.2 s", "sample: eager: first batch 0.9 s",
         "train round 2/10: standard 81.2 ms, dream 100.0 ms"]
+
+
+@pytest.mark.parametrize("args, said", [
+    (["train", "--only", "bogus"], "unknown variant 'bogus': expected one of"),
+    (["sample", "--only", "compile bf16"], "--only picks training variants, which `bench sample` does not run"),
+    (["train", "--no-variants", "--only", "compile bf16"], "which `bench train` does not run"),
+])
+def test_an_only_that_would_be_ignored_or_names_no_variant_is_refused_before_timing(tmp_path, capsys, monkeypatch,
+                                                                                   args, said):
+    import dreamctl.bench
+    from dreamctl.cli import main
+
+    timed = []
+    monkeypatch.setattr(dreamctl.bench, "bench_train", lambda *a, **k: timed.append(1))
+    assert main(["bench", *args, "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 2
+    assert said in capsys.readouterr().err and timed == [] and not (tmp_path / "b.json").exists()

@@ -21,7 +21,7 @@ from dreamctl.errors import RunError
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
 
-from dreamctl.bench.sections import bench_inception, bench_sample, bench_train, bench_variants
+from dreamctl.bench.sections import bench_inception, bench_sample, bench_train, bench_variants, check_only
 from dreamctl.bench.steps import KINDS, NAIVE, loss_params, make_step, naive_conservative_loss
 from dreamctl.bench.targets import TARGETS, evaluate_targets
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize
@@ -54,6 +54,8 @@ def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: in
     `on_event` hears of each first (compiling) step and each timed round as it ends (dreamctl.events lists them)."""
     if what not in SECTIONS:
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(SECTIONS)}")
+    runs_variants = what == "variants" or (what in ("train", "all") and variants)
+    check_only(only, runs_variants, what)  # before any timing: not after the training section's minutes
     from dreamctl.models import build_model, count_parameters
 
     params = count_parameters(build_model(recipe.model, recipe.data.resolution))
@@ -65,7 +67,7 @@ def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: in
     if what in ("train", "all"):
         result["train"] = bench_train(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s,
                                       on_event=on_event)
-    if what == "variants" or (what in ("train", "all") and variants):
+    if runs_variants:
         result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s, only=only,
                                            on_event=on_event)
     if what in ("sample", "all"):

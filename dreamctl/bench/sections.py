@@ -98,6 +98,16 @@ def _with_float32_groupnorm(step: Callable[[int], Any]) -> Callable[[int], Any]:
     return run
 
 
+def check_only(only: tuple[str, ...], runs_variants: bool, what: str) -> None:
+    """RunError for an `--only` name that is no variant, or an `--only` that the benchmark would ignore."""
+    unknown = [n for n in only if n not in VARIANTS]
+    if unknown:
+        raise RunError(f"unknown variant {unknown[0]!r}: expected one of {', '.join(map(repr, VARIANTS))}")
+    if only and not runs_variants:
+        raise RunError(f"--only picks training variants, which `bench {what}` does not run: use `bench variants` "
+                       "(or `bench train`/`bench all` without --no-variants)")
+
+
 def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget_s: float | None = None,
                    only: tuple[str, ...] = (), on_event: OnEvent = ignore) -> dict[str, Any]:
     """CUDA only: the standard step eager vs torch.compile, bf16 vs fp32, channels_last on/off, and
@@ -107,9 +117,7 @@ def bench_variants(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, bud
     is what runtime.setup gives on CUDA: TF32 matmuls and convolutions allowed. `only` picks
     some (the reference always runs): a slow compile then cannot cost the other figures.
     """
-    unknown = [n for n in only if n not in VARIANTS]
-    if unknown:
-        raise RunError(f"unknown variant {unknown[0]!r}: expected one of {', '.join(map(repr, VARIANTS))}")
+    check_only(only, True, "variants")
     if rt.device.type != "cuda":
         return {"skipped": "CUDA only (compile, bf16 and channels_last are GPU settings)"}
     configs = {n: c for n, c in VARIANTS.items() if not only or n in only or n == VARIANT_REFERENCE}
