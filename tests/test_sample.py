@@ -402,3 +402,11 @@ def test_images_drawn_in_bf16_are_kept_apart_from_fp32_ones(trained, tmp_path, c
     with pytest.raises(RunError, match="precision='fp32' \\(asked 'bf16'\\)"):
         sample_to_folder(model, tmp_path / "s", 3, seed=0, rt=bf16)
     assert not (tmp_path / "s" / "000002.png").exists()
+
+
+def test_a_grid_not_named_png_is_refused_before_drawing(trained, tmp_path, capsys):
+    """--grid out.jpg wrote PNG bytes under a .jpg name."""
+    run, _ = trained
+    assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s"), "--grid", str(tmp_path / "g.jpg")]) == 2
+    assert f"--grid {tmp_path / 'g.jpg'}: the grid is written as PNG" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "g.jpg").exists()

@@ -67,6 +67,7 @@ def command(
 ) -> None:
     """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
     from dreamctl import atomic, runtime
+    from dreamctl.errors import ConfigError
     from dreamctl.generate import save_grid
     from dreamctl.sample_files import read_samples, write_npz
     from dreamctl.sampling import GRID_MAX, SampleOptions, folder_name, load_for_inference, sample_to_folder
@@ -75,6 +76,8 @@ def command(
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
                          compile=compile, compile_mode=compile_mode, checkpoint=checkpoint, seed=seed)
     if grid is not None:
+        if grid.suffix.lower() != ".png":  # PNG bytes under another name, or a lossy copy of the samples
+            raise ConfigError(f"--grid {grid}: the grid is written as PNG (lossless); give a file name ending in .png")
         atomic.check_output_file(grid, "--grid")  # before drawing, not after
     rt = runtime.setup("auto", device)
     try:
