@@ -408,3 +408,18 @@ def test_a_run_whose_data_moved_says_how_to_resume_on_it(tmp_path, synthetic_dat
            f"`dreamctl resume {run} --set data.path=NEW_FOLDER`" in err and len(err.splitlines()) == 1
     assert main(["resume", str(run), "--set", "train.max_steps=4", "--set", f"data.path={tmp_path / 'moved'}"]) == 0
     assert json.loads((run / "run.json").read_text())["step"] == 4
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_a_damaged_run_recipe_says_how_to_restore_it(tmp_path, synthetic_data_dir, capsys):
+    """Not only what is wrong with the file: where its content can be found again."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"]) == 0
+    saved = torch.load(list_checkpoints(run / "checkpoints")[-1], weights_only=True)["recipe"]
+    (run / "recipe.yaml").write_text("bogus: 1\n")
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "bogus: unknown key" in err and "restore it from a copy; each checkpoint holds the recipe it was " \
+           "trained with (torch.load(CKPT, weights_only=True)['recipe'])" in err and len(err.splitlines()) == 1
+    (run / "recipe.yaml").write_text(saved)  # what the message says works
+    assert main(["resume", str(run), "--set", "train.max_steps=3"]) == 0

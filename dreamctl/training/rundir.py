@@ -15,7 +15,7 @@ from typing import Any
 from dreamctl import atomic
 from dreamctl.config import Recipe, recipe_from_file, recipe_to_yaml
 from dreamctl.data.shards import manifest_sha256, read_manifest
-from dreamctl.errors import CheckpointError, DataError, RunError
+from dreamctl.errors import CheckpointError, ConfigError, DataError, RunError
 
 
 _JSON_FIX = {  # by file name, else by folder name
@@ -122,7 +122,13 @@ class RunDir:
         if not self.exists():
             raise CheckpointError(f"{self.root} is not a run folder (no recipe.yaml); "
                                   "create one with `dreamctl train --run-dir`")
-        return recipe_from_file(self.recipe_file)
+        try:
+            return recipe_from_file(self.recipe_file)
+        except ConfigError as err:  # the run's record of its settings, not a file the user means to write
+            if hasattr(err, "add_note"):  # Python 3.11+; the CLI prints notes after the message
+                err.add_note("it is the run's record of its settings: restore it from a copy; each checkpoint "
+                             "holds the recipe it was trained with (torch.load(CKPT, weights_only=True)['recipe'])")
+            raise
 
     def info(self) -> dict[str, Any]:
         return read_json(self.run_file) if self.run_file.is_file() else {}
