@@ -24,7 +24,7 @@ from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
 from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
-from dreamctl.data.shards import read_manifest, split_shards
+from dreamctl.data.shards import REFSTATS_DIR, read_manifest, split_shards
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.generate import check_count
 from dreamctl.metrics import weights
@@ -226,7 +226,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     # With no metric computable this computes nothing, but still describes the feature network and libraries.
     out = evaluate_image_sets(generated, reference, metrics=computable,
                               reference_key=f"{manifest_sha}/{req.ref_split}/{req.ref_num}",
-                              cache_dir=data_dir / "cache", feature_net=net, weights_dir=weights_dir, seed=req.seed,
+                              cache_dir=data_dir / REFSTATS_DIR, feature_net=net, weights_dir=weights_dir, seed=req.seed,
                               device=str(rt.device))
     used = out["protocol"]
     protocol = {**sampling_protocol(model.cfg, model.step, req, model.precision), "ref_preprocessing": manifest.get("preprocessing"),

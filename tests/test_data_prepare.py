@@ -118,8 +118,13 @@ def test_other_settings_are_refused_unless_overwrite(synthetic_data_dir, tmp_pat
     with pytest.raises(DataError, match=r"preprocessing\.resolution: 32 there, 16 now.*--overwrite"):
         prepare_synthetic(out, resolution=16)
     assert verify(out) == []  # the refused run touched nothing
+    (out / "cache").mkdir(exist_ok=True)
+    (out / "cache" / "refstats-0123456789abcdef.npz").write_bytes(b"statistics of the replaced images")
+    (out / "cache" / "notes.txt").write_text("mine")
     prepare_synthetic(out, resolution=16, overwrite=True)
     assert read_manifest(out)["image_shape"] == [16, 16, 3]
+    # evaluate's statistics of the images replaced (keyed by their hash: never used again) go with them
+    assert [p.name for p in (out / "cache").iterdir()] == ["notes.txt"]
 
 
 def test_shards_without_a_record_are_not_overwritten(tmp_path):

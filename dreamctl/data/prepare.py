@@ -30,8 +30,8 @@ from dreamctl.data.pool import decoded
 from dreamctl import atomic
 from dreamctl.config.schema import MAX_RESOLUTION
 from dreamctl.data import synthetic
-from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, ShardInfo, check_manifest, shard_name, shard_problem,
-                                  write_shard)
+from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, REFSTATS_DIR, ShardInfo, check_manifest, shard_name,
+                                  shard_problem, write_shard)
 from dreamctl.data.sources import SPLITS, Listing, Skip
 from dreamctl.errors import DataError
 
@@ -139,6 +139,10 @@ def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     _check_ours(out, ours)  # before anything is removed or written
     if overwrite:
         for p in sorted(ours, key=lambda p: p.name != MANIFEST):  # manifest first: never a stale "finished" folder
+            p.unlink()
+        # evaluate's reference statistics of the data replaced: keyed by its content hash they are never used
+        # again, only kept (about 400 MB each at 50k images)
+        for p in (out / REFSTATS_DIR).glob("refstats-*.npz"):
             p.unlink()
         return {}
     path = next((out / n for n in (MANIFEST, PROGRESS) if (out / n).is_file()), None)

@@ -2,6 +2,7 @@
 
     DIR/<split>-NNNNN.h5   dataset `images` uint8 (N, H, W, 3), dataset `names` (source names)
     DIR/manifest.json      source, preprocessing, counts, sha256 of every shard, skipped files
+    DIR/cache/             evaluate's reference statistics (refstats-*.npz), keyed by the content hash
 
 Every file is written under a temporary name and renamed, so a file with its final name
 is always complete. The manifest is written last: a folder without one is unfinished.
@@ -24,6 +25,7 @@ from dreamctl.errors import DataError
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"  # written while a prepare runs, replaced by the manifest at its end
+REFSTATS_DIR = "cache"
 FORMAT = "dreamctl-shards/1"
 
 
