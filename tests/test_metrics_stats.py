@@ -113,8 +113,12 @@ def test_kid_seeded_and_equal_to_clean_fid_with_full_subsets():
     ours, std = kernel_inception_distance(a, b, num_subsets=3, max_subset_size=1000)
     assert ours == pytest.approx(kernel_distance(a, b, num_subsets=3), rel=1e-9)
     assert std is None  # one subset, the whole of both sets: no spread to report
-    by_draws, draws_std = kernel_inception_distance(a, b[:49], num_subsets=3, max_subset_size=1000)
-    assert by_draws == pytest.approx(kernel_distance(a, b[:49], num_subsets=3), rel=0.05) and draws_std > 0
+    # Subsets of 49 of a's 50: both average 100 random draws (clean-fid's from np.random, seeded here so the
+    # test cannot fail by chance), and agree to about 1% (over 20 seeds each: 0.503-0.512).
+    np.random.seed(0)
+    by_draws, draws_std = kernel_inception_distance(a, b[:49], num_subsets=100, max_subset_size=1000,
+                                                    rng=np.random.default_rng(0))
+    assert by_draws == pytest.approx(kernel_distance(a, b[:49], num_subsets=100), rel=0.03) and draws_std > 0
     r1 = kernel_inception_distance(a, b, num_subsets=5, max_subset_size=20, rng=np.random.default_rng(1))
     r2 = kernel_inception_distance(a, b, num_subsets=5, max_subset_size=20, rng=np.random.default_rng(1))
     assert r1 == r2
