@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -154,6 +155,16 @@ def peer_lost(err: BaseException, then: str) -> PeerLost | None:
     first = (re.sub(r"^\[[^\]]*\]\s*", "", text).splitlines() or [""])[0]  # without gloo's source path
     return PeerLost(f"lost contact with another process of this job ({first.split('. ')[0][:200]}): it crashed "
                     f"or was stopped, and said why above if it could; {then}")
+
+
+def from_main(value: Any, rt: Runtime) -> Any:
+    """Rank 0's `value` on every rank (a picklable object): what one rank chose, where each choosing for
+    itself could differ (the newest checkpoint of a run still writing them)."""
+    if not _joined(rt):
+        return value
+    box = [value if rt.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(rt: Runtime) -> None:

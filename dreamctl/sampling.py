@@ -26,7 +26,7 @@ from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
-from dreamctl.runtime import Autocast, Runtime, barrier, sum_over_ranks
+from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, sum_over_ranks
 from dreamctl.sample_files import png_path, read_png, read_samples, write_png
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
@@ -103,7 +103,12 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     its weights were trained with; recipe.yaml gives only the sampling settings (`sample`, `eval`).
     """
     current = run.recipe()
-    path, ckpt = choose_checkpoint(run, opts.checkpoint)
+    # Rank 0 picks the step, every rank loads it: a run still training may write a newer checkpoint (or
+    # rotate one away) between two ranks' listings, and ranks on two steps would fill two folders by halves.
+    chosen: list[tuple[Path, dict[str, Any]]] = []
+    main_first(rt, lambda: chosen.append(choose_checkpoint(run, opts.checkpoint)))
+    step = from_main(step_of(chosen[0][0]) if chosen else None, rt)
+    path, ckpt = chosen[0] if chosen else choose_checkpoint(run, step)
     trained = recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)")
     if (trained.model, trained.diffusion, trained.data.resolution) != (
             current.model, current.diffusion, current.data.resolution):
@@ -207,6 +212,7 @@ def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict
     and clears the temporary files of a killed earlier call."""
     wanted = folder_settings(m, seed)
     _check_folder(folder, wanted)
+    barrier(rt)  # every rank has looked before rank 0 writes: a new folder's sample.json is no stranger's file
     folder.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
         atomic.sweep(folder)

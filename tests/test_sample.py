@@ -410,3 +410,34 @@ def test_a_grid_not_named_png_is_refused_before_drawing(trained, tmp_path, capsy
     assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s"), "--grid", str(tmp_path / "g.jpg")]) == 2
     assert f"--grid {tmp_path / 'g.jpg'}: the grid is written as PNG" in capsys.readouterr().err
     assert not (tmp_path / "s").exists() and not (tmp_path / "g.jpg").exists()
+
+
+def _checkpoint_worker(rank: int, init: str, run: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from dreamctl.training.state import checkpoint_path, load_checkpoint
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
+    if rank == 1:  # its listing was made before step 8 landed: left to itself it would sample step 4
+        stale = checkpoint_path(Path(run) / "checkpoints", 4)
+        sampling.load_latest = lambda folder, *a, **k: (stale, load_checkpoint(stale))
+    model = load_for_inference(RunDir(run), SampleOptions(), rt)
+    Path(out, f"rank-{rank}").write_text(str(model.step))
+    dist.destroy_process_group()
+
+
+def test_every_rank_samples_the_checkpoint_rank_0_chose(trained, tmp_path):
+    """A run still training writes (or rotates) checkpoints between two ranks' listings: ranks on two steps
+    would draw into two folders, each half filled. Rank 0 picks the step; every rank loads that one."""
+    import torch.multiprocessing as mp
+
+    from dreamctl.training.state import checkpoint_path, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    newer = load_checkpoint(checkpoint_path(run / "checkpoints", 4))
+    newer["step"] = 8
+    torch.save(newer, checkpoint_path(run / "checkpoints", 8))
+    mp.spawn(_checkpoint_worker, args=(f"file://{tmp_path / 'store'}", str(run), str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank-{r}").read_text() for r in (0, 1)] == ["8", "8"]
