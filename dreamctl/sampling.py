@@ -214,10 +214,12 @@ def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict
     _check_folder(folder, wanted)
     barrier(rt)  # every rank has looked before rank 0 writes: a new folder's sample.json is no stranger's file
     folder.mkdir(parents=True, exist_ok=True)
-    if rt.is_main:
+
+    def record() -> None:
         atomic.sweep(folder)
         if not (folder / "sample.json").is_file():
             atomic.write_json(folder / "sample.json", {**wanted, "complete": False})
+    main_first(rt, record)  # a failed write stops every rank, not rank 0 alone
     return wanted
 
 

@@ -270,6 +270,41 @@ def test_a_write_that_fails_on_rank_0_mid_run_stops_every_rank_cleanly(tmp_path,
     assert json.loads((tmp_path / "run" / "run.json").read_text())["step"] == 2  # the last checkpoint written
 
 
+def _resume_full_disk_worker(rank: int, init: str, run: str, out: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from dreamctl.runtime import Runtime
+    from dreamctl.training.session import resume_run
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    if rank == 0:
+        def full_disk(self, after_step):
+            raise OSError(28, "No space left on device", str(self.metrics_file))
+        RunDir.truncate_metrics = full_disk
+    try:
+        resume_run(RunDir(Path(run)), Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2),
+                   ["train.max_steps=8"])
+        raised = "nothing"
+    except Exception as err:
+        raised = type(err).__name__
+    torch.save(raised, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_a_write_that_fails_on_rank_0_at_resume_stops_every_rank_cleanly(tmp_path, synthetic_data_dir):
+    """What resume records before training (the log cut back, run.json, recipe.yaml) is rank 0's alone: a
+    failure there reaches the other ranks at once, not as a lost peer once rank 0's process has gone."""
+    import torch.multiprocessing as mp
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4", "train.checkpoint_every=2"], "tiny") == 0
+    out = str(tmp_path / "raised")
+    mp.spawn(_resume_full_disk_worker, args=(f"file://{tmp_path / 'store'}", str(run), out), nprocs=2, join=True)
+    assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == ["OSError", "StoppedWithMain"]
+
+
 def test_the_shortcut_drops_torchruns_per_worker_lines_only():
     import logging
 

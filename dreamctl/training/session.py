@@ -77,10 +77,9 @@ def check_start(recipe: Recipe, run: RunDir, world_size: int) -> None:
 
 def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dict[str, Any] | None,
          on_event: OnEvent, should_stop: Callable[[], bool]) -> str:
-    if rt.is_main:
-        run.update_info({"status": "running", "world_size": rt.world_size, "device": str(rt.device),
-                         "data": str(Path(recipe.data.path).resolve()),
-                         "data_manifest_sha256": images.manifest_sha256, "error": None})
+    main_first(rt, lambda: run.update_info({
+        "status": "running", "world_size": rt.world_size, "device": str(rt.device),
+        "data": str(Path(recipe.data.path).resolve()), "data_manifest_sha256": images.manifest_sha256, "error": None}))
     status = "failed"
     try:
         status = train(recipe, run, images, rt, resume=resume, on_event=on_event, should_stop=should_stop)
@@ -226,17 +225,19 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
             raise RunError(f"with {' '.join(overrides) or 'its recipe'} the run would end at step {last}, before step "
                            f"{step} it has reached: resume cannot shorten a run (its recipe.yaml is left as it was)")
         barrier(rt)  # every rank has read its checkpoint before rank 0 renames corrupt ones
-        if rt.is_main:
+
+        def record() -> None:  # rank 0's; through main_first, so a full disk stops every rank at once
             if set_aside_newer(run.checkpoints, step):
                 drawn = run.set_aside_drawn_after(step)
                 if drawn:
                     warnings.warn(f"{len(drawn)} sample folder(s) and evaluation file(s) of the checkpoints after "
                                   f"step {step} moved to {drawn[0].parent.parent}: the steps are trained again, "
-                                  "and sample or evaluate draws them anew", DreamctlWarning, stacklevel=2)
+                                  "and sample or evaluate draws them anew", DreamctlWarning, stacklevel=3)
             run.truncate_metrics(after_step=step)
             run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides),
                                                                           "world_size": rt.world_size}]})
             if overrides:
                 atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
+        main_first(rt, record)
         return _run(run, recipe, rt, images, ckpt, on_event, should_stop)
 
