@@ -135,6 +135,24 @@ def main_first(rt: Runtime, action: Callable[[], None]) -> None:
         raise failed if failed is not None else StoppedWithMain(f"rank {rt.rank}: rank 0 stopped")
 
 
+def on_every_rank(rt: Runtime, action: Callable[[], Any], what: str) -> Any:
+    """`action()` on every rank, then whether it worked on all: a rank whose action failed raises its
+    error, the others a RunError saying that `what` failed elsewhere (a data folder missing on another
+    node, say) before any rank goes on to write what a retry would find."""
+    failed: BaseException | None = None
+    result = None
+    try:
+        result = action()
+    except Exception as err:  # told to the others first, then raised here as it was
+        failed = err
+    if any_rank(failed is not None, rt):
+        if failed is not None:
+            raise failed
+        raise RunError(f"rank {rt.rank}: {what} failed on another process of this job (its error is in its "
+                       "output, or in torchrun's report); nothing was written")
+    return result
+
+
 # What a collective says when the process at the other end has gone: gloo's TCP transport (a plain
 # RuntimeError), NCCL's remote error. Not a shape mismatch or a timeout, which are bugs or hangs and keep
 # their traceback.

@@ -305,6 +305,38 @@ def test_a_write_that_fails_on_rank_0_at_resume_stops_every_rank_cleanly(tmp_pat
     assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == ["OSError", "StoppedWithMain"]
 
 
+def _data_missing_worker(rank: int, init: str, data: str, run: str, out: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from dreamctl.config import load_recipe
+    from dreamctl.runtime import Runtime
+    from dreamctl.training.session import start_run
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    where = data if rank == 0 else f"{data}-not-on-this-node"  # the path as the other node sees it
+    recipe = load_recipe("tiny", TINY + ["train.max_steps=2", f"data.path={where}"])
+    try:
+        start_run(recipe, RunDir(Path(run)), Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2))
+        raised = "nothing"
+    except Exception as err:
+        raised = type(err).__name__
+    torch.save(raised, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_data_missing_on_one_node_leaves_no_run_folder(tmp_path, synthetic_data_dir):
+    """A plain retry of `train` must work once the data is there: no folder claimed by rank 0 meanwhile."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "raised")
+    mp.spawn(_data_missing_worker, args=(f"file://{tmp_path / 'store'}", str(synthetic_data_dir),
+                                         str(tmp_path / "run"), out), nprocs=2, join=True)
+    assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == ["RunError", "DataError"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_shortcut_drops_torchruns_per_worker_lines_only():
     import logging
 

@@ -21,7 +21,7 @@ from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
 from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
-from dreamctl.runtime import Runtime, barrier, main_first, peak_memory_bytes, peer_lost
+from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost
 from dreamctl.events import OnEvent, ignore
 from dreamctl.training.loop import total_steps, train
 from dreamctl.training.rundir import RunDir
@@ -108,8 +108,13 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
 def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = ignore,
               should_stop: Callable[[], bool] = lambda: False) -> str:
     """Create the run folder and train from step 0 (the data is checked before anything is written)."""
-    _check_batch(recipe, rt.world_size)  # on every rank; the folder only on rank 0, as it creates it
-    images = _open_data(recipe, rt)
+    def open_data() -> ImageSet:
+        _check_batch(recipe, rt.world_size)
+        return _open_data(recipe, rt)
+
+    # On every rank (shards hashed) before rank 0 claims the folder: a node without the data must not
+    # leave a run folder that a plain retry of `train` refuses.
+    images = on_every_rank(rt, open_data, f"opening the data {recipe.data.path}")
     with ExitStack() as held:
         held.callback(images.close)  # the shard handles, when the split is read from disk
         def claim() -> None:
