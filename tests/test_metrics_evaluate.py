@@ -74,7 +74,7 @@ def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     assert proto["resize"] == RESIZE_CLEAN and proto["feature_network_sha256"] == net.weights_sha256
     # The spread says what it is over: KID's 100 subsets, IS's 10 splits (no error bars).
     assert m["is"]["spread"] == "splits" and "spread" not in m["fid"]  # kid: below, with sets larger than a subset
-    assert set(proto["libraries"]) == {"torch", "clean-fid", "lpips", "scipy", "numpy"}
+    assert set(proto["libraries"]) == {"torch", "clean-fid", "lpips", "scipy", "numpy", "pillow"}
     assert proto["num_generated"] == 24 and proto["num_reference"] == 24 and proto["image_size"] == [32, 32]
     assert proto["reference_cache"] == "written" and proto["weights"] == {}
     assert net.last_input_shape[1:] == (3, 299, 299)  # the clean resize ran
@@ -93,6 +93,9 @@ def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     # nor another device type's: a GPU's features round otherwise, and both sets must come from one device
     assert evaluate_image_sets(gen, ref, **kw, device="cuda:0")["protocol"]["reference_cache"] == "written"
     assert len(list((tmp_path / "cache").glob("refstats-*.npz"))) == 4
+    # The key is the caller's name for the images and the images themselves: other images under one name
+    # (a direct caller's mistake) are computed, not answered with the statistics of the first.
+    assert evaluate_image_sets(gen, ref[::-1].copy(), **kw)["protocol"]["reference_cache"] == "written"
 
 
 def test_a_damaged_cache_entry_is_named_recomputed_and_replaced(tmp_path):
