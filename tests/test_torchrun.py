@@ -200,6 +200,7 @@ def _main_first_worker(rank: int, init: str, out: str) -> None:
     except StoppedWithMain:
         raised = "StoppedWithMain"
     torch.save(raised, f"{out}.{rank}")
+    dist.barrier()  # both ranks are done with the group: one destroying it under the other's feet can abort gloo
     dist.destroy_process_group()
 
 
@@ -255,6 +256,7 @@ def _full_disk_worker(rank: int, init: str, data: str, run: str, out: str) -> No
     except Exception as err:
         raised = type(err).__name__
     torch.save(raised, f"{out}.{rank}")
+    dist.barrier()  # both ranks are done with the group: one destroying it under the other's feet can abort gloo
     dist.destroy_process_group()
 
 
@@ -290,6 +292,7 @@ def _resume_full_disk_worker(rank: int, init: str, run: str, out: str) -> None:
     except Exception as err:
         raised = type(err).__name__
     torch.save(raised, f"{out}.{rank}")
+    dist.barrier()  # both ranks are done with the group: one destroying it under the other's feet can abort gloo
     dist.destroy_process_group()
 
 
@@ -323,6 +326,7 @@ def _data_missing_worker(rank: int, init: str, data: str, run: str, out: str) ->
     except Exception as err:
         raised = type(err).__name__
     torch.save(raised, f"{out}.{rank}")
+    dist.barrier()  # both ranks are done with the group: one destroying it under the other's feet can abort gloo
     dist.destroy_process_group()
 
 
