@@ -168,18 +168,23 @@ class EvalRequest:
 def resolve_request(recipe: Recipe, opts: SampleOptions, num: int | None, ref: str | None, ref_num: int | None,
                     metrics: Sequence[str] | None) -> EvalRequest:
     e = recipe.eval
+    num_given, ref_num_given = num is not None, ref_num is not None
     num = e.num if num is None else num  # `or` would turn --num 0 into the default
     ref_num = (e.ref_num or num) if ref_num is None else ref_num
     ref_split = ref or e.ref
     if ref_split not in ("train", "valid", "test"):
         raise ConfigError(f"--ref {ref_split!r}: choose train, valid or test")
-    # The recipe's eval.num and eval.ref_num were checked when it loaded: a bad count here is a flag's.
+    # Each count named by where it came from: a flag, or the recipe (of a run from before its eval section
+    # was checked at training).
+    num_from = "--num" if num_given else "eval.num"
+    ref_from = "--ref-num" if ref_num_given else "eval.ref_num" if e.ref_num else num_from
     if num < 2:
-        raise ConfigError(f"--num {num}: evaluate needs at least 2 generated images")
+        raise ConfigError(f"{num_from} {num}: evaluate needs at least 2 generated images")
     if ref_num < 2:
-        raise ConfigError(f"--ref-num {ref_num}: evaluate needs at least 2 reference images")
+        raise ConfigError(f"{ref_from} {ref_num}: evaluate needs at least 2 reference images")
     check_count(num)
-    return EvalRequest(tuple(parse_metrics(metrics) if metrics is not None else e.metrics), metrics is not None,
+    wanted = parse_metrics(metrics) if metrics is not None else parse_metrics(e.metrics, "eval.metrics")
+    return EvalRequest(tuple(wanted), metrics is not None,
                        num, ref_split, ref_num, e.seed if opts.seed is None else opts.seed)
 
 

@@ -519,10 +519,10 @@ def test_a_recipe_nested_thousands_deep_is_a_one_line_error(tmp_path: Path):
 
 
 @pytest.mark.parametrize("override, needle", [
-    ("eval.metrics=[fid, fdi]", "eval.metrics: unknown metric(s) fdi in the recipe; choose from fid, kid, is, lpips"),
-    ("eval.num=1", "eval.num: Input should be greater than or equal to 2"),
-    ("eval.num=2000000", "eval.num: Input should be less than or equal to 1048576"),
-    ("eval.ref_num=1", "eval.ref_num: Input should be greater than or equal to 2"),
+    ("eval.metrics=[fid, fdi]", "unknown metric(s) fdi in eval.metrics; choose from fid, kid, is, lpips"),
+    ("eval.num=1", "eval.num 1: evaluate draws 2 (a covariance needs two) to 1,048,576 images"),
+    ("eval.num=2000000", "eval.num 2000000: evaluate draws 2"),
+    ("eval.ref_num=1", "eval.ref_num 1: evaluate needs at least 2 reference images"),
 ])
 def test_a_recipes_evaluation_settings_are_checked_when_it_loads(override, needle):
     """Not when its training is done and evaluate first reads them (days later, and blamed on --num)."""

@@ -4,6 +4,7 @@ missing weights, and data that moved."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -224,3 +225,20 @@ def test_a_damaged_reference_shard_stops_evaluate_before_it_draws(trained, tmp_p
     assert f"{shard.name}" in capsys.readouterr().err
     drawn_after = sorted(p.name for p in (run / "samples").iterdir()) if (run / "samples").is_dir() else []
     assert drawn_after == drawn_before
+
+
+def test_a_run_trained_before_eval_settings_were_checked_still_loads(trained, tmp_path, capsys):
+    """Its recipe.yaml may hold eval.num 1 or an unknown metric: sample and compare work on it, and evaluate
+    names the recipe's setting at fault, not a --num nobody gave."""
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    text = (run / "recipe.yaml").read_text()
+    (run / "recipe.yaml").write_text(re.sub(r"(?m)^eval:\n  num: \d+$", "eval:\n  num: 1", text)
+                                     .replace("  - swd\n", "  - swd\n  - fdi\n", 1))
+    assert main(["compare", str(run)]) == 0
+    assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--metrics", "swd"]) == 2
+    assert "eval.num 1: evaluate needs at least 2 generated images" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--num", "4"]) == 2
+    assert "unknown metric(s) fdi in eval.metrics" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from dreamctl.config.schema import Recipe, validate_recipe
+from dreamctl.config.schema import Recipe, check_eval_section, validate_recipe
 from dreamctl.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -195,7 +195,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     path = recipe_path(name_or_path)
     raw = _raw_recipe(path)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    return validate_recipe(apply_overrides(raw, overrides), source)
+    return check_eval_section(validate_recipe(apply_overrides(raw, overrides), source), source)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -206,9 +206,11 @@ class SampleConfig(_Section):
 
 
 class EvalConfig(_Section):
-    num: int = Field(5000, ge=2, le=IMAGES_PER_SEED)  # a covariance needs 2; a set is one base seed's images
+    # Bounds a stored recipe may hold (runs from before check_eval_section still load); a recipe about to
+    # train or resume is held to check_eval_section's too.
+    num: int = Field(5000, gt=0)
     ref: Literal["train", "valid", "test"] = "train"
-    ref_num: int | None = Field(None, ge=2)  # default: as many as generated
+    ref_num: int | None = Field(None, gt=0)  # default: as many as generated
     metrics: tuple[str, ...] = ("fid", "kid", "is", "lpips", "swd")
     seed: int = Field(0, ge=0, le=MAX_BASE_SEED)  # base seed of the samples (generate.image_seeds)
 
@@ -217,14 +219,22 @@ class EvalConfig(_Section):
     def _comma_list(cls, metrics: Any) -> Any:
         return metrics.split(",") if isinstance(metrics, str) else metrics  # `metrics: fid,swd` as --metrics takes
 
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, metrics: tuple[str, ...]) -> tuple[str, ...]:
-        """Checked when the recipe loads, not when its training is done and evaluate first reads it."""
-        try:
-            return tuple(parse_metrics(metrics, "the recipe"))
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
+
+def check_eval_section(recipe: Recipe, source: str) -> Recipe:
+    """The recipe with eval.metrics in the names evaluate takes; ConfigError naming `source` for settings
+    evaluate would refuse. Checked when a recipe is loaded to train (or resumed with new settings), not
+    when its training is done and evaluate first reads them."""
+    e = recipe.eval
+    if not 2 <= e.num <= IMAGES_PER_SEED:
+        raise ConfigError(f"{source}: eval.num {e.num}: evaluate draws 2 (a covariance needs two) to "
+                          f"{IMAGES_PER_SEED:,} images (one base seed's)")
+    if e.ref_num is not None and e.ref_num < 2:
+        raise ConfigError(f"{source}: eval.ref_num {e.ref_num}: evaluate needs at least 2 reference images")
+    try:
+        metrics = tuple(parse_metrics(e.metrics, "eval.metrics"))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return recipe.model_copy(update={"eval": e.model_copy(update={"metrics": metrics})})
 
 
 class Recipe(_Section):

@@ -16,7 +16,7 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
-from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, flat_items
+from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, check_eval_section, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
 from dreamctl.models import build_model
@@ -134,7 +134,8 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
     if not overrides:
         return recipe
     raw = apply_overrides(recipe.model_dump(mode="json"), overrides)
-    resumed = validate_recipe(raw, f"{run.recipe_file} with --set {' '.join(overrides)}")  # unknown keys first
+    source = f"{run.recipe_file} with --set {' '.join(overrides)}"
+    resumed = check_eval_section(validate_recipe(raw, source), source)  # unknown keys first
     for text in overrides:
         key = text.partition("=")[0].strip()
         if not key.startswith(RESUMABLE_KEYS):
