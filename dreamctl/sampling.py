@@ -26,7 +26,7 @@ from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
-from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, sum_over_ranks
+from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, on_every_rank, sum_over_ranks
 from dreamctl.sample_files import png_path, read_png, read_samples, write_png
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
@@ -108,7 +108,8 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     chosen: list[tuple[Path, dict[str, Any]]] = []
     main_first(rt, lambda: chosen.append(choose_checkpoint(run, opts.checkpoint)))
     step = from_main(step_of(chosen[0][0]) if chosen else None, rt)
-    path, ckpt = chosen[0] if chosen else choose_checkpoint(run, step)
+    path, ckpt = on_every_rank(rt, lambda: chosen[0] if chosen else choose_checkpoint(run, step),
+                               f"loading checkpoint step {step}")
     trained = recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)")
     if (trained.model, trained.diffusion, trained.data.resolution) != (
             current.model, current.diffusion, current.data.resolution):
@@ -202,7 +203,10 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
             raise RunError(f"{folder} holds samples drawn with {said}; choose another --out or delete it")
     elif folder.is_dir():  # not a sample folder: a new or empty one only (a killed call's sample.json write aside)
         # Thousands of numbered PNGs among a user's files, and any grid.png or npz of theirs replaced, otherwise.
-        if held := atomic.others_in(folder, lambda p: atomic.temp_target(p.name) == "sample.json"):
+        # Hidden files (.DS_Store, .gitkeep) and a volume root's lost+found leave a folder empty in practice.
+        ignorable = {"sample.json", "lost+found"}
+        if held := atomic.others_in(folder, lambda p: p.name.startswith(".") and atomic.temp_target(p.name) is None
+                                    or (atomic.temp_target(p.name) or p.name) in ignorable):
             raise RunError(f"{folder} holds {held} but no sample.json: not a sample folder (or one of unknown "
                            "settings); samples go into a new or empty folder: choose another --out")
 

@@ -347,8 +347,8 @@ def test_training_without_data_is_one_error_naming_the_fix_before_any_job(tmp_pa
     ({"evaluate": {"metrics": [" "]}}, "unknown metric(s) (none given) in evaluate.metrics"),
     ({"seeds": [True]}, "'seeds' must be a non-empty list of integers, got [True]"),  # was a run named seed-true
     ({"evaluate": {"num": True}}, "evaluate.num must be an integer from 2"),  # was num 1
-    ({"name": "../../elsewhere"}, "'name' '../../elsewhere' must be a plain name (it names runs/ablations/NAME); set"),
-    ({"name": ".."}, "'name' '..' must be a plain name"),
+    ({"name": "../../elsewhere", "out": None}, "'name' '../../elsewhere' must be a plain name (it names runs/ablations/NAME); set"),
+    ({"name": "..", "out": None}, "'name' '..' must be a plain name"),
     ({"evaluate": {"num": 1}}, "evaluate.num must be an integer from 2 (a covariance needs two) to 1,048,576, got 1"),
 ])
 def test_spec_values_are_checked_when_the_spec_is_read(tmp_path: Path, changes, message) -> None:
@@ -376,3 +376,9 @@ def test_a_value_written_two_ways_is_one_grid_point(tmp_path: Path) -> None:
     spec = parse_spec(write_spec(tmp_path, grid={"optim.lr": [0.001, "2e-3"], "train.batch_size": [1, True]}))
     assert [name for name, _, _ in expand(spec)][:3] == ["lr-0.001_batch_size-1_seed-0", "lr-0.001_batch_size-true_seed-0",
                                                         "lr-2e-3_batch_size-1_seed-0"]
+
+
+def test_a_name_with_a_slash_is_taken_where_out_is_given(tmp_path: Path) -> None:
+    """The name builds the default output folder only: with 'out' set it is a title, slashes and all."""
+    spec = parse_spec(write_spec(tmp_path, name="lr sweep 1/2", out=str(tmp_path / "o")))
+    assert spec.name == "lr sweep 1/2" and spec.out == tmp_path / "o"

@@ -209,7 +209,9 @@ def test_a_folder_without_sample_json_is_refused_and_kept(trained, tmp_path, the
     assert main(["sample", str(run), "--num", "2", "--npz", "--out", str(folder)]) == 2
     assert f"{folder} holds {theirs} but no sample.json: not a sample folder" in capsys.readouterr().err
     assert [p.name for p in folder.iterdir()] == [theirs] and (folder / theirs).read_bytes() == b"my own figure"
-    (folder / theirs).unlink()  # an empty folder is taken
+    (folder / theirs).unlink()  # an empty folder is taken, and one empty in practice
+    (folder / ".gitkeep").write_text("")
+    (folder / "lost+found").mkdir()
     assert main(["sample", str(run), "--num", "2", "--out", str(folder)]) == 0
 
 
@@ -412,9 +414,10 @@ def test_a_grid_not_named_png_is_refused_before_drawing(trained, tmp_path, capsy
     assert not (tmp_path / "s").exists() and not (tmp_path / "g.jpg").exists()
 
 
-def _checkpoint_worker(rank: int, init: str, run: str, out: str) -> None:
+def _checkpoint_worker(rank: int, init: str, run: str, out: str, gone: bool) -> None:
     import torch.distributed as dist
 
+    from dreamctl.errors import CheckpointError
     from dreamctl.training.state import checkpoint_path, load_checkpoint
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -422,8 +425,16 @@ def _checkpoint_worker(rank: int, init: str, run: str, out: str) -> None:
     if rank == 1:  # its listing was made before step 8 landed: left to itself it would sample step 4
         stale = checkpoint_path(Path(run) / "checkpoints", 4)
         sampling.load_latest = lambda folder, *a, **k: (stale, load_checkpoint(stale))
-    model = load_for_inference(RunDir(run), SampleOptions(), rt)
-    Path(out, f"rank-{rank}").write_text(str(model.step))
+        if gone:  # rotated away between rank 0's choice and this rank's load
+            def rotated(run, step):
+                raise CheckpointError(f"no checkpoint for step {step}")
+            sampling.choose_checkpoint = rotated
+    try:
+        said = str(load_for_inference(RunDir(run), SampleOptions(), rt).step)
+    except Exception as err:  # every rank stops, none waits in a collective for the other
+        said = type(err).__name__
+    Path(out, f"rank-{rank}").write_text(said)
+    dist.barrier()  # both done with the group before either destroys it (gloo can abort otherwise)
     dist.destroy_process_group()
 
 
@@ -439,5 +450,7 @@ def test_every_rank_samples_the_checkpoint_rank_0_chose(trained, tmp_path):
     newer = load_checkpoint(checkpoint_path(run / "checkpoints", 4))
     newer["step"] = 8
     torch.save(newer, checkpoint_path(run / "checkpoints", 8))
-    mp.spawn(_checkpoint_worker, args=(f"file://{tmp_path / 'store'}", str(run), str(tmp_path)), nprocs=2)
-    assert [(tmp_path / f"rank-{r}").read_text() for r in (0, 1)] == ["8", "8"]
+    for gone, said in ((False, ["8", "8"]), (True, ["RunError", "CheckpointError"])):
+        mp.spawn(_checkpoint_worker, args=(f"file://{tmp_path / f'store-{gone}'}", str(run), str(tmp_path), gone),
+                 nprocs=2)
+        assert [(tmp_path / f"rank-{r}").read_text() for r in (0, 1)] == said

@@ -131,7 +131,8 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
         raise _spec_error(path, f"evaluate.num must be an integer from 2 (a covariance needs two) to "
                                 f"{IMAGES_PER_SEED:,}, got {num!r}")
     name = str(raw.get("name") or path.stem)
-    if any(sep in name for sep in "/\\") or name in (".", ".."):  # `../../x` would put the default out anywhere
+    default_out = not (out or raw.get("out"))  # the name builds the output folder only when none is given
+    if default_out and (any(sep in name for sep in "/\\") or name in (".", "..")):  # `../../x`: anywhere
         raise _spec_error(path, f"'name' {name!r} must be a plain name (it names runs/ablations/NAME); "
                                 "set 'out' to put the ablation elsewhere")
     return Spec(
