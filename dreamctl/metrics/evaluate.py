@@ -96,11 +96,11 @@ def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: st
     The cache is per device type: the generated images' features come from `device`, and a GPU's
     convolutions (TF32) round differently from a CPU's, so both sets are computed alike, as clean-fid does.
     Returns the stats and what the cache did: "hit", "written" or "off"."""
-    # The images themselves (hashed: about 1 s at 50,000 of 64 px), not only the caller's name for them, and the
-    # libraries that compute the features: an upgrade of torch or Pillow may round them differently.
+    # The images themselves (hashed: about 1 s at 50,000 of 64 px), not only the caller's name for them. Library
+    # versions are not in it: an upgrade moves features by float rounding only, and would orphan ~400 MB each time.
     key = {"reference_key": reference_key, "images_sha256": hashlib.sha256(np.ascontiguousarray(reference)).hexdigest(),
            "net": net.name, "weights_sha256": net.weights_sha256, "resize": net.resize, "count": int(len(reference)),
-           "device_type": str(device).split(":")[0], "torch": _version("torch"), "pillow": _version("pillow")}
+           "device_type": str(device).split(":")[0]}
     path = _cache_path(cache_dir, key) if cache_dir is not None and reference_key is not None else None
     if path is not None and path.exists():
         try:
