@@ -60,7 +60,7 @@ def command(
     batch_size: options.BatchSize = None,
     compile: options.Compile = None,
     compile_mode: options.CompileMode = None,
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: RUN_DIR/samples/<settings>]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder: new, empty, or one sample wrote [default: RUN_DIR/samples/<settings>]."),
     grid: Optional[Path] = typer.Option(None, "--grid", help="Also write the grid of the first 64 images to this new file (an existing one is never replaced)."),
     npz: bool = typer.Option(False, "--npz", help="Also write all images as one uint8 .npz (key 'images')."),
     device: options.Device = None,
