@@ -9,11 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from dreamctl.cli import main
+from dreamctl.runtime import Runtime
 from dreamctl.training.rundir import RunDir
 from tiny_runs import CONSERVATIVE, TINY, final_weights, set_args, train
 
@@ -229,18 +231,28 @@ def test_under_plain_torchrun_an_error_reaches_torchruns_report(tmp_path, monkey
     assert main(["train", "--help"]) == 0 and not error_file.exists()  # no error, no file
 
 
-def _full_disk_worker(rank: int, init: str, data: str, run: str, out: str) -> None:
+def _as_rank_of_two(rank: int, init: str, out: str, action: Callable[[Runtime], object]) -> None:
+    """`action(rt)` as rank `rank` of two gloo processes; what it raised ("nothing" if nothing) goes to OUT.rank."""
     from datetime import timedelta
 
     import torch.distributed as dist
 
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    try:
+        action(Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2))
+        raised = "nothing"
+    except Exception as err:
+        raised = type(err).__name__
+    torch.save(raised, f"{out}.{rank}")
+    dist.barrier()  # both ranks are done with the group: one destroying it under the other's feet can abort gloo
+    dist.destroy_process_group()
+
+
+def _full_disk_worker(rank: int, init: str, data: str, run: str, out: str) -> None:
     from dreamctl.config import load_recipe
-    from dreamctl.runtime import Runtime
     from dreamctl.training import loop
-    from dreamctl.training.rundir import RunDir
     from dreamctl.training.session import start_run
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
     real = loop.save_checkpoint
 
     def full_disk(ckpt, folder, keep):
@@ -250,14 +262,7 @@ def _full_disk_worker(rank: int, init: str, data: str, run: str, out: str) -> No
 
     loop.save_checkpoint = full_disk
     recipe = load_recipe("tiny", TINY + ["train.max_steps=8", "train.checkpoint_every=2", f"data.path={data}"])
-    try:
-        start_run(recipe, RunDir(Path(run)), Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2))
-        raised = "nothing"
-    except Exception as err:
-        raised = type(err).__name__
-    torch.save(raised, f"{out}.{rank}")
-    dist.barrier()  # both ranks are done with the group: one destroying it under the other's feet can abort gloo
-    dist.destroy_process_group()
+    _as_rank_of_two(rank, init, out, lambda rt: start_run(recipe, RunDir(Path(run)), rt))
 
 
 def test_a_write_that_fails_on_rank_0_mid_run_stops_every_rank_cleanly(tmp_path, synthetic_data_dir):
@@ -273,27 +278,13 @@ def test_a_write_that_fails_on_rank_0_mid_run_stops_every_rank_cleanly(tmp_path,
 
 
 def _resume_full_disk_worker(rank: int, init: str, run: str, out: str) -> None:
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
-    from dreamctl.runtime import Runtime
     from dreamctl.training.session import resume_run
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
     if rank == 0:
         def full_disk(self, after_step):
             raise OSError(28, "No space left on device", str(self.metrics_file))
         RunDir.truncate_metrics = full_disk
-    try:
-        resume_run(RunDir(Path(run)), Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2),
-                   ["train.max_steps=8"])
-        raised = "nothing"
-    except Exception as err:
-        raised = type(err).__name__
-    torch.save(raised, f"{out}.{rank}")
-    dist.barrier()  # both ranks are done with the group: one destroying it under the other's feet can abort gloo
-    dist.destroy_process_group()
+    _as_rank_of_two(rank, init, out, lambda rt: resume_run(RunDir(Path(run)), rt, ["train.max_steps=8"]))
 
 
 def test_a_write_that_fails_on_rank_0_at_resume_stops_every_rank_cleanly(tmp_path, synthetic_data_dir):
@@ -309,25 +300,12 @@ def test_a_write_that_fails_on_rank_0_at_resume_stops_every_rank_cleanly(tmp_pat
 
 
 def _data_missing_worker(rank: int, init: str, data: str, run: str, out: str) -> None:
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
     from dreamctl.config import load_recipe
-    from dreamctl.runtime import Runtime
     from dreamctl.training.session import start_run
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
     where = data if rank == 0 else f"{data}-not-on-this-node"  # the path as the other node sees it
     recipe = load_recipe("tiny", TINY + ["train.max_steps=2", f"data.path={where}"])
-    try:
-        start_run(recipe, RunDir(Path(run)), Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2))
-        raised = "nothing"
-    except Exception as err:
-        raised = type(err).__name__
-    torch.save(raised, f"{out}.{rank}")
-    dist.barrier()  # both ranks are done with the group: one destroying it under the other's feet can abort gloo
-    dist.destroy_process_group()
+    _as_rank_of_two(rank, init, out, lambda rt: start_run(recipe, RunDir(Path(run)), rt))
 
 
 def test_data_missing_on_one_node_leaves_no_run_folder(tmp_path, synthetic_data_dir):
