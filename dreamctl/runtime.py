@@ -122,35 +122,35 @@ def sum_over_ranks(n: int, rt: Runtime) -> int:
     return int(_reduce(float(n), rt, dist.ReduceOp.SUM)) if _joined(rt) else n
 
 
-def main_first(rt: Runtime, action: Callable[[], None]) -> None:
-    """Run `action` on rank 0 only (claiming the run folder, say), then tell every rank whether it
-    worked: a rank never waits in a collective for a rank 0 that has left with an error."""
+def _together(rt: Runtime, action: Callable[[], Any], here: bool, elsewhere: Callable[[], BaseException]) -> Any:
+    """`action()` where `here`, then every rank learns whether it failed anywhere: a rank whose action
+    failed raises its own error, the others `elsewhere()`; no rank waits in a later collective for one
+    that has left with an error."""
     failed: BaseException | None = None
-    if rt.is_main:
+    result = None
+    if here:
         try:
-            action()
+            result = action()
         except Exception as err:  # any failure: told to the others first, then raised here as it was
             failed = err
     if any_rank(failed is not None, rt):
-        raise failed if failed is not None else StoppedWithMain(f"rank {rt.rank}: rank 0 stopped")
+        raise failed if failed is not None else elsewhere()
+    return result
+
+
+def main_first(rt: Runtime, action: Callable[[], None]) -> None:
+    """Run `action` on rank 0 only (claiming the run folder, say), then tell every rank whether it worked;
+    the others stop quietly (StoppedWithMain: rank 0 says why)."""
+    _together(rt, action, rt.is_main, lambda: StoppedWithMain(f"rank {rt.rank}: rank 0 stopped"))
 
 
 def on_every_rank(rt: Runtime, action: Callable[[], Any], what: str) -> Any:
-    """`action()` on every rank, then whether it worked on all: a rank whose action failed raises its
-    error, the others a RunError saying that `what` failed elsewhere (a data folder missing on another
-    node, say) before any rank goes on to write what a retry would find."""
-    failed: BaseException | None = None
-    result = None
-    try:
-        result = action()
-    except Exception as err:  # told to the others first, then raised here as it was
-        failed = err
-    if any_rank(failed is not None, rt):
-        if failed is not None:
-            raise failed
-        raise RunError(f"rank {rt.rank}: {what} failed on another process of this job (its error is in its "
-                       "output, or in torchrun's report); nothing was written")
-    return result
+    """`action()` on every rank, then whether it worked on all; where it did, a RunError saying that `what`
+    failed elsewhere (a data folder missing on another node, say), before any rank goes on to write what a
+    retry would find."""
+    return _together(rt, action, True, lambda: RunError(
+        f"rank {rt.rank}: {what} failed on another process of this job (its error is in its output, or in "
+        "torchrun's report); nothing was written"))
 
 
 # What a collective says when the process at the other end has gone: gloo's TCP transport (a plain
