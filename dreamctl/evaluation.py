@@ -32,7 +32,7 @@ from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, evaluate_image_set
 from dreamctl.metrics.weights import parse_metrics
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.events import OnEvent, ignore
-from dreamctl.runtime import Runtime
+from dreamctl.runtime import Runtime, main_first
 from dreamctl.sampling import (
     SAMPLING_FIELDS, SampleOptions, folder_name, load_for_inference, sample_to_folder,
     sampler_suffix, sampler_tag, sampling_settings,
@@ -209,8 +209,14 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")  # also the recorded one:
     # it may have been prepared again in place, and other data would overwrite this protocol's file
     check_reference(data_dir, req.ref_split, req.ref_num, recipe.data.resolution)
-    # The shards read as reference, hashed now: a damaged one would otherwise surface after all the drawing.
-    open_split(data_dir, req.ref_split, limit=req.ref_num, memory_budget=0).close()
+    # Rank 0 reads the reference now (its shards hashed once): a damaged one would otherwise surface after all
+    # the drawing. Through main_first: the other ranks do not start drawing without it.
+    read: list[tuple[np.ndarray, dict[str, Any], str]] = []
+
+    def read_ref() -> None:
+        on_event("stage", {"what": f"reading {req.ref_num} reference images ({req.ref_split}) from {data_dir}"})
+        read.append(read_reference(data_dir, req.ref_split, req.ref_num))
+    main_first(rt, read_ref)
     problems, net = weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
     if problems and (strict_weights or req.explicit):
         raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
@@ -224,8 +230,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
     if not rt.is_main:
         return None
     generated = read_samples(folder, req.num, model.image_size)
-    on_event("stage", {"what": f"reading {req.ref_num} reference images ({req.ref_split}) from {data_dir}"})
-    reference, manifest, manifest_sha = read_reference(data_dir, req.ref_split, req.ref_num)
+    reference, manifest, manifest_sha = read[0]
     computable = [m for m in req.metrics if m not in problems]
     on_event("stage", {"what": "computing " + ", ".join(computable)})
     # With no metric computable this computes nothing, but still describes the feature network and libraries.
