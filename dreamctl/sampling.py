@@ -203,12 +203,16 @@ def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
             raise RunError(f"{folder} holds samples drawn with {said}; choose another --out or delete it")
     elif folder.is_dir():  # not a sample folder: a new or empty one only (a killed call's sample.json write aside)
         # Thousands of numbered PNGs among a user's files, and any grid.png or npz of theirs replaced, otherwise.
-        # Hidden files (.DS_Store, .gitkeep) and a volume root's lost+found leave a folder empty in practice.
-        ignorable = {"sample.json", "lost+found"}
-        if held := atomic.others_in(folder, lambda p: p.name.startswith(".") and atomic.temp_target(p.name) is None
-                                    or (atomic.temp_target(p.name) or p.name) in ignorable):
+        if held := atomic.others_in(folder, _empty_in_practice):
             raise RunError(f"{folder} holds {held} but no sample.json: not a sample folder (or one of unknown "
                            "settings); samples go into a new or empty folder: choose another --out")
+
+
+def _empty_in_practice(path: Path) -> bool:
+    """What a new or empty --out may hold: hidden files (.DS_Store, .gitkeep), a volume root's lost+found,
+    and a sample.json (or its temporary file) another rank has just written."""
+    name = atomic.temp_target(path.name) or path.name
+    return name.startswith(".") or name in ("sample.json", "lost+found")
 
 
 def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict[str, Any]:

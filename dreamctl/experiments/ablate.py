@@ -183,8 +183,8 @@ def make_plan(spec: Spec) -> Plan:
             action = run_status(run_dir)
             action = "resume" if resume_set and action == "skip" else action
             steps_done = _step_reached(run_dir) if action == "resume" else 0
-            cost = train_cost(recipe, count_cache[recipe.data.split], steps_done)
             count = count_cache[recipe.data.split]
+            cost = train_cost(recipe, count, steps_done)
             used.add(None if count is None else train_images(recipe, count))  # data.limit alone is no count
         except (ConfigError, DataError) as err:  # which spec and which grid point, before anything runs
             raise type(err)(f"{spec.path}: run {name}: {err}") from None
