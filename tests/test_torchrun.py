@@ -479,3 +479,47 @@ def test_a_worker_whose_shortcut_is_gone_exits_without_a_traceback(tmp_path, mon
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert main(["train", "--recipe", "nope"]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err and not (tmp_path / "gone").exists()
+
+
+_COUNTING_WORKER = """
+import signal, sys, time
+received = []
+def note(signum, frame):
+    received.append(signum)
+    open(sys.argv[1], "w").write(str(len(received)))
+signal.signal(signal.SIGINT, note)
+open(sys.argv[1] + ".up", "w").write("up")
+deadline = time.monotonic() + 20
+while len(received) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_a_second_ctrl_c_reaches_the_shortcuts_workers(tmp_path):
+    """torchrun starts its workers out of the terminal's reach and passes on only the first signal, so
+    a second Ctrl-C (abort without a checkpoint) stopped at torchrun and the workers checkpointed anyway."""
+    import time
+
+    from dreamctl.cli.common import EXIT_CODES_DIR
+
+    worker, marker = tmp_path / "worker.py", tmp_path / "signals"
+    worker.write_text(_COUNTING_WORKER)
+    proc = subprocess.Popen([sys.executable, "-m", "dreamctl.cli.torchrun", "--standalone", "--nproc-per-node=1",
+                             str(worker), str(marker)], env={**os.environ, EXIT_CODES_DIR: str(tmp_path)},
+                            cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_for(path: Path, text: str) -> None:
+        deadline = time.monotonic() + 60
+        while not (path.is_file() and path.read_text() == text) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.read_text() == text
+
+    try:
+        wait_for(Path(f"{marker}.up"), "up")
+        proc.send_signal(signal.SIGINT)  # the terminal's Ctrl-C reaches torchrun, not the workers
+        wait_for(marker, "1")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 128 + signal.SIGINT
+        assert marker.read_text() == "2"
+    finally:
+        proc.kill()

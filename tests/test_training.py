@@ -207,6 +207,28 @@ def test_the_stop_note_is_written_without_rich(monkeypatch, capfd):
     assert "SIGTERM: finishing this step and writing a checkpoint" in capfd.readouterr().err
 
 
+def test_the_stop_note_offers_a_second_ctrl_c_only_where_it_reaches_the_process(monkeypatch, capfd):
+    """A torchrun the user started passes only the first signal on to its workers; the note said a second
+    Ctrl-C would abort there too. The --nproc-per-node shortcut's torchrun passes it on (test_torchrun)."""
+    import os
+
+    from dreamctl.cli.common import EXIT_CODES_DIR
+    from dreamctl.cli.progress import stop_on_signals
+
+    def note() -> str:
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        return capfd.readouterr().err
+
+    monkeypatch.delenv(EXIT_CODES_DIR, raising=False)
+    assert "press Ctrl-C again to abort without one" in note()  # one process
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    assert "torchrun passes no second Ctrl-C on to its workers" in note()
+    monkeypatch.setenv(EXIT_CODES_DIR, "/nowhere")  # under the shortcut
+    assert "press Ctrl-C again to abort without one" in note()
+
+
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, synthetic_data_dir):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "dreamctl", "train", "--recipe", "tiny", "--data", str(synthetic_data_dir),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.progress import TextColumn
 
-from dreamctl.cli.common import console, progress_bar, speaks, to_devnull
+from dreamctl.cli.common import EXIT_CODES_DIR, console, progress_bar, speaks, to_devnull
 from dreamctl.signals import handling
 
 if TYPE_CHECKING:  # the CLI's --help must not import torch
@@ -39,9 +39,18 @@ def say(text: str) -> None:
         to_devnull(sys.stderr)
 
 
+def _abort_hint() -> str:
+    """How to abort the checkpoint: a second Ctrl-C, except under a torchrun the user started, which
+    keeps it from the workers (the --nproc-per-node shortcut's torchrun passes it on)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and EXIT_CODES_DIR not in os.environ:
+        return " (torchrun passes no second Ctrl-C on to its workers)"
+    return " (press Ctrl-C again to abort without one)"
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second Ctrl-C aborts at once; a second
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second Ctrl-C aborts at once (when it
+    arrives after the first has been handled: two during one long C++ call are one to Python); a second
     SIGTERM does not, as one often follows the first (a scheduler signals every process of a job, and
     ablate or the torchrun shortcut pass theirs on)."""
     stop = StopRequest()
@@ -52,8 +61,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
             stop.signum = signal.Signals(signum)
             if speaks():  # os.write, not rich: the signal may land inside a print (or its first import of
                 # rich's emoji table), and a print from here would re-enter it and fail on a half-made module
-                say(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint (press Ctrl-C "
-                    "again to abort without one)\n")
+                say(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint{_abort_hint()}\n")
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 

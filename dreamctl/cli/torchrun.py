@@ -4,13 +4,15 @@ This is torchrun's own `run`, minus the traceback and failure report torchrun pr
 fails: each worker has already printed what failed, in one line, and left its exit code in
 EXIT_CODES_DIR. The report is kept for the workers that left no code (killed by a signal, or a crash
 with its own traceback): there it is the only word of the failure. It stops (SIGTERM) when the
-shortcut dies, and so do its workers when it does. No module imports this one, so that `-m` runs it fresh.
+shortcut dies, and so do its workers when it does; a second Ctrl-C reaches the workers, as it would
+one process. No module imports this one, so that `-m` runs it fresh.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +27,38 @@ class _WorkerFailedLines(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(("failed (exitcode", "Sending process"))
+
+
+def pass_on_a_second_ctrl_c() -> None:
+    """torchrun starts each worker in a session of its own, out of the terminal's reach, and passes on
+    the first signal only (the workers then finish their step and checkpoint); a second Ctrl-C stopped
+    at torchrun, and the workers wrote their checkpoint anyway. Now it goes on to each worker's process
+    group, where it aborts the checkpoint as in one process. torchrun installs its handler by this
+    module-level name when it starts the workers, so replacing the name is enough. Linux only (the
+    workers are found in /proc); elsewhere a second Ctrl-C does what torchrun does with it."""
+    from torch.distributed.elastic.multiprocessing import api
+
+    torchruns = api._terminate_process_handler
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if received and signum == signal.SIGINT:
+            for pid in _children():
+                try:
+                    os.killpg(pid, signal.SIGINT)
+                except ProcessLookupError:  # ended meanwhile
+                    pass
+            return
+        received.append(signum)
+        torchruns(signum, frame)  # raises SignalException: torchrun stops its workers
+
+    api._terminate_process_handler = handler
+
+
+def _children() -> list[int]:
+    """The processes this one's main thread started: torchrun's workers, each the leader of a process group."""
+    children = Path(f"/proc/self/task/{os.getpid()}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.is_file() else []
 
 
 def torchrun(argv: list[str]) -> int:
@@ -53,6 +87,7 @@ if __name__ == "__main__":
     stop_with_parent()  # SIGTERM (passed on to the workers, who checkpoint) if the shortcut is killed
     os.environ[PARENT_PID] = str(os.getpid())  # and each worker SIGTERM if this process is
     try:
+        pass_on_a_second_ctrl_c()
         code = torchrun(sys.argv[1:])
     except KeyboardInterrupt:  # Ctrl-C while torch loads, before torchrun handles signals: nothing started
         code = 130
