@@ -21,6 +21,7 @@ from torch import nn
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
+from dreamctl.config.schema import check_ddim_spacing
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
@@ -81,7 +82,10 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
         del raw["sample"]["eta"]  # the recipe's DDIM eta is not asked for
     raw["sample"].update(changes)
     told = " ".join(f"{k}={v}" for k, v in changes.items())
-    return validate_recipe(raw, f"{source} with sample options {told}" if told else source).sample
+    source = f"{source} with sample options {told}" if told else source
+    cfg = validate_recipe(raw, source).sample
+    check_ddim_spacing(cfg, recipe.diffusion.num_timesteps, source)
+    return cfg
 
 
 def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:

@@ -180,21 +180,21 @@ def test_unknown_spec_name_lists_the_built_in_ones(capsys: pytest.CaptureFixture
     assert "unknown ablation spec 'lambda-maxx'" in err and "lambda-max," in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("t_start, counts", [(None, True), (957, False), (967, False)])
+@pytest.mark.parametrize("t_start, counts", [(None, True), (975, False), (985, False)])
 def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_path: Path, t_start, counts) -> None:
-    """DDIM with 30 of 1000 steps starts at 29*33 = 957 by default, but an evaluation told `--t-start 957` is
-    filed under another protocol id (-tstart957) than the one the ablation's table reads: not done."""
+    """DDIM with 40 of 1000 steps starts at 39*25 = 975 by default, but an evaluation told `--t-start 975` is
+    filed under another protocol id (-tstart975) than the one the ablation's table reads: not done."""
     from dreamctl.config import load_recipe
     from dreamctl.config.schema import SEED_RULE
     from dreamctl.evaluation import resolve_request
     from dreamctl.experiments.ablate import _evaluated
     from dreamctl.sampling import SampleOptions, sample_config
 
-    recipe = load_recipe("tiny", ["sample.steps=30", "sample.t_start=null"])
+    recipe = load_recipe("tiny", ["sample.steps=40", "sample.t_start=null"])
     cfg = sample_config(recipe, SampleOptions(), "test")
     (tmp_path / "eval").mkdir()
     (tmp_path / "run.json").write_text(json.dumps({"step": 40}))
-    protocol = {"sampler": "ddim", "steps": 30, "eta": 0.0, "clip_x0": False, "t_start": t_start, "ema": True,
+    protocol = {"sampler": "ddim", "steps": 40, "eta": 0.0, "clip_x0": False, "t_start": t_start, "ema": True,
                 "precision": "fp32",
                 "num_generated": 50, "ref_split": "train", "ref_num": 50, "seed": 0, "checkpoint_step": 40,
                 "image_seeds": SEED_RULE}
@@ -233,13 +233,13 @@ def test_a_data_limit_below_the_split_sets_the_cost(tmp_path: Path) -> None:
 
 
 def _write_eval_record(run_dir: Path, **changes) -> None:
-    """An eval file as `dreamctl evaluate` writes it for tiny at 30 DDIM steps, 50 images, the final step 40."""
+    """An eval file as `dreamctl evaluate` writes it for tiny at 40 DDIM steps, 50 images, the final step 40."""
     from dreamctl.config.schema import SEED_RULE
 
     (run_dir / "eval").mkdir()
     (run_dir / "run.json").write_text(json.dumps({"step": 40}))
     record = {"protocol_id": "p", "metrics": {"swd": {"value": 1.0}},
-              "protocol": {"sampler": "ddim", "steps": 30, "eta": 0.0, "clip_x0": False, "t_start": None, "ema": True,
+              "protocol": {"sampler": "ddim", "steps": 40, "eta": 0.0, "clip_x0": False, "t_start": None, "ema": True,
                            "precision": "fp32",  # what evaluate uses on this CPU-only machine
                            "num_generated": 50, "ref_split": "train", "ref_num": 50, "seed": 0, "checkpoint_step": 40,
                            "image_seeds": SEED_RULE}}
@@ -267,7 +267,7 @@ def test_an_existing_evaluation_is_reused_only_when_it_is_what_evaluate_would_wr
     from dreamctl.experiments.ablate import _evaluated
     from dreamctl.sampling import SampleOptions, sample_config
 
-    recipe = load_recipe("tiny", ["sample.steps=30", "sample.t_start=null", *sets])
+    recipe = load_recipe("tiny", ["sample.steps=40", "sample.t_start=null", *sets])
     _write_eval_record(tmp_path, **changes)
     req = resolve_request(recipe, SampleOptions(), 50, None, None, ["swd"])  # what `evaluate --num 50` asks
     assert _evaluated(tmp_path, sample_config(recipe, SampleOptions(), "test"), req) is done

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from dreamctl.cli import main
-from dreamctl.config import RECIPES_DIR, Recipe, load_recipe, recipe_from_file, recipe_to_yaml
+from dreamctl.config import (RECIPES_DIR, DiffusionConfig, Recipe, SampleConfig, load_recipe, recipe_from_file,
+                             recipe_to_yaml)
 from dreamctl.errors import ConfigError
 from dreamctl.models import build_model, count_parameters
 
@@ -385,6 +386,70 @@ def test_t_start_may_be_steps_minus_one():
     with pytest.raises(ConfigError, match=re.escape("sample.t_start 0 must be below diffusion.num_timesteps and at "
                                                     "least sample.steps - 1 (1)")):
         load_recipe("tiny", ["sample.steps=2", "sample.t_start=0"])
+
+
+def test_ddim_steps_that_do_not_divide_T_are_refused_where_they_would_start_far_below_T():
+    """i * (T // steps) for 600 of 1000 steps starts at t = 599, where x_t is still more than half image, from
+    pure noise. Refused when a recipe is loaded to train and when sample/evaluate ask for it."""
+    from dreamctl.sampling import SampleOptions, sample_config
+
+    told = ("sample.steps 600 does not divide diffusion.num_timesteps 1000: DDIM's uniform skip would start at "
+            "t = 599, far from T - 1, from pure noise; use 500 or 1000 steps, or sample.t_start=999 (--t-start 999)")
+    with pytest.raises(ConfigError, match=re.escape(told)):
+        load_recipe("tiny", ["sample.steps=600", "sample.t_start=null"])
+    recipe = load_recipe("tiny", ["sample.t_start=null"])
+    with pytest.raises(ConfigError, match=re.escape("with sample options steps=600: " + told)):
+        sample_config(recipe, SampleOptions(steps=600), "recipe.yaml")
+    assert sample_config(recipe, SampleOptions(steps=600, t_start=999), "recipe.yaml").steps == 600  # evenly spaced
+    assert sample_config(recipe, SampleOptions(steps=40), "recipe.yaml").steps == 40
+    assert sample_config(recipe, SampleOptions(sampler="ddpm"), "recipe.yaml").steps == 1000
+
+
+def test_every_ddim_step_count_the_recipe_accepts_starts_within_one_skip_of_T():
+    from dreamctl.config.schema import check_ddim_spacing
+    from dreamctl.diffusion.samplers import timesteps
+
+    T, accepted = 120, []
+    for steps in range(1, T + 1):
+        cfg = SampleConfig(steps=steps, t_start=None)
+        try:
+            check_ddim_spacing(cfg, T, "test")
+        except ConfigError:
+            continue
+        accepted.append(steps)
+        assert timesteps(T, steps)[0] == T - T // steps
+    assert accepted == [d for d in range(1, T + 1) if T % d == 0]
+
+
+@pytest.mark.parametrize("T, beta_end", [(1000, 0.02), (100, 0.02), (100, 0.2), (20, 0.02), (2, 0.5)])
+def test_final_signal_is_what_the_linear_schedule_leaves_of_the_image_at_T_minus_one(T, beta_end):
+    """The check's closed form agrees with the schedule the sampler uses."""
+    from dreamctl.config.schema import final_signal
+    from dreamctl.diffusion import make_schedule
+
+    d = DiffusionConfig(schedule="linear", num_timesteps=T, beta_end=beta_end)
+    abar = make_schedule("linear", T, d.beta_start, beta_end).alphas_cumprod[-1].item()
+    assert final_signal(d) == pytest.approx(abar**0.5, rel=1e-9)
+    assert final_signal(DiffusionConfig(schedule="cosine", num_timesteps=T)) is None
+
+
+def test_a_linear_schedule_that_leaves_x_T_part_image_is_refused_to_train_but_a_stored_run_loads():
+    """DDPM's betas are given for T = 1000: at T = 100 x_T keeps 60% of the image, and sampling starts from noise."""
+    from dreamctl.config import recipe_from_yaml, recipe_to_yaml
+
+    linear_100 = ["diffusion.schedule=linear", "diffusion.num_timesteps=100", "sample.t_start=null"]
+    with pytest.raises(ConfigError, match=re.escape(
+            "the linear schedule leaves 60% of the image in x_T (sqrt(abar) at t = T - 1; at most 2%), and sampling "
+            "starts from pure noise: raise diffusion.beta_end (improved DDPM scales DDPM's betas by 1000/T: --set "
+            "diffusion.beta_start=0.001 --set diffusion.beta_end=0.2) or diffusion.num_timesteps, or use "
+            "diffusion.schedule=cosine")):
+        load_recipe("tiny", linear_100)
+    scaled = load_recipe("tiny", [*linear_100, "diffusion.beta_start=0.001", "diffusion.beta_end=0.2"])
+    assert scaled.diffusion.beta_end == 0.2
+    assert load_recipe("tiny", ["diffusion.num_timesteps=100", "sample.t_start=null"]).diffusion.schedule == "cosine"
+    assert load_recipe("aggressive").diffusion.schedule == "linear"  # T = 1000: 0.6% left
+    stored = recipe_to_yaml(scaled).replace("beta_end: 0.2", "beta_end: 0.02")  # a run from before the check
+    assert recipe_from_yaml(stored, "recipe.yaml").diffusion.beta_end == 0.02
 
 
 # Recipe files: the errors a user sees for a .yml file, a non-mapping, a bad `extends:` and a bad --set.

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from dreamctl.config.schema import Recipe, check_eval_section, validate_recipe
+from dreamctl.config.schema import (Recipe, check_ddim_spacing, check_eval_section, check_final_noise,
+                                    validate_recipe)
 from dreamctl.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -195,7 +196,10 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     path = recipe_path(name_or_path)
     raw = _raw_recipe(path)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    return check_eval_section(validate_recipe(apply_overrides(raw, overrides), source), source)
+    recipe = check_eval_section(validate_recipe(apply_overrides(raw, overrides), source), source)
+    check_final_noise(recipe.diffusion, source)  # a recipe to train: the sample grids draw with its sample section
+    check_ddim_spacing(recipe.sample, recipe.diffusion.num_timesteps, source)
+    return recipe
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
