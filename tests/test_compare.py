@@ -440,3 +440,22 @@ def test_the_csv_names_what_each_std_is_over(tmp_path: Path) -> None:
     rows = [dict(zip(head, line)) for line in lines]
     assert [(r["kind"], r[f"kid std over @ {P50}"]) for r in rows] == [("run", "subsets"), ("run", "subsets"),
                                                                       ("seed-mean", "seeds")]
+
+
+def test_every_format_says_dream_conservative_is_the_studys_variant_not_the_papers(tmp_path: Path, capsys) -> None:
+    """A row named `conservative` beside `dream` reads as DREAM; DESIGN.md asks for the note wherever it is shown."""
+    from dreamctl.cli import main
+    from dreamctl.config.schema import STUDY_VARIANT_NOTE
+
+    plain, study = write_run(tmp_path, "plain", recipe="tiny"), write_run(tmp_path, "study")
+    assert compare_runs([read_run(plain)]).notes == ()
+    comp = compare_runs([read_run(plain), read_run(study)])
+    assert comp.notes == (STUDY_VARIANT_NOTE,) and "the CelebA study's variant" in STUDY_VARIANT_NOTE
+    assert f"Note: {STUDY_VARIANT_NOTE}." in to_markdown(comp) and to_json(comp)["notes"] == [STUDY_VARIANT_NOTE]
+    capsys.readouterr()
+    assert main(["compare", str(plain), str(study)]) == 0
+    assert f"Note: {STUDY_VARIANT_NOTE}." in " ".join(capsys.readouterr().out.split())
+    assert main(["compare", str(plain), str(study), "--format", "csv"]) == 0
+    assert f"note: {STUDY_VARIANT_NOTE}" in capsys.readouterr().err
+    assert main(["compare", str(plain), "--format", "markdown"]) == 0
+    assert "Note:" not in capsys.readouterr().out

@@ -83,7 +83,7 @@ def test_cli_compare_json_and_plot(seeded: list[Path], tmp_path: Path, capsys: p
 def _drawn(monkeypatch: pytest.MonkeyPatch) -> list:
     """The figures plots would save, kept to look at their lines."""
     figures: list = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, notes=(): figures.append(fig) or path)
     return figures
 
 
@@ -175,8 +175,24 @@ def test_final_metric_bars_name_the_checkpoint_step_they_measure(tmp_path: Path,
         write_eval(d, P50, 50, step, {"fid": {"value": step / 10}})
         dirs.append(d)
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, notes=(): figures.append(fig) or path)
     comp = compare_runs([read_run(d) for d in dirs])
     plot_final_metrics(comp, P50, "", tmp_path / "f.png")
     (ax,) = [a for a in figures[0].axes if a.get_visible()]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a\n@ step 200", "b\n@ step 100"]
+
+
+def test_every_figure_of_a_dream_conservative_run_says_it_is_the_studys_variant(seeded: list[Path], tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The note travels with the figure (its bottom label), as figures are shared without the table."""
+    write_eval(seeded[0], P50, 50, 100, {"fid": {"value": 30.0}}, file="history/step-100.json")
+    figures: list = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, notes=(): figures.append(fig) or save(fig, path, notes))
+    runs = [read_run(d) for d in seeded]
+    assert runs[0].recipe.loss.kind == "dream_conservative" and len(write_figures(runs, tmp_path / "figs")) == 4
+    assert all("the CelebA study's variant" in " ".join(fig.get_supxlabel().split()) for fig in figures)
+    plain = read_run(write_run(tmp_path, "plain", recipe="tiny"))
+    figures.clear()
+    write_figures([plain], tmp_path / "plain-figs")
+    assert figures and all(fig.get_supxlabel() == "" for fig in figures)

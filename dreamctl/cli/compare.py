@@ -55,6 +55,8 @@ def _print_table(comp: Comparison) -> None:
         console.print(table)
     if comp.protocols:
         console.print("Numbers are comparable only within one protocol.", style="dim")
+    for note in comp.notes:
+        console.print(f"Note: {note}.", highlight=False, markup=False)
     if legend := spread_line(comp):
         console.print(legend, style="dim", highlight=False, markup=False)
     missing = [(row.label, pid, name, m) for row in comp.rows for (pid, name), m in row.metrics.items() if m.missing]
@@ -107,7 +109,9 @@ def command(
         typer.echo(to_markdown(comp), nl=False)
     elif format == Format.csv:
         typer.echo(to_csv(comp), nl=False)
-        for warning in comp.warnings:  # the other formats carry them; a CSV has no place for them
+        for note in comp.notes:  # the other formats carry them; a CSV has no place for them
+            err_console.print(f"note: {note}", markup=False, highlight=False)
+        for warning in comp.warnings:
             err_console.print(f"warning: {warning}", markup=False, highlight=False)
     else:
         typer.echo(json.dumps(to_json(comp), indent=2))

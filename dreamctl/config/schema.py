@@ -109,6 +109,11 @@ class DiffusionConfig(_Section):
         return self
 
 
+# Said wherever a dream_conservative run is shown (compare's tables and figures, ablate's report).
+STUDY_VARIANT_NOTE = ("`dream_conservative` is the CelebA study's variant (x0 rectification, plain noise target), "
+                      "not the published DREAM method (`dream`)")
+
+
 class LossConfig(_Section):
     kind: LossKind = "standard"
     # dream (Zhou et al. 2024): lambda = sqrt(1 - abar)**p

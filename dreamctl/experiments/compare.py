@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamctl.config import Recipe, flat_items
-from dreamctl.config.schema import BOOKKEEPING_KEYS, NOT_SETTINGS, drawn_by_seed_rule
+from dreamctl.config.schema import BOOKKEEPING_KEYS, NOT_SETTINGS, STUDY_VARIANT_NOTE, drawn_by_seed_rule
 from dreamctl.experiments.runs import EvalRecord, Run
 from dreamctl.metrics.spread import SEEDS, spread_of
 from dreamctl.metrics.weights import INCEPTION_METRICS, METRIC_WEIGHTS
@@ -71,6 +71,7 @@ class Comparison:
     columns: tuple[tuple[str, str], ...]  # (protocol id, metric), grouped by protocol
     protocols: dict[str, dict[str, Any]]  # protocol id -> its description (checkpoint step removed)
     warnings: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # what a reader must know of the runs shown (STUDY_VARIANT_NOTE)
 
 
 def effective_items(recipe: Recipe) -> dict[str, Any]:
@@ -357,5 +358,6 @@ def compare_runs(runs: list[Run]) -> Comparison:
     aggregate = [aggregate_rows([rows[i] for i in g]) for g in groups] if any(len(g) > 1 for g in groups) else []
     mixed = [f"{row.label}: {name} @ {pid} {m.missing}" for row in aggregate
              for (pid, name), m in row.metrics.items() if m.mixed_steps]
+    notes = (STUDY_VARIANT_NOTE,) if any(run.recipe.loss.kind == "dream_conservative" for run in runs) else ()
     return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, protocols,
-                      (*warnings, *repeats, *mixed))
+                      (*warnings, *repeats, *mixed), notes)

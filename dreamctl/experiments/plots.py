@@ -12,6 +12,7 @@ import functools
 import math
 import re
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -48,8 +49,13 @@ def _title(fig: Figure, title: str, description: str) -> None:
     fig.suptitle("\n".join([title, *textwrap.wrap(description, width)]), fontsize="medium")
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    """Written atomically: a stop mid-write leaves the previous figure, not a truncated one."""
+def _save(fig: Figure, path: Path, notes: Sequence[str] = ()) -> Path:
+    """Written atomically: a stop mid-write leaves the previous figure, not a truncated one. `notes`
+    (compare's: what dream_conservative is) go under the panels, so the figure keeps them when shared."""
+    if notes:  # as the figure's bottom label: constrained layout makes room for it
+        width = int(fig.get_figwidth() * 14)
+        fig.supxlabel("\n".join(line for n in notes for line in textwrap.wrap(f"Note: {n.replace('`', '')}.", width)),
+                      fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png", metadata={"Software": f"dreamctl {dreamctl.__version__}"})
@@ -81,7 +87,7 @@ def _color(i: int) -> str:
     return f"C{i % 10}"
 
 
-def plot_losses(runs: list[Run], path: Path) -> Path | None:
+def plot_losses(runs: list[Run], path: Path, notes: Sequence[str] = ()) -> Path | None:
     """Training loss against step, one panel per loss term logged (loss, loss_std, loss_rect, ...).
 
     `loss` is each run's own objective (DREAM's has another target), so with several loss kinds its
@@ -109,10 +115,10 @@ def plot_losses(runs: list[Run], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle("Training loss (metrics.jsonl)")
-    return _save(fig, path)
+    return _save(fig, path, notes)
 
 
-def plot_lambda(runs: list[Run], path: Path) -> Path | None:
+def plot_lambda(runs: list[Run], path: Path, notes: Sequence[str] = ()) -> Path | None:
     """The rectification weight actually applied (lambda_mean over each logged batch)."""
     drawn = [(i, run, label, *_series(run, "lambda_mean")) for i, (run, label) in enumerate(zip(runs, run_labels(runs)))]
     drawn = [d for d in drawn if d[3]]
@@ -124,10 +130,11 @@ def plot_lambda(runs: list[Run], path: Path) -> Path | None:
     ax.set(xlabel="training step", ylabel="lambda_mean", title="lambda applied: mean over each logged batch's timesteps (metrics.jsonl)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return _save(fig, path, notes)
 
 
-def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, path: Path) -> Path | None:
+def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, path: Path,
+                         notes: Sequence[str] = ()) -> Path | None:
     """Each metric of one protocol (a column id of compare) against the checkpoint step it was measured at."""
     ids = column_ids(runs)
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -150,7 +157,7 @@ def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, pa
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     _title(fig, f"Metrics against training step — protocol {protocol_id}", description)
-    return _save(fig, path)
+    return _save(fig, path, notes)
 
 
 def plot_final_metrics(comp: Comparison, protocol_id: str, description: str, path: Path) -> Path | None:
@@ -178,7 +185,7 @@ def plot_final_metrics(comp: Comparison, protocol_id: str, description: str, pat
         ax.set(ylabel=name, title=f"{name} ({seeds})")
         ax.grid(alpha=0.3, axis="y")
     _title(fig, f"Final metrics — protocol {protocol_id}", description)
-    return _save(fig, path)
+    return _save(fig, path, comp.notes)
 
 
 def write_figures(runs: list[Run], out_dir: str | Path, comp: Comparison | None = None) -> list[Path]:
@@ -188,11 +195,11 @@ def write_figures(runs: list[Run], out_dir: str | Path, comp: Comparison | None 
     out = Path(out_dir)
     comp = comp or compare_runs(runs)
     described = describe_protocols(comp)
-    drawings = [(out / "loss.png", functools.partial(plot_losses, runs)),
-                (out / "lambda.png", functools.partial(plot_lambda, runs))]
+    drawings = [(out / "loss.png", functools.partial(plot_losses, runs, notes=comp.notes)),
+                (out / "lambda.png", functools.partial(plot_lambda, runs, notes=comp.notes))]
     for pid in comp.protocols:
         drawings += [(out / f"metrics-vs-step_{_safe(pid)}.png",
-                      functools.partial(plot_metrics_vs_step, runs, pid, described[pid])),
+                      functools.partial(plot_metrics_vs_step, runs, pid, described[pid], notes=comp.notes)),
                      (out / f"final-metrics_{_safe(pid)}.png",
                       functools.partial(plot_final_metrics, comp, pid, described[pid]))]
     for path, _ in drawings:  # before any figure is drawn

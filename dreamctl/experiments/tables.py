@@ -116,6 +116,7 @@ def to_markdown(comp: Comparison) -> str:
         return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
 
     lines = table(headers(comp), [cells(comp, r) for r in comp.rows])
+    lines += [line for note in comp.notes for line in ("", f"Note: {note}.")]
     legend = spread_line(comp)
     lines += ["", legend] if legend else []
     if comp.aggregate:
@@ -175,4 +176,4 @@ def _row_json(row: Row) -> dict[str, Any]:
 def to_json(comp: Comparison) -> dict[str, Any]:
     return {"differing_settings": list(comp.settings), "protocols": comp.protocols,
             "runs": [_row_json(r) for r in comp.rows], "seed_aggregates": [_row_json(r) for r in comp.aggregate],
-            "warnings": list(comp.warnings)}
+            "notes": list(comp.notes), "warnings": list(comp.warnings)}
