@@ -63,14 +63,30 @@ def test_dream_with_lambda_zero_is_standard(batch):
     torch.testing.assert_close(dream, std, rtol=0, atol=0)
 
 
-def test_dream_with_perfect_predictor_is_standard(batch):
+class WrongThenRight(Oracle):
+    """Wrong on its first call (DREAM's estimate pass), exact on every later one."""
+
+    def __init__(self, schedule, x0):
+        super().__init__(schedule, x0)
+        self.calls = 0
+
+    def forward(self, x_t, t):
+        self.calls += 1
+        return super().forward(x_t, t) + (0.3 if self.calls == 1 else 0.0)
+
+
+def test_dreams_input_and_target_are_one_noising_of_x0_whatever_the_estimate(batch):
+    """x_t + lam*s*delta is x0 noised with eps + lam*delta, DREAM's target: a predictor that knows x0 has loss
+    0 on the second pass, whatever the first estimated (delta = -0.3 here). A perfect predictor (delta = 0)
+    would pass with any pair of input and target; this one fails if either drops a factor."""
     x0, t, noise = batch
-    oracle = Oracle(SCHEDULE, x0.double()).double()
-    args = (x0.double(), t, noise.double())
-    std, _ = compute_loss("standard", oracle, SCHEDULE, *args)
-    dream, stats = compute_loss("dream", oracle, SCHEDULE, *args, p=1.0)
-    assert stats["lambda_mean"] > 0.1  # lambda is not zero: delta = 0 is what makes them equal
-    torch.testing.assert_close(dream, std, rtol=0, atol=1e-12)
+    oracle = WrongThenRight(SCHEDULE, x0.double()).double()
+    dream, stats = compute_loss("dream", oracle, SCHEDULE, x0.double(), t, noise.double(), p=1.0)
+    assert oracle.calls == 2 and stats["lambda_mean"] > 0.1
+    torch.testing.assert_close(dream, torch.zeros((), dtype=torch.float64), rtol=0, atol=1e-12)
+    oracle.calls = 0
+    std, _ = compute_loss("standard", oracle, SCHEDULE, x0.double(), t, noise.double())  # the first call's error
+    assert std.item() == pytest.approx(0.09)
 
 
 def test_dream_differs_from_standard_for_an_imperfect_model(batch):
@@ -175,6 +191,10 @@ def test_conservative_lambda_schedule(batch):
     expected = 0.5 * (t.float() / 1000) * (10 / 20)
     torch.testing.assert_close(stats["lambda_mean"], expected.mean())
     assert net.calls == 2
+    # lambda_min is not scaled by the ramp: lam_t = lam_min + (lam_max - lam_min) * (t/T) * min(epoch/ramp, 1)
+    _, stats = compute_loss("dream_conservative", net, SCHEDULE, *batch, epoch=15, **{**CONS, "lambda_min": 0.1})
+    expected = 0.1 + 0.4 * (t.float() / 1000) * (15 / 20)
+    torch.testing.assert_close(stats["lambda_mean"], expected.mean())
 
 
 def test_conservative_with_no_ramp_rectifies_fully_from_its_first_epoch(batch):

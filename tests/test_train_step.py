@@ -53,6 +53,29 @@ def test_update_clips_the_gradient_norm_and_steps_at_this_steps_learning_rate():
     assert clip_threshold(OptimConfig(grad_clip=None)) == float("inf")
 
 
+def test_adamw_takes_the_recipes_betas_and_weight_decay():
+    from dreamctl.training.loop import init_state
+
+    recipe = load_recipe("tiny", ["optim.betas=[0.8,0.95]", "optim.weight_decay=0.03", "optim.lr=3e-4"])
+    (group,) = init_state(recipe, CPU).optimizer.param_groups
+    assert (group["betas"], group["weight_decay"], group["lr"]) == ((0.8, 0.95), 0.03, 3e-4)
+    assert type(init_state(recipe, CPU).optimizer) is torch.optim.AdamW
+
+
+def test_the_ema_moves_a_tenth_of_the_way_to_the_trained_weights_at_decay_0_9():
+    cfg = OptimConfig(lr=0.5, warmup_steps=0, grad_clip=None, ema_warmup=False, ema_decay=0.9)
+    state, model = _state()
+    with torch.no_grad():
+        for e in state.ema.parameters():
+            e.add_(1.0)  # the EMA apart from the model, so that the average shows
+    ema_before = [e.clone() for e in state.ema.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    update(state, list(model.parameters()), cfg, step=5, loss=torch.tensor(1.0), rt=CPU)
+    for e, before, p in zip(state.ema.parameters(), ema_before, model.parameters()):
+        torch.testing.assert_close(e, 0.9 * before + 0.1 * p.detach())
+
+
 def test_timesteps_cover_zero_to_T_minus_one():
     """t ~ U{0, ..., T-1}: the noisiest step, T-1, is the one the sampler starts from."""
     recipe = load_recipe("tiny", ["diffusion.num_timesteps=4", "sample.steps=4", "sample.t_start=null",
