@@ -48,10 +48,10 @@ def atomic_path(path: Path, *, durable: bool = False, sweep_stale: bool = True) 
         with naming(path):
             yield tmp
             if durable:
-                _fsync(tmp)
+                fsync(tmp)
             os.replace(tmp, path)
             if durable:
-                _fsync(path.parent)  # the rename itself is on disk
+                fsync(path.parent)  # the rename itself is on disk
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -101,7 +101,8 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Its bytes (a folder: its entries) on disk when this returns, past a power cut."""
     fd = os.open(path, os.O_RDONLY)  # a folder can be opened read-only and fsynced too
     try:
         os.fsync(fd)
@@ -147,6 +148,13 @@ def check_folder_path(folder: Path, what: str) -> None:
         raise DreamctlError(f"{what} {where} is a file, not a folder; choose another path (a folder is made if missing)")
 
 
+PROBE_PREFIX = ".write-check-"  # check_writable's file, left behind only by a kill between its two calls
+
+
+def is_probe(path: Path) -> bool:
+    return path.name.startswith(PROBE_PREFIX)
+
+
 def check_writable(folder: Path, what: str) -> None:
     """DreamctlError now, before any work, when no file can be written in `folder` (it is a file, lies
     under one, or is not writable): a long command must not fail at its end. Creates the folder."""
@@ -154,7 +162,7 @@ def check_writable(folder: Path, what: str) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=PROBE_PREFIX)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:

@@ -50,7 +50,7 @@ def test_an_os_error_on_a_path_names_the_fix_for_its_kind(run, tmp_path, monkeyp
 
     from dreamctl.cli import compare as compare_cli
 
-    for code, fix in ((errno.EACCES, "choose a place you can write to"), (errno.ENOSPC, "the disk is full"),
+    for code, fix in ((errno.EACCES, "choose a place you can write to"), (errno.ENOSPC, "the disk is full: free some space, then run the same command again"),
                       (errno.EROFS, "read-only"), (errno.EIO, "check that the path exists")):
         def failing(*args, code=code, **kwargs):
             raise OSError(code, os.strerror(code), str(tmp_path / "x"))
@@ -59,6 +59,21 @@ def test_an_os_error_on_a_path_names_the_fix_for_its_kind(run, tmp_path, monkeyp
         assert main(["compare", str(run)]) == 2
         line = _one_error_line(capsys)
         assert line.startswith(f"error: {tmp_path / 'x'}: {os.strerror(code)}; ") and fix in line
+
+
+def test_a_full_disk_during_train_says_to_resume_the_run_not_to_train_again(tmp_path, monkeypatch, capsys):
+    """`train` again refuses the folder that now holds the run: the fix is `resume`, as the checkpoint writer says."""
+    import errno
+
+    from dreamctl.cli import train as train_cli
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "samples" / "step-00000020.png"))
+
+    monkeypatch.setattr(train_cli, "run_training", full)
+    assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "data.path=unused"]) == 2
+    assert _one_error_line(capsys).endswith("No space left on device; the disk is full: free some space, then "
+                                            "continue the run with `dreamctl resume RUN`")
 
 
 def test_resume_checks_the_folders_it_writes_before_the_first_step(run, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,9 +31,12 @@ def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
     assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
 
 
-def test_resume_past_a_corrupt_checkpoint_sets_aside_what_was_drawn_from_it(tmp_path, synthetic_data_dir, capsys):
+@pytest.mark.parametrize("renamed_by_a_killed_resume", [False, True])
+def test_resume_past_a_corrupt_checkpoint_sets_aside_what_was_drawn_from_it(tmp_path, synthetic_data_dir, capsys,
+                                                                            renamed_by_a_killed_resume):
     """Step 8 is trained again (here with another learning rate): the images and scores of the old step-8
-    checkpoint would be taken for the new one's, as their folder and protocol name only the step."""
+    checkpoint would be taken for the new one's, as their folder and protocol name only the step. Also when
+    an earlier resume set the checkpoint aside and was killed before it moved these: the move was left undone."""
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0
     drawn = {"samples/ddim2-step8": ("sample.json", {"checkpoint_step": 8}),
@@ -44,6 +48,8 @@ def test_resume_past_a_corrupt_checkpoint_sets_aside_what_was_drawn_from_it(tmp_
     (run / "eval" / "q@step4.json").write_text(json.dumps({"protocol": {"checkpoint_step": 4}}))
     newest = list_checkpoints(run / "checkpoints")[-1]
     newest.write_bytes(newest.read_bytes()[:1000])
+    if renamed_by_a_killed_resume:
+        newest.rename(newest.with_name(newest.name + ".corrupt"))
     capsys.readouterr()
     assert main(["resume", str(run), "--set", "optim.lr=0.001"]) == 0
     aside = run / "set-aside" / "after-step-4"
@@ -77,10 +83,24 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synt
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: checkpoint {run / 'checkpoints' / 'step-00000008.pt'} could not be written")
     assert "free space on that disk" in err and "\n" not in err
+    assert "GB free on that disk, the newest checkpoint takes 0.0" in err  # torch's "unexpected pos" says no more
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004.pt"]
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "failed" and "could not be written" in info["error"]
 
+
+
+def test_the_log_is_on_disk_before_each_checkpoint(tmp_path, synthetic_data_dir, monkeypatch):
+    """Checkpoints are fsynced; metrics.jsonl was not: a power cut could keep step 4's checkpoint and lose the
+    log lines before it, which resume, going on from step 4, never writes again."""
+    from dreamctl import atomic
+
+    synced: list[str] = []
+    real = atomic.fsync
+    monkeypatch.setattr(atomic, "fsync", lambda path: synced.append(Path(path).name) or real(path))
+    assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0
+    checkpoints = [i for i, name in enumerate(synced) if name.startswith(".step-")]
+    assert len(checkpoints) == 2 and all(synced[i - 1] == "metrics.jsonl" for i in checkpoints)
 
 
 def test_a_run_json_that_cannot_record_the_failure_is_named_in_the_error(tmp_path, synthetic_data_dir, capsys,

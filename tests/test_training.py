@@ -109,7 +109,8 @@ def test_run_folder_lock_and_no_overwrite(tmp_path, synthetic_data_dir, capsys):
 def test_train_starts_only_in_a_new_empty_or_half_created_folder(tmp_path, synthetic_data_dir, capsys):
     """A run's files never go among other files (a data folder, the user's own recipe.yaml), and the refusal
     names what is there instead of calling it a run to resume; a folder that `train` was killed while
-    creating (its lock, run.json, empty subfolders, the temporary file of the write it cut short) is taken over."""
+    creating (its lock, run.json, empty subfolders, the temporary file of the write it cut short, a writability
+    probe) is taken over."""
     import socket
 
     from conftest import dead_pid
@@ -127,6 +128,8 @@ def test_train_starts_only_in_a_new_empty_or_half_created_folder(tmp_path, synth
         (half / sub).mkdir(parents=True)
     (half / "run.json").write_text('{"status": "created"}')
     (half / ".lock").write_text("")
+    for probe in (half / ".write-check-k1ll3d00", half / "checkpoints" / ".write-check-k1ll3d01"):
+        probe.write_text("")  # a kill between check_writable's create and delete
     killed_writing = tmp_path / "killed-writing"  # killed while writing its first run.json
     (killed_writing / f".run.json.{dead_pid()}@{socket.gethostname()}.tmp").parent.mkdir()
     (killed_writing / f".run.json.{dead_pid()}@{socket.gethostname()}.tmp").write_text('{"run_id"')
@@ -139,6 +142,37 @@ def test_train_starts_only_in_a_new_empty_or_half_created_folder(tmp_path, synth
         assert train(folder, synthetic_data_dir, TINY + ["train.max_steps=1"], recipe="tiny") == 0, folder
         assert (folder / "recipe.yaml").is_file() and (folder / "checkpoints" / "step-00000001.pt").is_file()
         assert not list(folder.glob(".*.tmp"))  # cleared by the writes they were the start of
+
+
+def test_a_second_ctrl_c_says_the_run_goes_on_from_its_newest_checkpoint(tmp_path, capsys):
+    """The abort left the terminal without a word after the first signal's promise of a checkpoint."""
+    from dreamctl.cli.progress import run_training
+    from tiny_runs import CPU
+
+    def aborted(**kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tmp_path / "run", CPU, aborted)
+    assert capsys.readouterr().out.strip() == (f"aborted without a checkpoint of this step; continue from the newest "
+                                               f"with:  dreamctl resume {tmp_path / 'run'}")
+
+
+def test_a_stop_that_comes_during_a_scheduled_checkpoint_stops_at_that_step(tmp_path, synthetic_data_dir):
+    """A scheduler's SIGTERM while step 4's checkpoint is written: the step is saved, so the run stops there.
+    The stop was asked before the write, so the run trained step 5 and wrote a second checkpoint, in the
+    scheduler's grace period, rotating out an older one."""
+    from dreamctl.config import load_recipe
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import start_run
+    from tiny_runs import CPU
+
+    saved: list[int] = []
+    recipe = load_recipe("tiny", [*TINY, f"data.path={synthetic_data_dir}"])
+    status = start_run(recipe, RunDir(tmp_path / "run"), CPU, should_stop=lambda: bool(saved),
+                       on_event=lambda kind, payload: saved.append(payload["step"]) if kind == "checkpoint" else None)
+    assert (status, saved) == ("interrupted", [4])
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000004.pt"]
 
 
 def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_dir, capsys):

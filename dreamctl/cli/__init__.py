@@ -71,7 +71,7 @@ _PATH_FIXES = {
     errno.EACCES: "choose a place you can write to, or change its permissions",
     errno.EPERM: "choose a place you can write to, or change its permissions",
     errno.EROFS: "the file system is read-only: choose another place",
-    errno.ENOSPC: "the disk is full: free some space, then run the same command again",
+    errno.ENOSPC: "the disk is full: free some space, then {go_on}",
     errno.EISDIR: "it is a folder: give a file",
     errno.ENOTDIR: "a part of it is a file: give a path through folders",
 }
@@ -96,6 +96,14 @@ def _peer_lost(err: RuntimeError, then: str) -> DreamctlError | None:
     from dreamctl.runtime import peer_lost
 
     return peer_lost(err, then)
+
+
+def _go_on(argv: list[str] | None) -> str:
+    """How to go on after a failure that kept what was finished: `train` again refuses the folder that now
+    holds its run, which `resume` continues; any other command is run again."""
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), None)
+    return "continue the run with `dreamctl resume RUN`" if command == "train" else "run the same command again"
 
 
 def _with_notes(err: BaseException, message: str) -> str:
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         code, message = err.exit_code, None if isinstance(err, StoppedWithMain) else _with_notes(err, str(err))
         # (a StoppedWithMain is rank 0's to print)
     except RuntimeError as err:
-        lost = _peer_lost(err, "what was finished is kept: run the same command again to go on")
+        lost = _peer_lost(err, f"what was finished is kept: {_go_on(argv)}")
         if lost is None:  # a bug, with its traceback
             raise
         code, message = lost.exit_code, str(lost)
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if err.filename is None:  # not about a path the user gave: a bug, with its traceback
             raise
         code, message = 2, _with_notes(err, f"{err.filename}: {err.strerror or err}; "
-                                            f"{_PATH_FIXES.get(err.errno, _PATH_FIX)}")
+                                            f"{_PATH_FIXES.get(err.errno, _PATH_FIX).format(go_on=_go_on(argv))}")
     finally:
         warnings.showwarning = shown
     if message is not None:  # one line, also when a library's message (h5py's, torch's) runs over several

@@ -154,6 +154,11 @@ def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> No
             status = session(on_event=display.on_event, should_stop=stop.requested)
         if rt.is_main:
             display.finish(status)
+    except KeyboardInterrupt:  # a second Ctrl-C: aborted in the step, no checkpoint of it
+        if speaks():
+            console.print(f"aborted without a checkpoint of this step; continue from the newest with:  "
+                          f"{resume_command(run_root)}", markup=False, highlight=False)
+        raise
     except RuntimeError as err:
         lost = runtime.peer_lost(err, f"the last checkpoint, if any, is kept: continue with `{resume_command(run_root)}`")
         if lost is None:

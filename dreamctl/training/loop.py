@@ -151,6 +151,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
 
         def save() -> None:
             ckpt = state.state_dict(recipe_yaml, order.state_dict(), meter_state, run.run_id())  # rank 0 reads run.json
+            run.sync_metrics()
             path = save_checkpoint(ckpt, run.checkpoints, tc.keep_checkpoints)
             run.update_info({"step": state.step, "epoch": order.epoch, "images_seen": state.images_seen,
                              "wall_time_s": round(state.wall_time_s, 2)})
@@ -201,12 +202,17 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         if state.step % tc.log_every == 0 or state.step == last_step:
             log(batch.epoch, grad_norm)  # restarts the img/s interval
         with speed.side_work():  # checkpoints and grids do not count against img/s
-            stop = any_rank(should_stop(), rt)
             # The grid before the checkpoint: a run killed between the two resumes from an earlier
             # checkpoint and draws this grid again; the other way round, it would never be drawn.
             if state.step % tc.sample_every == 0 or state.step == last_step:
                 progress_grid()
-            if state.step % tc.checkpoint_every == 0 or state.step == last_step or stop:
+            scheduled = state.step % tc.checkpoint_every == 0 or state.step == last_step
+            if scheduled:
+                checkpoint()
+            # Asked after the scheduled writes: a stop that came during them finds this step saved, and
+            # does not cost one more step and checkpoint within a scheduler's grace period.
+            stop = any_rank(should_stop(), rt)
+            if stop and not scheduled:
                 checkpoint()
         if stop and state.step < last_step:
             status = "interrupted"

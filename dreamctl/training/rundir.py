@@ -67,15 +67,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 # What a run folder holds before its recipe.yaml is written: the lock, run.json and the empty
 # subfolders of a `train` killed while it created the folder, which a new `train` may take over,
-# and the temporary file of run.json or recipe.yaml that the kill cut short (the next write clears it).
+# the temporary file of run.json or recipe.yaml that the kill cut short (the next write clears it),
+# and a writability probe the kill left (atomic.check_writable's, in the folder or its subfolders).
 CREATE_LEFTOVERS = frozenset({".lock", "run.json", "checkpoints", "samples"})
 CREATE_WRITES = frozenset({"run.json", "recipe.yaml"})
 
 
 def _left_by_create(path: Path) -> bool:
-    if atomic.temp_target(path.name) in CREATE_WRITES:
+    if atomic.temp_target(path.name) in CREATE_WRITES or atomic.is_probe(path):
         return True
-    return path.name in CREATE_LEFTOVERS and not (path.is_dir() and any(path.iterdir()))
+    return path.name in CREATE_LEFTOVERS and not (path.is_dir() and any(not atomic.is_probe(p) for p in path.iterdir()))
 
 
 class RunDir:
@@ -156,6 +157,12 @@ class RunDir:
     def append_metrics(self, record: dict[str, Any]) -> None:
         with atomic.naming(self.metrics_file), open(self.metrics_file, "a") as f:  # a cut line: metrics() drops it
             f.write(json.dumps(record) + "\n")
+
+    def sync_metrics(self) -> None:
+        """metrics.jsonl on disk before a checkpoint is: a power cut must not keep the checkpoint and lose
+        the log lines before it, which resume would then never write again (a silent gap in the log)."""
+        if self.metrics_file.is_file():
+            atomic.fsync(self.metrics_file)
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl's records (a cut last line dropped), each checked to hold its step: resume reads

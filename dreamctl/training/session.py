@@ -233,12 +233,13 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
         barrier(rt)  # every rank has read its checkpoint before rank 0 renames corrupt ones
 
         def record() -> None:  # rank 0's; through main_first, so a full disk stops every rank at once
-            if set_aside_newer(run.checkpoints, step):
-                drawn = run.set_aside_drawn_after(step)
-                if drawn:
-                    warnings.warn(f"{len(drawn)} sample folder(s) and evaluation file(s) of the checkpoints after "
-                                  f"step {step} moved to {drawn[0].parent.parent}: the steps are trained again, "
-                                  "and sample or evaluate draws them anew", DreamctlWarning, stacklevel=3)
+            set_aside_newer(run.checkpoints, step)
+            # Whatever was drawn after `step`, also when an earlier resume renamed the checkpoints and was
+            # killed before it moved these: the steps are trained again, maybe with other settings.
+            if drawn := run.set_aside_drawn_after(step):
+                warnings.warn(f"{len(drawn)} sample folder(s) and evaluation file(s) of the checkpoints after "
+                              f"step {step} moved to {drawn[0].parent.parent}: the steps are trained again, "
+                              "and sample or evaluate draws them anew", DreamctlWarning, stacklevel=3)
             run.truncate_metrics(after_step=step)
             run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides),
                                                                           "world_size": rt.world_size}]})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import shutil
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -94,13 +95,22 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
         with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:  # closed, and its space freed, on error
             torch.save(ckpt, f)
     except (RuntimeError, OSError) as err:  # a full disk: OSError from our file handle, RuntimeError from torch's writer
-        raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}); the older checkpoints are "
+        raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}{_space(folder)}); the older checkpoints are "
                               "kept: free space on that disk (or fix access to it), then `dreamctl resume` the run"
                               ) from err
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink()
     return path
 
+
+
+def _space(folder: Path) -> str:
+    """What the disk has left beside the newest checkpoint's size: torch's writer reports a full disk as
+    "unexpected pos" (the partial file is gone by now, so the free space is what the write had)."""
+    free = shutil.disk_usage(folder).free
+    newest = list_checkpoints(folder)[-1:]
+    size = f", the newest checkpoint takes {newest[0].stat().st_size / 1e9:.2f} GB" if newest else ""
+    return f"; {free / 1e9:.2f} GB free on that disk{size}"
 
 
 def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
