@@ -175,6 +175,19 @@ def test_a_stop_that_comes_during_a_scheduled_checkpoint_stops_at_that_step(tmp_
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000004.pt"]
 
 
+def test_resuming_a_finished_run_as_it_was_records_no_resume(tmp_path, synthetic_data_dir):
+    """It trains nothing; each such call added a resume at the last step to run.json. With an override
+    (more epochs, say) it is a resume and is recorded."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    for _ in range(2):
+        assert main(["resume", str(run)]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert (info["status"], info["step"], info.get("resumes", [])) == ("finished", 2, [])
+    assert main(["resume", str(run), "--set", "train.max_steps=3"]) == 0
+    assert [r["set"] for r in json.loads((run / "run.json").read_text())["resumes"]] == [["train.max_steps=3"]]
+
+
 def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
