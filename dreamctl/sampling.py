@@ -21,8 +21,8 @@ from torch import nn
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
-from dreamctl.config.schema import check_ddim_spacing
 from dreamctl.diffusion import NoiseSchedule, schedule_for
+from dreamctl.diffusion.start import check_sampler_start
 from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
@@ -84,7 +84,7 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
     told = " ".join(f"{k}={v}" for k, v in changes.items())
     source = f"{source} with sample options {told}" if told else source
     cfg = validate_recipe(raw, source).sample
-    check_ddim_spacing(cfg, recipe.diffusion.num_timesteps, source)
+    check_sampler_start(recipe.diffusion, cfg, source)
     return cfg
 
 

@@ -188,6 +188,17 @@ def test_resuming_a_finished_run_as_it_was_records_no_resume(tmp_path, synthetic
     assert [r["set"] for r in json.loads((run / "run.json").read_text())["resumes"]] == [["train.max_steps=3"]]
 
 
+def test_resume_refuses_a_sample_section_that_starts_where_x_t_is_still_image(tmp_path, synthetic_data_dir, capsys):
+    """sample.* may change on resume, and the progress grids draw with it: 600 DDIM steps would start them at t = 599."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    before = (run / "recipe.yaml").read_text()
+    assert main(["resume", str(run), "--set", "sample.t_start=null", "--set", "sample.steps=600",
+                 "--set", "train.max_steps=4"]) == 2
+    assert "starts 600 steps, which do not divide T = 1000, at t = 599" in capsys.readouterr().err
+    assert (run / "recipe.yaml").read_text() == before and json.loads((run / "run.json").read_text())["step"] == 2
+
+
 def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0

@@ -14,8 +14,7 @@ from typing import Any
 
 import yaml
 
-from dreamctl.config.schema import (Recipe, check_ddim_spacing, check_eval_section, check_final_noise,
-                                    validate_recipe)
+from dreamctl.config.schema import Recipe, check_eval_section, validate_recipe
 from dreamctl.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -197,8 +196,11 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     raw = _raw_recipe(path)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
     recipe = check_eval_section(validate_recipe(apply_overrides(raw, overrides), source), source)
-    check_final_noise(recipe.diffusion, source)  # a recipe to train: the sample grids draw with its sample section
-    check_ddim_spacing(recipe.sample, recipe.diffusion.num_timesteps, source)
+    # A recipe to train (or plan): its sample section draws the progress grids. Imported here, not at the top:
+    # the check computes the schedule with torch, which the CLI loads only for a command that runs.
+    from dreamctl.diffusion.start import check_sampler_start
+
+    check_sampler_start(recipe.diffusion, recipe.sample, source)
     return recipe
 
 

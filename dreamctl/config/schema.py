@@ -7,7 +7,6 @@ key and where the recipe came from (validate_recipe). Loading files is dreamctl.
 from __future__ import annotations
 
 import difflib
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator,
@@ -182,7 +181,7 @@ class SampleConfig(_Section):
     eta: float = Field(0.0, ge=0.0, le=1.0)  # past 1, sqrt(1 - abar_prev - sigma^2) (DDIM eq. 12) can be imaginary
     clip_x0: bool = False
     t_start: int | None = Field(None, ge=0)  # first (largest) timestep; default DDIM's (steps-1)*(T//steps)
-    # (steps must then divide T: check_ddim_spacing)
+    # (checked by diffusion/start.py: x_t must be about noise there)
     batch_size: int = Field(256, gt=0)
     use_ema: bool = True
     compile: bool = False  # torch.compile the network for `sample`/`evaluate`; the same images up to rounding
@@ -242,52 +241,6 @@ def check_eval_section(recipe: Recipe, source: str) -> Recipe:
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     return recipe.model_copy(update={"eval": e.model_copy(update={"metrics": metrics})})
-
-
-def check_ddim_spacing(sample: SampleConfig, num_timesteps: int, source: str) -> None:
-    """DDIM's uniform skip t_i = i * (T // steps) (the DDIM paper's code) starts within one skip of T - 1
-    only when steps divides T: 600 of 1000 would start at t = 599, where x_t still holds more than half of
-    the image, from pure noise. Such a count is refused with the counts that divide T, or t_start to
-    space it evenly from T - 1 (the shipped counts, 10 to 1000, all divide T = 1000)."""
-    steps, T = sample.steps, num_timesteps
-    if sample.sampler != "ddim" or sample.t_start is not None or T % steps == 0:
-        return
-    below = max(d for d in range(1, steps) if T % d == 0)
-    above = min(d for d in range(steps + 1, T + 1) if T % d == 0)
-    raise ConfigError(f"{source}: sample.steps {steps} does not divide diffusion.num_timesteps {T}: DDIM's "
-                      f"uniform skip would start at t = {(steps - 1) * (T // steps)}, far from T - 1, from pure "
-                      f"noise; use {below} or {above} steps, or sample.t_start={T - 1} (--t-start {T - 1}) to "
-                      f"space {steps} steps evenly from T - 1")
-
-
-# How much of the image x_T may keep, sqrt(abar) at t = T - 1 (DDPM eq. 4), when sampling starts from
-# pure noise: DDPM's linear schedule (T = 1000) keeps 0.6%, the cosine one next to nothing.
-MAX_FINAL_SIGNAL = 0.02
-
-
-def final_signal(d: DiffusionConfig) -> float | None:
-    """sqrt(abar) at t = T - 1 of the linear schedule (betas linspace(beta_start, beta_end, T)). None for the
-    cosine one, which ends near 0 at any T (at f(T) = 0, but for its last beta, clipped to 0.999)."""
-    if d.schedule != "linear":
-        return None
-    T = d.num_timesteps
-    return math.exp(0.5 * math.fsum(math.log1p(-(d.beta_start + (d.beta_end - d.beta_start) * i / (T - 1)))
-                                    for i in range(T)))
-
-
-def check_final_noise(d: DiffusionConfig, source: str) -> None:
-    """Refuse a linear schedule that leaves x_T part image: DDPM's betas (1e-4 to 0.02) are given for
-    T = 1000, and at T = 100 x_T keeps 60% of the image. Checked when a recipe is loaded to train: a
-    stored run's recipe still loads."""
-    signal = final_signal(d)
-    if signal is None or signal <= MAX_FINAL_SIGNAL:
-        return
-    scale = 1000 / d.num_timesteps
-    scaled = (f" (improved DDPM scales DDPM's betas by 1000/T: --set diffusion.beta_start={1e-4 * scale:g} "
-              f"--set diffusion.beta_end={0.02 * scale:g})" if scale * 0.02 < 1 and scale != 1 else "")
-    raise ConfigError(f"{source}: the linear schedule leaves {signal:.0%} of the image in x_T (sqrt(abar) at "
-                      f"t = T - 1; at most {MAX_FINAL_SIGNAL:.0%}), and sampling starts from pure noise: raise "
-                      f"diffusion.beta_end{scaled} or diffusion.num_timesteps, or use diffusion.schedule=cosine")
 
 
 class Recipe(_Section):

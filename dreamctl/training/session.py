@@ -19,6 +19,7 @@ from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to
 from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, check_eval_section, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
+from dreamctl.diffusion.start import check_sampler_start
 from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost
@@ -136,6 +137,7 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
     raw = apply_overrides(recipe.model_dump(mode="json"), overrides)
     source = f"{run.recipe_file} with --set {' '.join(overrides)}"
     resumed = check_eval_section(validate_recipe(raw, source), source)  # unknown keys first
+    check_sampler_start(resumed.diffusion, resumed.sample, source)  # sample.* may change: the grids draw with it
     for text in overrides:
         key = text.partition("=")[0].strip()
         if not key.startswith(RESUMABLE_KEYS):
