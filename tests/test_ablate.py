@@ -47,6 +47,7 @@ def test_skip_finished_resume_interrupted_train_new(tmp_path: Path) -> None:
     assert "loss.lambda_max=0.7" in fake.calls[2] and "train.seed=0" in fake.calls[2]
     report = result.report.read_text()
     assert result.report == out / "report.md" and "lambda_max-0.7_seed-0" in report and "| 0.7 |" in report
+    assert report.count("the CelebA study's variant") == 1  # the study's loss kind, said once (in the results)
     assert result.figures and all(f"figures/{p.name}" in report and p.stat().st_size > 10_000 for p in result.figures)
 
     again = FakeCLI()

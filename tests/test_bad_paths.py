@@ -73,7 +73,8 @@ def test_a_full_disk_during_train_says_to_resume_the_run_not_to_train_again(tmp_
     monkeypatch.setattr(train_cli, "run_training", full)
     assert main(["train", "--recipe", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "data.path=unused"]) == 2
     assert _one_error_line(capsys).endswith("No space left on device; the disk is full: free some space, then "
-                                            "continue the run with `dreamctl resume RUN`")
+                                            "continue the run with `dreamctl resume RUN` (or `train` again if RUN "
+                                            "holds no recipe.yaml yet)")
 
 
 def test_resume_checks_the_folders_it_writes_before_the_first_step(run, capsys):

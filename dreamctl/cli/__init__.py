@@ -99,11 +99,12 @@ def _peer_lost(err: RuntimeError, then: str) -> DreamctlError | None:
 
 
 def _go_on(argv: list[str] | None) -> str:
-    """How to go on after a failure that kept what was finished: `train` again refuses the folder that now
-    holds its run, which `resume` continues; any other command is run again."""
+    """How to go on after a full disk: `train` again refuses a folder that holds its run (recipe.yaml
+    written), which `resume` continues; any other command is run again."""
     args = sys.argv[1:] if argv is None else argv
     command = next((a for a in args if not a.startswith("-")), None)
-    return "continue the run with `dreamctl resume RUN`" if command == "train" else "run the same command again"
+    return ("continue the run with `dreamctl resume RUN` (or `train` again if RUN holds no recipe.yaml yet)"
+            if command == "train" else "run the same command again")
 
 
 def _with_notes(err: BaseException, message: str) -> str:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         code, message = err.exit_code, None if isinstance(err, StoppedWithMain) else _with_notes(err, str(err))
         # (a StoppedWithMain is rank 0's to print)
     except RuntimeError as err:
-        lost = _peer_lost(err, f"what was finished is kept: {_go_on(argv)}")
+        lost = _peer_lost(err, "what was finished is kept: run the same command again to go on")
         if lost is None:  # a bug, with its traceback
             raise
         code, message = lost.exit_code, str(lost)

@@ -35,15 +35,16 @@ def pass_on_a_second_ctrl_c() -> None:
     at torchrun, and the workers wrote their checkpoint anyway. Now it goes on to each worker's process
     group, where it aborts the checkpoint as in one process. torchrun installs its handler by this
     module-level name when it starts the workers, so replacing the name is enough. Linux only (the
-    workers are found in /proc); elsewhere a second Ctrl-C does what torchrun does with it."""
+    workers are found in /proc); where none is found, a second Ctrl-C does what torchrun does with it."""
     from torch.distributed.elastic.multiprocessing import api
 
     torchruns = api._terminate_process_handler
     received: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        if received and signum == signal.SIGINT:
-            for pid in _children():
+        workers = _children() if received and signum == signal.SIGINT else []
+        if workers:
+            for pid in workers:
                 try:
                     os.killpg(pid, signal.SIGINT)
                 except ProcessLookupError:  # ended meanwhile

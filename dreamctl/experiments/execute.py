@@ -256,7 +256,6 @@ def write_report(plan: Plan, outcomes: list[Outcome], stopped_by: int | None = N
     lines += [f"- spec: `{spec.path}`", f"- recipe{'s' if len(recipes) > 1 else ''}: {', '.join(recipes)}",
               f"- fixed overrides: {' '.join(spec.set) or 'none'}", f"- data: `{plan.data}`" + (f" ({images_text(plan)})" if images_text(plan) else ""),
               f"- seeds: {', '.join(map(str, spec.seeds))}", ""]
-    lines += [line for note in (comp.notes if comp else ()) for line in (f"Note: {note}.", "")]
     head, rows = plan_rows(plan)
     lines += ["## Plan", "", PLAN_NOTE + ".", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows] + ["", "## Outcome", ""]

@@ -53,7 +53,7 @@ def _save(fig: Figure, path: Path, notes: Sequence[str] = ()) -> Path:
     """Written atomically: a stop mid-write leaves the previous figure, not a truncated one. `notes`
     (compare's: what dream_conservative is) go under the panels, so the figure keeps them when shared."""
     if notes:  # as the figure's bottom label: constrained layout makes room for it
-        width = int(fig.get_figwidth() * 14)
+        width = int(fig.get_figwidth() * 14)  # characters a line of small text holds: about 14 per inch
         fig.supxlabel("\n".join(line for n in notes for line in textwrap.wrap(f"Note: {n.replace('`', '')}.", width)),
                       fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)

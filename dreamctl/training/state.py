@@ -107,9 +107,12 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
 def _space(folder: Path) -> str:
     """What the disk has left beside the newest checkpoint's size: torch's writer reports a full disk as
     "unexpected pos" (the partial file is gone by now, so the free space is what the write had)."""
-    free = shutil.disk_usage(folder).free
-    newest = list_checkpoints(folder)[-1:]
-    size = f", the newest checkpoint takes {newest[0].stat().st_size / 1e9:.2f} GB" if newest else ""
+    try:
+        free = shutil.disk_usage(folder).free
+        newest = list_checkpoints(folder)[-1:]
+        size = f", the newest checkpoint takes {newest[0].stat().st_size / 1e9:.2f} GB" if newest else ""
+    except OSError:  # the disk that failed the write may fail this too: the write's error is the one to report
+        return ""
     return f"; {free / 1e9:.2f} GB free on that disk{size}"
 
 
