@@ -100,7 +100,7 @@ def test_the_log_is_on_disk_before_each_checkpoint(tmp_path, synthetic_data_dir,
     monkeypatch.setattr(atomic, "fsync", lambda path: synced.append(Path(path).name) or real(path))
     assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0
     checkpoints = [i for i, name in enumerate(synced) if name.startswith(".step-")]
-    assert len(checkpoints) == 2 and all(synced[i - 1] == "metrics.jsonl" for i in checkpoints)
+    assert len(checkpoints) == 2 and all(synced[i - 2:i] == ["metrics.jsonl", "run"] for i in checkpoints)
 
 
 def test_a_run_json_that_cannot_record_the_failure_is_named_in_the_error(tmp_path, synthetic_data_dir, capsys,

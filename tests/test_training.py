@@ -199,6 +199,29 @@ def test_resume_refuses_a_sample_section_that_starts_where_x_t_is_still_image(tm
     assert (run / "recipe.yaml").read_text() == before and json.loads((run / "run.json").read_text())["step"] == 2
 
 
+def test_resume_with_new_settings_writes_them_before_recording_the_change(tmp_path, synthetic_data_dir,
+                                                                         monkeypatch):
+    """A stop between the two writes must not leave run.json saying `optim.lr` changed while recipe.yaml, what
+    the next resume trains with, still holds the old value (compare would then group the run by a change not made)."""
+    import errno
+
+    from dreamctl.training.rundir import RunDir
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    update = RunDir.update_info
+
+    def full_disk_at_the_record(self, info):
+        if "resumes" in info:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.run_file))
+        return update(self, info)
+
+    monkeypatch.setattr(RunDir, "update_info", full_disk_at_the_record)
+    assert main(["resume", str(run), "--set", "optim.lr=0.0005", "--set", "train.max_steps=4"]) == 2
+    assert "lr: 0.0005" in (run / "recipe.yaml").read_text()
+    assert "resumes" not in json.loads((run / "run.json").read_text())
+
+
 def test_resume_refuses_overrides_that_change_the_past(tmp_path, synthetic_data_dir, capsys):
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0

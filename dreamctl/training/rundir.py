@@ -163,6 +163,7 @@ class RunDir:
         the log lines before it, which resume would then never write again (a silent gap in the log)."""
         if self.metrics_file.is_file():
             atomic.fsync(self.metrics_file)
+            atomic.fsync(self.root)  # its name too, the first time: a new file's entry is the folder's
 
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl's records (a cut last line dropped), each checked to hold its step: resume reads

@@ -243,11 +243,13 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
                               f"step {step} moved to {drawn[0].parent.parent}: the steps are trained again, "
                               "and sample or evaluate draws them anew", DreamctlWarning, stacklevel=3)
             run.truncate_metrics(after_step=step)
+            # The recipe before the record of the change: a stop between the two leaves a recipe.yaml that
+            # trains with the new values and shows them to compare, never a record of a change not made.
+            if overrides:
+                atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
             if overrides or step < last:  # a finished run resumed as it was trains nothing: no resume to record
                 run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides),
                                                                               "world_size": rt.world_size}]})
-            if overrides:
-                atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
         main_first(rt, record)
         return _run(run, recipe, rt, images, ckpt, on_event, should_stop)
 
