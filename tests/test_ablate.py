@@ -159,10 +159,12 @@ def test_a_set_aside_folder_never_overwrites_an_earlier_one(tmp_path: Path) -> N
     assert sorted(p.name for p in parking.iterdir()) == ["r", "r.1", "r.2", "r.3"]
 
 
-@pytest.mark.parametrize("name", ["report.md", "logs/lambda_max-0.5_seed-0.log"])
+@pytest.mark.parametrize("name", ["report.md", "logs/lambda_max-0.5_seed-0.log", "figures/loss.png",
+                                  "figures/final-metrics_ddim50-eta0-ema-n50-train50.png"])
 def test_a_file_ablate_did_not_write_is_refused_before_any_job(tmp_path: Path, monkeypatch, capsys, name) -> None:
     """OUT/report.md and OUT/logs/<job>.log are replaced (or, for a log, deleted on success) by a rerun:
-    a file of that name ablate did not write is the user's, and is never touched."""
+    a file of that name ablate did not write is the user's, and is never touched. A figure's name was found only
+    after every job had run, and cost the report."""
     spec_path = write_spec(tmp_path)
     mine = tmp_path / "out" / name
     mine.parent.mkdir(parents=True)
@@ -170,8 +172,17 @@ def test_a_file_ablate_did_not_write_is_refused_before_any_job(tmp_path: Path, m
     fake = FakeCLI()
     monkeypatch.setattr(execute_module, "run_command", fake)
     assert main(["ablate", str(spec_path)]) == 2
-    assert f"{mine} exists and is not a file ablate wrote; move it away" in capsys.readouterr().err
+    what = "figure" if name.startswith("figures/") else "file"
+    assert f"{mine} exists and is not a {what} ablate wrote; move it away" in capsys.readouterr().err
     assert mine.read_text() == "my notes" and fake.calls == []
+
+
+def test_a_picture_of_another_name_in_the_figures_folder_is_left_alone(tmp_path: Path) -> None:
+    from dreamctl.experiments.plots import foreign_figures
+
+    (tmp_path / "mine.png").write_bytes(b"not ours, but no figure takes its name")
+    (tmp_path / "lambda.png").write_bytes(b"a figure's name")
+    assert foreign_figures(tmp_path) == [tmp_path / "lambda.png"] and foreign_figures(tmp_path / "absent") == []
 
 
 def test_a_run_still_training_is_not_set_aside(tmp_path: Path) -> None:

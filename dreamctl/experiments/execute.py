@@ -23,7 +23,7 @@ from dreamctl.errors import CheckpointError, ConfigError, RunError, WeightsError
 from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, images_text, plan_rows, run_status
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import to_markdown
-from dreamctl.experiments.plots import write_figures
+from dreamctl.experiments.plots import foreign_figures, write_figures
 from dreamctl.experiments.runs import Run, read_run
 from dreamctl.metrics.weights import check_weights
 from dreamctl.training.rundir import RunDir
@@ -174,6 +174,10 @@ def preflight(plan: Plan) -> None:
     for path, head in [(report, REPORT_HEAD)] + [(_log_path(plan.spec.out / "logs", job), LOG_HEAD) for job in jobs]:
         if path.is_dir() or (path.exists() and not _starts_with(path, head)):
             raise RunError(f"{path} exists and is not a file ablate wrote; move it away or choose another 'out'")
+    figures = plan.spec.out / "figures"
+    atomic.check_folder_path(figures, "the figures folder")
+    if theirs := foreign_figures(figures):  # found after every job, it cost the report (and a stop's exit code)
+        raise RunError(f"{theirs[0]} exists and is not a figure ablate wrote; move it away or choose another 'out'")
 
 
 def _starts_with(path: Path, head: str) -> bool:

@@ -62,6 +62,18 @@ def _save(fig: Figure, path: Path, notes: Sequence[str] = ()) -> Path:
     return path
 
 
+FIGURE_NAME = re.compile(r"^(loss|lambda|metrics-vs-step_.+|final-metrics_.+)\.png$")  # what write_figures writes
+
+
+def foreign_figures(folder: Path) -> list[Path]:
+    """Files in `folder` under a name a figure may take that write_figures did not write: a rerun would
+    refuse them, so a long command checks this before its work (which protocols get a figure is known only
+    after the evaluations, so every figure name counts)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if FIGURE_NAME.match(p.name) and not _ours(p))
+
+
 def _ours(path: Path) -> bool:
     """A PNG that _save wrote (its Software text names dreamctl): one a new figure may replace."""
     try:
