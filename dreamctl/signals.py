@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 Handler = Callable[[int, Any], None]
@@ -43,6 +44,41 @@ def on_parent_death(signum: int, parent: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signum))  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # died before the request: no signal would come
         os.kill(os.getpid(), signum)
+
+
+@contextmanager
+def adopting_orphans() -> Iterator[None]:
+    """Within it, a descendant whose parent dies becomes this process's child (Linux PR_SET_CHILD_SUBREAPER),
+    and leaving waits for every such one to end. The --nproc-per-node shortcut's workers, when torchrun is
+    killed outright, get SIGTERM and write their checkpoint: the shortcut returned at once, and a `resume`
+    right after found the run still locked. Elsewhere nothing is adopted or waited for."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ours = set(children())  # not waited for here: only what is adopted
+    libc.prctl(36, 1)  # 36 = PR_SET_CHILD_SUBREAPER
+    try:
+        yield
+        while adopted := set(children()) - ours:
+            for pid in adopted:
+                os.waitpid(pid, 0)
+    finally:
+        libc.prctl(36, 0)
+
+
+def children() -> list[int]:
+    """This process's child processes (Linux, from /proc; elsewhere none are listed)."""
+    tasks = Path("/proc/self/task")
+    found = []
+    for task in tasks.iterdir() if tasks.is_dir() else ():
+        try:
+            found += [int(pid) for pid in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended meanwhile: it had none to list
+            pass
+    return found
 
 
 class Stopped(KeyboardInterrupt):

@@ -523,3 +523,26 @@ def test_a_second_ctrl_c_reaches_the_shortcuts_workers(tmp_path):
         assert marker.read_text() == "2"
     finally:
         proc.kill()
+
+
+_KILLED_TORCHRUN = """
+import os, signal, subprocess, sys
+# a worker that, like the real ones on torchrun's death, takes a while to write its checkpoint
+subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(1.5); open(sys.argv[1], 'w').write('saved')",
+                  sys.argv[1]])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_shortcut_waits_for_the_workers_of_a_killed_torchrun(tmp_path, monkeypatch, capsys):
+    """torchrun killed outright: its workers, tied to it, write their checkpoint; the shortcut returned at once
+    and a `resume` right after found the run still locked by them."""
+    import subprocess as sp
+
+    from dreamctl.cli.launch import launch
+
+    saved, real = tmp_path / "saved", sp.Popen
+    monkeypatch.setattr(sp, "Popen", lambda cmd, env: real([sys.executable, "-c", _KILLED_TORCHRUN, str(saved)], env=env))
+    assert launch(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGKILL
+    assert saved.read_text() == "saved"  # waited for
+    assert "torchrun was killed by SIGKILL: waiting for its workers" in capsys.readouterr().err

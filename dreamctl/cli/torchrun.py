@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from dreamctl.cli.common import EXIT_CODES_DIR
+from dreamctl.signals import children
 
 
 class _WorkerFailedLines(logging.Filter):
@@ -42,7 +43,7 @@ def pass_on_a_second_ctrl_c() -> None:
     received: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        workers = _children() if received and signum == signal.SIGINT else []
+        workers = children() if received and signum == signal.SIGINT else []  # torchrun's are its workers only
         if workers:
             for pid in workers:
                 try:
@@ -54,12 +55,6 @@ def pass_on_a_second_ctrl_c() -> None:
         torchruns(signum, frame)  # raises SignalException: torchrun stops its workers
 
     api._terminate_process_handler = handler
-
-
-def _children() -> list[int]:
-    """The processes this one's main thread started: torchrun's workers, each the leader of a process group."""
-    children = Path(f"/proc/self/task/{os.getpid()}/children")
-    return [int(pid) for pid in children.read_text().split()] if children.is_file() else []
 
 
 def torchrun(argv: list[str]) -> int:
