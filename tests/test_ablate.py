@@ -55,6 +55,15 @@ def test_skip_finished_resume_interrupted_train_new(tmp_path: Path) -> None:
     assert again.calls == []  # nothing new: everything finished and evaluated
 
 
+def test_a_job_killed_by_a_signal_is_logged_as_a_shell_says_it(tmp_path: Path) -> None:
+    """subprocess gives -9 for a job killed by SIGKILL (the out-of-memory killer): the log said "exit code -9"."""
+    from dreamctl.experiments.execute import CommandResult, _run_logged
+
+    outcome = _run_logged(["dreamctl", "train"], "job", "train", lambda cmd: CommandResult(-9, "..."), tmp_path)
+    assert outcome.note == "killed by SIGKILL (137)" and "\nkilled by SIGKILL (137)\n" in outcome.log.read_text()
+    assert _run_logged(["x"], "job2", "train", lambda cmd: CommandResult(2), tmp_path).note == "exit code 2"
+
+
 def test_a_failing_run_is_logged_and_the_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec_path = write_spec(tmp_path)
     fake = FakeCLI(fail=("lambda_max-0.5_seed-0",))

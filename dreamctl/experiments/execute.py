@@ -133,8 +133,16 @@ def _run_logged(cmd: list[str], job: str, action: str, runner: Runner, logs: Pat
             log.unlink()  # a stale failure from an earlier attempt
         return Outcome(job, action)
     logs.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(log, f"{LOG_HEAD}{' '.join(cmd)}\nexit code {result.returncode}\n--- last lines of stderr ---\n{result.stderr_tail}")
-    return Outcome(job, action, failed=True, note=f"exit code {result.returncode}", log=log)
+    how = _ended(result.returncode)
+    atomic.write_text(log, f"{LOG_HEAD}{' '.join(cmd)}\n{how}\n--- last lines of stderr ---\n{result.stderr_tail}")
+    return Outcome(job, action, failed=True, note=how, log=log)
+
+
+def _ended(returncode: int) -> str:
+    """`exit code 2`, or for a job killed by a signal (subprocess's -9) what a shell says: `killed by SIGKILL (137)`."""
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name} ({128 - returncode})"
+    return f"exit code {returncode}"
 
 
 def _finished(run_dir: Path) -> str | None:
