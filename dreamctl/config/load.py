@@ -195,11 +195,17 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     path = recipe_path(name_or_path)
     raw = _raw_recipe(path)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    recipe = check_eval_section(validate_recipe(apply_overrides(raw, overrides), source), source)
-    # A recipe to train (or plan): its sample section draws the progress grids. Imported here, not at the top:
-    # the check computes the schedule with torch, which the CLI loads only for a command that runs.
+    return check_to_train(validate_recipe(apply_overrides(raw, overrides), source), source)
+
+
+def check_to_train(recipe: Recipe, source: str) -> Recipe:
+    """What a recipe about to train (or be planned, or resumed with new settings) is held to beyond the
+    schema, which a stored run's recipe is not: its eval section as evaluate will read it (check_eval_section)
+    and a sample section that starts from noise where x_t is noise (its progress grids draw with it)."""
+    # Imported here: the check computes the schedule with torch, which the CLI loads only for a command that runs.
     from dreamctl.diffusion.start import check_sampler_start
 
+    recipe = check_eval_section(recipe, source)
     check_sampler_start(recipe.diffusion, recipe.sample, source)
     return recipe
 

@@ -16,10 +16,10 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
-from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, check_eval_section, flat_items
+from dreamctl.config.load import check_to_train
+from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
 from dreamctl.data.shards import read_manifest
-from dreamctl.diffusion.start import check_sampler_start
 from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost
@@ -136,8 +136,7 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
         return recipe
     raw = apply_overrides(recipe.model_dump(mode="json"), overrides)
     source = f"{run.recipe_file} with --set {' '.join(overrides)}"
-    resumed = check_eval_section(validate_recipe(raw, source), source)  # unknown keys first
-    check_sampler_start(resumed.diffusion, resumed.sample, source)  # sample.* may change: the grids draw with it
+    resumed = check_to_train(validate_recipe(raw, source), source)  # unknown keys first
     for text in overrides:
         key = text.partition("=")[0].strip()
         if not key.startswith(RESUMABLE_KEYS):
