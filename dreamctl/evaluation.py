@@ -154,6 +154,20 @@ def write_eval(eval_dir: Path, record: dict[str, Any]) -> tuple[Path, ...]:
 
 
 @dataclass(frozen=True)
+class EvalOptions:
+    """What the user asked of an evaluation; None means the run recipe's `eval` section decides."""
+
+    num: int | None = None  # generated images
+    ref: str | None = None  # the reference split: train, valid or test
+    ref_num: int | None = None  # its first N images; None: eval.ref_num, else num
+    metrics: tuple[str, ...] | None = None  # named by the user: their weights must be there
+    data: Path | None = None  # where the run's prepared data is now, if it moved; it must hold the data the run
+    # trained on (its content hash is checked): a protocol id does not name the data, so other data would
+    # overwrite the run's evaluation
+    strict_weights: bool = False  # the recipe's metrics too fail when their weights are missing
+
+
+@dataclass(frozen=True)
 class EvalRequest:
     """What one evaluation draws and scores, the recipe's eval section filling what was not asked."""
 
@@ -165,13 +179,12 @@ class EvalRequest:
     seed: int
 
 
-def resolve_request(recipe: Recipe, opts: SampleOptions, num: int | None, ref: str | None, ref_num: int | None,
-                    metrics: Sequence[str] | None) -> EvalRequest:
+def resolve_request(recipe: Recipe, opts: SampleOptions, asked: EvalOptions) -> EvalRequest:
     e = recipe.eval
-    num_given, ref_num_given = num is not None, ref_num is not None
-    num = e.num if num is None else num  # `or` would turn --num 0 into the default
-    ref_num = (e.ref_num or num) if ref_num is None else ref_num
-    ref_split = ref or e.ref
+    num_given, ref_num_given = asked.num is not None, asked.ref_num is not None
+    num = e.num if asked.num is None else asked.num  # `or` would turn --num 0 into the default
+    ref_num = (e.ref_num or num) if asked.ref_num is None else asked.ref_num
+    ref_split = asked.ref or e.ref
     if ref_split not in ("train", "valid", "test"):
         raise ConfigError(f"--ref {ref_split!r}: choose train, valid or test")
     # Each count named by where it came from: a flag, or the recipe (of a run from before its eval section
@@ -183,29 +196,26 @@ def resolve_request(recipe: Recipe, opts: SampleOptions, num: int | None, ref: s
     if ref_num < 2:
         raise ConfigError(f"{ref_from} {ref_num}: evaluate needs at least 2 reference images")
     check_count(num)
-    wanted = parse_metrics(metrics) if metrics is not None else parse_metrics(e.metrics, "eval.metrics")
-    return EvalRequest(tuple(wanted), metrics is not None,
+    explicit = asked.metrics is not None
+    wanted = parse_metrics(asked.metrics) if explicit else parse_metrics(e.metrics, "eval.metrics")
+    return EvalRequest(tuple(wanted), explicit,
                        num, ref_split, ref_num, e.seed if opts.seed is None else opts.seed)
 
 
-def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | None = None, ref: str | None = None,
-                 ref_num: int | None = None, data: Path | None = None, metrics: Sequence[str] | None = None,
-                 strict_weights: bool = False,
+def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOptions(), *, rt: Runtime,
                  feature_net: FeatureNet | None = None, weights_dir: Path | None = None,
                  on_event: OnEvent = ignore) -> Evaluation | None:
     """Evaluate a run's checkpoint; returns the record on rank 0 (None on other ranks, which only sample).
 
-    `data`: the prepared folder of the reference images, default the run's; it must hold the data
-    the run trained on (its content hash), e.g. after the folder moved: an evaluation file's
-    protocol id does not name the data, so other data would overwrite the run's evaluation.
-    `metrics` given means the user named them: their weights must be there. `feature_net` replaces
-    Inception (a stand-in, named so in the id and the file). `opts.seed` None: the recipe's eval.seed.
+    `opts` fixes the samples, `asked` what they are scored against and by which metrics (EvalOptions).
+    `feature_net` replaces Inception (a stand-in, named so in the id and the file). `opts.seed` None:
+    the recipe's eval.seed.
     """
     started = time.perf_counter()
     run = RunDir(run_dir)
     recipe = run.recipe()
-    req = resolve_request(recipe, opts, num, ref, ref_num, metrics)
-    data_dir = Path(data) if data is not None else _data_dir(recipe, run)
+    req = resolve_request(recipe, opts, asked)
+    data_dir = Path(asked.data) if asked.data is not None else _data_dir(recipe, run)
     run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")  # also the recorded one:
     # it may have been prepared again in place, and other data would overwrite this protocol's file
     check_reference(data_dir, req.ref_split, req.ref_num, recipe.data.resolution)
@@ -218,7 +228,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, *, rt: Runtime, num: int | 
         read.append(read_reference(data_dir, req.ref_split, req.ref_num))
     main_first(rt, read_ref)
     problems, net = weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
-    if problems and (strict_weights or req.explicit):
+    if problems and (asked.strict_weights or req.explicit):
         raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
         # share one file: named once
     for where, what in ((run.samples, "sample folder"), (run.eval, "evaluation folder")):

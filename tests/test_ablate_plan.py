@@ -186,7 +186,7 @@ def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_p
     filed under another protocol id (-tstart975) than the one the ablation's table reads: not done."""
     from dreamctl.config import load_recipe
     from dreamctl.config.schema import SEED_RULE
-    from dreamctl.evaluation import resolve_request
+    from dreamctl.evaluation import EvalOptions, resolve_request
     from dreamctl.experiments.ablate import _evaluated
     from dreamctl.sampling import SampleOptions, sample_config
 
@@ -200,7 +200,8 @@ def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_p
                 "image_seeds": SEED_RULE}
     (tmp_path / "eval" / "p.json").write_text(json.dumps({"protocol_id": "p", "protocol": protocol,
                                                            "metrics": {"swd": {"value": 1.0}}}))
-    assert _evaluated(tmp_path, cfg, resolve_request(recipe, SampleOptions(), 50, None, None, ["swd"])) is counts
+    req = resolve_request(recipe, SampleOptions(), EvalOptions(num=50, metrics=("swd",)))
+    assert _evaluated(tmp_path, cfg, req) is counts
 
 
 def test_a_resumed_conservative_run_is_priced_for_its_remaining_steps_only(tmp_path: Path) -> None:
@@ -263,13 +264,13 @@ def test_an_existing_evaluation_is_reused_only_when_it_is_what_evaluate_would_wr
                                                                                      done) -> None:
     """A plan skips an evaluation only if the file on disk measured the same weights, references and metrics."""
     from dreamctl.config import load_recipe
-    from dreamctl.evaluation import resolve_request
+    from dreamctl.evaluation import EvalOptions, resolve_request
     from dreamctl.experiments.ablate import _evaluated
     from dreamctl.sampling import SampleOptions, sample_config
 
     recipe = load_recipe("tiny", ["sample.steps=40", "sample.t_start=null", *sets])
     _write_eval_record(tmp_path, **changes)
-    req = resolve_request(recipe, SampleOptions(), 50, None, None, ["swd"])  # what `evaluate --num 50` asks
+    req = resolve_request(recipe, SampleOptions(), EvalOptions(num=50, metrics=("swd",)))  # what `evaluate --num 50` asks
     assert _evaluated(tmp_path, sample_config(recipe, SampleOptions(), "test"), req) is done
 
 

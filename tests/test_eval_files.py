@@ -80,23 +80,23 @@ def test_evaluating_an_older_checkpoint_leaves_the_main_file_at_the_newest(tmp_p
 def test_seed_zero_asked_for_overrides_the_recipes_eval_seed() -> None:
     """--seed 0 is a real seed: `or` would turn it into the recipe's eval.seed and draw other images."""
     from dreamctl.config.schema import EvalConfig, Recipe
-    from dreamctl.evaluation import resolve_request
+    from dreamctl.evaluation import EvalOptions, resolve_request
     from dreamctl.sampling import SampleOptions
 
     recipe = Recipe(eval=EvalConfig(seed=3, num=8))
-    assert resolve_request(recipe, SampleOptions(seed=0), None, None, None, None).seed == 0
-    assert resolve_request(recipe, SampleOptions(seed=5), None, None, None, None).seed == 5
-    assert resolve_request(recipe, SampleOptions(), None, None, None, None).seed == 3
+    assert resolve_request(recipe, SampleOptions(seed=0), EvalOptions()).seed == 0
+    assert resolve_request(recipe, SampleOptions(seed=5), EvalOptions()).seed == 5
+    assert resolve_request(recipe, SampleOptions(), EvalOptions()).seed == 3
 
 
 def test_evaluate_refuses_more_images_than_a_base_seed_names_before_drawing() -> None:
     """A set beyond 2**20 images would fail at image 2**20, hours in: refused with the request."""
     from dreamctl.config.schema import EvalConfig, Recipe
     from dreamctl.errors import ConfigError
-    from dreamctl.evaluation import resolve_request
+    from dreamctl.evaluation import EvalOptions, resolve_request
     from dreamctl.sampling import SampleOptions
 
     recipe = Recipe(eval=EvalConfig(num=8))
-    assert resolve_request(recipe, SampleOptions(), 2**20, None, 8, None).num == 2**20
+    assert resolve_request(recipe, SampleOptions(), EvalOptions(num=2**20, ref_num=8)).num == 2**20
     with pytest.raises(ConfigError, match="--num 1048577: a set holds 1 to 1,048,576 images"):
-        resolve_request(recipe, SampleOptions(), 2**20 + 1, None, 8, None)
+        resolve_request(recipe, SampleOptions(), EvalOptions(num=2**20 + 1, ref_num=8))

@@ -14,7 +14,7 @@ import torch
 
 from dreamctl.cli import main
 from dreamctl.data.shards import manifest_sha256
-from dreamctl.evaluation import evaluate_run
+from dreamctl.evaluation import EvalOptions, evaluate_run
 from dreamctl.experiments.runs import read_evals
 from dreamctl.metrics.inception import RESIZE_CLEAN
 from feature_fakes import StandInFeatureNet, write_fake_inception
@@ -43,7 +43,8 @@ def test_the_reference_is_the_split_asked_for(trained):
 
     run, data = trained
     for split in ("valid", "train"):
-        result = evaluate_run(run, SampleOptions(), rt=CPU, num=12, ref=split, ref_num=12, metrics=["pixel_fd"])
+        asked = EvalOptions(num=12, ref=split, ref_num=12, metrics=("pixel_fd",))
+        result = evaluate_run(run, SampleOptions(), asked, rt=CPU)
         with open_split(data, split, limit=12) as ref:
             reference = ref[torch.arange(12)].numpy()
         expected = pixel_frechet_distance(read_samples(result.samples, 12, 32), reference)
@@ -54,9 +55,10 @@ def test_the_reference_is_the_split_asked_for(trained):
 @pytest.mark.filterwarnings("ignore:FID from 16 generated images:dreamctl.errors.DreamctlWarning")  # tiny on purpose
 def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
     run, data = trained
-    metrics = ["fid", "kid", "is", "swd", "pixel_fd"]
+    metrics = ("fid", "kid", "is", "swd", "pixel_fd")
     net = StandInFeatureNet()
-    result = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=metrics, feature_net=net)
+    asked = EvalOptions(num=16, ref_num=20, metrics=metrics)
+    result = evaluate_run(run, SampleOptions(), asked, rt=CPU, feature_net=net)
     rec, p = result.record, result.record["protocol"]
     assert rec["protocol_id"] == "ddim2-eta0-ema-n16-train20-clean-standin"
     manifest = json.loads((data / "manifest.json").read_text())
@@ -67,7 +69,7 @@ def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
                 "feature_network_stand_in": True, "reference_cache": "written"}
     assert {k: p[k] for k in expected} == expected
     assert "stand-in" in p["feature_network"] and "NOT Inception" in p["feature_network"]
-    assert list(rec["metrics"]) == metrics
+    assert tuple(rec["metrics"]) == metrics
     for name in metrics:
         assert np.isfinite(rec["metrics"][name]["value"]), name
     assert "stand-in" in rec["metrics"]["fid"]["note"]
@@ -80,18 +82,19 @@ def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
 
     # Second time: samples reused, reference statistics read from the cache (only 16 images go through the net).
     net2 = StandInFeatureNet()
-    again = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=metrics, feature_net=net2)
+    again = evaluate_run(run, SampleOptions(), asked, rt=CPU, feature_net=net2)
     assert net2.calls == 16 and again.record["protocol"]["reference_cache"] == "hit"
     assert json.loads((result.samples / "sample.json").read_text())["drawn_now"] == 0
     assert again.record["metrics"]["fid"]["value"] == pytest.approx(rec["metrics"]["fid"]["value"])
 
     # Asking for one metric keeps the others measured on the same samples.
-    only = evaluate_run(run, SampleOptions(), rt=CPU, num=16, ref_num=20, metrics=["pixel_fd"], feature_net=net2)
+    only = evaluate_run(run, SampleOptions(), EvalOptions(num=16, ref_num=20, metrics=("pixel_fd",)), rt=CPU,
+                        feature_net=net2)
     assert set(only.record["metrics"]) == set(metrics)
 
     # An older checkpoint under the same protocol: the newest stays in <id>.json, each step gets <id>@step<N>.json.
     _older_checkpoint(run, 2)
-    older = evaluate_run(run, SampleOptions(checkpoint=2), rt=CPU, num=16, ref_num=20, metrics=["swd"],
+    older = evaluate_run(run, SampleOptions(checkpoint=2), EvalOptions(num=16, ref_num=20, metrics=("swd",)), rt=CPU,
                          feature_net=net2)
     pid = rec["protocol_id"]
     assert older.record["protocol_id"] == pid and older.record["protocol"]["checkpoint_step"] == 2

@@ -68,17 +68,17 @@ def command(
 ) -> None:
     """Generate (or reuse) samples and write eval/<protocol>.json with FID, KID, IS, LPIPS, SWD, pixel FD."""
     from dreamctl import runtime
-    from dreamctl.evaluation import evaluate_run
+    from dreamctl.evaluation import EvalOptions, evaluate_run
     from dreamctl.sampling import SampleOptions
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
                          compile=compile, compile_mode=compile_mode, checkpoint=checkpoint, seed=seed)
-    names = None if metrics is None else metrics.split(",")
+    asked = EvalOptions(num=num, ref=ref, ref_num=ref_num, metrics=None if metrics is None else tuple(metrics.split(",")),
+                        data=data, strict_weights=strict_weights)
     rt = runtime.setup("auto", device)
     try:
         with stop_on_sigterm(), SampleProgress(rt.is_main) as display:
-            result = evaluate_run(run_dir, opts, rt=rt, num=num, ref=ref, ref_num=ref_num, data=data, metrics=names,
-                                  strict_weights=strict_weights, on_event=display.on_event)
+            result = evaluate_run(run_dir, opts, asked, rt=rt, on_event=display.on_event)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
         raise stopped(stop) from None
     finally:

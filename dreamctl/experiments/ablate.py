@@ -21,7 +21,9 @@ from dreamctl.data.shards import split_count
 from dreamctl.diffusion.losses import step_cost
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals
-from dreamctl.evaluation import EvalRequest, check_reference, holds_protocol, resolve_request, sampling_protocol
+from dreamctl.evaluation import (
+    EvalOptions, EvalRequest, check_reference, holds_protocol, resolve_request, sampling_protocol,
+)
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import total_steps
@@ -173,7 +175,7 @@ def make_plan(spec: Spec) -> Plan:
             points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
                       for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
             # no point sets these; a spec that does not evaluate is not refused for its eval settings
-            req = resolve_request(recipe, SampleOptions(), spec.num, None, None, spec.metrics) if points else None
+            req = resolve_request(recipe, SampleOptions(), EvalOptions(num=spec.num, metrics=spec.metrics)) if points else None
             if recipe.data.split not in count_cache:
                 count_cache[recipe.data.split] = data_count(data, recipe.data.split)
             if points and data is not None and (data / "manifest.json").is_file():  # evaluate's check, now
