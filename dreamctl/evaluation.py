@@ -22,11 +22,10 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
-from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
+from dreamctl.config.schema import SEED_RULE, check_eval_num, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, read_manifest, split_shards
 from dreamctl.errors import ConfigError, DataError, WeightsError
-from dreamctl.generate import check_count
 from dreamctl.metrics import weights
 from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
 from dreamctl.metrics.weights import parse_metrics
@@ -191,11 +190,9 @@ def resolve_request(recipe: Recipe, opts: SampleOptions, asked: EvalOptions) -> 
     # was checked at training).
     num_from = "--num" if num_given else "eval.num"
     ref_from = "--ref-num" if ref_num_given else "eval.ref_num" if e.ref_num else num_from
-    if num < 2:
-        raise ConfigError(f"{num_from} {num}: evaluate needs at least 2 generated images")
+    check_eval_num(num, num_from)
     if ref_num < 2:
         raise ConfigError(f"{ref_from} {ref_num}: evaluate needs at least 2 reference images")
-    check_count(num)
     explicit = asked.metrics is not None
     wanted = parse_metrics(asked.metrics) if explicit else parse_metrics(e.metrics, "eval.metrics")
     return EvalRequest(tuple(wanted), explicit,

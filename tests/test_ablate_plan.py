@@ -289,7 +289,7 @@ def test_plan_totals_leave_out_skipped_evaluations(tmp_path: Path) -> None:
     ({"eval_grid": {"sample.steps": []}}, r"eval_grid\.sample\.steps must be a non-empty list"),
     ({"seeds": []}, r"'seeds' must be a non-empty list of integers"),  # else every point trains zero times
     ({"grid": {"train.seed": [0, 1]}}, r"list seeds under 'seeds:'"),
-    ({"evaluate": {"metrics": ["swd"], "num": 0}}, r"evaluate\.num must be an integer from 2 .* got 0"),
+    ({"evaluate": {"metrics": ["swd"], "num": 0}}, r"evaluate\.num 0: evaluate draws 2 \(a covariance needs two\)"),
     ({"evaluate": False, "eval_grid": {"sample.steps": [10, 20]}}, r"'evaluate: false' contradicts 'eval_grid'"),
 ])
 def test_specs_that_would_run_nothing_or_contradict_themselves_are_refused(tmp_path: Path, changes, message) -> None:
@@ -347,10 +347,10 @@ def test_training_without_data_is_one_error_naming_the_fix_before_any_job(tmp_pa
     ({"evaluate": {"metrics": ["swd", "fdi"]}}, "unknown metric(s) fdi in evaluate.metrics; choose from"),
     ({"evaluate": {"metrics": [" "]}}, "unknown metric(s) (none given) in evaluate.metrics"),
     ({"seeds": [True]}, "'seeds' must be a non-empty list of integers, got [True]"),  # was a run named seed-true
-    ({"evaluate": {"num": True}}, "evaluate.num must be an integer from 2"),  # was num 1
+    ({"evaluate": {"num": True}}, "evaluate.num True: evaluate draws 2"),  # was num 1
     ({"name": "../../elsewhere", "out": None}, "'name' '../../elsewhere' must be a plain name (it names runs/ablations/NAME); set"),
     ({"name": "..", "out": None}, "'name' '..' must be a plain name"),
-    ({"evaluate": {"num": 1}}, "evaluate.num must be an integer from 2 (a covariance needs two) to 1,048,576, got 1"),
+    ({"evaluate": {"num": 1}}, "evaluate.num 1: evaluate draws 2 (a covariance needs two) to 1,048,576 images"),
 ])
 def test_spec_values_are_checked_when_the_spec_is_read(tmp_path: Path, changes, message) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):

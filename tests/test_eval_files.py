@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -98,5 +99,22 @@ def test_evaluate_refuses_more_images_than_a_base_seed_names_before_drawing() ->
 
     recipe = Recipe(eval=EvalConfig(num=8))
     assert resolve_request(recipe, SampleOptions(), EvalOptions(num=2**20, ref_num=8)).num == 2**20
-    with pytest.raises(ConfigError, match="--num 1048577: a set holds 1 to 1,048,576 images"):
+    message = "--num 1048577: evaluate draws 2 (a covariance needs two) to 1,048,576 images"
+    with pytest.raises(ConfigError, match=re.escape(message)):
         resolve_request(recipe, SampleOptions(), EvalOptions(num=2**20 + 1, ref_num=8))
+
+
+@pytest.mark.parametrize("asked, message", [
+    ({"num": 1}, "--num 1: evaluate draws 2 (a covariance needs two) to 1,048,576 images"),
+    ({"num": 0}, "--num 0: evaluate draws 2"),  # not the recipe's default, as `or` would make it
+    ({"num": 8, "ref_num": 1}, "--ref-num 1: evaluate needs at least 2 reference images"),
+    ({"ref": "validation"}, "--ref 'validation': choose train, valid or test"),
+])
+def test_evaluate_flags_out_of_range_are_named(asked, message) -> None:
+    from dreamctl.config.schema import EvalConfig, Recipe
+    from dreamctl.errors import ConfigError
+    from dreamctl.evaluation import EvalOptions, resolve_request
+    from dreamctl.sampling import SampleOptions
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_request(Recipe(eval=EvalConfig(num=8)), SampleOptions(), EvalOptions(**asked))

@@ -193,9 +193,10 @@ def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
     finally:
         data.rename(other)
         (tmp_path / "kept").rename(data)
-    for flag, what in (("--num", "generated"), ("--ref-num", "reference")):  # 0 is not "the default"
+    for flag, message in (("--num", "evaluate draws 2 (a covariance needs two)"),  # 0 is not "the default"
+                          ("--ref-num", "evaluate needs at least 2 reference images")):
         assert main([*args, flag, "0"]) == 2
-        assert f"{flag} 0: evaluate needs at least 2 {what} images" in capsys.readouterr().err
+        assert f"{flag} 0: {message}" in capsys.readouterr().err
 
 
 def test_the_evaluate_table_says_what_plus_minus_is(monkeypatch, capsys, tmp_path):
@@ -242,6 +243,6 @@ def test_a_run_trained_before_eval_settings_were_checked_still_loads(trained, tm
     assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--metrics", "swd"]) == 2
-    assert "eval.num 1: evaluate needs at least 2 generated images" in capsys.readouterr().err
+    assert "eval.num 1: evaluate draws 2 (a covariance needs two) to 1,048,576 images" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--num", "4"]) == 2
     assert "unknown metric(s) fdi in eval.metrics" in capsys.readouterr().err

@@ -226,14 +226,20 @@ class EvalConfig(_Section):
         return metrics.split(",") if isinstance(metrics, str) else metrics  # `metrics: fid,swd` as --metrics takes
 
 
+def check_eval_num(num: Any, where: str) -> None:
+    """ConfigError unless `num`, the images an evaluation draws, is an integer from 2 (a covariance needs two)
+    to IMAGES_PER_SEED (its images are one base seed's). `where` names the setting: eval.num, --num, ..."""
+    if type(num) is not int or not 2 <= num <= IMAGES_PER_SEED:
+        raise ConfigError(f"{where} {num!r}: evaluate draws 2 (a covariance needs two) to "
+                          f"{IMAGES_PER_SEED:,} images (one base seed's)")
+
+
 def check_eval_section(recipe: Recipe, source: str) -> Recipe:
     """The recipe with eval.metrics in the names evaluate takes; ConfigError naming `source` for settings
     evaluate would refuse. Checked when a recipe is loaded to train (or resumed with new settings), not
     when its training is done and evaluate first reads them."""
     e = recipe.eval
-    if not 2 <= e.num <= IMAGES_PER_SEED:
-        raise ConfigError(f"{source}: eval.num {e.num}: evaluate draws 2 (a covariance needs two) to "
-                          f"{IMAGES_PER_SEED:,} images (one base seed's)")
+    check_eval_num(e.num, f"{source}: eval.num")
     if e.ref_num is not None and e.ref_num < 2:
         raise ConfigError(f"{source}: eval.ref_num {e.ref_num}: evaluate needs at least 2 reference images")
     try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from dreamctl.config import RECIPES_DIR, parse_override
 from dreamctl.config.load import builtin_or_path, read_yaml
-from dreamctl.config.schema import IMAGES_PER_SEED, setting_value
+from dreamctl.config.schema import check_eval_num, setting_value
 from dreamctl.errors import ConfigError
 from dreamctl.metrics.weights import parse_metrics
 
@@ -127,9 +127,11 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
         except ConfigError as err:
             raise _spec_error(path, str(err)) from None
     num = (evaluate or {}).get("num")
-    if num is not None and (type(num) is not int or not 2 <= num <= IMAGES_PER_SEED):
-        raise _spec_error(path, f"evaluate.num must be an integer from 2 (a covariance needs two) to "
-                                f"{IMAGES_PER_SEED:,}, got {num!r}")
+    if num is not None:
+        try:
+            check_eval_num(num, "evaluate.num")
+        except ConfigError as err:
+            raise _spec_error(path, str(err)) from None
     name = str(raw.get("name") or path.stem)
     default_out = not (out or raw.get("out"))  # the name builds the output folder only when none is given
     if default_out and (any(sep in name for sep in "/\\") or name in (".", "..")):  # `../../x`: anywhere
