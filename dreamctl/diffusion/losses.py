@@ -45,8 +45,8 @@ def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
         model.train(was_training)
 
 
-def _no_emit(term: Tensor) -> None:
-    raise RuntimeError("this loss has a single term")
+def _no_emit(term: Tensor) -> None:  # the default of the one-term losses, which emit nothing
+    raise RuntimeError("a one-term loss emitted a term")
 
 
 def standard(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
@@ -105,14 +105,15 @@ def rectified_input(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Tensor,
 
 def dream_conservative(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
                        *, epoch: int, lambda_min: float, lambda_max: float, alpha: float, start_epoch: int,
-                       ramp_epochs: int, emit: Emit = _no_emit,
+                       ramp_epochs: int, emit: Emit,
                        defer_sync: SyncContext = contextlib.nullcontext) -> tuple[Tensor, Stats]:
     """The CelebA study's variant (NOT the paper's DREAM; it keeps the plain noise target).
 
     x0_hat = clamp(predict_x0(x_t, eps_hat), -1, 1); x0_adapt = lam*x0_hat + (1-lam)*x0;
     x_rect = a*x0_adapt + s*eps; loss = alpha*L_std + (1-alpha)*||eps - model(x_rect, t)||^2,
     active from `start_epoch` (0-based). eps_hat is the detached prediction of the first
-    pass, so the step costs two forwards, not the study's three.
+    pass, so the step costs two forwards, not the study's three. The first term goes to `emit`
+    (backward_loss back-propagates it at once, compute_loss adds it up); the second is returned.
     """
     if epoch < start_epoch:
         return standard(model, schedule, x0, t, noise)
