@@ -13,7 +13,6 @@ from dreamctl import atomic
 from dreamctl.errors import DataError
 
 PNG = re.compile(r"^(\d{6,})\.png$")
-OWN_FILES = re.compile(r"^(grid\.png|samples-\d+\.npz)$")  # what a sample folder holds besides PNG and sample.json
 
 
 def png_path(folder: Path, i: int) -> Path:

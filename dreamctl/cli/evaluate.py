@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,8 +18,8 @@ from dreamctl.signals import stop_on_sigterm
 
 WHAT = {
     "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
-    "kid": "KID: unbiased MMD of Inception features, cubic kernel, 100 subsets; lower is better",
-    "is": "IS: Inception Score, 10 splits, logits without the output bias; higher is better",
+    "kid": "KID: unbiased MMD of Inception features, cubic kernel, {num_subsets} subsets; lower is better",
+    "is": "IS: Inception Score, {splits} splits, logits without the output bias; higher is better",
     "lpips": "LPIPS diversity (AlexNet): mean distance over random pairs of generated images, beside real ones",
     "swd": "SWD x1e3 on Laplacian-pyramid 7x7 patches: weight-free, colour-sensitive; lower is better",
     "pixel_fd": "pixel FD: Fréchet distance on 8x8 downsampled pixels, weight-free proxy, not FID; lower is better",
@@ -34,11 +35,13 @@ def format_value(entry: dict[str, Any]) -> str:
     return text
 
 
-def describe(name: str, entry: dict[str, Any], stand_in: bool) -> str:
+def describe(name: str, entry: dict[str, Any], protocol: dict[str, Any]) -> str:
+    """What the metric measures, with the settings its evaluation file records (KID's subsets, IS's splits)."""
     if "missing" in entry:
         return str(entry["missing"])
-    what = WHAT.get(name, name)
-    if stand_in and name in INCEPTION_METRICS:
+    recorded = protocol.get(name) if isinstance(protocol.get(name), dict) else {}
+    what = WHAT.get(name, name).format_map(collections.defaultdict(lambda: "?", recorded))  # "?": not recorded
+    if protocol.get("feature_network_stand_in") and name in INCEPTION_METRICS:
         what = "STAND-IN feature network, not Inception; only comparable with itself. " + what
     return what
 
@@ -86,13 +89,12 @@ def command(
     if result is None:
         return
     record, p = result.record, result.record["protocol"]
-    stand_in = bool(p.get("feature_network_stand_in"))
     table = Table(title=f"{record['protocol_id']}  (checkpoint step {p['checkpoint_step']})", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("what it measures")
     for name, entry in record["metrics"].items():
-        table.add_row(name, "missing" if "missing" in entry else format_value(entry), describe(name, entry, stand_in))
+        table.add_row(name, "missing" if "missing" in entry else format_value(entry), describe(name, entry, p))
     console.print(table)
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
     say(f"{p['num_generated']} samples ({p['sampler']} {p['steps']} steps, eta {p['eta']:g}, "

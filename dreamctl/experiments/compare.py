@@ -21,13 +21,12 @@ from dreamctl.config import Recipe, flat_items
 from dreamctl.config.schema import BOOKKEEPING_KEYS, NOT_SETTINGS, STUDY_VARIANT_NOTE, drawn_by_seed_rule
 from dreamctl.experiments.runs import EvalRecord, Run
 from dreamctl.metrics.spread import SEEDS, spread_of
-from dreamctl.metrics.weights import INCEPTION_METRICS, METRIC_WEIGHTS
+from dreamctl.metrics.weights import INCEPTION_METRICS, METRIC_NAMES
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 DEVICE_TOTALS = ("wall_time_s", "img_per_s", "peak_memory_bytes")  # measured on the run's device
 TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "wall time",
                  "img_per_s": "img/s", "peak_memory_bytes": "peak memory"}
-METRIC_ORDER = tuple(METRIC_WEIGHTS)  # every metric, in the order tables show them
 # Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
 PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
                    "resize", "feature_network")
@@ -127,7 +126,7 @@ def finite_number(x: Any) -> bool:
 
 
 def _metric_key(name: str) -> tuple[int, str]:
-    return (METRIC_ORDER.index(name) if name in METRIC_ORDER else len(METRIC_ORDER), name)
+    return (METRIC_NAMES.index(name) if name in METRIC_NAMES else len(METRIC_NAMES), name)
 
 
 def _data_value(record: EvalRecord, name: str) -> Any:

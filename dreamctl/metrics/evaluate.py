@@ -29,11 +29,10 @@ from dreamctl.metrics.pixel_fd import pixel_frechet_distance
 from dreamctl.metrics.spread import SPREAD_OVER
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
                                     kernel_inception_distance, kid_subset_size, softmax)
-from dreamctl.metrics.swd import sliced_wasserstein_distance
+from dreamctl.metrics.swd import PATCH_SIZE, sliced_wasserstein_distance, swd_settings
 
-__all__ = ["METRICS", "evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
+__all__ = ["evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
 
-METRICS = tuple(weights.METRIC_WEIGHTS)  # every metric, each with the weight files it needs
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, LPIPS_PAIRS = 100, 1000, 10, 1000
 # Below Inception's feature dimension the generated set's covariance is rank-deficient and FID is biased far
 # upward; published FIDs use 50,000 images.
@@ -203,9 +202,9 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
                         "differ in size; evaluate at the data's resolution")
     if len(generated) < 2 or len(reference) < 2:
         raise DataError(f"need at least 2 generated and 2 reference images, got {len(generated)} and {len(reference)}")
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in weights.METRIC_NAMES]
     if unknown:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown)} in metrics; choose from {', '.join(METRICS)}")
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown)} in metrics; choose from {', '.join(weights.METRIC_NAMES)}")
     wanted = list(dict.fromkeys(metrics))
     results: dict[str, dict] = {}
     protocol: dict = {"num_generated": int(len(generated)), "num_reference": int(len(reference)),
@@ -240,10 +239,10 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
         def swd() -> dict:
             levels = sliced_wasserstein_distance(generated, reference, seed=seed)
             return {"value": levels["average"], "levels": {str(k): v for k, v in levels["levels"].items()},
-                    "note": "sliced Wasserstein distance x1e3 on 7x7 Laplacian-pyramid patches"}
+                    "note": f"sliced Wasserstein distance x1e3 on {PATCH_SIZE}x{PATCH_SIZE} Laplacian-pyramid patches"}
         results["swd"] = _entry(swd)
         if "value" in results["swd"]:
-            protocol["swd"] = {"patch": 7, "patches_per_image": 128, "directions": "4 x 128", "min_resolution": 16}
+            protocol["swd"] = swd_settings()
 
     if "pixel_fd" in wanted:
         results["pixel_fd"] = _entry(lambda: {

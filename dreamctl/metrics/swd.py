@@ -84,10 +84,19 @@ def _descriptors(images: np.ndarray, num_levels: int, patch_size: int, patches_p
     return [normalize_descriptors(np.concatenate(d)) for d in per_level]
 
 
+# The defaults (Karras et al. 2018's settings), recorded in each evaluation's protocol as swd_settings().
+PATCH_SIZE, PATCHES_PER_IMAGE, DIRS_PER_REPEAT, DIR_REPEATS, MIN_RESOLUTION = 7, 128, 128, 4, 16
+
+
+def swd_settings() -> dict[str, int | str]:
+    return {"patch": PATCH_SIZE, "patches_per_image": PATCHES_PER_IMAGE,
+            "directions": f"{DIR_REPEATS} x {DIRS_PER_REPEAT}", "min_resolution": MIN_RESOLUTION}
+
+
 def sliced_wasserstein_distance(images_a: np.ndarray, images_b: np.ndarray, *, seed: int = 0,
-                                patch_size: int = 7, patches_per_image: int = 128,
-                                dirs_per_repeat: int = 128, dir_repeats: int = 4,
-                                min_resolution: int = 16) -> dict:
+                                patch_size: int = PATCH_SIZE, patches_per_image: int = PATCHES_PER_IMAGE,
+                                dirs_per_repeat: int = DIRS_PER_REPEAT, dir_repeats: int = DIR_REPEATS,
+                                min_resolution: int = MIN_RESOLUTION) -> dict:
     """SWD x1e3 between two uint8 NHWC sets of the same size: {"levels": {res: v}, "average": v}.
 
     With unequal counts the larger set's patches are subsampled (seeded) to the smaller's."""

@@ -244,6 +244,7 @@ METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {
     "swd": (),
     "pixel_fd": (),
 }
+METRIC_NAMES = tuple(METRIC_WEIGHTS)  # every metric, in the order tables and files show them
 INCEPTION_METRICS = tuple(m for m, files in METRIC_WEIGHTS.items() if INCEPTION in files)  # fid, kid, is
 
 
