@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dreamctl import runtime
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
@@ -31,13 +32,18 @@ from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints
 
 
+# What the plan does with a run (restart: it stopped before its first checkpoint) and with an evaluation.
+TrainAction = Literal["train", "resume", "restart", "skip"]
+EvalAction = Literal["evaluate", "skip"]
+
+
 @dataclass(frozen=True)
 class TrainJob:
     name: str
     recipe: str
     overrides: tuple[str, ...]
     run_dir: Path
-    action: str  # train | resume | restart (stopped before a checkpoint) | skip
+    action: TrainAction
     steps: int | None
     images: int | None
     forwards: int | None  # image forward-pass units
@@ -51,7 +57,7 @@ class EvalJob:
     run: str
     run_dir: Path
     flags: tuple[str, ...]
-    action: str  # evaluate | skip
+    action: EvalAction
     images: int
     forwards: int
 
@@ -107,7 +113,7 @@ def _step_reached(run_dir: Path) -> int:
     return int(RunDir(run_dir).info().get("step") or 0)
 
 
-def run_status(run_dir: Path) -> str:
+def run_status(run_dir: Path) -> TrainAction:
     """What the plan does with the run in `run_dir`: train, resume, restart (no checkpoint yet) or skip."""
     run = RunDir(run_dir)
     if run.info().get("status") == "finished":

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from dreamctl import atomic
 from dreamctl.config import set_args
@@ -40,10 +41,13 @@ class CommandResult:
 Runner = Callable[[list[str]], CommandResult]
 
 
+Action = Literal["train", "resume", "restart", "evaluate", "skip", "not run"]  # a job's, or "not run"
+
+
 @dataclass(frozen=True)
 class Outcome:
     job: str
-    action: str  # train | resume | evaluate | skip | not run
+    action: Action
     failed: bool = False
     note: str = ""
     log: Path | None = None
@@ -125,7 +129,7 @@ def _log_path(logs: Path, job: str) -> Path:
     return logs / f"{job}.log"
 
 
-def _run_logged(cmd: list[str], job: str, action: str, runner: Runner, logs: Path) -> Outcome:
+def _run_logged(cmd: list[str], job: str, action: Action, runner: Runner, logs: Path) -> Outcome:
     result = runner(cmd)
     log = _log_path(logs, job)
     if result.returncode == 0:
