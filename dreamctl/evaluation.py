@@ -193,9 +193,8 @@ def resolve_request(recipe: Recipe, opts: SampleOptions, asked: EvalOptions) -> 
     check_eval_num(num, num_from)
     if ref_num < 2:
         raise ConfigError(f"{ref_from} {ref_num}: evaluate needs at least 2 reference images")
-    explicit = asked.metrics is not None
-    wanted = parse_metrics(asked.metrics) if explicit else parse_metrics(e.metrics, "eval.metrics")
-    return EvalRequest(tuple(wanted), explicit,
+    wanted = parse_metrics(asked.metrics) if asked.metrics is not None else parse_metrics(e.metrics, "eval.metrics")
+    return EvalRequest(tuple(wanted), asked.metrics is not None,
                        num, ref_split, ref_num, e.seed if opts.seed is None else opts.seed)
 
 
