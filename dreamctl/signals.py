@@ -94,6 +94,22 @@ def signum_of(stop: KeyboardInterrupt) -> int:
     return int(getattr(stop, "signum", signal.SIGINT))
 
 
+def shell_code(returncode: int) -> int:
+    """A child's return code as a shell gives it: killed by signal N (subprocess's -N) is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def ended(returncode: int) -> str:
+    """How a child ended, as a shell says it: `exit code 2`, or `killed by SIGKILL (137)`."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:  # a real-time signal has no name
+        name = f"signal {-returncode}"
+    return f"killed by {name} ({shell_code(returncode)})"
+
+
 def exit_code(stop: KeyboardInterrupt) -> int:
     """128 + the signal that stopped a command: 130 for Ctrl-C, 143 for SIGTERM."""
     return 128 + signum_of(stop)

@@ -346,3 +346,12 @@ def test_metric_weights_are_not_required_when_every_evaluation_is_already_done(t
     done = replace(plan, evals=tuple(replace(e, action="skip") for e in plan.evals))
     assert execute_module.weights_problem(done) is None
     execute_module.preflight(done)  # no WeightsError
+
+
+@pytest.mark.parametrize("code, text, shell", [(0, "exit code 0", 0), (2, "exit code 2", 2),
+                                               (-9, "killed by SIGKILL (137)", 137), (-15, "killed by SIGTERM (143)", 143),
+                                               (-40, "killed by signal 40 (168)", 168)])
+def test_a_child_end_is_said_and_coded_as_a_shell_does(code, text, shell) -> None:
+    from dreamctl.signals import ended, shell_code
+
+    assert ended(code) == text and shell_code(code) == shell

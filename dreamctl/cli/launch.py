@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from dreamctl.cli.common import EXIT_CODES_DIR, console, err_console
-from dreamctl.signals import adopting_orphans, child_env, run_child
+from dreamctl.signals import adopting_orphans, child_env, ended, run_child, shell_code
 
 
 def device_args(device: str | None) -> list[str]:
@@ -35,12 +34,12 @@ def launch(nproc: int, args: list[str]) -> int:
         code, signum = run_child(lambda: subprocess.Popen([sys.executable, "-m", "dreamctl.cli.torchrun", *torchrun],
                                                           env={**child_env(), EXIT_CODES_DIR: codes_dir}))
         if code < 0:  # torchrun killed outright: its workers got SIGTERM (child_env) and are checkpointing
-            err_console.print(f"torchrun was killed by {signal.Signals(-code).name}: waiting for its workers, which "
-                              "stop with a checkpoint", markup=False, highlight=False)
+            err_console.print(f"torchrun was {ended(code)}: waiting for its workers, which stop with a checkpoint",
+                              markup=False, highlight=False)
         if signum is not None and code != 0:
             return 128 + signum
         if code < 0:  # torchrun itself killed by a signal: the shell's 128 + its number, not 256 - it
-            return 128 - code
+            return shell_code(code)
         return workers_code(code, Path(codes_dir), nproc)
 
 

@@ -18,7 +18,7 @@ from multiprocessing.connection import wait
 
 from dreamctl.data.decode import Chunk, ChunkResult, load_chunk
 from dreamctl.errors import DataError
-from dreamctl.signals import on_parent_death
+from dreamctl.signals import ended, on_parent_death
 
 
 def decoded(chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
@@ -79,12 +79,7 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> list[int]:
 
 def _death(exitcode: int) -> str:
     """How a worker died, from its exit code (minus the signal that killed it)."""
-    if exitcode >= 0:
-        return f"exit code {exitcode}"
-    if exitcode == -signal.SIGKILL:
-        return "killed by SIGKILL, as by the out-of-memory killer"
-    names = {int(s): s.name for s in signal.Signals}
-    return f"killed by {names.get(-exitcode, f'signal {-exitcode}')}"
+    return ended(exitcode) + (", as by the out-of-memory killer" if exitcode == -signal.SIGKILL else "")
 
 
 def _leave_stops_to_parent(parent: int) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 from dreamctl import atomic
 from dreamctl.config import set_args
 from dreamctl.data.shards import read_manifest
-from dreamctl.signals import Stopped, child_env, run_child, signum_of, stop_on_sigterm
+from dreamctl.signals import Stopped, child_env, ended, run_child, signum_of, stop_on_sigterm
 from dreamctl.errors import CheckpointError, ConfigError, RunError, WeightsError
 from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, images_text, plan_rows, run_status
 from dreamctl.experiments.compare import compare_runs
@@ -137,16 +137,9 @@ def _run_logged(cmd: list[str], job: str, action: Action, runner: Runner, logs: 
             log.unlink()  # a stale failure from an earlier attempt
         return Outcome(job, action)
     logs.mkdir(parents=True, exist_ok=True)
-    how = _ended(result.returncode)
+    how = ended(result.returncode)
     atomic.write_text(log, f"{LOG_HEAD}{' '.join(cmd)}\n{how}\n--- last lines of stderr ---\n{result.stderr_tail}")
     return Outcome(job, action, failed=True, note=how, log=log)
-
-
-def _ended(returncode: int) -> str:
-    """`exit code 2`, or for a job killed by a signal (subprocess's -9) what a shell says: `killed by SIGKILL (137)`."""
-    if returncode < 0:
-        return f"killed by {signal.Signals(-returncode).name} ({128 - returncode})"
-    return f"exit code {returncode}"
 
 
 def _finished(run_dir: Path) -> str | None:
