@@ -21,6 +21,7 @@ from torch import nn
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
+from dreamctl.config.schema import DDPM_SETTINGS
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.diffusion.start import check_sampler_start
 from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
@@ -74,12 +75,11 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
         changes.setdefault("compile", True)
     elif changes.get("compile") is False:  # --no-compile over a recipe's reduce-overhead: no mode to keep
         changes["compile_mode"] = "default"
-    if changes.get("sampler") == "ddpm":  # DDPM runs every step; the schema gives it eta 1 unless told otherwise
-        changes.setdefault("steps", recipe.diffusion.num_timesteps)
-        changes.setdefault("t_start", None)
     raw = recipe.model_dump(mode="json")
-    if changes.get("sampler") == "ddpm" and "eta" not in changes:
-        del raw["sample"]["eta"]  # the recipe's DDIM eta is not asked for
+    if changes.get("sampler") == "ddpm":  # the recipe's DDIM settings were not asked for: the schema gives DDPM's
+        for key in DDPM_SETTINGS:
+            if key not in changes:
+                del raw["sample"][key]
     raw["sample"].update(changes)
     told = " ".join(f"{k}={v}" for k, v in changes.items())
     source = f"{source} with sample options {told}" if told else source

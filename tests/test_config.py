@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from dreamctl.cli import main
 from dreamctl.config import (RECIPES_DIR, DiffusionConfig, Recipe, SampleConfig, load_recipe, recipe_from_file,
@@ -164,6 +165,11 @@ def test_ddpm_sampling_options_on_a_recipe_with_t_start():
     assert load_recipe("tiny", ddpm).sample.eta == 1.0  # a recipe naming ddpm records the eta it runs with
     with pytest.raises(ConfigError, match="sample: eta 0.5: sampler 'ddpm' is DDIM with eta 1"):
         load_recipe("tiny", ddpm + ["sample.eta=0.5"])
+    # A recipe that names ddpm and nothing else gets what DDPM does, at its own T; what it gives is kept, and checked.
+    own = Recipe.model_validate({"diffusion": {"num_timesteps": 100}, "sample": {"sampler": "ddpm"}}).sample
+    assert (own.steps, own.t_start, own.eta) == (100, None, 1.0)
+    with pytest.raises(ValidationError, match="set sample.steps to diffusion.num_timesteps"):
+        Recipe.model_validate({"diffusion": {"num_timesteps": 100}, "sample": {"sampler": "ddpm", "steps": 50}})
 
 
 def test_every_sampling_option_reaches_the_sample_config():

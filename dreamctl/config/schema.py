@@ -175,6 +175,9 @@ class TrainConfig(_Section):
     channels_last: bool = False
 
 
+DDPM_SETTINGS = ("eta", "steps", "t_start")  # what sampler 'ddpm' fixes (Recipe._ddpm_settings)
+
+
 class SampleConfig(_Section):
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: int = Field(50, gt=0)
@@ -188,14 +191,6 @@ class SampleConfig(_Section):
     # torch.compile's mode: "reduce-overhead" replays each step's network as a CUDA graph (CUDA only; the
     # CPU compiles as "default"), cutting the launch cost of its hundreds of kernels.
     compile_mode: Literal["default", "reduce-overhead"] = "default"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _ddpm_eta(cls, data: Any) -> Any:
-        """DDPM is DDIM with eta = 1 on all T steps: a recipe that names it need not also give eta."""
-        if isinstance(data, dict) and data.get("sampler") == "ddpm" and "eta" not in data:
-            return {**data, "eta": 1.0}
-        return data
 
     @model_validator(mode="after")
     def _ddpm_is_eta_1(self) -> SampleConfig:
@@ -260,6 +255,20 @@ class Recipe(_Section):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ddpm_settings(cls, data: Any) -> Any:
+        """DDPM is DDIM with eta 1 on all T steps from T-1: a recipe that names it need not also give the
+        DDPM_SETTINGS. Given ones are checked (SampleConfig, _consistent): a protocol records no setting unused."""
+        sample = data.get("sample") if isinstance(data, dict) else None
+        if not (isinstance(sample, dict) and sample.get("sampler") == "ddpm"):
+            return data
+        diffusion = data.get("diffusion")
+        T = (diffusion.get("num_timesteps", DiffusionConfig().num_timesteps) if isinstance(diffusion, dict)
+             else getattr(diffusion, "num_timesteps", DiffusionConfig().num_timesteps))
+        implied = {"eta": 1.0, "t_start": None, **({"steps": T} if type(T) is int else {})}  # a bad T: its own error
+        return {**data, "sample": {**implied, **sample}}
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
