@@ -202,7 +202,8 @@ def check_to_train(recipe: Recipe, source: str) -> Recipe:
     """What a recipe about to train (or be planned, or resumed with new settings) is held to beyond the
     schema, which a stored run's recipe is not: its eval section as evaluate will read it (check_eval_section)
     and a sample section that starts from noise where x_t is noise (its progress grids draw with it)."""
-    # Imported here: the check computes the schedule with torch, which the CLI loads only for a command that runs.
+    # Imported here, for two reasons: the check computes the schedule with torch, which the CLI loads only for
+    # a command that runs; and dreamctl.diffusion imports dreamctl.config, so a module-level import is a cycle.
     from dreamctl.diffusion.start import check_sampler_start
 
     recipe = check_eval_section(recipe, source)
