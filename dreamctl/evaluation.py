@@ -24,7 +24,7 @@ from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
 from dreamctl.config.schema import SEED_RULE, check_eval_num, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
-from dreamctl.data.shards import REFSTATS_DIR, read_manifest, split_shards
+from dreamctl.data.shards import REFSTATS_DIR, read_manifest, split_count
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.evaluate import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
@@ -81,7 +81,7 @@ def check_reference(data_dir: Path, split: str, num: int, resolution: int,
                     fix: str = "lower --ref-num (or --num), or choose another --ref split") -> None:
     """Fail before sampling when the split is too small or holds images of another size."""
     manifest = read_manifest(data_dir)
-    available = sum(s.count for s in split_shards(data_dir, manifest, split))
+    available = split_count(data_dir, split, manifest)
     if num > available:
         raise DataError(f"the evaluation needs {num} reference images but split {split} of {data_dir} "
                         f"holds {available}: {fix}")

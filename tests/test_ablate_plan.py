@@ -229,8 +229,12 @@ def test_a_data_limit_below_the_split_sets_the_cost(tmp_path: Path) -> None:
     # 320 // 64 = 5 steps an epoch, 20 in all; rectified from epoch 2 = step 10
     assert (job.steps, job.images, job.forwards) == (20, 1280, 64 * (3 * 10 + 6 * 10))
     assert plan.train_images == (320,) and images_text(plan) == "320 training images"  # not the split's 640
-    plan = make_plan(parse_spec(write_spec(tmp_path, grid={"data.limit": [320, 1000]}, set=["train.epochs=4"])))
+    plan = make_plan(parse_spec(write_spec(tmp_path, grid={"data.limit": [320, 640]}, set=["train.epochs=4"])))
     assert images_text(plan) == "320–640 training images (data.limit varies)"
+    # A limit beyond the split is refused as training would refuse it, before any job: it was priced as the split.
+    with pytest.raises(DataError, match=r"run limit-1000_seed-0: data\.limit 1000 is outside 1..640, the size of "
+                                        r"split train of .*; lower it with --set data.limit=N"):
+        make_plan(parse_spec(write_spec(tmp_path, grid={"data.limit": [320, 1000]}, set=["train.epochs=4"])))
 
 
 def _write_eval_record(run_dir: Path, **changes) -> None:

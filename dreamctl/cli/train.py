@@ -74,7 +74,7 @@ def _dry_run(recipe: Recipe) -> None:
     console.print(f"loss          {recipe.loss.kind}: {calls} model forward call(s) per step, "
                   f"{units} forward units per step{note} (a backward counts as 2)", markup=False)
     if recipe.data.path:
-        from dreamctl.data.loader import split_size
+        from dreamctl.data.shards import split_size
         from dreamctl.training.loop import total_steps
 
         n = split_size(recipe.data.path, recipe.data.split, recipe.data.limit)  # what training would open

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dreamctl.data.shards import (ShardInfo, check_shard, manifest_sha256, read_manifest, read_names, shard_error,
-                                  split_shards)
+                                  split_shards, split_size)
 from dreamctl.errors import DataError
 from dreamctl.runtime import mix_seed
 
@@ -121,20 +121,6 @@ class ImageSet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def split_size(data_dir: Path | str, split: str = "train", limit: int | None = None,
-               manifest: dict | None = None) -> int:
-    """How many images a split gives under `limit`, from the manifest alone (read here unless given)."""
-    data_dir = Path(data_dir)
-    manifest = read_manifest(data_dir) if manifest is None else manifest
-    total = sum(s.count for s in split_shards(data_dir, manifest, split))
-    if total == 0:
-        raise DataError(f"split {split} of {data_dir} holds no images; prepare it with a non-zero fraction")
-    if limit is not None and not 0 < limit <= total:
-        raise DataError(f"data.limit {limit} is outside 1..{total}, the size of split {split} of {data_dir}; "
-                        "lower it with --set data.limit=N")
-    return limit or total
 
 
 def open_split(data_dir: Path | str, split: str = "train", limit: int | None = None, memory_budget: int | None = None) -> ImageSet:

@@ -160,9 +160,28 @@ class ShardInfo:
     sha256: str
 
 
-def split_count(data_dir: Path, split: str) -> int:
-    """Images in a prepared split, from the manifest alone (no shard is opened)."""
-    return sum(s.count for s in split_shards(data_dir, read_manifest(data_dir), split))
+def split_count(data_dir: Path, split: str, manifest: dict | None = None) -> int:
+    """Images in a prepared split, from the manifest alone (read here unless given; no shard is opened)."""
+    manifest = read_manifest(data_dir) if manifest is None else manifest
+    return sum(s.count for s in split_shards(data_dir, manifest, split))
+
+
+def limited(total: int, limit: int | None, split: str, data_dir: Path | str) -> int:
+    """The images training takes from a split of `total` under data.limit; DataError for an empty split
+    or a limit outside 1..total."""
+    if total == 0:
+        raise DataError(f"split {split} of {data_dir} holds no images; prepare it with a non-zero fraction")
+    if limit is not None and not 0 < limit <= total:
+        raise DataError(f"data.limit {limit} is outside 1..{total}, the size of split {split} of {data_dir}; "
+                        "lower it with --set data.limit=N")
+    return limit or total
+
+
+def split_size(data_dir: Path | str, split: str = "train", limit: int | None = None,
+               manifest: dict | None = None) -> int:
+    """How many images a split gives under `limit` (what training opens), from the manifest alone."""
+    data_dir = Path(data_dir)
+    return limited(split_count(data_dir, split, manifest), limit, split, data_dir)
 
 
 def split_shards(data_dir: Path, manifest: dict, split: str) -> list[ShardInfo]:

@@ -18,7 +18,7 @@ from dreamctl import runtime
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.config.schema import RESUMABLE_KEYS
 from dreamctl.data.loader import steps_per_epoch
-from dreamctl.data.shards import split_count
+from dreamctl.data.shards import limited, split_count
 from dreamctl.diffusion.losses import step_cost
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals
@@ -81,9 +81,12 @@ def data_count(data: Path | None, split: str) -> int | None:
     return split_count(data, split)
 
 
-def train_images(recipe: Recipe, count: int | None) -> int | None:
-    """The images a run trains on: the split's `count` cut to data.limit (the limit alone before preparing)."""
-    return min(count, recipe.data.limit) if count and recipe.data.limit else count or recipe.data.limit
+def train_images(recipe: Recipe, count: int | None, data: Path | None) -> int | None:
+    """The images a run trains on: the split's `count` under data.limit, checked as training will (the limit
+    alone before the data is prepared)."""
+    if count is None:
+        return recipe.data.limit
+    return limited(count, recipe.data.limit, recipe.data.split, data or "the data")
 
 
 def images_text(plan: Plan) -> str | None:
@@ -94,9 +97,8 @@ def images_text(plan: Plan) -> str | None:
     return f"{low:,} training images" if low == high else f"{low:,}–{high:,} training images (data.limit varies)"
 
 
-def train_cost(recipe: Recipe, count: int | None, done: int = 0) -> tuple[int | None, int | None, int | None]:
-    """(steps, images, forward units) still to train over `count` images (before data.limit), from step `done`."""
-    n = train_images(recipe, count)
+def train_cost(recipe: Recipe, n: int | None, done: int = 0) -> tuple[int | None, int | None, int | None]:
+    """(steps, images, forward units) still to train over `n` images (train_images), from step `done`."""
     if n is None:
         return None, None, None
     batch, loss = recipe.train.batch_size, recipe.loss
@@ -192,8 +194,9 @@ def make_plan(spec: Spec) -> Plan:
             action = "resume" if resume_set and action == "skip" else action
             steps_done = _step_reached(run_dir) if action == "resume" else 0
             count = count_cache[recipe.data.split]
-            cost = train_cost(recipe, count, steps_done)
-            used.add(None if count is None else train_images(recipe, count))  # data.limit alone is no count
+            n = train_images(recipe, count, data)
+            cost = train_cost(recipe, n, steps_done)
+            used.add(None if count is None else n)  # data.limit alone is no count
         except (ConfigError, DataError) as err:  # which spec and which grid point, before anything runs
             raise type(err)(f"{spec.path}: run {name}: {err}") from None
         trains.append(TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set,

@@ -18,7 +18,8 @@ from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
 from dreamctl.config.load import check_to_train
 from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, flat_items
-from dreamctl.data.loader import BatchOrder, ImageSet, open_split, split_size
+from dreamctl.data.loader import BatchOrder, ImageSet, open_split
+from dreamctl.data.shards import split_size
 from dreamctl.data.shards import read_manifest
 from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
