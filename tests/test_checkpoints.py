@@ -443,3 +443,19 @@ def test_a_damaged_run_recipe_says_how_to_restore_it(tmp_path, synthetic_data_di
            "trained with (torch.load(CKPT, weights_only=True)['recipe'])" in err and len(err.splitlines()) == 1
     (run / "recipe.yaml").write_text(saved)  # what the message says works
     assert main(["resume", str(run), "--set", "train.max_steps=3"]) == 0
+
+
+def test_a_bug_while_loading_an_intact_checkpoint_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only what an intact file can meet (memory, I/O, torch's complaints) becomes the one-line error of a
+    user's problem: a TypeError is a bug of ours, and saying "fix the cause and rerun" would hide it."""
+    from dreamctl.training.state import load_checkpoint
+
+    path = tmp_path / "step-00000004.pt"
+    torch.save({"step": 4}, path)
+
+    def buggy(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(torch, "load", buggy)
+    with pytest.raises(TypeError, match="a bug"):
+        load_checkpoint(path)

@@ -165,7 +165,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"checkpoint {path} holds objects that loading with weights_only=True refuses (not a "
                               "dreamctl checkpoint, or one written by another dreamctl or torch); nothing was changed: "
                               "resume it with the versions that wrote it") from err
-    except Exception as err:  # an intact file that did not load: out of memory, say
+    except (RuntimeError, MemoryError, OSError, EOFError) as err:  # an intact file that did not load: out of memory,
+        # a read error, torch's own complaints; anything else is a bug of ours and keeps its traceback
         raise CheckpointError(f"checkpoint {path} is intact but did not load ({type(err).__name__}: {_one_line(err)}); "
                               "nothing was changed: fix the cause and rerun") from err
     missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
