@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from dreamctl.bench.steps import float32_groupnorm
 from dreamctl.config import load_recipe
-from dreamctl.models import build_model, unet
+from dreamctl.models import build_model
 
 
 @contextmanager
@@ -65,7 +66,7 @@ def main() -> None:
             model = build_model(recipe.model, res).train()
         with cuda_autocast_allowed():
             results["ours (GroupNorm keeps bf16)"] = saved_bytes(model, args.batch_size, res)
-            with unet.float32_groupnorm():
+            with float32_groupnorm():
                 results["baseline (nn.GroupNorm: float32 out)"] = saved_bytes(model, args.batch_size, res)
     base = sum(results["baseline (nn.GroupNorm: float32 out)"].values())
     print(f"saved for backward, one forward of {args.recipe} at batch {args.batch_size}, CUDA bf16 autocast "

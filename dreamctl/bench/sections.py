@@ -15,12 +15,11 @@ from dreamctl.config import Recipe
 from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import STEP_COST
 from dreamctl.errors import RunError
-from dreamctl.models import unet
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import init_state, wrap_for_training
 
-from dreamctl.bench.steps import KINDS, NAIVE, NAIVE_COST, make_step
+from dreamctl.bench.steps import KINDS, NAIVE, NAIVE_COST, float32_groupnorm, make_step
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize, sync
 
 SAMPLE_STEPS = 50
@@ -93,7 +92,7 @@ def _variant(recipe: Recipe, rt: Runtime, *, compile: bool, precision: str, chan
 def _with_float32_groupnorm(step: Callable[[int], Any]) -> Callable[[int], Any]:
     """The step with nn.GroupNorm's autocast behaviour (float32 out): what the UNet's GroupNorm replaced."""
     def run(i: int) -> Any:
-        with unet.float32_groupnorm():
+        with float32_groupnorm():
             return step(i)
     return run
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, get_args
 
 import torch
@@ -12,6 +13,7 @@ from dreamctl.config import LossKind, Recipe
 from dreamctl.diffusion.losses import backward_loss, conservative_lambda, per_sample, rectified_input
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
+from dreamctl.models import unet
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import step_noise, update
 from dreamctl.training.state import TrainState
@@ -44,6 +46,18 @@ NAIVE_COST = (3, 7)  # (forward calls, forward units) as losses.STEP_COST counts
 
 
 # --- one training step, from the loop's building blocks -------------------------------------
+
+@contextmanager
+def float32_groupnorm() -> Iterator[None]:
+    """nn.GroupNorm's own autocast behaviour (float32 out) while inside, in every UNet of the process: the
+    baseline the UNet's GroupNorm (models/unet.py, bf16 out) is benchmarked against."""
+    ours = unet.GroupNorm.forward
+    unet.GroupNorm.forward = nn.GroupNorm.forward
+    try:
+        yield
+    finally:
+        unet.GroupNorm.forward = ours
+
 
 def loss_params(recipe: Recipe, kind: str) -> dict[str, Any]:
     """The recipe's loss settings for `kind`, and an epoch at which every term is active."""

@@ -10,8 +10,6 @@ with that level's skip, residual blocks and optional attention; GroupNorm, SiLU,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -52,17 +50,6 @@ class GroupNorm(nn.GroupNorm):
         dtype = torch.get_autocast_dtype(device)
         with torch.autocast(device, enabled=False):
             return F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
-
-
-@contextmanager
-def float32_groupnorm() -> Iterator[None]:
-    """nn.GroupNorm's own autocast behaviour (float32 out) while inside: the baseline benchmarks compare with."""
-    ours = GroupNorm.forward
-    GroupNorm.forward = nn.GroupNorm.forward
-    try:
-        yield
-    finally:
-        GroupNorm.forward = ours
 
 
 class ResBlock(nn.Module):
