@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning
-from dreamctl.metrics import evaluate as evaluate_module
+from dreamctl.metrics import image_sets
 from dreamctl.metrics import weights
-from dreamctl.metrics.evaluate import evaluate_image_sets
+from dreamctl.metrics.image_sets import evaluate_image_sets
 from dreamctl.metrics.weights import check_weights
 from dreamctl.metrics.inception import RESIZE_CLEAN
 from feature_fakes import StandInFeatureNet, write_fake_inception
@@ -126,13 +126,12 @@ def test_an_unusable_covariance_fails_its_frechet_metric_alone(monkeypatch):
     """A square root with a large imaginary part (few images, as a short evaluation has) makes FID and
     pixel FD missing with the reason; the metrics computed beside them still count."""
     from dreamctl.errors import DataError
-    from dreamctl.metrics import evaluate as evaluate_module
     from dreamctl.metrics import pixel_fd
 
     def unusable(*args, **kwargs):
         raise DataError("Fréchet distance: the covariance product's square root has an imaginary part of 0.003")
 
-    monkeypatch.setattr(evaluate_module, "frechet_distance", unusable)
+    monkeypatch.setattr(image_sets, "frechet_distance", unusable)
     monkeypatch.setattr(pixel_fd, "frechet_distance", unusable)
     gen, ref = _faces(0, 8), _faces(1, 8)
     out = evaluate_image_sets(gen, ref, metrics=["fid", "kid", "pixel_fd", "swd"], reference_key=None,
@@ -207,7 +206,7 @@ def test_images_too_small_for_swd_leave_it_missing_and_out_of_the_protocol():
 
 def test_inception_score_with_exactly_the_split_count_is_computed_for_both_sets():
     """IS needs at least IS_SPLITS images: exactly that many must give a value and the real-image value."""
-    from dreamctl.metrics.evaluate import IS_SPLITS
+    from dreamctl.metrics.image_sets import IS_SPLITS
 
     out = evaluate_image_sets(_faces(0, IS_SPLITS), _faces(1, IS_SPLITS), metrics=["is"], reference_key=None,
                               cache_dir=None, feature_net=StandInFeatureNet())["metrics"]["is"]
@@ -281,17 +280,17 @@ def test_fid_from_fewer_than_2048_images_warns(monkeypatch):
     upward: one warning line saying so, with the count; at the threshold, and for KID alone, none."""
     from dreamctl.metrics.inception import INCEPTION_POOL_DIM
 
-    assert evaluate_module.FID_MIN_IMAGES == INCEPTION_POOL_DIM == 2048
+    assert image_sets.FID_MIN_IMAGES == INCEPTION_POOL_DIM == 2048
     kw = dict(reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
     with pytest.warns(DreamctlWarning, match="FID from 12 generated and 12 reference images .*published FIDs, "
                       "which use 50,000") as got:
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["fid"], **kw)
     assert len(got) == 1 and "\n" not in str(got[0].message)
-    monkeypatch.setattr(evaluate_module, "FID_MIN_IMAGES", 12)  # 2,048 images would take minutes here
+    monkeypatch.setattr(image_sets, "FID_MIN_IMAGES", 12)  # 2,048 images would take minutes here
     with pytest.warns(DreamctlWarning, match="FID from 11 reference images \\(under 12\\)"):  # the other set, too
         evaluate_image_sets(_faces(0, 12), _faces(1, 11), metrics=["fid"], **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["fid"], **kw)
-        monkeypatch.setattr(evaluate_module, "FID_MIN_IMAGES", 2048)
+        monkeypatch.setattr(image_sets, "FID_MIN_IMAGES", 2048)
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["kid", "is"], **kw)
