@@ -250,17 +250,17 @@ def _as_rank_of_two(rank: int, init: str, out: str, action: Callable[[Runtime], 
 
 def _full_disk_worker(rank: int, init: str, data: str, run: str, out: str) -> None:
     from dreamctl.config import load_recipe
-    from dreamctl.training import loop
+    from dreamctl.training import record
     from dreamctl.training.session import start_run
 
-    real = loop.save_checkpoint
+    real = record.save_checkpoint
 
     def full_disk(ckpt, folder, keep):
         if rank == 0 and ckpt["step"] == 4:
             raise OSError(28, "No space left on device", str(folder))
         return real(ckpt, folder, keep)
 
-    loop.save_checkpoint = full_disk
+    record.save_checkpoint = full_disk
     recipe = load_recipe("tiny", TINY + ["train.max_steps=8", "train.checkpoint_every=2", f"data.path={data}"])
     _as_rank_of_two(rank, init, out, lambda rt: start_run(recipe, RunDir(Path(run)), rt))
 
@@ -545,4 +545,4 @@ def test_the_shortcut_waits_for_the_workers_of_a_killed_torchrun(tmp_path, monke
     monkeypatch.setattr(sp, "Popen", lambda cmd, env: real([sys.executable, "-c", _KILLED_TORCHRUN, str(saved)], env=env))
     assert launch(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGKILL
     assert saved.read_text() == "saved"  # waited for
-    assert "torchrun was killed by SIGKILL: waiting for its workers" in capsys.readouterr().err
+    assert "torchrun was killed by SIGKILL (137): waiting for its workers" in capsys.readouterr().err

@@ -372,12 +372,12 @@ def test_a_run_whose_output_reader_is_gone_trains_on_to_the_end(tmp_path, synthe
 def test_a_step_with_a_grid_and_a_checkpoint_draws_the_grid_first(tmp_path, synthetic_data_dir, monkeypatch):
     """A run killed between the two resumes from the checkpoint before and draws the grid again; had the
     checkpoint come first, resume would start after that step and its grid would never be drawn."""
-    from dreamctl.training import loop
+    from dreamctl.training import record
 
     def killed(ckpt, *args, **kwargs):
         raise RuntimeError("killed")  # stands for a kill while the checkpoint is written
 
-    monkeypatch.setattr(loop, "save_checkpoint", killed)
+    monkeypatch.setattr(record, "save_checkpoint", killed)
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="killed"):
         train(run, synthetic_data_dir, TINY + ["train.max_steps=8", "train.sample_every=4"], recipe="tiny")

@@ -15,27 +15,26 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dreamctl.config import OptimConfig, Recipe, recipe_to_yaml
+from dreamctl.config import OptimConfig, Recipe
 from dreamctl.data.loader import BatchOrder, ImageSet, rank_slice, steps_per_epoch, to_model_input
 from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import backward_loss
 from dreamctl.errors import RunError
-from dreamctl.generate import generate, save_grid
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
-from dreamctl.runtime import Autocast, Runtime, any_rank, generator, main_first, mix_seed, peak_memory_bytes
+from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import TrainState, save_checkpoint
-
+from dreamctl.training.record import Recorder
+from dreamctl.training.state import TrainState
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -119,6 +118,11 @@ def step_noise(recipe: Recipe, step: int, rt: Runtime,
     return t, noise, extra
 
 
+def due(step: int, every: int, last_step: int) -> bool:
+    """Whether a periodic write (log, grid, checkpoint) falls on `step`; the last step always has all."""
+    return step % every == 0 or step == last_step
+
+
 def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: dict[str, Any] | None = None,
           on_event: OnEvent = ignore, should_stop: Callable[[], bool] = lambda: False) -> str:
     """Train until the recipe's last step, a stop request or a failure. Returns 'finished' or 'interrupted'.
@@ -129,119 +133,63 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     tc = recipe.train
     state = init_state(recipe, rt)
     order = BatchOrder(len(images), tc.batch_size, tc.seed, rt.rank, rt.world_size)
+    meter = LossMeter(recipe.diffusion.num_timesteps, rt.device)
     if resume is not None:
         state.load_state_dict(resume)
         order.load_state_dict(resume["data_position"])
+        if "meter" in resume:  # older checkpoints lack it: the first record is then partial
+            meter.load_state_dict(resume["meter"], rt)
     schedule = schedule_for(recipe.diffusion)
     net, defer_sync = wrap_for_training(state.model, recipe, rt)
     net.train()
     params = list(state.model.parameters())
     kind, loss_params = recipe.loss.kind, recipe.loss.params()
     last_step = total_steps(recipe, len(images))
-    recipe_yaml = recipe_to_yaml(recipe)
-    meter = LossMeter(recipe.diffusion.num_timesteps, rt.device)
-    if resume is not None and "meter" in resume:  # older checkpoints lack it: the first record is then partial
-        meter.load_state_dict(resume["meter"], rt)
+    record = Recorder(run, recipe, state, order, meter, rt, on_event, last_step)
     on_event("start", {"step": state.step, "total_steps": last_step, "steps_per_epoch": order.steps})
 
-    # What rank 0 alone writes goes through main_first, which tells the other ranks whether it
-    # worked: a full disk is then rank 0's one-line error, not the others' failed collective.
-    def checkpoint() -> None:
-        meter_state = meter.state_dict(rt)  # on every rank: it may all-gather
-
-        def save() -> None:
-            ckpt = state.state_dict(recipe_yaml, order.state_dict(), meter_state, run.run_id())  # rank 0 reads run.json
-            run.sync_metrics()
-            path = save_checkpoint(ckpt, run.checkpoints, tc.keep_checkpoints)
-            run.update_info({"step": state.step, "epoch": order.epoch, "images_seen": state.images_seen,
-                             "wall_time_s": round(state.wall_time_s, 2)})
-            on_event("checkpoint", {"step": state.step, "path": str(path)})
-        main_first(rt, save)
-
-    def progress_grid() -> None:
-        def draw() -> None:
-            ema_net = Autocast(state.ema, rt)
-            imgs = generate(ema_net, schedule, list(range(tc.sample_grid)), image_size=recipe.data.resolution,
-                            cfg=recipe.sample, device=rt.device)
-            path = save_grid(imgs, run.samples / f"step-{state.step:08d}.png")
-            on_event("grid", {"step": state.step, "path": str(path)})
-        main_first(rt, draw)
-
-    def log(epoch: int, grad_norm: Tensor) -> None:
-        record = {"step": state.step, "epoch": epoch, "images_seen": state.images_seen, **meter.means(rt),
-                  "lr": state.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),  # the step's own
-                  "img_per_s": speed.img_per_s(), "peak_memory_bytes": peak_memory_bytes(rt.device),
-                  "time": time.time()}
-        main_first(rt, lambda: run.append_metrics(record))
-        on_event("log", {**record, "total_steps": last_step})
-        meter.reset()
-        speed.reset()
-
-    speed, mark, status = Throughput(), time.perf_counter(), "finished"
+    mark, status = time.perf_counter(), "finished"
     while state.step < last_step:
+        # x0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I); a gradient step on the recipe's loss (DDPM Algorithm 1)
         batch = next(order)
         x0 = to_model_input(images[batch.indices].to(rt.device, non_blocking=True),
                             flip=batch.flip if recipe.data.hflip else None)
         t, noise, extra = step_noise(recipe, state.step, rt)
         torch.manual_seed(mix_seed(tc.seed, state.step, rt.rank))  # dropout: the one draw that depends on the rank
-
         stats = backward_loss(kind, net, schedule, x0, t, noise, epoch=batch.epoch, defer_sync=defer_sync,
                               **loss_params, **extra)
         grad_norm = update(state, params, recipe.optim, state.step, stats["loss"], rt)
         if grad_norm is None:
             raise non_finite(stats, state.step, batch.epoch, run, recipe)
+
         meter.add(stats, t)
         state.step += 1
         state.images_seen += tc.batch_size
-        speed.add(tc.batch_size)
+        record.speed.add(tc.batch_size)
         now = time.perf_counter()
         state.wall_time_s += now - mark
         mark = now
         on_event("step", {"step": state.step})
 
-        if state.step % tc.log_every == 0 or state.step == last_step:
-            log(batch.epoch, grad_norm)  # restarts the img/s interval
-        with speed.side_work():  # checkpoints and grids do not count against img/s
+        if due(state.step, tc.log_every, last_step):
+            record.log(batch.epoch, grad_norm)  # restarts the img/s interval
+        with record.speed.side_work():  # checkpoints and grids do not count against img/s
             # The grid before the checkpoint: a run killed between the two resumes from an earlier
             # checkpoint and draws this grid again; the other way round, it would never be drawn.
-            if state.step % tc.sample_every == 0 or state.step == last_step:
-                progress_grid()
-            scheduled = state.step % tc.checkpoint_every == 0 or state.step == last_step
+            if due(state.step, tc.sample_every, last_step):
+                record.grid(schedule)
+            scheduled = due(state.step, tc.checkpoint_every, last_step)
             if scheduled:
-                checkpoint()
+                record.checkpoint()
             # Asked after the scheduled writes: a stop that came during them finds this step saved, and
             # does not cost one more step and checkpoint within a scheduler's grace period.
             stop = any_rank(should_stop(), rt)
             if stop and not scheduled:
-                checkpoint()
+                record.checkpoint()
         if stop and state.step < last_step:
             status = "interrupted"
             break
     return status
-
-
-class Throughput:
-    """Training img/s since the last reset, leaving out the side work (checkpoints, grids)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.start, self.images, self.side = time.perf_counter(), 0, 0.0
-
-    def add(self, images: int) -> None:
-        self.images += images
-
-    @contextmanager
-    def side_work(self) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.side += time.perf_counter() - started
-
-    def img_per_s(self) -> float:
-        return self.images / max(time.perf_counter() - self.start - self.side, 1e-9)
 
 
 def non_finite(stats: dict[str, Any], step: int, epoch: int, run: RunDir, recipe: Recipe) -> RunError:

@@ -1,0 +1,96 @@
+"""What training writes into its run folder: the metrics log, progress grids and checkpoints.
+
+Rank 0 alone writes, each write through main_first, which tells the other ranks whether it worked:
+a full disk is then rank 0's one-line error, not the others' failed collective. The loop owns the
+state; a Recorder only reads it at the moments the loop chooses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import Tensor
+
+from dreamctl.config import Recipe, recipe_to_yaml
+from dreamctl.data.loader import BatchOrder
+from dreamctl.diffusion.schedule import NoiseSchedule
+from dreamctl.events import OnEvent
+from dreamctl.generate import generate, save_grid
+from dreamctl.runtime import Autocast, Runtime, main_first, peak_memory_bytes
+from dreamctl.training.meter import LossMeter
+from dreamctl.training.rundir import RunDir
+from dreamctl.training.state import TrainState, save_checkpoint
+
+
+class Throughput:
+    """Training img/s since the last reset, leaving out the side work (checkpoints, grids)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.images, self.side = time.perf_counter(), 0, 0.0
+
+    def add(self, images: int) -> None:
+        self.images += images
+
+    @contextmanager
+    def side_work(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.side += time.perf_counter() - started
+
+    def img_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.start - self.side, 1e-9)
+
+
+class Recorder:
+    """The run folder's writer during train(): one per call, over the loop's state, data order and meter."""
+
+    def __init__(self, run: RunDir, recipe: Recipe, state: TrainState, order: BatchOrder, meter: LossMeter,
+                 rt: Runtime, on_event: OnEvent, last_step: int):
+        self.run, self.recipe, self.state, self.order, self.meter = run, recipe, state, order, meter
+        self.rt, self.on_event, self.last_step = rt, on_event, last_step
+        self.recipe_yaml = recipe_to_yaml(recipe)  # what each checkpoint carries
+        self.speed = Throughput()
+
+    def log(self, epoch: int, grad_norm: Tensor) -> None:
+        """Append one metrics.jsonl row: the loss means since the last row, the step's own grad norm and
+        learning rate, img/s over the interval. Restarts the meter and the img/s interval."""
+        s = self.state
+        record = {"step": s.step, "epoch": epoch, "images_seen": s.images_seen, **self.meter.means(self.rt),
+                  "lr": s.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                  "img_per_s": self.speed.img_per_s(), "peak_memory_bytes": peak_memory_bytes(self.rt.device),
+                  "time": time.time()}
+        main_first(self.rt, lambda: self.run.append_metrics(record))
+        self.on_event("log", {**record, "total_steps": self.last_step})
+        self.meter.reset()
+        self.speed.reset()
+
+    def grid(self, schedule: NoiseSchedule) -> None:
+        """samples/step-NNNNNNNN.png: the EMA model's images under the recipe's sampler, fixed seeds."""
+        def draw() -> None:
+            net, r = Autocast(self.state.ema, self.rt), self.recipe
+            images = generate(net, schedule, list(range(r.train.sample_grid)), image_size=r.data.resolution,
+                              cfg=r.sample, device=self.rt.device)
+            path = save_grid(images, self.run.samples / f"step-{self.state.step:08d}.png")
+            self.on_event("grid", {"step": self.state.step, "path": str(path)})
+        main_first(self.rt, draw)
+
+    def checkpoint(self) -> None:
+        """A checkpoint of this step, after the metrics log it follows is on disk; run.json's totals."""
+        s, run = self.state, self.run
+        meter_state = self.meter.state_dict(self.rt)  # on every rank: it may all-gather
+
+        def save() -> None:
+            ckpt = s.state_dict(self.recipe_yaml, self.order.state_dict(), meter_state, run.run_id())
+            run.sync_metrics()
+            path = save_checkpoint(ckpt, run.checkpoints, self.recipe.train.keep_checkpoints)
+            run.update_info({"step": s.step, "epoch": self.order.epoch, "images_seen": s.images_seen,
+                             "wall_time_s": round(s.wall_time_s, 2)})
+            self.on_event("checkpoint", {"step": s.step, "path": str(path)})
+        main_first(self.rt, save)
