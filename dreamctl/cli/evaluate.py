@@ -11,10 +11,9 @@ from rich.table import Table
 
 from dreamctl.cli import options
 from dreamctl.cli.common import console
-from dreamctl.cli.sample import SampleProgress, stopped
+from dreamctl.cli.drawing import drawing
 from dreamctl.metrics.spread import spread_legend, spread_of
 from dreamctl.metrics.weights import INCEPTION_METRICS
-from dreamctl.signals import stop_on_sigterm
 
 WHAT = {
     "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
@@ -70,7 +69,6 @@ def command(
     device: options.Device = None,
 ) -> None:
     """Generate (or reuse) samples and write eval/<protocol>.json with FID, KID, IS, LPIPS, SWD, pixel FD."""
-    from dreamctl import runtime
     from dreamctl.evaluation import EvalOptions, evaluate_run
     from dreamctl.sampling import SampleOptions
 
@@ -78,14 +76,8 @@ def command(
                          compile=compile, compile_mode=compile_mode, checkpoint=checkpoint, seed=seed)
     asked = EvalOptions(num=num, ref=ref, ref_num=ref_num, metrics=None if metrics is None else tuple(metrics.split(",")),
                         data=data, strict_weights=strict_weights)
-    rt = runtime.setup("auto", device)
-    try:
-        with stop_on_sigterm(), SampleProgress(rt.is_main) as display:
-            result = evaluate_run(run_dir, opts, asked, rt=rt, on_event=display.on_event)
-    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
-        raise stopped(stop) from None
-    finally:
-        runtime.teardown(rt)
+    with drawing(device) as (rt, display):
+        result = evaluate_run(run_dir, opts, asked, rt=rt, on_event=display.on_event)
     if result is None:
         return
     record, p = result.record, result.record["protocol"]

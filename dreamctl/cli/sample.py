@@ -3,48 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console, err_console, progress_bar, speaks
-from dreamctl.signals import exit_code, stop_on_sigterm
-
-def stopped(stop: KeyboardInterrupt) -> typer.Exit:
-    """sample's and evaluate's end on Ctrl-C or SIGTERM: one line per node (not per rank), 128 + the signal."""
-    if speaks():
-        err_console.print("stopped: the images written so far are kept; rerun the same command to draw the rest",
-                          markup=False)
-    return typer.Exit(exit_code(stop))
-
-
-class SampleProgress:
-    """A progress bar fed by the sampling events; silent on ranks other than 0."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.progress = progress_bar(enabled)
-        self.task = None
-
-    def __enter__(self) -> SampleProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def on_event(self, kind: str, p: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        if kind == "sample_start":
-            self.progress.console.print(f"samples: {p['folder']} ({p['kept']} of {p['held']} already there, kept)",
-                                        markup=False, highlight=False)
-            self.task = self.progress.add_task("sample", total=p["missing"])  # this rank's share
-        elif kind == "sample_progress" and self.task is not None:
-            self.progress.update(self.task, completed=p["drawn"])
-        elif kind == "stage":
-            self.progress.console.print(p["what"], markup=False, highlight=False)
+from dreamctl.cli.common import console
+from dreamctl.cli.drawing import drawing
 
 
 def command(
@@ -66,7 +31,7 @@ def command(
     device: options.Device = None,
 ) -> None:
     """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
-    from dreamctl import atomic, runtime
+    from dreamctl import atomic
     from dreamctl.errors import ConfigError
     from dreamctl.generate import save_grid
     from dreamctl.sample_files import read_samples, write_npz
@@ -79,15 +44,10 @@ def command(
         if grid.suffix.lower() != ".png":  # PNG bytes under another name, or a lossy copy of the samples
             raise ConfigError(f"--grid {grid}: the grid is written as PNG (lossless); give a file name ending in .png")
         atomic.check_output_file(grid, "--grid")  # before drawing, not after
-    rt = runtime.setup("auto", device)
-    try:
+    with drawing(device) as (rt, display):
         model = load_for_inference(RunDir(run_dir), opts, rt)
         folder = out or RunDir(run_dir).samples / folder_name(model, seed)
-        try:
-            with stop_on_sigterm(), SampleProgress(rt.is_main) as display:
-                record = sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=display.on_event)
-        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
-            raise stopped(stop) from None
+        record = sample_to_folder(model, folder, num, seed=seed, rt=rt, on_event=display.on_event)
         if not rt.is_main:
             return
         # The npz before --grid, which is never replaced: a stop between them leaves a command that a rerun
@@ -95,13 +55,11 @@ def command(
         archive = write_npz(folder, read_samples(folder, num, model.image_size)) if npz else None
         if grid is not None:
             save_grid(read_samples(folder, min(num, GRID_MAX), model.image_size), grid)
-        c = model.cfg
-        say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
-        say(f"{record['num']} images in {folder} ({record['drawn_now']} drawn now, {record['wall_time_s']} s): "
-            f"{c.sampler} {c.steps} steps, eta {c.eta:g}, {'EMA' if c.use_ema else 'raw'} weights of step "
-            f"{model.step}, base seed {seed}")
-        say(f"grid: {grid or folder / 'grid.png'}")
-        if archive is not None:
-            say(f"npz: {archive}")
-    finally:
-        runtime.teardown(rt)
+    c = model.cfg
+    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
+    say(f"{record['num']} images in {folder} ({record['drawn_now']} drawn now, {record['wall_time_s']} s): "
+        f"{c.sampler} {c.steps} steps, eta {c.eta:g}, {'EMA' if c.use_ema else 'raw'} weights of step "
+        f"{model.step}, base seed {seed}")
+    say(f"grid: {grid or folder / 'grid.png'}")
+    if archive is not None:
+        say(f"npz: {archive}")
