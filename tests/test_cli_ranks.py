@@ -87,3 +87,19 @@ def test_the_shortcut_returns_the_code_of_the_one_failing_rank_when_the_others_s
     (tmp_path / "rank-1.json").write_text(json.dumps({"code": 2, "error": "data/shard-3.h5: corrupt"}))
     assert workers_code(1, tmp_path, 2) == 2
     assert capsys.readouterr().err.strip() == "rank 1: error: data/shard-3.h5: corrupt"
+
+
+def test_a_stop_whose_checkpoint_failed_on_every_worker_exits_with_their_code(monkeypatch, tmp_path):
+    """SIGTERM on a full disk: each worker's stop checkpoint fails with 2, as one process exits. 143 would tell
+    a scheduler "stopped with a checkpoint, requeue"; the workers' 2 says it was not (crash audit)."""
+    import contextlib
+
+    monkeypatch.setattr(launch_module.tempfile, "TemporaryDirectory",
+                        lambda prefix: contextlib.nullcontext(str(tmp_path)))
+    for worker_code, expected in ((2, 2), (143, 143)):  # failed alike; stopped cleanly
+        for rank in (0, 1):
+            (tmp_path / f"rank-{rank}.json").write_text(json.dumps({"code": worker_code, "error": None}))
+        monkeypatch.setattr(launch_module, "run_child", lambda start, use=None: (1, signal.SIGTERM))
+        assert launch(2, ["train"]) == expected
+    (tmp_path / "rank-1.json").unlink()  # a worker that left no code (killed): the stop's code
+    assert launch(2, ["train"]) == 143

@@ -36,8 +36,10 @@ def launch(nproc: int, args: list[str]) -> int:
         if code < 0:  # torchrun killed outright: its workers got SIGTERM (child_env) and are checkpointing
             err_console.print(f"torchrun was {ended(code)}: waiting for its workers, which stop with a checkpoint",
                               markup=False, highlight=False)
-        if signum is not None and code != 0:
-            return 128 + signum
+        if signum is not None and code != 0:  # stopped: 128 + the signal, unless every worker failed alike
+            # (its stop checkpoint on a full disk: 2, as one process says; 143 would read "stopped with a checkpoint")
+            told = workers_code(code, Path(codes_dir), nproc)
+            return told if told not in (code, 128 + signum) else 128 + signum
         if code < 0:  # torchrun itself killed by a signal: the shell's 128 + its number, not 256 - it
             return shell_code(code)
         return workers_code(code, Path(codes_dir), nproc)
