@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dreamctl.diffusion import make_schedule
-from dreamctl.diffusion.losses import STEP_COST, backward_loss, compute_loss, step_cost
+from dreamctl.diffusion.losses import LOSSES, backward_loss, compute_loss, step_cost
 
 
 class TinyNet(nn.Module):
@@ -287,10 +287,10 @@ def test_input_perturbation(batch):
 @pytest.mark.parametrize("kind,calls", [("standard", 1), ("dream", 2), ("dream_conservative", 2),
                                         ("input_perturbation", 1)])
 def test_forward_calls_per_step(batch, kind, calls):
-    """What a step runs is what STEP_COST (the dry run's and ablate's cost) says it runs."""
+    """What a step runs is what Loss.cost (the dry run's and ablate's cost) says it runs."""
     net = TinyNet()
     backward_loss(kind, net, SCHEDULE, *batch, epoch=50, **(CONS if kind == "dream_conservative" else {}))
-    assert net.calls == STEP_COST[kind][0] == calls
+    assert net.calls == LOSSES[kind].cost[0] == calls
 
 
 @pytest.mark.parametrize("epoch,calls", [(CONS["start_epoch"] - 1, 1), (CONS["start_epoch"], 2)])
@@ -299,7 +299,7 @@ def test_conservative_step_cost_follows_start_epoch(batch, epoch, calls):
     net = TinyNet()
     backward_loss("dream_conservative", net, SCHEDULE, *batch, **{**CONS, "epoch": epoch})
     assert net.calls == step_cost("dream_conservative", epoch, CONS["start_epoch"])[0] == calls
-    assert step_cost("dream", 0, CONS["start_epoch"]) == STEP_COST["dream"]  # no other kind has a start
+    assert step_cost("dream", 0, CONS["start_epoch"]) == LOSSES["dream"].cost  # no other kind has a start
 
 
 @pytest.mark.parametrize("kind,params", [

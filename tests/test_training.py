@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -65,7 +66,7 @@ def test_the_checkpointed_ema_is_the_decayed_average_of_the_trained_weights(tmp_
 
 
 def test_nan_loss_stops_without_poisoned_checkpoint(tmp_path, synthetic_data_dir, monkeypatch, capsys):
-    real = losses.LOSSES["standard"]
+    real = losses.LOSSES["standard"].fn
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -73,7 +74,7 @@ def test_nan_loss_stops_without_poisoned_checkpoint(tmp_path, synthetic_data_dir
         calls["n"] += 1
         return (loss * float("nan"), stats) if calls["n"] == 6 else (loss, stats)
 
-    monkeypatch.setitem(losses.LOSSES, "standard", poisoned)
+    monkeypatch.setitem(losses.LOSSES, "standard", dataclasses.replace(losses.LOSSES["standard"], fn=poisoned))
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.checkpoint_every=1"], recipe="tiny") == 2
     err = capsys.readouterr().err

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from dreamctl.config import Recipe
 from dreamctl.diffusion import schedule_for
-from dreamctl.diffusion.losses import STEP_COST
+from dreamctl.diffusion.losses import LOSSES
 from dreamctl.errors import RunError
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
@@ -57,7 +57,7 @@ def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget
                           on_round=_rounds("train", on_event))
     rows = summarize(raw, recipe.train.batch_size, rt.device.type == "cuda", reference=kinds[0])
     for name, row in rows.items():
-        calls, units = NAIVE_COST if name == NAIVE else STEP_COST[name]
+        calls, units = NAIVE_COST if name == NAIVE else LOSSES[name].cost
         row["design_forward_calls"], row["design_forward_units"] = calls, units
     out: dict[str, Any] = {"reference": kinds[0], "rows": rows}
     if naive and "dream_conservative" in rows:

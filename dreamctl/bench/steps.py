@@ -42,7 +42,7 @@ def naive_conservative_loss(model: nn.Module, schedule: NoiseSchedule, x0: Tenso
     return alpha * loss_std + (1 - alpha) * loss_rect
 
 
-NAIVE_COST = (3, 7)  # (forward calls, forward units) as losses.STEP_COST counts them: one more forward, no more backward
+NAIVE_COST = (3, 7)  # (forward calls, forward units) as losses.Loss.cost counts them: one more forward, no more backward
 
 
 # --- one training step, from the loop's building blocks -------------------------------------

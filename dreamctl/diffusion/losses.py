@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -144,33 +145,47 @@ def input_perturbation(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t:
     return loss, {"loss_std": loss.detach(), "per_sample": losses.detach()}
 
 
-LOSSES: dict[str, Callable[..., tuple[Tensor, Stats]]] = {
-    "standard": standard,
-    "dream": dream,
-    "dream_conservative": dream_conservative,
-    "input_perturbation": input_perturbation,
+@dataclass(frozen=True)
+class Loss:
+    """A loss kind: its function and what a training step of it needs and costs."""
+
+    fn: Callable[..., tuple[Tensor, Stats]]
+    cost: tuple[int, int]  # per step: (model forward calls, forward units), a backward counting as two forwards
+    staged: bool = False  # standard steps before loss.start_epoch, then an early term: takes epoch and defer_sync
+    extra_noise: tuple[str, ...] = ()  # N(0, I) draws of the step beyond eps, drawn after it (training.step_noise)
+
+
+# dream's estimate pass has no backward; dream_conservative's second pass has (its cost from start_epoch:
+# step_cost; the study's naive step is bench.steps.NAIVE_COST).
+LOSSES: dict[str, Loss] = {
+    "standard": Loss(standard, (1, 3)),
+    "dream": Loss(dream, (2, 4)),
+    "dream_conservative": Loss(dream_conservative, (2, 6), staged=True),
+    "input_perturbation": Loss(input_perturbation, (1, 3), extra_noise=("xi",)),
 }
 
 
-def _loss_fn(kind: str) -> Callable[..., tuple[Tensor, Stats]]:
+def loss_kind(kind: str) -> Loss:
     if kind not in LOSSES:
         raise ValueError(f"unknown loss kind {kind!r}; expected one of {sorted(LOSSES)}")
     return LOSSES[kind]
 
 
-def _kind_params(kind: str, params: dict[str, Any], defer_sync: SyncContext) -> dict[str, Any]:
-    """Only dream_conservative uses the epoch and has an early term; callers pass the epoch to every kind."""
-    if kind == "dream_conservative":
-        return {**params, "defer_sync": defer_sync}
-    return {k: v for k, v in params.items() if k != "epoch"}
+def _call(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor, emit: Emit,
+          defer_sync: SyncContext, params: dict[str, Any]) -> tuple[Tensor, Stats]:
+    """Call the loss of `kind` with what it takes: callers pass the epoch to every kind, and only a staged
+    kind uses it (and the DDP context for its early term)."""
+    loss = loss_kind(kind)
+    if loss.staged:
+        return loss.fn(model, schedule, x0, t, noise, emit=emit, defer_sync=defer_sync, **params)
+    return loss.fn(model, schedule, x0, t, noise, emit=emit, **{k: v for k, v in params.items() if k != "epoch"})
 
 
 def compute_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
                  **params: Any) -> tuple[Tensor, Stats]:
     """The loss of `kind` as one differentiable scalar, and its per-step stats."""
     terms: list[Tensor] = []
-    last, stats = _loss_fn(kind)(model, schedule, x0, t, noise, emit=terms.append,
-                                 **_kind_params(kind, params, contextlib.nullcontext))
+    last, stats = _call(kind, model, schedule, x0, t, noise, terms.append, contextlib.nullcontext, params)
     loss = sum(terms, last)
     stats["loss"] = loss.detach()
     return loss, stats
@@ -189,22 +204,13 @@ def backward_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tens
         term.backward()
         total.append(term.detach())
 
-    last, stats = _loss_fn(kind)(model, schedule, x0, t, noise, emit=emit, **_kind_params(kind, params, defer_sync))
+    last, stats = _call(kind, model, schedule, x0, t, noise, emit, defer_sync, params)
     last.backward()
     stats["loss"] = sum(total, last.detach())
     return stats
 
 
-# Cost per training step: (model forward calls, forward-pass units), a backward counting as
-# two forwards. dream's estimate pass has no backward; dream_conservative's second pass has.
-STEP_COST = {
-    "standard": (1, 3),
-    "dream": (2, 4),
-    "dream_conservative": (2, 6),  # from start_epoch (step_cost); the study's naive step: bench.steps.NAIVE_COST
-    "input_perturbation": (1, 3),
-}
-
-
 def step_cost(kind: str, epoch: int, start_epoch: int) -> tuple[int, int]:
-    """STEP_COST of a step in `epoch`: dream_conservative takes standard steps before `start_epoch`."""
-    return STEP_COST["standard" if kind == "dream_conservative" and epoch < start_epoch else kind]
+    """The cost of a step in `epoch`: a staged kind takes standard steps before `start_epoch`."""
+    loss = loss_kind(kind)
+    return LOSSES["standard"].cost if loss.staged and epoch < start_epoch else loss.cost

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dreamctl.config import OptimConfig, Recipe
 from dreamctl.data.loader import BatchOrder, ImageSet, rank_slice, steps_per_epoch, to_model_input
 from dreamctl.diffusion import schedule_for
-from dreamctl.diffusion.losses import backward_loss
+from dreamctl.diffusion.losses import backward_loss, loss_kind
 from dreamctl.errors import RunError
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
@@ -112,9 +112,8 @@ def step_noise(recipe: Recipe, step: int, rt: Runtime,
     g = generator(rt.device, recipe.train.seed, step)
     t = torch.randint(0, T, (b,), generator=g, device=rt.device)[local]
     noise = torch.randn(b, 3, r, r, generator=g, device=rt.device)[local]
-    extra = {}
-    if (kind or recipe.loss.kind) == "input_perturbation":
-        extra["xi"] = torch.randn(b, 3, r, r, generator=g, device=rt.device)[local]
+    extra = {name: torch.randn(b, 3, r, r, generator=g, device=rt.device)[local]
+             for name in loss_kind(kind or recipe.loss.kind).extra_noise}
     return t, noise, extra
 
 
