@@ -83,7 +83,7 @@ def setup(precision: str = "auto", device: str | None = None) -> Runtime:
         torch.backends.cudnn.benchmark = True
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend, timeout=collective_timeout())
     return Runtime(dev, resolve_precision(precision, dev), rank, world_size, local_rank)
 
 
@@ -153,11 +153,31 @@ def on_every_rank(rt: Runtime, action: Callable[[], Any], what: str) -> Any:
         "torchrun's report); nothing was written"))
 
 
+TIMEOUT_ENV = "DREAMCTL_COLLECTIVE_TIMEOUT_S"
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective waits for the other processes: 30 minutes, or DREAMCTL_COLLECTIVE_TIMEOUT_S.
+    It must outlast the longest work rank 0 does while the others wait (main_first: a checkpoint, a
+    progress grid); shorter, a process that hangs (or a node cut off) is given up on sooner."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return timedelta(minutes=30)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise RunError(f"{TIMEOUT_ENV}={text!r}: give the seconds a collective may wait, e.g. 600")
+    return timedelta(seconds=seconds)
+
+
 # What a collective says when the process at the other end has gone: gloo's TCP transport (a plain
-# RuntimeError), NCCL's remote error. Not a shape mismatch or a timeout, which are bugs or hangs and keep
-# their traceback.
+# RuntimeError), NCCL's remote error; or has not answered within the timeout (gloo's; NCCL's watchdog
+# ends the process itself). Not a shape mismatch, which is a bug and keeps its traceback.
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
               "remote process exited or there was a network error")
+_PEER_SILENT = ("Timed out waiting",)
 
 
 def peer_lost(err: BaseException, then: str) -> PeerLost | None:
@@ -166,12 +186,17 @@ def peer_lost(err: BaseException, then: str) -> PeerLost | None:
     "[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:14758. This is
     typically caused by a remote worker crashing. ..."; the store, in a DistNetworkError."""
     text = str(err).strip()
+    first = (re.sub(r"^\[[^\]]*\]\s*", "", text).splitlines() or [""])[0]  # without gloo's source path
+    first = first.split(". ")[0][:200]
+    if isinstance(err, RuntimeError) and any(phrase in text for phrase in _PEER_SILENT):
+        return PeerLost(f"another process of this job did not answer within {collective_timeout()} ({first}): it "
+                        f"hangs, is stopped (SIGSTOP), or its node is cut off; stop it if it still runs, then "
+                        f"{then} ({TIMEOUT_ENV} sets the wait)")
     gone = isinstance(err, dist.DistNetworkError) or (isinstance(err, RuntimeError) and any(
         phrase in text for phrase in _PEER_GONE))
     if not gone:
         return None
-    first = (re.sub(r"^\[[^\]]*\]\s*", "", text).splitlines() or [""])[0]  # without gloo's source path
-    return PeerLost(f"lost contact with another process of this job ({first.split('. ')[0][:200]}): it crashed "
+    return PeerLost(f"lost contact with another process of this job ({first}): it crashed "
                     f"or was stopped, and said why above if it could; {then}")
 
 

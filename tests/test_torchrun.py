@@ -9,9 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 from dreamctl.cli import main
@@ -374,6 +376,59 @@ def test_a_process_that_dies_mid_run_is_one_line_on_the_others(tmp_path):
     assert "gloo" not in said and said.endswith(f"continue with `dreamctl resume {tmp_path / 'run'} "
                                                 f"--nproc-per-node 2`")
     assert PeerLost.exit_code == 1
+
+
+def _silent_peer_worker(rank: int, init: str, run: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from dreamctl.cli.progress import run_training
+    from dreamctl.errors import PeerLost
+    from dreamctl.runtime import TIMEOUT_ENV, Runtime, collective_timeout
+
+    os.environ.update({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", TIMEOUT_ENV: "2"})
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=collective_timeout())
+    dist.barrier()
+    if rank == 1:
+        time.sleep(8)  # alive but silent: a hang, a SIGSTOP, a node cut off
+        os._exit(0)
+
+    def session(on_event, should_stop) -> str:
+        dist.all_reduce(torch.ones(4))  # rank 1 does not come within the timeout
+        return "finished"
+
+    try:
+        run_training(Path(run), Runtime(torch.device("cpu"), "fp32", rank=0, world_size=2), session)
+        said = "nothing"
+    except PeerLost as err:
+        said = str(err)
+    torch.save(said, out)
+
+
+def test_a_process_that_hangs_is_one_line_on_the_others_after_the_timeout(tmp_path):
+    """A silent peer ends the others' collective at the timeout (DREAMCTL_COLLECTIVE_TIMEOUT_S, here 2 s):
+    one line saying what may be wrong and how to go on, not gloo's traceback (crash audit F1)."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "said")
+    mp.spawn(_silent_peer_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out), nprocs=2,
+             join=True)
+    said = torch.load(out, weights_only=True)
+    assert said.startswith("another process of this job did not answer within 0:00:02 (Timed out waiting 2000ms")
+    assert "gloo" not in said and "\n" not in said
+    assert said.endswith(f"continue with `dreamctl resume {tmp_path / 'run'} --nproc-per-node 2` "
+                         "(DREAMCTL_COLLECTIVE_TIMEOUT_S sets the wait)")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "inf", "nan"])
+def test_a_bad_collective_timeout_is_named(monkeypatch, value):
+    from dreamctl.errors import RunError
+    from dreamctl.runtime import TIMEOUT_ENV, collective_timeout
+
+    monkeypatch.setenv(TIMEOUT_ENV, value)
+    with pytest.raises(RunError, match=f"DREAMCTL_COLLECTIVE_TIMEOUT_S='{value}': give the seconds"):
+        collective_timeout()
+    monkeypatch.setenv(TIMEOUT_ENV, "90")
+    assert collective_timeout().total_seconds() == 90
 
 
 def test_only_a_failed_collective_is_called_a_lost_process(monkeypatch, capsys):
