@@ -176,6 +176,26 @@ def test_a_stop_that_comes_during_a_scheduled_checkpoint_stops_at_that_step(tmp_
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000004.pt"]
 
 
+def test_a_stop_while_resume_loads_its_checkpoint_trains_and_writes_nothing(tmp_path, synthetic_data_dir):
+    """The loaded checkpoint is the state: a SIGTERM that came while it was read stops before the first step.
+    It trained one step and wrote a second full checkpoint, in a scheduler's grace period (crash audit F2)."""
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import resume_run
+    from tiny_runs import CPU
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    steps: list[int] = []
+    status = resume_run(RunDir(run), CPU, ["train.max_steps=6"], should_stop=lambda: True,
+                        on_event=lambda kind, payload: steps.append(payload["step"]) if kind == "step" else None)
+    assert (status, steps) == ("interrupted", [])
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000002.pt"]
+    info = json.loads((run / "run.json").read_text())
+    assert (info["status"], info["step"]) == ("interrupted", 2)
+    assert main(["resume", str(run)]) == 0  # and goes on from there
+    assert json.loads((run / "run.json").read_text())["step"] == 6
+
+
 def test_resuming_a_finished_run_as_it_was_records_no_resume(tmp_path, synthetic_data_dir):
     """It trains nothing; each such call added a resume at the last step to run.json. With an override
     (more epochs, say) it is a resume and is recorded."""

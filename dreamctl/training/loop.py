@@ -147,6 +147,8 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     record = Recorder(run, recipe, state, order, meter, rt, on_event, last_step)
     on_event("start", {"step": state.step, "total_steps": last_step, "steps_per_epoch": order.steps})
 
+    if resume is not None and any_rank(should_stop(), rt):  # a stop while the checkpoint loaded: it is the state,
+        return "interrupted"  # so nothing to train or write within a scheduler's grace period
     mark, status = time.perf_counter(), "finished"
     while state.step < last_step:
         # x0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I); a gradient step on the recipe's loss (DDPM Algorithm 1)
