@@ -4,7 +4,8 @@ A long-running function takes `on_event(kind, payload)` and calls it as it goes;
 ignores everything. The kinds, who sends them, and their payloads:
 
   train (training/loop.py, session.py)
-    "resume"      {"step", "path"}                       where the run starts from (path or a note)
+    "resume"      {"step", "path"}                       where the run starts from (path or a note); from a
+                  checkpoint also session.processes() of this session and of the last one ("before")
     "start"       {"step", "total_steps", "steps_per_epoch"}
     "step"        {"step"}                               every step: moves a progress bar
     "log"         metrics.jsonl's record + "total_steps"  every train.log_every steps

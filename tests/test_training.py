@@ -196,6 +196,28 @@ def test_a_stop_while_resume_loads_its_checkpoint_trains_and_writes_nothing(tmp_
     assert json.loads((run / "run.json").read_text())["step"] == 6
 
 
+def test_a_resume_on_other_processes_or_threads_says_so_and_run_json_keeps_both(tmp_path, synthetic_data_dir,
+                                                                               monkeypatch, capsys):
+    """Another thread count (or number of processes) changes the order of float sums: the resume is exact only
+    to rounding. It said nothing, and run.json's world_size became the last session's (crash audit F4, F5)."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    first = json.loads((run / "run.json").read_text())
+    threads = torch.get_num_threads()
+    assert (first["world_size"], first["threads"]) == (1, threads)
+    capsys.readouterr()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 5)
+    assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"note: threads {threads} until now, {threads + 5} in this resume: the same images and noise" in out
+    assert "world size" not in out  # unchanged, not named
+    info = json.loads((run / "run.json").read_text())
+    assert (info["world_size"], info["threads"]) == (1, threads)  # the start's
+    assert info["resumes"] == [{"step": 2, "set": ["train.max_steps=4"], "world_size": 1, "threads": threads + 5}]
+    assert main(["resume", str(run), "--set", "train.max_steps=6"]) == 0  # the same as the last session: no note
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_resuming_a_finished_run_as_it_was_records_no_resume(tmp_path, synthetic_data_dir):
     """It trains nothing; each such call added a resume at the last step to run.json. With an override
     (more epochs, say) it is a resume and is recorded."""

@@ -107,6 +107,12 @@ class TrainingDisplay:
             self.tensorboard.on_event(kind, p)
         if kind == "resume":
             self.progress.console.print(f"resuming from {p['path']} (step {p['step']})")
+            if changed := {k: (v, p[k]) for k, v in p.get("before", {}).items() if k in p and p[k] != v}:
+                was = ", ".join(f"{k.replace('_', ' ')} {old} until now, {new} in this resume"
+                                for k, (old, new) in changed.items())
+                self.progress.console.print(f"note: {was}: the same images and noise, weights equal to float "
+                                            "rounding but not bit for bit (sums in another order); resume on the "
+                                            "same to continue exactly", markup=False, highlight=False)
         elif kind == "start":
             self.total = p["total_steps"]
             self.task = self.progress.add_task("train", total=p["total_steps"], completed=p["step"], info="")

@@ -80,7 +80,7 @@ def check_start(recipe: Recipe, run: RunDir, world_size: int) -> None:
 def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dict[str, Any] | None,
          on_event: OnEvent, should_stop: Callable[[], bool]) -> str:
     main_first(rt, lambda: run.update_info({
-        "status": "running", "world_size": rt.world_size, "device": str(rt.device),
+        "status": "running", "device": str(rt.device),
         "data": str(Path(recipe.data.path).resolve()), "data_manifest_sha256": images.manifest_sha256, "error": None}))
     status = "failed"
     try:
@@ -107,6 +107,18 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
     return status
 
 
+def processes(rt: Runtime) -> dict[str, int]:
+    """What a session ran on, as run.json records it: its number of processes, and on the CPU each one's
+    threads, which change the order of float sums as the count does (resume is bit-identical only on both)."""
+    return {"world_size": rt.world_size, **({"threads": torch.get_num_threads()} if rt.device.type == "cpu" else {})}
+
+
+def last_processes(info: dict[str, Any]) -> dict[str, int]:
+    """processes() of a run's last session: its last resume's, else the first's (older runs: what they have)."""
+    last = (info.get("resumes") or [info])[-1]
+    return {k: last[k] for k in ("world_size", "threads") if isinstance(last.get(k), int)}
+
+
 def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = ignore,
               should_stop: Callable[[], bool] = lambda: False) -> str:
     """Create the run folder and train from step 0 (the data is checked before anything is written)."""
@@ -122,8 +134,8 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = i
         def claim() -> None:
             run.check_new()  # before the lock and the writability checks put anything into the folder
             _claim(run, held)
-            run.create(recipe, {"name": run.root.name, "recipe": recipe.name,
-                                "dreamctl_version": dreamctl.__version__, "torch": torch.__version__})
+            run.create(recipe, {"name": run.root.name, "recipe": recipe.name, "dreamctl_version": dreamctl.__version__,
+                                "torch": torch.__version__, **processes(rt)})
 
         main_first(rt, claim)
         return _run(run, recipe, rt, images, None, on_event, should_stop)
@@ -223,7 +235,8 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
             # read onto the CPU on every rank; load_state_dict moves the weights to each rank's device
             path, ckpt = load_latest(run.checkpoints, map_location="cpu")
             _check_own(run, recipe, path, ckpt, len(images))  # before anything below renames, truncates or rewrites
-            on_event("resume", {"step": ckpt["step"], "path": str(path)})
+            on_event("resume", {"step": ckpt["step"], "path": str(path), **processes(rt),
+                                "before": last_processes(run.info())})
         else:
             ckpt = None
             on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})
@@ -249,7 +262,7 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
                 atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
             if overrides or step < last:  # a finished run resumed as it was trains nothing: no resume to record
                 run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides),
-                                                                              "world_size": rt.world_size}]})
+                                                                              **processes(rt)}]})
         main_first(rt, record)
         return _run(run, recipe, rt, images, ckpt, on_event, should_stop)
 
