@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,6 +86,17 @@ def setup(precision: str = "auto", device: str | None = None) -> Runtime:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=collective_timeout())
     return Runtime(dev, resolve_precision(precision, dev), rank, world_size, local_rank)
+
+
+def resume_command(run_root: Path | str) -> str:
+    """How to go on, on as many processes as now: only that continues bit for bit (another count
+    sees the same images and noise, but sums its gradients in another order)."""
+    world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE")
+    if world == "1":
+        return f"dreamctl resume {run_root}"
+    if local == world:  # one node
+        return f"dreamctl resume {run_root} --nproc-per-node {world}"
+    return f"torchrun (as before, {world} processes) -m dreamctl resume {run_root}"
 
 
 def teardown(rt: Runtime) -> None:

@@ -531,7 +531,7 @@ def test_tensorboard_sink_is_made_once_the_run_has_claimed_its_folder(tmp_path, 
 
 def test_the_stop_message_resumes_on_as_many_processes(monkeypatch, tmp_path):
     """Only the same count continues bit for bit, and the per-process batch (memory) stays as it was."""
-    from dreamctl.cli.progress import resume_command
+    from dreamctl.runtime import resume_command
 
     for env, expected in (({}, "dreamctl resume RUN"),
                           ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"}, "dreamctl resume RUN --nproc-per-node 4"),

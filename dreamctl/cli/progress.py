@@ -130,21 +130,12 @@ class TrainingDisplay:
             self.progress.console.print(f"step {p['step']}: sample grid {p['path']}")
 
     def finish(self, status: str) -> None:
+        from dreamctl import runtime
+
         if status == "interrupted":
-            console.print(f"stopped with a checkpoint; continue with:  {resume_command(self.run_root)}")
+            console.print(f"stopped with a checkpoint; continue with:  {runtime.resume_command(self.run_root)}")
         else:
             console.print(f"finished: {self.run_root}")
-
-
-def resume_command(run_root: Path) -> str:
-    """How to go on, on as many processes as now: only that continues bit for bit (another count
-    sees the same images and noise, but sums its gradients in another order)."""
-    world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE")
-    if world == "1":
-        return f"dreamctl resume {run_root}"
-    if local == world:  # one node
-        return f"dreamctl resume {run_root} --nproc-per-node {world}"
-    return f"torchrun (as before, {world} processes) -m dreamctl resume {run_root}"
 
 
 def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> None:
@@ -163,10 +154,10 @@ def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> No
     except KeyboardInterrupt:  # a second Ctrl-C: aborted in the step, no checkpoint of it
         if speaks():
             console.print(f"aborted without a checkpoint of this step; continue from the newest with:  "
-                          f"{resume_command(run_root)}", markup=False, highlight=False)
+                          f"{runtime.resume_command(run_root)}", markup=False, highlight=False)
         raise
     except RuntimeError as err:
-        lost = runtime.peer_lost(err, f"the last checkpoint, if any, is kept: continue with `{resume_command(run_root)}`")
+        lost = runtime.peer_lost(err, f"the last checkpoint, if any, is kept: continue with `{runtime.resume_command(run_root)}`")
         if lost is None:
             raise
         raise lost from None

@@ -25,6 +25,7 @@ from torch import nn
 import dreamctl
 from dreamctl.atomic import atomic_path, unused_path
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
+from dreamctl.runtime import resume_command
 
 CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
 REQUIRED = {"model", "ema", "optimizer", "step", "images_seen", "wall_time_s", "data_position", "recipe"}
@@ -95,9 +96,9 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
         with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:  # closed, and its space freed, on error
             torch.save(ckpt, f)
     except (RuntimeError, OSError) as err:  # a full disk: OSError from our file handle, RuntimeError from torch's writer
-        raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}{_space(folder)}); the older checkpoints are "
-                              "kept: free space on that disk (or fix access to it), then `dreamctl resume` the run"
-                              ) from err
+        raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}{_space(folder)}); the older "
+                              f"checkpoints are kept: free space on that disk (or fix access to it), then continue "
+                              f"with `{resume_command(folder.parent)}`") from err
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink()
     return path
@@ -110,10 +111,14 @@ def _space(folder: Path) -> str:
     try:
         free = shutil.disk_usage(folder).free
         newest = list_checkpoints(folder)[-1:]
-        size = f", the newest checkpoint takes {newest[0].stat().st_size / 1e9:.2f} GB" if newest else ""
+        size = f", the newest checkpoint takes {_bytes(newest[0].stat().st_size)}" if newest else ""
     except OSError:  # the disk that failed the write may fail this too: the write's error is the one to report
         return ""
-    return f"; {free / 1e9:.2f} GB free on that disk{size}"
+    return f"; {_bytes(free)} free on that disk{size}"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
