@@ -28,7 +28,7 @@ from dreamctl.data.shards import REFSTATS_DIR, read_manifest, split_count
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.image_sets import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
-from dreamctl.metrics.weights import parse_metrics
+from dreamctl.config.metrics import parse_metrics
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime, main_first

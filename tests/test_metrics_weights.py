@@ -258,3 +258,10 @@ def test_a_read_only_weights_folder_loads_inception_with_a_warning(wdir, monkeyp
         net = InceptionFeatureNet(device="cpu")
     assert net.weights_sha256 == weights.sha256_file(path)
     assert not (wdir / f"{weights.INCEPTION}.sha256.json").exists()
+
+
+def test_every_metric_name_has_its_weight_files_listed_in_the_same_order():
+    """The recipe schema takes the names (config.metrics), the weights registry what each needs: one list."""
+    from dreamctl.config.metrics import METRIC_NAMES
+
+    assert tuple(weights.METRIC_WEIGHTS) == METRIC_NAMES

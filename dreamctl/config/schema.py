@@ -14,7 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from dreamctl.config.values import bool_for_number
 from dreamctl.errors import ConfigError
-from dreamctl.metrics.weights import parse_metrics
+from dreamctl.config.metrics import parse_metrics
 
 LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbation"]
 # Image i under base seed S is drawn from seed S * 2**20 + i (generate.image_seeds); torch's CPU

@@ -21,7 +21,8 @@ from dreamctl.config import Recipe, flat_items
 from dreamctl.config.schema import BOOKKEEPING_KEYS, NOT_SETTINGS, STUDY_VARIANT_NOTE, drawn_by_seed_rule
 from dreamctl.experiments.runs import EvalRecord, Run
 from dreamctl.metrics.spread import SEEDS, spread_of
-from dreamctl.metrics.weights import INCEPTION_METRICS, METRIC_NAMES
+from dreamctl.config.metrics import METRIC_NAMES
+from dreamctl.metrics.weights import INCEPTION_METRICS
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 DEVICE_TOTALS = ("wall_time_s", "img_per_s", "peak_memory_bytes")  # measured on the run's device

@@ -22,7 +22,7 @@ from dreamctl.config import RECIPES_DIR, parse_override
 from dreamctl.config.load import builtin_or_path, read_yaml
 from dreamctl.config.schema import check_eval_num, setting_value
 from dreamctl.errors import ConfigError
-from dreamctl.metrics.weights import parse_metrics
+from dreamctl.config.metrics import parse_metrics
 
 SPEC_KEYS = ("name", "description", "base", "data", "out", "set", "grid", "eval_grid", "seeds", "evaluate")
 EVALUATE_KEYS = ("metrics", "num")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dreamctl.atomic import atomic_path
+from dreamctl.config.metrics import METRIC_NAMES
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
@@ -202,9 +203,9 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
                         "differ in size; evaluate at the data's resolution")
     if len(generated) < 2 or len(reference) < 2:
         raise DataError(f"need at least 2 generated and 2 reference images, got {len(generated)} and {len(reference)}")
-    unknown = [m for m in metrics if m not in weights.METRIC_NAMES]
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown)} in metrics; choose from {', '.join(weights.METRIC_NAMES)}")
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown)} in metrics; choose from {', '.join(METRIC_NAMES)}")
     wanted = list(dict.fromkeys(metrics))
     results: dict[str, dict] = {}
     protocol: dict = {"num_generated": int(len(generated)), "num_reference": int(len(reference)),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamctl import atomic
-from dreamctl.errors import ConfigError, DreamctlWarning, WeightsError
+from dreamctl.errors import DreamctlWarning, WeightsError
 
 INCEPTION = "inception-2015-12-05.pt"
 ALEXNET = "alexnet-owt-7be5be79.pth"
@@ -236,7 +236,7 @@ def record_first_use(name: str, root: Path | None = None) -> str:
     return digest
 
 
-METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {
+METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {  # each of METRIC_NAMES, in its order
     "fid": (INCEPTION,),
     "kid": (INCEPTION,),
     "is": (INCEPTION,),
@@ -244,20 +244,7 @@ METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {
     "swd": (),
     "pixel_fd": (),
 }
-METRIC_NAMES = tuple(METRIC_WEIGHTS)  # every metric, in the order tables and files show them
 INCEPTION_METRICS = tuple(m for m, files in METRIC_WEIGHTS.items() if INCEPTION in files)  # fid, kid, is
-
-
-def parse_metrics(metrics: Sequence[str], where: str = "--metrics") -> list[str]:
-    """The metric names asked for, lower case, each once; ConfigError naming `where` for unknown ones."""
-    known = ", ".join(METRIC_WEIGHTS)
-    if not all(isinstance(m, str) for m in metrics):
-        raise ConfigError(f"{where} must list metric names, got {list(metrics)!r}; choose from {known}")
-    wanted = list(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
-    unknown = [m for m in wanted if m not in METRIC_WEIGHTS]
-    if unknown or not wanted:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} in {where}; choose from {known}")
-    return wanted
 
 
 def weights_for(metrics: Sequence[str]) -> list[str]:
