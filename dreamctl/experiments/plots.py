@@ -21,7 +21,8 @@ from PIL import Image
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.experiments.compare import Comparison, column_id, column_ids, compare_runs, finite_number, run_labels
+from dreamctl.experiments.columns import column_id, column_ids
+from dreamctl.experiments.compare import Comparison, compare_runs, finite_number, run_labels
 from dreamctl.experiments.tables import describe_protocols
 from dreamctl.experiments.runs import Run
 

@@ -1,0 +1,80 @@
+"""Which evaluations share a column of compare's tables and plots: one protocol id, split further by a
+label where the same id was measured against other reference data, at another image size, with another
+Inception file or in another precision (`(ref 1a2b3c4d)`, `(32px)`, `(net 5e6f7a8b)`, `(precision unrecorded)`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dreamctl.experiments.runs import EvalRecord, Run
+from dreamctl.metrics.weights import INCEPTION_METRICS
+
+# Fields the protocol id leaves out that still decide what a number means: the same id measured against
+# another reference set, at another image size or with another feature network file gets columns of its own.
+# A file from before `precision` was recorded shares its id with an fp32 one, but may have been drawn in bf16.
+DATA_FIELDS = ("ref_manifest_sha256", "image_size", "feature_network_sha256", "precision")
+NO_FEATURES = "no feature metric"  # an evaluation without FID, KID or IS values: its network does not matter
+
+
+def _data_value(record: EvalRecord, name: str) -> Any:
+    if name == "feature_network_sha256" and not any(
+            m in INCEPTION_METRICS and "value" in e for m, e in record.metrics.items()):
+        return NO_FEATURES
+    return record.protocol.get(name)
+
+
+def _data_key(record: EvalRecord) -> tuple[str, ...]:
+    return (record.protocol_id, *(repr(_data_value(record, k)) for k in DATA_FIELDS))
+
+
+def _hash_labels(values: list[Any], what: str) -> dict[str, str]:
+    """repr(value) -> `<what> <hex>`, keeping the fewest hex digits (8 or more) that tell the hashes apart."""
+    hashes = {v for v in values if isinstance(v, str)}
+    n = 8
+    while len({h[:n] for h in hashes}) < len(hashes):
+        n += 4
+    return {repr(v): f"{what} {v[:n]}" if isinstance(v, str) else f"{what} unrecorded" for v in values}
+
+
+def _data_labels(name: str, values: list[Any]) -> dict[str, str]:
+    """repr(value) -> a short label, or {} where the values need no columns of their own."""
+    if name == "feature_network_sha256":
+        # Evaluations without a feature metric share the column of the one network the others used;
+        # only two networks' numbers are kept apart.
+        used = [v for v in values if v != NO_FEATURES]
+        if len({repr(v) for v in used}) < 2:
+            return {}
+        return {**_hash_labels(used, "net"), repr(NO_FEATURES): NO_FEATURES}
+    if len({repr(v) for v in values}) < 2:
+        return {}
+    if name == "image_size":
+        return {repr(v): "image size unrecorded" if v is None else f"{v}px" for v in values}
+    if name == "precision":
+        return {repr(v): "precision unrecorded" if v is None else str(v) for v in values}
+    return _hash_labels(values, "ref")
+
+
+def column_ids(runs: list[Run]) -> dict[tuple[str, ...], str]:
+    """_data_key of every evaluation -> the id of its column group: the protocol id, plus a label of the
+    DATA_FIELDS that differ only where one protocol id was measured against several references."""
+    found: dict[str, dict[tuple[str, ...], EvalRecord]] = {}
+    for run in runs:
+        for record in run.evals:  # all checkpoints, so the metric-vs-step curves use the same ids
+            found.setdefault(record.protocol_id, {}).setdefault(_data_key(record), record)
+    out = {}
+    for pid, by_key in found.items():
+        labels = [_data_labels(f, [_data_value(r, f) for r in by_key.values()]) for f in DATA_FIELDS]
+        for key in by_key:
+            parts = [lab[key[i]] for i, lab in enumerate(labels, 1) if lab]
+            out[key] = f"{pid} ({', '.join(parts)})" if parts else pid
+    return out
+
+
+def column_id(record: EvalRecord, ids: dict[tuple[str, ...], str]) -> str:
+    return ids[_data_key(record)]
+
+
+def latest_by_column(run: Run, ids: dict[tuple[str, ...], str]) -> dict[str, EvalRecord]:
+    """column id -> the evaluation of the newest checkpoint in it (run.evals is sorted by step)."""
+    return {column_id(record, ids): record for record in run.evals}
