@@ -334,20 +334,22 @@ def test_the_shortcut_drops_torchruns_per_worker_lines_only():
     assert kept("Unable to shutdown process %s via %s, forcefully exiting via %s")  # killed at the timeout
 
 
-def _lost_peer_worker(rank: int, init: str, run: str, out: str) -> None:
-    from datetime import timedelta
-
+def _peer_worker(rank: int, init: str, run: str, out: str, silent_s: float) -> None:
+    """Rank 1 leaves (at once, as a worker killed by SIGKILL or the OOM killer; or after `silent_s` without a
+    word, as a hang); rank 0 waits for it in a collective under run_training and saves what it said."""
     import torch.distributed as dist
 
     from dreamctl.cli.progress import run_training
     from dreamctl.errors import PeerLost
-    from dreamctl.runtime import Runtime
+    from dreamctl.runtime import TIMEOUT_ENV, Runtime, collective_timeout
 
-    os.environ.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")  # what torchrun sets: resume_command reads them
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    # what torchrun sets (resume_command reads them), and a 2 s timeout where rank 1 is to outstay it
+    os.environ.update({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", TIMEOUT_ENV: "2" if silent_s else "60"})
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=collective_timeout())
     dist.barrier()
     if rank == 1:
-        os._exit(0)  # gone without a word, as a worker killed by SIGKILL or the OOM killer
+        time.sleep(silent_s)
+        os._exit(0)
 
     def session(on_event, should_stop) -> str:
         dist.all_reduce(torch.ones(4))  # waits for rank 1, which never comes
@@ -369,7 +371,7 @@ def test_a_process_that_dies_mid_run_is_one_line_on_the_others(tmp_path):
     from dreamctl.errors import PeerLost
 
     out = str(tmp_path / "said")
-    mp.spawn(_lost_peer_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out), nprocs=2,
+    mp.spawn(_peer_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out, 0), nprocs=2,
              join=True)
     said = torch.load(out, weights_only=True)
     assert said.startswith("lost contact with another process of this job (") and "peer" in said
@@ -378,39 +380,13 @@ def test_a_process_that_dies_mid_run_is_one_line_on_the_others(tmp_path):
     assert PeerLost.exit_code == 1
 
 
-def _silent_peer_worker(rank: int, init: str, run: str, out: str) -> None:
-    import torch.distributed as dist
-
-    from dreamctl.cli.progress import run_training
-    from dreamctl.errors import PeerLost
-    from dreamctl.runtime import TIMEOUT_ENV, Runtime, collective_timeout
-
-    os.environ.update({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", TIMEOUT_ENV: "2"})
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=collective_timeout())
-    dist.barrier()
-    if rank == 1:
-        time.sleep(8)  # alive but silent: a hang, a SIGSTOP, a node cut off
-        os._exit(0)
-
-    def session(on_event, should_stop) -> str:
-        dist.all_reduce(torch.ones(4))  # rank 1 does not come within the timeout
-        return "finished"
-
-    try:
-        run_training(Path(run), Runtime(torch.device("cpu"), "fp32", rank=0, world_size=2), session)
-        said = "nothing"
-    except PeerLost as err:
-        said = str(err)
-    torch.save(said, out)
-
-
 def test_a_process_that_hangs_is_one_line_on_the_others_after_the_timeout(tmp_path):
     """A silent peer ends the others' collective at the timeout (DREAMCTL_COLLECTIVE_TIMEOUT_S, here 2 s):
     one line saying what may be wrong and how to go on, not gloo's traceback (crash audit F1)."""
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "said")
-    mp.spawn(_silent_peer_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out), nprocs=2,
+    mp.spawn(_peer_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out, 8), nprocs=2,
              join=True)
     said = torch.load(out, weights_only=True)
     assert said.startswith("another process of this job did not answer within 0:00:02 (Timed out waiting 2000ms")
