@@ -207,7 +207,7 @@ def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_p
 def test_a_resumed_conservative_run_is_priced_for_its_remaining_steps_only(tmp_path: Path) -> None:
     """Resuming after start_epoch, every remaining step is a rectified (6-unit) one; none of the cheap ones is left."""
     from dreamctl.config import load_recipe
-    from dreamctl.experiments.ablate import train_cost
+    from dreamctl.training.loop import train_cost
 
     spec_path = write_spec(tmp_path, grid={"loss.lambda_max": [0.3]})
     plan = make_plan(parse_spec(spec_path))

@@ -145,7 +145,8 @@ def test_dry_run_shows_parameters_and_cost(capsys):
 def test_dry_run_counts_the_images_training_would_open(synthetic_data_dir, capsys):
     args = ["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--dry-run", "--set", "train.epochs=2"]
     assert main(args + ["--set", "data.limit=128"]) == 0
-    assert "schedule      128 images, 4 steps of 64 = 256 images seen" in capsys.readouterr().out
+    assert "schedule      128 images, 4 steps of 64 = 256 images seen, 768 image forward units in all" in (
+        capsys.readouterr().out)  # standard: a forward and a backward (two units) per image
     assert main(args) == 0
     assert "schedule      230 images, 6 steps of 64" in capsys.readouterr().out  # 3 full batches per epoch
     assert main(args + ["--set", "data.limit=231"]) == 2

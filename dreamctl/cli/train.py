@@ -75,9 +75,9 @@ def _dry_run(recipe: Recipe) -> None:
                   f"{units} forward units per step{note} (a backward counts as 2)", markup=False)
     if recipe.data.path:
         from dreamctl.data.shards import split_size
-        from dreamctl.training.loop import total_steps
+        from dreamctl.training.loop import train_cost
 
         n = split_size(recipe.data.path, recipe.data.split, recipe.data.limit)  # what training would open
-        steps = total_steps(recipe, n)
+        steps, seen, forwards = train_cost(recipe, n)
         console.print(f"schedule      {n:,} images, {steps:,} steps of {recipe.train.batch_size} "
-                      f"= {steps * recipe.train.batch_size:,} images seen", markup=False)
+                      f"= {seen:,} images seen, {forwards:,} image forward units in all", markup=False)

@@ -17,9 +17,7 @@ from typing import Literal
 from dreamctl import runtime
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.config.schema import RESUMABLE_KEYS
-from dreamctl.data.loader import steps_per_epoch
 from dreamctl.data.shards import limited, split_count
-from dreamctl.diffusion.losses import step_cost
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import (
@@ -27,7 +25,7 @@ from dreamctl.evaluation import (
 )
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config
-from dreamctl.training.loop import total_steps
+from dreamctl.training.loop import train_cost
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints
 
@@ -97,15 +95,9 @@ def images_text(plan: Plan) -> str | None:
     return f"{low:,} training images" if low == high else f"{low:,}–{high:,} training images (data.limit varies)"
 
 
-def train_cost(recipe: Recipe, n: int | None, done: int = 0) -> tuple[int | None, int | None, int | None]:
-    """(steps, images, forward units) still to train over `n` images (train_images), from step `done`."""
-    if n is None:
-        return None, None, None
-    batch, loss = recipe.train.batch_size, recipe.loss
-    left = max(total_steps(recipe, n) - done, 0)
-    before = min(left, max(loss.start_epoch * steps_per_epoch(n, batch) - done, 0))  # steps before start_epoch
-    early, late = (step_cost(loss.kind, epoch, loss.start_epoch)[1] for epoch in (0, loss.start_epoch))
-    return left, left * batch, batch * (early * before + late * (left - before))
+def plan_cost(recipe: Recipe, n: int | None, done: int = 0) -> tuple[int | None, int | None, int | None]:
+    """train_cost, unknown (None) before the data is prepared."""
+    return (None, None, None) if n is None else train_cost(recipe, n, done)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -195,7 +187,7 @@ def make_plan(spec: Spec) -> Plan:
             steps_done = _step_reached(run_dir) if action == "resume" else 0
             count = count_cache[recipe.data.split]
             n = train_images(recipe, count, data)
-            cost = train_cost(recipe, n, steps_done)
+            cost = plan_cost(recipe, n, steps_done)
             used.add(None if count is None else n)  # data.limit alone is no count
         except (ConfigError, DataError) as err:  # which spec and which grid point, before anything runs
             raise type(err)(f"{spec.path}: run {name}: {err}") from None

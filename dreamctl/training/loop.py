@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dreamctl.config import OptimConfig, Recipe
 from dreamctl.data.loader import BatchOrder, ImageSet, rank_slice, steps_per_epoch, to_model_input
 from dreamctl.diffusion import schedule_for
-from dreamctl.diffusion.losses import backward_loss, loss_kind
+from dreamctl.diffusion.losses import backward_loss, loss_kind, step_cost
 from dreamctl.errors import RunError
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
@@ -77,6 +77,16 @@ def update(state: TrainState, params: list[Tensor], cfg: OptimConfig, step: int,
 def total_steps(recipe: Recipe, num_images: int) -> int:
     steps = recipe.train.epochs * steps_per_epoch(num_images, recipe.train.batch_size)
     return min(steps, recipe.train.max_steps) if recipe.train.max_steps else steps
+
+
+def train_cost(recipe: Recipe, n: int, done: int = 0) -> tuple[int, int, int]:
+    """(steps, images, forward units) still to train over `n` images from step `done` (a backward counting as
+    two forwards): what `train --dry-run` and ablate's plan say a run costs."""
+    batch, loss = recipe.train.batch_size, recipe.loss
+    left = max(total_steps(recipe, n) - done, 0)
+    before = min(left, max(loss.start_epoch * steps_per_epoch(n, batch) - done, 0))  # steps before start_epoch
+    early, late = (step_cost(loss.kind, epoch, loss.start_epoch)[1] for epoch in (0, loss.start_epoch))
+    return left, left * batch, batch * (early * before + late * (left - before))
 
 
 def init_state(recipe: Recipe, rt: Runtime) -> TrainState:
