@@ -46,6 +46,14 @@ def test_unreadable_images_are_skipped_counted_and_listed(messy_folder, tmp_path
     with pytest.raises(DataError, match=r"(corrupt|notes|truncated)\.jpg: .*\(--strict\); remove or replace it, or leave out --strict"):
         prepare_listing("folder", messy_folder, tmp_path / "strict", valid_fraction=0.0, test_fraction=0.0, strict=True)
     assert not (tmp_path / "strict" / "manifest.json").exists()
+    # Again over the folder prepared without --strict: its kept shards left those files out, so --strict fails
+    # too (it returned "kept 4 images" with exit 0), and the prepared folder is left as it was.
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(DataError, match=r"(corrupt|notes|truncated)\.jpg: .*\(--strict\); remove or replace it and "
+                                        r"prepare again with --overwrite, or leave out --strict"):
+        prepare_listing("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0, crop="center",
+                        strict=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
 

@@ -222,6 +222,9 @@ def prepare_data(
     total = sum(len(p[2]) for p in plan)
     done = sum(len(p[2]) for p in plan if shard_name(p[0], p[1]) in finished)
     reused = sum(r["count"] for r in finished.values())
+    kept_skips = [Skip(r["split"], name, why) for f, r in sorted(finished.items()) for name, why in r.get("skipped", [])]
+    if strict and kept_skips:  # --strict promises that no file was left out, also of the shards a rerun keeps
+        raise _strict_error(kept_skips[0], "remove or replace it and prepare again with --overwrite, or ")
     if not todo and (out / MANIFEST).is_file():  # finished before, every shard intact
         skipped = len(json.loads((out / MANIFEST).read_text())["skipped"])
         return PrepareResult(out, 0, reused, skipped, 0, len(finished), 0.0)
