@@ -24,7 +24,7 @@ from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_rec
 from dreamctl.config.schema import DDPM_SETTINGS
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.diffusion.start import check_sampler_start
-from dreamctl.errors import CheckpointError, DreamctlWarning, RunError
+from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning, RunError
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
@@ -89,9 +89,19 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
 
 
 def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint of `step`, or the newest readable one."""
+    """The checkpoint of `step`, or the newest. Unlike resume, which goes on from the newest readable one,
+    a damaged newest is refused: the images and scores would be of another model than the run's newest."""
     if step is None:
-        return load_latest(run.checkpoints)
+        newest = list_checkpoints(run.checkpoints)[-1:]
+        if not newest:
+            return load_latest(run.checkpoints)  # its error: none written yet, or not a folder
+        try:
+            return newest[0], load_checkpoint(newest[0])
+        except CorruptCheckpoint as err:
+            older = ", ".join(str(step_of(p)) for p in list_checkpoints(run.checkpoints)[:-1]) or "none"
+            raise CheckpointError(f"{err}: it is the newest; `dreamctl resume {run.root}` sets it aside and trains "
+                                  f"its steps again, or --checkpoint STEP draws from an older one (steps there: "
+                                  f"{older})") from None
     path = checkpoint_path(run.checkpoints, step)
     if not path.is_file():
         have = ", ".join(str(step_of(p)) for p in list_checkpoints(run.checkpoints)) or "none"

@@ -454,3 +454,27 @@ def test_every_rank_samples_the_checkpoint_rank_0_chose(trained, tmp_path):
         mp.spawn(_checkpoint_worker, args=(f"file://{tmp_path / f'store-{gone}'}", str(run), str(tmp_path), gone),
                  nprocs=2)
         assert [(tmp_path / f"rank-{r}").read_text() for r in (0, 1)] == said
+
+
+def test_a_damaged_newest_checkpoint_is_refused_not_replaced_by_an_older_one(trained, tmp_path, capsys):
+    """sample and evaluate of a run mean its newest checkpoint: drawing quietly from an older one (as resume goes
+    on from it) wrote an evaluation of another model under the run's protocol, with one warning (UX review 3.2).
+    Named with --checkpoint, the older one is used."""
+    from dreamctl.training.state import checkpoint_path, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    newest = checkpoint_path(run / "checkpoints", 4)
+    older = load_checkpoint(newest)
+    older["step"] = 2
+    torch.save(older, checkpoint_path(run / "checkpoints", 2))  # an older readable one
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    args = ["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} cannot be read" in err and "it is the newest; `dreamctl resume" in err
+    assert "--checkpoint STEP draws from an older one (steps there: 2)" in err and "\n" not in err.strip()
+    assert not (tmp_path / "s").exists() and newest.read_bytes() == data[: len(data) // 2]  # nothing moved
+    assert main([*args, "--checkpoint", "2"]) == 0
+    assert json.loads((tmp_path / "s" / "sample.json").read_text())["checkpoint_step"] == 2

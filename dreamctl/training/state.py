@@ -243,7 +243,7 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         try:
             return path, load_checkpoint(path, map_location)
         except CorruptCheckpoint as err:
-            warnings.warn(f"skipping it: {err}", DreamctlWarning, stacklevel=2)
+            warnings.warn(f"{err}; skipping it for the next older checkpoint", DreamctlWarning, stacklevel=2)
     raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)}): "
                           f"this run cannot continue; start a new one with `dreamctl train --run-dir NEW_FOLDER`")
 
