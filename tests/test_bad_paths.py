@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -127,11 +128,18 @@ def test_a_folder_without_a_manifest_gets_the_fix_that_works_for_it(synthetic_da
     data = tmp_path / "data"
     shutil.copytree(synthetic_data_dir, data)
     (data / "manifest.json").unlink()
+    images = tmp_path / "images"  # the likeliest mistake: the photos given where prepared data goes
+    images.mkdir()
+    (images / "000001.JPG").write_bytes(b"a photo")
     cases = ((data / "train-00000.h5", "is a file; give the prepared data folder"),
-             (data, "holds shards but no manifest.json; prepare it again with `dreamctl prepare-data --out "),
-             (tmp_path / "nothing", "manifest.json not found; prepare the folder with"))
+             (data, "holds shards but no manifest.json; prepare it again with the prepare-data command that made it, "
+                    "adding --overwrite"),
+             (tmp_path / "nothing", "manifest.json not found: give a folder made by prepare-data, or make one with "
+                                    "`dreamctl prepare-data --source synthetic|celeba|folder ... --out "),
+             (images, f"{images} is a folder of images, not prepared data: prepare it with `dreamctl prepare-data "
+                      f"--source folder --root {images} --out NEW_FOLDER` and give NEW_FOLDER instead"))
     for path, said in cases:
-        with pytest.raises(DataError, match=said.replace("(", r"\(")):
+        with pytest.raises(DataError, match=re.escape(said)):
             read_manifest(path)
     (data / "progress.json").write_text("{}")
     with pytest.raises(DataError, match="an unfinished prepare .* re-run the same prepare-data command"):

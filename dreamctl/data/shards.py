@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
 from dreamctl.atomic import atomic_path, file_sha256
+from dreamctl.data.sources import IMAGE_SUFFIXES
 from dreamctl.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -58,9 +59,13 @@ def _no_manifest(data_dir: Path) -> str:
     if (data_dir / PROGRESS).is_file():
         return f"{data_dir} is an unfinished prepare (no {MANIFEST} yet); re-run the same prepare-data command"
     if data_dir.is_dir() and any(data_dir.glob("*.h5")):
-        return (f"{data_dir} holds shards but no {MANIFEST}; prepare it again with "
-                f"`dreamctl prepare-data --out {data_dir} --overwrite`")
-    return f"{manifest_path(data_dir)} not found; prepare the folder with `dreamctl prepare-data --out {data_dir}`"
+        return (f"{data_dir} holds shards but no {MANIFEST}; prepare it again with the prepare-data command that "
+                f"made it, adding --overwrite")
+    if data_dir.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in data_dir.iterdir()):
+        return (f"{data_dir} is a folder of images, not prepared data: prepare it with `dreamctl prepare-data "
+                f"--source folder --root {data_dir} --out NEW_FOLDER` and give NEW_FOLDER instead")
+    return (f"{manifest_path(data_dir)} not found: give a folder made by prepare-data, or make one with "
+            f"`dreamctl prepare-data --source synthetic|celeba|folder ... --out {data_dir}` (see its --help)")
 
 
 class _Model(BaseModel):
