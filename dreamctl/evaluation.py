@@ -78,8 +78,9 @@ def protocol_id(p: dict[str, Any], stand_in: bool) -> str:
 
 
 def check_reference(data_dir: Path, split: str, num: int, resolution: int,
-                    fix: str = "lower --ref-num (or --num), or choose another --ref split") -> None:
-    """Fail before sampling when the split is too small or holds images of another size."""
+                    fix: str = "lower --ref-num (or --num), or choose another --ref split",
+                    size_fix: str = "evaluate against the data the run was trained on") -> None:
+    """Fail before sampling when the split is too small (`fix`) or holds images of another size (`size_fix`)."""
     manifest = read_manifest(data_dir)
     available = split_count(data_dir, split, manifest)
     if num > available:
@@ -87,7 +88,7 @@ def check_reference(data_dir: Path, split: str, num: int, resolution: int,
                         f"holds {available}: {fix}")
     if tuple(manifest["image_shape"][:2]) != (resolution, resolution):
         raise DataError(f"{data_dir} holds {manifest['image_shape'][0]}px images but the run samples "
-                        f"{resolution}px ones; evaluate against the data the run was trained on")
+                        f"{resolution}px ones; {size_fix}")
 
 
 def read_reference(data_dir: Path, split: str, num: int) -> tuple[np.ndarray, dict[str, Any], str]:

@@ -109,6 +109,10 @@ def test_data_too_small_for_the_batch_or_the_evaluation_is_refused_before_traini
     with pytest.raises(DataError, match=r"run lambda_max-0\.7_seed-0: train\.batch_size 1000 must be between 1 and the "
                                         r"number of training images \(640\): lower it"):
         make_plan(parse_spec(write_spec(tmp_path, grid={"loss.lambda_max": [0.7]}, set=["train.batch_size=1000"])))
+    spec = write_spec(tmp_path, set=["train.epochs=4", "data.resolution=16", "model.channel_mult=[1, 2]"])
+    with pytest.raises(DataError, match=r"holds 32px images but the run samples 16px ones; prepare the data at "
+                                        r"--resolution 16, or set data\.resolution to the data's in the spec's `set`"):
+        make_plan(parse_spec(spec))  # evaluate's fix ("evaluate against the data the run was trained on") before
 
 
 def test_existing_folder_with_other_settings_is_refused(tmp_path: Path) -> None:

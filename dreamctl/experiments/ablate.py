@@ -180,7 +180,9 @@ def make_plan(spec: Spec) -> Plan:
                 count_cache[recipe.data.split] = data_count(data, recipe.data.split)
             if points and data is not None and (data / "manifest.json").is_file():  # evaluate's check, now
                 check_reference(data, req.ref_split, req.ref_num, recipe.data.resolution,
-                                fix="lower `evaluate: {num: N}` in the spec, or set eval.ref_num or eval.ref")
+                                fix="lower `evaluate: {num: N}` in the spec, or set eval.ref_num or eval.ref",
+                                size_fix=f"prepare the data at --resolution {recipe.data.resolution}, or set "
+                                         f"data.resolution to the data's in the spec's `set`")
             resume_set = _changes(run_dir, recipe, data)
             action = run_status(run_dir)
             action = "resume" if resume_set and action == "skip" else action
