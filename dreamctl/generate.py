@@ -37,7 +37,9 @@ def check_base_seed(base: int) -> None:
 
 def check_count(num: int) -> None:
     """A set of `num` images fits one base seed (image_seeds); checked before drawing, not at image 2**20."""
-    if not 1 <= num <= IMAGES_PER_SEED:
+    if num < 1:
+        raise ConfigError(f"--num {num}: draw at least 1 image")
+    if num > IMAGES_PER_SEED:
         raise ConfigError(f"--num {num}: a set holds 1 to {IMAGES_PER_SEED:,} images (one base seed names that many); "
                           "draw fewer, or split the set over several --seed values")
 

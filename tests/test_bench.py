@@ -463,3 +463,16 @@ def test_an_only_that_would_be_ignored_or_names_no_variant_is_refused_before_tim
     monkeypatch.setattr(dreamctl.bench, "bench_train", lambda *a, **k: timed.append(1))
     assert main(["bench", *args, "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 2
     assert said in capsys.readouterr().err and timed == [] and not (tmp_path / "b.json").exists()
+
+
+def test_render_says_more_time_when_ours_was_slower(train_result, capsys):
+    """A noisy round can make ours slower than the naive step: '1391.3% more time', not '-1391.3% less time'."""
+    import copy
+
+    from dreamctl.cli.bench import render
+
+    res = copy.deepcopy(train_result)
+    res["train"]["naive_vs_ours"].update(ours_over_naive_step_time=14.913, ours_time_saved_percent=-1391.3)
+    render(res)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "dream_conservative vs naive: step time 14.91x (1391.3% more time)" in out and "less time" not in out

@@ -176,9 +176,10 @@ def test_sample_refuses_what_the_recipe_schema_refuses(trained, tmp_path, capsys
                          (["--out", str(tmp_path / "z"), "--seed", "-1"], "seed -1 is outside")):
         assert main(["sample", str(run), "--num", "2", *args]) == 2, args
         assert needle in capsys.readouterr().err
-    for num in (0, 2**20 + 1):  # refused before the first image, not after a million of them
+    for num, said in ((0, "--num 0: draw at least 1 image"),  # not "draw fewer"
+                      (2**20 + 1, "--num 1048577: a set holds 1 to 1,048,576 images")):  # before the first image
         assert main(["sample", str(run), "--num", str(num), "--out", str(tmp_path / "z")]) == 2, num
-        assert f"--num {num}: a set holds 1 to 1,048,576 images" in capsys.readouterr().err
+        assert said in capsys.readouterr().err
     assert (tmp_path / "a-file").read_text() == "keep me" and not (tmp_path / "z").exists()
 
 

@@ -125,8 +125,10 @@ def render(result: dict[str, Any]) -> None:
         if nv:
             mem = "" if nv["ours_over_naive_peak_memory"] is None else \
                 f", peak memory {nv['ours_over_naive_peak_memory']:.2f}x"
+            saved = nv["ours_time_saved_percent"]  # negative when ours was slower (a noisy round, say)
+            change = f"{saved:.1f}% less time" if saved >= 0 else f"{-saved:.1f}% more time"
             console.print(f"dream_conservative vs naive: step time {nv['ours_over_naive_step_time']:.2f}x "
-                          f"({nv['ours_time_saved_percent']:.1f}% less time){mem}", markup=False, highlight=False)
+                          f"({change}){mem}", markup=False, highlight=False)
     variants = result.get("variants")
     if variants:
         if "skipped" in variants:
