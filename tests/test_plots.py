@@ -158,9 +158,10 @@ def test_figures_replace_their_own_earlier_ones_never_a_file_of_the_same_name(se
     before = (mine / "lambda.png").read_bytes()
     capsys.readouterr()
     assert main(["compare", *map(str, seeded), "--plot", str(mine)]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"figure {mine / 'lambda.png'} exists and is not an earlier output of this command" in err \
         and len(err.splitlines()) == 1
+    assert out == ""  # refused before the table: `compare ... > table.csv` left a whole-looking table
     assert (mine / "lambda.png").read_bytes() == before and sorted(p.name for p in mine.iterdir()) == [
         "lambda.png", "notes.txt"]  # loss.png, drawn first, was not written either
 

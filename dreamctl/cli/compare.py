@@ -12,7 +12,7 @@ from rich.table import Table
 
 from dreamctl import atomic
 from dreamctl.cli.common import console, err_console
-from dreamctl.errors import CheckpointError
+from dreamctl.errors import CheckpointError, RunError
 from dreamctl.experiments.compare import Comparison, compare_runs
 from dreamctl.experiments.runs import read_run
 from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
@@ -99,8 +99,14 @@ def command(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (replacing earlier figures of dreamctl, never other files).")] = None,
 ) -> None:
     """Compare runs: settings that differ, throughput, and metrics grouped by evaluation protocol."""
-    if plot is not None:  # a file in the way: refused before anything is written
+    if plot is not None:  # a file in the way: refused before anything is written, the table included (a
+        # redirected table would look whole beside a failed command)
+        from dreamctl.experiments.plots import foreign_figures  # matplotlib: only when plotting
+
         atomic.check_folder_path(plot, "--plot")
+        if theirs := foreign_figures(plot):
+            raise RunError(f"figure {theirs[0]} exists and is not an earlier output of this command; move it away "
+                           "or choose another --plot folder")
     runs = [read_run(path) for path in _run_folders(run_dirs)]
     comp = compare_runs(runs)
     if format == Format.table:
