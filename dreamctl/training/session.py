@@ -154,7 +154,8 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
         key = text.partition("=")[0].strip()
         if not key.startswith(RESUMABLE_KEYS):
             raise RunError(f"resume cannot change '{key}': it would change the steps already taken. "
-                           f"Allowed: {', '.join(RESUMABLE_KEYS)}; start a new run with `dreamctl train` instead")
+                           f"Allowed: {', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE_KEYS)}; "
+                           "start a new run with `dreamctl train` instead")
     return resumed
 
 
