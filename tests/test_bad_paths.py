@@ -191,3 +191,17 @@ def test_an_oserror_about_no_path_is_a_bug_shown_with_its_traceback(monkeypatch,
         cli.main(["train"])
     assert info.value.filename is None and info.traceback  # the original error, where it was raised
     assert "None:" not in capsys.readouterr().err
+
+
+def test_a_run_folder_that_does_not_exist_is_named_so(tmp_path, capsys):
+    """`sample nosuchrun` said "is not a run folder (no recipe.yaml)" of a path that is not there at all."""
+    from dreamctl.cli import main
+
+    for command in (["sample", str(tmp_path / "nosuch"), "--num", "2"], ["evaluate", str(tmp_path / "nosuch")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"run folder {tmp_path / 'nosuch'} does not exist; give the --run-dir of a `dreamctl train`" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["sample", str(tmp_path / "empty"), "--num", "2"]) == 2
+    assert "is not a run folder (no recipe.yaml)" in capsys.readouterr().err
+    assert not (tmp_path / "nosuch").exists()

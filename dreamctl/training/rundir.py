@@ -120,6 +120,8 @@ class RunDir:
         atomic.write_text(self.recipe_file, recipe_to_yaml(recipe))
 
     def recipe(self) -> Recipe:
+        if not self.root.exists():
+            raise CheckpointError(f"run folder {self.root} does not exist; give the --run-dir of a `dreamctl train`")
         if not self.exists():
             raise CheckpointError(f"{self.root} is not a run folder (no recipe.yaml); "
                                   "create one with `dreamctl train --run-dir`")
