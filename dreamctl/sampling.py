@@ -283,8 +283,9 @@ def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Ru
 
 def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt: Runtime,
                      on_event: OnEvent = ignore) -> dict[str, Any]:
-    """Make `folder` hold images 0..num-1; returns what sample.json records (on every rank): its
-    `num` is how many images the folder holds, which an earlier, larger call may have made more.
+    """Make `folder` hold images 0..num-1; returns this call's sample.json record (on every rank): its
+    `num` is how many images the folder holds, which an earlier, larger call may have made more. A call
+    that draws nothing leaves the file's timing (created, wall_time_s, drawn_now) that of the drawing call.
 
     Under torchrun rank r draws the missing indices i with i % world_size == r; rank 0 writes
     sample.json and the grid once all ranks are done.
@@ -303,14 +304,16 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
     on_event("sample_start", {"folder": str(folder), "num": num, "held": held, "kept": kept, "missing": len(missing)})
     _draw(m, missing, folder, seed, rt, m.cfg.batch_size, on_event)
     barrier(rt)
+    drawn = sum_over_ranks(len(missing), rt)
     record = {**wanted, "complete": True, "num": held, "checkpoint": m.checkpoint.name, "device": str(rt.device),
-              "world_size": rt.world_size, "drawn_now": sum_over_ranks(len(missing), rt),
-              "dreamctl_version": dreamctl.__version__,
+              "world_size": rt.world_size, "drawn_now": drawn, "dreamctl_version": dreamctl.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "wall_time_s": round(time.perf_counter() - started, 2)}
+    kept = {} if drawn or not before.get("complete") else {  # what drawing the folder took, not this look at it
+        k: before[k] for k in ("created", "wall_time_s", "drawn_now", "device", "world_size") if k in before}
     if rt.is_main:
         grid_images = read_samples(folder, min(held, GRID_MAX), m.image_size)
         save_grid(grid_images, folder / "grid.png")
-        atomic.write_json(folder / "sample.json", record)
+        atomic.write_json(folder / "sample.json", {**record, **kept})
     on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})
     return record

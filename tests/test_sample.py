@@ -128,6 +128,12 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
         {"checkpoint_step": 4, "ema": True, "sampler": "ddim", "steps": 2, "eta": 0.0, "t_start": None, "seed": 0}
     assert (out / "grid.png").is_file() and "dreamctl_version" in record
     np.testing.assert_array_equal(np.load(out / "samples-10.npz")["images"], reference)
+    # Asked again for fewer: nothing drawn, said so, and sample.json keeps what drawing took (UX review 3.7)
+    assert main(["sample", str(run), "--num", "4", "--out", str(out)]) == 0
+    assert "(0 drawn now" in capsys.readouterr().out
+    again = json.loads((out / "sample.json").read_text())
+    assert {k: again[k] for k in ("created", "wall_time_s", "drawn_now", "num")} == \
+        {k: record[k] for k in ("created", "wall_time_s", "drawn_now", "num")}
     # Asking for fewer later draws nothing and leaves the record of what the folder holds.
     capsys.readouterr()
     assert main(["sample", str(run), "--num", "4", "--out", str(out)]) == 0
