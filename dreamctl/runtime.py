@@ -202,8 +202,8 @@ def peer_lost(err: BaseException, then: str) -> PeerLost | None:
     first = first.split(". ")[0][:200]
     if isinstance(err, RuntimeError) and any(phrase in text for phrase in _PEER_SILENT):
         return PeerLost(f"another process of this job did not answer within {collective_timeout()} ({first}): it "
-                        f"hangs, is stopped (SIGSTOP), or its node is cut off; stop it if it still runs, then "
-                        f"{then} ({TIMEOUT_ENV} sets the wait)")
+                        f"hangs, is stopped (SIGSTOP), or its node is cut off; stop it if it still runs; {then} "
+                        f"({TIMEOUT_ENV} sets the wait)")
     gone = isinstance(err, dist.DistNetworkError) or (isinstance(err, RuntimeError) and any(
         phrase in text for phrase in _PEER_GONE))
     if not gone:
