@@ -119,3 +119,10 @@ def test_an_error_whose_library_message_runs_over_lines_is_printed_on_one(monkey
     err = capsys.readouterr().err
     assert err.splitlines() == ["error: shard x.h5 cannot be read (Unable to open file (truncated file: eof = 10) ); "
                                 "prepare again"]
+
+
+def test_version_is_the_one_run_json_records(capsys):
+    import dreamctl
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"dreamctl {dreamctl.__version__}\n"

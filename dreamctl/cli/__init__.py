@@ -23,6 +23,7 @@ try:  # typer >= 0.2x vendors click under its own name; earlier typer uses click
 except ImportError:
     from click import exceptions as click_exceptions
 
+import dreamctl
 from dreamctl import atomic
 from dreamctl.cli.common import EXIT_CODES_DIR, err_console, rank_prefix, speaks
 from dreamctl.errors import DreamctlError, DreamctlWarning, StoppedWithMain
@@ -52,6 +53,19 @@ COMMANDS = [
 for _name, _module in COMMANDS:
     _mod = importlib.import_module(f"dreamctl.cli.{_module}")
     app.command(_name, help=_mod.command.__doc__)(_mod.command)
+
+
+def _version(shown: bool) -> None:
+    if shown:  # what run.json's dreamctl_version records, to hold a run against the installed tool
+        typer.echo(f"dreamctl {dreamctl.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version (run.json records the one that wrote a run).")
+             ) -> None:
+    """Train and evaluate diffusion models with DREAM-style training."""
 
 
 def _one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
