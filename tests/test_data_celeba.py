@@ -209,7 +209,7 @@ def test_a_zip_is_read_from_its_image_folder_or_its_top_level_only(tmp_path):
     assert {s.name for s in listing.skipped if "not found" in s.reason} == {"000003.jpg", "000004.jpg"}
 
 
-def test_a_damaged_zip_member_is_skipped_as_an_unreadable_image(celeba, tmp_path):
+def test_a_damaged_or_foreign_zip_member_is_skipped_as_an_unreadable_image(celeba, tmp_path):
     """A member whose deflated bytes are damaged (a bad download), or that is encrypted: that image is skipped
     with the reason, as a corrupt JPEG is, instead of a zlib or RuntimeError traceback."""
     jpegs = _celeba_jpegs()
@@ -217,7 +217,7 @@ def test_a_damaged_zip_member_is_skipped_as_an_unreadable_image(celeba, tmp_path
     root.mkdir()
     with zipfile.ZipFile(root / "img_align_celeba.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in jpegs.items():
-            zf.writestr(f"img_align_celeba/{name}", data)
+            zf.writestr(f"img_align_celeba/{name}", data if name != "000005.jpg" else b"not an image at all")
         infos = {i.filename: i for i in zf.infolist()}
     (root / "list_eval_partition.txt").write_text(_partition(jpegs))
     raw = bytearray((root / "img_align_celeba.zip").read_bytes())
@@ -232,8 +232,11 @@ def test_a_damaged_zip_member_is_skipped_as_an_unreadable_image(celeba, tmp_path
     (root / "img_align_celeba.zip").write_bytes(bytes(raw))
     result = prepare_listing("celeba", root, tmp_path / "out", workers=1)
     reasons = {s["name"]: s["reason"] for s in read_manifest(tmp_path / "out")["skipped"]}
-    assert set(reasons) == {"000002.jpg", "000003.jpg"} and result.written == 28
+    assert set(reasons) == {"000002.jpg", "000003.jpg", "000005.jpg"} and result.written == 27
     assert "zip member img_align_celeba/000002.jpg" in reasons["000002.jpg"]
+    # whole bytes that are no image: the member named, not PIL's "<_io.BytesIO object at 0x...>"
+    assert reasons["000005.jpg"] == ("UnidentifiedImageError: cannot identify image file "
+                                     "img_align_celeba/000005.jpg in the zip")
 
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamctl.data.sources import Item, Skip
 from dreamctl.errors import DataError
@@ -131,7 +131,10 @@ def open_image(root: str | None, zip_path: str | None, ref: str) -> Image.Image:
         # that one image is unreadable, as a corrupt JPEG is
         except (zlib.error, RuntimeError, NotImplementedError, lzma.LZMAError) as err:
             raise zipfile.BadZipFile(f"zip member {ref}: {err}") from err
-        return Image.open(io.BytesIO(data), formats=FORMATS)
+        try:
+            return Image.open(io.BytesIO(data), formats=FORMATS)
+        except UnidentifiedImageError:  # PIL names its BytesIO ("<_io.BytesIO object at 0x...>"): name the member
+            raise UnidentifiedImageError(f"cannot identify image file {ref} in the zip") from None
     return Image.open(Path(root or "") / ref, formats=FORMATS)
 
 
