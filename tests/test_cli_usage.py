@@ -126,3 +126,14 @@ def test_version_is_the_one_run_json_records(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"dreamctl {dreamctl.__version__}\n"
+
+
+@pytest.mark.parametrize("option, said", [(["--resolution", "0"], "Invalid value for '--resolution'"),
+                                          (["--shard-size", "0"], "Invalid value for '--shard-size'"),
+                                          (["--crop", "foo"], "--crop 'foo' is not a preset")])
+def test_prepare_data_refuses_bad_sizes_and_crops_before_listing_the_source(tmp_path, capsys, option, said):
+    """They were refused only after the source was listed (and its split sizes printed)."""
+    args = ["prepare-data", "--source", "synthetic", "--count", "20", "--out", str(tmp_path / "out"), *option]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert said in err and out == "" and not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dreamctl.cli.common import console, err_console
+from dreamctl.data.decode import parse_crop
 from dreamctl.data.prepare import prepare_data
 from dreamctl.data.shards import read_manifest, verify
 from dreamctl.data.sources import SPLITS, list_source
@@ -40,15 +41,15 @@ def command(
     source: Annotated[Optional[str], typer.Option(help="celeba | folder | synthetic")] = None,
     root: Annotated[Optional[Path], typer.Option(help="CelebA folder (img_align_celeba/ or its zip + list_eval_partition.txt) or image folder.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder to write shards and manifest.json into.")] = None,
-    resolution: Annotated[int, typer.Option(help="Output size in pixels (square).")] = 64,
+    resolution: Annotated[int, typer.Option(min=1, help="Output size in pixels (square).")] = 64,
     crop: Annotated[Optional[str], typer.Option(help="center:178 (CelebA default), center:N, center (folder default), ddim, none.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Keep the first N files of each split, in name order.")] = None,
     count: Annotated[Optional[int], typer.Option(help="Synthetic: how many faces to draw (all splits).")] = None,
     seed: Annotated[int, typer.Option(help="Synthetic: which faces.")] = 0,
     valid_fraction: Annotated[float, typer.Option(help="Folder/synthetic: share of images in the valid split.")] = 0.05,
     test_fraction: Annotated[float, typer.Option(help="Folder/synthetic: share of images in the test split.")] = 0.05,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding processes (default: all cores).")] = None,
-    shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = 5000,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding processes [default: all cores].")] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per shard file.")] = 5000,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image instead of skipping it.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a folder prepared with other settings.")] = False,
     verify_dir: Annotated[Optional[Path], typer.Option("--verify", help="Re-hash every shard of a prepared folder and report mismatches.")] = None,
@@ -62,6 +63,8 @@ def command(
         return _verify(verify_dir)
     if source is None or out is None:
         raise DataError("prepare-data needs --source celeba|folder|synthetic and --out DIR (or --verify DIR)")
+    if crop is not None:
+        parse_crop(crop)  # before the source is listed, which can take a while
     listing = list_source(source, root, count=count, seed=seed, valid_fraction=valid_fraction,
                           test_fraction=test_fraction, limit=limit)
     sizes = {s: len(listing.splits[s]) for s in SPLITS}
