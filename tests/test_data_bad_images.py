@@ -13,7 +13,7 @@ from conftest import prepare_listing
 from dreamctl.data.shards import read_manifest
 from dreamctl.data.sources import list_source
 from dreamctl.data.synthetic import draw_faces
-from dreamctl.errors import DataError
+from dreamctl.errors import DataError, DreamctlWarning
 
 
 @pytest.fixture
@@ -36,7 +36,10 @@ def messy_folder(tmp_path) -> Path:
 
 
 def test_unreadable_images_are_skipped_counted_and_listed(messy_folder, tmp_path):
-    result = prepare_listing("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0, crop="center")
+    with pytest.warns(DreamctlWarning, match=r"out: split valid and test hold no image: `evaluate --ref valid` "
+                                             r"would find nothing there; prepare with a larger --valid-fraction"):
+        result = prepare_listing("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0,
+                                 crop="center")  # said now, not found out at evaluate
     manifest = read_manifest(tmp_path / "out")
     assert (result.written, result.skipped) == (4, 3) and manifest["counts"]["train"] == 4
     reasons = {s["name"]: s["reason"] for s in manifest["skipped"]}

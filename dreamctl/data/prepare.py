@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
@@ -33,7 +34,7 @@ from dreamctl.data import synthetic
 from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, REFSTATS_DIR, ShardInfo, check_manifest, shard_name,
                                   shard_problem, write_shard)
 from dreamctl.data.sources import SPLITS, Listing, Skip
-from dreamctl.errors import DataError
+from dreamctl.errors import DataError, DreamctlWarning
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
 _OURS = re.compile(r"^((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)$")  # our files
@@ -254,6 +255,11 @@ def prepare_data(
 
     manifest = _manifest(listing, settings, record["shards"], resolution)
     _check_readable(manifest, listing)
+    if empty := [s for s in SPLITS if s != "train" and not manifest["counts"][s]]:  # found out at evaluate, else
+        verb = "holds" if len(empty) == 1 else "hold"
+        warnings.warn(f"{out}: split {' and '.join(empty)} {verb} no image: `evaluate --ref {empty[0]}` would find "
+                      f"nothing there; prepare with a larger --{empty[0]}-fraction (or more images) if you need it",
+                      DreamctlWarning, stacklevel=2)
     atomic.write_json(out / MANIFEST, manifest, indent=1, sort_keys=True)
     (out / PROGRESS).unlink(missing_ok=True)
     return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
