@@ -12,14 +12,20 @@ if trained != {steps}:  # the report states the step count: it must be what the 
     sys.exit(f"error: the demo's runs trained {sorted(trained, key=str)} steps, not DEMO_STEPS={steps}")
 compare_md = (out / "compare.md").read_text() if (out / "compare.md").exists() else "(compare produced nothing)"
 figures = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
+# How the grids were drawn, from what `dreamctl sample` recorded (the recipe's sample section), not restated here
+drawn = [json.loads(p.read_text()) for p in (out / "runs" / "tiny" / "samples").glob("*/sample.json")]
+how = max(drawn, key=lambda d: d.get("checkpoint_step") or 0) if drawn else {}
+sampler = (f"{how['sampler'].upper()}, {how['steps']} steps"
+           + (f" from t = {how['t_start']} (`tiny`'s sample.t_start)" if how.get("t_start") is not None else "")
+           if how else "the recipe's sampler")
 
 lines = [
     "# dreamctl demo: synthetic faces on two CPU cores",
     "",
     f"Two runs of the `tiny` UNet on {out / 'data'} (drawn 32x32 faces), {steps} steps each at batch 64:",
     "plain DDPM (`tiny`) and the CelebA study's conservative DREAM variant (`tiny-conservative`; the study's",
-    "method, not the published DREAM, which is `tiny-dream`). Samples: DDIM, 50 steps from t = 950",
-    "(`tiny`'s sample.t_start), EMA weights, image i of each grid from seed i (the same noise for both).",
+    f"method, not the published DREAM, which is `tiny-dream`). Samples: {sampler},",
+    "EMA weights, image i of each grid from seed i (the same noise for both).",
     "",
     "| plain DDPM (`tiny`) | study conservative variant (`tiny-conservative`) |",
     "| --- | --- |",
@@ -53,11 +59,11 @@ lines += [
     "",
     "## What this demo can and cannot show",
     "",
-    f"- It shows the whole pipeline working end to end: data preparation, training with exact checkpoints,",
+    "- It shows the whole pipeline working end to end: data preparation, training with exact checkpoints,",
     "  sampling, evaluation with a recorded protocol, comparison and plots.",
     f"- It cannot show which method is better. {steps} steps of a sub-million-parameter network on synthetic",
-    "  faces, one seed per method, is far from the study's 39,000 steps of a 54.85M network on CelebA; the",
-    "  differences in the table are within what another seed would change.",
+    "  faces, one seed per method, is far from the study's 39,000 steps of a 54.85M network on CelebA. With one",
+    "  seed per method no spread is measured: treat the differences in the table as noise.",
     switched,
     f"- The metrics here are weight-free proxies on {num_eval} images: SWD (sliced Wasserstein distance on",
     "  Laplacian-pyramid patches, x1e3; sensitive to colour more than structure) and pixel FD (Frechet",

@@ -18,6 +18,8 @@ def test_demo_runs_end_to_end_small(tmp_path):
     report = (out / "report.md").read_text()
     assert "What this demo can and cannot show" in report and "pixel_fd" in report
     assert "rectification NEVER ran" in report  # 3 steps end long before loss.start_epoch: said, not hidden
+    assert "Samples: DDIM, 50 steps from t = 950 (`tiny`'s sample.t_start)," in report  # as sample.json says
+    assert "treat the differences in the table as noise" in report and "another seed would" not in report
     for name in ("tiny-samples.png", "tiny-conservative-samples.png"):
         assert (out / name).stat().st_size > 1000
     assert any((out / "figures").glob("loss*.png"))
