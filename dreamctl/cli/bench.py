@@ -33,7 +33,7 @@ def command(
     budget: Annotated[Optional[float], typer.Option("--budget-s", min=1, help="Stop timing a section after the round "
                                                     "that passes this many seconds.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="JSON file; replaces an earlier bench result, never another file [default: bench-WHAT-DEVICE.json].")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a recipe key: section.key=value.")] = [],
+    set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe key: section.key=value.")] = [],
 ) -> None:
     """Benchmark training steps per loss kind, sampling and the data loader; print a table, write JSON."""
     import torch

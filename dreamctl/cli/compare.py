@@ -94,7 +94,7 @@ def _run_folders(paths: list[Path]) -> list[Path]:
 
 
 def command(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders to compare.", show_default=False)],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders to compare.", show_default=False)],
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (replacing earlier figures of dreamctl, never other files).")] = None,
 ) -> None:

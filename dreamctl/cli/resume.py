@@ -15,7 +15,7 @@ from dreamctl.cli.progress import run_training
 
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder to continue."),
-    set_: list[str] = typer.Option([], "--set", help="Change a setting that does not alter the past: "
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Change a setting that does not alter the past: "
                                    + ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS) + "."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Start this many processes with torchrun."),
     device: options.Device = None,

@@ -22,7 +22,7 @@ def command(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe: a built-in name (dreamctl/recipes/NAME.yaml) or a YAML path."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (from prepare-data)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder [default: runs/RECIPE-TIME]."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a recipe key: section.key=value (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and the cost; train nothing."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Start this many processes with torchrun."),
     device: options.Device = None,
