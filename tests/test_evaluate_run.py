@@ -147,6 +147,9 @@ def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
     assert np.isfinite(rec["metrics"]["swd"]["value"])
     assert rec["protocol"]["feature_network_sha256"] is None and rec["weights"] == {}
     assert "SWD x1e3" in out and "missing" in out and "inception-2015-12-05.pt" in out
+    flat = " ".join(out.split())
+    assert flat.count("inception-2015-12-05.pt is missing") == 1 and "missing fid, kid, is: " in flat  # said once
+    assert "missing lpips: " in flat and "comparable only within one protocol id" not in flat  # no FID, KID, IS
 
 
 def test_evaluate_compiles_in_the_mode_asked_for(trained, tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def format_value(entry: dict[str, Any]) -> str:
 def describe(name: str, entry: dict[str, Any], protocol: dict[str, Any]) -> str:
     """What the metric measures, with the settings its evaluation file records (KID's subsets, IS's splits)."""
     if "missing" in entry:
-        return str(entry["missing"])
+        return "not computed: why, below the table"
     recorded = protocol.get(name) if isinstance(protocol.get(name), dict) else {}
     what = WHAT.get(name, name).format_map(collections.defaultdict(lambda: "?", recorded))  # "?": not recorded
     if protocol.get("feature_network_stand_in") and name in INCEPTION_METRICS:
@@ -94,7 +94,14 @@ def command(
     features = any(m in INCEPTION_METRICS and "value" in e for m, e in record["metrics"].items())
     say(f"against the first {p['ref_num']} {p['ref_split']} images"
         + (f"; features: {p['feature_network']}, {p['resize']}" if features else ""))
-    say("FID, KID and IS are comparable only within one protocol id (same sampler, steps, N, reference, resize).")
+    if features:
+        say("FID, KID and IS are comparable only within one protocol id (same sampler, steps, N, reference, resize).")
+    why: dict[str, list[str]] = {}  # one line per reason: fid, kid and is miss the same Inception file
+    for name, entry in record["metrics"].items():
+        if "missing" in entry:
+            why.setdefault(str(entry["missing"]), []).append(name)
+    for reason, names in why.items():
+        say(f"missing {', '.join(names)}: {reason}")
     legend = spread_legend((m, s) for m, e in record["metrics"].items() if (s := spread_of(m, e)) is not None)
     if legend:
         say(legend)
