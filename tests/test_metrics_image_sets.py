@@ -294,3 +294,19 @@ def test_fid_from_fewer_than_2048_images_warns(monkeypatch):
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["fid"], **kw)
         monkeypatch.setattr(image_sets, "FID_MIN_IMAGES", 2048)
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["kid", "is"], **kw)
+
+
+def test_pixel_fd_under_its_192_features_warns_as_fid_does(monkeypatch):
+    """Pixel FD's covariance is 192 x 192: from fewer images it is rank-deficient and biased upward, as FID is
+    under 2,048; FID warned, pixel FD said nothing (UX review). At the threshold, no warning."""
+    from dreamctl.metrics.pixel_fd import PIXEL_FEATURES
+
+    assert PIXEL_FEATURES == 192
+    with pytest.warns(DreamctlWarning, match=r"pixel FD from 12 generated and 12 reference images \(under its 192 "
+                                             r"features\) rests on a rank-deficient covariance") as got:
+        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["pixel_fd"], reference_key=None, cache_dir=None)
+    assert len(got) == 1
+    monkeypatch.setattr(image_sets, "PIXEL_FEATURES", 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["pixel_fd"], reference_key=None, cache_dir=None)

@@ -26,7 +26,7 @@ from dreamctl.errors import ConfigError, DataError, DreamctlWarning, WeightsErro
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
                                         InceptionFeatureNet, batched_features, check_images)
-from dreamctl.metrics.pixel_fd import pixel_frechet_distance
+from dreamctl.metrics.pixel_fd import PIXEL_FEATURES, pixel_frechet_distance
 from dreamctl.metrics.spread import SPREAD_OVER
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
                                     kernel_inception_distance, kid_subset_size, softmax)
@@ -135,16 +135,19 @@ def _entry(compute: Callable[[], dict]) -> dict:
         return {"missing": str(err)}
 
 
+def _under(dim: int, generated: np.ndarray, reference: np.ndarray) -> list[str]:
+    """`12 generated`, `20 reference`: the sets too small for a full-rank covariance of `dim` features, whose
+    Fréchet distance is then biased upward."""
+    return [f"{len(x)} {what}" for x, what in ((generated, "generated"), (reference, "reference")) if len(x) < dim]
+
+
 def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, ref: dict, seed: int,
                      batch_size: int, stand_in: bool) -> dict[str, dict]:
     feats, logits = batched_features(net, generated, batch_size)
     note = {"note": f"computed with {net.name}; not comparable to Inception metrics"} if stand_in else {}
     out: dict[str, dict] = {}
     if "fid" in wanted:
-        # Under the feature dimension a covariance is rank-deficient, whichever set it is of.
-        small = [f"{n} {what}" for n, what in ((len(generated), "generated"), (len(ref["feats"]), "reference"))
-                 if n < FID_MIN_IMAGES]
-        if small:
+        if small := _under(FID_MIN_IMAGES, generated, ref["feats"]):
             warnings.warn(f"FID from {' and '.join(small)} images (under {FID_MIN_IMAGES:,}) is biased upward "
                           f"and not comparable with published FIDs, which use {FID_PUBLISHED_IMAGES:,}; compare it "
                           "only within its protocol", DreamctlWarning, stacklevel=3)
@@ -246,6 +249,10 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
             protocol["swd"] = swd_settings()
 
     if "pixel_fd" in wanted:
+        if small := _under(PIXEL_FEATURES, generated, reference):
+            warnings.warn(f"pixel FD from {' and '.join(small)} images (under its {PIXEL_FEATURES} features) rests on "
+                          "a rank-deficient covariance and is biased upward; compare it only within its protocol",
+                          DreamctlWarning, stacklevel=2)
         results["pixel_fd"] = _entry(lambda: {
             "value": pixel_frechet_distance(generated, reference),
             "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"})

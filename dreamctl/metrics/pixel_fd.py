@@ -13,6 +13,8 @@ from PIL import Image
 from dreamctl.metrics.inception import check_images
 from dreamctl.metrics.stats import frechet_distance, gaussian_stats
 
+PIXEL_FEATURES = 8 * 8 * 3  # at the default size: under this many images a set's covariance is rank-deficient
+
 
 def area_downsample(images: np.ndarray, size: int = 8) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float64 (N, size*size*3) in [0, 1], by averaging pixel blocks."""
