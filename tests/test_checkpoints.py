@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from dreamctl.cli import main
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
@@ -428,9 +429,11 @@ def test_a_run_whose_data_moved_says_how_to_resume_on_it(tmp_path, synthetic_dat
     assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 2
     err = capsys.readouterr().err
     assert f"the run's data folder {data} (data.path in {run / 'recipe.yaml'}) is not there: if it moved, " \
-           f"`dreamctl resume {run} --set data.path=NEW_FOLDER`" in err and len(err.splitlines()) == 1
-    assert main(["resume", str(run), "--set", "train.max_steps=4", "--set", f"data.path={tmp_path / 'moved'}"]) == 0
+           f"`dreamctl resume {run} --data NEW_FOLDER`" in err and len(err.splitlines()) == 1
+    assert main(["resume", str(run), "--set", "train.max_steps=4", "--data", str(tmp_path / "moved")]) == 0
     assert json.loads((run / "run.json").read_text())["step"] == 4
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["data"]["path"] == str((tmp_path / "moved").resolve())
+    assert main(["resume", str(run), "--set", "train.max_steps=6", "--set", f"data.path={tmp_path / 'moved'}"]) == 0
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")

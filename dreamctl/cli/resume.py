@@ -5,18 +5,21 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from dreamctl.cli import options
-from dreamctl.config.schema import RESUMABLE_KEYS
+from dreamctl.config.schema import RESUMABLE_TEXT
 from dreamctl.cli.progress import run_training
 
 
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder to continue."),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Change a setting that does not alter the past: "
-                                   + ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS) + "."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Change a setting that does not alter the "
+                                   f"past: {RESUMABLE_TEXT}."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Where the run's prepared data is now, if it moved "
+                                        "(its content is checked against the run's); --set data.path=DIR as well."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Start this many processes with torchrun."),
     device: options.Device = None,
 ) -> None:
@@ -28,6 +31,7 @@ def command(
     from dreamctl.training.session import check_resume, check_shards, resume_run, resumed_recipe
 
     run = RunDir(run_dir)
+    set_ = [*set_, *([f"data.path={data.resolve()}"] if data is not None else [])]
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         check_shards(check_resume(run, set_, nproc_per_node))  # bad overrides, data, batch: once, here
         args = ["resume", str(run_dir), *set_args(list(set_)), *device_args(device)]

@@ -53,6 +53,7 @@ NOT_SETTINGS = ("name", "description")  # a recipe's top-level keys, which train
 # from the resumed step on (a lower lr after a NaN). run.json's "resumes" lists each resume's overrides.
 RESUMABLE_KEYS = ("train.epochs", "train.max_steps", *BOOKKEEPING_KEYS,
                   "optim.lr", "optim.grad_clip", "optim.warmup_steps")
+RESUMABLE_TEXT = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS)  # sample.*: a section
 
 
 class _Section(BaseModel):

@@ -17,7 +17,7 @@ import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
 from dreamctl.config.load import check_to_train
-from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, flat_items
+from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, RESUMABLE_TEXT, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split
 from dreamctl.data.shards import split_size
 from dreamctl.data.shards import read_manifest
@@ -154,8 +154,7 @@ def resumed_recipe(run: RunDir, overrides: list[str] | tuple[str, ...]) -> Recip
         key = text.partition("=")[0].strip()
         if not key.startswith(RESUMABLE_KEYS):
             raise RunError(f"resume cannot change '{key}': it would change the steps already taken. "
-                           f"Allowed: {', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE_KEYS)}; "
-                           "start a new run with `dreamctl train` instead")
+                           f"Allowed: {RESUMABLE_TEXT}; start a new run with `dreamctl train` instead")
     return resumed
 
 
@@ -174,7 +173,7 @@ def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size
         data = Path(recipe.data.path)
         if not data.exists():  # most often moved (to faster disk, another machine): preparing it again is not the fix
             raise DataError(f"the run's data folder {data} (data.path in {run.recipe_file}) is not there: if it "
-                            f"moved, `dreamctl resume {run.root} --set data.path=NEW_FOLDER` (its content is checked "
+                            f"moved, `dreamctl resume {run.root} --data NEW_FOLDER` (its content is checked "
                             "against the run's); if it is lost, prepare it again from the same source")
         run.check_data(data, "resuming on it would not continue the same run; restore the "
                              "run's data, or start a new run with `dreamctl train`")
