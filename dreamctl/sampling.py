@@ -81,11 +81,17 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
             if key not in changes:
                 del raw["sample"][key]
     raw["sample"].update(changes)
-    told = " ".join(f"{k}={v}" for k, v in changes.items())
-    source = f"{source} with sample options {told}" if told else source
+    told = " ".join(_flag(k, v) for k, v in changes.items())  # as typed: sample --steps, not sample.steps
+    source = f"{source} with {told}" if told else source
     cfg = validate_recipe(raw, source).sample
     check_sampler_start(recipe.diffusion, cfg, source)
     return cfg
+
+
+def _flag(field: str, value: Any) -> str:
+    """A SampleOptions value as the sample/evaluate flag that gives it: `--steps 600`, `--no-ema`."""
+    name = "ema" if field == "use_ema" else field.replace("_", "-")
+    return (f"--{name}" if value else f"--no-{name}") if isinstance(value, bool) else f"--{name} {value}"
 
 
 def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:

@@ -407,8 +407,8 @@ def test_a_ddim_step_count_that_starts_where_x_t_is_still_image_is_refused():
     with pytest.raises(ConfigError, match=re.escape(told)):
         load_recipe("tiny", ["sample.steps=600", "sample.t_start=null"])
     recipe = load_recipe("tiny", ["sample.t_start=null"])
-    with pytest.raises(ConfigError, match=re.escape("with sample options steps=600: " + told)):
-        sample_config(recipe, SampleOptions(steps=600), "recipe.yaml")
+    with pytest.raises(ConfigError, match=re.escape("recipe.yaml with --steps 600 --no-ema: " + told)):  # as typed
+        sample_config(recipe, SampleOptions(steps=600, use_ema=False), "recipe.yaml")
     assert sample_config(recipe, SampleOptions(steps=600, t_start=999), "recipe.yaml").steps == 600  # evenly spaced
     for steps in (10, 30, 70, 999, 1000):  # DDIM-10 starts at t = 900 (15%), as the DDIM paper defines it
         assert sample_config(recipe, SampleOptions(steps=steps), "recipe.yaml").steps == steps

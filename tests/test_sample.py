@@ -170,8 +170,8 @@ def test_sample_refuses_what_the_recipe_schema_refuses(trained, tmp_path, capsys
     assert not (tmp_path / "x").exists()
     # The source reads as what it is: the run's sample section, on the checkpoint's schedule, with the flags.
     assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "x"), "--steps", "5000"]) == 2
-    assert (f"{run / 'recipe.yaml'} (sample section, on the schedule of step-00000004.pt) with sample options "
-            "steps=5000: sample.steps") in capsys.readouterr().err
+    assert (f"{run / 'recipe.yaml'} (sample section, on the schedule of step-00000004.pt) with --steps 5000: "
+            "sample.steps") in capsys.readouterr().err
     # A folder holding images drawn with other settings is never topped up.
     assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "y")]) == 0
     assert main(["sample", str(run), "--num", "3", "--eta", "1", "--out", str(tmp_path / "y")]) == 2
