@@ -169,6 +169,7 @@ def test_ddpm_sampling_options_on_a_recipe_with_t_start():
     # A recipe that names ddpm and nothing else gets what DDPM does, at its own T; what it gives is kept, and checked.
     own = Recipe.model_validate({"diffusion": {"num_timesteps": 100}, "sample": {"sampler": "ddpm"}}).sample
     assert (own.steps, own.t_start, own.eta) == (100, None, 1.0)
+    assert SampleConfig(sampler="ddpm", steps=1000).eta == 1.0  # the section alone too (Python API)
     with pytest.raises(ValidationError, match="set sample.steps to diffusion.num_timesteps"):
         Recipe.model_validate({"diffusion": {"num_timesteps": 100}, "sample": {"sampler": "ddpm", "steps": 50}})
 

@@ -176,7 +176,7 @@ class TrainConfig(_Section):
     channels_last: bool = False
 
 
-DDPM_SETTINGS = ("eta", "steps", "t_start")  # what sampler 'ddpm' fixes (Recipe._ddpm_settings)
+DDPM_SETTINGS = ("eta", "steps", "t_start")  # what sampler 'ddpm' fixes (SampleConfig._ddpm_eta, Recipe._ddpm_settings)
 
 
 class SampleConfig(_Section):
@@ -192,6 +192,15 @@ class SampleConfig(_Section):
     # torch.compile's mode: "reduce-overhead" replays each step's network as a CUDA graph (CUDA only; the
     # CPU compiles as "default"), cutting the launch cost of its hundreds of kernels.
     compile_mode: Literal["default", "reduce-overhead"] = "default"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ddpm_eta(cls, data: Any) -> Any:
+        """DDPM is DDIM with eta 1: a sample section that names it need not also give eta (steps and t_start,
+        which depend on the schedule's T, are the recipe's to fill: Recipe._ddpm_settings)."""
+        if isinstance(data, dict) and data.get("sampler") == "ddpm" and "eta" not in data:
+            return {**data, "eta": 1.0}
+        return data
 
     @model_validator(mode="after")
     def _ddpm_is_eta_1(self) -> SampleConfig:
@@ -260,15 +269,15 @@ class Recipe(_Section):
     @model_validator(mode="before")
     @classmethod
     def _ddpm_settings(cls, data: Any) -> Any:
-        """DDPM is DDIM with eta 1 on all T steps from T-1: a recipe that names it need not also give the
-        DDPM_SETTINGS. Given ones are checked (SampleConfig, _consistent): a protocol records no setting unused."""
+        """DDPM runs all T steps from T-1: a recipe that names it need not give steps or t_start (eta: SampleConfig).
+        Given ones are checked (_consistent): a protocol records no setting unused."""
         sample = data.get("sample") if isinstance(data, dict) else None
         if not (isinstance(sample, dict) and sample.get("sampler") == "ddpm"):
             return data
         diffusion = data.get("diffusion")
         T = (diffusion.get("num_timesteps", DiffusionConfig().num_timesteps) if isinstance(diffusion, dict)
              else getattr(diffusion, "num_timesteps", DiffusionConfig().num_timesteps))
-        implied = {"eta": 1.0, "t_start": None, **({"steps": T} if type(T) is int else {})}  # a bad T: its own error
+        implied = {"t_start": None, **({"steps": T} if type(T) is int else {})}  # a bad T: its own error
         return {**data, "sample": {**implied, **sample}}
 
     @model_validator(mode="after")
