@@ -166,6 +166,7 @@ def on_every_rank(rt: Runtime, action: Callable[[], Any], what: str) -> Any:
 
 
 TIMEOUT_ENV = "DREAMCTL_COLLECTIVE_TIMEOUT_S"
+MAX_TIMEOUT_S = 7 * 24 * 3600
 
 
 def collective_timeout() -> timedelta:
@@ -179,8 +180,9 @@ def collective_timeout() -> timedelta:
         seconds = float(text)
     except ValueError:
         seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise RunError(f"{TIMEOUT_ENV}={text!r}: give the seconds a collective may wait, e.g. 600")
+    if not 1 <= seconds <= MAX_TIMEOUT_S:  # NaN fails too; under a second, every collective would time out
+        raise RunError(f"{TIMEOUT_ENV}={text!r}: give the seconds a collective may wait, from 1 to "
+                       f"{MAX_TIMEOUT_S:,} (a week), e.g. 600")
     return timedelta(seconds=seconds)
 
 

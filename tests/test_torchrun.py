@@ -395,7 +395,7 @@ def test_a_process_that_hangs_is_one_line_on_the_others_after_the_timeout(tmp_pa
                          "(DREAMCTL_COLLECTIVE_TIMEOUT_S sets the wait)")
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "ten", "inf", "nan"])
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "inf", "nan", "1e20", "0.0001"])  # 1e20: timedelta's overflow
 def test_a_bad_collective_timeout_is_named(monkeypatch, value):
     from dreamctl.errors import RunError
     from dreamctl.runtime import TIMEOUT_ENV, collective_timeout
