@@ -49,7 +49,7 @@ class SampleOptions:
     batch_size: int | None = None
     compile: bool | None = None
     compile_mode: str | None = None  # given alone, it asks for compile too
-    checkpoint: int | None = None  # step; None: the newest readable checkpoint
+    checkpoint: int | None = None  # step; None: the newest (refused when damaged: choose_checkpoint)
     seed: int | None = None  # base seed (generate.image_seeds); None: 0 for `sample`, eval.seed for `evaluate`
 
 
