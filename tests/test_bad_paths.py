@@ -200,7 +200,8 @@ def test_a_run_folder_that_does_not_exist_is_named_so(tmp_path, capsys):
     for command in (["sample", str(tmp_path / "nosuch"), "--num", "2"], ["evaluate", str(tmp_path / "nosuch")]):
         assert main(command) == 2
         err = capsys.readouterr().err
-        assert f"run folder {tmp_path / 'nosuch'} does not exist; give the --run-dir of a `dreamctl train`" in err
+        assert f"run folder {tmp_path / 'nosuch'} does not exist; give a folder that `dreamctl train --run-dir` " \
+               "wrote" in err
     (tmp_path / "empty").mkdir()
     assert main(["sample", str(tmp_path / "empty"), "--num", "2"]) == 2
     assert "is not a run folder (no recipe.yaml)" in capsys.readouterr().err

@@ -121,7 +121,8 @@ class RunDir:
 
     def recipe(self) -> Recipe:
         if not self.root.exists():
-            raise CheckpointError(f"run folder {self.root} does not exist; give the --run-dir of a `dreamctl train`")
+            raise CheckpointError(f"run folder {self.root} does not exist; give a folder that `dreamctl train --run-dir` "
+                                  "wrote")
         if not self.exists():
             raise CheckpointError(f"{self.root} is not a run folder (no recipe.yaml); "
                                   "create one with `dreamctl train --run-dir`")
