@@ -146,7 +146,8 @@ def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
         assert set(rec["metrics"][name]) == {"missing"} and file in rec["metrics"][name]["missing"], name
     assert np.isfinite(rec["metrics"]["swd"]["value"])
     assert rec["protocol"]["feature_network_sha256"] is None and rec["weights"] == {}
-    assert "SWD x1e3" in out and "missing" in out and "inception-2015-12-05.pt" in out
+    assert "SWD x1e3 on Laplacian-pyramid 7x7 patches" in out  # the patch size the file records
+    assert "missing" in out and "inception-2015-12-05.pt" in out
     flat = " ".join(out.split())
     assert flat.count("inception-2015-12-05.pt is missing") == 1 and "missing fid, kid, is: " in flat  # said once
     assert "missing lpips: " in flat and "comparable only within one protocol id" not in flat  # no FID, KID, IS

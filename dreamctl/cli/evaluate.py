@@ -20,7 +20,7 @@ WHAT = {
     "kid": "KID: unbiased MMD of Inception features, cubic kernel, {num_subsets} subsets; lower is better",
     "is": "IS: Inception Score, {splits} splits, logits without the output bias; higher is better",
     "lpips": "LPIPS diversity (AlexNet): mean distance over random pairs of generated images, beside real ones",
-    "swd": "SWD x1e3 on Laplacian-pyramid 7x7 patches: weight-free, colour-sensitive; lower is better",
+    "swd": "SWD x1e3 on Laplacian-pyramid {patch}x{patch} patches: weight-free, colour-sensitive; lower is better",
     "pixel_fd": "pixel FD: Fréchet distance on 8x8 downsampled pixels, weight-free proxy, not FID; lower is better",
 }
 
