@@ -105,3 +105,18 @@ def test_flips_are_drawn_anew_each_epoch():
     masks = [flip_mask(0, epoch, 3, 64) for epoch in range(3)]
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
     assert torch.equal(masks[0], flip_mask(0, 0, 3, 64)) and 16 < int(masks[0].sum()) < 48
+
+
+def test_a_steps_random_inputs_are_drawn_in_a_fixed_order_from_seed_and_step():
+    """t, then eps, then DDPM-IP's xi, from one generator seeded with (seed, step): the order every run so far
+    drew them in. A change (another order, another draw between them) would change every run's noise silently,
+    and a run resumed across the change would not continue the same run."""
+    from dreamctl.runtime import generator
+
+    recipe = load_recipe("tiny", ["loss.kind=input_perturbation", "train.batch_size=8", "train.seed=5"])
+    t, eps, extra = step_noise(recipe, 7, CPU)
+    g = generator(torch.device("cpu"), 5, 7)
+    r, T = recipe.data.resolution, recipe.diffusion.num_timesteps
+    assert torch.equal(t, torch.randint(0, T, (8,), generator=g))
+    assert torch.equal(eps, torch.randn(8, 3, r, r, generator=g))
+    assert torch.equal(extra["xi"], torch.randn(8, 3, r, r, generator=g))
