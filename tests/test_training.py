@@ -194,6 +194,9 @@ def test_a_stop_while_resume_loads_its_checkpoint_trains_and_writes_nothing(tmp_
     assert (info["status"], info["step"]) == ("interrupted", 2)
     assert main(["resume", str(run)]) == 0  # and goes on from there
     assert json.loads((run / "run.json").read_text())["step"] == 6
+    # A finished run has nothing to train: a stop while it is resumed as it was leaves it finished (diff review)
+    assert resume_run(RunDir(run), CPU, should_stop=lambda: True) == "finished"
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
 
 def test_a_resume_on_other_processes_or_threads_says_so_and_run_json_keeps_both(tmp_path, synthetic_data_dir,

@@ -33,7 +33,7 @@ from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.record import Recorder
+from dreamctl.training.record import Recorder, Throughput
 from dreamctl.training.state import TrainState
 
 
@@ -154,12 +154,14 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     params = list(state.model.parameters())
     kind, loss_params = recipe.loss.kind, recipe.loss.params()
     last_step = total_steps(recipe, len(images))
-    record = Recorder(run, recipe, state, order, meter, rt, on_event, last_step)
+    recorder = Recorder(run, recipe, state, order, meter, rt, on_event, last_step)
     on_event("start", {"step": state.step, "total_steps": last_step, "steps_per_epoch": order.steps})
 
-    if resume is not None and any_rank(should_stop(), rt):  # a stop while the checkpoint loaded: it is the state,
-        return "interrupted"  # so nothing to train or write within a scheduler's grace period
-    mark, status = time.perf_counter(), "finished"
+    # A stop while the checkpoint loaded: it is the state, so nothing to train or write within a scheduler's
+    # grace period (a finished run has nothing to train either, and stays finished).
+    if resume is not None and state.step < last_step and any_rank(should_stop(), rt):
+        return "interrupted"
+    speed, mark, status = Throughput(), time.perf_counter(), "finished"
     while state.step < last_step:
         # x0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I); a gradient step on the recipe's loss (DDPM Algorithm 1)
         batch = next(order)
@@ -176,27 +178,28 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         meter.add(stats, t)
         state.step += 1
         state.images_seen += tc.batch_size
-        record.speed.add(tc.batch_size)
+        speed.add(tc.batch_size)
         now = time.perf_counter()
         state.wall_time_s += now - mark
         mark = now
         on_event("step", {"step": state.step})
 
         if due(state.step, tc.log_every, last_step):
-            record.log(batch.epoch, grad_norm)  # restarts the img/s interval
-        with record.speed.side_work():  # checkpoints and grids do not count against img/s
+            recorder.log(batch.epoch, grad_norm, speed.img_per_s())
+            speed.reset()  # img/s over each log interval
+        with speed.side_work():  # checkpoints and grids do not count against img/s
             # The grid before the checkpoint: a run killed between the two resumes from an earlier
             # checkpoint and draws this grid again; the other way round, it would never be drawn.
             if due(state.step, tc.sample_every, last_step):
-                record.grid(schedule)
+                recorder.grid(schedule)
             scheduled = due(state.step, tc.checkpoint_every, last_step)
             if scheduled:
-                record.checkpoint()
+                recorder.checkpoint()
             # Asked after the scheduled writes: a stop that came during them finds this step saved, and
             # does not cost one more step and checkpoint within a scheduler's grace period.
             stop = any_rank(should_stop(), rt)
             if stop and not scheduled:
-                record.checkpoint()
+                recorder.checkpoint()
         if stop and state.step < last_step:
             status = "interrupted"
             break

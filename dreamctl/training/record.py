@@ -56,20 +56,18 @@ class Recorder:
         self.run, self.recipe, self.state, self.order, self.meter = run, recipe, state, order, meter
         self.rt, self.on_event, self.last_step = rt, on_event, last_step
         self.recipe_yaml = recipe_to_yaml(recipe)  # what each checkpoint carries
-        self.speed = Throughput()
 
-    def log(self, epoch: int, grad_norm: Tensor) -> None:
-        """Append one metrics.jsonl row: the loss means since the last row, the step's own grad norm and
-        learning rate, img/s over the interval. Restarts the meter and the img/s interval."""
+    def log(self, epoch: int, grad_norm: Tensor, img_per_s: float) -> None:
+        """Append one metrics.jsonl row: the loss means since the last row (then restarts the meter), the
+        step's own grad norm and learning rate, and the loop's img/s over the interval."""
         s = self.state
         record = {"step": s.step, "epoch": epoch, "images_seen": s.images_seen, **self.meter.means(self.rt),
                   "lr": s.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                  "img_per_s": self.speed.img_per_s(), "peak_memory_bytes": peak_memory_bytes(self.rt.device),
+                  "img_per_s": img_per_s, "peak_memory_bytes": peak_memory_bytes(self.rt.device),
                   "time": time.time()}
         main_first(self.rt, lambda: self.run.append_metrics(record))
         self.on_event("log", {**record, "total_steps": self.last_step})
         self.meter.reset()
-        self.speed.reset()
 
     def grid(self, schedule: NoiseSchedule) -> None:
         """samples/step-NNNNNNNN.png: the EMA model's images under the recipe's sampler, fixed seeds."""
