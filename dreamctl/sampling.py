@@ -315,11 +315,11 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
               "world_size": rt.world_size, "drawn_now": drawn, "dreamctl_version": dreamctl.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "wall_time_s": round(time.perf_counter() - started, 2)}
-    kept = {} if drawn or not before.get("complete") else {  # what drawing the folder took, not this look at it
+    drawing = {} if drawn or not before.get("complete") else {  # what drawing the folder took, not this look at it
         k: before[k] for k in ("created", "wall_time_s", "drawn_now", "device", "world_size") if k in before}
     if rt.is_main:
         grid_images = read_samples(folder, min(held, GRID_MAX), m.image_size)
         save_grid(grid_images, folder / "grid.png")
-        atomic.write_json(folder / "sample.json", {**record, **kept})
+        atomic.write_json(folder / "sample.json", {**record, **drawing})
     on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})
     return record
