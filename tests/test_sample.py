@@ -483,5 +483,9 @@ def test_a_damaged_newest_checkpoint_is_refused_not_replaced_by_an_older_one(tra
     assert f"checkpoint {newest} cannot be read" in err and "it is the newest; `dreamctl resume" in err
     assert "--checkpoint STEP draws from an older one (steps there: 2)" in err and "\n" not in err.strip()
     assert not (tmp_path / "s").exists() and newest.read_bytes() == data[: len(data) // 2]  # nothing moved
+    evaluated = sorted((run / "eval").glob("*.json"))
+    assert main(["evaluate", str(run), "--num", "2", "--metrics", "swd"]) == 2  # evaluate alike, before drawing
+    assert "it is the newest; `dreamctl resume" in capsys.readouterr().err
+    assert sorted((run / "eval").glob("*.json")) == evaluated
     assert main([*args, "--checkpoint", "2"]) == 0
     assert json.loads((tmp_path / "s" / "sample.json").read_text())["checkpoint_step"] == 2
