@@ -110,6 +110,13 @@ def mix_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def processes(rt: Runtime) -> dict[str, int]:
+    """What a session ran on, as run.json and each checkpoint record it: its number of processes, and on the
+    CPU each one's threads, which change the order of float sums as the count does (resume is bit-identical
+    only on both)."""
+    return {"world_size": rt.world_size, **({"threads": torch.get_num_threads()} if rt.device.type == "cpu" else {})}
+
+
 def generator(device: torch.device, *parts: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(mix_seed(*parts))
 

@@ -28,7 +28,9 @@ def _minimal(step: int, **fields) -> dict:
 def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
     assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000004.pt")
-    assert REQUIRED | {"meter", "run_id", "dreamctl_version"} == set(ckpt)  # no RNG state: each step reseeds
+    assert REQUIRED | {"meter", "run_id", "dreamctl_version", "processes"} == set(ckpt)  # no RNG state: each
+    # step reseeds; processes: what wrote it, which a resume on others names
+    assert ckpt["processes"] == {"world_size": 1, "threads": torch.get_num_threads()}
     assert ckpt["data_position"]["batch_index"] == 4
     assert (tmp_path / "run" / "samples" / "step-00000004.png").stat().st_size > 0
 

@@ -213,11 +213,19 @@ def test_a_resume_on_other_processes_or_threads_says_so_and_run_json_keeps_both(
     assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert f"note: threads {threads} until now, {threads + 5} in this resume: the same images and noise" in out
+    assert f"to continue bit for bit, resume on {threads} threads per process (OMP_NUM_THREADS={threads})" in out
     assert "world size" not in out  # unchanged, not named
     info = json.loads((run / "run.json").read_text())
     assert (info["world_size"], info["threads"]) == (1, threads)  # the start's
     assert info["resumes"] == [{"step": 2, "set": ["train.max_steps=4"], "world_size": 1, "threads": threads + 5}]
     assert main(["resume", str(run), "--set", "train.max_steps=6"]) == 0  # the same as the last session: no note
+    assert "note:" not in capsys.readouterr().out
+    # What wrote the checkpoint counts, not run.json's last resume: one killed before its first checkpoint
+    # (recorded with other threads) changes nothing that is resumed from (diff review).
+    info = json.loads((run / "run.json").read_text())
+    info["resumes"].append({"step": 6, "set": [], "world_size": 1, "threads": threads + 9})
+    (run / "run.json").write_text(json.dumps(info))
+    assert main(["resume", str(run), "--set", "train.max_steps=8"]) == 0
     assert "note:" not in capsys.readouterr().out
 
 

@@ -69,6 +69,16 @@ def stop_on_signals() -> Iterator[StopRequest]:
         yield stop
 
 
+def _other_processes(changed: dict[str, tuple[int, int]]) -> str:
+    """The note for a resume on another process count or thread count ({key: (checkpoint's, now)})."""
+    was = ", ".join(f"{k.replace('_', ' ')} {old} until now, {new} in this resume" for k, (old, new) in changed.items())
+    how = {"world_size": lambda n: f"{n} processes (--nproc-per-node {n} on one node)",
+           "threads": lambda n: f"{n} threads per process (OMP_NUM_THREADS={n})"}
+    return (f"note: {was}: the same images and noise, but float sums in another order, so the weights drift "
+            f"from a continuation on the old setting by rounding; to continue bit for bit, resume on "
+            + " and ".join(how[k](old) for k, (old, _) in changed.items()))
+
+
 class TrainingDisplay:
     """A rich progress bar fed by train()'s events (and TensorBoard when installed); silent on ranks but 0.
 
@@ -108,11 +118,7 @@ class TrainingDisplay:
         if kind == "resume":
             self.progress.console.print(f"resuming from {p['path']} (step {p['step']})")
             if changed := {k: (v, p[k]) for k, v in p.get("before", {}).items() if k in p and p[k] != v}:
-                was = ", ".join(f"{k.replace('_', ' ')} {old} until now, {new} in this resume"
-                                for k, (old, new) in changed.items())
-                self.progress.console.print(f"note: {was}: the same images and noise, weights equal to float "
-                                            "rounding but not bit for bit (sums in another order); resume on the "
-                                            "same to continue exactly", markup=False, highlight=False)
+                self.progress.console.print(_other_processes(changed), markup=False, highlight=False)
         elif kind == "start":
             self.total = p["total_steps"]
             self.task = self.progress.add_task("train", total=p["total_steps"], completed=p["step"], info="")

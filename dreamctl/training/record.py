@@ -18,7 +18,7 @@ from dreamctl.data.loader import BatchOrder
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.events import OnEvent
 from dreamctl.generate import generate, save_grid
-from dreamctl.runtime import Autocast, Runtime, main_first, peak_memory_bytes
+from dreamctl.runtime import Autocast, Runtime, main_first, peak_memory_bytes, processes
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import TrainState, save_checkpoint
@@ -85,7 +85,8 @@ class Recorder:
         meter_state = self.meter.state_dict(self.rt)  # on every rank: it may all-gather
 
         def save() -> None:
-            ckpt = s.state_dict(self.recipe_yaml, self.order.state_dict(), meter_state, run.run_id())
+            ckpt = s.state_dict(self.recipe_yaml, self.order.state_dict(), meter_state, run.run_id(),
+                                processes(self.rt))
             run.sync_metrics()
             path = save_checkpoint(ckpt, run.checkpoints, self.recipe.train.keep_checkpoints)
             run.update_info({"step": s.step, "epoch": self.order.epoch, "images_seen": s.images_seen,

@@ -23,7 +23,7 @@ from dreamctl.data.shards import split_size
 from dreamctl.data.shards import read_manifest
 from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
-from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost
+from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost, processes
 from dreamctl.events import OnEvent, ignore
 from dreamctl.training.loop import total_steps, train
 from dreamctl.training.rundir import RunDir
@@ -107,14 +107,9 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
     return status
 
 
-def processes(rt: Runtime) -> dict[str, int]:
-    """What a session ran on, as run.json records it: its number of processes, and on the CPU each one's
-    threads, which change the order of float sums as the count does (resume is bit-identical only on both)."""
-    return {"world_size": rt.world_size, **({"threads": torch.get_num_threads()} if rt.device.type == "cpu" else {})}
-
-
 def last_processes(info: dict[str, Any]) -> dict[str, int]:
-    """processes() of a run's last session: its last resume's, else the first's (older runs: what they have)."""
+    """processes() of a run's last session as run.json has it: its last resume's, else the first's; for a
+    checkpoint that does not say what wrote it (before 2026-11-29)."""
     last = (info.get("resumes") or [info])[-1]
     return {k: last[k] for k in ("world_size", "threads") if isinstance(last.get(k), int)}
 
@@ -236,7 +231,7 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
             path, ckpt = load_latest(run.checkpoints, map_location="cpu")
             _check_own(run, recipe, path, ckpt, len(images))  # before anything below renames, truncates or rewrites
             on_event("resume", {"step": ckpt["step"], "path": str(path), **processes(rt),
-                                "before": last_processes(run.info())})
+                                "before": ckpt.get("processes") or last_processes(run.info())})
         else:
             ckpt = None
             on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})

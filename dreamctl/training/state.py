@@ -43,10 +43,11 @@ class TrainState:
     wall_time_s: float = 0.0
 
     def state_dict(self, recipe_yaml: str, data_position: dict[str, int], meter: dict[str, Any],
-                   run_id: str) -> dict[str, Any]:
+                   run_id: str, processes: dict[str, int]) -> dict[str, Any]:
         """The checkpoint: this state, where the data order stands, the loss meter's running sums
-        (so the first log record after a resume averages the same steps as in a straight run), and
-        the run it belongs to (resume refuses another run's)."""
+        (so the first log record after a resume averages the same steps as in a straight run), the
+        run it belongs to (resume refuses another run's) and what wrote it (runtime.processes: a resume
+        on others continues only to rounding, and says so)."""
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -58,6 +59,7 @@ class TrainState:
             "meter": meter,
             "recipe": recipe_yaml,
             "run_id": run_id,
+            "processes": processes,
             "dreamctl_version": dreamctl.__version__,
         }
 
