@@ -24,12 +24,12 @@ from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_rec
 from dreamctl.config.schema import DDPM_SETTINGS
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.diffusion.start import check_sampler_start
-from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning, RunError
+from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, on_every_rank, sum_over_ranks
-from dreamctl.sample_files import png_path, read_png, read_samples, write_png
+from dreamctl.sample_files import check_folder, png_path, read_png, read_samples, write_png
 from dreamctl.training.rundir import RunDir, read_json
 from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
                                      step_of, weights_sha256)
@@ -197,49 +197,11 @@ def folder_settings(m: InferenceModel, seed: int) -> dict[str, Any]:
             "weights_sha256": m.weights_sha256}
 
 
-ADDED_KEYS = ("weights_sha256",)  # not in a sample.json of an earlier dreamctl: such a folder is taken on its step
-
-
-def _check_folder(folder: Path, wanted: dict[str, Any]) -> None:
-    """Refuse to add images to a folder that holds images drawn under other settings."""
-    meta = folder / "sample.json"
-    atomic.check_folder_path(folder, "--out")
-    if meta.is_file():
-        old = read_json(meta)
-        if "run_id" not in old:  # before run_id, seed S drew image i from seed S + i (now S * 2**20 + i)
-            raise RunError(f"{folder} was drawn by an earlier dreamctl (no run_id in its sample.json; other seeds "
-                           "per image): delete it or choose another --out, and the images are drawn again")
-        count = old.get("num", 0)
-        if type(count) is not int or count < 0:  # sample_to_folder keeps the folder whole up to it
-            raise RunError(f"{meta} says num {count!r}, not a count of images: restore it, or delete {folder} "
-                           "and the images are drawn again")
-        clash = {k: v for k, v in wanted.items() if old.get(k) != v and (k in old or k not in ADDED_KEYS)}
-        if set(clash) == {"weights_sha256"}:
-            raise RunError(f"{folder} holds samples drawn from other weights than checkpoint step "
-                           f"{wanted['checkpoint_step']} holds now (written again since, as resume does past a "
-                           "corrupt checkpoint): choose another --out or delete it, and the images are drawn again")
-        if clash:
-            said = ", ".join(f"{k}={old.get(k)!r} (asked {v!r})" for k, v in clash.items())
-            raise RunError(f"{folder} holds samples drawn with {said}; choose another --out or delete it")
-    elif folder.is_dir():  # not a sample folder: a new or empty one only (a killed call's sample.json write aside)
-        # Thousands of numbered PNGs among a user's files, and any grid.png or npz of theirs replaced, otherwise.
-        if held := atomic.others_in(folder, _empty_in_practice):
-            raise RunError(f"{folder} holds {held} but no sample.json: not a sample folder (or one of unknown "
-                           "settings); samples go into a new or empty folder: choose another --out")
-
-
-def _empty_in_practice(path: Path) -> bool:
-    """What a new or empty --out may hold: hidden files (.DS_Store, .gitkeep), a volume root's lost+found,
-    and a sample.json (or its temporary file) another rank has just written."""
-    name = atomic.temp_target(path.name) or path.name
-    return name.startswith(".") or name in ("sample.json", "lost+found")
-
-
 def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict[str, Any]:
     """Check the folder's settings (every rank, so all fail alike); rank 0 records them before any image
     and clears the temporary files of a killed earlier call."""
     wanted = folder_settings(m, seed)
-    _check_folder(folder, wanted)
+    check_folder(folder, wanted)
     barrier(rt)  # every rank has looked before rank 0 writes: a new folder's sample.json is no stranger's file
     folder.mkdir(parents=True, exist_ok=True)
 
