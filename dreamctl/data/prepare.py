@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import warnings
 from collections import Counter
@@ -31,13 +30,12 @@ from dreamctl.data.pool import decoded
 from dreamctl import atomic
 from dreamctl.config.schema import MAX_RESOLUTION
 from dreamctl.data import synthetic
-from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, REFSTATS_DIR, ShardInfo, check_manifest, shard_name,
-                                  shard_problem, write_shard)
+from dreamctl.data.shards import FORMAT, MANIFEST, PROGRESS, ShardInfo, shard_name, shard_problem, write_shard
+from dreamctl.data.reuse import previous_shards
 from dreamctl.data.sources import SPLITS, Listing, Skip
 from dreamctl.errors import DataError, DreamctlWarning
 
 CHUNK = 256  # items per worker task: big enough to amortise the pickling, small for a smooth bar
-_OURS = re.compile(r"^((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)$")  # our files
 SYNTHETIC_RESIZE = "drawn at the resolution (supersampled, LANCZOS)"
 
 
@@ -84,19 +82,6 @@ def _settings(listing: Listing, crop: str, resolution: int, shard_size: int) -> 
     }
 
 
-def _comparable(settings: dict) -> dict:
-    # Where the source lives does not matter: its listing hash pins what it holds.
-    return {**settings, "source": {k: v for k, v in settings["source"].items() if k != "root"}}
-
-
-def _first_difference(old: object, new: object, key: str = "") -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            if old.get(k) != new.get(k):
-                return _first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
-    return f"{key}: {old!r} there, {new!r} now"
-
-
 def _check_crop_fits(listing: Listing, crop: str) -> None:
     """Refuse a crop larger than CelebA's images before any is decoded (it would skip every one).
 
@@ -116,62 +101,6 @@ def _check_crop_fits(listing: Listing, crop: str) -> None:
     except ValueError as err:
         raise DataError(f"--crop {crop} does not fit CelebA's images ({name}: {err}); "
                         "pass --crop center:178 (the default), center, ddim or none") from err
-
-
-def _check_ours(out: Path, ours: list[Path]) -> None:
-    """prepare-data writes into (or, with --overwrite, replaces) a prepared folder, an unfinished one, or
-    one holding only our files, never a folder of other files (a run folder would get shards among its
-    checkpoints)."""
-    if (out / MANIFEST).is_file() or (out / PROGRESS).is_file():
-        return
-    if held := atomic.others_in(out, lambda p: p in ours):
-        raise DataError(f"--out {out} is not a prepared-data folder (it holds {held}); prepare-data writes only "
-                        "into an empty folder or one it wrote: choose another --out")
-
-
-def _previous(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
-    """Shard records of an earlier run with the same settings; refuse or clean otherwise."""
-    # ours, and the temporary files dreamctl.atomic writes them under
-    ours = [p for p in out.iterdir() if _OURS.match(atomic.temp_target(p.name) or p.name)]
-    # A killed run's, from any host: the folder is this command's alone, so none is a write in progress.
-    for stale in [p for p in ours if atomic.temp_target(p.name)]:
-        stale.unlink()
-        ours.remove(stale)
-    _check_ours(out, ours)  # before anything is removed or written
-    if overwrite:
-        for p in sorted(ours, key=lambda p: p.name != MANIFEST):  # manifest first: never a stale "finished" folder
-            p.unlink()
-        # evaluate's reference statistics of the data replaced: keyed by its content hash they are never used
-        # again, only kept (about 400 MB each at 50k images)
-        for p in (out / REFSTATS_DIR).glob("refstats-*.npz"):
-            p.unlink()
-        return {}
-    path = next((out / n for n in (MANIFEST, PROGRESS) if (out / n).is_file()), None)
-    if path is None:
-        if any(p.suffix == ".h5" for p in ours):
-            raise DataError(f"{out} holds shards without a manifest or progress record; pass --overwrite or choose another --out")
-        return {}
-    try:
-        record = json.loads(path.read_text())
-        old = {k: record[k] for k in settings}
-        old_settings = _comparable(old)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"{path} is not a dreamctl record ({err}); pass --overwrite or choose another --out") from err
-    if path.name == MANIFEST:  # its shard records are reused below: a field edited to null is refused here
-        check_manifest(path, path.read_text())
-    if old_settings != _comparable(settings):
-        diff = _first_difference(old_settings, _comparable(settings))
-        raise DataError(f"{out} was prepared with other settings ({diff}); pass --overwrite or choose another --out")
-    if path.name == PROGRESS:
-        return record["shards"]
-    return {
-        sh["file"]: {
-            "split": split, "count": sh["count"], "sha256": sh["sha256"],
-            "skipped": [[s["name"], s["reason"]] for s in record["skipped"] if s["shard"] == sh["file"]],
-        }
-        for split, v in record["splits"].items()
-        for sh in v["shards"]
-    }
 
 
 def _plan(listing: Listing, shard_size: int) -> list[tuple[str, int, list]]:
@@ -213,7 +142,7 @@ def prepare_data(
         raise DataError(f"--out {out} is a file; pass a folder")
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(listing, crop, resolution, shard_size)
-    previous = _previous(out, settings, overwrite)
+    previous = previous_shards(out, settings, overwrite)
     shape = (resolution, resolution, 3)  # a shard is kept only if it passes what --verify checks
     finished = {f: r for f, r in previous.items()
                 if shard_problem(ShardInfo(out / f, r["count"], r["sha256"]), shape) is None}
