@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli import options
-from dreamctl.config.schema import RESUMABLE_TEXT
+from dreamctl.config.keys import RESUMABLE_TEXT
 from dreamctl.cli.progress import run_training
 
 

@@ -4,9 +4,10 @@ from dreamctl.config.load import (
     RECIPES_DIR, apply_overrides, load_recipe, parse_override, recipe_from_file, recipe_from_yaml, recipe_path,
     recipe_to_yaml, set_args,
 )
+from dreamctl.config.keys import flat_items
 from dreamctl.config.schema import (
     DataConfig, DiffusionConfig, EvalConfig, LossConfig, LossKind, ModelConfig, OptimConfig, Recipe,
-    SampleConfig, TrainConfig, flat_items, validate_recipe,
+    SampleConfig, TrainConfig, validate_recipe,
 )
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Literal
 
 from dreamctl import runtime
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
-from dreamctl.config.schema import RESUMABLE_KEYS
+from dreamctl.config.keys import RESUMABLE_KEYS
 from dreamctl.data.shards import limited, split_count
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments.runs import read_evals

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamctl.config import Recipe, flat_items
-from dreamctl.config.schema import BOOKKEEPING_KEYS, NOT_SETTINGS, STUDY_VARIANT_NOTE, drawn_by_seed_rule
+from dreamctl.config.keys import BOOKKEEPING_KEYS, NOT_SETTINGS
+from dreamctl.config.schema import STUDY_VARIANT_NOTE, drawn_by_seed_rule
 from dreamctl.experiments.columns import column_ids, latest_by_column
 from dreamctl.experiments.runs import Run
 from dreamctl.metrics.spread import SEEDS, spread_of

@@ -20,7 +20,8 @@ from typing import Any
 
 from dreamctl.config import RECIPES_DIR, parse_override
 from dreamctl.config.load import builtin_or_path, read_yaml
-from dreamctl.config.schema import check_eval_num, setting_value
+from dreamctl.config.keys import setting_value
+from dreamctl.config.schema import check_eval_num
 from dreamctl.errors import ConfigError
 from dreamctl.config.metrics import parse_metrics
 

@@ -17,7 +17,7 @@ import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
 from dreamctl.config.load import check_to_train
-from dreamctl.config.schema import NOT_SETTINGS, RESUMABLE_KEYS, RESUMABLE_TEXT, flat_items
+from dreamctl.config.keys import NOT_SETTINGS, RESUMABLE_KEYS, RESUMABLE_TEXT, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split
 from dreamctl.data.shards import split_size
 from dreamctl.data.shards import read_manifest
