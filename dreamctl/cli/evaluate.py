@@ -38,7 +38,7 @@ def describe(name: str, entry: dict[str, Any], protocol: dict[str, Any]) -> str:
     """What the metric measures, with the settings its evaluation file records (KID's subsets, IS's splits)."""
     if "missing" in entry:
         return "not computed: why, below the table"
-    recorded = protocol.get(name) if isinstance(protocol.get(name), dict) else {}
+    recorded: dict[str, Any] = protocol[name] if isinstance(protocol.get(name), dict) else {}
     what = WHAT.get(name, name).format_map(collections.defaultdict(lambda: "?", recorded))  # "?": not recorded
     if protocol.get("feature_network_stand_in") and name in INCEPTION_METRICS:
         what = "STAND-IN feature network, not Inception; only comparable with itself. " + what

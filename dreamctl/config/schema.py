@@ -262,8 +262,9 @@ class Recipe(_Section):
         if not (isinstance(sample, dict) and sample.get("sampler") == "ddpm"):
             return data
         diffusion = data.get("diffusion")
-        T = (diffusion.get("num_timesteps", DiffusionConfig().num_timesteps) if isinstance(diffusion, dict)
-             else getattr(diffusion, "num_timesteps", DiffusionConfig().num_timesteps))
+        default_T = DiffusionConfig.model_fields["num_timesteps"].default
+        T = (diffusion.get("num_timesteps", default_T) if isinstance(diffusion, dict)
+             else getattr(diffusion, "num_timesteps", default_T))
         implied = {"t_start": None, **({"steps": T} if type(T) is int else {})}  # a bad T: its own error
         return {**data, "sample": {**implied, **sample}}
 
