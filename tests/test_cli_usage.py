@@ -137,3 +137,22 @@ def test_prepare_data_refuses_bad_sizes_and_crops_before_listing_the_source(tmp_
     assert main(args) == 2
     out, err = capsys.readouterr()
     assert said in err and out == "" and not (tmp_path / "out").exists()
+
+
+def test_every_example_under_help_names_options_its_command_has(capsys):
+    """The examples --help shows (a module's EXAMPLES) parse: a renamed option would fail here, not a user."""
+    import importlib
+    import shlex
+
+    from dreamctl.cli import COMMANDS
+
+    shown = 0
+    for name, module in COMMANDS:
+        examples = getattr(importlib.import_module(f"dreamctl.cli.{module}"), "EXAMPLES", None)
+        for line in (examples or "").splitlines()[2:]:  # after "\b" and "Examples:"
+            args = shlex.split(line.split("#")[0])
+            assert args[:2] == ["dreamctl", name], line
+            assert main([*args[1:], "--help"]) == 0, line  # click parses every option before --help acts
+            assert "Examples:" in capsys.readouterr().out
+            shown += 1
+    assert shown >= 15

@@ -52,7 +52,7 @@ COMMANDS = [
 
 for _name, _module in COMMANDS:
     _mod = importlib.import_module(f"dreamctl.cli.{_module}")
-    app.command(_name, help=_mod.command.__doc__)(_mod.command)
+    app.command(_name, help=_mod.command.__doc__, epilog=getattr(_mod, "EXAMPLES", None))(_mod.command)
 
 
 def _version(shown: bool) -> None:

@@ -52,6 +52,11 @@ def _print_plan(plan: Plan) -> None:
                   f"{count_text(t['eval_forwards'])} network evaluations", highlight=False)
 
 
+EXAMPLES = """\b
+Examples:
+  dreamctl ablate lambda-max --dry-run
+  dreamctl ablate my-spec.yaml --data data/celeba64"""  # under --help; "\\b": not rewrapped
+
 def command(
     spec: Annotated[str, typer.Argument(help="Ablation spec: a built-in name (lambda-max, methods, tiny-methods, ...) or a YAML path.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and its cost; run nothing.")] = False,

@@ -93,6 +93,10 @@ def _run_folders(paths: list[Path]) -> list[Path]:
     return keep
 
 
+EXAMPLES = """\b
+Examples:
+  dreamctl compare runs/* --format markdown --plot figures/"""  # under --help; "\\b": not rewrapped
+
 def command(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders to compare.", show_default=False)],
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,

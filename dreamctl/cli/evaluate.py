@@ -45,6 +45,11 @@ def describe(name: str, entry: dict[str, Any], protocol: dict[str, Any]) -> str:
     return what
 
 
+EXAMPLES = """\b
+Examples:
+  dreamctl evaluate runs/tiny --num 1000 --metrics swd,pixel_fd      # no weights needed
+  dreamctl evaluate runs/cons --num 5000 --ref train --metrics fid,kid,is --strict-weights"""  # under --help; "\\b": not rewrapped
+
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
     num: Optional[int] = typer.Option(None, "--num", "-n", help="Generated images [default: eval.num]."),

@@ -36,6 +36,14 @@ def _given(ctx: typer.Context) -> list[str]:
             if getattr(ctx.get_parameter_source(param.name), "name", "DEFAULT") != "DEFAULT"]
 
 
+# Shown under --help; "\b" keeps click from rewrapping the lines.
+EXAMPLES = """\b
+Examples:
+  dreamctl prepare-data --source synthetic --count 5000 --resolution 32 --out data/synth32
+  dreamctl prepare-data --source celeba --root CELEBA --out data/celeba64    # the study's 64 px, center:178
+  dreamctl prepare-data --source folder --root my_images --out data/mine --resolution 64
+  dreamctl prepare-data --verify data/celeba64"""
+
 def command(
     ctx: typer.Context,
     source: Annotated[Optional[str], typer.Option(help="celeba | folder | synthetic")] = None,

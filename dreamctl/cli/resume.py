@@ -14,6 +14,12 @@ from dreamctl.config.keys import RESUMABLE_TEXT
 from dreamctl.cli.progress import run_training
 
 
+EXAMPLES = """\b
+Examples:
+  dreamctl resume runs/tiny
+  dreamctl resume runs/tiny --set train.epochs=30 --set optim.lr=1e-4
+  dreamctl resume runs/tiny --data /fast/disk/synth32   # the run's data, moved"""  # under --help; "\\b": not rewrapped
+
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder to continue."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Change a setting that does not alter the "

@@ -12,6 +12,11 @@ from dreamctl.cli.common import console
 from dreamctl.cli.drawing import drawing
 
 
+EXAMPLES = """\b
+Examples:
+  dreamctl sample runs/tiny --num 64 --grid tiny.png
+  dreamctl sample runs/tiny --num 5000 --sampler ddpm --checkpoint 20000"""  # under --help; "\\b": not rewrapped
+
 def command(
     run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
     num: int = typer.Option(..., "--num", "-n", help="Number of images; image i has its own seed, so any batch size gives the same images."),

@@ -18,6 +18,12 @@ from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
 from dreamctl.errors import RunError
 
 
+EXAMPLES = """\b
+Examples:
+  dreamctl train --recipe tiny --data data/synth32 --run-dir runs/tiny
+  dreamctl train --recipe conservative --dry-run        # resolved recipe, parameters, cost
+  dreamctl train --recipe conservative --data data/celeba64 --run-dir runs/cons --nproc-per-node 8"""  # under --help; "\\b": not rewrapped
+
 def command(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe: a built-in name (dreamctl/recipes/NAME.yaml) or a YAML path."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (from prepare-data)."),
