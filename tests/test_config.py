@@ -403,8 +403,8 @@ def test_a_ddim_step_count_that_starts_where_x_t_is_still_image_is_refused():
     from dreamctl.sampling import SampleOptions, sample_config
 
     told = ("DDIM's uniform skip i*(T // steps) starts 600 steps, which do not divide T = 1000, at t = 599, where x_t "
-            "still holds 58% of the image (at most 10% for a start from pure noise): use 500 steps (or another count "
-            "that divides T), or sample.t_start=999 to space 600 steps evenly from T - 1")
+            "still holds 58% of the image (at most 10% for a start from pure noise): use 500 or 1000 steps (counts "
+            "that divide T), or sample.t_start=999 to space 600 steps evenly from T - 1")
     with pytest.raises(ConfigError, match=re.escape(told)):
         load_recipe("tiny", ["sample.steps=600", "sample.t_start=null"])
     recipe = load_recipe("tiny", ["sample.t_start=null"])

@@ -49,8 +49,9 @@ def check_sampler_start(diffusion: DiffusionConfig, sample: SampleConfig, source
     signal = start_signal(schedule, sample.steps)
     if signal > MAX_START_SIGNAL:
         first = timesteps(T, sample.steps)[0]
-        below = max(d for d in range(1, sample.steps) if T % d == 0)
+        below = max(d for d in range(1, sample.steps) if T % d == 0)  # the nearest counts DDIM runs as published
+        above = min(d for d in range(sample.steps + 1, T + 1) if T % d == 0)
         raise ConfigError(f"{source}: DDIM's uniform skip i*(T // steps) starts {sample.steps} steps, which do not "
                           f"divide T = {T}, at t = {first}, where x_t still holds {signal:.0%} of the image (at most "
-                          f"{MAX_START_SIGNAL:.0%} for a start from pure noise): use {below} steps (or another count "
-                          f"that divides T), or sample.t_start={T - 1} to space {sample.steps} steps evenly from T - 1")
+                          f"{MAX_START_SIGNAL:.0%} for a start from pure noise): use {below} or {above} steps (counts "
+                          f"that divide T), or sample.t_start={T - 1} to space {sample.steps} steps evenly from T - 1")
