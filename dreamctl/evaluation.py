@@ -37,7 +37,8 @@ from dreamctl.sampling import (
     sampler_suffix, sampler_tag, sampling_settings,
 )
 from dreamctl.sample_files import read_samples
-from dreamctl.training.rundir import RunDir, read_json
+from dreamctl.records import read_json
+from dreamctl.training.rundir import RunDir
 
 # Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
 SAME_SAMPLES = (*SAMPLING_FIELDS, "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")

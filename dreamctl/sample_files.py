@@ -12,7 +12,7 @@ from PIL import Image
 
 from dreamctl import atomic
 from dreamctl.errors import DataError, RunError
-from dreamctl.training.rundir import read_json
+from dreamctl.records import read_json
 
 PNG = re.compile(r"^(\d{6,})\.png$")
 

@@ -30,7 +30,8 @@ from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, on_every_rank, sum_over_ranks
 from dreamctl.sample_files import check_folder, png_path, read_png, read_samples, write_png
-from dreamctl.training.rundir import RunDir, read_json
+from dreamctl.records import read_json
+from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
                                      step_of, weights_sha256)
 

@@ -9,7 +9,8 @@ import pytest
 
 from dreamctl.cli import main
 from dreamctl.errors import CheckpointError
-from dreamctl.training.rundir import RunDir, read_jsonl
+from dreamctl.records import read_jsonl
+from dreamctl.training.rundir import RunDir
 from tiny_runs import TINY
 
 

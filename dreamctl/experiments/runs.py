@@ -12,7 +12,8 @@ from typing import Any
 
 from dreamctl.config import Recipe
 from dreamctl.errors import CheckpointError
-from dreamctl.training.rundir import RunDir, read_json, read_jsonl
+from dreamctl.records import read_json, read_jsonl
+from dreamctl.training.rundir import RunDir
 
 
 @dataclass(frozen=True)
