@@ -99,11 +99,8 @@ def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, An
     """The checkpoint of `step`, or the newest. Unlike resume, which goes on from the newest readable one,
     a damaged newest is refused: the images and scores would be of another model than the run's newest."""
     if step is None:
-        newest = list_checkpoints(run.checkpoints)[-1:]
-        if not newest:
-            return load_latest(run.checkpoints)  # its error: none written yet, or not a folder
         try:
-            return newest[0], load_checkpoint(newest[0])
+            return load_latest(run.checkpoints, skip_corrupt=False)
         except CorruptCheckpoint as err:
             older = ", ".join(str(step_of(p)) for p in list_checkpoints(run.checkpoints)[:-1]) or "none"
             raise CheckpointError(f"{err}: it is the newest; `dreamctl resume {run.root}` sets it aside and trains "

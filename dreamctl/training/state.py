@@ -232,8 +232,10 @@ def _misfit(path: Path, what: str, got: tuple[int, ...] | None, want: tuple[int,
                           "was changed: move it out of checkpoints/")
 
 
-def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them."""
+def load_latest(folder: Path, map_location: str | torch.device = "cpu", *,
+                skip_corrupt: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them (resume's
+    way), or with skip_corrupt False a corrupt newest raises its CorruptCheckpoint (sample's and evaluate's)."""
     candidates = list_checkpoints(folder)
     if not candidates:
         if folder.exists() and not folder.is_dir():
@@ -245,6 +247,8 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         try:
             return path, load_checkpoint(path, map_location)
         except CorruptCheckpoint as err:
+            if not skip_corrupt:
+                raise
             warnings.warn(f"{err}; skipping it for the next older checkpoint", DreamctlWarning, stacklevel=2)
     raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)}): "
                           f"this run cannot continue; start a new one with `dreamctl train --run-dir NEW_FOLDER`")
