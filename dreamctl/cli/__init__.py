@@ -65,7 +65,7 @@ def _version(shown: bool) -> None:
 def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                           help="Print the version (run.json records the one that wrote a run).")
              ) -> None:
-    """Train and evaluate diffusion models with DREAM-style training."""
+    """Options before the command (--version); the help text is the Typer app's."""
 
 
 def _one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
