@@ -95,11 +95,6 @@ def images_text(plan: Plan) -> str | None:
     return f"{low:,} training images" if low == high else f"{low:,}–{high:,} training images (data.limit varies)"
 
 
-def plan_cost(recipe: Recipe, n: int | None, done: int = 0) -> tuple[int | None, int | None, int | None]:
-    """train_cost, unknown (None) before the data is prepared."""
-    return (None, None, None) if n is None else train_cost(recipe, n, done)
-
-
 # ----------------------------------------------------------------------------- plan
 
 def _step_reached(run_dir: Path) -> int:
@@ -189,7 +184,7 @@ def make_plan(spec: Spec) -> Plan:
             steps_done = _step_reached(run_dir) if action == "resume" else 0
             count = count_cache[recipe.data.split]
             n = train_images(recipe, count, data)
-            cost = plan_cost(recipe, n, steps_done)
+            cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
             used.add(None if count is None else n)  # data.limit alone is no count
         except (ConfigError, DataError) as err:  # which spec and which grid point, before anything runs
             raise type(err)(f"{spec.path}: run {name}: {err}") from None
