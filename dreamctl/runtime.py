@@ -65,18 +65,28 @@ def inference_precision() -> str:
     return resolve_precision("auto", torch.device(default_device()))
 
 
+def check_device(device: str | None) -> str:
+    """The device a --device value names (None: the default), or a RunError for one this machine lacks."""
+    if device is None:
+        return default_device()
+    if device not in ("cpu", "cuda"):
+        raise RunError(f"--device {device}: expected cpu or cuda (torchrun's LOCAL_RANK picks the GPU)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: no CUDA device is visible; drop the option to run on the CPU")
+    return device
+
+
+def device_args(device: str | None) -> list[str]:
+    """The --device option that passes `device` on to a child dreamctl command (none: its default)."""
+    return ["--device", device] if device else []
+
+
 def setup(precision: str = "auto", device: str | None = None) -> Runtime:
     """Pick the device and join the process group when started by torchrun (WORLD_SIZE > 1)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = default_device()
-    if device not in ("cpu", "cuda"):
-        raise RunError(f"--device {device}: expected cpu or cuda (torchrun's LOCAL_RANK picks the GPU)")
-    dev = torch.device(device)
+    dev = torch.device(check_device(device))
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RunError("--device cuda: no CUDA device is visible; drop the option to run on the CPU")
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -28,7 +28,7 @@ def test_skip_finished_resume_interrupted_train_new(tmp_path: Path) -> None:
     out = tmp_path / "out"
     setup = FakeCLI(unfinished=("lambda_max-0.5_seed-0",))
     for job in make_plan(parse_spec(spec_path)).train[:2]:  # 0.3 finishes, 0.5 is interrupted
-        setup(train_command(job, tmp_path / "data", None))
+        setup(train_command(job, tmp_path / "data"))
     setup([sys.executable, "-m", "dreamctl", "evaluate", str(out / "lambda_max-0.3_seed-0"), "--metrics", "swd", "--num", "50"])
 
     plan = make_plan(parse_spec(spec_path))

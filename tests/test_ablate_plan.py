@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from dreamctl.cli import main
 from dreamctl.errors import ConfigError, DataError
@@ -14,7 +15,7 @@ from dreamctl.experiments import execute as execute_module
 from dreamctl.experiments.ablate import images_text, make_plan
 from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
 from dreamctl.experiments.ablate import plan_totals
-from dreamctl.experiments.execute import execute, train_command
+from dreamctl.experiments.execute import Launch, evaluate_command, execute, train_command
 from ablate_fakes import FakeCLI, write_spec
 
 
@@ -121,7 +122,7 @@ def test_existing_folder_with_other_settings_is_refused(tmp_path: Path) -> None:
     # What resume may change is carried over: the finished runs are resumed with it.
     longer = make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=8"])))
     assert {(j.action, j.resume_set) for j in longer.train} == {("resume", ("train.epochs=8",))}
-    assert train_command(longer.train[0], longer.data, None)[-2:] == ["--set", "train.epochs=8"]
+    assert train_command(longer.train[0], longer.data)[-2:] == ["--set", "train.epochs=8"]
     # Anything else is refused: the whole recipe is compared, so another base recipe too.
     for changes, key in (({"set": ["train.epochs=4", "loss.alpha=0.5"]}, "loss.alpha"),
                          ({"set": ["train.epochs=4", "optim.lr=0.01"]}, "optim.lr"),  # resume allows it; ablate not
@@ -161,8 +162,31 @@ def test_cli_dry_run_prints_plan_and_runs_nothing(tmp_path: Path, capsys: pytest
 
 def test_nproc_reaches_the_training_command(tmp_path: Path) -> None:
     plan = make_plan(parse_spec(write_spec(tmp_path)))
-    cmd = train_command(plan.train[0], plan.data, 2)
+    cmd = train_command(plan.train[0], plan.data, Launch(nproc=2))
     assert cmd[-2:] == ["--nproc-per-node", "2"] and cmd[3:5] == ["train", "--recipe"]
+    assert "--device" not in cmd  # no --device given: each command's own default
+
+
+def test_device_reaches_every_command(tmp_path: Path) -> None:
+    plan = make_plan(parse_spec(write_spec(tmp_path)))
+    launch = Launch(device="cpu")
+    train, evaluate = train_command(plan.train[0], plan.data, launch), evaluate_command(plan.evals[0], launch)
+    assert train[3] == "train" and evaluate[3] == "evaluate"
+    for cmd in (train, evaluate):
+        assert cmd[cmd.index("--device") + 1] == "cpu"
+    fake = FakeCLI(unfinished=(plan.train[0].name,))
+    fake(train)  # interrupted: the next plan resumes it, on the same device
+    resume = train_command(make_plan(parse_spec(write_spec(tmp_path))).train[0], plan.data, launch)
+    assert resume[3] == "resume" and resume[resume.index("--device") + 1] == "cpu"
+
+
+def test_ablate_refuses_a_device_this_machine_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec_path = write_spec(tmp_path)
+    device = "tpu" if torch.cuda.is_available() else "cuda"
+    assert main(["ablate", str(spec_path), "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--device {device}" in err
+    assert not (tmp_path / "out").exists()  # refused before the plan, nothing written
 
 
 SHIPPED_SPECS = sorted(p.stem for p in ABLATIONS_DIR.glob("*.yaml"))
@@ -215,7 +239,7 @@ def test_a_resumed_conservative_run_is_priced_for_its_remaining_steps_only(tmp_p
 
     spec_path = write_spec(tmp_path, grid={"loss.lambda_max": [0.3]})
     plan = make_plan(parse_spec(spec_path))
-    FakeCLI(unfinished=("lambda_max-0.3_seed-0",))(train_command(plan.train[0], plan.data, None))  # stops at step 20
+    FakeCLI(unfinished=("lambda_max-0.3_seed-0",))(train_command(plan.train[0], plan.data))  # stops at step 20
     (job,) = make_plan(parse_spec(spec_path)).train
     # 640 images / batch 64 = 10 steps an epoch, 40 in all, rectified from epoch 2 = step 20: 20 left, all at 6
     assert (job.action, job.done) == ("resume", 20)

@@ -62,8 +62,11 @@ def test_nproc_per_node_shortcut_starts_torchrun(tmp_path, synthetic_data_dir, m
         f.seek(-100, 2)
         f.write(bytes([byte[0] ^ 0xFF]))
     assert main([*args, "--data", str(damaged), "--run-dir", str(tmp_path / "d")]) == 2
+    assert main([*args, "--run-dir", str(tmp_path / "dev"), "--device", "tpu"]) == 2
+    assert main(["resume", str(run), "--nproc-per-node", "2", "--device", "tpu"]) == 2
     out = capfd.readouterr().out
     assert not (tmp_path / "odd").exists() and out.count("starting:") == 2  # the two above
+    assert not (tmp_path / "dev").exists() and final_weights(run)["step"] == 4
     assert " 'model.channel_mult=[1,2]' " in out  # quoted for a shell: the line is the command for more nodes
 
 

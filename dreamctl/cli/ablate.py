@@ -1,4 +1,4 @@
-"""`dreamctl ablate SPEC.yaml [--dry-run] [--seeds 0,1,2] [--nproc-per-node N] [--data DIR] [--out DIR]`."""
+"""`dreamctl ablate SPEC.yaml [--dry-run] [--seeds 0,1,2] [--nproc-per-node N] [--device D] [--data DIR] [--out DIR]`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from dreamctl.cli import options
 from dreamctl.cli.common import console, err_console
 from dreamctl.errors import ConfigError, DreamctlError
 from dreamctl.signals import exit_code
@@ -62,14 +63,17 @@ def command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and its cost; run nothing.")] = False,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (overrides the spec).")] = None,
     nproc_per_node: Annotated[int | None, typer.Option("--nproc-per-node", min=1, help="Processes per training run (torchrun).")] = None,
+    device: options.Device = None,
     data: Annotated[Path | None, typer.Option("--data", help="Prepared data folder (overrides the spec).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (overrides the spec).")] = None,
 ) -> None:
     """Run a grid of recipe overrides: train what is new, resume what was interrupted, evaluate, report."""
+    from dreamctl import runtime
     from dreamctl.experiments.ablate import make_plan
-    from dreamctl.experiments.execute import execute, preflight
+    from dreamctl.experiments.execute import Launch, execute, preflight
     from dreamctl.experiments.spec import parse_spec
 
+    runtime.check_device(device)  # before the plan: every job would fail on it
     parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None)
     plan = make_plan(parsed)
     _print_plan(plan)
@@ -80,7 +84,7 @@ def command(
             err_console.print(f"warning: {problem} (the run would stop before training)", markup=False, highlight=False)
         return
     try:
-        result = execute(plan, nproc=nproc_per_node,
+        result = execute(plan, launch=Launch(nproc_per_node, device),
                          progress=lambda msg: console.print(f"[bold]{msg}[/bold]", highlight=False))
     except KeyboardInterrupt as stop:  # Ctrl-C, or execute's Stopped (SIGTERM too)
         err_console.print(f"interrupted: the report so far is in {plan.spec.out / 'report.md'}; the same command "

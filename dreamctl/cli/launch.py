@@ -14,10 +14,6 @@ from dreamctl.cli.common import EXIT_CODES_DIR, console, err_console
 from dreamctl.signals import adopting_orphans, child_env, ended, run_child, shell_code
 
 
-def device_args(device: str | None) -> list[str]:
-    return ["--device", device] if device else []
-
-
 def launch(nproc: int, args: list[str]) -> int:
     """Run `dreamctl ARGS` in `nproc` processes; return their exit code.
 

@@ -31,7 +31,7 @@ def command(
 ) -> None:
     """Continue a run from its newest valid checkpoint."""
     from dreamctl import runtime
-    from dreamctl.cli.launch import device_args, launch
+    from dreamctl.cli.launch import launch
     from dreamctl.config import set_args
     from dreamctl.training.rundir import RunDir
     from dreamctl.training.session import check_resume, check_shards, resume_run, resumed_recipe
@@ -40,7 +40,8 @@ def command(
     set_ = [*set_, *([f"data.path={data.resolve()}"] if data is not None else [])]
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         check_shards(check_resume(run, set_, nproc_per_node))  # bad overrides, data, batch: once, here
-        args = ["resume", str(run_dir), *set_args(list(set_)), *device_args(device)]
+        runtime.check_device(device)
+        args = ["resume", str(run_dir), *set_args(list(set_)), *runtime.device_args(device)]
         raise typer.Exit(launch(nproc_per_node, args))  # the workers' exit code is ours
     recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts
     rt = runtime.setup(recipe.train.precision, device)

@@ -12,7 +12,7 @@ import typer
 
 from dreamctl.cli import options
 from dreamctl.cli.common import console
-from dreamctl.cli.launch import device_args, launch
+from dreamctl.cli.launch import launch
 from dreamctl.cli.progress import run_training
 from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
 from dreamctl.errors import RunError
@@ -46,17 +46,19 @@ def command(
         raise RunError("under torchrun every process must be given the same run folder: add --run-dir runs/NAME "
                        "(the --nproc-per-node shortcut picks one for you)")
     run_dir = run_dir or Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from dreamctl import runtime
+    from dreamctl.training.rundir import RunDir
+
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        from dreamctl.training.rundir import RunDir
         from dreamctl.training.session import check_shards, check_start
 
         check_start(resolved, RunDir(run_dir), nproc_per_node)  # bad data, batch or folder: once, here, not per worker
         check_shards(resolved)
-        args = ["train", "--recipe", recipe, "--run-dir", str(run_dir), *set_args(overrides), *device_args(device)]
+        runtime.check_device(device)
+        args = ["train", "--recipe", recipe, "--run-dir", str(run_dir), *set_args(overrides),
+                *runtime.device_args(device)]
         raise typer.Exit(launch(nproc_per_node, args))  # the workers' exit code is ours
 
-    from dreamctl import runtime
-    from dreamctl.training.rundir import RunDir
     from dreamctl.training.session import start_run
 
     run = RunDir(run_dir)

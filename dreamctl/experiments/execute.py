@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from dreamctl import atomic
+from dreamctl.runtime import device_args
 from dreamctl.config import set_args
 from dreamctl.data.shards import read_manifest
 from dreamctl.signals import Stopped, child_env, ended, run_child, signum_of, stop_on_sigterm
@@ -39,6 +40,14 @@ class CommandResult:
 
 
 Runner = Callable[[list[str]], CommandResult]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How each job runs, the same for all: processes per training run (torchrun) and the device."""
+
+    nproc: int | None = None
+    device: str | None = None  # None: each command's default (cuda if available)
 
 
 Action = Literal["train", "resume", "restart", "evaluate", "skip", "not run"]  # a job's, or "not run"
@@ -89,7 +98,7 @@ def dreamctl_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dreamctl", *args]
 
 
-def train_command(job: TrainJob, data: Path | None, nproc: int | None) -> list[str]:
+def train_command(job: TrainJob, data: Path | None, launch: Launch = Launch()) -> list[str]:
     if job.action == "resume":
         cmd = dreamctl_command("resume", str(job.run_dir), *set_args(job.resume_set))
     else:
@@ -97,15 +106,15 @@ def train_command(job: TrainJob, data: Path | None, nproc: int | None) -> list[s
             raise _needs_data(job)
         cmd = dreamctl_command("train", "--recipe", job.recipe, "--data", str(data), "--run-dir", str(job.run_dir))
         cmd += set_args(job.overrides)
-    return cmd + (["--nproc-per-node", str(nproc)] if nproc else [])
+    return cmd + device_args(launch.device) + (["--nproc-per-node", str(launch.nproc)] if launch.nproc else [])
 
 
 def _needs_data(job: TrainJob) -> ConfigError:
     return ConfigError(f"run {job.name} needs training data: give --data DIR or 'data:' in the spec")
 
 
-def evaluate_command(job: EvalJob) -> list[str]:
-    return dreamctl_command("evaluate", str(job.run_dir), *job.flags)
+def evaluate_command(job: EvalJob, launch: Launch = Launch()) -> list[str]:
+    return dreamctl_command("evaluate", str(job.run_dir), *job.flags, *device_args(launch.device))
 
 
 def _set_aside(run_dir: Path, parking: Path) -> Path:
@@ -190,7 +199,7 @@ def _starts_with(path: Path, head: str) -> bool:
         return f.read(len(head)) == head.encode()
 
 
-def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
+def execute(plan: Plan, runner: Runner | None = None, launch: Launch = Launch(),
             progress: Callable[[str], None] = lambda message: None) -> AblationResult:
     """Train/resume what is not finished, evaluate what is not evaluated, then write OUT/report.md.
 
@@ -202,7 +211,7 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
     outcomes: list[Outcome] = []
     try:
         with stop_on_sigterm():
-            _carry_out(plan, runner, nproc, progress, outcomes)
+            _carry_out(plan, runner, launch, progress, outcomes)
     except KeyboardInterrupt as stop:
         write_report(plan, outcomes, stopped_by=signum_of(stop))
         raise
@@ -210,7 +219,7 @@ def execute(plan: Plan, runner: Runner | None = None, nproc: int | None = None,
     return AblationResult(tuple(outcomes), report, tuple(figures))
 
 
-def _carry_out(plan: Plan, runner: Runner, nproc: int | None, progress: Callable[[str], None],
+def _carry_out(plan: Plan, runner: Runner, launch: Launch, progress: Callable[[str], None],
                outcomes: list[Outcome]) -> None:
     """Run the plan's jobs in order, appending each one's outcome (a partial list survives Ctrl-C)."""
     logs = plan.spec.out / "logs"
@@ -224,7 +233,7 @@ def _carry_out(plan: Plan, runner: Runner, nproc: int | None, progress: Callable
         else:
             if job.action == "restart":
                 _set_aside(job.run_dir, plan.spec.out / "stopped-before-checkpoint")
-            outcome = _run_logged(train_command(job, plan.data, nproc), job.name, job.action, runner, logs)
+            outcome = _run_logged(train_command(job, plan.data, launch), job.name, job.action, runner, logs)
             problem = None if outcome.failed else _finished(job.run_dir)
             if problem:
                 outcome = Outcome(job.name, job.action, failed=True, note=problem)
@@ -239,7 +248,7 @@ def _carry_out(plan: Plan, runner: Runner, nproc: int | None, progress: Callable
                 outcomes.append(Outcome(ev.name, "skip", note="already evaluated"))
             else:
                 progress(f"[{done}/{total}] evaluate {ev.name}")
-                outcomes.append(_run_logged(evaluate_command(ev), ev.name, "evaluate", runner, logs))
+                outcomes.append(_run_logged(evaluate_command(ev, launch), ev.name, "evaluate", runner, logs))
 
 
 def _readable_runs(plan: Plan) -> tuple[list[Run], list[str]]:
