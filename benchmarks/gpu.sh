@@ -84,20 +84,20 @@ section() {  # section NAME LIMIT_S ARGS... : one `dreamctl bench` under a time 
 # Most important first: a later section is the one cut short when time runs out, and the compiles
 # are spread over sections, so a slow one costs only its own section's figures.
 # Loss kinds and the naive step, eager (the recipe's settings): the targets are stated for these.
-section train 100 train --no-variants --steps 10 --warmup 3 --budget-s 40
+section train 100 train --no-variants --rounds 10 --warmup 3 --budget-s 40
 # Sampling eager, compiled and compiled with CUDA graphs (mode reduce-overhead), batches interleaved; a
 # compiled setting that fails is recorded with its error and costs the others nothing.
 section sample 150 sample --sample-batches 3
 # The loss kinds with train.compile: does the compiled `dream` step meet its 1.35x?
-section train-compiled 170 train --no-variants --steps 8 --warmup 2 --budget-s 25 --set train.compile=true
+section train-compiled 170 train --no-variants --rounds 8 --warmup 2 --budget-s 25 --set train.compile=true
 # The standard step with the float32 GroupNorm the UNet's replaced, against eager bf16. The other eager
 # variants, fp32 and channels_last, are left to a run by hand (docs/benchmarks.md): measured on an H200
 # (1.58x and 1.37x the time), and fp32's first step alone took 31 s on a fresh machine.
-section variants 60 variants --only "eager bf16, float32 GroupNorm" --steps 8 --warmup 2 --budget-s 20
+section variants 60 variants --only "eager bf16, float32 GroupNorm" --rounds 8 --warmup 2 --budget-s 20
 # The standard step compiled against eager in one process, contiguous and channels_last: inductor leaves
 # the training graph's layout as given (benchmarks/inductor_layout.py). Inductor's FX graph cache,
 # filled by train-compiled, may shorten the first of the two compiles (not measured).
-section variants-compile 200 variants --only "compile bf16" --only "compile bf16 channels_last" --steps 8 \
+section variants-compile 200 variants --only "compile bf16" --only "compile bf16 channels_last" --rounds 8 \
     --warmup 2 --budget-s 25
 # The loader is CPU work: last, as it says nothing about the GPU (it was measured on the H200's CPU).
 section data 40 data

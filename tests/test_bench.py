@@ -242,20 +242,23 @@ def test_cli_bench_train_writes_json(tmp_path, capsys):
     from dreamctl.cli import main
 
     out = tmp_path / "b.json"
-    args = ["bench", "train", "--device", "cpu", "--steps", "1", "--warmup", "0", "--out", str(out)]
+    args = ["bench", "train", "--device", "cpu", "--rounds", "1", "--warmup", "0", "--out", str(out)]
     assert main(args + set_args(SMALL)) == 0
     result = json.loads(out.read_text())
     assert result["recipe"] == "tiny" and result["batch_size"] == 4
     assert result["train"]["rows"]["dream"]["forward_calls"] == 2
-    assert result["command"].startswith("dreamctl bench train")
-    assert main(args + set_args(SMALL)) == 0  # a rerun replaces its own result...
+    assert result["command"].startswith("dreamctl bench train") and " --rounds 1 " in result["command"]
+    assert result["rounds"] == 1
+    old = ["--steps" if a == "--rounds" else a for a in args]  # --rounds' old name, in recorded commands
+    assert main(old + set_args(SMALL)) == 0  # a rerun replaces its own result...
+    assert " --rounds 1 " in json.loads(out.read_text())["command"]
     mine = tmp_path / "mine.json"
     mine.write_text('{"mine": 1}')
     capsys.readouterr()
     assert main(args[:-1] + [str(mine)] + set_args(SMALL)) == 2  # ...never another file of that name
     assert f"--out {mine} exists and is not an earlier output of this command" in capsys.readouterr().err
     assert mine.read_text() == '{"mine": 1}'
-    for option in ("--budget-s", "--steps", "--batch-size", "--sample-batches"):  # 0 would time nothing
+    for option in ("--budget-s", "--rounds", "--steps", "--batch-size", "--sample-batches"):  # 0 would time nothing
         assert main(["bench", "train", "--device", "cpu", option, "0", "--out", str(tmp_path / "zero.json")]) == 2
         assert option in capsys.readouterr().err
     assert not (tmp_path / "zero.json").exists()

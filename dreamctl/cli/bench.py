@@ -22,8 +22,9 @@ def command(
                                                   "conservative on cuda].")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch [default: the recipe's].")] = None,
     device: options.Device = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Timed rounds (each runs every variant "
-                                                 "once) [default: 12 on cpu, 20 on cuda].")] = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Timed rounds (each runs every variant "
+                                                  "once) [default: 12 on cpu, 20 on cuda].")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, hidden=True)] = None,  # --rounds' old name
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
     sample_batches: Annotated[int, typer.Option("--sample-batches", min=1, help="Timed DDIM-50 batches.")] = 2,
     variants: Annotated[bool, typer.Option("--variants/--no-variants", help="With train: also eager/compile, "
@@ -36,8 +37,6 @@ def command(
     set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe key: section.key=value.")] = [],
 ) -> None:
     """Benchmark training steps per loss kind, sampling and the data loader; print a table, write JSON."""
-    import torch
-
     from dreamctl import bench, runtime
     from dreamctl.config import load_recipe
 
@@ -45,20 +44,22 @@ def command(
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(bench.SECTIONS)}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # its steps time one process's whole batch
         raise RunError("bench measures one process: run `dreamctl bench` without torchrun")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if rounds and steps and rounds != steps:
+        raise RunError(f"--rounds {rounds} and --steps {steps}: --steps is --rounds' old name; give one of them")
+    dev = runtime.check_device(device)
     overrides = list(set_) + ([f"train.batch_size={batch_size}"] if batch_size else [])
     resolved = load_recipe(recipe or bench.default_recipe(dev), overrides)
-    path = out or Path(f"bench-{what}-{dev.split(':')[0]}.json")
+    path = out or Path(f"bench-{what}-{dev}.json")
     atomic.check_output_file(path, "--out", replaces=_bench_result)  # before the benchmark, not after it
     rt = runtime.setup(resolved.train.precision, dev)
-    rounds = steps or (20 if rt.device.type == "cuda" else 12)
+    rounds = rounds or steps or (20 if rt.device.type == "cuda" else 12)
     with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
         result = bench.run_bench(what, resolved, rt, rounds=rounds, warmup=warmup, sample_batches=sample_batches,
                                  budget_s=budget, variants=variants, only=tuple(only), on_event=_progress)
     # The command with every default resolved, so the run can be repeated as it was.
     result["command"] = " ".join(
         ["dreamctl bench", what, "--recipe", recipe or bench.default_recipe(dev), "--device", rt.device.type,
-         "--batch-size", str(resolved.train.batch_size), "--steps", str(rounds), "--warmup", str(warmup),
+         "--batch-size", str(resolved.train.batch_size), "--rounds", str(rounds), "--warmup", str(warmup),
          "--sample-batches", str(sample_batches)] + ([] if variants else ["--no-variants"])
         + ([] if budget is None else ["--budget-s", f"{budget:g}"]) + [f"--only '{n}'" for n in only]
         + [f"--set {s}" for s in set_])
