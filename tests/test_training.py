@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -157,6 +158,30 @@ def test_a_second_ctrl_c_says_the_run_goes_on_from_its_newest_checkpoint(tmp_pat
         run_training(tmp_path / "run", CPU, aborted)
     assert capsys.readouterr().out.strip() == (f"aborted without a checkpoint of this step; continue from the newest "
                                                f"with:  dreamctl resume {tmp_path / 'run'}")
+
+
+@pytest.mark.parametrize("resuming,started,said", [(True, False, "stopping before the first step"),
+                                                    (True, True, "finishing this step"),
+                                                    (False, False, "finishing this step")])
+def test_the_first_stop_says_what_it_will_do(resuming, started, said, tmp_path, capfd):
+    """A resume stopped while it loads trains no step (loop.train): its first line said "finishing this step
+    and writing a checkpoint" all the same. Once training has started, or in a new run, it does finish a step."""
+    import typer
+
+    from dreamctl.cli.progress import run_training
+    from tiny_runs import CPU
+
+    def session(on_event, should_stop):
+        if started:
+            on_event("start", {"step": 2, "total_steps": 6, "steps_per_epoch": 3})
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert should_stop()
+        return "interrupted"
+
+    with pytest.raises(typer.Exit) as stopped:
+        run_training(tmp_path / "run", CPU, session, resuming=resuming)
+    assert stopped.value.exit_code == 143
+    assert capfd.readouterr().err.strip().splitlines()[0].startswith(f"SIGTERM: {said}")
 
 
 def test_a_stop_that_comes_during_a_scheduled_checkpoint_stops_at_that_step(tmp_path, synthetic_data_dir):

@@ -21,12 +21,20 @@ if TYPE_CHECKING:  # the CLI's --help must not import torch
 
 
 class StopRequest:
-    def __init__(self) -> None:
+    def __init__(self, resuming: bool = False) -> None:
         self.count = 0
         self.signum = signal.SIGINT  # the first signal received (SIGINT when another rank asked to stop)
+        self.resuming = resuming
+        self.started = False  # training began: before it, a resume stops without a step (loop.train)
 
     def requested(self) -> bool:
         return self.count > 0
+
+    def promise(self) -> str:
+        """What the first signal will do, said when it comes."""
+        if self.resuming and not self.started:
+            return "stopping before the first step: the checkpoint being resumed stays the newest"
+        return "finishing this step and writing a checkpoint"
 
 
 def say(text: str) -> None:
@@ -48,12 +56,12 @@ def _abort_hint() -> str:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
+def stop_on_signals(resuming: bool = False) -> Iterator[StopRequest]:
     """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second Ctrl-C aborts at once (when it
     arrives after the first has been handled: two during one long C++ call are one to Python); a second
     SIGTERM does not, as one often follows the first (a scheduler signals every process of a job, and
     ablate or the torchrun shortcut pass theirs on)."""
-    stop = StopRequest()
+    stop = StopRequest(resuming)
 
     def handler(signum: int, frame: Any) -> None:
         stop.count += 1
@@ -61,7 +69,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
             stop.signum = signal.Signals(signum)
             if speaks():  # os.write, not rich: the signal may land inside a print (or its first import of
                 # rich's emoji table), and a print from here would re-enter it and fail on a half-made module
-                say(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint{_abort_hint()}\n")
+                say(f"\n{signal.Signals(signum).name}: {stop.promise()}{_abort_hint()}\n")
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 
@@ -144,7 +152,7 @@ class TrainingDisplay:
             console.print(f"finished: {self.run_root}")
 
 
-def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> None:
+def run_training(run_root: Path, rt: Runtime, session: Callable[..., str], resuming: bool = False) -> None:
     """Run `session(on_event=..., should_stop=...)` with the display and signal handling; tear down after.
 
     A run stopped by a signal exits with 128 + its number (130 for Ctrl-C, 143 for SIGTERM), after
@@ -153,8 +161,12 @@ def run_training(run_root: Path, rt: Runtime, session: Callable[..., str]) -> No
     from dreamctl import runtime
 
     try:
-        with stop_on_signals() as stop, TrainingDisplay(rt.is_main, run_root) as display:
-            status = session(on_event=display.on_event, should_stop=stop.requested)
+        with stop_on_signals(resuming) as stop, TrainingDisplay(rt.is_main, run_root) as display:
+            def on_event(kind: str, payload: dict[str, Any]) -> None:
+                stop.started = stop.started or kind == "start"
+                display.on_event(kind, payload)
+
+            status = session(on_event=on_event, should_stop=stop.requested)
         if rt.is_main:
             display.finish(status)
     except KeyboardInterrupt:  # a second Ctrl-C: aborted in the step, no checkpoint of it

@@ -45,4 +45,4 @@ def command(
         raise typer.Exit(launch(nproc_per_node, args))  # the workers' exit code is ours
     recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts
     rt = runtime.setup(recipe.train.precision, device)
-    run_training(run.root, rt, functools.partial(resume_run, run, rt, set_))
+    run_training(run.root, rt, functools.partial(resume_run, run, rt, set_), resuming=True)
