@@ -82,7 +82,7 @@ def test_spec_errors_exit_2_before_anything_runs(tmp_path: Path, monkeypatch: py
     fake = FakeCLI()
     monkeypatch.setattr(execute_module, "run_command", fake)
     assert main(["ablate", str(write_spec(tmp_path, sets=["x=1"]))]) == 2
-    assert "unknown key 'sets'" in capsys.readouterr().err
+    assert "sets: unknown key; did you mean 'set'?" in capsys.readouterr().err
     assert main(["ablate", str(write_spec(tmp_path, grid={"loss.lambda_max": [0.3, 1.5]}))]) == 2
     assert "loss.lambda_max" in capsys.readouterr().err
     assert main(["ablate", str(write_spec(tmp_path, grid={"loss.lambda_maxx": [0.3]}))]) == 2
@@ -317,9 +317,11 @@ def test_plan_totals_leave_out_skipped_evaluations(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"grid": {"loss.lambda_max": []}}, r"grid\.loss\.lambda_max must be a non-empty list"),  # else zero jobs run
-    ({"eval_grid": {"sample.steps": []}}, r"eval_grid\.sample\.steps must be a non-empty list"),
-    ({"seeds": []}, r"'seeds' must be a non-empty list of integers"),  # else every point trains zero times
+    ({"grid": {"loss.lambda_max": []}}, r"grid\.loss\.lambda_max: List should have at least 1 item"),  # else zero jobs
+    ({"eval_grid": {"sample.steps": []}}, r"eval_grid\.sample\.steps: List should have at least 1 item"),
+    ({"seeds": []}, r"seeds: List should have at least 1 item.* \(a non-empty list of integers"),  # else no run at all
+    ({"grid": [0.3, 0.5]}, r"grid: Input should be a valid dictionary \(each setting's values"),
+    ({"evaulate": {}}, r"evaulate: unknown key; did you mean 'evaluate'\?"),
     ({"grid": {"train.seed": [0, 1]}}, r"list seeds under 'seeds:'"),
     ({"evaluate": {"metrics": ["swd"], "num": 0}}, r"evaluate\.num 0: evaluate draws 2 \(a covariance needs two\)"),
     ({"evaluate": False, "eval_grid": {"sample.steps": [10, 20]}}, r"'evaluate: false' contradicts 'eval_grid'"),
@@ -346,7 +348,7 @@ def test_a_spec_without_base_or_recipe_axis_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fixed", [["train.epochs=4", 4], [["train.epochs=4"]], [{"train.epochs": 4}]])
 def test_set_entries_that_are_not_strings_are_refused(tmp_path: Path, fixed) -> None:
     """`set: [train.epochs: 4]` (a YAML mapping, not 'key=value') is a spec error naming the form, not a crash."""
-    with pytest.raises(ConfigError, match=r"'set' must be a list of 'section\.key=value' strings"):
+    with pytest.raises(ConfigError, match=r"set\.[01]: Input should be a valid string \('section\.key=value' strings"):
         parse_spec(write_spec(tmp_path, set=fixed))
 
 
@@ -375,11 +377,15 @@ def test_training_without_data_is_one_error_naming_the_fix_before_any_job(tmp_pa
 
 @pytest.mark.parametrize("changes, message", [
     # an AttributeError in the plan before
-    ({"evaluate": {"metrics": [1, 2]}}, "evaluate.metrics must list metric names, got [1, 2]; choose from fid, kid,"),
+    ({"evaluate": {"metrics": [1, 2]}}, "evaluate.metrics.0: Input should be a valid string (metric names, a list or "
+                                        "'fid,swd' as evaluate --metrics takes them; none: the recipe's eval.metrics); "
+                                        "evaluate.metrics.1: Input should be a valid string"),
+    ({"evaluate": None}, "evaluate: must be a mapping ({metrics: [...], num: N}, or false to train only)"),  # not false
+    ({"evaluate": 5}, "evaluate: must be a mapping"),
     ({"evaluate": {"metrics": ["swd", "fdi"]}}, "unknown metric(s) fdi in evaluate.metrics; choose from"),
     ({"evaluate": {"metrics": [" "]}}, "unknown metric(s) (none given) in evaluate.metrics"),
-    ({"seeds": [True]}, "'seeds' must be a non-empty list of integers, got [True]"),  # was a run named seed-true
-    ({"evaluate": {"num": True}}, "evaluate.num True: evaluate draws 2"),  # was num 1
+    ({"seeds": [True]}, "seeds.0: Input should be a valid integer (a non-empty list of integers"),  # was run seed-true
+    ({"evaluate": {"num": True}}, "evaluate.num: Input should be a valid integer (the images each evaluation draws"),
     ({"name": "../../elsewhere", "out": None}, "'name' '../../elsewhere' must be a plain name (it names runs/ablations/NAME); set"),
     ({"name": "..", "out": None}, "'name' '..' must be a plain name"),
     ({"evaluate": {"num": 1}}, "evaluate.num 1: evaluate draws 2 (a covariance needs two) to 1,048,576 images"),

@@ -6,12 +6,12 @@ key and where the recipe came from (validate_recipe). Loading files is dreamctl.
 
 from __future__ import annotations
 
-import difflib
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from dreamctl.config.validation import problems
 from dreamctl.config.values import bool_for_number
 from dreamctl.errors import ConfigError
 from dreamctl.config.metrics import parse_metrics
@@ -297,27 +297,8 @@ class Recipe(_Section):
         return self
 
 
-def _unknown_key(loc: tuple) -> str:
-    """'unknown key; did you mean ...? (keys of that section: ...)', from the schema itself."""
-    model: type[BaseModel] = Recipe
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return "unknown key"
-        model = field.annotation
-    known = list(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-    where = ".".join(map(str, loc[:-1])) or "top-level"
-    return "unknown key" + (f"; did you mean '{close[0]}'?" if close else "") + f" ({where} keys: {', '.join(known)})"
-
-
 def validate_recipe(raw: dict, source: str) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            msg = _unknown_key(e["loc"]) if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {msg}" if key else msg)  # whole-recipe checks name their keys
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        raise ConfigError(f"{source}: {problems(err, Recipe)}") from None

@@ -15,18 +15,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from dreamctl.config import RECIPES_DIR, parse_override
 from dreamctl.config.load import builtin_or_path, read_yaml
 from dreamctl.config.keys import setting_value
 from dreamctl.config.schema import check_eval_num
+from dreamctl.config.validation import problems
 from dreamctl.errors import ConfigError
 from dreamctl.config.metrics import parse_metrics
 
-SPEC_KEYS = ("name", "description", "base", "data", "out", "set", "grid", "eval_grid", "seeds", "evaluate")
-EVALUATE_KEYS = ("metrics", "num")
 RECIPE_AXIS = "recipe"  # `grid: {recipe: [baseline, dream]}`: the base recipe itself varies
 EVAL_AXES = {"sample.sampler": "--sampler", "sample.steps": "--steps", "sample.eta": "--eta",
              "sample.t_start": "--t-start"}  # evaluate's flags; everything else needs training
@@ -53,21 +53,13 @@ class Spec:
     description: str = ""
 
 
-
-
 def _spec_error(path: Path, text: str) -> ConfigError:
     return ConfigError(f"{path}: {text}")
 
 
-def _axes(path: Path, section: str, raw: Any) -> Axes:
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict):
-        raise _spec_error(path, f"'{section}' must map a setting to a list of values")
+def _axes(path: Path, section: str, raw: dict[str, list[Any]]) -> Axes:
     axes = []
     for key, values in raw.items():
-        if not isinstance(values, list) or not values:
-            raise _spec_error(path, f"{section}.{key} must be a non-empty list of values, got {values!r}")
         # 1e-3 and 0.001 are one value: two runs alike, under two names. Compared as the recipe holds them
         # (PyYAML reads 1e-3 as a string), and by type too: true == 1 in Python, but not in a recipe.
         held = [(type(h), h) for h in (setting_value(str(key), v) for v in values)]
@@ -88,62 +80,83 @@ def _axes(path: Path, section: str, raw: Any) -> Axes:
     return tuple(axes)
 
 
+class _Evaluate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metrics: list[str] | None = Field(None, description="metric names, a list or 'fid,swd' as evaluate --metrics "
+                                      "takes them; none: the recipe's eval.metrics")
+    num: StrictInt | None = Field(None, description="the images each evaluation draws; none: the recipe's eval.num")
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return value.split(",") if isinstance(value, str) else value
+
+
+Values = Annotated[list[Any], Field(min_length=1)]
+
+
+class SpecFile(BaseModel):
+    """What an ablation spec's YAML may hold; the checks that need recipes come after (parse_spec)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None  # None: the file's stem
+    description: str = ""
+    base: str | None = None  # the recipe; None only with a `recipe` grid axis
+    data: str | None = None
+    out: str | None = None
+    set: list[str] = Field([], description="'section.key=value' strings, as --set takes them")
+    grid: dict[str, Values] = Field({}, description="each setting's values, a non-empty list: a training run each")
+    eval_grid: dict[str, Values] = Field({}, description="sample.sampler, steps, eta or t_start: a non-empty list of "
+                                         "values, an evaluation of each trained run each")
+    seeds: list[StrictInt] = Field([0], min_length=1, description="a non-empty list of integers: each grid point "
+                                   "trains once per seed")  # strict: YAML's true would name a run seed-true
+    evaluate: _Evaluate | None = Field(_Evaluate(), description="{metrics: [...], num: N}, or false to train only")
+
+    @field_validator("evaluate", mode="before")
+    @classmethod
+    def _false_trains_only(cls, value: Any) -> Any:
+        if value is False:
+            return None
+        if not isinstance(value, dict):  # `evaluate:` left empty is not `false`
+            raise ValueError("must be a mapping")
+        return value
+
+
 def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str | None = None,
                out: str | None = None) -> Spec:
     """Read and check an ablation spec (a built-in name or a path); CLI values (seeds, data, out) override the file's."""
     path = builtin_or_path(path, ABLATIONS_DIR, "ablation spec")
-    raw = read_yaml(path) or {}
-    if not isinstance(raw, dict):
-        raise _spec_error(path, "an ablation spec must be a mapping")
-    for key in raw:
-        if key not in SPEC_KEYS:
-            raise _spec_error(path, f"unknown key '{key}' (known: {', '.join(SPEC_KEYS)})")
-    grid, eval_grid = _axes(path, "grid", raw.get("grid")), _axes(path, "eval_grid", raw.get("eval_grid"))
+    try:
+        raw = SpecFile.model_validate(read_yaml(path) or {})
+    except ValidationError as err:
+        raise _spec_error(path, problems(err, SpecFile)) from None
+    grid, eval_grid = _axes(path, "grid", raw.grid), _axes(path, "eval_grid", raw.eval_grid)
     grid = tuple((k, tuple(_resolve_base(str(v), path) for v in vs) if k == RECIPE_AXIS else vs) for k, vs in grid)
-    base = raw.get("base")
-    if base is None and RECIPE_AXIS not in dict(grid):
+    if raw.base is None and RECIPE_AXIS not in dict(grid):
         raise _spec_error(path, "key 'base' is required (a recipe name or path), unless grid has a 'recipe' axis")
-    fixed = raw.get("set") or []
-    if not isinstance(fixed, list) or not all(isinstance(s, str) for s in fixed):
-        raise _spec_error(path, "'set' must be a list of 'section.key=value' strings")
-    for text in fixed:
+    for text in raw.set:
         parse_override(text)
-    spec_seeds = raw.get("seeds", [0])
-    # type(), not isinstance(): YAML's true is an int to isinstance, and would name a run seed-true
-    if not isinstance(spec_seeds, list) or not spec_seeds or not all(type(s) is int for s in spec_seeds):
-        raise _spec_error(path, f"'seeds' must be a non-empty list of integers, got {spec_seeds!r}")
-    evaluate = raw.get("evaluate", {})
-    if evaluate is False and eval_grid:
+    if raw.evaluate is None and eval_grid:
         raise _spec_error(path, "'evaluate: false' contradicts 'eval_grid'")
-    if evaluate is not False and not isinstance(evaluate, dict):
-        raise _spec_error(path, "'evaluate' must be a mapping {metrics: [...], num: N} or false")
-    for key in (evaluate or {}):
-        if key not in EVALUATE_KEYS:
-            raise _spec_error(path, f"unknown key 'evaluate.{key}' (known: {', '.join(EVALUATE_KEYS)})")
-    metrics = (evaluate or {}).get("metrics")
-    metrics = tuple(metrics.split(",")) if isinstance(metrics, str) else tuple(metrics) if metrics else None
-    if metrics:  # the names evaluate takes, checked before anything trains
-        try:
+    evaluate = raw.evaluate or _Evaluate()
+    metrics = evaluate.metrics
+    try:  # the names and number evaluate takes, checked before anything trains
+        if metrics:
             parse_metrics(metrics, "evaluate.metrics")
-        except ConfigError as err:
-            raise _spec_error(path, str(err)) from None
-    num = (evaluate or {}).get("num")
-    if num is not None:
-        try:
-            check_eval_num(num, "evaluate.num")
-        except ConfigError as err:
-            raise _spec_error(path, str(err)) from None
-    name = str(raw.get("name") or path.stem)
-    default_out = not (out or raw.get("out"))  # the name builds the output folder only when none is given
+        if evaluate.num is not None:
+            check_eval_num(evaluate.num, "evaluate.num")
+    except ConfigError as err:
+        raise _spec_error(path, str(err)) from None
+    name = raw.name or path.stem
+    default_out = not (out or raw.out)  # the name builds the output folder only when none is given
     if default_out and (any(sep in name for sep in "/\\") or name in (".", "..")):  # `../../x`: anywhere
         raise _spec_error(path, f"'name' {name!r} must be a plain name (it names runs/ablations/NAME); "
                                 "set 'out' to put the ablation elsewhere")
     return Spec(
-        name=name, path=path, base=None if base is None else _resolve_base(str(base), path),
-        data=data or (str(raw["data"]) if raw.get("data") else None),
-        out=Path(out or raw.get("out") or f"runs/ablations/{name}"), set=tuple(fixed), grid=grid,
-        eval_grid=eval_grid, seeds=tuple(seeds or spec_seeds), evaluate=evaluate is not False,
-        metrics=metrics, num=num, description=str(raw.get("description", "")),
+        name=name, path=path, base=None if raw.base is None else _resolve_base(raw.base, path),
+        data=data or raw.data or None, out=Path(out or raw.out or f"runs/ablations/{name}"), set=tuple(raw.set),
+        grid=grid, eval_grid=eval_grid, seeds=tuple(seeds or raw.seeds), evaluate=raw.evaluate is not None,
+        metrics=tuple(metrics) if metrics else None, num=evaluate.num, description=raw.description,
     )
 
 
