@@ -108,7 +108,8 @@ def _data_dir(recipe: Recipe, run: RunDir) -> Path:
 
 
 def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
-    """Keep the metrics of an earlier file for the same samples that this call did not ask for."""
+    """Keep the metrics of an earlier file for the same samples that this call did not ask for, each with
+    its settings (protocol[name], the reference cache) and when and with which libraries it was computed."""
     if previous is None:
         return
     old, new = previous.get("protocol", {}), record["protocol"]
@@ -127,7 +128,11 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
         if name == "lpips":
             record["weights"].update({k: v for k, v in old_weights.items()
                                       if k in (weights.ALEXNET, weights.LPIPS_LINEAR)})
-        record["metrics"][name] = entry
+        for key in (name, "reference_cache" if name in weights.INCEPTION_METRICS else None):
+            if key in old and key not in new:
+                new[key] = old[key]
+        computed = {"created": previous.get("created"), "versions": previous.get("versions")}
+        record["metrics"][name] = {**entry, "carried_from": entry.get("carried_from", computed)}
 
 
 def write_eval(eval_dir: Path, record: dict[str, Any]) -> tuple[Path, ...]:

@@ -12,6 +12,7 @@ from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
 from dreamctl.evaluation import write_eval
 
 PID = "ddim50-eta0-ema-n500-train500-clean-seed1"
+ANY_TIME = {"created": None, "versions": None}  # record() writes neither
 
 
 def record(step: int, metrics: dict, **protocol: object) -> dict:
@@ -30,7 +31,28 @@ def test_metrics_of_the_same_samples_are_kept(tmp_path: Path) -> None:
     write_eval(tmp_path, record(100, {"swd": {"value": 2.0}}))
     write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}))
     saved = json.loads((tmp_path / f"{PID}.json").read_text())
-    assert saved["metrics"] == {"pixel_fd": {"value": 1.0}, "swd": {"value": 2.0}}
+    assert saved["metrics"] == {"pixel_fd": {"value": 1.0}, "swd": {"value": 2.0, "carried_from": ANY_TIME}}
+
+
+def test_a_kept_metric_keeps_its_settings_and_when_it_was_computed(tmp_path: Path) -> None:
+    """`evaluate --metrics pixel_fd` after a full evaluation kept KID's value but not its subsets, nor IS's
+    splits, nor the libraries that computed them (numbers review #3)."""
+    first = record(100, {"kid": {"value": 0.01}, "is": {"value": 3.0}, "swd": {"value": 2.0}},
+                   feature_network_sha256="a" * 64, kid={"num_subsets": 100}, **{"is": {"splits": 10}},
+                   swd={"patch": 7}, reference_cache="cache/refstats-x.npz")
+    first |= {"created": "2026-11-01T00:00:00Z", "versions": {"clean-fid": "0.1.35"}}
+    write_eval(tmp_path, first)
+    later = record(100, {"pixel_fd": {"value": 1.0}}) | {"created": "2026-11-02T00:00:00Z", "versions": {"numpy": "2"}}
+    write_eval(tmp_path, later)
+    write_eval(tmp_path, record(100, {"lpips": {"value": 0.4}}) | {"created": "2026-11-03T00:00:00Z"})
+    saved = json.loads((tmp_path / f"{PID}.json").read_text())
+    p = saved["protocol"]
+    assert (p["kid"], p["is"], p["swd"]) == ({"num_subsets": 100}, {"splits": 10}, {"patch": 7})
+    assert p["reference_cache"] == "cache/refstats-x.npz" and p["feature_network_sha256"] == "a" * 64
+    computed = {"created": "2026-11-01T00:00:00Z", "versions": {"clean-fid": "0.1.35"}}  # the first file's, twice on
+    assert all(saved["metrics"][m]["carried_from"] == computed for m in ("kid", "is", "swd"))
+    assert saved["metrics"]["pixel_fd"]["carried_from"]["created"] == "2026-11-02T00:00:00Z"
+    assert "carried_from" not in saved["metrics"]["lpips"]
 
 
 def test_metrics_of_other_samples_are_dropped(tmp_path: Path) -> None:
@@ -64,7 +86,7 @@ def test_an_earlier_feature_metric_of_another_feature_network_is_dropped(tmp_pat
     # The same network's FID is the same measurement: it is kept.
     write_eval(tmp_path, record(100, {"is": {"value": 3.0}}, feature_network_sha256="b" * 64))
     saved = json.loads((tmp_path / f"{PID}.json").read_text())
-    assert saved["metrics"] == {"is": {"value": 3.0}, "kid": {"value": 0.1}}
+    assert saved["metrics"] == {"is": {"value": 3.0}, "kid": {"value": 0.1, "carried_from": ANY_TIME}}
 
 
 def test_evaluating_an_older_checkpoint_leaves_the_main_file_at_the_newest(tmp_path: Path) -> None:
