@@ -24,7 +24,7 @@ from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
 from dreamctl.config.schema import SEED_RULE, check_eval_num, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
-from dreamctl.data.shards import REFSTATS_DIR, read_manifest, split_count
+from dreamctl.data.shards import REFSTATS_DIR, read_manifest, split_count, split_size
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.image_sets import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
@@ -90,6 +90,14 @@ def check_reference(data_dir: Path, split: str, num: int, resolution: int,
     if tuple(manifest["image_shape"][:2]) != (resolution, resolution):
         raise DataError(f"{data_dir} holds {manifest['image_shape'][0]}px images but the run samples "
                         f"{resolution}px ones; {size_fix}")
+
+
+def trained_on(recipe: Recipe, run: RunDir, data_dir: Path, split: str, num: int) -> int | None:
+    """How many of the reference images (the first `num` of `split`) the run trained on (the first data.limit of
+    its split: the same images, in order); None for a run that did not record which data it trained on."""
+    if not run.info().get("data_manifest_sha256"):  # check_data compared the hash: same data, or unknown
+        return None
+    return min(num, split_size(data_dir, split, recipe.data.limit)) if split == recipe.data.split else 0
 
 
 def read_reference(data_dir: Path, split: str, num: int) -> tuple[np.ndarray, dict[str, Any], str]:
@@ -254,6 +262,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
     used = out["protocol"]
     protocol = {**sampling_protocol(model.cfg, model.step, req, model.precision), "ref_preprocessing": manifest.get("preprocessing"),
                 "ref_manifest_sha256": manifest_sha, "image_size": model.image_size,
+                "ref_trained_on": trained_on(recipe, run, data_dir, req.ref_split, req.ref_num),
                 **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", "kid", "is", "lpips", "swd")
                    if k in used}}
     results = {**out["metrics"], **{m: {"missing": why} for m, why in problems.items()}}

@@ -459,3 +459,17 @@ def test_every_format_says_dream_conservative_is_the_studys_variant_not_the_pape
     assert f"note: {STUDY_VARIANT_NOTE}" in capsys.readouterr().err
     assert main(["compare", str(plain), "--format", "markdown"]) == 0
     assert "Note:" not in capsys.readouterr().out
+
+
+def test_a_reference_of_training_images_is_noted_per_column(tmp_path: Path) -> None:
+    """FID against images the run trained on rewards memorisation; the eval file said so only in ref_split
+    (numbers review #1). compare says it per column, with the counts, and never for a held-out reference."""
+    a, b = write_run(tmp_path, "a", recipe="tiny"), write_run(tmp_path, "b", recipe="tiny")
+    write_eval(a, P50, 50, 200, {"swd": {"value": 1.0}}, ref_trained_on=200)
+    write_eval(b, P50, 50, 200, {"swd": {"value": 2.0}}, ref_trained_on=64)
+    write_eval(a, P10, 10, 200, {"swd": {"value": 3.0}}, ref_trained_on=0, ref_split="test")
+    notes = compare_runs([read_run(a), read_run(b)]).notes
+    assert len(notes) == 1 and notes[0].startswith(f"the reference images of {P50} are images the runs trained "
+                                                   "on (64 of 500, 200 of 500)")
+    write_eval(b, P50, 50, 200, {"swd": {"value": 2.0}}, ref_trained_on=None)  # a run without its data's hash
+    assert "(200 of 500)" in compare_runs([read_run(a), read_run(b)]).notes[0]

@@ -50,6 +50,10 @@ def test_the_reference_is_the_split_asked_for(trained):
         expected = pixel_frechet_distance(read_samples(result.samples, 12, 32), reference)
         assert result.record["protocol"]["ref_split"] == split
         assert result.record["metrics"]["pixel_fd"]["value"] == pytest.approx(expected, rel=1e-9)
+        # The first 12 train images are among the 64 it trained on (data.limit=64); valid images are held out.
+        assert result.record["protocol"]["ref_trained_on"] == {"valid": 0, "train": 12}[split]
+    beyond = evaluate_run(run, SampleOptions(), EvalOptions(num=12, ref_num=100, metrics=("pixel_fd",)), rt=CPU)
+    assert beyond.record["protocol"]["ref_trained_on"] == 64  # of 100: the rest of the split it never saw
 
 
 @pytest.mark.filterwarnings("ignore:FID from 16 generated images:dreamctl.errors.DreamctlWarning")  # tiny on purpose
@@ -66,7 +70,7 @@ def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
                 "num_generated": 16, "seed": 0, "ref_split": "train", "ref_num": 20,
                 "ref_preprocessing": manifest["preprocessing"], "resize": RESIZE_CLEAN,
                 "feature_network": net.name, "feature_network_sha256": net.weights_sha256,
-                "feature_network_stand_in": True, "reference_cache": "written"}
+                "feature_network_stand_in": True, "reference_cache": "written", "ref_trained_on": 20}
     assert {k: p[k] for k in expected} == expected
     assert "stand-in" in p["feature_network"] and "NOT Inception" in p["feature_network"]
     assert tuple(rec["metrics"]) == metrics
@@ -151,6 +155,7 @@ def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
     flat = " ".join(out.split())
     assert flat.count("inception-2015-12-05.pt is missing") == 1 and "missing fid, kid, is: " in flat  # said once
     assert "missing lpips: " in flat and "comparable only within one protocol id" not in flat  # no FID, KID, IS
+    assert "against the first 12 train images (all of them trained on: a score against training images" in flat
 
 
 def test_evaluate_compiles_in_the_mode_asked_for(trained, tmp_path, monkeypatch):

@@ -25,6 +25,17 @@ WHAT = {
 }
 
 
+def _trained_on(p: dict) -> str:
+    """How many reference images the run trained on: a score against them rewards memorisation."""
+    n = p.get("ref_trained_on")
+    if n is None:
+        return ""
+    if n == 0:
+        return " (none of them trained on)"
+    which = "all" if n == p["ref_num"] else f"{n}"
+    return f" ({which} of them trained on: a score against training images; --ref test for held-out ones)"
+
+
 def format_value(entry: dict[str, Any]) -> str:
     text = f"{entry['value']:.4g}"
     if entry.get("std") is not None:
@@ -97,7 +108,7 @@ def command(
     say(f"{p['num_generated']} samples ({p['sampler']} {p['steps']} steps, eta {p['eta']:g}, "
         f"{'EMA' if p['ema'] else 'raw'}) from {result.samples}")
     features = any(m in INCEPTION_METRICS and "value" in e for m, e in record["metrics"].items())
-    say(f"against the first {p['ref_num']} {p['ref_split']} images"
+    say(f"against the first {p['ref_num']} {p['ref_split']} images{_trained_on(p)}"
         + (f"; features: {p['feature_network']}, {p['resize']}" if features else ""))
     if features:
         say("FID, KID and IS are comparable only within one protocol id (same sampler, steps, N, reference, resize).")

@@ -78,3 +78,15 @@ def column_id(record: EvalRecord, ids: dict[tuple[str, ...], str]) -> str:
 def latest_by_column(run: Run, ids: dict[tuple[str, ...], str]) -> dict[str, EvalRecord]:
     """column id -> the evaluation of the newest checkpoint in it (run.evals is sorted by step)."""
     return {column_id(record, ids): record for record in run.evals}
+
+
+def trained_reference_notes(runs: list[Run], ids: dict[tuple[str, ...], str]) -> list[str]:
+    """A note per column whose reference images hold images the runs trained on (eval's ref_trained_on)."""
+    found: dict[str, set[tuple[int, int]]] = {}
+    for run in runs:
+        for pid, record in latest_by_column(run, ids).items():
+            if n := record.protocol.get("ref_trained_on"):
+                found.setdefault(pid, set()).add((n, record.protocol.get("ref_num", n)))
+    return [f"the reference images of {pid} are images the runs trained on ({', '.join(f'{n} of {m}' for n, m in sorted(counts))}): "
+            "its scores measure closeness to the training data, which memorisation improves; `evaluate --ref test` "
+            "scores against held-out images" for pid, counts in found.items()]

@@ -20,7 +20,7 @@ from typing import Any
 from dreamctl.config import Recipe, flat_items
 from dreamctl.config.keys import BOOKKEEPING_KEYS, NOT_SETTINGS
 from dreamctl.config.schema import STUDY_VARIANT_NOTE, drawn_by_seed_rule
-from dreamctl.experiments.columns import column_ids, latest_by_column
+from dreamctl.experiments.columns import column_ids, latest_by_column, trained_reference_notes
 from dreamctl.experiments.runs import Run
 from dreamctl.metrics.spread import SEEDS, spread_of
 from dreamctl.config.metrics import METRIC_NAMES
@@ -292,6 +292,7 @@ def compare_runs(runs: list[Run]) -> Comparison:
     aggregate = [aggregate_rows([rows[i] for i in g]) for g in groups] if any(len(g) > 1 for g in groups) else []
     mixed = [f"{row.label}: {name} @ {pid} {m.missing}" for row in aggregate
              for (pid, name), m in row.metrics.items() if m.mixed_steps]
-    notes = (STUDY_VARIANT_NOTE,) if any(run.recipe.loss.kind == "dream_conservative" for run in runs) else ()
+    notes = (*((STUDY_VARIANT_NOTE,) if any(run.recipe.loss.kind == "dream_conservative" for run in runs) else ()),
+             *trained_reference_notes(runs, ids))
     return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, protocols,
                       (*warnings, *repeats, *mixed), notes)
