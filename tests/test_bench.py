@@ -249,6 +249,8 @@ def test_cli_bench_train_writes_json(tmp_path, capsys):
     assert result["train"]["rows"]["dream"]["forward_calls"] == 2
     assert result["command"].startswith("dreamctl bench train") and " --rounds 1 " in result["command"]
     assert result["rounds"] == 1
+    assert "the CelebA study's variant" in result["train"]["notes"][0]  # beside `dream`: not the paper's method
+    assert "note: `dream_conservative` is the CelebA study's variant" in " ".join(capsys.readouterr().out.split())
     old = ["--steps" if a == "--rounds" else a for a in args]  # --rounds' old name, in recorded commands
     assert main(old + set_args(SMALL)) == 0  # a rerun replaces its own result...
     assert " --rounds 1 " in json.loads(out.read_text())["command"]

@@ -473,3 +473,17 @@ def test_a_reference_of_training_images_is_noted_per_column(tmp_path: Path) -> N
                                                    "on (64 of 500, 200 of 500)")
     write_eval(b, P50, 50, 200, {"swd": {"value": 2.0}}, ref_trained_on=None)  # a run without its data's hash
     assert "(200 of 500)" in compare_runs([read_run(a), read_run(b)]).notes[0]
+
+
+def test_kid_and_lpips_columns_say_what_their_numbers_are(tmp_path: Path) -> None:
+    """KID's raw MMD² beside papers' ×10³, and a diversity score beside distances to the data (numbers review #8)."""
+    from dreamctl.config.metrics import SCALE_NOTES
+
+    run = write_run(tmp_path, "a", recipe="tiny")
+    write_eval(run, P50, 50, 200, {"fid": {"value": 9.0}, "kid": {"value": 0.01}})
+    comp = compare_runs([read_run(run)])
+    assert comp.notes == (SCALE_NOTES["kid"],) and "×10³" in to_markdown(comp)
+    write_eval(run, P50, 50, 200, {"fid": {"value": 9.0}, "lpips": {"value": 0.3}, "kid": {"value": 0.01}})
+    assert compare_runs([read_run(run)]).notes == (SCALE_NOTES["kid"], SCALE_NOTES["lpips"])
+    write_eval(run, P50, 50, 200, {"fid": {"value": 9.0}})
+    assert compare_runs([read_run(run)]).notes == ()

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dreamctl.config import Recipe
+from dreamctl.config.schema import STUDY_VARIANT_NOTE
 from dreamctl.diffusion import schedule_for
 from dreamctl.diffusion.losses import LOSSES
 from dreamctl.errors import RunError
@@ -60,6 +61,8 @@ def bench_train(recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, budget
         calls, units = NAIVE_COST if name == NAIVE else LOSSES[name].cost
         row["design_forward_calls"], row["design_forward_units"] = calls, units
     out: dict[str, Any] = {"reference": kinds[0], "rows": rows}
+    if "dream_conservative" in rows:
+        out["notes"] = [STUDY_VARIANT_NOTE]
     if naive and "dream_conservative" in rows:
         ours, base = raw["dream_conservative"], raw[NAIVE]
         time_ratio = statistics.median(o / b for o, b in zip(ours["seconds"], base["seconds"]))

@@ -130,6 +130,8 @@ def render(result: dict[str, Any]) -> None:
             change = f"{saved:.1f}% less time" if saved >= 0 else f"{-saved:.1f}% more time"
             console.print(f"dream_conservative vs naive: step time {nv['ours_over_naive_step_time']:.2f}x "
                           f"({change}){mem}", markup=False, highlight=False)
+        for note in result["train"].get("notes", []):
+            console.print(f"note: {note}", markup=False, highlight=False)
     variants = result.get("variants")
     if variants:
         if "skipped" in variants:

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from dreamctl.errors import ConfigError
 
 METRIC_NAMES = ("fid", "kid", "is", "lpips", "swd", "pixel_fd")  # in the order tables and files show them
+# What a table's reader must know of a metric's column that its name does not say (compare's notes).
+SCALE_NOTES = {"kid": "kid is the raw MMD² of clean-fid (papers often print it ×10³)",
+               "lpips": "lpips is the diversity of the generated images (mean LPIPS over random pairs of them; "
+                        "higher is more varied, not closer to the data)"}
 
 
 def parse_metrics(metrics: Sequence[str], where: str = "--metrics") -> list[str]:

@@ -23,7 +23,7 @@ from dreamctl.config.schema import STUDY_VARIANT_NOTE, drawn_by_seed_rule
 from dreamctl.experiments.columns import column_ids, latest_by_column, trained_reference_notes
 from dreamctl.experiments.runs import Run
 from dreamctl.metrics.spread import SEEDS, spread_of
-from dreamctl.config.metrics import METRIC_NAMES
+from dreamctl.config.metrics import METRIC_NAMES, SCALE_NOTES
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 DEVICE_TOTALS = ("wall_time_s", "img_per_s", "peak_memory_bytes")  # measured on the run's device
@@ -293,6 +293,7 @@ def compare_runs(runs: list[Run]) -> Comparison:
     mixed = [f"{row.label}: {name} @ {pid} {m.missing}" for row in aggregate
              for (pid, name), m in row.metrics.items() if m.mixed_steps]
     notes = (*((STUDY_VARIANT_NOTE,) if any(run.recipe.loss.kind == "dream_conservative" for run in runs) else ()),
-             *trained_reference_notes(runs, ids))
+             *trained_reference_notes(runs, ids), *(SCALE_NOTES[m] for m in METRIC_NAMES
+                                                    if m in SCALE_NOTES and any(n == m for _, n in columns)))
     return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, protocols,
                       (*warnings, *repeats, *mixed), notes)
