@@ -46,6 +46,7 @@ class SampleOptions:
     steps: int | None = None
     eta: float | None = None
     t_start: int | None = None
+    clip_x0: bool | None = None
     use_ema: bool | None = None
     batch_size: int | None = None
     compile: bool | None = None

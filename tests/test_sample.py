@@ -489,3 +489,16 @@ def test_a_damaged_newest_checkpoint_is_refused_not_replaced_by_an_older_one(tra
     assert sorted((run / "eval").glob("*.json")) == evaluated
     assert main([*args, "--checkpoint", "2"]) == 0
     assert json.loads((tmp_path / "s" / "sample.json").read_text())["checkpoint_step"] == 2
+
+
+def test_clip_x0_is_a_flag_of_sample_and_evaluate_and_names_its_folder(trained, tmp_path, capsys):
+    """x0 clipping (diffusers' DDPMScheduler default) could be set only in a run's recipe.yaml: to match
+    another codebase's sampler a user had to edit the run (numbers review #4)."""
+    run, _ = trained
+    assert main(["sample", str(run), "--num", "2", "--clip-x0", "--eta", "1", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "sample.json").read_text())["clip_x0"] is True
+    model = load_for_inference(RunDir(run), SampleOptions(clip_x0=True, eta=1.0), CPU)
+    assert model.cfg.clip_x0 and sampling.folder_name(model, 0).endswith("-clip")
+    clipped, plain = read_samples(tmp_path / "c", 2, 32), _draw(run, tmp_path / "p", 2, eta=1.0)
+    assert not np.array_equal(clipped, plain)  # an untrained net's x0 estimate leaves [-1, 1]: clipping changes it
+    assert main(["evaluate", "--help"]) == 0 and "--clip-x0" in capsys.readouterr().out

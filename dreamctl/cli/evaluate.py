@@ -74,6 +74,7 @@ def command(
     steps: options.Steps = None,
     eta: options.Eta = None,
     t_start: options.TStart = None,
+    clip_x0: options.ClipX0 = None,
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the samples [default: eval.seed]."),
     ema: options.Ema = None,
     checkpoint: options.Checkpoint = None,
@@ -88,8 +89,9 @@ def command(
     from dreamctl.evaluation import EvalOptions, evaluate_run
     from dreamctl.sampling import SampleOptions
 
-    opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
-                         compile=compile, compile_mode=compile_mode, checkpoint=checkpoint, seed=seed)
+    opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, clip_x0=clip_x0, use_ema=ema,
+                         batch_size=batch_size, compile=compile, compile_mode=compile_mode, checkpoint=checkpoint,
+                         seed=seed)
     asked = EvalOptions(num=num, ref=ref, ref_num=ref_num, metrics=None if metrics is None else tuple(metrics.split(",")),
                         data=data, strict_weights=strict_weights)
     with drawing(device) as (rt, display):

@@ -18,6 +18,8 @@ Eta = Annotated[Optional[float], typer.Option("--eta", help="DDIM eta (0 determi
                                                          "[default: sample.eta].")]
 TStart = Annotated[Optional[int], typer.Option("--t-start", help="First (largest) timestep [default: sample.t_start, "
                                                                   "else (steps-1)*(T//steps)].")]
+ClipX0 = Annotated[Optional[bool], typer.Option("--clip-x0/--no-clip-x0", help="Clip each step's x0 estimate to "
+                                                "[-1, 1], as diffusers' DDPMScheduler does [default: sample.clip_x0].")]
 Ema = Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="EMA or raw weights [default: sample.use_ema].")]
 Checkpoint = Annotated[Optional[int], typer.Option("--checkpoint", help="Checkpoint step [default: the newest].")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch [default: sample.batch_size; "

@@ -24,6 +24,7 @@ def command(
     steps: options.Steps = None,
     eta: options.Eta = None,
     t_start: options.TStart = None,
+    clip_x0: options.ClipX0 = None,
     seed: int = typer.Option(0, "--seed", help="Base seed (0..4095); different base seeds share no image."),
     ema: options.Ema = None,
     checkpoint: options.Checkpoint = None,
@@ -43,8 +44,9 @@ def command(
     from dreamctl.sampling import GRID_MAX, SampleOptions, folder_name, load_for_inference, sample_to_folder
     from dreamctl.training.rundir import RunDir
 
-    opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, use_ema=ema, batch_size=batch_size,
-                         compile=compile, compile_mode=compile_mode, checkpoint=checkpoint, seed=seed)
+    opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, clip_x0=clip_x0, use_ema=ema,
+                         batch_size=batch_size, compile=compile, compile_mode=compile_mode, checkpoint=checkpoint,
+                         seed=seed)
     if grid is not None:
         if grid.suffix.lower() != ".png":  # PNG bytes under another name, or a lossy copy of the samples
             raise ConfigError(f"--grid {grid}: the grid is written as PNG (lossless); give a file name ending in .png")
