@@ -24,7 +24,7 @@ from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
 from dreamctl.config.schema import SEED_RULE, check_eval_num, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
-from dreamctl.data.shards import REFSTATS_DIR, read_manifest, split_count, split_size
+from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.image_sets import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
@@ -87,8 +87,8 @@ def check_reference(data_dir: Path, split: str, num: int, resolution: int,
     if num > available:
         raise DataError(f"the evaluation needs {num} reference images but split {split} of {data_dir} "
                         f"holds {available}: {fix}")
-    if tuple(manifest["image_shape"][:2]) != (resolution, resolution):
-        raise DataError(f"{data_dir} holds {manifest['image_shape'][0]}px images but the run samples "
+    if manifest.resolution != resolution:
+        raise DataError(f"{data_dir} holds {manifest.resolution}px images but the run samples "
                         f"{resolution}px ones; {size_fix}")
 
 
@@ -100,7 +100,7 @@ def trained_on(recipe: Recipe, run: RunDir, data_dir: Path, split: str, num: int
     return min(num, split_size(data_dir, split, recipe.data.limit)) if split == recipe.data.split else 0
 
 
-def read_reference(data_dir: Path, split: str, num: int) -> tuple[np.ndarray, dict[str, Any], str]:
+def read_reference(data_dir: Path, split: str, num: int) -> tuple[np.ndarray, Manifest, str]:
     """The first `num` images of a prepared split, its manifest and the manifest's sha256."""
     with open_split(data_dir, split, limit=num) as images:
         data = images.images if images.images is not None else images[torch.arange(num)]
@@ -232,7 +232,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
     check_reference(data_dir, req.ref_split, req.ref_num, recipe.data.resolution)
     # Rank 0 reads the reference now (its shards hashed once): a damaged one would otherwise surface after all
     # the drawing. Through main_first: the other ranks do not start drawing without it.
-    read: list[tuple[np.ndarray, dict[str, Any], str]] = []
+    read: list[tuple[np.ndarray, Manifest, str]] = []
 
     def read_ref() -> None:
         on_event("stage", {"what": f"reading {req.ref_num} reference images ({req.ref_split}) from {data_dir}"})
@@ -260,7 +260,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
                               cache_dir=data_dir / REFSTATS_DIR, feature_net=net, weights_dir=weights_dir, seed=req.seed,
                               device=str(rt.device))
     used = out["protocol"]
-    protocol = {**sampling_protocol(model.cfg, model.step, req, model.precision), "ref_preprocessing": manifest.get("preprocessing"),
+    protocol = {**sampling_protocol(model.cfg, model.step, req, model.precision), "ref_preprocessing": manifest.preprocessing,
                 "ref_manifest_sha256": manifest_sha, "image_size": model.image_size,
                 "ref_trained_on": trained_on(recipe, run, data_dir, req.ref_split, req.ref_num),
                 **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", "kid", "is", "lpips", "swd")

@@ -41,11 +41,11 @@ def test_unreadable_images_are_skipped_counted_and_listed(messy_folder, tmp_path
         result = prepare_listing("folder", messy_folder, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0,
                                  crop="center")  # said now, not found out at evaluate
     manifest = read_manifest(tmp_path / "out")
-    assert (result.written, result.skipped) == (4, 3) and manifest["counts"]["train"] == 4
-    reasons = {s["name"]: s["reason"] for s in manifest["skipped"]}
+    assert (result.written, result.skipped) == (4, 3) and manifest.counts["train"] == 4
+    reasons = {s.name: s.reason for s in manifest.skipped}
     assert set(reasons) == {"truncated.jpg", "corrupt.jpg", "notes.jpg"}
     assert "truncated" in reasons["truncated.jpg"] and "cannot identify" in reasons["notes.jpg"]
-    assert manifest["splits"]["train"]["skipped"] == 3
+    assert manifest.splits["train"].skipped == 3
     with pytest.raises(DataError, match=r"(corrupt|notes|truncated)\.jpg: .*\(--strict\); remove or replace it, or leave out --strict"):
         prepare_listing("folder", messy_folder, tmp_path / "strict", valid_fraction=0.0, test_fraction=0.0, strict=True)
     assert not (tmp_path / "strict" / "manifest.json").exists()
@@ -171,7 +171,7 @@ def test_an_image_in_a_format_other_than_its_suffix_says_is_skipped(tmp_path):
     Image.fromarray(face).save(root / "ok.png")
     Image.fromarray(face).save(root / "bitmap.jpg", format="BMP")
     prepare_listing("folder", root, tmp_path / "out", valid_fraction=0.0, test_fraction=0.0)
-    assert [s["name"] for s in read_manifest(tmp_path / "out")["skipped"]] == ["bitmap.jpg"]
+    assert [s.name for s in read_manifest(tmp_path / "out").skipped] == ["bitmap.jpg"]
 
 
 def test_split_fractions_that_leave_no_training_images_are_refused(tmp_path):

@@ -59,22 +59,22 @@ def test_celeba_folder_and_zip_give_the_official_splits_and_the_same_shards(cele
     a = prepare_listing("celeba", celeba["folder"], tmp_path / "a", shard_size=8)
     b = prepare_listing("celeba", celeba["zip"], tmp_path / "b", shard_size=8, workers=2)  # through the process pool
     ma, mb = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
-    assert ma["counts"] == {"train": 20, "valid": 5, "test": 5} == mb["counts"]
+    assert ma.counts == {"train": 20, "valid": 5, "test": 5} == mb.counts
     assert (a.written, a.skipped, b.written) == (30, 0, 30)
-    assert [s["count"] for s in ma["splits"]["train"]["shards"]] == [8, 8, 4]
-    assert mb["source"]["container"] == "zip" and ma["source"]["container"] == "folder"
-    assert ma["preprocessing"] == {"crop": "center:178", "resolution": 16, "resize": ma["preprocessing"]["resize"]}
-    assert "bicubic" in ma["preprocessing"]["resize"]
+    assert [s.count for s in ma.splits["train"].shards] == [8, 8, 4]
+    assert mb.source["container"] == "zip" and ma.source["container"] == "folder"  # an extra field, kept
+    assert ma.preprocessing == {"crop": "center:178", "resolution": 16, "resize": ma.preprocessing["resize"]}
+    assert "bicubic" in ma.preprocessing["resize"]
     assert manifest_sha256(ma) == manifest_sha256(mb)  # same pixels, whichever container
     assert read_names(tmp_path / "a" / "valid-00000.h5") == [f"{i:06d}.jpg" for i in range(21, 26)]
-    for sh in ma["splits"]["train"]["shards"]:
-        assert file_sha256(tmp_path / "a" / sh["file"]) == sh["sha256"]
-        assert shard_images(tmp_path / "a" / sh["file"]).shape == (sh["count"], 16, 16, 3)
+    for sh in ma.splits["train"].shards:
+        assert file_sha256(tmp_path / "a" / sh.file) == sh.sha256
+        assert shard_images(tmp_path / "a" / sh.file).shape == (sh.count, 16, 16, 3)
 
 
 def test_limit_takes_the_first_files_of_each_split_in_name_order(celeba, tmp_path):
     prepare_listing("celeba", celeba["folder"], tmp_path, limit=3)
-    assert read_manifest(tmp_path)["counts"] == {"train": 3, "valid": 3, "test": 3}
+    assert read_manifest(tmp_path).counts == {"train": 3, "valid": 3, "test": 3}
     assert read_names(tmp_path / "train-00000.h5") == ["000001.jpg", "000002.jpg", "000003.jpg"]
     assert read_names(tmp_path / "test-00000.h5") == ["000026.jpg", "000027.jpg", "000028.jpg"]
 
@@ -145,10 +145,10 @@ def test_zip_entries_that_would_escape_are_never_read(celeba, tmp_path):
     (root / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg 0\n" for i in range(1, 5)))
     prepare_listing("celeba", root, tmp_path / "out")
     manifest = read_manifest(tmp_path / "out")
-    assert manifest["counts"]["train"] == 1
-    unsafe = {s["name"] for s in manifest["skipped"] if "'..'" in s["reason"]}
+    assert manifest.counts["train"] == 1
+    unsafe = {s.name for s in manifest.skipped if "'..'" in s.reason}
     assert unsafe == {"../000002.jpg", "/tmp/000003.jpg", "img_align_celeba/../000004.jpg"}
-    assert {s["name"] for s in manifest["skipped"] if "not found" in s["reason"]} == {"000002.jpg", "000003.jpg", "000004.jpg"}
+    assert {s.name for s in manifest.skipped if "not found" in s.reason} == {"000002.jpg", "000003.jpg", "000004.jpg"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil", "out"]  # nothing was extracted
     with pytest.raises(DataError, match=r"\.\./000002\.jpg: zip entry .* \(--strict\); leave out --strict") as info:
         prepare_listing("celeba", root, tmp_path / "strict", strict=True)
@@ -231,7 +231,7 @@ def test_a_damaged_or_foreign_zip_member_is_skipped_as_an_unreadable_image(celeb
         raw[at] |= 1  # the encryption flag, in the local and the central header
     (root / "img_align_celeba.zip").write_bytes(bytes(raw))
     result = prepare_listing("celeba", root, tmp_path / "out", workers=1)
-    reasons = {s["name"]: s["reason"] for s in read_manifest(tmp_path / "out")["skipped"]}
+    reasons = {s.name: s.reason for s in read_manifest(tmp_path / "out").skipped}
     assert set(reasons) == {"000002.jpg", "000003.jpg", "000005.jpg"} and result.written == 27
     assert "zip member img_align_celeba/000002.jpg" in reasons["000002.jpg"]
     # whole bytes that are no image: the member named, not PIL's "<_io.BytesIO object at 0x...>"
@@ -253,7 +253,7 @@ def test_a_zip_member_too_large_for_an_image_is_not_read(tmp_path):
             zf.writestr(f"img_align_celeba/{name}", data if name != "000004.jpg" else bytes(MAX_MEMBER_BYTES + 1))
     (root / "list_eval_partition.txt").write_text(_partition(jpegs))
     result = prepare_listing("celeba", root, tmp_path / "out", workers=1)
-    reasons = {s["name"]: s["reason"] for s in read_manifest(tmp_path / "out")["skipped"]}
+    reasons = {s.name: s.reason for s in read_manifest(tmp_path / "out").skipped}
     assert result.written == 29 and list(reasons) == ["000004.jpg"]
     assert f"inflates to {MAX_MEMBER_BYTES + 1:,} bytes, more than the 64 MiB read for one image" in reasons["000004.jpg"]
 

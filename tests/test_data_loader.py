@@ -35,7 +35,7 @@ def test_open_split_holds_the_split_in_memory_in_shard_order(synthetic_data_dir)
     assert images.images.shape == (230, 32, 32, 3) and len(images) == 230
     assert np.array_equal(images.images.numpy(), draw_faces(230, 32, 0))
     assert images.names()[:2] == ["face-0000000", "face-0000001"] and len(images.names()) == 230
-    assert len(images.manifest_sha256) == 64 and images.manifest["counts"]["valid"] == 13
+    assert len(images.manifest_sha256) == 64 and images.manifest.counts["valid"] == 13
     assert len(open_split(synthetic_data_dir, "test")) == 13
 
 

@@ -26,11 +26,11 @@ from dreamctl.errors import DataError
 def test_synthetic_is_deterministic_and_matches_draw_faces(synthetic_data_dir, tmp_path):
     again = prepare_synthetic(tmp_path / "again", workers=2).out_dir  # another process layout, same bytes
     m1, m2 = read_manifest(synthetic_data_dir), read_manifest(again)
-    assert m1["counts"] == {"train": 230, "valid": 13, "test": 13}
-    assert m1["splits"] == m2["splits"] and manifest_sha256(m1) == manifest_sha256(m2)
+    assert m1.counts == {"train": 230, "valid": 13, "test": 13}
+    assert m1.splits == m2.splits and manifest_sha256(m1) == manifest_sha256(m2)
     assert np.array_equal(shard_images(again / "valid-00000.h5"), draw_faces(13, 32, 0, start=230))
     other = prepare_synthetic(tmp_path / "other", seed=1).out_dir
-    assert read_manifest(other)["splits"]["train"]["shards"][0]["sha256"] != m1["splits"]["train"]["shards"][0]["sha256"]
+    assert read_manifest(other).splits["train"].shards[0].sha256 != m1.splits["train"].shards[0].sha256
 
 
 # --- resume and atomicity ------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(syntheti
     assert (result.shards_reused, result.shards_written, result.reused) == (1, 4, 100)
     assert "train-00000.h5" not in seen
     assert not (out / PROGRESS).exists() and not (out / ".train-00001.h5.999999@host.tmp").exists()
-    assert read_manifest(out)["splits"] == read_manifest(synthetic_data_dir)["splits"]
+    assert read_manifest(out).splits == read_manifest(synthetic_data_dir).splits
     assert prepare_synthetic(out) and verify(out) == []  # a finished folder: rerun is a no-op
 
 
@@ -109,7 +109,7 @@ def test_a_rerun_repairs_a_manifest_whose_count_was_edited(synthetic_data_dir, t
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert verify(out) and "the manifest says (999," in verify(out)[0]
     prepare_synthetic(out)
-    assert verify(out) == [] and read_manifest(out)["splits"]["train"]["shards"][0]["count"] == 100
+    assert verify(out) == [] and read_manifest(out).splits["train"].shards[0].count == 100
 
 
 def test_other_settings_are_refused_unless_overwrite(synthetic_data_dir, tmp_path):
@@ -122,7 +122,7 @@ def test_other_settings_are_refused_unless_overwrite(synthetic_data_dir, tmp_pat
     (out / "cache" / "refstats-0123456789abcdef.npz").write_bytes(b"statistics of the replaced images")
     (out / "cache" / "notes.txt").write_text("mine")
     prepare_synthetic(out, resolution=16, overwrite=True)
-    assert read_manifest(out)["image_shape"] == [16, 16, 3]
+    assert read_manifest(out).image_shape == (16, 16, 3)
     # evaluate's statistics of the images replaced (keyed by their hash: never used again) go with them
     assert [p.name for p in (out / "cache").iterdir()] == ["notes.txt"]
 
@@ -330,7 +330,7 @@ def test_workers_leave_a_groups_ctrl_c_to_the_parent(tmp_path):
     except KeyboardInterrupt:  # what a worker's interrupt became in the parent: it would end the test session
         pytest.fail("a worker died of the Ctrl-C and the parent raised KeyboardInterrupt")
     assert len(sent) == 2 and verify(result.out_dir) == []
-    assert sum(read_manifest(result.out_dir)["counts"].values()) == 1200
+    assert sum(read_manifest(result.out_dir).counts.values()) == 1200
 
 
 def _start_prepare(out: Path, mark: str) -> subprocess.Popen:
@@ -472,3 +472,19 @@ def test_a_source_folder_moved_elsewhere_is_still_the_same_data(tmp_path):
     again = prepare_listing("folder", tmp_path / "moved", tmp_path / "data")
     assert first.shards_written >= 1 and (again.shards_written, again.shards_reused) == (0, first.shards_written)
     assert verify(tmp_path / "data") == []
+
+
+def test_the_content_hash_of_a_manifest_never_changes():
+    """Runs record their data's manifest_sha256 and evaluate refuses data that hashes otherwise: a change to
+    how the hash is computed would refuse every earlier run's data. The value is sha256 of the canonical JSON
+    of format, preprocessing, image_shape and each shard's [file, count, sha256]; `created` is left out."""
+    from dreamctl.data.shards import parse_manifest
+
+    manifest = {"format": "dreamctl-shards/1", "preprocessing": {"crop": "center:178", "resolution": 16},
+                "image_shape": [16, 16, 3], "counts": {"train": 2}, "created": "2026-11-29", "skipped": [],
+                "splits": {"train": {"count": 2, "skipped": 0,
+                                     "shards": [{"file": "train-00000.h5", "count": 2, "sha256": "ab" * 32}]}}}
+    expected = "3bce4ab4323f6bc7bc374ae8741eacf90b57d3b321d64575be0bfaa131539b0f"
+    assert manifest_sha256(parse_manifest(Path("manifest.json"), json.dumps(manifest))) == expected
+    moved = manifest | {"created": "2030-01-01", "source": {"root": "/elsewhere"}}
+    assert manifest_sha256(parse_manifest(Path("manifest.json"), json.dumps(moved))) == expected

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dreamctl.cli import main
-from dreamctl.data.shards import manifest_sha256
+from dreamctl.data.shards import manifest_sha256, read_manifest
 from dreamctl.evaluation import EvalOptions, evaluate_run
 from dreamctl.experiments.runs import read_evals
 from dreamctl.metrics.inception import RESIZE_CLEAN
@@ -186,7 +186,7 @@ def test_evaluate_finds_moved_data_with_data_option(trained, tmp_path, capsys):
         moved.rename(data)
     shas = {r.protocol["ref_manifest_sha256"] for r in read_evals(run / "eval")
             if r.protocol.get("seed") == 7 and r.protocol.get("num_generated") == 4}
-    assert shas == {manifest_sha256(json.loads((data / "manifest.json").read_text()))}  # the same data, moved
+    assert shas == {manifest_sha256(read_manifest(data))}  # the same data, moved
     # Other data would overwrite the run's evaluation under the same protocol id: refused.
     other = tmp_path / "other"
     assert main(["prepare-data", "--source", "synthetic", "--count", "40", "--resolution", "32", "--seed", "3",

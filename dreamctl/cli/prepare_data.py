@@ -21,7 +21,7 @@ SHOW_SKIPPED = 5  # skipped items named on screen; all are in the manifest
 
 def _verify(data_dir: Path) -> None:
     problems = verify(data_dir)
-    shards = sum(len(v["shards"]) for v in read_manifest(data_dir)["splits"].values())
+    shards = sum(len(v.shards) for v in read_manifest(data_dir).splits.values())
     for line in problems:
         console.print(line, markup=False, highlight=False)
     if problems:
@@ -97,8 +97,8 @@ def command(
         markup=False, highlight=False,
     )
     if result.skipped:  # the first few, so a user sees what was left out without opening the manifest
-        skipped = read_manifest(result.out_dir)["skipped"]
+        skipped = read_manifest(result.out_dir).skipped
         for item in skipped[:SHOW_SKIPPED]:
-            console.print(f"  skipped {item['name']}: {item['reason']}", markup=False, highlight=False)
+            console.print(f"  skipped {item.name}: {item.reason}", markup=False, highlight=False)
         if len(skipped) > SHOW_SKIPPED:
             console.print(f"  ... and {len(skipped) - SHOW_SKIPPED:,} more", markup=False, highlight=False)

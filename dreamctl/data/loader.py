@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 import torch
 
-from dreamctl.data.shards import (ShardInfo, check_shard, manifest_sha256, read_manifest, read_names, shard_error,
-                                  split_shards, split_size)
+from dreamctl.data.shards import (Manifest, ShardInfo, check_shard, manifest_sha256, read_manifest, read_names,
+                                  shard_error, split_shards, split_size)
 from dreamctl.errors import DataError
 from dreamctl.runtime import mix_seed
 
@@ -48,12 +48,13 @@ class ImageSet:
     h5py handles that belong to the process that opened them.
     """
 
-    def __init__(self, data_dir: Path, split: str, manifest: dict, shards: list[ShardInfo], counts: list[int], in_memory: bool):
+    def __init__(self, data_dir: Path, split: str, manifest: Manifest, shards: list[ShardInfo], counts: list[int],
+                 in_memory: bool):
         self.data_dir, self.split, self.manifest = Path(data_dir), split, manifest
         self.manifest_sha256 = manifest_sha256(manifest)
         self.shards, self.counts = shards, counts  # counts[i] <= shards[i].count (a limit cuts the last)
         self.offsets = np.cumsum([0, *counts])
-        self.resolution = int(manifest["image_shape"][0])
+        self.resolution = manifest.resolution
         self.images: torch.Tensor | None = None
         self._files: dict[int, h5py.File] = {}
         self._pid = os.getpid()
@@ -136,7 +137,7 @@ def open_split(data_dir: Path | str, split: str = "train", limit: int | None = N
         counts.append(min(shard.count, left))
         left -= counts[-1]
     shards = shards[: len(counts)]
-    shape = tuple(manifest["image_shape"])
+    shape = manifest.image_shape
     with ThreadPoolExecutor(min(8, len(shards))) as pool:  # hashing releases the GIL: shards in parallel
         list(pool.map(lambda shard: check_shard(shard, shape), shards))
     budget = default_memory_budget() if memory_budget is None else memory_budget

@@ -10,7 +10,6 @@ alone writes files.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -30,7 +29,8 @@ from dreamctl.data.pool import decoded
 from dreamctl import atomic
 from dreamctl.config.schema import MAX_RESOLUTION
 from dreamctl.data import synthetic
-from dreamctl.data.shards import FORMAT, MANIFEST, PROGRESS, ShardInfo, shard_name, shard_problem, write_shard
+from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, ShardInfo, read_manifest, shard_name, shard_problem,
+                                  write_shard)
 from dreamctl.data.reuse import previous_shards
 from dreamctl.data.sources import SPLITS, Listing, Skip
 from dreamctl.errors import DataError, DreamctlWarning
@@ -156,7 +156,7 @@ def prepare_data(
     if strict and kept_skips:  # --strict promises that no file was left out, also of the shards a rerun keeps
         raise _strict_error(kept_skips[0], "remove or replace it and prepare again with --overwrite, or ")
     if not todo and (out / MANIFEST).is_file():  # finished before, every shard intact
-        skipped = len(json.loads((out / MANIFEST).read_text())["skipped"])
+        skipped = len(read_manifest(out).skipped)
         return PrepareResult(out, 0, reused, skipped, 0, len(finished), 0.0)
     record = {**settings, "shards": {f: finished[f] for f in sorted(finished)}}
     # The progress record first, then the manifest goes (the folder is unfinished until it is back):

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from dreamctl import atomic
-from dreamctl.data.shards import MANIFEST, PROGRESS, REFSTATS_DIR, check_manifest
+from dreamctl.data.shards import MANIFEST, PROGRESS, REFSTATS_DIR, parse_manifest
 from dreamctl.errors import DataError
 
 _OURS = re.compile(r"^((train|valid|test)-\d{5}\.h5|manifest\.json|progress\.json)$")  # our files
@@ -67,18 +67,16 @@ def previous_shards(out: Path, settings: dict, overwrite: bool) -> dict[str, dic
         old_settings = _comparable(old)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise DataError(f"{path} is not a dreamctl record ({err}); pass --overwrite or choose another --out") from err
-    if path.name == MANIFEST:  # its shard records are reused below: a field edited to null is refused here
-        check_manifest(path, path.read_text())
+    # A manifest's shard records are reused below: a field edited to null is refused here.
+    manifest = parse_manifest(path, path.read_text()) if path.name == MANIFEST else None
     if old_settings != _comparable(settings):
         diff = _first_difference(old_settings, _comparable(settings))
         raise DataError(f"{out} was prepared with other settings ({diff}); pass --overwrite or choose another --out")
-    if path.name == PROGRESS:
+    if manifest is None:
         return record["shards"]
     return {
-        sh["file"]: {
-            "split": split, "count": sh["count"], "sha256": sh["sha256"],
-            "skipped": [[s["name"], s["reason"]] for s in record["skipped"] if s["shard"] == sh["file"]],
-        }
-        for split, v in record["splits"].items()
-        for sh in v["shards"]
+        sh.file: {"split": split, "count": sh.count, "sha256": sh.sha256,
+                  "skipped": [[s.name, s.reason] for s in manifest.skipped if s.shard == sh.file]}
+        for split, v in manifest.splits.items()
+        for sh in v.shards
     }

@@ -70,39 +70,44 @@ def _no_manifest(data_dir: Path) -> str:
 
 class _Model(BaseModel):
     # strict: "16" is not 16 nor true 1 (an edited file is refused, not coerced); extra: the
-    # fields nothing reads (source, created, ...) may change between versions.
-    model_config = ConfigDict(strict=True, extra="allow")
+    # fields nothing reads (source, created, ...) may change between versions; frozen: it is a record.
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
 
-class _Shard(_Model):
+class ShardRecord(_Model):
     file: str
     count: NonNegativeInt
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-class _Split(_Model):
+class SplitRecord(_Model):
     count: NonNegativeInt
     skipped: NonNegativeInt
-    shards: list[_Shard]
+    shards: list[ShardRecord]
 
 
-class _Skipped(_Model):
+class SkippedItem(_Model):
     split: str
     name: str
     reason: str
     shard: str | None
 
 
-class _Manifest(_Model):
-    """Every field of the manifest that dreamctl reads (training, evaluation, a re-run of prepare-data)."""
+class Manifest(_Model):
+    """A prepared folder's manifest.json: every field dreamctl reads (training, evaluation, a re-run of
+    prepare-data); the others (source, created, ...) are kept as extra attributes."""
 
     format: Literal["dreamctl-shards/1"]
     preprocessing: dict
     image_shape: tuple[PositiveInt, PositiveInt, Literal[3]]
     dtype: Literal["uint8"] = "uint8"  # what every shard holds (a manifest without the field says nothing else)
     counts: dict[str, NonNegativeInt]
-    splits: dict[Literal["train", "valid", "test"], _Split]
-    skipped: list[_Skipped]
+    splits: dict[Literal["train", "valid", "test"], SplitRecord]
+    skipped: list[SkippedItem]
+
+    @property
+    def resolution(self) -> int:
+        return self.image_shape[0]
 
     @field_validator("image_shape")
     @classmethod
@@ -114,10 +119,10 @@ class _Manifest(_Model):
         return shape
 
 
-def check_manifest(path: Path, text: str) -> None:
-    """DataError naming the first field of a manifest's text that is missing, of the wrong type or out of range."""
+def parse_manifest(path: Path, text: str) -> Manifest:
+    """The manifest in `text`; DataError naming the first field that is missing, of the wrong type or out of range."""
     try:
-        _Manifest.model_validate_json(text)  # JSON mode: an array is a valid tuple
+        return Manifest.model_validate_json(text)  # JSON mode: an array is a valid tuple
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(top level)"
@@ -126,7 +131,7 @@ def check_manifest(path: Path, text: str) -> None:
                         "edited or damaged: restore manifest.json, or re-run prepare-data with --overwrite") from err
 
 
-def read_manifest(data_dir: Path) -> dict:
+def read_manifest(data_dir: Path) -> Manifest:
     """The manifest of a finished folder; DataError when it is absent, unreadable or not well-formed."""
     data_dir = Path(data_dir)
     path = manifest_path(data_dir)
@@ -134,26 +139,25 @@ def read_manifest(data_dir: Path) -> dict:
         raise DataError(_no_manifest(data_dir))
     try:
         text = path.read_text()
-        manifest = json.loads(text)
+        raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path} is not valid JSON ({err}); re-run prepare-data with --overwrite") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise DataError(f"{path} is not a {FORMAT} manifest; re-run prepare-data with --overwrite")
-    check_manifest(path, text)
-    return manifest
+    return parse_manifest(path, text)
 
 
-def manifest_sha256(manifest: dict) -> str:
+def manifest_sha256(manifest: Manifest) -> str:
     """A stable hash of the content: preprocessing and every shard's hash and count.
 
     Leaves out where the source lived and when the folder was written, so the same data
     prepared twice (or moved) hashes the same; caches and run records key on it.
     """
     content = {
-        "format": manifest["format"],
-        "preprocessing": manifest["preprocessing"],
-        "image_shape": manifest["image_shape"],
-        "splits": {s: [[sh["file"], sh["count"], sh["sha256"]] for sh in v["shards"]] for s, v in manifest["splits"].items()},
+        "format": manifest.format,
+        "preprocessing": manifest.preprocessing,
+        "image_shape": list(manifest.image_shape),
+        "splits": {s: [[sh.file, sh.count, sh.sha256] for sh in v.shards] for s, v in manifest.splits.items()},
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -165,7 +169,7 @@ class ShardInfo:
     sha256: str
 
 
-def split_count(data_dir: Path, split: str, manifest: dict | None = None) -> int:
+def split_count(data_dir: Path, split: str, manifest: Manifest | None = None) -> int:
     """Images in a prepared split, from the manifest alone (read here unless given; no shard is opened)."""
     manifest = read_manifest(data_dir) if manifest is None else manifest
     return sum(s.count for s in split_shards(data_dir, manifest, split))
@@ -183,21 +187,21 @@ def limited(total: int, limit: int | None, split: str, data_dir: Path | str) -> 
 
 
 def split_size(data_dir: Path | str, split: str = "train", limit: int | None = None,
-               manifest: dict | None = None) -> int:
+               manifest: Manifest | None = None) -> int:
     """How many images a split gives under `limit` (what training opens), from the manifest alone."""
     data_dir = Path(data_dir)
     return limited(split_count(data_dir, split, manifest), limit, split, data_dir)
 
 
-def split_shards(data_dir: Path, manifest: dict, split: str) -> list[ShardInfo]:
-    if split not in manifest["splits"]:
-        raise DataError(f"{manifest_path(data_dir)} has no split {split!r}; it has {', '.join(manifest['splits'])}")
-    shards = manifest["splits"][split]["shards"]
+def split_shards(data_dir: Path, manifest: Manifest, split: str) -> list[ShardInfo]:
+    if split not in manifest.splits:
+        raise DataError(f"{manifest_path(data_dir)} has no split {split!r}; it has {', '.join(manifest.splits)}")
+    shards = manifest.splits[split].shards  # type: ignore[index]  # a split name checked just above
     for s in shards:  # a manifest names files inside its own folder, never a path that leads out of it
-        if Path(s["file"]).name != s["file"]:
-            raise DataError(f"{data_dir}/manifest.json names shard {s['file']!r} outside the folder; "
+        if Path(s.file).name != s.file:
+            raise DataError(f"{data_dir}/manifest.json names shard {s.file!r} outside the folder; "
                             "the manifest is corrupt: prepare the data again")
-    return [ShardInfo(Path(data_dir) / s["file"], s["count"], s["sha256"]) for s in shards]
+    return [ShardInfo(Path(data_dir) / s.file, s.count, s.sha256) for s in shards]
 
 
 def shard_error(shard: Path, what: str) -> DataError:
@@ -244,6 +248,6 @@ def verify(data_dir: Path) -> list[str]:
     """Check every shard listed in the manifest, hash included; one line per problem (empty when sound)."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
-    shape = tuple(manifest["image_shape"])
-    shards = [shard for split in manifest["splits"] for shard in split_shards(data_dir, manifest, split)]
-    return [f"{shard.path} {problem}" for shard in shards if (problem := shard_problem(shard, shape)) is not None]
+    shards = [shard for split in manifest.splits for shard in split_shards(data_dir, manifest, split)]
+    return [f"{shard.path} {problem}" for shard in shards
+            if (problem := shard_problem(shard, manifest.image_shape)) is not None]

@@ -35,7 +35,7 @@ def _check_data(recipe: Recipe) -> int:
     if recipe.data.path is None:
         raise RunError("no prepared data: pass --data DIR (a folder written by `dreamctl prepare-data`)")
     manifest = read_manifest(Path(recipe.data.path))
-    resolution = int(manifest["image_shape"][0])
+    resolution = manifest.resolution
     if resolution != recipe.data.resolution:
         raise RunError(f"data {recipe.data.path} holds {resolution}px images but data.resolution is "
                        f"{recipe.data.resolution}; prepare it with --resolution {recipe.data.resolution} "
