@@ -182,8 +182,8 @@ def test_every_sampling_option_reaches_the_sample_config():
     from dreamctl.sampling import SampleOptions, sample_config
 
     tiny = load_recipe("tiny")
-    given = {"sampler": "ddim", "steps": 7, "eta": 0.3, "t_start": 900, "use_ema": False, "batch_size": 5,
-             "compile": True, "compile_mode": "reduce-overhead"}
+    given = {"sampler": "ddim", "steps": 7, "eta": 0.3, "t_start": 900, "clip_x0": True, "use_ema": False,
+             "batch_size": 5, "compile": True, "compile_mode": "reduce-overhead"}
     assert set(given) == {f.name for f in dataclasses.fields(SampleOptions)} - {"checkpoint", "seed"}
     # each one a change, but the sampler: ddpm would fix steps and eta itself
     assert all(getattr(tiny.sample, k) != v for k, v in given.items() if k != "sampler")
