@@ -598,3 +598,20 @@ def test_a_recipes_evaluation_settings_are_checked_when_it_loads(override, needl
 
 def test_eval_metrics_are_read_as_evaluate_reads_its_flag():
     assert load_recipe("tiny", ["eval.metrics=FID, swd,fid"]).eval.metrics == ("fid", "swd")
+
+
+def test_every_loss_setting_reaches_the_loss_of_a_kind():
+    """A field that no kind's params() passes on would be accepted by --set and ignored (mutation audit)."""
+    from dreamctl.config.schema import LossConfig, LossKind
+    from typing import get_args
+
+    passed = set().union(*(LossConfig(kind=k).params() for k in get_args(LossKind)))
+    assert passed == set(LossConfig.model_fields) - {"kind"}
+    assert load_recipe("tiny-dream", ["loss.estimate_eval_mode=false"]).loss.params()["estimate_eval_mode"] is False
+    assert load_recipe("tiny", ["loss.kind=input_perturbation", "loss.gamma=0.3"]).loss.params() == {"gamma": 0.3}
+
+
+def test_an_override_value_may_hold_an_equals_sign():
+    from dreamctl.config import parse_override
+
+    assert parse_override("data.path=/data/celeba,size=64") == (["data", "path"], "/data/celeba,size=64")

@@ -344,3 +344,51 @@ def test_a_recipes_loss_norm_reaches_the_dream_loss(batch, norm):
         l1, mse = diff.abs().mean(), (diff**2).mean()
     assert not torch.isclose(l1, mse)  # the two norms tell apart on this batch
     torch.testing.assert_close(loss.detach(), l1 if norm == "l1" else mse, rtol=0, atol=1e-12)
+
+
+# --- from the mutation audit (review-tests.md): each fails on a mutant the suite let through ----------------
+
+@pytest.fixture
+def ends_batch():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 3, 8, 8, generator=g) * 2 - 1
+    t = torch.tensor([0, 1, 500, 980, 998, 999])  # both ends of the schedule, where clamps and caps bite
+    noise = torch.randn(6, 3, 8, 8, generator=g)
+    return x0, t, noise
+
+
+def test_conservative_lambda_stops_rising_at_ramp_epochs(ends_batch):
+    """Past ramp_epochs lambda_t is (t/T) lambda_max: uncapped, it grew past lambda_max in every long run."""
+    _, t, _ = ends_batch
+    for epoch in (20, 40):
+        _, stats = compute_loss("dream_conservative", TinyNet(), SCHEDULE, *ends_batch, epoch=epoch, **CONS)
+        torch.testing.assert_close(stats["lambda_mean"], (0.5 * t.float() / 1000).mean())
+
+
+def test_dream_lambda_is_s_to_the_p_at_every_timestep(ends_batch):
+    _, t, _ = ends_batch
+    for p in (1.0, 0.5):
+        _, stats = compute_loss("dream", TinyNet(), SCHEDULE, *ends_batch, p=p)
+        s = (1 - SCHEDULE.alphas_cumprod[t]).sqrt().float()
+        torch.testing.assert_close(stats["lambda_mean"], (s**p).mean(), rtol=1e-6, atol=0)
+
+
+def test_conservative_gradients_equal_those_of_the_written_out_loss(ends_batch):
+    """Both terms carry gradient: the gradient of alpha*L_std + (1-alpha)*L_rect written by hand (x_rect from the
+    detached first prediction) equals what backward_loss leaves in .grad, not only the loss value."""
+    x0, t, noise = (v.double() if v.is_floating_point() else v for v in ends_batch)
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    backward_loss("dream_conservative", net, SCHEDULE, x0, t, noise, epoch=15, **CONS)
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    abar = SCHEDULE.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    eps_pred = net(x_t, t)
+    x0_hat = ((x_t - (1 - abar).sqrt() * eps_pred.detach()) / abar.sqrt()).clamp(-1, 1)
+    lam = (0.5 * (t.double() / 1000) * (15 / 20)).view(-1, 1, 1, 1)
+    x_rect = abar.sqrt() * (lam * x0_hat + (1 - lam) * x0) + (1 - abar).sqrt() * noise
+    loss = 0.7 * ((eps_pred - noise) ** 2).mean() + 0.3 * ((net(x_rect, t) - noise) ** 2).mean()
+    loss.backward()
+    for g, want in zip(got, (p.grad for p in net.parameters())):
+        torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-12)

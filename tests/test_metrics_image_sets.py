@@ -310,3 +310,12 @@ def test_pixel_fd_under_its_192_features_warns_as_fid_does(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["pixel_fd"], reference_key=None, cache_dir=None)
+
+
+def test_kid_protocol_is_clean_fids():
+    """100 subsets of at most 1,000 images (clean-fid's): every test set is smaller, so only this pins the size."""
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8) for n in (4, 5)]
+    out = evaluate_image_sets(*imgs, metrics=["kid"], reference_key=None, cache_dir=None,
+                              feature_net=StandInFeatureNet())
+    assert out["protocol"]["kid"] == {"num_subsets": 100, "max_subset_size": 1000}

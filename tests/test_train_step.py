@@ -120,3 +120,31 @@ def test_a_steps_random_inputs_are_drawn_in_a_fixed_order_from_seed_and_step():
     assert torch.equal(t, torch.randint(0, T, (8,), generator=g))
     assert torch.equal(eps, torch.randn(8, 3, r, r, generator=g))
     assert torch.equal(extra["xi"], torch.randn(8, 3, r, r, generator=g))
+
+
+def test_update_refuses_a_non_finite_gradient_under_a_finite_loss():
+    """AdamW would write NaN into the weights, the EMA and the next checkpoint (mutation audit)."""
+    torch.manual_seed(0)
+    model, ema = nn.Linear(4, 4), nn.Linear(4, 4).requires_grad_(False)
+    state = TrainState(model, ema, torch.optim.SGD(model.parameters(), lr=0.1))
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model.weight.grad[0, 0] = float("inf")
+    assert update(state, list(model.parameters()), OptimConfig(grad_clip=None), 0, torch.tensor(1.0), CPU) is None
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_dropout_is_reseeded_from_seed_and_step(tmp_path, synthetic_data_dir, monkeypatch):
+    """Checkpoints hold no RNG state: each step's dropout draws from (seed, step, rank). Dropping the step would
+    give every step the same masks, and resume would stay exact, so only this sees it (mutation audit)."""
+    from dreamctl.runtime import mix_seed
+    from dreamctl.training import loop
+    from tiny_runs import TINY, train
+
+    seeds, real = [], loop.backward_loss
+    monkeypatch.setattr(loop, "backward_loss", lambda *a, **k: seeds.append(torch.initial_seed()) or real(*a, **k))
+    assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=3", "model.dropout=0.1"],
+                 recipe="tiny") == 0
+    seed = load_recipe("tiny").train.seed
+    assert seeds == [mix_seed(seed, step, 0) for step in range(3)]
