@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import re
 from pathlib import Path
 
@@ -421,3 +422,16 @@ def test_a_name_with_a_slash_is_taken_where_out_is_given(tmp_path: Path) -> None
     """The name builds the default output folder only: with 'out' set it is a title, slashes and all."""
     spec = parse_spec(write_spec(tmp_path, name="lr sweep 1/2", out=str(tmp_path / "o")))
     assert spec.name == "lr sweep 1/2" and spec.out == tmp_path / "o"
+
+
+def test_a_run_that_would_rectify_no_step_is_warned_about_in_the_plan(tmp_path: Path) -> None:
+    """Two epochs of tiny-conservative end before its start_epoch 2: each point is standard DDPM, and the
+    ablation compares identical methods under two names (research review #1)."""
+    from dreamctl.errors import DreamctlWarning
+
+    with pytest.warns(DreamctlWarning, match=r"run lambda_max-0\.3_seed-0: this dream_conservative run rectifies no "
+                                             r"step \(it ends in epoch 1, before loss\.start_epoch 2\)"):
+        make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=2"])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=3"])))  # epoch 2 rectifies

@@ -148,3 +148,24 @@ def test_dropout_is_reseeded_from_seed_and_step(tmp_path, synthetic_data_dir, mo
                  recipe="tiny") == 0
     seed = load_recipe("tiny").train.seed
     assert seeds == [mix_seed(seed, step, 0) for step in range(3)]
+
+
+@pytest.mark.parametrize("sets, why", [
+    (["train.max_steps=23"], "it ends in epoch 2, before loss.start_epoch 3"),  # 8 steps per epoch: step 23 in epoch 2
+    (["loss.alpha=1.0"], "loss.alpha is 1"),
+    (["loss.lambda_max=0.0"], "loss.lambda_max is 0"),
+    (["loss.start_epoch=0", "train.max_steps=8"], "it ends in epoch 0, where the lambda ramp"),
+    (["loss.start_epoch=0", "train.max_steps=9"], None),  # step 9 is in epoch 1: ramp 1/ramp_epochs
+    (["loss.start_epoch=0", "train.max_steps=8", "loss.lambda_min=0.1"], None),  # lambda_min alone rectifies
+    (["loss.start_epoch=0", "train.max_steps=8", "loss.ramp_epochs=0"], None),  # no ramp: full lambda at once
+    (["train.max_steps=25"], None),  # its last step (the 25th) is the first of epoch 3
+])
+def test_a_conservative_run_that_would_rectify_no_step_is_named(sets, why):
+    """lambda_t stays 0 (or its term has no weight) for the whole run: the runs were standard DDPM under the
+    variant's name, at up to twice the cost, and nothing said so (research review #1)."""
+    from dreamctl.training.loop import idle_rectification
+
+    recipe = load_recipe("tiny-conservative", ["train.batch_size=8", "loss.start_epoch=3", "loss.ramp_epochs=2", *sets])
+    found = idle_rectification(recipe, 64)
+    assert (found is None) if why is None else (why in found and found.startswith("this dream_conservative run"))
+    assert idle_rectification(load_recipe("tiny", ["train.max_steps=1"]), 64) is None  # other kinds: nothing to say

@@ -687,3 +687,13 @@ def test_the_peak_memory_in_run_json_is_over_every_session(tmp_path, synthetic_d
     run.update_info({"peak_memory_bytes": 10**15})  # 1 PB: more than this process can have used
     assert main(["resume", str(run.root), "--set", "train.max_steps=2"]) == 0
     assert run.info()["peak_memory_bytes"] == 10**15
+
+
+def test_train_says_when_a_conservative_run_will_rectify_no_step(tmp_path, synthetic_data_dir, capsys):
+    """Said at the start, not found out from a flat lambda_mean after the run (research review #1)."""
+    assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny-conservative") == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: this dream_conservative run rectifies no step (it ends in epoch 0, before loss.start_epoch" in err
+    assert main(["train", "--recipe", "tiny-conservative", "--data", str(synthetic_data_dir), "--dry-run",
+                 *set_args(TINY + ["train.max_steps=2"])]) == 0
+    assert "rectifies no step" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,7 @@ from dreamctl.cli.common import console
 from dreamctl.cli.launch import launch
 from dreamctl.cli.progress import run_training
 from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
-from dreamctl.errors import RunError
+from dreamctl.errors import DreamctlWarning, RunError
 
 
 EXAMPLES = """\b
@@ -83,9 +84,11 @@ def _dry_run(recipe: Recipe) -> None:
                   f"{units} forward units per step{note} (a backward counts as 2)", markup=False)
     if recipe.data.path:
         from dreamctl.data.shards import split_size
-        from dreamctl.training.loop import train_cost
+        from dreamctl.training.loop import idle_rectification, train_cost
 
         n = split_size(recipe.data.path, recipe.data.split, recipe.data.limit)  # what training would open
         steps, seen, forwards = train_cost(recipe, n)
         console.print(f"schedule      {n:,} images, {steps:,} steps of {recipe.train.batch_size} "
                       f"= {seen:,} images seen, {forwards:,} image forward units in all", markup=False)
+        if idle := idle_rectification(recipe, n):
+            warnings.warn(idle, DreamctlWarning, stacklevel=2)

@@ -10,6 +10,7 @@ dreamctl.experiments.spec and dreamctl/recipes/ablations/.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,14 +19,14 @@ from dreamctl import runtime
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.config.keys import RESUMABLE_KEYS
 from dreamctl.data.shards import limited, split_count
-from dreamctl.errors import ConfigError, DataError
+from dreamctl.errors import ConfigError, DataError, DreamctlWarning
 from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import (
     EvalOptions, EvalRequest, check_reference, holds_protocol, resolve_request, sampling_protocol,
 )
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.sampling import SampleOptions, sample_config
-from dreamctl.training.loop import train_cost
+from dreamctl.training.loop import idle_rectification, train_cost
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import list_checkpoints
 
@@ -185,6 +186,8 @@ def make_plan(spec: Spec) -> Plan:
             count = count_cache[recipe.data.split]
             n = train_images(recipe, count, data)
             cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
+            if n is not None and (idle := idle_rectification(recipe, n)):
+                warnings.warn(f"{spec.path}: run {name}: {idle}", DreamctlWarning, stacklevel=2)
             used.add(None if count is None else n)  # data.limit alone is no count
         except (ConfigError, DataError) as err:  # which spec and which grid point, before anything runs
             raise type(err)(f"{spec.path}: run {name}: {err}") from None

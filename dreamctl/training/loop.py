@@ -89,6 +89,27 @@ def train_cost(recipe: Recipe, n: int, done: int = 0) -> tuple[int, int, int]:
     return left, left * batch, batch * (early * before + late * (left - before))
 
 
+def idle_rectification(recipe: Recipe, n: int) -> str | None:
+    """Why a dream_conservative run over `n` images would rectify no step, its lambda_t or its weight 0 from the
+    first step to the last (standard DDPM under the variant's name), or None. lambda_t = lambda_min +
+    (lambda_max - lambda_min)(t/T) min(epoch/ramp_epochs, 1) from loss.start_epoch on (losses.conservative_lambda)."""
+    loss = recipe.loss
+    if loss.kind != "dream_conservative":
+        return None
+    last_epoch = (total_steps(recipe, n) - 1) // steps_per_epoch(n, recipe.train.batch_size)
+    if last_epoch < loss.start_epoch:
+        why = f"it ends in epoch {last_epoch}, before loss.start_epoch {loss.start_epoch}"
+    elif loss.alpha == 1:
+        why = "loss.alpha is 1: all weight on the standard term"
+    elif loss.lambda_max == 0:
+        why = "loss.lambda_max is 0"
+    elif loss.lambda_min == 0 and loss.ramp_epochs > 0 and last_epoch == 0:
+        why = "it ends in epoch 0, where the lambda ramp min(epoch / loss.ramp_epochs, 1) is still 0"
+    else:
+        return None
+    return f"this dream_conservative run rectifies no step ({why}): it trains as standard DDPM would"
+
+
 def init_state(recipe: Recipe, rt: Runtime) -> TrainState:
     """Model, EMA copy and AdamW, identical on every rank (same seed)."""
     torch.manual_seed(recipe.train.seed)

@@ -25,7 +25,7 @@ from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost, processes
 from dreamctl.events import OnEvent, ignore
-from dreamctl.training.loop import total_steps, train
+from dreamctl.training.loop import idle_rectification, total_steps, train
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import check_fits, check_moments_fit, list_checkpoints, load_latest, set_aside_newer
 
@@ -124,6 +124,8 @@ def start_run(recipe: Recipe, run: RunDir, rt: Runtime, *, on_event: OnEvent = i
     # On every rank (shards hashed) before rank 0 claims the folder: a node without the data must not
     # leave a run folder that a plain retry of `train` refuses.
     images = on_every_rank(rt, open_data, f"opening the data {recipe.data.path}")
+    if idle := idle_rectification(recipe, len(images)):
+        warnings.warn(idle, DreamctlWarning, stacklevel=2)
     with ExitStack() as held:
         held.callback(images.close)  # the shard handles, when the split is read from disk
         def claim() -> None:
