@@ -435,3 +435,14 @@ def test_a_run_that_would_rectify_no_step_is_warned_about_in_the_plan(tmp_path: 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_plan(parse_spec(write_spec(tmp_path, set=["train.epochs=3"])))  # epoch 2 rectifies
+
+
+def test_a_grid_axis_that_no_run_reads_is_refused(tmp_path: Path) -> None:
+    """`base: tiny-dream` with a grid over loss.alpha planned two bit-identical runs (research review #2)."""
+    with pytest.raises(ConfigError, match=r"grid axis loss\.alpha: loss\.kind dream does not read it, so its runs "
+                                          r"would be identical"):
+        make_plan(parse_spec(write_spec(tmp_path, base="tiny-dream", grid={"loss.alpha": [0.3, 0.7]})))
+    # Read by one of the recipes on a recipe axis: planned (and warned about for the other).
+    plan = make_plan(parse_spec(write_spec(tmp_path, base=None, grid={"recipe": ["tiny-dream", "tiny-conservative"],
+                                                                      "loss.alpha": [0.3, 0.7]})))
+    assert len(plan.train) == 4

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -615,3 +616,20 @@ def test_an_override_value_may_hold_an_equals_sign():
     from dreamctl.config import parse_override
 
     assert parse_override("data.path=/data/celeba,size=64") == (["data", "path"], "/data/celeba,size=64")
+
+
+def test_a_loss_setting_the_kind_does_not_read_is_warned_about():
+    """`--set loss.alpha=0.3` on dream went into recipe.yaml without a word (research review #2)."""
+    from dreamctl.errors import DreamctlWarning
+
+    with pytest.warns(DreamctlWarning, match=r"^--set loss\.alpha: loss\.kind dream does not read it \(a setting of "
+                                             r"dream_conservative\); the run trains as if it were not set$"):
+        load_recipe("tiny-dream", ["loss.alpha=0.3"])
+    with pytest.warns(DreamctlWarning, match=r"--set loss\.gamma: loss\.kind standard .*input_perturbation"):
+        load_recipe("tiny", ["loss={gamma: 0.3, kind: standard}"])  # a mapping's keys too
+    with pytest.warns(DreamctlWarning, match=r"--set loss\.p: loss\.kind dream_conservative"):  # the kind as set
+        load_recipe("tiny-dream", ["loss.p=2", "loss.kind=dream_conservative", "loss.alpha=0.3"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_recipe("tiny-dream", ["loss.p=2", "loss.norm=l1"])
+        load_recipe("tiny-dream", ["loss.kind=dream_conservative", "loss.alpha=0.3", "train.epochs=2"])

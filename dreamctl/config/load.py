@@ -9,13 +9,14 @@ recipes ship inside the package (dreamctl/recipes), so a plain `pip install` fin
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
-from dreamctl.config.schema import Recipe, check_eval_section, validate_recipe
-from dreamctl.errors import ConfigError
+from dreamctl.config.schema import LossConfig, LossKind, Recipe, check_eval_section, validate_recipe
+from dreamctl.errors import ConfigError, DreamctlWarning
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -195,7 +196,22 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     path = recipe_path(name_or_path)
     raw = _raw_recipe(path)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    return check_to_train(validate_recipe(apply_overrides(raw, overrides), source), source)
+    recipe = check_to_train(validate_recipe(apply_overrides(raw, overrides), source), source)
+    for key in override_keys(overrides):  # a typo'd kind or a setting of another method: an ablation of copies
+        if (name := key.removeprefix("loss.")) in recipe.loss.unused():
+            readers = [k for k in get_args(LossKind) if name in LossConfig(kind=k).params()]
+            warnings.warn(f"--set {key}: loss.kind {recipe.loss.kind} does not read it (a setting of "
+                          f"{' and '.join(readers)}); the run trains as if it were not set", DreamctlWarning, stacklevel=2)
+    return recipe
+
+
+def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The dotted keys that overrides set (`loss={alpha: 0.5}` sets loss.alpha)."""
+    keys = []
+    for text in overrides:
+        parts, value = parse_override(text)
+        keys += [".".join([*parts, str(k)]) for k in value] if isinstance(value, dict) else [".".join(parts)]
+    return keys
 
 
 def check_to_train(recipe: Recipe, source: str) -> Recipe:

@@ -137,6 +137,10 @@ class LossConfig(_Section):
         }
         return by_kind[self.kind]
 
+    def unused(self) -> list[str]:
+        """The settings this kind does not read (a recipe holds every one; compare shows them as —)."""
+        return [name for name in type(self).model_fields if name != "kind" and name not in self.params()]
+
 
 class OptimConfig(_Section):
     lr: float = Field(2e-4, gt=0.0)

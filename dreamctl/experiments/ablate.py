@@ -155,7 +155,7 @@ def _evaluated(run_dir: Path, cfg: SampleConfig, req: EvalRequest) -> bool:
 def make_plan(spec: Spec) -> Plan:
     """Validate every expanded recipe first (a bad key fails before anything runs), then price each job."""
     data = Path(spec.data) if spec.data else None
-    trains, evals = [], []
+    trains, evals, recipes = [], [], []
     count_cache: dict[str, int | None] = {}
     used: set[int | None] = set()
     runs = expand(spec)
@@ -167,6 +167,7 @@ def make_plan(spec: Spec) -> Plan:
         run_dir = spec.out / name
         try:
             recipe = load_recipe(recipe_name, overrides)
+            recipes.append(recipe)
             # evaluate's own resolution of its flags (a DDPM point runs all T steps, null = the recipe's)
             points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
                       for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
@@ -199,6 +200,11 @@ def make_plan(spec: Spec) -> Plan:
             extra += ("--num", str(spec.num)) if spec.num else ()
             evals.append(EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra, "skip" if evaluated else "evaluate",
                                  req.num, req.num * cfg.steps))
+    for key, _ in spec.grid:  # an axis no run reads trains the same run under each of its names
+        if all(key.removeprefix("loss.") in recipe.loss.unused() for recipe in recipes):
+            kinds = ", ".join(sorted({recipe.loss.kind for recipe in recipes}))
+            raise ConfigError(f"{spec.path}: grid axis {key}: loss.kind {kinds} does not read it, so its runs "
+                              "would be identical; vary a setting of the kind, or set loss.kind")
     known = tuple(sorted(n for n in used if n is not None)) if None not in used else ()
     return Plan(spec, data, known, tuple(trains), tuple(evals))
 

@@ -73,9 +73,8 @@ class Comparison:
 
 def effective_items(recipe: Recipe) -> dict[str, Any]:
     """flat_items with the loss parameters that this loss kind ignores set to None (shown as —)."""
-    used = recipe.loss.params()
-    return {k: None if k.startswith("loss.") and k != "loss.kind" and k[5:] not in used else v
-            for k, v in flat_items(recipe).items()}
+    unused = {f"loss.{name}" for name in recipe.loss.unused()}
+    return {k: None if k in unused else v for k, v in flat_items(recipe).items()}
 
 
 RESUMED = "resumed with"  # a setting of its own: what `resume --set` changed part-way, and at which step
