@@ -37,30 +37,29 @@ demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant),
 data-celeba: $(BIN)/.installed  ## CELEBA=path: CelebA -> data/celeba64 shards, center:178 crop, 64px
 	$(BIN)/dreamctl prepare-data --source celeba --root $(CELEBA) --out $(DATA) --resolution 64 --crop center:178
 
-reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (1 GPU; about 1 h 35 min on an H200: 842 img/s measured, 1,664 before epoch 10; docs/benchmarks.md)
+# Weights checked before days of training; a run folder already started (a stop, a scheduler's time
+# limit) goes on where it stopped instead of being refused as taken; then the study's evaluation.
+define reproduce
 	$(BIN)/dreamctl weights --check
-	$(BIN)/dreamctl train --recipe conservative --data $(DATA) --run-dir $(RUNS)/conservative
-	$(BIN)/dreamctl evaluate $(RUNS)/conservative --num 5000 --ref train --strict-weights
+	if [ -f $(RUNS)/$(1)/recipe.yaml ]; then $(BIN)/dreamctl resume $(RUNS)/$(1) --data $(DATA); \
+	else $(BIN)/dreamctl train --recipe $(1) --data $(DATA) --run-dir $(RUNS)/$(1); fi
+	$(BIN)/dreamctl evaluate $(RUNS)/$(1) --num 5000 --ref train --strict-weights
+endef
+
+reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (1 GPU; about 1 h 35 min on an H200: 842 img/s measured, 1,664 before epoch 10; docs/benchmarks.md)
+	$(call reproduce,conservative)
 
 reproduce-aggressive: $(BIN)/.installed  ## the study's aggressive variant (1 H100)
-	$(BIN)/dreamctl weights --check
-	$(BIN)/dreamctl train --recipe aggressive --data $(DATA) --run-dir $(RUNS)/aggressive
-	$(BIN)/dreamctl evaluate $(RUNS)/aggressive --num 5000 --ref train --strict-weights
+	$(call reproduce,aggressive)
 
 reproduce-baseline: $(BIN)/.installed  ## plain DDPM with the study's network and settings (1 H100)
-	$(BIN)/dreamctl weights --check
-	$(BIN)/dreamctl train --recipe baseline --data $(DATA) --run-dir $(RUNS)/baseline
-	$(BIN)/dreamctl evaluate $(RUNS)/baseline --num 5000 --ref train --strict-weights
+	$(call reproduce,baseline)
 
 reproduce-dream: $(BIN)/.installed  ## DREAM as published (Zhou et al. 2024), p = 1 (1 H100)
-	$(BIN)/dreamctl weights --check
-	$(BIN)/dreamctl train --recipe dream --data $(DATA) --run-dir $(RUNS)/dream
-	$(BIN)/dreamctl evaluate $(RUNS)/dream --num 5000 --ref train --strict-weights
+	$(call reproduce,dream)
 
 reproduce-ddpm-ip: $(BIN)/.installed  ## DDPM-IP input perturbation, gamma 0.1 (1 H100)
-	$(BIN)/dreamctl weights --check
-	$(BIN)/dreamctl train --recipe ddpm-ip --data $(DATA) --run-dir $(RUNS)/ddpm-ip
-	$(BIN)/dreamctl evaluate $(RUNS)/ddpm-ip --num 5000 --ref train --strict-weights
+	$(call reproduce,ddpm-ip)
 
 ablate-study: $(BIN)/.installed  ## the study's comparison at equal images seen (5 full runs: days on 1 GPU)
 	$(BIN)/dreamctl weights --check
