@@ -446,3 +446,15 @@ def test_a_grid_axis_that_no_run_reads_is_refused(tmp_path: Path) -> None:
     plan = make_plan(parse_spec(write_spec(tmp_path, base=None, grid={"recipe": ["tiny-dream", "tiny-conservative"],
                                                                       "loss.alpha": [0.3, 0.7]})))
     assert len(plan.train) == 4
+
+
+def test_ablate_set_shrinks_a_spec_without_copying_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A quick look at a built-in spec meant copying it to lower train.max_steps (research review #6)."""
+    spec_path = write_spec(tmp_path, set=["train.epochs=4", "train.max_steps=30"])
+    spec = parse_spec(spec_path, extra_set=("train.max_steps=10",))
+    assert spec.set == ("train.epochs=4", "train.max_steps=30", "train.max_steps=10")  # the last one wins
+    assert {j.steps for j in make_plan(spec).train} == {10}
+    assert main(["ablate", str(spec_path), "--dry-run", "--set", "train.max_steps=10"]) == 0
+    assert "train.max_steps=10" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"loss\.lambda_max is both a grid axis and in 'set' \(or --set\)"):
+        parse_spec(spec_path, extra_set=("loss.lambda_max=0.2",))  # the grid's values would win unseen

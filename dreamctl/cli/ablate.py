@@ -1,4 +1,4 @@
-"""`dreamctl ablate SPEC.yaml [--dry-run] [--seeds 0,1,2] [--nproc-per-node N] [--device D] [--data DIR] [--out DIR]`."""
+"""`dreamctl ablate SPEC.yaml [--dry-run] [--seeds 0,1,2] [--nproc-per-node N] [--device D] [--data DIR] [--out DIR] [--set K=V]`."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def _print_plan(plan: Plan) -> None:
 EXAMPLES = """\b
 Examples:
   dreamctl ablate lambda-max --dry-run
-  dreamctl ablate my-spec.yaml --data data/celeba64"""  # under --help; "\\b": not rewrapped
+  dreamctl ablate my-spec.yaml --data data/celeba64
+  dreamctl ablate tiny-methods --set train.max_steps=20 --out runs/ablations/quick   # a quick look"""  # under --help; "\\b": not rewrapped
 
 def command(
     spec: Annotated[str, typer.Argument(help="Ablation spec: a built-in name (lambda-max, methods, tiny-methods, ...) or a YAML path.")],
@@ -66,6 +67,8 @@ def command(
     device: options.Device = None,
     data: Annotated[Path | None, typer.Option("--data", help="Prepared data folder (overrides the spec).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (overrides the spec).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe key in every run, "
+                                            "after the spec's own `set` (repeatable), e.g. train.max_steps=20.")] = [],
 ) -> None:
     """Run a grid of recipe overrides: train what is new, resume what was interrupted, evaluate, report."""
     from dreamctl import runtime
@@ -74,7 +77,8 @@ def command(
     from dreamctl.experiments.spec import parse_spec
 
     runtime.check_device(device)  # before the plan: every job would fail on it
-    parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None)
+    parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None,
+                        extra_set=tuple(set_))
     plan = make_plan(parsed)
     _print_plan(plan)
     if dry_run:  # a plan may come before its data or weights: what the run would refuse is a warning here

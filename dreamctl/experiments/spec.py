@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from dreamctl.config import RECIPES_DIR, parse_override
-from dreamctl.config.load import builtin_or_path, read_yaml
+from dreamctl.config.load import builtin_or_path, override_keys, read_yaml
 from dreamctl.config.keys import setting_value
 from dreamctl.config.schema import check_eval_num
 from dreamctl.config.validation import problems
@@ -123,8 +123,9 @@ class SpecFile(BaseModel):
 
 
 def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str | None = None,
-               out: str | None = None) -> Spec:
-    """Read and check an ablation spec (a built-in name or a path); CLI values (seeds, data, out) override the file's."""
+               out: str | None = None, extra_set: tuple[str, ...] = ()) -> Spec:
+    """Read and check an ablation spec (a built-in name or a path); CLI values (seeds, data, out) override the
+    file's, and `extra_set` (ablate --set) follows its `set`, so a value there wins."""
     path = builtin_or_path(path, ABLATIONS_DIR, "ablation spec")
     try:
         raw = SpecFile.model_validate(read_yaml(path) or {})
@@ -134,8 +135,9 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
     grid = tuple((k, tuple(_resolve_base(str(v), path) for v in vs) if k == RECIPE_AXIS else vs) for k, vs in grid)
     if raw.base is None and RECIPE_AXIS not in dict(grid):
         raise _spec_error(path, "key 'base' is required (a recipe name or path), unless grid has a 'recipe' axis")
-    for text in raw.set:
-        parse_override(text)
+    fixed = (*raw.set, *extra_set)
+    if both := [k for k in override_keys(fixed) if k in dict(grid)]:  # the grid's value would win unseen
+        raise _spec_error(path, f"{both[0]} is both a grid axis and in 'set' (or --set): give it in one place")
     if raw.evaluate is None and eval_grid:
         raise _spec_error(path, "'evaluate: false' contradicts 'eval_grid'")
     evaluate = raw.evaluate or _Evaluate()
@@ -154,7 +156,7 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
                                 "set 'out' to put the ablation elsewhere")
     return Spec(
         name=name, path=path, base=None if raw.base is None else _resolve_base(raw.base, path),
-        data=data or raw.data or None, out=Path(out or raw.out or f"runs/ablations/{name}"), set=tuple(raw.set),
+        data=data or raw.data or None, out=Path(out or raw.out or f"runs/ablations/{name}"), set=fixed,
         grid=grid, eval_grid=eval_grid, seeds=tuple(seeds or raw.seeds), evaluate=raw.evaluate is not None,
         metrics=tuple(metrics) if metrics else None, num=evaluate.num, description=raw.description,
     )
