@@ -161,7 +161,10 @@ def test_seeds_that_logged_or_checkpointed_at_other_intervals_are_one_group(tmp_
     c = write_run(tmp_path, "c", ("train.seed=2", "optim.lr=1e-3"), info=same_data)  # this one changes the weights
     comp = compare_runs([read_run(d) for d in (a, b, c)])
     assert [row.seeds for row in comp.aggregate] == [(0, 1), (2,)]
-    assert comp.aggregate[0].settings["train.log_every"] == "(varies)"
+    assert comp.aggregate[0].settings["data.path"] == "(varies)"  # moved, or other data: shown
+    # Bookkeeping that leaves the weights as they are is no column (research review #5: 23 columns wrapped)
+    assert "train.log_every" not in comp.settings and "train.checkpoint_every" not in comp.settings
+    assert {"train.seed", "optim.lr"} <= set(comp.settings)
 
 
 def test_runs_on_other_training_data_are_never_one_seed_group(tmp_path: Path) -> None:
@@ -487,3 +490,31 @@ def test_kid_and_lpips_columns_say_what_their_numbers_are(tmp_path: Path) -> Non
     assert compare_runs([read_run(run)]).notes == (SCALE_NOTES["kid"], SCALE_NOTES["lpips"])
     write_eval(run, P50, 50, 200, {"fid": {"value": 9.0}})
     assert compare_runs([read_run(run)]).notes == ()
+
+
+def test_the_terminal_table_leaves_out_a_metric_no_run_has_a_value_of(tmp_path: Path, capsys) -> None:
+    """Four columns of `missing` (no Inception file) squeezed the rest to four characters; the files keep them."""
+    from dreamctl.cli import main
+
+    missing = {"missing": "weight file inception-2015-12-05.pt is missing"}
+    dirs = [write_run(tmp_path, name, recipe="tiny") for name in ("a", "b")]
+    for d, swd in zip(dirs, (1.5, 2.5)):
+        write_eval(d, P50, 50, 200, {"fid": missing, "swd": {"value": swd}})
+    assert main(["compare", *map(str, dirs)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"left out of the tables, as no run has a value: fid @ {P50}" in out
+    assert "missing: a fid" in out and "2.5" in out
+    assert main(["compare", *map(str, dirs), "--format", "markdown"]) == 0
+    assert f"fid @ {P50}" in capsys.readouterr().out  # the markdown, CSV and JSON keep every column
+
+
+def test_the_csv_leaves_a_setting_the_loss_kind_does_not_read_empty(tmp_path: Path) -> None:
+    """`—` made pandas read the whole column as strings; the terminal and markdown keep the dash."""
+    import csv
+    import io
+
+    plain, study = write_run(tmp_path, "plain", recipe="tiny"), write_run(tmp_path, "study")
+    comp = compare_runs([read_run(plain), read_run(study)])
+    rows = list(csv.DictReader(io.StringIO(to_csv(comp))))
+    assert [r["loss.alpha"] for r in rows] == ["", "0.7"]
+    assert "| — |" in to_markdown(comp)

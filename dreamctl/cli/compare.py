@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
@@ -46,7 +47,10 @@ def _print_table(comp: Comparison) -> None:
             groups.add_row(*info_cells(row, aggregate=True))
         console.print(groups)
     described = describe_protocols(comp)
-    for pid in protocol_ids(comp):
+    full = comp  # the tables below leave out a metric no run has a value of; the missing: lines say why
+    comp = dataclasses.replace(comp, columns=tuple(c for c in comp.columns
+                                                   if any(r.metrics[c].value is not None for r in comp.rows)))
+    for pid in protocol_ids(full):
         table = _table(f"protocol {pid}\n{described[pid]}", ["run"] + protocol_headers(comp, pid))
         for i, row in enumerate(comp.rows):
             table.add_row(row.label, *protocol_cells(comp, row, pid), end_section=i == len(comp.rows) - 1)
@@ -59,6 +63,9 @@ def _print_table(comp: Comparison) -> None:
         console.print(f"Note: {note}.", highlight=False, markup=False)
     if legend := spread_line(comp):
         console.print(legend, style="dim", highlight=False, markup=False)
+    if dropped := [f"{name} @ {pid}" for pid, name in full.columns if (pid, name) not in comp.columns]:
+        console.print(f"left out of the tables, as no run has a value: {', '.join(dropped)}", style="dim",
+                      highlight=False, markup=False)
     missing = [(row.label, pid, name, m) for row in comp.rows for (pid, name), m in row.metrics.items() if m.missing]
     by_reason: dict[str, list[str]] = {}  # one line per reason: the same absent weights for every run
     for label, pid, name, m in missing:

@@ -100,10 +100,13 @@ def run_items(run: Run) -> dict[str, Any]:
 
 
 def differing_settings(runs: list[Run]) -> tuple[str, ...]:
-    """Dotted recipe keys (and RESUMED) whose value is not the same in every run, in recipe order."""
+    """Dotted recipe keys (and RESUMED) whose value is not the same in every run, in recipe order; not the
+    BOOKKEEPING_KEYS that leave the weights as they are (how often a run logged, say), but data.path, which
+    may name other data."""
     flats = [run_items(run) for run in runs]
     keys = list(dict.fromkeys(k for flat in flats for k in flat))
-    return tuple(k for k in keys if k not in NOT_SETTINGS and len({repr(f.get(k)) for f in flats}) > 1)
+    shown = [k for k in keys if k not in NOT_SETTINGS and (k == "data.path" or not k.startswith(BOOKKEEPING_KEYS))]
+    return tuple(k for k in shown if len({repr(f.get(k)) for f in flats}) > 1)
 
 
 def _metric(name: str, entry: dict[str, Any]) -> Metric:

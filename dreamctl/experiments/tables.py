@@ -39,9 +39,10 @@ def format_metric(metric: Metric, of_seeds: int = 1) -> str:
     return text + (f" (n={metric.n})" if of_seeds > 1 and metric.n < of_seeds else "")
 
 
-def _setting_text(value: Any) -> str:
+def _setting_text(value: Any, none: str = "—") -> str:
+    """A setting's value as a cell; `none` for one the run's loss kind does not read."""
     if value is None:
-        return "—"
+        return none
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
@@ -148,7 +149,7 @@ def to_csv(comp: Comparison) -> str:
     for kind, rows in (("run", comp.rows), ("seed-mean", comp.aggregate)):
         for row in rows:
             line = [kind, row.label, ",".join(map(str, row.seeds)), row.recipe]
-            line += [_setting_text(row.settings[k]) if k in row.settings else "" for k in comp.settings]
+            line += [_setting_text(row.settings[k], none="") if k in row.settings else "" for k in comp.settings]
             line += [row.status, row.device] + ["" if row.totals[k] is None else row.totals[k] for k in TOTALS]
             for pid in protocol_ids(comp):
                 line.append("/".join(map(str, row.eval_steps.get(pid, ()))))
