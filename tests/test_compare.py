@@ -319,6 +319,7 @@ def test_the_protocol_description_says_whether_ema_weights_were_sampled(tmp_path
     write_eval(a, "ema", 50, 200, {"swd": {"value": 81.0}})
     text = describe_protocols(compare_runs([read_run(a)]))
     assert "ema=False" in text["raw"] and "ema=True" in text["ema"]
+    assert "seed=0" in text["ema"]  # which images: said even for the default base seed (research review #9)
 
 
 def test_two_inception_files_never_share_a_column(tmp_path: Path) -> None:

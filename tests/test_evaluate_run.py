@@ -156,6 +156,7 @@ def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
     assert flat.count("inception-2015-12-05.pt is missing") == 1 and "missing fid, kid, is: " in flat  # said once
     assert "missing lpips: " in flat and "comparable only within one protocol id" not in flat  # no FID, KID, IS
     assert "against the first 12 train images (all of them trained on: a score against training images" in flat
+    assert "EMA, base seed 7: image i from seed 7*2**20+i)" in flat
 
 
 def test_evaluate_compiles_in_the_mode_asked_for(trained, tmp_path, monkeypatch):

@@ -108,7 +108,8 @@ def command(
     console.print(table)
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
     say(f"{p['num_generated']} samples ({p['sampler']} {p['steps']} steps, eta {p['eta']:g}, "
-        f"{'EMA' if p['ema'] else 'raw'}) from {result.samples}")
+        f"{'EMA' if p['ema'] else 'raw'}, base seed {p['seed']}: image i from seed {p['seed']}*2**20+i) "
+        f"from {result.samples}")
     features = any(m in INCEPTION_METRICS and "value" in e for m, e in record["metrics"].items())
     say(f"against the first {p['ref_num']} {p['ref_split']} images{_trained_on(p)}"
         + (f"; features: {p['feature_network']}, {p['resize']}" if features else ""))

@@ -98,7 +98,7 @@ def describe_protocols(comp: Comparison) -> dict[str, str]:
     out = {}
     for pid, desc in comp.protocols.items():
         uses_inception = any(m in INCEPTION_METRICS for p, m in comp.columns if p == pid)
-        keys = ("sampler", "steps", "eta", "t_start", "ema", "precision", "num_generated", "ref_split", "ref_num") \
+        keys = ("sampler", "steps", "eta", "t_start", "ema", "precision", "seed", "num_generated", "ref_split", "ref_num") \
             + (("resize", "feature_network") if uses_inception else ())
         parts = [f"{k}={desc[k]}" for k in keys if k in desc]
         out[pid] = ", ".join(parts) or "no protocol recorded"
