@@ -160,7 +160,7 @@ def test_ranks_draw_their_own_slices(trained, tmp_path):
 
 def test_sample_refuses_what_the_recipe_schema_refuses(trained, tmp_path, capsys):
     run, _ = trained
-    for args, key in ((["--sampler", "ddpm", "--steps", "5"], "sample.sampler"),
+    for args, key in ((["--sampler", "ddpm", "--steps", "5"], "no --steps or --t-start with --sampler ddpm"),
                       (["--steps", "5000"], "sample.steps"), (["--t-start", "1000"], "sample.t_start"),
                       (["--eta", "1.5"], "sample.eta"),  # was clamped inside the step without a word
                       (["--sampler", "euler"], "sample.sampler"), (["--checkpoint", "3"], "no checkpoint for step 3"),

@@ -294,7 +294,9 @@ class Recipe(_Section):
         t_start = self.sample.t_start
         if self.sample.sampler == "ddpm" and (self.sample.steps != self.diffusion.num_timesteps or t_start is not None):
             raise ValueError("sample.sampler 'ddpm' runs all T steps from T-1: set sample.steps to "
-                             "diffusion.num_timesteps and no sample.t_start, or use ddim")
+                             "diffusion.num_timesteps and no sample.t_start (on the command line: no --steps or "
+                             "--t-start with --sampler ddpm), or use ddim (--eta 1: fresh noise every step, in "
+                             "fewer steps)")
         if t_start is not None and not self.sample.steps - 1 <= t_start < self.diffusion.num_timesteps:
             raise ValueError(f"sample.t_start {t_start} must be below diffusion.num_timesteps and at least "
                              f"sample.steps - 1 ({self.sample.steps - 1}), one timestep per step")
