@@ -263,6 +263,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
     protocol = {**sampling_protocol(model.cfg, model.step, req, model.precision), "ref_preprocessing": manifest.preprocessing,
                 "ref_manifest_sha256": manifest_sha, "image_size": model.image_size,
                 "ref_trained_on": trained_on(recipe, run, data_dir, req.ref_split, req.ref_num),
+                "weights_sha256": model.weights_sha256,  # which weights, also for a file copied out of the run
                 **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", "kid", "is", "lpips", "swd")
                    if k in used}}
     results = {**out["metrics"], **{m: {"missing": why} for m, why in problems.items()}}

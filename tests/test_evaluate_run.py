@@ -72,6 +72,8 @@ def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
                 "feature_network": net.name, "feature_network_sha256": net.weights_sha256,
                 "feature_network_stand_in": True, "reference_cache": "written", "ref_trained_on": 20}
     assert {k: p[k] for k in expected} == expected
+    sample_json = json.loads((result.samples / "sample.json").read_text())
+    assert p["weights_sha256"] == sample_json["weights_sha256"] and len(p["weights_sha256"]) == 64
     assert "stand-in" in p["feature_network"] and "NOT Inception" in p["feature_network"]
     assert tuple(rec["metrics"]) == metrics
     for name in metrics:
