@@ -34,11 +34,11 @@ def write_run(root: Path, name: str, overrides: tuple[str, ...] = (), recipe: st
     (run_dir / "recipe.yaml").write_text(recipe_to_yaml(r))
     (run_dir / "run.json").write_text(json.dumps({
         "name": name, "recipe": r.name, "status": status, "world_size": 1, "device": "cpu", "step": step,
-        "epoch": 4, "images_seen": step * 64, "wall_time_s": 81.5, "img_per_s": 157.0, "peak_memory_bytes": 0,
+        "epoch": 4, "images_seen": step * r.train.batch_size, "wall_time_s": 81.5, "img_per_s": 157.0, "peak_memory_bytes": 0,
         **(info or {})}))
     rows = []
     for s in range(25, step + 1, 25):
-        row = {"step": s, "epoch": s // 50, "images_seen": s * 64, "loss": 1.0 / (1 + s / 50) + 0.01 * r.train.seed}
+        row = {"step": s, "epoch": s // 50, "images_seen": s * r.train.batch_size, "loss": 1.0 / (1 + s / 50) + 0.01 * r.train.seed}
         if r.loss.kind == "dream_conservative":
             row.update(loss_std=row["loss"] * 0.9, loss_rect=row["loss"] * 1.1, lambda_mean=0.25 * min(s / step, 1.0))
         rows.append(json.dumps(row))

@@ -197,3 +197,24 @@ def test_every_figure_of_a_dream_conservative_run_says_it_is_the_studys_variant(
     figures.clear()
     write_figures([plain], tmp_path / "plain-figs")
     assert figures and all(fig.get_supxlabel() == "" for fig in figures)
+
+
+def test_runs_of_other_batch_sizes_are_plotted_against_images_seen(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step of 64 images beside one of 16 compares nothing: the study compares at equal images seen
+    (research review #7). One batch size: the step, as before."""
+
+    big, small = write_run(tmp_path, "big", recipe="tiny"), write_run(tmp_path, "small", ("train.batch_size=16",))
+    for d in (big, small):
+        write_eval(d, P50, 50, 200, {"swd": {"value": 2.0}})
+    figures = _drawn(monkeypatch)
+    runs = [read_run(big), read_run(small)]
+    plot_losses(runs, tmp_path / "loss.png")
+    plot_metrics_vs_step(runs, P50, "", tmp_path / "m.png")
+    (loss, metric) = figures
+    assert loss.axes[0].get_xlabel() == "images seen (the runs' batch sizes differ)"
+    assert [line.get_xdata()[-1] for line in loss.axes[0].get_lines()] == [200 * 64, 200 * 16]
+    assert metric.axes[0].get_xlabel().startswith("images seen")
+    assert [line.get_xdata()[0] for line in metric.axes[0].get_lines()] == [200 * 64, 200 * 16]
+    plot_losses([read_run(big)], tmp_path / "one.png")
+    assert figures[-1].axes[0].get_xlabel() == "training step"

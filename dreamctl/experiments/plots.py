@@ -84,9 +84,17 @@ def _ours(path: Path) -> bool:
         return False
 
 
-def _series(run: Run, key: str) -> tuple[list[float], list[float]]:
-    points = [(r["step"], r[key]) for r in run.history
-              if isinstance(r.get("step"), (int, float)) and isinstance(r.get(key), (int, float))]
+def _x_axis(runs: list[Run]) -> tuple[str, str]:
+    """(metrics.jsonl key, axis label) to plot against: the step, or the images seen when the runs' batch
+    sizes differ (a step of 64 images against one of 16 compares nothing)."""
+    if len({run.recipe.train.batch_size for run in runs}) > 1:
+        return "images_seen", "images seen (the runs' batch sizes differ)"
+    return "step", "training step"
+
+
+def _series(run: Run, key: str, x: str = "step") -> tuple[list[float], list[float]]:
+    points = [(r[x], r[key]) for r in run.history
+              if isinstance(r.get(x), (int, float)) and isinstance(r.get(key), (int, float))]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -116,12 +124,13 @@ def plot_losses(runs: list[Run], path: Path, notes: Sequence[str] = ()) -> Path 
               "loss_std": f"loss_std: eps-MSE {at}"} if mixed else {}
     labels = [f"{label} ({run.recipe.loss.kind})" if mixed else label for run, label in zip(runs, run_labels(runs))]
     fig, axes = _figure(len(keys))
+    along, xlabel = _x_axis(runs)
     for ax, key in zip(axes, keys):
         for i, (run, label) in enumerate(zip(runs, labels)):
-            x, y = _series(run, key)
+            x, y = _series(run, key, along)
             if x:
                 _line(ax, x, y, label, _color(i))
-        ax.set(xlabel="training step", ylabel=key)
+        ax.set(xlabel=xlabel, ylabel=key)
         ax.set_title(titles.get(key, key), **({"fontsize": "small"} if key in titles else {}))
         if all(v > 0 for run in runs for v in _series(run, key)[1]):
             ax.set_yscale("log")
@@ -133,14 +142,15 @@ def plot_losses(runs: list[Run], path: Path, notes: Sequence[str] = ()) -> Path 
 
 def plot_lambda(runs: list[Run], path: Path, notes: Sequence[str] = ()) -> Path | None:
     """The rectification weight actually applied (lambda_mean over each logged batch)."""
-    drawn = [(i, run, label, *_series(run, "lambda_mean")) for i, (run, label) in enumerate(zip(runs, run_labels(runs)))]
+    along, xlabel = _x_axis(runs)
+    drawn = [(i, run, label, *_series(run, "lambda_mean", along)) for i, (run, label) in enumerate(zip(runs, run_labels(runs)))]
     drawn = [d for d in drawn if d[3]]
     if not drawn:
         return None
     fig, (ax,) = _figure(1)
     for i, run, label, x, y in drawn:
         _line(ax, x, y, f"{label} ({run.recipe.loss.kind})", _color(i))
-    ax.set(xlabel="training step", ylabel="lambda_mean", title="lambda applied: mean over each logged batch's timesteps (metrics.jsonl)")
+    ax.set(xlabel=xlabel, ylabel="lambda_mean", title="lambda applied: mean over each logged batch's timesteps (metrics.jsonl)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path, notes)
@@ -150,14 +160,17 @@ def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, pa
                          notes: Sequence[str] = ()) -> Path | None:
     """Each metric of one protocol (a column id of compare) against the checkpoint step it was measured at."""
     ids = column_ids(runs)
+    along, xlabel = _x_axis(runs)
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for run, label in zip(runs, run_labels(runs)):
+        per_step = run.recipe.train.batch_size if along == "images_seen" else 1
         for record in run.evals:
             if column_id(record, ids) != protocol_id or record.checkpoint_step is None:
                 continue
             for name, entry in record.metrics.items():
                 if "missing" not in entry and finite_number(entry.get("value")):
-                    curves.setdefault(name, {}).setdefault(label, []).append((record.checkpoint_step, entry["value"]))
+                    curves.setdefault(name, {}).setdefault(label, []).append((record.checkpoint_step * per_step,
+                                                                              entry["value"]))
     if not curves:
         return None
     fig, axes = _figure(len(curves))
@@ -166,7 +179,7 @@ def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, pa
         for label, points in by_run.items():
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, color=colors[label])
-        ax.set(xlabel="checkpoint step", ylabel=name, title=name)
+        ax.set(xlabel=xlabel.replace("training step", "checkpoint step"), ylabel=name, title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     _title(fig, f"Metrics against training step — protocol {protocol_id}", description)
