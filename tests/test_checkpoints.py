@@ -273,6 +273,7 @@ def test_resume_refuses_a_run_whose_checkpoints_are_gone(tmp_path, synthetic_dat
     """Starting again from step 0 would rewrite the log of a run that got further: refused, nothing touched."""
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"]) == 0
+    capsys.readouterr()  # training's own lines (a warning of this short run)
     for path in list_checkpoints(run / "checkpoints"):
         path.unlink()
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -427,6 +428,7 @@ def test_a_run_whose_data_moved_says_how_to_resume_on_it(tmp_path, synthetic_dat
     data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(synthetic_data_dir, data)
     assert train(run, data, TINY + ["train.max_steps=2"]) == 0
+    capsys.readouterr()  # training's own lines (a warning of this short run)
     data.rename(tmp_path / "moved")
     assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 2
     err = capsys.readouterr().err
@@ -443,6 +445,7 @@ def test_a_damaged_run_recipe_says_how_to_restore_it(tmp_path, synthetic_data_di
     """Not only what is wrong with the file: where its content can be found again."""
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"]) == 0
+    capsys.readouterr()  # training's own lines (a warning of this short run)
     saved = torch.load(list_checkpoints(run / "checkpoints")[-1], weights_only=True)["recipe"]
     (run / "recipe.yaml").write_text("bogus: 1\n")
     assert main(["resume", str(run)]) == 2
@@ -467,3 +470,21 @@ def test_a_bug_while_loading_an_intact_checkpoint_keeps_its_traceback(tmp_path, 
     monkeypatch.setattr(torch, "load", buggy)
     with pytest.raises(TypeError, match="a bug"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("steps, keep, kept", [
+    ([10, 20, 26, 30, 40], 3, [20, 30, 40]),  # the stop's 26 goes before the scheduled 20
+    ([10, 20, 26], 2, [20, 26]),  # ... but never the newest: a resume goes on from it
+    ([10, 20, 26, 30], 3, [10, 20, 30]),
+    ([10, 20, 26, 30, 40], 1, [40]),
+    ([10, 26], 3, [10, 26]),  # fewer than keep: all kept
+    ([10, 20, 30, 40, 50], 3, [30, 40, 50]),  # all scheduled: the newest
+])
+def test_rotation_removes_a_stops_checkpoint_before_the_scheduled_ones(tmp_path, steps, keep, kept):
+    """A stop's checkpoint at step 26 pushed out the scheduled ones of steps 10 and 20, the points of a
+    metrics-against-step curve (research review)."""
+    from dreamctl.training.state import save_checkpoint
+
+    for step in steps:
+        save_checkpoint({"step": step}, tmp_path, keep, every=10)
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == kept

@@ -218,7 +218,7 @@ def test_the_evaluate_table_says_what_plus_minus_is(monkeypatch, capsys, tmp_pat
     from dreamctl import evaluation
 
     protocol = {"checkpoint_step": 4, "num_generated": 8, "sampler": "ddim", "steps": 2, "eta": 0.0, "ema": True,
-                "ref_num": 8, "ref_split": "train", "feature_network": "inception-2015-12-05", "resize": RESIZE_CLEAN,
+                "seed": 0, "ref_num": 8, "ref_split": "train", "feature_network": "inception-2015-12-05", "resize": RESIZE_CLEAN,
                 "kid": {"num_subsets": 7, "max_subset_size": 1000}}
     record = {"protocol_id": "p", "protocol": protocol, "metrics": {
         "kid": {"value": 0.02, "std": 0.001}, "lpips": {"value": 0.3, "std": 0.05, "spread": "pairs"},

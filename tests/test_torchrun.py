@@ -260,10 +260,10 @@ def _full_disk_worker(rank: int, init: str, data: str, run: str, out: str) -> No
 
     real = record.save_checkpoint
 
-    def full_disk(ckpt, folder, keep):
+    def full_disk(ckpt, folder, keep, **kwargs):
         if rank == 0 and ckpt["step"] == 4:
             raise OSError(28, "No space left on device", str(folder))
-        return real(ckpt, folder, keep)
+        return real(ckpt, folder, keep, **kwargs)
 
     record.save_checkpoint = full_disk
     recipe = load_recipe("tiny", TINY + ["train.max_steps=8", "train.checkpoint_every=2", f"data.path={data}"])

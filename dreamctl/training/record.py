@@ -88,7 +88,8 @@ class Recorder:
             ckpt = s.state_dict(self.recipe_yaml, self.order.state_dict(), meter_state, run.run_id(),
                                 processes(self.rt))
             run.sync_metrics()
-            path = save_checkpoint(ckpt, run.checkpoints, self.recipe.train.keep_checkpoints)
+            path = save_checkpoint(ckpt, run.checkpoints, self.recipe.train.keep_checkpoints,
+                                   every=self.recipe.train.checkpoint_every)
             run.update_info({"step": s.step, "epoch": self.order.epoch, "images_seen": s.images_seen,
                              "wall_time_s": round(s.wall_time_s, 2)})
             self.on_event("checkpoint", {"step": s.step, "path": str(path)})

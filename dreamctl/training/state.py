@@ -90,8 +90,10 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if CHECKPOINT.match(p.name)), key=step_of)
 
 
-def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
-    """Write atomically, then remove all but the newest `keep` (only after the new one is safe)."""
+def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int, every: int = 1) -> Path:
+    """Write atomically, then keep the newest and the `keep` - 1 newest of the others (only after the new one
+    is safe), those of a step that is a multiple of `every` first: a stop's checkpoint at step 26 went before
+    the scheduled ones of steps 10 and 20 would, taking a point of a metrics-against-step curve with it."""
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, ckpt["step"])
     try:  # durable: on disk, rename included, before any older checkpoint goes
@@ -101,7 +103,9 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int) -> Path:
         raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}{_space(folder)}); the older "
                               f"checkpoints are kept: free space on that disk (or fix access to it), then continue "
                               f"with `{resume_command(folder.parent)}`") from err
-    for old in list_checkpoints(folder)[:-keep]:
+    *older, newest = list_checkpoints(folder)
+    kept = sorted(older, key=lambda p: (step_of(p) % every == 0, step_of(p)))[max(len(older) - keep + 1, 0):]
+    for old in set(older) - set(kept):
         old.unlink()
     return path
 
