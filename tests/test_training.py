@@ -697,3 +697,16 @@ def test_train_says_when_a_conservative_run_will_rectify_no_step(tmp_path, synth
     assert main(["train", "--recipe", "tiny-conservative", "--data", str(synthetic_data_dir), "--dry-run",
                  *set_args(TINY + ["train.max_steps=2"])]) == 0
     assert "rectifies no step" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_says_how_to_train_it_on(tmp_path, synthetic_data_dir, capsys):
+    """It printed `finished: RUN` as if it had trained (research review)."""
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"finished before: {run} is at its last step (2); to train on, lengthen it: dreamctl resume {run} " \
+           "--set train.max_steps=N (or train.epochs=N)" in out
+    assert main(["resume", str(run), "--set", "train.max_steps=3"]) == 0
+    assert f"finished: {run}" in capsys.readouterr().out

@@ -99,7 +99,7 @@ class TrainingDisplay:
         self.tensorboard_tried = False  # after the run has claimed its folder, never before
         self.progress = progress_bar(enabled, TextColumn("{task.fields[info]}"))
         self.lines = enabled and self.progress.disable  # no bar (no terminal): a plain line per log step
-        self.total = 0
+        self.total = self.started_at = 0
         self.task = None
         self.run_root = run_root
 
@@ -128,7 +128,7 @@ class TrainingDisplay:
             if changed := {k: (v, p[k]) for k, v in p.get("before", {}).items() if k in p and p[k] != v}:
                 self.progress.console.print(_other_processes(changed), markup=False, highlight=False)
         elif kind == "start":
-            self.total = p["total_steps"]
+            self.total, self.started_at = p["total_steps"], p["step"]
             self.task = self.progress.add_task("train", total=p["total_steps"], completed=p["step"], info="")
         elif kind == "step":  # the bar moves every step; the numbers beside it every log step
             self.progress.update(self.task, completed=p["step"])
@@ -148,6 +148,10 @@ class TrainingDisplay:
 
         if status == "interrupted":
             console.print(f"stopped with a checkpoint; continue with:  {runtime.resume_command(self.run_root)}")
+        elif self.task is not None and self.started_at == self.total:  # a resume of a finished run
+            console.print(f"finished before: {self.run_root} is at its last step ({self.total:,}); to train on, "
+                          f"lengthen it: {runtime.resume_command(self.run_root)} --set train.max_steps=N (or "
+                          "train.epochs=N)", markup=False, highlight=False)
         else:
             console.print(f"finished: {self.run_root}")
 
