@@ -319,3 +319,21 @@ def test_kid_protocol_is_clean_fids():
     out = evaluate_image_sets(*imgs, metrics=["kid"], reference_key=None, cache_dir=None,
                               feature_net=StandInFeatureNet())
     assert out["protocol"]["kid"] == {"num_subsets": 100, "max_subset_size": 1000}
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_fid_uses_every_generated_image_when_there_are_more_than_reference_ones():
+    """Every other test has as many or fewer generated images than reference ones: FID on only the first
+    len(reference) generated images would pass them all (mutation audit). Written out with numpy and scipy."""
+    from scipy import linalg
+
+    from dreamctl.metrics.inception import batched_features
+
+    generated, reference = _faces(5, 30), _faces(6, 20)
+    out = evaluate_image_sets(generated, reference, metrics=["fid"], reference_key=None, cache_dir=None,
+                              feature_net=StandInFeatureNet())
+    f_gen, f_ref = (batched_features(StandInFeatureNet(), x)[0].astype(np.float64) for x in (generated, reference))
+    s_gen, s_ref = np.cov(f_gen, rowvar=False), np.cov(f_ref, rowvar=False)
+    covmean = linalg.sqrtm(s_gen @ s_ref).real
+    expected = ((f_gen.mean(0) - f_ref.mean(0)) ** 2).sum() + np.trace(s_gen + s_ref - 2 * covmean)
+    assert out["metrics"]["fid"]["value"] == pytest.approx(expected, rel=1e-5)
