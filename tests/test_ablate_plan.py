@@ -458,3 +458,34 @@ def test_ablate_set_shrinks_a_spec_without_copying_it(tmp_path: Path, capsys: py
     assert "train.max_steps=10" in capsys.readouterr().out
     with pytest.raises(ConfigError, match=r"loss\.lambda_max is both a grid axis and in 'set' \(or --set\)"):
         parse_spec(spec_path, extra_set=("loss.lambda_max=0.2",))  # the grid's values would win unseen
+
+
+def test_seeds_and_settings_that_train_nothing_new_are_not_set_or_grid_keys(tmp_path: Path) -> None:
+    """Each run's train.seed comes last, so one in set/--set lost without a word; a grid over a setting that
+    leaves the weights as they are trained the same run under two names (diff review #1, #5)."""
+    with pytest.raises(ConfigError, match=r"train\.seed in 'set' \(or --set\): list seeds under 'seeds:' or pass --seeds"):
+        parse_spec(write_spec(tmp_path), extra_set=("train.seed=3",))
+    for key in ("sample.batch_size", "train.log_every", "eval.num"):
+        with pytest.raises(ConfigError, match=rf"grid key '{re.escape(key)}' leaves the trained weights as they are"):
+            parse_spec(write_spec(tmp_path, grid={key: [10, 20]}))
+    with pytest.raises(ConfigError, match=r"grid key 'sample\.clip_x0' is an eval-time axis"):
+        parse_spec(write_spec(tmp_path, grid={"sample.clip_x0": [True, False]}))
+
+
+def test_true_false_eval_axes_become_evaluate_flags(tmp_path: Path) -> None:
+    from dreamctl.experiments.spec import expand_eval
+
+    spec = parse_spec(write_spec(tmp_path, eval_grid={"sample.clip_x0": [True, False], "sample.use_ema": [False]}))
+    assert [(name, flags) for name, _, flags in expand_eval(spec)] == [
+        ("clip_x0-true_use_ema-false", ("--clip-x0", "--no-ema")), ("clip_x0-false_use_ema-false", ("--no-clip-x0", "--no-ema"))]
+    plan = make_plan(spec)
+    assert {e.name.split("__")[1] for e in plan.evals} == {"clip_x0-true_use_ema-false", "clip_x0-false_use_ema-false"}
+
+
+def test_an_empty_set_or_grid_key_is_no_entry(tmp_path: Path) -> None:
+    """`grid:` with its last axis commented out is YAML's null; the pydantic spec refused it (diff review #2)."""
+    path = tmp_path / "spec.yaml"
+    write_spec(tmp_path)  # its data folder
+    path.write_text(f"base: tiny\ndata: {tmp_path / 'data'}\nset:\ngrid:\n  # loss.lambda_max: [0.3]\neval_grid:\n")
+    spec = parse_spec(path)
+    assert (spec.set, spec.grid, spec.eval_grid) == ((), (), ())

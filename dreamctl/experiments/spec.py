@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator
 
 from dreamctl.config import RECIPES_DIR, parse_override
 from dreamctl.config.load import builtin_or_path, override_keys, read_yaml
-from dreamctl.config.keys import setting_value
+from dreamctl.config.keys import BOOKKEEPING_KEYS, setting_value
 from dreamctl.config.schema import check_eval_num
 from dreamctl.config.validation import problems
 from dreamctl.errors import ConfigError
@@ -29,7 +29,8 @@ from dreamctl.config.metrics import parse_metrics
 
 RECIPE_AXIS = "recipe"  # `grid: {recipe: [baseline, dream]}`: the base recipe itself varies
 EVAL_AXES = {"sample.sampler": "--sampler", "sample.steps": "--steps", "sample.eta": "--eta",
-             "sample.t_start": "--t-start"}  # evaluate's flags; everything else needs training
+             "sample.t_start": "--t-start", "sample.clip_x0": "--clip-x0",
+             "sample.use_ema": "--ema"}  # evaluate's flags (a true/false one as --X or --no-X); the rest trains
 
 ABLATIONS_DIR = RECIPES_DIR / "ablations"  # `dreamctl ablate NAME` finds NAME.yaml here
 
@@ -72,6 +73,9 @@ def _axes(path: Path, section: str, raw: dict[str, list[Any]]) -> Axes:
             raise _spec_error(path, f"grid key '{key}' is an eval-time axis: put it under eval_grid (no retraining)")
         if section == "grid" and key == "train.seed":
             raise _spec_error(path, "grid key 'train.seed': list seeds under 'seeds:' (or pass --seeds)")
+        if section == "grid" and key.startswith(BOOKKEEPING_KEYS) and key != "data.path":
+            raise _spec_error(path, f"grid key '{key}' leaves the trained weights as they are, so every point would "
+                                    "train the same run: give it in 'set' (evaluate's settings: 'evaluate:')")
         if section == "eval_grid" and key not in EVAL_AXES:
             raise _spec_error(path, f"eval_grid key '{key}' needs training; eval-time axes are {', '.join(EVAL_AXES)}")
         if key != RECIPE_AXIS:
@@ -112,6 +116,12 @@ class SpecFile(BaseModel):
                                    "trains once per seed")  # strict: YAML's true would name a run seed-true
     evaluate: _Evaluate | None = Field(_Evaluate(), description="{metrics: [...], num: N}, or false to train only")
 
+    @field_validator("set", "grid", "eval_grid", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any, info: ValidationInfo) -> Any:
+        # `grid:` with every axis commented out is YAML's null: no axis, not an error
+        return ([] if info.field_name == "set" else {}) if value is None else value
+
     @field_validator("evaluate", mode="before")
     @classmethod
     def _false_trains_only(cls, value: Any) -> Any:
@@ -136,7 +146,10 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
     if raw.base is None and RECIPE_AXIS not in dict(grid):
         raise _spec_error(path, "key 'base' is required (a recipe name or path), unless grid has a 'recipe' axis")
     fixed = (*raw.set, *extra_set)
-    if both := [k for k in override_keys(fixed) if k in dict(grid)]:  # the grid's value would win unseen
+    given = override_keys(fixed)
+    if "train.seed" in given:  # each run's seed comes last (expand): this one would lose unseen
+        raise _spec_error(path, "train.seed in 'set' (or --set): list seeds under 'seeds:' or pass --seeds")
+    if both := [k for k in given if k in dict(grid)]:  # the grid's value would win unseen
         raise _spec_error(path, f"{both[0]} is both a grid axis and in 'set' (or --set): give it in one place")
     if raw.evaluate is None and eval_grid:
         raise _spec_error(path, "'evaluate: false' contradicts 'eval_grid'")
@@ -214,6 +227,13 @@ def expand(spec: Spec) -> list[tuple[str, str, tuple[str, ...]]]:
     return out
 
 
+def _flag(flag: str, value: Any) -> tuple[str, ...]:
+    """evaluate's flag for an eval-grid value: `--steps 20`, or `--clip-x0` / `--no-clip-x0` for true / false."""
+    if isinstance(value, bool):
+        return (flag if value else flag.replace("--", "--no-", 1),)
+    return flag, str(value)
+
+
 def expand_eval(spec: Spec) -> list[tuple[str, dict[str, Any], tuple[str, ...]]]:
     """(suffix, sampling options, evaluate flags) per eval-grid point; one plain point without a grid.
 
@@ -224,7 +244,7 @@ def expand_eval(spec: Spec) -> list[tuple[str, dict[str, Any], tuple[str, ...]]]
     out = []
     for values in itertools.product(*(v for _, v in spec.eval_grid)):
         point = {k: v for k, v in zip(keys, values) if v is not None}
-        flags = [f for k, v in point.items() for f in (EVAL_AXES[k], str(v))]
+        flags = [f for k, v in point.items() for f in _flag(EVAL_AXES[k], v)]
         options = {k.removeprefix("sample."): v for k, v in point.items()}
         out.append((point_name(dict(zip(keys, values))) or "eval", options, tuple(flags)))
     return out
