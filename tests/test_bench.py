@@ -260,6 +260,8 @@ def test_cli_bench_train_writes_json(tmp_path, capsys):
     assert main(args[:-1] + [str(mine)] + set_args(SMALL)) == 2  # ...never another file of that name
     assert f"--out {mine} exists and is not an earlier output of this command" in capsys.readouterr().err
     assert mine.read_text() == '{"mine": 1}'
+    assert main(["bench", "train", "--device", "cpu", "--rounds", "3", "--steps", "4", "--out", str(tmp_path / "zero.json")]) == 2
+    assert "--steps is --rounds' old name; give one of them" in capsys.readouterr().err
     for option in ("--budget-s", "--rounds", "--steps", "--batch-size", "--sample-batches"):  # 0 would time nothing
         assert main(["bench", "train", "--device", "cpu", option, "0", "--out", str(tmp_path / "zero.json")]) == 2
         assert option in capsys.readouterr().err

@@ -76,17 +76,19 @@ def command(
     from dreamctl.experiments.execute import Launch, execute, preflight
     from dreamctl.experiments.spec import parse_spec
 
-    runtime.check_device(device)  # before the plan: every job would fail on it
     parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None,
                         extra_set=tuple(set_))
     plan = make_plan(parsed)
     _print_plan(plan)
-    if dry_run:  # a plan may come before its data or weights: what the run would refuse is a warning here
-        try:
-            preflight(plan)
-        except DreamctlError as problem:
-            err_console.print(f"warning: {problem} (the run would stop before training)", markup=False, highlight=False)
+    if dry_run:  # a plan may come before its data, weights or GPU: what the run would refuse is a warning here
+        for check in (lambda: runtime.check_device(device), lambda: preflight(plan)):
+            try:
+                check()
+            except DreamctlError as problem:
+                err_console.print(f"warning: {problem} (the run would stop before training)", markup=False,
+                                  highlight=False)
         return
+    runtime.check_device(device)  # before the first job: every one would fail on it
     try:
         result = execute(plan, launch=Launch(nproc_per_node, device),
                          progress=lambda msg: console.print(f"[bold]{msg}[/bold]", highlight=False))

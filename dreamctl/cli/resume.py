@@ -39,8 +39,8 @@ def command(
     run = RunDir(run_dir)
     set_ = [*set_, *([f"data.path={data.resolve()}"] if data is not None else [])]
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        runtime.check_device(device)  # the cheapest check first: the shards' hashes take seconds
         check_shards(check_resume(run, set_, nproc_per_node))  # bad overrides, data, batch: once, here
-        runtime.check_device(device)
         args = ["resume", str(run_dir), *set_args(list(set_)), *runtime.device_args(device)]
         raise typer.Exit(launch(nproc_per_node, args))  # the workers' exit code is ours
     recipe = resumed_recipe(run, set_)  # refuses bad overrides before anything starts

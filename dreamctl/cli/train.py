@@ -53,9 +53,9 @@ def command(
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         from dreamctl.training.session import check_shards, check_start
 
+        runtime.check_device(device)  # the cheapest check first: the shards' hashes take seconds
         check_start(resolved, RunDir(run_dir), nproc_per_node)  # bad data, batch or folder: once, here, not per worker
         check_shards(resolved)
-        runtime.check_device(device)
         args = ["train", "--recipe", recipe, "--run-dir", str(run_dir), *set_args(overrides),
                 *runtime.device_args(device)]
         raise typer.Exit(launch(nproc_per_node, args))  # the workers' exit code is ours
