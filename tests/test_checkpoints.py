@@ -478,7 +478,7 @@ def test_a_bug_while_loading_an_intact_checkpoint_keeps_its_traceback(tmp_path, 
     ([10, 20, 26, 30], 3, [10, 20, 30]),
     ([10, 20, 26, 30, 40], 1, [40]),
     ([10, 26], 3, [10, 26]),  # fewer than keep: all kept
-    ([10, 20, 30, 40, 50], 3, [30, 40, 50]),  # all scheduled: the newest
+    ([10, 20, 25, 30], 3, [20, 25, 30]),  # an old final step (a run lengthened later) is no stop: newest first
 ])
 def test_rotation_removes_a_stops_checkpoint_before_the_scheduled_ones(tmp_path, steps, keep, kept):
     """A stop's checkpoint at step 26 pushed out the scheduled ones of steps 10 and 20, the points of a
@@ -486,5 +486,25 @@ def test_rotation_removes_a_stops_checkpoint_before_the_scheduled_ones(tmp_path,
     from dreamctl.training.state import save_checkpoint
 
     for step in steps:
-        save_checkpoint({"step": step}, tmp_path, keep, every=10)
+        save_checkpoint({"step": step}, tmp_path, keep, first_to_go={26})
     assert [step_of(p) for p in list_checkpoints(tmp_path)] == kept
+
+
+def test_a_stop_lists_its_checkpoint_for_rotation(tmp_path, synthetic_data_dir):
+    """Which checkpoint was a stop's is recorded when it is written (run.json stop_steps), not guessed from its
+    step: the last step of a run lengthened later is on no schedule either (diff review #6)."""
+    from dreamctl.config import load_recipe
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import resume_run, start_run
+    from tiny_runs import CPU
+
+    recipe = load_recipe("tiny", [*TINY, f"data.path={synthetic_data_dir}", "train.checkpoint_every=2",
+                                  "train.keep_checkpoints=3", "train.max_steps=6"])
+    run = RunDir(tmp_path / "run")
+    seen: list[int] = []
+    stop = lambda: seen == [1, 2, 3]  # noqa: E731  # after step 3: off the every-2 schedule
+    assert start_run(recipe, run, CPU, should_stop=stop,
+                     on_event=lambda k, p: seen.append(p["step"]) if k == "step" else None) == "interrupted"
+    assert json.loads(run.run_file.read_text())["stop_steps"] == [3]
+    assert resume_run(run, CPU) == "finished"  # checkpoints at 4 and 6: the stop's 3 goes, not the scheduled 2
+    assert [step_of(p) for p in list_checkpoints(run.checkpoints)] == [2, 4, 6]

@@ -220,7 +220,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
             # does not cost one more step and checkpoint within a scheduler's grace period.
             stop = any_rank(should_stop(), rt)
             if stop and not scheduled:
-                recorder.checkpoint()
+                recorder.checkpoint(stop=True)
         if stop and state.step < last_step:
             status = "interrupted"
             break

@@ -79,8 +79,9 @@ class Recorder:
             self.on_event("grid", {"step": self.state.step, "path": str(path)})
         main_first(self.rt, draw)
 
-    def checkpoint(self) -> None:
-        """A checkpoint of this step, after the metrics log it follows is on disk; run.json's totals."""
+    def checkpoint(self, stop: bool = False) -> None:
+        """A checkpoint of this step, after the metrics log it follows is on disk; run.json's totals.
+        A stop's checkpoint (off the schedule) is listed in run.json's stop_steps: rotation removes it first."""
         s, run = self.state, self.run
         meter_state = self.meter.state_dict(self.rt)  # on every rank: it may all-gather
 
@@ -88,9 +89,10 @@ class Recorder:
             ckpt = s.state_dict(self.recipe_yaml, self.order.state_dict(), meter_state, run.run_id(),
                                 processes(self.rt))
             run.sync_metrics()
-            path = save_checkpoint(ckpt, run.checkpoints, self.recipe.train.keep_checkpoints,
-                                   every=self.recipe.train.checkpoint_every)
+            stops = set(run.info().get("stop_steps", []))
+            path = save_checkpoint(ckpt, run.checkpoints, self.recipe.train.keep_checkpoints, first_to_go=stops)
             run.update_info({"step": s.step, "epoch": self.order.epoch, "images_seen": s.images_seen,
-                             "wall_time_s": round(s.wall_time_s, 2)})
+                             "wall_time_s": round(s.wall_time_s, 2),
+                             **({"stop_steps": sorted(stops | {s.step})} if stop else {})})
             self.on_event("checkpoint", {"step": s.step, "path": str(path)})
         main_first(self.rt, save)

@@ -16,7 +16,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, NoReturn
 
 import torch
@@ -90,10 +90,10 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if CHECKPOINT.match(p.name)), key=step_of)
 
 
-def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int, every: int = 1) -> Path:
+def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int, first_to_go: Collection[int] = ()) -> Path:
     """Write atomically, then keep the newest and the `keep` - 1 newest of the others (only after the new one
-    is safe), those of a step that is a multiple of `every` first: a stop's checkpoint at step 26 went before
-    the scheduled ones of steps 10 and 20 would, taking a point of a metrics-against-step curve with it."""
+    is safe), those of the steps `first_to_go` (stops' checkpoints) going first: a stop at step 26 pushed out
+    the scheduled checkpoints of steps 10 and 20, points of a metrics-against-step curve."""
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, ckpt["step"])
     try:  # durable: on disk, rename included, before any older checkpoint goes
@@ -104,7 +104,7 @@ def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int, every: int = 
                               f"checkpoints are kept: free space on that disk (or fix access to it), then continue "
                               f"with `{resume_command(folder.parent)}`") from err
     *older, newest = list_checkpoints(folder)
-    kept = sorted(older, key=lambda p: (step_of(p) % every == 0, step_of(p)))[max(len(older) - keep + 1, 0):]
+    kept = sorted(older, key=lambda p: (step_of(p) not in first_to_go, step_of(p)))[max(len(older) - keep + 1, 0):]
     for old in set(older) - set(kept):
         old.unlink()
     return path
