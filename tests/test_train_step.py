@@ -153,8 +153,8 @@ def test_dropout_is_reseeded_from_seed_and_step(tmp_path, synthetic_data_dir, mo
 @pytest.mark.parametrize("sets, why", [
     (["train.max_steps=23"], "it ends in epoch 2, before loss.start_epoch 3"),  # 8 steps per epoch: step 23 in epoch 2
     (["loss.alpha=1.0"], "loss.alpha is 1"),
-    (["loss.lambda_max=0.0"], "loss.lambda_max is 0"),
-    (["loss.start_epoch=0", "train.max_steps=8"], "it ends in epoch 0, where the lambda ramp"),
+    (["loss.lambda_max=0.0"], "lambda_t is 0 up to its last epoch, 15 (loss.lambda_max 0,"),
+    (["loss.start_epoch=0", "train.max_steps=8"], "lambda_t is 0 up to its last epoch, 0 (loss.lambda_max 0.5, the ramp"),
     (["loss.start_epoch=0", "train.max_steps=9"], None),  # step 9 is in epoch 1: ramp 1/ramp_epochs
     (["loss.start_epoch=0", "train.max_steps=8", "loss.lambda_min=0.1"], None),  # lambda_min alone rectifies
     (["loss.start_epoch=0", "train.max_steps=8", "loss.ramp_epochs=0"], None),  # no ramp: full lambda at once

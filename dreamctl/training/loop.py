@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dreamctl.config import OptimConfig, Recipe
 from dreamctl.data.loader import BatchOrder, ImageSet, rank_slice, steps_per_epoch, to_model_input
 from dreamctl.diffusion import schedule_for
-from dreamctl.diffusion.losses import backward_loss, loss_kind, step_cost
+from dreamctl.diffusion.losses import backward_loss, conservative_lambda, loss_kind, step_cost
 from dreamctl.errors import RunError
 from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
@@ -90,21 +90,23 @@ def train_cost(recipe: Recipe, n: int, done: int = 0) -> tuple[int, int, int]:
 
 
 def idle_rectification(recipe: Recipe, n: int) -> str | None:
-    """Why a dream_conservative run over `n` images would rectify no step, its lambda_t or its weight 0 from the
-    first step to the last (standard DDPM under the variant's name), or None. lambda_t = lambda_min +
-    (lambda_max - lambda_min)(t/T) min(epoch/ramp_epochs, 1) from loss.start_epoch on (losses.conservative_lambda)."""
+    """Why a dream_conservative run over `n` images would rectify no step (standard DDPM under the variant's
+    name), or None: it ends before loss.start_epoch, its term has no weight, or lambda_t is 0 throughout, which
+    (rising with t and the epoch) it is when it is 0 at t = T-1 in the run's last epoch."""
     loss = recipe.loss
     if loss.kind != "dream_conservative":
         return None
     last_epoch = (total_steps(recipe, n) - 1) // steps_per_epoch(n, recipe.train.batch_size)
+    T = recipe.diffusion.num_timesteps
+    largest = conservative_lambda(torch.tensor([T - 1]), T, last_epoch, loss.lambda_min, loss.lambda_max,
+                                  loss.ramp_epochs).item()
     if last_epoch < loss.start_epoch:
         why = f"it ends in epoch {last_epoch}, before loss.start_epoch {loss.start_epoch}"
     elif loss.alpha == 1:
         why = "loss.alpha is 1: all weight on the standard term"
-    elif loss.lambda_max == 0:
-        why = "loss.lambda_max is 0"
-    elif loss.lambda_min == 0 and loss.ramp_epochs > 0 and last_epoch == 0:
-        why = "it ends in epoch 0, where the lambda ramp min(epoch / loss.ramp_epochs, 1) is still 0"
+    elif largest == 0:
+        why = (f"lambda_t is 0 up to its last epoch, {last_epoch} (loss.lambda_max {loss.lambda_max:g}, the ramp "
+               f"min(epoch / loss.ramp_epochs, 1) with loss.ramp_epochs {loss.ramp_epochs})")
     else:
         return None
     return f"this dream_conservative run rectifies no step ({why}): it trains as standard DDPM would"
