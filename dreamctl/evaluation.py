@@ -121,7 +121,8 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
     if previous is None:
         return
     old, new = previous.get("protocol", {}), record["protocol"]
-    if any(old.get(k) != new.get(k) for k in SAME_SAMPLES) or not drawn_by_seed_rule(old):
+    sampled = {old.get("weights_sha256"), new.get("weights_sha256")} - {None}  # files before 2026-11-29: none
+    if any(old.get(k) != new.get(k) for k in SAME_SAMPLES) or not drawn_by_seed_rule(old) or len(sampled) > 1:
         return
     old_weights = previous.get("weights", {})
     for name, entry in previous.get("metrics", {}).items():
@@ -136,9 +137,10 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
         if name == "lpips":
             record["weights"].update({k: v for k, v in old_weights.items()
                                       if k in (weights.ALEXNET, weights.LPIPS_LINEAR)})
-        for key in (name, "reference_cache" if name in weights.INCEPTION_METRICS else None):
-            if key in old and key not in new:
-                new[key] = old[key]
+        if name in old and name not in new:  # its settings: KID's subsets, IS's splits, ...
+            new[name] = old[name]
+        if name in weights.INCEPTION_METRICS and "reference_cache" in old and "reference_cache" not in new:
+            new["reference_cache"] = old["reference_cache"]
         computed = {"created": previous.get("created"), "versions": previous.get("versions")}
         record["metrics"][name] = {**entry, "carried_from": entry.get("carried_from", computed)}
 

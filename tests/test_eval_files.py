@@ -140,3 +140,14 @@ def test_evaluate_flags_out_of_range_are_named(asked, message) -> None:
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve_request(Recipe(eval=EvalConfig(num=8)), SampleOptions(), EvalOptions(**asked))
+
+
+def test_metrics_of_other_weights_at_the_same_step_are_dropped(tmp_path: Path) -> None:
+    """The same step, other weights (a checkpoint replaced): not the same samples. A file without the field
+    (written before it was recorded) still counts as the same (diff review #8)."""
+    write_eval(tmp_path, record(100, {"swd": {"value": 2.0}}, weights_sha256="a" * 64))
+    write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}, weights_sha256="b" * 64))
+    assert set(json.loads((tmp_path / f"{PID}.json").read_text())["metrics"]) == {"pixel_fd"}
+    write_eval(tmp_path, record(100, {"swd": {"value": 2.0}}))  # no weights_sha256: an older file
+    write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}, weights_sha256="b" * 64))
+    assert set(json.loads((tmp_path / f"{PID}.json").read_text())["metrics"]) == {"pixel_fd", "swd"}
