@@ -505,6 +505,8 @@ def test_the_terminal_table_leaves_out_a_metric_no_run_has_a_value_of(tmp_path: 
     out = " ".join(capsys.readouterr().out.split())
     assert f"left out of the tables, as no run has a value: fid @ {P50}" in out
     assert "missing: a fid" in out and "2.5" in out
+    write_eval(dirs[0], P50, 50, 200, {"kid": missing, "swd": {"value": 1.5}})  # no kid value: no note on its scale
+    assert compare_runs([read_run(d) for d in dirs]).notes == ()
     assert main(["compare", *map(str, dirs), "--format", "markdown"]) == 0
     assert f"fid @ {P50}" in capsys.readouterr().out  # the markdown, CSV and JSON keep every column
 

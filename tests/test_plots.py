@@ -215,6 +215,7 @@ def test_runs_of_other_batch_sizes_are_plotted_against_images_seen(tmp_path: Pat
     assert loss.axes[0].get_xlabel() == "images seen (the runs' batch sizes differ)"
     assert [line.get_xdata()[-1] for line in loss.axes[0].get_lines()] == [200 * 64, 200 * 16]
     assert metric.axes[0].get_xlabel().startswith("images seen")
+    assert metric._suptitle.get_text().startswith(f"Metrics against images seen — protocol {P50}")
     assert [line.get_xdata()[0] for line in metric.axes[0].get_lines()] == [200 * 64, 200 * 16]
     plot_losses([read_run(big)], tmp_path / "one.png")
     assert figures[-1].axes[0].get_xlabel() == "training step"

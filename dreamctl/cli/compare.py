@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
@@ -17,7 +16,7 @@ from dreamctl.errors import CheckpointError, RunError
 from dreamctl.experiments.compare import Comparison, compare_runs
 from dreamctl.experiments.runs import read_run
 from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
-                                         protocol_ids, spread_line, to_csv, to_json, to_markdown)
+                                         protocol_ids, spread_line, to_csv, to_json, to_markdown, with_values)
 from dreamctl.training.rundir import RunDir
 
 
@@ -47,9 +46,7 @@ def _print_table(comp: Comparison) -> None:
             groups.add_row(*info_cells(row, aggregate=True))
         console.print(groups)
     described = describe_protocols(comp)
-    full = comp  # the tables below leave out a metric no run has a value of; the missing: lines say why
-    comp = dataclasses.replace(comp, columns=tuple(c for c in comp.columns
-                                                   if any(r.metrics[c].value is not None for r in comp.rows)))
+    full, comp = comp, with_values(comp)  # the missing: lines below say why a column is left out
     for pid in protocol_ids(full):
         table = _table(f"protocol {pid}\n{described[pid]}", ["run"] + protocol_headers(comp, pid))
         for i, row in enumerate(comp.rows):

@@ -11,7 +11,9 @@ from pydantic.fields import FieldInfo
 
 def _section(field: FieldInfo | None) -> type[BaseModel] | None:
     """The model a field holds (alone or as `Model | None`), None for a plain value."""
-    kinds = typing.get_args(field.annotation) or (field.annotation,) if field is not None else ()
+    if field is None:
+        return None
+    kinds = typing.get_args(field.annotation) or (field.annotation,)  # `Model | None`, or the model alone
     return next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
 
 

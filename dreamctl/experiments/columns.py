@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dreamctl.config.metrics import METRIC_NAMES, SCALE_NOTES
 from dreamctl.experiments.runs import EvalRecord, Run
 from dreamctl.metrics.weights import INCEPTION_METRICS
 
@@ -90,3 +91,9 @@ def trained_reference_notes(runs: list[Run], ids: dict[tuple[str, ...], str]) ->
     return [f"the reference images of {pid} are images the runs trained on ({', '.join(f'{n} of {m}' for n, m in sorted(counts))}): "
             "its scores measure closeness to the training data, which memorisation improves; `evaluate --ref test` "
             "scores against held-out images" for pid, counts in found.items()]
+
+
+def scale_notes(columns: list[tuple[str, str]]) -> list[str]:
+    """What a reader must know of the metrics among `columns` that their names do not say (SCALE_NOTES)."""
+    names = {name for _, name in columns}
+    return [SCALE_NOTES[m] for m in METRIC_NAMES if m in SCALE_NOTES and m in names]

@@ -20,10 +20,10 @@ from typing import Any
 from dreamctl.config import Recipe, flat_items
 from dreamctl.config.keys import BOOKKEEPING_KEYS, NOT_SETTINGS
 from dreamctl.config.schema import STUDY_VARIANT_NOTE, drawn_by_seed_rule
-from dreamctl.experiments.columns import column_ids, latest_by_column, trained_reference_notes
+from dreamctl.experiments.columns import column_ids, latest_by_column, scale_notes, trained_reference_notes
 from dreamctl.experiments.runs import Run
 from dreamctl.metrics.spread import SEEDS, spread_of
-from dreamctl.config.metrics import METRIC_NAMES, SCALE_NOTES
+from dreamctl.config.metrics import METRIC_NAMES
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 DEVICE_TOTALS = ("wall_time_s", "img_per_s", "peak_memory_bytes")  # measured on the run's device
@@ -32,7 +32,6 @@ TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "
 # Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
 PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
                    "resize", "feature_network")
-
 
 
 @dataclass(frozen=True)
@@ -100,9 +99,9 @@ def run_items(run: Run) -> dict[str, Any]:
 
 
 def differing_settings(runs: list[Run]) -> tuple[str, ...]:
-    """Dotted recipe keys (and RESUMED) whose value is not the same in every run, in recipe order; not the
-    BOOKKEEPING_KEYS that leave the weights as they are (how often a run logged, say), but data.path, which
-    may name other data."""
+    """Dotted recipe keys (and RESUMED) whose value is not the same in every run, in recipe order; none of
+    the BOOKKEEPING_KEYS (log, checkpoint and grid intervals, sample.*, eval.*: they leave the weights as
+    they are, and an evaluation's protocol records how it sampled) but data.path, which may name other data."""
     flats = [run_items(run) for run in runs]
     keys = list(dict.fromkeys(k for flat in flats for k in flat))
     shown = [k for k in keys if k not in NOT_SETTINGS and (k == "data.path" or not k.startswith(BOOKKEEPING_KEYS))]
@@ -294,8 +293,8 @@ def compare_runs(runs: list[Run]) -> Comparison:
     aggregate = [aggregate_rows([rows[i] for i in g]) for g in groups] if any(len(g) > 1 for g in groups) else []
     mixed = [f"{row.label}: {name} @ {pid} {m.missing}" for row in aggregate
              for (pid, name), m in row.metrics.items() if m.mixed_steps]
+    valued = [c for c in columns if any(row.metrics[c].value is not None for row in rows)]
     notes = (*((STUDY_VARIANT_NOTE,) if any(run.recipe.loss.kind == "dream_conservative" for run in runs) else ()),
-             *trained_reference_notes(runs, ids), *(SCALE_NOTES[m] for m in METRIC_NAMES
-                                                    if m in SCALE_NOTES and any(n == m for _, n in columns)))
+             *trained_reference_notes(runs, ids), *scale_notes(valued))
     return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, protocols,
                       (*warnings, *repeats, *mixed), notes)

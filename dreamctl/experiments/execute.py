@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 from dreamctl import atomic
-from dreamctl.runtime import device_args
 from dreamctl.config import set_args
 from dreamctl.data.shards import read_manifest
 from dreamctl.signals import Stopped, child_env, ended, run_child, signum_of, stop_on_sigterm
@@ -28,6 +27,7 @@ from dreamctl.experiments.tables import to_markdown
 from dreamctl.experiments.plots import foreign_figures, write_figures
 from dreamctl.experiments.runs import Run, read_run
 from dreamctl.metrics.weights import check_weights
+from dreamctl.runtime import device_args
 from dreamctl.training.rundir import RunDir
 
 STDERR_LINES = 60  # kept in a failed job's log

@@ -182,7 +182,7 @@ def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, pa
         ax.set(xlabel=xlabel.replace("training step", "checkpoint step"), ylabel=name, title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    _title(fig, f"Metrics against training step — protocol {protocol_id}", description)
+    _title(fig, f"Metrics against {xlabel.split(' (')[0]} — protocol {protocol_id}", description)
     return _save(fig, path, notes)
 
 

@@ -7,6 +7,7 @@ Every metric column names its protocol id; a metric without a value prints as `m
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from typing import Any
@@ -86,6 +87,13 @@ def cells(comp: Comparison, row: Row, aggregate: bool = False) -> list[str]:
     for pid in protocol_ids(comp):
         out += protocol_cells(comp, row, pid)
     return out
+
+
+def with_values(comp: Comparison) -> Comparison:
+    """`comp` without the metric columns no run has a value in (each `missing`): the terminal's tables,
+    where such columns squeezed the rest; the files keep every column."""
+    return dataclasses.replace(comp, columns=tuple(c for c in comp.columns
+                                                   if any(r.metrics[c].value is not None for r in comp.rows)))
 
 
 def protocol_ids(comp: Comparison) -> list[str]:
