@@ -475,7 +475,12 @@ def test_the_shortcut_exits_like_a_shell_when_torchrun_is_killed(monkeypatch):
 _TIED_WORKER = """
 import os, signal, sys, time
 from dreamctl.signals import stop_with_parent
-signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], "w").write("SIGTERM"), sys.exit(0)))
+def stopped(*a):  # written whole, then renamed: the test must not read the file between its creation and write
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write("SIGTERM")
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopped)
 stop_with_parent()
 open(sys.argv[1] + ".up", "w").write(str(os.getppid()))
 time.sleep(60)
