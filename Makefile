@@ -28,7 +28,7 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed  ## create .venv and install dreamctl with its test extras (CPU: ~2 min)
 
-test: $(BIN)/.installed  ## run the test suite (2 CPU cores: ~5 min, plus ~2 min setup the first time)
+test: $(BIN)/.installed  ## run the test suite (2 CPU cores: ~8 min, plus ~2 min setup the first time)
 	$(BIN)/python -m pytest tests
 
 demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant), sample, evaluate, report (2 CPU cores: ~11 min, plus ~2 min setup the first time)
