@@ -83,17 +83,17 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
             if key not in changes:
                 del raw["sample"][key]
     raw["sample"].update(changes)
-    told = " ".join(_flag(k, v) for k, v in changes.items())  # as typed: sample --steps, not sample.steps
+    told = " ".join(a for k, v in changes.items() for a in option_args(k, v))  # as typed: --steps, not sample.steps
     source = f"{source} with {told}" if told else source
     cfg = validate_recipe(raw, source).sample
     check_sampler_start(recipe.diffusion, cfg, source)
     return cfg
 
 
-def _flag(field: str, value: Any) -> str:
-    """A SampleOptions value as the sample/evaluate flag that gives it: `--steps 600`, `--no-ema`."""
+def option_args(field: str, value: Any) -> tuple[str, ...]:
+    """A SampleOptions value as the sample/evaluate arguments that give it: `--steps 600`, `--no-ema`."""
     name = "ema" if field == "use_ema" else field.replace("_", "-")
-    return (f"--{name}" if value else f"--no-{name}") if isinstance(value, bool) else f"--{name} {value}"
+    return ((f"--{name}" if value else f"--no-{name}"),) if isinstance(value, bool) else (f"--{name}", str(value))
 
 
 def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:

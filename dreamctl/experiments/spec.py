@@ -25,12 +25,12 @@ from dreamctl.config.keys import BOOKKEEPING_KEYS, setting_value
 from dreamctl.config.schema import check_eval_num
 from dreamctl.config.validation import problems
 from dreamctl.errors import ConfigError
+from dreamctl.sampling import option_args
 from dreamctl.config.metrics import parse_metrics
 
 RECIPE_AXIS = "recipe"  # `grid: {recipe: [baseline, dream]}`: the base recipe itself varies
-EVAL_AXES = {"sample.sampler": "--sampler", "sample.steps": "--steps", "sample.eta": "--eta",
-             "sample.t_start": "--t-start", "sample.clip_x0": "--clip-x0",
-             "sample.use_ema": "--ema"}  # evaluate's flags (a true/false one as --X or --no-X); the rest trains
+# evaluate's sampling flags (sampling.option_args); every other setting needs training
+EVAL_AXES = ("sample.sampler", "sample.steps", "sample.eta", "sample.t_start", "sample.clip_x0", "sample.use_ema")
 
 ABLATIONS_DIR = RECIPES_DIR / "ablations"  # `dreamctl ablate NAME` finds NAME.yaml here
 
@@ -227,13 +227,6 @@ def expand(spec: Spec) -> list[tuple[str, str, tuple[str, ...]]]:
     return out
 
 
-def _flag(flag: str, value: Any) -> tuple[str, ...]:
-    """evaluate's flag for an eval-grid value: `--steps 20`, or `--clip-x0` / `--no-clip-x0` for true / false."""
-    if isinstance(value, bool):
-        return (flag if value else flag.replace("--", "--no-", 1),)
-    return flag, str(value)
-
-
 def expand_eval(spec: Spec) -> list[tuple[str, dict[str, Any], tuple[str, ...]]]:
     """(suffix, sampling options, evaluate flags) per eval-grid point; one plain point without a grid.
 
@@ -244,7 +237,7 @@ def expand_eval(spec: Spec) -> list[tuple[str, dict[str, Any], tuple[str, ...]]]
     out = []
     for values in itertools.product(*(v for _, v in spec.eval_grid)):
         point = {k: v for k, v in zip(keys, values) if v is not None}
-        flags = [f for k, v in point.items() for f in _flag(EVAL_AXES[k], v)]
         options = {k.removeprefix("sample."): v for k, v in point.items()}
+        flags = [f for k, v in options.items() for f in option_args(k, v)]
         out.append((point_name(dict(zip(keys, values))) or "eval", options, tuple(flags)))
     return out
