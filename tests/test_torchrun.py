@@ -431,22 +431,20 @@ def test_only_a_failed_collective_is_called_a_lost_process(monkeypatch, capsys):
         monkeypatch.setattr("dreamctl.cli.train.run_training", failing(bug))
         with pytest.raises(RuntimeError):
             main(["train", "--recipe", "tiny", "--run-dir", "unused", "--set", "data.path=unused"])
-    gloo = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-            "[127.0.0.1]:14758. This is typically caused by a remote worker crashing.")
-    monkeypatch.setattr("dreamctl.cli.train.run_training", failing(gloo))
-    assert main(["train", "--recipe", "tiny", "--run-dir", "unused", "--set", "data.path=unused"]) == 1
-    assert capsys.readouterr().err.strip() == (
-        "error: lost contact with another process of this job (Connection closed by peer [127.0.0.1]:14758): "
-        "it crashed or was stopped, and said why above if it could; what was finished is kept: "
-        "run the same command again to go on")
-    # A peer that does not answer (a hang): one line too, since the timeout that ends the wait is no bug of ours
-    timeout = "[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms"
-    monkeypatch.setattr("dreamctl.cli.train.run_training", failing(timeout))
-    assert main(["train", "--recipe", "tiny", "--run-dir", "unused", "--set", "data.path=unused"]) == 1
-    assert capsys.readouterr().err.strip() == (
-        "error: another process of this job did not answer within 0:30:00 (Timed out waiting 1800000ms): it hangs, "
-        "is stopped (SIGSTOP), or its node is cut off; stop it if it still runs; what was finished is kept: run the "
-        "same command again to go on (DREAMCTL_COLLECTIVE_TIMEOUT_S sets the wait)")
+    # A peer lost, or one that does not answer (a hang): one line each, since neither is a bug of ours
+    for message, said in (
+        ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:14758. "
+         "This is typically caused by a remote worker crashing.",
+         "error: lost contact with another process of this job (Connection closed by peer [127.0.0.1]:14758): "
+         "it crashed or was stopped, and said why above if it could; what was finished is kept: "
+         "run the same command again to go on"),
+        ("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms",
+         "error: another process of this job did not answer within 0:30:00 (Timed out waiting 1800000ms): it hangs, "
+         "is stopped (SIGSTOP), or its node is cut off; stop it if it still runs; what was finished is kept: run the "
+         "same command again to go on (DREAMCTL_COLLECTIVE_TIMEOUT_S sets the wait)")):
+        monkeypatch.setattr("dreamctl.cli.train.run_training", failing(message))
+        assert main(["train", "--recipe", "tiny", "--run-dir", "unused", "--set", "data.path=unused"]) == 1
+        assert capsys.readouterr().err.strip() == said
 
 
 def test_the_shortcut_exits_like_a_shell_when_torchrun_is_killed(monkeypatch):
