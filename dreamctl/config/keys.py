@@ -23,6 +23,12 @@ RESUMABLE_KEYS = ("train.epochs", "train.max_steps", *BOOKKEEPING_KEYS,
 RESUMABLE_TEXT = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS)  # sample.*: a section
 
 
+def leaves_weights(key: str) -> bool:
+    """Whether a setting can only leave the trained weights as they are: a bookkeeping key, but not data.path,
+    which may name other data (the same data moved is told by its content hash, not here)."""
+    return key.startswith(BOOKKEEPING_KEYS) and key != "data.path"
+
+
 def setting_value(key: str, value: Any) -> Any:
     """A value as the recipe holds it, for comparing values as written (`1e-3`, which YAML reads as a string,
     is 0.001 for optim.lr); the value itself where `key` is not one setting or the value is refused there

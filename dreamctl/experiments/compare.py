@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamctl.config import Recipe, flat_items
-from dreamctl.config.keys import BOOKKEEPING_KEYS, NOT_SETTINGS
+from dreamctl.config.keys import BOOKKEEPING_KEYS, NOT_SETTINGS, leaves_weights
 from dreamctl.config.schema import STUDY_VARIANT_NOTE, drawn_by_seed_rule
 from dreamctl.experiments.columns import column_ids, latest_by_column, scale_notes, trained_reference_notes
 from dreamctl.experiments.runs import Run
@@ -104,8 +104,8 @@ def differing_settings(runs: list[Run]) -> tuple[str, ...]:
     they are, and an evaluation's protocol records how it sampled) but data.path, which may name other data."""
     flats = [run_items(run) for run in runs]
     keys = list(dict.fromkeys(k for flat in flats for k in flat))
-    shown = [k for k in keys if k not in NOT_SETTINGS and (k == "data.path" or not k.startswith(BOOKKEEPING_KEYS))]
-    return tuple(k for k in shown if len({repr(f.get(k)) for f in flats}) > 1)
+    return tuple(k for k in keys if k not in NOT_SETTINGS and not leaves_weights(k)
+                 and len({repr(f.get(k)) for f in flats}) > 1)
 
 
 def _metric(name: str, entry: dict[str, Any]) -> Metric:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, V
 
 from dreamctl.config import RECIPES_DIR, parse_override
 from dreamctl.config.load import builtin_or_path, override_keys, read_yaml
-from dreamctl.config.keys import BOOKKEEPING_KEYS, setting_value
+from dreamctl.config.keys import leaves_weights, setting_value
 from dreamctl.config.schema import check_eval_num
 from dreamctl.config.validation import problems
 from dreamctl.errors import ConfigError
@@ -73,7 +73,7 @@ def _axes(path: Path, section: str, raw: dict[str, list[Any]]) -> Axes:
             raise _spec_error(path, f"grid key '{key}' is an eval-time axis: put it under eval_grid (no retraining)")
         if section == "grid" and key == "train.seed":
             raise _spec_error(path, "grid key 'train.seed': list seeds under 'seeds:' (or pass --seeds)")
-        if section == "grid" and key.startswith(BOOKKEEPING_KEYS) and key != "data.path":
+        if section == "grid" and leaves_weights(key):
             raise _spec_error(path, f"grid key '{key}' leaves the trained weights as they are, so every point would "
                                     "train the same run: give it in 'set' (evaluate's settings: 'evaluate:')")
         if section == "eval_grid" and key not in EVAL_AXES:
