@@ -1,4 +1,4 @@
-"""`dreamctl compare RUN_DIR... [--format table|markdown|csv|json] [--plot DIR]`."""
+"""`dreamctl compare RUN_DIR... [--format table|markdown|latex|csv|json] [--metrics M,...] [--protocol ID] [--plot DIR]`."""
 
 from __future__ import annotations
 
@@ -15,14 +15,16 @@ from dreamctl.cli.common import console, err_console
 from dreamctl.errors import CheckpointError, RunError
 from dreamctl.experiments.compare import Comparison, compare_runs
 from dreamctl.experiments.runs import read_run
-from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, protocol_cells, protocol_headers,
-                                         protocol_ids, spread_line, to_csv, to_json, to_markdown, with_values)
+from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, left_out_line, protocol_cells,
+                                         protocol_headers, protocol_ids, spread_line, to_csv, to_json, to_latex,
+                                         to_markdown, with_values)
 from dreamctl.training.rundir import RunDir
 
 
 class Format(str, Enum):
     table = "table"
     markdown = "markdown"
+    latex = "latex"
     csv = "csv"
     json = "json"
 
@@ -60,9 +62,8 @@ def _print_table(comp: Comparison) -> None:
         console.print(f"Note: {note}.", highlight=False, markup=False)
     if legend := spread_line(comp):
         console.print(legend, style="dim", highlight=False, markup=False)
-    if dropped := [f"{name} @ {pid}" for pid, name in full.columns if (pid, name) not in comp.columns]:
-        console.print(f"left out of the tables, as no run has a value: {', '.join(dropped)}", style="dim",
-                      highlight=False, markup=False)
+    if left_out := left_out_line(full):
+        console.print(left_out, style="dim", highlight=False, markup=False)
     missing = [(row.label, pid, name, m) for row in comp.rows for (pid, name), m in row.metrics.items() if m.missing]
     by_reason: dict[str, list[str]] = {}  # one line per reason: the same absent weights for every run
     for label, pid, name, m in missing:
@@ -99,12 +100,15 @@ def _run_folders(paths: list[Path]) -> list[Path]:
 
 EXAMPLES = """\b
 Examples:
-  dreamctl compare runs/* --format markdown --plot figures/"""  # under --help; "\\b": not rewrapped
+  dreamctl compare runs/* --format markdown --plot figures/
+  dreamctl compare runs/* --format latex --metrics fid,kid --protocol ddim50-eta0-ema-n5000-train5000-clean"""  # under --help; "\\b": not rewrapped
 
 def command(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders to compare.", show_default=False)],
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (replacing earlier figures of dreamctl, never other files).")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma list of the metrics to show (fid,kid,is,lpips,swd,pixel_fd) [default: all evaluated].", show_default=False)] = None,
+    protocol: Annotated[list[str] | None, typer.Option("--protocol", help="Show only this protocol's columns (its id as the tables print it); repeatable [default: all].", show_default=False)] = None,
 ) -> None:
     """Compare runs: settings that differ, throughput, and metrics grouped by evaluation protocol."""
     if plot is not None:  # a file in the way: refused before anything is written, the table included (a
@@ -116,11 +120,13 @@ def command(
             raise RunError(f"figure {theirs[0]} exists and is not an earlier output of this command; move it away "
                            "or choose another --plot folder")
     runs = [read_run(path) for path in _run_folders(run_dirs)]
-    comp = compare_runs(runs)
+    comp = compare_runs(runs, metrics=None if metrics is None else metrics.split(","), protocols=protocol)
     if format == Format.table:
         _print_table(comp)
     elif format == Format.markdown:
         typer.echo(to_markdown(comp), nl=False)
+    elif format == Format.latex:
+        typer.echo(to_latex(comp), nl=False)
     elif format == Format.csv:
         typer.echo(to_csv(comp), nl=False)
         for note in comp.notes:  # the other formats carry them; a CSV has no place for them

@@ -5,6 +5,7 @@ Inception file or in another precision (`(ref 1a2b3c4d)`, `(32px)`, `(net 5e6f7a
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from dreamctl.config.metrics import METRIC_NAMES, SCALE_NOTES
@@ -81,12 +82,12 @@ def latest_by_column(run: Run, ids: dict[tuple[str, ...], str]) -> dict[str, Eva
     return {column_id(record, ids): record for record in run.evals}
 
 
-def trained_reference_notes(runs: list[Run], ids: dict[tuple[str, ...], str]) -> list[str]:
-    """A note per column whose reference images hold images the runs trained on (eval's ref_trained_on)."""
+def trained_reference_notes(runs: list[Run], ids: dict[tuple[str, ...], str], shown: Collection[str]) -> list[str]:
+    """A note per column shown whose reference images hold images the runs trained on (eval's ref_trained_on)."""
     found: dict[str, set[tuple[int, int]]] = {}
     for run in runs:
         for pid, record in latest_by_column(run, ids).items():
-            if n := record.protocol.get("ref_trained_on"):
+            if pid in shown and (n := record.protocol.get("ref_trained_on")):
                 found.setdefault(pid, set()).add((n, record.protocol.get("ref_num", n)))
     return [f"the reference images of {pid} are images the runs trained on ({', '.join(f'{n} of {m}' for n, m in sorted(counts))}): "
             "its scores measure closeness to the training data, which memorisation improves; `evaluate --ref test` "

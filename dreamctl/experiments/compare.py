@@ -11,9 +11,11 @@ aggregated into mean ± std (sample std, ddof=1). A metric without a value is `m
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,8 @@ from dreamctl.config.schema import STUDY_VARIANT_NOTE, drawn_by_seed_rule
 from dreamctl.experiments.columns import column_ids, latest_by_column, scale_notes, trained_reference_notes
 from dreamctl.experiments.runs import Run
 from dreamctl.metrics.spread import SEEDS, spread_of
-from dreamctl.config.metrics import METRIC_NAMES
+from dreamctl.config.metrics import METRIC_NAMES, parse_metrics
+from dreamctl.errors import ConfigError
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 DEVICE_TOTALS = ("wall_time_s", "img_per_s", "peak_memory_bytes")  # measured on the run's device
@@ -136,12 +139,15 @@ def _columns(runs: list[Run], ids: dict[tuple[str, ...], str]) -> tuple[tuple[st
     return tuple((pid, m) for pid in sorted(names) for m in sorted(names[pid], key=_metric_key))
 
 
-def _protocols(runs: list[Run], ids: dict[tuple[str, ...], str]) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]]:
-    """One description per column id, and a warning when runs disagree under one id."""
+def _protocols(runs: list[Run], ids: dict[tuple[str, ...], str],
+               shown: set[str]) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]]:
+    """One description per column id shown, and a warning when runs disagree under one."""
     found: dict[str, dict[str, Any]] = {}
     warnings = []
     for run in runs:
         for pid, record in latest_by_column(run, ids).items():
+            if pid not in shown:
+                continue
             desc = {k: v for k, v in record.protocol.items() if k != "checkpoint_step"}
             first = found.setdefault(pid, desc)
             clash = [k for k in PROTOCOL_FIELDS if first.get(k) != desc.get(k)]
@@ -281,11 +287,36 @@ def _unique_labels(rows: list[Row]) -> list[Row]:
     return [dataclasses.replace(r, label=label) for r, label in zip(rows, labels)]
 
 
-def compare_runs(runs: list[Run]) -> Comparison:
+def select_columns(columns: tuple[tuple[str, str], ...], metrics: Sequence[str] | None,
+                   protocols: Sequence[str] | None) -> tuple[tuple[str, str], ...]:
+    """The columns of the metrics and protocols asked for (None: all). A protocol is named by its column id
+    or by the protocol id its columns share (`ddim50-...` takes `ddim50-... (32px)` too). Asking for one no run
+    was evaluated under is an error naming those there are: a table left empty by a typo looks like no data."""
+    if metrics is not None:
+        wanted = parse_metrics(metrics)
+        if absent := [m for m in wanted if m not in {name for _, name in columns}]:
+            raise ConfigError(f"no run has an evaluation with {', '.join(absent)} (--metrics); evaluated: "
+                              f"{', '.join(sorted({n for _, n in columns}, key=_metric_key)) or 'nothing'}")
+        columns = tuple(c for c in columns if c[1] in wanted)
+    if protocols is not None:
+        ids = list(dict.fromkeys(pid for pid, _ in columns))
+        base = {pid: pid.split(" (")[0] for pid in ids}
+        if absent := [p for p in protocols if p not in ids and p not in base.values()]:
+            close = [i for i in ids if i.startswith(absent[0])][:1] or difflib.get_close_matches(absent[0], ids, n=1)
+            raise ConfigError(f"no protocol {absent[0]} (--protocol)" + (f"; did you mean {close[0]}?" if close else "")
+                              + f" (protocols here: {', '.join(ids) or 'none'})")
+        columns = tuple(c for c in columns if c[0] in protocols or base[c[0]] in protocols)
+    return columns
+
+
+def compare_runs(runs: list[Run], metrics: Sequence[str] | None = None,
+                 protocols: Sequence[str] | None = None) -> Comparison:
+    """The comparison of `runs`, its metric columns limited to `metrics` and `protocols` (select_columns)."""
     settings = differing_settings(runs)
     ids = column_ids(runs)
-    columns = _columns(runs, ids)
-    protocols, warnings = _protocols(runs, ids)
+    columns = select_columns(_columns(runs, ids), metrics, protocols)
+    shown = {pid for pid, _ in columns}
+    protocols, warnings = _protocols(runs, ids, shown)
     rows = _unique_labels([run_row(run, settings, columns, ids) for run in runs])
     repeats = [f"{rows[i].label} repeats seed {runs[i].seed} of {rows[j].label} (same settings and data): "
                "a row of its own, not averaged in as another seed" for i, j in repeated_seeds(runs).items()]
@@ -295,6 +326,6 @@ def compare_runs(runs: list[Run]) -> Comparison:
              for (pid, name), m in row.metrics.items() if m.mixed_steps]
     valued = [c for c in columns if any(row.metrics[c].value is not None for row in rows)]
     notes = (*((STUDY_VARIANT_NOTE,) if any(run.recipe.loss.kind == "dream_conservative" for run in runs) else ()),
-             *trained_reference_notes(runs, ids), *scale_notes(valued))
+             *trained_reference_notes(runs, ids, shown), *scale_notes(valued))
     return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, protocols,
                       (*warnings, *repeats, *mixed), notes)

@@ -12,7 +12,7 @@ import functools
 import math
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -157,8 +157,9 @@ def plot_lambda(runs: list[Run], path: Path, notes: Sequence[str] = ()) -> Path 
 
 
 def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, path: Path,
-                         notes: Sequence[str] = ()) -> Path | None:
-    """Each metric of one protocol (a column id of compare) against the checkpoint step it was measured at."""
+                         notes: Sequence[str] = (), names: Collection[str] | None = None) -> Path | None:
+    """Each metric of one protocol (a column id of compare; those in `names` if given) against the checkpoint
+    step it was measured at."""
     ids = column_ids(runs)
     along, xlabel = _x_axis(runs)
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -168,7 +169,7 @@ def plot_metrics_vs_step(runs: list[Run], protocol_id: str, description: str, pa
             if column_id(record, ids) != protocol_id or record.checkpoint_step is None:
                 continue
             for name, entry in record.metrics.items():
-                if "missing" not in entry and finite_number(entry.get("value")):
+                if (names is None or name in names) and "missing" not in entry and finite_number(entry.get("value")):
                     curves.setdefault(name, {}).setdefault(label, []).append((record.checkpoint_step * per_step,
                                                                               entry["value"]))
     if not curves:
@@ -225,7 +226,8 @@ def write_figures(runs: list[Run], out_dir: str | Path, comp: Comparison | None 
                 (out / "lambda.png", functools.partial(plot_lambda, runs, notes=comp.notes))]
     for pid in comp.protocols:
         drawings += [(out / f"metrics-vs-step_{_safe(pid)}.png",
-                      functools.partial(plot_metrics_vs_step, runs, pid, described[pid], notes=comp.notes)),
+                      functools.partial(plot_metrics_vs_step, runs, pid, described[pid], notes=comp.notes,
+                                        names={m for p, m in comp.columns if p == pid})),
                      (out / f"final-metrics_{_safe(pid)}.png",
                       functools.partial(plot_final_metrics, comp, pid, described[pid]))]
     for path, _ in drawings:  # before any figure is drawn

@@ -1,4 +1,4 @@
-"""Text forms of a Comparison: cells for the terminal, markdown for reports, CSV and JSON.
+"""Text forms of a Comparison: cells for the terminal, markdown for reports, LaTeX for papers, CSV and JSON.
 
 Every metric column names its protocol id; a metric without a value prints as `missing`, one never evaluated as `—`
 (an empty cell in CSV, so its columns stay numeric; the reason is in the table and JSON).
@@ -89,11 +89,20 @@ def cells(comp: Comparison, row: Row, aggregate: bool = False) -> list[str]:
     return out
 
 
+def _has_value(comp: Comparison, column: tuple[str, str]) -> bool:
+    return any(r.metrics[column].value is not None for r in comp.rows)
+
+
 def with_values(comp: Comparison) -> Comparison:
-    """`comp` without the metric columns no run has a value in (each `missing`): the terminal's tables,
-    where such columns squeezed the rest; the files keep every column."""
-    return dataclasses.replace(comp, columns=tuple(c for c in comp.columns
-                                                   if any(r.metrics[c].value is not None for r in comp.rows)))
+    """`comp` without the metric columns no run has a value in (each `missing`): the terminal's and LaTeX's
+    tables, where such columns squeezed the rest; markdown, CSV and JSON keep every column."""
+    return dataclasses.replace(comp, columns=tuple(c for c in comp.columns if _has_value(comp, c)))
+
+
+def left_out_line(comp: Comparison) -> str:
+    """What with_values leaves out of `comp`, as a line to print beside the table ("" when nothing)."""
+    dropped = [f"{name} @ {pid}" for pid, name in comp.columns if not _has_value(comp, (pid, name))]
+    return f"left out of the tables, as no run has a value: {', '.join(dropped)}" if dropped else ""
 
 
 def protocol_ids(comp: Comparison) -> list[str]:
@@ -135,6 +144,53 @@ def to_markdown(comp: Comparison) -> str:
         lines += ["", "Protocols (numbers are comparable only within one protocol):", ""]
         lines += [f"- `{pid}`: {text}" for pid, text in describe_protocols(comp).items()]
     lines += ["", *[f"> warning: {w}" for w in comp.warnings]] if comp.warnings else []
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """`text` as LaTeX typesets it literally; ± and — as math and an em dash, so no package beyond booktabs."""
+    out = "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+    return out.replace("±", r"$\pm$").replace("—", "---")
+
+
+def to_latex(comp: Comparison) -> str:
+    """A booktabs tabular for a paper: one row per run, or per seed group where there are some (mean ± std over
+    seeds), the settings that differ, and per protocol the checkpoint step and metric columns (with_values) under
+    a header naming it. What the numbers were measured with (protocols, notes, warnings) goes above as comments."""
+    aggregate = bool(comp.aggregate)
+    settings = [k for k in comp.settings if not (aggregate and k == "train.seed")]
+    left_out, comp = left_out_line(comp), with_values(comp)
+    comments = [f"dreamctl compare: {'mean ± std over seeds' if aggregate else 'one row per run'}; needs "
+                r"\usepackage{booktabs}; steps, time and img/s: --format csv"]
+    if comp.protocols:
+        comments += ["Protocols (numbers are comparable only within one protocol):",
+                     *[f"  {pid}: {text}" for pid, text in describe_protocols(comp).items()]]
+    comments += [f"Note: {note}." for note in comp.notes]
+    comments += [legend] if not aggregate and (legend := spread_line(comp)) else []  # what a run row's ± is over
+    comments += [f"warning: {w}" for w in comp.warnings] + ([left_out] if left_out else [])
+    first = (["group", "seeds"] if aggregate else ["run"]) + settings
+    spans = [(pid, protocol_headers(comp, pid)) for pid in protocol_ids(comp)]
+    lines = [f"% {line}" for line in comments]
+    lines += [r"\begin{tabular}{" + "l" * len(first) + "r" * sum(len(h) for _, h in spans) + "}", r"\toprule"]
+    if spans:
+        tops, rules, start = [""] * len(first), [], len(first) + 1
+        for pid, head in spans:
+            tops.append(rf"\multicolumn{{{len(head)}}}{{c}}{{{latex_escape(pid)}}}")
+            rules.append(rf"\cmidrule(lr){{{start}-{start + len(head) - 1}}}")
+            start += len(head)
+        lines += [" & ".join(tops) + r" \\", " ".join(rules)]
+    lines += [" & ".join(latex_escape(h) for h in first + [h for _, head in spans for h in head]) + r" \\",
+              r"\midrule"]
+    for row in comp.aggregate if aggregate else comp.rows:
+        body = [row.label, ",".join(map(str, row.seeds))] if aggregate else [row.label]
+        body += [_setting_text(row.settings.get(k)) for k in settings]
+        body += [c for pid, _ in spans for c in protocol_cells(comp, row, pid)]
+        lines.append(" & ".join(latex_escape(c) for c in body) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
