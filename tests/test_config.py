@@ -633,3 +633,18 @@ def test_a_loss_setting_the_kind_does_not_read_is_warned_about():
         warnings.simplefilter("error")
         load_recipe("tiny-dream", ["loss.p=2", "loss.norm=l1"])
         load_recipe("tiny-dream", ["loss.kind=dream_conservative", "loss.alpha=0.3", "train.epochs=2"])
+
+
+def test_a_key_set_twice_to_other_values_is_warned_about_and_the_last_wins():
+    """A shell loop's `--set` after a Makefile's: the first value was silently dropped (research review)."""
+    from dreamctl.errors import DreamctlWarning
+
+    with pytest.warns(DreamctlWarning, match=r"^--set optim\.lr is given twice \('optim\.lr=1e-4', then "
+                                             r"'optim\.lr=2e-4'\): the last is used$"):
+        assert load_recipe("tiny", ["optim.lr=1e-4", "train.epochs=2", "optim.lr=2e-4"]).optim.lr == 2e-4
+    with pytest.warns(DreamctlWarning, match=r"--set loss\.gamma is given twice \('loss.gamma=0.2', then "
+                                             r"'loss=\{gamma: 0.3\}'\)"):
+        load_recipe("tiny", ["loss.kind=input_perturbation", "loss.gamma=0.2", "loss={gamma: 0.3}"])  # a mapping too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_recipe("tiny", ["optim.lr=2e-4", "optim.lr=2e-4"]).optim.lr == 2e-4  # the same twice: no news

@@ -174,6 +174,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     (`loss={alpha: 0.5}`) is merged into it as `extends:` merges: replacing the section would
     quietly reset every key it does not name to its default."""
     out = _merge(raw, {})
+    _warn_repeated(overrides)
     for text in overrides:
         parts, value = parse_override(text)
         node = out
@@ -189,6 +190,17 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         old = node.get(parts[-1])
         node[parts[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
     return out
+
+
+def _warn_repeated(overrides: list[str] | tuple[str, ...]) -> None:
+    """A key set twice to other values (a shell loop's `--set` after a Makefile's): the last wins, as a later
+    key of `extends:` does, and is said to, so that the first is not believed."""
+    first: dict[str, str] = {}
+    for text in overrides:
+        for key in override_keys([text]):
+            if first.setdefault(key, text) != text:
+                warnings.warn(f"--set {key} is given twice ('{first[key]}', then '{text}'): the last is used",
+                              DreamctlWarning, stacklevel=3)
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

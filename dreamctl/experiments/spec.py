@@ -145,7 +145,8 @@ def parse_spec(path: str | Path, seeds: tuple[int, ...] | None = None, data: str
     grid = tuple((k, tuple(_resolve_base(str(v), path) for v in vs) if k == RECIPE_AXIS else vs) for k, vs in grid)
     if raw.base is None and RECIPE_AXIS not in dict(grid):
         raise _spec_error(path, "key 'base' is required (a recipe name or path), unless grid has a 'recipe' axis")
-    fixed = (*raw.set, *extra_set)
+    replaced = set(override_keys(extra_set))  # left out, not applied and then replaced: no "given twice" warning
+    fixed = (*(o for o in raw.set if not set(override_keys([o])) <= replaced), *extra_set)
     given = override_keys(fixed)
     if "train.seed" in given:  # each run's seed comes last (expand): this one would lose unseen
         raise _spec_error(path, "train.seed in 'set' (or --set): list seeds under 'seeds:' or pass --seeds")
