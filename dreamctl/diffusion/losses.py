@@ -1,5 +1,5 @@
-"""Training losses: one function per loss kind, each called as (model, schedule, x0, t, noise, *,
-emit, the kind's own parameters); compute_loss and backward_loss pass each kind what it takes.
+"""Training losses: one function per loss kind, each called as (model, schedule, x0, t, noise, *, epoch,
+emit, defer_sync, the kind's own parameters), as EDM's losses share one call: a kind ignores what it does not use.
 
 Each loss function returns `(final_term, stats)` and hands any earlier term of its
 loss to `emit` as soon as that term is complete. Summing the emitted terms and the
@@ -51,7 +51,8 @@ def _no_emit(term: Tensor) -> None:  # the default of the one-term losses, which
 
 
 def standard(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
-             *, emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
+             *, epoch: int = 0, emit: Emit = _no_emit, defer_sync: SyncContext = contextlib.nullcontext
+             ) -> tuple[Tensor, Stats]:
     """||eps - model(x_t, t)||^2 (Ho et al. 2020, Algorithm 1)."""
     x_t = schedule.q_sample(x0, t, noise)
     losses = per_sample(model(x_t, t) - noise)
@@ -65,8 +66,8 @@ def dream_lambda(s: Tensor, p: float) -> Tensor:
 
 
 def dream(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
-          *, p: float = 1.0, norm: str = "mse", estimate_eval_mode: bool = True,
-          emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
+          *, p: float = 1.0, norm: str = "mse", estimate_eval_mode: bool = True, epoch: int = 0,
+          emit: Emit = _no_emit, defer_sync: SyncContext = contextlib.nullcontext) -> tuple[Tensor, Stats]:
     """DREAM (Zhou et al., CVPR 2024; the official code's p_losses), epsilon prediction.
 
     delta = eps - eps_hat; the model sees x_t + lam*s*delta and is trained towards
@@ -135,8 +136,9 @@ def dream_conservative(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t:
 
 
 def input_perturbation(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
-                       *, gamma: float = 0.1, xi: Tensor | None = None,
-                       emit: Emit = _no_emit) -> tuple[Tensor, Stats]:
+                       *, gamma: float = 0.1, xi: Tensor | None = None, epoch: int = 0,
+                       emit: Emit = _no_emit, defer_sync: SyncContext = contextlib.nullcontext
+                       ) -> tuple[Tensor, Stats]:
     """DDPM-IP (Ning et al., ICML 2023, as the official code): input from eps + gamma*xi, target eps."""
     xi = torch.randn_like(noise) if xi is None else xi
     x_t = schedule.q_sample(x0, t, noise + gamma * xi)
@@ -151,7 +153,7 @@ class Loss:
 
     fn: Callable[..., tuple[Tensor, Stats]]
     cost: tuple[int, int]  # per step: (model forward calls, forward units), a backward counting as two forwards
-    staged: bool = False  # standard steps before loss.start_epoch, then an early term: takes epoch and defer_sync
+    staged: bool = False  # standard steps before loss.start_epoch (step_cost)
     extra_noise: tuple[str, ...] = ()  # N(0, I) draws of the step beyond eps, drawn after it (training.step_noise)
 
 
@@ -171,21 +173,11 @@ def loss_kind(kind: str) -> Loss:
     return LOSSES[kind]
 
 
-def _call(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor, emit: Emit,
-          defer_sync: SyncContext, params: dict[str, Any]) -> tuple[Tensor, Stats]:
-    """Call the loss of `kind` with what it takes: callers pass the epoch to every kind, and only a staged
-    kind uses it (and the DDP context for its early term)."""
-    loss = loss_kind(kind)
-    if loss.staged:
-        return loss.fn(model, schedule, x0, t, noise, emit=emit, defer_sync=defer_sync, **params)
-    return loss.fn(model, schedule, x0, t, noise, emit=emit, **{k: v for k, v in params.items() if k != "epoch"})
-
-
 def compute_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
                  **params: Any) -> tuple[Tensor, Stats]:
     """The loss of `kind` as one differentiable scalar, and its per-step stats."""
     terms: list[Tensor] = []
-    last, stats = _call(kind, model, schedule, x0, t, noise, terms.append, contextlib.nullcontext, params)
+    last, stats = loss_kind(kind).fn(model, schedule, x0, t, noise, emit=terms.append, **params)
     loss = sum(terms, last)
     stats["loss"] = loss.detach()
     return loss, stats
@@ -204,7 +196,7 @@ def backward_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tens
         term.backward()
         total.append(term.detach())
 
-    last, stats = _call(kind, model, schedule, x0, t, noise, emit, defer_sync, params)
+    last, stats = loss_kind(kind).fn(model, schedule, x0, t, noise, emit=emit, defer_sync=defer_sync, **params)
     last.backward()
     stats["loss"] = sum(total, last.detach())
     return stats
