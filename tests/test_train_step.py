@@ -142,8 +142,8 @@ def test_dropout_is_reseeded_from_seed_and_step(tmp_path, synthetic_data_dir, mo
     from dreamctl.training import loop
     from tiny_runs import TINY, train
 
-    seeds, real = [], loop.backward_loss
-    monkeypatch.setattr(loop, "backward_loss", lambda *a, **k: seeds.append(torch.initial_seed()) or real(*a, **k))
+    seeds, real = [], loop.update  # the seed in force through the step's forward passes
+    monkeypatch.setattr(loop, "update", lambda *a, **k: seeds.append(torch.initial_seed()) or real(*a, **k))
     assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=3", "model.dropout=0.1"],
                  recipe="tiny") == 0
     seed = load_recipe("tiny").train.seed

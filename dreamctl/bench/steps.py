@@ -10,12 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import LossKind, Recipe
-from dreamctl.diffusion.losses import backward_loss, conservative_lambda, per_sample, rectified_input
+from dreamctl.diffusion.losses import Stats, backward_loss, conservative_lambda, per_sample, rectified_input
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
 from dreamctl.models import unet
 from dreamctl.runtime import Runtime
-from dreamctl.training.loop import step_noise, update
+from dreamctl.training.loop import train_step
 from dreamctl.training.state import TrainState
 
 KINDS = tuple(get_args(LossKind))  # every loss kind, in the schema's order
@@ -65,22 +65,27 @@ def loss_params(recipe: Recipe, kind: str) -> dict[str, Any]:
     return {"epoch": lc.start_epoch + lc.ramp_epochs, **lc.params()}
 
 
+def naive_backward(kind: str, net: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
+                   **params: Any) -> Stats:
+    """backward_loss's call for the naive step: one backward of the summed loss."""
+    loss = naive_conservative_loss(net, schedule, x0, t, noise, **params)
+    loss.backward()
+    return {"loss": loss.detach()}
+
+
 def make_step(name: str, net: nn.Module, schedule: NoiseSchedule, state: TrainState, recipe: Recipe,
               x0: Tensor, rt: Runtime) -> Callable[[int], None]:
-    """step(i) -> None: one full training step of loss `name` (a kind, or NAIVE) at step i."""
-    params = list(state.model.parameters())
+    """step(i) -> None: the training loop's step (train_step) of loss `name` (a kind, or NAIVE) at step i."""
     kind = "dream_conservative" if name == NAIVE else name
-    kw = loss_params(recipe, kind)
+    params = loss_params(recipe, kind)
+    epoch = params.pop("epoch")
+    backward = naive_backward if name == NAIVE else backward_loss
 
     def step(i: int) -> None:
-        t, noise, extra = step_noise(recipe, i, rt, kind)
-        if name == NAIVE:
-            loss = naive_conservative_loss(net, schedule, x0, t, noise, **kw)
-            loss.backward()
-            loss = loss.detach()
-        else:
-            loss = backward_loss(kind, net, schedule, x0, t, noise, **kw, **extra)["loss"]
-        if update(state, params, recipe.optim, i, loss, rt) is None:
-            raise RunError(f"benchmark step {i} went non-finite (loss {float(loss)}); lower optim.lr with --set")
+        state.step = i
+        stats, _, grad_norm = train_step(state, net, schedule, recipe, x0, epoch, rt, kind=kind, params=params,
+                                         backward=backward)
+        if grad_norm is None:
+            raise RunError(f"benchmark step {i} went non-finite (loss {float(stats['loss'])}); lower optim.lr with --set")
 
     return step

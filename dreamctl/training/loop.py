@@ -26,10 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from dreamctl.config import OptimConfig, Recipe
 from dreamctl.data.loader import BatchOrder, ImageSet, rank_slice, steps_per_epoch, to_model_input
 from dreamctl.diffusion import schedule_for
-from dreamctl.diffusion.losses import backward_loss, conservative_lambda, loss_kind, step_cost
+from dreamctl.diffusion.losses import SyncContext, Stats, backward_loss, conservative_lambda, loss_kind, step_cost
+from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
-from dreamctl.models import build_model
 from dreamctl.events import OnEvent, ignore
+from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
@@ -150,6 +151,18 @@ def step_noise(recipe: Recipe, step: int, rt: Runtime,
     return t, noise, extra
 
 
+def train_step(state: TrainState, net: nn.Module, schedule: NoiseSchedule, recipe: Recipe, x0: Tensor, epoch: int,
+               rt: Runtime, *, kind: str, params: dict[str, Any], backward: Callable[..., Stats] = backward_loss,
+               defer_sync: SyncContext = nullcontext) -> tuple[Stats, Tensor, Tensor | None]:
+    """One step of DDPM Algorithm 1 at `state.step`: t ~ U{0..T-1}, eps ~ N(0, I) for x0; back-propagate the loss
+    of `kind`; clip, AdamW, EMA. Returns (stats, t, gradient norm), the norm None when the loss or a gradient is
+    not finite on some rank (no step taken). `backward` is backward_loss; the benchmark passes the study's."""
+    t, noise, extra = step_noise(recipe, state.step, rt, kind)
+    torch.manual_seed(mix_seed(recipe.train.seed, state.step, rt.rank))  # dropout: the one draw that depends on the rank
+    stats = backward(kind, net, schedule, x0, t, noise, epoch=epoch, defer_sync=defer_sync, **params, **extra)
+    return stats, t, update(state, list(state.model.parameters()), recipe.optim, state.step, stats["loss"], rt)
+
+
 def due(step: int, every: int, last_step: int) -> bool:
     """Whether a periodic write (log, grid, checkpoint) falls on `step`; the last step always has all."""
     return step % every == 0 or step == last_step
@@ -174,7 +187,6 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     schedule = schedule_for(recipe.diffusion)
     net, defer_sync = wrap_for_training(state.model, recipe, rt)
     net.train()
-    params = list(state.model.parameters())
     kind, loss_params = recipe.loss.kind, recipe.loss.params()
     last_step = total_steps(recipe, len(images))
     recorder = Recorder(run, recipe, state, order, meter, rt, on_event, last_step)
@@ -186,15 +198,11 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         return "interrupted"
     speed, mark, status = Throughput(), time.perf_counter(), "finished"
     while state.step < last_step:
-        # x0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I); a gradient step on the recipe's loss (DDPM Algorithm 1)
-        batch = next(order)
+        batch = next(order)  # x0 ~ data
         x0 = to_model_input(images[batch.indices].to(rt.device, non_blocking=True),
                             flip=batch.flip if recipe.data.hflip else None)
-        t, noise, extra = step_noise(recipe, state.step, rt)
-        torch.manual_seed(mix_seed(tc.seed, state.step, rt.rank))  # dropout: the one draw that depends on the rank
-        stats = backward_loss(kind, net, schedule, x0, t, noise, epoch=batch.epoch, defer_sync=defer_sync,
-                              **loss_params, **extra)
-        grad_norm = update(state, params, recipe.optim, state.step, stats["loss"], rt)
+        stats, t, grad_norm = train_step(state, net, schedule, recipe, x0, batch.epoch, rt, kind=kind,
+                                         params=loss_params, defer_sync=defer_sync)
         if grad_norm is None:
             raise non_finite(stats, state.step, batch.epoch, run, recipe)
 
