@@ -240,10 +240,16 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
         on_event("stage", {"what": f"reading {req.ref_num} reference images ({req.ref_split}) from {data_dir}"})
         read.append(read_reference(data_dir, req.ref_split, req.ref_num))
     main_first(rt, read_ref)
-    problems, net = weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
-    if problems and (asked.strict_weights or req.explicit):
-        raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
-        # share one file: named once
+    checked: list[tuple[dict[str, str], FeatureNet | None]] = []
+
+    def check_weights() -> None:  # rank 0 alone scores, so it alone loads the networks (Inception: 100 MB a GPU)
+        checked.append(weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir,
+                                       device=str(rt.device)))
+        if (problems := checked[0][0]) and (asked.strict_weights or req.explicit):
+            raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
+            # share one file: named once
+    main_first(rt, check_weights)
+    problems, net = checked[0] if checked else ({}, None)
     for where, what in ((run.samples, "sample folder"), (run.eval, "evaluation folder")):
         atomic.check_writable(where, what)  # before drawing: the images and the scores must have a place
 

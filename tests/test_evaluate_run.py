@@ -261,3 +261,44 @@ def test_a_run_trained_before_eval_settings_were_checked_still_loads(trained, tm
     assert "eval.num 1: evaluate draws 2 (a covariance needs two) to 1,048,576 images" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--num", "4"]) == 2
     assert "unknown metric(s) fdi in eval.metrics" in capsys.readouterr().err
+
+
+def _two_rank_worker(rank: int, init: str, run: str, out: str, metrics: tuple[str, ...]) -> None:
+    import torch.distributed as dist
+
+    from dreamctl import evaluation
+    from dreamctl.runtime import Runtime
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    real = evaluation.weight_problems
+
+    def noted(*args, **kwargs):  # the call that loads Inception: each rank that makes it leaves a file
+        Path(out, f"weights-checked-by-{rank}").touch()
+        return real(*args, **kwargs)
+
+    evaluation.weight_problems = noted
+    rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
+    try:
+        result = evaluate_run(Path(run), SampleOptions(), EvalOptions(num=8, ref_num=12, metrics=metrics), rt=rt,
+                              weights_dir=Path(out, "no-weights"))
+        said = "record" if result is not None else "none"
+    except Exception as err:
+        said = type(err).__name__
+    Path(out, f"rank-{rank}").write_text(said)
+    dist.barrier()  # both done with the group before either destroys it (gloo can abort otherwise)
+    dist.destroy_process_group()
+
+
+def test_under_two_ranks_only_rank_0_loads_the_metric_networks(trained, tmp_path):
+    """Only rank 0 scores; every rank loading Inception cost each GPU its memory (style review C5). A missing
+    file asked for by name still stops every rank before drawing."""
+    import torch.multiprocessing as mp
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    for metrics, said in ((("swd",), ["record", "none"]), (("fid",), ["WeightsError", "StoppedWithMain"])):
+        out = tmp_path / metrics[0]
+        out.mkdir()
+        mp.spawn(_two_rank_worker, args=(f"file://{out / 'store'}", str(run), str(out), metrics), nprocs=2)
+        assert [(out / f"rank-{r}").read_text() for r in (0, 1)] == said
+        assert sorted(p.name for p in out.glob("weights-checked-by-*")) == ["weights-checked-by-0"]
