@@ -28,6 +28,11 @@ class CorruptCheckpoint(CheckpointError):
     """A checkpoint file whose contents do not load (truncated, not a checkpoint): resume skips it."""
 
 
+class MetricUndefined(DataError):
+    """The images admit no value of one metric (a covariance product without a real square root, images too
+    small for SWD's pyramid): that metric is recorded as missing, the others still count."""
+
+
 class WeightsError(DreamctlError):
     """A metric's weight file is missing or does not match its checksum."""
 

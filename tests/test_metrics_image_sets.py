@@ -125,11 +125,11 @@ def test_a_cache_folder_that_cannot_be_written_warns_and_still_computes(tmp_path
 def test_an_unusable_covariance_fails_its_frechet_metric_alone(monkeypatch):
     """A square root with a large imaginary part (few images, as a short evaluation has) makes FID and
     pixel FD missing with the reason; the metrics computed beside them still count."""
-    from dreamctl.errors import DataError
+    from dreamctl.errors import MetricUndefined
     from dreamctl.metrics import pixel_fd
 
     def unusable(*args, **kwargs):
-        raise DataError("Fréchet distance: the covariance product's square root has an imaginary part of 0.003")
+        raise MetricUndefined("Fréchet distance: the covariance product's square root has an imaginary part of 0.003")
 
     monkeypatch.setattr(image_sets, "frechet_distance", unusable)
     monkeypatch.setattr(pixel_fd, "frechet_distance", unusable)
@@ -138,6 +138,22 @@ def test_an_unusable_covariance_fails_its_frechet_metric_alone(monkeypatch):
                               cache_dir=None, feature_net=StandInFeatureNet())["metrics"]
     assert "imaginary part" in out["fid"]["missing"] and "imaginary part" in out["pixel_fd"]["missing"]
     assert "value" in out["kid"] and "value" in out["swd"]
+
+
+def test_an_error_that_can_only_be_a_bug_stops_the_evaluation_instead_of_leaving_a_gap(monkeypatch):
+    """Statistics of two feature sizes (a stale cache, a wrong network) raised DataError, which turned into a
+    `missing` metric: the column went quiet instead of the command failing (style review C4)."""
+    from dreamctl.errors import DataError, MetricUndefined
+    from dreamctl.metrics.stats import frechet_distance
+
+    with pytest.raises(DataError, match="disagree in shape") as err:
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    assert not isinstance(err.value, MetricUndefined)
+    monkeypatch.setattr(image_sets, "frechet_distance", lambda *a: frechet_distance(np.zeros(2), np.eye(2),
+                                                                                  np.zeros(3), np.eye(3)))
+    with pytest.raises(DataError, match="disagree in shape"):
+        evaluate_image_sets(_faces(0, 8), _faces(1, 8), metrics=["fid"], reference_key=None, cache_dir=None,
+                            feature_net=StandInFeatureNet())
 
 
 def test_identical_sets_give_zero_frechet_distances_and_the_exact_unbiased_kid():

@@ -22,7 +22,7 @@ import numpy as np
 
 from dreamctl.atomic import atomic_path
 from dreamctl.config.metrics import METRIC_NAMES
-from dreamctl.errors import ConfigError, DataError, DreamctlWarning, WeightsError
+from dreamctl.errors import ConfigError, DataError, DreamctlWarning, MetricUndefined, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
                                         InceptionFeatureNet, batched_features, check_images)
@@ -127,11 +127,11 @@ def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: st
 
 
 def _entry(compute: Callable[[], dict]) -> dict:
-    """A metric's entry, or {"missing": why} when its inputs cannot give one (an unusable covariance square
-    root, images too small for SWD): that metric fails alone, and the others still count."""
+    """A metric's entry, or {"missing": why} when its inputs admit none (MetricUndefined): that metric fails alone,
+    and the others still count. Any other error stops the evaluation: a wrong shape here is a bug, not a gap."""
     try:
         return compute()
-    except DataError as err:
+    except MetricUndefined as err:
         return {"missing": str(err)}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import linalg
 from scipy.special import xlogy
 
-from dreamctl.errors import DataError
+from dreamctl.errors import DataError, MetricUndefined
 
 
 def _as_2d(features: np.ndarray) -> np.ndarray:
@@ -51,7 +51,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise DataError(f"Fréchet distance: the covariance product's square root has an imaginary part "
+            raise MetricUndefined(f"Fréchet distance: the covariance product's square root has an imaginary part "
                             f"of {np.max(np.abs(covmean.imag)):.3g}; use more images than feature dimensions")
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage
 
-from dreamctl.errors import DataError
+from dreamctl.errors import MetricUndefined
 from dreamctl.metrics.inception import check_images
 
 # 5-tap binomial filter, as cv2.pyrDown / pyrUp.
@@ -104,7 +104,7 @@ def sliced_wasserstein_distance(images_a: np.ndarray, images_b: np.ndarray, *, s
     check_images(images_b, "second image set")
     h, w = images_a.shape[1:3]
     if images_b.shape[1:3] != (h, w) or h != w or h < min_resolution or h & (h - 1):
-        raise DataError(f"SWD needs square power-of-two images of the same size, at least {min_resolution} px; "
+        raise MetricUndefined(f"SWD needs square power-of-two images of the same size, at least {min_resolution} px; "
                         f"got {images_a.shape[1:3]} and {images_b.shape[1:3]}")
     resolutions = [h >> i for i in range(h.bit_length()) if (h >> i) >= min_resolution]
     rng = np.random.default_rng(seed)
