@@ -278,9 +278,10 @@ def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt
               "wall_time_s": round(time.perf_counter() - started, 2)}
     drawing = {} if drawn or not before.get("complete") else {  # what drawing the folder took, not this look at it
         k: before[k] for k in ("created", "wall_time_s", "drawn_now", "device", "world_size") if k in before}
-    if rt.is_main:
-        grid_images = read_samples(folder, min(held, GRID_MAX), m.image_size)
-        save_grid(grid_images, folder / "grid.png")
+
+    def finish() -> None:  # through main_first, as every write of rank 0: a full disk here stops every rank
+        save_grid(read_samples(folder, min(held, GRID_MAX), m.image_size), folder / "grid.png")
         atomic.write_json(folder / "sample.json", {**record, **drawing})
+    main_first(rt, finish)
     on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})
     return record

@@ -84,7 +84,8 @@ def dream(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: Tensor, nois
     target = noise + lam * delta
     losses = per_sample(model(x_dream, t) - target, norm)
     loss = losses.mean()
-    # The estimate pass's plain ||eps - model(x_t, t)||^2 comes free: the one curve comparable with other kinds.
+    # The estimate pass's plain ||eps - model(x_t, t)||^2 comes free: the one curve comparable with other kinds,
+    # when model.dropout is 0 (the default): the pass runs in eval mode, their loss_std with dropout on.
     return loss, {"loss_dream": loss.detach(), "loss_std": per_sample(eps_hat.float() - noise).mean(),
                   "lambda_mean": lam.mean().detach(), "per_sample": losses.detach()}
 

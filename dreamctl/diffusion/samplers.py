@@ -41,9 +41,10 @@ def timesteps(num_timesteps: int, steps: int, t_start: int | None = None) -> lis
 
 
 def randn_like(x: Tensor, generator: Generators) -> Tensor:
-    """Standard normal noise shaped like x; with a list of generators, row i comes from generator i."""
+    """Standard normal noise shaped like x; with a list of generators, row i comes from generator i. Drawn in
+    float32 either way, then cast: the same seed gives the same noise whatever x's dtype."""
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
     if len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
     rows = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=torch.float32) for g in generator]

@@ -110,8 +110,8 @@ class SpecFile(BaseModel):
     out: str | None = None
     set: list[str] = Field([], description="'section.key=value' strings, as --set takes them")
     grid: dict[str, Values] = Field({}, description="each setting's values, a non-empty list: a training run each")
-    eval_grid: dict[str, Values] = Field({}, description="sample.sampler, steps, eta or t_start: a non-empty list of "
-                                         "values, an evaluation of each trained run each")
+    eval_grid: dict[str, Values] = Field({}, description="sample.sampler, steps, eta, t_start, clip_x0 or use_ema: a "
+                                         "non-empty list of values, an evaluation of each trained run each")
     seeds: list[StrictInt] = Field([0], min_length=1, description="a non-empty list of integers: each grid point "
                                    "trains once per seed")  # strict: YAML's true would name a run seed-true
     evaluate: _Evaluate | None = Field(_Evaluate(), description="{metrics: [...], num: N}, or false to train only")

@@ -2,6 +2,6 @@
 
 Modules: `weights` (the weight files and `dreamctl weights`), `inception` (feature networks),
 `stats` (Fréchet distance, KID, IS maths), `lpips_diversity`, `swd`, `pixel_fd`, and
-`evaluate` (`evaluate_image_sets`, the one entry point that computes a metric set).
+`image_sets` (`evaluate_image_sets`, the one entry point that computes a metric set).
 Nothing is imported here, so `import dreamctl.metrics.weights` stays free of torch.
 """

@@ -1,4 +1,5 @@
-"""The loss terms logged to metrics.jsonl: summed on the device between log steps, no host sync per step.
+"""The loss terms logged to metrics.jsonl: summed on the device between log steps, adding no host sync to a
+step (the step's own finiteness check, training.loop.update, has one).
 
 A record's loss terms are means over the steps since the previous record and over all ranks;
 a term that starts mid-interval (the rectified loss from `start_epoch`) is averaged over the
