@@ -180,7 +180,7 @@ def test_to_model_input_scales_and_flips():
 
 
 def test_data_bench_measures_both_loaders_on_the_same_images(tmp_path):
-    from dreamctl.data.bench import run_data_bench
+    from dreamctl.bench.data import run_data_bench
 
     result = run_data_bench(count=64, resolution=16, batch_size=16, workers=1, work_dir=tmp_path, min_seconds=0.05, repeats=1)
     assert result["images"] == 64 and result["prepare_img_per_s_per_worker"] > 0

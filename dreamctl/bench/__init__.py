@@ -76,7 +76,7 @@ def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: in
         result["inception"] = bench_inception(rt, batch_size=recipe.train.batch_size,
                                               resolution=recipe.data.resolution)
     if what in ("data", "all"):
-        from dreamctl.data.bench import run_data_bench
+        from dreamctl.bench.data import run_data_bench
 
         result["data"] = run_data_bench(count=data_images, resolution=recipe.data.resolution,
                                         batch_size=recipe.train.batch_size)
