@@ -151,6 +151,10 @@ def sum_over_ranks(n: int, rt: Runtime) -> int:
     return int(_reduce(float(n), rt, dist.ReduceOp.SUM)) if _joined(rt) else n
 
 
+def max_over_ranks(n: int, rt: Runtime) -> int:
+    return int(_reduce(float(n), rt, dist.ReduceOp.MAX)) if _joined(rt) else n
+
+
 def _together(rt: Runtime, action: Callable[[], Any], here: bool, elsewhere: Callable[[], BaseException]) -> Any:
     """`action()` where `here`, then every rank learns whether it failed anywhere: a rank whose action
     failed raises its own error, the others `elsewhere()`; no rank waits in a later collective for one

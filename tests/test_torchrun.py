@@ -590,3 +590,36 @@ def test_the_shortcut_waits_for_the_workers_of_a_killed_torchrun(tmp_path, monke
     assert launch(2, ["train", "--recipe", "tiny"]) == 128 + signal.SIGKILL
     assert saved.read_text() == "saved"  # waited for
     assert "torchrun was killed by SIGKILL (137): waiting for its workers" in capsys.readouterr().err
+
+
+def _signal_worker(rank: int, init: str, run: str, out: str) -> None:
+    import torch.distributed as dist
+    import typer
+
+    from dreamctl.cli.progress import run_training
+    from dreamctl.runtime import any_rank
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
+
+    def session(on_event, should_stop) -> str:  # a scheduler pre-empts rank 1's node alone
+        if rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return "interrupted" if any_rank(should_stop(), rt) else "finished"
+
+    try:
+        run_training(Path(run), rt, session)
+        code = 0
+    except typer.Exit as exit:
+        code = exit.exit_code
+    torch.save(code, f"{out}.{rank}")
+
+
+def test_a_sigterm_to_one_worker_is_every_workers_exit_code(tmp_path):
+    """Rank 0 exited 130 (SIGINT, its default) and rank 1 143, so torchrun's code stayed 1: a pre-empted node's
+    clean, requeue-able stop read as a failure (dist review F3)."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "code")
+    mp.spawn(_signal_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out), nprocs=2, join=True)
+    assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == [143, 143]

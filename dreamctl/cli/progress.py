@@ -171,6 +171,10 @@ def run_training(run_root: Path, rt: Runtime, session: Callable[..., str], resum
                 display.on_event(kind, payload)
 
             status = session(on_event=on_event, should_stop=stop.requested)
+        if status == "interrupted":  # every rank stopped at one step, the signal reached some: the one that came
+            # (SIGTERM over SIGINT: a scheduler's requeue-able stop) is every rank's exit code, which torchrun needs
+            stop.signum = signal.Signals(runtime.max_over_ranks(int(stop.signum) if stop.requested() else 0, rt)
+                                         or signal.SIGINT)
         if rt.is_main:
             display.finish(status)
     except KeyboardInterrupt:  # a second Ctrl-C: aborted in the step, no checkpoint of it
