@@ -151,6 +151,15 @@ def sum_over_ranks(n: int, rt: Runtime) -> int:
     return int(_reduce(float(n), rt, dist.ReduceOp.SUM)) if _joined(rt) else n
 
 
+def mean_over_ranks(values: list[float], rt: Runtime) -> list[float]:
+    """Each value's mean over the ranks (NaN where any rank's is NaN)."""
+    if not _joined(rt):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return (t / rt.world_size).tolist()
+
+
 def max_over_ranks(n: int, rt: Runtime) -> int:
     return int(_reduce(float(n), rt, dist.ReduceOp.MAX)) if _joined(rt) else n
 

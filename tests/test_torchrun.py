@@ -623,3 +623,29 @@ def test_a_sigterm_to_one_worker_is_every_workers_exit_code(tmp_path):
     out = str(tmp_path / "code")
     mp.spawn(_signal_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out), nprocs=2, join=True)
     assert [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)] == [143, 143]
+
+
+def _non_finite_worker(rank: int, init: str, run: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from dreamctl.config import load_recipe
+    from dreamctl.training.loop import non_finite
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
+    stats = {"loss": torch.tensor([1.0, float("nan")][rank]), "loss_std": torch.tensor(2.0 + rank)}
+    torch.save(str(non_finite(stats, 3, 0, RunDir(run), load_recipe("tiny"), rt)), f"{out}.{rank}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_non_finite_step_names_the_steps_loss_not_rank_0s_share(tmp_path):
+    """Rank 1's batch went NaN; rank 0, the one that prints, reported its own finite loss (dist review F4)."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "said")
+    mp.spawn(_non_finite_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path / "run"), out), nprocs=2,
+             join=True)
+    said = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
+    assert said[0] == said[1]
+    assert said[0].startswith("non-finite loss or gradient at step 3 (epoch 0): {'loss': nan, 'loss_std': 2.5}; ")

@@ -31,7 +31,7 @@ from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
 from dreamctl.events import OnEvent, ignore
 from dreamctl.models import build_model
-from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mix_seed
+from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mean_over_ranks, mix_seed
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.record import Recorder, Throughput
@@ -204,7 +204,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
         stats, t, grad_norm = train_step(state, net, schedule, recipe, x0, batch.epoch, rt, kind=kind,
                                          params=loss_params, defer_sync=defer_sync)
         if grad_norm is None:
-            raise non_finite(stats, state.step, batch.epoch, run, recipe)
+            raise non_finite(stats, state.step, batch.epoch, run, recipe, rt)
 
         meter.add(stats, t)
         state.step += 1
@@ -237,9 +237,11 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     return status
 
 
-def non_finite(stats: dict[str, Any], step: int, epoch: int, run: RunDir, recipe: Recipe) -> RunError:
-    """The error for a step whose loss or gradient is not finite (no step was taken)."""
-    terms = {k: float(v) for k, v in stats.items() if k.startswith(("loss", "lambda"))}
+def non_finite(stats: dict[str, Any], step: int, epoch: int, run: RunDir, recipe: Recipe, rt: Runtime) -> RunError:
+    """The error for a step whose loss or gradient is not finite (no step was taken), with the step's loss terms:
+    their means over the ranks, as the log gives them (rank 0's own share may be finite)."""
+    names = [k for k in stats if k.startswith(("loss", "lambda"))]
+    terms = dict(zip(names, mean_over_ranks([float(stats[k]) for k in names], rt)))
     return RunError(f"non-finite loss or gradient at step {step} (epoch {epoch}): {terms}; "
                     f"no step taken and no checkpoint written. "
                     f"Resume from the last checkpoint with a lower learning rate or tighter clipping, e.g. "
