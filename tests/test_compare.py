@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import pytest
@@ -428,6 +430,29 @@ def test_speed_and_memory_are_averaged_only_over_one_kind_of_device(tmp_path: Pa
     cpu_only = compare_runs([read_run(cpu), read_run(old)])
     assert cpu_only.aggregate[0].device == "cpu" and cpu_only.aggregate[0].totals["peak_memory_bytes"] == 3 * 2**20
     assert "device" in to_csv(comp).splitlines()[0].split(",")
+
+
+def test_speed_and_memory_are_averaged_only_over_one_process_count(tmp_path: Path) -> None:
+    """A seed on 2 processes beside one on 1: their img/s (global) and rank 0's memory (of half the batch) are
+    no sample of one quantity, and the tables did not say which run used how many (dist review F1)."""
+    one = write_run(tmp_path, "s0", ("train.seed=0",), info={"world_size": 1, "peak_memory_bytes": 2**20})
+    two = write_run(tmp_path, "s1", ("train.seed=1",), info={"world_size": 2, "peak_memory_bytes": 2**20})
+    moved = write_run(tmp_path, "s2", ("train.seed=2",), info={"world_size": 1, "resumes": [
+        {"step": 100, "set": [], "world_size": 2}]})  # resumed on another count: both
+    for d, fid in ((one, 10.0), (two, 12.0), (moved, 14.0)):
+        write_eval(d, P50, 50, 200, {"fid": {"value": fid}})
+    comp = compare_runs([read_run(d) for d in (one, two, moved)])
+    assert [r.processes for r in comp.rows] == [(1,), (2,), (1, 2)]
+    (group,) = comp.aggregate
+    assert group.processes == () and group.metrics[(P50, "fid")].value == pytest.approx(12.0)
+    assert group.totals["img_per_s"] is None and group.totals["wall_time_s"] is None
+    assert [cells(comp, r)[headers(comp).index("processes")] for r in comp.rows] == ["1", "2", "1,2"]
+    assert cells(comp, group, aggregate=True)[headers(comp, aggregate=True).index("processes")] == "mixed"
+    rows = list(csv.DictReader(io.StringIO(to_csv(comp))))
+    assert [r["processes"] for r in rows] == ["1", "2", "1,2", "mixed"]
+    assert [r["processes"] for r in to_json(comp)["runs"]] == [[1], [2], [1, 2]]
+    same = compare_runs([read_run(one), read_run(write_run(tmp_path, "s3", ("train.seed=3",), info={"world_size": 1}))])
+    assert same.aggregate[0].totals["img_per_s"] is not None and "processes" not in headers(same)
 
 
 def test_the_csv_names_what_each_std_is_over(tmp_path: Path) -> None:

@@ -40,12 +40,12 @@ def _print_table(comp: Comparison) -> None:
     """Terminal layout: the runs, then one table per protocol (its id and settings in the title)."""
     runs = _table("Runs", info_headers(comp))
     for row in comp.rows:
-        runs.add_row(*info_cells(row))
+        runs.add_row(*info_cells(comp, row))
     console.print(runs)
     if comp.aggregate:
         groups = _table("Groups of runs that differ only by train.seed (and log, checkpoint or sample settings)", info_headers(comp, aggregate=True))
         for row in comp.aggregate:
-            groups.add_row(*info_cells(row, aggregate=True))
+            groups.add_row(*info_cells(comp, row, aggregate=True))
         console.print(groups)
     described = describe_protocols(comp)
     full, comp = comp, with_values(comp)  # the missing: lines below say why a column is left out

@@ -60,6 +60,7 @@ class Row:
     metrics: dict[tuple[str, str], Metric]  # (protocol id, metric name) -> value
     eval_steps: dict[str, tuple[int, ...]]  # protocol id -> checkpoint step(s) evaluated
     device: str = "unknown"  # cpu | cuda (run.json), "mixed" for a group: img/s and memory mean nothing across them
+    processes: tuple[int, ...] = (1,)  # the process counts its sessions trained on; () for a group of other counts
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,15 @@ def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str],
         label=run.name, recipe=run.recipe.name, status=run.status, seeds=(run.seed,),
         paths=(str(run.path),), settings={k: flat.get(k) for k in settings}, totals=totals, metrics=metrics,
         eval_steps={pid: (r.checkpoint_step,) for pid, r in latest.items() if r.checkpoint_step is not None},
-        device=str(run.info.get("device") or "unknown").split(":")[0],
+        device=str(run.info.get("device") or "unknown").split(":")[0], processes=processes(run),
     )
+
+
+def processes(run: Run) -> tuple[int, ...]:
+    """The process counts (world sizes) of the run's sessions, first run and resumes: img/s is over all of them,
+    peak memory rank 0's share of the batch."""
+    sessions = [run.info, *(run.info.get("resumes") or [])]
+    return tuple(sorted({s["world_size"] for s in sessions if isinstance(s.get("world_size"), int)})) or (1,)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -220,10 +228,12 @@ def aggregate_rows(rows: list[Row]) -> Row:
         else:
             mean, std = _mean_std(values)
             metrics[key] = Metric(value=mean, std=std, spread=None if std is None else SEEDS, n=len(values))
-    devices = {r.device for r in rows}
+    devices, counts = {r.device for r in rows}, {r.processes for r in rows}
     device = devices.pop() if len(devices) == 1 else "mixed"
-    # Speed and memory of CPU and GPU seeds (the CPU's is the process's resident memory) average to nothing.
-    kept = TOTALS if device != "mixed" else tuple(k for k in TOTALS if k not in DEVICE_TOTALS)
+    procs = counts.pop() if len(counts) == 1 else ()
+    # Speed and memory of CPU and GPU seeds (the CPU's is the process's resident memory), or of seeds on 1 and 8
+    # GPUs, average to nothing.
+    kept = TOTALS if device != "mixed" and procs else tuple(k for k in TOTALS if k not in DEVICE_TOTALS)
     totals = {k: _mean_std([r.totals[k] for r in rows if r.totals[k] is not None])[0] if k in kept else None
               for k in TOTALS}
     steps: dict[str, tuple[int, ...]] = {}
@@ -236,7 +246,7 @@ def aggregate_rows(rows: list[Row]) -> Row:
         seeds=tuple(s for r in rows for s in r.seeds), paths=tuple(p for r in rows for p in r.paths),
         settings={k: v if all(r.settings[k] == v for r in rows) else "(varies)"
                   for k, v in rows[0].settings.items() if k != "train.seed"},
-        totals=totals, metrics=metrics, eval_steps=steps, device=device,
+        totals=totals, metrics=metrics, eval_steps=steps, device=device, processes=procs,
     )
 
 

@@ -47,15 +47,26 @@ def _setting_text(value: Any, none: str = "—") -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+def _shows_processes(comp: Comparison) -> bool:
+    """Whether the tables need a processes column: some run trained on more than one."""
+    return any(r.processes != (1,) for r in comp.rows)
+
+
+def processes_text(row: Row) -> str:
+    return ",".join(map(str, row.processes)) or "mixed"
+
+
 def info_headers(comp: Comparison, aggregate: bool = False) -> list[str]:
     settings = [k for k in comp.settings if not (aggregate and k == "train.seed")]
     first = ["group", "seeds"] if aggregate else ["run"]
-    return first + ["recipe", *settings, "status"] + [TOTAL_HEADERS[k] for k in TOTALS]
+    procs = ["processes"] if _shows_processes(comp) else []
+    return first + ["recipe", *settings, "status", *procs] + [TOTAL_HEADERS[k] for k in TOTALS]
 
 
-def info_cells(row: Row, aggregate: bool = False) -> list[str]:
+def info_cells(comp: Comparison, row: Row, aggregate: bool = False) -> list[str]:
     first = [row.label, ",".join(map(str, row.seeds))] if aggregate else [row.label]
     out = first + [row.recipe] + [_setting_text(v) for v in row.settings.values()] + [row.status]
+    out += [processes_text(row)] if _shows_processes(comp) else []
     return out + [format_number(row.totals[k], k) + _memory_kind(row, k) for k in TOTALS]
 
 
@@ -83,7 +94,7 @@ def headers(comp: Comparison, aggregate: bool = False) -> list[str]:
 
 
 def cells(comp: Comparison, row: Row, aggregate: bool = False) -> list[str]:
-    out = info_cells(row, aggregate)
+    out = info_cells(comp, row, aggregate)
     for pid in protocol_ids(comp):
         out += protocol_cells(comp, row, pid)
     return out
@@ -198,7 +209,7 @@ def to_csv(comp: Comparison) -> str:
     """Raw numbers, one line per run then one per seed group (column `kind`)."""
     has_std = {c for c in comp.columns if any(r.metrics[c].std is not None for r in comp.rows + comp.aggregate)}
     has_n = bool(comp.aggregate)  # how many seeds are behind a mean: fewer than the group where one lacks it
-    head = ["kind", "name", "seeds", "recipe", *comp.settings, "status", "device", *TOTALS]
+    head = ["kind", "name", "seeds", "recipe", *comp.settings, "status", "device", "processes", *TOTALS]
     for pid in protocol_ids(comp):
         head.append(f"ckpt @ {pid}")
         for col in (c for c in comp.columns if c[0] == pid):
@@ -214,7 +225,8 @@ def to_csv(comp: Comparison) -> str:
         for row in rows:
             line = [kind, row.label, ",".join(map(str, row.seeds)), row.recipe]
             line += [_setting_text(row.settings[k], none="") if k in row.settings else "" for k in comp.settings]
-            line += [row.status, row.device] + ["" if row.totals[k] is None else row.totals[k] for k in TOTALS]
+            line += [row.status, row.device, processes_text(row)]
+            line += ["" if row.totals[k] is None else row.totals[k] for k in TOTALS]
             for pid in protocol_ids(comp):
                 line.append("/".join(map(str, row.eval_steps.get(pid, ()))))
                 for col in (c for c in comp.columns if c[0] == pid):
@@ -234,7 +246,8 @@ def _row_json(row: Row) -> dict[str, Any]:
         group = metrics.setdefault(pid, {"checkpoint_steps": list(row.eval_steps.get(pid, ()))})
         group[name] = ({"missing": m.missing} if m.value is None
                        else {"value": m.value, "std": m.std, "spread": m.spread, "n": m.n})
-    return {"name": row.label, "recipe": row.recipe, "status": row.status, "device": row.device, "seeds": list(row.seeds),
+    return {"name": row.label, "recipe": row.recipe, "status": row.status, "device": row.device,
+            "processes": list(row.processes) or "mixed", "seeds": list(row.seeds),
             "paths": list(row.paths), "settings": row.settings, "totals": row.totals, "metrics": metrics}
 
 
