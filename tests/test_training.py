@@ -710,3 +710,12 @@ def test_resuming_a_finished_run_says_how_to_train_it_on(tmp_path, synthetic_dat
            "--set train.max_steps=N (or train.epochs=N)" in out
     assert main(["resume", str(run), "--set", "train.max_steps=3"]) == 0
     assert f"finished: {run}" in capsys.readouterr().out
+
+
+def test_the_resume_note_names_the_old_process_count_as_a_user_would_give_it():
+    """"resume on 1 processes (--nproc-per-node 1 on one node)" (dist review F6)."""
+    from dreamctl.cli.progress import _other_processes
+
+    assert _other_processes({"world_size": (1, 2)}).endswith("resume on 1 process (no --nproc-per-node)")
+    assert _other_processes({"world_size": (16, 8)}).endswith(
+        "resume on 16 processes in all (--nproc-per-node 16 on one node, or the nodes and processes per node it had)")

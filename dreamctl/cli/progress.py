@@ -80,7 +80,8 @@ def stop_on_signals(resuming: bool = False) -> Iterator[StopRequest]:
 def _other_processes(changed: dict[str, tuple[int, int]]) -> str:
     """The note for a resume on another process count or thread count ({key: (checkpoint's, now)})."""
     was = ", ".join(f"{k.replace('_', ' ')} {old} until now, {new} in this resume" for k, (old, new) in changed.items())
-    how = {"world_size": lambda n: f"{n} processes (--nproc-per-node {n} on one node)",
+    how = {"world_size": lambda n: "1 process (no --nproc-per-node)" if n == 1 else
+           f"{n} processes in all (--nproc-per-node {n} on one node, or the nodes and processes per node it had)",
            "threads": lambda n: f"{n} threads per process (OMP_NUM_THREADS={n})"}
     return (f"note: {was}: the same images and noise, but float sums in another order, so the weights drift "
             f"from a continuation on the old setting by rounding; to continue bit for bit, resume on "
