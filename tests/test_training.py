@@ -719,3 +719,16 @@ def test_the_resume_note_names_the_old_process_count_as_a_user_would_give_it():
     assert _other_processes({"world_size": (1, 2)}).endswith("resume on 1 process (no --nproc-per-node)")
     assert _other_processes({"world_size": (16, 8)}).endswith(
         "resume on 16 processes in all (--nproc-per-node 16 on one node, or the nodes and processes per node it had)")
+
+
+def test_a_dry_run_for_several_processes_gives_each_ones_share_or_refuses_as_the_run_would(monkeypatch, capsys):
+    """It printed the plan for a batch of 64 over 3 processes, which the run then refused; under torchrun each
+    rank printed it (dist review F7)."""
+    assert main(["train", "--recipe", "tiny", "--dry-run", "--nproc-per-node", "4"]) == 0
+    assert "processes     4, each 16 images of the global batch of 64" in capsys.readouterr().out
+    assert main(["train", "--recipe", "tiny", "--dry-run", "--nproc-per-node", "3"]) == 2
+    assert "train.batch_size 64 (the global batch) must split evenly over 3 processes" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["train", "--recipe", "tiny", "--dry-run"]) == 0
+    assert capsys.readouterr().out == ""  # local rank 0 of the node speaks

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console
+from dreamctl.cli.common import console, speaks
 from dreamctl.cli.launch import launch
 from dreamctl.cli.progress import run_training
 from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
@@ -39,8 +39,9 @@ def command(
     if data is not None:
         overrides.append(f"data.path={data.resolve()}")
     resolved = load_recipe(recipe, overrides)
-    if dry_run:
-        _dry_run(resolved)
+    if dry_run:  # under torchrun: once per node, for the job's process count
+        if speaks():
+            _dry_run(resolved, int(os.environ.get("WORLD_SIZE", nproc_per_node)))
         return
     if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # each process would read its own clock, and another node's clock may say another second
@@ -67,9 +68,12 @@ def command(
     run_training(run.root, rt, functools.partial(start_run, resolved, run, rt))
 
 
-def _dry_run(recipe: Recipe) -> None:
+def _dry_run(recipe: Recipe, processes: int) -> None:
+    from dreamctl.data.loader import rank_slice
     from dreamctl.diffusion.losses import step_cost
     from dreamctl.models import build_model, count_parameters
+
+    share = rank_slice(recipe.train.batch_size, 0, processes)  # the run would refuse a batch that does not split
 
     console.print(recipe_to_yaml(recipe), markup=False, highlight=False)
     params = count_parameters(build_model(recipe.model, recipe.data.resolution))
@@ -80,6 +84,9 @@ def _dry_run(recipe: Recipe) -> None:
     about = f"  ({recipe.description})" if recipe.description else ""
     console.print(f"recipe        {recipe.name}{about}", markup=False)
     console.print(f"parameters    {params:,} ({params / 1e6:.2f}M)", markup=False)
+    if processes > 1:
+        console.print(f"processes     {processes}, each {share.stop - share.start} images of the global batch of "
+                      f"{recipe.train.batch_size}", markup=False)
     console.print(f"loss          {recipe.loss.kind}: {calls} model forward call(s) per step, "
                   f"{units} forward units per step{note} (a backward counts as 2)", markup=False)
     if recipe.data.path:
