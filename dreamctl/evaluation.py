@@ -31,7 +31,7 @@ from dreamctl.metrics.image_sets import FEATURE_NETWORK_FIELDS, evaluate_image_s
 from dreamctl.config.metrics import parse_metrics
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.events import OnEvent, ignore
-from dreamctl.runtime import Runtime, main_first
+from dreamctl.runtime import Runtime, main_first, on_every_rank
 from dreamctl.sampling import (
     SAMPLING_FIELDS, SampleOptions, folder_name, load_for_inference, sample_to_folder,
     sampler_suffix, sampler_tag, sampling_settings,
@@ -226,40 +226,39 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
     """
     started = time.perf_counter()
     run = RunDir(run_dir)
-    recipe = run.recipe()
+    # What a node may lack (the run folder, its data), checked through on_every_rank and main_first: a rank that
+    # failed alone would leave the others to report a lost peer.
+    recipe = on_every_rank(rt, run.recipe, f"reading {run.recipe_file}")
     req = resolve_request(recipe, opts, asked)
-    data_dir = Path(asked.data) if asked.data is not None else _data_dir(recipe, run)
-    run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")  # also the recorded one:
-    # it may have been prepared again in place, and other data would overwrite this protocol's file
-    check_reference(data_dir, req.ref_split, req.ref_num, recipe.data.resolution)
-    # Rank 0 reads the reference now (its shards hashed once): a damaged one would otherwise surface after all
-    # the drawing. Through main_first: the other ranks do not start drawing without it.
-    read: list[tuple[np.ndarray, Manifest, str]] = []
+    scoring: list[tuple[Path, np.ndarray, Manifest, str, dict[str, str], FeatureNet | None]] = []
 
-    def read_ref() -> None:
+    def prepare_scoring() -> None:  # rank 0 alone scores: it alone needs the data and loads the networks
+        data_dir = Path(asked.data) if asked.data is not None else _data_dir(recipe, run)
+        run.check_data(data_dir, "pass --data the run's data folder, wherever it is now")  # also the recorded
+        # one: it may have been prepared again in place, and other data would overwrite this protocol's file
+        check_reference(data_dir, req.ref_split, req.ref_num, recipe.data.resolution)
+        # Read now (its shards hashed once): a damaged one would otherwise surface after all the drawing.
         on_event("stage", {"what": f"reading {req.ref_num} reference images ({req.ref_split}) from {data_dir}"})
-        read.append(read_reference(data_dir, req.ref_split, req.ref_num))
-    main_first(rt, read_ref)
-    checked: list[tuple[dict[str, str], FeatureNet | None]] = []
-
-    def check_weights() -> None:  # rank 0 alone scores, so it alone loads the networks (Inception: 100 MB a GPU)
-        checked.append(weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir,
-                                       device=str(rt.device)))
-        if (problems := checked[0][0]) and (asked.strict_weights or req.explicit):
+        reference = read_reference(data_dir, req.ref_split, req.ref_num)
+        problems, net = weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir,
+                                        device=str(rt.device))
+        if problems and (asked.strict_weights or req.explicit):
             raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
             # share one file: named once
-    main_first(rt, check_weights)
-    problems, net = checked[0] if checked else ({}, None)
-    for where, what in ((run.samples, "sample folder"), (run.eval, "evaluation folder")):
-        atomic.check_writable(where, what)  # before drawing: the images and the scores must have a place
+        scoring.append((data_dir, *reference, problems, net))
+    main_first(rt, prepare_scoring)
 
+    def writable() -> None:  # before drawing: the images and the scores must have a place
+        for where, what in ((run.samples, "sample folder"), (run.eval, "evaluation folder")):
+            atomic.check_writable(where, what)
+    on_every_rank(rt, writable, f"checking that {run.root} can be written")
     model = load_for_inference(run, opts, rt)
     folder = run.samples / folder_name(model, req.seed)
     sample_to_folder(model, folder, req.num, seed=req.seed, rt=rt, on_event=on_event)
     if not rt.is_main:
         return None
     generated = read_samples(folder, req.num, model.image_size)
-    reference, manifest, manifest_sha = read[0]
+    data_dir, reference, manifest, manifest_sha, problems, net = scoring[0]
     computable = [m for m in req.metrics if m not in problems]
     on_event("stage", {"what": "computing " + ", ".join(computable)})
     # With no metric computable this computes nothing, but still describes the feature network and libraries.

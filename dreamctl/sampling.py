@@ -121,7 +121,7 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     The network and the noise schedule are built from the recipe stored in the checkpoint, the one
     its weights were trained with; recipe.yaml gives only the sampling settings (`sample`, `eval`).
     """
-    current = run.recipe()
+    current = on_every_rank(rt, run.recipe, f"reading {run.recipe_file}")  # a node without the run: its error
     # Rank 0 picks the step, every rank loads it: a run still training may write a newer checkpoint (or
     # rotate one away) between two ranks' listings, and ranks on two steps would fill two folders by halves.
     chosen: list[tuple[Path, dict[str, Any]]] = []

@@ -267,10 +267,17 @@ def _two_rank_worker(rank: int, init: str, run: str, out: str, metrics: tuple[st
     import torch.distributed as dist
 
     from dreamctl import evaluation
+    from dreamctl.errors import CheckpointError
     from dreamctl.runtime import Runtime
+    from dreamctl.training.rundir import RunDir
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     real = evaluation.weight_problems
+    if rank == 1 and not metrics:  # a node without the run folder
+        def absent(self):
+            raise CheckpointError(f"{self.recipe_file} not found")
+        RunDir.recipe = absent
+        metrics = ("swd",)
 
     def noted(*args, **kwargs):  # the call that loads Inception: each rank that makes it leaves a file
         Path(out, f"weights-checked-by-{rank}").touch()
@@ -302,3 +309,16 @@ def test_under_two_ranks_only_rank_0_loads_the_metric_networks(trained, tmp_path
         mp.spawn(_two_rank_worker, args=(f"file://{out / 'store'}", str(run), str(out), metrics), nprocs=2)
         assert [(out / f"rank-{r}").read_text() for r in (0, 1)] == said
         assert sorted(p.name for p in out.glob("weights-checked-by-*")) == ["weights-checked-by-0"]
+
+
+def test_a_run_folder_missing_on_one_node_is_its_error_not_a_lost_peer(trained, tmp_path):
+    """Rank 0, the one that prints, said another process had crashed, and exited 1; the real error (exit 2) was
+    only in torchrun's report (dist review F2)."""
+    import torch.multiprocessing as mp
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    before = sorted(run.rglob("*"))
+    mp.spawn(_two_rank_worker, args=(f"file://{tmp_path / 'store'}", str(run), str(tmp_path), ()), nprocs=2)
+    assert [(tmp_path / f"rank-{r}").read_text() for r in (0, 1)] == ["RunError", "CheckpointError"]
+    assert sorted(run.rglob("*")) == before  # nothing drawn or written

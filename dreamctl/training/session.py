@@ -219,8 +219,10 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
 
     A run stopped before its first checkpoint starts again from step 0: nothing was lost.
     """
-    recipe = check_resume(run, overrides, rt.world_size)
-    images = _open_data(recipe, rt)
+    def check() -> tuple[Recipe, ImageSet]:  # what a node may lack (the run's data): its error, not a lost peer
+        recipe = check_resume(run, overrides, rt.world_size)
+        return recipe, _open_data(recipe, rt)
+    recipe, images = on_every_rank(rt, check, f"checking {run.root} and opening its data")
     with ExitStack() as held:
         held.callback(images.close)  # the shard handles, when the split is read from disk
         def claim() -> None:
