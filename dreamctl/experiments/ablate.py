@@ -152,59 +152,72 @@ def _evaluated(run_dir: Path, cfg: SampleConfig, req: EvalRequest) -> bool:
                for r in read_evals(run.eval))
 
 
+def _plan_run(spec: Spec, name: str, recipe: Recipe, data: Path | None, count: int | None,
+              overrides: tuple[str, ...], recipe_name: str) -> tuple[TrainJob, list[EvalJob], int | None]:
+    """One grid point's training job, its evaluation jobs, and the number of images it trains on (None: data not
+    prepared yet), checked as train and evaluate will check them."""
+    run_dir = spec.out / name
+    # evaluate's own resolution of its flags (a DDPM point runs all T steps, null = the recipe's)
+    points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
+              for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
+    # no point sets these; a spec that does not evaluate is not refused for its eval settings
+    req = resolve_request(recipe, SampleOptions(), EvalOptions(num=spec.num, metrics=spec.metrics)) if points else None
+    if req is not None and data is not None and (data / "manifest.json").is_file():  # evaluate's check, now
+        check_reference(data, req.ref_split, req.ref_num, recipe.data.resolution,
+                        fix="lower `evaluate: {num: N}` in the spec, or set eval.ref_num or eval.ref",
+                        size_fix=f"prepare the data at --resolution {recipe.data.resolution}, or set "
+                                 f"data.resolution to the data's in the spec's `set`")
+    resume_set = _changes(run_dir, recipe, data)
+    action = run_status(run_dir)
+    action = "resume" if resume_set and action == "skip" else action
+    steps_done = _step_reached(run_dir) if action == "resume" else 0
+    n = train_images(recipe, count, data)
+    cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
+    if n is not None and (idle := idle_rectification(recipe, n)):
+        warnings.warn(f"{spec.path}: run {name}: {idle}", DreamctlWarning, stacklevel=3)
+    train = TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set, done=steps_done)
+    extra = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
+    extra += ("--num", str(spec.num)) if spec.num else ()
+    evals = [EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra,
+                     "skip" if action == "skip" and _evaluated(run_dir, cfg, req) else "evaluate",
+                     req.num, req.num * cfg.steps) for suffix, cfg, flags in points if req is not None]
+    return train, evals, n
+
+
+def _check_axes_read(spec: Spec, recipes: list[Recipe]) -> None:
+    """An axis no run reads trains the same run under each of its names."""
+    for key, _ in spec.grid:
+        if all(key.removeprefix("loss.") in recipe.loss.unused() for recipe in recipes):
+            kinds = ", ".join(sorted({recipe.loss.kind for recipe in recipes}))
+            raise ConfigError(f"{spec.path}: grid axis {key}: loss.kind {kinds} does not read it, so its runs "
+                              "would be identical; vary a setting of the kind, or set loss.kind")
+
+
 def make_plan(spec: Spec) -> Plan:
     """Validate every expanded recipe first (a bad key fails before anything runs), then price each job."""
     data = Path(spec.data) if spec.data else None
-    trains, evals, recipes = [], [], []
-    count_cache: dict[str, int | None] = {}
-    used: set[int | None] = set()
     runs = expand(spec)
     names = [name for name, _, _ in runs]
     if len(set(names)) < len(names):
         clash = sorted({n for n in names if names.count(n) > 1})
         raise ConfigError(f"{spec.path}: two grid points get the same run name ({', '.join(clash)}); make the values distinct")
+    trains, evals, recipes = [], [], []
+    counts: dict[str, int | None] = {}  # images per split, read once
+    used: set[int | None] = set()
     for name, recipe_name, overrides in runs:
-        run_dir = spec.out / name
         try:
             recipe = load_recipe(recipe_name, overrides)
-            recipes.append(recipe)
-            # evaluate's own resolution of its flags (a DDPM point runs all T steps, null = the recipe's)
-            points = [(suffix, sample_config(recipe, SampleOptions(**options), f"eval point {suffix}"), flags)
-                      for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
-            # no point sets these; a spec that does not evaluate is not refused for its eval settings
-            req = resolve_request(recipe, SampleOptions(), EvalOptions(num=spec.num, metrics=spec.metrics)) if points else None
-            if recipe.data.split not in count_cache:
-                count_cache[recipe.data.split] = data_count(data, recipe.data.split)
-            if points and data is not None and (data / "manifest.json").is_file():  # evaluate's check, now
-                check_reference(data, req.ref_split, req.ref_num, recipe.data.resolution,
-                                fix="lower `evaluate: {num: N}` in the spec, or set eval.ref_num or eval.ref",
-                                size_fix=f"prepare the data at --resolution {recipe.data.resolution}, or set "
-                                         f"data.resolution to the data's in the spec's `set`")
-            resume_set = _changes(run_dir, recipe, data)
-            action = run_status(run_dir)
-            action = "resume" if resume_set and action == "skip" else action
-            steps_done = _step_reached(run_dir) if action == "resume" else 0
-            count = count_cache[recipe.data.split]
-            n = train_images(recipe, count, data)
-            cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
-            if n is not None and (idle := idle_rectification(recipe, n)):
-                warnings.warn(f"{spec.path}: run {name}: {idle}", DreamctlWarning, stacklevel=2)
-            used.add(None if count is None else n)  # data.limit alone is no count
+            if recipe.data.split not in counts:
+                counts[recipe.data.split] = data_count(data, recipe.data.split)
+            count = counts[recipe.data.split]
+            train, run_evals, n = _plan_run(spec, name, recipe, data, count, overrides, recipe_name)
         except (ConfigError, DataError) as err:  # which spec and which grid point, before anything runs
             raise type(err)(f"{spec.path}: run {name}: {err}") from None
-        trains.append(TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set,
-                               done=steps_done))
-        for suffix, cfg, flags in points:
-            evaluated = action == "skip" and _evaluated(run_dir, cfg, req)
-            extra = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
-            extra += ("--num", str(spec.num)) if spec.num else ()
-            evals.append(EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra, "skip" if evaluated else "evaluate",
-                                 req.num, req.num * cfg.steps))
-    for key, _ in spec.grid:  # an axis no run reads trains the same run under each of its names
-        if all(key.removeprefix("loss.") in recipe.loss.unused() for recipe in recipes):
-            kinds = ", ".join(sorted({recipe.loss.kind for recipe in recipes}))
-            raise ConfigError(f"{spec.path}: grid axis {key}: loss.kind {kinds} does not read it, so its runs "
-                              "would be identical; vary a setting of the kind, or set loss.kind")
+        recipes.append(recipe)
+        trains.append(train)
+        evals += run_evals
+        used.add(None if count is None else n)  # data.limit alone is no count
+    _check_axes_read(spec, recipes)
     known = tuple(sorted(n for n in used if n is not None)) if None not in used else ()
     return Plan(spec, data, known, tuple(trains), tuple(evals))
 
