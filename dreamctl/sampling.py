@@ -32,7 +32,7 @@ from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, 
 from dreamctl.sample_files import check_folder, png_path, read_png, read_samples, write_png
 from dreamctl.records import read_json
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
+from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, no_checkpoint,
                                      step_of, weights_sha256)
 
 GRID_MAX = 64
@@ -97,22 +97,26 @@ def option_args(field: str, value: Any) -> tuple[str, ...]:
 
 
 def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint of `step`, or the newest. Unlike resume, which goes on from the newest readable one,
-    a damaged newest is refused: the images and scores would be of another model than the run's newest."""
-    if step is None:
-        try:
-            return load_latest(run.checkpoints, skip_corrupt=False)
-        except CorruptCheckpoint as err:
-            older = ", ".join(str(step_of(p)) for p in list_checkpoints(run.checkpoints)[:-1]) or "none"
-            raise CheckpointError(f"{err}: it is the newest; `dreamctl resume {run.root}` sets it aside and trains "
-                                  f"its steps again, or --checkpoint STEP draws from an older one (steps there: "
-                                  f"{older})") from None
-    path = checkpoint_path(run.checkpoints, step)
+    """The checkpoint of `step`, or the newest, if this run wrote it. Unlike resume, which goes on from the newest
+    readable one, a damaged one is refused: the images and scores would be of another model than the one asked."""
+    listed = list_checkpoints(run.checkpoints)
+    run.check_reached(bool(listed))
+    if not listed:
+        raise no_checkpoint(run.checkpoints)
+    path = listed[-1] if step is None else checkpoint_path(run.checkpoints, step)
     if not path.is_file():
-        have = ", ".join(str(step_of(p)) for p in list_checkpoints(run.checkpoints)) or "none"
+        have = ", ".join(str(step_of(p)) for p in listed)
         raise CheckpointError(f"no checkpoint for step {step} in {run.checkpoints} (steps there: {have}); "
                               "choose one of them with --checkpoint or leave it out for the newest")
-    return path, load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CorruptCheckpoint as err:
+        others = ", ".join(str(step_of(p)) for p in listed if p != path) or "none"
+        newest = "it is the newest; `dreamctl resume RUN` sets it aside and trains its steps again, or "
+        raise CheckpointError(f"{err}: {newest.replace('RUN', str(run.root)) if step is None else ''}--checkpoint "
+                              f"STEP draws from another one (steps there: {others})") from None
+    run.check_own(path, ckpt)
+    return path, ckpt
 
 
 def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> InferenceModel:

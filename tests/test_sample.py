@@ -195,6 +195,9 @@ def test_a_folder_of_another_runs_images_is_not_topped_up(trained, tmp_path, cap
     shutil.copytree(run, twin, ignore=shutil.ignore_patterns("samples", "eval"))
     info = json.loads((twin / "run.json").read_text())
     (twin / "run.json").write_text(json.dumps({**info, "run_id": "another"}))
+    from dreamctl.training.state import list_checkpoints, load_checkpoint
+    for path in list_checkpoints(twin / "checkpoints"):  # its own checkpoints, as a retrained run's are
+        torch.save({**load_checkpoint(path), "run_id": "another"}, path)
     assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 0
     assert main(["sample", str(twin), "--num", "3", "--out", str(tmp_path / "s")]) == 2
     assert "run_id=" in capsys.readouterr().err and not (tmp_path / "s" / "000002.png").exists()
@@ -425,13 +428,13 @@ def _checkpoint_worker(rank: int, init: str, run: str, out: str, gone: bool) -> 
     import torch.distributed as dist
 
     from dreamctl.errors import CheckpointError
-    from dreamctl.training.state import checkpoint_path, load_checkpoint
+    from dreamctl.training.state import checkpoint_path
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
     if rank == 1:  # its listing was made before step 8 landed: left to itself it would sample step 4
         stale = checkpoint_path(Path(run) / "checkpoints", 4)
-        sampling.load_latest = lambda folder, *a, **k: (stale, load_checkpoint(stale))
+        sampling.list_checkpoints = lambda folder: [stale]
         if gone:  # rotated away between rank 0's choice and this rank's load
             def rotated(run, step):
                 raise CheckpointError(f"no checkpoint for step {step}")
@@ -481,7 +484,7 @@ def test_a_damaged_newest_checkpoint_is_refused_not_replaced_by_an_older_one(tra
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"checkpoint {newest} cannot be read" in err and "it is the newest; `dreamctl resume" in err
-    assert "--checkpoint STEP draws from an older one (steps there: 2)" in err and "\n" not in err.strip()
+    assert "--checkpoint STEP draws from another one (steps there: 2)" in err and "\n" not in err.strip()
     assert not (tmp_path / "s").exists() and newest.read_bytes() == data[: len(data) // 2]  # nothing moved
     evaluated = sorted((run / "eval").glob("*.json"))
     assert main(["evaluate", str(run), "--num", "2", "--metrics", "swd"]) == 2  # evaluate alike, before drawing
@@ -489,6 +492,32 @@ def test_a_damaged_newest_checkpoint_is_refused_not_replaced_by_an_older_one(tra
     assert sorted((run / "eval").glob("*.json")) == evaluated
     assert main([*args, "--checkpoint", "2"]) == 0
     assert json.loads((tmp_path / "s" / "sample.json").read_text())["checkpoint_step"] == 2
+    assert main([*args, "--checkpoint", "4"]) == 2  # named, it gets the fix too (crash audit 6)
+    err = capsys.readouterr().err
+    assert "--checkpoint STEP draws from another one (steps there: 2)" in err and "it is the newest" not in err
+
+
+def test_sample_and_evaluate_refuse_another_runs_checkpoint_and_name_lost_ones(trained, tmp_path, capsys):
+    """resume refused a checkpoint copied in from another run, sample and evaluate drew from it under this run's
+    name; with the checkpoints gone, sample said the run had written none yet and sent the user to resume, which
+    refused (crash audit 2, 5)."""
+    from dreamctl.training.state import checkpoint_path, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    path = checkpoint_path(run / "checkpoints", 4)
+    foreign = load_checkpoint(path)
+    foreign["run_id"] = "0" * 32
+    torch.save(foreign, path)
+    for command in (["sample", str(run), "--num", "2"], ["evaluate", str(run), "--num", "2", "--metrics", "swd"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint {path} was written by run {'0' * 32}, not by this one" in err, command
+    assert not (run / "samples").exists() or not any((run / "samples").glob("*/*.png"))
+    path.unlink()
+    assert main(["sample", str(run), "--num", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "says the run reached step 4 but" in err and "put the checkpoint files back" in err
 
 
 def test_clip_x0_is_a_flag_of_sample_and_evaluate_and_names_its_folder(trained, tmp_path, capsys):

@@ -91,6 +91,22 @@ class RunDir:
     def info(self) -> dict[str, Any]:
         return read_json(self.run_file) if self.run_file.is_file() else {}
 
+    def check_own(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint another run wrote (copied in by mistake): resumed, sampled or scored, it would pass
+        for this run's. Checkpoints from before run ids carry none, and pass."""
+        own = self.run_id()
+        if checkpoint.get("run_id", own) != own:
+            raise CheckpointError(f"checkpoint {path} was written by run {checkpoint['run_id']}, not by this one "
+                                  f"({own}): move it out of {self.checkpoints}")
+
+    def check_reached(self, has_checkpoints: bool) -> None:
+        """Refuse a run whose run.json says it reached a step but whose checkpoints are gone."""
+        reached = self.info().get("step", 0)  # written with each checkpoint
+        if reached and not has_checkpoints:
+            raise CheckpointError(f"{self.run_file} says the run reached step {reached} but {self.checkpoints} holds "
+                                  "no checkpoint: put the checkpoint files back (resuming would start again from step "
+                                  "0 and rewrite the run's log), or start a new run with `dreamctl train`")
+
     def run_id(self) -> str:
         """What tells this run from any other, wherever its folder moves (sample folders record it)."""
         info = self.info()

@@ -161,11 +161,7 @@ def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size
     the ranks."""
     recipe = resumed_recipe(run, overrides)
     run.metrics()  # a damaged log, which resume rewrites, is refused before anything changes
-    reached = run.info().get("step", 0)  # written with each checkpoint
-    if reached and not list_checkpoints(run.checkpoints):
-        raise RunError(f"{run.run_file} says the run reached step {reached} but {run.checkpoints} holds no checkpoint: "
-                       "put the checkpoint files back (resuming would start again from step 0 and rewrite the "
-                       "run's log), or start a new run with `dreamctl train`")
+    run.check_reached(bool(list_checkpoints(run.checkpoints)))
     if recipe.data.path is not None:
         data = Path(recipe.data.path)
         if not data.exists():  # most often moved (to faster disk, another machine): preparing it again is not the fix
@@ -183,10 +179,7 @@ def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any], nu
     changes anything: its run id (checkpoints before it lack one), the settings resume cannot change,
     tensors that fit the network (built on the meta device: shapes without memory), and an optimizer
     state and data position that load as training will load them."""
-    own = run.run_id()
-    if ckpt.get("run_id", own) != own:
-        raise CheckpointError(f"checkpoint {path} was written by run {ckpt['run_id']}, not by this one "
-                              f"({own}): move it out of {run.checkpoints}")
+    run.check_own(path, ckpt)
     ours, its = _settings(recipe), _settings(recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)"))
     differ = sorted(k for k in ours.keys() | its.keys() if ours.get(k) != its.get(k))
     if differ:

@@ -236,17 +236,22 @@ def _misfit(path: Path, what: str, got: tuple[int, ...] | None, want: tuple[int,
                           "was changed: move it out of checkpoints/")
 
 
+def no_checkpoint(folder: Path) -> CheckpointError:
+    """The error for a checkpoint folder that holds none (run.json's step says whether one was lost)."""
+    if folder.exists() and not folder.is_dir():
+        return CheckpointError(f"{folder} is a file, not the run's checkpoint folder: move it aside and "
+                               "put the checkpoint files back in a folder of that name")
+    return CheckpointError(f"no checkpoint in {folder}: the run has not written one yet (`dreamctl resume "
+                           f"{folder.parent}` trains it on to its next)")
+
+
 def load_latest(folder: Path, map_location: str | torch.device = "cpu", *,
                 skip_corrupt: bool = True) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them (resume's
     way), or with skip_corrupt False a corrupt newest raises its CorruptCheckpoint (sample's and evaluate's)."""
     candidates = list_checkpoints(folder)
     if not candidates:
-        if folder.exists() and not folder.is_dir():
-            raise CheckpointError(f"{folder} is a file, not the run's checkpoint folder: move it aside and "
-                                  "put the checkpoint files back in a folder of that name")
-        raise CheckpointError(f"no checkpoint in {folder}: the run has not written one yet (`dreamctl resume "
-                              f"{folder.parent}` trains it on to its next)")
+        raise no_checkpoint(folder)
     for path in reversed(candidates):
         try:
             return path, load_checkpoint(path, map_location)
