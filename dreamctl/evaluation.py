@@ -11,6 +11,7 @@ defaults are reported {"missing": reason} instead, and the rest are still comput
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from dreamctl.config import Recipe, SampleConfig
 from dreamctl.config.schema import SEED_RULE, check_eval_num, drawn_by_seed_rule
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
-from dreamctl.errors import ConfigError, DataError, WeightsError
+from dreamctl.errors import CheckpointError, ConfigError, DataError, DreamctlWarning, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.image_sets import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
 from dreamctl.config.metrics import parse_metrics
@@ -145,15 +146,30 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
         record["metrics"][name] = {**entry, "carried_from": entry.get("carried_from", computed)}
 
 
+def _readable(path: Path) -> dict[str, Any] | None:
+    """An earlier evaluation file, or None: absent, or damaged (a hand edit, a disk error) and then set aside as
+    `*.corrupt` with a warning. Found at the end of an evaluation, it must not cost the scores just computed."""
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except CheckpointError as err:
+        aside = atomic.unused_path(path.with_name(path.name + ".corrupt"))
+        path.rename(aside)
+        warnings.warn(f"{str(err).split('; ')[0]}: set aside as {aside.name}, and the new evaluation written",
+                      DreamctlWarning, stacklevel=3)
+        return None
+
+
 def write_eval(eval_dir: Path, record: dict[str, Any]) -> tuple[Path, ...]:
     """`<id>.json` holds the newest checkpoint's evaluation; with more than one step, `<id>@step<N>.json` each."""
     pid, step = record["protocol_id"], record["protocol"]["checkpoint_step"]
     eval_dir.mkdir(parents=True, exist_ok=True)
     main, mine = eval_dir / f"{pid}.json", eval_dir / f"{pid}@step{step}.json"
-    previous = read_json(main) if main.is_file() else None
+    previous = _readable(main)
     prev_step = (previous or {}).get("protocol", {}).get("checkpoint_step")
-    same_step = mine if mine.is_file() else (main if previous is not None and prev_step == step else None)
-    _carry_over(read_json(same_step) if same_step else None, record)
+    earlier = _readable(mine)
+    _carry_over(earlier if earlier is not None else (previous if prev_step == step else None), record)
     written = []
     if previous is not None and prev_step != step:
         kept = eval_dir / f"{pid}@step{prev_step}.json"

@@ -151,3 +151,18 @@ def test_metrics_of_other_weights_at_the_same_step_are_dropped(tmp_path: Path) -
     write_eval(tmp_path, record(100, {"swd": {"value": 2.0}}))  # no weights_sha256: an older file
     write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}, weights_sha256="b" * 64))
     assert set(json.loads((tmp_path / f"{PID}.json").read_text())["metrics"]) == {"pixel_fd", "swd"}
+
+
+def test_a_damaged_earlier_file_is_set_aside_not_the_scores_just_computed(tmp_path: Path) -> None:
+    """Found after all the drawing and scoring, it failed the command and the new scores went nowhere
+    (crash audit 3): it is kept beside, renamed, and the new file written."""
+    from dreamctl.errors import DreamctlWarning
+
+    write_eval(tmp_path, record(100, {"swd": {"value": 2.0}}))
+    (main,) = tmp_path.glob("*.json")
+    main.write_text('{"protocol_id": ')
+    with pytest.warns(DreamctlWarning, match=rf"{re.escape(str(main))} cannot be read .*: set aside as "
+                                             rf"{re.escape(main.name)}\.corrupt, and the new evaluation written"):
+        write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}))
+    assert json.loads(main.read_text())["metrics"] == {"pixel_fd": {"value": 1.0}}  # nothing carried from it
+    assert (tmp_path / f"{main.name}.corrupt").read_text() == '{"protocol_id": '
