@@ -206,3 +206,18 @@ def test_a_run_folder_that_does_not_exist_is_named_so(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "empty"), "--num", "2"]) == 2
     assert "is not a run folder (no recipe.yaml)" in capsys.readouterr().err
     assert not (tmp_path / "nosuch").exists()
+
+
+def test_a_run_folder_without_its_recipe_is_told_to_restore_it_not_to_train(tmp_path, capsys):
+    """It was told to create a run with `train --run-dir`, which refuses a folder holding a run (crash audit 4)."""
+    from dreamctl.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    for command in (["sample", str(run), "--num", "2"], ["resume", str(run)], ["evaluate", str(run)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'recipe.yaml'} is missing, the run's record of its settings: restore it from a copy; " \
+               "each checkpoint holds the recipe it was trained with" in err, command
+        assert "train --run-dir" not in err

@@ -77,6 +77,10 @@ class RunDir:
         if not self.root.exists():
             raise CheckpointError(f"run folder {self.root} does not exist; give a folder that `dreamctl train --run-dir` "
                                   "wrote")
+        restore = ("restore it from a copy; each checkpoint holds the recipe it was trained with "
+                   "(torch.load(CKPT, weights_only=True)['recipe'])")
+        if not self.exists() and (self.run_file.is_file() or self.checkpoints.is_dir()):
+            raise CheckpointError(f"{self.recipe_file} is missing, the run's record of its settings: {restore}")
         if not self.exists():
             raise CheckpointError(f"{self.root} is not a run folder (no recipe.yaml); "
                                   "create one with `dreamctl train --run-dir`")
@@ -84,8 +88,7 @@ class RunDir:
             return recipe_from_file(self.recipe_file)
         except ConfigError as err:  # the run's record of its settings, not a file the user means to write
             if hasattr(err, "add_note"):  # Python 3.11+; the CLI prints notes after the message
-                err.add_note("it is the run's record of its settings: restore it from a copy; each checkpoint "
-                             "holds the recipe it was trained with (torch.load(CKPT, weights_only=True)['recipe'])")
+                err.add_note(f"it is the run's record of its settings: {restore}")
             raise
 
     def info(self) -> dict[str, Any]:
