@@ -732,3 +732,32 @@ def test_a_dry_run_for_several_processes_gives_each_ones_share_or_refuses_as_the
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert main(["train", "--recipe", "tiny", "--dry-run"]) == 0
     assert capsys.readouterr().out == ""  # local rank 0 of the node speaks
+
+
+def test_a_change_recipe_yaml_holds_but_run_json_does_not_record_is_recorded_by_the_next_resume(
+        tmp_path, synthetic_data_dir, capsys):
+    """A `resume --set optim.lr=...` killed between writing recipe.yaml and recording the change in run.json left a
+    run that compare showed as trained at the new rate from step 0 (crash audit 1)."""
+    from dreamctl.config import load_recipe, recipe_to_yaml
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import unrecorded_changes
+    newest = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
+    assert unrecorded_changes(RunDir(run), newest, []) == []  # as train left it: nothing to record
+    changed = load_recipe(run / "recipe.yaml", ["optim.lr=0.001"])  # what the killed resume wrote
+    (run / "recipe.yaml").write_text(recipe_to_yaml(changed))
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "train.max_steps=4"]) == 0
+    assert "differs from checkpoint step 2's recipe in optim.lr=0.001, a change" in " ".join(
+        capsys.readouterr().err.split())
+    (entry,) = json.loads((run / "run.json").read_text())["resumes"]
+    assert (entry["step"], entry["set"]) == (2, ["optim.lr=0.001", "train.max_steps=4"])
+    # A change recorded at the step resumed from is not recorded twice (the resume stopped before its next
+    # checkpoint: here, the checkpoints after step 2 lost).
+    for path in list_checkpoints(run / "checkpoints")[1:]:
+        path.unlink()
+    assert main(["resume", str(run)]) == 0
+    assert "differs from checkpoint" not in capsys.readouterr().err
+    assert [e["set"] for e in json.loads((run / "run.json").read_text())["resumes"]][1] == []

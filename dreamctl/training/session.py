@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -16,7 +17,7 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
-from dreamctl.config.load import check_to_train
+from dreamctl.config.load import check_to_train, override_keys
 from dreamctl.config.keys import NOT_SETTINGS, RESUMABLE_KEYS, RESUMABLE_TEXT, flat_items
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split
 from dreamctl.data.shards import split_size
@@ -206,6 +207,19 @@ def _settings(recipe: Recipe) -> dict[str, Any]:
     return {k: v for k, v in flat_items(recipe).items() if k not in NOT_SETTINGS and not k.startswith(RESUMABLE_KEYS)}
 
 
+def unrecorded_changes(run: RunDir, ckpt: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """`key=value` for each setting recipe.yaml holds that the checkpoint trained without, and that run.json records
+    no change of at its step: a `resume --set` killed between writing recipe.yaml and recording the change, or an
+    edit by hand. The resume records them with its own, so that compare's `resumed with` tells the whole story."""
+    step = ckpt["step"]
+    now, then = flat_items(run.recipe()), flat_items(recipe_from_yaml(ckpt["recipe"], f"checkpoint step {step}"))
+    recorded = {text.partition("=")[0].strip() for entry in run.info().get("resumes") or []
+                if entry.get("step") == step for text in entry.get("set") or []}
+    skip = recorded | set(override_keys(overrides)) | set(NOT_SETTINGS)
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in now.items()
+            if k not in skip and then.get(k) != v]
+
+
 def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] = (), *,
                on_event: OnEvent = ignore, should_stop: Callable[[], bool] = lambda: False) -> str:
     """Continue from the newest readable checkpoint (falling back past corrupt ones).
@@ -233,6 +247,10 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
             ckpt = None
             on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})
         step = ckpt["step"] if ckpt else 0
+        if drift := unrecorded_changes(run, ckpt, overrides) if ckpt else []:
+            warnings.warn(f"{run.recipe_file} differs from checkpoint step {step}'s recipe in {', '.join(drift)}, a "
+                          f"change {run.run_file} does not record (a resume --set stopped before recording it, or an "
+                          "edit): recorded now, with this resume", DreamctlWarning, stacklevel=3)
         last = total_steps(recipe, len(images))
         if last < step:  # on every rank alike
             raise RunError(f"with {' '.join(overrides) or 'its recipe'} the run would end at step {last}, before step "
@@ -248,13 +266,14 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
                               f"step {step} moved to {drawn[0].parent.parent}: the steps are trained again, "
                               "and sample or evaluate draws them anew", DreamctlWarning, stacklevel=3)
             run.truncate_metrics(after_step=step)
-            # The recipe before the record of the change: a stop between the two leaves a recipe.yaml that
-            # trains with the new values and shows them to compare, never a record of a change not made.
+            # The recipe before the record of the change: a stop between the two leaves a recipe.yaml that trains
+            # with the new values, which the next resume records (unrecorded_changes), never a record of a change
+            # not made.
             if overrides:
                 atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
-            if overrides or step < last:  # a finished run resumed as it was trains nothing: no resume to record
-                run.update_info({"resumes": run.info().get("resumes", []) + [{"step": step, "set": list(overrides),
-                                                                              **processes(rt)}]})
+            if drift or overrides or step < last:  # a finished run resumed as it was trains nothing: no record
+                run.update_info({"resumes": run.info().get("resumes", []) + [
+                    {"step": step, "set": [*drift, *overrides], **processes(rt)}]})
         main_first(rt, record)
         return _run(run, recipe, rt, images, ckpt, on_event, should_stop)
 
