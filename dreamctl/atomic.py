@@ -58,12 +58,14 @@ def atomic_path(path: Path, *, durable: bool = False, sweep_stale: bool = True) 
 
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
-    """An OSError within that names no file (a write to a full disk) names `path`, for the CLI's message.
-    Only one with an errno: str() of an OSError without one would become "[Errno None] None: path"."""
+    """An OSError within that names no file (a write to a full disk), or names the hidden temporary file of
+    `path`, names `path`, for the CLI's message. Only one with an errno: str() of an OSError without one would
+    become "[Errno None] None: path"."""
     try:
         yield
     except OSError as err:
-        if err.filename is None and err.errno is not None and not isinstance(err, (ConnectionError, TimeoutError)):
+        ours = err.filename is None or temp_target(Path(str(err.filename)).name) == Path(path).name
+        if ours and err.errno is not None and not isinstance(err, (ConnectionError, TimeoutError)):
             err.filename = str(path)
         raise
 

@@ -48,7 +48,14 @@ def test_a_failed_write_names_the_file_it_was_writing(tmp_path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
-
+    with pytest.raises(OSError) as info:  # a read-only disk: open() names the hidden temporary file (crash audit 7)
+        with atomic.atomic_path(target) as tmp:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp))
+    assert info.value.filename == str(target)
+    with pytest.raises(OSError) as info:  # another file's name is left as it is
+        with atomic.atomic_path(target):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "other.png"))
+    assert info.value.filename == str(tmp_path / "other.png")
 
 
 @pytest.mark.parametrize("error", [OSError("a message, no errno"), ConnectionResetError(errno.ECONNRESET, "reset")],

@@ -144,6 +144,12 @@ def test_a_folder_without_a_manifest_gets_the_fix_that_works_for_it(synthetic_da
     (data / "progress.json").write_text("{}")
     with pytest.raises(DataError, match="an unfinished prepare .* re-run the same prepare-data command"):
         read_manifest(data)
+    a_run = tmp_path / "run"  # `evaluate --data RUN`: prepare-data into it would be refused (crash audit 7)
+    a_run.mkdir()
+    (a_run / "run.json").write_text("{}")
+    with pytest.raises(DataError, match=f"{re.escape(str(a_run))} is a run folder, not prepared data: give the "
+                                        "folder its recipe.yaml names as data.path"):
+        read_manifest(a_run)
 
 
 def test_a_run_without_run_json_is_not_sampled_under_a_made_up_id(run, tmp_path, capsys):

@@ -47,8 +47,8 @@ class SampleProgress:
 def stopped(stop: KeyboardInterrupt) -> typer.Exit:
     """The end on Ctrl-C or SIGTERM: one line per node (not per rank), 128 + the signal."""
     if speaks():
-        err_console.print("stopped: the images written so far are kept; rerun the same command to draw the rest",
-                          markup=False)
+        err_console.print("stopped: the images written so far are kept; rerun the same command to go on (it draws "
+                          "only those missing)", markup=False)
     return typer.Exit(exit_code(stop))
 
 

@@ -100,7 +100,7 @@ class TrainingDisplay:
         self.tensorboard_tried = False  # after the run has claimed its folder, never before
         self.progress = progress_bar(enabled, TextColumn("{task.fields[info]}"))
         self.lines = enabled and self.progress.disable  # no bar (no terminal): a plain line per log step
-        self.total = self.started_at = 0
+        self.total = self.started_at = self.reached = 0
         self.task = None
         self.run_root = run_root
 
@@ -132,6 +132,7 @@ class TrainingDisplay:
             self.total, self.started_at = p["total_steps"], p["step"]
             self.task = self.progress.add_task("train", total=p["total_steps"], completed=p["step"], info="")
         elif kind == "step":  # the bar moves every step; the numbers beside it every log step
+            self.reached = p["step"]
             self.progress.update(self.task, completed=p["step"])
         elif kind == "log":
             from dreamctl.training.meter import TERMS  # here: --help must not import torch
@@ -147,7 +148,10 @@ class TrainingDisplay:
     def finish(self, status: str) -> None:
         from dreamctl import runtime
 
-        if status == "interrupted":
+        if status == "interrupted" and not self.reached:  # a stop while a resume loaded its checkpoint
+            console.print(f"stopped before the first step, nothing written; continue with:  "
+                          f"{runtime.resume_command(self.run_root)}", markup=False, highlight=False)
+        elif status == "interrupted":
             console.print(f"stopped with a checkpoint; continue with:  {runtime.resume_command(self.run_root)}")
         elif self.task is not None and self.started_at == self.total:  # a resume of a finished run
             console.print(f"finished before: {self.run_root} is at its last step ({self.total:,}); to train on, "

@@ -58,6 +58,9 @@ def _no_manifest(data_dir: Path) -> str:
         return f"{data_dir} is a file; give the prepared data folder (the one holding {MANIFEST})"
     if (data_dir / PROGRESS).is_file():
         return f"{data_dir} is an unfinished prepare (no {MANIFEST} yet); re-run the same prepare-data command"
+    if (data_dir / "run.json").is_file():  # a run folder given for its data
+        return (f"{data_dir} is a run folder, not prepared data: give the folder its recipe.yaml names as data.path "
+                "(a folder made by prepare-data)")
     if data_dir.is_dir() and any(data_dir.glob("*.h5")):
         return (f"{data_dir} holds shards but no {MANIFEST}; prepare it again with the prepare-data command that "
                 f"made it, adding --overwrite")

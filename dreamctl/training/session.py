@@ -92,7 +92,7 @@ def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dic
             said = peer_lost(err, "the last checkpoint, if any, is kept: resume the run") or err  # not gloo's page
             try:
                 run.update_info({"status": "failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
-                                 "error": f"{type(said).__name__}: {said}"})
+                                 "error": f"{type(said).__name__}: {said}" if str(said) else type(said).__name__})
             except OSError as unrecorded:  # the disk that failed the run may fail this too: report the run's error
                 if hasattr(err, "add_note"):  # Python 3.11+
                     err.add_note(f"run.json could not record it: {unrecorded}")
