@@ -438,7 +438,8 @@ def test_speed_and_memory_are_averaged_only_over_one_process_count(tmp_path: Pat
     one = write_run(tmp_path, "s0", ("train.seed=0",), info={"world_size": 1, "peak_memory_bytes": 2**20})
     two = write_run(tmp_path, "s1", ("train.seed=1",), info={"world_size": 2, "peak_memory_bytes": 2**20})
     moved = write_run(tmp_path, "s2", ("train.seed=2",), info={"world_size": 1, "resumes": [
-        {"step": 100, "set": [], "world_size": 2}]})  # resumed on another count: both
+        {"step": 100, "set": [], "world_size": 2},  # resumed on another count: both
+        {"step": 200, "set": [], "world_size": 4}]})  # at its last step: trained nothing on 4
     for d, fid in ((one, 10.0), (two, 12.0), (moved, 14.0)):
         write_eval(d, P50, 50, 200, {"fid": {"value": fid}})
     comp = compare_runs([read_run(d) for d in (one, two, moved)])

@@ -63,6 +63,10 @@ def test_asking_for_what_no_run_has_is_an_error_naming_what_there_is(tmp_path: P
     with pytest.raises(ConfigError, match=rf"no protocol ddim50-eta0 \(--protocol\); did you mean {P50}\? "
                                           rf"\(protocols here: {P10}, {P50}\)"):
         compare_runs(runs, protocols=["ddim50-eta0"])
+    # A protocol that is there, without the metric: said so, not "no protocol ...; did you mean" another (review M1)
+    with pytest.raises(ConfigError, match=rf"no run has an evaluation with fid under {P10} \(--metrics\); "
+                                          r"evaluated there: swd$"):
+        compare_runs(runs, metrics=["fid"], protocols=[P10])
 
 
 def test_the_cli_filters_and_refuses_with_exit_2(tmp_path: Path, capsys) -> None:

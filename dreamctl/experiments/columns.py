@@ -5,10 +5,12 @@ Inception file or in another precision (`(ref 1a2b3c4d)`, `(32px)`, `(net 5e6f7a
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import difflib
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from dreamctl.config.metrics import METRIC_NAMES, SCALE_NOTES
+from dreamctl.config.metrics import METRIC_NAMES, SCALE_NOTES, parse_metrics
+from dreamctl.errors import ConfigError
 from dreamctl.experiments.runs import EvalRecord, Run
 from dreamctl.metrics.weights import INCEPTION_METRICS
 
@@ -98,3 +100,27 @@ def scale_notes(columns: list[tuple[str, str]]) -> list[str]:
     """What a reader must know of the metrics among `columns` that their names do not say (SCALE_NOTES)."""
     names = {name for _, name in columns}
     return [SCALE_NOTES[m] for m in METRIC_NAMES if m in SCALE_NOTES and m in names]
+
+
+def select_columns(columns: tuple[tuple[str, str], ...], metrics: Sequence[str] | None,
+                   protocols: Sequence[str] | None) -> tuple[tuple[str, str], ...]:
+    """The (column id, metric) columns of the protocols and metrics asked for (None: all). A protocol is named by
+    its column id or by the protocol id its columns share (`ddim50-...` takes `ddim50-... (32px)` too). Asking for
+    one that no run was evaluated with is an error naming those there are: a table left empty looks like no data."""
+    if protocols is not None:
+        ids = list(dict.fromkeys(pid for pid, _ in columns))
+        base = {pid: pid.split(" (")[0] for pid in ids}
+        if absent := [p for p in protocols if p not in ids and p not in base.values()]:
+            close = [i for i in ids if i.startswith(absent[0])][:1] or difflib.get_close_matches(absent[0], ids, n=1)
+            raise ConfigError(f"no protocol {absent[0]} (--protocol)" + (f"; did you mean {close[0]}?" if close else "")
+                              + f" (protocols here: {', '.join(ids) or 'none'})")
+        columns = tuple(c for c in columns if c[0] in protocols or base[c[0]] in protocols)
+    if metrics is not None:
+        wanted = parse_metrics(metrics)
+        there = [m for m in METRIC_NAMES if any(name == m for _, name in columns)]
+        if absent := [m for m in wanted if m not in there]:
+            under = f" under {', '.join(protocols)}" if protocols else ""
+            raise ConfigError(f"no run has an evaluation with {', '.join(absent)}{under} (--metrics); evaluated"
+                              f"{' there' if protocols else ''}: {', '.join(there) or 'nothing'}")
+        columns = tuple(c for c in columns if c[1] in wanted)
+    return columns

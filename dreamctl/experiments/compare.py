@@ -11,7 +11,6 @@ aggregated into mean ± std (sample std, ddof=1). A metric without a value is `m
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import statistics
@@ -19,14 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dreamctl.config import Recipe, flat_items
-from dreamctl.config.keys import BOOKKEEPING_KEYS, NOT_SETTINGS, leaves_weights
 from dreamctl.config.schema import STUDY_VARIANT_NOTE, drawn_by_seed_rule
-from dreamctl.experiments.columns import column_ids, latest_by_column, scale_notes, trained_reference_notes
+from dreamctl.experiments.columns import (column_ids, latest_by_column, scale_notes, select_columns,
+                                          trained_reference_notes)
 from dreamctl.experiments.runs import Run
+from dreamctl.experiments.settings import differing_settings, processes, repeated_seeds, run_items, seed_groups
 from dreamctl.metrics.spread import SEEDS, spread_of
-from dreamctl.config.metrics import METRIC_NAMES, parse_metrics
-from dreamctl.errors import ConfigError
+from dreamctl.config.metrics import METRIC_NAMES
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 DEVICE_TOTALS = ("wall_time_s", "img_per_s", "peak_memory_bytes")  # measured on the run's device
@@ -72,44 +70,6 @@ class Comparison:
     protocols: dict[str, dict[str, Any]]  # protocol id -> its description (checkpoint step removed)
     warnings: tuple[str, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())  # what a reader must know of the runs shown (STUDY_VARIANT_NOTE)
-
-
-def effective_items(recipe: Recipe) -> dict[str, Any]:
-    """flat_items with the loss parameters that this loss kind ignores set to None (shown as —)."""
-    unused = {f"loss.{name}" for name in recipe.loss.unused()}
-    return {k: None if k in unused else v for k, v in flat_items(recipe).items()}
-
-
-RESUMED = "resumed with"  # a setting of its own: what `resume --set` changed part-way, and at which step
-LENGTH_KEYS = ("train.epochs", "train.max_steps")  # where a run ends (its step says it), not how it trains
-
-
-def resumed_with(run: Run) -> str | None:
-    """`step 500: optim.lr=1e-4` for each resume that changed how the weights train; None if none did.
-    recipe.yaml holds only the latest values: two seeds whose recipes agree now trained differently when
-    one changed its learning rate half-way."""
-    changes = []
-    for resume in run.info.get("resumes") or []:
-        sets = [s for s in resume.get("set") or []
-                if not s.partition("=")[0].strip().startswith((*BOOKKEEPING_KEYS, *LENGTH_KEYS))]
-        if sets:
-            changes.append(f"step {resume.get('step')}: {' '.join(sets)}")
-    return "; ".join(changes) or None
-
-
-def run_items(run: Run) -> dict[str, Any]:
-    """The run's settings as compare shows and groups them: effective_items and RESUMED."""
-    return {**effective_items(run.recipe), RESUMED: resumed_with(run)}
-
-
-def differing_settings(runs: list[Run]) -> tuple[str, ...]:
-    """Dotted recipe keys (and RESUMED) whose value is not the same in every run, in recipe order; none of
-    the BOOKKEEPING_KEYS (log, checkpoint and grid intervals, sample.*, eval.*: they leave the weights as
-    they are, and an evaluation's protocol records how it sampled) but data.path, which may name other data."""
-    flats = [run_items(run) for run in runs]
-    keys = list(dict.fromkeys(k for flat in flats for k in flat))
-    return tuple(k for k in keys if k not in NOT_SETTINGS and not leaves_weights(k)
-                 and len({repr(f.get(k)) for f in flats}) > 1)
 
 
 def _metric(name: str, entry: dict[str, Any]) -> Metric:
@@ -188,13 +148,6 @@ def run_row(run: Run, settings: tuple[str, ...], columns: tuple[tuple[str, str],
     )
 
 
-def processes(run: Run) -> tuple[int, ...]:
-    """The process counts (world sizes) of the run's sessions, first run and resumes: img/s is over all of them,
-    peak memory rank 0's share of the batch."""
-    sessions = [run.info, *(run.info.get("resumes") or [])]
-    return tuple(sorted({s["world_size"] for s in sessions if isinstance(s.get("world_size"), int)})) or (1,)
-
-
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -250,38 +203,6 @@ def aggregate_rows(rows: list[Row]) -> Row:
     )
 
 
-def _group_key(run: Run) -> str:
-    """Every recipe setting but `train.seed` and BOOKKEEPING_KEYS, what resumes changed (RESUMED), and the
-    training data by content: runs trained on other data are another experiment, whatever their recipes
-    say (run.json data_manifest_sha256)."""
-    flat = run_items(run)
-    settings = sorted((k, repr(v)) for k, v in flat.items()
-                      if k not in ("train.seed", *NOT_SETTINGS) and not k.startswith(BOOKKEEPING_KEYS))
-    data = run.info.get("data_manifest_sha256") or f"path {flat['data.path']}"  # a run from before the hash
-    return repr((settings, data))
-
-
-def repeated_seeds(runs: list[Run]) -> dict[int, int]:
-    """Index of a run -> index of the earlier run with its settings, data and seed (a copied folder, a rerun):
-    the same seed twice is no second sample, so it is never averaged in as one."""
-    first: dict[tuple[str, int], int] = {}
-    out = {}
-    for i, run in enumerate(runs):
-        j = first.setdefault((_group_key(run), run.seed), i)
-        if j != i:
-            out[i] = j
-    return out
-
-
-def seed_groups(runs: list[Run]) -> list[list[int]]:
-    """Indices of runs that differ only by `train.seed`, in first-seen order; a repeated seed stays alone."""
-    repeats = repeated_seeds(runs)
-    groups: dict[tuple[str, Any], list[int]] = {}
-    for i, run in enumerate(runs):
-        groups.setdefault(("alone", i) if i in repeats else ("group", _group_key(run)), []).append(i)
-    return list(groups.values())
-
-
 def unique_labels(names: list[str], paths: list[str]) -> list[str]:
     """Two runs of one name (a copied folder keeps its run.json name) are told apart by their paths."""
     return [f"{name} ({path})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
@@ -295,28 +216,6 @@ def run_labels(runs: list[Run]) -> list[str]:
 def _unique_labels(rows: list[Row]) -> list[Row]:
     labels = unique_labels([r.label for r in rows], [r.paths[0] for r in rows])
     return [dataclasses.replace(r, label=label) for r, label in zip(rows, labels)]
-
-
-def select_columns(columns: tuple[tuple[str, str], ...], metrics: Sequence[str] | None,
-                   protocols: Sequence[str] | None) -> tuple[tuple[str, str], ...]:
-    """The columns of the metrics and protocols asked for (None: all). A protocol is named by its column id
-    or by the protocol id its columns share (`ddim50-...` takes `ddim50-... (32px)` too). Asking for one no run
-    was evaluated under is an error naming those there are: a table left empty by a typo looks like no data."""
-    if metrics is not None:
-        wanted = parse_metrics(metrics)
-        if absent := [m for m in wanted if m not in {name for _, name in columns}]:
-            raise ConfigError(f"no run has an evaluation with {', '.join(absent)} (--metrics); evaluated: "
-                              f"{', '.join(sorted({n for _, n in columns}, key=_metric_key)) or 'nothing'}")
-        columns = tuple(c for c in columns if c[1] in wanted)
-    if protocols is not None:
-        ids = list(dict.fromkeys(pid for pid, _ in columns))
-        base = {pid: pid.split(" (")[0] for pid in ids}
-        if absent := [p for p in protocols if p not in ids and p not in base.values()]:
-            close = [i for i in ids if i.startswith(absent[0])][:1] or difflib.get_close_matches(absent[0], ids, n=1)
-            raise ConfigError(f"no protocol {absent[0]} (--protocol)" + (f"; did you mean {close[0]}?" if close else "")
-                              + f" (protocols here: {', '.join(ids) or 'none'})")
-        columns = tuple(c for c in columns if c[0] in protocols or base[c[0]] in protocols)
-    return columns
 
 
 def compare_runs(runs: list[Run], metrics: Sequence[str] | None = None,
