@@ -153,11 +153,11 @@ def _readable(path: Path) -> dict[str, Any] | None:
         return None
     try:
         return read_json(path)
-    except CheckpointError as err:
+    except CheckpointError:  # its message says to move the file aside: done here
         aside = atomic.unused_path(path.with_name(path.name + ".corrupt"))
         path.rename(aside)
-        warnings.warn(f"{str(err).split('; ')[0]}: set aside as {aside.name}, and the new evaluation written",
-                      DreamctlWarning, stacklevel=3)
+        warnings.warn(f"{path} cannot be read as an evaluation file: set aside as {aside.name}, and the new "
+                      "evaluation written", DreamctlWarning, stacklevel=3)
         return None
 
 

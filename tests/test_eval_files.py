@@ -161,7 +161,7 @@ def test_a_damaged_earlier_file_is_set_aside_not_the_scores_just_computed(tmp_pa
     write_eval(tmp_path, record(100, {"swd": {"value": 2.0}}))
     (main,) = tmp_path.glob("*.json")
     main.write_text('{"protocol_id": ')
-    with pytest.warns(DreamctlWarning, match=rf"{re.escape(str(main))} cannot be read .*: set aside as "
+    with pytest.warns(DreamctlWarning, match=rf"{re.escape(str(main))} cannot be read as an evaluation file: set aside as "
                                              rf"{re.escape(main.name)}\.corrupt, and the new evaluation written"):
         write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}))
     assert json.loads(main.read_text())["metrics"] == {"pixel_fd": {"value": 1.0}}  # nothing carried from it

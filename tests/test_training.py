@@ -187,7 +187,7 @@ def test_the_first_stop_says_what_it_will_do(resuming, started, said, tmp_path, 
     assert printed.err.strip().splitlines()[0].startswith(f"SIGTERM: {said}")
     # The last line: no step taken, no checkpoint written (crash audit 7: it said "stopped with a checkpoint").
     assert " ".join(printed.out.split()).startswith("stopped with a checkpoint" if started else
-                                                    "stopped before the first step, nothing written; continue")
+                                                    "stopped before the first step, no checkpoint written; continue")
 
 
 def test_a_stop_that_comes_during_a_scheduled_checkpoint_stops_at_that_step(tmp_path, synthetic_data_dir):

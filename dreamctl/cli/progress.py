@@ -149,7 +149,7 @@ class TrainingDisplay:
         from dreamctl import runtime
 
         if status == "interrupted" and not self.reached:  # a stop while a resume loaded its checkpoint
-            console.print(f"stopped before the first step, nothing written; continue with:  "
+            console.print(f"stopped before the first step, no checkpoint written; continue with:  "
                           f"{runtime.resume_command(self.run_root)}", markup=False, highlight=False)
         elif status == "interrupted":
             console.print(f"stopped with a checkpoint; continue with:  {runtime.resume_command(self.run_root)}")

@@ -213,8 +213,8 @@ def unrecorded_changes(run: RunDir, ckpt: dict[str, Any], overrides: list[str] |
     edit by hand. The resume records them with its own, so that compare's `resumed with` tells the whole story."""
     step = ckpt["step"]
     now, then = flat_items(run.recipe()), flat_items(recipe_from_yaml(ckpt["recipe"], f"checkpoint step {step}"))
-    recorded = {text.partition("=")[0].strip() for entry in run.info().get("resumes") or []
-                if entry.get("step") == step for text in entry.get("set") or []}
+    recorded = {key for entry in run.info().get("resumes") or [] if entry.get("step") == step
+                for key in override_keys(entry.get("set") or [])}
     skip = recorded | set(override_keys(overrides)) | set(NOT_SETTINGS)
     return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in now.items()
             if k not in skip and then.get(k) != v]
