@@ -767,3 +767,18 @@ def test_a_change_recipe_yaml_holds_but_run_json_does_not_record_is_recorded_by_
     assert main(["resume", str(run)]) == 0
     assert "differs from checkpoint" not in capsys.readouterr().err
     assert [e["set"] for e in json.loads((run / "run.json").read_text())["resumes"]][1] == []
+
+
+def test_the_same_resume_stopped_before_its_first_checkpoint_is_recorded_once(tmp_path, synthetic_data_dir):
+    """A kill -9 loop before the first checkpoint left one identical `resumes` entry per kill (crash audit 7)."""
+    from dreamctl.training.rundir import RunDir
+    from dreamctl.training.session import resume_run
+    from tiny_runs import CPU
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2", "train.epochs=1"], recipe="tiny") == 0
+    for overrides in ([], [], ["optim.lr=0.001"], ["optim.lr=0.001"]):
+        assert resume_run(RunDir(run), CPU, ["train.max_steps=4", *overrides], should_stop=lambda: True) == \
+            "interrupted"
+    sets = [e["set"] for e in json.loads((run / "run.json").read_text())["resumes"]]
+    assert sets == [["train.max_steps=4"], ["train.max_steps=4", "optim.lr=0.001"]]

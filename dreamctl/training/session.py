@@ -271,9 +271,12 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
             # not made.
             if overrides:
                 atomic.write_text(run.recipe_file, recipe_to_yaml(recipe))
-            if drift or overrides or step < last:  # a finished run resumed as it was trains nothing: no record
-                run.update_info({"resumes": run.info().get("resumes", []) + [
-                    {"step": step, "set": [*drift, *overrides], **processes(rt)}]})
+            entry = {"step": step, "set": [*drift, *overrides], **processes(rt)}
+            resumes = run.info().get("resumes", [])
+            # Not for a finished run resumed as it was (it trains nothing), nor again for the same resume after
+            # one stopped before its first checkpoint (a kill -9 loop left one entry per kill).
+            if (drift or overrides or step < last) and resumes[-1:] != [entry]:
+                run.update_info({"resumes": [*resumes, entry]})
         main_first(rt, record)
         return _run(run, recipe, rt, images, ckpt, on_event, should_stop)
 
