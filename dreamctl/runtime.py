@@ -136,32 +136,31 @@ def _joined(rt: Runtime) -> bool:
     return rt.distributed and dist.is_initialized()
 
 
-def _reduce(value: float, rt: Runtime, op: dist.ReduceOp) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
+def _reduce(values: list[float], rt: Runtime, op: dist.ReduceOp) -> list[float]:
+    """`values` reduced over the ranks by `op`, in one collective; as they are without a process group."""
+    if not _joined(rt):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=op)
-    return t.item()
+    return t.tolist()
 
 
 def any_rank(flag: bool, rt: Runtime) -> bool:
     """True on every rank if it is true on any (so all ranks stop at the same step)."""
-    return bool(_reduce(float(flag), rt, dist.ReduceOp.MAX)) if _joined(rt) else flag
+    return bool(max_over_ranks(int(flag), rt))
 
 
 def sum_over_ranks(n: int, rt: Runtime) -> int:
-    return int(_reduce(float(n), rt, dist.ReduceOp.SUM)) if _joined(rt) else n
+    return int(_reduce([n], rt, dist.ReduceOp.SUM)[0])
+
+
+def max_over_ranks(n: int, rt: Runtime) -> int:
+    return int(_reduce([n], rt, dist.ReduceOp.MAX)[0])
 
 
 def mean_over_ranks(values: list[float], rt: Runtime) -> list[float]:
     """Each value's mean over the ranks (NaN where any rank's is NaN)."""
-    if not _joined(rt):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
-    return (t / rt.world_size).tolist()
-
-
-def max_over_ranks(n: int, rt: Runtime) -> int:
-    return int(_reduce(float(n), rt, dist.ReduceOp.MAX)) if _joined(rt) else n
+    return [v / rt.world_size for v in _reduce(values, rt, dist.ReduceOp.SUM)] if _joined(rt) else values
 
 
 def _together(rt: Runtime, action: Callable[[], Any], here: bool, elsewhere: Callable[[], BaseException]) -> Any:
