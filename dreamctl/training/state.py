@@ -245,10 +245,9 @@ def no_checkpoint(folder: Path) -> CheckpointError:
                            f"{folder.parent}` trains it on to its next)")
 
 
-def load_latest(folder: Path, map_location: str | torch.device = "cpu", *,
-                skip_corrupt: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them (resume's
-    way), or with skip_corrupt False a corrupt newest raises its CorruptCheckpoint (sample's and evaluate's)."""
+def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them (resume's way;
+    sample and evaluate refuse a damaged newest: sampling.choose_checkpoint)."""
     candidates = list_checkpoints(folder)
     if not candidates:
         raise no_checkpoint(folder)
@@ -256,8 +255,6 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu", *,
         try:
             return path, load_checkpoint(path, map_location)
         except CorruptCheckpoint as err:
-            if not skip_corrupt:
-                raise
             warnings.warn(f"{err}; skipping it for the next older checkpoint", DreamctlWarning, stacklevel=2)
     raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)}): "
                           f"this run cannot continue; start a new one with `dreamctl train --run-dir NEW_FOLDER`")
