@@ -17,6 +17,7 @@ they say what exists; bulk writers (shards, sample PNGs) are not, and checkpoint
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -32,6 +33,7 @@ from typing import Any
 from dreamctl.errors import DreamctlError
 
 
+LOCK = ".lock"
 _HOST = socket.gethostname()
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^@]+)\.tmp$")
 
@@ -186,6 +188,24 @@ def check_output_file(path: Path, what: str, *, replaces: Callable[[Path], bool]
             raise DreamctlError(f"{what} {path} exists and is not an earlier output of this command; move it away "
                                 "or choose another path")
     check_writable(path.parent, f"the folder of {what}")
+
+
+@contextmanager
+def exclusive(folder: Path, busy: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (flock of its .lock file) for the block. The kernel releases it
+    when the process dies, so a killed holder never leaves the folder locked. When another process holds
+    it, raises `busy(pid)`, the pid the holder wrote into the lock file ("unknown" if it wrote none)."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy(os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: Path) -> str:

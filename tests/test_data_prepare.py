@@ -64,6 +64,27 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(syntheti
     assert prepare_synthetic(out) and verify(out) == []  # a finished folder: rerun is a no-op
 
 
+def test_a_second_prepare_data_on_the_same_folder_is_refused_while_the_first_writes(tmp_path):
+    """The second took the first's half-written shard for a killed run's and deleted it (crash audit)."""
+    out = tmp_path / "data"
+    in_progress = out / f".train-00001.h5.{os.getpid()}@{os.uname().nodename}.tmp"
+    refused = []
+
+    def start_a_second(progress):
+        if progress.shard == "train-00000.h5":
+            in_progress.write_bytes(b"the first's next shard, half written")
+            with pytest.raises(DataError) as err:
+                prepare_synthetic(out)
+            refused.append(str(err.value))
+            assert in_progress.read_bytes() == b"the first's next shard, half written"
+
+    result = prepare_synthetic(out, on_progress=start_a_second)
+    assert refused == [f"--out {out} is being prepared by another prepare-data (pid {os.getpid()}); "
+                       "wait for it to finish or stop it first"]
+    assert result.shards_written == 5 and verify(out) == []
+    assert prepare_synthetic(out).shards_reused == 5  # the lock went with the first
+
+
 def test_a_rerun_rebuilds_a_damaged_shard(synthetic_data_dir, tmp_path):
     out = tmp_path / "data"
     shutil.copytree(synthetic_data_dir, out)

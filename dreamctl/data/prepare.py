@@ -15,7 +15,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +31,7 @@ from dreamctl.config.schema import MAX_RESOLUTION
 from dreamctl.data import synthetic
 from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, ShardInfo, read_manifest, shard_name, shard_problem,
                                   write_shard)
-from dreamctl.data.reuse import previous_shards
+from dreamctl.data.reuse import check_ours, previous_shards
 from dreamctl.data.sources import SPLITS, Listing, Skip
 from dreamctl.errors import DataError, DreamctlWarning
 
@@ -142,6 +142,26 @@ def prepare_data(
         raise DataError(f"--out {out} is a file; pass a folder")
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(listing, crop, resolution, shard_size)
+    check_ours(out)
+    with _held(out):
+        return _prepare_into(out, listing, settings, workers, strict, overwrite, on_progress)
+
+
+def _held(out: Path) -> AbstractContextManager:
+    """The folder's lock while this command writes it: a second prepare-data on the same --out would take the
+    first's half-written shard for a killed run's and delete it. A folder this process cannot write needs
+    none (a rerun that finds every shard done writes nothing; any write fails with its own error)."""
+    if not os.access(out, os.W_OK):
+        return nullcontext()
+    return atomic.exclusive(out, lambda pid: DataError(
+        f"--out {out} is being prepared by another prepare-data (pid {pid}); wait for it to finish or stop it first"))
+
+
+def _prepare_into(out: Path, listing: Listing, settings: dict, workers: int, strict: bool, overwrite: bool,
+                  on_progress: Callable[[Progress], None] | None) -> PrepareResult:
+    """prepare_data's work once its arguments are checked, under the folder's lock."""
+    crop, resolution = settings["preprocessing"]["crop"], settings["preprocessing"]["resolution"]
+    shard_size = settings["shard_size"]
     previous = previous_shards(out, settings, overwrite)
     shape = (resolution, resolution, 3)  # a shard is kept only if it passes what --verify checks
     finished = {f: r for f, r in previous.items()
@@ -188,7 +208,7 @@ def prepare_data(
         verb = "holds" if len(empty) == 1 else "hold"
         warnings.warn(f"{out}: split {' and '.join(empty)} {verb} no image: `evaluate --ref {empty[0]}` would find "
                       f"nothing there; prepare with a larger --{empty[0]}-fraction (or more images) if you need it",
-                      DreamctlWarning, stacklevel=2)
+                      DreamctlWarning, stacklevel=3)
     atomic.write_json(out / MANIFEST, manifest, indent=1, sort_keys=True)
     (out / PROGRESS).unlink(missing_ok=True)
     return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)

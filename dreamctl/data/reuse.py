@@ -27,13 +27,19 @@ def _first_difference(old: object, new: object, key: str = "") -> str:
     return f"{key}: {old!r} there, {new!r} now"
 
 
-def _check_ours(out: Path, ours: list[Path]) -> None:
+def _ours(out: Path) -> list[Path]:
+    """Our files in `out`, and the temporary files dreamctl.atomic writes them under."""
+    return [p for p in out.iterdir() if _OURS.match(atomic.temp_target(p.name) or p.name)]
+
+
+def check_ours(out: Path) -> None:
     """prepare-data writes into (or, with --overwrite, replaces) a prepared folder, an unfinished one, or
     one holding only our files, never a folder of other files (a run folder would get shards among its
-    checkpoints)."""
+    checkpoints). Writes nothing: it comes before the folder's lock."""
     if (out / MANIFEST).is_file() or (out / PROGRESS).is_file():
         return
-    if held := atomic.others_in(out, lambda p: p in ours):
+    ours = _ours(out)
+    if held := atomic.others_in(out, lambda p: p in ours or p.name == atomic.LOCK):
         raise DataError(f"--out {out} is not a prepared-data folder (it holds {held}); prepare-data writes only "
                         "into an empty folder or one it wrote: choose another --out")
 
@@ -41,13 +47,13 @@ def _check_ours(out: Path, ours: list[Path]) -> None:
 def previous_shards(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     """Shard records of an earlier run into `out` with the same settings (a rerun keeps them); with
     --overwrite, none (our files removed); DataError for other settings or a folder of other files."""
-    # ours, and the temporary files dreamctl.atomic writes them under
-    ours = [p for p in out.iterdir() if _OURS.match(atomic.temp_target(p.name) or p.name)]
-    # A killed run's, from any host: the folder is this command's alone, so none is a write in progress.
+    check_ours(out)  # before anything is removed or written
+    ours = _ours(out)
+    # A killed run's, from any host: the folder's lock makes it this command's alone, so none is a write
+    # in progress.
     for stale in [p for p in ours if atomic.temp_target(p.name)]:
         stale.unlink()
         ours.remove(stale)
-    _check_ours(out, ours)  # before anything is removed or written
     if overwrite:
         for p in sorted(ours, key=lambda p: p.name != MANIFEST):  # manifest first: never a stale "finished" folder
             p.unlink()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from dreamctl.records import jsonl_values, read_json
 # subfolders of a `train` killed while it created the folder, which a new `train` may take over,
 # the temporary file of run.json or recipe.yaml that the kill cut short (the next write clears it),
 # and a writability probe the kill left (atomic.check_writable's, in the folder or its subfolders).
-CREATE_LEFTOVERS = frozenset({".lock", "run.json", "checkpoints", "samples"})
+CREATE_LEFTOVERS = frozenset({atomic.LOCK, "run.json", "checkpoints", "samples"})
 CREATE_WRITES = frozenset({"run.json", "recipe.yaml"})
 
 
@@ -181,19 +179,9 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the folder while training (released when the process dies)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise RunError(f"{self.root} is in use by another trainer (pid {owner}); "
-                               "wait for it to finish or stop it first") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with atomic.exclusive(self.root, lambda pid: RunError(
+                f"{self.root} is in use by another trainer (pid {pid}); wait for it to finish or stop it first")):
             yield
-        finally:
-            os.close(fd)
 
 
 def _checkpoint_step(record: Path) -> int | None:
