@@ -137,6 +137,20 @@ def test_existing_folder_with_other_settings_is_refused(tmp_path: Path) -> None:
         make_plan(parse_spec(write_spec(tmp_path)))  # the original spec (write_spec rewrites one file)
 
 
+def test_a_finished_run_whose_recipe_asks_for_more_steps_is_resumed_not_skipped(tmp_path: Path) -> None:
+    """`resume --set train.epochs=8` killed between writing recipe.yaml and run.json leaves run.json `finished` at
+    step 40 under a recipe of 80 steps; the plan skipped it (crash audit)."""
+    spec_path = write_spec(tmp_path)
+    execute(make_plan(parse_spec(spec_path)), runner=FakeCLI())  # finished at step 40 (4 epochs of 10 steps)
+    run = tmp_path / "out" / "lambda_max-0.3_seed-0"
+    (run / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace("epochs: 4", "epochs: 8"))
+    spec = parse_spec(write_spec(tmp_path, set=["train.epochs=8"], grid={"loss.lambda_max": [0.3]}))
+    job = make_plan(spec).train[0]
+    assert (job.action, job.resume_set, job.done, job.steps) == ("resume", (), 40, 40)
+    spec = parse_spec(write_spec(tmp_path, grid={"loss.lambda_max": [0.5]}))  # a run the kill did not touch
+    assert make_plan(spec).train[0].action == "skip"
+
+
 def test_eval_grid_points_resolve_as_evaluate_does(tmp_path: Path) -> None:
     """DDPM runs all T steps; null is the recipe's own value, so a point evaluated once is not redone."""
     spec_path = write_spec(tmp_path, grid={"loss.lambda_max": [0.3]},

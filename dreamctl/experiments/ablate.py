@@ -169,9 +169,12 @@ def _plan_run(spec: Spec, name: str, recipe: Recipe, data: Path | None, count: i
                                  f"data.resolution to the data's in the spec's `set`")
     resume_set = _changes(run_dir, recipe, data)
     action = run_status(run_dir)
-    action = "resume" if resume_set and action == "skip" else action
-    steps_done = _step_reached(run_dir) if action == "resume" else 0
+    steps_done = _step_reached(run_dir) if action in ("resume", "skip") else 0
     n = train_images(recipe, count, data)
+    # A finished run resumes when the spec changes it, or when its recipe asks for steps not trained yet: a
+    # `resume --set train.max_steps=N` killed between recipe.yaml and run.json leaves it `finished` at the old step.
+    if action == "skip" and (resume_set or (n is not None and train_cost(recipe, n, steps_done)[0] > 0)):
+        action = "resume"
     cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
     if n is not None and (idle := idle_rectification(recipe, n)):
         warnings.warn(f"{spec.path}: run {name}: {idle}", DreamctlWarning, stacklevel=3)
