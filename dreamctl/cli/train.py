@@ -31,6 +31,8 @@ def command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder [default: runs/RECIPE-TIME]."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a recipe key: section.key=value (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and the cost; train nothing."),
+    time_it: bool = typer.Option(False, "--time", help="With --dry-run and data: time a few of the run's steps on "
+                                 "this device and estimate how long it trains."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Start this many processes with torchrun."),
     device: options.Device = None,
 ) -> None:
@@ -39,9 +41,15 @@ def command(
     if data is not None:
         overrides.append(f"data.path={data.resolve()}")
     resolved = load_recipe(recipe, overrides)
+    if time_it and not (dry_run and resolved.data.path):
+        raise RunError("--time goes with --dry-run and --data (the steps to time depend on the images): "
+                       "add what is missing")
+    if time_it and "WORLD_SIZE" in os.environ:
+        raise RunError("--time times one process: run `dreamctl train --dry-run --time --nproc-per-node N` "
+                       "without torchrun (it times one process's share of the batch)")
     if dry_run:  # under torchrun: once per node, for the job's process count
         if speaks():
-            _dry_run(resolved, int(os.environ.get("WORLD_SIZE", nproc_per_node)))
+            _dry_run(resolved, int(os.environ.get("WORLD_SIZE", nproc_per_node)), device if time_it else False)
         return
     if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # each process would read its own clock, and another node's clock may say another second
@@ -68,7 +76,8 @@ def command(
     run_training(run.root, rt, functools.partial(start_run, resolved, run, rt))
 
 
-def _dry_run(recipe: Recipe, processes: int) -> None:
+def _dry_run(recipe: Recipe, processes: int, time_on: str | None | bool = False) -> None:
+    """The resolved recipe, its size and cost; with `time_on` (a device, None: the default one), its time."""
     from dreamctl.data.loader import rank_slice
     from dreamctl.diffusion.losses import step_cost
     from dreamctl.models import build_model, count_parameters
@@ -99,3 +108,30 @@ def _dry_run(recipe: Recipe, processes: int) -> None:
                       f"= {seen:,} images seen, {forwards:,} image forward units in all", markup=False)
         if idle := idle_rectification(recipe, n):
             warnings.warn(idle, DreamctlWarning, stacklevel=2)
+        if time_on is not False:
+            _print_time(recipe, n, processes, time_on)
+
+
+def _print_time(recipe: Recipe, n: int, processes: int, device: str | None) -> None:
+    from dreamctl import runtime
+    from dreamctl.bench import machine
+    from dreamctl.bench.estimate import estimate_training_time
+
+    rt = runtime.setup(recipe.train.precision, device)
+    console.print("timing        ...", markup=False)
+    est = estimate_training_time(recipe, n, rt, processes)
+    per_step = ", ".join(f"{s:.3g} s per {kind} step" for kind, s in est.step_seconds.items())
+    console.print(f"time          about {_duration(est.seconds)} for {sum(est.steps.values()):,} steps on "
+                  f"{machine(rt)['device']} ({rt.precision}): {per_step}", markup=False)
+    console.print(f"              (medians of {est.timed_steps} steps after a warm-up, {est.batch_size} images "
+                  f"per process{', compiled' if recipe.train.compile else ''}; not counted: data loading, "
+                  f"checkpoints, sample grids{', the all-reduce between processes' if processes > 1 else ''})",
+                  markup=False)
+
+
+def _duration(seconds: float) -> str:
+    """1 h 05 min, 12 min, 40 s."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

@@ -84,10 +84,16 @@ def train_cost(recipe: Recipe, n: int, done: int = 0) -> tuple[int, int, int]:
     """(steps, images, forward units) still to train over `n` images from step `done` (a backward counting as
     two forwards): what `train --dry-run` and ablate's plan say a run costs."""
     batch, loss = recipe.train.batch_size, recipe.loss
-    left = max(total_steps(recipe, n) - done, 0)
-    before = min(left, max(loss.start_epoch * steps_per_epoch(n, batch) - done, 0))  # steps before start_epoch
+    left, before = steps_left(recipe, n, done)
     early, late = (step_cost(loss.kind, epoch, loss.start_epoch)[1] for epoch in (0, loss.start_epoch))
     return left, left * batch, batch * (early * before + late * (left - before))
+
+
+def steps_left(recipe: Recipe, n: int, done: int = 0) -> tuple[int, int]:
+    """(steps still to train over `n` images from step `done`, how many of them come before loss.start_epoch):
+    a staged loss kind takes standard steps until then."""
+    left = max(total_steps(recipe, n) - done, 0)
+    return left, min(left, max(recipe.loss.start_epoch * steps_per_epoch(n, recipe.train.batch_size) - done, 0))
 
 
 def idle_rectification(recipe: Recipe, n: int) -> str | None:

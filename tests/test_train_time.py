@@ -1,0 +1,59 @@
+"""`train --dry-run --time`: the run's own steps timed on this device price the steps the dry run counts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dreamctl.bench.estimate import estimate_training_time
+from dreamctl.cli import main
+from dreamctl.config import load_recipe
+from dreamctl.runtime import Runtime
+from dreamctl.training.loop import total_steps
+
+import torch
+
+SMALL = ["train.batch_size=16", "model.channels=8", "model.channel_mult=[1, 2]", "model.attention_resolutions=[]"]
+
+
+def test_a_staged_kind_is_priced_at_standard_steps_before_its_start_epoch():
+    recipe = load_recipe("tiny-conservative", [*SMALL, "train.epochs=5"])  # rectifies from epoch 2
+    n = 230  # 14 steps of 16 per epoch
+    est = estimate_training_time(recipe, n, Runtime(torch.device("cpu"), "fp32"), rounds=2, warmup=1)
+    assert est.steps == {"dream_conservative": 3 * 14, "standard": 2 * 14}
+    assert sum(est.steps.values()) == total_steps(recipe, n)
+    assert est.seconds == pytest.approx(42 * est.step_seconds["dream_conservative"] + 28 * est.step_seconds["standard"])
+    assert est.timed_steps == 2 and est.batch_size == 16
+    assert est.step_seconds["dream_conservative"] > est.step_seconds["standard"] > 0  # two forwards against one
+    # a process's share of the batch is timed, and a run that ends before start_epoch takes standard steps only
+    early = estimate_training_time(load_recipe("tiny-conservative", [*SMALL, "train.epochs=1"]), n,
+                                   Runtime(torch.device("cpu"), "fp32"), processes=2, rounds=1, warmup=1)
+    assert early.steps == {"standard": 14} and early.batch_size == 8 and list(early.step_seconds) == ["standard"]
+
+
+def test_train_dry_run_time_prints_the_estimate(synthetic_data_dir, capsys):
+    args = ["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--dry-run", "--device", "cpu",
+            *(a for s in SMALL for a in ("--set", s)), "--set", "train.epochs=2"]
+    assert main([*args, "--time"]) == 0
+    out = capsys.readouterr().out
+    assert "schedule      230 images, 28 steps of 16" in out
+    line = re.search(r"time          about (\d+) s for 28 steps on .* \(fp32\): ([\d.e-]+) s per standard step", out)
+    assert line and abs(int(line[1]) - 28 * float(line[2])) <= 1  # the step time printed to 3 digits
+    assert "not counted: data loading, checkpoints, sample grids" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--time"], "--time goes with --dry-run and --data"),
+    (["--dry-run", "--time"], "--time goes with --dry-run and --data"),
+])
+def test_time_without_a_dry_run_and_data_is_one_line(args, needle, capsys):
+    assert main(["train", "--recipe", "tiny", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+
+
+def test_time_under_torchrun_is_refused(synthetic_data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # every worker would time its own share on its own
+    assert main(["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--dry-run", "--time"]) == 2
+    assert "without torchrun" in capsys.readouterr().err
