@@ -22,6 +22,7 @@ import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
 from dreamctl.config.schema import DDPM_SETTINGS
+from dreamctl.config.load import option_args
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.diffusion.start import check_sampler_start
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
@@ -90,10 +91,6 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
     return cfg
 
 
-def option_args(field: str, value: Any) -> tuple[str, ...]:
-    """A SampleOptions value as the sample/evaluate arguments that give it: `--steps 600`, `--no-ema`."""
-    name = "ema" if field == "use_ema" else field.replace("_", "-")
-    return ((f"--{name}" if value else f"--no-{name}"),) if isinstance(value, bool) else (f"--{name}", str(value))
 
 
 def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:

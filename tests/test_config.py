@@ -194,14 +194,17 @@ def test_every_sampling_option_reaches_the_sample_config():
 
 def test_cli_starts_without_torch_or_matplotlib():
     """Every command's module loads lazily: `dreamctl --help` and argument errors come back at once,
-    and `compare` without --plot needs no matplotlib (the GPU machine's Python may lack it)."""
+    and `compare` without --plot needs no matplotlib (the GPU machine's Python may lack it). Reading an
+    ablation spec loads no torch (it did, for the one helper that spells a sample setting as a flag)."""
     import subprocess
     import sys
 
     code = ("import sys; sys.modules['matplotlib'] = None  # importing it now fails\n"
             "from dreamctl.cli import main\n"
             "assert main(['--help']) == 0 and main(['train', '--help']) == 0 and 'torch' not in sys.modules\n"
-            "assert main(['compare', 'no-such-run', '--format', 'csv']) == 2  # through compare's code path\n")
+            "assert main(['compare', 'no-such-run', '--format', 'csv']) == 2  # through compare's code path\n"
+            "from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec\n"
+            "assert expand(parse_spec(ABLATIONS_DIR / 'ddim-steps.yaml')) and 'torch' not in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 

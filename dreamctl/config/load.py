@@ -169,6 +169,12 @@ def set_args(overrides: list[str] | tuple[str, ...]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 
 
+def option_args(field: str, value: Any) -> tuple[str, ...]:
+    """A sample setting as the sample/evaluate arguments that give it: `--steps 600`, `--no-ema` (use_ema)."""
+    name = "ema" if field == "use_ema" else field.replace("_", "-")
+    return ((f"--{name}" if value else f"--no-{name}"),) if isinstance(value, bool) else (f"--{name}", str(value))
+
+
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """`raw` with each `section.key=value` applied in order. A mapping given for a section
     (`loss={alpha: 0.5}`) is merged into it as `extends:` merges: replacing the section would
