@@ -167,7 +167,29 @@ class TrainConfig(_Section):
     channels_last: bool = False
 
 
-DDPM_SETTINGS = ("eta", "steps", "t_start")  # what sampler 'ddpm' fixes (SampleConfig._ddpm_eta, Recipe._ddpm_settings)
+DDPM_SETTINGS = ("eta", "steps", "t_start")  # what sampler 'ddpm' fixes
+
+
+def ddpm_defaults(sample: dict, T: Any) -> dict:
+    """A sample section naming sampler 'ddpm' with what DDPM implies filled in where not given: DDIM with eta 1
+    (the posterior variance) on all T steps from T - 1. T None: unknown (a SampleConfig alone), steps not filled."""
+    if sample.get("sampler") != "ddpm":
+        return sample
+    return {"eta": 1.0, "t_start": None, **({"steps": T} if type(T) is int else {}), **sample}  # a bad T: its own error
+
+
+def check_ddpm(sample: SampleConfig, T: int | None) -> None:
+    """ValueError for a DDPM sample section given settings DDPM does not use, which a protocol would record."""
+    if sample.sampler != "ddpm":
+        return
+    if sample.eta != 1.0:
+        raise ValueError(f"eta {sample.eta:g}: sampler 'ddpm' is DDIM with eta 1 (the posterior variance); "
+                         "drop sample.eta, or use ddim for another eta")
+    if T is not None and (sample.steps != T or sample.t_start is not None):
+        raise ValueError("sample.sampler 'ddpm' runs all T steps from T-1: set sample.steps to "
+                         "diffusion.num_timesteps and no sample.t_start (on the command line: no --steps or "
+                         "--t-start with --sampler ddpm), or use ddim (--eta 1: fresh noise every step, in "
+                         "fewer steps)")
 
 
 class SampleConfig(_Section):
@@ -184,20 +206,15 @@ class SampleConfig(_Section):
     # CPU compiles as "default"), cutting the launch cost of its hundreds of kernels.
     compile_mode: Literal["default", "reduce-overhead"] = "default"
 
+    # A section alone knows DDPM's eta; its steps depend on the schedule's T, which the recipe fills in.
     @model_validator(mode="before")
     @classmethod
     def _ddpm_eta(cls, data: Any) -> Any:
-        """DDPM is DDIM with eta 1: a sample section that names it need not also give eta (steps and t_start,
-        which depend on the schedule's T, are the recipe's to fill: Recipe._ddpm_settings)."""
-        if isinstance(data, dict) and data.get("sampler") == "ddpm" and "eta" not in data:
-            return {**data, "eta": 1.0}
-        return data
+        return ddpm_defaults(data, None) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _ddpm_is_eta_1(self) -> SampleConfig:
-        if self.sampler == "ddpm" and self.eta != 1.0:  # else the protocol would record an eta never used
-            raise ValueError(f"eta {self.eta:g}: sampler 'ddpm' is DDIM with eta 1 (the posterior variance); "
-                             "drop sample.eta, or use ddim for another eta")
+        check_ddpm(self, None)
         return self
 
     @model_validator(mode="after")
@@ -260,17 +277,14 @@ class Recipe(_Section):
     @model_validator(mode="before")
     @classmethod
     def _ddpm_settings(cls, data: Any) -> Any:
-        """DDPM runs all T steps from T-1: a recipe that names it need not give steps or t_start (eta: SampleConfig).
-        Given ones are checked (_consistent): a protocol records no setting unused."""
         sample = data.get("sample") if isinstance(data, dict) else None
-        if not (isinstance(sample, dict) and sample.get("sampler") == "ddpm"):
+        if not isinstance(sample, dict):
             return data
         diffusion = data.get("diffusion")
         default_T = DiffusionConfig.model_fields["num_timesteps"].default
         T = (diffusion.get("num_timesteps", default_T) if isinstance(diffusion, dict)
              else getattr(diffusion, "num_timesteps", default_T))
-        implied = {"t_start": None, **({"steps": T} if type(T) is int else {})}  # a bad T: its own error
-        return {**data, "sample": {**implied, **sample}}
+        return {**data, "sample": ddpm_defaults(sample, T)}
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -291,12 +305,8 @@ class Recipe(_Section):
                              "the GroupNorm groups of the first block's input")
         if self.sample.steps > self.diffusion.num_timesteps:
             raise ValueError(f"sample.steps ({self.sample.steps}) exceeds diffusion.num_timesteps")
+        check_ddpm(self.sample, self.diffusion.num_timesteps)
         t_start = self.sample.t_start
-        if self.sample.sampler == "ddpm" and (self.sample.steps != self.diffusion.num_timesteps or t_start is not None):
-            raise ValueError("sample.sampler 'ddpm' runs all T steps from T-1: set sample.steps to "
-                             "diffusion.num_timesteps and no sample.t_start (on the command line: no --steps or "
-                             "--t-start with --sampler ddpm), or use ddim (--eta 1: fresh noise every step, in "
-                             "fewer steps)")
         if t_start is not None and not self.sample.steps - 1 <= t_start < self.diffusion.num_timesteps:
             raise ValueError(f"sample.t_start {t_start} must be below diffusion.num_timesteps and at least "
                              f"sample.steps - 1 ({self.sample.steps - 1}), one timestep per step")
