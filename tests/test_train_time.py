@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from dreamctl.bench.estimate import estimate_training_time
+from dreamctl.bench.estimate import StepTimer, estimate_training_time
 from dreamctl.cli import main
 from dreamctl.config import load_recipe
 from dreamctl.runtime import Runtime
@@ -20,7 +20,7 @@ SMALL = ["train.batch_size=16", "model.channels=8", "model.channel_mult=[1, 2]",
 def test_a_staged_kind_is_priced_at_standard_steps_before_its_start_epoch():
     recipe = load_recipe("tiny-conservative", [*SMALL, "train.epochs=5"])  # rectifies from epoch 2
     n = 230  # 14 steps of 16 per epoch
-    est = estimate_training_time(recipe, n, Runtime(torch.device("cpu"), "fp32"), rounds=2, warmup=1)
+    est = estimate_training_time(recipe, n, StepTimer(Runtime(torch.device("cpu"), "fp32"), rounds=2, warmup=1))
     assert est.steps == {"dream_conservative": 3 * 14, "standard": 2 * 14}
     assert sum(est.steps.values()) == total_steps(recipe, n)
     assert est.seconds == pytest.approx(42 * est.step_seconds["dream_conservative"] + 28 * est.step_seconds["standard"])
@@ -28,7 +28,7 @@ def test_a_staged_kind_is_priced_at_standard_steps_before_its_start_epoch():
     assert est.step_seconds["dream_conservative"] > est.step_seconds["standard"] > 0  # two forwards against one
     # a process's share of the batch is timed, and a run that ends before start_epoch takes standard steps only
     early = estimate_training_time(load_recipe("tiny-conservative", [*SMALL, "train.epochs=1"]), n,
-                                   Runtime(torch.device("cpu"), "fp32"), processes=2, rounds=1, warmup=1)
+                                   StepTimer(Runtime(torch.device("cpu"), "fp32"), processes=2, rounds=1, warmup=1))
     assert early.steps == {"standard": 14} and early.batch_size == 8 and list(early.step_seconds) == ["standard"]
 
 
@@ -57,3 +57,34 @@ def test_time_under_torchrun_is_refused(synthetic_data_dir, capsys, monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")  # every worker would time its own share on its own
     assert main(["train", "--recipe", "tiny", "--data", str(synthetic_data_dir), "--dry-run", "--time"]) == 2
     assert "without torchrun" in capsys.readouterr().err
+
+
+def test_a_timer_times_each_kind_of_step_once_and_prices_what_is_left(monkeypatch):
+    import dreamctl.bench.estimate as estimate
+
+    calls = []
+    real = estimate.bench_train
+    monkeypatch.setattr(estimate, "bench_train", lambda recipe, rt, **kw: calls.append(kw["kinds"]) or real(recipe, rt, **kw))
+    timer = StepTimer(Runtime(torch.device("cpu"), "fp32"), rounds=1, warmup=1)
+    recipe = load_recipe("tiny-conservative", [*SMALL, "train.epochs=5"])
+    first = estimate_training_time(recipe, 230, timer)
+    other_weight = load_recipe("tiny-conservative", [*SMALL, "train.epochs=5", "loss.lambda_max=0.3"])
+    resumed = estimate_training_time(other_weight, 230, timer, done=30)  # past the 28 standard steps of epochs 0-1
+    assert calls == [("dream_conservative", "standard")]  # a loss weight changes no work: timed once
+    assert resumed.steps == {"dream_conservative": 40} and resumed.step_seconds["dream_conservative"] == (
+        first.step_seconds["dream_conservative"])
+    estimate_training_time(load_recipe("tiny", SMALL), 230, timer)  # standard: timed already
+    estimate_training_time(load_recipe("tiny", [*SMALL[1:], "train.batch_size=8"]), 230, timer)  # another batch
+    assert calls == [("dream_conservative", "standard"), ("standard",)]
+
+
+def test_ablate_dry_run_time_prices_the_plan(tmp_path, capsys):
+    from ablate_fakes import write_spec
+
+    spec = write_spec(tmp_path, set=[*SMALL, "train.epochs=4"])  # three loss weights, one kind of step
+    assert main(["ablate", str(spec), "--dry-run", "--time", "--device", "cpu"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps the line
+    assert re.search(r"time: about \d+ (s|min) to train 3 runs on .*: [\d.e-]+ s per dream_conservative step of 16, "
+                     r"[\d.e-]+ s per standard step of 16", out)
+    assert main(["ablate", str(spec), "--time"]) == 2
+    assert "--time goes with --dry-run" in capsys.readouterr().err

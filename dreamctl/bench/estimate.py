@@ -1,18 +1,20 @@
-"""How long a run would train: the recipe's own step timed on this device, times the steps it has to train.
+"""How long a run would train: its own step timed on this device, times the steps it has to train.
 
-What `train --dry-run --time` prints. The step is the training loop's (`train_step`, through the benchmark's
-`bench_train`) on a random batch of the recipe's shape, so data loading, checkpoints and sample grids are not in
-the estimate; nor is a multi-process run's gradient all-reduce: each process is timed alone at its share of the
-batch.
+What `train --dry-run --time` and `ablate --dry-run --time` print. The step is the training loop's
+(`train_step`, through the benchmark's `bench_train`) on a random batch of the recipe's shape, so data loading,
+checkpoints and sample grids are not in the estimate; nor is a multi-process run's gradient all-reduce: each
+process is timed alone at its share of the batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+from dataclasses import dataclass, field
 
 from dreamctl.config import Recipe
 from dreamctl.diffusion.losses import step_cost
-from dreamctl.runtime import Runtime
+from dreamctl.runtime import Runtime, resolve_precision
 from dreamctl.training.loop import steps_left
 
 from dreamctl.bench.sections import bench_train
@@ -33,18 +35,42 @@ class TrainingTime:
         return sum(n * self.step_seconds[kind] for kind, n in self.steps.items())
 
 
-def estimate_training_time(recipe: Recipe, n: int, rt: Runtime, processes: int = 1, *, rounds: int = 3,
-                           warmup: int = 1, budget_s: float = 30.0) -> TrainingTime:
-    """Time the steps of `recipe` over `n` images on `rt`'s device (one process's share of the batch when
-    `processes` > 1) and price the run with them. `budget_s` ends the timing after the round that passes it."""
-    left, before = steps_left(recipe, n)
+@dataclass
+class StepTimer:
+    """Median seconds per training step on `rt`'s device (at each recipe's own precision), timed once per setting that changes the work (model,
+    resolution, one process's batch, loss kind, precision, compile, channels_last): an ablation's grid over a
+    loss weight times one step, not one per run. `budget_s` ends a timing after the round that passes it."""
+
+    rt: Runtime
+    processes: int = 1
+    rounds: int = 3
+    warmup: int = 1
+    budget_s: float = 30.0
+    _timed: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
+
+    def share(self, recipe: Recipe) -> int:
+        return recipe.train.batch_size // self.processes  # the dry run has refused a batch that does not split
+
+    def seconds(self, recipe: Recipe, kinds: tuple[str, ...]) -> tuple[dict[str, float], int]:
+        """({kind: median seconds per step}, steps timed per kind)."""
+        t = recipe.train
+        rt = dataclasses.replace(self.rt, precision=resolve_precision(t.precision, self.rt.device))
+        work = json.dumps([recipe.model.model_dump(mode="json"), recipe.data.resolution, self.share(recipe),
+                           rt.precision, t.compile, t.channels_last])
+        if missing := tuple(k for k in kinds if (work, k) not in self._timed):
+            timed = recipe.model_copy(update={"train": t.model_copy(update={"batch_size": self.share(recipe)})})
+            rows = bench_train(timed, rt, rounds=self.rounds, warmup=self.warmup, budget_s=self.budget_s,
+                               kinds=missing, naive=False)["rows"]
+            self._timed.update({(work, k): (rows[k]["step_ms_median"] / 1e3, rows[k]["rounds"]) for k in missing})
+        return ({k: self._timed[work, k][0] for k in kinds}, min(self._timed[work, k][1] for k in kinds))
+
+
+def estimate_training_time(recipe: Recipe, n: int, timer: StepTimer, done: int = 0) -> TrainingTime:
+    """The steps `recipe` has left over `n` images from step `done`, priced at the timer's step times."""
+    left, before = steps_left(recipe, n, done)
     kind, start = recipe.loss.kind, recipe.loss.start_epoch
     staged = step_cost(kind, 0, start) != step_cost(kind, start, start)
     steps = {kind: left - before, "standard": before} if staged else {kind: left}
     steps = {k: v for k, v in steps.items() if v} or {kind: 0}
-    share = recipe.train.batch_size // processes  # the dry run has refused a batch that does not split
-    timed = recipe.model_copy(update={"train": recipe.train.model_copy(update={"batch_size": share})})
-    rows = bench_train(timed, rt, rounds=rounds, warmup=warmup, budget_s=budget_s, kinds=tuple(steps),
-                       naive=False)["rows"]
-    return TrainingTime(steps, {k: rows[k]["step_ms_median"] / 1e3 for k in steps},
-                        timed_steps=min(row["rounds"] for row in rows.values()), batch_size=share)
+    seconds, timed = timer.seconds(recipe, tuple(steps))
+    return TrainingTime(steps, seconds, timed, timer.share(recipe))

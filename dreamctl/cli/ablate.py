@@ -53,6 +53,28 @@ def _print_plan(plan: Plan) -> None:
                   f"{count_text(t['eval_forwards'])} network evaluations", highlight=False)
 
 
+def _print_time(plan: Plan, device: str | None, processes: int) -> None:
+    from dreamctl import runtime
+    from dreamctl.bench import machine
+    from dreamctl.bench.estimate import StepTimer, estimate_training_time
+    from dreamctl.cli.train import duration
+
+    jobs = [j for j in plan.train if j.action != "skip"]
+    if any(j.num_images is None for j in jobs):
+        console.print("time: unknown until the data is prepared (or data.limit is set)", highlight=False)
+        return
+    rt = runtime.setup("auto", device)  # each run is timed at its own precision
+    timer = StepTimer(rt, processes)
+    with console.status(f"timing each kind of step on {rt.device}"):
+        times = [estimate_training_time(j.resolved, j.num_images, timer, j.done) for j in jobs]
+    kinds = sorted({(k, e.batch_size, s) for e in times for k, s in e.step_seconds.items()})
+    per_step = ", ".join(f"{s:.3g} s per {k} step of {b}" for k, b, s in kinds)
+    console.print(f"time: about {duration(sum(e.seconds for e in times))} to train {len(jobs)} runs on "
+                  f"{machine(rt)['device']}: {per_step} (medians after a warm-up); not counted: evaluation, data "
+                  "loading, checkpoints, sample grids" + (", the all-reduce between processes" if processes > 1 else ""),
+                  highlight=False)
+
+
 EXAMPLES = """\b
 Examples:
   dreamctl ablate lambda-max --dry-run
@@ -62,6 +84,8 @@ Examples:
 def command(
     spec: Annotated[str, typer.Argument(help="Ablation spec: a built-in name (lambda-max, methods, tiny-methods, ...) or a YAML path.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and its cost; run nothing.")] = False,
+    time_it: Annotated[bool, typer.Option("--time", help="With --dry-run: time a few steps of each kind of run on "
+                                          "this device and estimate how long the training takes.")] = False,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (overrides the spec).")] = None,
     nproc_per_node: Annotated[int | None, typer.Option("--nproc-per-node", min=1, help="Processes per training run (torchrun).")] = None,
     device: options.Device = None,
@@ -78,8 +102,12 @@ def command(
 
     parsed = parse_spec(spec, seeds=_seeds(seeds), data=str(data) if data else None, out=str(out) if out else None,
                         extra_set=tuple(set_))
+    if time_it and not dry_run:
+        raise ConfigError("--time goes with --dry-run: add it")
     plan = make_plan(parsed)
     _print_plan(plan)
+    if time_it:
+        _print_time(plan, device, nproc_per_node or 1)
     if dry_run:  # a plan may come before its data, weights or GPU: what the run would refuse is a warning here
         for check in (lambda: runtime.check_device(device), lambda: preflight(plan)):
             try:

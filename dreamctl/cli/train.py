@@ -115,13 +115,13 @@ def _dry_run(recipe: Recipe, processes: int, time_on: str | None | bool = False)
 def _print_time(recipe: Recipe, n: int, processes: int, device: str | None) -> None:
     from dreamctl import runtime
     from dreamctl.bench import machine
-    from dreamctl.bench.estimate import estimate_training_time
+    from dreamctl.bench.estimate import StepTimer, estimate_training_time
 
     rt = runtime.setup(recipe.train.precision, device)
     console.print("timing        ...", markup=False)
-    est = estimate_training_time(recipe, n, rt, processes)
+    est = estimate_training_time(recipe, n, StepTimer(rt, processes))
     per_step = ", ".join(f"{s:.3g} s per {kind} step" for kind, s in est.step_seconds.items())
-    console.print(f"time          about {_duration(est.seconds)} for {sum(est.steps.values()):,} steps on "
+    console.print(f"time          about {duration(est.seconds)} for {sum(est.steps.values()):,} steps on "
                   f"{machine(rt)['device']} ({rt.precision}): {per_step}", markup=False)
     console.print(f"              (medians of {est.timed_steps} steps after a warm-up, {est.batch_size} images "
                   f"per process{', compiled' if recipe.train.compile else ''}; not counted: data loading, "
@@ -129,7 +129,7 @@ def _print_time(recipe: Recipe, n: int, processes: int, device: str | None) -> N
                   markup=False)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """1 h 05 min, 12 min, 40 s."""
     if seconds < 60:
         return f"{seconds:.0f} s"

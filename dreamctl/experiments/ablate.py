@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +48,8 @@ class TrainJob:
     forwards: int | None  # image forward-pass units
     resume_set: tuple[str, ...] = ()  # settings the spec changed that resume may change (train.epochs, ...)
     done: int = 0  # steps already taken (resume): steps, images and forwards count only what is left
+    resolved: Recipe | None = field(default=None, compare=False, repr=False)  # what it trains
+    num_images: int | None = None  # it trains on (None: unknown, data not prepared yet and no data.limit)
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ def _plan_run(spec: Spec, name: str, recipe: Recipe, data: Path | None, count: i
     cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
     if n is not None and (idle := idle_rectification(recipe, n)):
         warnings.warn(f"{spec.path}: run {name}: {idle}", DreamctlWarning, stacklevel=3)
-    train = TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set, done=steps_done)
+    train = TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set, done=steps_done,
+                     resolved=recipe, num_images=n)
     extra = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
     extra += ("--num", str(spec.num)) if spec.num else ()
     evals = [EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra,
