@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console, err_console
+from dreamctl.cli.common import console, duration, err_console
 from dreamctl.errors import ConfigError, DreamctlError
 from dreamctl.signals import exit_code
 
@@ -57,7 +57,6 @@ def _print_time(plan: Plan, device: str | None, processes: int) -> None:
     from dreamctl import runtime
     from dreamctl.bench import machine
     from dreamctl.bench.estimate import StepTimer, estimate_training_time
-    from dreamctl.cli.train import duration
 
     jobs = [j for j in plan.train if j.action != "skip"]
     if any(j.num_images is None for j in jobs):

@@ -53,3 +53,11 @@ def progress_bar(enabled: bool, *extra: ProgressColumn) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), *extra, console=console,
                     disable=not (enabled and console.is_terminal))
+
+
+def duration(seconds: float) -> str:
+    """1 h 05 min, 12 min, 40 s."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console, speaks
+from dreamctl.cli.common import console, duration, speaks
 from dreamctl.cli.launch import launch
 from dreamctl.cli.progress import run_training
 from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
@@ -127,11 +127,3 @@ def _print_time(recipe: Recipe, n: int, processes: int, device: str | None) -> N
                   f"per process{', compiled' if recipe.train.compile else ''}; not counted: data loading, "
                   f"checkpoints, sample grids{', the all-reduce between processes' if processes > 1 else ''})",
                   markup=False)
-
-
-def duration(seconds: float) -> str:
-    """1 h 05 min, 12 min, 40 s."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
