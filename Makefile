@@ -17,6 +17,8 @@ RUN ?= $(error set RUN=runs/NAME)
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 26
+	@echo '* 39,000 steps at the step times measured on an H200 (bf16, batch 128; docs/benchmarks.md), no data loading,'
+	@echo '  checkpoints or samples. On your GPU: dreamctl train --recipe NAME --data DATA --dry-run --time'
 
 # A venv made with --system-site-packages reuses an installed torch (e.g. a GPU box's own build).
 $(BIN)/.installed: pyproject.toml
@@ -49,19 +51,19 @@ endef
 reproduce-conservative: $(BIN)/.installed  ## the study's conservative variant, 100 epochs x 50k images (1 GPU; about 1 h 35 min on an H200: 842 img/s measured, 1,664 before epoch 10; docs/benchmarks.md)
 	$(call reproduce,conservative)
 
-reproduce-aggressive: $(BIN)/.installed  ## the study's aggressive variant (1 H100)
+reproduce-aggressive: $(BIN)/.installed  ## the study's aggressive variant (1 GPU; about 1 h 36 min of steps on an H200*)
 	$(call reproduce,aggressive)
 
-reproduce-baseline: $(BIN)/.installed  ## plain DDPM with the study's network and settings (1 H100)
+reproduce-baseline: $(BIN)/.installed  ## plain DDPM with the study's network and settings (1 GPU; about 50 min of steps on an H200*)
 	$(call reproduce,baseline)
 
-reproduce-dream: $(BIN)/.installed  ## DREAM as published (Zhou et al. 2024), p = 1 (1 H100)
+reproduce-dream: $(BIN)/.installed  ## DREAM as published (Zhou et al. 2024), p = 1 (1 GPU; about 1 h 08 min of steps on an H200*)
 	$(call reproduce,dream)
 
-reproduce-ddpm-ip: $(BIN)/.installed  ## DDPM-IP input perturbation, gamma 0.1 (1 H100)
+reproduce-ddpm-ip: $(BIN)/.installed  ## DDPM-IP input perturbation, gamma 0.1 (1 GPU; about 50 min of steps on an H200*)
 	$(call reproduce,ddpm-ip)
 
-ablate-study: $(BIN)/.installed  ## the study's comparison at equal images seen (5 full runs: days on 1 GPU)
+ablate-study: $(BIN)/.installed  ## the study's comparison at equal images seen (5 full runs, 1 GPU: about 6 h of steps on an H200*)
 	$(BIN)/dreamctl weights --check
 	$(BIN)/dreamctl ablate methods --data $(DATA)
 
