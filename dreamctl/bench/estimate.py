@@ -68,7 +68,8 @@ class StepTimer:
 def estimate_training_time(recipe: Recipe, n: int, timer: StepTimer, done: int = 0) -> TrainingTime:
     """The steps `recipe` has left over `n` images from step `done`, priced at the timer's step times."""
     left, before = steps_left(recipe, n, done)
-    kind, start = recipe.loss.kind, recipe.loss.start_epoch
+    kind: str = recipe.loss.kind
+    start = recipe.loss.start_epoch
     staged = step_cost(kind, 0, start) != step_cost(kind, start, start)
     steps = {kind: left - before, "standard": before} if staged else {kind: left}
     steps = {k: v for k, v in steps.items() if v} or {kind: 0}

@@ -59,13 +59,14 @@ def _print_time(plan: Plan, device: str | None, processes: int) -> None:
     from dreamctl.bench.estimate import StepTimer, estimate_training_time
 
     jobs = [j for j in plan.train if j.action != "skip"]
-    if any(j.num_images is None for j in jobs):
+    sizes = [j.num_images for j in jobs]
+    if None in sizes:
         console.print("time: unknown until the data is prepared (or data.limit is set)", highlight=False)
         return
     rt = runtime.setup("auto", device)  # each run is timed at its own precision
     timer = StepTimer(rt, processes)
     with console.status(f"timing each kind of step on {rt.device}"):
-        times = [estimate_training_time(j.resolved, j.num_images, timer, j.done) for j in jobs]
+        times = [estimate_training_time(j.resolved, n, timer, j.done) for j, n in zip(jobs, sizes) if n is not None]
     kinds = sorted({(k, e.batch_size, s) for e in times for k, s in e.step_seconds.items()})
     per_step = ", ".join(f"{s:.3g} s per {k} step of {b}" for k, b, s in kinds)
     console.print(f"time: about {duration(sum(e.seconds for e in times))} to train {len(jobs)} runs on "

@@ -49,7 +49,10 @@ def command(
                        "without torchrun (it times one process's share of the batch)")
     if dry_run:  # under torchrun: once per node, for the job's process count
         if speaks():
-            _dry_run(resolved, int(os.environ.get("WORLD_SIZE", nproc_per_node)), device if time_it else False)
+            processes = int(os.environ.get("WORLD_SIZE", nproc_per_node))
+            n = _dry_run(resolved, processes)
+            if time_it and n is not None:
+                _print_time(resolved, n, processes, device)
         return
     if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # each process would read its own clock, and another node's clock may say another second
@@ -76,8 +79,8 @@ def command(
     run_training(run.root, rt, functools.partial(start_run, resolved, run, rt))
 
 
-def _dry_run(recipe: Recipe, processes: int, time_on: str | None | bool = False) -> None:
-    """The resolved recipe, its size and cost; with `time_on` (a device, None: the default one), its time."""
+def _dry_run(recipe: Recipe, processes: int) -> int | None:
+    """Print the resolved recipe, its size and cost; the number of images it trains on (None: no data given)."""
     from dreamctl.data.loader import rank_slice
     from dreamctl.diffusion.losses import step_cost
     from dreamctl.models import build_model, count_parameters
@@ -108,8 +111,8 @@ def _dry_run(recipe: Recipe, processes: int, time_on: str | None | bool = False)
                       f"= {seen:,} images seen, {forwards:,} image forward units in all", markup=False)
         if idle := idle_rectification(recipe, n):
             warnings.warn(idle, DreamctlWarning, stacklevel=2)
-        if time_on is not False:
-            _print_time(recipe, n, processes, time_on)
+        return n
+    return None
 
 
 def _print_time(recipe: Recipe, n: int, processes: int, device: str | None) -> None:

@@ -46,10 +46,10 @@ class TrainJob:
     steps: int | None
     images: int | None
     forwards: int | None  # image forward-pass units
+    resolved: Recipe = field(compare=False, repr=False)  # what it trains
+    num_images: int | None  # it trains on (None: unknown, data not prepared yet and no data.limit)
     resume_set: tuple[str, ...] = ()  # settings the spec changed that resume may change (train.epochs, ...)
     done: int = 0  # steps already taken (resume): steps, images and forwards count only what is left
-    resolved: Recipe | None = field(default=None, compare=False, repr=False)  # what it trains
-    num_images: int | None = None  # it trains on (None: unknown, data not prepared yet and no data.limit)
 
 
 @dataclass(frozen=True)
@@ -180,9 +180,10 @@ def _plan_run(spec: Spec, name: str, recipe: Recipe, data: Path | None, count: i
     cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
     if n is not None and (idle := idle_rectification(recipe, n)):
         warnings.warn(f"{spec.path}: run {name}: {idle}", DreamctlWarning, stacklevel=3)
-    train = TrainJob(name, recipe_name, overrides, run_dir, action, *cost, resume_set=resume_set, done=steps_done,
-                     resolved=recipe, num_images=n)
-    extra = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
+    steps, images, forwards = cost
+    train = TrainJob(name, recipe_name, overrides, run_dir, action, steps, images, forwards, recipe, n,
+                     resume_set=resume_set, done=steps_done)
+    extra: tuple[str, ...] = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
     extra += ("--num", str(spec.num)) if spec.num else ()
     evals = [EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra,
                      "skip" if action == "skip" and _evaluated(run_dir, cfg, req) else "evaluate",
