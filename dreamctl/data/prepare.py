@@ -159,50 +159,32 @@ def _held(out: Path) -> AbstractContextManager:
 
 def _prepare_into(out: Path, listing: Listing, settings: dict, workers: int, strict: bool, overwrite: bool,
                   on_progress: Callable[[Progress], None] | None) -> PrepareResult:
-    """prepare_data's work once its arguments are checked, under the folder's lock."""
-    crop, resolution = settings["preprocessing"]["crop"], settings["preprocessing"]["resolution"]
-    shard_size = settings["shard_size"]
-    previous = previous_shards(out, settings, overwrite)
-    shape = (resolution, resolution, 3)  # a shard is kept only if it passes what --verify checks
-    finished = {f: r for f, r in previous.items()
-                if shard_problem(ShardInfo(out / f, r["count"], r["sha256"]), shape) is None}
-
-    plan = _plan(listing, shard_size)
+    """prepare_data's work once its arguments are checked, under the folder's lock: keep the intact shards of
+    an earlier run, write the others, then the manifest."""
+    finished = _kept_shards(out, settings, overwrite, strict)
+    plan = _plan(listing, settings["shard_size"])
     todo = [p for p in plan if shard_name(p[0], p[1]) not in finished]
-    total = sum(len(p[2]) for p in plan)
-    done = sum(len(p[2]) for p in plan if shard_name(p[0], p[1]) in finished)
     reused = sum(r["count"] for r in finished.values())
-    kept_skips = [Skip(r["split"], name, why) for f, r in sorted(finished.items()) for name, why in r.get("skipped", [])]
-    if strict and kept_skips:  # --strict promises that no file was left out, also of the shards a rerun keeps
-        raise _strict_error(kept_skips[0], "remove or replace it and prepare again with --overwrite, or ")
     if not todo and (out / MANIFEST).is_file():  # finished before, every shard intact
-        skipped = len(read_manifest(out).skipped)
-        return PrepareResult(out, 0, reused, skipped, 0, len(finished), 0.0)
+        return PrepareResult(out, 0, reused, len(read_manifest(out).skipped), 0, len(finished), 0.0)
     record = {**settings, "shards": {f: finished[f] for f in sorted(finished)}}
     # The progress record first, then the manifest goes (the folder is unfinished until it is back):
     # a stop in between leaves one record or the other, never a folder of shards with neither.
     atomic.write_json(out / PROGRESS, record, indent=1, sort_keys=True)
     (out / MANIFEST).unlink(missing_ok=True)
 
-    start, written = time.perf_counter(), 0
-    chunks = [Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, crop, resolution, split,
-                    items[i : i + CHUNK]) for split, _, items in todo for i in range(0, len(items), CHUNK)]
-    results = decoded(chunks, min(workers, len(chunks)))
-    with closing(results):
-        for split, index, items in todo:
-            parts = []
-            for i in range(0, len(items), CHUNK):  # a shard's chunks come in order, one after another
-                parts.append(next(results))
-                done += len(parts[-1].names) + len(parts[-1].skipped)
-                if on_progress and i + CHUNK < len(items):
-                    on_progress(Progress(done, total))
-            written += _write(out, record, split, index, parts, strict)
-            if on_progress:
-                on_progress(Progress(done, total, shard_name(split, index)))
-    close_zips()
+    total = sum(len(items) for _, _, items in plan)
+    kept = sum(len(items) for split, index, items in plan if shard_name(split, index) in finished)
+
+    def progress(done: int, shard: str | None) -> None:
+        if on_progress:
+            on_progress(Progress(kept + done, total, shard))
+
+    start = time.perf_counter()
+    written = _write_shards(out, listing, record, todo, workers, strict, progress)
     seconds = time.perf_counter() - start
 
-    manifest = _manifest(listing, settings, record["shards"], resolution)
+    manifest = _manifest(listing, settings, record["shards"])
     _check_readable(manifest, listing)
     if empty := [s for s in SPLITS if s != "train" and not manifest["counts"][s]]:  # found out at evaluate, else
         verb = "holds" if len(empty) == 1 else "hold"
@@ -212,6 +194,40 @@ def _prepare_into(out: Path, listing: Listing, settings: dict, workers: int, str
     atomic.write_json(out / MANIFEST, manifest, indent=1, sort_keys=True)
     (out / PROGRESS).unlink(missing_ok=True)
     return PrepareResult(out, written, reused, len(manifest["skipped"]), len(todo), len(finished), seconds)
+
+
+def _kept_shards(out: Path, settings: dict, overwrite: bool, strict: bool) -> dict[str, dict]:
+    """The records of an earlier run's shards that pass what --verify checks (a rerun keeps them)."""
+    resolution = settings["preprocessing"]["resolution"]
+    previous = previous_shards(out, settings, overwrite)
+    kept = {f: r for f, r in previous.items()
+            if shard_problem(ShardInfo(out / f, r["count"], r["sha256"]), (resolution, resolution, 3)) is None}
+    skips = [Skip(r["split"], name, why) for f, r in sorted(kept.items()) for name, why in r.get("skipped", [])]
+    if strict and skips:  # --strict promises that no file was left out, also of the shards a rerun keeps
+        raise _strict_error(skips[0], "remove or replace it and prepare again with --overwrite, or ")
+    return kept
+
+
+def _write_shards(out: Path, listing: Listing, record: dict, todo: list[tuple[str, int, list]], workers: int,
+                  strict: bool, progress: Callable[[int, str | None], None]) -> int:
+    """Decode the shards of `todo` in the worker pool and write each, recording it in `record` as it lands;
+    `progress(items done, finished shard or None)` after each chunk. Returns the images written."""
+    pre = record["preprocessing"]
+    chunks = [Chunk(listing.kind, listing.root, listing.zip_path, listing.seed, pre["crop"], pre["resolution"],
+                    split, items[i : i + CHUNK]) for split, _, items in todo for i in range(0, len(items), CHUNK)]
+    results, done, written = decoded(chunks, min(workers, len(chunks))), 0, 0
+    with closing(results):
+        for split, index, items in todo:
+            parts = []
+            for i in range(0, len(items), CHUNK):  # a shard's chunks come in order, one after another
+                parts.append(next(results))
+                done += len(parts[-1].names) + len(parts[-1].skipped)
+                if i + CHUNK < len(items):
+                    progress(done, None)
+            written += _write(out, record, split, index, parts, strict)
+            progress(done, shard_name(split, index))
+    close_zips()
+    return written
 
 
 def _strict_error(item: Skip, fix: str = "") -> DataError:
@@ -251,7 +267,8 @@ def _check_readable(manifest: dict, listing: Listing) -> None:
         raise DataError(f"the {listing.kind} source at {listing.root} holds no readable image")
 
 
-def _manifest(listing: Listing, settings: dict, shards: dict[str, dict], resolution: int) -> dict:
+def _manifest(listing: Listing, settings: dict, shards: dict[str, dict]) -> dict:
+    resolution = settings["preprocessing"]["resolution"]
     splits: dict[str, dict] = {}
     skipped = [asdict(s) | {"shard": None} for s in listing.skipped]
     for split in SPLITS:
