@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +35,7 @@ from dreamctl.errors import DreamctlError
 
 
 LOCK = ".lock"
-_HOST = socket.gethostname()
+HOST = socket.gethostname()  # in temporary file names, and in run.json: where a run trains
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^@]+)\.tmp$")
 
 
@@ -45,7 +46,7 @@ def atomic_path(path: Path, *, durable: bool = False, sweep_stale: bool = True) 
     path = Path(path)
     if sweep_stale:
         sweep(path.parent, path.name)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}@{_HOST}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}@{HOST}.tmp")
     try:
         with naming(path):
             yield tmp
@@ -81,7 +82,7 @@ def sweep(folder: Path, name: str | None = None) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp" if name else ".*.tmp"):
         m = _TMP.match(tmp.name)
-        if m and m["host"] == _HOST and (name is None or m["name"] == name) and not _running(int(m["pid"])):
+        if m and m["host"] == HOST and (name is None or m["name"] == name) and not _running(int(m["pid"])):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -200,10 +201,29 @@ def exclusive(folder: Path, busy: Callable[[str], Exception]) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise busy(os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown") from None
+            time.sleep(0.2)  # an in_use probe holds it for microseconds: not a reason to refuse
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise busy(os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
+    finally:
+        os.close(fd)
+
+
+def in_use(folder: Path) -> bool:
+    """Whether a process holds `folder`'s lock (exclusive's) now: probed with a shared lock, let go at once."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
     finally:
         os.close(fd)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dreamctl import atomic
 from dreamctl.config import Recipe
 from dreamctl.errors import CheckpointError
 from dreamctl.records import read_json, read_jsonl
@@ -45,7 +46,13 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.info.get("status", "unknown"))
+        """run.json's status; `killed` for a run it says is running on this machine that no process holds
+        (kill -9, out of memory, power loss: nothing was left to record the end). Run folders copied from
+        another machine say what they said there."""
+        status = str(self.info.get("status", "unknown"))
+        if status == "running" and self.info.get("host") == atomic.HOST and not atomic.in_use(self.path):
+            return "killed"
+        return status
 
     @property
     def seed(self) -> int:

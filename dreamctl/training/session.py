@@ -81,7 +81,7 @@ def check_start(recipe: Recipe, run: RunDir, world_size: int) -> None:
 def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dict[str, Any] | None,
          on_event: OnEvent, should_stop: Callable[[], bool]) -> str:
     main_first(rt, lambda: run.update_info({
-        "status": "running", "device": str(rt.device),
+        "status": "running", "host": atomic.HOST, "device": str(rt.device),
         "data": str(Path(recipe.data.path).resolve()), "data_manifest_sha256": images.manifest_sha256, "error": None}))
     status = "failed"
     try:
