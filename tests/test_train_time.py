@@ -88,3 +88,5 @@ def test_ablate_dry_run_time_prices_the_plan(tmp_path, capsys):
                      r"[\d.e-]+ s per standard step of 16", out)
     assert main(["ablate", str(spec), "--time"]) == 2
     assert "--time goes with --dry-run" in capsys.readouterr().err
+    assert main(["ablate", str(spec), "--dry-run", "--time", "--device", "cpu", "--nproc-per-node", "3"]) == 2
+    assert "train.batch_size 16 (the global batch) must split evenly over 3 processes" in capsys.readouterr().err

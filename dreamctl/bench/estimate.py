@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from dreamctl.config import Recipe
+from dreamctl.data.loader import rank_slice
 from dreamctl.diffusion.losses import step_cost
 from dreamctl.runtime import Runtime, resolve_precision
 from dreamctl.training.loop import steps_left
@@ -37,9 +38,10 @@ class TrainingTime:
 
 @dataclass
 class StepTimer:
-    """Median seconds per training step on `rt`'s device (at each recipe's own precision), timed once per setting that changes the work (model,
-    resolution, one process's batch, loss kind, precision, compile, channels_last): an ablation's grid over a
-    loss weight times one step, not one per run. `budget_s` ends a timing after the round that passes it."""
+    """Median seconds per training step on `rt`'s device at each recipe's own precision, timed once per setting
+    that changes the work (model, resolution, one process's batch, loss kind, precision, compile, channels_last):
+    an ablation's grid over a loss weight times one step, not one per run. `budget_s` ends a timing after the
+    round that passes it."""
 
     rt: Runtime
     processes: int = 1
@@ -49,7 +51,9 @@ class StepTimer:
     _timed: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
 
     def share(self, recipe: Recipe) -> int:
-        return recipe.train.batch_size // self.processes  # the dry run has refused a batch that does not split
+        """One process's images of the global batch (DataError for a batch that does not split, as the run's)."""
+        part = rank_slice(recipe.train.batch_size, 0, self.processes)
+        return part.stop - part.start
 
     def seconds(self, recipe: Recipe, kinds: tuple[str, ...]) -> tuple[dict[str, float], int]:
         """({kind: median seconds per step}, steps timed per kind)."""

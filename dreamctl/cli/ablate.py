@@ -60,6 +60,9 @@ def _print_time(plan: Plan, device: str | None, processes: int) -> None:
 
     jobs = [j for j in plan.train if j.action != "skip"]
     sizes = [j.num_images for j in jobs]
+    if not jobs:
+        console.print("time: nothing to train", highlight=False)
+        return
     if None in sizes:
         console.print("time: unknown until the data is prepared (or data.limit is set)", highlight=False)
         return
