@@ -198,14 +198,14 @@ def exclusive(folder: Path, busy: Callable[[str], Exception]) -> Iterator[None]:
     it, raises `busy(pid)`, the pid the holder wrote into the lock file ("unknown" if it wrote none)."""
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            time.sleep(0.2)  # an in_use probe holds it for microseconds: not a reason to refuse
+        for wait in (0.1, 0.3, 0.6, None):  # an in_use probe holds it for microseconds: not a reason to refuse
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
-                raise busy(os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown") from None
+                if wait is None:
+                    raise busy(os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown") from None
+                time.sleep(wait)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -214,15 +214,19 @@ def exclusive(folder: Path, busy: Callable[[str], Exception]) -> Iterator[None]:
 
 
 def in_use(folder: Path) -> bool:
-    """Whether a process holds `folder`'s lock (exclusive's) now: probed with a shared lock, let go at once."""
+    """Whether a process holds `folder`'s lock (exclusive's) now: probed with a shared lock, let go at once.
+    True where it cannot tell (no permission, no lock support): the caller then believes what it was told.
+    Never for the holder itself: on NFS, closing the probe would let go of the holder's own lock."""
     try:
         fd = os.open(folder / LOCK, os.O_RDONLY)
     except FileNotFoundError:
         return False
+    except OSError:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
-    except BlockingIOError:
+    except OSError:  # BlockingIOError: held; anything else: cannot tell
         return True
     finally:
         os.close(fd)

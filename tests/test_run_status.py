@@ -62,3 +62,18 @@ def test_a_probe_at_the_moment_a_trainer_locks_does_not_refuse_it(tmp_path):
     threading.Timer(0.05, os.close, [fd]).start()  # and letting go, as it does at once
     with RunDir(run).lock():
         assert atomic.in_use(run)
+
+
+def test_a_lock_that_cannot_be_probed_leaves_the_status_as_recorded(tmp_path, monkeypatch):
+    """No lock support (some network file systems), no permission: compare must not stop on it, nor guess."""
+    import errno
+    import fcntl
+
+    run = _run_folder(tmp_path / "run", status="running", host=atomic.HOST)
+    (run / atomic.LOCK).write_text("")
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert read_run(run).status == "running"

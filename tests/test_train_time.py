@@ -9,6 +9,7 @@ import pytest
 from dreamctl.bench.estimate import StepTimer, estimate_training_time
 from dreamctl.cli import main
 from dreamctl.config import load_recipe
+from dreamctl.errors import DataError, RunError
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import total_steps
 
@@ -25,11 +26,20 @@ def test_a_staged_kind_is_priced_at_standard_steps_before_its_start_epoch():
     assert sum(est.steps.values()) == total_steps(recipe, n)
     assert est.seconds == pytest.approx(42 * est.step_seconds["dream_conservative"] + 28 * est.step_seconds["standard"])
     assert est.timed_steps == 2 and est.batch_size == 16
-    assert est.step_seconds["dream_conservative"] > est.step_seconds["standard"] > 0  # two forwards against one
-    # a process's share of the batch is timed, and a run that ends before start_epoch takes standard steps only
+    assert set(est.step_seconds) == {"dream_conservative", "standard"} and min(est.step_seconds.values()) > 0
+    # a run that ends before start_epoch takes standard steps only
     early = estimate_training_time(load_recipe("tiny-conservative", [*SMALL, "train.epochs=1"]), n,
-                                   StepTimer(Runtime(torch.device("cpu"), "fp32"), processes=2, rounds=1, warmup=1))
-    assert early.steps == {"standard": 14} and early.batch_size == 8 and list(early.step_seconds) == ["standard"]
+                                   StepTimer(Runtime(torch.device("cpu"), "fp32"), rounds=1, warmup=1))
+    assert early.steps == {"standard": 14} and list(early.step_seconds) == ["standard"] and early.precision == "fp32"
+
+
+def test_a_process_times_its_share_of_the_batch_and_the_cpu_is_not_shared_out():
+    gpu = Runtime(torch.device("cuda"), "bf16")  # no step is timed here: no GPU needed
+    assert StepTimer(gpu, processes=2).share(load_recipe("tiny", SMALL)) == 8
+    with pytest.raises(DataError, match="train.batch_size 16 .* must split evenly over 3 processes"):
+        StepTimer(gpu, processes=3).share(load_recipe("tiny", SMALL))
+    with pytest.raises(RunError, match="--time with 2 processes on the CPU: they share its cores"):
+        StepTimer(Runtime(torch.device("cpu"), "fp32"), processes=2)
 
 
 def test_train_dry_run_time_prints_the_estimate(synthetic_data_dir, capsys):
@@ -38,8 +48,11 @@ def test_train_dry_run_time_prints_the_estimate(synthetic_data_dir, capsys):
     assert main([*args, "--time"]) == 0
     out = capsys.readouterr().out
     assert "schedule      230 images, 28 steps of 16" in out
-    line = re.search(r"time          about (\d+) s for 28 steps on .* \(fp32\): ([\d.e-]+) s per standard step", out)
-    assert line and abs(int(line[1]) - 28 * float(line[2])) <= 1  # the step time printed to 3 digits
+    line = re.search(r"time          about (\d+) (s|min) for 28 steps on .*: ([\d.e-]+) s per standard step "
+                     r"\(16 images per process, fp32\); medians of 3 steps after a warm-up", out)
+    assert line, out
+    printed, expected = int(line[1]) * (60 if line[2] == "min" else 1), 28 * float(line[3])
+    assert abs(printed - expected) <= (30 if line[2] == "min" else 1) + 0.01 * expected  # step time: 3 digits
     assert "not counted: data loading, checkpoints, sample grids" in out
 
 
@@ -84,9 +97,10 @@ def test_ablate_dry_run_time_prices_the_plan(tmp_path, capsys):
     spec = write_spec(tmp_path, set=[*SMALL, "train.epochs=4"])  # three loss weights, one kind of step
     assert main(["ablate", str(spec), "--dry-run", "--time", "--device", "cpu"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps the line
-    assert re.search(r"time: about \d+ (s|min) to train 3 runs on .*: [\d.e-]+ s per dream_conservative step of 16, "
-                     r"[\d.e-]+ s per standard step of 16", out)
+    assert re.search(r"time: about \d+ (s|min) for 480 steps of 3 runs on .*: [\d.e-]+ s per dream_conservative "
+                     r"step \(16 images per process, fp32\), [\d.e-]+ s per standard step \(16 images per process, "
+                     r"fp32\); medians of 3 steps after a warm-up; not counted: evaluation, data loading", out), out
     assert main(["ablate", str(spec), "--time"]) == 2
     assert "--time goes with --dry-run" in capsys.readouterr().err
-    assert main(["ablate", str(spec), "--dry-run", "--time", "--device", "cpu", "--nproc-per-node", "3"]) == 2
-    assert "train.batch_size 16 (the global batch) must split evenly over 3 processes" in capsys.readouterr().err
+    assert main(["ablate", str(spec), "--dry-run", "--time", "--device", "cpu", "--nproc-per-node", "2"]) == 2
+    assert "--time with 2 processes on the CPU" in capsys.readouterr().err

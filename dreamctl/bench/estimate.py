@@ -12,13 +12,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from dreamctl.bench.sections import bench_train
 from dreamctl.config import Recipe
 from dreamctl.data.loader import rank_slice
 from dreamctl.diffusion.losses import step_cost
+from dreamctl.errors import RunError
 from dreamctl.runtime import Runtime, resolve_precision
 from dreamctl.training.loop import steps_left
-
-from dreamctl.bench.sections import bench_train
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class TrainingTime:
     step_seconds: dict[str, float]
     timed_steps: int  # per kind, after the warm-up
     batch_size: int  # one process's
+    precision: str
 
     @property
     def seconds(self) -> float:
@@ -50,6 +51,14 @@ class StepTimer:
     budget_s: float = 30.0
     _timed: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.rt.device.type == "cpu" and self.processes > 1:  # each would get a thread and share the cores
+            raise RunError(f"--time with {self.processes} processes on the CPU: they share its cores, which timing "
+                           "one process does not show; time with --nproc-per-node 1, or on the GPU")
+
+    def precision(self, recipe: Recipe) -> str:
+        return resolve_precision(recipe.train.precision, self.rt.device)
+
     def share(self, recipe: Recipe) -> int:
         """One process's images of the global batch (DataError for a batch that does not split, as the run's)."""
         part = rank_slice(recipe.train.batch_size, 0, self.processes)
@@ -58,7 +67,7 @@ class StepTimer:
     def seconds(self, recipe: Recipe, kinds: tuple[str, ...]) -> tuple[dict[str, float], int]:
         """({kind: median seconds per step}, steps timed per kind)."""
         t = recipe.train
-        rt = dataclasses.replace(self.rt, precision=resolve_precision(t.precision, self.rt.device))
+        rt = dataclasses.replace(self.rt, precision=self.precision(recipe))
         work = json.dumps([recipe.model.model_dump(mode="json"), recipe.data.resolution, self.share(recipe),
                            rt.precision, t.compile, t.channels_last])
         if missing := tuple(k for k in kinds if (work, k) not in self._timed):
@@ -78,4 +87,4 @@ def estimate_training_time(recipe: Recipe, n: int, timer: StepTimer, done: int =
     steps = {kind: left - before, "standard": before} if staged else {kind: left}
     steps = {k: v for k, v in steps.items() if v} or {kind: 0}
     seconds, timed = timer.seconds(recipe, tuple(steps))
-    return TrainingTime(steps, seconds, timed, timer.share(recipe))
+    return TrainingTime(steps, seconds, timed, timer.share(recipe), timer.precision(recipe))

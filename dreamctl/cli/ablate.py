@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console, duration, err_console
+from dreamctl.cli.common import console, err_console
 from dreamctl.errors import ConfigError, DreamctlError
 from dreamctl.signals import exit_code
 
@@ -54,28 +54,17 @@ def _print_plan(plan: Plan) -> None:
 
 
 def _print_time(plan: Plan, device: str | None, processes: int) -> None:
-    from dreamctl import runtime
-    from dreamctl.bench import machine
-    from dreamctl.bench.estimate import StepTimer, estimate_training_time
+    from dreamctl.cli.timing import print_training_time
 
     jobs = [j for j in plan.train if j.action != "skip"]
-    sizes = [j.num_images for j in jobs]
+    runs = [(j.resolved_recipe, j.split_images, j.done) for j in jobs if j.split_images is not None]
     if not jobs:
         console.print("time: nothing to train", highlight=False)
-        return
-    if None in sizes:
+    elif len(runs) < len(jobs):
         console.print("time: unknown until the data is prepared (or data.limit is set)", highlight=False)
-        return
-    rt = runtime.setup("auto", device)  # each run is timed at its own precision
-    timer = StepTimer(rt, processes)
-    with console.status(f"timing each kind of step on {rt.device}"):
-        times = [estimate_training_time(j.resolved, n, timer, j.done) for j, n in zip(jobs, sizes) if n is not None]
-    kinds = sorted({(k, e.batch_size, s) for e in times for k, s in e.step_seconds.items()})
-    per_step = ", ".join(f"{s:.3g} s per {k} step of {b}" for k, b, s in kinds)
-    console.print(f"time: about {duration(sum(e.seconds for e in times))} to train {len(jobs)} runs on "
-                  f"{machine(rt)['device']}: {per_step} (medians after a warm-up); not counted: evaluation, data "
-                  "loading, checkpoints, sample grids" + (", the all-reduce between processes" if processes > 1 else ""),
-                  highlight=False)
+    else:
+        print_training_time("time: ", runs, device, processes, of=f" of {len(runs)} run{'s' * (len(runs) > 1)}",
+                            extra="evaluation, ")
 
 
 EXAMPLES = """\b

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli import options
-from dreamctl.cli.common import console, duration, speaks
+from dreamctl.cli.common import console, speaks
 from dreamctl.cli.launch import launch
 from dreamctl.cli.progress import run_training
 from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
@@ -52,7 +52,9 @@ def command(
             processes = int(os.environ.get("WORLD_SIZE", nproc_per_node))
             n = _dry_run(resolved, processes)
             if time_it and n is not None:
-                _print_time(resolved, n, processes, device)
+                from dreamctl.cli.timing import print_training_time
+
+                print_training_time("time          ", [(resolved, n, 0)], device, processes)
         return
     if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # each process would read its own clock, and another node's clock may say another second
@@ -113,20 +115,3 @@ def _dry_run(recipe: Recipe, processes: int) -> int | None:
             warnings.warn(idle, DreamctlWarning, stacklevel=2)
         return n
     return None
-
-
-def _print_time(recipe: Recipe, n: int, processes: int, device: str | None) -> None:
-    from dreamctl import runtime
-    from dreamctl.bench import machine
-    from dreamctl.bench.estimate import StepTimer, estimate_training_time
-
-    rt = runtime.setup(recipe.train.precision, device)
-    console.print("timing        ...", markup=False)
-    est = estimate_training_time(recipe, n, StepTimer(rt, processes))
-    per_step = ", ".join(f"{s:.3g} s per {kind} step" for kind, s in est.step_seconds.items())
-    console.print(f"time          about {duration(est.seconds)} for {sum(est.steps.values()):,} steps on "
-                  f"{machine(rt)['device']} ({rt.precision}): {per_step}", markup=False)
-    console.print(f"              (medians of {est.timed_steps} steps after a warm-up, {est.batch_size} images "
-                  f"per process{', compiled' if recipe.train.compile else ''}; not counted: data loading, "
-                  f"checkpoints, sample grids{', the all-reduce between processes' if processes > 1 else ''})",
-                  markup=False)

@@ -46,9 +46,8 @@ def check_ours(out: Path) -> None:
 
 def previous_shards(out: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     """Shard records of an earlier run into `out` with the same settings (a rerun keeps them); with
-    --overwrite, none (our files removed); DataError for other settings or a folder of other files."""
-    check_ours(out)  # before anything is removed or written
-    ours = _ours(out)
+    --overwrite, none (our files removed); DataError for other settings. The caller has run check_ours."""
+    ours = _ours(out)  # check_ours(out) has passed: the folder is ours
     # A killed run's, from any host: the folder's lock makes it this command's alone, so none is a write
     # in progress.
     for stale in [p for p in ours if atomic.temp_target(p.name)]:

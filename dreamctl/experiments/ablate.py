@@ -46,8 +46,8 @@ class TrainJob:
     steps: int | None
     images: int | None
     forwards: int | None  # image forward-pass units
-    resolved: Recipe = field(compare=False, repr=False)  # what it trains
-    num_images: int | None  # it trains on (None: unknown, data not prepared yet and no data.limit)
+    resolved_recipe: Recipe = field(compare=False, repr=False)  # what it trains
+    split_images: int | None  # in its training split, data.limit applied (None: unknown, data not prepared yet)
     resume_set: tuple[str, ...] = ()  # settings the spec changed that resume may change (train.epochs, ...)
     done: int = 0  # steps already taken (resume): steps, images and forwards count only what is left
 
