@@ -8,14 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from dreamctl import atomic
-from dreamctl.config.schema import drawn_by_seed_rule
 from dreamctl.errors import CheckpointError, DreamctlWarning
 from dreamctl.metrics import weights
 from dreamctl.records import read_json
-from dreamctl.sampling import SAMPLING_FIELDS
-
-# Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
-SAME_SAMPLES = (*SAMPLING_FIELDS, "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")
+from dreamctl.protocol import same_samples
 
 
 def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
@@ -24,8 +20,7 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
     if previous is None:
         return
     old, new = previous.get("protocol", {}), record["protocol"]
-    sampled = {old.get("weights_sha256"), new.get("weights_sha256")} - {None}  # files before 2026-11-29: none
-    if any(old.get(k) != new.get(k) for k in SAME_SAMPLES) or not drawn_by_seed_rule(old) or len(sampled) > 1:
+    if not same_samples(old, new):
         return
     old_weights = previous.get("weights", {})
     for name, entry in previous.get("metrics", {}).items():

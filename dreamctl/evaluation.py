@@ -22,24 +22,25 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
-from dreamctl.config.schema import SEED_RULE, check_eval_num, drawn_by_seed_rule
+from dreamctl.config.schema import check_eval_num
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
-from dreamctl.metrics.image_sets import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
+from dreamctl.metrics.image_sets import evaluate_image_sets, load_feature_net
 from dreamctl.config.metrics import parse_metrics
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.eval_files import write_eval
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime, main_first, on_every_rank
-from dreamctl.sampling import (
-    SampleOptions, folder_name, load_for_inference, sample_to_folder,
-    sampler_suffix, sampler_tag, sampling_settings,
-)
+from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, holds_protocol, protocol_id
+from dreamctl.sampling import SampleOptions, folder_name, load_for_inference, sample_to_folder
 from dreamctl.sample_files import read_samples
 from dreamctl.training.rundir import RunDir
 
+__all__ = ["EvalOptions", "EvalRequest", "Evaluation", "check_reference", "evaluate_run", "holds_protocol",
+           "protocol_id", "read_reference", "resolve_request", "sampling_protocol", "trained_on", "weight_problems"]
+# holds_protocol and protocol_id live in protocol.py; ablate's plan finds them here beside resolve_request.
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,6 @@ def weight_problems(metrics: Sequence[str], *, feature_net: FeatureNet | None, w
         feature_net, reason = load_feature_net(feature_net, weights_dir, device)
         problems.update({m: reason for m in wanted_features if reason is not None})
     return problems, feature_net
-
-
-def protocol_id(p: dict[str, Any], stand_in: bool) -> str:
-    """`ddim50-eta0-ema-n5000-train5000-clean` (+ `-tstart950`, `-clip`, `-bf16`, `-seed1`, `-standin`).
-
-    The checkpoint step is not part of it: steps are what is compared within one protocol. Files from
-    before `precision` was recorded were drawn in fp32 on the CPU, or in bf16 on a GPU: their id says neither."""
-    suffix = sampler_suffix(p["t_start"], p["clip_x0"], p.get("precision"))
-    pid = (f"{sampler_tag(p['sampler'], p['steps'], p['eta'], p['ema'])}-n{p['num_generated']}"
-           f"-{p['ref_split']}{p['ref_num']}-{p['resize'].split(':')[0]}{suffix}")
-    pid += f"-seed{p['seed']}" if p["seed"] != 0 else ""
-    return pid + ("-standin" if stand_in else "")
 
 
 def check_reference(data_dir: Path, split: str, num: int, resolution: int,
@@ -230,11 +219,4 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
 
 def sampling_protocol(cfg: SampleConfig, step: int | None, req: EvalRequest, precision: str) -> dict[str, Any]:
     """The protocol fields that fix the generated images and say which reference they meet."""
-    return {**sampling_settings(cfg, step, req.seed, precision), "num_generated": req.num,
-            "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}
-
-
-def holds_protocol(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    """Whether an evaluation file's protocol has `wanted`'s sampling_protocol fields. A file written
-    before SEED_RULE drew the same images when its base seed was 0, so it counts too."""
-    return drawn_by_seed_rule(recorded) and all(recorded.get(k) == v for k, v in wanted.items() if k != "image_seeds")
+    return Sampling.of(cfg, step, req.seed, precision).protocol_fields(req.num, req.ref_split, req.ref_num)

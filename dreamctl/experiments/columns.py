@@ -13,11 +13,8 @@ from dreamctl.config.metrics import METRIC_NAMES, SCALE_NOTES, parse_metrics
 from dreamctl.errors import ConfigError
 from dreamctl.experiments.runs import EvalRecord, Run
 from dreamctl.metrics.weights import INCEPTION_METRICS
+from dreamctl.protocol import DATA_FIELDS
 
-# Fields the protocol id leaves out that still decide what a number means: the same id measured against
-# another reference set, at another image size or with another feature network file gets columns of its own.
-# A file from before `precision` was recorded shares its id with an fp32 one, but may have been drawn in bf16.
-DATA_FIELDS = ("ref_manifest_sha256", "image_size", "feature_network_sha256", "precision")
 NO_FEATURES = "no feature metric"  # an evaluation without FID, KID or IS values: its network does not matter
 
 

@@ -31,6 +31,7 @@ from dreamctl.metrics.spread import SPREAD_OVER
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
                                     kernel_inception_distance, kid_subset_size, softmax)
 from dreamctl.metrics.swd import PATCH_SIZE, sliced_wasserstein_distance, swd_settings
+from dreamctl.protocol import FeatureNetworkId
 
 __all__ = ["evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
 
@@ -66,15 +67,11 @@ def load_feature_net(feature_net: FeatureNet | None, weights_dir: Path | None,
 
 
 def feature_network_fields(net: FeatureNet | None) -> dict[str, Any]:
-    """The protocol fields naming the feature network (docs/run-folder.md). `net` None: no network was loaded
+    """The protocol fields naming the feature network (protocol.FeatureNetworkId). `net` None: no network was loaded
     (no FID, KID or IS computed): Inception by name, with no hash."""
     stand_in = net is not None and not isinstance(net, InceptionFeatureNet)
-    return {"feature_network": net.name if stand_in else INCEPTION_NAME,
-            "feature_network_sha256": None if net is None else net.weights_sha256,
-            "feature_network_stand_in": stand_in, "resize": RESIZE_CLEAN if net is None else net.resize}
-
-
-FEATURE_NETWORK_FIELDS = tuple(feature_network_fields(None))  # the protocol keys it fills
+    return FeatureNetworkId(net.name if stand_in else INCEPTION_NAME, None if net is None else net.weights_sha256,
+                            stand_in, RESIZE_CLEAN if net is None else net.resize).to_json()
 
 
 def _cache_path(cache_dir: Path, key: dict) -> Path:
