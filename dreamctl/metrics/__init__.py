@@ -1,6 +1,6 @@
 """Image metrics: FID, KID, IS (Inception), LPIPS diversity, and weight-free SWD and 8x8-pixel FD.
 
-Modules: `weights` (the weight files and `dreamctl weights`), `inception` (feature networks),
+Modules: `weights` (the weight files `dreamctl weights` lists), `download` (fetching them), `inception` (feature networks),
 `stats` (Fréchet distance, KID, IS maths), `lpips_diversity`, `swd`, `pixel_fd`, and
 `image_sets` (`evaluate_image_sets`, the one entry point that computes a metric set).
 Nothing is imported here, so `import dreamctl.metrics.weights` stays free of torch.
