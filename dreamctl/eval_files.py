@@ -9,7 +9,7 @@ from typing import Any
 
 from dreamctl import atomic
 from dreamctl.errors import CheckpointError, DreamctlWarning
-from dreamctl.metrics import weights
+from dreamctl.metrics.registry import INCEPTION_METRICS, METRICS
 from dreamctl.records import read_json
 from dreamctl.protocol import same_samples
 
@@ -26,18 +26,18 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
     for name, entry in previous.get("metrics", {}).items():
         if name in record["metrics"]:
             continue
-        if name in weights.INCEPTION_METRICS and "value" in entry:
+        files = {k: v for k, v in old_weights.items() if name in METRICS and k in METRICS[name].weights}
+        if name not in INCEPTION_METRICS:
+            record["weights"].update(files)
+        elif "value" in entry:  # fid, kid and is share one network, which the protocol names for all three
             if new.get("feature_network_sha256") is None:  # no feature network ran now: adopt the earlier one
                 new["feature_network_sha256"] = old.get("feature_network_sha256")
-                record["weights"].update({k: v for k, v in old_weights.items() if k == weights.INCEPTION})
+                record["weights"].update(files)
             elif new["feature_network_sha256"] != old.get("feature_network_sha256"):
                 continue  # measured with other weights: dropped rather than mixed
-        if name == "lpips":
-            record["weights"].update({k: v for k, v in old_weights.items()
-                                      if k in (weights.ALEXNET, weights.LPIPS_LINEAR)})
         if name in old and name not in new:  # its settings: KID's subsets, IS's splits, ...
             new[name] = old[name]
-        if name in weights.INCEPTION_METRICS and "reference_cache" in old and "reference_cache" not in new:
+        if name in INCEPTION_METRICS and "reference_cache" in old and "reference_cache" not in new:
             new["reference_cache"] = old["reference_cache"]
         computed = {"created": previous.get("created"), "versions": previous.get("versions")}
         record["metrics"][name] = {**entry, "carried_from": entry.get("carried_from", computed)}

@@ -27,6 +27,7 @@ from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
+from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES
 from dreamctl.metrics.image_sets import evaluate_image_sets, load_feature_net
 from dreamctl.config.metrics import parse_metrics
 from dreamctl.metrics.inception import FeatureNet
@@ -55,10 +56,10 @@ def weight_problems(metrics: Sequence[str], *, feature_net: FeatureNet | None, w
     """({metric: why it cannot be computed}, the feature network, loaded now so a bad file fails before sampling)."""
     problems: dict[str, str] = {}
     for m in metrics:
-        errors = [] if m in weights.INCEPTION_METRICS else weights.check_weights([m], weights_dir)
+        errors = [] if m in INCEPTION_METRICS else weights.check_weights([m], weights_dir)
         if errors:
             problems[m] = "; ".join(str(e) for e in errors)
-    wanted_features = [m for m in metrics if m in weights.INCEPTION_METRICS]
+    wanted_features = [m for m in metrics if m in INCEPTION_METRICS]
     if wanted_features:  # missing, corrupt, or not clean-fid's Inception: the same reason for fid, kid and is
         feature_net, reason = load_feature_net(feature_net, weights_dir, device)
         problems.update({m: reason for m in wanted_features if reason is not None})
@@ -204,8 +205,8 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
                 "ref_manifest_sha256": manifest_sha, "image_size": model.image_size,
                 "ref_trained_on": trained_on(recipe, run, data_dir, req.ref_split, req.ref_num),
                 "weights_sha256": model.weights_sha256,  # which weights, also for a file copied out of the run
-                **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", "kid", "is", "lpips", "swd")
-                   if k in used}}
+                # the feature network, and each metric's settings under its name: KID's subsets, IS's splits, ...
+                **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", *METRIC_NAMES) if k in used}}
     results = {**out["metrics"], **{m: {"missing": why} for m, why in problems.items()}}
     record = {"protocol_id": protocol_id(protocol, protocol["feature_network_stand_in"]), "protocol": protocol,
               "metrics": {m: results[m] for m in req.metrics},

@@ -263,5 +263,6 @@ def test_a_read_only_weights_folder_loads_inception_with_a_warning(wdir, monkeyp
 def test_every_metric_name_has_its_weight_files_listed_in_the_same_order():
     """The recipe schema takes the names (config.metrics), the weights registry what each needs: one list."""
     from dreamctl.config.metrics import METRIC_NAMES
+    from dreamctl.metrics.registry import METRIC_WEIGHTS
 
-    assert tuple(weights.METRIC_WEIGHTS) == METRIC_NAMES
+    assert tuple(METRIC_WEIGHTS) == METRIC_NAMES

@@ -24,7 +24,7 @@ from dreamctl.experiments.columns import (column_ids, latest_by_column, scale_no
 from dreamctl.experiments.runs import Run
 from dreamctl.experiments.settings import differing_settings, processes, repeated_seeds, run_items, seed_groups
 from dreamctl.metrics.spread import SEEDS, spread_of
-from dreamctl.config.metrics import METRIC_NAMES
+from dreamctl.metrics.registry import METRIC_NAMES
 from dreamctl.protocol import PROTOCOL_FIELDS
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json

@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 
 from dreamctl.atomic import atomic_path
-from dreamctl.config.metrics import METRIC_NAMES
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning, MetricUndefined, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
                                         InceptionFeatureNet, batched_features, check_images)
 from dreamctl.metrics.pixel_fd import PIXEL_FEATURES, pixel_frechet_distance
-from dreamctl.metrics.spread import SPREAD_OVER
+from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES, METRICS
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
                                     kernel_inception_distance, kid_subset_size, softmax)
 from dreamctl.metrics.swd import PATCH_SIZE, sliced_wasserstein_distance, swd_settings
@@ -154,7 +153,7 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
         mean, std = kernel_inception_distance(feats, ref["feats"], num_subsets=KID_SUBSETS,
                                               max_subset_size=KID_SUBSET_SIZE, rng=np.random.default_rng(seed))
         m = kid_subset_size(len(feats), len(ref["feats"]), KID_SUBSET_SIZE)
-        spread = {} if std is None else {"std": std, "spread": SPREAD_OVER["kid"]}  # None: one subset, both sets whole
+        spread = {} if std is None else {"std": std, "spread": METRICS["kid"].spread}  # None: one subset, both sets whole
         out["kid"] = {"value": mean, **spread, "subset_size": m, **note}
     if "is" in wanted:
         if logits is None:
@@ -163,7 +162,7 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
             out["is"] = {"missing": f"IS needs at least {IS_SPLITS} generated images, got {len(generated)}"}
         else:
             mean, std = inception_score(softmax(logits), IS_SPLITS)
-            entry = {"value": mean, "std": std, "spread": SPREAD_OVER["is"], **note}
+            entry = {"value": mean, "std": std, "spread": METRICS["is"].spread, **note}
             if ref["logits"] is not None and len(ref["logits"]) >= IS_SPLITS:
                 entry["real_value"], entry["real_std"] = inception_score(softmax(ref["logits"]), IS_SPLITS)
             out["is"] = entry
@@ -183,9 +182,8 @@ def _lpips_metric(generated: np.ndarray, reference: np.ndarray, weights_dir: Pat
         return {"missing": str(err)}, {}
     value, std = lpips_diversity(model, generated, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
     real, real_std = lpips_diversity(model, reference, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
-    used = {name: weights.sha256_file(weights.path_of(name, weights_dir))
-            for name in (weights.ALEXNET, weights.LPIPS_LINEAR)}
-    return {"value": value, "std": std, "spread": SPREAD_OVER["lpips"], "real_value": real, "real_std": real_std,
+    used = {name: weights.sha256_file(weights.path_of(name, weights_dir)) for name in METRICS["lpips"].weights}
+    return {"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real, "real_std": real_std,
             "pairs": LPIPS_PAIRS}, used
 
 
@@ -212,7 +210,7 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
                       "image_size": list(generated.shape[1:3]), "seed": seed,
                       "libraries": library_versions(), "weights": {}}
 
-    feature_wanted = [m for m in wanted if m in weights.INCEPTION_METRICS]
+    feature_wanted = [m for m in wanted if m in INCEPTION_METRICS]
     net = feature_net
     if feature_wanted:
         net, reason = load_feature_net(feature_net, weights_dir, device)

@@ -31,7 +31,7 @@ class WeightFile:
 
     name: str
     url: str
-    used_by: tuple[str, ...]
+    used_by: tuple[str, ...]  # the metrics that need it: said here alone (metrics/registry.py reads it)
     sha256: str | None = None
     sha256_prefix: str | None = None
     bundled: str | None = None  # "package/relative/path": shipped inside an installed package
@@ -249,21 +249,9 @@ def record_first_use(name: str, root: Path | None = None) -> str:
     return digest
 
 
-METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {  # each of METRIC_NAMES, in its order
-    "fid": (INCEPTION,),
-    "kid": (INCEPTION,),
-    "is": (INCEPTION,),
-    "lpips": (ALEXNET, LPIPS_LINEAR),
-    "swd": (),
-    "pixel_fd": (),
-}
-INCEPTION_METRICS = tuple(m for m, files in METRIC_WEIGHTS.items() if INCEPTION in files)  # fid, kid, is
-
-
 def weights_for(metrics: Sequence[str]) -> list[str]:
     """The weight files the given metrics need, each once, in registry order."""
-    needed = {name for m in metrics for name in METRIC_WEIGHTS.get(m, ())}
-    return [name for name in REGISTRY if name in needed]
+    return [name for name, f in REGISTRY.items() if any(m in f.used_by for m in metrics)]
 
 
 def check_weights(metrics: Sequence[str], root: Path | None = None) -> list[WeightsError]:
