@@ -34,3 +34,10 @@ def test_evaluate_describes_every_metric_with_its_recorded_settings() -> None:
         text = describe(name, {"value": 1.0}, protocol)
         assert text and "{" not in text and "?" not in text, name
     assert "100 subsets" in describe("kid", {"value": 1.0}, protocol)
+
+
+def test_every_metric_in_the_registry_is_computed() -> None:
+    """fid, kid and is in the one feature pass, each other metric by its own function."""
+    from dreamctl.metrics.image_sets import ONE_BY_ONE
+
+    assert sorted((*INCEPTION_METRICS, *ONE_BY_ONE)) == sorted(METRIC_NAMES)

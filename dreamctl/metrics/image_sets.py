@@ -15,6 +15,7 @@ import json
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,22 +170,58 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
     return out
 
 
-def _lpips_metric(generated: np.ndarray, reference: np.ndarray, weights_dir: Path | None, seed: int,
-                  batch_size: int, device: str) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class ImageSets:
+    """What a metric is computed from, beside the feature pass that fid, kid and is share."""
+
+    generated: np.ndarray
+    reference: np.ndarray
+    weights_dir: Path | None
+    seed: int
+    batch_size: int
+    device: str
+
+
+Scored = tuple[dict, dict, dict]  # (its entry, its settings for protocol[name] once computed, {weight file: sha256})
+
+
+def _lpips(s: ImageSets) -> Scored:
     # Imported here: lpips pulls in torchvision, which costs seconds when LPIPS is not asked for.
     from dreamctl.metrics.lpips_diversity import MIN_SIZE, build_lpips, lpips_diversity
 
-    if min(generated.shape[1:3]) < MIN_SIZE:
-        return {"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}
+    if min(s.generated.shape[1:3]) < MIN_SIZE:
+        return {"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}, {}
     try:
-        model = build_lpips(weights_dir, device)
+        model = build_lpips(s.weights_dir, s.device)
     except WeightsError as err:
-        return {"missing": str(err)}, {}
-    value, std = lpips_diversity(model, generated, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
-    real, real_std = lpips_diversity(model, reference, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
-    used = {name: weights.sha256_file(weights.path_of(name, weights_dir)) for name in METRICS["lpips"].weights}
-    return {"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real, "real_std": real_std,
-            "pairs": LPIPS_PAIRS}, used
+        return {"missing": str(err)}, {}, {}
+    value, std = lpips_diversity(model, s.generated, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
+    real, real_std = lpips_diversity(model, s.reference, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
+    used = {name: weights.sha256_file(weights.path_of(name, s.weights_dir)) for name in METRICS["lpips"].weights}
+    return ({"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real, "real_std": real_std,
+             "pairs": LPIPS_PAIRS}, {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS}, used)
+
+
+def _swd(s: ImageSets) -> Scored:
+    def swd() -> dict:
+        levels = sliced_wasserstein_distance(s.generated, s.reference, seed=s.seed)
+        return {"value": levels["average"], "levels": {str(k): v for k, v in levels["levels"].items()},
+                "note": f"sliced Wasserstein distance x1e3 on {PATCH_SIZE}x{PATCH_SIZE} Laplacian-pyramid patches"}
+    entry = _entry(swd)
+    return entry, swd_settings() if "value" in entry else {}, {}
+
+
+def _pixel_fd(s: ImageSets) -> Scored:
+    if small := _under(PIXEL_FEATURES, s.generated, s.reference):
+        warnings.warn(f"pixel FD from {' and '.join(small)} images (under its {PIXEL_FEATURES} features) rests on "
+                      "a rank-deficient covariance and is biased upward; compare it only within its protocol",
+                      DreamctlWarning, stacklevel=3)  # evaluate_image_sets's caller
+    return _entry(lambda: {"value": pixel_frechet_distance(s.generated, s.reference),
+                           "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"}), {}, {}
+
+
+# The metrics computed each on its own, in the order they run; fid, kid and is share one feature pass instead.
+ONE_BY_ONE: dict[str, Callable[[ImageSets], Scored]] = {"lpips": _lpips, "swd": _swd, "pixel_fd": _pixel_fd}
 
 
 def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics: Sequence[str],
@@ -228,27 +265,11 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
                 protocol["weights"][weights.INCEPTION] = net.weights_sha256
     protocol.update(feature_network_fields(net))  # a stand-in is named even without a feature metric: its id says so
 
-    if "lpips" in wanted:
-        results["lpips"], used = _lpips_metric(generated, reference, weights_dir, seed, batch_size, device)
-        protocol["weights"].update(used)
-        if used:
-            protocol["lpips"] = {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS}
-
-    if "swd" in wanted:
-        def swd() -> dict:
-            levels = sliced_wasserstein_distance(generated, reference, seed=seed)
-            return {"value": levels["average"], "levels": {str(k): v for k, v in levels["levels"].items()},
-                    "note": f"sliced Wasserstein distance x1e3 on {PATCH_SIZE}x{PATCH_SIZE} Laplacian-pyramid patches"}
-        results["swd"] = _entry(swd)
-        if "value" in results["swd"]:
-            protocol["swd"] = swd_settings()
-
-    if "pixel_fd" in wanted:
-        if small := _under(PIXEL_FEATURES, generated, reference):
-            warnings.warn(f"pixel FD from {' and '.join(small)} images (under its {PIXEL_FEATURES} features) rests on "
-                          "a rank-deficient covariance and is biased upward; compare it only within its protocol",
-                          DreamctlWarning, stacklevel=2)
-        results["pixel_fd"] = _entry(lambda: {
-            "value": pixel_frechet_distance(generated, reference),
-            "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"})
+    sets = ImageSets(generated, reference, weights_dir, seed, batch_size, device)
+    for name, score in ONE_BY_ONE.items():
+        if name in wanted:
+            results[name], settings, used = score(sets)
+            protocol["weights"].update(used)
+            if settings:
+                protocol[name] = settings
     return {"metrics": {m: results[m] for m in wanted}, "protocol": protocol}
