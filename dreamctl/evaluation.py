@@ -35,7 +35,7 @@ from dreamctl.eval_files import write_eval
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime, main_first, on_every_rank
 from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, holds_protocol, protocol_id
-from dreamctl.sampling import SampleOptions, folder_name, load_for_inference, sample_to_folder
+from dreamctl.sampling import InferenceModel, SampleOptions, folder_name, load_for_inference, sample_to_folder
 from dreamctl.sample_files import read_samples
 from dreamctl.training.rundir import RunDir
 
@@ -149,6 +149,29 @@ def resolve_request(recipe: Recipe, opts: SampleOptions, asked: EvalOptions) -> 
                        num, ref_split, ref_num, e.seed if opts.seed is None else opts.seed)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What rank 0, which alone scores, has ready before anything is drawn."""
+
+    data_dir: Path
+    reference: np.ndarray  # the reference images
+    manifest: Manifest
+    manifest_sha256: str
+    problems: dict[str, str]  # metric -> why it cannot be computed (weight_problems)
+    net: FeatureNet | None  # loaded by weight_problems when FID, KID or IS is asked for
+
+
+def _protocol(model: InferenceModel, req: EvalRequest, s: Scoring, ref_trained_on: int | None,
+              used: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation file's protocol: what fixed the samples, the reference they met, and (`used`, from
+    evaluate_image_sets) the feature network and each metric's settings, under its name: KID's subsets, ..."""
+    return {**sampling_protocol(model.cfg, model.step, req, model.precision),
+            "ref_preprocessing": s.manifest.preprocessing, "ref_manifest_sha256": s.manifest_sha256,
+            "image_size": model.image_size, "ref_trained_on": ref_trained_on,
+            "weights_sha256": model.weights_sha256,  # which weights, also for a file copied out of the run
+            **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", *METRIC_NAMES) if k in used}}
+
+
 def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOptions(), *, rt: Runtime,
                  feature_net: FeatureNet | None = None, weights_dir: Path | None = None,
                  on_event: OnEvent = ignore) -> Evaluation | None:
@@ -164,7 +187,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
     # failed alone would leave the others to report a lost peer.
     recipe = on_every_rank(rt, run.recipe, f"reading {run.recipe_file}")
     req = resolve_request(recipe, opts, asked)
-    scoring: list[tuple[Path, np.ndarray, Manifest, str, dict[str, str], FeatureNet | None]] = []
+    scoring: list[Scoring] = []
 
     def prepare_scoring() -> None:  # rank 0 alone scores: it alone needs the data and loads the networks
         data_dir = Path(asked.data) if asked.data is not None else _data_dir(recipe, run)
@@ -179,7 +202,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
         if problems and (asked.strict_weights or req.explicit):
             raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
             # share one file: named once
-        scoring.append((data_dir, *reference, problems, net))
+        scoring.append(Scoring(data_dir, *reference, problems, net))
     main_first(rt, prepare_scoring)
 
     def writable() -> None:  # before drawing: the images and the scores must have a place
@@ -192,22 +215,17 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
     if not rt.is_main:
         return None
     generated = read_samples(folder, req.num, model.image_size)
-    data_dir, reference, manifest, manifest_sha, problems, net = scoring[0]
-    computable = [m for m in req.metrics if m not in problems]
+    s = scoring[0]
+    computable = [m for m in req.metrics if m not in s.problems]
     on_event("stage", {"what": "computing " + ", ".join(computable)})
     # With no metric computable this computes nothing, but still describes the feature network and libraries.
-    out = evaluate_image_sets(generated, reference, metrics=computable,
-                              reference_key=f"{manifest_sha}/{req.ref_split}/{req.ref_num}",
-                              cache_dir=data_dir / REFSTATS_DIR, feature_net=net, weights_dir=weights_dir, seed=req.seed,
-                              device=str(rt.device))
+    out = evaluate_image_sets(generated, s.reference, metrics=computable,
+                              reference_key=f"{s.manifest_sha256}/{req.ref_split}/{req.ref_num}",
+                              cache_dir=s.data_dir / REFSTATS_DIR, feature_net=s.net, weights_dir=weights_dir,
+                              seed=req.seed, device=str(rt.device))
     used = out["protocol"]
-    protocol = {**sampling_protocol(model.cfg, model.step, req, model.precision), "ref_preprocessing": manifest.preprocessing,
-                "ref_manifest_sha256": manifest_sha, "image_size": model.image_size,
-                "ref_trained_on": trained_on(recipe, run, data_dir, req.ref_split, req.ref_num),
-                "weights_sha256": model.weights_sha256,  # which weights, also for a file copied out of the run
-                # the feature network, and each metric's settings under its name: KID's subsets, IS's splits, ...
-                **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", *METRIC_NAMES) if k in used}}
-    results = {**out["metrics"], **{m: {"missing": why} for m, why in problems.items()}}
+    protocol = _protocol(model, req, s, trained_on(recipe, run, s.data_dir, req.ref_split, req.ref_num), used)
+    results = {**out["metrics"], **{m: {"missing": why} for m, why in s.problems.items()}}
     record = {"protocol_id": protocol_id(protocol, protocol["feature_network_stand_in"]), "protocol": protocol,
               "metrics": {m: results[m] for m in req.metrics},
               "versions": {"dreamctl": dreamctl.__version__, **used["libraries"]},
