@@ -26,7 +26,8 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
     for name, entry in previous.get("metrics", {}).items():
         if name in record["metrics"]:
             continue
-        files = {k: v for k, v in old_weights.items() if name in METRICS and k in METRICS[name].weights}
+        needs = METRICS[name].weights if name in METRICS else ()
+        files = {k: v for k, v in old_weights.items() if k in needs}  # the hashes of its weight files, kept with it
         if name not in INCEPTION_METRICS:
             record["weights"].update(files)
         elif "value" in entry:  # fid, kid and is share one network, which the protocol names for all three

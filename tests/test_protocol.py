@@ -16,7 +16,7 @@ def test_a_sample_folder_and_an_evaluation_record_the_same_sampling_fields() -> 
     from dreamctl.sampling import InferenceModel, folder_name, folder_settings
 
     cfg = SampleConfig(steps=20, eta=0.5, use_ema=False, clip_x0=True)
-    m = InferenceModel(None, None, cfg, 300, Path("step300.pt"), 32, "run-1", "f" * 64, "bf16")  # type: ignore[arg-type]
+    m = InferenceModel(None, None, cfg, 300, Path("step300.pt"), 32, "run-1", "f" * 64, "bf16")  # type: ignore
     assert folder_name(m, 2) == "ddim20-eta0.5-raw-step300-seed2-clip-bf16"
     assert tuple(folder_settings(m, 2)) == ("run_id", *SAMPLING_FIELDS, "image_size", "weights_sha256")
     sampling = Sampling.of(cfg, 300, 2, "bf16")

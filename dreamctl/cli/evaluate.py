@@ -41,7 +41,8 @@ def describe(name: str, entry: dict[str, Any], protocol: dict[str, Any]) -> str:
     if "missing" in entry:
         return "not computed: why, below the table"
     recorded: dict[str, Any] = protocol[name] if isinstance(protocol.get(name), dict) else {}
-    what = (METRICS[name].describe if name in METRICS else name).format_map(collections.defaultdict(lambda: "?", recorded))  # "?": not recorded
+    template = METRICS[name].describe if name in METRICS else name
+    what = template.format_map(collections.defaultdict(lambda: "?", recorded))  # "?": not recorded
     if protocol.get("feature_network_stand_in") and name in INCEPTION_METRICS:
         what = "STAND-IN feature network, not Inception; only comparable with itself. " + what
     return what

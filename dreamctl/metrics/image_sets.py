@@ -154,7 +154,8 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
         mean, std = kernel_inception_distance(feats, ref["feats"], num_subsets=KID_SUBSETS,
                                               max_subset_size=KID_SUBSET_SIZE, rng=np.random.default_rng(seed))
         m = kid_subset_size(len(feats), len(ref["feats"]), KID_SUBSET_SIZE)
-        spread = {} if std is None else {"std": std, "spread": METRICS["kid"].spread}  # None: one subset, both sets whole
+        # std None: one subset, both sets whole
+        spread = {} if std is None else {"std": std, "spread": METRICS["kid"].spread}
         out["kid"] = {"value": mean, **spread, "subset_size": m, **note}
     if "is" in wanted:
         if logits is None:
@@ -216,8 +217,9 @@ def _pixel_fd(s: ImageSets) -> Scored:
         warnings.warn(f"pixel FD from {' and '.join(small)} images (under its {PIXEL_FEATURES} features) rests on "
                       "a rank-deficient covariance and is biased upward; compare it only within its protocol",
                       DreamctlWarning, stacklevel=3)  # evaluate_image_sets's caller
-    return _entry(lambda: {"value": pixel_frechet_distance(s.generated, s.reference),
-                           "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"}), {}, {}
+    entry = _entry(lambda: {"value": pixel_frechet_distance(s.generated, s.reference),
+                            "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"})
+    return entry, {}, {}
 
 
 # The metrics computed each on its own, in the order they run; fid, kid and is share one feature pass instead.

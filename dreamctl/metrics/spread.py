@@ -4,7 +4,8 @@ Evaluation files store a metric's spread as "std" and name what it is over in "s
 random subsets, IS's splits, LPIPS's single pair distances (the spread of the distances
 themselves, far wider than the uncertainty of their mean), and in compare's seed groups the
 seeds. Which one a metric's std is over is the registry's (metrics/registry.py); files written
-before "spread" existed meant the same, so `spread_of` falls back on the metric's. Free of numpy and torch: compare imports it on a laptop.
+before "spread" existed meant the same, so `spread_of` falls back on it. Free of numpy and torch:
+compare imports it on a laptop.
 """
 
 from __future__ import annotations
