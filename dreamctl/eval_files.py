@@ -8,14 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from dreamctl import atomic
-from dreamctl.config.schema import drawn_by_seed_rule
 from dreamctl.errors import CheckpointError, DreamctlWarning
-from dreamctl.metrics import weights
+from dreamctl.metrics.registry import INCEPTION_METRICS, METRICS
 from dreamctl.records import read_json
-from dreamctl.sampling import SAMPLING_FIELDS
-
-# Protocol fields that fix the samples and the reference: metrics from an earlier file are kept only when these agree.
-SAME_SAMPLES = (*SAMPLING_FIELDS, "num_generated", "ref_split", "ref_num", "ref_manifest_sha256")
+from dreamctl.protocol import same_samples
 
 
 def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
@@ -24,25 +20,25 @@ def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None
     if previous is None:
         return
     old, new = previous.get("protocol", {}), record["protocol"]
-    sampled = {old.get("weights_sha256"), new.get("weights_sha256")} - {None}  # files before 2026-11-29: none
-    if any(old.get(k) != new.get(k) for k in SAME_SAMPLES) or not drawn_by_seed_rule(old) or len(sampled) > 1:
+    if not same_samples(old, new):
         return
     old_weights = previous.get("weights", {})
     for name, entry in previous.get("metrics", {}).items():
         if name in record["metrics"]:
             continue
-        if name in weights.INCEPTION_METRICS and "value" in entry:
+        needs = METRICS[name].weights if name in METRICS else ()
+        files = {k: v for k, v in old_weights.items() if k in needs}  # the hashes of its weight files, kept with it
+        if name not in INCEPTION_METRICS:
+            record["weights"].update(files)
+        elif "value" in entry:  # fid, kid and is share one network, which the protocol names for all three
             if new.get("feature_network_sha256") is None:  # no feature network ran now: adopt the earlier one
                 new["feature_network_sha256"] = old.get("feature_network_sha256")
-                record["weights"].update({k: v for k, v in old_weights.items() if k == weights.INCEPTION})
+                record["weights"].update(files)
             elif new["feature_network_sha256"] != old.get("feature_network_sha256"):
                 continue  # measured with other weights: dropped rather than mixed
-        if name == "lpips":
-            record["weights"].update({k: v for k, v in old_weights.items()
-                                      if k in (weights.ALEXNET, weights.LPIPS_LINEAR)})
         if name in old and name not in new:  # its settings: KID's subsets, IS's splits, ...
             new[name] = old[name]
-        if name in weights.INCEPTION_METRICS and "reference_cache" in old and "reference_cache" not in new:
+        if name in INCEPTION_METRICS and "reference_cache" in old and "reference_cache" not in new:
             new["reference_cache"] = old["reference_cache"]
         computed = {"created": previous.get("created"), "versions": previous.get("versions")}
         record["metrics"][name] = {**entry, "carried_from": entry.get("carried_from", computed)}

@@ -22,24 +22,26 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
-from dreamctl.config.schema import SEED_RULE, check_eval_num, drawn_by_seed_rule
+from dreamctl.config.schema import check_eval_num
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
 from dreamctl.errors import ConfigError, DataError, WeightsError
 from dreamctl.metrics import weights
-from dreamctl.metrics.image_sets import FEATURE_NETWORK_FIELDS, evaluate_image_sets, load_feature_net
+from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES
+from dreamctl.metrics.image_sets import evaluate_image_sets, load_feature_net
 from dreamctl.config.metrics import parse_metrics
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.eval_files import write_eval
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime, main_first, on_every_rank
-from dreamctl.sampling import (
-    SampleOptions, folder_name, load_for_inference, sample_to_folder,
-    sampler_suffix, sampler_tag, sampling_settings,
-)
+from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, holds_protocol, protocol_id
+from dreamctl.sampling import InferenceModel, SampleOptions, folder_name, load_for_inference, sample_to_folder
 from dreamctl.sample_files import read_samples
 from dreamctl.training.rundir import RunDir
 
+__all__ = ["EvalOptions", "EvalRequest", "Evaluation", "check_reference", "evaluate_run", "holds_protocol",
+           "protocol_id", "read_reference", "resolve_request", "sampling_protocol", "trained_on", "weight_problems"]
+# holds_protocol and protocol_id live in protocol.py; ablate's plan finds them here beside resolve_request.
 
 
 @dataclass(frozen=True)
@@ -54,26 +56,14 @@ def weight_problems(metrics: Sequence[str], *, feature_net: FeatureNet | None, w
     """({metric: why it cannot be computed}, the feature network, loaded now so a bad file fails before sampling)."""
     problems: dict[str, str] = {}
     for m in metrics:
-        errors = [] if m in weights.INCEPTION_METRICS else weights.check_weights([m], weights_dir)
+        errors = [] if m in INCEPTION_METRICS else weights.check_weights([m], weights_dir)
         if errors:
             problems[m] = "; ".join(str(e) for e in errors)
-    wanted_features = [m for m in metrics if m in weights.INCEPTION_METRICS]
+    wanted_features = [m for m in metrics if m in INCEPTION_METRICS]
     if wanted_features:  # missing, corrupt, or not clean-fid's Inception: the same reason for fid, kid and is
         feature_net, reason = load_feature_net(feature_net, weights_dir, device)
         problems.update({m: reason for m in wanted_features if reason is not None})
     return problems, feature_net
-
-
-def protocol_id(p: dict[str, Any], stand_in: bool) -> str:
-    """`ddim50-eta0-ema-n5000-train5000-clean` (+ `-tstart950`, `-clip`, `-bf16`, `-seed1`, `-standin`).
-
-    The checkpoint step is not part of it: steps are what is compared within one protocol. Files from
-    before `precision` was recorded were drawn in fp32 on the CPU, or in bf16 on a GPU: their id says neither."""
-    suffix = sampler_suffix(p["t_start"], p["clip_x0"], p.get("precision"))
-    pid = (f"{sampler_tag(p['sampler'], p['steps'], p['eta'], p['ema'])}-n{p['num_generated']}"
-           f"-{p['ref_split']}{p['ref_num']}-{p['resize'].split(':')[0]}{suffix}")
-    pid += f"-seed{p['seed']}" if p["seed"] != 0 else ""
-    return pid + ("-standin" if stand_in else "")
 
 
 def check_reference(data_dir: Path, split: str, num: int, resolution: int,
@@ -159,6 +149,29 @@ def resolve_request(recipe: Recipe, opts: SampleOptions, asked: EvalOptions) -> 
                        num, ref_split, ref_num, e.seed if opts.seed is None else opts.seed)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What rank 0, which alone scores, has ready before anything is drawn."""
+
+    data_dir: Path
+    reference: np.ndarray  # the reference images
+    manifest: Manifest
+    manifest_sha256: str
+    problems: dict[str, str]  # metric -> why it cannot be computed (weight_problems)
+    net: FeatureNet | None  # loaded by weight_problems when FID, KID or IS is asked for
+
+
+def _protocol(model: InferenceModel, req: EvalRequest, s: Scoring, ref_trained_on: int | None,
+              used: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation file's protocol: what fixed the samples, the reference they met, and (`used`, from
+    evaluate_image_sets) the feature network and each metric's settings, under its name: KID's subsets, ..."""
+    return {**sampling_protocol(model.cfg, model.step, req, model.precision),
+            "ref_preprocessing": s.manifest.preprocessing, "ref_manifest_sha256": s.manifest_sha256,
+            "image_size": model.image_size, "ref_trained_on": ref_trained_on,
+            "weights_sha256": model.weights_sha256,  # which weights, also for a file copied out of the run
+            **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", *METRIC_NAMES) if k in used}}
+
+
 def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOptions(), *, rt: Runtime,
                  feature_net: FeatureNet | None = None, weights_dir: Path | None = None,
                  on_event: OnEvent = ignore) -> Evaluation | None:
@@ -174,7 +187,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
     # failed alone would leave the others to report a lost peer.
     recipe = on_every_rank(rt, run.recipe, f"reading {run.recipe_file}")
     req = resolve_request(recipe, opts, asked)
-    scoring: list[tuple[Path, np.ndarray, Manifest, str, dict[str, str], FeatureNet | None]] = []
+    scoring: list[Scoring] = []
 
     def prepare_scoring() -> None:  # rank 0 alone scores: it alone needs the data and loads the networks
         data_dir = Path(asked.data) if asked.data is not None else _data_dir(recipe, run)
@@ -189,7 +202,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
         if problems and (asked.strict_weights or req.explicit):
             raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
             # share one file: named once
-        scoring.append((data_dir, *reference, problems, net))
+        scoring.append(Scoring(data_dir, *reference, problems, net))
     main_first(rt, prepare_scoring)
 
     def writable() -> None:  # before drawing: the images and the scores must have a place
@@ -202,22 +215,17 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
     if not rt.is_main:
         return None
     generated = read_samples(folder, req.num, model.image_size)
-    data_dir, reference, manifest, manifest_sha, problems, net = scoring[0]
-    computable = [m for m in req.metrics if m not in problems]
+    s = scoring[0]
+    computable = [m for m in req.metrics if m not in s.problems]
     on_event("stage", {"what": "computing " + ", ".join(computable)})
     # With no metric computable this computes nothing, but still describes the feature network and libraries.
-    out = evaluate_image_sets(generated, reference, metrics=computable,
-                              reference_key=f"{manifest_sha}/{req.ref_split}/{req.ref_num}",
-                              cache_dir=data_dir / REFSTATS_DIR, feature_net=net, weights_dir=weights_dir, seed=req.seed,
-                              device=str(rt.device))
+    out = evaluate_image_sets(generated, s.reference, metrics=computable,
+                              reference_key=f"{s.manifest_sha256}/{req.ref_split}/{req.ref_num}",
+                              cache_dir=s.data_dir / REFSTATS_DIR, feature_net=s.net, weights_dir=weights_dir,
+                              seed=req.seed, device=str(rt.device))
     used = out["protocol"]
-    protocol = {**sampling_protocol(model.cfg, model.step, req, model.precision), "ref_preprocessing": manifest.preprocessing,
-                "ref_manifest_sha256": manifest_sha, "image_size": model.image_size,
-                "ref_trained_on": trained_on(recipe, run, data_dir, req.ref_split, req.ref_num),
-                "weights_sha256": model.weights_sha256,  # which weights, also for a file copied out of the run
-                **{k: used[k] for k in (*FEATURE_NETWORK_FIELDS, "reference_cache", "kid", "is", "lpips", "swd")
-                   if k in used}}
-    results = {**out["metrics"], **{m: {"missing": why} for m, why in problems.items()}}
+    protocol = _protocol(model, req, s, trained_on(recipe, run, s.data_dir, req.ref_split, req.ref_num), used)
+    results = {**out["metrics"], **{m: {"missing": why} for m, why in s.problems.items()}}
     record = {"protocol_id": protocol_id(protocol, protocol["feature_network_stand_in"]), "protocol": protocol,
               "metrics": {m: results[m] for m in req.metrics},
               "versions": {"dreamctl": dreamctl.__version__, **used["libraries"]},
@@ -230,11 +238,4 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
 
 def sampling_protocol(cfg: SampleConfig, step: int | None, req: EvalRequest, precision: str) -> dict[str, Any]:
     """The protocol fields that fix the generated images and say which reference they meet."""
-    return {**sampling_settings(cfg, step, req.seed, precision), "num_generated": req.num,
-            "image_seeds": SEED_RULE, "ref_split": req.ref_split, "ref_num": req.ref_num}
-
-
-def holds_protocol(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    """Whether an evaluation file's protocol has `wanted`'s sampling_protocol fields. A file written
-    before SEED_RULE drew the same images when its base seed was 0, so it counts too."""
-    return drawn_by_seed_rule(recorded) and all(recorded.get(k) == v for k, v in wanted.items() if k != "image_seeds")
+    return Sampling.of(cfg, step, req.seed, precision).protocol_fields(req.num, req.ref_split, req.ref_num)

@@ -28,6 +28,7 @@ from dreamctl.diffusion.start import check_sampler_start
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
+from dreamctl.protocol import Sampling
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, on_every_rank, sum_over_ranks
 from dreamctl.sample_files import check_folder, png_path, read_png, read_samples, write_png
@@ -163,37 +164,19 @@ def compile_for_sampling(model: nn.Module, mode: str, device_type: str) -> nn.Mo
     return torch.compile(model, mode=compile_mode_for(mode, device_type))
 
 
-def sampler_tag(sampler: str, steps: int, eta: float, ema: bool) -> str:
-    """`ddim50-eta0-ema`: how images were drawn, the head of sample-folder names and protocol ids."""
-    return f"{sampler}{steps}-eta{eta:g}-{'ema' if ema else 'raw'}"
-
-
-def sampler_suffix(t_start: int | None, clip_x0: bool, precision: str | None) -> str:
-    """`-tstart950`, `-clip`, `-bf16`: the settings named only when they are not the default."""
-    return ((f"-tstart{t_start}" if t_start is not None else "") + ("-clip" if clip_x0 else "")
-            + ("-bf16" if precision == "bf16" else ""))
+def drawn_with(m: InferenceModel, seed: int) -> Sampling:
+    """The settings that fix the images `m` draws from base seed `seed` (protocol.py)."""
+    return Sampling.of(m.cfg, m.step, seed, m.precision)
 
 
 def folder_name(m: InferenceModel, seed: int) -> str:
     """`ddim50-eta0-ema-step39000-seed0` (+ `-tstart950`, `-clip`, `-bf16`): one folder per image-fixing setting."""
-    c = m.cfg
-    return (f"{sampler_tag(c.sampler, c.steps, c.eta, c.use_ema)}-step{m.step}-seed{seed}"
-            + sampler_suffix(c.t_start, c.clip_x0, m.precision))
-
-
-def sampling_settings(cfg: SampleConfig, checkpoint_step: int | None, seed: int, precision: str) -> dict[str, Any]:
-    """The settings that fix a run's images, as sample folders and evaluation protocols record them."""
-    return {"checkpoint_step": checkpoint_step, "ema": cfg.use_ema, "sampler": cfg.sampler, "steps": cfg.steps,
-            "eta": cfg.eta, "t_start": cfg.t_start, "clip_x0": cfg.clip_x0, "seed": seed,
-            "precision": precision}  # the network's autocast: bf16 draws other images than fp32
-
-
-SAMPLING_FIELDS = tuple(sampling_settings(SampleConfig(), 0, 0, "fp32"))
+    return drawn_with(m, seed).folder_name()
 
 
 def folder_settings(m: InferenceModel, seed: int) -> dict[str, Any]:
     """What must match for a folder's existing images to be reused: they fix every pixel."""
-    return {"run_id": m.run_id, **sampling_settings(m.cfg, m.step, seed, m.precision), "image_size": m.image_size,
+    return {"run_id": m.run_id, **drawn_with(m, seed).to_json(), "image_size": m.image_size,
             "weights_sha256": m.weights_sha256}
 
 

@@ -507,7 +507,7 @@ def test_a_reference_of_training_images_is_noted_per_column(tmp_path: Path) -> N
 
 def test_kid_and_lpips_columns_say_what_their_numbers_are(tmp_path: Path) -> None:
     """KID's raw MMD² beside papers' ×10³, and a diversity score beside distances to the data (numbers review #8)."""
-    from dreamctl.config.metrics import SCALE_NOTES
+    from dreamctl.metrics.registry import SCALE_NOTES
 
     run = write_run(tmp_path, "a", recipe="tiny")
     write_eval(run, P50, 50, 200, {"fid": {"value": 9.0}, "kid": {"value": 0.01}})

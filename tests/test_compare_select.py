@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamctl.config.metrics import SCALE_NOTES
+from dreamctl.metrics.registry import SCALE_NOTES
 from dreamctl.errors import ConfigError
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.runs import read_run

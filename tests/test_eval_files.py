@@ -65,7 +65,7 @@ def test_metrics_of_other_samples_are_dropped(tmp_path: Path) -> None:
 
 
 def test_a_protocol_id_names_every_setting_that_is_not_the_default() -> None:
-    from dreamctl.evaluation import protocol_id
+    from dreamctl.protocol import protocol_id
 
     p = {"sampler": "ddim", "steps": 50, "eta": 0.0, "ema": True, "num_generated": 5000, "ref_split": "train",
          "ref_num": 5000, "resize": "clean: PIL bicubic to 299", "t_start": None, "clip_x0": False, "seed": 0}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dreamctl.errors import WeightsError
-from dreamctl.metrics import weights
+from dreamctl.metrics import download, weights
 from dreamctl.metrics.inception import InceptionFeatureNet, clean_resize
 from feature_fakes import write_fake_inception
 
@@ -145,16 +145,16 @@ def test_download_checks_hash_before_anything_is_written(wdir, tmp_path):
 
     fake = lambda url, timeout: _Response(b"wrong bytes")  # noqa: E731
     with pytest.raises(WeightsError, match="nothing was written"):
-        weights.download(weights.ALEXNET, opener=fake)
+        download.download(weights.ALEXNET, opener=fake)
     assert list(wdir.iterdir()) == []  # neither the file nor a temp file
     # A file without a published hash must at least be a TorchScript archive (not an error page) ...
     with pytest.raises(WeightsError, match=r"expected a TorchScript archive\); nothing was written"):
-        weights.download(weights.INCEPTION, opener=fake)
+        download.download(weights.INCEPTION, opener=fake)
     assert list(wdir.iterdir()) == []
     # ... and is then written atomically, a stale first-use record dropped.
     archive = write_fake_inception(tmp_path / "served").read_bytes()
     (wdir / f"{weights.INCEPTION}.sha256.json").write_text(json.dumps({"sha256": "0" * 64}))
-    path = weights.download(weights.INCEPTION, opener=lambda url, timeout: _Response(archive))
+    path = download.download(weights.INCEPTION, opener=lambda url, timeout: _Response(archive))
     assert path.read_bytes() == archive and sorted(p.name for p in wdir.iterdir()) == [weights.INCEPTION]
 
 
@@ -183,7 +183,7 @@ def test_lpips_backbone_mapping_and_missing_backbone(wdir):
 def test_weights_cli_lists_files(wdir, capsys, monkeypatch):
     from dreamctl.cli import main
 
-    monkeypatch.setattr(weights, "download", lambda *a, **k: pytest.fail("--download was not asked for"))
+    monkeypatch.setattr(download, "download", lambda *a, **k: pytest.fail("--download was not asked for"))
     assert main(["weights"]) == 0
     out = capsys.readouterr().out
     for name in weights.REGISTRY:
@@ -195,14 +195,14 @@ def test_weights_cli_lists_files(wdir, capsys, monkeypatch):
 def test_download_missing_refetches_a_corrupt_file_as_well_as_an_absent_one(wdir, monkeypatch):
     """`dreamctl weights --download` must repair a truncated download, and leave an intact file alone."""
     fetched = []
-    monkeypatch.setattr(weights, "download", lambda name, root=None, **kw: fetched.append(name) or wdir / name)
+    monkeypatch.setattr(download, "download", lambda name, root=None, **kw: fetched.append(name) or wdir / name)
     wdir.mkdir(parents=True)
     (wdir / weights.ALEXNET).write_bytes(b"truncated")  # present, but not the file
-    assert weights.download_missing() == [wdir / weights.INCEPTION, wdir / weights.ALEXNET]  # Inception: absent
+    assert download.download_missing() == [wdir / weights.INCEPTION, wdir / weights.ALEXNET]  # Inception: absent
     assert fetched == [weights.INCEPTION, weights.ALEXNET]  # never the bundled LPIPS file
     fetched.clear()
     write_fake_inception(wdir)  # intact by its layout: nothing to fetch
-    assert weights.download_missing() == [wdir / weights.ALEXNET] and fetched == [weights.ALEXNET]
+    assert download.download_missing() == [wdir / weights.ALEXNET] and fetched == [weights.ALEXNET]
 
 
 def test_a_zip_with_a_damaged_central_directory_is_a_corrupt_inception_file(wdir, capsys):
@@ -263,5 +263,6 @@ def test_a_read_only_weights_folder_loads_inception_with_a_warning(wdir, monkeyp
 def test_every_metric_name_has_its_weight_files_listed_in_the_same_order():
     """The recipe schema takes the names (config.metrics), the weights registry what each needs: one list."""
     from dreamctl.config.metrics import METRIC_NAMES
+    from dreamctl.metrics.registry import METRIC_WEIGHTS
 
-    assert tuple(weights.METRIC_WEIGHTS) == METRIC_NAMES
+    assert tuple(METRIC_WEIGHTS) == METRIC_NAMES

@@ -13,16 +13,7 @@ from dreamctl.cli import options
 from dreamctl.cli.common import console
 from dreamctl.cli.drawing import drawing
 from dreamctl.metrics.spread import spread_legend, spread_of
-from dreamctl.metrics.weights import INCEPTION_METRICS
-
-WHAT = {
-    "fid": "FID: Fréchet distance of Inception pool features (clean-fid 'clean' resize to 299); lower is better",
-    "kid": "KID: unbiased MMD of Inception features, cubic kernel, {num_subsets} subsets; lower is better",
-    "is": "IS: Inception Score, {splits} splits, logits without the output bias; higher is better",
-    "lpips": "LPIPS diversity (AlexNet): mean distance over random pairs of generated images, beside real ones",
-    "swd": "SWD x1e3 on Laplacian-pyramid {patch}x{patch} patches: weight-free, colour-sensitive; lower is better",
-    "pixel_fd": "pixel FD: Fréchet distance on 8x8 downsampled pixels, weight-free proxy, not FID; lower is better",
-}
+from dreamctl.metrics.registry import INCEPTION_METRICS, METRICS
 
 
 def _trained_on(p: dict) -> str:
@@ -50,7 +41,8 @@ def describe(name: str, entry: dict[str, Any], protocol: dict[str, Any]) -> str:
     if "missing" in entry:
         return "not computed: why, below the table"
     recorded: dict[str, Any] = protocol[name] if isinstance(protocol.get(name), dict) else {}
-    what = WHAT.get(name, name).format_map(collections.defaultdict(lambda: "?", recorded))  # "?": not recorded
+    template = METRICS[name].describe if name in METRICS else name
+    what = template.format_map(collections.defaultdict(lambda: "?", recorded))  # "?": not recorded
     if protocol.get("feature_network_stand_in") and name in INCEPTION_METRICS:
         what = "STAND-IN feature network, not Inception; only comparable with itself. " + what
     return what

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dreamctl.cli.common import console
-from dreamctl.metrics import weights
+from dreamctl.metrics import download as fetch, weights
 
 
 def _say(text: str) -> None:
@@ -22,7 +22,7 @@ def command(
 ) -> None:
     """List each metric weight file: address, sha256 (expected/actual), present and intact."""
     if download:
-        for path in weights.download_missing():
+        for path in fetch.download_missing():
             _say(f"downloaded {path}")
     _say(f"weights folder: {weights.weights_dir()}  (set DREAMCTL_WEIGHTS to change it)")
     statuses = weights.status_all()

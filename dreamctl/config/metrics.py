@@ -1,7 +1,7 @@
 """The metric names a recipe's eval.metrics, an ablate spec and `evaluate --metrics` take.
 
-Here, below everything that reads them, so the recipe schema does not depend on the metrics package;
-which weight files each one needs is metrics/weights.py's METRIC_WEIGHTS.
+The names and what is known of each are metrics/registry.py's, which is free of numpy and torch, so the
+recipe schema does not depend on the computing side of the metrics package.
 """
 
 from __future__ import annotations
@@ -9,12 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dreamctl.errors import ConfigError
-
-METRIC_NAMES = ("fid", "kid", "is", "lpips", "swd", "pixel_fd")  # in the order tables and files show them
-# What a table's reader must know of a metric's column that its name does not say (compare's notes).
-SCALE_NOTES = {"kid": "kid is the raw MMD² of clean-fid (papers often print it ×10³)",
-               "lpips": "lpips is the diversity of the generated images (mean LPIPS over random pairs of them; "
-                        "higher is more varied, not closer to the data)"}
+from dreamctl.metrics.registry import METRIC_NAMES
 
 
 def parse_metrics(metrics: Sequence[str], where: str = "--metrics") -> list[str]:

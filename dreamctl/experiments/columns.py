@@ -9,15 +9,12 @@ import difflib
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from dreamctl.config.metrics import METRIC_NAMES, SCALE_NOTES, parse_metrics
+from dreamctl.config.metrics import parse_metrics
 from dreamctl.errors import ConfigError
 from dreamctl.experiments.runs import EvalRecord, Run
-from dreamctl.metrics.weights import INCEPTION_METRICS
+from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES, METRICS
+from dreamctl.protocol import DATA_FIELDS
 
-# Fields the protocol id leaves out that still decide what a number means: the same id measured against
-# another reference set, at another image size or with another feature network file gets columns of its own.
-# A file from before `precision` was recorded shares its id with an fp32 one, but may have been drawn in bf16.
-DATA_FIELDS = ("ref_manifest_sha256", "image_size", "feature_network_sha256", "precision")
 NO_FEATURES = "no feature metric"  # an evaluation without FID, KID or IS values: its network does not matter
 
 
@@ -97,9 +94,9 @@ def trained_reference_notes(runs: list[Run], ids: dict[tuple[str, ...], str], sh
 
 
 def scale_notes(columns: list[tuple[str, str]]) -> list[str]:
-    """What a reader must know of the metrics among `columns` that their names do not say (SCALE_NOTES)."""
+    """What a reader must know of the metrics among `columns` that their names do not say (their scale notes)."""
     names = {name for _, name in columns}
-    return [SCALE_NOTES[m] for m in METRIC_NAMES if m in SCALE_NOTES and m in names]
+    return [info.scale_note for m, info in METRICS.items() if info.scale_note is not None and m in names]
 
 
 def select_columns(columns: tuple[tuple[str, str], ...], metrics: Sequence[str] | None,

@@ -24,15 +24,13 @@ from dreamctl.experiments.columns import (column_ids, latest_by_column, scale_no
 from dreamctl.experiments.runs import Run
 from dreamctl.experiments.settings import differing_settings, processes, repeated_seeds, run_items, seed_groups
 from dreamctl.metrics.spread import SEEDS, spread_of
-from dreamctl.config.metrics import METRIC_NAMES
+from dreamctl.metrics.registry import METRIC_NAMES
+from dreamctl.protocol import PROTOCOL_FIELDS
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json
 DEVICE_TOTALS = ("wall_time_s", "img_per_s", "peak_memory_bytes")  # measured on the run's device
 TOTAL_HEADERS = {"step": "steps", "images_seen": "images seen", "wall_time_s": "wall time",
                  "img_per_s": "img/s", "peak_memory_bytes": "peak memory"}
-# Protocol fields that must agree for two numbers to share a column (docs/run-folder.md).
-PROTOCOL_FIELDS = ("sampler", "steps", "eta", "t_start", "num_generated", "ref_split", "ref_num",
-                   "resize", "feature_network")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ class EvalRecord:
     """One evaluation file: the metrics of one checkpoint under one protocol."""
 
     protocol_id: str
-    protocol: dict[str, Any]
+    protocol: dict[str, Any]  # as recorded: the fields are protocol.py's (Sampling, SAME_SAMPLES, DATA_FIELDS)
     metrics: dict[str, dict[str, Any]]
     path: Path
 

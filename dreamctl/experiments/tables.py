@@ -14,7 +14,7 @@ from typing import Any
 
 from dreamctl.experiments.compare import TOTAL_HEADERS, TOTALS, Comparison, Metric, Row
 from dreamctl.metrics.spread import spread_legend
-from dreamctl.metrics.weights import INCEPTION_METRICS
+from dreamctl.metrics.registry import INCEPTION_METRICS
 
 
 def format_number(value: float | None, kind: str) -> str:

@@ -1,7 +1,8 @@
 """Image metrics: FID, KID, IS (Inception), LPIPS diversity, and weight-free SWD and 8x8-pixel FD.
 
-Modules: `weights` (the weight files and `dreamctl weights`), `inception` (feature networks),
-`stats` (Fréchet distance, KID, IS maths), `lpips_diversity`, `swd`, `pixel_fd`, and
-`image_sets` (`evaluate_image_sets`, the one entry point that computes a metric set).
-Nothing is imported here, so `import dreamctl.metrics.weights` stays free of torch.
+Modules: `registry` (what is known of each metric: its name, weight files, spread, description),
+`weights` (the weight files `dreamctl weights` lists), `download` (fetching them), `inception`
+(feature networks), `stats` (Fréchet distance, KID, IS maths), `lpips_diversity`, `swd`, `pixel_fd`,
+and `image_sets` (`evaluate_image_sets`, the one entry point that computes a metric set).
+Nothing is imported here, so `import dreamctl.metrics.registry` and `.weights` stay free of torch.
 """

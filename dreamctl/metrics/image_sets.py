@@ -15,22 +15,23 @@ import json
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dreamctl.atomic import atomic_path
-from dreamctl.config.metrics import METRIC_NAMES
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning, MetricUndefined, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
                                         InceptionFeatureNet, batched_features, check_images)
 from dreamctl.metrics.pixel_fd import PIXEL_FEATURES, pixel_frechet_distance
-from dreamctl.metrics.spread import SPREAD_OVER
+from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES, METRICS
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
                                     kernel_inception_distance, kid_subset_size, softmax)
 from dreamctl.metrics.swd import PATCH_SIZE, sliced_wasserstein_distance, swd_settings
+from dreamctl.protocol import FeatureNetworkId
 
 __all__ = ["evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
 
@@ -66,15 +67,11 @@ def load_feature_net(feature_net: FeatureNet | None, weights_dir: Path | None,
 
 
 def feature_network_fields(net: FeatureNet | None) -> dict[str, Any]:
-    """The protocol fields naming the feature network (docs/run-folder.md). `net` None: no network was loaded
+    """The protocol fields naming the feature network (protocol.FeatureNetworkId). `net` None: no network was loaded
     (no FID, KID or IS computed): Inception by name, with no hash."""
     stand_in = net is not None and not isinstance(net, InceptionFeatureNet)
-    return {"feature_network": net.name if stand_in else INCEPTION_NAME,
-            "feature_network_sha256": None if net is None else net.weights_sha256,
-            "feature_network_stand_in": stand_in, "resize": RESIZE_CLEAN if net is None else net.resize}
-
-
-FEATURE_NETWORK_FIELDS = tuple(feature_network_fields(None))  # the protocol keys it fills
+    return FeatureNetworkId(net.name if stand_in else INCEPTION_NAME, None if net is None else net.weights_sha256,
+                            stand_in, RESIZE_CLEAN if net is None else net.resize).to_json()
 
 
 def _cache_path(cache_dir: Path, key: dict) -> Path:
@@ -157,7 +154,8 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
         mean, std = kernel_inception_distance(feats, ref["feats"], num_subsets=KID_SUBSETS,
                                               max_subset_size=KID_SUBSET_SIZE, rng=np.random.default_rng(seed))
         m = kid_subset_size(len(feats), len(ref["feats"]), KID_SUBSET_SIZE)
-        spread = {} if std is None else {"std": std, "spread": SPREAD_OVER["kid"]}  # None: one subset, both sets whole
+        # std None: one subset, both sets whole
+        spread = {} if std is None else {"std": std, "spread": METRICS["kid"].spread}
         out["kid"] = {"value": mean, **spread, "subset_size": m, **note}
     if "is" in wanted:
         if logits is None:
@@ -166,30 +164,66 @@ def _feature_metrics(wanted: set[str], net: FeatureNet, generated: np.ndarray, r
             out["is"] = {"missing": f"IS needs at least {IS_SPLITS} generated images, got {len(generated)}"}
         else:
             mean, std = inception_score(softmax(logits), IS_SPLITS)
-            entry = {"value": mean, "std": std, "spread": SPREAD_OVER["is"], **note}
+            entry = {"value": mean, "std": std, "spread": METRICS["is"].spread, **note}
             if ref["logits"] is not None and len(ref["logits"]) >= IS_SPLITS:
                 entry["real_value"], entry["real_std"] = inception_score(softmax(ref["logits"]), IS_SPLITS)
             out["is"] = entry
     return out
 
 
-def _lpips_metric(generated: np.ndarray, reference: np.ndarray, weights_dir: Path | None, seed: int,
-                  batch_size: int, device: str) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class ImageSets:
+    """What a metric is computed from, beside the feature pass that fid, kid and is share."""
+
+    generated: np.ndarray
+    reference: np.ndarray
+    weights_dir: Path | None
+    seed: int
+    batch_size: int
+    device: str
+
+
+Scored = tuple[dict, dict, dict]  # (its entry, its settings for protocol[name] once computed, {weight file: sha256})
+
+
+def _lpips(s: ImageSets) -> Scored:
     # Imported here: lpips pulls in torchvision, which costs seconds when LPIPS is not asked for.
     from dreamctl.metrics.lpips_diversity import MIN_SIZE, build_lpips, lpips_diversity
 
-    if min(generated.shape[1:3]) < MIN_SIZE:
-        return {"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}
+    if min(s.generated.shape[1:3]) < MIN_SIZE:
+        return {"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}, {}
     try:
-        model = build_lpips(weights_dir, device)
+        model = build_lpips(s.weights_dir, s.device)
     except WeightsError as err:
-        return {"missing": str(err)}, {}
-    value, std = lpips_diversity(model, generated, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
-    real, real_std = lpips_diversity(model, reference, num_pairs=LPIPS_PAIRS, seed=seed, batch_size=batch_size)
-    used = {name: weights.sha256_file(weights.path_of(name, weights_dir))
-            for name in (weights.ALEXNET, weights.LPIPS_LINEAR)}
-    return {"value": value, "std": std, "spread": SPREAD_OVER["lpips"], "real_value": real, "real_std": real_std,
-            "pairs": LPIPS_PAIRS}, used
+        return {"missing": str(err)}, {}, {}
+    value, std = lpips_diversity(model, s.generated, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
+    real, real_std = lpips_diversity(model, s.reference, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
+    used = {name: weights.sha256_file(weights.path_of(name, s.weights_dir)) for name in METRICS["lpips"].weights}
+    return ({"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real, "real_std": real_std,
+             "pairs": LPIPS_PAIRS}, {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS}, used)
+
+
+def _swd(s: ImageSets) -> Scored:
+    def swd() -> dict:
+        levels = sliced_wasserstein_distance(s.generated, s.reference, seed=s.seed)
+        return {"value": levels["average"], "levels": {str(k): v for k, v in levels["levels"].items()},
+                "note": f"sliced Wasserstein distance x1e3 on {PATCH_SIZE}x{PATCH_SIZE} Laplacian-pyramid patches"}
+    entry = _entry(swd)
+    return entry, swd_settings() if "value" in entry else {}, {}
+
+
+def _pixel_fd(s: ImageSets) -> Scored:
+    if small := _under(PIXEL_FEATURES, s.generated, s.reference):
+        warnings.warn(f"pixel FD from {' and '.join(small)} images (under its {PIXEL_FEATURES} features) rests on "
+                      "a rank-deficient covariance and is biased upward; compare it only within its protocol",
+                      DreamctlWarning, stacklevel=3)  # evaluate_image_sets's caller
+    entry = _entry(lambda: {"value": pixel_frechet_distance(s.generated, s.reference),
+                            "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"})
+    return entry, {}, {}
+
+
+# The metrics computed each on its own, in the order they run; fid, kid and is share one feature pass instead.
+ONE_BY_ONE: dict[str, Callable[[ImageSets], Scored]] = {"lpips": _lpips, "swd": _swd, "pixel_fd": _pixel_fd}
 
 
 def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics: Sequence[str],
@@ -215,7 +249,7 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
                       "image_size": list(generated.shape[1:3]), "seed": seed,
                       "libraries": library_versions(), "weights": {}}
 
-    feature_wanted = [m for m in wanted if m in weights.INCEPTION_METRICS]
+    feature_wanted = [m for m in wanted if m in INCEPTION_METRICS]
     net = feature_net
     if feature_wanted:
         net, reason = load_feature_net(feature_net, weights_dir, device)
@@ -233,27 +267,11 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
                 protocol["weights"][weights.INCEPTION] = net.weights_sha256
     protocol.update(feature_network_fields(net))  # a stand-in is named even without a feature metric: its id says so
 
-    if "lpips" in wanted:
-        results["lpips"], used = _lpips_metric(generated, reference, weights_dir, seed, batch_size, device)
-        protocol["weights"].update(used)
-        if used:
-            protocol["lpips"] = {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS}
-
-    if "swd" in wanted:
-        def swd() -> dict:
-            levels = sliced_wasserstein_distance(generated, reference, seed=seed)
-            return {"value": levels["average"], "levels": {str(k): v for k, v in levels["levels"].items()},
-                    "note": f"sliced Wasserstein distance x1e3 on {PATCH_SIZE}x{PATCH_SIZE} Laplacian-pyramid patches"}
-        results["swd"] = _entry(swd)
-        if "value" in results["swd"]:
-            protocol["swd"] = swd_settings()
-
-    if "pixel_fd" in wanted:
-        if small := _under(PIXEL_FEATURES, generated, reference):
-            warnings.warn(f"pixel FD from {' and '.join(small)} images (under its {PIXEL_FEATURES} features) rests on "
-                          "a rank-deficient covariance and is biased upward; compare it only within its protocol",
-                          DreamctlWarning, stacklevel=2)
-        results["pixel_fd"] = _entry(lambda: {
-            "value": pixel_frechet_distance(generated, reference),
-            "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"})
+    sets = ImageSets(generated, reference, weights_dir, seed, batch_size, device)
+    for name, score in ONE_BY_ONE.items():
+        if name in wanted:
+            results[name], settings, used = score(sets)
+            protocol["weights"].update(used)
+            if settings:
+                protocol[name] = settings
     return {"metrics": {m: results[m] for m in wanted}, "protocol": protocol}

@@ -3,8 +3,9 @@
 Evaluation files store a metric's spread as "std" and name what it is over in "spread": KID's
 random subsets, IS's splits, LPIPS's single pair distances (the spread of the distances
 themselves, far wider than the uncertainty of their mean), and in compare's seed groups the
-seeds. Files written before "spread" existed meant the same per metric, so `spread_of` falls
-back on the metric's name. Free of numpy and torch: compare imports it on a laptop.
+seeds. Which one a metric's std is over is the registry's (metrics/registry.py); files written
+before "spread" existed meant the same, so `spread_of` falls back on it. Free of numpy and torch:
+compare imports it on a laptop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-SPREAD_OVER = {"kid": "subsets", "is": "splits", "lpips": "pairs"}  # what a metric file's "std" is over
+from dreamctl.metrics.registry import METRICS
+
 SEEDS = "seeds"  # compare's mean rows: sample std over runs that differ only by seed
 _WORDS = {"subsets": "std over random subsets", "splits": "std over splits",
           "pairs": "std of single pair distances, not an error bar", SEEDS: "sample std over seeds"}
@@ -22,7 +24,8 @@ def spread_of(name: str, entry: Mapping[str, Any]) -> str | None:
     """What `entry["std"]` is over; None when the entry has no std."""
     if entry.get("std") is None:
         return None
-    return str(entry.get("spread") or SPREAD_OVER.get(name, "unrecorded"))
+    known = METRICS[name].spread if name in METRICS else None
+    return str(entry.get("spread") or known or "unrecorded")
 
 
 def spread_legend(spreads: Iterable[tuple[str, str]]) -> str:

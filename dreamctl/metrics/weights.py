@@ -1,21 +1,18 @@
-"""The metric weight files: where they live, what they hash to, how to fetch them.
+"""The metric weight files: where they live, what they hash to, which metrics need them.
 
-One folder, `$DREAMCTL_WEIGHTS` (default `~/.cache/dreamctl/weights`). Nothing else in
-dreamctl downloads anything: `require()` only looks, and `download()` is called by
-`dreamctl weights --download` alone. torch.hub and clean-fid trust any file already in their
-caches and clean-fid downloads into /tmp without a hash check, so neither is used for fetching.
+One folder, `$DREAMCTL_WEIGHTS` (default `~/.cache/dreamctl/weights`). `require()` only looks; fetching is
+metrics/download.py, which `dreamctl weights --download` alone calls. torch.hub and clean-fid trust any file
+already in their caches and clean-fid downloads into /tmp without a hash check, so neither is used for fetching.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-import urllib.request
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +31,7 @@ class WeightFile:
 
     name: str
     url: str
-    used_by: tuple[str, ...]
+    used_by: tuple[str, ...]  # the metrics that need it: said here alone (metrics/registry.py reads it)
     sha256: str | None = None
     sha256_prefix: str | None = None
     bundled: str | None = None  # "package/relative/path": shipped inside an installed package
@@ -175,6 +172,22 @@ def _has_digest(entry: WeightFile, path: Path) -> bool:
     return entry.sha256 is not None or entry.sha256_prefix is not None or _recorded(path) is not None
 
 
+def unexpected(name: str, path: Path, actual: str) -> str | None:
+    """None when `actual`, the sha256 of the file at `path`, is what `name` must be; else what was expected
+    (without a digest yet: the layout, as for a file found)."""
+    entry = _entry(name)
+    if _matches(entry, path, actual):
+        return None
+    return _expected(entry, path) if _has_digest(entry, path) else "a TorchScript archive"
+
+
+def forget_first_use(name: str, path: Path) -> None:
+    """Drop the first-use record of a file without a published digest: a new copy is recorded at its first load."""
+    entry = _entry(name)
+    if not entry.sha256 and not entry.sha256_prefix:
+        _record_path(path).unlink(missing_ok=True)
+
+
 def status(name: str, root: Path | None = None) -> WeightStatus:
     """Is `name` present, and does it hash to what it should?"""
     entry = _entry(name)
@@ -236,21 +249,9 @@ def record_first_use(name: str, root: Path | None = None) -> str:
     return digest
 
 
-METRIC_WEIGHTS: dict[str, tuple[str, ...]] = {  # each of METRIC_NAMES, in its order
-    "fid": (INCEPTION,),
-    "kid": (INCEPTION,),
-    "is": (INCEPTION,),
-    "lpips": (ALEXNET, LPIPS_LINEAR),
-    "swd": (),
-    "pixel_fd": (),
-}
-INCEPTION_METRICS = tuple(m for m, files in METRIC_WEIGHTS.items() if INCEPTION in files)  # fid, kid, is
-
-
 def weights_for(metrics: Sequence[str]) -> list[str]:
     """The weight files the given metrics need, each once, in registry order."""
-    needed = {name for m in metrics for name in METRIC_WEIGHTS.get(m, ())}
-    return [name for name in REGISTRY if name in needed]
+    return [name for name, f in REGISTRY.items() if any(m in f.used_by for m in metrics)]
 
 
 def check_weights(metrics: Sequence[str], root: Path | None = None) -> list[WeightsError]:
@@ -262,44 +263,3 @@ def check_weights(metrics: Sequence[str], root: Path | None = None) -> list[Weig
         except WeightsError as err:
             errors.append(err)
     return errors
-
-
-def download(name: str, root: Path | None = None, *, opener: Callable | None = None,
-             timeout: float = 60.0) -> Path:
-    """Fetch `name` into the weights folder: temp file, hash check, atomic rename.
-
-    A file without a published digest (Inception) must at least be a TorchScript archive, not an
-    error page; its first-use record is dropped, so the new copy is recorded when it first loads."""
-    entry = _entry(name)
-    opener = opener or urllib.request.urlopen  # looked up at call time, so tests can forbid it
-    if entry.bundled is not None:
-        return require(name, root)
-    dest = path_of(name, root)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    try:
-        with atomic.atomic_path(dest) as tmp:  # renamed over dest only once the hash is right
-            with opener(entry.url, timeout=timeout) as response, open(tmp, "wb") as f:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    h.update(chunk)
-                    f.write(chunk)
-            actual = h.hexdigest()
-            if not _matches(entry, tmp, actual):  # without a published digest: the layout, as for a file found
-                want = _expected(entry, tmp) if _has_digest(entry, tmp) else "a TorchScript archive"
-                raise WeightsError(f"download of {name} from {entry.url} is not the file (sha256 {actual}, "
-                                   f"expected {want}); nothing was written to {dest}")
-        if not entry.sha256 and not entry.sha256_prefix:
-            _record_path(dest).unlink(missing_ok=True)
-    except OSError as err:
-        raise WeightsError(f"could not download {name} from {entry.url} to {dest}: {err}; without internet access "
-                           f"here, download it elsewhere and copy it to {dest} (`dreamctl weights` checks it)") from err
-    return dest
-
-
-def download_missing(root: Path | None = None, *, opener: Callable | None = None) -> list[Path]:
-    """Download every file that is absent or corrupt; returns the paths written."""
-    written = []
-    for st in status_all(root):
-        if not st.intact and REGISTRY[st.name].bundled is None:
-            written.append(download(st.name, root, opener=opener))
-    return written
