@@ -32,8 +32,8 @@ from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, 
 from dreamctl.sample_files import check_folder, png_path, read_png, read_samples, write_png
 from dreamctl.records import read_json
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, no_checkpoint,
-                                     step_of, weights_sha256)
+from dreamctl.training.checkpoints import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint,
+                                           no_checkpoint, step_of, weights_sha256)
 
 GRID_MAX = 64
 

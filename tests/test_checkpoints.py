@@ -15,8 +15,8 @@ import yaml
 from dreamctl.cli import main
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.records import read_jsonl
-from dreamctl.training.state import (REQUIRED, check_fits, check_moments_fit, list_checkpoints, load_checkpoint,
-                                     load_latest, set_aside_newer, step_of)
+from dreamctl.training.checkpoints import (REQUIRED, check_fits, check_moments_fit, list_checkpoints, load_checkpoint,
+                                           load_latest, set_aside_newer, step_of)
 from tiny_runs import TINY, assert_identical, final_weights, train
 
 
@@ -71,7 +71,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synt
                                                                     monkeypatch, full_disk):
     """A full disk while writing step 8's checkpoint: one line, exit 2, run.json says failed, the step-4
     checkpoint stays and nothing half-written is left."""
-    from dreamctl.training import state
+    from dreamctl.training import checkpoints
 
     real_save = torch.save
 
@@ -81,7 +81,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synt
             raise full_disk
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(state.torch, "save", disk_full_at_step_8)
+    monkeypatch.setattr(checkpoints.torch, "save", disk_full_at_step_8)
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=12"], recipe="tiny") == 2
     err = capsys.readouterr().err.strip()
@@ -113,7 +113,7 @@ def test_a_run_json_that_cannot_record_the_failure_is_named_in_the_error(tmp_pat
                                                                         monkeypatch):
     """The full disk that stopped the run may refuse run.json's 'failed' too: the run's own error is the
     one reported, with that added to its line, not the second error in its place."""
-    from dreamctl.training import state
+    from dreamctl.training import checkpoints
     from dreamctl.training.rundir import RunDir
 
     def disk_full(obj, f, *args, **kwargs):
@@ -126,7 +126,7 @@ def test_a_run_json_that_cannot_record_the_failure_is_named_in_the_error(tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device", str(self.run_file))
         return real_update(self, changes)
 
-    monkeypatch.setattr(state.torch, "save", disk_full)
+    monkeypatch.setattr(checkpoints.torch, "save", disk_full)
     monkeypatch.setattr(RunDir, "update_info", update_info)
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 2
@@ -459,7 +459,7 @@ def test_a_damaged_run_recipe_says_how_to_restore_it(tmp_path, synthetic_data_di
 def test_a_bug_while_loading_an_intact_checkpoint_keeps_its_traceback(tmp_path, monkeypatch):
     """Only what an intact file can meet (memory, I/O, torch's complaints) becomes the one-line error of a
     user's problem: a TypeError is a bug of ours, and saying "fix the cause and rerun" would hide it."""
-    from dreamctl.training.state import load_checkpoint
+    from dreamctl.training.checkpoints import load_checkpoint
 
     path = tmp_path / "step-00000004.pt"
     torch.save({"step": 4}, path)
@@ -483,7 +483,7 @@ def test_a_bug_while_loading_an_intact_checkpoint_keeps_its_traceback(tmp_path, 
 def test_rotation_removes_a_stops_checkpoint_before_the_scheduled_ones(tmp_path, steps, keep, kept):
     """A stop's checkpoint at step 26 pushed out the scheduled ones of steps 10 and 20, the points of a
     metrics-against-step curve (research review)."""
-    from dreamctl.training.state import save_checkpoint
+    from dreamctl.training.checkpoints import save_checkpoint
 
     for step in steps:
         save_checkpoint({"step": step}, tmp_path, keep, first_to_go={26})

@@ -19,9 +19,10 @@ from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.events import OnEvent
 from dreamctl.generate import generate, save_grid
 from dreamctl.runtime import Autocast, Runtime, main_first, peak_memory_bytes, processes
+from dreamctl.training.checkpoints import save_checkpoint
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import TrainState, save_checkpoint
+from dreamctl.training.state import TrainState
 
 
 class Throughput:

@@ -26,9 +26,9 @@ from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost, processes
 from dreamctl.events import OnEvent, ignore
+from dreamctl.training.checkpoints import check_fits, check_moments_fit, list_checkpoints, load_latest, set_aside_newer
 from dreamctl.training.loop import idle_rectification, total_steps, train
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import check_fits, check_moments_fit, list_checkpoints, load_latest, set_aside_newer
 
 
 def _check_data(recipe: Recipe) -> int:
