@@ -218,6 +218,36 @@ def test_a_whole_checkpoint_that_fails_to_load_stops_resume_and_moves_nothing(tm
     assert {p.name: p.read_bytes() for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.is_file()} == before
 
 
+def test_a_checkpoint_whose_read_fails_stops_resume_and_moves_nothing(tmp_path, synthetic_data_dir, capsys,
+                                                                      monkeypatch):
+    """An I/O error while reading the newest checkpoint (EIO on NFS) says nothing about its bytes: taken for
+    damage, resume set it aside as corrupt, trained its steps again and moved later samples aside (crash
+    audit, zip_damage). It stops with one line naming the file, and nothing changes."""
+    import zipfile
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0  # steps 4 and 8
+    newest = run / "checkpoints" / "step-00000008.pt"
+    real_testzip = zipfile.ZipFile.testzip
+
+    def testzip(archive):  # the CRC check reads every byte of the file: the read fails midway
+        if Path(archive.filename) == newest:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_testzip(archive)
+
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", testzip)
+    before = _files(run)
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "train.max_steps=12"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} could not be read from disk (OSError: Input/output error)" in err
+    assert "retry" in err and "warning" not in err and len(err.strip().splitlines()) == 1
+    assert _files(run) == before and not list(run.rglob("*.corrupt"))
+    assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 2  # not "damaged" there either
+    assert f"checkpoint {newest} could not be read from disk" in capsys.readouterr().err
+    assert _files(run) == before
+
+
 def test_a_whole_file_without_a_checkpoints_keys_is_not_skipped(tmp_path):
     path = tmp_path / "step-00000008.pt"
     torch.save({"model": {"w": torch.randn(4)}}, path)  # whole, but not a training checkpoint

@@ -8,6 +8,7 @@ intact; a truncated or corrupt newest file makes `load_latest` fall back to the 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import pickle
 import re
@@ -98,11 +99,20 @@ def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 def zip_damage(path: Path) -> str | None:
     """What is wrong with a checkpoint's zip archive (torch.save's format): a member whose bytes fail
-    its CRC, or no whole archive at all; None when every member is intact."""
+    its CRC, or no whole archive at all; None when every member is intact.
+
+    A read that fails (EIO, a file server gone) says nothing about the bytes: it raises CheckpointError,
+    since taken for damage it had resume set a good checkpoint aside and train its steps again."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # EINVAL is the seek to a negative offset that a damaged header names
+            raise CheckpointError(f"checkpoint {path} could not be read from disk ({type(err).__name__}: "
+                                  f"{err.strerror or err}); nothing was changed: retry, and if it fails again "
+                                  "check the disk (or the file server) it is on") from err
+        return f"not a whole zip archive: {_one_line(err)}"
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
         return f"not a whole zip archive: {_one_line(err)}"
     return f"{bad} fails its CRC check" if bad else None
 
