@@ -1,6 +1,6 @@
 """Checkpoint files: their names, writing and rotation, reading them back safely, and their checks.
 
-A checkpoint is a dict of tensors and plain values only, so it loads with
+A checkpoint is a dict of tensors and plain values only (`Checkpoint.to_dict`), so it loads with
 `torch.load(weights_only=True)`: no pickled code runs. It is written to a temporary
 file, flushed and renamed, so a process killed while writing leaves the previous one
 intact; a truncated or corrupt newest file makes `load_latest` fall back to the one before.
@@ -15,6 +15,7 @@ import re
 import shutil
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Collection, Mapping
 from typing import Any, NoReturn
@@ -22,12 +23,71 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
+import dreamctl
 from dreamctl.atomic import atomic_path, unused_path
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.runtime import resume_command
 
 CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
 REQUIRED = {"model", "ema", "optimizer", "step", "images_seen", "wall_time_s", "data_position", "recipe"}
+_FIELD_TYPES = {"model": dict, "ema": dict, "optimizer": dict, "step": int, "images_seen": int,
+                "wall_time_s": (int, float), "data_position": dict, "recipe": str}
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds: a TrainState, where the data order stands, and what the run needs to go on
+    from it. The last four fields are absent (None) from files of earlier dreamctl versions."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    step: int
+    images_seen: int
+    wall_time_s: float
+    data_position: dict[str, int]  # BatchOrder.state_dict()
+    recipe_yaml: str  # the recipe the weights were trained with ("recipe" on disk)
+    # the loss meter's running sums: the first log record after a resume averages the same steps as a straight run's
+    meter: dict[str, Any] | None = None
+    run_id: str | None = None  # the run it belongs to: resume, sample and evaluate refuse another run's
+    processes: dict[str, int] | None = None  # what wrote it: a resume on others continues only to rounding
+    dreamctl_version: str | None = dreamctl.__version__
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict torch.save writes, keys in this order; None fields are left out, as older files lack them."""
+        saved = {"model": self.model, "ema": self.ema, "optimizer": self.optimizer, "step": self.step,
+                 "images_seen": self.images_seen, "wall_time_s": self.wall_time_s, "data_position": self.data_position,
+                 "meter": self.meter, "recipe": self.recipe_yaml, "run_id": self.run_id, "processes": self.processes,
+                 "dreamctl_version": self.dreamctl_version}
+        return {k: v for k, v in saved.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, ckpt: Any, path: Path) -> Checkpoint:
+        """The record of what torch.load read from `path`, once it is seen to be a training checkpoint: every
+        field there, each of the kind to_dict writes, and the step its file name says. Whole files that fail
+        stop the command (CheckpointError, not CorruptCheckpoint), and nothing moves."""
+        missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint, or one "
+                                  "written by another dreamctl; nothing was changed: move it out of checkpoints/")
+        _check_fields(ckpt, path)
+        return cls(**{k: ckpt[k] for k in REQUIRED - {"recipe"}}, recipe_yaml=ckpt["recipe"], meter=ckpt.get("meter"),
+                   run_id=ckpt.get("run_id"), processes=ckpt.get("processes"),
+                   dreamctl_version=ckpt.get("dreamctl_version"))
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """Each field of the kind to_dict writes, and the step its file name says (a checkpoint of another run
+    copied in under a newer name would otherwise be taken for this run's newest)."""
+    wrong = [k for k, kind in _FIELD_TYPES.items() if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
+    wrong += [k for k in ("model", "ema") if k not in wrong and not all(
+        isinstance(v, torch.Tensor) for v in ckpt[k].values())]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} holds {', '.join(wrong)} of the wrong kind: not a dreamctl training "
+                              "checkpoint, or one edited by hand; nothing was changed: move it out of checkpoints/")
+    if CHECKPOINT.match(path.name) and ckpt["step"] != step_of(path):
+        raise CheckpointError(f"checkpoint {path} holds step {ckpt['step']}, not the step its name says: another "
+                              "run's checkpoint, renamed? nothing was changed: move it out of checkpoints/")
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -122,8 +182,21 @@ def _one_line(err: BaseException) -> str:
     return cause if len(cause) <= 200 else cause[:200] + "…"  # torch's messages run long
 
 
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a training checkpoint. CorruptCheckpoint when its bytes are damaged (resume skips it);
+    CheckpointError when they could not be read, or are whole but not a checkpoint of ours (it stops)."""
+    return Checkpoint.from_dict(_load(path, map_location), path)
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint; CorruptCheckpoint when its bytes are damaged.
+    """read_checkpoint's checkpoint as the dict on disk, every key kept (for tools that edit checkpoints)."""
+    ckpt = _load(path, map_location)
+    Checkpoint.from_dict(ckpt, path)
+    return ckpt
+
+
+def _load(path: Path, map_location: str | torch.device) -> Any:
+    """What torch.load reads from a checkpoint file whose bytes are intact.
 
     The archive's CRCs are checked first (about 1 s per GB): torch.load checks none, so a changed
     byte inside a tensor would load without a word and a resume would carry it into every later
@@ -148,35 +221,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         # a read error, torch's own complaints; anything else is a bug of ours and keeps its traceback
         raise CheckpointError(f"checkpoint {path} is intact but did not load ({type(err).__name__}: {_one_line(err)}); "
                               "nothing was changed: fix the cause and rerun") from err
-    missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint, or one written "
-                              "by another dreamctl; nothing was changed: move it out of checkpoints/")
-    _check_fields(ckpt, path)
     return ckpt
 
 
-_FIELD_TYPES = {"model": dict, "ema": dict, "optimizer": dict, "step": int, "images_seen": int,
-                "wall_time_s": (int, float), "data_position": dict, "recipe": str}
-
-
-def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
-    """Each field of the kind TrainState.state_dict writes, and the step its file name says (a checkpoint
-    of another run copied in under a newer name would otherwise be taken for this run's newest)."""
-    wrong = [k for k, kind in _FIELD_TYPES.items() if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
-    wrong += [k for k in ("model", "ema") if k not in wrong and not all(
-        isinstance(v, torch.Tensor) for v in ckpt[k].values())]
-    if wrong:
-        raise CheckpointError(f"checkpoint {path} holds {', '.join(wrong)} of the wrong kind: not a dreamctl training "
-                              "checkpoint, or one edited by hand; nothing was changed: move it out of checkpoints/")
-    if CHECKPOINT.match(path.name) and ckpt["step"] != step_of(path):
-        raise CheckpointError(f"checkpoint {path} holds step {ckpt['step']}, not the step its name says: another "
-                              "run's checkpoint, renamed? nothing was changed: move it out of checkpoints/")
-
-
-def check_fits(ckpt: dict[str, Any], path: Path, model: nn.Module, parts: tuple[str, ...] = ("model", "ema")) -> None:
+def check_fits(ckpt: Checkpoint | Mapping[str, Any], path: Path, model: nn.Module,
+               parts: tuple[str, ...] = ("model", "ema")) -> None:
     """Refuse weights that are not `model`'s (a checkpoint of another network) before any of them loads,
-    naming the first tensor that differs. `model` may live on the meta device: only shapes are compared."""
+    naming the first tensor that differs. `model` may live on the meta device: only shapes are compared.
+    `ckpt` may be the dict on disk (tools, tests)."""
+    ckpt = ckpt.to_dict() if isinstance(ckpt, Checkpoint) else ckpt
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for part in parts:
         got = {k: tuple(v.shape) for k, v in ckpt[part].items()}
@@ -185,11 +238,12 @@ def check_fits(ckpt: dict[str, Any], path: Path, model: nn.Module, parts: tuple[
             _misfit(path, f"{part}.{key}", got.get(key), want.get(key))
 
 
-def check_moments_fit(ckpt: dict[str, Any], path: Path, model: nn.Module) -> None:
+def check_moments_fit(ckpt: Checkpoint | Mapping[str, Any], path: Path, model: nn.Module) -> None:
     """Refuse AdamW moments that are not shaped as `model`'s parameters, which load_state_dict would take
     without a word (one entry per parameter, in model.parameters() order; shapes only, as check_fits)."""
+    optimizer = ckpt.optimizer if isinstance(ckpt, Checkpoint) else ckpt["optimizer"]
     shapes = [tuple(p.shape) for p in model.parameters()]
-    for index, moments in ckpt["optimizer"].get("state", {}).items():
+    for index, moments in optimizer.get("state", {}).items():
         want = shapes[index] if isinstance(index, int) and 0 <= index < len(shapes) else None
         for name, value in moments.items():
             if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != want:
@@ -213,7 +267,7 @@ def no_checkpoint(folder: Path) -> CheckpointError:
                            f"{folder.parent}` trains it on to its next)")
 
 
-def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, Checkpoint]:
     """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them (resume's way;
     sample and evaluate refuse a damaged newest: sampling.choose_checkpoint)."""
     candidates = list_checkpoints(folder)
@@ -221,7 +275,7 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         raise no_checkpoint(folder)
     for path in reversed(candidates):
         try:
-            return path, load_checkpoint(path, map_location)
+            return path, read_checkpoint(path, map_location)
         except CorruptCheckpoint as err:
             warnings.warn(f"{err}; skipping it for the next older checkpoint", DreamctlWarning, stacklevel=2)
     raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)}): "

@@ -30,6 +30,7 @@ from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mean_over_ranks, mix_seed
+from dreamctl.training.checkpoints import Checkpoint
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.record import Recorder, Throughput
@@ -153,7 +154,7 @@ def due(step: int, every: int, last_step: int) -> bool:
     return step % every == 0 or step == last_step
 
 
-def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: dict[str, Any] | None = None,
+def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: Checkpoint | None = None,
           on_event: OnEvent = ignore, should_stop: Callable[[], bool] = lambda: False) -> str:
     """Train until the recipe's last step, a stop request or a failure. Returns 'finished' or 'interrupted'.
 
@@ -165,10 +166,10 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     order = BatchOrder(len(images), tc.batch_size, tc.seed, rt.rank, rt.world_size)
     meter = LossMeter(recipe.diffusion.num_timesteps, rt.device)
     if resume is not None:
-        state.load_state_dict(resume)
-        order.load_state_dict(resume["data_position"])
-        if "meter" in resume:  # older checkpoints lack it: the first record is then partial
-            meter.load_state_dict(resume["meter"], rt)
+        state.load_state_dict(resume.to_dict())
+        order.load_state_dict(resume.data_position)
+        if resume.meter is not None:  # older checkpoints lack it: the first record is then partial
+            meter.load_state_dict(resume.meter, rt)
     schedule = schedule_for(recipe.diffusion)
     net, defer_sync = wrap_for_training(state.model, recipe, rt)
     net.train()

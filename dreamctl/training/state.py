@@ -7,24 +7,25 @@ lived here before the split are still importable from this module.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-import dreamctl
 from dreamctl.config import Recipe
 from dreamctl.models import build_model
 from dreamctl.runtime import Runtime
 # Before the split these lived here, and callers outside the package may still import them from here.
-from dreamctl.training.checkpoints import (CHECKPOINT, REQUIRED, check_fits, check_moments_fit, checkpoint_path,
-                                           list_checkpoints, load_checkpoint, load_latest, no_checkpoint,
-                                           save_checkpoint, set_aside_newer, step_of, weights_sha256, zip_damage)
+from dreamctl.training.checkpoints import (CHECKPOINT, REQUIRED, Checkpoint, check_fits, check_moments_fit,
+                                           checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
+                                           no_checkpoint, read_checkpoint, save_checkpoint, set_aside_newer, step_of,
+                                           weights_sha256, zip_damage)
 
-__all__ = ["TrainState", "init_state", "CHECKPOINT", "REQUIRED", "check_fits", "check_moments_fit", "checkpoint_path",
-           "list_checkpoints", "load_checkpoint", "load_latest", "no_checkpoint", "save_checkpoint",
-           "set_aside_newer", "step_of", "weights_sha256", "zip_damage"]
+__all__ = ["TrainState", "init_state", "CHECKPOINT", "REQUIRED", "Checkpoint", "check_fits", "check_moments_fit",
+           "checkpoint_path", "list_checkpoints", "load_checkpoint", "load_latest", "no_checkpoint", "read_checkpoint",
+           "save_checkpoint", "set_aside_newer", "step_of", "weights_sha256", "zip_damage"]
 
 
 @dataclass
@@ -38,34 +39,19 @@ class TrainState:
     images_seen: int = 0
     wall_time_s: float = 0.0
 
-    def state_dict(self, recipe_yaml: str, data_position: dict[str, int], meter: dict[str, Any],
-                   run_id: str, processes: dict[str, int]) -> dict[str, Any]:
-        """The checkpoint: this state, where the data order stands, the loss meter's running sums
-        (so the first log record after a resume averages the same steps as in a straight run), the
-        run it belongs to (resume refuses another run's) and what wrote it (runtime.processes: a resume
-        on others continues only to rounding, and says so)."""
-        return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "images_seen": self.images_seen,
-            "wall_time_s": self.wall_time_s,
-            "data_position": data_position,
-            "meter": meter,
-            "recipe": recipe_yaml,
-            "run_id": run_id,
-            "processes": processes,
-            "dreamctl_version": dreamctl.__version__,
-        }
+    def state_dict(self) -> dict[str, Any]:
+        """This state as a checkpoint holds it: the first six fields of a Checkpoint."""
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step, "images_seen": self.images_seen,
+                "wall_time_s": self.wall_time_s}
 
-    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step, self.images_seen = ckpt["step"], ckpt["images_seen"]
-        self.wall_time_s = ckpt["wall_time_s"]
-
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the six entries state_dict gives (a Checkpoint's to_dict holds them); the weights move to
+        this state's devices."""
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.images_seen, self.wall_time_s = state["step"], state["images_seen"], state["wall_time_s"]
 
 
 def init_state(recipe: Recipe, rt: Runtime) -> TrainState:
