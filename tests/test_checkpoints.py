@@ -287,6 +287,29 @@ def test_any_byte_changed_in_a_checkpoint_is_corrupt_however_torch_would_read_it
                     load_checkpoint(path)
 
 
+@pytest.mark.parametrize("field, flip", [(10, 99), (6, 0xFF), (8, 0x01)],
+                         ids=["compression method", "version needed", "encrypted flag"])
+def test_a_changed_byte_in_the_zip_directory_is_corrupt_not_a_traceback(tmp_path, field, flip):
+    """A changed byte in the archive's central directory can ask for a compression, zip version or encryption
+    that torch.save never writes: zipfile raises NotImplementedError or RuntimeError, which escaped as a
+    traceback instead of the damage it is (resume skips the file, sample names it)."""
+    import zipfile
+
+    whole = tmp_path / "whole.pt"
+    torch.save({**{k: 0 for k in REQUIRED}, "model": {"w": torch.randn(4)}}, whole)
+    data = bytearray(whole.read_bytes())
+    with zipfile.ZipFile(whole) as archive:
+        name = next(i.filename for i in archive.infolist() if i.filename.endswith("data.pkl")).encode()
+    entry = data.index(b"PK\x01\x02")  # central directory entries: data.pkl's is the one to damage
+    while data[entry + 46:entry + 46 + len(name)] != name:
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    data[entry + field] ^= flip
+    path = tmp_path / "step-00000008.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpoint, match="cannot be read"):
+        load_checkpoint(path)
+
+
 def test_a_checkpoint_cut_anywhere_is_skipped_as_corrupt(tmp_path):
     """torch reports a short zip as RuntimeError, EOFError or OSError(EINVAL): all mean corrupt, none stops resume."""
     whole = tmp_path / "whole.pt"
