@@ -34,8 +34,8 @@ from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, 
 from dreamctl.sample_files import check_folder, png_path, read_png, read_samples, write_png
 from dreamctl.records import read_json
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import (check_fits, checkpoint_path, list_checkpoints, load_checkpoint, no_checkpoint,
-                                     step_of, weights_sha256)
+from dreamctl.training.checkpoints import (Checkpoint, check_fits, checkpoint_path, list_checkpoints, no_checkpoint,
+                                           read_checkpoint, step_of, weights_sha256)
 
 GRID_MAX = 64
 
@@ -94,7 +94,7 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
 
 
 
-def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, Any]]:
+def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, Checkpoint]:
     """The checkpoint of `step`, or the newest, if this run wrote it. Unlike resume, which goes on from the newest
     readable one, a damaged one is refused: the images and scores would be of another model than the one asked."""
     listed = list_checkpoints(run.checkpoints)
@@ -107,13 +107,13 @@ def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, dict[str, An
         raise CheckpointError(f"no checkpoint for step {step} in {run.checkpoints} (steps there: {have}); "
                               "choose one of them with --checkpoint or leave it out for the newest")
     try:
-        ckpt = load_checkpoint(path)
+        ckpt = read_checkpoint(path)
     except CorruptCheckpoint as err:
         others = ", ".join(str(step_of(p)) for p in listed if p != path) or "none"
         newest = "it is the newest; `dreamctl resume RUN` sets it aside and trains its steps again, or "
         raise CheckpointError(f"{err}: {newest.replace('RUN', str(run.root)) if step is None else ''}--checkpoint "
                               f"STEP draws from another one (steps there: {others})") from None
-    run.check_own(path, ckpt)
+    run.check_own(path, ckpt.run_id)
     return path, ckpt
 
 
@@ -126,12 +126,12 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     current = on_every_rank(rt, run.recipe, f"reading {run.recipe_file}")  # a node without the run: its error
     # Rank 0 picks the step, every rank loads it: a run still training may write a newer checkpoint (or
     # rotate one away) between two ranks' listings, and ranks on two steps would fill two folders by halves.
-    chosen: list[tuple[Path, dict[str, Any]]] = []
+    chosen: list[tuple[Path, Checkpoint]] = []
     main_first(rt, lambda: chosen.append(choose_checkpoint(run, opts.checkpoint)))
     step = from_main(step_of(chosen[0][0]) if chosen else None, rt)
     path, ckpt = on_every_rank(rt, lambda: chosen[0] if chosen else choose_checkpoint(run, step),
                                f"loading checkpoint step {step}")
-    trained = recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)")
+    trained = recipe_from_yaml(ckpt.recipe_yaml, f"{path} (its stored recipe)")
     if (trained.model, trained.diffusion, trained.data.resolution) != (
             current.model, current.diffusion, current.data.resolution):
         warnings.warn(f"{run.recipe_file} differs from the recipe {path.name} was trained with in its model, "
@@ -142,14 +142,15 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> Inferen
     recipe = trained.model_copy(update={"sample": current.sample, "eval": current.eval})
     cfg = sample_config(recipe, opts, f"{run.recipe_file} (sample section, on the schedule of {path.name})")
     model = build_model(recipe.model, recipe.data.resolution)
-    weights = "ema" if cfg.use_ema else "model"
-    check_fits(ckpt, path, model, parts=(weights,))  # weights and stored recipe disagree: edited by hand
-    model.load_state_dict(ckpt[weights])
+    part = "ema" if cfg.use_ema else "model"
+    check_fits(ckpt, path, model, parts=(part,))  # weights and stored recipe disagree: edited by hand
+    weights = ckpt.ema if part == "ema" else ckpt.model
+    model.load_state_dict(weights)
     model = model.to(rt.device).eval().requires_grad_(False)
     net = compile_for_sampling(model, cfg.compile_mode, rt.device.type) if cfg.compile else model
     schedule = schedule_for(recipe.diffusion)
-    return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, int(ckpt["step"]), path, recipe.data.resolution,
-                          run.run_id(), weights_sha256(ckpt[weights]), rt.precision)
+    return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, ckpt.step, path, recipe.data.resolution,
+                          run.run_id(), weights_sha256(weights), rt.precision)
 
 
 def compile_mode_for(mode: str, device_type: str) -> str:

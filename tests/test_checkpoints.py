@@ -15,8 +15,8 @@ import yaml
 from dreamctl.cli import main
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.records import read_jsonl
-from dreamctl.training.state import (REQUIRED, check_fits, check_moments_fit, list_checkpoints, load_checkpoint,
-                                     load_latest, set_aside_newer, step_of)
+from dreamctl.training.checkpoints import (REQUIRED, check_fits, check_moments_fit, list_checkpoints, load_checkpoint,
+                                           load_latest, set_aside_newer, step_of)
 from tiny_runs import TINY, assert_identical, final_weights, train
 
 
@@ -71,7 +71,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synt
                                                                     monkeypatch, full_disk):
     """A full disk while writing step 8's checkpoint: one line, exit 2, run.json says failed, the step-4
     checkpoint stays and nothing half-written is left."""
-    from dreamctl.training import state
+    from dreamctl.training import checkpoints
 
     real_save = torch.save
 
@@ -81,7 +81,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones(tmp_path, synt
             raise full_disk
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(state.torch, "save", disk_full_at_step_8)
+    monkeypatch.setattr(checkpoints.torch, "save", disk_full_at_step_8)
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=12"], recipe="tiny") == 2
     err = capsys.readouterr().err.strip()
@@ -113,7 +113,7 @@ def test_a_run_json_that_cannot_record_the_failure_is_named_in_the_error(tmp_pat
                                                                         monkeypatch):
     """The full disk that stopped the run may refuse run.json's 'failed' too: the run's own error is the
     one reported, with that added to its line, not the second error in its place."""
-    from dreamctl.training import state
+    from dreamctl.training import checkpoints
     from dreamctl.training.rundir import RunDir
 
     def disk_full(obj, f, *args, **kwargs):
@@ -126,7 +126,7 @@ def test_a_run_json_that_cannot_record_the_failure_is_named_in_the_error(tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device", str(self.run_file))
         return real_update(self, changes)
 
-    monkeypatch.setattr(state.torch, "save", disk_full)
+    monkeypatch.setattr(checkpoints.torch, "save", disk_full)
     monkeypatch.setattr(RunDir, "update_info", update_info)
     run = tmp_path / "run"
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 2
@@ -218,6 +218,36 @@ def test_a_whole_checkpoint_that_fails_to_load_stops_resume_and_moves_nothing(tm
     assert {p.name: p.read_bytes() for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.is_file()} == before
 
 
+def test_a_checkpoint_whose_read_fails_stops_resume_and_moves_nothing(tmp_path, synthetic_data_dir, capsys,
+                                                                      monkeypatch):
+    """An I/O error while reading the newest checkpoint (EIO on NFS) says nothing about its bytes: taken for
+    damage, resume set it aside as corrupt, trained its steps again and moved later samples aside (crash
+    audit, zip_damage). It stops with one line naming the file, and nothing changes."""
+    import zipfile
+
+    run = tmp_path / "run"
+    assert train(run, synthetic_data_dir, TINY + ["train.max_steps=8"], recipe="tiny") == 0  # steps 4 and 8
+    newest = run / "checkpoints" / "step-00000008.pt"
+    real_testzip = zipfile.ZipFile.testzip
+
+    def testzip(archive):  # the CRC check reads every byte of the file: the read fails midway
+        if Path(archive.filename) == newest:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_testzip(archive)
+
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", testzip)
+    before = _files(run)
+    capsys.readouterr()
+    assert main(["resume", str(run), "--set", "train.max_steps=12"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} could not be read from disk (OSError: Input/output error)" in err
+    assert "retry" in err and "warning" not in err and len(err.strip().splitlines()) == 1
+    assert _files(run) == before and not list(run.rglob("*.corrupt"))
+    assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 2  # not "damaged" there either
+    assert f"checkpoint {newest} could not be read from disk" in capsys.readouterr().err
+    assert _files(run) == before
+
+
 def test_a_whole_file_without_a_checkpoints_keys_is_not_skipped(tmp_path):
     path = tmp_path / "step-00000008.pt"
     torch.save({"model": {"w": torch.randn(4)}}, path)  # whole, but not a training checkpoint
@@ -255,6 +285,29 @@ def test_any_byte_changed_in_a_checkpoint_is_corrupt_however_torch_would_read_it
                 path.write_bytes(bytes(damaged))
                 with pytest.raises(CorruptCheckpoint, match=f"{member.filename} fails its CRC check"):
                     load_checkpoint(path)
+
+
+@pytest.mark.parametrize("field, flip", [(10, 99), (6, 0xFF), (8, 0x01)],
+                         ids=["compression method", "version needed", "encrypted flag"])
+def test_a_changed_byte_in_the_zip_directory_is_corrupt_not_a_traceback(tmp_path, field, flip):
+    """A changed byte in the archive's central directory can ask for a compression, zip version or encryption
+    that torch.save never writes: zipfile raises NotImplementedError or RuntimeError, which escaped as a
+    traceback instead of the damage it is (resume skips the file, sample names it)."""
+    import zipfile
+
+    whole = tmp_path / "whole.pt"
+    torch.save({**{k: 0 for k in REQUIRED}, "model": {"w": torch.randn(4)}}, whole)
+    data = bytearray(whole.read_bytes())
+    with zipfile.ZipFile(whole) as archive:
+        name = next(i.filename for i in archive.infolist() if i.filename.endswith("data.pkl")).encode()
+    entry = data.index(b"PK\x01\x02")  # central directory entries: data.pkl's is the one to damage
+    while data[entry + 46:entry + 46 + len(name)] != name:
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    data[entry + field] ^= flip
+    path = tmp_path / "step-00000008.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpoint, match="cannot be read"):
+        load_checkpoint(path)
 
 
 def test_a_checkpoint_cut_anywhere_is_skipped_as_corrupt(tmp_path):
@@ -459,7 +512,7 @@ def test_a_damaged_run_recipe_says_how_to_restore_it(tmp_path, synthetic_data_di
 def test_a_bug_while_loading_an_intact_checkpoint_keeps_its_traceback(tmp_path, monkeypatch):
     """Only what an intact file can meet (memory, I/O, torch's complaints) becomes the one-line error of a
     user's problem: a TypeError is a bug of ours, and saying "fix the cause and rerun" would hide it."""
-    from dreamctl.training.state import load_checkpoint
+    from dreamctl.training.checkpoints import load_checkpoint
 
     path = tmp_path / "step-00000004.pt"
     torch.save({"step": 4}, path)
@@ -483,7 +536,7 @@ def test_a_bug_while_loading_an_intact_checkpoint_keeps_its_traceback(tmp_path, 
 def test_rotation_removes_a_stops_checkpoint_before_the_scheduled_ones(tmp_path, steps, keep, kept):
     """A stop's checkpoint at step 26 pushed out the scheduled ones of steps 10 and 20, the points of a
     metrics-against-step curve (research review)."""
-    from dreamctl.training.state import save_checkpoint
+    from dreamctl.training.checkpoints import save_checkpoint
 
     for step in steps:
         save_checkpoint({"step": step}, tmp_path, keep, first_to_go={26})

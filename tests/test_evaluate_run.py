@@ -19,7 +19,7 @@ from dreamctl.experiments.runs import read_evals
 from dreamctl.metrics.inception import RESIZE_CLEAN
 from feature_fakes import StandInFeatureNet, write_fake_inception
 from dreamctl.sampling import SampleOptions
-from dreamctl.training.state import checkpoint_path, load_checkpoint
+from dreamctl.training.checkpoints import checkpoint_path, load_checkpoint
 from tiny_runs import CPU, trained_for_sampling
 
 

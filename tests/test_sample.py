@@ -40,7 +40,7 @@ def _draw(run: Path, folder: Path, num: int, rt: Runtime = CPU, **opts) -> np.nd
 
 
 def test_sampling_loads_the_ema_weights_unless_told_otherwise(trained):
-    from dreamctl.training.state import list_checkpoints, load_checkpoint
+    from dreamctl.training.checkpoints import list_checkpoints, load_checkpoint
 
     run, _ = trained
     ckpt = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
@@ -195,7 +195,7 @@ def test_a_folder_of_another_runs_images_is_not_topped_up(trained, tmp_path, cap
     shutil.copytree(run, twin, ignore=shutil.ignore_patterns("samples", "eval"))
     info = json.loads((twin / "run.json").read_text())
     (twin / "run.json").write_text(json.dumps({**info, "run_id": "another"}))
-    from dreamctl.training.state import list_checkpoints, load_checkpoint
+    from dreamctl.training.checkpoints import list_checkpoints, load_checkpoint
     for path in list_checkpoints(twin / "checkpoints"):  # its own checkpoints, as a retrained run's are
         torch.save({**load_checkpoint(path), "run_id": "another"}, path)
     assert main(["sample", str(run), "--num", "2", "--out", str(tmp_path / "s")]) == 0
@@ -251,7 +251,7 @@ def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tm
 def test_a_folder_drawn_from_other_weights_of_the_same_step_is_not_added_to(trained, tmp_path, capsys):
     """Resume past a corrupt checkpoint writes its step again, maybe with other weights; a `--out` folder
     (not set aside as the run's own are) drawn from the old ones must not be finished with the new."""
-    from dreamctl.training.state import list_checkpoints, load_checkpoint
+    from dreamctl.training.checkpoints import list_checkpoints, load_checkpoint
 
     run, _ = trained
     copy = tmp_path / "run"
@@ -428,7 +428,7 @@ def _checkpoint_worker(rank: int, init: str, run: str, out: str, gone: bool) -> 
     import torch.distributed as dist
 
     from dreamctl.errors import CheckpointError
-    from dreamctl.training.state import checkpoint_path
+    from dreamctl.training.checkpoints import checkpoint_path
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
@@ -453,7 +453,7 @@ def test_every_rank_samples_the_checkpoint_rank_0_chose(trained, tmp_path):
     would draw into two folders, each half filled. Rank 0 picks the step; every rank loads that one."""
     import torch.multiprocessing as mp
 
-    from dreamctl.training.state import checkpoint_path, load_checkpoint
+    from dreamctl.training.checkpoints import checkpoint_path, load_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
@@ -470,7 +470,7 @@ def test_a_damaged_newest_checkpoint_is_refused_not_replaced_by_an_older_one(tra
     """sample and evaluate of a run mean its newest checkpoint: drawing quietly from an older one (as resume goes
     on from it) wrote an evaluation of another model under the run's protocol, with one warning (UX review 3.2).
     Named with --checkpoint, the older one is used."""
-    from dreamctl.training.state import checkpoint_path, load_checkpoint
+    from dreamctl.training.checkpoints import checkpoint_path, load_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
@@ -501,7 +501,7 @@ def test_sample_and_evaluate_refuse_another_runs_checkpoint_and_name_lost_ones(t
     """resume refused a checkpoint copied in from another run, sample and evaluate drew from it under this run's
     name; with the checkpoints gone, sample said the run had written none yet and sent the user to resume, which
     refused (crash audit 2, 5)."""
-    from dreamctl.training.state import checkpoint_path, load_checkpoint
+    from dreamctl.training.checkpoints import checkpoint_path, load_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)

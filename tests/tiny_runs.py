@@ -10,7 +10,7 @@ import torch
 from dreamctl.cli import main
 from dreamctl.config import set_args
 from dreamctl.runtime import Runtime
-from dreamctl.training.state import list_checkpoints, load_checkpoint
+from dreamctl.training.checkpoints import list_checkpoints, load_checkpoint
 
 # 32x32 data, a 2-level UNet of width 8; 64 images at batch 8 = 8 steps per epoch.
 NET = ["model.channels=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[8]", "model.num_heads=2",

@@ -18,7 +18,8 @@ from dreamctl.diffusion.losses import LOSSES
 from dreamctl.errors import RunError
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
-from dreamctl.training.loop import init_state, wrap_for_training
+from dreamctl.training.loop import wrap_for_training
+from dreamctl.training.state import init_state
 
 from dreamctl.bench.steps import KINDS, NAIVE, NAIVE_COST, float32_groupnorm, make_step
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize, sync

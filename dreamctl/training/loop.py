@@ -12,7 +12,6 @@ RNG state in the checkpoint, but different between runs on different numbers of 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -30,12 +29,12 @@ from dreamctl.diffusion.losses import SyncContext, Stats, backward_loss, conserv
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
 from dreamctl.events import OnEvent, ignore
-from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mean_over_ranks, mix_seed
+from dreamctl.training.checkpoints import Checkpoint
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.record import Recorder, Throughput
-from dreamctl.training.state import TrainState
+from dreamctl.training.state import TrainState, init_state
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -119,19 +118,6 @@ def idle_rectification(recipe: Recipe, n: int) -> str | None:
     return f"this dream_conservative run rectifies no step ({why}): it trains as standard DDPM would"
 
 
-def init_state(recipe: Recipe, rt: Runtime) -> TrainState:
-    """Model, EMA copy and AdamW, identical on every rank (same seed)."""
-    torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe.model, recipe.data.resolution).to(rt.device)
-    if recipe.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    o = recipe.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
-                                  fused=rt.device.type == "cuda", foreach=None if rt.device.type == "cuda" else True)
-    return TrainState(model, ema, optimizer)
-
-
 def wrap_for_training(model: nn.Module, recipe: Recipe, rt: Runtime) -> tuple[nn.Module, Callable]:
     """(the module the loss calls, the context that defers DDP's gradient all-reduce)."""
     net = torch.compile(model) if recipe.train.compile else model
@@ -174,7 +160,7 @@ def due(step: int, every: int, last_step: int) -> bool:
     return step % every == 0 or step == last_step
 
 
-def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: dict[str, Any] | None = None,
+def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume: Checkpoint | None = None,
           on_event: OnEvent = ignore, should_stop: Callable[[], bool] = lambda: False) -> str:
     """Train until the recipe's last step, a stop request or a failure. Returns 'finished' or 'interrupted'.
 
@@ -186,10 +172,10 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     order = BatchOrder(len(images), tc.batch_size, tc.seed, rt.rank, rt.world_size)
     meter = LossMeter(recipe.diffusion.num_timesteps, rt.device)
     if resume is not None:
-        state.load_state_dict(resume)
-        order.load_state_dict(resume["data_position"])
-        if "meter" in resume:  # older checkpoints lack it: the first record is then partial
-            meter.load_state_dict(resume["meter"], rt)
+        state.load_state_dict(resume.to_dict())
+        order.load_state_dict(resume.data_position)
+        if resume.meter is not None:  # older checkpoints lack it: the first record is then partial
+            meter.load_state_dict(resume.meter, rt)
     schedule = schedule_for(recipe.diffusion)
     net, defer_sync = wrap_for_training(state.model, recipe, rt)
     net.train()

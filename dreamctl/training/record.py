@@ -19,9 +19,10 @@ from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.events import OnEvent
 from dreamctl.generate import generate, save_grid
 from dreamctl.runtime import Autocast, Runtime, main_first, peak_memory_bytes, processes
+from dreamctl.training.checkpoints import Checkpoint, save_checkpoint
 from dreamctl.training.meter import LossMeter
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import TrainState, save_checkpoint
+from dreamctl.training.state import TrainState
 
 
 class Throughput:
@@ -86,11 +87,12 @@ class Recorder:
         meter_state = self.meter.state_dict(self.rt)  # on every rank: it may all-gather
 
         def save() -> None:
-            ckpt = s.state_dict(self.recipe_yaml, self.order.state_dict(), meter_state, run.run_id(),
-                                processes(self.rt))
+            ckpt = Checkpoint(**s.state_dict(), data_position=self.order.state_dict(), meter=meter_state,
+                              recipe_yaml=self.recipe_yaml, run_id=run.run_id(), processes=processes(self.rt))
             run.sync_metrics()
             stops = set(run.info().get("stop_steps", []))
-            path = save_checkpoint(ckpt, run.checkpoints, self.recipe.train.keep_checkpoints, first_to_go=stops)
+            path = save_checkpoint(ckpt.to_dict(), run.checkpoints, self.recipe.train.keep_checkpoints,
+                                   first_to_go=stops)
             run.update_info({"step": s.step, "epoch": self.order.epoch, "images_seen": s.images_seen,
                              "wall_time_s": round(s.wall_time_s, 2),
                              **({"stop_steps": sorted(stops | {s.step})} if stop else {})})

@@ -92,12 +92,12 @@ class RunDir:
     def info(self) -> dict[str, Any]:
         return read_json(self.run_file) if self.run_file.is_file() else {}
 
-    def check_own(self, path: Path, checkpoint: dict[str, Any]) -> None:
+    def check_own(self, path: Path, run_id: str | None) -> None:
         """Refuse a checkpoint another run wrote (copied in by mistake): resumed, sampled or scored, it would pass
-        for this run's. Checkpoints from before run ids carry none, and pass."""
+        for this run's. Checkpoints from before run ids carry none (None), and pass."""
         own = self.run_id()
-        if checkpoint.get("run_id", own) != own:
-            raise CheckpointError(f"checkpoint {path} was written by run {checkpoint['run_id']}, not by this one "
+        if run_id is not None and run_id != own:
+            raise CheckpointError(f"checkpoint {path} was written by run {run_id}, not by this one "
                                   f"({own}): move it out of {self.checkpoints}")
 
     def check_reached(self, has_checkpoints: bool) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,10 @@ from dreamctl.models import build_model
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
 from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost, processes
 from dreamctl.events import OnEvent, ignore
+from dreamctl.training.checkpoints import (Checkpoint, check_fits, check_moments_fit, list_checkpoints, load_latest,
+                                           set_aside_newer)
 from dreamctl.training.loop import idle_rectification, total_steps, train
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import check_fits, check_moments_fit, list_checkpoints, load_latest, set_aside_newer
 
 
 def _check_data(recipe: Recipe) -> int:
@@ -78,7 +79,7 @@ def check_start(recipe: Recipe, run: RunDir, world_size: int) -> None:
     run.check_new()
 
 
-def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: dict[str, Any] | None,
+def _run(run: RunDir, recipe: Recipe, rt: Runtime, images: ImageSet, resume: Checkpoint | None,
          on_event: OnEvent, should_stop: Callable[[], bool]) -> str:
     main_first(rt, lambda: run.update_info({
         "status": "running", "host": atomic.HOST, "device": str(rt.device),
@@ -175,13 +176,13 @@ def check_resume(run: RunDir, overrides: list[str] | tuple[str, ...], world_size
     return recipe
 
 
-def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any], num_images: int) -> None:
+def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: Checkpoint, num_images: int) -> None:
     """Refuse a checkpoint that is not this run's, or does not agree with its recipe.yaml, before resume
     changes anything: its run id (checkpoints before it lack one), the settings resume cannot change,
     tensors that fit the network (built on the meta device: shapes without memory), and an optimizer
     state and data position that load as training will load them."""
-    run.check_own(path, ckpt)
-    ours, its = _settings(recipe), _settings(recipe_from_yaml(ckpt["recipe"], f"{path} (its stored recipe)"))
+    run.check_own(path, ckpt.run_id)
+    ours, its = _settings(recipe), _settings(recipe_from_yaml(ckpt.recipe_yaml, f"{path} (its stored recipe)"))
     differ = sorted(k for k in ours.keys() | its.keys() if ours.get(k) != its.get(k))
     if differ:
         shown = "; ".join(f"{k}: {ours.get(k)!r} there, {its.get(k)!r} in the checkpoint" for k in differ[:3])
@@ -193,8 +194,8 @@ def _check_own(run: RunDir, recipe: Recipe, path: Path, ckpt: dict[str, Any], nu
         network = build_model(recipe.model, recipe.data.resolution)
     check_fits(ckpt, path, network)
     try:
-        torch.optim.AdamW(network.parameters()).load_state_dict(ckpt["optimizer"])
-        BatchOrder(num_images, recipe.train.batch_size, recipe.train.seed).load_state_dict(ckpt["data_position"])
+        torch.optim.AdamW(network.parameters()).load_state_dict(ckpt.optimizer)
+        BatchOrder(num_images, recipe.train.batch_size, recipe.train.seed).load_state_dict(ckpt.data_position)
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # what a dict of another shape raises there
         raise CheckpointError(f"checkpoint {path} holds an optimizer state or data position that does not load "
                               f"({type(err).__name__}: {err}): not a dreamctl training checkpoint, or one edited by "
@@ -207,12 +208,14 @@ def _settings(recipe: Recipe) -> dict[str, Any]:
     return {k: v for k, v in flat_items(recipe).items() if k not in NOT_SETTINGS and not k.startswith(RESUMABLE_KEYS)}
 
 
-def unrecorded_changes(run: RunDir, ckpt: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> list[str]:
+def unrecorded_changes(run: RunDir, ckpt: Checkpoint | Mapping[str, Any],
+                       overrides: list[str] | tuple[str, ...]) -> list[str]:
     """`key=value` for each setting recipe.yaml holds that the checkpoint trained without, and that run.json records
     no change of at its step: a `resume --set` killed between writing recipe.yaml and recording the change, or an
-    edit by hand. The resume records them with its own, so that compare's `resumed with` tells the whole story."""
-    step = ckpt["step"]
-    now, then = flat_items(run.recipe()), flat_items(recipe_from_yaml(ckpt["recipe"], f"checkpoint step {step}"))
+    edit by hand. The resume records them with its own, so that compare's `resumed with` tells the whole story.
+    `ckpt` may be the dict on disk (load_checkpoint's)."""
+    step, trained = (ckpt.step, ckpt.recipe_yaml) if isinstance(ckpt, Checkpoint) else (ckpt["step"], ckpt["recipe"])
+    now, then = flat_items(run.recipe()), flat_items(recipe_from_yaml(trained, f"checkpoint step {step}"))
     recorded = {key for entry in run.info().get("resumes") or [] if entry.get("step") == step
                 for key in override_keys(entry.get("set") or [])}
     skip = recorded | set(override_keys(overrides)) | set(NOT_SETTINGS)
@@ -241,12 +244,12 @@ def resume_run(run: RunDir, rt: Runtime, overrides: list[str] | tuple[str, ...] 
             # read onto the CPU on every rank; load_state_dict moves the weights to each rank's device
             path, ckpt = load_latest(run.checkpoints, map_location="cpu")
             _check_own(run, recipe, path, ckpt, len(images))  # before anything below renames, truncates or rewrites
-            on_event("resume", {"step": ckpt["step"], "path": str(path), **processes(rt),
-                                "before": ckpt.get("processes") or last_processes(run.info())})
+            on_event("resume", {"step": ckpt.step, "path": str(path), **processes(rt),
+                                "before": ckpt.processes or last_processes(run.info())})
         else:
             ckpt = None
             on_event("resume", {"step": 0, "path": "no checkpoint yet: starting from step 0"})
-        step = ckpt["step"] if ckpt else 0
+        step = ckpt.step if ckpt else 0
         if drift := unrecorded_changes(run, ckpt, overrides) if ckpt else []:
             warnings.warn(f"{run.recipe_file} differs from checkpoint step {step}'s recipe in {', '.join(drift)}, a "
                           f"change {run.run_file} does not record (a resume --set stopped before recording it, or an "

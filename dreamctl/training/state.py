@@ -1,34 +1,31 @@
-"""Everything a checkpoint holds, and how it is written and read back safely.
+"""What a run holds while it trains: the network, its EMA copy, the optimizer and the counters.
 
-A checkpoint is a dict of tensors and plain values only, so it loads with
-`torch.load(weights_only=True)`: no pickled code runs. It is written to a temporary
-file, flushed and renamed, so a process killed while writing leaves the previous one
-intact; a truncated or corrupt newest file makes `load_latest` fall back to the one before.
+Checkpoint files (names, writing, reading back, their checks) are checkpoints.py; the names that
+lived here before the split are still importable from this module.
 """
 
 from __future__ import annotations
 
-import hashlib
-import pickle
-import re
-import shutil
-import warnings
-import zipfile
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from collections.abc import Collection, Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import nn
 
-import dreamctl
-from dreamctl.atomic import atomic_path, unused_path
-from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
-from dreamctl.runtime import resume_command
+from dreamctl.config import Recipe
+from dreamctl.models import build_model
+from dreamctl.runtime import Runtime
+# Before the split these lived here, and callers outside the package may still import them from here.
+from dreamctl.training.checkpoints import (CHECKPOINT, REQUIRED, Checkpoint, check_fits, check_moments_fit,
+                                           checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
+                                           no_checkpoint, read_checkpoint, save_checkpoint, set_aside_newer, step_of,
+                                           weights_sha256, zip_damage)
 
-CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
-REQUIRED = {"model", "ema", "optimizer", "step", "images_seen", "wall_time_s", "data_position", "recipe"}
+__all__ = ["TrainState", "init_state", "CHECKPOINT", "REQUIRED", "Checkpoint", "check_fits", "check_moments_fit",
+           "checkpoint_path", "list_checkpoints", "load_checkpoint", "load_latest", "no_checkpoint", "read_checkpoint",
+           "save_checkpoint", "set_aside_newer", "step_of", "weights_sha256", "zip_damage"]
 
 
 @dataclass
@@ -42,232 +39,29 @@ class TrainState:
     images_seen: int = 0
     wall_time_s: float = 0.0
 
-    def state_dict(self, recipe_yaml: str, data_position: dict[str, int], meter: dict[str, Any],
-                   run_id: str, processes: dict[str, int]) -> dict[str, Any]:
-        """The checkpoint: this state, where the data order stands, the loss meter's running sums
-        (so the first log record after a resume averages the same steps as in a straight run), the
-        run it belongs to (resume refuses another run's) and what wrote it (runtime.processes: a resume
-        on others continues only to rounding, and says so)."""
-        return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "images_seen": self.images_seen,
-            "wall_time_s": self.wall_time_s,
-            "data_position": data_position,
-            "meter": meter,
-            "recipe": recipe_yaml,
-            "run_id": run_id,
-            "processes": processes,
-            "dreamctl_version": dreamctl.__version__,
-        }
+    def state_dict(self) -> dict[str, Any]:
+        """This state as a checkpoint holds it: the first six fields of a Checkpoint."""
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step, "images_seen": self.images_seen,
+                "wall_time_s": self.wall_time_s}
 
-    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step, self.images_seen = ckpt["step"], ckpt["images_seen"]
-        self.wall_time_s = ckpt["wall_time_s"]
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the six entries state_dict gives (a Checkpoint's to_dict holds them); the weights move to
+        this state's devices."""
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.images_seen, self.wall_time_s = state["step"], state["images_seen"], state["wall_time_s"]
 
 
-def checkpoint_path(folder: Path, step: int) -> Path:
-    return folder / f"step-{step:08d}.pt"
-
-
-def step_of(path: Path) -> int:
-    """The step a checkpoint file was written at, from its name (checkpoint_path's inverse)."""
-    match = CHECKPOINT.match(path.name)
-    if match is None:
-        raise ValueError(f"{path.name} is not a checkpoint file name (step-NNNNNNNN.pt)")
-    return int(match.group(1))
-
-
-def list_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints in `folder`, oldest first (temporary files are never listed)."""
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if CHECKPOINT.match(p.name)), key=step_of)
-
-
-def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int, first_to_go: Collection[int] = ()) -> Path:
-    """Write atomically, then keep the newest and the `keep` - 1 newest of the others (only after the new one
-    is safe), those of the steps `first_to_go` (stops' checkpoints) going first: a stop at step 26 pushed out
-    the scheduled checkpoints of steps 10 and 20, points of a metrics-against-step curve."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(folder, ckpt["step"])
-    try:  # durable: on disk, rename included, before any older checkpoint goes
-        with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:  # closed, and its space freed, on error
-            torch.save(ckpt, f)
-    except (RuntimeError, OSError) as err:  # a full disk: OSError from our file handle, RuntimeError from torch's writer
-        raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}{_space(folder)}); the older "
-                              f"checkpoints are kept: free space on that disk (or fix access to it), then continue "
-                              f"with `{resume_command(folder.parent)}`") from err
-    *older, newest = list_checkpoints(folder)
-    kept = sorted(older, key=lambda p: (step_of(p) not in first_to_go, step_of(p)))[max(len(older) - keep + 1, 0):]
-    for old in set(older) - set(kept):
-        old.unlink()
-    return path
-
-
-
-def _space(folder: Path) -> str:
-    """What the disk has left beside the newest checkpoint's size: torch's writer reports a full disk as
-    "unexpected pos" (the partial file is gone by now, so the free space is what the write had)."""
-    try:
-        free = shutil.disk_usage(folder).free
-        newest = list_checkpoints(folder)[-1:]
-        size = f", the newest checkpoint takes {_bytes(newest[0].stat().st_size)}" if newest else ""
-    except OSError:  # the disk that failed the write may fail this too: the write's error is the one to report
-        return ""
-    return f"; {_bytes(free)} free on that disk{size}"
-
-
-def _bytes(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over a state dict's names, dtypes, shapes and bytes: which weights drew a sample folder's images.
-    A step names no weights for sure: resume past a corrupt checkpoint writes that step again, maybe with
-    other weights (an override), and `sample --out` folders are not set aside as the run's own are."""
-    digest = hashlib.sha256()
-    for name, tensor in state.items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-def zip_damage(path: Path) -> str | None:
-    """What is wrong with a checkpoint's zip archive (torch.save's format): a member whose bytes fail
-    its CRC, or no whole archive at all; None when every member is intact."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        return f"not a whole zip archive: {_one_line(err)}"
-    return f"{bad} fails its CRC check" if bad else None
-
-
-def _one_line(err: BaseException) -> str:
-    cause = " ".join(str(err).split()) or "empty or truncated file"
-    return cause if len(cause) <= 200 else cause[:200] + "…"  # torch's messages run long
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint; CorruptCheckpoint when its bytes are damaged.
-
-    The archive's CRCs are checked first (about 1 s per GB): torch.load checks none, so a changed
-    byte inside a tensor would load without a word and a resume would carry it into every later
-    checkpoint. Whole files that still cannot be used stop the command, and nothing moves.
-    """
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError as err:  # cannot be opened (permissions, I/O, a folder): says nothing about the contents
-        raise CheckpointError(f"checkpoint {path} cannot be opened ({type(err).__name__}: {err.strerror or err}); "
-                              "fix access to it and rerun") from err
-    damage = zip_damage(path)
-    if damage is not None:
-        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({damage})")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # objects beyond tensors and plain types
-        raise CheckpointError(f"checkpoint {path} holds objects that loading with weights_only=True refuses (not a "
-                              "dreamctl checkpoint, or one written by another dreamctl or torch); nothing was changed: "
-                              "resume it with the versions that wrote it") from err
-    except (RuntimeError, MemoryError, OSError, EOFError) as err:  # an intact file that did not load: out of memory,
-        # a read error, torch's own complaints; anything else is a bug of ours and keeps its traceback
-        raise CheckpointError(f"checkpoint {path} is intact but did not load ({type(err).__name__}: {_one_line(err)}); "
-                              "nothing was changed: fix the cause and rerun") from err
-    missing = sorted(REQUIRED - set(ckpt)) if isinstance(ckpt, dict) else "everything"
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}: not a dreamctl training checkpoint, or one written "
-                              "by another dreamctl; nothing was changed: move it out of checkpoints/")
-    _check_fields(ckpt, path)
-    return ckpt
-
-
-_FIELD_TYPES = {"model": dict, "ema": dict, "optimizer": dict, "step": int, "images_seen": int,
-                "wall_time_s": (int, float), "data_position": dict, "recipe": str}
-
-
-def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
-    """Each field of the kind TrainState.state_dict writes, and the step its file name says (a checkpoint
-    of another run copied in under a newer name would otherwise be taken for this run's newest)."""
-    wrong = [k for k, kind in _FIELD_TYPES.items() if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
-    wrong += [k for k in ("model", "ema") if k not in wrong and not all(
-        isinstance(v, torch.Tensor) for v in ckpt[k].values())]
-    if wrong:
-        raise CheckpointError(f"checkpoint {path} holds {', '.join(wrong)} of the wrong kind: not a dreamctl training "
-                              "checkpoint, or one edited by hand; nothing was changed: move it out of checkpoints/")
-    if CHECKPOINT.match(path.name) and ckpt["step"] != step_of(path):
-        raise CheckpointError(f"checkpoint {path} holds step {ckpt['step']}, not the step its name says: another "
-                              "run's checkpoint, renamed? nothing was changed: move it out of checkpoints/")
-
-
-def check_fits(ckpt: dict[str, Any], path: Path, model: nn.Module, parts: tuple[str, ...] = ("model", "ema")) -> None:
-    """Refuse weights that are not `model`'s (a checkpoint of another network) before any of them loads,
-    naming the first tensor that differs. `model` may live on the meta device: only shapes are compared."""
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for part in parts:
-        got = {k: tuple(v.shape) for k, v in ckpt[part].items()}
-        if got != want:
-            key = min(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
-            _misfit(path, f"{part}.{key}", got.get(key), want.get(key))
-
-
-def check_moments_fit(ckpt: dict[str, Any], path: Path, model: nn.Module) -> None:
-    """Refuse AdamW moments that are not shaped as `model`'s parameters, which load_state_dict would take
-    without a word (one entry per parameter, in model.parameters() order; shapes only, as check_fits)."""
-    shapes = [tuple(p.shape) for p in model.parameters()]
-    for index, moments in ckpt["optimizer"].get("state", {}).items():
-        want = shapes[index] if isinstance(index, int) and 0 <= index < len(shapes) else None
-        for name, value in moments.items():
-            if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != want:
-                _misfit(path, f"optimizer.state.{index}.{name}", tuple(value.shape), want)
-
-
-def _misfit(path: Path, what: str, got: tuple[int, ...] | None, want: tuple[int, ...] | None) -> NoReturn:
-    def shape(s: tuple[int, ...] | None) -> str:
-        return "absent" if s is None else "x".join(map(str, s)) or "scalar"
-    raise CheckpointError(f"checkpoint {path} does not fit the run's network ({what}: {shape(got)} in the checkpoint, "
-                          f"{shape(want)} in the network): another run's checkpoint, or one edited by hand; nothing "
-                          "was changed: move it out of checkpoints/")
-
-
-def no_checkpoint(folder: Path) -> CheckpointError:
-    """The error for a checkpoint folder that holds none (run.json's step says whether one was lost)."""
-    if folder.exists() and not folder.is_dir():
-        return CheckpointError(f"{folder} is a file, not the run's checkpoint folder: move it aside and "
-                               "put the checkpoint files back in a folder of that name")
-    return CheckpointError(f"no checkpoint in {folder}: the run has not written one yet (`dreamctl resume "
-                           f"{folder.parent}` trains it on to its next)")
-
-
-def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them (resume's way;
-    sample and evaluate refuse a damaged newest: sampling.choose_checkpoint)."""
-    candidates = list_checkpoints(folder)
-    if not candidates:
-        raise no_checkpoint(folder)
-    for path in reversed(candidates):
-        try:
-            return path, load_checkpoint(path, map_location)
-        except CorruptCheckpoint as err:
-            warnings.warn(f"{err}; skipping it for the next older checkpoint", DreamctlWarning, stacklevel=2)
-    raise CheckpointError(f"every checkpoint in {folder} is unreadable ({', '.join(p.name for p in candidates)}): "
-                          f"this run cannot continue; start a new one with `dreamctl train --run-dir NEW_FOLDER`")
-
-
-def set_aside_newer(folder: Path, step: int) -> list[Path]:
-    """Rename checkpoints newer than `step` (those load_latest skipped as corrupt) to `*.corrupt`.
-
-    Kept for inspection, but out of the listing: rotation would otherwise count them among the
-    newest and delete the good checkpoints written after the resume.
-    """
-    moved = []
-    for path in list_checkpoints(folder):
-        if step_of(path) > step:
-            moved.append(path.rename(unused_path(path.with_name(path.name + ".corrupt"))))
-    return moved
+def init_state(recipe: Recipe, rt: Runtime) -> TrainState:
+    """Model, EMA copy and AdamW, identical on every rank (same seed)."""
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe.model, recipe.data.resolution).to(rt.device)
+    if recipe.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    o = recipe.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
+                                  fused=rt.device.type == "cuda", foreach=None if rt.device.type == "cuda" else True)
+    return TrainState(model, ema, optimizer)
