@@ -66,7 +66,7 @@ class InferenceModel:
     checkpoint: Path
     image_size: int
     run_id: str
-    weights_sha256: str  # of the weights loaded (state.weights_sha256): a step alone does not fix them
+    weights_sha256: str  # of the weights loaded (checkpoints.weights_sha256): a step alone does not fix them
     precision: str = "fp32"  # the network's autocast: bf16 draws other images than fp32 from the same seeds
 
 
@@ -90,8 +90,6 @@ def sample_config(recipe: Recipe, opts: SampleOptions, source: str) -> SampleCon
     cfg = validate_recipe(raw, source).sample
     check_sampler_start(recipe.diffusion, cfg, source)
     return cfg
-
-
 
 
 def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, Checkpoint]:
