@@ -287,12 +287,13 @@ def test_any_byte_changed_in_a_checkpoint_is_corrupt_however_torch_would_read_it
                     load_checkpoint(path)
 
 
-@pytest.mark.parametrize("field, flip", [(10, 99), (6, 0xFF), (8, 0x01)],
-                         ids=["compression method", "version needed", "encrypted flag"])
+@pytest.mark.parametrize("field, flip", [(10, 99), (10, 0x08), (10, 0x0C), (6, 0xFF), (8, 0x01)],
+                         ids=["compression method", "deflate", "bzip2", "version needed", "encrypted flag"])
 def test_a_changed_byte_in_the_zip_directory_is_corrupt_not_a_traceback(tmp_path, field, flip):
     """A changed byte in the archive's central directory can ask for a compression, zip version or encryption
     that torch.save never writes: zipfile raises NotImplementedError or RuntimeError, which escaped as a
-    traceback instead of the damage it is (resume skips the file, sample names it)."""
+    traceback instead of the damage it is (resume skips the file, sample names it); a decompressor it then
+    runs over stored bytes raises zlib.error, or an OSError without errno that is no read failure."""
     import zipfile
 
     whole = tmp_path / "whole.pt"

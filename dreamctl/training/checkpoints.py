@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import lzma
 import pickle
 import re
 import shutil
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Collection, Mapping
@@ -167,12 +169,13 @@ def zip_damage(path: Path) -> str | None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except OSError as err:
-        if err.errno != errno.EINVAL:  # EINVAL is the seek to a negative offset that a damaged header names
+        if err.errno not in (None, errno.EINVAL):  # EINVAL: the seek to a negative offset a damaged header names;
+            # None: raised by a decompressor (bz2's "Invalid data stream"), not by the OS
             raise CheckpointError(f"checkpoint {path} could not be read from disk ({type(err).__name__}: "
                                   f"{err.strerror or err}); nothing was changed: retry, and if it fails again "
                                   "check the disk (or the file server) it is on") from err
         return f"not a whole zip archive: {_one_line(err)}"
-    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error, lzma.LZMAError) as err:
         return f"not a whole zip archive: {_one_line(err)}"
     except (NotImplementedError, RuntimeError) as err:  # a compression or encryption torch.save never uses
         return f"a damaged zip header: {_one_line(err)}"
