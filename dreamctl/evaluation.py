@@ -34,14 +34,11 @@ from dreamctl.metrics.inception import FeatureNet
 from dreamctl.eval_files import write_eval
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime, main_first, on_every_rank
-from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, holds_protocol, protocol_id
+from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, protocol_id
 from dreamctl.sampling import InferenceModel, SampleOptions, folder_name, load_for_inference, sample_to_folder
 from dreamctl.sample_files import read_samples
 from dreamctl.training.rundir import RunDir
 
-__all__ = ["EvalOptions", "EvalRequest", "Evaluation", "check_reference", "evaluate_run", "holds_protocol",
-           "protocol_id", "read_reference", "resolve_request", "sampling_protocol", "trained_on", "weight_problems"]
-# holds_protocol and protocol_id live in protocol.py; ablate's plan finds them here beside resolve_request.
 
 
 @dataclass(frozen=True)

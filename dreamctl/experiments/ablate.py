@@ -21,14 +21,13 @@ from dreamctl.config.keys import RESUMABLE_KEYS
 from dreamctl.data.shards import limited, split_count
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning
 from dreamctl.experiments.runs import read_evals
-from dreamctl.evaluation import (
-    EvalOptions, EvalRequest, check_reference, holds_protocol, resolve_request, sampling_protocol,
-)
+from dreamctl.evaluation import EvalOptions, EvalRequest, check_reference, resolve_request, sampling_protocol
 from dreamctl.experiments.spec import Spec, expand, expand_eval
+from dreamctl.protocol import holds_protocol
 from dreamctl.sampling import SampleOptions, sample_config
 from dreamctl.training.loop import idle_rectification, train_cost
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.state import list_checkpoints
+from dreamctl.training.checkpoints import list_checkpoints
 
 
 # What the plan does with a run (restart: it stopped before its first checkpoint) and with an evaluation.

@@ -17,15 +17,7 @@ from torch import nn
 from dreamctl.config import Recipe
 from dreamctl.models import build_model
 from dreamctl.runtime import Runtime
-# Before the split these lived here, and callers outside the package may still import them from here.
-from dreamctl.training.checkpoints import (CHECKPOINT, REQUIRED, Checkpoint, check_fits, check_moments_fit,
-                                           checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
-                                           no_checkpoint, read_checkpoint, save_checkpoint, set_aside_newer, step_of,
-                                           weights_sha256, zip_damage)
-
-__all__ = ["TrainState", "init_state", "CHECKPOINT", "REQUIRED", "Checkpoint", "check_fits", "check_moments_fit",
-           "checkpoint_path", "list_checkpoints", "load_checkpoint", "load_latest", "no_checkpoint", "read_checkpoint",
-           "save_checkpoint", "set_aside_newer", "step_of", "weights_sha256", "zip_damage"]
+__all__ = ["TrainState", "init_state"]
 
 
 @dataclass
