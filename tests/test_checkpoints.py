@@ -6,6 +6,7 @@ import errno
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import yaml
 from dreamctl.cli import main
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.records import read_jsonl
-from dreamctl.training.checkpoints import (REQUIRED, check_fits, check_moments_fit, list_checkpoints, load_checkpoint,
+from dreamctl.training.checkpoints import (REQUIRED, Checkpoint, check_fits, check_moments_fit, list_checkpoints, load_checkpoint,
                                            load_latest, set_aside_newer, step_of)
 from tiny_runs import TINY, assert_identical, final_weights, train
 
@@ -28,7 +29,8 @@ def _minimal(step: int, **fields) -> dict:
 def test_checkpoint_holds_everything(tmp_path, synthetic_data_dir):
     assert train(tmp_path / "run", synthetic_data_dir, TINY + ["train.max_steps=4"], recipe="tiny") == 0
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000004.pt")
-    assert REQUIRED | {"meter", "run_id", "dreamctl_version", "processes"} == set(ckpt)  # no RNG state: each
+    assert list(ckpt) == ["model", "ema", "optimizer", "step", "images_seen", "wall_time_s", "data_position",
+                          "meter", "recipe", "run_id", "processes", "dreamctl_version"]  # no RNG state: each
     # step reseeds; processes: what wrote it, which a resume on others names
     assert ckpt["processes"] == {"world_size": 1, "threads": torch.get_num_threads()}
     assert ckpt["data_position"]["batch_index"] == 4
@@ -458,16 +460,17 @@ def test_a_checkpoint_field_of_the_wrong_kind_is_one_error(tmp_path, edit, said)
 def test_weights_that_do_not_fit_the_network_name_the_first_tensor_that_differs(tmp_path):
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    ckpt = {"model": state, "ema": dict(state), "optimizer": {"state": {0: {"exp_avg": torch.zeros(3, 4)}}}}
+    ckpt = Checkpoint(model=state, ema=dict(state), optimizer={"state": {0: {"exp_avg": torch.zeros(3, 4)}}},
+                      step=8, images_seen=0, wall_time_s=0.0, data_position={}, recipe_yaml="")
     check_fits(ckpt, tmp_path / "c.pt", net)  # fits
     check_moments_fit(ckpt, tmp_path / "c.pt", net)
     with pytest.raises(CheckpointError, match=r"c.pt does not fit the run's network \(ema.1.weight: 2x5 in the "
                                               r"checkpoint, 2x3 in the network\)"):
-        check_fits({**ckpt, "ema": {**state, "1.weight": torch.zeros(2, 5)}}, tmp_path / "c.pt", net)
+        check_fits(replace(ckpt, ema={**state, "1.weight": torch.zeros(2, 5)}), tmp_path / "c.pt", net)
     with pytest.raises(CheckpointError, match=r"\(model.1.bias: absent in the checkpoint, 2 in the network\)"):
-        check_fits({**ckpt, "model": {k: v for k, v in state.items() if k != "1.bias"}}, tmp_path / "c.pt", net)
+        check_fits(replace(ckpt, model={k: v for k, v in state.items() if k != "1.bias"}), tmp_path / "c.pt", net)
     with pytest.raises(CheckpointError, match=r"\(optimizer.state.1.exp_avg: 3x4 in the checkpoint, 3 in the network\)"):
-        check_moments_fit({**ckpt, "optimizer": {"state": {1: {"exp_avg": torch.zeros(3, 4)}}}}, tmp_path / "c.pt",
+        check_moments_fit(replace(ckpt, optimizer={"state": {1: {"exp_avg": torch.zeros(3, 4)}}}), tmp_path / "c.pt",
                           net)
     with torch.device("meta"):  # the twin resume builds: the same shapes, no memory
         twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))

@@ -16,7 +16,7 @@ import torch
 
 from dreamctl.cli import main
 from dreamctl.diffusion import losses
-from dreamctl.training.checkpoints import list_checkpoints, load_checkpoint
+from dreamctl.training.checkpoints import list_checkpoints, load_checkpoint, read_checkpoint
 from tiny_runs import CONSERVATIVE, TINY, assert_identical, final_weights, set_args, train
 
 
@@ -750,7 +750,7 @@ def test_a_change_recipe_yaml_holds_but_run_json_does_not_record_is_recorded_by_
     assert train(run, synthetic_data_dir, TINY + ["train.max_steps=2"], recipe="tiny") == 0
     from dreamctl.training.rundir import RunDir
     from dreamctl.training.session import unrecorded_changes
-    newest = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
+    newest = read_checkpoint(list_checkpoints(run / "checkpoints")[-1])
     assert unrecorded_changes(RunDir(run), newest, []) == []  # as train left it: nothing to record
     changed = load_recipe(run / "recipe.yaml", ["optim.lr=0.001"])  # what the killed resume wrote
     (run / "recipe.yaml").write_text(recipe_to_yaml(changed))

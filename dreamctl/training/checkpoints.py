@@ -229,26 +229,22 @@ def _load(path: Path, map_location: str | torch.device) -> Any:
     return ckpt
 
 
-def check_fits(ckpt: Checkpoint | Mapping[str, Any], path: Path, model: nn.Module,
-               parts: tuple[str, ...] = ("model", "ema")) -> None:
+def check_fits(ckpt: Checkpoint, path: Path, model: nn.Module, parts: tuple[str, ...] = ("model", "ema")) -> None:
     """Refuse weights that are not `model`'s (a checkpoint of another network) before any of them loads,
-    naming the first tensor that differs. `model` may live on the meta device: only shapes are compared.
-    `ckpt` may be the dict on disk (tools, tests)."""
-    ckpt = ckpt.to_dict() if isinstance(ckpt, Checkpoint) else ckpt
+    naming the first tensor that differs. `model` may live on the meta device: only shapes are compared."""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for part in parts:
-        got = {k: tuple(v.shape) for k, v in ckpt[part].items()}
+        got = {k: tuple(v.shape) for k, v in getattr(ckpt, part).items()}
         if got != want:
             key = min(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
             _misfit(path, f"{part}.{key}", got.get(key), want.get(key))
 
 
-def check_moments_fit(ckpt: Checkpoint | Mapping[str, Any], path: Path, model: nn.Module) -> None:
+def check_moments_fit(ckpt: Checkpoint, path: Path, model: nn.Module) -> None:
     """Refuse AdamW moments that are not shaped as `model`'s parameters, which load_state_dict would take
     without a word (one entry per parameter, in model.parameters() order; shapes only, as check_fits)."""
-    optimizer = ckpt.optimizer if isinstance(ckpt, Checkpoint) else ckpt["optimizer"]
     shapes = [tuple(p.shape) for p in model.parameters()]
-    for index, moments in optimizer.get("state", {}).items():
+    for index, moments in ckpt.optimizer.get("state", {}).items():
         want = shapes[index] if isinstance(index, int) and 0 <= index < len(shapes) else None
         for name, value in moments.items():
             if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != want:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -208,14 +208,12 @@ def _settings(recipe: Recipe) -> dict[str, Any]:
     return {k: v for k, v in flat_items(recipe).items() if k not in NOT_SETTINGS and not k.startswith(RESUMABLE_KEYS)}
 
 
-def unrecorded_changes(run: RunDir, ckpt: Checkpoint | Mapping[str, Any],
-                       overrides: list[str] | tuple[str, ...]) -> list[str]:
+def unrecorded_changes(run: RunDir, ckpt: Checkpoint, overrides: list[str] | tuple[str, ...]) -> list[str]:
     """`key=value` for each setting recipe.yaml holds that the checkpoint trained without, and that run.json records
     no change of at its step: a `resume --set` killed between writing recipe.yaml and recording the change, or an
-    edit by hand. The resume records them with its own, so that compare's `resumed with` tells the whole story.
-    `ckpt` may be the dict on disk (load_checkpoint's)."""
-    step, trained = (ckpt.step, ckpt.recipe_yaml) if isinstance(ckpt, Checkpoint) else (ckpt["step"], ckpt["recipe"])
-    now, then = flat_items(run.recipe()), flat_items(recipe_from_yaml(trained, f"checkpoint step {step}"))
+    edit by hand. The resume records them with its own, so that compare's `resumed with` tells the whole story."""
+    step = ckpt.step
+    now, then = flat_items(run.recipe()), flat_items(recipe_from_yaml(ckpt.recipe_yaml, f"checkpoint step {step}"))
     recorded = {key for entry in run.info().get("resumes") or [] if entry.get("step") == step
                 for key in override_keys(entry.get("set") or [])}
     skip = recorded | set(override_keys(overrides)) | set(NOT_SETTINGS)
