@@ -507,14 +507,14 @@ def test_a_reference_of_training_images_is_noted_per_column(tmp_path: Path) -> N
 
 def test_kid_and_lpips_columns_say_what_their_numbers_are(tmp_path: Path) -> None:
     """KID's raw MMD² beside papers' ×10³, and a diversity score beside distances to the data (numbers review #8)."""
-    from dreamctl.metrics.registry import SCALE_NOTES
+    from dreamctl.metrics.registry import METRICS
 
     run = write_run(tmp_path, "a", recipe="tiny")
     write_eval(run, P50, 50, 200, {"fid": {"value": 9.0}, "kid": {"value": 0.01}})
     comp = compare_runs([read_run(run)])
-    assert comp.notes == (SCALE_NOTES["kid"],) and "×10³" in to_markdown(comp)
+    assert comp.notes == (METRICS["kid"].scale_note,) and "×10³" in to_markdown(comp)
     write_eval(run, P50, 50, 200, {"fid": {"value": 9.0}, "lpips": {"value": 0.3}, "kid": {"value": 0.01}})
-    assert compare_runs([read_run(run)]).notes == (SCALE_NOTES["kid"], SCALE_NOTES["lpips"])
+    assert compare_runs([read_run(run)]).notes == (METRICS["kid"].scale_note, METRICS["lpips"].scale_note)
     write_eval(run, P50, 50, 200, {"fid": {"value": 9.0}})
     assert compare_runs([read_run(run)]).notes == ()
 

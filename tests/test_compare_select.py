@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamctl.metrics.registry import SCALE_NOTES
+from dreamctl.metrics.registry import METRICS
 from dreamctl.errors import ConfigError
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.runs import read_run
@@ -30,10 +30,10 @@ def two_protocols(tmp_path: Path) -> list[Path]:
 def test_metrics_and_protocols_limit_the_columns_and_everything_said_of_them(tmp_path: Path) -> None:
     runs = [read_run(d) for d in two_protocols(tmp_path)]
     full = compare_runs(runs)
-    assert SCALE_NOTES["kid"] in full.notes and set(full.protocols) == {P10, P50}
+    assert METRICS["kid"].scale_note in full.notes and set(full.protocols) == {P10, P50}
     comp = compare_runs(runs, metrics=["FID", "swd"])
     assert comp.columns == ((P10, "swd"), (P50, "fid"), (P50, "swd"))
-    assert SCALE_NOTES["kid"] not in comp.notes  # no kid column, no note on kid's scale
+    assert METRICS["kid"].scale_note not in comp.notes  # no kid column, no note on kid's scale
     assert set(to_json(comp)["runs"][0]["metrics"][P50]) == {"checkpoint_steps", "fid", "swd"}
     comp = compare_runs(runs, protocols=[P10])
     assert comp.columns == ((P10, "swd"),) and set(comp.protocols) == {P10}
@@ -102,7 +102,7 @@ def test_latex_has_one_cell_per_column_under_headers_spanning_each_protocol(tmp_
     # Everything said of the numbers is above the table, as comments.
     comments = [line for line in tex.splitlines() if line.startswith("%")]
     assert any(P50 in line and "sampler=ddim" in line for line in comments)
-    assert any(SCALE_NOTES["kid"] in line for line in comments)
+    assert any(METRICS["kid"].scale_note in line for line in comments)
     assert not any(line.startswith("%") for line in tex.splitlines()[len(comments):])
 
 

@@ -18,11 +18,13 @@ def test_a_sample_folder_and_an_evaluation_record_the_same_sampling_fields() -> 
     cfg = SampleConfig(steps=20, eta=0.5, use_ema=False, clip_x0=True)
     m = InferenceModel(None, None, cfg, 300, Path("step300.pt"), 32, "run-1", "f" * 64, "bf16")  # type: ignore
     assert folder_name(m, 2) == "ddim20-eta0.5-raw-step300-seed2-clip-bf16"
-    assert tuple(folder_settings(m, 2)) == ("run_id", *SAMPLING_FIELDS, "image_size", "weights_sha256")
+    written = ("checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "seed", "precision")
+    assert SAMPLING_FIELDS == written  # what sample.json and eval files hold: a field lost here loses it in both
+    assert tuple(folder_settings(m, 2)) == ("run_id", *written, "image_size", "weights_sha256")
     sampling = Sampling.of(cfg, 300, 2, "bf16")
     assert Sampling.from_record(folder_settings(m, 2)) == sampling
     p = sampling.protocol_fields(100, "test", 50) | {"resize": "clean: PIL bicubic to 299"}
-    assert set(SAMPLING_FIELDS) <= set(p) and set(SAMPLING_FIELDS) <= set(SAME_SAMPLES)
+    assert set(written) <= set(p) and set(written) <= set(SAME_SAMPLES)
     assert protocol_id(p, stand_in=False) == "ddim20-eta0.5-raw-n100-test50-clean-clip-bf16-seed2"
     assert holds_protocol(p, sampling.protocol_fields(100, "test", 50))
     assert not holds_protocol(p, Sampling.of(cfg, 300, 2, "fp32").protocol_fields(100, "test", 50))
@@ -32,7 +34,7 @@ def test_the_same_samples_need_every_sampling_field_and_the_same_weights() -> No
     p = Sampling.of(SampleConfig(), 100, 0, "fp32").protocol_fields(100, "train", 100)
     assert same_samples(p, dict(p)) and same_samples(p | {"weights_sha256": "a"}, p)  # older files: no hash
     assert not same_samples(p | {"weights_sha256": "a"}, p | {"weights_sha256": "b"})
-    for name in SAMPLING_FIELDS:
+    for name in ("checkpoint_step", "ema", "sampler", "steps", "eta", "t_start", "clip_x0", "seed", "precision"):
         assert not same_samples(p, p | {name: "other"}), name
 
 

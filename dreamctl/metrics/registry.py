@@ -44,7 +44,5 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (  # in the order tables an
                            "lower is better"),
 )}
 METRIC_NAMES = tuple(METRICS)
-METRIC_WEIGHTS = {m.name: m.weights for m in METRICS.values()}
 # One feature pass serves them, and the protocol names its network (feature_network_sha256) for all three.
 INCEPTION_METRICS = tuple(m.name for m in METRICS.values() if INCEPTION in m.weights)  # fid, kid, is
-SCALE_NOTES = {m.name: m.scale_note for m in METRICS.values() if m.scale_note is not None}
