@@ -199,7 +199,8 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
         if problems and (asked.strict_weights or req.explicit):
             raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
             # share one file: named once
-        scoring.append(Scoring(data_dir, *reference, problems, net))
+        images, manifest, manifest_sha256 = reference
+        scoring.append(Scoring(data_dir, images, manifest, manifest_sha256, problems, net))
     main_first(rt, prepare_scoring)
 
     def writable() -> None:  # before drawing: the images and the scores must have a place
@@ -234,5 +235,5 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
 
 
 def sampling_protocol(cfg: SampleConfig, step: int | None, req: EvalRequest, precision: str) -> dict[str, Any]:
-    """The protocol fields that fix the generated images and say which reference they meet."""
+    """Sampling.protocol_fields of an evaluation request: what evaluate would record for it now."""
     return Sampling.of(cfg, step, req.seed, precision).protocol_fields(req.num, req.ref_split, req.ref_num)

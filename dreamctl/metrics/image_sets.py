@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -183,7 +183,10 @@ class ImageSets:
     device: str
 
 
-Scored = tuple[dict, dict, dict]  # (its entry, its settings for protocol[name] once computed, {weight file: sha256})
+class Scored(NamedTuple):
+    entry: dict  # the metric's value (or why it is missing)
+    settings: dict  # what protocol[name] records of how it was computed, once it was
+    weights: dict  # {weight file: sha256} of the files it loaded
 
 
 def _lpips(s: ImageSets) -> Scored:
@@ -191,16 +194,17 @@ def _lpips(s: ImageSets) -> Scored:
     from dreamctl.metrics.lpips_diversity import MIN_SIZE, build_lpips, lpips_diversity
 
     if min(s.generated.shape[1:3]) < MIN_SIZE:
-        return {"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}, {}
+        return Scored({"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}, {})
     try:
         model = build_lpips(s.weights_dir, s.device)
     except WeightsError as err:
-        return {"missing": str(err)}, {}, {}
+        return Scored({"missing": str(err)}, {}, {})
     value, std = lpips_diversity(model, s.generated, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
     real, real_std = lpips_diversity(model, s.reference, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
     used = {name: weights.sha256_file(weights.path_of(name, s.weights_dir)) for name in METRICS["lpips"].weights}
-    return ({"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real, "real_std": real_std,
-             "pairs": LPIPS_PAIRS}, {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS}, used)
+    return Scored({"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real,
+                   "real_std": real_std, "pairs": LPIPS_PAIRS}, {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS},
+                  used)
 
 
 def _swd(s: ImageSets) -> Scored:
@@ -209,7 +213,7 @@ def _swd(s: ImageSets) -> Scored:
         return {"value": levels["average"], "levels": {str(k): v for k, v in levels["levels"].items()},
                 "note": f"sliced Wasserstein distance x1e3 on {PATCH_SIZE}x{PATCH_SIZE} Laplacian-pyramid patches"}
     entry = _entry(swd)
-    return entry, swd_settings() if "value" in entry else {}, {}
+    return Scored(entry, swd_settings() if "value" in entry else {}, {})
 
 
 def _pixel_fd(s: ImageSets) -> Scored:
@@ -219,7 +223,7 @@ def _pixel_fd(s: ImageSets) -> Scored:
                       DreamctlWarning, stacklevel=3)  # evaluate_image_sets's caller
     entry = _entry(lambda: {"value": pixel_frechet_distance(s.generated, s.reference),
                             "note": "Fréchet distance on 8x8 area-downsampled pixels in [0, 1]; weight-free proxy"})
-    return entry, {}, {}
+    return Scored(entry, {}, {})
 
 
 # The metrics computed each on its own, in the order they run; fid, kid and is share one feature pass instead.
