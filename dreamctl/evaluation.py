@@ -22,7 +22,7 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
-from dreamctl.config.schema import check_eval_num
+from dreamctl.config.metrics import check_eval_num
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
 from dreamctl.errors import ConfigError, DataError, WeightsError

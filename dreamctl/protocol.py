@@ -16,10 +16,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
-
 if TYPE_CHECKING:
     from dreamctl.config import SampleConfig
+
+# Image i under base seed S is drawn from seed S * 2**20 + i (generate.image_seeds), recorded in evaluation files;
+# files written before it used seed+i.
+SEED_RULE = "seed*2**20+i"
+
+
+def drawn_by_seed_rule(protocol: Mapping[str, Any]) -> bool:
+    """Whether an evaluation's images came from SEED_RULE. Base seed 0 draws the same images under both
+    rules; any other base seed in a file without SEED_RULE drew the old overlapping sets."""
+    return protocol.get("seed", 0) == 0 or protocol.get("image_seeds") == SEED_RULE
 
 
 @dataclass(frozen=True)

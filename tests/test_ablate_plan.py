@@ -231,7 +231,7 @@ def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_p
     """DDIM with 40 of 1000 steps starts at 39*25 = 975 by default, but an evaluation told `--t-start 975` is
     filed under another protocol id (-tstart975) than the one the ablation's table reads: not done."""
     from dreamctl.config import load_recipe
-    from dreamctl.config.schema import SEED_RULE
+    from dreamctl.protocol import SEED_RULE
     from dreamctl.evaluation import EvalOptions, resolve_request
     from dreamctl.experiments.ablate import _evaluated
     from dreamctl.sampling import SampleOptions, sample_config
@@ -285,7 +285,7 @@ def test_a_data_limit_below_the_split_sets_the_cost(tmp_path: Path) -> None:
 
 def _write_eval_record(run_dir: Path, **changes) -> None:
     """An eval file as `dreamctl evaluate` writes it for tiny at 40 DDIM steps, 50 images, the final step 40."""
-    from dreamctl.config.schema import SEED_RULE
+    from dreamctl.protocol import SEED_RULE
 
     (run_dir / "eval").mkdir()
     (run_dir / "run.json").write_text(json.dumps({"step": 40}))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamctl.config.schema import SEED_RULE
+from dreamctl.protocol import SEED_RULE
 from dreamctl.errors import CheckpointError
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.tables import cells, headers, to_csv, to_json, to_markdown

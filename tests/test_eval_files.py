@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamctl.config.schema import SEED_RULE, drawn_by_seed_rule
+from dreamctl.protocol import SEED_RULE, drawn_by_seed_rule
 from dreamctl.eval_files import write_eval
 
 PID = "ddim50-eta0-ema-n500-train500-clean-seed1"

@@ -15,7 +15,8 @@ from typing import Any, get_args
 
 import yaml
 
-from dreamctl.config.schema import LossConfig, LossKind, Recipe, check_eval_section, validate_recipe
+from dreamctl.config.metrics import check_eval_section
+from dreamctl.config.schema import LossConfig, LossKind, Recipe, validate_recipe
 from dreamctl.errors import ConfigError, DreamctlWarning
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"

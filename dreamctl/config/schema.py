@@ -14,14 +14,12 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 from dreamctl.config.validation import problems
 from dreamctl.config.values import bool_for_number
 from dreamctl.errors import ConfigError
-from dreamctl.config.metrics import parse_metrics
 
 LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbation"]
 # Image i under base seed S is drawn from seed S * 2**20 + i (generate.image_seeds); torch's CPU
 # generator keeps 32 bits of a seed, which leaves base seeds 0..4095.
 IMAGES_PER_SEED = 2**20
 MAX_BASE_SEED = 2**32 // IMAGES_PER_SEED - 1
-SEED_RULE = "seed*2**20+i"  # recorded in evaluation files; files written before it used seed+i
 # The UNets trained here are the DDPM family's for 32-256 px faces (CelebA's aligned images are
 # 178x218); 1024 px already upsamples them 5x, and a default 5000-image shard of it is 15 GiB in memory
 # while prepare-data writes it. Past it a typo (100000) is an out-of-memory crash, not a data set.
@@ -35,12 +33,6 @@ MAX_RES_BLOCKS = 8  # DDPM and ADM use 2 or 3
 PositiveInt = Annotated[int, Field(gt=0)]
 ChannelMult = Annotated[int, Field(gt=0, le=MAX_CHANNEL_MULT)]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # AdamW's own bounds
-
-
-def drawn_by_seed_rule(protocol: dict[str, Any]) -> bool:
-    """Whether an evaluation's images came from the rule above. Base seed 0 draws the same images
-    under both rules; any other base seed in a file without SEED_RULE drew the old overlapping sets."""
-    return protocol.get("seed", 0) == 0 or protocol.get("image_seeds") == SEED_RULE
 
 
 class _Section(BaseModel):
@@ -226,7 +218,7 @@ class SampleConfig(_Section):
 
 class EvalConfig(_Section):
     # Bounds a stored recipe may hold (runs from before check_eval_section still load); a recipe about to
-    # train or resume is held to check_eval_section's too.
+    # train or resume is held to config.metrics.check_eval_section's too.
     num: int = Field(5000, gt=0)
     ref: Literal["train", "valid", "test"] = "train"
     ref_num: int | None = Field(None, gt=0)  # default: as many as generated
@@ -237,29 +229,6 @@ class EvalConfig(_Section):
     @classmethod
     def _comma_list(cls, metrics: Any) -> Any:
         return metrics.split(",") if isinstance(metrics, str) else metrics  # `metrics: fid,swd` as --metrics takes
-
-
-def check_eval_num(num: Any, where: str) -> None:
-    """ConfigError unless `num`, the images an evaluation draws, is an integer from 2 (a covariance needs two)
-    to IMAGES_PER_SEED (its images are one base seed's). `where` names the setting: eval.num, --num, ..."""
-    if type(num) is not int or not 2 <= num <= IMAGES_PER_SEED:
-        raise ConfigError(f"{where} {num!r}: evaluate draws 2 (a covariance needs two) to "
-                          f"{IMAGES_PER_SEED:,} images (one base seed's)")
-
-
-def check_eval_section(recipe: Recipe, source: str) -> Recipe:
-    """The recipe with eval.metrics in the names evaluate takes; ConfigError naming `source` for settings
-    evaluate would refuse. Checked when a recipe is loaded to train (or resumed with new settings), not
-    when its training is done and evaluate first reads them."""
-    e = recipe.eval
-    check_eval_num(e.num, f"{source}: eval.num")
-    if e.ref_num is not None and e.ref_num < 2:
-        raise ConfigError(f"{source}: eval.ref_num {e.ref_num}: evaluate needs at least 2 reference images")
-    try:
-        metrics = tuple(parse_metrics(e.metrics, "eval.metrics"))
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-    return recipe.model_copy(update={"eval": e.model_copy(update={"metrics": metrics})})
 
 
 class Recipe(_Section):

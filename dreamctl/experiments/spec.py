@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, V
 from dreamctl.config import RECIPES_DIR, parse_override
 from dreamctl.config.load import builtin_or_path, option_args, override_keys, read_yaml
 from dreamctl.config.keys import leaves_weights, setting_value
-from dreamctl.config.schema import check_eval_num
+from dreamctl.config.metrics import check_eval_num
 from dreamctl.config.validation import problems
 from dreamctl.errors import ConfigError
 from dreamctl.config.metrics import parse_metrics
