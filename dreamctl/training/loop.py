@@ -172,7 +172,7 @@ def train(recipe: Recipe, run: RunDir, images: ImageSet, rt: Runtime, *, resume:
     order = BatchOrder(len(images), tc.batch_size, tc.seed, rt.rank, rt.world_size)
     meter = LossMeter(recipe.diffusion.num_timesteps, rt.device)
     if resume is not None:
-        state.load_state_dict(resume.to_dict())
+        state.restore(resume)
         order.load_state_dict(resume.data_position)
         if resume.meter is not None:  # older checkpoints lack it: the first record is then partial
             meter.load_state_dict(resume.meter, rt)

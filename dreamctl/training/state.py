@@ -1,15 +1,13 @@
 """What a run holds while it trains: the network, its EMA copy, the optimizer and the counters.
 
-Checkpoint files (names, writing, reading back, their checks) are checkpoints.py; the names that
-lived here before the split are still importable from this module.
+Checkpoint files (names, writing, reading back, their checks) are checkpoints.py.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,6 +15,10 @@ from torch import nn
 from dreamctl.config import Recipe
 from dreamctl.models import build_model
 from dreamctl.runtime import Runtime
+
+if TYPE_CHECKING:
+    from dreamctl.training.checkpoints import Checkpoint
+
 __all__ = ["TrainState", "init_state"]
 
 
@@ -37,13 +39,12 @@ class TrainState:
                 "optimizer": self.optimizer.state_dict(), "step": self.step, "images_seen": self.images_seen,
                 "wall_time_s": self.wall_time_s}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Take the six entries state_dict gives (a Checkpoint's to_dict holds them); the weights move to
-        this state's devices."""
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.images_seen, self.wall_time_s = state["step"], state["images_seen"], state["wall_time_s"]
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Take a checkpoint's state; the weights move to this state's devices."""
+        self.model.load_state_dict(ckpt.model)
+        self.ema.load_state_dict(ckpt.ema)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.step, self.images_seen, self.wall_time_s = ckpt.step, ckpt.images_seen, ckpt.wall_time_s
 
 
 def init_state(recipe: Recipe, rt: Runtime) -> TrainState:
