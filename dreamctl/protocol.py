@@ -46,8 +46,8 @@ class Sampling:
 
     @classmethod
     def of(cls, cfg: SampleConfig, checkpoint_step: int | None, seed: int, precision: str) -> Sampling:
-        return cls(checkpoint_step, cfg.use_ema, cfg.sampler, cfg.steps, cfg.eta, cfg.t_start, cfg.clip_x0, seed,
-                   precision)
+        return cls(checkpoint_step=checkpoint_step, ema=cfg.use_ema, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+                   t_start=cfg.t_start, clip_x0=cfg.clip_x0, seed=seed, precision=precision)
 
     @classmethod
     def from_record(cls, p: Mapping[str, Any]) -> Sampling:
