@@ -172,14 +172,14 @@ def _plan_run(spec: Spec, name: str, recipe: Recipe, data: Path | None, count: i
     action = run_status(run_dir)
     steps_done = _step_reached(run_dir) if action in ("resume", "skip") else 0
     n = train_images(recipe, count, data)
+    cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
+    steps, images, forwards = cost
     # A finished run resumes when the spec changes it, or when its recipe asks for steps not trained yet: a
     # `resume --set train.max_steps=N` killed between recipe.yaml and run.json leaves it `finished` at the old step.
-    if action == "skip" and (resume_set or (n is not None and train_cost(recipe, n, steps_done)[0] > 0)):
+    if action == "skip" and (resume_set or (steps or 0) > 0):
         action = "resume"
-    cost = (None, None, None) if n is None else train_cost(recipe, n, steps_done)  # unprepared: unknown
     if n is not None and (idle := idle_rectification(recipe, n)):
         warnings.warn(f"{spec.path}: run {name}: {idle}", DreamctlWarning, stacklevel=3)
-    steps, images, forwards = cost
     train = TrainJob(name, recipe_name, overrides, run_dir, action, steps, images, forwards, recipe, n,
                      resume_set=resume_set, done=steps_done)
     extra: tuple[str, ...] = ("--metrics", ",".join(spec.metrics)) if spec.metrics else ()
