@@ -18,7 +18,7 @@ from typing import Literal
 from dreamctl import runtime
 from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.config.keys import RESUMABLE_KEYS
-from dreamctl.data.shards import limited, split_count
+from dreamctl.data.shards import limited, manifest_path, split_count
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning
 from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import EvalOptions, EvalRequest, check_reference, resolve_request, sampling_protocol
@@ -76,7 +76,7 @@ class Plan:
 
 def data_count(data: Path | None, split: str) -> int | None:
     """Images in a prepared split (manifest.json), None when the folder is not prepared yet."""
-    if data is None or not (data / "manifest.json").is_file():
+    if data is None or not manifest_path(data).is_file():
         return None
     return split_count(data, split)
 
@@ -136,7 +136,7 @@ def _changes(run_dir: Path, expected: Recipe, data: Path | None) -> tuple[str, .
         k = fixed[0]
         raise ConfigError(f"{run_dir} already holds a run with {k}={have.get(k)!r} but the spec asks for "
                           f"{want[k]!r}: delete that folder or choose another 'out'")
-    if data is not None and (data / "manifest.json").is_file():
+    if data is not None and manifest_path(data).is_file():
         run.check_data(data, "give the spec that run's data, or choose another 'out'")
     return tuple(f"{k}={json.dumps(want[k])}" for k in differ)
 
@@ -163,7 +163,7 @@ def _plan_run(spec: Spec, name: str, recipe: Recipe, data: Path | None, count: i
               for suffix, options, flags in expand_eval(spec)] if spec.evaluate else []
     # no point sets these; a spec that does not evaluate is not refused for its eval settings
     req = resolve_request(recipe, SampleOptions(), EvalOptions(num=spec.num, metrics=spec.metrics)) if points else None
-    if req is not None and data is not None and (data / "manifest.json").is_file():  # evaluate's check, now
+    if req is not None and data is not None and manifest_path(data).is_file():  # evaluate's check, now
         check_reference(data, req.ref_split, req.ref_num, recipe.data.resolution,
                         fix="lower `evaluate: {num: N}` in the spec, or set eval.ref_num or eval.ref",
                         size_fix=f"prepare the data at --resolution {recipe.data.resolution}, or set "
