@@ -207,7 +207,7 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
         for where, what in ((run.samples, "sample folder"), (run.eval, "evaluation folder")):
             atomic.check_writable(where, what)
     on_every_rank(rt, writable, f"checking that {run.root} can be written")
-    model = load_for_inference(run, opts, rt)
+    model = load_for_inference(run, opts, rt, recipe)  # read above, on every rank
     folder = run.samples / folder_name(model, req.seed)
     sample_to_folder(model, folder, req.num, seed=req.seed, rt=rt, on_event=on_event)
     if not rt.is_main:

@@ -108,20 +108,23 @@ def choose_checkpoint(run: RunDir, step: int | None) -> tuple[Path, Checkpoint]:
         ckpt = read_checkpoint(path)
     except CorruptCheckpoint as err:
         others = ", ".join(str(step_of(p)) for p in listed if p != path) or "none"
-        newest = "it is the newest; `dreamctl resume RUN` sets it aside and trains its steps again, or "
-        raise CheckpointError(f"{err}: {newest.replace('RUN', str(run.root)) if step is None else ''}--checkpoint "
-                              f"STEP draws from another one (steps there: {others})") from None
+        newest = (f"it is the newest; `dreamctl resume {run.root}` sets it aside and trains its steps again, or "
+                  if step is None else "")
+        raise CheckpointError(f"{err}: {newest}--checkpoint STEP draws from another one (steps there: {others})"
+                              ) from None
     run.check_own(path, ckpt.run_id)
     return path, ckpt
 
 
-def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime) -> InferenceModel:
+def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime, current: Recipe | None = None) -> InferenceModel:
     """The run's model (EMA weights unless told otherwise) from the chosen checkpoint, ready to sample.
 
     The network and the noise schedule are built from the recipe stored in the checkpoint, the one
-    its weights were trained with; recipe.yaml gives only the sampling settings (`sample`, `eval`).
+    its weights were trained with; recipe.yaml (`current`, when the caller has read it on every rank) gives
+    only the sampling settings (`sample`, `eval`).
     """
-    current = on_every_rank(rt, run.recipe, f"reading {run.recipe_file}")  # a node without the run: its error
+    if current is None:  # a node without the run: its error
+        current = on_every_rank(rt, run.recipe, f"reading {run.recipe_file}")
     # Rank 0 picks the step, every rank loads it: a run still training may write a newer checkpoint (or
     # rotate one away) between two ranks' listings, and ranks on two steps would fill two folders by halves.
     chosen: list[tuple[Path, Checkpoint]] = []
