@@ -145,9 +145,16 @@ def _reduce(values: list[float], rt: Runtime, op: dist.ReduceOp) -> list[float]:
     return t.tolist()
 
 
-def any_rank(flag: bool, rt: Runtime) -> bool:
-    """True on every rank if it is true on any (so all ranks stop at the same step)."""
-    return bool(max_over_ranks(int(flag), rt))
+def any_rank(flag: bool | Tensor, rt: Runtime) -> bool:
+    """True on every rank if it is true on any (so all ranks stop at the same step). A flag computed on the
+    device is reduced where it lies: one wait for the answer, not one to read the flag and one for the sum."""
+    if not isinstance(flag, Tensor):
+        return bool(max_over_ranks(int(flag), rt))
+    if not _joined(rt):
+        return bool(flag)
+    t = flag.detach().reshape(1).to(rt.device if rt.device.type == "cuda" else "cpu", torch.float32, copy=True)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def sum_over_ranks(n: int, rt: Runtime) -> int:

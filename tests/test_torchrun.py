@@ -665,6 +665,42 @@ def test_a_non_finite_step_names_the_steps_loss_not_rank_0s_share(tmp_path):
     assert said[0].startswith("non-finite loss or gradient at step 3 (epoch 0): {'loss': nan, 'loss_std': 2.5}; ")
 
 
+def _update_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from dreamctl.config import OptimConfig
+    from dreamctl.training.loop import update
+    from dreamctl.training.state import TrainState
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model, ema = nn.Linear(4, 4), nn.Linear(4, 4).requires_grad_(False)
+    state = TrainState(model, ema, torch.optim.SGD(model.parameters(), lr=0.1))
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)  # finite on both ranks: only rank 1's loss is not
+    said = []
+    for loss in ([1.0, float("nan")][rank], 1.0):  # the second step is finite everywhere: both take it
+        grad_norm = update(state, list(model.parameters()), OptimConfig(grad_clip=None), 0, torch.tensor(loss), rt)
+        said.append((grad_norm is None, all(torch.equal(b, p) for b, p in zip(before, model.parameters()))))
+    torch.save(said, f"{out}.{rank}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_step_that_is_not_finite_on_one_rank_is_taken_on_none(tmp_path):
+    """The finiteness flag is reduced on the device (one wait, not two): a NaN loss on rank 1 alone still skips
+    the step on rank 0, whose own loss is finite, and a finite step after it is taken on both."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "said")
+    mp.spawn(_update_worker, args=(f"file://{tmp_path / 'store'}", out), nprocs=2, join=True)
+    said = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
+    assert said == [[(True, True), (False, False)]] * 2
+
+
 def _resume_check_worker(rank: int, init: str, run: str, out: str) -> None:
     import torch.distributed as dist
 

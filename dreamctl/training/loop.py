@@ -65,8 +65,8 @@ def update(state: TrainState, params: list[Tensor], cfg: OptimConfig, step: int,
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_threshold(cfg), foreach=True)
-    finite = bool(torch.isfinite(torch.stack([loss.float(), grad_norm.float()])).all())
-    if any_rank(not finite, rt):  # every rank stops at the same step; none waits on the others
+    bad = ~torch.isfinite(torch.stack([loss.float(), grad_norm.float()])).all()
+    if any_rank(bad, rt):  # every rank stops at the same step; none waits on the others
         return None
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
