@@ -606,11 +606,17 @@ def test_eval_metrics_are_read_as_evaluate_reads_its_flag():
 
 def test_every_loss_setting_reaches_the_loss_of_a_kind():
     """A field that no kind's params() passes on would be accepted by --set and ignored (mutation audit)."""
-    from dreamctl.config.schema import LossConfig, LossKind
+    import inspect
     from typing import get_args
+
+    from dreamctl.config.schema import LOSS_PARAMS, LossConfig, LossKind
+    from dreamctl.diffusion.losses import LOSSES
 
     passed = set().union(*(LossConfig(kind=k).params() for k in get_args(LossKind)))
     assert passed == set(LossConfig.model_fields) - {"kind"}
+    assert list(LOSS_PARAMS) == list(get_args(LossKind)) == list(LOSSES)
+    for kind, names in LOSS_PARAMS.items():  # each a keyword its loss function takes: no TypeError mid-run
+        assert set(names) <= set(inspect.signature(LOSSES[kind].fn).parameters), kind
     assert load_recipe("tiny-dream", ["loss.estimate_eval_mode=false"]).loss.params()["estimate_eval_mode"] is False
     assert load_recipe("tiny", ["loss.kind=input_perturbation", "loss.gamma=0.3"]).loss.params() == {"gamma": 0.3}
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import LossKind, Recipe
-from dreamctl.diffusion.losses import Stats, backward_loss, conservative_lambda, per_sample, rectified_input
+from dreamctl.diffusion.losses import Cost, Stats, backward_loss, conservative_lambda, per_sample, rectified_input
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
 from dreamctl.models import unet
@@ -42,7 +42,7 @@ def naive_conservative_loss(model: nn.Module, schedule: NoiseSchedule, x0: Tenso
     return alpha * loss_std + (1 - alpha) * loss_rect
 
 
-NAIVE_COST = (3, 7)  # (forward calls, forward units) as losses.Loss.cost counts them: one more forward, no more backward
+NAIVE_COST = Cost(3, 7)  # one forward more than ours, no more backward
 
 
 # --- one training step, from the loop's building blocks -------------------------------------

@@ -93,7 +93,7 @@ def _dry_run(recipe: Recipe, processes: int) -> int | None:
     params = count_parameters(build_model(recipe.model, recipe.data.resolution))
     kind, start = recipe.loss.kind, recipe.loss.start_epoch
     calls, units = step_cost(kind, start, start)
-    early = step_cost(kind, 0, start)[1]
+    early = step_cost(kind, 0, start).forward_units
     note = f" ({early} before loss.start_epoch)" if early != units else ""
     about = f"  ({recipe.description})" if recipe.description else ""
     console.print(f"recipe        {recipe.name}{about}", markup=False)

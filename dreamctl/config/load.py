@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 
 from dreamctl.config.metrics import check_eval_section
-from dreamctl.config.schema import LossConfig, LossKind, Recipe, validate_recipe
+from dreamctl.config.schema import LOSS_PARAMS, Recipe, validate_recipe
 from dreamctl.errors import ConfigError, DreamctlWarning
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -218,7 +218,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     recipe = check_to_train(validate_recipe(apply_overrides(raw, overrides), source), source)
     for key in override_keys(overrides):  # a typo'd kind or a setting of another method: an ablation of copies
         if (name := key.removeprefix("loss.")) in recipe.loss.unused():
-            readers = [k for k in get_args(LossKind) if name in LossConfig(kind=k).params()]
+            readers = [kind for kind, names in LOSS_PARAMS.items() if name in names]
             warnings.warn(f"--set {key}: loss.kind {recipe.loss.kind} does not read it (a setting of "
                           f"{' and '.join(readers)}); the run trains as if it were not set", DreamctlWarning, stacklevel=2)
     return recipe

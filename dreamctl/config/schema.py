@@ -16,6 +16,13 @@ from dreamctl.config.values import bool_for_number
 from dreamctl.errors import ConfigError
 
 LossKind = Literal["standard", "dream", "dream_conservative", "input_perturbation"]
+# The settings each loss kind reads: the keyword arguments its function in diffusion/losses.py takes.
+LOSS_PARAMS: dict[str, tuple[str, ...]] = {
+    "standard": (),
+    "dream": ("p", "norm", "estimate_eval_mode"),
+    "dream_conservative": ("lambda_min", "lambda_max", "alpha", "start_epoch", "ramp_epochs"),
+    "input_perturbation": ("gamma",),
+}
 # Image i under base seed S is drawn from seed S * 2**20 + i (generate.image_seeds); torch's CPU
 # generator keeps 32 bits of a seed, which leaves base seeds 0..4095.
 IMAGES_PER_SEED = 2**20
@@ -118,20 +125,11 @@ class LossConfig(_Section):
 
     def params(self) -> dict[str, Any]:
         """The keyword arguments compute_loss takes for this kind."""
-        by_kind = {
-            "standard": {},
-            "dream": {"p": self.p, "norm": self.norm, "estimate_eval_mode": self.estimate_eval_mode},
-            "dream_conservative": {
-                "lambda_min": self.lambda_min, "lambda_max": self.lambda_max, "alpha": self.alpha,
-                "start_epoch": self.start_epoch, "ramp_epochs": self.ramp_epochs,
-            },
-            "input_perturbation": {"gamma": self.gamma},
-        }
-        return by_kind[self.kind]
+        return {name: getattr(self, name) for name in LOSS_PARAMS[self.kind]}
 
     def unused(self) -> list[str]:
         """The settings this kind does not read (a recipe holds every one; compare shows them as —)."""
-        return [name for name in type(self).model_fields if name != "kind" and name not in self.params()]
+        return [name for name in type(self).model_fields if name != "kind" and name not in LOSS_PARAMS[self.kind]]
 
 
 class OptimConfig(_Section):

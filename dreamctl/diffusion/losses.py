@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -148,12 +148,19 @@ def input_perturbation(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, t:
     return loss, {"loss_std": loss.detach(), "per_sample": losses.detach()}
 
 
+class Cost(NamedTuple):
+    """What a training step runs: model forward calls, and forward units with a backward counting as two."""
+
+    forward_calls: int
+    forward_units: int
+
+
 @dataclass(frozen=True)
 class Loss:
     """A loss kind: its function and what a training step of it needs and costs."""
 
     fn: Callable[..., tuple[Tensor, Stats]]
-    cost: tuple[int, int]  # per step: (model forward calls, forward units), a backward counting as two forwards
+    cost: Cost  # per step
     staged: bool = False  # standard steps before loss.start_epoch (step_cost)
     extra_noise: tuple[str, ...] = ()  # N(0, I) draws of the step beyond eps, drawn after it (training.step_noise)
 
@@ -161,10 +168,10 @@ class Loss:
 # dream's estimate pass has no backward; dream_conservative's second pass has (its cost from start_epoch:
 # step_cost; the study's naive step is bench.steps.NAIVE_COST).
 LOSSES: dict[str, Loss] = {
-    "standard": Loss(standard, (1, 3)),
-    "dream": Loss(dream, (2, 4)),
-    "dream_conservative": Loss(dream_conservative, (2, 6), staged=True),
-    "input_perturbation": Loss(input_perturbation, (1, 3), extra_noise=("xi",)),
+    "standard": Loss(standard, Cost(1, 3)),
+    "dream": Loss(dream, Cost(2, 4)),
+    "dream_conservative": Loss(dream_conservative, Cost(2, 6), staged=True),
+    "input_perturbation": Loss(input_perturbation, Cost(1, 3), extra_noise=("xi",)),
 }
 
 
@@ -203,7 +210,7 @@ def backward_loss(kind: str, model: nn.Module, schedule: NoiseSchedule, x0: Tens
     return stats
 
 
-def step_cost(kind: str, epoch: int, start_epoch: int) -> tuple[int, int]:
+def step_cost(kind: str, epoch: int, start_epoch: int) -> Cost:
     """The cost of a step in `epoch`: a staged kind takes standard steps before `start_epoch`."""
     loss = loss_kind(kind)
     return LOSSES["standard"].cost if loss.staged and epoch < start_epoch else loss.cost

@@ -84,7 +84,7 @@ def train_cost(recipe: Recipe, n: int, done: int = 0) -> tuple[int, int, int]:
     two forwards): what `train --dry-run` and ablate's plan say a run costs."""
     batch, loss = recipe.train.batch_size, recipe.loss
     left, before = steps_left(recipe, n, done)
-    early, late = (step_cost(loss.kind, epoch, loss.start_epoch)[1] for epoch in (0, loss.start_epoch))
+    early, late = (step_cost(loss.kind, epoch, loss.start_epoch).forward_units for epoch in (0, loss.start_epoch))
     return left, left * batch, batch * (early * before + late * (left - before))
 
 
