@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dreamctl import bench
+from dreamctl.bench import BenchOptions
 from dreamctl.config import load_recipe, set_args
 from dreamctl.runtime import Runtime
 
@@ -38,7 +39,7 @@ HEARD: list[tuple[str, dict]] = []  # what train_result's run_bench told its on_
 
 @pytest.fixture(scope="module")
 def train_result():
-    return bench.run_bench("train", load_recipe("tiny", SMALL), CPU, rounds=2, warmup=1,
+    return bench.run_bench("train", load_recipe("tiny", SMALL), CPU, BenchOptions(rounds=2, warmup=1),
                            on_event=lambda kind, payload: HEARD.append((kind, payload)))
 
 
@@ -152,8 +153,8 @@ def test_cuda_memory_accounting_with_a_fake_allocator(monkeypatch):
 
 def test_sample_and_inception_sections(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMCTL_WEIGHTS", str(tmp_path))  # an empty weights folder
-    result = bench.run_bench("sample", load_recipe("tiny", SMALL + ["train.batch_size=2"]), CPU, rounds=1,
-                             warmup=0, sample_batches=1, variants=False)
+    result = bench.run_bench("sample", load_recipe("tiny", SMALL + ["train.batch_size=2"]), CPU,
+                             BenchOptions(rounds=1, warmup=0, sample_batches=1, variants=False))
     sample = result["sample"]
     assert sample["img_per_s"] > 0 and sample["sampler"] == "ddim-50 (eta 0)" and list(sample["rows"]) == ["eager"]
     assert result["inception"]["skipped"].startswith("weights missing")
@@ -165,7 +166,7 @@ def test_sample_compares_eager_and_compiled_on_one_model(monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)  # no compile wait
     recipe = load_recipe("tiny", SMALL + ["train.batch_size=2", "sample.compile=true"])
-    sample = bench.run_bench("sample", recipe, CPU, rounds=1, warmup=0, sample_batches=2)["sample"]
+    sample = bench.run_bench("sample", recipe, CPU, BenchOptions(rounds=1, warmup=0, sample_batches=2))["sample"]
     assert sample["compile"] and sample["reference"] == "compiled" and list(sample["rows"]) == ["compiled", "eager"]
     assert len(compiled) == 1 and sample["batches"] == 2
     assert sample["rows"]["compiled"]["time_ratio"] == 1.0 and sample["rows"]["eager"]["img_per_s"] > 0
@@ -195,7 +196,7 @@ def test_a_compared_sampling_setting_that_fails_is_recorded_and_the_others_timed
 
     monkeypatch.setattr(torch, "compile", no_compiler)
     recipe = load_recipe("tiny", SMALL + ["train.batch_size=2"])
-    result = bench.run_bench("sample", recipe, CPU, rounds=1, warmup=0, sample_batches=1)
+    result = bench.run_bench("sample", recipe, CPU, BenchOptions(rounds=1, warmup=0, sample_batches=1))
     sample = result["sample"]
     assert list(sample["rows"]) == ["eager"] and sample["failed"] == {"compiled": "RuntimeError: no compiler here"}
     render(result)  # prints the failure beside the timed rows, and so does gpu.sh's summary
@@ -205,14 +206,14 @@ def test_a_compared_sampling_setting_that_fails_is_recorded_and_the_others_timed
     assert "sample [tiny, batch 2, fp32, compiled]: failed: RuntimeError: no compiler here" in capsys.readouterr().out
     with pytest.raises(RuntimeError, match="no compiler here"):
         bench.run_bench("sample", load_recipe("tiny", SMALL + ["train.batch_size=2", "sample.compile=true"]), CPU,
-                        rounds=1, warmup=0, sample_batches=1)
+                        BenchOptions(rounds=1, warmup=0, sample_batches=1))
 
 
 def test_unknown_section_is_an_error():
     from dreamctl.errors import DreamctlError
 
     with pytest.raises(DreamctlError, match="unknown benchmark"):
-        bench.run_bench("everything", load_recipe("tiny", SMALL), CPU, rounds=1, warmup=0)
+        bench.run_bench("everything", load_recipe("tiny", SMALL), CPU, BenchOptions(rounds=1, warmup=0))
 
 
 def test_targets_compare_against_limits():
@@ -238,6 +239,14 @@ def test_targets_compare_against_limits():
     assert ddim[0]["pass"] is True and "1 timed batch(es)" in ddim[0]["differs"]
 
 
+def test_bench_options_are_recorded_as_the_command_takes_them():
+    """A result's command reruns the benchmark as it ran: every option that changes what is timed, in order."""
+    opts = BenchOptions(rounds=5, warmup=1, sample_batches=3, budget_s=90.0, variants=False, only=("compile bf16",))
+    assert " ".join(opts.as_args()) == ("--rounds 5 --warmup 1 --sample-batches 3 --no-variants --budget-s 90 "
+                                        "--only 'compile bf16'")
+    assert BenchOptions(rounds=20).as_args() == ["--rounds", "20", "--warmup", "3", "--sample-batches", "2"]
+
+
 def test_cli_bench_train_writes_json(tmp_path, capsys):
     from dreamctl.cli import main
 
@@ -247,7 +256,8 @@ def test_cli_bench_train_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["recipe"] == "tiny" and result["batch_size"] == 4
     assert result["train"]["rows"]["dream"]["forward_calls"] == 2
-    assert result["command"].startswith("dreamctl bench train") and " --rounds 1 " in result["command"]
+    assert result["command"] == " ".join(["dreamctl bench train --recipe tiny --device cpu --batch-size 4 --rounds 1 "
+                                          "--warmup 0 --sample-batches 2", *(f"--set {s}" for s in SMALL)])
     assert result["rounds"] == 1
     assert "the CelebA study's variant" in result["train"]["notes"][0]  # beside `dream`: not the paper's method
     assert "note: `dream_conservative` is the CelebA study's variant" in " ".join(capsys.readouterr().out.split())
@@ -281,7 +291,7 @@ def test_bench_core_does_not_import_metric_or_plot_packages():
     code = ("import sys, torch; torch.set_num_threads(1); from dreamctl import bench; from dreamctl.config import load_recipe; "
             "from dreamctl.runtime import Runtime; "
             f"bench.run_bench('train', load_recipe('tiny', {SMALL!r}), Runtime(torch.device('cpu'), 'fp32'), "
-            "rounds=1, warmup=0); "
+            "bench.BenchOptions(rounds=1, warmup=0)); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'cleanfid', 'lpips', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from dreamctl.bench.steps import KINDS, NAIVE, loss_params, make_step, naive_con
 from dreamctl.bench.targets import TARGETS, evaluate_targets
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize
 
-__all__ = ["KINDS", "NAIVE", "SECTIONS", "TARGETS", "bench_inception", "bench_sample", "bench_train",
+__all__ = ["KINDS", "NAIVE", "SECTIONS", "TARGETS", "BenchOptions", "bench_inception", "bench_sample", "bench_train",
            "bench_variants", "counting_forwards", "default_recipe", "evaluate_targets", "interleaved",
            "loss_params", "machine", "make_step", "merge_targets", "naive_conservative_loss", "run_bench", "summarize"]
 
@@ -47,15 +48,35 @@ def default_recipe(device: str) -> str:
 SECTIONS = ("train", "variants", "sample", "data", "all")
 
 
-def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: int, sample_batches: int = 2,
-              budget_s: float | None = None, variants: bool = True, only: tuple[str, ...] = (),
-              data_images: int = 2048, on_event: OnEvent = ignore) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BenchOptions:
+    """How much a benchmark times, beyond its recipe and device: `dreamctl bench`'s options."""
+
+    rounds: int  # timed rounds, each running every variant once
+    warmup: int = 3  # untimed rounds first
+    sample_batches: int = 2  # timed DDIM-50 batches
+    budget_s: float | None = None  # stop timing a section after the round that passes it
+    variants: bool = True  # train: also eager/compile, bf16/fp32, channels_last; sample: compiled and eager
+    only: tuple[str, ...] = ()  # the variants to run (the reference always runs)
+    data_images: int = 2048  # the data section's synthetic images
+
+    def as_args(self) -> list[str]:
+        """These options as `dreamctl bench` takes them, for the command a result records."""
+        return (["--rounds", str(self.rounds), "--warmup", str(self.warmup), "--sample-batches",
+                 str(self.sample_batches)] + ([] if self.variants else ["--no-variants"])
+                + ([] if self.budget_s is None else ["--budget-s", f"{self.budget_s:g}"])
+                + [f"--only '{name}'" for name in self.only])
+
+
+def run_bench(what: str, recipe: Recipe, rt: Runtime, opts: BenchOptions, *,
+              on_event: OnEvent = ignore) -> dict[str, Any]:
     """One benchmark run; `what` is one of SECTIONS ('train' includes the variants unless told not to).
     `on_event` hears of each first (compiling) step and each timed round as it ends (dreamctl.events lists them)."""
     if what not in SECTIONS:
         raise RunError(f"unknown benchmark {what!r}: expected one of {', '.join(SECTIONS)}")
-    runs_variants = what == "variants" or (what in ("train", "all") and variants)
-    check_only(only, runs_variants, what)  # before any timing: not after the training section's minutes
+    rounds, warmup, budget_s = opts.rounds, opts.warmup, opts.budget_s
+    runs_variants = what == "variants" or (what in ("train", "all") and opts.variants)
+    check_only(opts.only, runs_variants, what)  # before any timing: not after the training section's minutes
     from dreamctl.models import build_model, count_parameters
 
     params = count_parameters(build_model(recipe.model, recipe.data.resolution))
@@ -68,17 +89,17 @@ def run_bench(what: str, recipe: Recipe, rt: Runtime, *, rounds: int, warmup: in
         result["train"] = bench_train(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s,
                                       on_event=on_event)
     if runs_variants:
-        result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s, only=only,
-                                           on_event=on_event)
+        result["variants"] = bench_variants(recipe, rt, rounds=rounds, warmup=warmup, budget_s=budget_s,
+                                           only=opts.only, on_event=on_event)
     if what in ("sample", "all"):
-        result["sample"] = bench_sample(recipe, rt, batches=sample_batches, compare_compile=variants,
+        result["sample"] = bench_sample(recipe, rt, batches=opts.sample_batches, compare_compile=opts.variants,
                                         on_event=on_event)
         result["inception"] = bench_inception(rt, batch_size=recipe.train.batch_size,
                                               resolution=recipe.data.resolution)
     if what in ("data", "all"):
         from dreamctl.bench.data import run_data_bench
 
-        result["data"] = run_data_bench(count=data_images, resolution=recipe.data.resolution,
+        result["data"] = run_data_bench(count=opts.data_images, resolution=recipe.data.resolution,
                                         batch_size=recipe.train.batch_size)
     result["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     result["targets"] = evaluate_targets(result)

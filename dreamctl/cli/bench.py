@@ -52,17 +52,14 @@ def command(
     path = out or Path(f"bench-{what}-{dev}.json")
     atomic.check_output_file(path, "--out", replaces=_bench_result)  # before the benchmark, not after it
     rt = runtime.setup(resolved.train.precision, dev)
-    rounds = rounds or steps or (20 if rt.device.type == "cuda" else 12)
+    opts = bench.BenchOptions(rounds=rounds or steps or (20 if rt.device.type == "cuda" else 12), warmup=warmup,
+                              sample_batches=sample_batches, budget_s=budget, variants=variants, only=tuple(only))
     with console.status(f"benchmarking {what} on {rt.device} ({resolved.name}, batch {resolved.train.batch_size})"):
-        result = bench.run_bench(what, resolved, rt, rounds=rounds, warmup=warmup, sample_batches=sample_batches,
-                                 budget_s=budget, variants=variants, only=tuple(only), on_event=_progress)
+        result = bench.run_bench(what, resolved, rt, opts, on_event=_progress)
     # The command with every default resolved, so the run can be repeated as it was.
     result["command"] = " ".join(
         ["dreamctl bench", what, "--recipe", recipe or bench.default_recipe(dev), "--device", rt.device.type,
-         "--batch-size", str(resolved.train.batch_size), "--rounds", str(rounds), "--warmup", str(warmup),
-         "--sample-batches", str(sample_batches)] + ([] if variants else ["--no-variants"])
-        + ([] if budget is None else ["--budget-s", f"{budget:g}"]) + [f"--only '{n}'" for n in only]
-        + [f"--set {s}" for s in set_])
+         "--batch-size", str(resolved.train.batch_size), *opts.as_args(), *(f"--set {s}" for s in set_)])
     atomic.write_json(path, result, indent=1)  # before printing: a closed pipe must not lose it
     render(result)
     console.print(f"wrote {path}", markup=False, highlight=False)
