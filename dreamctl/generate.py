@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from dreamctl.atomic import atomic_path
 from dreamctl.config.schema import IMAGES_PER_SEED, MAX_BASE_SEED, SampleConfig
-from dreamctl.diffusion.samplers import sample, to_device
+from dreamctl.diffusion.samplers import noise_rows, sample, to_device
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import ConfigError
 
@@ -63,7 +63,7 @@ def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 def initial_noise(generators: Sequence[torch.Generator], image_size: int) -> Tensor:
     """x_T for each image from its own generator (drawn on the CPU, the same on every device)."""
-    return torch.stack([torch.randn(3, image_size, image_size, generator=g) for g in generators])
+    return noise_rows(generators, (3, image_size, image_size))
 
 
 @torch.no_grad()

@@ -261,3 +261,12 @@ def test_generate_draws_with_the_configured_eta():
     x0 = sample(oracle, schedule, x_T, steps=5, eta=1.0, generator=gens)
     expected = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
     assert torch.equal(stochastic, expected)
+
+
+def test_an_images_initial_noise_is_its_seeds_first_draw():
+    """x_T of image i is the first float32 N(0, I) draw of a CPU generator seeded with its seed: the rule every
+    sample folder so far was drawn by (another would change every image a seed names)."""
+    from dreamctl.generate import initial_noise, seed_generators
+
+    expected = torch.stack([torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (7, 11)])
+    assert torch.equal(initial_noise(seed_generators([7, 11]), 8), expected)

@@ -47,8 +47,14 @@ def randn_like(x: Tensor, generator: Generators) -> Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
     if len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    rows = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=torch.float32) for g in generator]
-    return to_device(torch.stack(rows), x.device).to(x.dtype)
+    return to_device(noise_rows(generator, x.shape[1:]), x.device).to(x.dtype)
+
+
+def noise_rows(generators: Sequence[torch.Generator], shape: Sequence[int]) -> Tensor:
+    """Row i of standard normal noise drawn in float32 from generators[i], on the generators' device: the one
+    rule by which an image's seed fixes its noise (generate.initial_noise, then each step's randn_like)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g, device=g.device, dtype=torch.float32)
+                        for g in generators])
 
 
 def to_device(x: Tensor, device: torch.device | str) -> Tensor:
