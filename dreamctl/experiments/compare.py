@@ -223,7 +223,7 @@ def compare_runs(runs: list[Run], metrics: Sequence[str] | None = None,
     ids = column_ids(runs)
     columns = select_columns(_columns(runs, ids), metrics, protocols)
     shown = {pid for pid, _ in columns}
-    protocols, warnings = _protocols(runs, ids, shown)
+    described, warnings = _protocols(runs, ids, shown)
     rows = _unique_labels([run_row(run, settings, columns, ids) for run in runs])
     repeats = [f"{rows[i].label} repeats seed {runs[i].seed} of {rows[j].label} (same settings and data): "
                "a row of its own, not averaged in as another seed" for i, j in repeated_seeds(runs).items()]
@@ -234,5 +234,5 @@ def compare_runs(runs: list[Run], metrics: Sequence[str] | None = None,
     valued = [c for c in columns if any(row.metrics[c].value is not None for row in rows)]
     notes = (*((STUDY_VARIANT_NOTE,) if any(run.recipe.loss.kind == "dream_conservative" for run in runs) else ()),
              *trained_reference_notes(runs, ids, shown), *scale_notes(valued))
-    return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, protocols,
+    return Comparison(tuple(rows), tuple(_unique_labels(aggregate)), settings, columns, described,
                       (*warnings, *repeats, *mixed), notes)
