@@ -272,7 +272,7 @@ def _two_rank_worker(rank: int, init: str, run: str, out: str, metrics: tuple[st
     from dreamctl.training.rundir import RunDir
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    real = evaluation.weight_problems
+    real = evaluation.metric_inputs
     if rank == 1 and not metrics:  # a node without the run folder
         def absent(self):
             raise CheckpointError(f"{self.recipe_file} not found")
@@ -283,7 +283,7 @@ def _two_rank_worker(rank: int, init: str, run: str, out: str, metrics: tuple[st
         Path(out, f"weights-checked-by-{rank}").touch()
         return real(*args, **kwargs)
 
-    evaluation.weight_problems = noted
+    evaluation.metric_inputs = noted
     rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
     try:
         result = evaluate_run(Path(run), SampleOptions(), EvalOptions(num=8, ref_num=12, metrics=metrics), rt=rt,
