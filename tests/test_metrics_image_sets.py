@@ -350,3 +350,9 @@ def test_fid_uses_every_generated_image_when_there_are_more_than_reference_ones(
     covmean = linalg.sqrtm(s_gen @ s_ref).real
     expected = ((f_gen.mean(0) - f_ref.mean(0)) ** 2).sum() + np.trace(s_gen + s_ref - 2 * covmean)
     assert out["metrics"]["fid"]["value"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_inputs_prepared_for_other_metrics_are_refused_not_read_as_ready():
+    """A metric the prepared inputs never decided on has no network and no reason: an error, not a silent gap."""
+    with pytest.raises(ValueError, match="'fid' was not among those these inputs were prepared for \\(swd\\)"):
+        evaluate_image_sets(_faces(0, 4), _faces(1, 4), ["swd", "fid"], inputs=metric_inputs(["swd"]))

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dreamctl.errors import WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import FeatureNet, InceptionFeatureNet
 from dreamctl.metrics.registry import INCEPTION_METRICS
+
+if TYPE_CHECKING:  # for the annotation only: importing this module (and image_sets) needs no torch
+    import torch
 
 __all__ = ["MetricInputs", "load_feature_net", "metric_inputs"]
 
@@ -29,7 +32,7 @@ class MetricInputs:
     # The network for fid, kid and is, once one of them is ready; else the stand-in the caller gave (its id names it
     # even with no feature metric), or None.
     feature_net: FeatureNet | None = None
-    lpips: Any = None  # lpips.LPIPS (torch.nn.Module) when lpips is ready
+    lpips: torch.nn.Module | None = None  # lpips.LPIPS, when lpips is ready
     weights_dir: Path | None = None  # where the loaded weight files are (their digests go into the protocol)
     device: str = "cpu"  # where the networks run; also part of the reference cache's key
 
@@ -58,7 +61,7 @@ def _file_problems(metric: str, weights_dir: Path | None) -> str | None:
     return "; ".join(str(e) for e in errors) if errors else None
 
 
-def _load_lpips(weights_dir: Path | None, device: str) -> tuple[Any, str | None]:
+def _load_lpips(weights_dir: Path | None, device: str) -> tuple[torch.nn.Module | None, str | None]:
     # Imported here: lpips pulls in torchvision, which costs seconds when LPIPS is not asked for.
     from dreamctl.metrics.lpips_diversity import build_lpips
 
