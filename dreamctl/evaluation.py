@@ -1,7 +1,8 @@
 """The evaluate protocol: samples of a run against a reference split, written to RUN_DIR/eval/.
 
-    reference split read, weights checked (rank 0, which scores) -> N samples drawn or reused (sampling.py, every
-    rank) -> evaluate_image_sets -> eval/<protocol_id>.json (eval_files.py, docs/run-folder.md)
+    reference split read, metric networks loaded (metric_inputs: rank 0, which scores) -> N samples drawn or
+    reused (sampling.py, every rank) -> evaluate_image_sets -> eval/<protocol_id>.json (eval_files.py,
+    docs/run-folder.md)
 
 Weights are checked before anything is drawn. A metric the user named (or every metric with
 strict_weights) must have its weights or the call fails; metrics taken from the recipe's
@@ -11,7 +12,6 @@ defaults are reported {"missing": reason} instead, and the rest are still comput
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,9 @@ from dreamctl.config.metrics import check_eval_num
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
 from dreamctl.errors import ConfigError, DataError, WeightsError
-from dreamctl.metrics import weights
-from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES
-from dreamctl.metrics.image_sets import evaluate_image_sets, load_feature_net
+from dreamctl.metrics.registry import METRIC_NAMES
+from dreamctl.metrics.image_sets import RefCache, evaluate_image_sets
+from dreamctl.metrics.inputs import MetricInputs, metric_inputs
 from dreamctl.config.metrics import parse_metrics
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.eval_files import write_eval
@@ -46,21 +46,6 @@ class Evaluation:
     record: dict[str, Any]  # what eval/<protocol_id>.json holds
     paths: tuple[Path, ...]  # the files written
     samples: Path  # the sample folder used
-
-
-def weight_problems(metrics: Sequence[str], *, feature_net: FeatureNet | None, weights_dir: Path | None,
-                    device: str) -> tuple[dict[str, str], FeatureNet | None]:
-    """({metric: why it cannot be computed}, the feature network, loaded now so a bad file fails before sampling)."""
-    problems: dict[str, str] = {}
-    for m in metrics:
-        errors = [] if m in INCEPTION_METRICS else weights.check_weights([m], weights_dir)
-        if errors:
-            problems[m] = "; ".join(str(e) for e in errors)
-    wanted_features = [m for m in metrics if m in INCEPTION_METRICS]
-    if wanted_features:  # missing, corrupt, or not clean-fid's Inception: the same reason for fid, kid and is
-        feature_net, reason = load_feature_net(feature_net, weights_dir, device)
-        problems.update({m: reason for m in wanted_features if reason is not None})
-    return problems, feature_net
 
 
 def check_reference(data_dir: Path, split: str, num: int, resolution: int,
@@ -154,8 +139,8 @@ class Scoring:
     reference: np.ndarray  # the reference images
     manifest: Manifest
     manifest_sha256: str
-    problems: dict[str, str]  # metric -> why it cannot be computed (weight_problems)
-    net: FeatureNet | None  # loaded by weight_problems when FID, KID or IS is asked for
+    inputs: MetricInputs  # each metric's networks, loaded now so a bad file fails before sampling, or why it cannot
+    # be computed
 
 
 def _protocol(model: InferenceModel, req: EvalRequest, s: Scoring, ref_trained_on: int | None,
@@ -194,13 +179,12 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
         # Read now (its shards hashed once): a damaged one would otherwise surface after all the drawing.
         on_event("stage", {"what": f"reading {req.ref_num} reference images ({req.ref_split}) from {data_dir}"})
         reference = read_reference(data_dir, req.ref_split, req.ref_num)
-        problems, net = weight_problems(req.metrics, feature_net=feature_net, weights_dir=weights_dir,
-                                        device=str(rt.device))
-        if problems and (asked.strict_weights or req.explicit):
-            raise WeightsError("; ".join(dict.fromkeys(problems.values())))  # before anything is drawn; fid/kid/is
-            # share one file: named once
+        inputs = metric_inputs(req.metrics, feature_net=feature_net, weights_dir=weights_dir, device=str(rt.device))
+        if inputs.missing and (asked.strict_weights or req.explicit):
+            raise WeightsError("; ".join(dict.fromkeys(inputs.missing.values())))  # before anything is drawn;
+            # fid/kid/is share one file: named once
         images, manifest, manifest_sha256 = reference
-        scoring.append(Scoring(data_dir, images, manifest, manifest_sha256, problems, net))
+        scoring.append(Scoring(data_dir, images, manifest, manifest_sha256, inputs))
     main_first(rt, prepare_scoring)
 
     def writable() -> None:  # before drawing: the images and the scores must have a place
@@ -214,18 +198,14 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
         return None
     generated = read_samples(folder, req.num, model.image_size)
     s = scoring[0]
-    computable = [m for m in req.metrics if m not in s.problems]
-    on_event("stage", {"what": "computing " + ", ".join(computable)})
+    on_event("stage", {"what": "computing " + ", ".join(m for m in req.metrics if s.inputs.ready(m))})
     # With no metric computable this computes nothing, but still describes the feature network and libraries.
-    out = evaluate_image_sets(generated, s.reference, metrics=computable,
-                              reference_key=f"{s.manifest_sha256}/{req.ref_split}/{req.ref_num}",
-                              cache_dir=s.data_dir / REFSTATS_DIR, feature_net=s.net, weights_dir=weights_dir,
-                              seed=req.seed, device=str(rt.device))
+    cache = RefCache(f"{s.manifest_sha256}/{req.ref_split}/{req.ref_num}", s.data_dir / REFSTATS_DIR)
+    out = evaluate_image_sets(generated, s.reference, req.metrics, inputs=s.inputs, cache=cache, seed=req.seed)
     used = out["protocol"]
     protocol = _protocol(model, req, s, trained_on(recipe, run, s.data_dir, req.ref_split, req.ref_num), used)
-    results = {**out["metrics"], **{m: {"missing": why} for m, why in s.problems.items()}}
     record = {"protocol_id": protocol_id(protocol, protocol["feature_network_stand_in"]), "protocol": protocol,
-              "metrics": {m: results[m] for m in req.metrics},
+              "metrics": out["metrics"],  # in req.metrics' order, the missing ones with their reason
               "versions": {"dreamctl": dreamctl.__version__, **used["libraries"]},
               "weights": dict(used.get("weights", {})), "samples": str(folder),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -161,6 +161,42 @@ def test_default_metrics_without_weights_are_reported_missing(trained, capsys):
     assert "EMA, base seed 7: image i from seed 7*2**20+i)" in flat
 
 
+def test_which_metrics_can_be_computed_is_decided_once(trained, tmp_path, offline, monkeypatch):
+    """evaluate's refusal, its "missing" entries and evaluate_image_sets called alone give one reason per metric,
+    from one decision (metric_inputs); and the Inception that decision loads is the one that scores: loaded once
+    (evaluate_image_sets loaded it again, and named LPIPS's files otherwise, style review item 6)."""
+    from dreamctl.errors import WeightsError
+    from dreamctl.metrics.image_sets import evaluate_image_sets
+    from dreamctl.metrics.inception import InceptionFeatureNet
+    from dreamctl.sample_files import read_samples
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    defaults = EvalOptions(num=8, ref_num=12)  # the recipe's metrics: fid, kid, is, lpips, swd
+    with pytest.raises(WeightsError) as refused:
+        evaluate_run(run, SampleOptions(), EvalOptions(num=8, ref_num=12, strict_weights=True), rt=CPU)
+    result = evaluate_run(run, SampleOptions(), defaults, rt=CPU)
+    missing = {m: e["missing"] for m, e in result.record["metrics"].items() if "missing" in e}
+    assert list(missing) == ["fid", "kid", "is", "lpips"]
+    assert missing["fid"] == missing["kid"] == missing["is"]  # one file, one reason
+    assert str(refused.value) == f"{missing['lpips']}; {missing['fid']}"  # the refusal names the same, each once
+    images = read_samples(result.samples, 8, 32)
+    alone = evaluate_image_sets(images, images[::-1].copy(), list(missing))["metrics"]
+    assert {m: e["missing"] for m, e in alone.items()} == missing
+
+    loads = []
+    real_init = InceptionFeatureNet.__init__
+
+    def counted(self, *args, **kwargs):
+        loads.append(args)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(InceptionFeatureNet, "__init__", counted)
+    write_fake_inception(offline)
+    scored = evaluate_run(run, SampleOptions(), EvalOptions(num=10, ref_num=12, metrics=("kid", "is")), rt=CPU)
+    assert all("value" in scored.record["metrics"][m] for m in ("kid", "is")) and len(loads) == 1
+
+
 def test_evaluate_compiles_in_the_mode_asked_for(trained, tmp_path, monkeypatch):
     """--compile-mode reaches evaluate's sampling network as it reaches sample's."""
     import shutil
@@ -272,7 +308,7 @@ def _two_rank_worker(rank: int, init: str, run: str, out: str, metrics: tuple[st
     from dreamctl.training.rundir import RunDir
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    real = evaluation.weight_problems
+    real = evaluation.metric_inputs
     if rank == 1 and not metrics:  # a node without the run folder
         def absent(self):
             raise CheckpointError(f"{self.recipe_file} not found")
@@ -283,7 +319,7 @@ def _two_rank_worker(rank: int, init: str, run: str, out: str, metrics: tuple[st
         Path(out, f"weights-checked-by-{rank}").touch()
         return real(*args, **kwargs)
 
-    evaluation.weight_problems = noted
+    evaluation.metric_inputs = noted
     rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
     try:
         result = evaluate_run(Path(run), SampleOptions(), EvalOptions(num=8, ref_num=12, metrics=metrics), rt=rt,

@@ -13,7 +13,8 @@ import torch
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning
 from dreamctl.metrics import image_sets
 from dreamctl.metrics import weights
-from dreamctl.metrics.image_sets import evaluate_image_sets
+from dreamctl.metrics.image_sets import RefCache, evaluate_image_sets
+from dreamctl.metrics.inputs import MetricInputs, metric_inputs
 from dreamctl.metrics.weights import check_weights
 from dreamctl.metrics.inception import RESIZE_CLEAN
 from feature_fakes import StandInFeatureNet, write_fake_inception
@@ -38,6 +39,11 @@ def _faces(seed: int, n: int, size: int = 32) -> np.ndarray:
 ALL = ["fid", "kid", "is", "lpips", "swd", "pixel_fd"]
 
 
+def _stand_in(net: StandInFeatureNet | None = None, device: str = "cpu") -> MetricInputs:
+    """Inputs for any metric, a stand-in for Inception (LPIPS missing: the test's weights folder is empty)."""
+    return metric_inputs(ALL, feature_net=net or StandInFeatureNet(), device=device)
+
+
 def test_weight_free_metrics_need_neither_clean_fid_nor_lpips_installed(monkeypatch):
     """The GPU machine had neither package: evaluate --metrics swd,pixel_fd ended in a traceback from
     recording the libraries' versions. A missing one is recorded as None; the metrics are computed."""
@@ -49,8 +55,7 @@ def test_weight_free_metrics_need_neither_clean_fid_nor_lpips_installed(monkeypa
         return installed(pkg)
 
     monkeypatch.setattr(importlib.metadata, "version", version)
-    out = evaluate_image_sets(_faces(0, 8), _faces(1, 8), metrics=["swd", "pixel_fd"], reference_key=None,
-                              cache_dir=None)
+    out = evaluate_image_sets(_faces(0, 8), _faces(1, 8), metrics=["swd", "pixel_fd"])
     assert all(np.isfinite(out["metrics"][m]["value"]) for m in ("swd", "pixel_fd"))
     libraries = out["protocol"]["libraries"]
     assert libraries == {**{pkg: installed(pkg) for pkg in libraries}, "clean-fid": None, "lpips": None}
@@ -58,7 +63,7 @@ def test_weight_free_metrics_need_neither_clean_fid_nor_lpips_installed(monkeypa
 def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     gen, ref = _faces(0, 24), _faces(1, 24)
     net = StandInFeatureNet()
-    kw = dict(metrics=ALL, reference_key="synthetic/train@abc123", cache_dir=tmp_path / "cache", feature_net=net)
+    kw = dict(metrics=ALL, cache=RefCache("synthetic/train@abc123", tmp_path / "cache"), inputs=_stand_in(net))
     out = evaluate_image_sets(gen, ref, **kw)
     m, proto = out["metrics"], out["protocol"]
     assert list(m) == ALL
@@ -88,10 +93,11 @@ def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
     fewer = evaluate_image_sets(gen, ref[:20], **kw)
     assert fewer["protocol"]["reference_cache"] == "written" and net.calls == 72 + 44
     other_net = StandInFeatureNet(seed=1)
-    evaluate_image_sets(gen, ref, **{**kw, "feature_net": other_net})
+    evaluate_image_sets(gen, ref, **{**kw, "inputs": _stand_in(other_net)})
     assert other_net.calls == 48  # another network's statistics are not reused
     # nor another device type's: a GPU's features round otherwise, and both sets must come from one device
-    assert evaluate_image_sets(gen, ref, **kw, device="cuda:0")["protocol"]["reference_cache"] == "written"
+    on_gpu = _stand_in(net, device="cuda:0")
+    assert evaluate_image_sets(gen, ref, **{**kw, "inputs": on_gpu})["protocol"]["reference_cache"] == "written"
     assert len(list((tmp_path / "cache").glob("refstats-*.npz"))) == 4
     # The key is the caller's name for the images and the images themselves: other images under one name
     # (a direct caller's mistake) are computed, not answered with the statistics of the first.
@@ -100,26 +106,26 @@ def test_stand_in_pipeline_shapes_protocol_and_cache(tmp_path):
 
 def test_a_damaged_cache_entry_is_named_recomputed_and_replaced(tmp_path):
     gen, ref = _faces(0, 8), _faces(1, 8)
-    kw = dict(metrics=["fid"], reference_key="k", cache_dir=tmp_path / "cache")
-    first = evaluate_image_sets(gen, ref, feature_net=StandInFeatureNet(), **kw)
+    kw = dict(metrics=["fid"], cache=RefCache("k", tmp_path / "cache"))
+    first = evaluate_image_sets(gen, ref, inputs=_stand_in(), **kw)
     (entry,) = (tmp_path / "cache").glob("refstats-*.npz")
     entry.write_bytes(entry.read_bytes()[:100])  # cut short
     net = StandInFeatureNet()
     with pytest.warns(UserWarning, match=f"reference statistics cache {entry} is unreadable"):
-        again = evaluate_image_sets(gen, ref, feature_net=net, **kw)
+        again = evaluate_image_sets(gen, ref, inputs=_stand_in(net), **kw)
     assert net.calls == 16 and again["protocol"]["reference_cache"] == "written"  # both sets through the net
     assert again["metrics"]["fid"] == first["metrics"]["fid"]
-    assert evaluate_image_sets(gen, ref, feature_net=net, **kw)["protocol"]["reference_cache"] == "hit"
+    assert evaluate_image_sets(gen, ref, inputs=_stand_in(net), **kw)["protocol"]["reference_cache"] == "hit"
 
 
 def test_a_cache_folder_that_cannot_be_written_warns_and_still_computes(tmp_path):
     gen, ref = _faces(0, 8), _faces(1, 8)
     (tmp_path / "read-only").write_text("a file where the cache folder should go")
-    kw = dict(metrics=["fid"], reference_key="k", feature_net=StandInFeatureNet())
+    kw = dict(metrics=["fid"], inputs=_stand_in())
     with pytest.warns(UserWarning, match="reference statistics not cached"):
-        out = evaluate_image_sets(gen, ref, cache_dir=tmp_path / "read-only" / "cache", **kw)
+        out = evaluate_image_sets(gen, ref, cache=RefCache("k", tmp_path / "read-only" / "cache"), **kw)
     assert out["protocol"]["reference_cache"] == "not written"
-    assert out["metrics"]["fid"] == evaluate_image_sets(gen, ref, cache_dir=None, **kw)["metrics"]["fid"]
+    assert out["metrics"]["fid"] == evaluate_image_sets(gen, ref, cache=None, **kw)["metrics"]["fid"]
 
 
 def test_an_unusable_covariance_fails_its_frechet_metric_alone(monkeypatch):
@@ -134,8 +140,7 @@ def test_an_unusable_covariance_fails_its_frechet_metric_alone(monkeypatch):
     monkeypatch.setattr(image_sets, "frechet_distance", unusable)
     monkeypatch.setattr(pixel_fd, "frechet_distance", unusable)
     gen, ref = _faces(0, 8), _faces(1, 8)
-    out = evaluate_image_sets(gen, ref, metrics=["fid", "kid", "pixel_fd", "swd"], reference_key=None,
-                              cache_dir=None, feature_net=StandInFeatureNet())["metrics"]
+    out = evaluate_image_sets(gen, ref, metrics=["fid", "kid", "pixel_fd", "swd"], inputs=_stand_in())["metrics"]
     assert "imaginary part" in out["fid"]["missing"] and "imaginary part" in out["pixel_fd"]["missing"]
     assert "value" in out["kid"] and "value" in out["swd"]
 
@@ -152,14 +157,12 @@ def test_an_error_that_can_only_be_a_bug_stops_the_evaluation_instead_of_leaving
     monkeypatch.setattr(image_sets, "frechet_distance", lambda *a: frechet_distance(np.zeros(2), np.eye(2),
                                                                                   np.zeros(3), np.eye(3)))
     with pytest.raises(DataError, match="disagree in shape"):
-        evaluate_image_sets(_faces(0, 8), _faces(1, 8), metrics=["fid"], reference_key=None, cache_dir=None,
-                            feature_net=StandInFeatureNet())
+        evaluate_image_sets(_faces(0, 8), _faces(1, 8), metrics=["fid"], inputs=_stand_in())
 
 
 def test_identical_sets_give_zero_frechet_distances_and_the_exact_unbiased_kid():
     imgs = _faces(2, 40)
-    out = evaluate_image_sets(imgs, imgs, metrics=["fid", "kid", "pixel_fd"], reference_key=None,
-                              cache_dir=None, feature_net=StandInFeatureNet())
+    out = evaluate_image_sets(imgs, imgs, metrics=["fid", "kid", "pixel_fd"], inputs=_stand_in())
     assert abs(out["metrics"]["fid"]["value"]) < 1e-6
     assert abs(out["metrics"]["pixel_fd"]["value"]) < 1e-6
     # KID is unbiased, so for one set against itself it is slightly negative, and exactly
@@ -174,8 +177,7 @@ def test_identical_sets_give_zero_frechet_distances_and_the_exact_unbiased_kid()
 
 
 def test_missing_inception_is_reported_not_computed(wdir):
-    out = evaluate_image_sets(_faces(3, 12), _faces(4, 12), metrics=["fid", "is", "pixel_fd"],
-                              reference_key="k", cache_dir=None)
+    out = evaluate_image_sets(_faces(3, 12), _faces(4, 12), metrics=["fid", "is", "pixel_fd"])
     for name in ("fid", "is"):
         reason = out["metrics"][name]["missing"]
         assert weights.INCEPTION in reason and str(wdir / weights.INCEPTION) in reason
@@ -190,7 +192,7 @@ def test_real_inception_path_from_weights_folder(wdir, tmp_path):
     write_fake_inception(wdir)
     # FID itself is left out: scipy's sqrtm of a 2048x2048 matrix takes about a minute on two cores.
     out = evaluate_image_sets(_faces(5, 12), _faces(6, 12), metrics=["kid", "is"],
-                              reference_key="k", cache_dir=tmp_path / "c")
+                              cache=RefCache("k", tmp_path / "c"))
     proto = out["protocol"]
     assert proto["feature_network"] == "inception-2015-12-05" and proto["feature_network_stand_in"] is False
     assert proto["resize"] == RESIZE_CLEAN
@@ -202,7 +204,7 @@ def test_real_inception_path_from_weights_folder(wdir, tmp_path):
 
 def test_bad_inputs_are_rejected():
     good = _faces(7, 4)
-    kw = dict(metrics=["pixel_fd"], reference_key=None, cache_dir=None)
+    kw = dict(metrics=["pixel_fd"])
     with pytest.raises(DataError, match="uint8"):
         evaluate_image_sets(good.astype(np.float32), good, **kw)
     with pytest.raises(DataError, match="shape"):
@@ -210,13 +212,13 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(DataError, match="size"):
         evaluate_image_sets(good, _faces(8, 4, size=16), **kw)
     with pytest.raises(ConfigError, match="fidd"):
-        evaluate_image_sets(good, good, metrics=["fidd"], reference_key=None, cache_dir=None)
+        evaluate_image_sets(good, good, metrics=["fidd"])
 
 
 def test_images_too_small_for_swd_leave_it_missing_and_out_of_the_protocol():
     rng = np.random.default_rng(0)
     gen, ref = (rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8) for _ in range(2))
-    out = evaluate_image_sets(gen, ref, metrics=["swd"], reference_key=None, cache_dir=None)
+    out = evaluate_image_sets(gen, ref, metrics=["swd"])
     assert set(out["metrics"]["swd"]) == {"missing"} and "swd" not in out["protocol"]
 
 
@@ -224,17 +226,17 @@ def test_inception_score_with_exactly_the_split_count_is_computed_for_both_sets(
     """IS needs at least IS_SPLITS images: exactly that many must give a value and the real-image value."""
     from dreamctl.metrics.image_sets import IS_SPLITS
 
-    out = evaluate_image_sets(_faces(0, IS_SPLITS), _faces(1, IS_SPLITS), metrics=["is"], reference_key=None,
-                              cache_dir=None, feature_net=StandInFeatureNet())["metrics"]["is"]
+    out = evaluate_image_sets(_faces(0, IS_SPLITS), _faces(1, IS_SPLITS), metrics=["is"],
+                              inputs=_stand_in())["metrics"]["is"]
     assert np.isfinite(out["value"]) and np.isfinite(out["real_value"]) and "missing" not in out
     fewer = evaluate_image_sets(_faces(0, IS_SPLITS - 1), _faces(1, IS_SPLITS - 1), metrics=["is"],
-                                reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
+                                inputs=_stand_in())
     assert f"at least {IS_SPLITS}" in fewer["metrics"]["is"]["missing"]
 
 
 def test_the_protocol_counts_generated_and_reference_images_separately():
     """--num and --ref-num may differ; the file must say how many reference images the metrics used."""
-    out = evaluate_image_sets(_faces(0, 6), _faces(1, 9), metrics=["pixel_fd"], reference_key=None, cache_dir=None)
+    out = evaluate_image_sets(_faces(0, 6), _faces(1, 9), metrics=["pixel_fd"])
     assert out["protocol"]["num_generated"] == 6 and out["protocol"]["num_reference"] == 9
 
 
@@ -245,7 +247,7 @@ def test_kid_subsets_are_drawn_from_the_evaluations_seed():
     from dreamctl.metrics.stats import kernel_inception_distance
 
     gen, ref = _faces(0, 6), _faces(1, 12)  # fewer generated: subsets of 6 of the 12 reference images vary
-    kw = dict(metrics=["kid"], reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
+    kw = dict(metrics=["kid"], inputs=_stand_in())
     by_seed = {s: evaluate_image_sets(gen, ref, seed=s, **kw)["metrics"]["kid"] for s in (0, 1)}
     assert by_seed[0]["value"] != by_seed[1]["value"]
     fg, fr = (batched_features(StandInFeatureNet(), x)[0] for x in (gen, ref))
@@ -256,7 +258,7 @@ def test_kid_subsets_are_drawn_from_the_evaluations_seed():
 def test_kid_of_two_whole_sets_reports_no_spread_and_its_subset_size():
     """With both sets at or under the subset size every random subset is both sets whole: a std over
     them would be rounding noise read as precision, so there is none; the subset size is recorded."""
-    kw = dict(metrics=["kid"], reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
+    kw = dict(metrics=["kid"], inputs=_stand_in())
     whole = evaluate_image_sets(_faces(0, 8), _faces(1, 8), **kw)["metrics"]["kid"]
     assert "std" not in whole and "spread" not in whole and whole["subset_size"] == 8
     drawn = evaluate_image_sets(_faces(0, 6), _faces(1, 12), **kw)["metrics"]["kid"]
@@ -274,17 +276,14 @@ class _AbsDifference(torch.nn.Module):
         return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
 
 
-def test_lpips_real_diversity_is_measured_on_the_reference_images(monkeypatch, wdir):
+def test_lpips_real_diversity_is_measured_on_the_reference_images(wdir):
     """real_value is the data's own diversity, the yardstick for the samples' value: it must come from the
     reference set. Identical samples give 0; a black and a white reference image give |-1 - 1| = 2."""
-    from dreamctl.metrics import lpips_diversity as lpips_module
-
-    monkeypatch.setattr(lpips_module, "build_lpips", lambda weights_dir=None, device="cpu": _AbsDifference())
     wdir.mkdir(parents=True)
     (wdir / weights.ALEXNET).write_bytes(b"stand-in backbone")  # only hashed into the protocol
     gen = np.full((3, 32, 32, 3), 128, np.uint8)
     ref = np.stack([np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8)])
-    out = evaluate_image_sets(gen, ref, metrics=["lpips"], reference_key=None, cache_dir=None)
+    out = evaluate_image_sets(gen, ref, metrics=["lpips"], inputs=MetricInputs(("lpips",), lpips=_AbsDifference()))
     lp = out["metrics"]["lpips"]
     assert lp["value"] == pytest.approx(0.0, abs=1e-12) and lp["real_value"] == pytest.approx(2.0)
     assert lp["real_std"] == pytest.approx(0.0, abs=1e-12)
@@ -297,7 +296,7 @@ def test_fid_from_fewer_than_2048_images_warns(monkeypatch):
     from dreamctl.metrics.inception import INCEPTION_POOL_DIM
 
     assert image_sets.FID_MIN_IMAGES == INCEPTION_POOL_DIM == 2048
-    kw = dict(reference_key=None, cache_dir=None, feature_net=StandInFeatureNet())
+    kw = dict(inputs=_stand_in())
     with pytest.warns(DreamctlWarning, match="FID from 12 generated and 12 reference images .*published FIDs, "
                       "which use 50,000") as got:
         evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["fid"], **kw)
@@ -320,20 +319,19 @@ def test_pixel_fd_under_its_192_features_warns_as_fid_does(monkeypatch):
     assert PIXEL_FEATURES == 192
     with pytest.warns(DreamctlWarning, match=r"pixel FD from 12 generated and 12 reference images \(under its 192 "
                                              r"features\) rests on a rank-deficient covariance") as got:
-        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["pixel_fd"], reference_key=None, cache_dir=None)
+        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["pixel_fd"])
     assert len(got) == 1
     monkeypatch.setattr(image_sets, "PIXEL_FEATURES", 12)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["pixel_fd"], reference_key=None, cache_dir=None)
+        evaluate_image_sets(_faces(0, 12), _faces(1, 12), metrics=["pixel_fd"])
 
 
 def test_kid_protocol_is_clean_fids():
     """100 subsets of at most 1,000 images (clean-fid's): every test set is smaller, so only this pins the size."""
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8) for n in (4, 5)]
-    out = evaluate_image_sets(*imgs, metrics=["kid"], reference_key=None, cache_dir=None,
-                              feature_net=StandInFeatureNet())
+    out = evaluate_image_sets(*imgs, metrics=["kid"], inputs=_stand_in())
     assert out["protocol"]["kid"] == {"num_subsets": 100, "max_subset_size": 1000}
 
 
@@ -346,10 +344,15 @@ def test_fid_uses_every_generated_image_when_there_are_more_than_reference_ones(
     from dreamctl.metrics.inception import batched_features
 
     generated, reference = _faces(5, 30), _faces(6, 20)
-    out = evaluate_image_sets(generated, reference, metrics=["fid"], reference_key=None, cache_dir=None,
-                              feature_net=StandInFeatureNet())
+    out = evaluate_image_sets(generated, reference, metrics=["fid"], inputs=_stand_in())
     f_gen, f_ref = (batched_features(StandInFeatureNet(), x)[0].astype(np.float64) for x in (generated, reference))
     s_gen, s_ref = np.cov(f_gen, rowvar=False), np.cov(f_ref, rowvar=False)
     covmean = linalg.sqrtm(s_gen @ s_ref).real
     expected = ((f_gen.mean(0) - f_ref.mean(0)) ** 2).sum() + np.trace(s_gen + s_ref - 2 * covmean)
     assert out["metrics"]["fid"]["value"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_inputs_prepared_for_other_metrics_are_refused_not_read_as_ready():
+    """A metric the prepared inputs never decided on has no network and no reason: an error, not a silent gap."""
+    with pytest.raises(ValueError, match="'fid' was not among those these inputs were prepared for \\(swd\\)"):
+        evaluate_image_sets(_faces(0, 4), _faces(1, 4), ["swd", "fid"], inputs=metric_inputs(["swd"]))

@@ -22,10 +22,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dreamctl.atomic import atomic_path
-from dreamctl.errors import ConfigError, DataError, DreamctlWarning, MetricUndefined, WeightsError
+from dreamctl.errors import ConfigError, DataError, DreamctlWarning, MetricUndefined
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
                                         InceptionFeatureNet, batched_features, check_images)
+from dreamctl.metrics.inputs import MetricInputs, load_feature_net, metric_inputs
 from dreamctl.metrics.pixel_fd import PIXEL_FEATURES, pixel_frechet_distance
 from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES, METRICS
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
@@ -33,7 +34,8 @@ from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_
 from dreamctl.metrics.swd import PATCH_SIZE, sliced_wasserstein_distance, swd_settings
 from dreamctl.protocol import FeatureNetworkId
 
-__all__ = ["evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
+# load_feature_net lives in metrics/inputs.py; bench/sections.py imports it from here.
+__all__ = ["RefCache", "evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
 
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, LPIPS_PAIRS = 100, 1000, 10, 1000
 # Below Inception's feature dimension the generated set's covariance is rank-deficient and FID is biased far
@@ -52,18 +54,6 @@ def _version(pkg: str) -> str | None:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def load_feature_net(feature_net: FeatureNet | None, weights_dir: Path | None,
-                     device: str) -> tuple[FeatureNet | None, str | None]:
-    """(the network for FID, KID and IS, None) or (None, why it cannot be had): `feature_net` when given,
-    else clean-fid's Inception from the weights folder (missing, corrupt or not Inception: the reason)."""
-    if feature_net is not None:
-        return feature_net, None
-    try:
-        return InceptionFeatureNet(weights_dir, device), None
-    except WeightsError as err:
-        return None, str(err)
 
 
 def feature_network_fields(net: FeatureNet | None) -> dict[str, Any]:
@@ -85,20 +75,28 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
-def reference_stats(net: FeatureNet, reference: np.ndarray, *, reference_key: str | None,
-                    cache_dir: Path | None, batch_size: int = 64,
+@dataclass(frozen=True)
+class RefCache:
+    """Where reference statistics are cached: the caller's name for the reference images, and the folder."""
+
+    key: str  # evaluate's: the data's manifest sha256, split and image count
+    folder: Path
+
+
+def reference_stats(net: FeatureNet, reference: np.ndarray, *, cache: RefCache | None, batch_size: int = 64,
                     device: str = "cpu") -> tuple[dict[str, np.ndarray | None], str]:
-    """{"mu", "sigma", "feats", "logits"} of the reference set, from the cache when it holds them.
+    """{"mu", "sigma", "feats", "logits"} of the reference set, from `cache` when it holds them (None: no cache).
 
     The cache is per device type: the generated images' features come from `device`, and a GPU's
     convolutions (TF32) round differently from a CPU's, so both sets are computed alike, as clean-fid does.
     Returns the stats and what the cache did: "hit", "written" or "off"."""
     # The images themselves (hashed: about 1 s at 50,000 of 64 px), not only the caller's name for them. Library
     # versions are not in it: an upgrade moves features by float rounding only, and would orphan ~400 MB each time.
-    key = {"reference_key": reference_key, "images_sha256": hashlib.sha256(np.ascontiguousarray(reference)).hexdigest(),
+    key = {"reference_key": None if cache is None else cache.key,
+           "images_sha256": hashlib.sha256(np.ascontiguousarray(reference)).hexdigest(),
            "net": net.name, "weights_sha256": net.weights_sha256, "resize": net.resize, "count": int(len(reference)),
            "device_type": str(device).split(":")[0]}
-    path = _cache_path(cache_dir, key) if cache_dir is not None and reference_key is not None else None
+    path = None if cache is None else _cache_path(cache.folder, key)
     if path is not None and path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -177,10 +175,9 @@ class ImageSets:
 
     generated: np.ndarray
     reference: np.ndarray
-    weights_dir: Path | None
+    inputs: MetricInputs
     seed: int
     batch_size: int
-    device: str
 
 
 class Scored(NamedTuple):
@@ -191,17 +188,14 @@ class Scored(NamedTuple):
 
 def _lpips(s: ImageSets) -> Scored:
     # Imported here: lpips pulls in torchvision, which costs seconds when LPIPS is not asked for.
-    from dreamctl.metrics.lpips_diversity import MIN_SIZE, build_lpips, lpips_diversity
+    from dreamctl.metrics.lpips_diversity import MIN_SIZE, lpips_diversity
 
     if min(s.generated.shape[1:3]) < MIN_SIZE:
         return Scored({"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}, {})
-    try:
-        model = build_lpips(s.weights_dir, s.device)
-    except WeightsError as err:
-        return Scored({"missing": str(err)}, {}, {})
+    model = s.inputs.lpips
     value, std = lpips_diversity(model, s.generated, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
     real, real_std = lpips_diversity(model, s.reference, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
-    used = {name: weights.sha256_file(weights.path_of(name, s.weights_dir)) for name in METRICS["lpips"].weights}
+    used = {name: weights.sha256_file(weights.path_of(name, s.inputs.weights_dir)) for name in METRICS["lpips"].weights}
     return Scored({"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real,
                    "real_std": real_std, "pairs": LPIPS_PAIRS}, {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS},
                   used)
@@ -230,13 +224,14 @@ def _pixel_fd(s: ImageSets) -> Scored:
 ONE_BY_ONE: dict[str, Callable[[ImageSets], Scored]] = {"lpips": _lpips, "swd": _swd, "pixel_fd": _pixel_fd}
 
 
-def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics: Sequence[str],
-                        reference_key: str | None, cache_dir: Path | None, feature_net: FeatureNet | None = None,
-                        weights_dir: Path | None = None, seed: int = 0, batch_size: int = 64,
-                        device: str = "cpu") -> dict:
+def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, metrics: Sequence[str], *,
+                        inputs: MetricInputs | None = None, cache: RefCache | None = None, seed: int = 0,
+                        batch_size: int = 64) -> dict:
     """{"metrics": {name: {"value": ...} | {"missing": reason}}, "protocol": {...}}.
 
-    `feature_net` None: Inception from `weights_dir`, loaded only when FID, KID or IS is asked for."""
+    `inputs` (metric_inputs) says what each metric is computed with, or why it cannot be; None: metric_inputs of
+    `metrics`, Inception and LPIPS from the default weights folder, on the CPU. `cache` None: reference statistics
+    are computed and not kept."""
     check_images(generated, "generated images")
     check_images(reference, "reference images")
     if generated.shape[1:] != reference.shape[1:]:
@@ -248,32 +243,27 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, *, metrics
     if unknown:
         raise ConfigError(f"unknown metric(s) {', '.join(unknown)} in metrics; choose from {', '.join(METRIC_NAMES)}")
     wanted = list(dict.fromkeys(metrics))
-    results: dict[str, dict] = {}
+    inputs = metric_inputs(wanted) if inputs is None else inputs
+    results = {m: {"missing": inputs.missing[m]} for m in wanted if not inputs.ready(m)}
     protocol: dict = {"num_generated": int(len(generated)), "num_reference": int(len(reference)),
                       "image_size": list(generated.shape[1:3]), "seed": seed,
                       "libraries": library_versions(), "weights": {}}
 
-    feature_wanted = [m for m in wanted if m in INCEPTION_METRICS]
-    net = feature_net
-    if feature_wanted:
-        net, reason = load_feature_net(feature_net, weights_dir, device)
-        if net is None:
-            results.update({m: {"missing": reason} for m in feature_wanted})
-        else:
-            stand_in = not isinstance(net, InceptionFeatureNet)
-            ref, cache = reference_stats(net, reference, reference_key=reference_key, cache_dir=cache_dir,
-                                         batch_size=batch_size, device=device)
-            results.update(_feature_metrics(set(feature_wanted), net, generated, ref, seed, batch_size, stand_in))
-            protocol["reference_cache"] = cache
-            protocol["kid"] = {"num_subsets": KID_SUBSETS, "max_subset_size": KID_SUBSET_SIZE}
-            protocol["is"] = {"splits": IS_SPLITS, "logits": "pool features x output weight, no bias"}
-            if not stand_in:
-                protocol["weights"][weights.INCEPTION] = net.weights_sha256
+    net = inputs.feature_net
+    if feature_ready := [m for m in wanted if m in INCEPTION_METRICS and m not in results]:
+        stand_in = not isinstance(net, InceptionFeatureNet)
+        ref, protocol["reference_cache"] = reference_stats(net, reference, cache=cache, batch_size=batch_size,
+                                                           device=inputs.device)
+        results.update(_feature_metrics(set(feature_ready), net, generated, ref, seed, batch_size, stand_in))
+        protocol["kid"] = {"num_subsets": KID_SUBSETS, "max_subset_size": KID_SUBSET_SIZE}
+        protocol["is"] = {"splits": IS_SPLITS, "logits": "pool features x output weight, no bias"}
+        if not stand_in:
+            protocol["weights"][weights.INCEPTION] = net.weights_sha256
     protocol.update(feature_network_fields(net))  # a stand-in is named even without a feature metric: its id says so
 
-    sets = ImageSets(generated, reference, weights_dir, seed, batch_size, device)
+    sets = ImageSets(generated, reference, inputs, seed, batch_size)
     for name, score in ONE_BY_ONE.items():
-        if name in wanted:
+        if name in wanted and name not in results:
             results[name], settings, used = score(sets)
             protocol["weights"].update(used)
             if settings:
