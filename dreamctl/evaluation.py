@@ -139,8 +139,7 @@ class Scoring:
     reference: np.ndarray  # the reference images
     manifest: Manifest
     manifest_sha256: str
-    inputs: MetricInputs  # each metric's networks, loaded now so a bad file fails before sampling, or why it cannot
-    # be computed
+    inputs: MetricInputs  # each metric's networks (loaded before sampling, so a bad file fails first), or why not
 
 
 def _protocol(model: InferenceModel, req: EvalRequest, s: Scoring, ref_trained_on: int | None,

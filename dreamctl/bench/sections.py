@@ -228,7 +228,7 @@ def bench_inception(rt: Runtime, *, batch_size: int, resolution: int, batches: i
     import numpy as np
 
     from dreamctl.metrics import weights
-    from dreamctl.metrics.image_sets import load_feature_net
+    from dreamctl.metrics.inputs import load_feature_net
     from dreamctl.metrics.inception import batched_features
 
     st = weights.status(weights.INCEPTION)

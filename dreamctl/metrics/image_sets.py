@@ -26,7 +26,7 @@ from dreamctl.errors import ConfigError, DataError, DreamctlWarning, MetricUndef
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
                                         InceptionFeatureNet, batched_features, check_images)
-from dreamctl.metrics.inputs import MetricInputs, load_feature_net, metric_inputs
+from dreamctl.metrics.inputs import MetricInputs, metric_inputs
 from dreamctl.metrics.pixel_fd import PIXEL_FEATURES, pixel_frechet_distance
 from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES, METRICS
 from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
@@ -34,8 +34,7 @@ from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_
 from dreamctl.metrics.swd import PATCH_SIZE, sliced_wasserstein_distance, swd_settings
 from dreamctl.protocol import FeatureNetworkId
 
-# load_feature_net lives in metrics/inputs.py; bench/sections.py imports it from here.
-__all__ = ["RefCache", "evaluate_image_sets", "feature_network_fields", "load_feature_net", "reference_stats"]
+__all__ = ["RefCache", "evaluate_image_sets", "feature_network_fields", "reference_stats"]
 
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, LPIPS_PAIRS = 100, 1000, 10, 1000
 # Below Inception's feature dimension the generated set's covariance is rank-deficient and FID is biased far
