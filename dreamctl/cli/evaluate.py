@@ -79,7 +79,7 @@ def command(
 ) -> None:
     """Generate (or reuse) samples and write eval/<protocol>.json with FID, KID, IS, LPIPS, SWD, pixel FD."""
     from dreamctl.evaluation import EvalOptions, evaluate_run
-    from dreamctl.sampling import SampleOptions
+    from dreamctl.inference import SampleOptions
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, clip_x0=clip_x0, use_ema=ema,
                          batch_size=batch_size, compile=compile, compile_mode=compile_mode, checkpoint=checkpoint,

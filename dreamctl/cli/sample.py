@@ -40,8 +40,8 @@ def command(
     from dreamctl import atomic
     from dreamctl.errors import ConfigError
     from dreamctl.generate import save_grid
-    from dreamctl.sample_files import read_samples, write_npz
-    from dreamctl.sampling import GRID_MAX, SampleOptions, folder_name, load_for_inference, sample_to_folder
+    from dreamctl.inference import SampleOptions, load_for_inference
+    from dreamctl.sample_folder import GRID_MAX, folder_name, read_samples, sample_to_folder, write_npz
     from dreamctl.training.rundir import RunDir
 
     opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, clip_x0=clip_x0, use_ema=ema,
