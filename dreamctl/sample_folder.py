@@ -9,7 +9,6 @@ Beside them: `grid.png` (the first GRID_MAX images) and, when asked, `samples-<N
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +28,6 @@ from dreamctl.protocol import Sampling
 from dreamctl.records import read_json
 from dreamctl.runtime import Runtime, barrier, main_first, sum_over_ranks
 
-PNG = re.compile(r"^(\d{6,})\.png$")
 GRID_MAX = 64
 
 
