@@ -531,3 +531,17 @@ def test_clip_x0_is_a_flag_of_sample_and_evaluate_and_names_its_folder(trained, 
     clipped, plain = read_samples(tmp_path / "c", 2, 32), _draw(run, tmp_path / "p", 2, eta=1.0)
     assert not np.array_equal(clipped, plain)  # an untrained net's x0 estimate leaves [-1, 1]: clipping changes it
     assert main(["evaluate", "--help"]) == 0 and "--clip-x0" in capsys.readouterr().out
+
+
+def test_sample_and_evaluate_turn_their_flags_into_sample_options_alike():
+    """Both commands build SampleOptions in options.sample_options, from their arguments by name: each
+    field gets its own flag's value (use_ema --ema's), and neither command lacks one of the flags."""
+    import inspect
+    from dataclasses import asdict
+
+    from dreamctl.cli import evaluate, options, sample
+
+    for command in (sample.command, evaluate.command):
+        args = {name: f"<{name}>" for name in inspect.signature(command).parameters}
+        got = asdict(options.sample_options(args))
+        assert got == {field: f"<{'ema' if field == 'use_ema' else field}>" for field in got}, command.__module__
