@@ -1,7 +1,7 @@
 """The evaluate protocol: samples of a run against a reference split, written to RUN_DIR/eval/.
 
     reference split read, metric networks loaded (metric_inputs: rank 0, which scores) -> N samples drawn or
-    reused (sampling.py, every rank) -> evaluate_image_sets -> eval/<protocol_id>.json (eval_files.py,
+    reused (sample_folder.py, every rank) -> evaluate_image_sets -> eval/<protocol_id>.json (eval_files.py,
     docs/run-folder.md)
 
 Weights are checked before anything is drawn. A metric the user named (or every metric with
@@ -35,8 +35,8 @@ from dreamctl.eval_files import write_eval
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime, main_first, on_every_rank
 from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, protocol_id
-from dreamctl.sampling import InferenceModel, SampleOptions, folder_name, load_for_inference, sample_to_folder
-from dreamctl.sample_files import read_samples
+from dreamctl.inference import InferenceModel, SampleOptions, load_for_inference
+from dreamctl.sample_folder import folder_name, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
 
 

@@ -11,7 +11,7 @@ ignores everything. The kinds, who sends them, and their payloads:
     "log"         metrics.jsonl's record + "total_steps"  every train.log_every steps
     "checkpoint"  {"step", "path"}
     "grid"        {"step", "path"}                       a sample grid drawn during training
-  sample and evaluate (sampling.py, evaluation.py)
+  sample and evaluate (sample_folder.py, evaluation.py)
     "sample_start"    {"folder", "num", "held", "kept", "missing"}
     "sample_progress" {"drawn", "missing", "batch_size"}
     "sample_done"     {"folder", "drawn"}

@@ -234,7 +234,7 @@ def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_p
     from dreamctl.protocol import SEED_RULE
     from dreamctl.evaluation import EvalOptions, resolve_request
     from dreamctl.experiments.ablate import _evaluated
-    from dreamctl.sampling import SampleOptions, sample_config
+    from dreamctl.inference import SampleOptions, sample_config
 
     recipe = load_recipe("tiny", ["sample.steps=40", "sample.t_start=null"])
     cfg = sample_config(recipe, SampleOptions(), "test")
@@ -316,7 +316,7 @@ def test_an_existing_evaluation_is_reused_only_when_it_is_what_evaluate_would_wr
     from dreamctl.config import load_recipe
     from dreamctl.evaluation import EvalOptions, resolve_request
     from dreamctl.experiments.ablate import _evaluated
-    from dreamctl.sampling import SampleOptions, sample_config
+    from dreamctl.inference import SampleOptions, sample_config
 
     recipe = load_recipe("tiny", ["sample.steps=40", "sample.t_start=null", *sets])
     _write_eval_record(tmp_path, **changes)

@@ -155,7 +155,7 @@ def test_dry_run_counts_the_images_training_would_open(synthetic_data_dir, capsy
 
 
 def test_ddpm_sampling_options_on_a_recipe_with_t_start():
-    from dreamctl.sampling import SampleOptions, sample_config
+    from dreamctl.inference import SampleOptions, sample_config
 
     tiny = load_recipe("tiny")
     assert tiny.sample.t_start == 950
@@ -180,7 +180,7 @@ def test_every_sampling_option_reaches_the_sample_config():
     names a sample.* setting, and a value given for it is the one sampling uses."""
     import dataclasses
 
-    from dreamctl.sampling import SampleOptions, sample_config
+    from dreamctl.inference import SampleOptions, sample_config
 
     tiny = load_recipe("tiny")
     given = {"sampler": "ddim", "steps": 7, "eta": 0.3, "t_start": 900, "clip_x0": True, "use_ema": False,
@@ -404,7 +404,7 @@ def test_a_ddim_step_count_that_starts_where_x_t_is_still_image_is_refused():
     """i * (T // steps) for 600 of 1000 steps starts at t = 599, where x_t is 58% image, from pure noise. Refused
     when a recipe is loaded to train and when sample/evaluate ask for it; 30 or 70 steps, which do not divide T
     either, start at t = 957 and 966 (7% and 5%) and are accepted."""
-    from dreamctl.sampling import SampleOptions, sample_config
+    from dreamctl.inference import SampleOptions, sample_config
 
     told = ("DDIM's uniform skip i*(T // steps) starts 600 steps, which do not divide T = 1000, at t = 599, where x_t "
             "still holds 58% of the image (at most 10% for a start from pure noise): use 500 or 1000 steps (counts "

@@ -104,7 +104,7 @@ def test_seed_zero_asked_for_overrides_the_recipes_eval_seed() -> None:
     """--seed 0 is a real seed: `or` would turn it into the recipe's eval.seed and draw other images."""
     from dreamctl.config.schema import EvalConfig, Recipe
     from dreamctl.evaluation import EvalOptions, resolve_request
-    from dreamctl.sampling import SampleOptions
+    from dreamctl.inference import SampleOptions
 
     recipe = Recipe(eval=EvalConfig(seed=3, num=8))
     assert resolve_request(recipe, SampleOptions(seed=0), EvalOptions()).seed == 0
@@ -117,7 +117,7 @@ def test_evaluate_refuses_more_images_than_a_base_seed_names_before_drawing() ->
     from dreamctl.config.schema import EvalConfig, Recipe
     from dreamctl.errors import ConfigError
     from dreamctl.evaluation import EvalOptions, resolve_request
-    from dreamctl.sampling import SampleOptions
+    from dreamctl.inference import SampleOptions
 
     recipe = Recipe(eval=EvalConfig(num=8))
     assert resolve_request(recipe, SampleOptions(), EvalOptions(num=2**20, ref_num=8)).num == 2**20
@@ -136,7 +136,7 @@ def test_evaluate_flags_out_of_range_are_named(asked, message) -> None:
     from dreamctl.config.schema import EvalConfig, Recipe
     from dreamctl.errors import ConfigError
     from dreamctl.evaluation import EvalOptions, resolve_request
-    from dreamctl.sampling import SampleOptions
+    from dreamctl.inference import SampleOptions
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve_request(Recipe(eval=EvalConfig(num=8)), SampleOptions(), EvalOptions(**asked))

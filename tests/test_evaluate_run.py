@@ -16,9 +16,9 @@ from dreamctl.cli import main
 from dreamctl.data.shards import manifest_sha256, read_manifest
 from dreamctl.evaluation import EvalOptions, evaluate_run
 from dreamctl.experiments.runs import read_evals
+from dreamctl.inference import SampleOptions
 from dreamctl.metrics.inception import RESIZE_CLEAN
 from feature_fakes import StandInFeatureNet, write_fake_inception
-from dreamctl.sampling import SampleOptions
 from dreamctl.training.checkpoints import checkpoint_path, load_checkpoint
 from tiny_runs import CPU, trained_for_sampling
 
@@ -39,7 +39,7 @@ def test_the_reference_is_the_split_asked_for(trained):
     """--ref valid measures against the valid split's first ref_num images: not a label on train's."""
     from dreamctl.data.loader import open_split
     from dreamctl.metrics.pixel_fd import pixel_frechet_distance
-    from dreamctl.sample_files import read_samples
+    from dreamctl.sample_folder import read_samples
 
     run, data = trained
     for split in ("valid", "train"):
@@ -201,12 +201,12 @@ def test_evaluate_compiles_in_the_mode_asked_for(trained, tmp_path, monkeypatch)
     """--compile-mode reaches evaluate's sampling network as it reaches sample's."""
     import shutil
 
-    from dreamctl import sampling
+    from dreamctl import inference
 
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)  # its own copy: this test's record stays out of the shared run
     asked = []
-    monkeypatch.setattr(sampling, "compile_for_sampling",
+    monkeypatch.setattr(inference, "compile_for_sampling",
                         lambda model, mode, device_type: asked.append((mode, device_type)) or model)
     assert main(["evaluate", str(run), "--num", "4", "--metrics", "swd", "--compile-mode", "reduce-overhead"]) == 0
     assert asked == [("reduce-overhead", "cpu")]

@@ -13,7 +13,8 @@ from dreamctl.protocol import SAME_SAMPLES, SAMPLING_FIELDS, Sampling, holds_pro
 def test_a_sample_folder_and_an_evaluation_record_the_same_sampling_fields() -> None:
     """sample.json and eval/*.json are written from one Sampling: a setting added to it reaches both, and the
     fields that decide whether an earlier file's metrics are kept."""
-    from dreamctl.sampling import InferenceModel, folder_name, folder_settings
+    from dreamctl.inference import InferenceModel
+    from dreamctl.sample_folder import folder_name, folder_settings
 
     cfg = SampleConfig(steps=20, eta=0.5, use_ema=False, clip_x0=True)
     m = InferenceModel(None, None, cfg, 300, Path("step300.pt"), 32, "run-1", "f" * 64, "bf16")  # type: ignore

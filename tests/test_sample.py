@@ -16,13 +16,13 @@ import torch
 import yaml
 
 from conftest import dead_pid
-from dreamctl import generate, sample_files, sampling
+from dreamctl import generate, inference, sample_folder
 from dreamctl.cli import main
 from dreamctl.config import load_recipe
 from dreamctl.errors import DataError, RunError
+from dreamctl.inference import SampleOptions, load_for_inference
 from dreamctl.runtime import Runtime
-from dreamctl.sample_files import read_samples
-from dreamctl.sampling import SampleOptions, load_for_inference, sample_to_folder
+from dreamctl.sample_folder import read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
 from tiny_runs import CPU, trained_for_sampling
 
@@ -71,7 +71,7 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     reference = _draw(run, tmp_path / "straight", 10, batch_size=4)
     out = tmp_path / "stopped"
     calls = {"n": 0}
-    real_generate = sampling.generate
+    real_generate = sample_folder.generate
 
     def stop_after_one_batch(*args, **kwargs):
         calls["n"] += 1
@@ -79,7 +79,7 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
             raise KeyboardInterrupt  # Ctrl-C in the middle of the run
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(sampling, "generate", stop_after_one_batch)
+    monkeypatch.setattr(sample_folder, "generate", stop_after_one_batch)
     assert main(["sample", str(run), "--num", "10", "--batch-size", "4", "--out", str(out)]) == 130
     assert "rerun the same command" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
@@ -92,19 +92,19 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
             os.kill(os.getpid(), signal.SIGTERM)
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(sampling, "generate", terminated_in_second_batch)
+    monkeypatch.setattr(sample_folder, "generate", terminated_in_second_batch)
     assert main(["sample", str(run), "--num", "10", "--batch-size", "3", "--out", str(out)]) == 143
     assert "rerun the same command" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(7)]  # one batch more
     assert json.loads((out / "sample.json").read_text())["complete"] is False
-    monkeypatch.setattr(sampling, "generate", real_generate)
+    monkeypatch.setattr(sample_folder, "generate", real_generate)
     assert main(["sample", str(run), "--num", "10", "--batch-size", "4", "--out", str(out), "--npz"]) == 0
     np.testing.assert_array_equal(read_samples(out, 10, 32), reference)
 
     # Delete two images and damage one; everything else must be left untouched.
     for i in (2, 8):
-        sample_files.png_path(out, i).unlink()
-    sample_files.png_path(out, 5).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        sample_folder.png_path(out, i).unlink()
+    sample_folder.png_path(out, 5).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     old = 1_000_000_000
     for p in out.glob("*.png"):
         os.utime(p, ns=(old, old))
@@ -120,7 +120,7 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     running.unlink()
     assert f"samples: {out} (7 of 10 already there, kept)" in capsys.readouterr().out  # the folder's count
     np.testing.assert_array_equal(read_samples(out, 10, 32), reference)
-    redrawn = {i for i in range(10) if sample_files.png_path(out, i).stat().st_mtime_ns != old}
+    redrawn = {i for i in range(10) if sample_folder.png_path(out, i).stat().st_mtime_ns != old}
     assert redrawn == {2, 5, 8}
     record = json.loads((out / "sample.json").read_text())
     assert record["drawn_now"] == 3 and record["complete"] and record["num"] == 10
@@ -149,7 +149,7 @@ def test_ranks_draw_their_own_slices(trained, tmp_path):
     rank0, rank1 = (Runtime(torch.device("cpu"), "fp32", rank=r, world_size=2) for r in (0, 1))
     # Without a process group the barriers are skipped, so the ranks run one after the other:
     # rank 0 has recorded the settings (its part before the first barrier) when rank 1 starts.
-    sampling.open_folder(model, folder, 0, rank0)
+    sample_folder.open_folder(model, folder, 0, rank0)
     sample_to_folder(model, folder, 7, seed=0, rt=rank1)
     assert sorted(int(p.stem) for p in folder.glob("*.png")) == [1, 3, 5]
     assert not (folder / "grid.png").exists()
@@ -322,7 +322,7 @@ def test_cuda_graphs_draw_the_images_eager_draws(trained, tmp_path):
 def test_no_compile_overrides_a_recipes_compile_mode():
     """--no-compile over a recipe that asks for CUDA graphs samples eager, rather than being refused."""
     recipe = load_recipe("tiny", ["sample.compile=true", "sample.compile_mode=reduce-overhead"])
-    cfg = sampling.sample_config(recipe, SampleOptions(compile=False), "tiny")
+    cfg = inference.sample_config(recipe, SampleOptions(compile=False), "tiny")
     assert (cfg.compile, cfg.compile_mode) == (False, "default")
 
 
@@ -331,15 +331,15 @@ def test_compile_mode_asks_for_compile_and_is_refused_without_it(trained, tmp_pa
     beside --no-compile it is refused, nothing drawn."""
     run, _ = trained
     asked, modes = [], []
-    monkeypatch.setattr(sampling, "compile_for_sampling",
+    monkeypatch.setattr(inference, "compile_for_sampling",
                         lambda model, mode, device_type: asked.append((mode, device_type)) or model)
     model = load_for_inference(RunDir(run), SampleOptions(compile_mode="reduce-overhead"), CPU)
     assert (model.cfg.compile, model.cfg.compile_mode, asked) == (True, "reduce-overhead", [("reduce-overhead", "cpu")])
     monkeypatch.undo()
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
     for device_type in ("cuda", "cpu"):
-        sampling.compile_for_sampling(torch.nn.Identity(), "reduce-overhead", device_type)
-    sampling.compile_for_sampling(torch.nn.Identity(), "default", "cuda")
+        inference.compile_for_sampling(torch.nn.Identity(), "reduce-overhead", device_type)
+    inference.compile_for_sampling(torch.nn.Identity(), "default", "cuda")
     assert modes == ["reduce-overhead", "default", "default"]
     for args, needle in ((["--no-compile", "--compile-mode", "reduce-overhead"], "needs compile: true (or --compile)"),
                          (["--compile-mode", "max-autotune"], "sample.compile_mode: Input should be 'default' or "
@@ -358,7 +358,7 @@ def test_a_stop_before_the_npz_is_finished_by_the_same_command(trained, tmp_path
     def stopped(*a, **kw):
         raise RuntimeError("killed")  # stands for a kill while the npz is written
 
-    monkeypatch.setattr(sample_files, "write_npz", stopped)
+    monkeypatch.setattr(sample_folder, "write_npz", stopped)
     with pytest.raises(RuntimeError, match="killed"):
         main(args)
     monkeypatch.undo()
@@ -372,10 +372,10 @@ def test_a_png_of_another_size_counts_as_missing_not_kept(tmp_path):
     from PIL import Image
 
     good, small = np.full((32, 32, 3), 7, np.uint8), np.full((16, 16, 3), 7, np.uint8)
-    Image.fromarray(good).save(sample_files.png_path(tmp_path, 0))
-    Image.fromarray(small).save(sample_files.png_path(tmp_path, 1))
-    np.testing.assert_array_equal(sample_files.read_png(sample_files.png_path(tmp_path, 0), 32), good)
-    assert sample_files.read_png(sample_files.png_path(tmp_path, 1), 32) is None
+    Image.fromarray(good).save(sample_folder.png_path(tmp_path, 0))
+    Image.fromarray(small).save(sample_folder.png_path(tmp_path, 1))
+    np.testing.assert_array_equal(sample_folder.read_png(sample_folder.png_path(tmp_path, 0), 32), good)
+    assert sample_folder.read_png(sample_folder.png_path(tmp_path, 1), 32) is None
     with pytest.raises(DataError, match="000001.png is missing or unreadable"):
         read_samples(tmp_path, 2, 32)
 
@@ -402,7 +402,7 @@ def test_a_base_seed_holds_exactly_2_to_the_20_images():
 def test_images_drawn_in_bf16_are_kept_apart_from_fp32_ones(trained, tmp_path, capsys):
     """bf16 autocast (the default on a GPU) draws other images from the same seeds than fp32: they get
     their own default folder, and a folder is never topped up in the other precision."""
-    from dreamctl.sampling import folder_name
+    from dreamctl.sample_folder import folder_name
 
     run, _ = trained
     bf16 = Runtime(torch.device("cpu"), "bf16")
@@ -434,11 +434,11 @@ def _checkpoint_worker(rank: int, init: str, run: str, out: str, gone: bool) -> 
     rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
     if rank == 1:  # its listing was made before step 8 landed: left to itself it would sample step 4
         stale = checkpoint_path(Path(run) / "checkpoints", 4)
-        sampling.list_checkpoints = lambda folder: [stale]
+        inference.list_checkpoints = lambda folder: [stale]
         if gone:  # rotated away between rank 0's choice and this rank's load
             def rotated(run, step):
                 raise CheckpointError(f"no checkpoint for step {step}")
-            sampling.choose_checkpoint = rotated
+            inference.choose_checkpoint = rotated
     try:
         said = str(load_for_inference(RunDir(run), SampleOptions(), rt).step)
     except Exception as err:  # every rank stops, none waits in a collective for the other
@@ -527,7 +527,21 @@ def test_clip_x0_is_a_flag_of_sample_and_evaluate_and_names_its_folder(trained, 
     assert main(["sample", str(run), "--num", "2", "--clip-x0", "--eta", "1", "--out", str(tmp_path / "c")]) == 0
     assert json.loads((tmp_path / "c" / "sample.json").read_text())["clip_x0"] is True
     model = load_for_inference(RunDir(run), SampleOptions(clip_x0=True, eta=1.0), CPU)
-    assert model.cfg.clip_x0 and sampling.folder_name(model, 0).endswith("-clip")
+    assert model.cfg.clip_x0 and sample_folder.folder_name(model, 0).endswith("-clip")
     clipped, plain = read_samples(tmp_path / "c", 2, 32), _draw(run, tmp_path / "p", 2, eta=1.0)
     assert not np.array_equal(clipped, plain)  # an untrained net's x0 estimate leaves [-1, 1]: clipping changes it
     assert main(["evaluate", "--help"]) == 0 and "--clip-x0" in capsys.readouterr().out
+
+
+def test_sample_and_evaluate_turn_their_flags_into_sample_options_alike():
+    """Both commands build SampleOptions in options.sample_options, from their arguments by name: each
+    field gets its own flag's value (use_ema --ema's), and neither command lacks one of the flags."""
+    import inspect
+    from dataclasses import asdict
+
+    from dreamctl.cli import evaluate, options, sample
+
+    for command in (sample.command, evaluate.command):
+        args = {name: f"<{name}>" for name in inspect.signature(command).parameters}
+        got = asdict(options.sample_options(args))
+        assert got == {field: f"<{'ema' if field == 'use_ema' else field}>" for field in got}, command.__module__

@@ -160,7 +160,7 @@ def _one_line(err: Exception) -> str:
 def sample_settings(compile: bool, mode: str, device_type: str, compare: bool) -> list[str]:
     """The SAMPLE_SETTINGS to time, the recipe's own first: all of them with `compare`. A setting that
     compiles as another on this device (CUDA graphs off CUDA) is that one's row, not a second timing of it."""
-    from dreamctl.sampling import compile_mode_for
+    from dreamctl.inference import compile_mode_for
 
     names = [n for n, m in SAMPLE_SETTINGS.items() if m is None or compile_mode_for(m, device_type) == m]
     own_mode = compile_mode_for(mode, device_type) if compile else None
@@ -178,7 +178,7 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
     from dreamctl.generate import generate
     from dreamctl.models import build_model
     from dreamctl.runtime import Autocast
-    from dreamctl.sampling import compile_for_sampling
+    from dreamctl.inference import compile_for_sampling
 
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe.model, recipe.data.resolution).to(rt.device).eval().requires_grad_(False)

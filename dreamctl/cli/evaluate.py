@@ -78,12 +78,9 @@ def command(
     device: options.Device = None,
 ) -> None:
     """Generate (or reuse) samples and write eval/<protocol>.json with FID, KID, IS, LPIPS, SWD, pixel FD."""
+    opts = options.sample_options(locals())  # before any other local: locals() is the arguments, read by name
     from dreamctl.evaluation import EvalOptions, evaluate_run
-    from dreamctl.sampling import SampleOptions
 
-    opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, clip_x0=clip_x0, use_ema=ema,
-                         batch_size=batch_size, compile=compile, compile_mode=compile_mode, checkpoint=checkpoint,
-                         seed=seed)
     asked = EvalOptions(num=num, ref=ref, ref_num=ref_num, metrics=None if metrics is None else tuple(metrics.split(",")),
                         data=data, strict_weights=strict_weights)
     with drawing(device) as (rt, display):

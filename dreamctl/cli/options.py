@@ -1,4 +1,5 @@
-"""Options shared by several commands, each defined once (flag, type and help text).
+"""Options shared by several commands, each defined once (flag, type and help text), and the sampling
+ones turned into SampleOptions in one place (sample_options).
 
 A sampling option left out (None) means "the run recipe's `sample` section decides", so
 `dreamctl sample` and `dreamctl evaluate` read the same defaults from the same place.
@@ -6,9 +7,13 @@ A sampling option left out (None) means "the run recipe's `sample` section decid
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from dreamctl.inference import SampleOptions
 
 Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda [default: cuda if available].")]
 
@@ -30,3 +35,14 @@ Compile = Annotated[Optional[bool], typer.Option(
 CompileMode = Annotated[Optional[str], typer.Option(
     "--compile-mode", help="torch.compile mode, implies --compile: default, or reduce-overhead (each step replayed "
                            "as a CUDA graph) [default: sample.compile_mode].")]
+
+
+def sample_options(args: Mapping[str, Any]) -> SampleOptions:
+    """SampleOptions from a command's arguments (`locals()` of `sample` and `evaluate`, which take the sampling
+    options above under these parameter names): the one place the flags become its fields (--ema: use_ema)."""
+    from dreamctl.inference import SampleOptions  # torch: not imported for --help
+
+    return SampleOptions(sampler=args["sampler"], steps=args["steps"], eta=args["eta"], t_start=args["t_start"],
+                         clip_x0=args["clip_x0"], use_ema=args["ema"], batch_size=args["batch_size"],
+                         compile=args["compile"], compile_mode=args["compile_mode"], checkpoint=args["checkpoint"],
+                         seed=args["seed"])

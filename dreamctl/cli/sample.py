@@ -37,16 +37,14 @@ def command(
     device: options.Device = None,
 ) -> None:
     """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
+    opts = options.sample_options(locals())  # before any other local: locals() is the arguments, read by name
     from dreamctl import atomic
     from dreamctl.errors import ConfigError
     from dreamctl.generate import save_grid
-    from dreamctl.sample_files import read_samples, write_npz
-    from dreamctl.sampling import GRID_MAX, SampleOptions, folder_name, load_for_inference, sample_to_folder
+    from dreamctl.inference import load_for_inference
+    from dreamctl.sample_folder import GRID_MAX, folder_name, read_samples, sample_to_folder, write_npz
     from dreamctl.training.rundir import RunDir
 
-    opts = SampleOptions(sampler=sampler, steps=steps, eta=eta, t_start=t_start, clip_x0=clip_x0, use_ema=ema,
-                         batch_size=batch_size, compile=compile, compile_mode=compile_mode, checkpoint=checkpoint,
-                         seed=seed)
     if grid is not None:
         if grid.suffix.lower() != ".png":  # PNG bytes under another name, or a lossy copy of the samples
             raise ConfigError(f"--grid {grid}: the grid is written as PNG (lossless); give a file name ending in .png")

@@ -24,7 +24,7 @@ from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import EvalOptions, EvalRequest, check_reference, resolve_request, sampling_protocol
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.protocol import holds_protocol
-from dreamctl.sampling import SampleOptions, sample_config
+from dreamctl.inference import SampleOptions, sample_config
 from dreamctl.training.loop import idle_rectification, train_cost
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.checkpoints import list_checkpoints

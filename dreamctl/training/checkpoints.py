@@ -270,7 +270,7 @@ def no_checkpoint(folder: Path) -> CheckpointError:
 
 def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, Checkpoint]:
     """The newest checkpoint that loads; corrupt newer ones are skipped with a warning naming them (resume's way;
-    sample and evaluate refuse a damaged newest: sampling.choose_checkpoint)."""
+    sample and evaluate refuse a damaged newest: inference.choose_checkpoint)."""
     candidates = list_checkpoints(folder)
     if not candidates:
         raise no_checkpoint(folder)

@@ -1,43 +1,30 @@
-"""Load a run's model for inference and draw numbered samples into a folder, resumably.
+"""Which checkpoint and model to sample with, under which settings.
 
-Image i of a folder is `DIR/<i:06d>.png`, drawn from seed `seed * 2**20 + i` (generate.image_seeds), so a folder
-can be filled in any order, by any number of processes, and stopped and rerun: a PNG that is
-already there and readable is kept, and only the missing indices are drawn. `sample.json`
-records the settings; a folder is never topped up with images drawn under other settings.
+The user's options over the run recipe's `sample` section (SampleOptions, sample_config), the
+checkpoint to draw from (choose_checkpoint), and its network loaded for drawing: weights chosen,
+eval mode, optionally compiled, under the runtime's autocast (load_for_inference).
 """
 
 from __future__ import annotations
 
-import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-import dreamctl
-from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
 from dreamctl.config.schema import DDPM_SETTINGS
 from dreamctl.config.load import option_args
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.diffusion.start import check_sampler_start
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
-from dreamctl.generate import check_base_seed, check_count, generate, image_seeds, save_grid
 from dreamctl.models import build_model
-from dreamctl.protocol import Sampling
-from dreamctl.events import OnEvent, ignore
-from dreamctl.runtime import Autocast, Runtime, barrier, from_main, main_first, on_every_rank, sum_over_ranks
-from dreamctl.sample_files import check_folder, png_path, read_png, read_samples, write_png
-from dreamctl.records import read_json
+from dreamctl.runtime import Autocast, Runtime, from_main, main_first, on_every_rank
 from dreamctl.training.rundir import RunDir
 from dreamctl.training.checkpoints import (Checkpoint, check_fits, checkpoint_path, list_checkpoints, no_checkpoint,
                                            read_checkpoint, step_of, weights_sha256)
-
-GRID_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -164,110 +151,3 @@ def compile_for_sampling(model: nn.Module, mode: str, device_type: str) -> nn.Mo
     """torch.compile for drawing images. 'reduce-overhead' records each batch shape's network as a CUDA
     graph and replays it at every step (samplers.sample uses up each output before the next call)."""
     return torch.compile(model, mode=compile_mode_for(mode, device_type))
-
-
-def drawn_with(m: InferenceModel, seed: int) -> Sampling:
-    """The settings that fix the images `m` draws from base seed `seed` (protocol.py)."""
-    return Sampling.of(m.cfg, m.step, seed, m.precision)
-
-
-def folder_name(m: InferenceModel, seed: int) -> str:
-    """`ddim50-eta0-ema-step39000-seed0` (+ `-tstart950`, `-clip`, `-bf16`): one folder per image-fixing setting."""
-    return drawn_with(m, seed).folder_name()
-
-
-def folder_settings(m: InferenceModel, seed: int) -> dict[str, Any]:
-    """What must match for a folder's existing images to be reused: they fix every pixel."""
-    return {"run_id": m.run_id, **drawn_with(m, seed).to_json(), "image_size": m.image_size,
-            "weights_sha256": m.weights_sha256}
-
-
-def open_folder(m: InferenceModel, folder: Path, seed: int, rt: Runtime) -> dict[str, Any]:
-    """Check the folder's settings (every rank, so all fail alike); rank 0 records them before any image
-    and clears the temporary files of a killed earlier call."""
-    wanted = folder_settings(m, seed)
-    check_folder(folder, wanted)
-    barrier(rt)  # every rank has looked before rank 0 writes: a new folder's sample.json is no stranger's file
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def record() -> None:
-        atomic.sweep(folder)
-        if not (folder / "sample.json").is_file():
-            atomic.write_json(folder / "sample.json", {**wanted, "complete": False})
-    main_first(rt, record)  # a failed write stops every rank, not rank 0 alone
-    return wanted
-
-
-def _draw(m: InferenceModel, indices: list[int], folder: Path, seed: int, rt: Runtime, batch_size: int,
-          on_event: OnEvent) -> None:
-    """Draw and write `indices`, one batch at a time; halve the batch when the GPU runs out of memory.
-
-    A batch's PNGs are encoded and written by threads while the next batch is drawn (zlib releases
-    the GIL), so the GPU does not wait for the disk; stopping waits for the ones under way.
-    """
-    done = 0
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        writing: list[Future] = []
-        while done < len(indices):
-            chunk = indices[done:done + batch_size]
-            # once a full batch has compiled, a short last one is padded to its shape rather than compiled again
-            pad_to = batch_size if m.cfg.compile and done > 0 else None
-            try:
-                images = generate(m.net, m.schedule, image_seeds(seed, chunk), image_size=m.image_size, cfg=m.cfg,
-                                  device=rt.device, batch_size=batch_size, pad_to=pad_to)
-            except torch.cuda.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                batch_size //= 2
-                oom = True
-            else:
-                oom = False
-                for future in writing:  # the previous batch's files: a failed write surfaces here
-                    future.result()
-                writing = [pool.submit(write_png, png_path(folder, i), image)
-                           for i, image in zip(chunk, images.numpy())]
-                done += len(chunk)
-                on_event("sample_progress", {"drawn": done, "missing": len(indices), "batch_size": batch_size})
-            if oom and rt.device.type == "cuda":
-                torch.cuda.empty_cache()  # outside the except block, once the failed batch's tensors are freed
-        for future in writing:
-            future.result()
-
-
-def sample_to_folder(m: InferenceModel, folder: Path, num: int, *, seed: int, rt: Runtime,
-                     on_event: OnEvent = ignore) -> dict[str, Any]:
-    """Make `folder` hold images 0..num-1; returns this call's sample.json record (on every rank): its
-    `num` is how many images the folder holds, which an earlier, larger call may have made more. A call
-    that draws nothing leaves the file's timing (created, wall_time_s, drawn_now) that of the drawing call.
-
-    Under torchrun rank r draws the missing indices i with i % world_size == r; rank 0 writes
-    sample.json and the grid once all ranks are done.
-    """
-    check_count(num)  # before the folder is touched
-    check_base_seed(seed)
-    started = time.perf_counter()
-    wanted = open_folder(m, folder, seed, rt)
-    barrier(rt)
-    # An earlier, larger call may have finished more images: keep the folder whole up to that count.
-    before = read_json(folder / "sample.json")
-    held = max(num, before.get("num", 0) if before.get("complete") else 0)
-    mine = range(rt.rank, held, rt.world_size)
-    missing = [i for i in mine if read_png(png_path(folder, i), m.image_size) is None]
-    kept = held - sum_over_ranks(len(missing), rt)  # over every rank: the line speaks of the folder
-    on_event("sample_start", {"folder": str(folder), "num": num, "held": held, "kept": kept, "missing": len(missing)})
-    _draw(m, missing, folder, seed, rt, m.cfg.batch_size, on_event)
-    barrier(rt)
-    drawn = sum_over_ranks(len(missing), rt)
-    record = {**wanted, "complete": True, "num": held, "checkpoint": m.checkpoint.name, "device": str(rt.device),
-              "world_size": rt.world_size, "drawn_now": drawn, "dreamctl_version": dreamctl.__version__,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "wall_time_s": round(time.perf_counter() - started, 2)}
-    drawing = {} if drawn or not before.get("complete") else {  # what drawing the folder took, not this look at it
-        k: before[k] for k in ("created", "wall_time_s", "drawn_now", "device", "world_size") if k in before}
-
-    def finish() -> None:  # through main_first, as every write of rank 0: a full disk here stops every rank
-        save_grid(read_samples(folder, min(held, GRID_MAX), m.image_size), folder / "grid.png")
-        atomic.write_json(folder / "sample.json", {**record, **drawing})
-    main_first(rt, finish)
-    on_event("sample_done", {"folder": str(folder), "drawn": len(missing)})
-    return record
