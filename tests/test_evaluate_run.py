@@ -168,7 +168,7 @@ def test_which_metrics_can_be_computed_is_decided_once(trained, tmp_path, offlin
     from dreamctl.errors import WeightsError
     from dreamctl.metrics.image_sets import evaluate_image_sets
     from dreamctl.metrics.inception import InceptionFeatureNet
-    from dreamctl.sample_files import read_samples
+    from dreamctl.sample_folder import read_samples
 
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
