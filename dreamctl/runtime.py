@@ -136,11 +136,16 @@ def _joined(rt: Runtime) -> bool:
     return rt.distributed and dist.is_initialized()
 
 
+def _collective_device(rt: Runtime) -> torch.device:
+    """Where a collective's tensor lives: the GPU under NCCL, the CPU under gloo."""
+    return rt.device if rt.device.type == "cuda" else torch.device("cpu")
+
+
 def _reduce(values: list[float], rt: Runtime, op: dist.ReduceOp) -> list[float]:
     """`values` reduced over the ranks by `op`, in one collective; as they are without a process group."""
     if not _joined(rt):
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(rt))
     dist.all_reduce(t, op=op)
     return t.tolist()
 
@@ -148,11 +153,9 @@ def _reduce(values: list[float], rt: Runtime, op: dist.ReduceOp) -> list[float]:
 def any_rank(flag: bool | Tensor, rt: Runtime) -> bool:
     """True on every rank if it is true on any (so all ranks stop at the same step). A flag computed on the
     device is reduced where it lies: one wait for the answer, not one to read the flag and one for the sum."""
-    if not isinstance(flag, Tensor):
-        return bool(max_over_ranks(int(flag), rt))
     if not _joined(rt):
         return bool(flag)
-    t = flag.detach().reshape(1).to(rt.device if rt.device.type == "cuda" else "cpu", torch.float32, copy=True)
+    t = torch.as_tensor(flag).detach().reshape(1).to(_collective_device(rt), torch.float32, copy=True)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
