@@ -533,15 +533,28 @@ def test_clip_x0_is_a_flag_of_sample_and_evaluate_and_names_its_folder(trained, 
     assert main(["evaluate", "--help"]) == 0 and "--clip-x0" in capsys.readouterr().out
 
 
+def test_the_sampling_flags_reach_the_folder_as_typed(trained, tmp_path):
+    """Every sampling flag of `sample` through the command line into what sample.json records of the draw."""
+    run, _ = trained
+    out = tmp_path / "s"
+    assert main(["sample", str(run), "--num", "2", "--out", str(out), "--no-ema", "--steps", "3", "--eta", "1",
+                 "--t-start", "900", "--clip-x0", "--seed", "3", "--checkpoint", "4", "--batch-size", "1"]) == 0
+    record = json.loads((out / "sample.json").read_text())
+    assert {k: record[k] for k in ("ema", "sampler", "steps", "eta", "t_start", "clip_x0", "seed", "checkpoint_step")} \
+        == {"ema": False, "sampler": "ddim", "steps": 3, "eta": 1.0, "t_start": 900, "clip_x0": True, "seed": 3,
+            "checkpoint_step": 4}
+
+
 def test_sample_and_evaluate_turn_their_flags_into_sample_options_alike():
-    """Both commands build SampleOptions in options.sample_options, from their arguments by name: each
-    field gets its own flag's value (use_ema --ema's), and neither command lacks one of the flags."""
+    """Both commands take every SampleOptions field as a parameter of the field's name, and options.sample_options
+    builds the record from typer's ctx.params by those names: each field gets its own flag's value, and a new
+    sampling setting that one command lacks fails here."""
     import inspect
     from dataclasses import asdict
 
     from dreamctl.cli import evaluate, options, sample
 
     for command in (sample.command, evaluate.command):
-        args = {name: f"<{name}>" for name in inspect.signature(command).parameters}
-        got = asdict(options.sample_options(args))
-        assert got == {field: f"<{'ema' if field == 'use_ema' else field}>" for field in got}, command.__module__
+        params = {name: f"<{name}>" for name in inspect.signature(command).parameters}
+        got = asdict(options.sample_options(params))
+        assert got == {field: f"<{field}>" for field in got}, command.__module__

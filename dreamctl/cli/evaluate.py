@@ -54,6 +54,7 @@ Examples:
   dreamctl evaluate runs/cons --num 5000 --ref train --metrics fid,kid,is --strict-weights"""  # under --help; "\\b": not rewrapped
 
 def command(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
     num: Optional[int] = typer.Option(None, "--num", "-n", help="Generated images [default: eval.num]."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference split: train, valid or test [default: eval.ref]."),
@@ -68,7 +69,7 @@ def command(
     t_start: options.TStart = None,
     clip_x0: options.ClipX0 = None,
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the samples [default: eval.seed]."),
-    ema: options.Ema = None,
+    use_ema: options.Ema = None,
     checkpoint: options.Checkpoint = None,
     batch_size: options.BatchSize = None,
     compile: options.Compile = None,
@@ -78,7 +79,7 @@ def command(
     device: options.Device = None,
 ) -> None:
     """Generate (or reuse) samples and write eval/<protocol>.json with FID, KID, IS, LPIPS, SWD, pixel FD."""
-    opts = options.sample_options(locals())  # before any other local: locals() is the arguments, read by name
+    opts = options.sample_options(ctx.params)
     from dreamctl.evaluation import EvalOptions, evaluate_run
 
     asked = EvalOptions(num=num, ref=ref, ref_num=ref_num, metrics=None if metrics is None else tuple(metrics.split(",")),

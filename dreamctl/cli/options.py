@@ -8,6 +8,7 @@ A sampling option left out (None) means "the run recipe's `sample` section decid
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -37,12 +38,9 @@ CompileMode = Annotated[Optional[str], typer.Option(
                            "as a CUDA graph) [default: sample.compile_mode].")]
 
 
-def sample_options(args: Mapping[str, Any]) -> SampleOptions:
-    """SampleOptions from a command's arguments (`locals()` of `sample` and `evaluate`, which take the sampling
-    options above under these parameter names): the one place the flags become its fields (--ema: use_ema)."""
+def sample_options(params: Mapping[str, Any]) -> SampleOptions:
+    """SampleOptions from a command's parameters by name (typer's `ctx.params`): `sample` and `evaluate` take
+    each of its fields as a parameter of the field's name (use_ema: --ema/--no-ema)."""
     from dreamctl.inference import SampleOptions  # torch: not imported for --help
 
-    return SampleOptions(sampler=args["sampler"], steps=args["steps"], eta=args["eta"], t_start=args["t_start"],
-                         clip_x0=args["clip_x0"], use_ema=args["ema"], batch_size=args["batch_size"],
-                         compile=args["compile"], compile_mode=args["compile_mode"], checkpoint=args["checkpoint"],
-                         seed=args["seed"])
+    return SampleOptions(**{f.name: params[f.name] for f in fields(SampleOptions)})

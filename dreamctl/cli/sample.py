@@ -18,6 +18,7 @@ Examples:
   dreamctl sample runs/tiny --num 5000 --sampler ddpm --checkpoint 20000"""  # under --help; "\\b": not rewrapped
 
 def command(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="The run folder (written by `dreamctl train`)."),
     num: int = typer.Option(..., "--num", "-n", help="Number of images; image i has its own seed, so any batch size gives the same images."),
     sampler: options.Sampler = None,
@@ -26,7 +27,7 @@ def command(
     t_start: options.TStart = None,
     clip_x0: options.ClipX0 = None,
     seed: int = typer.Option(0, "--seed", help="Base seed (0..4095); different base seeds share no image."),
-    ema: options.Ema = None,
+    use_ema: options.Ema = None,
     checkpoint: options.Checkpoint = None,
     batch_size: options.BatchSize = None,
     compile: options.Compile = None,
@@ -37,7 +38,7 @@ def command(
     device: options.Device = None,
 ) -> None:
     """Draw images from a run's checkpoint into PNGs, a grid and sample.json; rerun to finish a stopped one."""
-    opts = options.sample_options(locals())  # before any other local: locals() is the arguments, read by name
+    opts = options.sample_options(ctx.params)
     from dreamctl import atomic
     from dreamctl.errors import ConfigError
     from dreamctl.generate import save_grid
