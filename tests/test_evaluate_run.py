@@ -197,6 +197,30 @@ def test_which_metrics_can_be_computed_is_decided_once(trained, tmp_path, offlin
     assert all("value" in scored.record["metrics"][m] for m in ("kid", "is")) and len(loads) == 1
 
 
+def test_lpips_files_that_do_not_load_are_refused_before_drawing(trained, tmp_path, monkeypatch):
+    """Intact files this lpips cannot load (another lpips version): the one reason, from metric_inputs, for a named
+    metric a refusal before any sample is drawn; for a default one, {"missing": reason} beside the others."""
+    from dreamctl.errors import WeightsError
+    from dreamctl.metrics import inputs, lpips_diversity
+
+    said = "alex.pth does not load into lpips 0.1.4's AlexNet: reinstall lpips==0.1.4"
+
+    def no_load(*args, **kwargs):
+        raise WeightsError(said)
+
+    monkeypatch.setattr(inputs, "_file_problems", lambda metric, weights_dir: None)  # every file intact
+    monkeypatch.setattr(lpips_diversity, "build_lpips", no_load)
+    assert inputs.metric_inputs(["swd", "lpips"]).missing == {"lpips": said}
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    before = sorted(run.rglob("*"))
+    with pytest.raises(WeightsError, match=re.escape(said)):
+        evaluate_run(run, SampleOptions(), EvalOptions(num=8, ref_num=12, metrics=("lpips", "swd")), rt=CPU)
+    assert sorted(run.rglob("*")) == before  # nothing drawn, nothing written
+    kept = evaluate_run(run, SampleOptions(), EvalOptions(num=8, ref_num=12, metrics=None), rt=CPU).record["metrics"]
+    assert kept["lpips"] == {"missing": said} and "value" in kept["swd"]
+
+
 def test_evaluate_compiles_in_the_mode_asked_for(trained, tmp_path, monkeypatch):
     """--compile-mode reaches evaluate's sampling network as it reaches sample's."""
     import shutil
