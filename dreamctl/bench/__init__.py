@@ -61,7 +61,7 @@ class BenchOptions:
     data_images: int = 2048  # the data section's synthetic images
 
     def as_args(self) -> list[str]:
-        """These options as `dreamctl bench` takes them, for the command a result records."""
+        """These options as shell words, for the command a result records (to be rerun as it ran)."""
         return (["--rounds", str(self.rounds), "--warmup", str(self.warmup), "--sample-batches",
                  str(self.sample_batches)] + ([] if self.variants else ["--no-variants"])
                 + ([] if self.budget_s is None else ["--budget-s", f"{self.budget_s:g}"])

@@ -3,7 +3,8 @@
 Each metric comes back as {"value": float, ...} or {"missing": reason}; a metric whose weights
 are absent is reported missing, never as a number. Reference statistics for the feature
 network (mean, covariance, features for KID, logits for the real-image IS) are cached as npz,
-keyed by the reference key, the network's name and weights hash, and the image count.
+keyed by the caller's name for the reference (RefCache.key), the images' hash, the network's name and weights
+hash, the image count and the device type.
 A spread ("std") names what it is over in "spread" (metrics/spread.py).
 """
 
@@ -249,7 +250,7 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, metrics: S
                       "libraries": library_versions(), "weights": {}}
 
     net = inputs.feature_net
-    if feature_ready := [m for m in wanted if m in INCEPTION_METRICS and m not in results]:
+    if feature_ready := [m for m in wanted if m in INCEPTION_METRICS and inputs.ready(m)]:
         stand_in = not isinstance(net, InceptionFeatureNet)
         ref, protocol["reference_cache"] = reference_stats(net, reference, cache=cache, batch_size=batch_size,
                                                            device=inputs.device)
@@ -262,7 +263,7 @@ def evaluate_image_sets(generated: np.ndarray, reference: np.ndarray, metrics: S
 
     sets = ImageSets(generated, reference, inputs, seed, batch_size)
     for name, score in ONE_BY_ONE.items():
-        if name in wanted and name not in results:
+        if name in wanted and inputs.ready(name):
             results[name], settings, used = score(sets)
             protocol["weights"].update(used)
             if settings:

@@ -25,7 +25,8 @@ __all__ = ["MetricInputs", "load_feature_net", "metric_inputs"]
 
 @dataclass(frozen=True)
 class MetricInputs:
-    """What `metrics` are computed with, or why one cannot be."""
+    """What `metrics` are computed with, or why one cannot be; made by metric_inputs, which loads a network for
+    every metric it calls ready."""
 
     metrics: tuple[str, ...]  # what it was resolved for: a metric outside it has no decision to read
     missing: dict[str, str] = field(default_factory=dict)  # metric -> the one reason it cannot be computed
