@@ -33,7 +33,6 @@ from typing import Any
 
 from dreamctl.errors import DreamctlError
 
-
 LOCK = ".lock"
 HOST = socket.gethostname()  # in temporary file names, and in run.json: where a run trains
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^@]+)\.tmp$")

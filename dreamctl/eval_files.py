@@ -10,8 +10,8 @@ from typing import Any
 from dreamctl import atomic
 from dreamctl.errors import CheckpointError, DreamctlWarning
 from dreamctl.metrics.registry import INCEPTION_METRICS, METRICS
-from dreamctl.records import read_json
 from dreamctl.protocol import same_samples
+from dreamctl.records import read_json
 
 
 def _carry_over(previous: dict[str, Any] | None, record: dict[str, Any]) -> None:

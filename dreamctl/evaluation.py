@@ -22,23 +22,21 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, SampleConfig
-from dreamctl.config.metrics import check_eval_num
+from dreamctl.config.metrics import check_eval_num, parse_metrics
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
 from dreamctl.errors import ConfigError, DataError, WeightsError
-from dreamctl.metrics.registry import METRIC_NAMES
-from dreamctl.metrics.image_sets import RefCache, evaluate_image_sets
-from dreamctl.metrics.inputs import MetricInputs, metric_inputs
-from dreamctl.config.metrics import parse_metrics
-from dreamctl.metrics.inception import FeatureNet
 from dreamctl.eval_files import write_eval
 from dreamctl.events import OnEvent, ignore
-from dreamctl.runtime import Runtime, main_first, on_every_rank
-from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, protocol_id
 from dreamctl.inference import InferenceModel, SampleOptions, load_for_inference
+from dreamctl.metrics.image_sets import RefCache, evaluate_image_sets
+from dreamctl.metrics.inception import FeatureNet
+from dreamctl.metrics.inputs import MetricInputs, metric_inputs
+from dreamctl.metrics.registry import METRIC_NAMES
+from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, protocol_id
+from dreamctl.runtime import Runtime, main_first, on_every_rank
 from dreamctl.sample_folder import folder_name, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
-
 
 
 @dataclass(frozen=True)

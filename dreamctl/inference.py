@@ -15,16 +15,24 @@ import torch
 from torch import nn
 
 from dreamctl.config import Recipe, SampleConfig, recipe_from_yaml, validate_recipe
-from dreamctl.config.schema import DDPM_SETTINGS
 from dreamctl.config.load import option_args
+from dreamctl.config.schema import DDPM_SETTINGS
 from dreamctl.diffusion import NoiseSchedule, schedule_for
 from dreamctl.diffusion.start import check_sampler_start
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.models import build_model
 from dreamctl.runtime import Autocast, Runtime, from_main, main_first, on_every_rank
+from dreamctl.training.checkpoints import (
+    Checkpoint,
+    check_fits,
+    checkpoint_path,
+    list_checkpoints,
+    no_checkpoint,
+    read_checkpoint,
+    step_of,
+    weights_sha256,
+)
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.checkpoints import (Checkpoint, check_fits, checkpoint_path, list_checkpoints, no_checkpoint,
-                                           read_checkpoint, step_of, weights_sha256)
 
 
 @dataclass(frozen=True)

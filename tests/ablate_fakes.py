@@ -9,10 +9,10 @@ from pathlib import Path
 import yaml
 
 from dreamctl.config import load_recipe, recipe_from_yaml, recipe_to_yaml
-from dreamctl.protocol import SEED_RULE
 from dreamctl.data.shards import FORMAT
-from dreamctl.inference import SampleOptions, sample_config
 from dreamctl.experiments.execute import CommandResult
+from dreamctl.inference import SampleOptions, sample_config
+from dreamctl.protocol import SEED_RULE
 
 
 class FakeCLI:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
-
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch

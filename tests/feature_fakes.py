@@ -9,7 +9,6 @@ Inception code path itself.
 from __future__ import annotations
 
 import hashlib
-
 from pathlib import Path
 
 import numpy as np

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ablate_fakes import FakeCLI, write_spec
 from dreamctl.cli import main
 from dreamctl.errors import WeightsError
 from dreamctl.experiments import execute as execute_module
@@ -20,7 +21,6 @@ from dreamctl.experiments.ablate import make_plan, plan_rows
 from dreamctl.experiments.execute import CommandResult, execute, train_command
 from dreamctl.experiments.spec import parse_spec
 from dreamctl.signals import Stopped, stop_on_sigterm
-from ablate_fakes import FakeCLI, write_spec
 
 
 def test_skip_finished_resume_interrupted_train_new(tmp_path: Path) -> None:

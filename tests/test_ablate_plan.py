@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import warnings
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from ablate_fakes import FakeCLI, write_spec
 from dreamctl.cli import main
 from dreamctl.errors import ConfigError, DataError
 from dreamctl.experiments import execute as execute_module
-from dreamctl.experiments.ablate import images_text, make_plan
-from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
-from dreamctl.experiments.ablate import plan_totals
+from dreamctl.experiments.ablate import images_text, make_plan, plan_totals
 from dreamctl.experiments.execute import Launch, evaluate_command, execute, train_command
-from ablate_fakes import FakeCLI, write_spec
+from dreamctl.experiments.spec import ABLATIONS_DIR, expand, parse_spec, point_name
 
 
 def test_run_names_come_from_overrides() -> None:
@@ -231,10 +230,10 @@ def test_an_evaluation_counts_as_done_only_under_the_protocol_it_would_run(tmp_p
     """DDIM with 40 of 1000 steps starts at 39*25 = 975 by default, but an evaluation told `--t-start 975` is
     filed under another protocol id (-tstart975) than the one the ablation's table reads: not done."""
     from dreamctl.config import load_recipe
-    from dreamctl.protocol import SEED_RULE
     from dreamctl.evaluation import EvalOptions, resolve_request
     from dreamctl.experiments.ablate import _evaluated
     from dreamctl.inference import SampleOptions, sample_config
+    from dreamctl.protocol import SEED_RULE
 
     recipe = load_recipe("tiny", ["sample.steps=40", "sample.t_start=null"])
     cfg = sample_config(recipe, SampleOptions(), "test")

@@ -16,8 +16,17 @@ import yaml
 from dreamctl.cli import main
 from dreamctl.errors import CheckpointError, CorruptCheckpoint, DreamctlWarning
 from dreamctl.records import read_jsonl
-from dreamctl.training.checkpoints import (REQUIRED, Checkpoint, check_fits, check_moments_fit, list_checkpoints, load_checkpoint,
-                                           load_latest, set_aside_newer, step_of)
+from dreamctl.training.checkpoints import (
+    REQUIRED,
+    Checkpoint,
+    check_fits,
+    check_moments_fit,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest,
+    set_aside_newer,
+    step_of,
+)
 from tiny_runs import TINY, assert_identical, final_weights, train
 
 

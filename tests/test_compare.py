@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from dreamctl.protocol import SEED_RULE
 from dreamctl.errors import CheckpointError
 from dreamctl.experiments.compare import compare_runs
-from dreamctl.experiments.tables import cells, headers, to_csv, to_json, to_markdown
 from dreamctl.experiments.plots import write_figures
 from dreamctl.experiments.runs import read_run
+from dreamctl.experiments.tables import cells, headers, to_csv, to_json, to_markdown
+from dreamctl.protocol import SEED_RULE
 from run_folders import P10, P50, write_eval, write_run
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dreamctl.metrics.registry import METRICS
 from dreamctl.errors import ConfigError
 from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.runs import read_run
 from dreamctl.experiments.tables import latex_escape, to_json, to_latex
+from dreamctl.metrics.registry import METRICS
 from run_folders import P10, P50, write_eval, write_run
 
 

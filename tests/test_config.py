@@ -12,8 +12,15 @@ import pytest
 from pydantic import ValidationError
 
 from dreamctl.cli import main
-from dreamctl.config import (RECIPES_DIR, DiffusionConfig, Recipe, SampleConfig, load_recipe, recipe_from_file,
-                             recipe_to_yaml)
+from dreamctl.config import (
+    RECIPES_DIR,
+    DiffusionConfig,
+    Recipe,
+    SampleConfig,
+    load_recipe,
+    recipe_from_file,
+    recipe_to_yaml,
+)
 from dreamctl.errors import ConfigError
 from dreamctl.models import build_model, count_parameters
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import prepare_listing, shard_images
-from dreamctl.data.decode import crop_box, parse_crop, preprocess
 from dreamctl.atomic import file_sha256
+from dreamctl.data.decode import crop_box, parse_crop, preprocess
 from dreamctl.data.shards import manifest_sha256, read_manifest, read_names
 from dreamctl.data.synthetic import draw_faces
 from dreamctl.errors import DataError

@@ -8,12 +8,20 @@ import os
 import pickle
 import shutil
 
-import numpy as np
 import h5py
+import numpy as np
 import pytest
 import torch
 
-from dreamctl.data.loader import BatchOrder, default_memory_budget, epoch_batches, flip_mask, open_split, steps_per_epoch, to_model_input
+from dreamctl.data.loader import (
+    BatchOrder,
+    default_memory_budget,
+    epoch_batches,
+    flip_mask,
+    open_split,
+    steps_per_epoch,
+    to_model_input,
+)
 from dreamctl.data.synthetic import draw_faces
 from dreamctl.errors import DataError
 from dreamctl.runtime import mix_seed

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dreamctl.protocol import SEED_RULE, drawn_by_seed_rule
 from dreamctl.eval_files import write_eval
+from dreamctl.protocol import SEED_RULE, drawn_by_seed_rule
 
 PID = "ddim50-eta0-ema-n500-train500-clean-seed1"
 ANY_TIME = {"created": None, "versions": None}  # record() writes neither

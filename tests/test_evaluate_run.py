@@ -18,8 +18,8 @@ from dreamctl.evaluation import EvalOptions, evaluate_run
 from dreamctl.experiments.runs import read_evals
 from dreamctl.inference import SampleOptions
 from dreamctl.metrics.inception import RESIZE_CLEAN
-from feature_fakes import StandInFeatureNet, write_fake_inception
 from dreamctl.training.checkpoints import checkpoint_path, load_checkpoint
+from feature_fakes import StandInFeatureNet, write_fake_inception
 from tiny_runs import CPU, trained_for_sampling
 
 

@@ -14,8 +14,7 @@ import torch
 from dreamctl.errors import DataError
 from dreamctl.metrics import swd
 from dreamctl.metrics.lpips_diversity import lpips_diversity, random_pairs
-from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
-                                    kernel_inception_distance)
+from dreamctl.metrics.stats import frechet_distance, gaussian_stats, inception_score, kernel_inception_distance
 
 # --- Fréchet distance ---------------------------------------------------------------------
 

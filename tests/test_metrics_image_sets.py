@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning
-from dreamctl.metrics import image_sets
-from dreamctl.metrics import weights
+from dreamctl.metrics import image_sets, weights
 from dreamctl.metrics.image_sets import RefCache, evaluate_image_sets
+from dreamctl.metrics.inception import RESIZE_CLEAN
 from dreamctl.metrics.inputs import MetricInputs, metric_inputs
 from dreamctl.metrics.weights import check_weights
-from dreamctl.metrics.inception import RESIZE_CLEAN
 from feature_fakes import StandInFeatureNet, write_fake_inception
 
 # The sets here are tiny on purpose; test_fid_from_fewer_than_2048_images_warns checks that warning.

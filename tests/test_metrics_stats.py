@@ -9,8 +9,7 @@ import pytest
 
 from dreamctl.errors import DataError
 from dreamctl.metrics.pixel_fd import area_downsample, pixel_frechet_distance
-from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
-                                    kernel_inception_distance, softmax)
+from dreamctl.metrics.stats import frechet_distance, gaussian_stats, inception_score, kernel_inception_distance, softmax
 from dreamctl.metrics.swd import laplacian_pyramid, sliced_wasserstein_distance
 
 

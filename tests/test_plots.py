@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments import plots
+from dreamctl.experiments.compare import compare_runs
 from dreamctl.experiments.plots import plot_lambda, plot_losses, plot_metrics_vs_step, write_figures
 from dreamctl.experiments.runs import read_run
 from run_folders import P50, write_eval, write_run

@@ -206,8 +206,8 @@ def test_ddpm_requires_all_steps_and_eta_1():
 def test_a_compiled_network_sees_one_batch_shape_and_the_same_images(tmp_path):
     """sample_to_folder pads a short last batch for a compiled network (a new shape would compile again)."""
     from dreamctl.config import SampleConfig
-    from dreamctl.runtime import Runtime
     from dreamctl.inference import InferenceModel
+    from dreamctl.runtime import Runtime
     from dreamctl.sample_folder import read_samples, sample_to_folder
 
     schedule = make_schedule("cosine", 50)

@@ -18,8 +18,8 @@ import torch
 
 from dreamctl.cli import main
 from dreamctl.runtime import Runtime
-from dreamctl.training.rundir import RunDir
 from dreamctl.training.checkpoints import list_checkpoints, load_checkpoint
+from dreamctl.training.rundir import RunDir
 from tiny_runs import CONSERVATIVE, TINY, assert_identical, final_weights, set_args, train
 
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from dreamctl.config import OptimConfig, load_recipe
 from dreamctl.data.loader import flip_mask
-from dreamctl.training.loop import clip_threshold, ema_decay_at, lr_at, step_noise, update
 from dreamctl.runtime import Runtime
+from dreamctl.training.loop import clip_threshold, ema_decay_at, lr_at, step_noise, update
 from dreamctl.training.state import TrainState
 from tiny_runs import CPU
 

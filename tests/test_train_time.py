@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from dreamctl.bench.estimate import StepTimer, estimate_training_time
 from dreamctl.cli import main
@@ -12,8 +13,6 @@ from dreamctl.config import load_recipe
 from dreamctl.errors import DataError, RunError
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import total_steps
-
-import torch
 
 SMALL = ["train.batch_size=16", "model.channels=8", "model.channel_mult=[1, 2]", "model.attention_resolutions=[]"]
 

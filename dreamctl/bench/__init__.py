@@ -17,15 +17,14 @@ from typing import Any
 
 import torch
 
-from dreamctl.config import Recipe
-from dreamctl.errors import RunError
-from dreamctl.events import OnEvent, ignore
-from dreamctl.runtime import Runtime
-
 from dreamctl.bench.sections import bench_inception, bench_sample, bench_train, bench_variants, check_only
 from dreamctl.bench.steps import KINDS, NAIVE, loss_params, make_step, naive_conservative_loss
 from dreamctl.bench.targets import TARGETS, evaluate_targets
 from dreamctl.bench.timing import counting_forwards, interleaved, summarize
+from dreamctl.config import Recipe
+from dreamctl.errors import RunError
+from dreamctl.events import OnEvent, ignore
+from dreamctl.runtime import Runtime
 
 __all__ = ["KINDS", "NAIVE", "SECTIONS", "TARGETS", "BenchOptions", "bench_inception", "bench_sample", "bench_train",
            "bench_variants", "counting_forwards", "default_recipe", "evaluate_targets", "interleaved",

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dreamctl.bench.steps import KINDS, NAIVE, NAIVE_COST, float32_groupnorm, make_step
+from dreamctl.bench.timing import counting_forwards, interleaved, summarize, sync
 from dreamctl.config import Recipe
 from dreamctl.config.schema import STUDY_VARIANT_NOTE
 from dreamctl.diffusion import schedule_for
@@ -20,9 +22,6 @@ from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import wrap_for_training
 from dreamctl.training.state import init_state
-
-from dreamctl.bench.steps import KINDS, NAIVE, NAIVE_COST, float32_groupnorm, make_step
-from dreamctl.bench.timing import counting_forwards, interleaved, summarize, sync
 
 SAMPLE_STEPS = 50
 
@@ -176,9 +175,9 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
     batch (the compile) timed apart. A compared setting whose first batch fails is recorded with its
     error in `failed` and left out, so that it costs no other setting's figures; the recipe's own fails the run."""
     from dreamctl.generate import generate
+    from dreamctl.inference import compile_for_sampling
     from dreamctl.models import build_model
     from dreamctl.runtime import Autocast
-    from dreamctl.inference import compile_for_sampling
 
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe.model, recipe.data.resolution).to(rt.device).eval().requires_grad_(False)
@@ -228,8 +227,8 @@ def bench_inception(rt: Runtime, *, batch_size: int, resolution: int, batches: i
     import numpy as np
 
     from dreamctl.metrics import weights
-    from dreamctl.metrics.inputs import load_feature_net
     from dreamctl.metrics.inception import batched_features
+    from dreamctl.metrics.inputs import load_feature_net
 
     st = weights.status(weights.INCEPTION)
     if not st.intact:

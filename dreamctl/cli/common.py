@@ -8,6 +8,7 @@ from typing import IO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+
 def to_devnull(stream: IO[str]) -> None:
     """Point `stream`'s file descriptor at /dev/null: its reader is gone, and what is still written to it
     (later lines, the buffer flushed at exit) must not fail the command."""

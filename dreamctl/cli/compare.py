@@ -15,9 +15,21 @@ from dreamctl.cli.common import console, err_console
 from dreamctl.errors import CheckpointError, RunError
 from dreamctl.experiments.compare import Comparison, compare_runs
 from dreamctl.experiments.runs import read_run
-from dreamctl.experiments.tables import (describe_protocols, info_cells, info_headers, left_out_line, protocol_cells,
-                                         protocol_headers, protocol_ids, spread_line, to_csv, to_json, to_latex,
-                                         to_markdown, with_values)
+from dreamctl.experiments.tables import (
+    describe_protocols,
+    info_cells,
+    info_headers,
+    left_out_line,
+    protocol_cells,
+    protocol_headers,
+    protocol_ids,
+    spread_line,
+    to_csv,
+    to_json,
+    to_latex,
+    to_markdown,
+    with_values,
+)
 from dreamctl.training.rundir import RunDir
 
 

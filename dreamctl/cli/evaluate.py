@@ -12,8 +12,8 @@ from rich.table import Table
 from dreamctl.cli import options
 from dreamctl.cli.common import console
 from dreamctl.cli.drawing import drawing
-from dreamctl.metrics.spread import spread_legend, spread_of
 from dreamctl.metrics.registry import INCEPTION_METRICS, METRICS
+from dreamctl.metrics.spread import spread_legend, spread_of
 
 
 def _trained_on(p: dict) -> str:

@@ -10,9 +10,8 @@ from typing import Optional
 import typer
 
 from dreamctl.cli import options
-from dreamctl.config.keys import RESUMABLE_TEXT
 from dreamctl.cli.progress import run_training
-
+from dreamctl.config.keys import RESUMABLE_TEXT
 
 EXAMPLES = """\b
 Examples:

@@ -11,7 +11,6 @@ from dreamctl.cli import options
 from dreamctl.cli.common import console
 from dreamctl.cli.drawing import drawing
 
-
 EXAMPLES = """\b
 Examples:
   dreamctl sample runs/tiny --num 64 --grid tiny.png

@@ -18,7 +18,6 @@ from dreamctl.cli.progress import run_training
 from dreamctl.config import Recipe, load_recipe, recipe_to_yaml, set_args
 from dreamctl.errors import DreamctlWarning, RunError
 
-
 EXAMPLES = """\b
 Examples:
   dreamctl train --recipe tiny --data data/synth32 --run-dir runs/tiny

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from dreamctl.cli.common import console
-from dreamctl.metrics import download as fetch, weights
+from dreamctl.metrics import download as fetch
+from dreamctl.metrics import weights
 
 
 def _say(text: str) -> None:

@@ -1,13 +1,29 @@
 """Recipes: YAML files validated into typed, frozen models (schema) and how they are read (load)."""
 
-from dreamctl.config.load import (
-    RECIPES_DIR, apply_overrides, load_recipe, parse_override, recipe_from_file, recipe_from_yaml, recipe_path,
-    recipe_to_yaml, set_args,
-)
 from dreamctl.config.keys import flat_items
+from dreamctl.config.load import (
+    RECIPES_DIR,
+    apply_overrides,
+    load_recipe,
+    parse_override,
+    recipe_from_file,
+    recipe_from_yaml,
+    recipe_path,
+    recipe_to_yaml,
+    set_args,
+)
 from dreamctl.config.schema import (
-    DataConfig, DiffusionConfig, EvalConfig, LossConfig, LossKind, ModelConfig, OptimConfig, Recipe,
-    SampleConfig, TrainConfig, validate_recipe,
+    DataConfig,
+    DiffusionConfig,
+    EvalConfig,
+    LossConfig,
+    LossKind,
+    ModelConfig,
+    OptimConfig,
+    Recipe,
+    SampleConfig,
+    TrainConfig,
+    validate_recipe,
 )
 
 __all__ = [

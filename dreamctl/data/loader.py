@@ -22,8 +22,17 @@ import h5py
 import numpy as np
 import torch
 
-from dreamctl.data.shards import (Manifest, ShardInfo, check_shard, manifest_sha256, read_manifest, read_names,
-                                  shard_error, split_shards, split_size)
+from dreamctl.data.shards import (
+    Manifest,
+    ShardInfo,
+    check_shard,
+    manifest_sha256,
+    read_manifest,
+    read_names,
+    shard_error,
+    split_shards,
+    split_size,
+)
 from dreamctl.errors import DataError
 from dreamctl.runtime import mix_seed
 

@@ -22,16 +22,22 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamctl import __version__
-from dreamctl.data.decode import (RESIZE, UNREADABLE, Chunk, ChunkResult, close_zips, crop_box, open_image,
-                                  parse_crop)
-from dreamctl.data.pool import decoded
-from dreamctl import atomic
+from dreamctl import __version__, atomic
 from dreamctl.config.schema import MAX_RESOLUTION
 from dreamctl.data import synthetic
-from dreamctl.data.shards import (FORMAT, MANIFEST, PROGRESS, ShardInfo, read_manifest, shard_name, shard_problem,
-                                  write_shard)
+from dreamctl.data.decode import RESIZE, UNREADABLE, Chunk, ChunkResult, close_zips, crop_box, open_image, parse_crop
+from dreamctl.data.pool import decoded
 from dreamctl.data.reuse import check_ours, previous_shards
+from dreamctl.data.shards import (
+    FORMAT,
+    MANIFEST,
+    PROGRESS,
+    ShardInfo,
+    read_manifest,
+    shard_name,
+    shard_problem,
+    write_shard,
+)
 from dreamctl.data.sources import SPLITS, Listing, Skip
 from dreamctl.errors import DataError, DreamctlWarning
 

@@ -20,15 +20,14 @@ from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.config.keys import RESUMABLE_KEYS
 from dreamctl.data.shards import limited, manifest_path, split_count
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning
-from dreamctl.experiments.runs import read_evals
 from dreamctl.evaluation import EvalOptions, EvalRequest, check_reference, resolve_request, sampling_protocol
+from dreamctl.experiments.runs import read_evals
 from dreamctl.experiments.spec import Spec, expand, expand_eval
-from dreamctl.protocol import holds_protocol
 from dreamctl.inference import SampleOptions, sample_config
+from dreamctl.protocol import holds_protocol
+from dreamctl.training.checkpoints import list_checkpoints
 from dreamctl.training.loop import idle_rectification, train_cost
 from dreamctl.training.rundir import RunDir
-from dreamctl.training.checkpoints import list_checkpoints
-
 
 # What the plan does with a run (restart: it stopped before its first checkpoint) and with an evaluation.
 TrainAction = Literal["train", "resume", "restart", "skip"]

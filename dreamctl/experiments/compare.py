@@ -19,12 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamctl.config.schema import STUDY_VARIANT_NOTE
-from dreamctl.experiments.columns import (column_ids, latest_by_column, scale_notes, select_columns,
-                                          trained_reference_notes)
+from dreamctl.experiments.columns import (
+    column_ids,
+    latest_by_column,
+    scale_notes,
+    select_columns,
+    trained_reference_notes,
+)
 from dreamctl.experiments.runs import Run
 from dreamctl.experiments.settings import differing_settings, processes, repeated_seeds, run_items, seed_groups
-from dreamctl.metrics.spread import SEEDS, spread_of
 from dreamctl.metrics.registry import METRIC_NAMES
+from dreamctl.metrics.spread import SEEDS, spread_of
 from dreamctl.protocol import PROTOCOL_FIELDS, drawn_by_seed_rule
 
 TOTALS = ("step", "images_seen", "wall_time_s", "img_per_s", "peak_memory_bytes")  # keys of run.json

@@ -19,15 +19,15 @@ from typing import Literal
 from dreamctl import atomic
 from dreamctl.config import set_args
 from dreamctl.data.shards import read_manifest
-from dreamctl.signals import Stopped, child_env, ended, run_child, signum_of, stop_on_sigterm
 from dreamctl.errors import CheckpointError, ConfigError, RunError, WeightsError
 from dreamctl.experiments.ablate import PLAN_NOTE, EvalJob, Plan, TrainJob, images_text, plan_rows, run_status
 from dreamctl.experiments.compare import compare_runs
-from dreamctl.experiments.tables import to_markdown
 from dreamctl.experiments.plots import foreign_figures, write_figures
 from dreamctl.experiments.runs import Run, read_run
+from dreamctl.experiments.tables import to_markdown
 from dreamctl.metrics.weights import check_weights
 from dreamctl.runtime import device_args
+from dreamctl.signals import Stopped, child_env, ended, run_child, signum_of, stop_on_sigterm
 from dreamctl.training.rundir import RunDir
 
 STDERR_LINES = 60  # kept in a failed job's log

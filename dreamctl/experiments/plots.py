@@ -23,8 +23,8 @@ import dreamctl
 from dreamctl import atomic
 from dreamctl.experiments.columns import column_id, column_ids
 from dreamctl.experiments.compare import Comparison, compare_runs, finite_number, run_labels
-from dreamctl.experiments.tables import describe_protocols
 from dreamctl.experiments.runs import Run
+from dreamctl.experiments.tables import describe_protocols
 
 LOSS_TERM = re.compile(r"loss(_(?!q\d$)\w+)?$")  # loss, loss_std, loss_rect, loss_dream...; not the quartiles
 

@@ -20,12 +20,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator
 
 from dreamctl.config import RECIPES_DIR, parse_override
-from dreamctl.config.load import builtin_or_path, option_args, override_keys, read_yaml
 from dreamctl.config.keys import leaves_weights, setting_value
-from dreamctl.config.metrics import check_eval_num
+from dreamctl.config.load import builtin_or_path, option_args, override_keys, read_yaml
+from dreamctl.config.metrics import check_eval_num, parse_metrics
 from dreamctl.config.validation import problems
 from dreamctl.errors import ConfigError
-from dreamctl.config.metrics import parse_metrics
 
 RECIPE_AXIS = "recipe"  # `grid: {recipe: [baseline, dream]}`: the base recipe itself varies
 # evaluate's sampling flags (config.load.option_args); every other setting needs training

@@ -13,8 +13,8 @@ import math
 from typing import Any
 
 from dreamctl.experiments.compare import TOTAL_HEADERS, TOTALS, Comparison, Metric, Row
-from dreamctl.metrics.spread import spread_legend
 from dreamctl.metrics.registry import INCEPTION_METRICS
+from dreamctl.metrics.spread import spread_legend
 
 
 def format_number(value: float | None, kind: str) -> str:

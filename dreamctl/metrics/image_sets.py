@@ -25,13 +25,26 @@ import numpy as np
 from dreamctl.atomic import atomic_path
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning, MetricUndefined
 from dreamctl.metrics import weights
-from dreamctl.metrics.inception import (INCEPTION_NAME, INCEPTION_POOL_DIM, RESIZE_CLEAN, FeatureNet,
-                                        InceptionFeatureNet, batched_features, check_images)
+from dreamctl.metrics.inception import (
+    INCEPTION_NAME,
+    INCEPTION_POOL_DIM,
+    RESIZE_CLEAN,
+    FeatureNet,
+    InceptionFeatureNet,
+    batched_features,
+    check_images,
+)
 from dreamctl.metrics.inputs import MetricInputs, metric_inputs
 from dreamctl.metrics.pixel_fd import PIXEL_FEATURES, pixel_frechet_distance
 from dreamctl.metrics.registry import INCEPTION_METRICS, METRIC_NAMES, METRICS
-from dreamctl.metrics.stats import (frechet_distance, gaussian_stats, inception_score,
-                                    kernel_inception_distance, kid_subset_size, softmax)
+from dreamctl.metrics.stats import (
+    frechet_distance,
+    gaussian_stats,
+    inception_score,
+    kernel_inception_distance,
+    kid_subset_size,
+    softmax,
+)
 from dreamctl.metrics.swd import PATCH_SIZE, sliced_wasserstein_distance, swd_settings
 from dreamctl.protocol import FeatureNetworkId
 

@@ -17,9 +17,9 @@ import shutil
 import warnings
 import zipfile
 import zlib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Collection, Mapping
 from typing import Any, NoReturn
 
 import torch

@@ -25,15 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from dreamctl.config import OptimConfig, Recipe
 from dreamctl.data.loader import BatchOrder, ImageSet, rank_slice, steps_per_epoch, to_model_input
 from dreamctl.diffusion import schedule_for
-from dreamctl.diffusion.losses import SyncContext, Stats, backward_loss, conservative_lambda, loss_kind, step_cost
+from dreamctl.diffusion.losses import Stats, SyncContext, backward_loss, conservative_lambda, loss_kind, step_cost
 from dreamctl.diffusion.schedule import NoiseSchedule
 from dreamctl.errors import RunError
 from dreamctl.events import OnEvent, ignore
 from dreamctl.runtime import Autocast, Runtime, any_rank, generator, mean_over_ranks, mix_seed
 from dreamctl.training.checkpoints import Checkpoint
 from dreamctl.training.meter import LossMeter
-from dreamctl.training.rundir import RunDir
 from dreamctl.training.record import Recorder, Throughput
+from dreamctl.training.rundir import RunDir
 from dreamctl.training.state import TrainState, init_state
 
 

@@ -16,7 +16,6 @@ from dreamctl.data.shards import manifest_sha256, read_manifest
 from dreamctl.errors import CheckpointError, ConfigError, DataError, RunError
 from dreamctl.records import jsonl_values, read_json
 
-
 # What a run folder holds before its recipe.yaml is written: the lock, run.json and the empty
 # subfolders of a `train` killed while it created the folder, which a new `train` may take over,
 # the temporary file of run.json or recipe.yaml that the kill cut short (the next write clears it),

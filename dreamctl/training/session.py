@@ -17,17 +17,22 @@ import torch
 import dreamctl
 from dreamctl import atomic
 from dreamctl.config import Recipe, apply_overrides, recipe_from_yaml, recipe_to_yaml, validate_recipe
-from dreamctl.config.load import check_to_train, override_keys
 from dreamctl.config.keys import NOT_SETTINGS, RESUMABLE_KEYS, RESUMABLE_TEXT, flat_items
+from dreamctl.config.load import check_to_train, override_keys
 from dreamctl.data.loader import BatchOrder, ImageSet, open_split
-from dreamctl.data.shards import split_size
-from dreamctl.data.shards import read_manifest
-from dreamctl.models import build_model
+from dreamctl.data.shards import read_manifest, split_size
 from dreamctl.errors import CheckpointError, DataError, DreamctlWarning, RunError
-from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost, processes
 from dreamctl.events import OnEvent, ignore
-from dreamctl.training.checkpoints import (Checkpoint, check_fits, check_moments_fit, list_checkpoints, load_latest,
-                                           set_aside_newer)
+from dreamctl.models import build_model
+from dreamctl.runtime import Runtime, barrier, main_first, on_every_rank, peak_memory_bytes, peer_lost, processes
+from dreamctl.training.checkpoints import (
+    Checkpoint,
+    check_fits,
+    check_moments_fit,
+    list_checkpoints,
+    load_latest,
+    set_aside_newer,
+)
 from dreamctl.training.loop import idle_rectification, total_steps, train
 from dreamctl.training.rundir import RunDir
 
