@@ -12,7 +12,7 @@ RUNS ?= runs
 RUN ?= $(error set RUN=runs/NAME)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo data-celeba reproduce-conservative reproduce-aggressive reproduce-baseline \
+.PHONY: help setup lint test demo data-celeba reproduce-conservative reproduce-aggressive reproduce-baseline \
         reproduce-dream reproduce-ddpm-ip ablate-study evaluate
 
 help:  ## this list
@@ -30,7 +30,10 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed  ## create .venv and install dreamctl with its test extras (CPU: ~2 min)
 
-test: $(BIN)/.installed  ## run the test suite (2 CPU cores: ~8 min, plus ~2 min setup the first time)
+lint: $(BIN)/.installed  ## pyflakes and import order (ruff, configured in pyproject.toml; seconds)
+	$(BIN)/ruff check dreamctl tests benchmarks scripts
+
+test: lint  ## lint, then run the test suite (2 CPU cores: ~8 min, plus ~2 min setup the first time)
 	$(BIN)/python -m pytest tests
 
 demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant), sample, evaluate, report (2 CPU cores: ~11 min, plus ~2 min setup the first time)
