@@ -36,7 +36,7 @@ lint: $(BIN)/.installed  ## pyflakes and import order (ruff, configured in pypro
 test: lint  ## lint, then run the test suite (2 CPU cores: ~8 min, plus ~2 min setup the first time)
 	$(BIN)/python -m pytest tests
 
-demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant), sample, evaluate, report (2 CPU cores: ~11 min, plus ~2 min setup the first time)
+demo: $(BIN)/.installed  ## synthetic faces: train DDPM + DREAM (study variant), sample, evaluate, report (2 CPU cores: 11-17 min, plus ~2 min setup the first time)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/demo.sh
 
 data-celeba: $(BIN)/.installed  ## CELEBA=path: CelebA -> data/celeba64 shards, center:178 crop, 64px
