@@ -549,10 +549,10 @@ def test_a_bug_while_loading_an_intact_checkpoint_keeps_its_traceback(tmp_path, 
 def test_rotation_removes_a_stops_checkpoint_before_the_scheduled_ones(tmp_path, steps, keep, kept):
     """A stop's checkpoint at step 26 pushed out the scheduled ones of steps 10 and 20, the points of a
     metrics-against-step curve (research review)."""
-    from dreamctl.training.checkpoints import save_checkpoint
+    from dreamctl.training.checkpoints import Checkpoint, save_checkpoint
 
     for step in steps:
-        save_checkpoint({"step": step}, tmp_path, keep, first_to_go={26})
+        save_checkpoint(Checkpoint({}, {}, {}, step, 0, 0.0, {}, ""), tmp_path, keep, first_to_go={26})
     assert [step_of(p) for p in list_checkpoints(tmp_path)] == kept
 
 

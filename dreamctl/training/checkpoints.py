@@ -111,15 +111,15 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if CHECKPOINT.match(p.name)), key=step_of)
 
 
-def save_checkpoint(ckpt: dict[str, Any], folder: Path, keep: int, first_to_go: Collection[int] = ()) -> Path:
+def save_checkpoint(ckpt: Checkpoint, folder: Path, keep: int, first_to_go: Collection[int] = ()) -> Path:
     """Write atomically, then keep the newest and the `keep` - 1 newest of the others (only after the new one
     is safe), those of the steps `first_to_go` (stops' checkpoints) going first: a stop at step 26 pushed out
     the scheduled checkpoints of steps 10 and 20, points of a metrics-against-step curve."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(folder, ckpt["step"])
+    path = checkpoint_path(folder, ckpt.step)
     try:  # durable: on disk, rename included, before any older checkpoint goes
         with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:  # closed, and its space freed, on error
-            torch.save(ckpt, f)
+            torch.save(ckpt.to_dict(), f)
     except (RuntimeError, OSError) as err:  # a full disk: OSError from our file handle, RuntimeError from torch's writer
         raise CheckpointError(f"checkpoint {path} could not be written ({_one_line(err)}{_space(folder)}); the older "
                               f"checkpoints are kept: free space on that disk (or fix access to it), then continue "

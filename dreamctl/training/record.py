@@ -91,7 +91,7 @@ class Recorder:
                               recipe_yaml=self.recipe_yaml, run_id=run.run_id(), processes=processes(self.rt))
             run.sync_metrics()
             stops = set(run.info().get("stop_steps", []))
-            path = save_checkpoint(ckpt.to_dict(), run.checkpoints, self.recipe.train.keep_checkpoints,
+            path = save_checkpoint(ckpt, run.checkpoints, self.recipe.train.keep_checkpoints,
                                    first_to_go=stops)
             run.update_info({"step": s.step, "epoch": self.order.epoch, "images_seen": s.images_seen,
                              "wall_time_s": round(s.wall_time_s, 2),
