@@ -35,7 +35,7 @@ from dreamctl.metrics.inputs import MetricInputs, metric_inputs
 from dreamctl.metrics.registry import METRIC_NAMES
 from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, protocol_id
 from dreamctl.runtime import Runtime, main_first, on_every_rank
-from dreamctl.sample_folder import folder_name, read_samples, sample_to_folder
+from dreamctl.sample_folder import drawn_with, folder_name, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
 
 
@@ -144,7 +144,7 @@ def _protocol(model: InferenceModel, req: EvalRequest, s: Scoring, ref_trained_o
               used: dict[str, Any]) -> dict[str, Any]:
     """An evaluation file's protocol: what fixed the samples, the reference they met, and (`used`, from
     evaluate_image_sets) the feature network and each metric's settings, under its name: KID's subsets, ..."""
-    return {**sampling_protocol(model.cfg, model.step, req, model.precision),
+    return {**drawn_with(model, req.seed).protocol_fields(req.num, req.ref_split, req.ref_num),  # as its folder
             "ref_preprocessing": s.manifest.preprocessing, "ref_manifest_sha256": s.manifest_sha256,
             "image_size": model.image_size, "ref_trained_on": ref_trained_on,
             "weights_sha256": model.weights_sha256,  # which weights, also for a file copied out of the run
