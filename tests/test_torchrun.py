@@ -275,7 +275,7 @@ def _full_disk_worker(rank: int, init: str, data: str, run: str, out: str) -> No
     real = record.save_checkpoint
 
     def full_disk(ckpt, folder, keep, **kwargs):
-        if rank == 0 and ckpt["step"] == 4:
+        if rank == 0 and ckpt.step == 4:
             raise OSError(28, "No space left on device", str(folder))
         return real(ckpt, folder, keep, **kwargs)
 
