@@ -289,6 +289,19 @@ def test_lpips_real_diversity_is_measured_on_the_reference_images(wdir):
     assert lp["spread"] == "pairs"  # its std is that of single pair distances
 
 
+def test_lpips_on_images_under_alexnets_size_is_missing_and_the_rest_still_count(wdir):
+    """Under 32 px AlexNet has nothing left to pool: LPIPS is missing with the size in its reason, records no
+    weights or settings, and SWD beside it still has its value (one undefined metric does not stop the others)."""
+    wdir.mkdir(parents=True)
+    (wdir / weights.ALEXNET).write_bytes(b"stand-in backbone")
+    gen, ref = _faces(0, 4, size=16), _faces(1, 4, size=16)
+    out = evaluate_image_sets(gen, ref, metrics=["lpips", "swd"],
+                              inputs=MetricInputs(("lpips", "swd"), lpips=_AbsDifference()))
+    assert out["metrics"]["lpips"] == {"missing": "LPIPS (AlexNet) needs images of at least 32x32, got 16x16"}
+    assert "value" in out["metrics"]["swd"]
+    assert "lpips" not in out["protocol"] and out["protocol"]["weights"] == {}
+
+
 def test_fid_from_fewer_than_2048_images_warns(monkeypatch):
     """Under 2,048 images (Inception's feature dimension) the covariance is rank-deficient and FID biased far
     upward: one warning line saying so, with the count; at the threshold, and for KID alone, none."""

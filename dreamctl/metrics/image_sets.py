@@ -17,6 +17,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -201,17 +202,19 @@ class Scored(NamedTuple):
 
 def _lpips(s: ImageSets) -> Scored:
     # Imported here: lpips pulls in torchvision, which costs seconds when LPIPS is not asked for.
-    from dreamctl.metrics.lpips_diversity import MIN_SIZE, lpips_diversity
+    from dreamctl.metrics.lpips_diversity import lpips_diversity
 
-    if min(s.generated.shape[1:3]) < MIN_SIZE:
-        return Scored({"missing": f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}"}, {}, {})
-    model = s.inputs.lpips
-    value, std = lpips_diversity(model, s.generated, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
-    real, real_std = lpips_diversity(model, s.reference, num_pairs=LPIPS_PAIRS, seed=s.seed, batch_size=s.batch_size)
+    def lpips() -> dict:  # images under AlexNet's size: MetricUndefined, as SWD's
+        diversity = partial(lpips_diversity, s.inputs.lpips, num_pairs=LPIPS_PAIRS, seed=s.seed,
+                            batch_size=s.batch_size)
+        (value, std), (real, real_std) = diversity(s.generated), diversity(s.reference)
+        return {"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real,
+                "real_std": real_std, "pairs": LPIPS_PAIRS}
+    entry = _entry(lpips)
+    if "missing" in entry:
+        return Scored(entry, {}, {})
     used = {name: weights.sha256_file(weights.path_of(name, s.inputs.weights_dir)) for name in METRICS["lpips"].weights}
-    return Scored({"value": value, "std": std, "spread": METRICS["lpips"].spread, "real_value": real,
-                   "real_std": real_std, "pairs": LPIPS_PAIRS}, {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS},
-                  used)
+    return Scored(entry, {"net": "alex", "version": "0.1", "pairs": LPIPS_PAIRS}, used)
 
 
 def _swd(s: ImageSets) -> Scored:

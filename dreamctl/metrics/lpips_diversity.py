@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamctl.errors import DataError, WeightsError
+from dreamctl.errors import DataError, MetricUndefined, WeightsError
 from dreamctl.metrics import weights
 from dreamctl.metrics.inception import check_images
 
@@ -82,7 +82,8 @@ def lpips_diversity(model: torch.nn.Module, images: np.ndarray, *, num_pairs: in
     """Mean and std of LPIPS(x_i, x_j) over `num_pairs` seeded random pairs (i != j)."""
     check_images(images)
     if min(images.shape[1:3]) < MIN_SIZE:
-        raise DataError(f"LPIPS with AlexNet needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {images.shape[1:3]}")
+        raise MetricUndefined(f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}, "
+                              f"got {images.shape[1]}x{images.shape[2]}")
     device = next(model.parameters()).device
     pairs = random_pairs(len(images), num_pairs, np.random.default_rng(seed))
     dists = []
