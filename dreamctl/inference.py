@@ -142,11 +142,17 @@ def load_for_inference(run: RunDir, opts: SampleOptions, rt: Runtime, current: R
     check_fits(ckpt, path, model, parts=(part,))  # weights and stored recipe disagree: edited by hand
     weights = ckpt.ema if part == "ema" else ckpt.model
     model.load_state_dict(weights)
-    model = model.to(rt.device).eval().requires_grad_(False)
-    net = compile_for_sampling(model, cfg.compile_mode, rt.device.type) if cfg.compile else model
-    schedule = schedule_for(recipe.diffusion)
-    return InferenceModel(Autocast(net, rt).eval(), schedule, cfg, ckpt.step, path, recipe.data.resolution,
+    net = sampling_net(model, rt, cfg.compile_mode if cfg.compile else None)
+    return InferenceModel(net, schedule_for(recipe.diffusion), cfg, ckpt.step, path, recipe.data.resolution,
                           run.run_id(), weights_sha256(weights), rt.precision)
+
+
+def sampling_net(model: nn.Module, rt: Runtime, compile_mode: str | None) -> nn.Module:
+    """`model` as `sample` draws with it: on rt's device, eval mode, no autograd, compiled in `compile_mode`
+    (None: eager), under rt's autocast. The benchmark and `--time` time this same network."""
+    model = model.to(rt.device).eval().requires_grad_(False)
+    net = model if compile_mode is None else compile_for_sampling(model, compile_mode, rt.device.type)
+    return Autocast(net, rt).eval()
 
 
 def compile_mode_for(mode: str, device_type: str) -> str:

@@ -175,21 +175,18 @@ def bench_sample(recipe: Recipe, rt: Runtime, *, batches: int, warmup: int = 1,
     batch (the compile) timed apart. A compared setting whose first batch fails is recorded with its
     error in `failed` and left out, so that it costs no other setting's figures; the recipe's own fails the run."""
     from dreamctl.generate import generate
-    from dreamctl.inference import compile_for_sampling
+    from dreamctl.inference import sampling_net
     from dreamctl.models import build_model
-    from dreamctl.runtime import Autocast
 
     torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe.model, recipe.data.resolution).to(rt.device).eval().requires_grad_(False)
-    if recipe.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(recipe.model, recipe.data.resolution)
     cfg = recipe.sample.model_copy(update={"sampler": "ddim", "steps": SAMPLE_STEPS, "eta": 0.0, "t_start": None})
     b, schedule = recipe.train.batch_size, schedule_for(recipe.diffusion)
     names = sample_settings(recipe.sample.compile, recipe.sample.compile_mode, rt.device.type, compare_compile)
     own = names[0]
 
     def runner(mode: str | None):
-        net = Autocast(model if mode is None else compile_for_sampling(model, mode, rt.device.type), rt).eval()
+        net = sampling_net(model, rt, mode)
         return lambda k: generate(net, schedule, list(range(k * b, (k + 1) * b)), image_size=recipe.data.resolution,
                                   cfg=cfg, device=rt.device, batch_size=b)
 
