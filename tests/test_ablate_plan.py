@@ -325,10 +325,12 @@ def test_an_existing_evaluation_is_reused_only_when_it_is_what_evaluate_would_wr
 
 def test_plan_totals_leave_out_skipped_evaluations(tmp_path: Path) -> None:
     """Totals are what is still to spend: an evaluation already on disk costs nothing."""
+    from dreamctl.config import load_recipe
     from dreamctl.experiments.ablate import EvalJob, Plan
 
-    evals = (EvalJob("a__steps-10", "a", tmp_path, (), "skip", 50, 500),
-             EvalJob("a__steps-20", "a", tmp_path, (), "evaluate", 50, 1000))
+    recipe = load_recipe("tiny")
+    evals = (EvalJob("a__steps-10", "a", tmp_path, (), "skip", 50, 500, recipe),
+             EvalJob("a__steps-20", "a", tmp_path, (), "evaluate", 50, 1000, recipe))
     totals = plan_totals(Plan(None, None, None, (), evals))
     assert (totals["eval_runs"], totals["eval_images"], totals["eval_forwards"]) == (1, 50, 1000)
 

@@ -1,4 +1,5 @@
-"""`train --dry-run --time`: the run's own steps timed on this device price the steps the dry run counts."""
+"""`train --dry-run --time` and `ablate --dry-run --time`: the runs' own steps timed on this device price the steps
+the dry run counts, and their evaluations' sampler steps."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ import re
 import pytest
 import torch
 
-from dreamctl.bench.estimate import StepTimer, estimate_training_time
+from dreamctl.bench.estimate import StepTimer, estimate_sampling_time, estimate_training_time
 from dreamctl.cli import main
 from dreamctl.config import load_recipe
 from dreamctl.errors import DataError, RunError
 from dreamctl.runtime import Runtime
 from dreamctl.training.loop import total_steps
+
+DURATION = r"(\d+ h \d+ min|\d+ min|\d+ s)"  # cli.common.duration's forms
+
+
+def _close(printed: str, expected: float) -> bool:
+    """Whether `duration(expected)` could print as `printed`: minutes are rounded, and the factor priced was
+    printed to three digits."""
+    h, _, rest = printed.rpartition(" h ")
+    seconds = (int(h or 0) * 60 + int(rest.split()[0])) * 60 if rest.endswith("min") else int(rest.split()[0])
+    return abs(seconds - expected) <= (30 if rest.endswith("min") else 1) + 0.01 * expected
+
 
 SMALL = ["train.batch_size=16", "model.channels=8", "model.channel_mult=[1, 2]", "model.attention_resolutions=[]"]
 
@@ -47,11 +59,9 @@ def test_train_dry_run_time_prints_the_estimate(synthetic_data_dir, capsys):
     assert main([*args, "--time"]) == 0
     out = capsys.readouterr().out
     assert "schedule      230 images, 28 steps of 16" in out
-    line = re.search(r"time          about (\d+) (s|min) for 28 steps on .*: ([\d.e-]+) s per standard step "
+    line = re.search(rf"time          about {DURATION} for 28 steps on .*: ([\d.e-]+) s per standard step "
                      r"\(16 images per process, fp32\); medians of 3 steps after a warm-up", out)
-    assert line, out
-    printed, expected = int(line[1]) * (60 if line[2] == "min" else 1), 28 * float(line[3])
-    assert abs(printed - expected) <= (30 if line[2] == "min" else 1) + 0.01 * expected  # step time: 3 digits
+    assert line and _close(line[1], 28 * float(line[2])), out
     assert "not counted: data loading, checkpoints, sample grids" in out
 
 
@@ -96,10 +106,38 @@ def test_ablate_dry_run_time_prices_the_plan(tmp_path, capsys):
     spec = write_spec(tmp_path, set=[*SMALL, "train.epochs=4"])  # three loss weights, one kind of step
     assert main(["ablate", str(spec), "--dry-run", "--time", "--device", "cpu"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps the line
-    assert re.search(r"time: about \d+ (s|min) for 480 steps of 3 runs on .*: [\d.e-]+ s per dream_conservative "
+    assert re.search(rf"time: about {DURATION} for 480 steps of 3 runs on .*: [\d.e-]+ s per dream_conservative "
                      r"step \(16 images per process, fp32\), [\d.e-]+ s per standard step \(16 images per process, "
-                     r"fp32\); medians of 3 steps after a warm-up; not counted: evaluation, data loading", out), out
+                     r"fp32\); medians of 3 steps after a warm-up; not counted: data loading", out), out
+    # three evaluations of 50 images, each drawn with tiny's 50 DDIM steps from t_start
+    line = re.search(rf"time to evaluate: about {DURATION} to sample 7,500 network evaluations \(images x sampler "
+                     r"steps\) of 3 evaluations on .*: ([\d.e-]+) s per image per step \(batches of 64, fp32\); "
+                     r"medians of 3 calls after a warm-up; not counted: Inception features and the metrics", out)
+    assert line and _close(line[1], 7500 * float(line[2])), out
     assert main(["ablate", str(spec), "--time"]) == 2
     assert "--time goes with --dry-run" in capsys.readouterr().err
     assert main(["ablate", str(spec), "--dry-run", "--time", "--device", "cpu", "--nproc-per-node", "2"]) == 2
     assert "--time with 2 processes on the CPU" in capsys.readouterr().err
+
+
+def test_an_evaluation_is_priced_per_network_evaluation_timed_once_per_sampling_setting(monkeypatch):
+    """The sampler's network is timed once per batch size, model and compile setting, at the inference precision:
+    another step count or eta changes only how many evaluations there are. It is the network `sample` draws
+    with (inference.sampling_net), called on a batch of sample.batch_size."""
+    import dreamctl.bench.estimate as estimate
+
+    built = []
+    real = estimate.sampling_net
+    monkeypatch.setattr(estimate, "sampling_net", lambda model, rt, mode: built.append((rt.precision, mode))
+                        or real(model, rt, None))  # eager: the mode asked is recorded, a CPU compile takes a minute
+    timer = StepTimer(Runtime(torch.device("cpu"), "bf16"), rounds=2, warmup=1)  # training's precision: not used
+    recipe = load_recipe("tiny", [*SMALL[1:], "sample.batch_size=8"])
+    est = estimate_sampling_time(recipe, 1000, timer)
+    assert est.seconds == pytest.approx(1000 * est.seconds_per_image) and est.seconds_per_image > 0
+    assert (est.batch_size, est.precision, est.timed_calls) == (8, "fp32", 2)
+    fewer = load_recipe("tiny", [*SMALL[1:], "sample.batch_size=8", "sample.steps=10", "sample.eta=1.0"])
+    assert estimate_sampling_time(fewer, 5, timer).seconds_per_image == est.seconds_per_image
+    assert built == [("fp32", None)]
+    estimate_sampling_time(load_recipe("tiny", [*SMALL[1:], "sample.batch_size=4"]), 5, timer)
+    estimate_sampling_time(load_recipe("tiny", [*SMALL[1:], "sample.batch_size=8", "sample.compile=true"]), 5, timer)
+    assert built == [("fp32", None), ("fp32", None), ("fp32", "default")]

@@ -54,7 +54,7 @@ def _print_plan(plan: Plan) -> None:
 
 
 def _print_time(plan: Plan, device: str | None, processes: int) -> None:
-    from dreamctl.cli.timing import print_training_time
+    from dreamctl.cli.timing import print_sampling_time, print_training_time
 
     jobs = [j for j in plan.train if j.action != "skip"]
     runs = [(j.resolved_recipe, j.split_images, j.done) for j in jobs if j.split_images is not None]
@@ -63,8 +63,10 @@ def _print_time(plan: Plan, device: str | None, processes: int) -> None:
     elif len(runs) < len(jobs):
         console.print("time: unknown until the data is prepared (or data.limit is set)", highlight=False)
     else:
-        print_training_time("time: ", runs, device, processes, of=f" of {len(runs)} run{'s' * (len(runs) > 1)}",
-                            extra="evaluation, ")
+        print_training_time("time: ", runs, device, processes, of=f" of {len(runs)} run{'s' * (len(runs) > 1)}")
+    evals = [(e.resolved_recipe, e.forwards) for e in plan.evals if e.action != "skip"]
+    if evals:
+        print_sampling_time("time to evaluate: ", evals, device)
 
 
 EXAMPLES = """\b
@@ -77,7 +79,7 @@ def command(
     spec: Annotated[str, typer.Argument(help="Ablation spec: a built-in name (lambda-max, methods, tiny-methods, ...) or a YAML path.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and its cost; run nothing.")] = False,
     time_it: Annotated[bool, typer.Option("--time", help="With --dry-run: time a few steps of each kind of run on "
-                                          "this device and estimate how long the training takes.")] = False,
+                                          "this device and estimate how long the training and the evaluations' sampling take.")] = False,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (overrides the spec).")] = None,
     nproc_per_node: Annotated[int | None, typer.Option("--nproc-per-node", min=1, help="Processes per training run (torchrun).")] = None,
     device: options.Device = None,

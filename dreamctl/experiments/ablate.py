@@ -59,6 +59,7 @@ class EvalJob:
     action: EvalAction
     images: int
     forwards: int
+    resolved_recipe: Recipe = field(compare=False, repr=False)  # its run's, with this point's sample section
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def _plan_run(spec: Spec, name: str, recipe: Recipe, data: Path | None, count: i
     extra += ("--num", str(spec.num)) if spec.num else ()
     evals = [EvalJob(f"{name}__{suffix}", name, run_dir, flags + extra,
                      "skip" if action == "skip" and _evaluated(run_dir, cfg, req) else "evaluate",
-                     req.num, req.num * cfg.steps) for suffix, cfg, flags in points if req is not None]
+                     req.num, req.num * cfg.steps, recipe.model_copy(update={"sample": cfg}))
+             for suffix, cfg, flags in points if req is not None]
     return train, evals, n
 
 
