@@ -44,7 +44,7 @@ dc train "${train[@]}" --run-dir "$work/again" --set train.max_steps=40
 "$py" - "$work" <<'EOF2'
 import sys
 from pathlib import Path
-from dreamctl.training.state import checkpoint_path, load_checkpoint
+from dreamctl.training.checkpoints import checkpoint_path, load_checkpoint
 
 work = Path(sys.argv[1])
 ref = load_checkpoint(checkpoint_path(work / "straight" / "checkpoints", 40))
