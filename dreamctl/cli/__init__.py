@@ -1,7 +1,8 @@
 """The `dreamctl` command line: a thin Typer layer over the core.
 
 Each command lives in its own module and only parses arguments, calls the core and
-renders results. DreamctlError from below becomes a one-line message and exit code 2.
+renders results. DreamctlError from below becomes a one-line message and its exit code (2; 1 for a lost
+peer under torchrun).
 """
 
 from __future__ import annotations

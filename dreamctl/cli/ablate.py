@@ -1,4 +1,4 @@
-"""`dreamctl ablate SPEC.yaml [--dry-run] [--seeds 0,1,2] [--nproc-per-node N] [--device D] [--data DIR] [--out DIR] [--set K=V]`."""
+"""`dreamctl ablate SPEC.yaml [--dry-run [--time]] [--seeds 0,1,2] [--nproc-per-node N] [--device D] [--data DIR] [--out DIR] [--set K=V]`."""
 
 from __future__ import annotations
 

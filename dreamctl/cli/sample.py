@@ -14,7 +14,7 @@ from dreamctl.cli.drawing import drawing
 EXAMPLES = """\b
 Examples:
   dreamctl sample runs/tiny --num 64 --grid tiny.png
-  dreamctl sample runs/tiny --num 5000 --sampler ddpm --checkpoint 20000"""  # under --help; "\\b": not rewrapped
+  dreamctl sample runs/tiny --num 5000 --sampler ddpm --checkpoint 1000"""  # under --help; "\\b": not rewrapped
 
 def command(
     ctx: typer.Context,

@@ -162,7 +162,7 @@ class Loss:
     fn: Callable[..., tuple[Tensor, Stats]]
     cost: Cost  # per step
     staged: bool = False  # standard steps before loss.start_epoch (step_cost)
-    extra_noise: tuple[str, ...] = ()  # N(0, I) draws of the step beyond eps, drawn after it (training.step_noise)
+    extra_noise: tuple[str, ...] = ()  # N(0, I) draws of the step beyond eps, drawn after it (training.loop.step_noise)
 
 
 # dream's estimate pass has no backward; dream_conservative's second pass has (its cost from start_epoch:
