@@ -247,6 +247,34 @@ def test_bench_options_are_recorded_as_the_command_takes_them():
     assert BenchOptions(rounds=20).as_args() == ["--rounds", "20", "--warmup", "3", "--sample-batches", "2"]
 
 
+def test_every_bench_option_reaches_the_section_it_governs(monkeypatch):
+    """BenchOptions is what `dreamctl bench` records it ran with (as_args): each option must be what its section
+    was given, not a default in between. The sections are stood in for by recorders: only the wiring is timed."""
+    from dreamctl.bench import data
+    from dreamctl.bench.sections import VARIANTS
+
+    given = {}
+
+    def recorded(name):
+        def section(*args, **kwargs):
+            given[name] = kwargs
+            return {}
+        return section
+
+    for name in ("train", "variants", "sample", "inception"):
+        monkeypatch.setattr(bench, f"bench_{name}", recorded(name))
+    monkeypatch.setattr(data, "run_data_bench", recorded("data"))
+    monkeypatch.setattr(bench, "evaluate_targets", lambda result: [])
+    variant = list(VARIANTS)[-1]
+    opts = BenchOptions(rounds=3, warmup=2, sample_batches=5, budget_s=7.5, only=(variant,), data_images=12)
+    result = bench.run_bench("all", load_recipe("tiny", SMALL), CPU, opts)
+    timed = {"rounds": 3, "warmup": 2, "budget_s": 7.5}
+    assert {k: given["train"][k] for k in timed} == timed
+    assert {k: given["variants"][k] for k in (*timed, "only")} == {**timed, "only": (variant,)}
+    assert (given["sample"]["batches"], given["sample"]["compare_compile"]) == (5, True)
+    assert given["data"]["count"] == 12 and (result["rounds"], result["warmup"]) == (3, 2)
+
+
 def test_cli_bench_train_writes_json(tmp_path, capsys):
     from dreamctl.cli import main
 

@@ -547,3 +547,18 @@ def test_the_csv_leaves_a_setting_the_loss_kind_does_not_read_empty(tmp_path: Pa
     rows = list(csv.DictReader(io.StringIO(to_csv(comp))))
     assert [r["loss.alpha"] for r in rows] == ["", "0.7"]
     assert "| — |" in to_markdown(comp)
+
+
+@pytest.mark.parametrize("field, other", [("feature_network", "stand-in: another projection, NOT Inception"),
+                                          ("resize", "clean: another resizer to 299")])
+def test_files_under_one_id_that_disagree_on_a_protocol_field_are_warned_about(tmp_path: Path, field: str,
+                                                                               other: str) -> None:
+    """The id names the resize only up to its ':' and no feature network (beyond -standin): two files under one
+    id that disagree on either measured otherwise, and compare must say so rather than table them as one
+    protocol. Another checkpoint step is what a column compares, not a clash."""
+    a, b, c = (write_run(tmp_path, name) for name in ("a", "b", "c"))
+    write_eval(a, P50, 50, 200, {"fid": {"value": 10.0}})
+    write_eval(b, P50, 50, 200, {"fid": {"value": 11.0}}, **{field: other})
+    write_eval(c, P50, 50, 100, {"fid": {"value": 12.0}})
+    clashes = [w for w in compare_runs([read_run(d) for d in (a, b, c)]).warnings if "check the evaluator" in w]
+    assert clashes == [f"protocol {P50}: b differs on {field}; check the evaluator"]

@@ -166,3 +166,17 @@ def test_a_damaged_earlier_file_is_set_aside_not_the_scores_just_computed(tmp_pa
         write_eval(tmp_path, record(100, {"pixel_fd": {"value": 1.0}}))
     assert json.loads(main.read_text())["metrics"] == {"pixel_fd": {"value": 1.0}}  # nothing carried from it
     assert (tmp_path / f"{main.name}.corrupt").read_text() == '{"protocol_id": '
+
+
+def test_a_reference_count_from_the_recipe_is_named_as_the_recipes_setting() -> None:
+    """An eval.ref_num of 1 in a run's recipe.yaml is refused under its own name: the user typed no --ref-num."""
+    from dreamctl.config.schema import EvalConfig, Recipe
+    from dreamctl.errors import ConfigError
+    from dreamctl.evaluation import EvalOptions, resolve_request
+    from dreamctl.inference import SampleOptions
+
+    recipe = Recipe(eval=EvalConfig(num=8, ref_num=1))
+    with pytest.raises(ConfigError, match=re.escape("eval.ref_num 1: evaluate needs at least 2 reference images")):
+        resolve_request(recipe, SampleOptions(), EvalOptions())
+    with pytest.raises(ConfigError, match=re.escape("--ref-num 1: evaluate needs at least 2 reference images")):
+        resolve_request(Recipe(eval=EvalConfig(num=8)), SampleOptions(), EvalOptions(ref_num=1))

@@ -56,6 +56,51 @@ def test_the_reference_is_the_split_asked_for(trained):
     assert beyond.record["protocol"]["ref_trained_on"] == 64  # of 100: the rest of the split it never saw
 
 
+def test_a_reference_split_can_be_used_to_its_last_image(synthetic_data_dir):
+    """--ref-num may take every image of a split (valid holds 13): only more than it holds is refused."""
+    from dreamctl.errors import DataError
+    from dreamctl.evaluation import check_reference
+
+    check_reference(synthetic_data_dir, "valid", 13, 32)
+    with pytest.raises(DataError, match="the evaluation needs 14 reference images but split valid of .* holds 13"):
+        check_reference(synthetic_data_dir, "valid", 14, 32)
+
+
+def test_a_run_that_did_not_record_its_data_says_nothing_of_which_reference_images_it_trained_on(
+        synthetic_data_dir, tmp_path):
+    """ref_trained_on counts reference images among those the run trained on only when run.json records the data's
+    hash (the same data, checked): for an older run it is None, unknown, never a count it cannot vouch for."""
+    from dreamctl.config import load_recipe
+    from dreamctl.evaluation import trained_on
+    from dreamctl.training.rundir import RunDir
+    from run_folders import write_run
+
+    recipe = load_recipe("tiny", ["data.limit=64"])
+    older = RunDir(write_run(tmp_path, "older"))  # run.json without data_manifest_sha256
+    recorded = RunDir(write_run(tmp_path, "recorded", info={"data_manifest_sha256": "a" * 64}))
+    assert trained_on(recipe, older, synthetic_data_dir, "train", 12) is None
+    assert trained_on(recipe, recorded, synthetic_data_dir, "train", 100) == 64
+    assert trained_on(recipe, recorded, synthetic_data_dir, "valid", 12) == 0
+
+
+def test_the_metrics_random_draws_follow_the_evaluations_seed(trained, tmp_path):
+    """--seed fixes the images and the metrics' own random draws (SWD's projections here, KID's subsets, LPIPS's
+    pairs), as the protocol's one seed says: the scores are those of evaluate_image_sets at that seed."""
+    from dreamctl.data.loader import open_split
+    from dreamctl.metrics.image_sets import evaluate_image_sets
+    from dreamctl.sample_folder import read_samples
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    result = evaluate_run(run, SampleOptions(seed=3), EvalOptions(num=8, ref_num=8, metrics=("swd",)), rt=CPU)
+    with open_split(trained[1], "train", limit=8) as ref:
+        reference = ref[torch.arange(8)].numpy()
+    generated = read_samples(result.samples, 8, 32)
+    by_seed = {s: evaluate_image_sets(generated, reference, ["swd"], seed=s)["metrics"]["swd"]["value"] for s in (0, 3)}
+    assert by_seed[0] != by_seed[3]  # the seed matters to SWD, so the check below can tell
+    assert result.record["metrics"]["swd"]["value"] == by_seed[3] and result.record["protocol"]["seed"] == 3
+
+
 @pytest.mark.filterwarnings("ignore:FID from 16 generated images:dreamctl.errors.DreamctlWarning")  # tiny on purpose
 def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
     run, data = trained
@@ -70,7 +115,8 @@ def test_evaluate_pipeline_with_stand_in_network(trained, tmp_path):
                 "num_generated": 16, "seed": 0, "ref_split": "train", "ref_num": 20,
                 "ref_preprocessing": manifest["preprocessing"], "resize": RESIZE_CLEAN,
                 "feature_network": net.name, "feature_network_sha256": net.weights_sha256,
-                "feature_network_stand_in": True, "reference_cache": "written", "ref_trained_on": 20}
+                "feature_network_stand_in": True, "reference_cache": "written", "ref_trained_on": 20,
+                "image_size": 32}  # compare splits one id's columns by it (protocol.DATA_FIELDS)
     assert {k: p[k] for k in expected} == expected
     sample_json = json.loads((result.samples / "sample.json").read_text())
     assert p["weights_sha256"] == sample_json["weights_sha256"] and len(p["weights_sha256"]) == 64
@@ -195,6 +241,9 @@ def test_which_metrics_can_be_computed_is_decided_once(trained, tmp_path, offlin
     write_fake_inception(offline)
     scored = evaluate_run(run, SampleOptions(), EvalOptions(num=10, ref_num=12, metrics=("kid", "is")), rt=CPU)
     assert all("value" in scored.record["metrics"][m] for m in ("kid", "is")) and len(loads) == 1
+    # The file names the weights its numbers came from, by digest.
+    from dreamctl.metrics import weights
+    assert scored.record["weights"] == {weights.INCEPTION: weights.sha256_file(offline / weights.INCEPTION)}
 
 
 def test_lpips_files_that_do_not_load_are_refused_before_drawing(trained, tmp_path, monkeypatch):

@@ -293,6 +293,25 @@ def test_forward_calls_per_step(batch, kind, calls):
     assert net.calls == LOSSES[kind].cost[0] == calls
 
 
+@pytest.mark.parametrize("kind,backwards", [("standard", 1), ("dream", 1), ("dream_conservative", 2),
+                                            ("input_perturbation", 1)])
+def test_forward_units_per_step_count_a_backward_as_two_forwards(batch, kind, backwards):
+    """Loss.cost's forward units (the dry run's and ablate's compute estimate) are the forward calls plus two per
+    backward pass through the network: DREAM's estimate pass has none, the conservative variant's second has one."""
+    net, passes = TinyNet(), []
+
+    def count_backward(module, args, out):  # a forward whose output a backward pass reaches: its hook fires once
+        if out.requires_grad:
+            out.register_hook(lambda grad: passes.append(1))
+
+    net.register_forward_hook(count_backward)
+    backward_loss(kind, net, SCHEDULE, *batch, epoch=50, **(CONS if kind == "dream_conservative" else {}))
+    assert len(passes) == backwards
+    assert LOSSES[kind].cost.forward_units == net.calls + 2 * backwards
+    cost = LOSSES[kind].cost  # unpacked as (calls, units) by the dry run and bench: the fields in that order
+    assert tuple(cost) == (cost.forward_calls, cost.forward_units)
+
+
 @pytest.mark.parametrize("epoch,calls", [(CONS["start_epoch"] - 1, 1), (CONS["start_epoch"], 2)])
 def test_conservative_step_cost_follows_start_epoch(batch, epoch, calls):
     """Before start_epoch the study's variant takes a standard step, as step_cost (ablate's estimate) says."""

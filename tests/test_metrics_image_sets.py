@@ -212,6 +212,10 @@ def test_bad_inputs_are_rejected():
         evaluate_image_sets(good, _faces(8, 4, size=16), **kw)
     with pytest.raises(ConfigError, match="fidd"):
         evaluate_image_sets(good, good, metrics=["fidd"])
+    # One image has no covariance and no pair: refused for either set, not scored as nan or a crash.
+    for gen, ref in ((good[:1], good), (good, good[:1])):
+        with pytest.raises(DataError, match="need at least 2 generated and 2 reference images"):
+            evaluate_image_sets(gen, ref, **kw)
 
 
 def test_images_too_small_for_swd_leave_it_missing_and_out_of_the_protocol():
@@ -287,6 +291,11 @@ def test_lpips_real_diversity_is_measured_on_the_reference_images(wdir):
     assert lp["value"] == pytest.approx(0.0, abs=1e-12) and lp["real_value"] == pytest.approx(2.0)
     assert lp["real_std"] == pytest.approx(0.0, abs=1e-12)
     assert lp["spread"] == "pairs"  # its std is that of single pair distances
+    # The files behind the number and how it was computed go into the protocol, as Inception's do for FID:
+    # an evaluation file names the AlexNet backbone and the linear layers it used, and its pair count.
+    files = (weights.ALEXNET, weights.LPIPS_LINEAR)
+    assert out["protocol"]["weights"] == {name: weights.sha256_file(weights.path_of(name)) for name in files}
+    assert out["protocol"]["lpips"] == {"net": "alex", "version": "0.1", "pairs": image_sets.LPIPS_PAIRS}
 
 
 def test_lpips_on_images_under_alexnets_size_is_missing_and_the_rest_still_count(wdir):
@@ -368,3 +377,80 @@ def test_inputs_prepared_for_other_metrics_are_refused_not_read_as_ready():
     """A metric the prepared inputs never decided on has no network and no reason: an error, not a silent gap."""
     with pytest.raises(ValueError, match="'fid' was not among those these inputs were prepared for \\(swd\\)"):
         evaluate_image_sets(_faces(0, 4), _faces(1, 4), ["swd", "fid"], inputs=metric_inputs(["swd"]))
+
+
+def test_lpips_weights_at_fault_are_all_named_and_nothing_is_loaded(monkeypatch):
+    """LPIPS needs two files. Both at fault: its one reason names both (one download fixes both), and lpips is not
+    loaded from files already known to be bad. Loading anyway would replace that reason with build_lpips's
+    first error, which names only the file it met first."""
+    from dreamctl.errors import WeightsError
+    from dreamctl.metrics import lpips_diversity
+
+    def at_fault(name, root=None):
+        raise WeightsError(f"weight file {name} is corrupt")
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("lpips was loaded from files known to be at fault")
+
+    monkeypatch.setattr(weights, "require", at_fault)
+    monkeypatch.setattr(lpips_diversity, "build_lpips", loaded)
+    missing = metric_inputs(["swd", "lpips"]).missing
+    both = f"weight file {weights.ALEXNET} is corrupt; weight file {weights.LPIPS_LINEAR} is corrupt"
+    assert missing == {"lpips": both}
+
+
+def test_the_metric_networks_are_loaded_on_the_device_the_inputs_name(monkeypatch, tmp_path):
+    """metric_inputs(device="cuda:0") says where the features are computed (the reference cache is keyed by it):
+    Inception and LPIPS must be built there, not on the CPU the caller did not ask for. Fakes stand in for both
+    builders, so no GPU is needed to see where they were asked to go."""
+    from dreamctl.metrics import inputs, lpips_diversity
+
+    built = []
+
+    class Recorded(StandInFeatureNet):
+        def __init__(self, weights_dir, device):
+            super().__init__()
+            built.append(("inception", weights_dir, device))
+
+    monkeypatch.setattr(inputs, "_file_problems", lambda metric, weights_dir: None)  # every file intact
+    monkeypatch.setattr(inputs, "InceptionFeatureNet", Recorded)
+    monkeypatch.setattr(lpips_diversity, "build_lpips",
+                        lambda weights_dir, device: built.append(("lpips", weights_dir, device)) or _AbsDifference())
+    got = metric_inputs(["fid", "lpips"], weights_dir=tmp_path, device="cuda:0")
+    assert built == [("inception", tmp_path, "cuda:0"), ("lpips", tmp_path, "cuda:0")]
+    assert got.device == "cuda:0" and got.missing == {} and isinstance(got.feature_net, Recorded)
+
+
+def test_a_cache_entry_missing_one_of_its_arrays_is_recomputed_and_replaced(tmp_path):
+    """An entry whose key matches but which lacks an array (an npz rewritten by hand, or by another version)
+    raises KeyError on reading: it is named and computed again, as a truncated one is, not a crash."""
+    gen, ref = _faces(0, 8), _faces(1, 8)
+    kw = dict(metrics=["fid", "kid"], cache=RefCache("k", tmp_path / "cache"))
+    first = evaluate_image_sets(gen, ref, inputs=_stand_in(), **kw)
+    (entry,) = (tmp_path / "cache").glob("refstats-*.npz")
+    with np.load(entry) as z:
+        kept = {name: z[name] for name in z.files if name != "feats"}
+    with open(entry, "wb") as f:
+        np.savez(f, **kept)
+    net = StandInFeatureNet()
+    with pytest.warns(DreamctlWarning, match=f"reference statistics cache {entry} is unreadable \\(KeyError\\)"):
+        again = evaluate_image_sets(gen, ref, inputs=_stand_in(net), **kw)
+    assert net.calls == 16 and again["protocol"]["reference_cache"] == "written"
+    assert again["metrics"] == first["metrics"]
+    with np.load(entry) as z:
+        assert "feats" in z.files
+
+
+def test_a_feature_networks_preprocessing_is_recorded_and_keys_its_cached_statistics(tmp_path):
+    """Features depend on how images reach the network: the protocol records the network's own resize (not the
+    clean one by default), and statistics cached under one resize are not read for another."""
+    gen, ref = _faces(0, 8), _faces(1, 8)
+    cache = RefCache("k", tmp_path / "cache")
+    clean = evaluate_image_sets(gen, ref, ["kid"], inputs=_stand_in(), cache=cache)
+    assert clean["protocol"]["resize"] == RESIZE_CLEAN and clean["protocol"]["reference_cache"] == "written"
+    other = StandInFeatureNet()
+    other.resize = "legacy: torch bilinear to 299"  # the same name and weights, another preprocessing
+    out = evaluate_image_sets(gen, ref, ["kid"], inputs=_stand_in(other), cache=cache)
+    assert out["protocol"]["resize"] == "legacy: torch bilinear to 299"
+    assert out["protocol"]["reference_cache"] == "written" and other.calls == 16
+    assert len(list((tmp_path / "cache").glob("refstats-*.npz"))) == 2

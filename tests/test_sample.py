@@ -141,6 +141,37 @@ def test_stop_and_rerun_keeps_finished_images(trained, tmp_path, monkeypatch, ca
     assert f"10 images in {out} (0 drawn now" in capsys.readouterr().out  # what the folder holds, not --num
 
 
+def test_a_batch_that_runs_out_of_gpu_memory_is_drawn_again_at_half_the_size(trained, tmp_path, monkeypatch):
+    """--batch-size too large for the GPU: the batch is halved until it fits and the same images are drawn
+    (each image's noise comes from its own seed); at batch size 1 the error is the GPU's, not a loop.
+    The GPU is stood in for by a generate that runs out of memory above 2 images."""
+    run, _ = trained
+    reference = _draw(run, tmp_path / "straight", 5, batch_size=5)
+    real_generate, sizes = sample_folder.generate, []
+
+    def small_gpu(net, schedule, seeds, **kw):
+        sizes.append(len(seeds))
+        if len(seeds) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
+        return real_generate(net, schedule, seeds, **kw)
+
+    monkeypatch.setattr(sample_folder, "generate", small_gpu)
+    np.testing.assert_array_equal(_draw(run, tmp_path / "halved", 5, batch_size=8), reference)
+    assert sizes == [5, 4, 2, 2, 1]  # 8 -> 4 -> 2, then the rest at 2
+
+    tries = []
+
+    def no_gpu_memory(net, schedule, seeds, **kw):
+        tries.append(len(seeds))
+        assert len(tries) <= 3, f"batch sizes tried: {tries}"  # halving past 1 would loop on empty batches
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
+
+    monkeypatch.setattr(sample_folder, "generate", no_gpu_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        _draw(run, tmp_path / "none", 2, batch_size=2)
+    assert tries == [2, 1]
+
+
 def test_ranks_draw_their_own_slices(trained, tmp_path):
     run, _ = trained
     reference = _draw(run, tmp_path / "one", 7)
@@ -156,6 +187,34 @@ def test_ranks_draw_their_own_slices(trained, tmp_path):
     sample_to_folder(model, folder, 7, seed=0, rt=rank0)
     np.testing.assert_array_equal(read_samples(folder, 7, 32), reference)
     assert (folder / "grid.png").is_file()
+
+
+def _top_up_worker(rank: int, init: str, run: str, folder: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    rt = Runtime(torch.device("cpu"), "fp32", rank=rank, world_size=2)
+    events = []
+    model = load_for_inference(RunDir(run), SampleOptions(), rt)
+    record = sample_to_folder(model, Path(folder), 6, seed=0, rt=rt, on_event=lambda kind, p: events.append((kind, p)))
+    start = next(p for kind, p in events if kind == "sample_start")
+    Path(out, f"rank-{rank}").write_text(json.dumps([start["held"], start["kept"], record["drawn_now"]]))
+    dist.barrier()  # both done with the group before either destroys it (gloo can abort otherwise)
+    dist.destroy_process_group()
+
+
+def test_under_two_ranks_the_kept_and_drawn_counts_are_the_folders(trained, tmp_path):
+    """A folder holding 4 of 6 images, topped up by two ranks that draw one each: every rank's start line says
+    4 kept (not the 5 its own share would suggest), and sample.json says 2 drawn now."""
+    import torch.multiprocessing as mp
+
+    run, _ = trained
+    folder = tmp_path / "s"
+    reference = _draw(run, tmp_path / "straight", 6)
+    _draw(run, folder, 4)
+    mp.spawn(_top_up_worker, args=(f"file://{tmp_path / 'store'}", str(run), str(folder), str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"rank-{r}").read_text()) for r in (0, 1)] == [[6, 4, 2]] * 2
+    np.testing.assert_array_equal(read_samples(folder, 6, 32), reference)
 
 
 def test_sample_refuses_what_the_recipe_schema_refuses(trained, tmp_path, capsys):
@@ -230,9 +289,10 @@ def test_a_sample_json_whose_count_is_not_a_number_is_one_error(trained, tmp_pat
     folder = tmp_path / "s"
     assert main(["sample", str(run), "--num", "2", "--out", str(folder)]) == 0
     record = json.loads((folder / "sample.json").read_text())
-    (folder / "sample.json").write_text(json.dumps({**record, "num": "x"}))
-    assert main(["sample", str(run), "--num", "2", "--out", str(folder)]) == 2
-    assert "sample.json says num 'x', not a count of images" in capsys.readouterr().err
+    for count in ("x", -1):  # a negative count is no count either: it would pass for "none held" unnoticed
+        (folder / "sample.json").write_text(json.dumps({**record, "num": count}))
+        assert main(["sample", str(run), "--num", "2", "--out", str(folder)]) == 2
+        assert f"sample.json says num {count!r}, not a count of images" in capsys.readouterr().err
 
 
 def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tmp_path, capsys):
@@ -245,6 +305,12 @@ def test_sampling_builds_the_network_the_checkpoint_was_trained_with(trained, tm
     with pytest.warns(UserWarning, match="differs from the recipe step-00000004.pt was trained with"):
         changed = _draw(edited, tmp_path / "b", 3)
     np.testing.assert_array_equal(changed, _draw(run, tmp_path / "a", 3))  # the cosine schedule, as trained
+    # So is an edited data.resolution: the network draws at the size it was trained at, and says so.
+    (edited / "recipe.yaml").write_text(recipe.replace("  resolution: 32\n", "  resolution: 16\n", 1))
+    with pytest.warns(UserWarning, match="differs from the recipe step-00000004.pt was trained with in its model, "
+                                         "diffusion or data.resolution section"):
+        resized = _draw(edited, tmp_path / "c", 3)
+    np.testing.assert_array_equal(resized, _draw(run, tmp_path / "a", 3))  # 32 px, as trained
 
 
 
@@ -366,6 +432,19 @@ def test_a_stop_before_the_npz_is_finished_by_the_same_command(trained, tmp_path
     assert (tmp_path / "g.png").is_file() and (tmp_path / "s" / "samples-4.npz").is_file()
 
 
+def test_the_folders_grid_shows_its_first_images_only(trained, tmp_path, monkeypatch):
+    """grid.png is a preview of the first GRID_MAX images, not a picture of all 50,000 (memory, and a PNG no
+    viewer opens). GRID_MAX lowered to 2 so that three images show it."""
+    from PIL import Image
+
+    run, _ = trained
+    monkeypatch.setattr(sample_folder, "GRID_MAX", 2)
+    images = _draw(run, tmp_path / "s", 3)
+    generate.save_grid(images[:2], tmp_path / "first-two.png")
+    with Image.open(tmp_path / "s" / "grid.png") as got, Image.open(tmp_path / "first-two.png") as expected:
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
 def test_a_png_of_another_size_counts_as_missing_not_kept(tmp_path):
     """A folder image of the wrong size (another resolution's run, a resized copy) must be redrawn:
     kept, it would break read_samples' (num, size, size, 3) array later."""
@@ -413,6 +492,15 @@ def test_images_drawn_in_bf16_are_kept_apart_from_fp32_ones(trained, tmp_path, c
     assert json.loads((tmp_path / "s" / "sample.json").read_text())["precision"] == "fp32"
     with pytest.raises(RunError, match="precision='fp32' \\(asked 'bf16'\\)"):
         sample_to_folder(model, tmp_path / "s", 3, seed=0, rt=bf16)
+    assert not (tmp_path / "s" / "000002.png").exists()
+    # A sample.json without the field (written before precision was recorded) may hold bf16 images drawn on a
+    # GPU: only weights_sha256 is taken as absent-means-same (ADDED_KEYS); a missing precision is a clash.
+    record = json.loads((tmp_path / "s" / "sample.json").read_text())
+    del record["precision"]
+    (tmp_path / "s" / "sample.json").write_text(json.dumps(record))
+    fp32 = load_for_inference(RunDir(run), SampleOptions(), CPU)
+    with pytest.raises(RunError, match="precision=None \\(asked 'fp32'\\)"):
+        sample_to_folder(fp32, tmp_path / "s", 3, seed=0, rt=CPU)
     assert not (tmp_path / "s" / "000002.png").exists()
 
 

@@ -270,3 +270,16 @@ def test_an_images_initial_noise_is_its_seeds_first_draw():
 
     expected = torch.stack([torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (7, 11)])
     assert torch.equal(initial_noise(seed_generators([7, 11]), 8), expected)
+
+
+def test_per_image_noise_needs_one_generator_per_image():
+    """A list of generators gives row i its own noise: a list shorter than the batch would broadcast one
+    generator's draw over every image (the same noise for all) instead of failing."""
+    from dreamctl.diffusion.samplers import randn_like
+
+    x = torch.zeros(3, 2, 4, 4)
+    for count in (1, 2, 4):
+        with pytest.raises(ValueError, match=f"got {count} generators for a batch of 3"):
+            randn_like(x, [torch.Generator().manual_seed(i) for i in range(count)])
+    rows = randn_like(x, [torch.Generator().manual_seed(i) for i in range(3)])
+    assert rows.shape == x.shape and not torch.equal(rows[0], rows[1])
