@@ -124,6 +124,6 @@ def same_samples(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 
 def holds_protocol(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    """Whether an evaluation file's protocol has `wanted`'s fields (Sampling.protocol_fields). A file written
-    before SEED_RULE drew the same images when its base seed was 0, so it counts too."""
-    return drawn_by_seed_rule(recorded) and all(recorded.get(k) == v for k, v in wanted.items() if k != "image_seeds")
+    """Whether an evaluation file's protocol has `wanted`'s fields (Sampling.protocol_fields), SEED_RULE and
+    precision among them: a file from before either was recorded is evaluated again (none recorded one alone)."""
+    return all(recorded.get(k) == v for k, v in wanted.items())

@@ -29,6 +29,10 @@ def test_a_sample_folder_and_an_evaluation_record_the_same_sampling_fields() -> 
     assert protocol_id(p, stand_in=False) == "ddim20-eta0.5-raw-n100-test50-clean-clip-bf16-seed2"
     assert holds_protocol(p, sampling.protocol_fields(100, "test", 50))
     assert not holds_protocol(p, Sampling.of(cfg, 300, 2, "fp32").protocol_fields(100, "test", 50))
+    # a file from before the seed rule or precision was recorded: evaluated again, whatever its seed
+    seed0 = Sampling.of(cfg, 300, 0, "bf16").protocol_fields(100, "test", 50)
+    for old in ({k: v for k, v in seed0.items() if k != "image_seeds"}, seed0 | {"precision": None}):
+        assert not holds_protocol(old, seed0)
 
 
 def test_the_same_samples_need_every_sampling_field_and_the_same_weights() -> None:
