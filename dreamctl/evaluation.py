@@ -21,7 +21,7 @@ import torch
 
 import dreamctl
 from dreamctl import atomic
-from dreamctl.config import Recipe, SampleConfig
+from dreamctl.config import Recipe
 from dreamctl.config.metrics import check_eval_num, parse_metrics
 from dreamctl.data.loader import open_split
 from dreamctl.data.shards import REFSTATS_DIR, Manifest, read_manifest, split_count, split_size
@@ -33,7 +33,7 @@ from dreamctl.metrics.image_sets import RefCache, evaluate_image_sets
 from dreamctl.metrics.inception import FeatureNet
 from dreamctl.metrics.inputs import MetricInputs, metric_inputs
 from dreamctl.metrics.registry import METRIC_NAMES
-from dreamctl.protocol import FEATURE_NETWORK_FIELDS, Sampling, protocol_id
+from dreamctl.protocol import FEATURE_NETWORK_FIELDS, protocol_id
 from dreamctl.runtime import Runtime, main_first, on_every_rank
 from dreamctl.sample_folder import drawn_with, folder_name, read_samples, sample_to_folder
 from dreamctl.training.rundir import RunDir
@@ -209,8 +209,3 @@ def evaluate_run(run_dir: Path, opts: SampleOptions, asked: EvalOptions = EvalOp
               "wall_time_s": round(time.perf_counter() - started, 2)}
     paths = write_eval(run.eval, record)
     return Evaluation(record, paths, folder)
-
-
-def sampling_protocol(cfg: SampleConfig, step: int | None, req: EvalRequest, precision: str) -> dict[str, Any]:
-    """Sampling.protocol_fields of an evaluation request: what evaluate would record for it now."""
-    return Sampling.of(cfg, step, req.seed, precision).protocol_fields(req.num, req.ref_split, req.ref_num)

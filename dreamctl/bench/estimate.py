@@ -110,7 +110,7 @@ class StepTimer:
         setting that changes the work."""
         s, r = recipe.sample, recipe.data.resolution
         rt = dataclasses.replace(self.rt, precision=self.sampling_precision())
-        work = json.dumps(["sample", recipe.model.model_dump(mode="json"), r, s.batch_size, rt.precision,
+        work = json.dumps([recipe.model.model_dump(mode="json"), r, s.batch_size, rt.precision,
                            s.compile and s.compile_mode])
         if (work, "sample") not in self._timed:
             net = sampling_net(build_model(recipe.model, r), rt, s.compile_mode if s.compile else None)

@@ -20,11 +20,11 @@ from dreamctl.config import Recipe, SampleConfig, flat_items, load_recipe
 from dreamctl.config.keys import RESUMABLE_KEYS
 from dreamctl.data.shards import limited, manifest_path, split_count
 from dreamctl.errors import ConfigError, DataError, DreamctlWarning
-from dreamctl.evaluation import EvalOptions, EvalRequest, check_reference, resolve_request, sampling_protocol
+from dreamctl.evaluation import EvalOptions, EvalRequest, check_reference, resolve_request
 from dreamctl.experiments.runs import read_evals
 from dreamctl.experiments.spec import Spec, expand, expand_eval
 from dreamctl.inference import SampleOptions, sample_config
-from dreamctl.protocol import holds_protocol
+from dreamctl.protocol import Sampling, holds_protocol
 from dreamctl.training.checkpoints import list_checkpoints
 from dreamctl.training.loop import idle_rectification, train_cost
 from dreamctl.training.rundir import RunDir
@@ -148,7 +148,8 @@ def _evaluated(run_dir: Path, cfg: SampleConfig, req: EvalRequest) -> bool:
     A metric recorded as missing (absent weights, say) is asked for again: evaluate reuses its samples.
     """
     run = RunDir(run_dir)
-    want = sampling_protocol(cfg, run.info().get("step"), req, runtime.inference_precision())
+    drawn = Sampling.of(cfg, run.info().get("step"), req.seed, runtime.inference_precision())
+    want = drawn.protocol_fields(req.num, req.ref_split, req.ref_num)
     return any(holds_protocol(r.protocol, want) and all("value" in r.metrics.get(m, {}) for m in req.metrics)
                for r in read_evals(run.eval))
 
